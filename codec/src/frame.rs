@@ -1,0 +1,96 @@
+//! Frame layout and its limits.
+//!
+//! ```text
+//! offset  size  field
+//! 0       4     length: u32 LE, the number of bytes that follow (header + body + MAC)
+//! 4       1     version: PROTOCOL_VERSION
+//! 5       1     type: message type
+//! 6       2     flags: u16 LE, bit 0 = a MAC follows the body; all other bits zero
+//! 8       4     request id: u32 LE, chosen by the terminal, echoed by the answer
+//! 12      8     counter: u64 LE, strictly increasing per direction within a session
+//! 20      n     body: fixed-width little-endian fields, n fixed per message type
+//! 20+n    16    MAC (when flag bit 0 is set)
+//! ```
+
+/// The only protocol version this gateway speaks.
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// Bytes of the length prefix.
+pub const LEN_PREFIX: usize = 4;
+/// Bytes between the length prefix and the body.
+pub const HEADER_LEN: usize = 16;
+/// Bytes of the truncated HMAC-SHA256 that ends an authenticated frame.
+pub const MAC_LEN: usize = 16;
+
+/// The largest value the length prefix may hold. Every message today is under 100 bytes;
+/// the limit leaves room for the paged blacklist and offline-upload frames that come next
+/// while keeping what one connection can make us buffer small: it is checked before any
+/// byte of the frame is buffered beyond the prefix.
+pub const FRAME_LEN_MAX: usize = 16 * 1024;
+
+/// Flag bit 0: the frame ends with a MAC.
+pub const FLAG_MAC: u16 = 0x0001;
+
+/// Message types. Ranges are reserved so that later capabilities extend the protocol
+/// without renumbering: see `docs/PROTOCOL.md`.
+pub mod msg_type {
+    pub const HELLO: u8 = 0x01;
+    pub const CHALLENGE: u8 = 0x02;
+    pub const PROOF: u8 = 0x03;
+    pub const SIGN_ON_OK: u8 = 0x04;
+    pub const HEARTBEAT: u8 = 0x05;
+    pub const HEARTBEAT_ACK: u8 = 0x06;
+    pub const ERROR: u8 = 0x0F;
+    pub const PURCHASE: u8 = 0x10;
+    pub const REVERSAL: u8 = 0x11;
+    pub const BALANCE_INQUIRY: u8 = 0x12;
+    pub const APPROVED: u8 = 0x20;
+    pub const DECLINED: u8 = 0x21;
+    pub const BALANCE: u8 = 0x22;
+    /// 0x30..=0x3F: blacklist push and delta sync.
+    pub const RESERVED_BLACKLIST: std::ops::RangeInclusive<u8> = 0x30..=0x3F;
+    /// 0x40..=0x4F: door access.
+    pub const RESERVED_DOOR: std::ops::RangeInclusive<u8> = 0x40..=0x4F;
+    /// 0x50..=0x5F: attendance punches.
+    pub const RESERVED_ATTENDANCE: std::ops::RangeInclusive<u8> = 0x50..=0x5F;
+    /// 0x60..=0x6F: offline transaction upload.
+    pub const RESERVED_OFFLINE: std::ops::RangeInclusive<u8> = 0x60..=0x6F;
+}
+
+/// The fixed part of every frame after the length prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub version: u8,
+    pub msg_type: u8,
+    pub flags: u16,
+    pub request_id: u32,
+    pub counter: u64,
+}
+
+impl Header {
+    pub fn has_mac(&self) -> bool {
+        self.flags & FLAG_MAC != 0
+    }
+
+    pub(crate) fn read(b: &[u8]) -> Header {
+        debug_assert!(b.len() >= HEADER_LEN);
+        Header {
+            version: b[0],
+            msg_type: b[1],
+            flags: u16::from_le_bytes([b[2], b[3]]),
+            request_id: u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
+            counter: u64::from_le_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]),
+        }
+    }
+
+    pub(crate) fn write(&self, out: &mut impl bytes::BufMut) {
+        out.put_u8(self.version);
+        out.put_u8(self.msg_type);
+        out.put_u16_le(self.flags);
+        out.put_u32_le(self.request_id);
+        out.put_u64_le(self.counter);
+    }
+}
+
+const _: () = assert!(HEADER_LEN + 64 + MAC_LEN <= FRAME_LEN_MAX);
+const _: () = assert!(FRAME_LEN_MAX <= u32::MAX as usize);

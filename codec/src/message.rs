@@ -1,0 +1,698 @@
+//! Message bodies: fixed-width little-endian fields, one struct per message type.
+
+use std::fmt;
+
+use bytes::BufMut;
+
+use crate::frame::msg_type;
+
+/// A card number. Its `Debug` and `Display` show only the last four digits, because card
+/// numbers end up in logs and a full number is enough to impersonate a card at a terminal
+/// that trusts the number alone.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct CardNo(pub u64);
+
+impl fmt::Debug for CardNo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CardNo(****{:04})", self.0 % 10_000)
+    }
+}
+
+impl fmt::Display for CardNo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "****{:04}", self.0 % 10_000)
+    }
+}
+
+/// Why a money request was declined. The numeric values are the wire codes and never
+/// change meaning; new reasons take new numbers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum DeclineReason {
+    UnknownCard = 1,
+    CardLost = 2,
+    CardFrozen = 3,
+    CardCancelled = 4,
+    CardExpired = 5,
+    InsufficientFunds = 6,
+    OverSingleLimit = 7,
+    OverDailyLimit = 8,
+    TerminalNotAllowed = 9,
+    /// The transaction sequence number was used before for a different request.
+    Duplicate = 10,
+    /// The gateway could not make the decision durable; nothing was applied.
+    SystemError = 11,
+    /// The amount is zero, negative or not representable.
+    InvalidAmount = 12,
+    /// A reversal names a purchase this terminal never had approved.
+    OriginalNotFound = 13,
+    /// A reversal names a purchase that was already reversed.
+    AlreadyReversed = 14,
+    /// The sequence number is at or below one already used and its outcome is no longer
+    /// remembered (older than the retention window). Nothing was applied.
+    StaleSequence = 15,
+    /// The card was replaced by a new one (补卡); only the new card works.
+    CardReplaced = 16,
+    /// The card was recorded as damaged (坏卡).
+    CardBad = 17,
+    /// The account behind the card is closed or frozen.
+    AccountBlocked = 18,
+}
+
+impl DeclineReason {
+    pub const ALL: [DeclineReason; 18] = [
+        DeclineReason::UnknownCard,
+        DeclineReason::CardLost,
+        DeclineReason::CardFrozen,
+        DeclineReason::CardCancelled,
+        DeclineReason::CardExpired,
+        DeclineReason::InsufficientFunds,
+        DeclineReason::OverSingleLimit,
+        DeclineReason::OverDailyLimit,
+        DeclineReason::TerminalNotAllowed,
+        DeclineReason::Duplicate,
+        DeclineReason::SystemError,
+        DeclineReason::InvalidAmount,
+        DeclineReason::OriginalNotFound,
+        DeclineReason::AlreadyReversed,
+        DeclineReason::StaleSequence,
+        DeclineReason::CardReplaced,
+        DeclineReason::CardBad,
+        DeclineReason::AccountBlocked,
+    ];
+
+    pub fn code(self) -> u16 {
+        self as u16
+    }
+
+    pub fn from_code(code: u16) -> Option<DeclineReason> {
+        DeclineReason::ALL.into_iter().find(|r| r.code() == code)
+    }
+
+    /// A stable snake_case name for metrics labels, reports and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeclineReason::UnknownCard => "unknown_card",
+            DeclineReason::CardLost => "card_lost",
+            DeclineReason::CardFrozen => "card_frozen",
+            DeclineReason::CardCancelled => "card_cancelled",
+            DeclineReason::CardExpired => "card_expired",
+            DeclineReason::InsufficientFunds => "insufficient_funds",
+            DeclineReason::OverSingleLimit => "over_single_limit",
+            DeclineReason::OverDailyLimit => "over_daily_limit",
+            DeclineReason::TerminalNotAllowed => "terminal_not_allowed",
+            DeclineReason::Duplicate => "duplicate",
+            DeclineReason::SystemError => "system_error",
+            DeclineReason::InvalidAmount => "invalid_amount",
+            DeclineReason::OriginalNotFound => "original_not_found",
+            DeclineReason::AlreadyReversed => "already_reversed",
+            DeclineReason::StaleSequence => "stale_sequence",
+            DeclineReason::CardReplaced => "card_replaced",
+            DeclineReason::CardBad => "card_bad",
+            DeclineReason::AccountBlocked => "account_blocked",
+        }
+    }
+}
+
+/// Why the gateway is closing a connection (body of an ERROR frame).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum ErrorCode {
+    /// The frame could not be parsed: bad flags, unknown type, wrong body length.
+    Malformed = 1,
+    /// The length prefix is above `FRAME_LEN_MAX`.
+    FrameTooLarge = 2,
+    UnsupportedVersion = 3,
+    /// A valid message that is not allowed in this state (a purchase before sign-on).
+    UnexpectedMessage = 4,
+    /// Unknown terminal or wrong proof at sign-on.
+    AuthFailed = 5,
+    /// The frame's MAC does not verify, or a MAC is missing.
+    BadMac = 6,
+    /// The frame counter is not above the last one accepted: a replayed frame.
+    Replay = 7,
+    SignOnTimeout = 8,
+    IdleTimeout = 9,
+    ShuttingDown = 10,
+    /// The gateway is at its connection limit.
+    Overloaded = 11,
+    /// An internal failure not caused by the terminal.
+    ServerError = 12,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 12] = [
+        ErrorCode::Malformed,
+        ErrorCode::FrameTooLarge,
+        ErrorCode::UnsupportedVersion,
+        ErrorCode::UnexpectedMessage,
+        ErrorCode::AuthFailed,
+        ErrorCode::BadMac,
+        ErrorCode::Replay,
+        ErrorCode::SignOnTimeout,
+        ErrorCode::IdleTimeout,
+        ErrorCode::ShuttingDown,
+        ErrorCode::Overloaded,
+        ErrorCode::ServerError,
+    ];
+
+    pub fn code(self) -> u16 {
+        self as u16
+    }
+
+    pub fn from_code(code: u16) -> Option<ErrorCode> {
+        ErrorCode::ALL.into_iter().find(|r| r.code() == code)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Malformed => "malformed",
+            ErrorCode::FrameTooLarge => "frame_too_large",
+            ErrorCode::UnsupportedVersion => "unsupported_version",
+            ErrorCode::UnexpectedMessage => "unexpected_message",
+            ErrorCode::AuthFailed => "auth_failed",
+            ErrorCode::BadMac => "bad_mac",
+            ErrorCode::Replay => "replay",
+            ErrorCode::SignOnTimeout => "sign_on_timeout",
+            ErrorCode::IdleTimeout => "idle_timeout",
+            ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::Overloaded => "overloaded",
+            ErrorCode::ServerError => "server_error",
+        }
+    }
+}
+
+/// The state of a card as a terminal sees it (BALANCE answers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum CardStatusCode {
+    Active = 0,
+    Lost = 1,
+    Frozen = 2,
+    Cancelled = 3,
+    Expired = 4,
+    Replaced = 5,
+    Bad = 6,
+}
+
+impl CardStatusCode {
+    pub fn from_code(code: u8) -> Option<CardStatusCode> {
+        use CardStatusCode::*;
+        [Active, Lost, Frozen, Cancelled, Expired, Replaced, Bad]
+            .into_iter()
+            .find(|s| *s as u8 == code)
+    }
+}
+
+/// T→G, unauthenticated: who I am and my nonce.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hello {
+    pub terminal_id: u64,
+    pub terminal_nonce: [u8; 16],
+    pub terminal_time_ms: i64,
+}
+
+/// G→T, unauthenticated: the gateway's nonce.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Challenge {
+    pub gateway_nonce: [u8; 16],
+    pub server_time_ms: i64,
+}
+
+/// T→G, unauthenticated: HMAC proving the terminal holds its secret.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Proof {
+    pub proof: [u8; 32],
+}
+
+/// G→T, the first authenticated frame: sign-on accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SignOnOk {
+    pub server_time_ms: i64,
+    /// The highest transaction sequence number the gateway has recorded for this
+    /// terminal (0 if none), so a terminal that lost its counter can resume above it.
+    pub last_tx_seq: u64,
+    pub blacklist_version: u64,
+    /// Send a HEARTBEAT at least this often when idle.
+    pub heartbeat_interval_s: u16,
+    /// At most this many requests may await answers at once on this connection.
+    pub pipeline_depth_max: u16,
+    pub reserved: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Heartbeat {
+    pub terminal_time_ms: i64,
+    pub blacklist_version: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeartbeatAck {
+    pub server_time_ms: i64,
+    pub blacklist_version: u64,
+}
+
+/// G→T, after which the gateway closes the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ErrorFrame {
+    pub code: ErrorCode,
+    pub detail: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Purchase {
+    pub tx_seq: u64,
+    pub card: CardNo,
+    pub amount_fen: i64,
+    pub terminal_time_ms: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reversal {
+    pub tx_seq: u64,
+    pub original_tx_seq: u64,
+    pub card: CardNo,
+    pub amount_fen: i64,
+    pub terminal_time_ms: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BalanceInquiry {
+    pub card: CardNo,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Approved {
+    pub tx_seq: u64,
+    pub tx_id: u64,
+    pub card: CardNo,
+    /// The amount moved: debited by a purchase, refunded by a reversal.
+    pub amount_fen: i64,
+    pub balance_fen: i64,
+    pub time_ms: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Declined {
+    pub tx_seq: u64,
+    pub card: CardNo,
+    pub reason: DeclineReason,
+    /// The card's balance when it is known and the card is usable, else 0.
+    pub balance_fen: i64,
+    pub time_ms: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Balance {
+    pub card: CardNo,
+    pub status: CardStatusCode,
+    pub balance_fen: i64,
+    pub spent_today_fen: i64,
+    pub daily_limit_fen: i64,
+}
+
+/// Every message of protocol version 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Message {
+    Hello(Hello),
+    Challenge(Challenge),
+    Proof(Proof),
+    SignOnOk(SignOnOk),
+    Heartbeat(Heartbeat),
+    HeartbeatAck(HeartbeatAck),
+    Error(ErrorFrame),
+    Purchase(Purchase),
+    Reversal(Reversal),
+    BalanceInquiry(BalanceInquiry),
+    Approved(Approved),
+    Declined(Declined),
+    Balance(Balance),
+}
+
+/// Why a body could not be decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    #[error("unknown message type {0:#04x}")]
+    UnknownType(u8),
+    #[error("message type {msg_type:#04x} needs a {expected}-byte body, got {got}")]
+    Length { msg_type: u8, expected: usize, got: usize },
+    #[error("field {0} holds a value outside its domain")]
+    BadField(&'static str),
+}
+
+/// Reads fixed-width little-endian fields from a body whose length was checked first.
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take<const N: usize>(&mut self) -> [u8; N] {
+        let (head, rest) = self.0.split_at(N);
+        self.0 = rest;
+        let mut out = [0u8; N];
+        out.copy_from_slice(head);
+        out
+    }
+    fn u8(&mut self) -> u8 {
+        self.take::<1>()[0]
+    }
+    fn u16(&mut self) -> u16 {
+        u16::from_le_bytes(self.take())
+    }
+    fn u32(&mut self) -> u32 {
+        u32::from_le_bytes(self.take())
+    }
+    fn u64(&mut self) -> u64 {
+        u64::from_le_bytes(self.take())
+    }
+    fn i64(&mut self) -> i64 {
+        i64::from_le_bytes(self.take())
+    }
+    fn card(&mut self) -> CardNo {
+        CardNo(self.u64())
+    }
+}
+
+impl Message {
+    pub fn msg_type(&self) -> u8 {
+        match self {
+            Message::Hello(_) => msg_type::HELLO,
+            Message::Challenge(_) => msg_type::CHALLENGE,
+            Message::Proof(_) => msg_type::PROOF,
+            Message::SignOnOk(_) => msg_type::SIGN_ON_OK,
+            Message::Heartbeat(_) => msg_type::HEARTBEAT,
+            Message::HeartbeatAck(_) => msg_type::HEARTBEAT_ACK,
+            Message::Error(_) => msg_type::ERROR,
+            Message::Purchase(_) => msg_type::PURCHASE,
+            Message::Reversal(_) => msg_type::REVERSAL,
+            Message::BalanceInquiry(_) => msg_type::BALANCE_INQUIRY,
+            Message::Approved(_) => msg_type::APPROVED,
+            Message::Declined(_) => msg_type::DECLINED,
+            Message::Balance(_) => msg_type::BALANCE,
+        }
+    }
+
+    /// The body length of a message type, or `None` for a type this version lacks.
+    pub fn body_len(msg_type: u8) -> Option<usize> {
+        Some(match msg_type {
+            msg_type::HELLO => 32,
+            msg_type::CHALLENGE => 24,
+            msg_type::PROOF => 32,
+            msg_type::SIGN_ON_OK => 32,
+            msg_type::HEARTBEAT => 16,
+            msg_type::HEARTBEAT_ACK => 16,
+            msg_type::ERROR => 8,
+            msg_type::PURCHASE => 32,
+            msg_type::REVERSAL => 40,
+            msg_type::BALANCE_INQUIRY => 8,
+            msg_type::APPROVED => 48,
+            msg_type::DECLINED => 40,
+            msg_type::BALANCE => 40,
+            _ => return None,
+        })
+    }
+
+    /// Whether this message may travel before a session key exists. Only the three
+    /// sign-on steps and an ERROR may; everything else requires a MAC.
+    pub fn allowed_unauthenticated(msg_type: u8) -> bool {
+        matches!(
+            msg_type,
+            msg_type::HELLO | msg_type::CHALLENGE | msg_type::PROOF | msg_type::ERROR
+        )
+    }
+
+    pub fn decode_body(msg_type: u8, body: &[u8]) -> Result<Message, BodyError> {
+        let expected = Message::body_len(msg_type).ok_or(BodyError::UnknownType(msg_type))?;
+        if body.len() != expected {
+            return Err(BodyError::Length {
+                msg_type,
+                expected,
+                got: body.len(),
+            });
+        }
+        let mut r = Reader(body);
+        Ok(match msg_type {
+            msg_type::HELLO => Message::Hello(Hello {
+                terminal_id: r.u64(),
+                terminal_nonce: r.take(),
+                terminal_time_ms: r.i64(),
+            }),
+            msg_type::CHALLENGE => Message::Challenge(Challenge {
+                gateway_nonce: r.take(),
+                server_time_ms: r.i64(),
+            }),
+            msg_type::PROOF => Message::Proof(Proof { proof: r.take() }),
+            msg_type::SIGN_ON_OK => Message::SignOnOk(SignOnOk {
+                server_time_ms: r.i64(),
+                last_tx_seq: r.u64(),
+                blacklist_version: r.u64(),
+                heartbeat_interval_s: r.u16(),
+                pipeline_depth_max: r.u16(),
+                reserved: r.u32(),
+            }),
+            msg_type::HEARTBEAT => Message::Heartbeat(Heartbeat {
+                terminal_time_ms: r.i64(),
+                blacklist_version: r.u64(),
+            }),
+            msg_type::HEARTBEAT_ACK => Message::HeartbeatAck(HeartbeatAck {
+                server_time_ms: r.i64(),
+                blacklist_version: r.u64(),
+            }),
+            msg_type::ERROR => {
+                let code = ErrorCode::from_code(r.u16()).ok_or(BodyError::BadField("code"))?;
+                let _reserved = r.u16();
+                Message::Error(ErrorFrame { code, detail: r.u32() })
+            }
+            msg_type::PURCHASE => Message::Purchase(Purchase {
+                tx_seq: r.u64(),
+                card: r.card(),
+                amount_fen: r.i64(),
+                terminal_time_ms: r.i64(),
+            }),
+            msg_type::REVERSAL => Message::Reversal(Reversal {
+                tx_seq: r.u64(),
+                original_tx_seq: r.u64(),
+                card: r.card(),
+                amount_fen: r.i64(),
+                terminal_time_ms: r.i64(),
+            }),
+            msg_type::BALANCE_INQUIRY => Message::BalanceInquiry(BalanceInquiry { card: r.card() }),
+            msg_type::APPROVED => Message::Approved(Approved {
+                tx_seq: r.u64(),
+                tx_id: r.u64(),
+                card: r.card(),
+                amount_fen: r.i64(),
+                balance_fen: r.i64(),
+                time_ms: r.i64(),
+            }),
+            msg_type::DECLINED => {
+                let tx_seq = r.u64();
+                let card = r.card();
+                let reason = DeclineReason::from_code(r.u16()).ok_or(BodyError::BadField("reason"))?;
+                let _reserved: [u8; 6] = r.take();
+                Message::Declined(Declined {
+                    tx_seq,
+                    card,
+                    reason,
+                    balance_fen: r.i64(),
+                    time_ms: r.i64(),
+                })
+            }
+            msg_type::BALANCE => {
+                let card = r.card();
+                let status = CardStatusCode::from_code(r.u8()).ok_or(BodyError::BadField("status"))?;
+                let _reserved: [u8; 7] = r.take();
+                Message::Balance(Balance {
+                    card,
+                    status,
+                    balance_fen: r.i64(),
+                    spent_today_fen: r.i64(),
+                    daily_limit_fen: r.i64(),
+                })
+            }
+            other => return Err(BodyError::UnknownType(other)),
+        })
+    }
+
+    /// Writes the body; exactly `body_len(self.msg_type())` bytes.
+    pub fn encode_body(&self, out: &mut impl BufMut) {
+        match self {
+            Message::Hello(m) => {
+                out.put_u64_le(m.terminal_id);
+                out.put_slice(&m.terminal_nonce);
+                out.put_i64_le(m.terminal_time_ms);
+            }
+            Message::Challenge(m) => {
+                out.put_slice(&m.gateway_nonce);
+                out.put_i64_le(m.server_time_ms);
+            }
+            Message::Proof(m) => out.put_slice(&m.proof),
+            Message::SignOnOk(m) => {
+                out.put_i64_le(m.server_time_ms);
+                out.put_u64_le(m.last_tx_seq);
+                out.put_u64_le(m.blacklist_version);
+                out.put_u16_le(m.heartbeat_interval_s);
+                out.put_u16_le(m.pipeline_depth_max);
+                out.put_u32_le(m.reserved);
+            }
+            Message::Heartbeat(m) => {
+                out.put_i64_le(m.terminal_time_ms);
+                out.put_u64_le(m.blacklist_version);
+            }
+            Message::HeartbeatAck(m) => {
+                out.put_i64_le(m.server_time_ms);
+                out.put_u64_le(m.blacklist_version);
+            }
+            Message::Error(m) => {
+                out.put_u16_le(m.code.code());
+                out.put_u16_le(0);
+                out.put_u32_le(m.detail);
+            }
+            Message::Purchase(m) => {
+                out.put_u64_le(m.tx_seq);
+                out.put_u64_le(m.card.0);
+                out.put_i64_le(m.amount_fen);
+                out.put_i64_le(m.terminal_time_ms);
+            }
+            Message::Reversal(m) => {
+                out.put_u64_le(m.tx_seq);
+                out.put_u64_le(m.original_tx_seq);
+                out.put_u64_le(m.card.0);
+                out.put_i64_le(m.amount_fen);
+                out.put_i64_le(m.terminal_time_ms);
+            }
+            Message::BalanceInquiry(m) => out.put_u64_le(m.card.0),
+            Message::Approved(m) => {
+                out.put_u64_le(m.tx_seq);
+                out.put_u64_le(m.tx_id);
+                out.put_u64_le(m.card.0);
+                out.put_i64_le(m.amount_fen);
+                out.put_i64_le(m.balance_fen);
+                out.put_i64_le(m.time_ms);
+            }
+            Message::Declined(m) => {
+                out.put_u64_le(m.tx_seq);
+                out.put_u64_le(m.card.0);
+                out.put_u16_le(m.reason.code());
+                out.put_slice(&[0u8; 6]);
+                out.put_i64_le(m.balance_fen);
+                out.put_i64_le(m.time_ms);
+            }
+            Message::Balance(m) => {
+                out.put_u64_le(m.card.0);
+                out.put_u8(m.status as u8);
+                out.put_slice(&[0u8; 7]);
+                out.put_i64_le(m.balance_fen);
+                out.put_i64_le(m.spent_today_fen);
+                out.put_i64_le(m.daily_limit_fen);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn card_numbers_are_masked_in_logs() {
+        let c = CardNo(6_222_000_012_345_678);
+        assert_eq!(format!("{c:?}"), "CardNo(****5678)");
+        assert_eq!(format!("{c}"), "****5678");
+    }
+
+    #[test]
+    fn reason_codes_round_trip_and_are_unique() {
+        for r in DeclineReason::ALL {
+            assert_eq!(DeclineReason::from_code(r.code()), Some(r));
+        }
+        assert_eq!(DeclineReason::from_code(0), None);
+        for e in ErrorCode::ALL {
+            assert_eq!(ErrorCode::from_code(e.code()), Some(e));
+        }
+    }
+
+    #[test]
+    fn every_body_encodes_to_its_declared_length() {
+        let card = CardNo(1);
+        let all = [
+            Message::Hello(Hello {
+                terminal_id: 1,
+                terminal_nonce: [1; 16],
+                terminal_time_ms: 2,
+            }),
+            Message::Challenge(Challenge {
+                gateway_nonce: [2; 16],
+                server_time_ms: 3,
+            }),
+            Message::Proof(Proof { proof: [3; 32] }),
+            Message::SignOnOk(SignOnOk {
+                server_time_ms: 1,
+                last_tx_seq: 2,
+                blacklist_version: 3,
+                heartbeat_interval_s: 4,
+                pipeline_depth_max: 5,
+                reserved: 0,
+            }),
+            Message::Heartbeat(Heartbeat {
+                terminal_time_ms: 1,
+                blacklist_version: 2,
+            }),
+            Message::HeartbeatAck(HeartbeatAck {
+                server_time_ms: 1,
+                blacklist_version: 2,
+            }),
+            Message::Error(ErrorFrame {
+                code: ErrorCode::Replay,
+                detail: 7,
+            }),
+            Message::Purchase(Purchase {
+                tx_seq: 1,
+                card,
+                amount_fen: 2,
+                terminal_time_ms: 3,
+            }),
+            Message::Reversal(Reversal {
+                tx_seq: 2,
+                original_tx_seq: 1,
+                card,
+                amount_fen: 2,
+                terminal_time_ms: 3,
+            }),
+            Message::BalanceInquiry(BalanceInquiry { card }),
+            Message::Approved(Approved {
+                tx_seq: 1,
+                tx_id: 2,
+                card,
+                amount_fen: 3,
+                balance_fen: 4,
+                time_ms: 5,
+            }),
+            Message::Declined(Declined {
+                tx_seq: 1,
+                card,
+                reason: DeclineReason::CardLost,
+                balance_fen: 0,
+                time_ms: 5,
+            }),
+            Message::Balance(Balance {
+                card,
+                status: CardStatusCode::Frozen,
+                balance_fen: 1,
+                spent_today_fen: 2,
+                daily_limit_fen: 3,
+            }),
+        ];
+        for m in all {
+            let mut buf = Vec::new();
+            m.encode_body(&mut buf);
+            assert_eq!(Some(buf.len()), Message::body_len(m.msg_type()), "{m:?}");
+            assert_eq!(Message::decode_body(m.msg_type(), &buf), Ok(m));
+        }
+    }
+
+    #[test]
+    fn reserved_ranges_hold_no_defined_type() {
+        for t in 0x30u8..=0x6F {
+            assert_eq!(Message::body_len(t), None, "type {t:#04x} is reserved");
+        }
+    }
+}

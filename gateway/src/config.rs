@@ -1,0 +1,167 @@
+//! Daemon configuration: a TOML file, then command-line flags on top of it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Everything `cardgate serve` needs. Every field has a default, so an empty file (or
+/// none) is a valid configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where terminals connect.
+    pub listen: SocketAddr,
+    /// Where Prometheus scrapes `/metrics`; none disables the listener.
+    pub metrics_listen: Option<SocketAddr>,
+    /// sled's directory: the journal and the state it recovers from.
+    pub data_dir: PathBuf,
+    /// Local time offset from UTC for the business day (UTC+8: 480).
+    pub tz_offset_minutes: i32,
+    pub limits: Limits,
+    pub demo: Demo,
+}
+
+/// Every limit the daemon enforces, with units in the name.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Connections held at once. Taken before accept: at the cap, new terminals wait in
+    /// the kernel's backlog instead of costing us a task and buffers.
+    pub connections_max: usize,
+    /// The kernel's accept queue. A campus fleet reconnects at once after a network
+    /// blip; tokio's default of 1,024 made some of 5,000 terminals wait a second here.
+    pub listen_backlog: u32,
+    /// From accept to SIGN_ON_OK.
+    pub sign_on_timeout_ms: u64,
+    /// A signed-on connection that sends nothing for this long is closed; terminals send
+    /// heartbeats every `heartbeat_interval_s`.
+    pub idle_timeout_ms: u64,
+    pub heartbeat_interval_s: u16,
+    /// Requests one connection may have awaiting answers; beyond it we stop reading.
+    pub pipeline_depth_max: u16,
+    /// On shutdown, how long connections get to receive their in-flight answers.
+    pub shutdown_grace_ms: u64,
+}
+
+/// The demo campus `serve --demo` creates on first start.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Demo {
+    pub accounts: u64,
+    pub pos_terminals: u64,
+    pub balance_fen: i64,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listen: ([127, 0, 0, 1], 7700).into(),
+            metrics_listen: Some(([127, 0, 0, 1], 9700).into()),
+            data_dir: PathBuf::from("data"),
+            tz_offset_minutes: 480,
+            limits: Limits::default(),
+            demo: Demo::default(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            connections_max: 20_000,
+            listen_backlog: 4096,
+            sign_on_timeout_ms: 5_000,
+            idle_timeout_ms: 120_000,
+            heartbeat_interval_s: 30,
+            pipeline_depth_max: 16,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+impl Default for Demo {
+    fn default() -> Demo {
+        let d = cardgate_ledger::demo::DemoCampus::default();
+        Demo {
+            accounts: d.accounts,
+            pos_terminals: d.pos_terminals,
+            balance_fen: d.balance_fen,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Parse { path: PathBuf, source: toml::de::Error },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let Some(path) = path else {
+            return Ok(Config::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if l.connections_max == 0 {
+            return bad("limits.connections_max must be at least 1");
+        }
+        if l.pipeline_depth_max == 0 || usize::from(l.pipeline_depth_max) > cardgate_ledger::ledger::SEQ_SLOTS {
+            // Retries after a reconnect must find their answers in memory.
+            return bad("limits.pipeline_depth_max must be 1..=32 (the remembered outcomes per terminal)");
+        }
+        if l.sign_on_timeout_ms == 0 || l.idle_timeout_ms == 0 {
+            return bad("timeouts must be above 0");
+        }
+        if u64::from(l.heartbeat_interval_s) * 1000 >= l.idle_timeout_ms {
+            return bad("limits.heartbeat_interval_s must be below limits.idle_timeout_ms");
+        }
+        if !(-720..=840).contains(&self.tz_offset_minutes) {
+            return bad("tz_offset_minutes must be within -720..=840");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_default() {
+        let c: Config = toml::from_str("").unwrap();
+        assert_eq!(c.listen, Config::default().listen);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(toml::from_str::<Config>("lisen = \"127.0.0.1:1\"").is_err());
+        assert!(toml::from_str::<Config>("[limits]\nconnection_max = 3").is_err());
+    }
+
+    #[test]
+    fn limits_are_validated() {
+        let mut c: Config = toml::from_str("[limits]\npipeline_depth_max = 64").unwrap();
+        assert!(c.validate().is_err());
+        c.limits.pipeline_depth_max = 16;
+        c.limits.heartbeat_interval_s = 200;
+        assert!(c.validate().is_err());
+    }
+}

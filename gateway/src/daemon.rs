@@ -1,0 +1,137 @@
+//! `cardgate serve`: start-up and shutdown order.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use cardgate_ledger::demo::{DemoCampus, ensure_demo};
+use cardgate_ledger::{Ledger, LedgerConfig, SystemClock};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+
+/// How long the committer gets to finish after the last connection closed.
+const COMMITTER_JOIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct ServeOptions {
+    pub demo: bool,
+}
+
+/// Runs the daemon until SIGTERM or Ctrl-C.
+pub async fn serve(config: Config, opts: ServeOptions) -> anyhow::Result<()> {
+    config.validate()?;
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "file descriptor limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the file descriptor limit"),
+    }
+    let prometheus = crate::metrics::install()?;
+    let shutdown = CancellationToken::new();
+
+    let ledger_config = LedgerConfig {
+        tz_offset_minutes: config.tz_offset_minutes,
+    };
+    let data_dir = config.data_dir.clone();
+    let (ledger, committer, stats) =
+        tokio::task::spawn_blocking(move || Ledger::open(&data_dir, ledger_config, Arc::new(SystemClock)))
+            .await?
+            .with_context(|| format!("opening the ledger in {}", config.data_dir.display()))?;
+    tracing::info!(
+        accounts = stats.accounts,
+        cards = stats.cards,
+        terminals = stats.terminals,
+        next_entry_id = stats.next_entry_id,
+        millis = stats.millis as u64,
+        data_dir = %config.data_dir.display(),
+        "recovered"
+    );
+    if opts.demo {
+        let campus = DemoCampus {
+            accounts: config.demo.accounts,
+            pos_terminals: config.demo.pos_terminals,
+            balance_fen: config.demo.balance_fen,
+        };
+        if ensure_demo(&ledger, &campus).await? {
+            tracing::info!(
+                accounts = campus.accounts,
+                pos_terminals = campus.pos_terminals,
+                "created the demo campus"
+            );
+        }
+    }
+
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(addr) = config.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the metrics listener on {addr}"))?;
+        tracing::info!(kind = "metrics", addr = %listener.local_addr()?, "listening");
+        tasks.spawn(crate::metrics::serve(listener, prometheus, shutdown.clone()));
+    }
+    tasks.spawn(sample_gauges(ledger.clone(), shutdown.clone()));
+
+    let listener = crate::server::bind(config.listen, config.limits.listen_backlog)
+        .with_context(|| format!("binding the terminal listener on {}", config.listen))?;
+    tracing::info!(kind = "terminals", addr = %listener.local_addr()?, "listening");
+    let server = tokio::spawn(crate::server::run(
+        listener,
+        ledger.clone(),
+        Arc::new(config.limits.clone()),
+        shutdown.clone(),
+    ));
+
+    wait_for_signal().await;
+    tracing::info!("shutting down: no new connections; answering what is in flight");
+    shutdown.cancel();
+    server.await?;
+    while tasks.join_next().await.is_some() {}
+    // Every connection is gone; dropping the last ledger handle lets the committer
+    // drain its queue and exit.
+    drop(ledger);
+    let joined = tokio::task::spawn_blocking(move || committer.join());
+    if tokio::time::timeout(COMMITTER_JOIN_TIMEOUT, joined).await.is_err() {
+        anyhow::bail!("the committer did not finish within {COMMITTER_JOIN_TIMEOUT:?}");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; Ctrl-C only");
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// Gauges that are cheaper to sample than to keep current.
+async fn sample_gauges(ledger: Arc<Ledger>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let j = ledger.journal();
+        metrics::gauge!("cardgate_journal_queue_depth").set(j.queue_len() as f64);
+        metrics::gauge!("cardgate_journal_durable_entry_id")
+            .set(j.stats.durable_entry_id.load(std::sync::atomic::Ordering::Relaxed) as f64);
+        metrics::gauge!("cardgate_journal_poisoned").set(if j.is_poisoned() { 1.0 } else { 0.0 });
+        let (accounts, cards, terminals) = ledger.counts();
+        metrics::gauge!("cardgate_accounts").set(accounts as f64);
+        metrics::gauge!("cardgate_cards").set(cards as f64);
+        metrics::gauge!("cardgate_terminals").set(terminals as f64);
+    }
+}

@@ -1,0 +1,12 @@
+//! The cardgate daemon. This crate owns the process: configuration, the terminal
+//! listener and its sessions, the metrics listener, the order of start-up (recover, then
+//! listen) and of shutdown (stop accepting, answer what is in flight, let the committer
+//! drain, exit), and the command line. Decisions and durability belong to
+//! `cardgate-ledger`, bytes on the wire to `cardgate-codec`.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod daemon;
+pub mod metrics;
+pub mod server;
+pub mod session;

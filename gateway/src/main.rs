@@ -1,0 +1,88 @@
+//! The `cardgate` command line. Errors end here as `anyhow` with context.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use cardgate::config::Config;
+use cardgate::daemon::{ServeOptions, serve};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cardgate",
+    version,
+    about = "Transaction gateway of the campus one-card system"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway until SIGTERM or Ctrl-C.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML configuration file; flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Terminal listener address (default 127.0.0.1:7700; port 0 picks a free one).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Prometheus listener address (default 127.0.0.1:9700).
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
+    /// sled data directory (default ./data).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Maximum concurrent terminal connections.
+    #[arg(long)]
+    connections_max: Option<usize>,
+    /// Create the demo campus on first start (documented keys: never for real money).
+    #[arg(long)]
+    demo: bool,
+    /// Demo accounts (with one card each).
+    #[arg(long)]
+    demo_accounts: Option<u64>,
+    /// Demo POS terminals.
+    #[arg(long)]
+    demo_terminals: Option<u64>,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            let mut config = Config::load(args.config.as_deref())?;
+            if let Some(v) = args.listen {
+                config.listen = v;
+            }
+            if let Some(v) = args.metrics_listen {
+                config.metrics_listen = Some(v);
+            }
+            if let Some(v) = args.data_dir {
+                config.data_dir = v;
+            }
+            if let Some(v) = args.connections_max {
+                config.limits.connections_max = v;
+            }
+            if let Some(v) = args.demo_accounts {
+                config.demo.accounts = v;
+            }
+            if let Some(v) = args.demo_terminals {
+                config.demo.pos_terminals = v;
+            }
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(serve(config, ServeOptions { demo: args.demo }))
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! One terminal connection: sign-on, then requests and answers until either side ends it.
+//!
+//! The connection reads frames in order and makes each decision before reading the next,
+//! so a terminal's sequence numbers reach the ledger in the order it sent them. Answers
+//! wait for their commit in a queue of at most `pipeline_depth_max`; while the queue is
+//! full the connection stops reading, which is the terminal's backpressure. Every exit
+//! path first answers what was decided, then sends an ERROR frame saying why it closes.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cardgate_codec::codec::Frame;
+use cardgate_codec::crypto::SignOnInput;
+use cardgate_codec::{
+    Challenge, CodecError, ErrorCode, ErrorFrame, HeartbeatAck, Message, Side, SignOnOk, TerminalCodec, TerminalSecret,
+};
+use cardgate_ledger::{Ledger, Pending};
+use futures::{FutureExt, SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Limits;
+
+/// Initial read and write buffer of a connection: a few frames. A terminal's frames are
+/// under 100 bytes; the buffer grows only for a terminal that pipelines deeply.
+const CONNECTION_BUF_BYTES: usize = 1024;
+
+/// How long we try to deliver a closing ERROR frame to a peer that is not reading.
+const ERROR_SEND_TIMEOUT: Duration = Duration::from_secs(1);
+
+type Conn = Framed<TcpStream, TerminalCodec>;
+
+/// Why a session ended.
+#[derive(Debug)]
+enum End {
+    /// The terminal closed the connection between frames.
+    PeerClosed,
+    /// The connection broke (reset, EOF inside a frame).
+    Broken(std::io::Error),
+    /// We close it, telling the terminal why.
+    Refuse(ErrorCode),
+}
+
+impl End {
+    fn from_codec(e: CodecError) -> End {
+        match e {
+            CodecError::Io(io) => End::Broken(io),
+            other => End::Refuse(other.error_code()),
+        }
+    }
+}
+
+/// Counts open connections for as long as it lives.
+struct ConnectionGauge;
+
+impl ConnectionGauge {
+    fn new() -> ConnectionGauge {
+        metrics::gauge!("cardgate_connections").increment(1.0);
+        ConnectionGauge
+    }
+}
+
+impl Drop for ConnectionGauge {
+    fn drop(&mut self) {
+        metrics::gauge!("cardgate_connections").decrement(1.0);
+    }
+}
+
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ledger: Arc<Ledger>,
+    limits: Arc<Limits>,
+    shutdown: CancellationToken,
+) {
+    let _gauge = ConnectionGauge::new();
+    let _ = stream.set_nodelay(true);
+    let mut conn = Framed::with_capacity(stream, TerminalCodec::new(Side::Gateway), CONNECTION_BUF_BYTES);
+
+    let sign_on_timeout = Duration::from_millis(limits.sign_on_timeout_ms);
+    let signed_on = tokio::select! {
+        r = tokio::time::timeout(sign_on_timeout, sign_on(&mut conn, &ledger, &limits)) => match r {
+            Ok(r) => r,
+            Err(_) => Err(End::Refuse(ErrorCode::SignOnTimeout)),
+        },
+        _ = shutdown.cancelled() => Err(End::Refuse(ErrorCode::ShuttingDown)),
+    };
+    let (terminal_id, end) = match signed_on {
+        Ok(terminal_id) => {
+            metrics::counter!("cardgate_sign_ons_total", "result" => "ok").increment(1);
+            tracing::debug!(terminal.id = terminal_id, %peer, "signed on");
+            (
+                Some(terminal_id),
+                session(&mut conn, terminal_id, &ledger, &limits, &shutdown).await,
+            )
+        }
+        Err(end) => {
+            let result = match &end {
+                End::Refuse(ErrorCode::AuthFailed) => "auth_failed",
+                End::Refuse(ErrorCode::SignOnTimeout) => "timeout",
+                _ => "aborted",
+            };
+            metrics::counter!("cardgate_sign_ons_total", "result" => result).increment(1);
+            (None, end)
+        }
+    };
+    match end {
+        End::PeerClosed => tracing::debug!(terminal.id = ?terminal_id, %peer, "terminal closed the connection"),
+        End::Broken(e) => tracing::debug!(terminal.id = ?terminal_id, %peer, error = %e, "connection broke"),
+        End::Refuse(code) => {
+            metrics::counter!("cardgate_connections_refused_total", "code" => code.as_str()).increment(1);
+            if code != ErrorCode::ShuttingDown {
+                tracing::info!(terminal.id = ?terminal_id, %peer, code = code.as_str(), "closing terminal connection");
+            }
+            let frame = Message::Error(ErrorFrame { code, detail: 0 });
+            let _ = tokio::time::timeout(ERROR_SEND_TIMEOUT, conn.send((0, frame))).await;
+        }
+    }
+}
+
+async fn next_frame(conn: &mut Conn) -> Result<Frame, End> {
+    match conn.next().await {
+        Some(Ok(frame)) => Ok(frame),
+        Some(Err(e)) => Err(End::from_codec(e)),
+        None => Err(End::PeerClosed),
+    }
+}
+
+async fn send(conn: &mut Conn, request_id: u32, message: Message) -> Result<(), End> {
+    conn.send((request_id, message)).await.map_err(End::from_codec)
+}
+
+/// HELLO → CHALLENGE → PROOF → SIGN_ON_OK. An unknown terminal gets a challenge like any
+/// other and fails at the proof, so the gateway does not reveal which ids exist.
+async fn sign_on(conn: &mut Conn, ledger: &Ledger, limits: &Limits) -> Result<u64, End> {
+    let frame = next_frame(conn).await?;
+    let Message::Hello(hello) = frame.message else {
+        return Err(End::Refuse(ErrorCode::UnexpectedMessage));
+    };
+    let known = ledger.sign_on(hello.terminal_id);
+    let secret = known.map(|(s, _)| s).unwrap_or(TerminalSecret(rand::random()));
+    let input = SignOnInput {
+        terminal_id: hello.terminal_id,
+        terminal_nonce: hello.terminal_nonce,
+        gateway_nonce: rand::random(),
+    };
+    let challenge = Challenge {
+        gateway_nonce: input.gateway_nonce,
+        server_time_ms: ledger.now_ms(),
+    };
+    send(conn, frame.request_id, Message::Challenge(challenge)).await?;
+
+    let frame = next_frame(conn).await?;
+    let Message::Proof(proof) = frame.message else {
+        return Err(End::Refuse(ErrorCode::UnexpectedMessage));
+    };
+    let Some((_, last_tx_seq)) = known else {
+        return Err(End::Refuse(ErrorCode::AuthFailed));
+    };
+    if !input.verify_proof(&secret, &proof.proof) {
+        return Err(End::Refuse(ErrorCode::AuthFailed));
+    }
+    conn.codec_mut().install_session(input.session_keys(&secret));
+    let ok = SignOnOk {
+        server_time_ms: ledger.now_ms(),
+        last_tx_seq,
+        blacklist_version: ledger.blacklist_version(),
+        heartbeat_interval_s: limits.heartbeat_interval_s,
+        pipeline_depth_max: limits.pipeline_depth_max,
+        reserved: 0,
+    };
+    send(conn, frame.request_id, Message::SignOnOk(ok)).await?;
+    Ok(hello.terminal_id)
+}
+
+/// An answer on its way: the request it answers, when it arrived, and its kind for the
+/// latency histogram.
+struct InFlight {
+    request_id: u32,
+    received: Instant,
+    kind: &'static str,
+    pending: Pending,
+}
+
+async fn session(
+    conn: &mut Conn,
+    terminal_id: u64,
+    ledger: &Ledger,
+    limits: &Limits,
+    shutdown: &CancellationToken,
+) -> End {
+    let depth = usize::from(limits.pipeline_depth_max);
+    let idle_timeout = Duration::from_millis(limits.idle_timeout_ms);
+    let mut inflight: VecDeque<InFlight> = VecDeque::with_capacity(depth);
+    let idle = tokio::time::sleep(idle_timeout);
+    tokio::pin!(idle);
+    let mut end: Option<End> = None;
+
+    loop {
+        if end.is_some() && inflight.is_empty() {
+            break;
+        }
+        tokio::select! {
+            biased;
+            answer = oldest(&mut inflight), if !inflight.is_empty() => {
+                if let Err(e) = write_answers(conn, &mut inflight, answer).await {
+                    return e;
+                }
+            }
+            frame = conn.next(), if end.is_none() && inflight.len() < depth => {
+                match frame {
+                    None => end = Some(End::PeerClosed),
+                    Some(Err(e)) => {
+                        let e = End::from_codec(e);
+                        if let End::Broken(_) = e {
+                            return e;
+                        }
+                        end = Some(e);
+                    }
+                    Some(Ok(frame)) => {
+                        idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
+                        match handle(frame, terminal_id, ledger).await {
+                            Ok(f) => inflight.push_back(f),
+                            Err(e) => end = Some(e),
+                        }
+                    }
+                }
+            }
+            _ = &mut idle, if end.is_none() => end = Some(End::Refuse(ErrorCode::IdleTimeout)),
+            _ = shutdown.cancelled(), if end.is_none() => end = Some(End::Refuse(ErrorCode::ShuttingDown)),
+        }
+    }
+    end.unwrap_or(End::PeerClosed)
+}
+
+/// Resolves when the oldest answer's commit is done. Commits complete in submission
+/// order, so waiting on the oldest costs nothing.
+async fn oldest(inflight: &mut VecDeque<InFlight>) -> cardgate_codec::Message {
+    let front = inflight.front_mut().expect("called only when something is in flight");
+    (&mut front.pending).await
+}
+
+/// Writes the oldest answer and every other one already resolved, then flushes once.
+async fn write_answers(conn: &mut Conn, inflight: &mut VecDeque<InFlight>, first: Message) -> Result<(), End> {
+    let mut answer = first;
+    loop {
+        let f = inflight.pop_front().expect("an answer came from the queue");
+        metrics::histogram!("cardgate_request_seconds", "kind" => f.kind).record(f.received.elapsed().as_secs_f64());
+        conn.feed((f.request_id, answer)).await.map_err(End::from_codec)?;
+        match inflight.front_mut().and_then(|next| (&mut next.pending).now_or_never()) {
+            Some(next) => answer = next,
+            None => break,
+        }
+    }
+    conn.flush().await.map_err(End::from_codec)
+}
+
+async fn handle(frame: Frame, terminal_id: u64, ledger: &Ledger) -> Result<InFlight, End> {
+    let received = Instant::now();
+    let (kind, pending) = match frame.message {
+        Message::Purchase(p) => ("purchase", ledger.purchase(terminal_id, &p).await),
+        Message::Reversal(r) => ("reversal", ledger.reversal(terminal_id, &r).await),
+        Message::BalanceInquiry(b) => ("balance", ledger.balance(terminal_id, b.card).await),
+        Message::Heartbeat(_) => {
+            ledger.touch_terminal(terminal_id);
+            let ack = HeartbeatAck {
+                server_time_ms: ledger.now_ms(),
+                blacklist_version: ledger.blacklist_version(),
+            };
+            ("heartbeat", Pending::ready(Message::HeartbeatAck(ack)))
+        }
+        _ => return Err(End::Refuse(ErrorCode::UnexpectedMessage)),
+    };
+    Ok(InFlight {
+        request_id: frame.request_id,
+        received,
+        kind,
+        pending,
+    })
+}

@@ -1,0 +1,103 @@
+//! The demo campus: a ready-made population of accounts, cards and POS terminals so that
+//! `cardgate serve --demo` can be driven by the load test at once. Terminal secrets are
+//! derived from a published master secret, which is exactly why a demo data directory
+//! must never hold real money.
+
+use cardgate_codec::{CardNo, TerminalSecret};
+
+use crate::error::LedgerError;
+use crate::journal::{StateWrite, Writes};
+use crate::ledger::Ledger;
+use crate::model::{Account, AccountKind, AccountStatus, Card, CardStatus, Terminal, TerminalKind};
+use crate::money::from_fen;
+use crate::store::meta;
+
+/// The published master secret of demo terminals (see `TerminalSecret::derive_demo`).
+pub const DEMO_MASTER_SECRET: &[u8] = b"cardgate-demo-master-secret";
+/// Demo card numbers are `DEMO_CARD_BASE + account id`.
+pub const DEMO_CARD_BASE: u64 = 1_000_000_000;
+/// POS terminals per demo merchant (a canteen's windows).
+pub const DEMO_TERMINALS_PER_MERCHANT: u64 = 50;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DemoCampus {
+    /// Accounts 1..=accounts, each with one card; every tenth is staff.
+    pub accounts: u64,
+    /// POS terminals 1..=pos_terminals.
+    pub pos_terminals: u64,
+    pub balance_fen: i64,
+}
+
+impl Default for DemoCampus {
+    fn default() -> DemoCampus {
+        DemoCampus {
+            accounts: 20_000,
+            pos_terminals: 2_000,
+            balance_fen: 1_000_00,
+        }
+    }
+}
+
+pub fn demo_card(account: u64) -> CardNo {
+    CardNo(DEMO_CARD_BASE + account)
+}
+
+pub fn demo_secret(terminal_id: u64) -> TerminalSecret {
+    TerminalSecret::derive_demo(DEMO_MASTER_SECRET, terminal_id)
+}
+
+/// Creates the demo campus unless this data directory already has one. Returns whether
+/// it was created now.
+pub async fn ensure_demo(ledger: &Ledger, campus: &DemoCampus) -> Result<bool, LedgerError> {
+    if ledger.db().get_meta(meta::DEMO)?.is_some() {
+        return Ok(false);
+    }
+    let now = ledger.now_ms();
+    let terminals = (1..=campus.pos_terminals)
+        .map(|id| {
+            let merchant = 1 + (id - 1) / DEMO_TERMINALS_PER_MERCHANT;
+            Terminal {
+                id,
+                secret: demo_secret(id).0,
+                kind: TerminalKind::Pos,
+                merchant_id: merchant,
+                enabled: true,
+                name: format!("POS {id}"),
+                place: format!("Canteen {merchant}"),
+            }
+        })
+        .collect();
+    let accounts: Vec<Account> = (1..=campus.accounts)
+        .map(|id| Account {
+            id,
+            kind: if id % 10 == 0 {
+                AccountKind::Staff
+            } else {
+                AccountKind::Student
+            },
+            status: AccountStatus::Active,
+            balance: from_fen(campus.balance_fen),
+            limits: None,
+            day: 0,
+            spent_today: Default::default(),
+        })
+        .collect();
+    let cards: Vec<Card> = accounts
+        .iter()
+        .map(|a| Card {
+            no: demo_card(a.id),
+            account: a.id,
+            status: CardStatus::Active,
+            expires_ms: None,
+            issued_ms: now,
+        })
+        .collect();
+    ledger.bulk_create(terminals, &accounts, &cards).await?;
+    let mut marker = Writes::new();
+    marker.push(StateWrite::Meta(
+        meta::DEMO,
+        format!("{} {} {}", campus.accounts, campus.pos_terminals, campus.balance_fen).into_bytes(),
+    ));
+    ledger.journal().commit(None, marker).await?;
+    Ok(true)
+}

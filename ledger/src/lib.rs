@@ -1,0 +1,22 @@
+//! The cardgate domain and its durability. This crate owns the accounts, cards,
+//! terminals and business parameters held in memory; the decision rules for purchases,
+//! reversals and inquiries; idempotency by terminal sequence number; the sled journal
+//! whose single committer makes one flush (plus `fdatasync`) cover every decision that
+//! arrived while the previous one ran; and recovery of exactly the durable state at
+//! start. It knows the wire protocol only through `cardgate-codec`'s message types and
+//! does no network I/O.
+#![forbid(unsafe_code)]
+
+pub mod clock;
+pub mod demo;
+pub mod entry;
+pub mod error;
+pub mod journal;
+pub mod ledger;
+pub mod model;
+pub mod money;
+pub mod store;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::LedgerError;
+pub use ledger::{Ledger, LedgerConfig, Pending, RecoveryStats};

@@ -1,0 +1,300 @@
+//! The ledger's records. Each is both the in-memory value and, serialized with postcard
+//! behind a version byte, the sled record it recovers from; money fields are stored as
+//! integer fen.
+
+use cardgate_codec::{CardNo, CardStatusCode, DeclineReason};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::money::fen;
+
+/// `serde(with = "crate::model::card_no")`: a card number stored as its `u64`.
+pub mod card_no {
+    use cardgate_codec::CardNo;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &CardNo, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(v.0)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<CardNo, D::Error> {
+        Ok(CardNo(u64::deserialize(d)?))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum AccountKind {
+    Student,
+    Staff,
+    Temporary,
+}
+
+impl AccountKind {
+    pub const ALL: [AccountKind; 3] = [AccountKind::Student, AccountKind::Staff, AccountKind::Temporary];
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccountKind::Student => "student",
+            AccountKind::Staff => "staff",
+            AccountKind::Temporary => "temporary",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<AccountKind> {
+        AccountKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum AccountStatus {
+    Active,
+    Frozen,
+    Closed,
+}
+
+impl AccountStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccountStatus::Active => "active",
+            AccountStatus::Frozen => "frozen",
+            AccountStatus::Closed => "closed",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum CardStatus {
+    Active,
+    /// Reported lost (挂失); can be unfrozen (解挂).
+    Lost,
+    Frozen,
+    /// Cancelled (注销); final.
+    Cancelled,
+    /// Replaced by a new card (补卡); final.
+    Replaced,
+    /// Recorded as damaged (坏卡); final for this card number.
+    Bad,
+}
+
+impl CardStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CardStatus::Active => "active",
+            CardStatus::Lost => "lost",
+            CardStatus::Frozen => "frozen",
+            CardStatus::Cancelled => "cancelled",
+            CardStatus::Replaced => "replaced",
+            CardStatus::Bad => "bad",
+        }
+    }
+
+    /// Why a card in this status cannot pay, or `None` when it can.
+    pub fn refusal(self) -> Option<DeclineReason> {
+        match self {
+            CardStatus::Active => None,
+            CardStatus::Lost => Some(DeclineReason::CardLost),
+            CardStatus::Frozen => Some(DeclineReason::CardFrozen),
+            CardStatus::Cancelled => Some(DeclineReason::CardCancelled),
+            CardStatus::Replaced => Some(DeclineReason::CardReplaced),
+            CardStatus::Bad => Some(DeclineReason::CardBad),
+        }
+    }
+
+    pub fn wire(self) -> CardStatusCode {
+        match self {
+            CardStatus::Active => CardStatusCode::Active,
+            CardStatus::Lost => CardStatusCode::Lost,
+            CardStatus::Frozen => CardStatusCode::Frozen,
+            CardStatus::Cancelled => CardStatusCode::Cancelled,
+            CardStatus::Replaced => CardStatusCode::Replaced,
+            CardStatus::Bad => CardStatusCode::Bad,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TerminalKind {
+    Pos,
+    Door,
+    Attendance,
+    Kiosk,
+}
+
+impl TerminalKind {
+    pub const ALL: [TerminalKind; 4] = [
+        TerminalKind::Pos,
+        TerminalKind::Door,
+        TerminalKind::Attendance,
+        TerminalKind::Kiosk,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TerminalKind::Pos => "pos",
+            TerminalKind::Door => "door",
+            TerminalKind::Attendance => "attendance",
+            TerminalKind::Kiosk => "kiosk",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<TerminalKind> {
+        TerminalKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// Spending limits. A purchase above `single_payment_max`, or one that would take the
+/// business day's spending above `daily_max`, is declined.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    #[serde(with = "fen")]
+    pub single_payment_max: Decimal,
+    #[serde(with = "fen")]
+    pub daily_max: Decimal,
+}
+
+/// Business parameters of one account kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KindParams {
+    pub limits: Limits,
+    /// Fee for a replacement card (补卡).
+    #[serde(with = "fen")]
+    pub replacement_fee: Decimal,
+    /// Fee for a temporary card.
+    #[serde(with = "fen")]
+    pub temporary_card_fee: Decimal,
+}
+
+/// Parameters for every account kind, indexed by `AccountKind::index`. Read on every
+/// purchase and changed rarely, so the ledger swaps it whole.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Params {
+    pub kinds: [KindParams; 3],
+}
+
+impl Default for Params {
+    fn default() -> Params {
+        let kind = |single: i64, daily: i64| KindParams {
+            limits: Limits {
+                single_payment_max: crate::money::from_fen(single),
+                daily_max: crate::money::from_fen(daily),
+            },
+            replacement_fee: crate::money::from_fen(20_00),
+            temporary_card_fee: crate::money::from_fen(10_00),
+        };
+        Params {
+            kinds: [kind(200_00, 600_00), kind(500_00, 2_000_00), kind(100_00, 300_00)],
+        }
+    }
+}
+
+impl Params {
+    pub fn for_kind(&self, kind: AccountKind) -> &KindParams {
+        &self.kinds[kind.index()]
+    }
+}
+
+/// An account: the money. Cards point at it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    pub id: u64,
+    pub kind: AccountKind,
+    pub status: AccountStatus,
+    #[serde(with = "fen")]
+    pub balance: Decimal,
+    /// Per-account limits overriding the kind's parameters.
+    pub limits: Option<Limits>,
+    /// The business day `spent_today` belongs to (days since the epoch, local time).
+    pub day: i32,
+    #[serde(with = "fen")]
+    pub spent_today: Decimal,
+}
+
+impl Account {
+    /// Spending on `today`, resetting the counter when the business day has turned.
+    pub fn roll_day(&mut self, today: i32) {
+        if self.day != today {
+            self.day = today;
+            self.spent_today = Decimal::ZERO;
+        }
+    }
+
+    pub fn effective_limits(&self, params: &Params) -> Limits {
+        self.limits.unwrap_or(params.for_kind(self.kind).limits)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Card {
+    #[serde(with = "card_no")]
+    pub no: CardNo,
+    pub account: u64,
+    pub status: CardStatus,
+    /// Unix ms after which the card is refused; `None` never expires.
+    pub expires_ms: Option<i64>,
+    pub issued_ms: i64,
+}
+
+impl Card {
+    /// Why this card cannot pay at `now_ms`, or `None` when it can.
+    pub fn refusal(&self, now_ms: i64) -> Option<DeclineReason> {
+        self.status.refusal().or(match self.expires_ms {
+            Some(exp) if now_ms >= exp => Some(DeclineReason::CardExpired),
+            _ => None,
+        })
+    }
+}
+
+/// A terminal as registered. The secret never leaves the gateway.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Terminal {
+    pub id: u64,
+    pub secret: [u8; 32],
+    pub kind: TerminalKind,
+    pub merchant_id: u64,
+    pub enabled: bool,
+    pub name: String,
+    pub place: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TxKind {
+    Purchase,
+    Reversal,
+}
+
+/// The answer a money request got, kept so that a retry gets it again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    Approved { tx_id: u64, balance_after_fen: i64 },
+    Declined { reason: u16, balance_fen: i64 },
+}
+
+/// What a terminal's transaction sequence number was used for, and what it got: the
+/// idempotency record. A retry must match `kind`, `card`, `amount_fen` and
+/// `original_seq` exactly to get `outcome` again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeqRecord {
+    pub terminal: u64,
+    pub seq: u64,
+    pub kind: TxKind,
+    #[serde(with = "card_no")]
+    pub card: CardNo,
+    pub amount_fen: i64,
+    /// For a reversal: the purchase it reverses; 0 for a purchase.
+    pub original_seq: u64,
+    pub account: u64,
+    pub outcome: Outcome,
+    pub time_ms: i64,
+    /// For an approved purchase: the sequence number of the reversal that undid it.
+    pub reversed_by: Option<u64>,
+}
+
+impl SeqRecord {
+    pub fn same_request(&self, kind: TxKind, card: CardNo, amount_fen: i64, original_seq: u64) -> bool {
+        self.kind == kind && self.card == card && self.amount_fen == amount_fen && self.original_seq == original_seq
+    }
+}

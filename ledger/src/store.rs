@@ -1,0 +1,324 @@
+//! The write-ahead store: sled, behind a small interface of our own so that the
+//! committer can be tested with injected faults.
+//!
+//! Everything lives in one sled tree under one-byte key prefixes, so that a group commit
+//! is one `apply_batch`, atomic across journal entries and the state records they change:
+//!
+//! ```text
+//! 'J' first id(u64 BE)             journal segment: consecutive entries from that id
+//! 'A' account(u64 BE)               Account      } checkpointed state, as of the
+//! 'C' card(u64 BE)                  Card         } entry id in meta `checkpoint_id`
+//! 'T' terminal(u64 BE)              Terminal     }
+//! 'S' terminal(u64 BE) slot(u8)     SeqRecord    } (a terminal's remembered outcomes)
+//! 'M' name                          meta values (next entry id, tx id mark, params, ...)
+//! ```
+//!
+//! A segment is `([len u32 LE][entry record])*`; its entries have consecutive ids
+//! starting at the id in its key. Big-endian ids keep sled's key order equal to
+//! numeric order, which the flusher and recovery rely on.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use serde::Serialize;
+
+use crate::entry::{EntryRecord, JournalEntry};
+use serde::de::DeserializeOwned;
+
+pub const PREFIX_JOURNAL: u8 = b'J';
+pub const PREFIX_ACCOUNT: u8 = b'A';
+pub const PREFIX_CARD: u8 = b'C';
+pub const PREFIX_TERMINAL: u8 = b'T';
+pub const PREFIX_SEQ: u8 = b'S';
+pub const PREFIX_META: u8 = b'M';
+
+/// The version byte that starts every state record.
+pub const RECORD_FORMAT: u8 = 1;
+
+/// Meta keys.
+pub mod meta {
+    /// The id the committer gives the next entry (u64 BE). Kept because pruning may
+    /// leave the journal empty.
+    pub const NEXT_ENTRY_ID: &str = "next_entry_id";
+    /// The highest tx id any committed entry used (u64 BE).
+    pub const TX_ID_MARK: &str = "tx_id_mark";
+    pub const PARAMS: &str = "params";
+    /// The last entry id the checkpointed state records reflect (u64 BE).
+    pub const CHECKPOINT_ID: &str = "checkpoint_id";
+    /// Set once the demo campus exists.
+    pub const DEMO: &str = "demo";
+    /// Identifies this gateway in the central store (u64 BE), chosen at first start.
+    pub const GATEWAY_ID: &str = "gateway_id";
+}
+
+/// sled's page cache. sled's default (1 GiB) alone would break the gateway's memory
+/// target; the hot state lives in the ledger's maps, so sled needs little cache.
+pub const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("i/o on {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("record under key {key:?} does not decode: {reason}")]
+    Corrupt { key: Vec<u8>, reason: String },
+    #[error("injected fault: {0}")]
+    Injected(&'static str),
+}
+
+pub fn key_u64(prefix: u8, id: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = prefix;
+    k[1..].copy_from_slice(&id.to_be_bytes());
+    k
+}
+
+pub fn key_seq_slot(terminal: u64, slot: u8) -> [u8; 10] {
+    let mut k = [0u8; 10];
+    k[0] = PREFIX_SEQ;
+    k[1..9].copy_from_slice(&terminal.to_be_bytes());
+    k[9] = slot;
+    k
+}
+
+pub fn key_segment(first_id: u64) -> [u8; 9] {
+    key_u64(PREFIX_JOURNAL, first_id)
+}
+
+pub fn key_meta(name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + name.len());
+    k.push(PREFIX_META);
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+pub fn id_of_key(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.get(1..9)?.try_into().ok()?))
+}
+
+pub fn encode_record<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    out.push(RECORD_FORMAT);
+    postcard::to_io(value, &mut out).expect("records serialize");
+    out
+}
+
+pub fn decode_record<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        key: key.to_vec(),
+        reason,
+    };
+    match bytes.split_first() {
+        Some((&RECORD_FORMAT, rest)) => postcard::from_bytes(rest).map_err(|e| corrupt(e.to_string())),
+        Some((v, _)) => Err(corrupt(format!("unknown record format {v}"))),
+        None => Err(corrupt("empty record".into())),
+    }
+}
+
+/// Splits a journal segment into its entries.
+pub fn decode_segment(first_id: u64, bytes: &[u8]) -> Result<Vec<JournalEntry>, StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        key: key_segment(first_id).to_vec(),
+        reason,
+    };
+    let mut out = Vec::new();
+    let mut rest = bytes;
+    let mut id = first_id;
+    while !rest.is_empty() {
+        let Some((len, tail)) = rest.split_first_chunk::<4>() else {
+            return Err(corrupt("truncated entry length".into()));
+        };
+        let len = u32::from_le_bytes(*len) as usize;
+        if tail.len() < len {
+            return Err(corrupt(format!("entry {id} runs past the segment")));
+        }
+        let (body, tail) = tail.split_at(len);
+        let record = EntryRecord::decode(body).map_err(|e| corrupt(format!("entry {id}: {e}")))?;
+        out.push(JournalEntry { id, record });
+        id += 1;
+        rest = tail;
+    }
+    Ok(out)
+}
+
+/// What the committer needs from durable storage. One implementation is sled; tests wrap
+/// it to inject faults.
+pub trait Store: Send + 'static {
+    /// Applies one batch atomically (not yet durable).
+    fn apply(&mut self, batch: sled::Batch) -> Result<(), StoreError>;
+    /// Makes everything applied so far durable, including through the disk's write
+    /// cache. Nothing may be acknowledged before this returns `Ok`.
+    fn sync(&mut self) -> Result<(), StoreError>;
+}
+
+/// The sled database of one gateway.
+#[derive(Clone)]
+pub struct Db {
+    pub db: sled::Db,
+    pub tree: sled::Tree,
+    dir: PathBuf,
+}
+
+impl Db {
+    pub fn open(dir: &Path) -> Result<Db, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(SLED_CACHE_BYTES)
+            // Only the committer flushes: sled's own background flusher would be a second
+            // concurrent flusher, and it is no durability guarantee anyway.
+            .flush_every_ms(None)
+            .open()?;
+        let tree = db.open_tree("cardgate")?;
+        Ok(Db {
+            db,
+            tree,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn get_meta(&self, name: &str) -> Result<Option<sled::IVec>, StoreError> {
+        Ok(self.tree.get(key_meta(name))?)
+    }
+
+    pub fn get_meta_u64(&self, name: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .get_meta(name)?
+            .and_then(|v| Some(u64::from_be_bytes(v.as_ref().try_into().ok()?))))
+    }
+
+    /// Every record under `prefix`, decoded, in key order.
+    pub fn scan<T: DeserializeOwned>(&self, prefix: &[u8]) -> impl Iterator<Item = Result<T, StoreError>> + '_ {
+        self.tree.scan_prefix(prefix).map(|kv| {
+            let (k, v) = kv?;
+            decode_record(&k, &v)
+        })
+    }
+
+    /// Up to `limit` committed entries with ids above `after`, in id order. Only
+    /// entries the committer has applied are visible; callers that need durable ones
+    /// bound `after` by `JournalStats::durable_entry_id`.
+    pub fn read_entries(&self, after: u64, limit: usize) -> Result<Vec<JournalEntry>, StoreError> {
+        let mut out = Vec::new();
+        // The segment holding `after + 1` starts at or before it.
+        let start = match self.tree.range(..=key_segment(after + 1)).next_back() {
+            Some(kv) => {
+                let (k, _) = kv?;
+                if k.first() == Some(&PREFIX_JOURNAL) {
+                    id_of_key(&k).unwrap_or(0)
+                } else {
+                    0
+                }
+            }
+            None => 0,
+        };
+        for kv in self.tree.range(key_segment(start)..) {
+            let (k, v) = kv?;
+            if k.first() != Some(&PREFIX_JOURNAL) {
+                break;
+            }
+            let first = id_of_key(&k).unwrap_or(0);
+            for e in decode_segment(first, &v)? {
+                if e.id > after {
+                    out.push(e);
+                    if out.len() >= limit {
+                        return Ok(out);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn get_record<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
+        match self.tree.get(key)? {
+            Some(v) => Ok(Some(decode_record(key, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The sled store the committer writes through.
+    pub fn store(&self) -> Result<SledStore, StoreError> {
+        // sled 0.34 keeps its log in the file `db`; its `flush` ends in sync_file_range,
+        // which does not empty the disk's write cache (sled #1452), so we fdatasync it.
+        let path = self.dir.join("db");
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|source| StoreError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(SledStore {
+            db: self.clone(),
+            log: file,
+            log_path: path,
+        })
+    }
+}
+
+pub struct SledStore {
+    db: Db,
+    log: File,
+    log_path: PathBuf,
+}
+
+impl Store for SledStore {
+    fn apply(&mut self, batch: sled::Batch) -> Result<(), StoreError> {
+        Ok(self.db.tree.apply_batch(batch)?)
+    }
+
+    fn sync(&mut self) -> Result<(), StoreError> {
+        self.db.db.flush()?;
+        self.log.sync_data().map_err(|source| StoreError::Io {
+            path: self.log_path.clone(),
+            source,
+        })
+    }
+}
+
+/// Fault injection for tests: wraps a store and fails `apply` or `sync` on demand.
+#[derive(Clone, Default)]
+pub struct FaultSwitch(Arc<AtomicU8>);
+
+impl FaultSwitch {
+    pub const NONE: u8 = 0;
+    pub const FAIL_APPLY: u8 = 1;
+    pub const FAIL_SYNC: u8 = 2;
+
+    pub fn set(&self, mode: u8) {
+        self.0.store(mode, Ordering::SeqCst);
+    }
+
+    fn get(&self) -> u8 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+pub struct FaultyStore<S> {
+    pub inner: S,
+    pub switch: FaultSwitch,
+}
+
+impl<S: Store> Store for FaultyStore<S> {
+    fn apply(&mut self, batch: sled::Batch) -> Result<(), StoreError> {
+        if self.switch.get() == FaultSwitch::FAIL_APPLY {
+            return Err(StoreError::Injected("apply"));
+        }
+        self.inner.apply(batch)
+    }
+
+    fn sync(&mut self) -> Result<(), StoreError> {
+        if self.switch.get() == FaultSwitch::FAIL_SYNC {
+            return Err(StoreError::Injected("sync"));
+        }
+        self.inner.sync()
+    }
+}

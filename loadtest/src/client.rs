@@ -1,0 +1,202 @@
+//! One terminal's connection to the gateway.
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cardgate_codec::codec::Frame;
+use cardgate_codec::crypto::SignOnInput;
+use cardgate_codec::{
+    BalanceInquiry, CardNo, CodecError, ErrorCode, Heartbeat, Hello, Message, Proof, Purchase, Reversal, Side,
+    SignOnOk, TerminalCodec, TerminalSecret,
+};
+use futures::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("connect: {0}")]
+    Connect(std::io::Error),
+    #[error("protocol: {0}")]
+    Codec(#[from] CodecError),
+    #[error("the gateway closed the connection with {0:?}")]
+    Refused(ErrorCode),
+    #[error("the gateway closed the connection")]
+    Closed,
+    #[error("unexpected message {0:?}")]
+    Unexpected(Box<Message>),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+pub struct TerminalClient {
+    conn: Framed<TcpStream, TerminalCodec>,
+    pub terminal_id: u64,
+    pub sign_on: SignOnOk,
+    next_request_id: u32,
+}
+
+impl TerminalClient {
+    /// Connects and signs on.
+    pub async fn connect(
+        addr: SocketAddr,
+        terminal_id: u64,
+        secret: &TerminalSecret,
+    ) -> Result<TerminalClient, ClientError> {
+        let stream = TcpStream::connect(addr).await.map_err(ClientError::Connect)?;
+        TerminalClient::sign_on(stream, terminal_id, secret).await
+    }
+
+    /// Signs on over an already connected stream.
+    pub async fn sign_on(
+        stream: TcpStream,
+        terminal_id: u64,
+        secret: &TerminalSecret,
+    ) -> Result<TerminalClient, ClientError> {
+        stream.set_nodelay(true).map_err(ClientError::Connect)?;
+        let mut conn = Framed::new(stream, TerminalCodec::new(Side::Terminal));
+        let terminal_nonce: [u8; 16] = rand::random();
+        let hello = Hello {
+            terminal_id,
+            terminal_nonce,
+            terminal_time_ms: now_ms(),
+        };
+        conn.send((1, Message::Hello(hello))).await?;
+        let challenge = match recv(&mut conn).await?.message {
+            Message::Challenge(c) => c,
+            other => return Err(ClientError::Unexpected(Box::new(other))),
+        };
+        let input = SignOnInput {
+            terminal_id,
+            terminal_nonce,
+            gateway_nonce: challenge.gateway_nonce,
+        };
+        conn.send((
+            2,
+            Message::Proof(Proof {
+                proof: input.proof(secret),
+            }),
+        ))
+        .await?;
+        // The answer to a good proof is MACed under the new session key.
+        conn.codec_mut().install_session(input.session_keys(secret));
+        let sign_on = match recv(&mut conn).await {
+            Ok(Frame {
+                message: Message::SignOnOk(ok),
+                ..
+            }) => ok,
+            Err(e) => return Err(e),
+            Ok(other) => return Err(ClientError::Unexpected(Box::new(other.message))),
+        };
+        Ok(TerminalClient {
+            conn,
+            terminal_id,
+            sign_on,
+            next_request_id: 3,
+        })
+    }
+
+    /// Sends a request without waiting; returns its request id.
+    pub async fn send(&mut self, message: Message) -> Result<u32, ClientError> {
+        let id = self.next_request_id;
+        self.next_request_id = self.next_request_id.wrapping_add(1);
+        self.conn.send((id, message)).await?;
+        Ok(id)
+    }
+
+    /// Queues a request without flushing (for pipelining several); see `flush`.
+    pub async fn feed(&mut self, message: Message) -> Result<u32, ClientError> {
+        let id = self.next_request_id;
+        self.next_request_id = self.next_request_id.wrapping_add(1);
+        self.conn.feed((id, message)).await?;
+        Ok(id)
+    }
+
+    pub async fn flush(&mut self) -> Result<(), ClientError> {
+        Ok(self.conn.flush().await?)
+    }
+
+    /// The next frame from the gateway.
+    pub async fn recv(&mut self) -> Result<Frame, ClientError> {
+        recv(&mut self.conn).await
+    }
+
+    /// Sends a request and waits for its answer.
+    pub async fn request(&mut self, message: Message) -> Result<Message, ClientError> {
+        let id = self.send(message).await?;
+        let frame = self.recv().await?;
+        if frame.request_id != id {
+            return Err(ClientError::Unexpected(Box::new(frame.message)));
+        }
+        Ok(frame.message)
+    }
+
+    pub async fn request_timeout(&mut self, message: Message, limit: Duration) -> Result<Message, ClientError> {
+        tokio::time::timeout(limit, self.request(message))
+            .await
+            .map_err(|_| ClientError::Timeout(limit))?
+    }
+
+    pub async fn purchase(&mut self, tx_seq: u64, card: CardNo, amount_fen: i64) -> Result<Message, ClientError> {
+        self.request(Message::Purchase(Purchase {
+            tx_seq,
+            card,
+            amount_fen,
+            terminal_time_ms: now_ms(),
+        }))
+        .await
+    }
+
+    pub async fn reversal(
+        &mut self,
+        tx_seq: u64,
+        original_tx_seq: u64,
+        card: CardNo,
+        amount_fen: i64,
+    ) -> Result<Message, ClientError> {
+        self.request(Message::Reversal(Reversal {
+            tx_seq,
+            original_tx_seq,
+            card,
+            amount_fen,
+            terminal_time_ms: now_ms(),
+        }))
+        .await
+    }
+
+    pub async fn balance(&mut self, card: CardNo) -> Result<Message, ClientError> {
+        self.request(Message::BalanceInquiry(BalanceInquiry { card })).await
+    }
+
+    pub async fn heartbeat(&mut self) -> Result<Message, ClientError> {
+        self.request(Message::Heartbeat(Heartbeat {
+            terminal_time_ms: now_ms(),
+            blacklist_version: self.sign_on.blacklist_version,
+        }))
+        .await
+    }
+
+    /// The underlying framed stream, for tests that write raw bytes.
+    pub fn framed_mut(&mut self) -> &mut Framed<TcpStream, TerminalCodec> {
+        &mut self.conn
+    }
+}
+
+async fn recv(conn: &mut Framed<TcpStream, TerminalCodec>) -> Result<Frame, ClientError> {
+    match conn.next().await {
+        Some(Ok(Frame {
+            message: Message::Error(e),
+            ..
+        })) => Err(ClientError::Refused(e.code)),
+        Some(Ok(frame)) => Ok(frame),
+        Some(Err(e)) => Err(e.into()),
+        None => Err(ClientError::Closed),
+    }
+}
