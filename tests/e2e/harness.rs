@@ -1,0 +1,186 @@
+//! Starts the real daemon for a test and tears it down.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cardgate_codec::{CardNo, TerminalSecret};
+use cardgate_ledger::demo::{demo_card, demo_secret};
+use cardgate_loadtest::client::TerminalClient;
+
+/// Demo campus size the tests use: small, so start-up is instant.
+pub const DEMO_ACCOUNTS: u64 = 200;
+pub const DEMO_TERMINALS: u64 = 50;
+/// Each demo account starts with this balance.
+pub const DEMO_BALANCE_FEN: i64 = 1_000_00;
+
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A running `cardgate serve`. Killed when dropped.
+pub struct Daemon {
+    child: Option<Child>,
+    pub data_dir: PathBuf,
+    /// Listener addresses by kind, as the daemon logged them ("terminals", "metrics", ...).
+    pub addrs: HashMap<String, SocketAddr>,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Daemon {
+    /// Starts a demo gateway in `data_dir` with every listener on an ephemeral port.
+    pub fn start(data_dir: &Path) -> Daemon {
+        Daemon::start_with(data_dir, &[])
+    }
+
+    pub fn start_with(data_dir: &Path, extra_args: &[&str]) -> Daemon {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cardgate"));
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--demo"])
+            .args(["--demo-accounts", &DEMO_ACCOUNTS.to_string()])
+            .args(["--demo-terminals", &DEMO_TERMINALS.to_string()])
+            .args(extra_args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start cardgate");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if let Some((kind, addr)) = parse_listening(&line) {
+                        let _ = tx.send(Some((kind, addr)));
+                    }
+                    if line.contains("ERROR") || line.contains("panicked") {
+                        eprintln!("cardgate: {line}");
+                    }
+                    log.lock().unwrap().push(line);
+                }
+                let _ = tx.send(None);
+            });
+        }
+        let mut addrs = HashMap::new();
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !addrs.contains_key("terminals") {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(Some((kind, addr))) => {
+                    addrs.insert(kind, addr);
+                }
+                Ok(None) | Err(_) => {
+                    let _ = child.kill();
+                    panic!("cardgate did not start; log:\n{}", log.lock().unwrap().join("\n"));
+                }
+            }
+        }
+        Daemon {
+            child: Some(child),
+            data_dir: data_dir.to_path_buf(),
+            addrs,
+            log,
+        }
+    }
+
+    pub fn terminal_addr(&self) -> SocketAddr {
+        self.addrs["terminals"]
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGKILL: no shutdown path runs.
+    pub fn kill9(mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().expect("SIGKILL cardgate");
+            c.wait().expect("reap cardgate");
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn terminate(mut self) -> ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let ok = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(ok.success());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = c.try_wait().expect("wait cardgate") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "cardgate did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// The Prometheus exposition, fetched over plain HTTP.
+    pub fn metrics(&self) -> String {
+        http_get(self.addrs["metrics"], "/metrics")
+    }
+
+    /// The value of one metric line (exact name with labels), if present.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        self.metrics().lines().find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok())?
+        })
+    }
+
+    /// Signs on demo terminal `id`.
+    pub async fn terminal(&self, id: u64) -> TerminalClient {
+        TerminalClient::connect(self.terminal_addr(), id, &demo_secret(id))
+            .await
+            .expect("demo terminal signs on")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn parse_listening(line: &str) -> Option<(String, SocketAddr)> {
+    if !line.contains("listening") {
+        return None;
+    }
+    let kind = line.split("kind=\"").nth(1)?.split('"').next()?.to_string();
+    let addr = line.split("addr=").nth(1)?.split_whitespace().next()?.parse().ok()?;
+    Some((kind, addr))
+}
+
+/// A minimal HTTP/1.1 GET, so that the tests need no HTTP client for metrics.
+pub fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect for HTTP");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    body.to_string()
+}
+
+pub fn card(account: u64) -> CardNo {
+    demo_card(account)
+}
+
+pub fn secret(terminal: u64) -> TerminalSecret {
+    demo_secret(terminal)
+}

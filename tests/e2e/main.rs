@@ -1,0 +1,6 @@
+//! End-to-end tests: the real `cardgate` binary on ephemeral ports, driven over real TCP
+//! (and, where they exist, HTTP) exactly as terminals and operators drive it. One module
+//! per area; `harness` starts, kills and restarts daemons.
+
+mod harness;
+mod pos;
