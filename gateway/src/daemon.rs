@@ -29,6 +29,7 @@ pub async fn serve(config: Config, opts: ServeOptions) -> anyhow::Result<()> {
 
     let ledger_config = LedgerConfig {
         tz_offset_minutes: config.tz_offset_minutes,
+        ..LedgerConfig::default()
     };
     let data_dir = config.data_dir.clone();
     let (ledger, committer, stats) =

@@ -60,6 +60,30 @@ pub const CHECKPOINT_ENTRIES_MAX: u64 = 300_000;
 
 const _: () = assert!(BATCH_ENTRIES_MAX <= QUEUE_DEPTH_MAX);
 
+/// When checkpoints are taken. Tests shorten or disable them to exercise replay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CheckpointPolicy {
+    pub interval: Duration,
+    pub entries_max: u64,
+    /// `false`: never checkpoint, not even at shutdown, so every start replays the whole
+    /// journal (tests only: start-up time grows without bound).
+    pub enabled: bool,
+    /// `false`: skip the final checkpoint at shutdown, leaving recovery the state a
+    /// crash would (tests only).
+    pub on_shutdown: bool,
+}
+
+impl Default for CheckpointPolicy {
+    fn default() -> CheckpointPolicy {
+        CheckpointPolicy {
+            interval: CHECKPOINT_INTERVAL,
+            entries_max: CHECKPOINT_ENTRIES_MAX,
+            enabled: true,
+            on_shutdown: true,
+        }
+    }
+}
+
 /// A state record changed by a submission's entry. Meta values are written with the
 /// commit itself; everything else goes to the next checkpoint.
 #[derive(Clone, Debug)]
@@ -100,7 +124,7 @@ impl StateWrite {
         tree.insert(key, value).map(|_| ())
     }
 
-    fn add_to(&self, batch: &mut sled::Batch) {
+    pub(crate) fn add_to(&self, batch: &mut sled::Batch) {
         let (key, value) = self.encode();
         batch.insert(key, value);
     }
@@ -202,7 +226,13 @@ impl CommitterHandle {
 impl Journal {
     /// Starts the committer (and its checkpointer) over `store`. The ids come from
     /// recovery.
-    pub fn start(db: Db, store: Box<dyn Store>, next_entry_id: u64, checkpoint_id: u64) -> (Journal, CommitterHandle) {
+    pub fn start(
+        db: Db,
+        store: Box<dyn Store>,
+        next_entry_id: u64,
+        checkpoint_id: u64,
+        policy: CheckpointPolicy,
+    ) -> (Journal, CommitterHandle) {
         assert!(next_entry_id >= 1, "entry ids start at 1");
         assert!(
             checkpoint_id < next_entry_id,
@@ -237,6 +267,7 @@ impl Journal {
             to_checkpointer: Some(to_checkpointer),
             checkpointer: Some(checkpointer),
             segment: Vec::with_capacity(SEGMENT_BYTES_MAX),
+            policy,
         };
         let thread = std::thread::Builder::new()
             .name("cardgate-committer".into())
@@ -307,6 +338,7 @@ struct Committer {
     checkpointer: Option<JoinHandle<()>>,
     /// The segment being filled; reused across commits.
     segment: Vec<u8>,
+    policy: CheckpointPolicy,
 }
 
 impl Committer {
@@ -428,10 +460,10 @@ impl Committer {
     }
 
     fn maybe_checkpoint(&mut self) {
-        if self.dirty.is_empty() || self.poison_reason.is_some() {
+        if self.dirty.is_empty() || self.poison_reason.is_some() || !self.policy.enabled {
             return;
         }
-        if self.dirty_since.elapsed() < CHECKPOINT_INTERVAL && self.dirty_entries < CHECKPOINT_ENTRIES_MAX {
+        if self.dirty_since.elapsed() < self.policy.interval && self.dirty_entries < self.policy.entries_max {
             return;
         }
         let Some(to) = &self.to_checkpointer else { return };
@@ -458,7 +490,7 @@ impl Committer {
         if let Some(t) = self.checkpointer.take() {
             let _ = t.join();
         }
-        if self.poison_reason.is_some() {
+        if self.poison_reason.is_some() || !self.policy.enabled || !self.policy.on_shutdown {
             return;
         }
         let mut batch = sled::Batch::default();

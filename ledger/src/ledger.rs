@@ -34,7 +34,9 @@ use tokio::sync::{mpsc, oneshot};
 use crate::clock::{Clock, business_day};
 use crate::entry::{EntryBody, EntryRecord, TxEntry};
 use crate::error::LedgerError;
-use crate::journal::{CommitResult, CommitterHandle, Journal, JournalError, StateWrite, Submission, Writes};
+use crate::journal::{
+    CheckpointPolicy, CommitResult, CommitterHandle, Journal, JournalError, StateWrite, Submission, Writes,
+};
 use crate::model::{Account, AccountStatus, Card, Outcome, Params, SeqRecord, Terminal, TerminalKind, TxKind};
 use crate::money::{AMOUNT_FEN_MAX, from_fen, to_fen};
 use crate::store::{Db, PREFIX_ACCOUNT, PREFIX_CARD, PREFIX_SEQ, PREFIX_TERMINAL, SledStore, Store, key_meta, meta};
@@ -59,11 +61,15 @@ const MAP_SHARDS: usize = 256;
 pub struct LedgerConfig {
     /// Local time offset from UTC for the business day (UTC+8: 480).
     pub tz_offset_minutes: i32,
+    pub checkpoints: CheckpointPolicy,
 }
 
 impl Default for LedgerConfig {
     fn default() -> LedgerConfig {
-        LedgerConfig { tz_offset_minutes: 480 }
+        LedgerConfig {
+            tz_offset_minutes: 480,
+            checkpoints: CheckpointPolicy::default(),
+        }
     }
 }
 
@@ -225,21 +231,69 @@ struct Recovered<'a> {
     params: &'a mut Params,
     next_tx_id: &'a mut u64,
     tz_offset_minutes: i32,
+    /// Records replay changed. They are checkpointed before the committer starts: the
+    /// next checkpoint will name a later entry id, and recovery would then skip the
+    /// entries that produced them.
+    touched: Touched,
+}
+
+#[derive(Default)]
+struct Touched {
+    accounts: std::collections::HashSet<u64>,
+    cards: std::collections::HashSet<CardNo>,
+    terminals: std::collections::HashSet<u64>,
+    slots: std::collections::HashSet<(u64, u64)>,
+    params: bool,
 }
 
 impl Recovered<'_> {
+    // Replay arms change records only through these, so that every change is also
+    // recorded in `touched` and checkpointed when recovery ends.
+
+    fn account_mut(&mut self, id: u64) -> Option<dashmap::mapref::one::RefMut<'_, u64, Account>> {
+        self.touched.accounts.insert(id);
+        self.accounts.get_mut(&id)
+    }
+
+    fn put_account(&mut self, a: Account) {
+        self.touched.accounts.insert(a.id);
+        self.accounts.insert(a.id, a);
+    }
+
+    fn put_card(&mut self, c: Card) {
+        self.touched.cards.insert(c.no);
+        self.cards.insert(c.no, c);
+    }
+
+    fn put_terminal(&mut self, t: &Terminal) {
+        self.touched.terminals.insert(t.id);
+        match self.terminals.get_mut(&t.id) {
+            Some(mut state) => state.info = t.clone(),
+            None => {
+                self.terminals.insert(t.id, TerminalState::new(t.clone()));
+            }
+        }
+    }
+
+    /// Remembers an outcome in its terminal's slot, or edits the one remembered there.
+    fn put_seq(&mut self, terminal: u64, seq: u64, edit: impl FnOnce(&mut TerminalState)) {
+        if let Some(mut term) = self.terminals.get_mut(&terminal) {
+            self.touched.slots.insert((terminal, seq));
+            edit(&mut term);
+        }
+    }
+
     /// Applies one entry exactly as the live decision left the state.
     fn replay(&mut self, rec: &EntryRecord) {
         match &rec.body {
             EntryBody::Tx(t) => {
-                if let Some(mut term) = self.terminals.get_mut(&t.terminal) {
-                    term.remember(seq_record_of(t, rec.time_ms));
-                    if t.kind == TxKind::Reversal
-                        && matches!(t.outcome, Outcome::Approved { .. })
-                        && let Some(original) = term.recent_mut(t.original_seq)
-                    {
-                        original.reversed_by = Some(t.seq);
-                    }
+                self.put_seq(t.terminal, t.seq, |term| term.remember(seq_record_of(t, rec.time_ms)));
+                if t.kind == TxKind::Reversal && matches!(t.outcome, Outcome::Approved { .. }) {
+                    self.put_seq(t.terminal, t.original_seq, |term| {
+                        if let Some(original) = term.recent_mut(t.original_seq) {
+                            original.reversed_by = Some(t.seq);
+                        }
+                    });
                 }
                 if let Outcome::Approved {
                     tx_id,
@@ -247,27 +301,56 @@ impl Recovered<'_> {
                 } = t.outcome
                 {
                     *self.next_tx_id = (*self.next_tx_id).max(tx_id + 1);
-                    if let Some(mut a) = self.accounts.get_mut(&t.account) {
+                    let day = business_day(rec.time_ms, self.tz_offset_minutes);
+                    if let Some(mut a) = self.account_mut(t.account) {
                         a.balance = from_fen(balance_after_fen);
                         a.spent_today = from_fen(t.spent_today_after_fen);
-                        a.day = business_day(rec.time_ms, self.tz_offset_minutes);
+                        a.day = day;
                     }
                 }
             }
-            EntryBody::AccountOpened(a) => {
-                self.accounts.insert(a.id, *a);
+            EntryBody::AccountOpened(a) => self.put_account(*a),
+            EntryBody::CardIssued(c) => self.put_card(*c),
+            EntryBody::TerminalRegistered(t) => self.put_terminal(t),
+            EntryBody::ParamsSet(p) => {
+                *self.params = *p;
+                self.touched.params = true;
             }
-            EntryBody::CardIssued(c) => {
-                self.cards.insert(c.no, *c);
-            }
-            EntryBody::TerminalRegistered(t) => match self.terminals.get_mut(&t.id) {
-                Some(mut state) => state.info = t.clone(),
-                None => {
-                    self.terminals.insert(t.id, TerminalState::new(t.clone()));
-                }
-            },
-            EntryBody::ParamsSet(p) => *self.params = *p,
         }
+    }
+
+    /// The current value of every record replay changed.
+    fn touched_records(&self) -> Vec<StateWrite> {
+        let t = &self.touched;
+        let mut out = Vec::with_capacity(t.accounts.len() + t.cards.len() + t.terminals.len() + t.slots.len() + 1);
+        out.extend(
+            t.accounts
+                .iter()
+                .filter_map(|id| self.accounts.get(id))
+                .map(|a| StateWrite::Account(*a)),
+        );
+        out.extend(
+            t.cards
+                .iter()
+                .filter_map(|no| self.cards.get(no))
+                .map(|c| StateWrite::Card(*c)),
+        );
+        out.extend(
+            t.terminals
+                .iter()
+                .filter_map(|id| self.terminals.get(id))
+                .map(|s| StateWrite::Terminal(Box::new(s.info.clone()))),
+        );
+        out.extend(
+            t.slots
+                .iter()
+                .filter_map(|(id, seq)| self.terminals.get(id).and_then(|s| s.recent(*seq).copied()))
+                .map(StateWrite::Seq),
+        );
+        if t.params {
+            out.push(StateWrite::Params(*self.params));
+        }
+        out
     }
 }
 
@@ -341,6 +424,7 @@ impl Ledger {
             params: &mut params,
             next_tx_id: &mut next_tx_id,
             tz_offset_minutes: config.tz_offset_minutes,
+            touched: Touched::default(),
         };
         let mut after = checkpoint_id;
         loop {
@@ -351,6 +435,19 @@ impl Ledger {
                 recovered.replay(&e.record);
             }
             stats.replayed += entries.len() as u64;
+        }
+        let mut store = db.store()?;
+        let mut checkpoint_id = checkpoint_id;
+        if after > checkpoint_id && config.checkpoints.enabled {
+            // Recovery ends with a checkpoint of what it replayed (see `touched`).
+            let mut batch = sled::Batch::default();
+            for w in recovered.touched_records() {
+                w.add_to(&mut batch);
+            }
+            batch.insert(key_meta(meta::CHECKPOINT_ID), after.to_be_bytes().to_vec());
+            store.apply(batch)?;
+            store.sync()?;
+            checkpoint_id = after;
         }
         let next_entry_id = db.get_meta_u64(meta::NEXT_ENTRY_ID)?.unwrap_or(1).max(after + 1);
         stats.accounts = accounts.len();
@@ -371,8 +468,13 @@ impl Ledger {
             }
         };
 
-        let store = db.store()?;
-        let (journal, committer) = Journal::start(db.clone(), wrap(store), next_entry_id, checkpoint_id);
+        let (journal, committer) = Journal::start(
+            db.clone(),
+            wrap(store),
+            next_entry_id,
+            checkpoint_id,
+            config.checkpoints,
+        );
         let ledger = Ledger {
             accounts,
             cards,

@@ -1,0 +1,189 @@
+//! A ledger in a temp directory with a manual clock, a few terminals and accounts, and
+//! the ability to restart it.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::sync::Arc;
+
+use cardgate_codec::{CardNo, Message, Purchase, Reversal};
+use cardgate_ledger::journal::CommitterHandle;
+use cardgate_ledger::model::{Account, AccountKind, AccountStatus, Card, CardStatus, Limits, Terminal, TerminalKind};
+use cardgate_ledger::money::from_fen;
+use cardgate_ledger::store::Store;
+use cardgate_ledger::{Ledger, LedgerConfig, ManualClock};
+use rust_decimal::Decimal;
+
+/// 2026-11-28 12:05:00 in UTC+8 (lunch).
+pub const LUNCH_MS: i64 = 1_795_853_100_000;
+
+pub const POS: u64 = 1;
+pub const POS_2: u64 = 2;
+pub const DOOR: u64 = 10;
+pub const POS_DISABLED: u64 = 11;
+
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub ledger: Arc<Ledger>,
+    committer: Option<CommitterHandle>,
+    pub clock: ManualClock,
+    pub config: LedgerConfig,
+}
+
+pub fn pos(id: u64) -> Terminal {
+    Terminal {
+        id,
+        secret: [id as u8; 32],
+        kind: TerminalKind::Pos,
+        merchant_id: 7,
+        enabled: true,
+        name: format!("POS {id}"),
+        place: "Canteen 7".into(),
+    }
+}
+
+pub fn account(id: u64, balance_fen: i64) -> Account {
+    Account {
+        id,
+        kind: AccountKind::Student,
+        status: AccountStatus::Active,
+        balance: from_fen(balance_fen),
+        limits: None,
+        day: 0,
+        spent_today: Decimal::ZERO,
+    }
+}
+
+pub fn card(no: u64, account: u64) -> Card {
+    Card {
+        no: CardNo(no),
+        account,
+        status: CardStatus::Active,
+        expires_ms: None,
+        issued_ms: 0,
+    }
+}
+
+pub fn generous(mut a: Account) -> Account {
+    a.limits = Some(Limits {
+        single_payment_max: from_fen(1_000_000_00),
+        daily_max: from_fen(1_000_000_000),
+    });
+    a
+}
+
+impl Fixture {
+    pub fn open(dir: tempfile::TempDir, config: LedgerConfig, clock: ManualClock) -> Fixture {
+        Fixture::open_with(dir, config, clock, |s| Box::new(s))
+    }
+
+    pub fn open_with(
+        dir: tempfile::TempDir,
+        config: LedgerConfig,
+        clock: ManualClock,
+        wrap: impl FnOnce(cardgate_ledger::store::SledStore) -> Box<dyn Store>,
+    ) -> Fixture {
+        // sled's I/O threads may hold the previous instance's file lock for a moment
+        // after its last handle is dropped.
+        let mut wrap = Some(wrap);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let (ledger, committer, _) = loop {
+            let w = wrap.take().expect("wrap is used once");
+            let mut used = false;
+            let mut w = Some(w);
+            let r = Ledger::open_with_store(dir.path(), config.clone(), Arc::new(clock.clone()), |s| {
+                used = true;
+                (w.take().expect("called once"))(s)
+            });
+            match r {
+                Ok(x) => break x,
+                Err(e)
+                    if !used
+                        && e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    wrap = w;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => panic!("open ledger: {e}"),
+            }
+        };
+        Fixture {
+            dir,
+            ledger,
+            committer: Some(committer),
+            clock,
+            config,
+        }
+    }
+
+    /// Terminals 1, 2 (POS), 10 (door), 11 (disabled POS); accounts 1..=5 with 100.00
+    /// and cards 100 + account id.
+    pub async fn new() -> Fixture {
+        Fixture::with_config(LedgerConfig::default()).await
+    }
+
+    pub async fn with_config(config: LedgerConfig) -> Fixture {
+        let f = Fixture::open(tempfile::tempdir().unwrap(), config, ManualClock::new(LUNCH_MS));
+        let mut door = pos(DOOR);
+        door.kind = TerminalKind::Door;
+        let mut disabled = pos(POS_DISABLED);
+        disabled.enabled = false;
+        let accounts: Vec<_> = (1..=5).map(|id| account(id, 100_00)).collect();
+        let cards: Vec<_> = (1..=5).map(|id| card(100 + id, id)).collect();
+        f.ledger
+            .bulk_create(vec![pos(POS), pos(POS_2), door, disabled], &accounts, &cards)
+            .await
+            .unwrap();
+        f
+    }
+
+    /// Stops the ledger the way shutdown does, and opens the same directory again.
+    pub fn restart(self) -> Fixture {
+        self.restart_with(|s| Box::new(s))
+    }
+
+    pub fn restart_with(mut self, wrap: impl FnOnce(cardgate_ledger::store::SledStore) -> Box<dyn Store>) -> Fixture {
+        let committer = self.committer.take().expect("running");
+        let Fixture {
+            dir,
+            ledger,
+            clock,
+            config,
+            ..
+        } = self;
+        assert_eq!(Arc::strong_count(&ledger), 1, "a test still holds the ledger");
+        drop(ledger);
+        committer.join();
+        Fixture::open_with(dir, config, clock, wrap)
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub async fn buy(&self, terminal: u64, seq: u64, card_no: u64, amount_fen: i64) -> Message {
+        let p = Purchase {
+            tx_seq: seq,
+            card: CardNo(card_no),
+            amount_fen,
+            terminal_time_ms: 0,
+        };
+        self.ledger.purchase(terminal, &p).await.resolve().await
+    }
+
+    pub async fn reverse(&self, terminal: u64, seq: u64, original: u64, card_no: u64, amount_fen: i64) -> Message {
+        let r = Reversal {
+            tx_seq: seq,
+            original_tx_seq: original,
+            card: CardNo(card_no),
+            amount_fen,
+            terminal_time_ms: 0,
+        };
+        self.ledger.reversal(terminal, &r).await.resolve().await
+    }
+
+    pub fn balance_fen(&self, account: u64) -> i64 {
+        cardgate_ledger::money::to_fen(self.ledger.account(account).expect("account").balance).unwrap()
+    }
+}
