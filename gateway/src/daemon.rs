@@ -37,6 +37,8 @@ pub async fn serve(config: Config, opts: ServeOptions) -> anyhow::Result<()> {
             .await?
             .with_context(|| format!("opening the ledger in {}", config.data_dir.display()))?;
     tracing::info!(
+        checkpoint_id = stats.checkpoint_id,
+        replayed = stats.replayed,
         accounts = stats.accounts,
         cards = stats.cards,
         terminals = stats.terminals,

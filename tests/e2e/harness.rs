@@ -1,3 +1,4 @@
+#![allow(dead_code)] // each test module uses a different part of the harness
 //! Starts the real daemon for a test and tears it down.
 
 use std::collections::HashMap;
@@ -14,7 +15,7 @@ use cardgate_loadtest::client::TerminalClient;
 
 /// Demo campus size the tests use: small, so start-up is instant.
 pub const DEMO_ACCOUNTS: u64 = 200;
-pub const DEMO_TERMINALS: u64 = 50;
+pub const DEMO_TERMINALS: u64 = 120;
 /// Each demo account starts with this balance.
 pub const DEMO_BALANCE_FEN: i64 = 1_000_00;
 
