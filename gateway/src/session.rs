@@ -163,6 +163,7 @@ async fn sign_on(conn: &mut Conn, ledger: &Ledger, limits: &Limits) -> Result<u6
     if !input.verify_proof(&secret, &proof.proof) {
         return Err(End::Refuse(ErrorCode::AuthFailed));
     }
+    ledger.touch_terminal(hello.terminal_id);
     conn.codec_mut().install_session(input.session_keys(&secret));
     let ok = SignOnOk {
         server_time_ms: ledger.now_ms(),

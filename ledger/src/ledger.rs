@@ -542,14 +542,13 @@ impl Ledger {
     }
 
     /// What sign-on needs: the terminal's secret and the last sequence number recorded
-    /// for it. Records the time as the terminal's last contact.
+    /// for it.
     pub fn sign_on(&self, terminal_id: u64) -> Option<(TerminalSecret, u64)> {
-        let now = self.clock.now_ms();
-        let mut t = self.terminals.get_mut(&terminal_id)?;
-        t.last_seen_ms = now;
+        let t = self.terminals.get(&terminal_id)?;
         Some((TerminalSecret(t.info.secret), t.last_seq))
     }
 
+    /// Records the time of the terminal's last authenticated contact.
     pub fn touch_terminal(&self, terminal_id: u64) {
         let now = self.clock.now_ms();
         if let Some(mut t) = self.terminals.get_mut(&terminal_id) {
