@@ -103,10 +103,15 @@ impl EntryRecord {
     /// so this is byte for byte `EntryRecord { time_ms, body }.encode()`.
     pub fn encode_parts(time_ms: i64, body: &EntryBody) -> Vec<u8> {
         let mut out = Vec::with_capacity(128);
+        EntryRecord::encode_into(time_ms, body, &mut out);
+        out
+    }
+
+    /// Appends the encoding to `out` (the committer reuses one buffer for every entry).
+    pub fn encode_into(time_ms: i64, body: &EntryBody, out: &mut Vec<u8>) {
         out.push(ENTRY_FORMAT);
         // Serializing plain data into a Vec cannot fail.
-        postcard::to_io(&(time_ms, body), &mut out).expect("entry serializes");
-        out
+        postcard::to_io(&(time_ms, body), out).expect("entry serializes");
     }
 
     pub fn decode(bytes: &[u8]) -> Result<EntryRecord, EntryDecodeError> {

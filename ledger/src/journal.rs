@@ -267,6 +267,7 @@ impl Journal {
             to_checkpointer: Some(to_checkpointer),
             checkpointer: Some(checkpointer),
             segment: Vec::with_capacity(SEGMENT_BYTES_MAX),
+            scratch: Vec::with_capacity(256),
             policy,
         };
         let thread = std::thread::Builder::new()
@@ -336,8 +337,9 @@ struct Committer {
     dirty_entries: u64,
     to_checkpointer: Option<std::sync::mpsc::SyncSender<Checkpoint>>,
     checkpointer: Option<JoinHandle<()>>,
-    /// The segment being filled; reused across commits.
+    /// The segment being filled, and one entry's encoding; reused across commits.
     segment: Vec<u8>,
+    scratch: Vec<u8>,
     policy: CheckpointPolicy,
 }
 
@@ -395,7 +397,9 @@ impl Committer {
                 Some((time_ms, body)) => {
                     let id = self.next_entry_id;
                     self.next_entry_id += 1;
-                    let encoded = EntryRecord::encode_parts(*time_ms, body);
+                    self.scratch.clear();
+                    EntryRecord::encode_into(*time_ms, body, &mut self.scratch);
+                    let encoded = &self.scratch;
                     if !self.segment.is_empty() && self.segment.len() + 4 + encoded.len() > SEGMENT_BYTES_MAX {
                         sled_batch.insert(&key_segment(segment_first), self.segment.as_slice());
                         self.segment.clear();
@@ -404,7 +408,7 @@ impl Committer {
                         segment_first = id;
                     }
                     self.segment.extend_from_slice(&(encoded.len() as u32).to_le_bytes());
-                    self.segment.extend_from_slice(&encoded);
+                    self.segment.extend_from_slice(encoded);
                     ids.push(id);
                     entries += 1;
                 }
