@@ -1,0 +1,352 @@
+//! Property tests: every message with arbitrary field values survives encode → decode,
+//! with and without a session, in both directions and however the stream is split; and
+//! arbitrary bytes never make the decoder panic or accept a frame it cannot account for.
+
+mod common;
+
+use bytes::BytesMut;
+use cardgate_codec::crypto::SignOnInput;
+use cardgate_codec::*;
+use common::*;
+use proptest::prelude::*;
+use tokio_util::codec::Decoder;
+
+fn card() -> impl Strategy<Value = CardNo> {
+    any::<u64>().prop_map(CardNo)
+}
+
+fn decline_reason() -> impl Strategy<Value = DeclineReason> {
+    proptest::sample::select(DeclineReason::ALL.to_vec())
+}
+
+fn error_code() -> impl Strategy<Value = ErrorCode> {
+    proptest::sample::select(ErrorCode::ALL.to_vec())
+}
+
+fn card_status() -> impl Strategy<Value = CardStatusCode> {
+    (0u8..=6).prop_map(|c| CardStatusCode::from_code(c).expect("0..=6 are the card states"))
+}
+
+/// Any message of protocol version 1, every field arbitrary within its type.
+fn message() -> impl Strategy<Value = Message> {
+    prop_oneof![
+        (any::<u64>(), any::<[u8; 16]>(), any::<i64>()).prop_map(|(terminal_id, terminal_nonce, terminal_time_ms)| {
+            Message::Hello(Hello {
+                terminal_id,
+                terminal_nonce,
+                terminal_time_ms,
+            })
+        }),
+        (any::<[u8; 16]>(), any::<i64>()).prop_map(|(gateway_nonce, server_time_ms)| Message::Challenge(Challenge {
+            gateway_nonce,
+            server_time_ms
+        })),
+        any::<[u8; 32]>().prop_map(|proof| Message::Proof(Proof { proof })),
+        (
+            any::<i64>(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u16>(),
+            any::<u16>(),
+            any::<u32>()
+        )
+            .prop_map(
+                |(
+                    server_time_ms,
+                    last_tx_seq,
+                    blacklist_version,
+                    heartbeat_interval_s,
+                    pipeline_depth_max,
+                    reserved,
+                )| {
+                    Message::SignOnOk(SignOnOk {
+                        server_time_ms,
+                        last_tx_seq,
+                        blacklist_version,
+                        heartbeat_interval_s,
+                        pipeline_depth_max,
+                        reserved,
+                    })
+                }
+            ),
+        (any::<i64>(), any::<u64>()).prop_map(|(terminal_time_ms, blacklist_version)| Message::Heartbeat(Heartbeat {
+            terminal_time_ms,
+            blacklist_version
+        })),
+        (any::<i64>(), any::<u64>()).prop_map(|(server_time_ms, blacklist_version)| Message::HeartbeatAck(
+            HeartbeatAck {
+                server_time_ms,
+                blacklist_version
+            }
+        )),
+        (error_code(), any::<u32>()).prop_map(|(code, detail)| Message::Error(ErrorFrame { code, detail })),
+        (any::<u64>(), card(), any::<i64>(), any::<i64>()).prop_map(|(tx_seq, card, amount_fen, terminal_time_ms)| {
+            Message::Purchase(Purchase {
+                tx_seq,
+                card,
+                amount_fen,
+                terminal_time_ms,
+            })
+        }),
+        (any::<u64>(), any::<u64>(), card(), any::<i64>(), any::<i64>()).prop_map(
+            |(tx_seq, original_tx_seq, card, amount_fen, terminal_time_ms)| Message::Reversal(Reversal {
+                tx_seq,
+                original_tx_seq,
+                card,
+                amount_fen,
+                terminal_time_ms,
+            })
+        ),
+        card().prop_map(|card| Message::BalanceInquiry(BalanceInquiry { card })),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            card(),
+            any::<i64>(),
+            any::<i64>(),
+            any::<i64>()
+        )
+            .prop_map(
+                |(tx_seq, tx_id, card, amount_fen, balance_fen, time_ms)| Message::Approved(Approved {
+                    tx_seq,
+                    tx_id,
+                    card,
+                    amount_fen,
+                    balance_fen,
+                    time_ms,
+                })
+            ),
+        (any::<u64>(), card(), decline_reason(), any::<i64>(), any::<i64>()).prop_map(
+            |(tx_seq, card, reason, balance_fen, time_ms)| Message::Declined(Declined {
+                tx_seq,
+                card,
+                reason,
+                balance_fen,
+                time_ms,
+            })
+        ),
+        (card(), card_status(), any::<i64>(), any::<i64>(), any::<i64>()).prop_map(
+            |(card, status, balance_fen, spent_today_fen, daily_limit_fen)| Message::Balance(Balance {
+                card,
+                status,
+                balance_fen,
+                spent_today_fen,
+                daily_limit_fen,
+            })
+        ),
+    ]
+}
+
+fn sign_on_input() -> impl Strategy<Value = SignOnInput> {
+    (any::<u64>(), any::<[u8; 16]>(), any::<[u8; 16]>()).prop_map(|(terminal_id, terminal_nonce, gateway_nonce)| {
+        SignOnInput {
+            terminal_id,
+            terminal_nonce,
+            gateway_nonce,
+        }
+    })
+}
+
+/// Decodes everything in `bytes`, fed to the decoder in pieces ending at `cuts`.
+fn decode_all(codec: &mut TerminalCodec, bytes: &[u8], cuts: &[usize]) -> Vec<cardgate_codec::codec::Frame> {
+    let mut buf = BytesMut::new();
+    let mut out = Vec::new();
+    let mut fed = 0;
+    let mut ends: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+    ends.push(bytes.len());
+    ends.sort_unstable();
+    for end in ends {
+        buf.extend_from_slice(&bytes[fed..end.max(fed)]);
+        fed = fed.max(end);
+        while let Some(f) = codec.decode(&mut buf).expect("a valid stream decodes") {
+            out.push(f);
+        }
+    }
+    assert!(buf.is_empty(), "{} bytes left over", buf.len());
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn every_message_round_trips_in_a_session_both_ways(
+        input in sign_on_input(),
+        secret in any::<[u8; 32]>(),
+        messages in proptest::collection::vec((any::<u32>(), message()), 1..12),
+        cuts in proptest::collection::vec(any::<usize>(), 0..6),
+    ) {
+        let secret = TerminalSecret(secret);
+        for (sender, receiver) in [(Side::Terminal, Side::Gateway), (Side::Gateway, Side::Terminal)] {
+            let mut tx = TerminalCodec::new(sender);
+            let mut rx = TerminalCodec::new(receiver);
+            tx.install_session(input.session_keys(&secret));
+            rx.install_session(input.session_keys(&secret));
+            let mut bytes = BytesMut::new();
+            for (id, m) in &messages {
+                tokio_util::codec::Encoder::encode(&mut tx, (*id, *m), &mut bytes).unwrap();
+            }
+            let got = decode_all(&mut rx, &bytes, &cuts);
+            prop_assert_eq!(got.len(), messages.len());
+            for (i, (f, (id, m))) in got.iter().zip(&messages).enumerate() {
+                prop_assert_eq!(f.request_id, *id);
+                prop_assert_eq!(f.counter, i as u64 + 1);
+                prop_assert_eq!(&f.message, m);
+            }
+        }
+    }
+
+    #[test]
+    fn every_message_round_trips_without_a_session_or_is_refused_for_lacking_one(
+        id in any::<u32>(),
+        m in message(),
+    ) {
+        let mut tx = TerminalCodec::new(Side::Terminal);
+        let bytes = encode(&mut tx, id, m);
+        prop_assert_eq!(bytes.len(), 4 + HEADER_LEN + Message::body_len(m.msg_type()).unwrap());
+        let r = TerminalCodec::new(Side::Gateway).decode(&mut BytesMut::from(&bytes[..]));
+        if Message::allowed_unauthenticated(m.msg_type()) {
+            let f = r.unwrap().unwrap();
+            prop_assert_eq!((f.request_id, f.counter, f.message), (id, 0, m));
+        } else {
+            let refused = matches!(r, Err(CodecError::Unauthenticated { msg_type }) if msg_type == m.msg_type());
+            prop_assert!(refused);
+        }
+    }
+
+    #[test]
+    fn a_body_decodes_and_re_encodes_to_the_same_bytes(m in message()) {
+        let mut body = Vec::new();
+        m.encode_body(&mut body);
+        prop_assert_eq!(Some(body.len()), Message::body_len(m.msg_type()));
+        let back = Message::decode_body(m.msg_type(), &body).unwrap();
+        prop_assert_eq!(back, m);
+        let mut again = Vec::new();
+        back.encode_body(&mut again);
+        prop_assert_eq!(again, body);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_and_accepted_frames_account_for_their_bytes(
+        bytes in proptest::collection::vec(any::<u8>(), 0..200),
+        session in any::<bool>(),
+    ) {
+        let mut codec = TerminalCodec::new(Side::Gateway);
+        if session {
+            codec.install_session(input(1, 2).session_keys(&secret()));
+        }
+        let mut buf = BytesMut::from(&bytes[..]);
+        loop {
+            let before = buf.len();
+            match codec.decode(&mut buf) {
+                Ok(Some(f)) => {
+                    // An accepted frame is exactly its length prefix long, and (having no
+                    // session or no key) is one of the frames allowed in the clear.
+                    let len = u32::from_le_bytes(bytes[bytes.len() - before..][..4].try_into().unwrap()) as usize;
+                    prop_assert_eq!(before - buf.len(), 4 + len);
+                    prop_assert!(Message::allowed_unauthenticated(f.message.msg_type()));
+                }
+                Ok(None) => {
+                    prop_assert_eq!(buf.len(), before);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+    }
+
+    #[test]
+    fn random_mutations_of_a_macd_frame_are_never_accepted_as_something_else(
+        m in message(),
+        at in any::<usize>(),
+        xor in 1u8..,
+    ) {
+        let input = input(1, 2);
+        let (mut t, _) = signed_on_pair(&input);
+        let good = encode(&mut t, 1, m).to_vec();
+        let mut bad = good.clone();
+        let i = at % bad.len();
+        bad[i] ^= xor;
+        let (_, mut g) = signed_on_pair(&input);
+        let r = g.decode(&mut BytesMut::from(&bad[..]));
+        let accepted = matches!(r, Ok(Some(_)));
+        prop_assert!(!accepted, "byte {} ^ {:#04x} was accepted", i, xor);
+    }
+}
+
+/// A frame that is nearly valid: right length prefix and a correct MAC (usually), with
+/// the version, type, flags, counter and body chosen freely but mostly right, so that
+/// many frames get past the MAC to the counter and body checks.
+fn nearly_valid_frame() -> impl Strategy<Value = (RawFrame, bool)> {
+    let types = vec![
+        0x01u8, 0x02, 0x03, 0x04, 0x05, 0x06, 0x0f, 0x10, 0x11, 0x12, 0x20, 0x21, 0x22,
+    ];
+    (
+        prop_oneof![4 => Just(PROTOCOL_VERSION), 1 => any::<u8>()],
+        prop_oneof![4 => proptest::sample::select(types), 1 => any::<u8>()],
+        prop_oneof![4 => Just(0u16), 1 => any::<u16>()],
+        any::<u32>(),
+        prop_oneof![4 => 0u64..8, 1 => any::<u64>()],
+        prop_oneof![9 => Just(true), 1 => Just(false)],
+    )
+        .prop_flat_map(|(version, msg_type, flags, request_id, counter, with_mac)| {
+            let exact = Message::body_len(msg_type).unwrap_or(8);
+            let body = prop_oneof![
+                4 => proptest::collection::vec(any::<u8>(), exact),
+                1 => proptest::collection::vec(any::<u8>(), 0..56),
+            ];
+            body.prop_map(move |body| {
+                (
+                    RawFrame {
+                        version,
+                        msg_type,
+                        flags,
+                        request_id,
+                        counter,
+                        body,
+                    },
+                    with_mac,
+                )
+            })
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn nearly_valid_macd_frames_are_accepted_only_by_the_rules(
+        frames in proptest::collection::vec(nearly_valid_frame(), 1..8),
+    ) {
+        let input = input(1, 2);
+        let (k_up, _) = raw_keys(&input, &secret());
+        let (_, mut g) = signed_on_pair(&input);
+        let mut stream = Vec::new();
+        for (raw, with_mac) in &frames {
+            stream.extend_from_slice(&raw.bytes(with_mac.then_some(&k_up)));
+        }
+        let mut buf = BytesMut::from(&stream[..]);
+        let mut last = 0;
+        for (raw, with_mac) in &frames {
+            let f = match g.decode(&mut buf) {
+                Ok(Some(f)) => f,
+                Ok(None) | Err(_) => break,
+            };
+            // Whatever was accepted is exactly what was sent, under the rules.
+            prop_assert_eq!(raw.version, PROTOCOL_VERSION);
+            prop_assert_eq!(raw.msg_type, f.message.msg_type());
+            prop_assert_eq!(raw.request_id, f.request_id);
+            prop_assert_eq!(raw.flags & !cardgate_codec::frame::FLAG_MAC, 0);
+            let mut body = Vec::new();
+            f.message.encode_body(&mut body);
+            prop_assert_eq!(body.len(), raw.body.len());
+            if *with_mac {
+                prop_assert!(raw.counter > last);
+                last = raw.counter;
+            } else {
+                let refused_sign_on = matches!(f.message, Message::Error(_));
+                prop_assert!(refused_sign_on && last == 0);
+            }
+        }
+    }
+}
