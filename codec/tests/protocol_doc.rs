@@ -1,0 +1,732 @@
+//! docs/PROTOCOL.md checked against the code, so that the two cannot drift apart.
+//!
+//! * Every ```` ```hex frame=NAME dir=up|down conversation=NAME ```` block is a frame. Each
+//!   conversation is played in document order through a real terminal-side and a real
+//!   gateway-side `TerminalCodec`: the receiving side decodes the bytes, the sending side
+//!   re-encodes the decoded message, and the bytes must come back identical. Session keys
+//!   come from the conversation's HELLO and CHALLENGE and the demo secret of the HELLO's
+//!   terminal; the gateway side installs them only if the PROOF verifies, as the gateway
+//!   does, and the terminal side right after its PROOF, as terminals do.
+//! * Every ```` ```hex value=NAME ```` block is a derived value (secret, proof, keys, a full
+//!   HMAC), recomputed here by hand from the specification with `hmac`/`sha2` and, where
+//!   the codec exposes it, by the codec too.
+//! * Tables after a `<!-- check: NAME -->` marker are compared with the codec's constants
+//!   and code lists, in both directions (nothing missing, nothing extra).
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::BytesMut;
+use cardgate_codec::codec::Frame;
+use cardgate_codec::crypto::{MacKey, SignOnInput};
+use cardgate_codec::frame::msg_type;
+use cardgate_codec::{
+    CardStatusCode, Challenge, DeclineReason, ErrorCode, FRAME_LEN_MAX, HEADER_LEN, Hello, MAC_LEN, Message,
+    PROTOCOL_VERSION, Side, TerminalCodec, TerminalSecret,
+};
+use common::hmac_sha256;
+use tokio_util::codec::{Decoder, Encoder};
+
+const DOC: &str = include_str!("../../docs/PROTOCOL.md");
+
+/// The demo campus's published master secret, as the doc states it.
+const MASTER: &[u8] = b"cardgate-demo-master-secret";
+
+/// Frames every reader of the doc needs to see, at the least.
+const REQUIRED_FRAMES: [&str; 7] = [
+    "hello",
+    "challenge",
+    "proof",
+    "sign_on_ok",
+    "purchase",
+    "approved",
+    "declined",
+];
+
+/// Every derived value the doc shows, and the only ones this test knows how to check.
+const VALUES: [&str; 6] = ["secret", "sign_on_input", "proof", "k_up", "k_down", "purchase_hmac"];
+
+#[derive(Debug)]
+struct Block {
+    line: usize,
+    attrs: BTreeMap<String, String>,
+    bytes: Vec<u8>,
+}
+
+impl Block {
+    fn attr(&self, key: &str) -> &str {
+        self.attrs
+            .get(key)
+            .unwrap_or_else(|| panic!("hex block at line {} has no `{key}=`", self.line))
+    }
+}
+
+fn parse_hex_blocks(doc: &str) -> Vec<Block> {
+    let mut blocks = Vec::new();
+    let mut lines = doc.lines().enumerate();
+    while let Some((i, line)) = lines.next() {
+        let Some(info) = line.trim_start().strip_prefix("```hex") else {
+            continue;
+        };
+        let line_no = i + 1;
+        let mut attrs = BTreeMap::new();
+        for kv in info.split_whitespace() {
+            let (k, v) = kv
+                .split_once('=')
+                .unwrap_or_else(|| panic!("line {line_no}: `{kv}` is not key=value"));
+            assert!(
+                ["frame", "value", "dir", "conversation"].contains(&k),
+                "line {line_no}: unknown attribute `{k}`"
+            );
+            assert!(
+                attrs.insert(k.to_string(), v.to_string()).is_none(),
+                "line {line_no}: `{k}` twice"
+            );
+        }
+        assert!(
+            attrs.contains_key("frame") != attrs.contains_key("value"),
+            "line {line_no}: a hex block is either a frame= or a value="
+        );
+        let mut bytes = Vec::new();
+        loop {
+            let (j, l) = lines
+                .next()
+                .unwrap_or_else(|| panic!("hex block at line {line_no} is never closed"));
+            if l.trim_start().starts_with("```") {
+                break;
+            }
+            let data = l.split('#').next().unwrap_or("");
+            for tok in data.split_whitespace() {
+                assert_eq!(tok.len(), 2, "line {}: `{tok}` is not one byte", j + 1);
+                bytes.push(u8::from_str_radix(tok, 16).unwrap_or_else(|_| panic!("line {}: `{tok}`", j + 1)));
+            }
+        }
+        assert!(!bytes.is_empty(), "hex block at line {line_no} is empty");
+        blocks.push(Block {
+            line: line_no,
+            attrs,
+            bytes,
+        });
+    }
+    blocks
+}
+
+/// The rows (cells trimmed, backticks removed) of the table after `<!-- check: name -->`,
+/// without its header and separator rows.
+fn checked_table(name: &str) -> Vec<Vec<String>> {
+    let marker = format!("<!-- check: {name} -->");
+    let start = DOC
+        .find(&marker)
+        .unwrap_or_else(|| panic!("PROTOCOL.md lacks `{marker}`"));
+    let rows: Vec<Vec<String>> = DOC[start + marker.len()..]
+        .lines()
+        .skip_while(|l| l.trim().is_empty())
+        .take_while(|l| l.trim_start().starts_with('|'))
+        .map(|l| {
+            l.trim()
+                .trim_matches('|')
+                .split('|')
+                .map(|c| c.trim().replace('`', ""))
+                .collect()
+        })
+        .collect();
+    assert!(rows.len() > 2, "table `{name}` has no rows");
+    assert!(rows[1].iter().all(|c| c.chars().all(|ch| ch == '-' || ch == ':')));
+    rows[2..].to_vec()
+}
+
+fn type_name(t: u8) -> Option<&'static str> {
+    Some(match t {
+        msg_type::HELLO => "HELLO",
+        msg_type::CHALLENGE => "CHALLENGE",
+        msg_type::PROOF => "PROOF",
+        msg_type::SIGN_ON_OK => "SIGN_ON_OK",
+        msg_type::HEARTBEAT => "HEARTBEAT",
+        msg_type::HEARTBEAT_ACK => "HEARTBEAT_ACK",
+        msg_type::ERROR => "ERROR",
+        msg_type::PURCHASE => "PURCHASE",
+        msg_type::REVERSAL => "REVERSAL",
+        msg_type::BALANCE_INQUIRY => "BALANCE_INQUIRY",
+        msg_type::APPROVED => "APPROVED",
+        msg_type::DECLINED => "DECLINED",
+        msg_type::BALANCE => "BALANCE",
+        _ => return None,
+    })
+}
+
+/// The types a terminal sends; every other defined type is the gateway's.
+fn is_up(t: u8) -> bool {
+    matches!(
+        t,
+        msg_type::HELLO
+            | msg_type::PROOF
+            | msg_type::HEARTBEAT
+            | msg_type::PURCHASE
+            | msg_type::REVERSAL
+            | msg_type::BALANCE_INQUIRY
+    )
+}
+
+fn parse_u8_hex(s: &str) -> u8 {
+    u8::from_str_radix(s.trim_start_matches("0x"), 16).unwrap_or_else(|_| panic!("`{s}` is not a hex byte"))
+}
+
+/// One side's codec and what it has seen of the sign-on.
+struct Conversation {
+    terminal: TerminalCodec,
+    gateway: TerminalCodec,
+    hello: Option<Hello>,
+    challenge: Option<Challenge>,
+    /// Every frame in order, with its bytes, by name.
+    frames: Vec<(String, Frame, Vec<u8>)>,
+}
+
+impl Conversation {
+    fn new() -> Conversation {
+        Conversation {
+            terminal: TerminalCodec::new(Side::Terminal),
+            gateway: TerminalCodec::new(Side::Gateway),
+            hello: None,
+            challenge: None,
+            frames: Vec::new(),
+        }
+    }
+
+    fn input(&self) -> SignOnInput {
+        let hello = self.hello.expect("HELLO comes before PROOF");
+        let challenge = self.challenge.expect("CHALLENGE comes before PROOF");
+        SignOnInput {
+            terminal_id: hello.terminal_id,
+            terminal_nonce: hello.terminal_nonce,
+            gateway_nonce: challenge.gateway_nonce,
+        }
+    }
+
+    fn play(&mut self, block: &Block) {
+        let name = block.attr("frame").to_string();
+        let up = match block.attr("dir") {
+            "up" => true,
+            "down" => false,
+            other => panic!("frame `{name}`: dir={other}, expected up or down"),
+        };
+        let (receiver, sender) = if up {
+            (&mut self.gateway, &mut self.terminal)
+        } else {
+            (&mut self.terminal, &mut self.gateway)
+        };
+        let mut buf = BytesMut::from(&block.bytes[..]);
+        let frame = match receiver.decode(&mut buf) {
+            Ok(Some(f)) => f,
+            Ok(None) => panic!("frame `{name}` (line {}) is incomplete", block.line),
+            Err(e) => panic!("frame `{name}` (line {}) does not decode: {e}", block.line),
+        };
+        assert!(buf.is_empty(), "frame `{name}`: {} bytes after the frame", buf.len());
+        assert_eq!(
+            is_up(frame.message.msg_type()),
+            up,
+            "frame `{name}` goes the wrong way for its type"
+        );
+        assert!(
+            frame.counter == 0 || sender.has_session(),
+            "frame `{name}` (line {}) is MACed but its sender has no session: \
+             the conversation's PROOF does not verify",
+            block.line
+        );
+        let mut again = BytesMut::new();
+        sender
+            .encode((frame.request_id, frame.message), &mut again)
+            .expect("encoding never fails");
+        assert_eq!(
+            hex::encode(&again),
+            hex::encode(&block.bytes),
+            "frame `{name}` (line {}) re-encodes differently",
+            block.line
+        );
+
+        match frame.message {
+            Message::Hello(h) => self.hello = Some(h),
+            Message::Challenge(c) => self.challenge = Some(c),
+            Message::Proof(p) => {
+                let input = self.input();
+                let secret = TerminalSecret::derive_demo(MASTER, input.terminal_id);
+                // The terminal always switches to MACs after sending PROOF; the gateway
+                // only if the proof is right.
+                self.terminal.install_session(input.session_keys(&secret));
+                if input.verify_proof(&secret, &p.proof) {
+                    self.gateway.install_session(input.session_keys(&secret));
+                }
+            }
+            _ => {}
+        }
+        self.frames.push((name, frame, block.bytes.clone()));
+    }
+
+    fn frame(&self, name: &str) -> &(String, Frame, Vec<u8>) {
+        self.frames
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .unwrap_or_else(|| panic!("no frame `{name}`"))
+    }
+}
+
+/// Plays every conversation; returns them by name.
+fn conversations() -> BTreeMap<String, Conversation> {
+    let mut convs: BTreeMap<String, Conversation> = BTreeMap::new();
+    let mut names = BTreeSet::new();
+    for block in parse_hex_blocks(DOC).iter().filter(|b| b.attrs.contains_key("frame")) {
+        assert!(
+            names.insert(block.attr("frame").to_string()),
+            "frame `{}` twice",
+            block.attr("frame")
+        );
+        convs
+            .entry(block.attr("conversation").to_string())
+            .or_insert_with(Conversation::new)
+            .play(block);
+    }
+    convs
+}
+
+#[test]
+fn every_hex_frame_decodes_and_re_encodes_byte_for_byte() {
+    let convs = conversations();
+    let all: Vec<&(String, Frame, Vec<u8>)> = convs.values().flat_map(|c| &c.frames).collect();
+    for name in REQUIRED_FRAMES {
+        assert!(
+            all.iter().any(|(n, _, _)| n == name),
+            "PROTOCOL.md lacks the `{name}` example"
+        );
+    }
+    // Every message type of the version has at least one example.
+    let shown: BTreeSet<u8> = all.iter().map(|(_, f, _)| f.message.msg_type()).collect();
+    for t in 0..=u8::MAX {
+        if Message::body_len(t).is_some() {
+            assert!(shown.contains(&t), "no example of type {t:#04x}");
+        }
+    }
+}
+
+#[test]
+fn the_main_conversation_signs_on_and_counts_as_documented() {
+    let convs = conversations();
+    let main = &convs["main"];
+    assert!(main.terminal.has_session() && main.gateway.has_session());
+    let mut up = 0;
+    let mut down = 0;
+    let mut requests = BTreeMap::new();
+    for (name, f, bytes) in &main.frames {
+        let has_mac = bytes[6] & 1 == 1;
+        assert_eq!(
+            has_mac,
+            f.counter != 0,
+            "`{name}`: a MAC exactly when the counter is set"
+        );
+        if has_mac {
+            let c = if is_up(f.message.msg_type()) {
+                &mut up
+            } else {
+                &mut down
+            };
+            *c += 1;
+            assert_eq!(f.counter, *c, "`{name}`: counters go 1, 2, 3 per direction");
+        }
+        // Answers echo the request id of the request before them; ERROR carries 0.
+        match f.message {
+            Message::Error(_) => assert_eq!(f.request_id, 0, "`{name}`"),
+            m if is_up(m.msg_type()) => {
+                assert!(requests.insert(f.request_id, name).is_none(), "request id reused");
+            }
+            _ => assert!(requests.contains_key(&f.request_id), "`{name}` answers no request"),
+        }
+    }
+    let (_, ok, _) = main.frame("sign_on_ok");
+    assert_eq!(ok.counter, 1, "SIGN_ON_OK is the first authenticated frame");
+}
+
+#[test]
+fn the_refused_conversation_ends_with_a_clear_auth_failed() {
+    let convs = conversations();
+    let refused = &convs["refused"];
+    let (_, proof, _) = refused.frame("proof_refused");
+    let Message::Proof(p) = proof.message else {
+        panic!("proof_refused is not a PROOF")
+    };
+    let input = refused.input();
+    let secret = TerminalSecret::derive_demo(MASTER, input.terminal_id);
+    assert!(
+        !input.verify_proof(&secret, &p.proof),
+        "the refused proof must be wrong"
+    );
+    assert!(refused.terminal.has_session() && !refused.gateway.has_session());
+    let (_, last, bytes) = refused.frames.last().expect("frames");
+    assert_eq!(
+        last.message,
+        Message::Error(cardgate_codec::ErrorFrame {
+            code: ErrorCode::AuthFailed,
+            detail: 0
+        })
+    );
+    assert_eq!((last.request_id, last.counter, bytes[6] & 1), (0, 0, 0));
+}
+
+#[test]
+fn every_derived_value_is_recomputed_from_the_specification() {
+    let convs = conversations();
+    let main = &convs["main"];
+    let input = main.input();
+    let mut data = Vec::new();
+    data.extend_from_slice(&input.terminal_id.to_le_bytes());
+    data.extend_from_slice(&input.terminal_nonce);
+    data.extend_from_slice(&input.gateway_nonce);
+    let secret = hmac_sha256(MASTER, &[b"cardgate/1/demo-terminal", &input.terminal_id.to_le_bytes()]);
+    assert_eq!(TerminalSecret::derive_demo(MASTER, input.terminal_id).0, secret);
+    let proof = hmac_sha256(&secret, &[b"cardgate/1/proof", &data]);
+    assert_eq!(input.proof(&TerminalSecret(secret)), proof);
+    let (_, proof_frame, _) = main.frame("proof");
+    assert_eq!(proof_frame.message, Message::Proof(cardgate_codec::Proof { proof }));
+    let k_up = hmac_sha256(&secret, &[b"cardgate/1/up", &data]);
+    let k_down = hmac_sha256(&secret, &[b"cardgate/1/down", &data]);
+    // The codec's keys are the ones derived here.
+    let keys = input.session_keys(&TerminalSecret(secret));
+    assert_eq!(keys.up.tag(b"probe"), MacKey::new(&k_up).tag(b"probe"));
+    assert_eq!(keys.down.tag(b"probe"), MacKey::new(&k_down).tag(b"probe"));
+    let (_, _, purchase) = main.frame("purchase");
+    let body_end = purchase.len() - MAC_LEN;
+    let purchase_hmac = hmac_sha256(&k_up, &[&purchase[..body_end]]);
+    assert_eq!(&purchase[body_end..], &purchase_hmac[..MAC_LEN]);
+    // And every MACed frame of the conversation carries the MAC of its direction's key.
+    for (name, f, bytes) in &main.frames {
+        if f.counter == 0 {
+            continue;
+        }
+        let key = if is_up(f.message.msg_type()) { &k_up } else { &k_down };
+        let n = bytes.len() - MAC_LEN;
+        assert_eq!(&bytes[n..], &hmac_sha256(key, &[&bytes[..n]])[..MAC_LEN], "`{name}`");
+    }
+
+    let expected: BTreeMap<&str, Vec<u8>> = [
+        ("secret", secret.to_vec()),
+        ("sign_on_input", data.clone()),
+        ("proof", proof.to_vec()),
+        ("k_up", k_up.to_vec()),
+        ("k_down", k_down.to_vec()),
+        ("purchase_hmac", purchase_hmac.to_vec()),
+    ]
+    .into();
+    let mut seen = BTreeSet::new();
+    for block in parse_hex_blocks(DOC).iter().filter(|b| b.attrs.contains_key("value")) {
+        let name = block.attr("value");
+        let want = expected
+            .get(name)
+            .unwrap_or_else(|| panic!("line {}: unknown value `{name}`", block.line));
+        assert_eq!(
+            hex::encode(&block.bytes),
+            hex::encode(want),
+            "value `{name}` (line {})",
+            block.line
+        );
+        assert!(seen.insert(name.to_string()), "value `{name}` twice");
+    }
+    for name in VALUES {
+        assert!(seen.contains(name), "PROTOCOL.md lacks the derived value `{name}`");
+    }
+}
+
+#[test]
+fn the_demo_master_secret_is_stated_as_the_code_uses_it() {
+    assert!(DOC.contains("`cardgate-demo-master-secret`"));
+    assert!(DOC.contains(&format!("the {} ASCII bytes", MASTER.len())));
+}
+
+#[test]
+fn the_constants_table_matches_the_code() {
+    let want: BTreeMap<&str, usize> = [
+        ("PROTOCOL_VERSION", usize::from(PROTOCOL_VERSION)),
+        ("HEADER_LEN", HEADER_LEN),
+        ("MAC_LEN", MAC_LEN),
+        ("FRAME_LEN_MAX", FRAME_LEN_MAX),
+    ]
+    .into();
+    let rows = checked_table("constants");
+    let got: BTreeMap<&str, usize> = rows
+        .iter()
+        .map(|r| (r[0].as_str(), r[1].replace(',', "").parse().expect("a number")))
+        .collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn the_message_type_table_matches_the_code() {
+    let rows = checked_table("message-types");
+    let mut listed = BTreeSet::new();
+    for r in &rows {
+        let t = parse_u8_hex(&r[0]);
+        assert!(listed.insert(t), "type {t:#04x} twice");
+        assert_eq!(Some(r[1].as_str()), type_name(t), "type {t:#04x}");
+        assert_eq!(r[2], if is_up(t) { "T→G" } else { "G→T" }, "{}", r[1]);
+        assert_eq!(r[3].parse::<usize>().ok(), Message::body_len(t), "{}", r[1]);
+        let clear = match r[4].as_str() {
+            "yes" => true,
+            "no" => false,
+            other => panic!("{}: `{other}`", r[1]),
+        };
+        assert_eq!(clear, Message::allowed_unauthenticated(t), "{}", r[1]);
+    }
+    let defined: BTreeSet<u8> = (0..=u8::MAX).filter(|t| Message::body_len(*t).is_some()).collect();
+    assert_eq!(listed, defined);
+}
+
+#[test]
+fn the_reserved_ranges_table_matches_the_code() {
+    let got: BTreeSet<(u8, u8)> = checked_table("reserved-ranges")
+        .iter()
+        .map(|r| {
+            let (a, b) = r[0].split_once('-').expect("a range a-b");
+            (parse_u8_hex(a), parse_u8_hex(b))
+        })
+        .collect();
+    let want: BTreeSet<(u8, u8)> = [
+        msg_type::RESERVED_BLACKLIST,
+        msg_type::RESERVED_DOOR,
+        msg_type::RESERVED_ATTENDANCE,
+        msg_type::RESERVED_OFFLINE,
+    ]
+    .iter()
+    .map(|r| (*r.start(), *r.end()))
+    .collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn the_decline_reason_table_matches_the_code() {
+    let rows = checked_table("decline-reasons");
+    let got: Vec<(u16, String)> = rows
+        .iter()
+        .map(|r| (r[0].parse().expect("a code"), r[1].clone()))
+        .collect();
+    let want: Vec<(u16, String)> = DeclineReason::ALL
+        .iter()
+        .map(|r| (r.code(), r.as_str().to_string()))
+        .collect();
+    assert_eq!(got, want);
+    assert!(
+        rows.iter().all(|r| r.len() == 4 && !r[3].is_empty()),
+        "every reason says what to do"
+    );
+}
+
+#[test]
+fn the_error_code_table_matches_the_code() {
+    let rows = checked_table("error-codes");
+    let got: Vec<(u16, String)> = rows
+        .iter()
+        .map(|r| (r[0].parse().expect("a code"), r[1].clone()))
+        .collect();
+    let want: Vec<(u16, String)> = ErrorCode::ALL
+        .iter()
+        .map(|e| (e.code(), e.as_str().to_string()))
+        .collect();
+    assert_eq!(got, want);
+    assert!(
+        rows.iter().all(|r| r.len() == 4 && !r[3].is_empty()),
+        "every code says what to do"
+    );
+}
+
+#[test]
+fn the_card_status_table_matches_the_code() {
+    let rows = checked_table("card-status");
+    let mut codes = Vec::new();
+    for r in &rows {
+        let code: u8 = r[0].parse().expect("a code");
+        let status = CardStatusCode::from_code(code).unwrap_or_else(|| panic!("status {code} is not in the code"));
+        assert_eq!(format!("{status:?}").to_lowercase(), r[1]);
+        codes.push(code);
+    }
+    let defined: Vec<u8> = (0..=u8::MAX)
+        .filter(|c| CardStatusCode::from_code(*c).is_some())
+        .collect();
+    assert_eq!(codes, defined);
+}
+
+/// A message of type `t` whose every field holds a value distinct from its neighbours,
+/// so that a field found at the wrong offset shows.
+fn sample(t: u8) -> Message {
+    use cardgate_codec::*;
+    let card = CardNo(0x1122_3344_5566_7788);
+    match t {
+        msg_type::HELLO => Message::Hello(Hello {
+            terminal_id: 0x0102_0304_0506_0708,
+            terminal_nonce: std::array::from_fn(|i| 0xa0 + i as u8),
+            terminal_time_ms: 0x1718_191a_1b1c_1d1e,
+        }),
+        msg_type::CHALLENGE => Message::Challenge(Challenge {
+            gateway_nonce: std::array::from_fn(|i| 0xb0 + i as u8),
+            server_time_ms: 0x2728_292a_2b2c_2d2e,
+        }),
+        msg_type::PROOF => Message::Proof(Proof {
+            proof: std::array::from_fn(|i| 0xc0 + i as u8),
+        }),
+        msg_type::SIGN_ON_OK => Message::SignOnOk(SignOnOk {
+            server_time_ms: 0x3132_3334_3536_3738,
+            last_tx_seq: 0x4142_4344_4546_4748,
+            blacklist_version: 0x5152_5354_5556_5758,
+            heartbeat_interval_s: 0x6162,
+            pipeline_depth_max: 0x7172,
+            reserved: 0,
+        }),
+        msg_type::HEARTBEAT => Message::Heartbeat(Heartbeat {
+            terminal_time_ms: 0x3132_3334_3536_3738,
+            blacklist_version: 0x4142_4344_4546_4748,
+        }),
+        msg_type::HEARTBEAT_ACK => Message::HeartbeatAck(HeartbeatAck {
+            server_time_ms: 0x3132_3334_3536_3738,
+            blacklist_version: 0x4142_4344_4546_4748,
+        }),
+        msg_type::ERROR => Message::Error(ErrorFrame {
+            code: ErrorCode::IdleTimeout,
+            detail: 0x8182_8384,
+        }),
+        msg_type::PURCHASE => Message::Purchase(Purchase {
+            tx_seq: 0x0102_0304_0506_0708,
+            card,
+            amount_fen: 0x2122_2324_2526_2728,
+            terminal_time_ms: 0x3132_3334_3536_3738,
+        }),
+        msg_type::REVERSAL => Message::Reversal(Reversal {
+            tx_seq: 0x0102_0304_0506_0708,
+            original_tx_seq: 0x0a0b_0c0d_0e0f_1011,
+            card,
+            amount_fen: 0x2122_2324_2526_2728,
+            terminal_time_ms: 0x3132_3334_3536_3738,
+        }),
+        msg_type::BALANCE_INQUIRY => Message::BalanceInquiry(BalanceInquiry { card }),
+        msg_type::APPROVED => Message::Approved(Approved {
+            tx_seq: 0x0102_0304_0506_0708,
+            tx_id: 0x0a0b_0c0d_0e0f_1011,
+            card,
+            amount_fen: 0x2122_2324_2526_2728,
+            balance_fen: 0x4142_4344_4546_4748,
+            time_ms: 0x3132_3334_3536_3738,
+        }),
+        msg_type::DECLINED => Message::Declined(Declined {
+            tx_seq: 0x0102_0304_0506_0708,
+            card,
+            reason: DeclineReason::OverDailyLimit,
+            balance_fen: 0x4142_4344_4546_4748,
+            time_ms: 0x3132_3334_3536_3738,
+        }),
+        msg_type::BALANCE => Message::Balance(Balance {
+            card,
+            status: CardStatusCode::Replaced,
+            balance_fen: 0x4142_4344_4546_4748,
+            spent_today_fen: 0x5152_5354_5556_5758,
+            daily_limit_fen: 0x6162_6364_6566_6768,
+        }),
+        other => panic!("no sample of type {other:#04x}"),
+    }
+}
+
+/// The little-endian bytes of the field called `name` in the doc, read from the struct
+/// by name, so that the doc's offsets are checked against the encoder's output.
+fn field_bytes(m: &Message, name: &str) -> Vec<u8> {
+    let le = |v: u64| v.to_le_bytes().to_vec();
+    let i = |v: i64| v.to_le_bytes().to_vec();
+    match (m, name) {
+        (Message::Hello(h), "terminal_id") => le(h.terminal_id),
+        (Message::Hello(h), "terminal_nonce") => h.terminal_nonce.to_vec(),
+        (Message::Hello(h), "terminal_time_ms") => i(h.terminal_time_ms),
+        (Message::Challenge(c), "gateway_nonce") => c.gateway_nonce.to_vec(),
+        (Message::Challenge(c), "server_time_ms") => i(c.server_time_ms),
+        (Message::Proof(p), "proof") => p.proof.to_vec(),
+        (Message::SignOnOk(s), "server_time_ms") => i(s.server_time_ms),
+        (Message::SignOnOk(s), "last_tx_seq") => le(s.last_tx_seq),
+        (Message::SignOnOk(s), "blacklist_version") => le(s.blacklist_version),
+        (Message::SignOnOk(s), "heartbeat_interval_s") => s.heartbeat_interval_s.to_le_bytes().to_vec(),
+        (Message::SignOnOk(s), "pipeline_depth_max") => s.pipeline_depth_max.to_le_bytes().to_vec(),
+        (Message::Heartbeat(h), "terminal_time_ms") => i(h.terminal_time_ms),
+        (Message::Heartbeat(h), "blacklist_version") => le(h.blacklist_version),
+        (Message::HeartbeatAck(h), "server_time_ms") => i(h.server_time_ms),
+        (Message::HeartbeatAck(h), "blacklist_version") => le(h.blacklist_version),
+        (Message::Error(e), "code") => e.code.code().to_le_bytes().to_vec(),
+        (Message::Error(e), "detail") => e.detail.to_le_bytes().to_vec(),
+        (Message::Purchase(p), "tx_seq") => le(p.tx_seq),
+        (Message::Purchase(p), "card") => le(p.card.0),
+        (Message::Purchase(p), "amount_fen") => i(p.amount_fen),
+        (Message::Purchase(p), "terminal_time_ms") => i(p.terminal_time_ms),
+        (Message::Reversal(r), "tx_seq") => le(r.tx_seq),
+        (Message::Reversal(r), "original_tx_seq") => le(r.original_tx_seq),
+        (Message::Reversal(r), "card") => le(r.card.0),
+        (Message::Reversal(r), "amount_fen") => i(r.amount_fen),
+        (Message::Reversal(r), "terminal_time_ms") => i(r.terminal_time_ms),
+        (Message::BalanceInquiry(b), "card") => le(b.card.0),
+        (Message::Approved(a), "tx_seq") => le(a.tx_seq),
+        (Message::Approved(a), "tx_id") => le(a.tx_id),
+        (Message::Approved(a), "card") => le(a.card.0),
+        (Message::Approved(a), "amount_fen") => i(a.amount_fen),
+        (Message::Approved(a), "balance_fen") => i(a.balance_fen),
+        (Message::Approved(a), "time_ms") => i(a.time_ms),
+        (Message::Declined(d), "tx_seq") => le(d.tx_seq),
+        (Message::Declined(d), "card") => le(d.card.0),
+        (Message::Declined(d), "reason") => d.reason.code().to_le_bytes().to_vec(),
+        (Message::Declined(d), "balance_fen") => i(d.balance_fen),
+        (Message::Declined(d), "time_ms") => i(d.time_ms),
+        (Message::Balance(b), "card") => le(b.card.0),
+        (Message::Balance(b), "status") => vec![b.status as u8],
+        (Message::Balance(b), "balance_fen") => i(b.balance_fen),
+        (Message::Balance(b), "spent_today_fen") => i(b.spent_today_fen),
+        (Message::Balance(b), "daily_limit_fen") => i(b.daily_limit_fen),
+        (m, name) => panic!("{m:?} has no field `{name}`"),
+    }
+}
+
+#[test]
+fn every_field_table_matches_the_encoder() {
+    let mut documented = BTreeSet::new();
+    let lines: Vec<&str> = DOC.lines().collect();
+    for (n, line) in lines.iter().enumerate() {
+        // "### 6.8 PURCHASE (0x10, T→G, 32 bytes, MAC)"
+        let Some(rest) = line.strip_prefix("### 6.") else {
+            continue;
+        };
+        let (_, after) = rest.split_once(" (").expect("a message heading names its type");
+        let t = parse_u8_hex(after.split(',').next().expect("type first"));
+        assert!(documented.insert(t), "type {t:#04x} has two sections");
+        let m = sample(t);
+        let mut body = Vec::new();
+        m.encode_body(&mut body);
+        assert!(
+            line.contains(&format!(", {} bytes,", body.len())),
+            "line {}: body length",
+            n + 1
+        );
+
+        let rows: Vec<Vec<String>> = lines[n + 1..]
+            .iter()
+            .skip_while(|l| !l.starts_with('|'))
+            .take_while(|l| l.starts_with('|'))
+            .skip(2)
+            .map(|l| l.trim_matches('|').split('|').map(|c| c.trim().to_string()).collect())
+            .collect();
+        let mut at = 0;
+        for r in &rows {
+            let (offset, size, field) = (r[0].parse::<usize>().unwrap(), r[1].parse::<usize>().unwrap(), &r[3]);
+            assert_eq!(
+                offset, at,
+                "type {t:#04x} field `{field}`: offsets must follow each other"
+            );
+            let got = &body[offset..offset + size];
+            let want = if field == "reserved" {
+                vec![0; size]
+            } else {
+                field_bytes(&m, field)
+            };
+            assert_eq!(got, &want[..], "type {t:#04x} field `{field}` at offset {offset}");
+            at += size;
+        }
+        assert_eq!(at, body.len(), "type {t:#04x}: the fields must cover the body");
+    }
+    let defined: BTreeSet<u8> = (0..=u8::MAX).filter(|t| Message::body_len(*t).is_some()).collect();
+    assert_eq!(documented, defined, "every message type has a field table");
+}
