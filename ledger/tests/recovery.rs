@@ -97,8 +97,9 @@ async fn a_restart_after_a_crash_recovers_checkpoint_plus_replay() {
     recovers_everything(crashy()).await;
 }
 
-#[tokio::test]
-async fn a_failed_write_answers_system_error_and_applies_nothing() {
+/// One POS terminal and one account with 100.00, over a store whose faults the test
+/// switches on.
+async fn faulty() -> (Fixture, FaultSwitch) {
     let switch = FaultSwitch::default();
     let s = switch.clone();
     let f = Fixture::open_with(
@@ -116,6 +117,12 @@ async fn a_failed_write_answers_system_error_and_applies_nothing() {
         .bulk_create(vec![pos(POS)], &[account(1, 100_00)], &[card(101, 1)])
         .await
         .unwrap();
+    (f, switch)
+}
+
+#[tokio::test]
+async fn a_failed_write_answers_system_error_and_applies_nothing() {
+    let (f, switch) = faulty().await;
     assert!(matches!(f.buy(POS, 1, 101, 10_00).await, Message::Approved(_)));
     switch.set(FaultSwitch::FAIL_APPLY);
     let Message::Declined(d) = f.buy(POS, 2, 101, 10_00).await else {
@@ -142,23 +149,7 @@ async fn a_failed_write_answers_system_error_and_applies_nothing() {
 
 #[tokio::test]
 async fn a_failed_sync_is_never_answered_as_approved() {
-    let switch = FaultSwitch::default();
-    let s = switch.clone();
-    let f = Fixture::open_with(
-        tempfile::tempdir().unwrap(),
-        LedgerConfig::default(),
-        ManualClock::new(LUNCH_MS),
-        move |store| {
-            Box::new(FaultyStore {
-                inner: store,
-                switch: s,
-            })
-        },
-    );
-    f.ledger
-        .bulk_create(vec![pos(POS)], &[account(1, 100_00)], &[card(101, 1)])
-        .await
-        .unwrap();
+    let (f, switch) = faulty().await;
     switch.set(FaultSwitch::FAIL_SYNC);
     let Message::Declined(d) = f.buy(POS, 1, 101, 10_00).await else {
         panic!()
