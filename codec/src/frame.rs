@@ -47,7 +47,15 @@ pub mod msg_type {
     pub const APPROVED: u8 = 0x20;
     pub const DECLINED: u8 = 0x21;
     pub const BALANCE: u8 = 0x22;
-    /// 0x30..=0x3F: blacklist push and delta sync.
+    /// G→T, unsolicited (request id 0): the blacklist has a new version.
+    pub const BLACKLIST_PUSH: u8 = 0x30;
+    /// T→G: send me the blacklist changes since a version (or the next full-list pages).
+    pub const BLACKLIST_SYNC: u8 = 0x31;
+    /// G→T: one page of a BLACKLIST_SYNC answer; a run of pages shares the request id.
+    pub const BLACKLIST_PAGE: u8 = 0x32;
+    /// T→G, unanswered: the blacklist version the terminal now holds.
+    pub const BLACKLIST_ACK: u8 = 0x33;
+    /// 0x30..=0x3F: blacklist push and delta sync (0x34..=0x3F still free).
     pub const RESERVED_BLACKLIST: std::ops::RangeInclusive<u8> = 0x30..=0x3F;
     /// 0x40..=0x4F: door access.
     pub const RESERVED_DOOR: std::ops::RangeInclusive<u8> = 0x40..=0x4F;

@@ -311,6 +311,85 @@ pub struct Balance {
     pub daily_limit_fen: i64,
 }
 
+/// G→T, unsolicited: the blacklist changed; a terminal below `version` should sync.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlacklistPush {
+    pub version: u64,
+    pub server_time_ms: i64,
+}
+
+/// T→G: with `after_card == 0`, "bring me from `since_version` to the current
+/// version" (a delta when the gateway still has the changes, else a full list); with
+/// `after_card != 0`, "continue the full list after this card number".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlacklistSync {
+    pub since_version: u64,
+    pub after_card: u64,
+}
+
+/// Cards one BLACKLIST_PAGE carries at most. Small on purpose: messages are fixed-width
+/// and `Copy`, so every `Message` value is as large as its largest variant; 8 cards
+/// keep that under 100 bytes while a run of pages still moves 256 cards per round trip.
+pub const BLACKLIST_PAGE_CARDS_MAX: usize = 8;
+
+/// What a BLACKLIST_PAGE holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum BlacklistPageKind {
+    /// Changes in `(from_version, to_version]`: cards to add, then cards to remove.
+    Delta = 0,
+    /// A slice of the whole list as of `to_version`, in card-number order.
+    Full = 1,
+}
+
+/// Page flag: another BLACKLIST_SYNC is needed to finish (this was the last page of the
+/// run, but not of the answer).
+pub const BLACKLIST_PAGE_MORE: u8 = 0x01;
+/// Page flag: this page starts a full list; drop every card held before applying it.
+pub const BLACKLIST_PAGE_FIRST: u8 = 0x02;
+/// Page flag: the last page of this run (answers to one BLACKLIST_SYNC).
+pub const BLACKLIST_PAGE_LAST_IN_RUN: u8 = 0x04;
+
+/// G→T: one page of a sync answer. Unused card slots are zero on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlacklistPage {
+    pub kind: BlacklistPageKind,
+    pub flags: u8,
+    /// `cards[..added]` join the list; `cards[added..added + removed]` leave it. A full
+    /// page only adds.
+    pub added: u8,
+    pub removed: u8,
+    /// Delta: the version the page starts from. Full: 0.
+    pub from_version: u64,
+    /// Delta: the terminal's version once it applied this page. Full: the version the
+    /// list was read at.
+    pub to_version: u64,
+    /// Full: the cursor for the next BLACKLIST_SYNC (`after_card`). Delta: 0.
+    pub next_after_card: u64,
+    pub cards: [u64; BLACKLIST_PAGE_CARDS_MAX],
+}
+
+impl BlacklistPage {
+    pub fn added_cards(&self) -> &[u64] {
+        &self.cards[..usize::from(self.added)]
+    }
+
+    pub fn removed_cards(&self) -> &[u64] {
+        let a = usize::from(self.added);
+        &self.cards[a..a + usize::from(self.removed)]
+    }
+
+    pub fn has(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
+}
+
+/// T→G, unanswered: the terminal applied pages up to `version`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlacklistAck {
+    pub version: u64,
+}
+
 /// Every message of protocol version 1.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Message {
@@ -327,6 +406,10 @@ pub enum Message {
     Approved(Approved),
     Declined(Declined),
     Balance(Balance),
+    BlacklistPush(BlacklistPush),
+    BlacklistSync(BlacklistSync),
+    BlacklistPage(BlacklistPage),
+    BlacklistAck(BlacklistAck),
 }
 
 /// Why a body could not be decoded.
@@ -387,6 +470,10 @@ impl Message {
             Message::Approved(_) => msg_type::APPROVED,
             Message::Declined(_) => msg_type::DECLINED,
             Message::Balance(_) => msg_type::BALANCE,
+            Message::BlacklistPush(_) => msg_type::BLACKLIST_PUSH,
+            Message::BlacklistSync(_) => msg_type::BLACKLIST_SYNC,
+            Message::BlacklistPage(_) => msg_type::BLACKLIST_PAGE,
+            Message::BlacklistAck(_) => msg_type::BLACKLIST_ACK,
         }
     }
 
@@ -406,6 +493,10 @@ impl Message {
             msg_type::APPROVED => 48,
             msg_type::DECLINED => 40,
             msg_type::BALANCE => 40,
+            msg_type::BLACKLIST_PUSH => 16,
+            msg_type::BLACKLIST_SYNC => 16,
+            msg_type::BLACKLIST_PAGE => 32 + 8 * BLACKLIST_PAGE_CARDS_MAX,
+            msg_type::BLACKLIST_ACK => 8,
             _ => return None,
         })
     }
@@ -508,6 +599,51 @@ impl Message {
                     daily_limit_fen: r.i64(),
                 })
             }
+            msg_type::BLACKLIST_PUSH => Message::BlacklistPush(BlacklistPush {
+                version: r.u64(),
+                server_time_ms: r.i64(),
+            }),
+            msg_type::BLACKLIST_SYNC => Message::BlacklistSync(BlacklistSync {
+                since_version: r.u64(),
+                after_card: r.u64(),
+            }),
+            msg_type::BLACKLIST_PAGE => {
+                let kind = match r.u8() {
+                    0 => BlacklistPageKind::Delta,
+                    1 => BlacklistPageKind::Full,
+                    _ => return Err(BodyError::BadField("kind")),
+                };
+                let flags = r.u8();
+                if flags & !(BLACKLIST_PAGE_MORE | BLACKLIST_PAGE_FIRST | BLACKLIST_PAGE_LAST_IN_RUN) != 0 {
+                    return Err(BodyError::BadField("flags"));
+                }
+                let added = r.u8();
+                let removed = r.u8();
+                if usize::from(added) + usize::from(removed) > BLACKLIST_PAGE_CARDS_MAX
+                    || (kind == BlacklistPageKind::Full && removed != 0)
+                {
+                    return Err(BodyError::BadField("count"));
+                }
+                let _reserved = r.u32();
+                let from_version = r.u64();
+                let to_version = r.u64();
+                let next_after_card = r.u64();
+                let mut cards = [0u64; BLACKLIST_PAGE_CARDS_MAX];
+                for c in &mut cards {
+                    *c = r.u64();
+                }
+                Message::BlacklistPage(BlacklistPage {
+                    kind,
+                    flags,
+                    added,
+                    removed,
+                    from_version,
+                    to_version,
+                    next_after_card,
+                    cards,
+                })
+            }
+            msg_type::BLACKLIST_ACK => Message::BlacklistAck(BlacklistAck { version: r.u64() }),
             other => return Err(BodyError::UnknownType(other)),
         })
     }
@@ -584,6 +720,30 @@ impl Message {
                 out.put_i64_le(m.spent_today_fen);
                 out.put_i64_le(m.daily_limit_fen);
             }
+            Message::BlacklistPush(m) => {
+                out.put_u64_le(m.version);
+                out.put_i64_le(m.server_time_ms);
+            }
+            Message::BlacklistSync(m) => {
+                out.put_u64_le(m.since_version);
+                out.put_u64_le(m.after_card);
+            }
+            Message::BlacklistPage(m) => {
+                out.put_u8(m.kind as u8);
+                out.put_u8(m.flags);
+                out.put_u8(m.added);
+                out.put_u8(m.removed);
+                out.put_u32_le(0);
+                out.put_u64_le(m.from_version);
+                out.put_u64_le(m.to_version);
+                out.put_u64_le(m.next_after_card);
+                let used = usize::from(m.added) + usize::from(m.removed);
+                for (i, c) in m.cards.iter().enumerate() {
+                    // Slots past the count are zero on the wire whatever memory held.
+                    out.put_u64_le(if i < used { *c } else { 0 });
+                }
+            }
+            Message::BlacklistAck(m) => out.put_u64_le(m.version),
         }
     }
 }
@@ -690,8 +850,83 @@ mod tests {
     }
 
     #[test]
+    fn blacklist_messages_round_trip_and_refuse_bad_counts() {
+        let mut cards = [0u64; BLACKLIST_PAGE_CARDS_MAX];
+        cards[..3].copy_from_slice(&[11, 12, 13]);
+        let all = [
+            Message::BlacklistPush(BlacklistPush {
+                version: 9,
+                server_time_ms: 1,
+            }),
+            Message::BlacklistSync(BlacklistSync {
+                since_version: 3,
+                after_card: 0,
+            }),
+            Message::BlacklistPage(BlacklistPage {
+                kind: BlacklistPageKind::Delta,
+                flags: BLACKLIST_PAGE_LAST_IN_RUN,
+                added: 2,
+                removed: 1,
+                from_version: 3,
+                to_version: 9,
+                next_after_card: 0,
+                cards,
+            }),
+            Message::BlacklistAck(BlacklistAck { version: 9 }),
+        ];
+        for m in all {
+            let mut buf = Vec::new();
+            m.encode_body(&mut buf);
+            assert_eq!(Some(buf.len()), Message::body_len(m.msg_type()), "{m:?}");
+            assert_eq!(Message::decode_body(m.msg_type(), &buf), Ok(m));
+        }
+        let Message::BlacklistPage(p) = all[2] else {
+            unreachable!()
+        };
+        assert_eq!(p.added_cards(), &[11, 12]);
+        assert_eq!(p.removed_cards(), &[13]);
+        // More cards than a page holds, a full page that removes, unknown flags or kind.
+        let mut buf = Vec::new();
+        all[2].encode_body(&mut buf);
+        let mut bad = buf.clone();
+        bad[2] = 8;
+        assert_eq!(
+            Message::decode_body(msg_type::BLACKLIST_PAGE, &bad),
+            Err(BodyError::BadField("count"))
+        );
+        let mut bad = buf.clone();
+        bad[0] = 1;
+        assert_eq!(
+            Message::decode_body(msg_type::BLACKLIST_PAGE, &bad),
+            Err(BodyError::BadField("count"))
+        );
+        let mut bad = buf.clone();
+        bad[1] = 0x80;
+        assert_eq!(
+            Message::decode_body(msg_type::BLACKLIST_PAGE, &bad),
+            Err(BodyError::BadField("flags"))
+        );
+        let mut bad = buf;
+        bad[0] = 7;
+        assert_eq!(
+            Message::decode_body(msg_type::BLACKLIST_PAGE, &bad),
+            Err(BodyError::BadField("kind"))
+        );
+    }
+
+    #[test]
+    fn a_message_stays_small_enough_to_copy() {
+        // Every queued answer is a `Message`; the page is the largest variant.
+        assert!(
+            std::mem::size_of::<Message>() <= 112,
+            "{}",
+            std::mem::size_of::<Message>()
+        );
+    }
+
+    #[test]
     fn reserved_ranges_hold_no_defined_type() {
-        for t in 0x30u8..=0x6F {
+        for t in 0x34u8..=0x6F {
             assert_eq!(Message::body_len(t), None, "type {t:#04x} is reserved");
         }
     }
