@@ -9,6 +9,9 @@
 use cardgate_codec::CardNo;
 use serde::{Deserialize, Serialize};
 
+use crate::audit::AuditRecord;
+use crate::desk::{CardChange, MoneyEntry, OperatorEntry, ParamsChange, PersonOpened, PersonUpdated};
+use crate::import::{ImportChunk, ImportCommitted};
 use crate::model::{Account, Card, Outcome, Params, Terminal, TxKind, card_no};
 
 /// The version byte that starts every stored entry.
@@ -51,6 +54,28 @@ pub enum EntryBody {
     /// replays it; whatever ships entries elsewhere must leave the secret out.
     TerminalRegistered(Terminal),
     ParamsSet(Params),
+    // ---- card desk and operator API (issue 4). Payloads are boxed to keep
+    // `EntryBody` (and so every queued submission) small; postcard encodes a box as its
+    // contents. Each operator-initiated entry names its operator (`actor`).
+    /// A person and their new account (balance 0).
+    PersonOpened(Box<PersonOpened>),
+    /// A person's name, department or account kind changed.
+    PersonUpdated(Box<PersonUpdated>),
+    /// A card lifecycle step with every card, account field, fee or refund and blacklist
+    /// change it left.
+    CardChanged(Box<CardChange>),
+    /// A desk money movement (top-up, refund, fee, adjustment, grant) and the balance after.
+    Money(Box<MoneyEntry>),
+    /// An operator added or changed (carries the token hash: leave it out when shipping).
+    OperatorSet(Box<OperatorEntry>),
+    /// Parameters changed by an operator.
+    ParamsChanged(Box<ParamsChange>),
+    /// Staged records of an import, applied only at its `ImportCommitted`.
+    ImportChunk(Box<ImportChunk>),
+    /// An import's commit point.
+    ImportCommitted(Box<ImportCommitted>),
+    /// One audit record.
+    Audit(Box<AuditRecord>),
 }
 
 impl EntryBody {
@@ -65,6 +90,15 @@ impl EntryBody {
             EntryBody::CardIssued(_) => "card_issued",
             EntryBody::TerminalRegistered(_) => "terminal_registered",
             EntryBody::ParamsSet(_) => "params_set",
+            EntryBody::PersonOpened(_) => "person_opened",
+            EntryBody::PersonUpdated(_) => "person_updated",
+            EntryBody::CardChanged(_) => "card_changed",
+            EntryBody::Money(_) => "money",
+            EntryBody::OperatorSet(_) => "operator_set",
+            EntryBody::ParamsChanged(_) => "params_changed",
+            EntryBody::ImportChunk(_) => "import_chunk",
+            EntryBody::ImportCommitted(_) => "import_committed",
+            EntryBody::Audit(_) => "audit",
         }
     }
 }

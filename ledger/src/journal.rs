@@ -31,11 +31,15 @@ use std::time::{Duration, Instant};
 use smallvec::SmallVec;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::audit::{AuditRecord, audit_slot};
+use crate::blacklist::{BLACKLIST_LOG_MAX, BlacklistChange};
+use crate::desk::{GrantMark, Person, grant_key};
 use crate::entry::{EntryBody, EntryRecord};
 use crate::model::{Account, Card, Params, SeqRecord, Terminal};
+use crate::operators::Operator;
 use crate::store::{
-    Db, PREFIX_ACCOUNT, PREFIX_CARD, PREFIX_TERMINAL, Store, StoreError, encode_record, key_meta, key_segment,
-    key_seq_slot, key_u64, meta,
+    Db, PREFIX_ACCOUNT, PREFIX_AUDIT, PREFIX_BLACKLIST, PREFIX_CARD, PREFIX_GRANT, PREFIX_OPERATOR, PREFIX_PERSON,
+    PREFIX_TERMINAL, Store, StoreError, encode_record, key_meta, key_segment, key_seq_slot, key_u64, meta,
 };
 
 /// Submissions that may wait for the committer. At ~30,000 decisions/s and a few ms per
@@ -95,6 +99,16 @@ pub enum StateWrite {
     Seq(SeqRecord),
     Params(Params),
     Meta(&'static str, Vec<u8>),
+    Person(Box<Person>),
+    Operator(Box<Operator>),
+    /// A blacklist change, stored in slot `version % BLACKLIST_LOG_MAX`.
+    Blacklist(BlacklistChange),
+    /// An audit record, stored in slot `id % AUDIT_KEPT`.
+    Audit(Box<AuditRecord>),
+    Grant(Box<GrantMark>),
+    /// Written with its commit like `Meta`, never by a checkpoint; `None` removes the
+    /// key. Holds data replay may need whatever the checkpoint (staged imports).
+    Staged(Vec<u8>, Option<Vec<u8>>),
 }
 
 /// Where a state write lands, so that a later write to the same record replaces it.
@@ -105,6 +119,11 @@ enum StateKey {
     Terminal(u64),
     Seq(u64, u8),
     Params,
+    Person(u64),
+    Operator(u64),
+    Blacklist(u64),
+    Audit(u64),
+    Grant(u64, u64),
 }
 
 impl StateWrite {
@@ -115,16 +134,31 @@ impl StateWrite {
             StateWrite::Terminal(t) => StateKey::Terminal(t.id),
             StateWrite::Seq(s) => StateKey::Seq(s.terminal, crate::ledger::seq_slot(s.seq)),
             StateWrite::Params(_) => StateKey::Params,
-            StateWrite::Meta(..) => return None,
+            StateWrite::Meta(..) | StateWrite::Staged(..) => return None,
+            StateWrite::Person(p) => StateKey::Person(p.account),
+            StateWrite::Operator(o) => StateKey::Operator(o.id),
+            StateWrite::Blacklist(c) => StateKey::Blacklist(c.version % BLACKLIST_LOG_MAX),
+            StateWrite::Audit(a) => StateKey::Audit(audit_slot(a.id)),
+            StateWrite::Grant(g) => {
+                let (h, a) = grant_key(&g.batch_id, g.account);
+                StateKey::Grant(h, a)
+            }
         })
     }
 
     fn insert_into(&self, tree: &sled::Tree) -> Result<(), sled::Error> {
+        if let StateWrite::Staged(key, None) = self {
+            return tree.remove(key.as_slice()).map(|_| ());
+        }
         let (key, value) = self.encode();
         tree.insert(key, value).map(|_| ())
     }
 
     pub(crate) fn add_to(&self, batch: &mut sled::Batch) {
+        if let StateWrite::Staged(key, None) = self {
+            batch.remove(key.as_slice());
+            return;
+        }
         let (key, value) = self.encode();
         batch.insert(key, value);
     }
@@ -143,6 +177,31 @@ impl StateWrite {
             ),
             StateWrite::Params(p) => (key_meta(meta::PARAMS).into(), encode_record(p)),
             StateWrite::Meta(name, v) => (key_meta(name).into(), v.clone()),
+            StateWrite::Person(p) => (
+                key_u64(PREFIX_PERSON, p.account).as_ref().into(),
+                encode_record(p.as_ref()),
+            ),
+            StateWrite::Operator(o) => (
+                key_u64(PREFIX_OPERATOR, o.id).as_ref().into(),
+                encode_record(o.as_ref()),
+            ),
+            StateWrite::Blacklist(c) => (
+                key_u64(PREFIX_BLACKLIST, c.version % BLACKLIST_LOG_MAX).as_ref().into(),
+                encode_record(c),
+            ),
+            StateWrite::Audit(a) => (
+                key_u64(PREFIX_AUDIT, audit_slot(a.id)).as_ref().into(),
+                encode_record(a.as_ref()),
+            ),
+            StateWrite::Grant(g) => {
+                let (h, a) = grant_key(&g.batch_id, g.account);
+                let mut k = Vec::with_capacity(17);
+                k.push(PREFIX_GRANT);
+                k.extend_from_slice(&h.to_be_bytes());
+                k.extend_from_slice(&a.to_be_bytes());
+                (k.into(), encode_record(g.as_ref()))
+            }
+            StateWrite::Staged(k, v) => (k.as_slice().into(), v.clone().unwrap_or_default()),
         }
     }
 }

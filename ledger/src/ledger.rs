@@ -32,14 +32,19 @@ use rust_decimal::Decimal;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::{Clock, business_day};
+use crate::desk::{DeskLoad, DeskState};
 use crate::entry::{EntryBody, EntryRecord, TxEntry};
 use crate::error::LedgerError;
+use crate::import::ImportItem;
 use crate::journal::{
     CheckpointPolicy, CommitResult, CommitterHandle, Journal, JournalError, StateWrite, Submission, Writes,
 };
 use crate::model::{Account, AccountStatus, Card, Outcome, Params, SeqRecord, Terminal, TerminalKind, TxKind};
 use crate::money::{AMOUNT_FEN_MAX, from_fen, to_fen};
-use crate::store::{Db, PREFIX_ACCOUNT, PREFIX_CARD, PREFIX_SEQ, PREFIX_TERMINAL, SledStore, Store, key_meta, meta};
+use crate::store::{
+    Db, PREFIX_ACCOUNT, PREFIX_AUDIT, PREFIX_BLACKLIST, PREFIX_CARD, PREFIX_GRANT, PREFIX_OPERATOR, PREFIX_PERSON,
+    PREFIX_SEQ, PREFIX_STAGED, PREFIX_TERMINAL, SledStore, Store, key_meta, meta,
+};
 
 /// Outcomes remembered per terminal. A terminal has at most `pipeline_depth_max` (at
 /// most this many) requests unanswered per connection, so every retry finds its answer;
@@ -79,6 +84,10 @@ pub struct TerminalState {
     pub last_seq: u64,
     slots: Box<[Option<SeqRecord>; SEQ_SLOTS]>,
     pub last_seen_ms: i64,
+    /// The blacklist version the terminal last said it holds (not durable: live state).
+    pub blacklist_acked: u64,
+    /// Signed-on connections of this terminal right now.
+    pub sessions: u32,
 }
 
 impl TerminalState {
@@ -88,6 +97,8 @@ impl TerminalState {
             last_seq: 0,
             slots: Box::new([None; SEQ_SLOTS]),
             last_seen_ms: 0,
+            blacklist_acked: 0,
+            sessions: 0,
         }
     }
 
@@ -127,6 +138,14 @@ impl Pending {
     /// An answer that needs no commit (it observed nothing that could be undurable).
     pub fn ready(answer: Message) -> Pending {
         Pending { answer, wait: None }
+    }
+
+    /// An answer to send once `wait` (a barrier or a commit) completes.
+    pub(crate) fn after(answer: Message, wait: oneshot::Receiver<CommitResult>) -> Pending {
+        Pending {
+            answer,
+            wait: Some(wait),
+        }
     }
 
     /// The answer, once the decision (or everything it observed) is durable; "system
@@ -207,14 +226,15 @@ fn fen(value: Decimal) -> i64 {
 }
 
 pub struct Ledger {
-    accounts: DashMap<u64, Account>,
-    cards: DashMap<CardNo, Card>,
-    terminals: DashMap<u64, TerminalState>,
-    params: ArcSwap<Params>,
+    pub(crate) accounts: DashMap<u64, Account>,
+    pub(crate) cards: DashMap<CardNo, Card>,
+    pub(crate) terminals: DashMap<u64, TerminalState>,
+    pub(crate) params: ArcSwap<Params>,
     journal: Journal,
     db: Db,
-    next_tx_id: AtomicU64,
-    blacklist_version: AtomicU64,
+    pub(crate) next_tx_id: AtomicU64,
+    /// Persons, operators, the blacklist, the audit trail (`desk.rs`).
+    pub(crate) desk: DeskState,
     gateway_id: u64,
     config: LedgerConfig,
     clock: Arc<dyn Clock>,
@@ -224,26 +244,51 @@ pub struct Ledger {
 const REPLAY_CHUNK: usize = 16 * 1024;
 
 /// The maps being rebuilt, and the one function that applies a journal entry to them.
-struct Recovered<'a> {
-    accounts: &'a DashMap<u64, Account>,
-    cards: &'a DashMap<CardNo, Card>,
+pub(crate) struct Recovered<'a> {
+    pub(crate) accounts: &'a DashMap<u64, Account>,
+    pub(crate) cards: &'a DashMap<CardNo, Card>,
     terminals: &'a DashMap<u64, TerminalState>,
-    params: &'a mut Params,
-    next_tx_id: &'a mut u64,
+    pub(crate) params: &'a mut Params,
+    pub(crate) next_tx_id: &'a mut u64,
     tz_offset_minutes: i32,
     /// Records replay changed. They are checkpointed before the committer starts: the
     /// next checkpoint will name a later entry id, and recovery would then skip the
     /// entries that produced them.
-    touched: Touched,
+    pub(crate) touched: Touched,
+    pub(crate) desk: &'a DeskState,
+    pub(crate) db: &'a Db,
+    /// Import chunks waiting for their commit entry.
+    pub(crate) staged: std::collections::HashMap<u64, std::collections::BTreeMap<u32, Vec<ImportItem>>>,
 }
 
 #[derive(Default)]
-struct Touched {
+pub(crate) struct Touched {
     accounts: std::collections::HashSet<u64>,
     cards: std::collections::HashSet<CardNo>,
     terminals: std::collections::HashSet<u64>,
     slots: std::collections::HashSet<(u64, u64)>,
     params: bool,
+    /// Records only desk entries change (persons, operators, blacklist changes, audit
+    /// records, grant marks), in replay order: written last, the newest wins.
+    desk: Vec<StateWrite>,
+}
+
+impl Touched {
+    /// Notes a record a desk entry's replay changed. Accounts, cards and parameters are
+    /// noted by key and written as they are at the end of replay (later entries may
+    /// change them again); the desk's own records are kept as replayed.
+    pub(crate) fn touch(&mut self, w: StateWrite) {
+        match w {
+            StateWrite::Account(a) => {
+                self.accounts.insert(a.id);
+            }
+            StateWrite::Card(c) => {
+                self.cards.insert(c.no);
+            }
+            StateWrite::Params(_) => self.params = true,
+            other => self.desk.push(other),
+        }
+    }
 }
 
 impl Recovered<'_> {
@@ -284,7 +329,7 @@ impl Recovered<'_> {
     }
 
     /// Applies one entry exactly as the live decision left the state.
-    fn replay(&mut self, rec: &EntryRecord) {
+    fn replay(&mut self, rec: &EntryRecord) -> Result<(), LedgerError> {
         match &rec.body {
             EntryBody::Tx(t) => {
                 self.put_seq(t.terminal, t.seq, |term| term.remember(seq_record_of(t, rec.time_ms)));
@@ -316,7 +361,16 @@ impl Recovered<'_> {
                 *self.params = *p;
                 self.touched.params = true;
             }
+            EntryBody::ImportChunk(_) | EntryBody::ImportCommitted(_) => crate::import::replay(self, &rec.body)?,
+            EntryBody::PersonOpened(_)
+            | EntryBody::PersonUpdated(_)
+            | EntryBody::CardChanged(_)
+            | EntryBody::Money(_)
+            | EntryBody::OperatorSet(_)
+            | EntryBody::ParamsChanged(_)
+            | EntryBody::Audit(_) => crate::desk::replay(self, &rec.body),
         }
+        Ok(())
     }
 
     /// The current value of every record replay changed.
@@ -350,6 +404,7 @@ impl Recovered<'_> {
         if t.params {
             out.push(StateWrite::Params(*self.params));
         }
+        out.extend(t.desk.iter().cloned());
         out
     }
 }
@@ -415,6 +470,13 @@ impl Ledger {
             }
         }
         let mut next_tx_id = db.get_meta_u64(meta::TX_ID_MARK)?.unwrap_or(0) + 1;
+        let desk = DeskState::new(DeskLoad {
+            persons: db.scan(&[PREFIX_PERSON]).collect::<Result<_, _>>()?,
+            operators: db.scan(&[PREFIX_OPERATOR]).collect::<Result<_, _>>()?,
+            blacklist: db.scan(&[PREFIX_BLACKLIST]).collect::<Result<_, _>>()?,
+            audit: db.scan(&[PREFIX_AUDIT]).collect::<Result<_, _>>()?,
+            grants: db.scan(&[PREFIX_GRANT]).collect::<Result<_, _>>()?,
+        });
 
         // Then every entry after it, in order.
         let mut recovered = Recovered {
@@ -425,6 +487,9 @@ impl Ledger {
             next_tx_id: &mut next_tx_id,
             tz_offset_minutes: config.tz_offset_minutes,
             touched: Touched::default(),
+            desk: &desk,
+            db: &db,
+            staged: Default::default(),
         };
         let mut after = checkpoint_id;
         loop {
@@ -432,7 +497,7 @@ impl Ledger {
             let Some(last) = entries.last() else { break };
             after = last.id;
             for e in &entries {
-                recovered.replay(&e.record);
+                recovered.replay(&e.record)?;
             }
             stats.replayed += entries.len() as u64;
         }
@@ -449,6 +514,20 @@ impl Ledger {
             store.sync()?;
             checkpoint_id = after;
         }
+        let abandoned = crate::import::abandoned(&recovered.staged);
+        if abandoned > 0 {
+            tracing::warn!(imports = abandoned, "imports cut short by a crash were not applied");
+        }
+        if config.checkpoints.enabled {
+            // Every import is now applied and checkpointed, or abandoned: no replay needs
+            // a staging key any more. Not synced; one that comes back after a crash goes
+            // next time.
+            for kv in db.tree.scan_prefix([PREFIX_STAGED]) {
+                let (k, _) = kv.map_err(crate::store::StoreError::from)?;
+                db.tree.remove(k).map_err(crate::store::StoreError::from)?;
+            }
+        }
+        desk.blacklist.rebuild(cards.iter().map(|c| *c));
         let next_entry_id = db.get_meta_u64(meta::NEXT_ENTRY_ID)?.unwrap_or(1).max(after + 1);
         stats.accounts = accounts.len();
         stats.cards = cards.len();
@@ -483,7 +562,7 @@ impl Ledger {
             journal,
             db,
             next_tx_id: AtomicU64::new(next_tx_id),
-            blacklist_version: AtomicU64::new(0),
+            desk,
             gateway_id,
             config,
             clock,
@@ -517,7 +596,7 @@ impl Ledger {
     }
 
     pub fn blacklist_version(&self) -> u64 {
-        self.blacklist_version.load(Ordering::Acquire)
+        self.desk.blacklist.version()
     }
 
     pub fn account(&self, id: u64) -> Option<Account> {

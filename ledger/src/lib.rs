@@ -7,14 +7,20 @@
 //! does no network I/O.
 #![forbid(unsafe_code)]
 
+pub mod audit;
+pub mod blacklist;
 pub mod clock;
 pub mod demo;
+pub mod desk;
 pub mod entry;
 pub mod error;
+pub mod history;
+pub mod import;
 pub mod journal;
 pub mod ledger;
 pub mod model;
 pub mod money;
+pub mod operators;
 pub mod store;
 
 pub use clock::{Clock, ManualClock, SystemClock};

@@ -11,6 +11,12 @@
 //! 'T' terminal(u64 BE)              Terminal     }
 //! 'S' terminal(u64 BE) slot(u8)     SeqRecord    } (a terminal's remembered outcomes)
 //! 'M' name                          meta values (next entry id, tx id mark, params, ...)
+//! 'P' account(u64 BE)               Person       } checkpointed, card desk (issue 4)
+//! 'O' operator(u64 BE)              Operator     }
+//! 'B' version % log max(u64 BE)     BlacklistChange } (a bounded ring, like 'S')
+//! 'U' audit id % kept(u64 BE)       AuditRecord  } (a bounded ring)
+//! 'G' batch hash(8) account(u64 BE) GrantMark    }
+//! 'Z' import(u64 BE) chunk(u32 BE)  staged import chunk, written with its commit
 //! ```
 //!
 //! A segment is `([len u32 LE][entry record])*`; its entries have consecutive ids
@@ -33,6 +39,12 @@ pub const PREFIX_CARD: u8 = b'C';
 pub const PREFIX_TERMINAL: u8 = b'T';
 pub const PREFIX_SEQ: u8 = b'S';
 pub const PREFIX_META: u8 = b'M';
+pub const PREFIX_PERSON: u8 = b'P';
+pub const PREFIX_OPERATOR: u8 = b'O';
+pub const PREFIX_BLACKLIST: u8 = b'B';
+pub const PREFIX_AUDIT: u8 = b'U';
+pub const PREFIX_GRANT: u8 = b'G';
+pub const PREFIX_STAGED: u8 = b'Z';
 
 /// The version byte that starts every state record.
 pub const RECORD_FORMAT: u8 = 1;

@@ -1,0 +1,408 @@
+//! Consumption details (消费明细) and the daily fee list, read from the journal.
+//!
+//! Why the journal: every purchase entry already carries the evidence a dispute needs
+//! (terminal, sequence number, blacklist version and limits in force, decline reason),
+//! reading it costs the hot path nothing, and it survives restarts without a second
+//! index to keep in step. Entries are found by time with a binary search over entry ids
+//! (an entry's time is taken when it is queued, so ids and times agree to within
+//! `TIME_SLACK_MS`), then scanned. Two bounds keep one query cheap: at most
+//! `HISTORY_SCAN_ENTRIES_MAX` entries read and `HISTORY_ROWS_MAX` rows returned; an
+//! answer cut by either says so (`complete: false`). Once the journal is pruned
+//! (roadmap), ranges older than the oldest entry come from the central store, which is
+//! the long-term home of history; the answer says where the journal starts.
+
+use cardgate_codec::{CardNo, DeclineReason};
+use serde::Serialize;
+
+use crate::desk::{CardAction, MoneyKind};
+use crate::entry::{EntryBody, JournalEntry};
+use crate::error::LedgerError;
+use crate::ledger::Ledger;
+use crate::model::{Outcome, TxKind};
+use crate::store::{PREFIX_JOURNAL, id_of_key};
+
+/// Entries one query reads at most: a day of a busy campus is ~300,000 entries, so this
+/// covers a couple of weeks; longer disputes go to the central store.
+pub const HISTORY_SCAN_ENTRIES_MAX: u64 = 5_000_000;
+/// Rows one answer holds at most.
+pub const HISTORY_ROWS_MAX: usize = 10_000;
+/// How far an entry's time may run behind its id order (time is read before queueing).
+pub const TIME_SLACK_MS: i64 = 60_000;
+/// Entries read per step of a scan.
+const SCAN_CHUNK: usize = 4096;
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HistoryQuery {
+    pub account: Option<u64>,
+    pub card: Option<CardNo>,
+    pub from_ms: i64,
+    pub to_ms: i64,
+}
+
+/// One line of consumption details.
+#[derive(Clone, Debug, Serialize)]
+pub struct HistoryRow {
+    pub entry_id: u64,
+    pub time_ms: i64,
+    /// purchase, reversal, topup, refund, fee_replacement, grant, card_lost, ...
+    pub kind: String,
+    pub tx_id: u64,
+    pub card: u64,
+    pub account: u64,
+    pub amount_fen: i64,
+    /// approved / declined / done
+    pub outcome: &'static str,
+    pub decline_reason: Option<&'static str>,
+    pub balance_after_fen: Option<i64>,
+    pub terminal: u64,
+    pub merchant: u64,
+    pub seq: u64,
+    pub original_seq: u64,
+    pub terminal_time_ms: i64,
+    pub blacklist_version: u64,
+    pub single_limit_fen: i64,
+    pub daily_limit_fen: i64,
+    pub spent_today_after_fen: i64,
+    /// The operator, for desk operations.
+    pub operator: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct History {
+    pub rows: Vec<HistoryRow>,
+    /// False when a bound cut the answer or the range starts before the journal.
+    pub complete: bool,
+    /// Time of the oldest entry the gateway still has (0 when none).
+    pub journal_starts_ms: i64,
+    pub scanned: u64,
+}
+
+/// One fee collected.
+#[derive(Clone, Debug, Serialize)]
+pub struct FeeRow {
+    pub time_ms: i64,
+    pub tx_id: u64,
+    pub account: u64,
+    pub fee: &'static str,
+    pub amount_fen: i64,
+    pub method: &'static str,
+    pub operator: String,
+}
+
+fn blank(entry_id: u64, time_ms: i64, kind: String) -> HistoryRow {
+    HistoryRow {
+        entry_id,
+        time_ms,
+        kind,
+        tx_id: 0,
+        card: 0,
+        account: 0,
+        amount_fen: 0,
+        outcome: "done",
+        decline_reason: None,
+        balance_after_fen: None,
+        terminal: 0,
+        merchant: 0,
+        seq: 0,
+        original_seq: 0,
+        terminal_time_ms: 0,
+        blacklist_version: 0,
+        single_limit_fen: 0,
+        daily_limit_fen: 0,
+        spent_today_after_fen: 0,
+        operator: String::new(),
+        reason: String::new(),
+    }
+}
+
+/// The rows an entry contributes to a query.
+fn rows_of(e: &JournalEntry, q: &HistoryQuery, card_account: Option<u64>, out: &mut Vec<HistoryRow>) {
+    let time = e.record.time_ms;
+    let wants_account = |a: u64| q.account == Some(a) || (q.card.is_none() && q.account.is_none());
+    match &e.record.body {
+        EntryBody::Tx(t) => {
+            let hit = q.card.map(|c| c == t.card).unwrap_or(false) || q.account.is_some_and(|a| a == t.account);
+            if !hit {
+                return;
+            }
+            let mut r = blank(
+                e.id,
+                time,
+                match t.kind {
+                    TxKind::Purchase => "purchase",
+                    TxKind::Reversal => "reversal",
+                }
+                .into(),
+            );
+            r.tx_id = t.tx_id;
+            r.card = t.card.0;
+            r.account = t.account;
+            r.amount_fen = t.amount_fen;
+            match t.outcome {
+                Outcome::Approved { balance_after_fen, .. } => {
+                    r.outcome = "approved";
+                    r.balance_after_fen = Some(balance_after_fen);
+                }
+                Outcome::Declined { reason, .. } => {
+                    r.outcome = "declined";
+                    r.decline_reason = Some(
+                        DeclineReason::from_code(reason)
+                            .map(|d| d.as_str())
+                            .unwrap_or("unknown"),
+                    );
+                }
+            }
+            r.terminal = t.terminal;
+            r.merchant = t.merchant_id;
+            r.seq = t.seq;
+            r.original_seq = t.original_seq;
+            r.terminal_time_ms = t.terminal_time_ms;
+            r.blacklist_version = t.blacklist_version;
+            r.single_limit_fen = t.single_limit_fen;
+            r.daily_limit_fen = t.daily_limit_fen;
+            r.spent_today_after_fen = t.spent_today_after_fen;
+            out.push(r);
+        }
+        EntryBody::Money(m) => {
+            let mv = &m.movement;
+            if !(wants_account(mv.account) || card_account == Some(mv.account)) {
+                return;
+            }
+            let mut r = blank(e.id, time, mv.kind.as_str().into());
+            r.tx_id = mv.tx_id;
+            r.account = mv.account;
+            r.amount_fen = mv.amount_fen;
+            r.balance_after_fen = Some(mv.balance_after_fen);
+            r.operator = m.actor.name.clone();
+            r.reason = mv.reason.clone();
+            out.push(r);
+        }
+        EntryBody::CardChanged(c) => {
+            let touches = c
+                .cards
+                .iter()
+                .any(|k| q.card == Some(k.no) || q.account == Some(k.account) || card_account == Some(k.account));
+            if !touches {
+                return;
+            }
+            for k in c
+                .cards
+                .iter()
+                .filter(|k| q.card.is_none() || q.card == Some(k.no) || c.action != CardAction::Cancel)
+            {
+                let mut r = blank(e.id, time, format!("card_{}", c.action.as_str()));
+                r.card = k.no.0;
+                r.account = k.account;
+                r.operator = c.actor.name.clone();
+                r.reason = k.status.as_str().into();
+                r.blacklist_version = c.blacklist.iter().map(|b| b.version).max().unwrap_or(0);
+                out.push(r);
+            }
+            if let Some(mv) = &c.money {
+                let mut r = blank(e.id, time, mv.kind.as_str().into());
+                r.tx_id = mv.tx_id;
+                r.account = mv.account;
+                r.amount_fen = mv.amount_fen;
+                r.balance_after_fen = Some(mv.balance_after_fen);
+                r.operator = c.actor.name.clone();
+                r.reason = mv.reason.clone();
+                out.push(r);
+            }
+        }
+        _ => {}
+    }
+}
+
+impl Ledger {
+    /// The first durable entry id, if any.
+    fn first_entry_id(&self) -> Result<Option<u64>, LedgerError> {
+        let first = self.db().tree.scan_prefix([PREFIX_JOURNAL]).next();
+        Ok(match first {
+            Some(kv) => {
+                let (k, _) = kv.map_err(crate::store::StoreError::from)?;
+                id_of_key(&k)
+            }
+            None => None,
+        })
+    }
+
+    fn entry_at(&self, id: u64) -> Result<Option<JournalEntry>, LedgerError> {
+        Ok(self.db().read_entries(id.saturating_sub(1), 1)?.into_iter().next())
+    }
+
+    /// Calls `f` on each durable entry whose time is in `[from_ms, to_ms)` (plus slack),
+    /// in id order, until it returns false; returns entries read and whether the range
+    /// was read to its end, and the journal's first time.
+    fn scan_time_range(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        mut f: impl FnMut(&JournalEntry) -> bool,
+    ) -> Result<(u64, bool, i64), LedgerError> {
+        let durable = self
+            .journal()
+            .stats
+            .durable_entry_id
+            .load(std::sync::atomic::Ordering::Acquire);
+        let Some(first) = self.first_entry_id()? else {
+            return Ok((0, true, 0));
+        };
+        let first_time = self.entry_at(first)?.map(|e| e.record.time_ms).unwrap_or(0);
+        // The smallest id whose time is at or after from - slack.
+        let target = from_ms.saturating_sub(TIME_SLACK_MS);
+        let (mut lo, mut hi) = (first, durable + 1);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.entry_at(mid)? {
+                Some(e) if e.id <= durable && e.record.time_ms < target => lo = e.id + 1,
+                _ => hi = mid,
+            }
+        }
+        let mut after = lo.saturating_sub(1);
+        let mut scanned = 0u64;
+        let end = to_ms.saturating_add(TIME_SLACK_MS);
+        loop {
+            let entries = self.db().read_entries(after, SCAN_CHUNK)?;
+            if entries.is_empty() {
+                return Ok((scanned, true, first_time));
+            }
+            for e in &entries {
+                if e.id > durable || e.record.time_ms >= end {
+                    return Ok((scanned, true, first_time));
+                }
+                scanned += 1;
+                if scanned > HISTORY_SCAN_ENTRIES_MAX {
+                    return Ok((scanned, false, first_time));
+                }
+                if e.record.time_ms >= from_ms && e.record.time_ms < to_ms && !f(e) {
+                    return Ok((scanned, false, first_time));
+                }
+                after = e.id;
+            }
+        }
+    }
+
+    /// A card's or an account's transactions in `[from_ms, to_ms)`, oldest first. Blocks
+    /// on sled reads: call it from a blocking task.
+    pub fn history(&self, q: HistoryQuery) -> Result<History, LedgerError> {
+        let card_account = None;
+        let mut rows = Vec::new();
+        let (scanned, mut complete, first_time) = self.scan_time_range(q.from_ms, q.to_ms, |e| {
+            rows_of(e, &q, card_account, &mut rows);
+            rows.len() < HISTORY_ROWS_MAX
+        })?;
+        rows.truncate(HISTORY_ROWS_MAX);
+        if first_time > q.from_ms {
+            complete = false;
+        }
+        Ok(History {
+            rows,
+            complete,
+            journal_starts_ms: first_time,
+            scanned,
+        })
+    }
+
+    /// Fees collected in `[from_ms, to_ms)` (a business day for the daily list).
+    pub fn fee_list(&self, from_ms: i64, to_ms: i64) -> Result<(Vec<FeeRow>, bool), LedgerError> {
+        let mut rows = Vec::new();
+        let (_, complete, first_time) = self.scan_time_range(from_ms, to_ms, |e| {
+            let (mv, actor) = match &e.record.body {
+                EntryBody::Money(m) => (Some(&m.movement), &m.actor),
+                EntryBody::CardChanged(c) => (c.money.as_ref(), &c.actor),
+                _ => return true,
+            };
+            if let Some(mv) = mv
+                && let MoneyKind::Fee(kind) = mv.kind
+            {
+                rows.push(FeeRow {
+                    time_ms: e.record.time_ms,
+                    tx_id: mv.tx_id,
+                    account: mv.account,
+                    fee: kind.as_str(),
+                    amount_fen: mv.amount_fen,
+                    method: mv.method.as_str(),
+                    operator: actor.name.clone(),
+                });
+            }
+            rows.len() < HISTORY_ROWS_MAX
+        })?;
+        Ok((rows, complete && first_time <= from_ms))
+    }
+}
+
+// ---- calendar -----------------------------------------------------------------------
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
+pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let m = i64::from(m);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The date of a day number.
+pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// `YYYY-MM-DD` → the unix ms at which that local day starts.
+pub fn parse_local_date(s: &str, tz_offset_minutes: i32) -> Option<i64> {
+    let mut it = s.split('-');
+    let y: i64 = it.next()?.parse().ok()?;
+    let m: u32 = it.next()?.parse().ok()?;
+    let d: u32 = it.next()?.parse().ok()?;
+    if it.next().is_some() || !(1..=12).contains(&m) || !(1..=31).contains(&d) || !(1970..=9999).contains(&y) {
+        return None;
+    }
+    let days = days_from_civil(y, m, d);
+    if civil_from_days(days) != (y, m, d) {
+        return None;
+    }
+    Some(days * 86_400_000 - i64::from(tz_offset_minutes) * 60_000)
+}
+
+/// Unix ms → `YYYY-MM-DD HH:MM:SS.mmm` local time.
+pub fn format_local(ms: i64, tz_offset_minutes: i32) -> String {
+    let local = ms + i64::from(tz_offset_minutes) * 60_000;
+    let days = local.div_euclid(86_400_000);
+    let rem = local.rem_euclid(86_400_000);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{:03}",
+        rem / 3_600_000,
+        rem / 60_000 % 60,
+        rem / 1000 % 60,
+        rem % 1000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_round_trip() {
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(civil_from_days(days_from_civil(2024, 2, 29)), (2024, 2, 29));
+        assert_eq!(parse_local_date("2024-02-30", 480), None);
+        assert_eq!(parse_local_date("2024-13-01", 480), None);
+        assert_eq!(parse_local_date("x", 480), None);
+        let ms = parse_local_date("2025-06-01", 480).unwrap();
+        assert_eq!(format_local(ms, 480), "2025-06-01 00:00:00.000");
+        assert_eq!(format_local(ms, 0), "2025-05-31 16:00:00.000");
+    }
+}

@@ -1,0 +1,242 @@
+//! Operators: who may use the admin API, with which role, and how a bearer token maps
+//! to one of them.
+//!
+//! Tokens are 32 random bytes shown once (hex, behind a `cg_` prefix); the gateway keeps
+//! only their SHA-256. A fast hash is enough here: slow password hashes (argon2, bcrypt)
+//! exist to make guessing low-entropy passwords expensive, but guessing a 256-bit random
+//! token is infeasible at any hash speed, and a fast hash keeps every API call cheap.
+//! The lookup is by digest in a map, so comparing a presented token leaks nothing an
+//! attacker could use: the digest of a guess says nothing about a stored one.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::LedgerError;
+
+/// Roles, following the duty statement of the one-card centre.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Role {
+    /// Everything.
+    Director,
+    /// Terminals, merchants, operators, parameters.
+    SystemAdmin,
+    /// Batch import, batch grants, parameters, reports, audit.
+    DataAdmin,
+    /// Card lifecycle, top-up, refunds, fees, consumption details.
+    CardDesk,
+    /// Door permissions and access logs (nothing to do until doors exist).
+    DoorAdmin,
+    /// Attendance (nothing to do until attendance exists).
+    AttendanceAdmin,
+}
+
+impl Role {
+    pub const ALL: [Role; 6] = [
+        Role::Director,
+        Role::SystemAdmin,
+        Role::DataAdmin,
+        Role::CardDesk,
+        Role::DoorAdmin,
+        Role::AttendanceAdmin,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Director => "director",
+            Role::SystemAdmin => "system_admin",
+            Role::DataAdmin => "data_admin",
+            Role::CardDesk => "card_desk",
+            Role::DoorAdmin => "door_admin",
+            Role::AttendanceAdmin => "attendance_admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
+    /// Least privilege: each role gets the endpoint groups its duty needs.
+    pub fn allows(self, p: Permission) -> bool {
+        use Permission::*;
+        match self {
+            Role::Director => true,
+            Role::SystemAdmin => matches!(p, Operators | Params | Audit | Blacklist),
+            Role::DataAdmin => matches!(p, Import | Grants | Params | Audit | Fees | History | Persons),
+            Role::CardDesk => matches!(p, Cards | Persons | Money | History | Fees | Blacklist),
+            Role::DoorAdmin => matches!(p, Doors),
+            Role::AttendanceAdmin => matches!(p, Attendance),
+        }
+    }
+}
+
+/// Endpoint groups of the admin API; a role is allowed a set of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Permission {
+    /// Persons and accounts: open, look up, change name/department/kind.
+    Persons,
+    /// Card lifecycle: issue, lost, unfreeze, freeze, bad, replace, cancel, batch cancel.
+    Cards,
+    /// Desk money: top-up, refund, fees, adjustments.
+    Money,
+    /// Consumption details.
+    History,
+    /// The daily fee list.
+    Fees,
+    /// Batch grants (subsidies).
+    Grants,
+    /// CSV batch import.
+    Import,
+    /// Business parameters.
+    Params,
+    /// Operators and their tokens.
+    Operators,
+    /// The audit trail.
+    Audit,
+    /// Blacklist status and terminals behind it.
+    Blacklist,
+    /// Door access (roadmap).
+    Doors,
+    /// Attendance (roadmap).
+    Attendance,
+}
+
+impl Permission {
+    pub const ALL: [Permission; 13] = [
+        Permission::Persons,
+        Permission::Cards,
+        Permission::Money,
+        Permission::History,
+        Permission::Fees,
+        Permission::Grants,
+        Permission::Import,
+        Permission::Params,
+        Permission::Operators,
+        Permission::Audit,
+        Permission::Blacklist,
+        Permission::Doors,
+        Permission::Attendance,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Permission::Persons => "persons",
+            Permission::Cards => "cards",
+            Permission::Money => "money",
+            Permission::History => "history",
+            Permission::Fees => "fees",
+            Permission::Grants => "grants",
+            Permission::Import => "import",
+            Permission::Params => "params",
+            Permission::Operators => "operators",
+            Permission::Audit => "audit",
+            Permission::Blacklist => "blacklist",
+            Permission::Doors => "doors",
+            Permission::Attendance => "attendance",
+        }
+    }
+}
+
+/// The SHA-256 of a token.
+pub type TokenHash = [u8; 32];
+
+/// Random bytes in a token.
+pub const TOKEN_BYTES: usize = 32;
+/// Every token starts with this, so a leaked one is recognisable in logs and scanners.
+pub const TOKEN_PREFIX: &str = "cg_";
+/// Operator names: long enough for a full name, short enough for a log line.
+pub const OPERATOR_NAME_BYTES_MAX: usize = 64;
+
+pub fn hash_token(token: &str) -> TokenHash {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// A new random token and its hash.
+pub fn new_token() -> (String, TokenHash) {
+    let bytes: [u8; TOKEN_BYTES] = rand::random();
+    let mut token = String::with_capacity(TOKEN_PREFIX.len() + 2 * TOKEN_BYTES);
+    token.push_str(TOKEN_PREFIX);
+    for b in bytes {
+        token.push_str(&format!("{b:02x}"));
+    }
+    let hash = hash_token(&token);
+    (token, hash)
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Operator {
+    pub id: u64,
+    pub name: String,
+    pub role: Role,
+    /// Never leaves the gateway: whatever ships entries elsewhere must leave it out.
+    pub token_hash: TokenHash,
+    pub enabled: bool,
+    pub created_ms: i64,
+}
+
+/// Who did something, as recorded in every operator-initiated entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    pub operator_id: u64,
+    pub name: String,
+    pub role: Role,
+}
+
+impl Actor {
+    /// The command line on the gateway machine (`cardgate operator add`): whoever can
+    /// run it owns the data directory anyway.
+    pub fn cli() -> Actor {
+        Actor {
+            operator_id: 0,
+            name: "cli".into(),
+            role: Role::Director,
+        }
+    }
+
+    pub fn of(op: &Operator) -> Actor {
+        Actor {
+            operator_id: op.id,
+            name: op.name.clone(),
+            role: op.role,
+        }
+    }
+}
+
+pub fn validate_operator_name(name: &str) -> Result<(), LedgerError> {
+    if name.is_empty() || name.len() > OPERATOR_NAME_BYTES_MAX || name.chars().any(char::is_control) {
+        return Err(LedgerError::Invalid(format!(
+            "operator name must be 1..={OPERATOR_NAME_BYTES_MAX} bytes without control characters"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_random_and_only_their_hash_matches() {
+        let (a, ha) = new_token();
+        let (b, hb) = new_token();
+        assert_ne!(a, b);
+        assert!(a.starts_with(TOKEN_PREFIX) && a.len() == TOKEN_PREFIX.len() + 64);
+        assert_eq!(hash_token(&a), ha);
+        assert_ne!(ha, hb);
+    }
+
+    #[test]
+    fn roles_round_trip_and_follow_least_privilege() {
+        for r in Role::ALL {
+            assert_eq!(Role::parse(r.as_str()), Some(r));
+            assert!(r == Role::Director || !Permission::ALL.iter().all(|p| r.allows(*p)));
+        }
+        assert!(Role::CardDesk.allows(Permission::Cards));
+        assert!(!Role::CardDesk.allows(Permission::Import));
+        assert!(!Role::CardDesk.allows(Permission::Operators));
+        assert!(Role::DataAdmin.allows(Permission::Import));
+        assert!(!Role::DataAdmin.allows(Permission::Cards));
+        assert!(Role::SystemAdmin.allows(Permission::Operators));
+        assert!(!Role::DoorAdmin.allows(Permission::Money));
+        assert_eq!(Role::parse("root"), None);
+    }
+}
