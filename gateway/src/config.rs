@@ -14,6 +14,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Where Prometheus scrapes `/metrics`; none disables the listener.
     pub metrics_listen: Option<SocketAddr>,
+    /// The operators' HTTP/JSON API; none disables it. Loopback by default: put a TLS
+    /// proxy in front of it before exposing it to the desk's network.
+    pub admin_listen: Option<SocketAddr>,
     /// sled's directory: the journal and the state it recovers from.
     pub data_dir: PathBuf,
     /// Local time offset from UTC for the business day (UTC+8: 480).
@@ -58,6 +61,7 @@ impl Default for Config {
         Config {
             listen: ([127, 0, 0, 1], 7700).into(),
             metrics_listen: Some(([127, 0, 0, 1], 9700).into()),
+            admin_listen: Some(([127, 0, 0, 1], 7780).into()),
             data_dir: PathBuf::from("data"),
             tz_offset_minutes: 480,
             limits: Limits::default(),

@@ -71,6 +71,19 @@ pub async fn serve(config: Config, opts: ServeOptions) -> anyhow::Result<()> {
         tasks.spawn(crate::metrics::serve(listener, prometheus, shutdown.clone()));
     }
     tasks.spawn(sample_gauges(ledger.clone(), shutdown.clone()));
+    // Before the terminal listener, so that whoever waits for "terminals" in the log
+    // (the e2e harness) has seen every other listener by then.
+    if let Some(addr) = config.admin_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the admin listener on {addr}"))?;
+        tracing::info!(kind = "admin", addr = %listener.local_addr()?, "listening");
+        let state = crate::admin::AdminState {
+            ledger: ledger.clone(),
+            tz_offset_minutes: config.tz_offset_minutes,
+        };
+        tasks.spawn(crate::admin::serve(listener, state, shutdown.clone()));
+    }
 
     let listener = crate::server::bind(config.listen, config.limits.listen_backlog)
         .with_context(|| format!("binding the terminal listener on {}", config.listen))?;
@@ -136,5 +149,15 @@ async fn sample_gauges(ledger: Arc<Ledger>, shutdown: CancellationToken) {
         metrics::gauge!("cardgate_accounts").set(accounts as f64);
         metrics::gauge!("cardgate_cards").set(cards as f64);
         metrics::gauge!("cardgate_terminals").set(terminals as f64);
+        let lag = ledger.blacklist_lag();
+        metrics::gauge!("cardgate_blacklist_version").set(lag.version as f64);
+        metrics::gauge!("cardgate_blacklist_published_version").set(lag.published as f64);
+        metrics::gauge!("cardgate_blacklist_cards").set(lag.listed as f64);
+        metrics::gauge!("cardgate_blacklist_terminals_connected").set(lag.connected_terminals as f64);
+        metrics::gauge!("cardgate_blacklist_terminals_behind").set(lag.behind as f64);
+        metrics::gauge!("cardgate_blacklist_max_versions_behind").set(lag.max_versions_behind as f64);
+        for (bucket, n) in ["1", "2-10", "11-100", "101+"].iter().zip(lag.behind_by) {
+            metrics::gauge!("cardgate_blacklist_terminals_behind_by", "versions" => *bucket).set(n as f64);
+        }
     }
 }

@@ -5,8 +5,10 @@
 //! `cardgate-ledger`, bytes on the wire to `cardgate-codec`.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod config;
 pub mod daemon;
 pub mod metrics;
+pub mod operator_cli;
 pub mod server;
 pub mod session;

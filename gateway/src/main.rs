@@ -23,6 +23,28 @@ struct Cli {
 enum Command {
     /// Run the gateway until SIGTERM or Ctrl-C.
     Serve(ServeArgs),
+    /// Manage admin API operators (works on the data directory while the daemon is stopped).
+    #[command(subcommand)]
+    Operator(OperatorCommand),
+}
+
+#[derive(Subcommand)]
+enum OperatorCommand {
+    /// Add an operator and print its bearer token, once.
+    Add {
+        name: String,
+        /// director, system_admin, data_admin, card_desk, door_admin, attendance_admin
+        #[arg(long)]
+        role: String,
+        /// sled data directory (default ./data).
+        #[arg(long, default_value = "data")]
+        data_dir: PathBuf,
+    },
+    /// List operators.
+    List {
+        #[arg(long, default_value = "data")]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -36,6 +58,9 @@ struct ServeArgs {
     /// Prometheus listener address (default 127.0.0.1:9700).
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
+    /// Admin API listener address (default 127.0.0.1:7780).
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
     /// sled data directory (default ./data).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -69,6 +94,9 @@ fn main() -> anyhow::Result<()> {
             if let Some(v) = args.metrics_listen {
                 config.metrics_listen = Some(v);
             }
+            if let Some(v) = args.admin_listen {
+                config.admin_listen = Some(v);
+            }
             if let Some(v) = args.data_dir {
                 config.data_dir = v;
             }
@@ -83,6 +111,15 @@ fn main() -> anyhow::Result<()> {
             }
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(serve(config, ServeOptions { demo: args.demo }))
+        }
+        Command::Operator(cmd) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(cardgate::operator_cli::run(match cmd {
+                OperatorCommand::Add { name, role, data_dir } => {
+                    cardgate::operator_cli::Cmd::Add { name, role, data_dir }
+                }
+                OperatorCommand::List { data_dir } => cardgate::operator_cli::Cmd::List { data_dir },
+            }))
         }
     }
 }

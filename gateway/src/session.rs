@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use cardgate_codec::codec::Frame;
 use cardgate_codec::crypto::SignOnInput;
 use cardgate_codec::{
-    Challenge, CodecError, ErrorCode, ErrorFrame, HeartbeatAck, Message, Side, SignOnOk, TerminalCodec, TerminalSecret,
+    BlacklistPush, Challenge, CodecError, ErrorCode, ErrorFrame, HeartbeatAck, Message, Side, SignOnOk, TerminalCodec,
+    TerminalSecret,
 };
 use cardgate_ledger::{Ledger, Pending};
 use futures::{FutureExt, SinkExt, StreamExt};
@@ -91,6 +92,7 @@ pub async fn serve(
     let (terminal_id, end) = match signed_on {
         Ok(terminal_id) => {
             metrics::counter!("cardgate_sign_ons_total", "result" => "ok").increment(1);
+            ledger.terminal_session(terminal_id, true);
             tracing::debug!(terminal.id = terminal_id, %peer, "signed on");
             (
                 Some(terminal_id),
@@ -107,6 +109,9 @@ pub async fn serve(
             (None, end)
         }
     };
+    if let Some(id) = terminal_id {
+        ledger.terminal_session(id, false);
+    }
     match end {
         End::PeerClosed => tracing::debug!(terminal.id = ?terminal_id, %peer, "terminal closed the connection"),
         End::Broken(e) => tracing::debug!(terminal.id = ?terminal_id, %peer, error = %e, "connection broke"),
@@ -199,6 +204,10 @@ async fn session(
     let idle = tokio::time::sleep(idle_timeout);
     tokio::pin!(idle);
     let mut end: Option<End> = None;
+    // Blacklist versions as they become durable; the one at sign-on went in SIGN_ON_OK.
+    let mut blacklist = ledger.blacklist().subscribe();
+    blacklist.mark_unchanged();
+    let mut blacklist_open = true;
 
     loop {
         if end.is_some() && inflight.is_empty() {
@@ -223,12 +232,30 @@ async fn session(
                     }
                     Some(Ok(frame)) => {
                         idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
-                        match handle(frame, terminal_id, ledger).await {
-                            Ok(f) => inflight.push_back(f),
-                            Err(e) => end = Some(e),
+                        if let Err(e) = handle(frame, terminal_id, ledger, &mut inflight).await {
+                            end = Some(e);
                         }
                     }
                 }
+            }
+            changed = blacklist.changed(), if end.is_none() && blacklist_open => {
+                if changed.is_err() {
+                    blacklist_open = false;
+                    continue;
+                }
+                let version = *blacklist.borrow_and_update();
+                metrics::counter!("cardgate_blacklist_pushes_total").increment(1);
+                let push = BlacklistPush {
+                    version,
+                    server_time_ms: ledger.now_ms(),
+                };
+                // Unsolicited: request id 0, queued behind the answers already owed.
+                inflight.push_back(InFlight {
+                    request_id: 0,
+                    received: Instant::now(),
+                    kind: "blacklist_push",
+                    pending: Pending::ready(Message::BlacklistPush(push)),
+                });
             }
             _ = &mut idle, if end.is_none() => end = Some(End::Refuse(ErrorCode::IdleTimeout)),
             _ = shutdown.cancelled(), if end.is_none() => end = Some(End::Refuse(ErrorCode::ShuttingDown)),
@@ -259,14 +286,35 @@ async fn write_answers(conn: &mut Conn, inflight: &mut VecDeque<InFlight>, first
     conn.flush().await.map_err(End::from_codec)
 }
 
-async fn handle(frame: Frame, terminal_id: u64, ledger: &Ledger) -> Result<InFlight, End> {
+async fn handle(frame: Frame, terminal_id: u64, ledger: &Ledger, inflight: &mut VecDeque<InFlight>) -> Result<(), End> {
     let received = Instant::now();
     let (kind, pending) = match frame.message {
+        Message::BlacklistSync(s) => {
+            // A run of pages, answered in order; the first waits for a barrier.
+            let pages = ledger.blacklist_sync(s.since_version, s.after_card).await;
+            if pages.is_empty() {
+                return Err(End::Refuse(ErrorCode::ServerError));
+            }
+            for pending in pages {
+                inflight.push_back(InFlight {
+                    request_id: frame.request_id,
+                    received,
+                    kind: "blacklist_sync",
+                    pending,
+                });
+            }
+            return Ok(());
+        }
+        Message::BlacklistAck(a) => {
+            ledger.blacklist_ack(terminal_id, a.version);
+            return Ok(());
+        }
         Message::Purchase(p) => ("purchase", ledger.purchase(terminal_id, &p).await),
         Message::Reversal(r) => ("reversal", ledger.reversal(terminal_id, &r).await),
         Message::BalanceInquiry(b) => ("balance", ledger.balance(terminal_id, b.card).await),
-        Message::Heartbeat(_) => {
+        Message::Heartbeat(h) => {
             ledger.touch_terminal(terminal_id);
+            ledger.blacklist_ack(terminal_id, h.blacklist_version);
             let ack = HeartbeatAck {
                 server_time_ms: ledger.now_ms(),
                 blacklist_version: ledger.blacklist_version(),
@@ -275,10 +323,11 @@ async fn handle(frame: Frame, terminal_id: u64, ledger: &Ledger) -> Result<InFli
         }
         _ => return Err(End::Refuse(ErrorCode::UnexpectedMessage)),
     };
-    Ok(InFlight {
+    inflight.push_back(InFlight {
         request_id: frame.request_id,
         received,
         kind,
         pending,
-    })
+    });
+    Ok(())
 }

@@ -516,6 +516,19 @@ impl Ledger {
         self.desk.persons.get(&account).map(|p| p.clone())
     }
 
+    /// Every person of a department (a graduating class), by person id.
+    pub fn persons_in_department(&self, department: &str) -> Vec<Person> {
+        let mut v: Vec<Person> = self
+            .desk
+            .persons
+            .iter()
+            .filter(|p| p.department == department)
+            .map(|p| p.clone())
+            .collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
     pub fn persons_count(&self) -> usize {
         self.desk.persons.len()
     }
@@ -995,7 +1008,7 @@ impl Ledger {
             .ok_or_else(|| LedgerError::not_found("account", account))?;
         let acct_before = *acct;
         let refund = acct.balance;
-        acct.balance = Decimal::ZERO;
+        acct.balance = from_fen(0);
         acct.status = AccountStatus::Closed;
         let now = self.now_ms();
         let money = (refund > Decimal::ZERO).then(|| MoneyMove {
@@ -1136,7 +1149,6 @@ impl Ledger {
         method: PayMethod,
         reason: &str,
         batch_id: Option<&str>,
-        extra: Option<StateWrite>,
     ) -> Result<(oneshot::Receiver<CommitResult>, MoneyResult), LedgerError> {
         let mut acct = self
             .accounts
@@ -1172,7 +1184,17 @@ impl Ledger {
         };
         let mut writes = Writes::new();
         writes.push(StateWrite::Account(*acct));
-        writes.extend(extra);
+        if let (MoneyKind::Grant, Some(batch)) = (kind, batch_id) {
+            // The idempotency mark, set under the account lock with the credit.
+            let mark = GrantMark {
+                batch_id: batch.to_string(),
+                account,
+                amount_fen,
+                tx_id,
+            };
+            self.desk.grants.insert((batch.to_string(), account), mark.clone());
+            writes.push(StateWrite::Grant(Box::new(mark)));
+        }
         let body = EntryBody::Money(Box::new(MoneyEntry {
             actor: actor.clone(),
             movement: movement.clone(),
@@ -1189,6 +1211,7 @@ impl Ledger {
         ))
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn money(
         &self,
         actor: &Actor,
@@ -1200,9 +1223,7 @@ impl Ledger {
         reason: &str,
     ) -> Result<MoneyResult, LedgerError> {
         let permit = self.journal().reserve().await?;
-        let (wait, mut r) = self.move_locked(
-            permit, actor, account, kind, amount_fen, delta, method, reason, None, None,
-        )?;
+        let (wait, mut r) = self.move_locked(permit, actor, account, kind, amount_fen, delta, method, reason, None)?;
         r.entry_id = durable(wait).await?;
         Ok(r)
     }
@@ -1349,30 +1370,19 @@ impl Ledger {
         let mut last = None;
         for (account, amount_fen) in todo {
             let permit = self.journal().reserve().await?;
-            let key = (batch_id.to_string(), account);
             // `batches` keeps other grants out; the mark is set under the account lock.
-            let amount = from_fen(amount_fen);
-            let mark_of = |tx_id| GrantMark {
-                batch_id: batch_id.to_string(),
-                account,
-                amount_fen,
-                tx_id,
-            };
             match self.move_locked(
                 permit,
                 actor,
                 account,
                 MoneyKind::Grant,
                 amount_fen,
-                amount,
+                from_fen(amount_fen),
                 PayMethod::Cash,
                 "grant",
                 Some(batch_id),
-                None,
             ) {
-                Ok((wait, r)) => {
-                    let mark = mark_of(r.movement.tx_id);
-                    self.desk.grants.insert(key, mark);
+                Ok((wait, _)) => {
                     report.applied += 1;
                     report.total_fen += amount_fen;
                     last = Some(wait);
@@ -1463,7 +1473,7 @@ impl Ledger {
                 ("temporary_card_fee", p.temporary_card_fee, false),
             ] {
                 let f = to_fen(v).ok_or_else(|| invalid(format!("{k}.{what}: not a whole number of fen")))?;
-                if f > AMOUNT_FEN_MAX || f < 0 || (positive && f == 0) {
+                if !(0..=AMOUNT_FEN_MAX).contains(&f) || (positive && f == 0) {
                     return Err(invalid(format!(
                         "{k}.{what} must be {} 0 and at most {}",
                         if positive { "above" } else { "at least" },
@@ -1513,10 +1523,10 @@ pub(crate) fn new_account(id: u64, kind: AccountKind) -> Account {
         id,
         kind,
         status: AccountStatus::Active,
-        balance: Decimal::ZERO,
+        balance: from_fen(0),
         limits: None,
         day: 0,
-        spent_today: Decimal::ZERO,
+        spent_today: from_fen(0),
     }
 }
 

@@ -6,8 +6,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use cardgate_codec::codec::Frame;
 use cardgate_codec::crypto::SignOnInput;
 use cardgate_codec::{
-    BalanceInquiry, CardNo, CodecError, ErrorCode, Heartbeat, Hello, Message, Proof, Purchase, Reversal, Side,
-    SignOnOk, TerminalCodec, TerminalSecret,
+    BLACKLIST_PAGE_FIRST, BLACKLIST_PAGE_LAST_IN_RUN, BLACKLIST_PAGE_MORE, BalanceInquiry, BlacklistAck, BlacklistPage,
+    BlacklistPageKind, BlacklistSync, CardNo, CodecError, ErrorCode, Heartbeat, Hello, Message, Proof, Purchase,
+    Reversal, Side, SignOnOk, TerminalCodec, TerminalSecret,
 };
 use futures::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
@@ -41,6 +42,11 @@ pub struct TerminalClient {
     pub terminal_id: u64,
     pub sign_on: SignOnOk,
     next_request_id: u32,
+    /// The newest version a BLACKLIST_PUSH announced (they arrive between answers).
+    pub pushed_version: Option<u64>,
+    /// The terminal's copy of the blacklist and its version, kept by `blacklist_sync`.
+    pub blacklist: std::collections::BTreeSet<u64>,
+    pub blacklist_version: u64,
 }
 
 impl TerminalClient {
@@ -100,6 +106,9 @@ impl TerminalClient {
             terminal_id,
             sign_on,
             next_request_id: 3,
+            pushed_version: None,
+            blacklist: Default::default(),
+            blacklist_version: 0,
         })
     }
 
@@ -128,14 +137,122 @@ impl TerminalClient {
         recv(&mut self.conn).await
     }
 
+    /// The next frame that is not a BLACKLIST_PUSH (those are noted in `pushed_version`).
+    pub async fn recv_answer(&mut self) -> Result<Frame, ClientError> {
+        loop {
+            let frame = recv(&mut self.conn).await?;
+            match frame.message {
+                Message::BlacklistPush(p) if frame.request_id == 0 => {
+                    self.pushed_version = Some(self.pushed_version.unwrap_or(0).max(p.version));
+                }
+                _ => return Ok(frame),
+            }
+        }
+    }
+
+    /// Waits for a BLACKLIST_PUSH announcing a version above `above`; returns it.
+    pub async fn wait_push(&mut self, above: u64) -> Result<u64, ClientError> {
+        loop {
+            if let Some(v) = self.pushed_version.filter(|v| *v > above) {
+                return Ok(v);
+            }
+            let frame = recv(&mut self.conn).await?;
+            match frame.message {
+                Message::BlacklistPush(p) => {
+                    self.pushed_version = Some(self.pushed_version.unwrap_or(0).max(p.version));
+                }
+                other => return Err(ClientError::Unexpected(Box::new(other))),
+            }
+        }
+    }
+
     /// Sends a request and waits for its answer.
     pub async fn request(&mut self, message: Message) -> Result<Message, ClientError> {
         let id = self.send(message).await?;
-        let frame = self.recv().await?;
+        let frame = self.recv_answer().await?;
         if frame.request_id != id {
             return Err(ClientError::Unexpected(Box::new(frame.message)));
         }
         Ok(frame.message)
+    }
+
+    /// One BLACKLIST_SYNC and the run of pages that answers it.
+    pub async fn blacklist_sync_run(
+        &mut self,
+        since_version: u64,
+        after_card: u64,
+    ) -> Result<Vec<BlacklistPage>, ClientError> {
+        let id = self
+            .send(Message::BlacklistSync(BlacklistSync {
+                since_version,
+                after_card,
+            }))
+            .await?;
+        let mut pages = Vec::new();
+        loop {
+            let frame = self.recv_answer().await?;
+            match frame.message {
+                Message::BlacklistPage(p) if frame.request_id == id => {
+                    pages.push(p);
+                    if p.has(BLACKLIST_PAGE_LAST_IN_RUN) {
+                        return Ok(pages);
+                    }
+                }
+                other => return Err(ClientError::Unexpected(Box::new(other))),
+            }
+        }
+    }
+
+    /// Brings `blacklist` and `blacklist_version` up to date with the gateway, following
+    /// the protocol (delta when possible, full list otherwise), then acknowledges the
+    /// version. Returns the number of pages read.
+    pub async fn blacklist_sync(&mut self) -> Result<usize, ClientError> {
+        let mut after = 0;
+        let mut full_version = None;
+        let mut pages_read = 0;
+        loop {
+            let pages = self.blacklist_sync_run(self.blacklist_version, after).await?;
+            pages_read += pages.len();
+            let last = *pages.last().expect("a run has a page");
+            for p in &pages {
+                match p.kind {
+                    BlacklistPageKind::Delta => {
+                        self.blacklist.extend(p.added_cards());
+                        for c in p.removed_cards() {
+                            self.blacklist.remove(c);
+                        }
+                        self.blacklist_version = p.to_version;
+                    }
+                    BlacklistPageKind::Full => {
+                        if p.has(BLACKLIST_PAGE_FIRST) {
+                            self.blacklist.clear();
+                            full_version = Some(p.to_version);
+                        }
+                        self.blacklist.extend(p.added_cards());
+                        after = p.next_after_card;
+                    }
+                }
+            }
+            if last.has(BLACKLIST_PAGE_MORE) {
+                if last.kind == BlacklistPageKind::Delta {
+                    after = 0;
+                }
+                continue;
+            }
+            match full_version.take() {
+                // A full list is as of the version it started at; catch up from there.
+                Some(v) => {
+                    self.blacklist_version = v;
+                    after = 0;
+                }
+                None => break,
+            }
+        }
+        self.send(Message::BlacklistAck(BlacklistAck {
+            version: self.blacklist_version,
+        }))
+        .await?;
+        Ok(pages_read)
     }
 
     pub async fn request_timeout(&mut self, message: Message, limit: Duration) -> Result<Message, ClientError> {

@@ -1,0 +1,203 @@
+//! The admin HTTP API (axum) on its own listener: JSON in and out, CSV where a desk
+//! hands a file to someone (consumption details, fee lists) or receives one (imports).
+//!
+//! Every call presents `Authorization: Bearer <token>`. No valid token is 401; a role
+//! without the endpoint group's permission is 403; both are counted and audited. Every
+//! mutating call runs in its own task, so that a client hanging up cannot cut it between
+//! its commit and its audit record, and answers only after both are durable. Bad input
+//! is 400 (unreadable) or 422 (a rule says no), with a message, and changes nothing.
+
+mod routes;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use cardgate_ledger::audit::AuditRecord;
+use cardgate_ledger::operators::{Actor, Permission};
+use cardgate_ledger::{Ledger, LedgerError};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// The largest request body: a CSV import of a whole campus with long names.
+pub const ADMIN_BODY_BYTES_MAX: usize = cardgate_ledger::import::IMPORT_BYTES_MAX;
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct AdminState {
+    pub ledger: Arc<Ledger>,
+    pub tz_offset_minutes: i32,
+}
+
+/// An error answer: a status and a message, as `{"error": "..."}`.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    pub fn unprocessable(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message)
+    }
+}
+
+impl From<LedgerError> for ApiError {
+    fn from(e: LedgerError) -> ApiError {
+        let status = match &e {
+            LedgerError::NotFound { .. } => StatusCode::NOT_FOUND,
+            LedgerError::Exists { .. } => StatusCode::CONFLICT,
+            LedgerError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            LedgerError::Journal(_) => StatusCode::SERVICE_UNAVAILABLE,
+            LedgerError::Store(_) | LedgerError::Io(..) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if !e.is_caller_fault() {
+            tracing::error!(error = %e, "admin operation failed");
+        }
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+/// What a mutating operation answers with and records in its audit record.
+pub struct Done {
+    pub status: StatusCode,
+    pub before: Value,
+    pub after: Value,
+    pub body: Value,
+}
+
+impl Done {
+    pub fn ok(before: Value, after: Value, body: Value) -> Done {
+        Done {
+            status: StatusCode::OK,
+            before,
+            after,
+            body,
+        }
+    }
+}
+
+impl AdminState {
+    /// The operator behind the request, if its role may use `permission`. Refusals are
+    /// counted and audited before they are answered.
+    pub async fn auth(
+        &self,
+        headers: &HeaderMap,
+        permission: Permission,
+        action: &str,
+        target: &str,
+    ) -> Result<Actor, ApiError> {
+        let token = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        let op = token.and_then(|t| self.ledger.authenticate(t));
+        let (status, actor, message) = match op {
+            None => (StatusCode::UNAUTHORIZED, None, "a valid bearer token is required"),
+            Some(op) if !op.role.allows(permission) => {
+                (StatusCode::FORBIDDEN, Some(Actor::of(&op)), "this role may not do that")
+            }
+            Some(op) => {
+                metrics::counter!("cardgate_admin_requests_total", "group" => permission.as_str()).increment(1);
+                return Ok(Actor::of(&op));
+            }
+        };
+        metrics::counter!(
+            "cardgate_admin_auth_refusals_total",
+            "status" => status.as_u16().to_string(),
+            "group" => permission.as_str()
+        )
+        .increment(1);
+        let rec = AuditRecord {
+            id: 0,
+            time_ms: 0,
+            actor,
+            action: action.to_string(),
+            target: target.to_string(),
+            status: status.as_u16(),
+            before: String::new(),
+            after: String::new(),
+            detail: format!("refused: {message} ({})", permission.as_str()),
+        };
+        if let Err(e) = self.ledger.audit(rec).await {
+            tracing::error!(error = %e, "could not audit a refused admin call");
+        }
+        Err(ApiError::new(status, message))
+    }
+
+    /// Runs a mutating operation in its own task and audits its outcome, success or
+    /// refusal; answers once both are durable.
+    pub async fn mutate<F, Fut>(&self, actor: Actor, action: &'static str, target: String, op: F) -> Response
+    where
+        F: FnOnce(Arc<Ledger>, Actor) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<Done, ApiError>> + Send + 'static,
+    {
+        let ledger = self.ledger.clone();
+        let task = tokio::spawn(async move {
+            let result = op(ledger.clone(), actor.clone()).await;
+            let (status, before, after, detail) = match &result {
+                Ok(d) => (d.status, d.before.to_string(), d.after.to_string(), String::new()),
+                Err(e) => (e.status, String::new(), String::new(), e.message.clone()),
+            };
+            let rec = AuditRecord {
+                id: 0,
+                time_ms: 0,
+                actor: Some(actor),
+                action: action.to_string(),
+                target,
+                status: status.as_u16(),
+                before: if before == "null" { String::new() } else { before },
+                after: if after == "null" { String::new() } else { after },
+                detail,
+            };
+            metrics::counter!("cardgate_admin_mutations_total", "action" => action, "status" => status.as_u16().to_string())
+                .increment(1);
+            if let Err(e) = ledger.audit(rec).await {
+                // The operation itself is durable and names its operator; say it loudly.
+                tracing::error!(error = %e, action, "could not write the audit record");
+                return Err(ApiError::from(e));
+            }
+            result
+        });
+        match task.await {
+            Ok(Ok(done)) => (done.status, Json(done.body)).into_response(),
+            Ok(Err(e)) => e.into_response(),
+            Err(e) => {
+                tracing::error!(error = %e, action, "admin operation task failed");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
+            }
+        }
+    }
+}
+
+/// Serves the admin API until shutdown.
+pub async fn serve(listener: TcpListener, state: AdminState, shutdown: CancellationToken) {
+    let app = routes::router(state);
+    let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await;
+    if let Err(e) = served {
+        tracing::error!(error = %e, "admin listener failed");
+    }
+}

@@ -1,0 +1,1072 @@
+//! The admin API's endpoints, grouped by the permission they need (see `Role::allows`).
+//!
+//! Money is a decimal string of yuan with at most two places (`"12.50"`) in and out,
+//! never a JSON number, so nothing between the desk and the ledger rounds it.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use cardgate_codec::CardNo;
+use cardgate_ledger::audit::AuditQuery;
+use cardgate_ledger::desk::{CardAction, CardResult, FeeKind, MoneyMove, MoneyResult, NewPerson, PayMethod, Person};
+use cardgate_ledger::history::{HistoryQuery, format_local, parse_local_date};
+use cardgate_ledger::model::{Account, AccountKind, Card, KindParams, Limits, Params};
+use cardgate_ledger::money::{from_fen, to_fen};
+use cardgate_ledger::operators::{Operator, Permission, Role};
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use super::{ADMIN_BODY_BYTES_MAX, AdminState, ApiError, Done};
+
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/api/v1/whoami", get(whoami))
+        .route("/api/v1/persons", post(open_person))
+        .route("/api/v1/persons/{id}", get(get_person).patch(update_person))
+        .route("/api/v1/accounts/{id}", get(get_account))
+        .route("/api/v1/accounts/{id}/topup", post(top_up))
+        .route("/api/v1/accounts/{id}/refund", post(refund))
+        .route("/api/v1/accounts/{id}/fees", post(fee))
+        .route("/api/v1/accounts/{id}/adjustments", post(adjust))
+        .route("/api/v1/accounts/{id}/transactions", get(account_history))
+        .route("/api/v1/cards", post(issue_card))
+        .route("/api/v1/cards/{no}", get(get_card))
+        .route("/api/v1/cards/{no}/transactions", get(card_history))
+        .route("/api/v1/cards/{no}/{action}", post(card_action))
+        .route("/api/v1/cancellations", post(cancel_batch))
+        .route("/api/v1/grants", post(grants))
+        .route("/api/v1/fees", get(fee_list))
+        .route("/api/v1/imports", post(import))
+        .route("/api/v1/params", get(get_params).put(put_params))
+        .route("/api/v1/operators", get(list_operators).post(add_operator))
+        .route("/api/v1/operators/{id}/disable", post(disable_operator))
+        .route("/api/v1/audit", get(audit))
+        .route("/api/v1/blacklist", get(blacklist))
+        .route("/api/v1/blacklist/changes", get(blacklist_changes))
+        .route("/api/v1/doors", get(doors))
+        .route("/api/v1/attendance", get(attendance))
+        .layer(DefaultBodyLimit::max(ADMIN_BODY_BYTES_MAX))
+        .with_state(state)
+}
+
+// ---- helpers --------------------------------------------------------------------------
+
+macro_rules! auth {
+    ($s:expr, $h:expr, $perm:expr, $action:expr, $target:expr) => {
+        match $s.auth(&$h, $perm, $action, &$target).await {
+            Ok(actor) => actor,
+            Err(e) => return e.into_response(),
+        }
+    };
+}
+
+macro_rules! tryr {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(e) => return ApiError::from(e).into_response(),
+        }
+    };
+}
+
+fn json_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the JSON body does not parse: {e}")))
+}
+
+pub fn yuan(fen: i64) -> String {
+    from_fen(fen).to_string()
+}
+
+fn dec(v: Decimal) -> String {
+    to_fen(v).map(yuan).unwrap_or_else(|| v.to_string())
+}
+
+/// `"12.50"` → 1250 fen; more than two places, or not a number, is refused.
+fn parse_amount(s: &str) -> Result<i64, ApiError> {
+    let d = Decimal::from_str(s.trim())
+        .map_err(|_| ApiError::bad_request(format!("amount {s:?} is not a decimal number of yuan")))?;
+    to_fen(d).ok_or_else(|| ApiError::unprocessable(format!("amount {s:?} has more than two decimal places")))
+}
+
+fn parse_card(s: &str) -> Result<CardNo, ApiError> {
+    cardgate_ledger::desk::parse_card_no(s).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+fn parse_id(s: &str, what: &str) -> Result<u64, ApiError> {
+    s.parse()
+        .map_err(|_| ApiError::bad_request(format!("{what} {s:?} is not a number")))
+}
+
+fn card_json(c: &Card) -> Value {
+    json!({
+        "card_no": c.no.0.to_string(),
+        "account": c.account,
+        "status": c.status.as_str(),
+        "expires_ms": c.expires_ms,
+        "issued_ms": c.issued_ms,
+    })
+}
+
+fn account_json(a: &Account) -> Value {
+    json!({
+        "id": a.id,
+        "kind": a.kind.as_str(),
+        "status": a.status.as_str(),
+        "balance": dec(a.balance),
+        "spent_today": dec(a.spent_today),
+        "limits": a.limits.map(|l| json!({
+            "single_payment_max": dec(l.single_payment_max),
+            "daily_max": dec(l.daily_max),
+        })),
+    })
+}
+
+fn person_json(p: &Person) -> Value {
+    json!({
+        "person_id": p.id,
+        "name": p.name,
+        "department": p.department,
+        "account": p.account,
+        "created_ms": p.created_ms,
+    })
+}
+
+fn operator_json(o: &Operator) -> Value {
+    json!({
+        "id": o.id,
+        "name": o.name,
+        "role": o.role.as_str(),
+        "enabled": o.enabled,
+        "created_ms": o.created_ms,
+    })
+}
+
+fn money_json(m: &MoneyMove) -> Value {
+    json!({
+        "kind": m.kind.as_str(),
+        "tx_id": m.tx_id,
+        "account": m.account,
+        "amount": yuan(m.amount_fen),
+        "balance_delta": yuan(m.balance_delta_fen),
+        "balance_after": yuan(m.balance_after_fen),
+        "method": m.method.as_str(),
+        "reason": m.reason,
+    })
+}
+
+fn card_result_json(r: &CardResult) -> Value {
+    json!({
+        "entry_id": r.entry_id,
+        "action": r.change.action.as_str(),
+        "cards": r.change.cards.iter().map(card_json).collect::<Vec<_>>(),
+        "account": r.change.account.map(|a| json!({
+            "id": a.id, "status": a.status.as_str(), "balance": yuan(a.balance_fen),
+        })),
+        "money": r.change.money.as_ref().map(money_json),
+        "blacklist_version": r.blacklist_version,
+        "batch_id": r.change.batch_id,
+    })
+}
+
+fn card_done(r: CardResult) -> Done {
+    let before = json!({
+        "cards": r.before.iter().map(card_json).collect::<Vec<_>>(),
+        "account": r.account_before.as_ref().map(account_json),
+    });
+    let body = card_result_json(&r);
+    Done::ok(before, body.clone(), body)
+}
+
+fn money_done(r: MoneyResult) -> Done {
+    let body = json!({ "entry_id": r.entry_id, "money": money_json(&r.movement) });
+    Done::ok(
+        json!({ "balance": dec(r.before.balance) }),
+        json!({ "balance": yuan(r.movement.balance_after_fen), "tx_id": r.movement.tx_id }),
+        body,
+    )
+}
+
+/// A time bound from the query: a local date (`2025-06-01`) or unix ms. A date as `to`
+/// means the end of that day.
+fn time_bound(q: &HashMap<String, String>, key: &str, tz: i32, end: bool) -> Result<Option<i64>, ApiError> {
+    let Some(v) = q.get(key) else { return Ok(None) };
+    if let Ok(ms) = v.parse::<i64>() {
+        return Ok(Some(ms));
+    }
+    let start = parse_local_date(v, tz)
+        .ok_or_else(|| ApiError::bad_request(format!("{key}={v:?} is neither YYYY-MM-DD nor unix ms")))?;
+    Ok(Some(if end { start + 86_400_000 } else { start }))
+}
+
+fn wants_csv(q: &HashMap<String, String>, headers: &HeaderMap) -> bool {
+    q.get("format").map(|f| f == "csv").unwrap_or(false)
+        || headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("text/csv"))
+}
+
+fn csv_response(text: String) -> Response {
+    ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], text).into_response()
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+// ---- whoami, persons, accounts ----------------------------------------------------------
+
+async fn whoami(State(s): State<AdminState>, headers: HeaderMap) -> Response {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match token.and_then(|t| s.ledger.authenticate(t.trim())) {
+        Some(op) => {
+            let allowed: Vec<&str> = Permission::ALL
+                .iter()
+                .filter(|p| op.role.allows(**p))
+                .map(|p| p.as_str())
+                .collect();
+            axum::Json(json!({ "operator": operator_json(&op), "groups": allowed })).into_response()
+        }
+        None => match s.auth(&headers, Permission::Persons, "whoami", "").await {
+            Ok(_) => ApiError::new(StatusCode::UNAUTHORIZED, "a valid bearer token is required").into_response(),
+            Err(e) => e.into_response(),
+        },
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PersonBody {
+    person_id: String,
+    name: String,
+    #[serde(default)]
+    department: String,
+    kind: String,
+}
+
+fn parse_kind(k: &str) -> Result<AccountKind, ApiError> {
+    AccountKind::parse(k)
+        .ok_or_else(|| ApiError::unprocessable(format!("kind {k:?} is not one of student, staff, temporary")))
+}
+
+async fn open_person(State(s): State<AdminState>, headers: HeaderMap, body: Bytes) -> Response {
+    let actor = auth!(s, headers, Permission::Persons, "person.open", String::from("persons"));
+    s.mutate(actor, "person.open", "persons".into(), move |l, actor| async move {
+        let b: PersonBody = json_body(&body)?;
+        let kind = parse_kind(&b.kind)?;
+        let (p, a) = l
+            .open_person(
+                &actor,
+                NewPerson {
+                    id: b.person_id,
+                    name: b.name,
+                    department: b.department,
+                    kind,
+                },
+            )
+            .await?;
+        let body = json!({ "person": person_json(&p), "account": account_json(&a) });
+        Ok(Done {
+            status: StatusCode::CREATED,
+            before: Value::Null,
+            after: body.clone(),
+            body,
+        })
+    })
+    .await
+}
+
+async fn get_person(State(s): State<AdminState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    auth!(s, headers, Permission::Persons, "person.get", format!("person:{id}"));
+    let Some(p) = s.ledger.person(&id) else {
+        return ApiError::new(StatusCode::NOT_FOUND, format!("person {id} not found")).into_response();
+    };
+    let account = s.ledger.account(p.account);
+    let cards: Vec<Value> = s.ledger.cards_of(p.account).iter().map(card_json).collect();
+    axum::Json(json!({
+        "person": person_json(&p),
+        "account": account.as_ref().map(account_json),
+        "cards": cards,
+    }))
+    .into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PersonPatch {
+    name: Option<String>,
+    department: Option<String>,
+    kind: Option<String>,
+}
+
+async fn update_person(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let target = format!("person:{id}");
+    let actor = auth!(s, headers, Permission::Persons, "person.update", target);
+    s.mutate(actor, "person.update", target, move |l, actor| async move {
+        let b: PersonPatch = json_body(&body)?;
+        let kind = b.kind.as_deref().map(parse_kind).transpose()?;
+        let (pb, ab, pa, aa) = l.update_person(&actor, &id, b.name, b.department, kind).await?;
+        let after = json!({ "person": person_json(&pa), "account": account_json(&aa) });
+        Ok(Done::ok(
+            json!({ "person": person_json(&pb), "account": account_json(&ab) }),
+            after.clone(),
+            after,
+        ))
+    })
+    .await
+}
+
+async fn get_account(State(s): State<AdminState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    auth!(s, headers, Permission::Persons, "account.get", format!("account:{id}"));
+    let id = tryr!(parse_id(&id, "account"));
+    let Some(a) = s.ledger.account(id) else {
+        return ApiError::new(StatusCode::NOT_FOUND, format!("account {id} not found")).into_response();
+    };
+    let cards: Vec<Value> = s.ledger.cards_of(id).iter().map(card_json).collect();
+    axum::Json(json!({
+        "account": account_json(&a),
+        "person": s.ledger.person_of_account(id).as_ref().map(person_json),
+        "cards": cards,
+    }))
+    .into_response()
+}
+
+// ---- money --------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AmountBody {
+    amount: String,
+    #[serde(default)]
+    reason: String,
+}
+
+async fn money_op(s: AdminState, headers: HeaderMap, id: String, body: Bytes, action: &'static str) -> Response {
+    let target = format!("account:{id}");
+    let actor = auth!(s, headers, Permission::Money, action, target);
+    s.mutate(actor, action, target, move |l, actor| async move {
+        let id = parse_id(&id, "account")?;
+        let r = match action {
+            "money.fee" => {
+                #[derive(Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct FeeBody {
+                    fee: String,
+                    method: String,
+                }
+                let b: FeeBody = json_body(&body)?;
+                let kind = FeeKind::parse(&b.fee)
+                    .ok_or_else(|| ApiError::unprocessable("fee must be replacement or temporary_card"))?;
+                let method = PayMethod::parse(&b.method)
+                    .ok_or_else(|| ApiError::unprocessable("method must be cash or balance"))?;
+                l.fee(&actor, id, kind, method).await?
+            }
+            _ => {
+                let b: AmountBody = json_body(&body)?;
+                let amount = parse_amount(&b.amount)?;
+                match action {
+                    "money.topup" => l.top_up(&actor, id, amount).await?,
+                    "money.refund" => l.refund(&actor, id, amount, &b.reason).await?,
+                    _ => l.adjust(&actor, id, amount, &b.reason).await?,
+                }
+            }
+        };
+        Ok(money_done(r))
+    })
+    .await
+}
+
+async fn top_up(State(s): State<AdminState>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Response {
+    money_op(s, headers, id, body, "money.topup").await
+}
+
+async fn refund(State(s): State<AdminState>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Response {
+    money_op(s, headers, id, body, "money.refund").await
+}
+
+async fn fee(State(s): State<AdminState>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Response {
+    money_op(s, headers, id, body, "money.fee").await
+}
+
+async fn adjust(State(s): State<AdminState>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Response {
+    money_op(s, headers, id, body, "money.adjust").await
+}
+
+// ---- cards ----------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IssueBody {
+    card_no: String,
+    account: Option<u64>,
+    person_id: Option<String>,
+    /// A temporary card: expires at the end of this local date.
+    expires: Option<String>,
+    /// Charge the temporary-card fee: "cash" or "balance".
+    fee: Option<String>,
+}
+
+async fn issue_card(State(s): State<AdminState>, headers: HeaderMap, body: Bytes) -> Response {
+    let actor = auth!(s, headers, Permission::Cards, "card.issue", String::from("cards"));
+    let tz = s.tz_offset_minutes;
+    s.mutate(actor, "card.issue", "cards".into(), move |l, actor| async move {
+        let b: IssueBody = json_body(&body)?;
+        let no = parse_card(&b.card_no)?;
+        let account = match (b.account, &b.person_id) {
+            (Some(a), None) => a,
+            (None, Some(p)) => {
+                l.person(p)
+                    .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("person {p} not found")))?
+                    .account
+            }
+            _ => return Err(ApiError::unprocessable("name exactly one of account and person_id")),
+        };
+        let expires_ms = match &b.expires {
+            None => None,
+            Some(d) => Some(
+                parse_local_date(d, tz)
+                    .ok_or_else(|| ApiError::bad_request(format!("expires {d:?} is not YYYY-MM-DD")))?
+                    + 86_400_000,
+            ),
+        };
+        let fee = match &b.fee {
+            None => None,
+            Some(m) => Some((
+                FeeKind::TemporaryCard,
+                PayMethod::parse(m).ok_or_else(|| ApiError::unprocessable("fee must be cash or balance"))?,
+            )),
+        };
+        let r = l.issue_card_desk(&actor, account, no, expires_ms, fee).await?;
+        let mut d = card_done(r);
+        d.status = StatusCode::CREATED;
+        Ok(d)
+    })
+    .await
+}
+
+async fn get_card(State(s): State<AdminState>, headers: HeaderMap, Path(no): Path<String>) -> Response {
+    auth!(s, headers, Permission::Cards, "card.get", format!("card:{no}"));
+    let no = tryr!(parse_card(&no));
+    match s.ledger.card(no) {
+        None => ApiError::new(StatusCode::NOT_FOUND, format!("card {} not found", no.0)).into_response(),
+        Some(c) => axum::Json(json!({
+            "card": card_json(&c),
+            "blacklisted": s.ledger.blacklist().contains(no),
+            "account": s.ledger.account(c.account).as_ref().map(account_json),
+            "person": s.ledger.person_of_account(c.account).as_ref().map(person_json),
+        }))
+        .into_response(),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ReplaceBody {
+    new_card_no: String,
+    fee: Option<String>,
+}
+
+async fn card_action(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    Path((no, action)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let target = format!("card:{no}");
+    let (act, name) = match action.as_str() {
+        "lost" => (CardAction::Lost, "card.lost"),
+        "unfreeze" => (CardAction::Unfreeze, "card.unfreeze"),
+        "freeze" => (CardAction::Freeze, "card.freeze"),
+        "bad" => (CardAction::Bad, "card.bad"),
+        "replace" => (CardAction::Replace, "card.replace"),
+        "cancel" => (CardAction::Cancel, "card.cancel"),
+        other => {
+            return ApiError::new(StatusCode::NOT_FOUND, format!("no card action {other:?}")).into_response();
+        }
+    };
+    let actor = auth!(s, headers, Permission::Cards, name, target);
+    s.mutate(actor, name, target, move |l, actor| async move {
+        let no = parse_card(&no)?;
+        let r = match act {
+            CardAction::Replace => {
+                let b: ReplaceBody = json_body(&body)?;
+                let new = parse_card(&b.new_card_no)?;
+                let fee = match &b.fee {
+                    None => None,
+                    Some(m) => Some(
+                        PayMethod::parse(m).ok_or_else(|| ApiError::unprocessable("fee must be cash or balance"))?,
+                    ),
+                };
+                l.replace_card(&actor, no, new, fee).await?
+            }
+            CardAction::Cancel => l.cancel_card(&actor, no).await?,
+            other => l.card_status(&actor, no, other).await?,
+        };
+        Ok(card_done(r))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CancelBatchBody {
+    batch_id: String,
+    #[serde(default)]
+    person_ids: Vec<String>,
+    /// Every person of this department (a graduating class).
+    department: Option<String>,
+}
+
+async fn cancel_batch(State(s): State<AdminState>, headers: HeaderMap, body: Bytes) -> Response {
+    let actor = auth!(
+        s,
+        headers,
+        Permission::Cards,
+        "card.cancel_batch",
+        String::from("cancellations")
+    );
+    s.mutate(
+        actor,
+        "card.cancel_batch",
+        "cancellations".into(),
+        move |l, actor| async move {
+            let b: CancelBatchBody = json_body(&body)?;
+            let mut ids = b.person_ids;
+            if let Some(d) = &b.department {
+                ids.extend(l.persons_in_department(d).into_iter().map(|p| p.id));
+            }
+            if ids.is_empty() {
+                return Err(ApiError::unprocessable("name person_ids or a department with persons"));
+            }
+            let (report, results) = l.cancel_batch(&actor, &b.batch_id, &ids).await?;
+            let body = json!({
+                "report": report,
+                "refunds": results.iter().filter_map(|r| r.change.money.as_ref()).map(money_json).collect::<Vec<_>>(),
+            });
+            Ok(Done::ok(
+                json!({ "persons": ids.len() }),
+                json!({ "report": report }),
+                body,
+            ))
+        },
+    )
+    .await
+}
+
+// ---- grants, import, fees, history ------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GrantItemBody {
+    account: Option<u64>,
+    person_id: Option<String>,
+    amount: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GrantBody {
+    batch_id: String,
+    items: Vec<GrantItemBody>,
+}
+
+async fn grants(State(s): State<AdminState>, headers: HeaderMap, body: Bytes) -> Response {
+    let actor = auth!(s, headers, Permission::Grants, "grant.batch", String::from("grants"));
+    s.mutate(actor, "grant.batch", "grants".into(), move |l, actor| async move {
+        let b: GrantBody = json_body(&body)?;
+        let mut items = Vec::with_capacity(b.items.len());
+        for (i, it) in b.items.iter().enumerate() {
+            let account = match (it.account, &it.person_id) {
+                (Some(a), None) => a,
+                (None, Some(p)) => {
+                    l.person(p)
+                        .ok_or_else(|| ApiError::unprocessable(format!("item {i}: person {p} not found")))?
+                        .account
+                }
+                _ => {
+                    return Err(ApiError::unprocessable(format!(
+                        "item {i}: name exactly one of account and person_id"
+                    )));
+                }
+            };
+            let amount =
+                parse_amount(&it.amount).map_err(|e| ApiError::new(e.status, format!("item {i}: {}", e.message)))?;
+            items.push((account, amount));
+        }
+        let report = l.grant_batch(&actor, &b.batch_id, &items).await?;
+        let body = json!({ "report": report, "total": yuan(report.total_fen) });
+        Ok(Done::ok(Value::Null, body.clone(), body))
+    })
+    .await
+}
+
+async fn import(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Response {
+    let actor = auth!(s, headers, Permission::Import, "import.csv", String::from("imports"));
+    let dry_run = q.get("dry_run").is_some_and(|v| v == "true" || v == "1");
+    s.mutate(actor, "import.csv", "imports".into(), move |l, actor| async move {
+        let started = std::time::Instant::now();
+        let report = l.import_csv(&actor, &body, dry_run).await?;
+        let millis = started.elapsed().as_millis() as u64;
+        let mut body = serde_json::to_value(&report).unwrap_or(Value::Null);
+        body["dry_run"] = json!(dry_run);
+        body["millis"] = json!(millis);
+        if report.error_count > 0 {
+            // The whole file is refused, with every reason by line: nothing changed.
+            return Ok(Done {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                before: Value::Null,
+                after: json!({ "applied": false, "error_count": report.error_count }),
+                body,
+            });
+        }
+        let summary = json!({
+            "import_id": report.import_id, "rows": report.rows, "added": report.added,
+            "updated": report.updated, "unchanged": report.unchanged, "applied": report.applied,
+        });
+        Ok(Done::ok(Value::Null, summary, body))
+    })
+    .await
+}
+
+async fn fee_list(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    auth!(s, headers, Permission::Fees, "fees.list", String::from("fees"));
+    let tz = s.tz_offset_minutes;
+    let from = match q.get("day") {
+        Some(d) => {
+            tryr!(parse_local_date(d, tz).ok_or_else(|| ApiError::bad_request(format!("day {d:?} is not YYYY-MM-DD"))))
+        }
+        None => {
+            let today = s.ledger.today();
+            i64::from(today) * 86_400_000 - i64::from(tz) * 60_000
+        }
+    };
+    let to = from + 86_400_000;
+    let l = s.ledger.clone();
+    let result = tokio::task::spawn_blocking(move || l.fee_list(from, to)).await;
+    let (rows, complete) = match result {
+        Ok(r) => tryr!(r),
+        Err(_) => return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "fee list failed").into_response(),
+    };
+    let total: i64 = rows.iter().map(|r| r.amount_fen).sum();
+    if wants_csv(&q, &headers) {
+        let mut out = String::from("time,tx_id,account,person_id,name,fee,amount,method,operator\n");
+        for r in &rows {
+            let p = s.ledger.person_of_account(r.account);
+            out.push_str(&format!(
+                "{},{},{},{},{},{},{},{},{}\n",
+                format_local(r.time_ms, tz),
+                r.tx_id,
+                r.account,
+                csv_field(p.as_ref().map(|p| p.id.as_str()).unwrap_or("")),
+                csv_field(p.as_ref().map(|p| p.name.as_str()).unwrap_or("")),
+                r.fee,
+                yuan(r.amount_fen),
+                r.method,
+                csv_field(&r.operator)
+            ));
+        }
+        out.push_str(&format!("total,,,,,,{},,\n", yuan(total)));
+        return csv_response(out);
+    }
+    let rows: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "time": format_local(r.time_ms, tz), "time_ms": r.time_ms, "tx_id": r.tx_id,
+                "account": r.account, "fee": r.fee, "amount": yuan(r.amount_fen),
+                "method": r.method, "operator": r.operator,
+            })
+        })
+        .collect();
+    axum::Json(json!({ "from_ms": from, "to_ms": to, "complete": complete, "total": yuan(total), "fees": rows }))
+        .into_response()
+}
+
+async fn history(
+    s: AdminState,
+    headers: HeaderMap,
+    q: HashMap<String, String>,
+    query: HistoryQuery,
+    target: String,
+) -> Response {
+    auth!(s, headers, Permission::History, "history.get", target);
+    let tz = s.tz_offset_minutes;
+    let now = s.ledger.now_ms();
+    let from = tryr!(time_bound(&q, "from", tz, false)).unwrap_or(now - 30 * 86_400_000);
+    let to = tryr!(time_bound(&q, "to", tz, true)).unwrap_or(now + 1);
+    if to <= from {
+        return ApiError::bad_request("to must be after from").into_response();
+    }
+    let l = s.ledger.clone();
+    let hq = HistoryQuery {
+        from_ms: from,
+        to_ms: to,
+        ..query
+    };
+    let h = match tokio::task::spawn_blocking(move || l.history(hq)).await {
+        Ok(r) => tryr!(r),
+        Err(_) => return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "history failed").into_response(),
+    };
+    if wants_csv(&q, &headers) {
+        let mut out = String::from(
+            "time,kind,outcome,decline_reason,amount,balance_after,card,account,tx_id,terminal,merchant,seq,\
+             original_seq,blacklist_version,single_limit,daily_limit,spent_today_after,operator,reason\n",
+        );
+        for r in &h.rows {
+            out.push_str(&format!(
+                "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+                format_local(r.time_ms, tz),
+                r.kind,
+                r.outcome,
+                r.decline_reason.unwrap_or(""),
+                yuan(r.amount_fen),
+                r.balance_after_fen.map(yuan).unwrap_or_default(),
+                if r.card == 0 { String::new() } else { r.card.to_string() },
+                r.account,
+                r.tx_id,
+                r.terminal,
+                r.merchant,
+                r.seq,
+                r.original_seq,
+                r.blacklist_version,
+                yuan(r.single_limit_fen),
+                yuan(r.daily_limit_fen),
+                yuan(r.spent_today_after_fen),
+                csv_field(&r.operator),
+                csv_field(&r.reason)
+            ));
+        }
+        return csv_response(out);
+    }
+    let rows: Vec<Value> = h
+        .rows
+        .iter()
+        .map(|r| {
+            let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
+            v["time"] = json!(format_local(r.time_ms, tz));
+            v["card"] = json!(if r.card == 0 { String::new() } else { r.card.to_string() });
+            v
+        })
+        .collect();
+    axum::Json(json!({
+        "from_ms": from, "to_ms": to, "complete": h.complete,
+        "journal_starts_ms": h.journal_starts_ms, "rows": rows,
+    }))
+    .into_response()
+}
+
+async fn account_history(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let target = format!("account:{id}");
+    let account = match parse_id(&id, "account") {
+        Ok(a) => a,
+        Err(e) => {
+            auth!(s, headers, Permission::History, "history.get", target);
+            return e.into_response();
+        }
+    };
+    let query = HistoryQuery {
+        account: Some(account),
+        ..Default::default()
+    };
+    history(s, headers, q, query, target).await
+}
+
+async fn card_history(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    Path(no): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let target = format!("card:{no}");
+    let card = match parse_card(&no) {
+        Ok(c) => c,
+        Err(e) => {
+            auth!(s, headers, Permission::History, "history.get", target);
+            return e.into_response();
+        }
+    };
+    let query = HistoryQuery {
+        card: Some(card),
+        ..Default::default()
+    };
+    history(s, headers, q, query, target).await
+}
+
+// ---- parameters -------------------------------------------------------------------------
+
+fn params_json(p: &Params) -> Value {
+    let mut out = serde_json::Map::new();
+    for k in AccountKind::ALL {
+        let kp = p.for_kind(k);
+        out.insert(
+            k.as_str().into(),
+            json!({
+                "single_payment_max": dec(kp.limits.single_payment_max),
+                "daily_max": dec(kp.limits.daily_max),
+                "replacement_fee": dec(kp.replacement_fee),
+                "temporary_card_fee": dec(kp.temporary_card_fee),
+            }),
+        );
+    }
+    Value::Object(out)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KindParamsBody {
+    single_payment_max: String,
+    daily_max: String,
+    replacement_fee: String,
+    temporary_card_fee: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ParamsBody {
+    student: KindParamsBody,
+    staff: KindParamsBody,
+    temporary: KindParamsBody,
+}
+
+async fn get_params(State(s): State<AdminState>, headers: HeaderMap) -> Response {
+    auth!(s, headers, Permission::Params, "params.get", String::from("params"));
+    axum::Json(params_json(&s.ledger.params())).into_response()
+}
+
+async fn put_params(State(s): State<AdminState>, headers: HeaderMap, body: Bytes) -> Response {
+    let actor = auth!(s, headers, Permission::Params, "params.set", String::from("params"));
+    s.mutate(actor, "params.set", "params".into(), move |l, actor| async move {
+        let b: ParamsBody = json_body(&body)?;
+        let kp = |k: &KindParamsBody| -> Result<KindParams, ApiError> {
+            Ok(KindParams {
+                limits: Limits {
+                    single_payment_max: from_fen(parse_amount(&k.single_payment_max)?),
+                    daily_max: from_fen(parse_amount(&k.daily_max)?),
+                },
+                replacement_fee: from_fen(parse_amount(&k.replacement_fee)?),
+                temporary_card_fee: from_fen(parse_amount(&k.temporary_card_fee)?),
+            })
+        };
+        let params = Params {
+            kinds: [kp(&b.student)?, kp(&b.staff)?, kp(&b.temporary)?],
+        };
+        let (before, after) = l.change_params(&actor, params).await?;
+        Ok(Done::ok(params_json(&before), params_json(&after), params_json(&after)))
+    })
+    .await
+}
+
+// ---- operators, audit ---------------------------------------------------------------------
+
+async fn list_operators(State(s): State<AdminState>, headers: HeaderMap) -> Response {
+    auth!(
+        s,
+        headers,
+        Permission::Operators,
+        "operator.list",
+        String::from("operators")
+    );
+    let ops: Vec<Value> = s.ledger.operators().iter().map(operator_json).collect();
+    axum::Json(json!({ "operators": ops })).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OperatorBody {
+    name: String,
+    role: String,
+}
+
+async fn add_operator(State(s): State<AdminState>, headers: HeaderMap, body: Bytes) -> Response {
+    let actor = auth!(
+        s,
+        headers,
+        Permission::Operators,
+        "operator.add",
+        String::from("operators")
+    );
+    s.mutate(actor, "operator.add", "operators".into(), move |l, actor| async move {
+        let b: OperatorBody = json_body(&body)?;
+        let role = Role::parse(&b.role).ok_or_else(|| {
+            let all: Vec<&str> = Role::ALL.iter().map(|r| r.as_str()).collect();
+            ApiError::unprocessable(format!("role must be one of {}", all.join(", ")))
+        })?;
+        if role == Role::Director && actor.role != Role::Director {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "only a director may add a director",
+            ));
+        }
+        let (op, token) = l.add_operator(&actor, &b.name, role).await?;
+        Ok(Done {
+            status: StatusCode::CREATED,
+            before: Value::Null,
+            // The token goes to the caller only, never into the audit trail.
+            after: operator_json(&op),
+            body: json!({ "operator": operator_json(&op), "token": token }),
+        })
+    })
+    .await
+}
+
+async fn disable_operator(State(s): State<AdminState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let target = format!("operator:{id}");
+    let actor = auth!(s, headers, Permission::Operators, "operator.disable", target);
+    s.mutate(actor, "operator.disable", target, move |l, actor| async move {
+        let id = parse_id(&id, "operator")?;
+        if l.operators().iter().any(|o| o.id == id && o.role == Role::Director) && actor.role != Role::Director {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "only a director may disable a director",
+            ));
+        }
+        let (before, after) = l.disable_operator(&actor, id).await?;
+        Ok(Done::ok(
+            operator_json(&before),
+            operator_json(&after),
+            operator_json(&after),
+        ))
+    })
+    .await
+}
+
+async fn audit(State(s): State<AdminState>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
+    auth!(s, headers, Permission::Audit, "audit.list", String::from("audit"));
+    let tz = s.tz_offset_minutes;
+    let query = AuditQuery {
+        from_ms: tryr!(time_bound(&q, "from", tz, false)),
+        to_ms: tryr!(time_bound(&q, "to", tz, true)),
+        operator: q.get("operator").cloned(),
+        target: q.get("target").cloned(),
+        limit: match q.get("limit") {
+            Some(v) => tryr!(
+                v.parse::<usize>()
+                    .map_err(|_| ApiError::bad_request("limit is not a number"))
+            ),
+            None => 1000,
+        },
+    };
+    let records: Vec<Value> = s
+        .ledger
+        .audit_list(&query)
+        .into_iter()
+        .map(|r| {
+            json!({
+                "id": r.id,
+                "time": format_local(r.time_ms, tz),
+                "time_ms": r.time_ms,
+                "operator": r.actor.as_ref().map(|a| a.name.clone()),
+                "operator_id": r.actor.as_ref().map(|a| a.operator_id),
+                "role": r.actor.as_ref().map(|a| a.role.as_str()),
+                "action": r.action,
+                "target": r.target,
+                "status": r.status,
+                "before": serde_json::from_str::<Value>(&r.before).unwrap_or(Value::Null),
+                "after": serde_json::from_str::<Value>(&r.after).unwrap_or(Value::Null),
+                "detail": r.detail,
+            })
+        })
+        .collect();
+    axum::Json(json!({ "records": records })).into_response()
+}
+
+// ---- blacklist, roadmap groups --------------------------------------------------------------
+
+async fn blacklist(State(s): State<AdminState>, headers: HeaderMap) -> Response {
+    auth!(
+        s,
+        headers,
+        Permission::Blacklist,
+        "blacklist.status",
+        String::from("blacklist")
+    );
+    axum::Json(serde_json::to_value(s.ledger.blacklist_lag()).unwrap_or(Value::Null)).into_response()
+}
+
+async fn blacklist_changes(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    auth!(
+        s,
+        headers,
+        Permission::Blacklist,
+        "blacklist.changes",
+        String::from("blacklist")
+    );
+    let since = match q.get("since") {
+        Some(v) => tryr!(
+            v.parse::<u64>()
+                .map_err(|_| ApiError::bad_request("since is not a number"))
+        ),
+        None => 0,
+    };
+    match s.ledger.blacklist().changes_since(since) {
+        Some((added, removed, version)) => axum::Json(json!({
+            "since": since,
+            "version": version,
+            "added": added.iter().map(u64::to_string).collect::<Vec<_>>(),
+            "removed": removed.iter().map(u64::to_string).collect::<Vec<_>>(),
+        }))
+        .into_response(),
+        None => ApiError::new(
+            StatusCode::GONE,
+            format!(
+                "version {since} is outside the change log (from {}); fetch the full list from a terminal sync",
+                s.ledger.blacklist().delta_floor()
+            ),
+        )
+        .into_response(),
+    }
+}
+
+async fn doors(State(s): State<AdminState>, headers: HeaderMap) -> Response {
+    auth!(s, headers, Permission::Doors, "doors.list", String::from("doors"));
+    ApiError::new(StatusCode::NOT_IMPLEMENTED, "door access is on the roadmap").into_response()
+}
+
+async fn attendance(State(s): State<AdminState>, headers: HeaderMap) -> Response {
+    auth!(
+        s,
+        headers,
+        Permission::Attendance,
+        "attendance.list",
+        String::from("attendance")
+    );
+    ApiError::new(StatusCode::NOT_IMPLEMENTED, "attendance is on the roadmap").into_response()
+}
