@@ -42,6 +42,7 @@ impl Daemon {
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--demo"])
+            .args(["--admin-listen", "127.0.0.1:0"])
             .args(["--demo-accounts", &DEMO_ACCOUNTS.to_string()])
             .args(["--demo-terminals", &DEMO_TERMINALS.to_string()])
             .args(extra_args)
@@ -92,6 +93,22 @@ impl Daemon {
 
     pub fn terminal_addr(&self) -> SocketAddr {
         self.addrs["terminals"]
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.addrs["admin"]
+    }
+
+    /// One admin API call with an optional bearer token and JSON body.
+    pub fn api(&self, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, String) {
+        http(
+            self.admin_addr(),
+            method,
+            path,
+            token,
+            "application/json",
+            body.unwrap_or("").as_bytes(),
+        )
     }
 
     pub fn pid(&self) -> u32 {
@@ -165,6 +182,67 @@ fn parse_listening(line: &str) -> Option<(String, SocketAddr)> {
     let kind = line.split("kind=\"").nth(1)?.split('"').next()?.to_string();
     let addr = line.split("addr=").nth(1)?.split_whitespace().next()?.parse().ok()?;
     Some((kind, addr))
+}
+
+/// `cardgate operator add NAME --role ROLE --data-dir DIR`: the token it prints, or the
+/// error it ends with.
+pub fn operator_add(data_dir: &Path, name: &str, role: &str) -> Result<String, String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_cardgate"))
+        .args(["operator", "add", name, "--role", role, "--data-dir"])
+        .arg(data_dir)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("run cardgate operator add");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).to_string())
+    }
+}
+
+/// A minimal HTTP/1.1 client (one request per connection), so that the tests need no
+/// HTTP client crate. Returns the status and the body.
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    content_type: &str,
+    body: &[u8],
+) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect for HTTP");
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(t) = token {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    req.push_str(&format!(
+        "Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    ));
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        let mut out = String::new();
+        let mut rest = rest;
+        while let Some((size, tail)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            out.push_str(&tail[..n]);
+            rest = &tail[n + 2..];
+        }
+        out
+    } else {
+        rest.to_string()
+    };
+    (status, body)
 }
 
 /// A minimal HTTP/1.1 GET, so that the tests need no HTTP client for metrics.
