@@ -914,6 +914,56 @@ mod tests {
         );
     }
 
+    /// The hex examples of docs/PROTOCOL-blacklist.md.
+    #[test]
+    fn blacklist_doc_examples_match_the_encoder() {
+        let hex = |m: Message| {
+            let mut buf = Vec::new();
+            m.encode_body(&mut buf);
+            buf.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")
+        };
+        assert_eq!(
+            hex(Message::BlacklistPush(BlacklistPush {
+                version: 42,
+                server_time_ms: 1_700_000_000_000
+            })),
+            "2a 00 00 00 00 00 00 00 00 68 e5 cf 8b 01 00 00"
+        );
+        assert_eq!(
+            hex(Message::BlacklistSync(BlacklistSync {
+                since_version: 40,
+                after_card: 0
+            })),
+            "28 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00"
+        );
+        let mut cards = [0u64; BLACKLIST_PAGE_CARDS_MAX];
+        cards[0] = 62_220_000_000_001;
+        cards[1] = 62_220_000_000_002;
+        let page = hex(Message::BlacklistPage(BlacklistPage {
+            kind: BlacklistPageKind::Delta,
+            flags: BLACKLIST_PAGE_LAST_IN_RUN,
+            added: 1,
+            removed: 1,
+            from_version: 40,
+            to_version: 42,
+            next_after_card: 0,
+            cards,
+        }));
+        let zeros = vec!["00"; 48].join(" ");
+        assert_eq!(
+            page,
+            format!(
+                "00 04 01 01 00 00 00 00 28 00 00 00 00 00 00 00 \
+                 2a 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 \
+                 01 78 ff b8 96 38 00 00 02 78 ff b8 96 38 00 00 {zeros}"
+            )
+        );
+        assert_eq!(
+            hex(Message::BlacklistAck(BlacklistAck { version: 42 })),
+            "2a 00 00 00 00 00 00 00"
+        );
+    }
+
     #[test]
     fn a_message_stays_small_enough_to_copy() {
         // Every queued answer is a `Message`; the page is the largest variant.
