@@ -3,7 +3,5 @@
 //! per area; `harness` starts, kills and restarts daemons.
 
 mod desk;
-// Shared by every area; not every area uses every helper.
-#[allow(dead_code)]
 mod harness;
 mod pos;
