@@ -151,6 +151,10 @@ fn type_name(t: u8) -> Option<&'static str> {
         msg_type::APPROVED => "APPROVED",
         msg_type::DECLINED => "DECLINED",
         msg_type::BALANCE => "BALANCE",
+        msg_type::BLACKLIST_PUSH => "BLACKLIST_PUSH",
+        msg_type::BLACKLIST_SYNC => "BLACKLIST_SYNC",
+        msg_type::BLACKLIST_PAGE => "BLACKLIST_PAGE",
+        msg_type::BLACKLIST_ACK => "BLACKLIST_ACK",
         _ => return None,
     })
 }
@@ -165,6 +169,8 @@ fn is_up(t: u8) -> bool {
             | msg_type::PURCHASE
             | msg_type::REVERSAL
             | msg_type::BALANCE_INQUIRY
+            | msg_type::BLACKLIST_SYNC
+            | msg_type::BLACKLIST_ACK
     )
 }
 
@@ -624,6 +630,27 @@ fn sample(t: u8) -> Message {
             spent_today_fen: 0x5152_5354_5556_5758,
             daily_limit_fen: 0x6162_6364_6566_6768,
         }),
+        msg_type::BLACKLIST_PUSH => Message::BlacklistPush(cardgate_codec::BlacklistPush {
+            version: 0x4142_4344_4546_4748,
+            server_time_ms: 0x3132_3334_3536_3738,
+        }),
+        msg_type::BLACKLIST_SYNC => Message::BlacklistSync(cardgate_codec::BlacklistSync {
+            since_version: 0x4142_4344_4546_4748,
+            after_card: 0x5152_5354_5556_5758,
+        }),
+        msg_type::BLACKLIST_PAGE => Message::BlacklistPage(cardgate_codec::BlacklistPage {
+            kind: cardgate_codec::BlacklistPageKind::Delta,
+            flags: cardgate_codec::BLACKLIST_PAGE_LAST_IN_RUN | cardgate_codec::BLACKLIST_PAGE_MORE,
+            added: 5,
+            removed: 3,
+            from_version: 0x4142_4344_4546_4748,
+            to_version: 0x5152_5354_5556_5758,
+            next_after_card: 0,
+            cards: std::array::from_fn(|i| 0x6162_6364_6566_6700 + i as u64),
+        }),
+        msg_type::BLACKLIST_ACK => Message::BlacklistAck(cardgate_codec::BlacklistAck {
+            version: 0x4142_4344_4546_4748,
+        }),
         other => panic!("no sample of type {other:#04x}"),
     }
 }
@@ -677,6 +704,19 @@ fn field_bytes(m: &Message, name: &str) -> Vec<u8> {
         (Message::Balance(b), "balance_fen") => i(b.balance_fen),
         (Message::Balance(b), "spent_today_fen") => i(b.spent_today_fen),
         (Message::Balance(b), "daily_limit_fen") => i(b.daily_limit_fen),
+        (Message::BlacklistPush(p), "version") => le(p.version),
+        (Message::BlacklistPush(p), "server_time_ms") => i(p.server_time_ms),
+        (Message::BlacklistSync(q), "since_version") => le(q.since_version),
+        (Message::BlacklistSync(q), "after_card") => le(q.after_card),
+        (Message::BlacklistPage(p), "kind") => vec![p.kind as u8],
+        (Message::BlacklistPage(p), "flags") => vec![p.flags],
+        (Message::BlacklistPage(p), "added") => vec![p.added],
+        (Message::BlacklistPage(p), "removed") => vec![p.removed],
+        (Message::BlacklistPage(p), "from_version") => le(p.from_version),
+        (Message::BlacklistPage(p), "to_version") => le(p.to_version),
+        (Message::BlacklistPage(p), "next_after_card") => le(p.next_after_card),
+        (Message::BlacklistPage(p), "cards") => p.cards.iter().flat_map(|c| c.to_le_bytes()).collect(),
+        (Message::BlacklistAck(a), "version") => le(a.version),
         (m, name) => panic!("{m:?} has no field `{name}`"),
     }
 }
