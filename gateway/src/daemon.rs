@@ -78,10 +78,7 @@ pub async fn serve(config: Config, opts: ServeOptions) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding the admin listener on {addr}"))?;
         tracing::info!(kind = "admin", addr = %listener.local_addr()?, "listening");
-        let state = crate::admin::AdminState {
-            ledger: ledger.clone(),
-            tz_offset_minutes: config.tz_offset_minutes,
-        };
+        let state = crate::admin::AdminState::new(ledger.clone(), config.tz_offset_minutes);
         tasks.spawn(crate::admin::serve(listener, state, shutdown.clone()));
     }
 

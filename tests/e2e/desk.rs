@@ -935,3 +935,34 @@ async fn sigterm_and_sigkill_keep_every_acknowledged_operation() {
     assert!(t.blacklist.contains(&CARD_A) && t.blacklist.contains(&CARD_B));
     assert!(!t.blacklist.contains(&CARD_A2));
 }
+
+#[tokio::test]
+async fn a_flood_of_bad_tokens_is_counted_but_not_all_journaled() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = start(dir.path());
+    let flood = 300;
+    let started = Instant::now();
+    for _ in 0..flood {
+        let (st, _) = k.d.api("GET", "/api/v1/params", Some("cg_guess"), None);
+        assert_eq!(st, 401);
+    }
+    let audit = k.ok(&k.director, "GET", "/api/v1/audit?limit=10000", Value::Null);
+    let audited = audit["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["status"] == 401)
+        .count();
+    // At most the per-second allowance in each second the flood touched.
+    let seconds = started.elapsed().as_secs() as usize + 2;
+    assert!(audited > 0, "refusals are audited");
+    assert!(audited <= 50 * seconds, "{audited} of {flood} journaled in {seconds} s");
+    let unaudited =
+        k.d.metric("cardgate_admin_auth_refusals_unaudited_total")
+            .unwrap_or(0.0);
+    assert_eq!(
+        audited + unaudited as usize,
+        flood,
+        "every refusal is audited or counted"
+    );
+}

@@ -25,11 +25,44 @@ use tokio_util::sync::CancellationToken;
 /// The largest request body: a CSV import of a whole campus with long names.
 pub const ADMIN_BODY_BYTES_MAX: usize = cardgate_ledger::import::IMPORT_BYTES_MAX;
 
+/// Refusals of callers without a valid token that are journaled per second. Anyone who
+/// can reach the listener can cause them, so beyond this they are only counted
+/// (`cardgate_admin_auth_refusals_unaudited_total`): a flood of bad tokens must not
+/// become a flood of journal writes. Refusals of known operators (403) are always
+/// audited: they are bounded by the operators' own calls.
+pub const UNAUTHENTICATED_AUDITS_PER_SECOND_MAX: u64 = 50;
+
 /// Shared by every handler.
 #[derive(Clone)]
 pub struct AdminState {
     pub ledger: Arc<Ledger>,
     pub tz_offset_minutes: i32,
+    /// (second, audits in it) for unauthenticated refusals.
+    pub unauthenticated_audits: Arc<std::sync::Mutex<(i64, u64)>>,
+}
+
+impl AdminState {
+    pub fn new(ledger: Arc<Ledger>, tz_offset_minutes: i32) -> AdminState {
+        AdminState {
+            ledger,
+            tz_offset_minutes,
+            unauthenticated_audits: Arc::new(std::sync::Mutex::new((0, 0))),
+        }
+    }
+
+    /// Whether one more unauthenticated refusal may be journaled this second.
+    fn may_audit_unauthenticated(&self) -> bool {
+        let second = self.ledger.now_ms() / 1000;
+        let mut w = match self.unauthenticated_audits.lock() {
+            Ok(w) => w,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if w.0 != second {
+            *w = (second, 0);
+        }
+        w.1 += 1;
+        w.1 <= UNAUTHENTICATED_AUDITS_PER_SECOND_MAX
+    }
 }
 
 /// An error answer: a status and a message, as `{"error": "..."}`.
@@ -129,6 +162,10 @@ impl AdminState {
             "group" => permission.as_str()
         )
         .increment(1);
+        if status == StatusCode::UNAUTHORIZED && !self.may_audit_unauthenticated() {
+            metrics::counter!("cardgate_admin_auth_refusals_unaudited_total").increment(1);
+            return Err(ApiError::new(status, message));
+        }
         let rec = AuditRecord {
             id: 0,
             time_ms: 0,
