@@ -156,8 +156,29 @@ async fn propagation(args: &Args) -> anyhow::Result<()> {
     let mut every = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
     let mut last = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
     let mut api = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+    // Start from the card's status, so that runs can follow each other.
+    let (admin, token) = (args.admin, args.token.clone());
+    let (st, body) = tokio::task::spawn_blocking(move || {
+        http(
+            admin,
+            "GET",
+            &format!("/api/v1/cards/{card}"),
+            &token,
+            "application/json",
+            b"",
+        )
+    })
+    .await??;
+    if st != 200 {
+        bail!("card {card}: {st} {body}");
+    }
+    let first = match serde_json::from_str::<serde_json::Value>(&body)?["card"]["status"].as_str() {
+        Some("active") => 0,
+        Some("lost") | Some("frozen") => 1,
+        other => bail!("card {card} is {other:?}; pick another --account"),
+    };
     for r in 0..args.reports {
-        let action = if r % 2 == 0 { "lost" } else { "unfreeze" };
+        let action = if (r + first) % 2 == 0 { "lost" } else { "unfreeze" };
         let (admin, token) = (args.admin, args.token.clone());
         let t0 = Instant::now();
         let (st, body) = tokio::task::spawn_blocking(move || {
