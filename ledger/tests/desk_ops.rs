@@ -14,8 +14,32 @@ use cardgate_ledger::operators::{Actor, Role};
 use cardgate_ledger::store::{FaultSwitch, FaultyStore};
 use cardgate_ledger::{Ledger, LedgerConfig, SystemClock};
 
+/// Opens, retrying while sled's I/O threads still hold the previous instance's file
+/// lock for a moment after it was dropped (as `tests/common` does).
+fn retry<T>(mut open: impl FnMut() -> Result<T, cardgate_ledger::LedgerError>) -> T {
+    for _ in 0..500 {
+        match open() {
+            Err(e) if e.to_string().contains("could not acquire lock") => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            r => return r.unwrap(),
+        }
+    }
+    panic!("the data directory stayed locked")
+}
+
 fn open(dir: &Path) -> (Arc<Ledger>, CommitterHandle) {
-    let (l, c, _) = Ledger::open(dir, LedgerConfig::default(), Arc::new(SystemClock)).unwrap();
+    let (l, c, _) = retry(|| Ledger::open(dir, LedgerConfig::default(), Arc::new(SystemClock)));
+    (l, c)
+}
+
+fn open_faulty(dir: &Path, switch: &FaultSwitch) -> (Arc<Ledger>, CommitterHandle) {
+    let (l, c, _) = retry(|| {
+        let s = switch.clone();
+        Ledger::open_with_store(dir, LedgerConfig::default(), Arc::new(SystemClock), |st| {
+            Box::new(FaultyStore { inner: st, switch: s })
+        })
+    });
     (l, c)
 }
 
@@ -296,18 +320,14 @@ async fn desk_operations_survive_a_clean_restart() {
 async fn desk_operations_survive_a_crash_twice() {
     let dir = tempfile::tempdir().unwrap();
     let switch = FaultSwitch::default();
-    let s = switch.clone();
-    let (l, c, _) = Ledger::open_with_store(dir.path(), LedgerConfig::default(), Arc::new(SystemClock), |st| {
-        Box::new(FaultyStore { inner: st, switch: s })
-    })
-    .unwrap();
+    let (l, c) = open_faulty(dir.path(), &switch);
     let persons = a_day_at_the_desk(&l).await;
     let before = snapshot(&l, &persons);
     // The journal fails: no final checkpoint, so the next start replays everything.
     switch.set(FaultSwitch::FAIL_APPLY);
     assert!(l.top_up(&desk(), 1, 1_00).await.is_err());
     close(l, c).await;
-    let (l, c, stats) = Ledger::open(dir.path(), LedgerConfig::default(), Arc::new(SystemClock)).unwrap();
+    let (l, c, stats) = retry(|| Ledger::open(dir.path(), LedgerConfig::default(), Arc::new(SystemClock)));
     assert!(stats.replayed > 20, "replayed {}", stats.replayed);
     assert_eq!(snapshot(&l, &persons), before);
     close(l, c).await;
@@ -397,11 +417,7 @@ async fn a_committed_import_survives_a_crash() {
     let dir = tempfile::tempdir().unwrap();
     let switch = FaultSwitch::default();
     {
-        let s = switch.clone();
-        let (l, c, _) = Ledger::open_with_store(dir.path(), LedgerConfig::default(), Arc::new(SystemClock), |st| {
-            Box::new(FaultyStore { inner: st, switch: s })
-        })
-        .unwrap();
+        let (l, c) = open_faulty(dir.path(), &switch);
         let rows: String = (0..2000)
             .map(|i| format!("P{i},Name {i},Dept,student,{}\n", 70_000_000_000u64 + i))
             .collect();
@@ -462,11 +478,7 @@ async fn replay_applies_an_import_only_at_its_commit() {
     let dir = tempfile::tempdir().unwrap();
     let switch = FaultSwitch::default();
     {
-        let s = switch.clone();
-        let (l, c, _) = Ledger::open_with_store(dir.path(), LedgerConfig::default(), Arc::new(SystemClock), |st| {
-            Box::new(FaultyStore { inner: st, switch: s })
-        })
-        .unwrap();
+        let (l, c) = open_faulty(dir.path(), &switch);
         // Import 1: a chunk, no commit (a crash cut it short).
         let chunk = ImportChunk {
             import_id: 1,
