@@ -8,4 +8,5 @@
 // The harness serves every area module; not every area uses every helper.
 #[allow(dead_code)]
 mod harness;
+mod lunch;
 mod pos;
