@@ -617,6 +617,13 @@ async fn drive(
             },
             _ = sleep_until(wake_at), if wake_at.is_some() => {
                 let Some(due) = send_at else { continue };
+                // The window may have opened or closed while this terminal waited.
+                let fresh = *timing.borrow();
+                if fresh.stop || fresh.deadline.is_some_and(|d| due >= d) {
+                    next_due = None;
+                    stopping = true;
+                    continue;
+                }
                 if shared.budget.fetch_sub(1, Ordering::Relaxed) <= 0 {
                     next_due = None;
                     stopping = true;
@@ -624,7 +631,7 @@ async fn drive(
                 }
                 let now = Instant::now();
                 let kind = cfg.mix.pick(t.rng.random_range(0..100u8));
-                let measured = now_timing.measured(due);
+                let measured = fresh.measured(due);
                 let mut next = t.build(kind, due, measured, now);
                 if measured && open_loop.is_some() {
                     let _ = shared.shard(index).lag_us.record(micros(now.saturating_duration_since(due)));
@@ -653,7 +660,8 @@ async fn drive(
             },
             _ = sleep_until(heartbeat_at), if heartbeat_at.is_some() => {
                 let now = Instant::now();
-                let mut next = t.build(Kind::Heartbeat, now, now_timing.measured(now), now);
+                let measured = timing.borrow().measured(now);
+                let mut next = t.build(Kind::Heartbeat, now, measured, now);
                 match client.send(next.message).await {
                     Ok(id) => next.sent.request_id = id,
                     Err(e) => {
