@@ -40,10 +40,12 @@ OUT=$root/fleet bench/gateway.sh open 10000 "$TARGET_RATE"
 # 4.3: purchases only, at the baseline's concurrencies.
 OUT=$root/versus MIX="--reversal-pct 0 --balance-pct 0" bench/gateway.sh closed 8 64 256
 if [ -z "${SKIP_PG:-}" ]; then
+    trap 'bench/pg/cluster.sh stop' EXIT
     eval "$(bench/pg/cluster.sh start)"
     OUT=$root/pg SCRIPT=purchase bench/pg/run.sh 8 64 256
     OUT=$root/pg_fn SCRIPT=purchase_fn bench/pg/run.sh 8 64 256
     bench/pg/cluster.sh stop
+    trap - EXIT
 fi
 
 # 4.4: a million accounts.

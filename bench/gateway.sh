@@ -33,6 +33,13 @@ mkdir -p "$OUT"
 [ -n "${NO_BUILD:-}" ] || cargo build --release -q -p cardgate -p cardgate-loadtest
 gw=target/release/cardgate
 lt=target/release/cardgate-loadtest
+# The gateway and data directory of the run in progress, cleaned up however we exit.
+pid="" dir=""
+cleanup() {
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then kill -9 "$pid"; fi
+    [ -z "$dir" ] || rm -rf "$dir"
+}
+trap cleanup EXIT
 
 summary() { # json file -> one row
     python3 - "$1" <<'PY'
@@ -53,12 +60,12 @@ PY
 run_one() { # terminals rate(or "") name
     local terminals=$1 rate=$2 name=$3
     local ramp=${RAMP_UP:-$([ "$terminals" -ge 1000 ] && echo 5 || echo 0)}
-    local dir; dir=$(mktemp -d "$DATA_ROOT/cardgate-lunch.XXXXXX")
+    dir=$(mktemp -d "$DATA_ROOT/cardgate-lunch.XXXXXX")
     local log="$OUT/$name.gateway.log"
     "$gw" serve --demo --data-dir "$dir" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 \
         --demo-accounts "$ACCOUNTS" --demo-terminals "$(( terminals > 2000 ? terminals : 2000 ))" \
         >"$log" 2>&1 &
-    local pid=$!
+    pid=$!
     local addr="" maddr=""
     for _ in $(seq 1 600); do
         addr=$(sed -n 's/.*kind="terminals" addr=\([0-9.:]*\).*/\1/p' "$log")
@@ -74,8 +81,8 @@ run_one() { # terminals rate(or "") name
     "$lt" "${args[@]}" $MIX >"$OUT/$name.json" 2>"$OUT/$name.loadtest.err" || true
     curl -s "http://$maddr/metrics" >"$OUT/$name.metrics" || true
     grep -E '^(VmRSS|VmHWM)' /proc/"$pid"/status >>"$OUT/$name.metrics" || true
-    kill -TERM "$pid"; wait "$pid" || true
-    rm -rf "$dir"
+    kill -TERM "$pid"; wait "$pid" || true; pid=""
+    rm -rf "$dir"; dir=""
     if [ -s "$OUT/$name.json" ]; then
         summary "$OUT/$name.json" | tee -a "$OUT/summary.tsv"
     else

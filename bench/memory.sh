@@ -27,7 +27,13 @@ mkdir -p "$OUT"
 gw=target/release/cardgate
 lt=target/release/cardgate-loadtest
 dir=$(mktemp -d "$DATA_ROOT/cardgate-memory.XXXXXX")
-trap 'kill -9 "${pid:-0}" 2>/dev/null || true; rm -rf "$dir"' EXIT
+pid=""
+# On any exit: the gateway this script started (if still running), and its directory.
+cleanup() {
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then kill -9 "$pid"; fi
+    rm -rf "$dir"
+}
+trap cleanup EXIT
 
 start() { # log -> sets pid, addr, up_s
     local log=$1 t0 t1
@@ -43,7 +49,7 @@ start() { # log -> sets pid, addr, up_s
         sleep 0.05
     done
     t1=$(date +%s.%N)
-    up_s=$(echo "$t1 - $t0" | bc)
+    up_s=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", b - a}')
 }
 rss() { awk '/^VmRSS/ {r=$2} /^VmHWM/ {h=$2} END {printf "rss %.0f MiB (peak %.0f MiB)", r/1024, h/1024}' /proc/"$pid"/status; }
 recovered() { sed -n 's/.*recovered \(.*\) data_dir.*/\1/p' "$1" | sed 's/\x1b\[[0-9;]*m//g'; }
@@ -52,7 +58,7 @@ load() {
         || echo "  (load run reported problems: $OUT/$1.json)"
     python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(f'  load: {r[\"throughput_per_s\"]:.0f} answers/s, purchase p99 {r[\"by_kind\"][\"purchase\"][\"latency_ms\"][\"p99\"]} ms')" "$OUT/$1.json"
 }
-stop_term() { kill -TERM "$pid"; wait "$pid" || true; }
+stop_term() { kill -TERM "$pid"; wait "$pid" || true; pid=""; }
 
 echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ) $(uname -n) $(nproc) cores $(git rev-parse --short HEAD); accounts=$ACCOUNTS terminals=$TERMINALS" | tee "$OUT/summary.txt"
 start "$OUT/1-create.log"
@@ -67,7 +73,7 @@ start "$OUT/2-restart.log"
 echo "clean restart: listening after ${up_s} s; recovered $(recovered "$OUT/2-restart.log"); $(rss)" | tee -a "$OUT/summary.txt"
 load load2 | tee -a "$OUT/summary.txt"
 echo "clean restart: after load: $(rss)" | tee -a "$OUT/summary.txt"
-kill -9 "$pid"; wait "$pid" 2>/dev/null || true
+kill -9 "$pid"; wait "$pid" 2>/dev/null || true; pid=""
 
 start "$OUT/3-after-kill.log"
 echo "restart after kill -9: listening after ${up_s} s; recovered $(recovered "$OUT/3-after-kill.log"); $(rss)" | tee -a "$OUT/summary.txt"
