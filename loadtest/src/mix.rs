@@ -110,8 +110,7 @@ impl AnswerCode {
     pub fn name(&self) -> String {
         match self {
             AnswerCode::Approved => "approved".into(),
-            AnswerCode::Balance => "balance".into(),
-            AnswerCode::HeartbeatAck => "heartbeat_ack".into(),
+            AnswerCode::Balance | AnswerCode::HeartbeatAck => "ok".into(),
             AnswerCode::Declined(r) => format!("declined:{}", r.as_str()),
             AnswerCode::Other(t) => format!("unexpected_type:{t:#04x}"),
         }

@@ -247,11 +247,15 @@ impl Report {
             self.money.reversals_approved_fen
         );
         let l = &self.lost_cards;
-        let _ = writeln!(
-            w,
-            "lost cards       {}: {} of {} reported (slowest {:.1} ms); {} purchases after the report, {} refused card_lost, {} approved",
-            l.status, l.reported, l.requested, l.report_max_ms, l.probes, l.refused_as_lost, l.approved
-        );
+        if l.requested == 0 {
+            let _ = writeln!(w, "lost cards       not requested (--lost-cards)");
+        } else {
+            let _ = writeln!(
+                w,
+                "lost cards       {}: {} of {} reported (slowest {:.1} ms); {} purchases after the report, {} refused card_lost, {} approved",
+                l.status, l.reported, l.requested, l.report_max_ms, l.probes, l.refused_as_lost, l.approved
+            );
+        }
         match &self.conservation {
             Some(c) => {
                 let _ = writeln!(
