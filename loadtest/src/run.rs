@@ -704,7 +704,15 @@ async fn lost_card_step<D: CardDesk>(
         return report;
     };
     match (t.steady_start, t.deadline) {
-        (Some(s), Some(d)) => sleep_until(Some(s + (d - s) / 2)).await,
+        (Some(s), Some(d)) => {
+            tokio::select! {
+                _ = sleep_until(Some(s + (d - s) / 2)) => {}
+                _ = timing.wait_for(|t| t.stop) => {
+                    report.status = "not run: the run ended first".into();
+                    return report;
+                }
+            }
+        }
         _ => {
             // By count: halfway through the budget.
             let half = cfg.requests.unwrap_or(0) as i64 / 2;
