@@ -8,7 +8,6 @@
 #![forbid(unsafe_code)]
 // Amounts in fen are written yuan_fen (`1_000_00` is 1,000.00 yuan), which this lint
 // would have regrouped into thousands.
-#![allow(clippy::inconsistent_digit_grouping)]
 
 pub mod clock;
 pub mod demo;
