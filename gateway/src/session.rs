@@ -177,14 +177,30 @@ async fn sign_on(conn: &mut Conn, ledger: &Ledger, limits: &Limits) -> Result<u6
     Ok(hello.terminal_id)
 }
 
-/// An answer on its way: the request it answers, when it arrived, and its kind for the
-/// latency histogram.
+/// An answer on its way: the request it answers, when it arrived, and the latency
+/// histogram of its kind.
 struct InFlight {
     request_id: u32,
     received: Instant,
-    kind: &'static str,
+    latency: &'static metrics::Histogram,
     pending: Pending,
 }
+
+/// Per-request histograms, registered once (a labelled `histogram!` per answer built its
+/// key every time). Registered on first use, after the daemon installs its recorder.
+struct RequestMetrics {
+    purchase: metrics::Histogram,
+    reversal: metrics::Histogram,
+    balance: metrics::Histogram,
+    heartbeat: metrics::Histogram,
+}
+
+static REQUEST_SECONDS: std::sync::LazyLock<RequestMetrics> = std::sync::LazyLock::new(|| RequestMetrics {
+    purchase: metrics::histogram!("cardgate_request_seconds", "kind" => "purchase"),
+    reversal: metrics::histogram!("cardgate_request_seconds", "kind" => "reversal"),
+    balance: metrics::histogram!("cardgate_request_seconds", "kind" => "balance"),
+    heartbeat: metrics::histogram!("cardgate_request_seconds", "kind" => "heartbeat"),
+});
 
 async fn session(
     conn: &mut Conn,
@@ -249,7 +265,7 @@ async fn write_answers(conn: &mut Conn, inflight: &mut VecDeque<InFlight>, first
     let mut answer = first;
     loop {
         let f = inflight.pop_front().expect("an answer came from the queue");
-        metrics::histogram!("cardgate_request_seconds", "kind" => f.kind).record(f.received.elapsed().as_secs_f64());
+        f.latency.record(f.received.elapsed().as_secs_f64());
         conn.feed((f.request_id, answer)).await.map_err(End::from_codec)?;
         match inflight.front_mut().and_then(|next| (&mut next.pending).now_or_never()) {
             Some(next) => answer = next,
@@ -261,24 +277,25 @@ async fn write_answers(conn: &mut Conn, inflight: &mut VecDeque<InFlight>, first
 
 async fn handle(frame: Frame, terminal_id: u64, ledger: &Ledger) -> Result<InFlight, End> {
     let received = Instant::now();
-    let (kind, pending) = match frame.message {
-        Message::Purchase(p) => ("purchase", ledger.purchase(terminal_id, &p).await),
-        Message::Reversal(r) => ("reversal", ledger.reversal(terminal_id, &r).await),
-        Message::BalanceInquiry(b) => ("balance", ledger.balance(terminal_id, b.card).await),
+    let m = &*REQUEST_SECONDS;
+    let (latency, pending) = match frame.message {
+        Message::Purchase(p) => (&m.purchase, ledger.purchase(terminal_id, &p).await),
+        Message::Reversal(r) => (&m.reversal, ledger.reversal(terminal_id, &r).await),
+        Message::BalanceInquiry(b) => (&m.balance, ledger.balance(terminal_id, b.card).await),
         Message::Heartbeat(_) => {
             ledger.touch_terminal(terminal_id);
             let ack = HeartbeatAck {
                 server_time_ms: ledger.now_ms(),
                 blacklist_version: ledger.blacklist_version(),
             };
-            ("heartbeat", Pending::ready(Message::HeartbeatAck(ack)))
+            (&m.heartbeat, Pending::ready(Message::HeartbeatAck(ack)))
         }
         _ => return Err(End::Refuse(ErrorCode::UnexpectedMessage)),
     };
     Ok(InFlight {
         request_id: frame.request_id,
         received,
-        kind,
+        latency,
         pending,
     })
 }
