@@ -182,14 +182,36 @@ async fn sign_on(conn: &mut Conn, ledger: &Ledger, limits: &Limits) -> Result<u6
     Ok(hello.terminal_id)
 }
 
-/// An answer on its way: the request it answers, when it arrived, and its kind for the
-/// latency histogram.
+/// An answer on its way: the request it answers, when it arrived, and the latency
+/// histogram of its kind.
 struct InFlight {
     request_id: u32,
     received: Instant,
-    kind: &'static str,
+    latency: &'static metrics::Histogram,
     pending: Pending,
 }
+
+/// Per-request histograms, registered once (a labelled `histogram!` per answer built its
+/// key every time). Registered on first use, after the daemon installs its recorder.
+struct RequestMetrics {
+    purchase: metrics::Histogram,
+    reversal: metrics::Histogram,
+    balance: metrics::Histogram,
+    heartbeat: metrics::Histogram,
+    /// From a BLACKLIST_SYNC to each page of its answer.
+    blacklist_sync: metrics::Histogram,
+    /// From the session seeing a new durable version to its push being written.
+    blacklist_push: metrics::Histogram,
+}
+
+static REQUEST_SECONDS: std::sync::LazyLock<RequestMetrics> = std::sync::LazyLock::new(|| RequestMetrics {
+    purchase: metrics::histogram!("cardgate_request_seconds", "kind" => "purchase"),
+    reversal: metrics::histogram!("cardgate_request_seconds", "kind" => "reversal"),
+    balance: metrics::histogram!("cardgate_request_seconds", "kind" => "balance"),
+    heartbeat: metrics::histogram!("cardgate_request_seconds", "kind" => "heartbeat"),
+    blacklist_sync: metrics::histogram!("cardgate_request_seconds", "kind" => "blacklist_sync"),
+    blacklist_push: metrics::histogram!("cardgate_request_seconds", "kind" => "blacklist_push"),
+});
 
 async fn session(
     conn: &mut Conn,
@@ -253,7 +275,7 @@ async fn session(
                 inflight.push_back(InFlight {
                     request_id: 0,
                     received: Instant::now(),
-                    kind: "blacklist_push",
+                    latency: &REQUEST_SECONDS.blacklist_push,
                     pending: Pending::ready(Message::BlacklistPush(push)),
                 });
             }
@@ -276,7 +298,7 @@ async fn write_answers(conn: &mut Conn, inflight: &mut VecDeque<InFlight>, first
     let mut answer = first;
     loop {
         let f = inflight.pop_front().expect("an answer came from the queue");
-        metrics::histogram!("cardgate_request_seconds", "kind" => f.kind).record(f.received.elapsed().as_secs_f64());
+        f.latency.record(f.received.elapsed().as_secs_f64());
         conn.feed((f.request_id, answer)).await.map_err(End::from_codec)?;
         match inflight.front_mut().and_then(|next| (&mut next.pending).now_or_never()) {
             Some(next) => answer = next,
@@ -288,7 +310,8 @@ async fn write_answers(conn: &mut Conn, inflight: &mut VecDeque<InFlight>, first
 
 async fn handle(frame: Frame, terminal_id: u64, ledger: &Ledger, inflight: &mut VecDeque<InFlight>) -> Result<(), End> {
     let received = Instant::now();
-    let (kind, pending) = match frame.message {
+    let m = &*REQUEST_SECONDS;
+    let (latency, pending) = match frame.message {
         Message::BlacklistSync(s) => {
             // A run of pages, answered in order; the first waits for a barrier.
             let pages = ledger.blacklist_sync(s.since_version, s.after_card).await;
@@ -299,7 +322,7 @@ async fn handle(frame: Frame, terminal_id: u64, ledger: &Ledger, inflight: &mut 
                 inflight.push_back(InFlight {
                     request_id: frame.request_id,
                     received,
-                    kind: "blacklist_sync",
+                    latency: &m.blacklist_sync,
                     pending,
                 });
             }
@@ -309,9 +332,9 @@ async fn handle(frame: Frame, terminal_id: u64, ledger: &Ledger, inflight: &mut 
             ledger.blacklist_ack(terminal_id, a.version);
             return Ok(());
         }
-        Message::Purchase(p) => ("purchase", ledger.purchase(terminal_id, &p).await),
-        Message::Reversal(r) => ("reversal", ledger.reversal(terminal_id, &r).await),
-        Message::BalanceInquiry(b) => ("balance", ledger.balance(terminal_id, b.card).await),
+        Message::Purchase(p) => (&m.purchase, ledger.purchase(terminal_id, &p).await),
+        Message::Reversal(r) => (&m.reversal, ledger.reversal(terminal_id, &r).await),
+        Message::BalanceInquiry(b) => (&m.balance, ledger.balance(terminal_id, b.card).await),
         Message::Heartbeat(h) => {
             ledger.touch_terminal(terminal_id);
             ledger.blacklist_ack(terminal_id, h.blacklist_version);
@@ -319,14 +342,14 @@ async fn handle(frame: Frame, terminal_id: u64, ledger: &Ledger, inflight: &mut 
                 server_time_ms: ledger.now_ms(),
                 blacklist_version: ledger.blacklist_version(),
             };
-            ("heartbeat", Pending::ready(Message::HeartbeatAck(ack)))
+            (&m.heartbeat, Pending::ready(Message::HeartbeatAck(ack)))
         }
         _ => return Err(End::Refuse(ErrorCode::UnexpectedMessage)),
     };
     inflight.push_back(InFlight {
         request_id: frame.request_id,
         received,
-        kind,
+        latency,
         pending,
     });
     Ok(())

@@ -320,7 +320,7 @@ impl Journal {
             poisoned: poisoned.clone(),
             poison_reason: None,
             stats: stats.clone(),
-            dirty: HashMap::new(),
+            dirty: DirtyMap::default(),
             dirty_since: Instant::now(),
             dirty_entries: 0,
             to_checkpointer: Some(to_checkpointer),
@@ -377,9 +377,13 @@ impl Journal {
     }
 }
 
+/// Records changed since the last checkpoint, newest wins; one insert per committed
+/// submission on the committer's thread, hence foldhash rather than SipHash.
+type DirtyMap = HashMap<StateKey, StateWrite, foldhash::fast::RandomState>;
+
 /// State records reflecting every entry up to `through_id`.
 struct Checkpoint {
-    writes: HashMap<StateKey, StateWrite>,
+    writes: DirtyMap,
     through_id: u64,
 }
 
@@ -391,7 +395,7 @@ struct Committer {
     poison_reason: Option<Arc<str>>,
     stats: Arc<JournalStats>,
     /// Records changed by committed entries since the last checkpoint hand-off.
-    dirty: HashMap<StateKey, StateWrite>,
+    dirty: DirtyMap,
     dirty_since: Instant,
     dirty_entries: u64,
     to_checkpointer: Option<std::sync::mpsc::SyncSender<Checkpoint>>,

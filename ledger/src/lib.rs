@@ -6,6 +6,8 @@
 //! start. It knows the wire protocol only through `cardgate-codec`'s message types and
 //! does no network I/O.
 #![forbid(unsafe_code)]
+// Amounts in fen are written yuan_fen (`1_000_00` is 1,000.00 yuan), which this lint
+// would have regrouped into thousands.
 
 pub mod audit;
 pub mod blacklist;

@@ -1,6 +1,6 @@
 //! One terminal's connection to the gateway.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cardgate_codec::codec::Frame;
@@ -11,8 +11,13 @@ use cardgate_codec::{
     Reversal, Side, SignOnOk, TerminalCodec, TerminalSecret,
 };
 use futures::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_util::codec::Framed;
+
+/// Initial read and write buffer of a connection. A terminal's frames are under 100
+/// bytes; the load test holds thousands of connections, and tokio-util's default of 8 KiB
+/// each would cost more memory than the gateway itself. Buffers grow when pipelining.
+const CONNECTION_BUF_BYTES: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -60,6 +65,19 @@ impl TerminalClient {
         TerminalClient::sign_on(stream, terminal_id, secret).await
     }
 
+    /// Connects from a chosen local address (port picked by the kernel) and signs on.
+    /// One source address reaches one gateway address from at most ~28,000 ephemeral
+    /// ports; the load test spreads bigger fleets over 127.0.0.2, 127.0.0.3, ...
+    pub async fn connect_from(
+        addr: SocketAddr,
+        source: Option<IpAddr>,
+        terminal_id: u64,
+        secret: &TerminalSecret,
+    ) -> Result<TerminalClient, ClientError> {
+        let stream = connect_stream(addr, source).await.map_err(ClientError::Connect)?;
+        TerminalClient::sign_on(stream, terminal_id, secret).await
+    }
+
     /// Signs on over an already connected stream.
     pub async fn sign_on(
         stream: TcpStream,
@@ -67,7 +85,7 @@ impl TerminalClient {
         secret: &TerminalSecret,
     ) -> Result<TerminalClient, ClientError> {
         stream.set_nodelay(true).map_err(ClientError::Connect)?;
-        let mut conn = Framed::new(stream, TerminalCodec::new(Side::Terminal));
+        let mut conn = Framed::with_capacity(stream, TerminalCodec::new(Side::Terminal), CONNECTION_BUF_BYTES);
         let terminal_nonce: [u8; 16] = rand::random();
         let hello = Hello {
             terminal_id,
@@ -300,10 +318,28 @@ impl TerminalClient {
         .await
     }
 
+    /// The request id the next `send` or `feed` will use.
+    pub fn next_request_id(&self) -> u32 {
+        self.next_request_id
+    }
+
     /// The underlying framed stream, for tests that write raw bytes.
     pub fn framed_mut(&mut self) -> &mut Framed<TcpStream, TerminalCodec> {
         &mut self.conn
     }
+}
+
+/// A TCP connection to `addr`, bound to `source` first when one is given.
+pub async fn connect_stream(addr: SocketAddr, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    let Some(source) = source else {
+        return TcpStream::connect(addr).await;
+    };
+    let socket = match source {
+        IpAddr::V4(_) => TcpSocket::new_v4()?,
+        IpAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.bind(SocketAddr::new(source, 0))?;
+    socket.connect(addr).await
 }
 
 async fn recv(conn: &mut Framed<TcpStream, TerminalCodec>) -> Result<Frame, ClientError> {

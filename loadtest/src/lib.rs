@@ -2,6 +2,17 @@
 //! requests, answers by request id) and the load generator built on it. The end-to-end
 //! tests drive the real daemon through this client too, so it is written from
 //! `docs/PROTOCOL.md` and `cardgate-codec` alone, as a terminal vendor would.
+//!
+//! `run` is the lunch-rush simulator behind `cardgate-loadtest`: a fleet of terminals
+//! over many connections and source addresses, closed or open loop, a realistic mix
+//! (`mix`), cards reported lost mid-run through the operator API (`desk`), and a
+//! conservation check over balances read through the protocol (`conservation`).
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod conservation;
+pub mod desk;
+pub mod mix;
+pub mod report;
+pub mod run;
+pub mod source;

@@ -4,4 +4,5 @@
 
 mod desk;
 mod harness;
+mod lunch;
 mod pos;

@@ -1,0 +1,302 @@
+//! What a run found: the numbers it prints as a table and as JSON.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::mix::Mix;
+
+/// Latency percentiles in milliseconds.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq)]
+pub struct Percentiles {
+    pub count: u64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+impl Percentiles {
+    /// From a histogram of microseconds.
+    pub fn of_us(h: &Histogram<u64>) -> Percentiles {
+        if h.is_empty() {
+            return Percentiles::default();
+        }
+        let ms = |v: u64| v as f64 / 1000.0;
+        Percentiles {
+            count: h.len(),
+            p50: ms(h.value_at_quantile(0.50)),
+            p90: ms(h.value_at_quantile(0.90)),
+            p99: ms(h.value_at_quantile(0.99)),
+            p999: ms(h.value_at_quantile(0.999)),
+            max: ms(h.max()),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct KindReport {
+    /// Answers to requests due inside the measured window.
+    pub answers: u64,
+    pub throughput_per_s: f64,
+    /// From when each request was due (open loop) or sent (closed loop) to its answer.
+    pub latency_ms: Percentiles,
+}
+
+/// Money the gateway said it moved, over the whole run (ramp-up included).
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Money {
+    pub purchases_approved: u64,
+    pub purchases_approved_fen: i128,
+    pub reversals_approved: u64,
+    pub reversals_approved_fen: i128,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct LostCardReport {
+    /// "skipped: ...", "done", or "not requested".
+    pub status: String,
+    pub requested: u64,
+    /// Reports the operator API acknowledged.
+    pub reported: u64,
+    pub report_errors: u64,
+    pub first_report_error: Option<String>,
+    /// The slowest acknowledgement.
+    pub report_max_ms: f64,
+    /// Purchases sent with a card after its loss report was acknowledged...
+    pub probes: u64,
+    /// ...declined `card_lost`, as they must be...
+    pub refused_as_lost: u64,
+    /// ...and approved, which must never happen.
+    pub approved: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Conservation {
+    pub cards: u64,
+    pub before_fen: i128,
+    pub purchases_approved_fen: i128,
+    pub reversals_approved_fen: i128,
+    pub expected_after_fen: i128,
+    pub after_fen: i128,
+    /// "holds", "VIOLATED", or "inconclusive: <why>".
+    pub verdict: String,
+}
+
+impl Conservation {
+    pub fn holds(&self) -> bool {
+        self.verdict == "holds"
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// "closed" (each terminal waits for its answer) or "open" (a target arrival rate).
+    pub mode: &'static str,
+    pub target_rate_per_s: Option<f64>,
+    pub terminals: u64,
+    pub signed_on: u64,
+    pub accounts: u64,
+    pub seed: u64,
+    pub mix: Mix,
+    pub source_addrs_used: usize,
+    pub ramp_up_s: f64,
+    /// The measured window: from the end of ramp-up to the deadline (or the last answer).
+    pub measured_s: f64,
+    pub answers: u64,
+    pub throughput_per_s: f64,
+    pub by_kind: BTreeMap<&'static str, KindReport>,
+    /// Answers in the measured window, "kind answer".
+    pub answers_by_code: BTreeMap<String, u64>,
+    /// Answers to requests due during ramp-up (not in the figures above).
+    pub warmup_answers: u64,
+    /// Connect + sign-on, per terminal.
+    pub sign_on_ms: Percentiles,
+    /// Open loop: how late the generator sent requests after they were due. Large values
+    /// mean the load generator, not the gateway, was short of CPU.
+    pub generator_lag_ms: Option<Percentiles>,
+    /// Answers the run did not expect, by why.
+    pub failures: BTreeMap<String, u64>,
+    /// Sign-on failures, broken connections, timeouts.
+    pub connection_errors: BTreeMap<String, u64>,
+    /// Frames that answered no request (pushed notices), by type.
+    pub unsolicited: BTreeMap<String, u64>,
+    /// Requests that got no answer (their connection broke or timed out).
+    pub unanswered: u64,
+    pub money: Money,
+    pub lost_cards: LostCardReport,
+    pub conservation: Option<Conservation>,
+    /// Whether the run met every expectation; the process exits non-zero when not.
+    pub ok: bool,
+}
+
+impl Report {
+    /// Everything that makes the run fail, in words.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.signed_on < self.terminals {
+            out.push(format!(
+                "{} of {} terminals did not sign on",
+                self.terminals - self.signed_on,
+                self.terminals
+            ));
+        }
+        for (k, v) in &self.failures {
+            out.push(format!("{v} unexpected answers: {k}"));
+        }
+        for (k, v) in &self.connection_errors {
+            out.push(format!("{v} connection errors: {k}"));
+        }
+        if self.unanswered > 0 {
+            out.push(format!("{} requests unanswered", self.unanswered));
+        }
+        if self.lost_cards.report_errors > 0 {
+            out.push(format!(
+                "{} loss reports failed: {}",
+                self.lost_cards.report_errors,
+                self.lost_cards.first_report_error.as_deref().unwrap_or("?")
+            ));
+        }
+        if self.lost_cards.approved > 0 {
+            out.push(format!(
+                "{} purchases approved with a card already reported lost",
+                self.lost_cards.approved
+            ));
+        }
+        if let Some(c) = &self.conservation
+            && !c.holds()
+        {
+            out.push(format!("conservation: {}", c.verdict));
+        }
+        out
+    }
+
+    /// The human-readable table.
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let w = &mut s;
+        let _ = writeln!(
+            w,
+            "mode             {}{}",
+            self.mode,
+            self.target_rate_per_s
+                .map(|r| format!(" loop at {r:.0} requests/s"))
+                .unwrap_or_else(|| " loop".into())
+        );
+        let _ = writeln!(
+            w,
+            "terminals        {} ({} signed on, {} source address(es)); accounts {}; seed {}",
+            self.terminals, self.signed_on, self.source_addrs_used, self.accounts, self.seed
+        );
+        let _ = writeln!(
+            w,
+            "mix              {}% reversals, {}% balance inquiries, rest purchases ({}% of them with lost cards once reported)",
+            self.mix.reversal_pct, self.mix.balance_pct, self.mix.lost_probe_pct
+        );
+        let _ = writeln!(
+            w,
+            "window           {:.2} s measured after {:.1} s ramp-up ({} answers during ramp-up)",
+            self.measured_s, self.ramp_up_s, self.warmup_answers
+        );
+        let _ = writeln!(
+            w,
+            "throughput       {:.0} answers/s ({} answers)",
+            self.throughput_per_s, self.answers
+        );
+        let _ = writeln!(w);
+        let _ = writeln!(
+            w,
+            "{:<12} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "latency ms", "answers", "per s", "p50", "p90", "p99", "p99.9", "max"
+        );
+        let row = |w: &mut String, name: &str, n: u64, rate: Option<f64>, p: &Percentiles| {
+            let _ = writeln!(
+                w,
+                "{:<12} {:>10} {:>10} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
+                name,
+                n,
+                rate.map(|r| format!("{r:.0}")).unwrap_or_default(),
+                p.p50,
+                p.p90,
+                p.p99,
+                p.p999,
+                p.max
+            );
+        };
+        for (kind, k) in &self.by_kind {
+            row(w, kind, k.answers, Some(k.throughput_per_s), &k.latency_ms);
+        }
+        row(w, "sign-on", self.sign_on_ms.count, None, &self.sign_on_ms);
+        if let Some(lag) = &self.generator_lag_ms {
+            row(w, "send lag", lag.count, None, lag);
+        }
+        let _ = writeln!(w);
+        let _ = writeln!(w, "answers by code (measured window)");
+        for (k, v) in &self.answers_by_code {
+            let _ = writeln!(w, "  {k:<40} {v}");
+        }
+        let _ = writeln!(
+            w,
+            "money            {} purchases approved ({} fen), {} reversals approved ({} fen)",
+            self.money.purchases_approved,
+            self.money.purchases_approved_fen,
+            self.money.reversals_approved,
+            self.money.reversals_approved_fen
+        );
+        let l = &self.lost_cards;
+        if l.requested == 0 {
+            let _ = writeln!(w, "lost cards       not requested (--lost-cards)");
+        } else {
+            let _ = writeln!(
+                w,
+                "lost cards       {}: {} of {} reported (slowest {:.1} ms); {} purchases after the report, {} refused card_lost, {} approved",
+                l.status, l.reported, l.requested, l.report_max_ms, l.probes, l.refused_as_lost, l.approved
+            );
+        }
+        match &self.conservation {
+            Some(c) => {
+                let _ = writeln!(
+                    w,
+                    "conservation     {}: {} cards, before {} - purchases {} + reversals {} = {} (expected) vs after {}",
+                    c.verdict,
+                    c.cards,
+                    c.before_fen,
+                    c.purchases_approved_fen,
+                    c.reversals_approved_fen,
+                    c.expected_after_fen,
+                    c.after_fen
+                );
+            }
+            None => {
+                let _ = writeln!(w, "conservation     not checked (--check-conservation)");
+            }
+        }
+        if !self.unsolicited.is_empty() {
+            let _ = writeln!(w, "unsolicited frames");
+            for (k, v) in &self.unsolicited {
+                let _ = writeln!(w, "  {k:<40} {v}");
+            }
+        }
+        let _ = writeln!(
+            w,
+            "connection errors {}",
+            if self.connection_errors.is_empty() { "none" } else { "" }
+        );
+        for (k, v) in &self.connection_errors {
+            let _ = writeln!(w, "  {k:<40} {v}");
+        }
+        let problems = self.problems();
+        if problems.is_empty() {
+            let _ = writeln!(w, "result           ok");
+        } else {
+            let _ = writeln!(w, "result           FAILED");
+            for p in problems {
+                let _ = writeln!(w, "  {p}");
+            }
+        }
+        s
+    }
+}
