@@ -7,6 +7,7 @@
 //! does no network I/O.
 #![forbid(unsafe_code)]
 
+pub mod central;
 pub mod clock;
 pub mod demo;
 pub mod entry;
