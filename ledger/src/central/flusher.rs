@@ -388,7 +388,9 @@ impl Flusher {
         if let Ok(Ok(first)) = tokio::task::spawn_blocking(move || db.read_entries(after, 1)).await
             && let Some(e) = first.first()
         {
-            self.status.oldest_unshipped_ms.store(e.record.time_ms, Ordering::Release);
+            self.status
+                .oldest_unshipped_ms
+                .store(e.record.time_ms, Ordering::Release);
         }
     }
 
@@ -399,14 +401,18 @@ impl Flusher {
         let after = self.cursor;
         let mut entries: Vec<JournalEntry> = tokio::task::spawn_blocking(move || db.read_entries(after, limit))
             .await
-            .map_err(|e| FlushError::Journal(StoreError::Corrupt {
-                key: Vec::new(),
-                reason: format!("journal reader panicked: {e}"),
-            }))??;
+            .map_err(|e| {
+                FlushError::Journal(StoreError::Corrupt {
+                    key: Vec::new(),
+                    reason: format!("journal reader panicked: {e}"),
+                })
+            })??;
         entries.retain(|e| e.id <= durable);
         match entries.first() {
             Some(e) if e.id == after + 1 => {
-                self.status.oldest_unshipped_ms.store(e.record.time_ms, Ordering::Release);
+                self.status
+                    .oldest_unshipped_ms
+                    .store(e.record.time_ms, Ordering::Release);
             }
             first => {
                 return Err(FlushError::JournalGap {
@@ -450,7 +456,10 @@ impl Flusher {
     /// the central store's own cursor is the authority.
     async fn save_cursor(&self) {
         let mut writes = Writes::new();
-        writes.push(StateWrite::Meta(meta::CENTRAL_CURSOR, self.cursor.to_be_bytes().to_vec()));
+        writes.push(StateWrite::Meta(
+            meta::CENTRAL_CURSOR,
+            self.cursor.to_be_bytes().to_vec(),
+        ));
         if let Err(e) = self.ledger.journal().commit(None, writes).await {
             tracing::debug!(error = %e, "could not record the central cursor in sled");
             metrics::counter!("cardgate_central_errors_total", "kind" => "cursor_save").increment(1);
@@ -464,7 +473,12 @@ impl Flusher {
             return;
         }
         self.next_prune = Instant::now() + self.config.prune_interval;
-        let checkpoint = self.ledger.journal().stats.durable_checkpoint_id.load(Ordering::Acquire);
+        let checkpoint = self
+            .ledger
+            .journal()
+            .stats
+            .durable_checkpoint_id
+            .load(Ordering::Acquire);
         let through = self.cursor.min(checkpoint);
         let retention_ms = i64::try_from(self.config.journal_retention.as_millis()).unwrap_or(i64::MAX);
         let before_ms = self.ledger.now_ms().saturating_sub(retention_ms);

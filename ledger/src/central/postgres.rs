@@ -319,7 +319,11 @@ impl PgCentral {
             .bind(e.iter().map(|r| r.card.map(sql_id)).collect::<Vec<_>>())
             .bind(e.iter().map(|r| r.terminal.map(sql_id)).collect::<Vec<_>>())
             .bind(e.iter().map(|r| r.operator.as_deref().map(pg_text)).collect::<Vec<_>>())
-            .bind(e.iter().map(|r| jsonb_safe(&r.payload).into_owned()).collect::<Vec<_>>())
+            .bind(
+                e.iter()
+                    .map(|r| jsonb_safe(&r.payload).into_owned())
+                    .collect::<Vec<_>>(),
+            )
             .execute(&mut *tx)
             .await
             .map_err(classify)?;
@@ -342,9 +346,17 @@ impl PgCentral {
             .bind(a.iter().map(|r| sql_id(r.account)).collect::<Vec<_>>())
             .bind(a.iter().map(|r| r.kind).collect::<Vec<_>>())
             .bind(a.iter().map(|r| r.status).collect::<Vec<_>>())
-            .bind(a.iter().map(|r| from_fen(r.opening_balance_fen)).collect::<Vec<Decimal>>())
+            .bind(
+                a.iter()
+                    .map(|r| from_fen(r.opening_balance_fen))
+                    .collect::<Vec<Decimal>>(),
+            )
             .bind(a.iter().map(|r| from_fen(r.balance_fen)).collect::<Vec<Decimal>>())
-            .bind(a.iter().map(|r| r.single_payment_max_fen.map(from_fen)).collect::<Vec<_>>())
+            .bind(
+                a.iter()
+                    .map(|r| r.single_payment_max_fen.map(from_fen))
+                    .collect::<Vec<_>>(),
+            )
             .bind(a.iter().map(|r| r.daily_max_fen.map(from_fen)).collect::<Vec<_>>())
             .bind(a.iter().map(|r| r.opened_ms).collect::<Vec<_>>())
             .bind(a.iter().map(|r| r.updated_ms).collect::<Vec<_>>())
