@@ -2,5 +2,6 @@
 //! (and, where they exist, HTTP) exactly as terminals and operators drive it. One module
 //! per area; `harness` starts, kills and restarts daemons.
 
+mod central;
 mod harness;
 mod pos;

@@ -214,6 +214,14 @@ impl CentralStore {
         }
     }
 
+    /// Every gateway the store has heard from, with its cursor.
+    pub async fn gateways(&self) -> Result<Vec<(u64, u64)>, CentralError> {
+        match self {
+            CentralStore::Sqlite(s) => s.gateways().await,
+            CentralStore::Postgres(p) => p.gateways().await,
+        }
+    }
+
     /// Every transaction of `gateway_id`, in tx id order.
     pub async fn transactions(&self, gateway_id: u64) -> Result<Vec<StoredTx>, CentralError> {
         match self {

@@ -451,6 +451,15 @@ impl PgCentral {
         Ok(b.last_entry_id)
     }
 
+    pub async fn gateways(&self) -> Result<Vec<(u64, u64)>, CentralError> {
+        let rows: Vec<(i64, i64)> =
+            sqlx::query_as("SELECT gateway_id, shipped_entry_id FROM gateways ORDER BY gateway_id")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(classify)?;
+        Ok(rows.into_iter().map(|(g, c)| (id_of_sql(g), id_of_sql(c))).collect())
+    }
+
     pub async fn transactions(&self, gateway_id: u64) -> Result<Vec<StoredTx>, CentralError> {
         let rows = sqlx::query(
             "SELECT tx_id, entry_id, kind, account_id, amount, balance_after FROM transactions \
