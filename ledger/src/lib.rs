@@ -2,9 +2,10 @@
 //! terminals and business parameters held in memory; the decision rules for purchases,
 //! reversals and inquiries; idempotency by terminal sequence number; the sled journal
 //! whose single committer makes one flush (plus `fdatasync`) cover every decision that
-//! arrived while the previous one ran; and recovery of exactly the durable state at
-//! start. It knows the wire protocol only through `cardgate-codec`'s message types and
-//! does no network I/O.
+//! arrived while the previous one ran; recovery of exactly the durable state at
+//! start; and the flusher that ships every committed entry to the central store
+//! (`central`, SQLite or PostgreSQL), the only network I/O here. It knows the wire
+//! protocol only through `cardgate-codec`'s message types and serves no terminal.
 #![forbid(unsafe_code)]
 
 pub mod central;

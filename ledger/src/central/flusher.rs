@@ -318,6 +318,9 @@ impl Flusher {
                     self.recovered();
                     // Whatever is left has been waiting since at least now.
                     forming = (self.durable() > self.cursor).then(Instant::now);
+                    if forming.is_some() {
+                        self.peek_oldest().await;
+                    }
                 }
                 Err(e) => {
                     if matches!(
