@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -23,6 +24,7 @@ pub struct Config {
     pub tz_offset_minutes: i32,
     pub limits: Limits,
     pub demo: Demo,
+    pub central: Central,
 }
 
 /// Every limit the daemon enforces, with units in the name.
@@ -47,6 +49,30 @@ pub struct Limits {
     pub shutdown_grace_ms: u64,
 }
 
+/// The central store every committed entry is shipped to, and how.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Central {
+    /// `sqlite://PATH` or `postgres://USER@HOST:PORT/DB`. None: the SQLite file
+    /// `central.db` in `data_dir`, so a demo needs nothing installed.
+    pub url: Option<String>,
+    /// Entries shipped per SQL transaction, at most.
+    pub batch_entries_max: usize,
+    /// The longest an entry waits for its batch to fill: how far the central store may
+    /// lag behind a quiet gateway.
+    pub batch_wait_ms: u64,
+    /// Retries back off exponentially up to this.
+    pub retry_backoff_max_ms: u64,
+    /// A batch the store has not committed by then is abandoned and retried.
+    pub batch_timeout_ms: u64,
+    /// Shipped journal entries stay in sled this long before they are pruned: time to
+    /// re-ship them if the central store is restored from a backup.
+    pub journal_retention_s: u64,
+    /// On shutdown, how long the last flush may take; what it does not ship is shipped
+    /// after the next start.
+    pub shutdown_flush_ms: u64,
+}
+
 /// The demo campus `serve --demo` creates on first start.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -66,6 +92,7 @@ impl Default for Config {
             tz_offset_minutes: 480,
             limits: Limits::default(),
             demo: Demo::default(),
+            central: Central::default(),
         }
     }
 }
@@ -80,6 +107,34 @@ impl Default for Limits {
             heartbeat_interval_s: 30,
             pipeline_depth_max: 16,
             shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+impl Default for Central {
+    fn default() -> Central {
+        let f = cardgate_ledger::central::FlusherConfig::default();
+        Central {
+            url: None,
+            batch_entries_max: f.batch_entries_max,
+            batch_wait_ms: f.batch_wait.as_millis() as u64,
+            retry_backoff_max_ms: f.retry_backoff_max.as_millis() as u64,
+            batch_timeout_ms: f.batch_timeout.as_millis() as u64,
+            journal_retention_s: f.journal_retention.as_secs(),
+            shutdown_flush_ms: 5_000,
+        }
+    }
+}
+
+impl Central {
+    pub fn flusher(&self) -> cardgate_ledger::central::FlusherConfig {
+        cardgate_ledger::central::FlusherConfig {
+            batch_entries_max: self.batch_entries_max,
+            batch_wait: Duration::from_millis(self.batch_wait_ms),
+            retry_backoff_max: Duration::from_millis(self.retry_backoff_max_ms),
+            batch_timeout: Duration::from_millis(self.batch_timeout_ms),
+            journal_retention: Duration::from_secs(self.journal_retention_s),
+            ..cardgate_ledger::central::FlusherConfig::default()
         }
     }
 }
@@ -139,6 +194,9 @@ impl Config {
         if !(-720..=840).contains(&self.tz_offset_minutes) {
             return bad("tz_offset_minutes must be within -720..=840");
         }
+        if let Err(e) = self.central.flusher().validate() {
+            return Err(ConfigError::Invalid(format!("central: {e}")));
+        }
         Ok(())
     }
 }
@@ -158,6 +216,20 @@ mod tests {
     fn unknown_keys_are_refused() {
         assert!(toml::from_str::<Config>("lisen = \"127.0.0.1:1\"").is_err());
         assert!(toml::from_str::<Config>("[limits]\nconnection_max = 3").is_err());
+    }
+
+    #[test]
+    fn the_central_store_defaults_to_sqlite_and_its_limits_are_validated() {
+        let c: Config = toml::from_str("").unwrap();
+        assert_eq!(c.central.url, None);
+        let mut c: Config = toml::from_str("[central]\nurl = \"postgres://u@h/db\"\nbatch_entries_max = 0").unwrap();
+        assert_eq!(c.central.url.as_deref(), Some("postgres://u@h/db"));
+        assert!(c.validate().is_err());
+        c.central.batch_entries_max = 100;
+        c.validate().unwrap();
+        c.central.batch_entries_max = cardgate_ledger::central::flusher::BATCH_ENTRIES_LIMIT + 1;
+        assert!(c.validate().is_err());
+        assert!(toml::from_str::<Config>("[central]\nbatch_size = 3").is_err());
     }
 
     #[test]

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use cardgate_ledger::central::{CentralStore, Flusher, FlusherStatus};
 use cardgate_ledger::demo::{DemoCampus, ensure_demo};
 use cardgate_ledger::{Ledger, LedgerConfig, SystemClock};
 use tokio_util::sync::CancellationToken;
@@ -62,6 +63,16 @@ pub async fn serve(config: Config, opts: ServeOptions) -> anyhow::Result<()> {
         }
     }
 
+    // The central store is opened without connecting: terminals are served whether or
+    // not it is up, and the flusher connects (and migrates the schema) when it can.
+    let central = match &config.central.url {
+        Some(url) => CentralStore::open(url).context("the central store URL")?,
+        None => CentralStore::open_sqlite_file(&config.data_dir.join("central.db")),
+    };
+    tracing::info!(backend = central.backend(), store = %central.describe(), "central store");
+    let flusher = Flusher::start(ledger.clone(), central, config.central.flusher())
+        .context("reading the central store cursor from sled")?;
+
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(addr) = config.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -70,7 +81,7 @@ pub async fn serve(config: Config, opts: ServeOptions) -> anyhow::Result<()> {
         tracing::info!(kind = "metrics", addr = %listener.local_addr()?, "listening");
         tasks.spawn(crate::metrics::serve(listener, prometheus, shutdown.clone()));
     }
-    tasks.spawn(sample_gauges(ledger.clone(), shutdown.clone()));
+    tasks.spawn(sample_gauges(ledger.clone(), flusher.status.clone(), shutdown.clone()));
     // Before the terminal listener, so that whoever waits for "terminals" in the log
     // (the e2e harness) has seen every other listener by then.
     if let Some(addr) = config.admin_listen {
@@ -97,6 +108,16 @@ pub async fn serve(config: Config, opts: ServeOptions) -> anyhow::Result<()> {
     shutdown.cancel();
     server.await?;
     while tasks.join_next().await.is_some() {}
+    // Every answer is durable; one last, bounded attempt to ship it all.
+    let unshipped = flusher
+        .shutdown(Duration::from_millis(config.central.shutdown_flush_ms))
+        .await;
+    if unshipped > 0 {
+        tracing::warn!(
+            entries = unshipped,
+            "central store: entries not shipped at shutdown; they stay in the journal and ship after the next start"
+        );
+    }
     // Every connection is gone; dropping the last ledger handle lets the committer
     // drain its queue and exit.
     drop(ledger);
@@ -130,7 +151,7 @@ async fn wait_for_signal() {
 }
 
 /// Gauges that are cheaper to sample than to keep current.
-async fn sample_gauges(ledger: Arc<Ledger>, shutdown: CancellationToken) {
+async fn sample_gauges(ledger: Arc<Ledger>, central: Arc<FlusherStatus>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -156,5 +177,6 @@ async fn sample_gauges(ledger: Arc<Ledger>, shutdown: CancellationToken) {
         for (bucket, n) in ["1", "2-10", "11-100", "101+"].iter().zip(lag.behind_by) {
             metrics::gauge!("cardgate_blacklist_terminals_behind_by", "versions" => *bucket).set(n as f64);
         }
+        central.record_gauges(&j.stats, ledger.now_ms());
     }
 }

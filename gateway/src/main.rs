@@ -67,6 +67,10 @@ struct ServeArgs {
     /// Maximum concurrent terminal connections.
     #[arg(long)]
     connections_max: Option<usize>,
+    /// Central store URL: sqlite://PATH or postgres://USER@HOST:PORT/DB
+    /// (default sqlite://DATA_DIR/central.db).
+    #[arg(long, value_name = "URL")]
+    central: Option<String>,
     /// Create the demo campus on first start (documented keys: never for real money).
     #[arg(long)]
     demo: bool,
@@ -99,6 +103,9 @@ fn main() -> anyhow::Result<()> {
             }
             if let Some(v) = args.data_dir {
                 config.data_dir = v;
+            }
+            if let Some(v) = args.central {
+                config.central.url = Some(v);
             }
             if let Some(v) = args.connections_max {
                 config.limits.connections_max = v;

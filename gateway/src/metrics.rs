@@ -16,11 +16,20 @@ const BATCH_BUCKETS: &[f64] = &[
     1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 4096.0,
 ];
 
+/// How many journal entries one central store batch carried.
+const CENTRAL_BATCH_BUCKETS: &[f64] = &[
+    1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0, 4000.0, 10000.0, 50000.0,
+];
+
 /// Installs the global recorder. Call once, before anything records.
 pub fn install() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)?
         .set_buckets_for_metric(Matcher::Suffix("_submissions".into()), BATCH_BUCKETS)?
+        .set_buckets_for_metric(
+            Matcher::Full("cardgate_central_batch_entries".into()),
+            CENTRAL_BATCH_BUCKETS,
+        )?
         .install_recorder()?;
     Ok(handle)
 }

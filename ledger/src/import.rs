@@ -587,3 +587,47 @@ pub(crate) fn replay(r: &mut Recovered<'_>, body: &EntryBody) -> Result<(), Ledg
 pub(crate) fn abandoned(staged: &HashMap<u64, BTreeMap<u32, Vec<ImportItem>>>) -> usize {
     staged.len()
 }
+
+/// How far back from an import's commit entry the central flusher looks for its chunks.
+/// They are submitted back to back just before the commit, so only the traffic of the
+/// import's own seconds lies in between; the bound stops a damaged journal from being
+/// read end to end.
+pub const CHUNK_SEARCH_ENTRIES_MAX: u64 = 10_000_000;
+
+/// The items an import committed at entry `commit_entry_id` staged, read back from the
+/// journal (the central flusher needs them to write the master data the commit
+/// applies). `None` when a chunk is not found within `CHUNK_SEARCH_ENTRIES_MAX` entries.
+pub fn staged_items_in_journal(
+    db: &crate::store::Db,
+    commit_entry_id: u64,
+    commit: &ImportCommitted,
+) -> Result<Option<Vec<ImportItem>>, StoreError> {
+    let mut found: BTreeMap<u32, Vec<ImportItem>> = BTreeMap::new();
+    let mut scanned = 0u64;
+    let upper = crate::store::key_segment(commit_entry_id);
+    for kv in db.tree.range(..=upper).rev() {
+        let (k, v) = kv?;
+        if k.first() != Some(&crate::store::PREFIX_JOURNAL) {
+            break;
+        }
+        let first = crate::store::id_of_key(&k).unwrap_or(0);
+        for e in crate::store::decode_segment(first, &v)?.into_iter().rev() {
+            if e.id >= commit_entry_id {
+                continue;
+            }
+            scanned += 1;
+            if let EntryBody::ImportChunk(c) = e.record.body
+                && c.import_id == commit.import_id
+            {
+                found.insert(c.index, c.items);
+                if found.len() as u32 == commit.chunks {
+                    return Ok(Some(found.into_values().flatten().collect()));
+                }
+            }
+        }
+        if scanned >= CHUNK_SEARCH_ENTRIES_MAX {
+            break;
+        }
+    }
+    Ok((commit.chunks == 0).then(Vec::new))
+}

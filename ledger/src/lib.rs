@@ -2,15 +2,15 @@
 //! terminals and business parameters held in memory; the decision rules for purchases,
 //! reversals and inquiries; idempotency by terminal sequence number; the sled journal
 //! whose single committer makes one flush (plus `fdatasync`) cover every decision that
-//! arrived while the previous one ran; and recovery of exactly the durable state at
-//! start. It knows the wire protocol only through `cardgate-codec`'s message types and
-//! does no network I/O.
+//! arrived while the previous one ran; recovery of exactly the durable state at
+//! start; and the flusher that ships every committed entry to the central store
+//! (`central`, SQLite or PostgreSQL), the only network I/O here. It knows the wire
+//! protocol only through `cardgate-codec`'s message types and serves no terminal.
 #![forbid(unsafe_code)]
-// Amounts in fen are written yuan_fen (`1_000_00` is 1,000.00 yuan), which this lint
-// would have regrouped into thousands.
 
 pub mod audit;
 pub mod blacklist;
+pub mod central;
 pub mod clock;
 pub mod demo;
 pub mod desk;

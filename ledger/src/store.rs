@@ -63,6 +63,10 @@ pub mod meta {
     pub const DEMO: &str = "demo";
     /// Identifies this gateway in the central store (u64 BE), chosen at first start.
     pub const GATEWAY_ID: &str = "gateway_id";
+    /// The last entry id the central store confirmed it holds (u64 BE): written by the
+    /// flusher after each central commit. A lower bound of the central store's own
+    /// cursor, so pruning may rely on it even while the central store is unreachable.
+    pub const CENTRAL_CURSOR: &str = "central_cursor";
 }
 
 /// sled's page cache. sled's default (1 GiB) alone would break the gateway's memory
@@ -156,6 +160,44 @@ pub fn decode_segment(first_id: u64, bytes: &[u8]) -> Result<Vec<JournalEntry>, 
     Ok(out)
 }
 
+/// The id and decision time of a segment's last entry, decoding only that entry.
+pub fn segment_last(first_id: u64, bytes: &[u8]) -> Result<(u64, i64), StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        key: key_segment(first_id).to_vec(),
+        reason,
+    };
+    let mut rest = bytes;
+    let mut id = first_id;
+    let mut last: Option<&[u8]> = None;
+    while !rest.is_empty() {
+        let Some((len, tail)) = rest.split_first_chunk::<4>() else {
+            return Err(corrupt("truncated entry length".into()));
+        };
+        let len = u32::from_le_bytes(*len) as usize;
+        if tail.len() < len {
+            return Err(corrupt(format!("entry {id} runs past the segment")));
+        }
+        let (body, tail) = tail.split_at(len);
+        if last.is_some() {
+            id += 1;
+        }
+        last = Some(body);
+        rest = tail;
+    }
+    let body = last.ok_or_else(|| corrupt("empty segment".into()))?;
+    let record = EntryRecord::decode(body).map_err(|e| corrupt(format!("entry {id}: {e}")))?;
+    Ok((id, record.time_ms))
+}
+
+/// What one `Db::prune_journal` call removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub segments: usize,
+    pub entries: u64,
+    /// The last entry id removed (0 when nothing was).
+    pub through_id: u64,
+}
+
 /// What the committer needs from durable storage. One implementation is sled; tests wrap
 /// it to inject faults.
 pub trait Store: Send + 'static {
@@ -246,6 +288,34 @@ impl Db {
             }
         }
         Ok(out)
+    }
+
+    /// Removes whole journal segments, oldest first, while a segment's last entry id is
+    /// at most `through_id` and its last entry was decided before `before_ms`; at most
+    /// `segments_max` per call. Stops at the first segment that does not qualify, so what
+    /// is left is always one contiguous run of entries.
+    ///
+    /// Plain removes, not a batch: `apply_batch` takes a tree-wide lock that would stall
+    /// the committer. The removes become durable with the committer's next flush; a crash
+    /// before it brings some back, which is harmless (nothing reads below the cursor).
+    pub fn prune_journal(&self, through_id: u64, before_ms: i64, segments_max: usize) -> Result<Pruned, StoreError> {
+        let mut pruned = Pruned::default();
+        for kv in self.tree.range(key_segment(0)..key_segment(u64::MAX)) {
+            if pruned.segments >= segments_max {
+                break;
+            }
+            let (k, v) = kv?;
+            let first = id_of_key(&k).unwrap_or(0);
+            let (last_id, last_time_ms) = segment_last(first, &v)?;
+            if last_id > through_id || last_time_ms >= before_ms {
+                break;
+            }
+            self.tree.remove(&k)?;
+            pruned.segments += 1;
+            pruned.entries += last_id + 1 - first;
+            pruned.through_id = last_id;
+        }
+        Ok(pruned)
     }
 
     pub fn get_record<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {

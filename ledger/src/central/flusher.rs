@@ -1,0 +1,600 @@
+//! The flusher: ships every durable journal entry to the central store exactly once, in
+//! batches, on its own task, and prunes what the central store holds from sled.
+//!
+//! It reads entries after its cursor (never beyond `durable_entry_id`: nothing that could
+//! still vanish in a crash leaves the gateway), turns them into rows (`schema::Batch`),
+//! and writes them in one SQL transaction that also moves the gateway's cursor in the
+//! central store. Only after that commit does its own cursor move; it is then written to
+//! sled through the journal (`meta::CENTRAL_CURSOR`), where it bounds pruning across
+//! restarts. A crash at any line leaves either the old cursor in the central store (the
+//! batch rolled back, and is shipped again) or the new one (the batch is there; the
+//! flusher starts from the central store's cursor after a restart).
+//!
+//! Nothing here can slow a terminal down: the committer never waits for the flusher,
+//! and the flusher only talks to the journal like any submitter (one cursor write per
+//! batch). While the central store is down the flusher retries with capped exponential
+//! backoff, the backlog stays in sled (pruning never passes the central cursor), and the
+//! backlog and the age of its oldest entry are on `/metrics`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::schema::{Batch, BatchError};
+use super::{CentralError, CentralStore};
+use crate::entry::{EntryBody, JournalEntry};
+use crate::import::{ImportCommitted, ImportItem};
+use crate::journal::{JournalStats, StateWrite, Writes};
+use crate::ledger::Ledger;
+use crate::store::{StoreError, meta};
+
+/// Default entries per batch. A batch's cost is mostly pages written, and a batch of
+/// purchases touches nearly every page of `accounts` and of the by-account and by-card
+/// indexes whatever its size, so larger batches cost less per entry: from 4,000 to
+/// 16,000 the per-entry cost fell by half on both back ends (docs/PERFORMANCE.md). A
+/// flusher that falls behind ships full batches back to back, so it gets cheaper per
+/// entry exactly when it must catch up; a quiet gateway ships small batches after
+/// `batch_wait`. 16,000 entries are ~5 MB of rows in memory.
+pub const BATCH_ENTRIES_DEFAULT: usize = 16_000;
+/// The most entries any configuration may put in one batch: bounds the memory of a
+/// batch (~300 bytes of rows per entry) and the length of one central transaction.
+pub const BATCH_ENTRIES_LIMIT: usize = 50_000;
+/// Default longest time an entry waits for its batch to fill: bounds how far the central
+/// store lags behind a quiet gateway.
+pub const BATCH_WAIT_DEFAULT: Duration = Duration::from_millis(200);
+/// First retry after a failure; doubles on each failure after it...
+pub const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// ...up to this (default): an outage of hours costs one attempt every few seconds, and
+/// the backlog starts draining within seconds of the store's return.
+pub const RETRY_BACKOFF_MAX_DEFAULT: Duration = Duration::from_secs(5);
+/// A batch not committed within this long is abandoned (the transaction rolls back) and
+/// retried: a half-open connection must not stall the flusher forever.
+pub const BATCH_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
+/// Default time shipped entries stay in sled: if the central store has to be restored
+/// from a backup up to three days old (a nightly backup and a long weekend), the gateway
+/// still holds everything since and ships it again.
+pub const JOURNAL_RETENTION_DEFAULT: Duration = Duration::from_secs(72 * 3600);
+/// How often pruning looks for segments to remove.
+pub const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+/// Segments removed per pruning pass (one blocking-pool job): ~10 µs each, so a pass
+/// stays well under a second; a larger backlog takes several passes.
+pub const PRUNE_SEGMENTS_MAX: usize = 20_000;
+/// How often an idle flusher looks for newly durable entries.
+const POLL_INTERVAL: Duration = Duration::from_millis(10);
+/// During an outage, how often the still-failing warning is repeated.
+const OUTAGE_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+const _: () = assert!(BATCH_ENTRIES_DEFAULT <= BATCH_ENTRIES_LIMIT);
+const _: () = assert!(RETRY_BACKOFF_MIN.as_millis() <= RETRY_BACKOFF_MAX_DEFAULT.as_millis());
+
+#[derive(Clone, Debug)]
+pub struct FlusherConfig {
+    pub batch_entries_max: usize,
+    pub batch_wait: Duration,
+    pub retry_backoff_max: Duration,
+    pub batch_timeout: Duration,
+    /// Shipped entries younger than this stay in sled.
+    pub journal_retention: Duration,
+    pub prune_interval: Duration,
+}
+
+impl Default for FlusherConfig {
+    fn default() -> FlusherConfig {
+        FlusherConfig {
+            batch_entries_max: BATCH_ENTRIES_DEFAULT,
+            batch_wait: BATCH_WAIT_DEFAULT,
+            retry_backoff_max: RETRY_BACKOFF_MAX_DEFAULT,
+            batch_timeout: BATCH_TIMEOUT_DEFAULT,
+            journal_retention: JOURNAL_RETENTION_DEFAULT,
+            prune_interval: PRUNE_INTERVAL,
+        }
+    }
+}
+
+impl FlusherConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=BATCH_ENTRIES_LIMIT).contains(&self.batch_entries_max) {
+            return Err(format!("batch_entries_max must be 1..={BATCH_ENTRIES_LIMIT}"));
+        }
+        if self.retry_backoff_max < RETRY_BACKOFF_MIN {
+            return Err(format!(
+                "retry_backoff_max must be at least {} ms",
+                RETRY_BACKOFF_MIN.as_millis()
+            ));
+        }
+        if self.batch_timeout.is_zero() || self.prune_interval.is_zero() {
+            return Err("batch_timeout and prune_interval must be above 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// What the flusher has done, readable from any thread (metrics, tests, shutdown).
+#[derive(Debug, Default)]
+pub struct FlusherStatus {
+    /// The last entry id the central store is known to hold.
+    pub cursor: AtomicU64,
+    /// True once the central store's own cursor was read in this run.
+    pub confirmed: AtomicBool,
+    /// True while the last attempt succeeded.
+    pub up: AtomicBool,
+    /// Decision time of the oldest entry not yet shipped (0: none known).
+    pub oldest_unshipped_ms: AtomicI64,
+    pub shipped_entries: AtomicU64,
+    pub batches: AtomicU64,
+    pub errors: AtomicU64,
+    pub pruned_entries: AtomicU64,
+}
+
+impl FlusherStatus {
+    /// Entries durable in sled and not yet in the central store.
+    pub fn backlog(&self, journal: &JournalStats) -> u64 {
+        journal
+            .durable_entry_id
+            .load(Ordering::Acquire)
+            .saturating_sub(self.cursor.load(Ordering::Acquire))
+    }
+
+    /// Sets the backlog gauges; sampled by the daemon rather than kept current, so that
+    /// they move even while a batch hangs.
+    pub fn record_gauges(&self, journal: &JournalStats, now_ms: i64) {
+        let backlog = self.backlog(journal);
+        let oldest = self.oldest_unshipped_ms.load(Ordering::Acquire);
+        let age_s = if backlog > 0 && oldest > 0 {
+            (now_ms - oldest).max(0) as f64 / 1000.0
+        } else {
+            0.0
+        };
+        metrics::gauge!("cardgate_central_backlog_entries").set(backlog as f64);
+        metrics::gauge!("cardgate_central_oldest_unshipped_age_seconds").set(age_s);
+        metrics::gauge!("cardgate_central_shipped_entry_id").set(self.cursor.load(Ordering::Acquire) as f64);
+        metrics::gauge!("cardgate_central_up").set(if self.up.load(Ordering::Acquire) { 1.0 } else { 0.0 });
+    }
+}
+
+/// Why one step of the flusher failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FlushError {
+    #[error(transparent)]
+    Central(#[from] CentralError),
+    #[error("the central store did not commit the batch within {0:?}")]
+    Timeout(Duration),
+    /// sled could not be read: ours.
+    #[error("reading the journal: {0}")]
+    Journal(#[from] StoreError),
+    /// The journal no longer holds the entries after the cursor (pruned past it, which
+    /// the pruning rule forbids, or the central store lost what it had).
+    #[error("the journal has no entry {wanted}; the first it has after the cursor is {found:?}")]
+    JournalGap { wanted: u64, found: Option<u64> },
+    #[error(transparent)]
+    Batch(#[from] BatchError),
+}
+
+impl FlushError {
+    /// A short stable label for `cardgate_central_errors_total{kind}`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FlushError::Central(e) => e.kind(),
+            FlushError::Timeout(_) => "timeout",
+            FlushError::Journal(_) => "journal",
+            FlushError::JournalGap { .. } => "journal_gap",
+            FlushError::Batch(_) => "batch",
+        }
+    }
+
+    /// True when the outage is expected to pass by itself (a warning, not an error).
+    fn is_transient(&self) -> bool {
+        match self {
+            FlushError::Central(e) => e.is_transient(),
+            FlushError::Timeout(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// Runs the flusher; dropping the handle does not stop it, `shutdown` does.
+pub struct FlusherHandle {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+    pub status: Arc<FlusherStatus>,
+    journal: Arc<JournalStats>,
+}
+
+impl FlusherHandle {
+    /// Stops the flusher after one last attempt to ship everything durable now, giving
+    /// it at most `limit`. Returns the entries left unshipped (they ship after restart).
+    pub async fn shutdown(mut self, limit: Duration) -> u64 {
+        let _ = self.stop.send(true);
+        if tokio::time::timeout(limit, &mut self.task).await.is_err() {
+            self.task.abort();
+            let _ = (&mut self.task).await;
+        }
+        self.status.backlog(&self.journal)
+    }
+
+    pub fn backlog(&self) -> u64 {
+        self.status.backlog(&self.journal)
+    }
+
+    pub fn record_gauges(&self, now_ms: i64) {
+        self.status.record_gauges(&self.journal, now_ms);
+    }
+}
+
+pub struct Flusher {
+    ledger: Arc<Ledger>,
+    store: CentralStore,
+    config: FlusherConfig,
+    status: Arc<FlusherStatus>,
+    cursor: u64,
+    backoff: Duration,
+    failing_since: Option<Instant>,
+    last_outage_log: Option<Instant>,
+    next_prune: Instant,
+}
+
+impl Flusher {
+    /// Starts the flusher on the current tokio runtime. Its cursor starts at the one
+    /// last written to sled and is replaced by the central store's own on first contact.
+    pub fn start(ledger: Arc<Ledger>, store: CentralStore, config: FlusherConfig) -> Result<FlusherHandle, StoreError> {
+        let cursor = ledger.db().get_meta_u64(meta::CENTRAL_CURSOR)?.unwrap_or(0);
+        let status = Arc::new(FlusherStatus::default());
+        status.cursor.store(cursor, Ordering::Release);
+        let journal = ledger.journal().stats.clone();
+        let (stop, stopped) = watch::channel(false);
+        let flusher = Flusher {
+            ledger,
+            store,
+            config,
+            status: status.clone(),
+            cursor,
+            backoff: RETRY_BACKOFF_MIN,
+            failing_since: None,
+            last_outage_log: None,
+            next_prune: Instant::now(),
+        };
+        let task = tokio::spawn(flusher.run(stopped));
+        Ok(FlusherHandle {
+            stop,
+            task,
+            status,
+            journal,
+        })
+    }
+
+    fn durable(&self) -> u64 {
+        self.ledger.journal().stats.durable_entry_id.load(Ordering::Acquire)
+    }
+
+    async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let mut confirmed = false;
+        // When the oldest entry of the forming batch was first seen.
+        let mut forming: Option<Instant> = None;
+        loop {
+            if *stop.borrow() {
+                self.last_flush(confirmed).await;
+                break;
+            }
+            if !confirmed {
+                match self.confirm_cursor().await {
+                    Ok(()) => {
+                        confirmed = true;
+                        self.recovered();
+                    }
+                    Err(e) => {
+                        self.failed(&e);
+                        if self.durable() > self.cursor {
+                            self.peek_oldest().await;
+                        }
+                        pause(&mut stop, self.next_backoff()).await;
+                        continue;
+                    }
+                }
+            }
+            self.maybe_prune().await;
+            let durable = self.durable();
+            if durable <= self.cursor {
+                forming = None;
+                self.status.oldest_unshipped_ms.store(0, Ordering::Release);
+                pause(&mut stop, POLL_INTERVAL).await;
+                continue;
+            }
+            let since = match forming {
+                Some(t) => t,
+                None => {
+                    self.peek_oldest().await;
+                    *forming.insert(Instant::now())
+                }
+            };
+            let waited = since.elapsed();
+            if durable - self.cursor < self.config.batch_entries_max as u64 && waited < self.config.batch_wait {
+                pause(&mut stop, POLL_INTERVAL.min(self.config.batch_wait - waited)).await;
+                continue;
+            }
+            match self.ship_one(durable).await {
+                Ok(()) => {
+                    self.recovered();
+                    // Whatever is left has been waiting since at least now.
+                    forming = (self.durable() > self.cursor).then(Instant::now);
+                    if forming.is_some() {
+                        self.peek_oldest().await;
+                    }
+                }
+                Err(e) => {
+                    if matches!(
+                        e,
+                        FlushError::Central(CentralError::Gap { .. } | CentralError::Ahead { .. })
+                    ) {
+                        // The store's cursor is not where we thought: read it again.
+                        confirmed = false;
+                    }
+                    self.failed(&e);
+                    pause(&mut stop, self.next_backoff()).await;
+                }
+            }
+        }
+        self.store.close().await;
+    }
+
+    /// On shutdown: ship what is durable now, one attempt per batch, no waiting for a
+    /// batch to fill. The caller bounds the time.
+    async fn last_flush(&mut self, confirmed: bool) {
+        if !confirmed && let Err(e) = self.confirm_cursor().await {
+            self.failed(&e);
+            return;
+        }
+        let target = self.durable();
+        while self.cursor < target {
+            if let Err(e) = self.ship_one(target).await {
+                self.failed(&e);
+                return;
+            }
+        }
+        tracing::debug!(cursor = self.cursor, "central store: caught up at shutdown");
+    }
+
+    /// Migrates the schema and adopts the central store's cursor for this gateway.
+    async fn confirm_cursor(&mut self) -> Result<(), FlushError> {
+        let found = self.store.migrate().await?;
+        if found < super::SCHEMA_VERSION {
+            tracing::info!(
+                from = found,
+                to = super::SCHEMA_VERSION,
+                store = %self.store.describe(),
+                "central store schema migrated"
+            );
+        }
+        let central = self.store.cursor(self.ledger.gateway_id()).await?;
+        let durable = self.durable();
+        if central > durable {
+            return Err(CentralError::Ahead { central, durable }.into());
+        }
+        if central < self.cursor {
+            tracing::warn!(
+                central,
+                local = self.cursor,
+                "the central store holds fewer of this gateway's entries than it had confirmed; shipping again from \
+                 its cursor"
+            );
+        }
+        self.cursor = central;
+        self.status.cursor.store(central, Ordering::Release);
+        self.status.confirmed.store(true, Ordering::Release);
+        tracing::info!(
+            store = %self.store.describe(),
+            cursor = central,
+            backlog = durable - central,
+            "central store connected"
+        );
+        Ok(())
+    }
+
+    /// Learns the decision time of the oldest unshipped entry, for the age gauge.
+    async fn peek_oldest(&self) {
+        let db = self.ledger.db().clone();
+        let after = self.cursor;
+        if let Ok(Ok(first)) = tokio::task::spawn_blocking(move || db.read_entries(after, 1)).await
+            && let Some(e) = first.first()
+        {
+            self.status
+                .oldest_unshipped_ms
+                .store(e.record.time_ms, Ordering::Release);
+        }
+    }
+
+    /// Ships the next batch of entries up to `durable`.
+    async fn ship_one(&mut self, durable: u64) -> Result<(), FlushError> {
+        let limit = (durable - self.cursor).min(self.config.batch_entries_max as u64) as usize;
+        let db = self.ledger.db().clone();
+        let after = self.cursor;
+        let mut entries: Vec<JournalEntry> = tokio::task::spawn_blocking(move || db.read_entries(after, limit))
+            .await
+            .map_err(|e| {
+                FlushError::Journal(StoreError::Corrupt {
+                    key: Vec::new(),
+                    reason: format!("journal reader panicked: {e}"),
+                })
+            })??;
+        entries.retain(|e| e.id <= durable);
+        match entries.first() {
+            Some(e) if e.id == after + 1 => {
+                self.status
+                    .oldest_unshipped_ms
+                    .store(e.record.time_ms, Ordering::Release);
+            }
+            first => {
+                return Err(FlushError::JournalGap {
+                    wanted: after + 1,
+                    found: first.map(|e| e.id),
+                });
+            }
+        }
+        // An import's commit applies chunks journaled before it, maybe in an earlier
+        // batch: read them back (off the runtime: it is a journal scan).
+        let commits: Vec<(u64, ImportCommitted)> = entries
+            .iter()
+            .filter_map(|e| match &e.record.body {
+                EntryBody::ImportCommitted(c) => Some((e.id, (**c).clone())),
+                _ => None,
+            })
+            .collect();
+        let mut staged: HashMap<u64, Vec<ImportItem>> = HashMap::new();
+        if !commits.is_empty() {
+            let db = self.ledger.db().clone();
+            staged = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+                let mut out = HashMap::new();
+                for (id, c) in &commits {
+                    if let Some(items) = crate::import::staged_items_in_journal(&db, *id, c)? {
+                        out.insert(c.import_id, items);
+                    }
+                }
+                Ok(out)
+            })
+            .await
+            .map_err(|e| {
+                FlushError::Journal(StoreError::Corrupt {
+                    key: Vec::new(),
+                    reason: format!("journal reader panicked: {e}"),
+                })
+            })??;
+        }
+        let batch = Batch::build_with(self.ledger.gateway_id(), &entries, |c| staged.remove(&c.import_id))?;
+        drop(entries);
+        let started = Instant::now();
+        let written = tokio::time::timeout(
+            self.config.batch_timeout,
+            self.store.write(&batch, self.ledger.now_ms()),
+        )
+        .await
+        .map_err(|_| FlushError::Timeout(self.config.batch_timeout))??;
+        let took = started.elapsed();
+        if written > durable {
+            return Err(CentralError::Ahead {
+                central: written,
+                durable,
+            }
+            .into());
+        }
+        let shipped = written.saturating_sub(self.cursor);
+        self.cursor = written;
+        self.status.cursor.store(written, Ordering::Release);
+        self.status.shipped_entries.fetch_add(shipped, Ordering::Relaxed);
+        self.status.batches.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("cardgate_central_entries_shipped_total").increment(shipped);
+        metrics::counter!("cardgate_central_batches_total").increment(1);
+        metrics::histogram!("cardgate_central_batch_entries").record(batch.entries() as f64);
+        metrics::histogram!("cardgate_central_batch_seconds").record(took.as_secs_f64());
+        self.save_cursor().await;
+        Ok(())
+    }
+
+    /// Writes the cursor to sled through the journal, so that pruning after a restart
+    /// knows what the central store held. Losing this write costs nothing but a re-read:
+    /// the central store's own cursor is the authority.
+    async fn save_cursor(&self) {
+        let mut writes = Writes::new();
+        writes.push(StateWrite::Meta(
+            meta::CENTRAL_CURSOR,
+            self.cursor.to_be_bytes().to_vec(),
+        ));
+        if let Err(e) = self.ledger.journal().commit(None, writes).await {
+            tracing::debug!(error = %e, "could not record the central cursor in sled");
+            metrics::counter!("cardgate_central_errors_total", "kind" => "cursor_save").increment(1);
+        }
+    }
+
+    /// Removes segments the central store holds, that no recovery needs, and that are
+    /// older than the retention.
+    async fn maybe_prune(&mut self) {
+        if Instant::now() < self.next_prune {
+            return;
+        }
+        self.next_prune = Instant::now() + self.config.prune_interval;
+        let checkpoint = self
+            .ledger
+            .journal()
+            .stats
+            .durable_checkpoint_id
+            .load(Ordering::Acquire);
+        let through = self.cursor.min(checkpoint);
+        let retention_ms = i64::try_from(self.config.journal_retention.as_millis()).unwrap_or(i64::MAX);
+        let before_ms = self.ledger.now_ms().saturating_sub(retention_ms);
+        let db = self.ledger.db().clone();
+        match tokio::task::spawn_blocking(move || db.prune_journal(through, before_ms, PRUNE_SEGMENTS_MAX)).await {
+            Ok(Ok(p)) => {
+                if p.segments > 0 {
+                    self.status.pruned_entries.fetch_add(p.entries, Ordering::Relaxed);
+                    metrics::counter!("cardgate_central_pruned_entries_total").increment(p.entries);
+                    tracing::debug!(segments = p.segments, through_id = p.through_id, "journal pruned");
+                }
+                if p.segments >= PRUNE_SEGMENTS_MAX {
+                    // More to do: come back soon rather than after a whole interval.
+                    self.next_prune = Instant::now() + POLL_INTERVAL;
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "pruning the journal failed");
+                metrics::counter!("cardgate_central_errors_total", "kind" => "prune").increment(1);
+            }
+            Err(e) => tracing::error!(error = %e, "pruning task failed"),
+        }
+    }
+
+    fn failed(&mut self, e: &FlushError) {
+        self.status.up.store(false, Ordering::Release);
+        self.status.errors.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("cardgate_central_errors_total", "kind" => e.kind()).increment(1);
+        let now = Instant::now();
+        let first = self.failing_since.is_none();
+        let since = *self.failing_since.get_or_insert(now);
+        let due = self
+            .last_outage_log
+            .is_none_or(|t| now.duration_since(t) >= OUTAGE_LOG_INTERVAL);
+        if first || due {
+            self.last_outage_log = Some(now);
+            let backlog = self.durable().saturating_sub(self.cursor);
+            let failing_s = now.duration_since(since).as_secs();
+            if e.is_transient() {
+                tracing::warn!(error = %e, kind = e.kind(), backlog, failing_s, "central store unavailable; retrying");
+            } else {
+                tracing::error!(error = %e, kind = e.kind(), backlog, failing_s, "central store flush failing; retrying");
+            }
+        } else {
+            tracing::debug!(error = %e, kind = e.kind(), "central store flush failed");
+        }
+    }
+
+    fn recovered(&mut self) {
+        self.status.up.store(true, Ordering::Release);
+        self.backoff = RETRY_BACKOFF_MIN;
+        if let Some(since) = self.failing_since.take() {
+            tracing::info!(
+                outage_s = since.elapsed().as_secs(),
+                backlog = self.durable().saturating_sub(self.cursor),
+                "central store flushing again"
+            );
+            self.last_outage_log = None;
+        }
+    }
+
+    fn next_backoff(&mut self) -> Duration {
+        let wait = self.backoff;
+        self.backoff = (self.backoff * 2).min(self.config.retry_backoff_max);
+        wait
+    }
+}
+
+/// Sleeps for `d` or until told to stop; true when stopping.
+async fn pause(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
+    if *stop.borrow() {
+        return true;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(d) => *stop.borrow(),
+        changed = stop.changed() => changed.is_err() || *stop.borrow(),
+    }
+}
