@@ -472,10 +472,11 @@ impl Ledger {
             let t = t?;
             terminals.insert(t.id, TerminalState::new(t));
         }
-        for r in db.scan::<SeqRecord>(&[PREFIX_SEQ]) {
-            let r = r?;
-            if let Some(mut t) = terminals.get_mut(&r.terminal) {
-                t.remember(r);
+        for records in db.scan::<Vec<SeqRecord>>(&[PREFIX_SEQ]) {
+            for r in records? {
+                if let Some(mut t) = terminals.get_mut(&r.terminal) {
+                    t.remember(r);
+                }
             }
         }
         let mut next_tx_id = db.get_meta_u64(meta::TX_ID_MARK)?.unwrap_or(0) + 1;
@@ -515,9 +516,8 @@ impl Ledger {
         if after > checkpoint_id && config.checkpoints.enabled {
             // Recovery ends with a checkpoint of what it replayed (see `touched`).
             let mut batch = sled::Batch::default();
-            for w in recovered.touched_records() {
-                w.add_to(&mut batch);
-            }
+            let touched = recovered.touched_records();
+            crate::journal::add_ops(&mut batch, crate::journal::checkpoint_ops(&db.tree, &touched)?);
             batch.insert(key_meta(meta::CHECKPOINT_ID), after.to_be_bytes().to_vec());
             store.apply(batch)?;
             store.sync()?;

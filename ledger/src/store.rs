@@ -9,7 +9,7 @@
 //! 'A' account(u64 BE)               Account      } checkpointed state, as of the
 //! 'C' card(u64 BE)                  Card         } entry id in meta `checkpoint_id`
 //! 'T' terminal(u64 BE)              Terminal     }
-//! 'S' terminal(u64 BE) slot(u8)     SeqRecord    } (a terminal's remembered outcomes)
+//! 'S' terminal(u64 BE)              [SeqRecord]  } (a terminal's remembered outcomes)
 //! 'M' name                          meta values (next entry id, tx id mark, params, ...)
 //! 'P' account(u64 BE)               Person       } checkpointed, card desk (issue 4)
 //! 'O' operator(u64 BE)              Operator     }
@@ -89,14 +89,6 @@ pub fn key_u64(prefix: u8, id: u64) -> [u8; 9] {
     let mut k = [0u8; 9];
     k[0] = prefix;
     k[1..].copy_from_slice(&id.to_be_bytes());
-    k
-}
-
-pub fn key_seq_slot(terminal: u64, slot: u8) -> [u8; 10] {
-    let mut k = [0u8; 10];
-    k[0] = PREFIX_SEQ;
-    k[1..9].copy_from_slice(&terminal.to_be_bytes());
-    k[9] = slot;
     k
 }
 
