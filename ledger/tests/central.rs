@@ -224,6 +224,52 @@ async fn a_batch_shipped_twice_inserts_nothing_twice_and_a_gap_is_refused() {
     }
 }
 
+/// One batch that touches more accounts than one SQLite statement can bind: the
+/// statements are cut so that every one stays under SQLite's parameter limit, trailing
+/// parameters included (a 10,000-terminal load once made the balance update one over).
+#[tokio::test]
+async fn a_batch_touching_thousands_of_accounts_fits_sqlites_parameter_limit() {
+    const N: u64 = 6_000;
+    for target in targets("wide").await {
+        let f = Fixture::new().await;
+        let accounts: Vec<_> = (1_000..1_000 + N).map(|id| account(id, 100_00)).collect();
+        let cards: Vec<_> = (1_000..1_000 + N).map(|id| card(1_000_000 + id, id)).collect();
+        f.ledger.bulk_create(vec![], &accounts, &cards).await.unwrap();
+        let mut pending = Vec::with_capacity(N as usize);
+        for (i, id) in (1_000..1_000 + N).enumerate() {
+            let p = cardgate_codec::Purchase {
+                tx_seq: 1 + i as u64,
+                card: cardgate_codec::CardNo(1_000_000 + id),
+                amount_fen: 1_00,
+                terminal_time_ms: 0,
+            };
+            pending.push(f.ledger.purchase(POS, &p).await);
+        }
+        let mut approved = Vec::with_capacity(N as usize);
+        for p in pending {
+            match p.resolve().await {
+                Message::Approved(a) => approved.push(a.tx_id),
+                m => panic!("purchase answered {m:?}"),
+            }
+        }
+        // The accounts are created in one batch and debited in the next, so that the
+        // second updates thousands of balances rather than inserting accounts.
+        let entries = f.ledger.db().read_entries(0, usize::MAX).unwrap();
+        let split = entries.len() - N as usize;
+        let gw = f.ledger.gateway_id();
+        let store = target.store();
+        store.migrate().await.unwrap();
+        let created = Batch::build(gw, &entries[..split]).unwrap();
+        assert_eq!(store.write(&created, 1).await.unwrap(), split as u64);
+        let debits = Batch::build(gw, &entries[split..]).unwrap();
+        let written = store.write(&debits, 2).await;
+        assert_eq!(written.unwrap(), durable(&f), "{}", target.name);
+        assert_mirrors(&f, &store, &approved).await;
+        store.close().await;
+        target.cleanup().await;
+    }
+}
+
 #[tokio::test]
 async fn a_locked_sqlite_store_delays_shipping_but_loses_and_doubles_nothing() {
     use sqlx::Connection;

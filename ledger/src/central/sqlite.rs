@@ -40,9 +40,11 @@ const WAL_AUTOCHECKPOINT_PAGES_PRAGMA: &str = "16000";
 /// 3.32; the bundled library is newer). Multi-row inserts are cut to fit under it.
 const BINDS_MAX: usize = 32_766;
 
-/// Rows of `columns` bound parameters that fit in one statement.
-const fn rows_per_statement(columns: usize) -> usize {
-    BINDS_MAX / columns
+/// Rows of `columns` bound parameters that fit in one statement beside `trailing`
+/// parameters bound after the rows (the balance update binds the gateway id once more;
+/// forgetting it made a batch touching 5,461 accounts one parameter over the limit).
+const fn rows_per_statement(columns: usize, trailing: usize) -> usize {
+    (BINDS_MAX - trailing) / columns
 }
 
 /// Schema version 1. `IF NOT EXISTS` everywhere: the script is safe to re-run after a
@@ -254,7 +256,7 @@ impl SqliteCentral {
             return Ok(central);
         }
 
-        for chunk in b.transactions.chunks(rows_per_statement(15)) {
+        for chunk in b.transactions.chunks(rows_per_statement(15, 0)) {
             let mut q = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO transactions (gateway_id, tx_id, entry_id, kind, account_id, card_no, terminal_id, \
                  terminal_seq, merchant_id, amount_fen, balance_after_fen, time_ms, terminal_time_ms, \
@@ -281,7 +283,7 @@ impl SqliteCentral {
             q.build().persistent(false).execute(&mut *tx).await.map_err(classify)?;
         }
 
-        for chunk in b.declines.chunks(rows_per_statement(14)) {
+        for chunk in b.declines.chunks(rows_per_statement(14, 0)) {
             let mut q = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO declines (gateway_id, entry_id, kind, terminal_id, terminal_seq, merchant_id, card_no, \
                  account_id, amount_fen, reason_code, reason, balance_fen, time_ms, terminal_time_ms) ",
@@ -306,7 +308,7 @@ impl SqliteCentral {
             q.build().persistent(false).execute(&mut *tx).await.map_err(classify)?;
         }
 
-        for chunk in b.events.chunks(rows_per_statement(9)) {
+        for chunk in b.events.chunks(rows_per_statement(9, 0)) {
             let mut q = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO events (gateway_id, entry_id, kind, time_ms, account_id, card_no, terminal_id, \
                  operator, payload) ",
@@ -327,7 +329,7 @@ impl SqliteCentral {
         }
 
         let accounts: Vec<_> = b.account_records().collect();
-        for chunk in accounts.chunks(rows_per_statement(12)) {
+        for chunk in accounts.chunks(rows_per_statement(12, 0)) {
             let mut q = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO accounts (gateway_id, account_id, kind, status, opening_balance_fen, balance_fen, \
                  single_payment_max_fen, daily_max_fen, opened_ms, updated_ms, entry_id) ",
@@ -355,7 +357,7 @@ impl SqliteCentral {
         }
 
         let balances: Vec<_> = b.balances().collect();
-        for chunk in balances.chunks(rows_per_statement(6)) {
+        for chunk in balances.chunks(rows_per_statement(6, 1)) {
             let mut q = QueryBuilder::<Sqlite>::new(
                 "WITH v (account_id, balance_fen, kind, status, updated_ms, entry_id) AS (",
             );
@@ -378,7 +380,7 @@ impl SqliteCentral {
         }
 
         let cards: Vec<_> = b.cards.values().collect();
-        for chunk in cards.chunks(rows_per_statement(8)) {
+        for chunk in cards.chunks(rows_per_statement(8, 0)) {
             let mut q = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO cards (gateway_id, card_no, account_id, status, expires_ms, issued_ms, updated_ms, \
                  entry_id) ",
@@ -403,7 +405,7 @@ impl SqliteCentral {
         }
 
         let terminals: Vec<_> = b.terminals.values().collect();
-        for chunk in terminals.chunks(rows_per_statement(9)) {
+        for chunk in terminals.chunks(rows_per_statement(9, 0)) {
             let mut q = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO terminals (gateway_id, terminal_id, kind, merchant_id, enabled, name, place, updated_ms, \
                  entry_id) ",
