@@ -1488,7 +1488,7 @@ impl Ledger {
             let before = self.params();
             self.params.store(std::sync::Arc::new(params));
             let mut writes = Writes::new();
-            writes.push(StateWrite::Params(params));
+            writes.push(StateWrite::Params(Box::new(params)));
             let body = EntryBody::ParamsChanged(Box::new(ParamsChange {
                 actor: actor.clone(),
                 params,
@@ -1589,7 +1589,7 @@ pub(crate) fn replay(r: &mut Recovered<'_>, body: &EntryBody) {
         }
         EntryBody::ParamsChanged(e) => {
             *r.params = e.params;
-            r.touched.touch(StateWrite::Params(e.params));
+            r.touched.touch(StateWrite::Params(Box::new(e.params)));
         }
         EntryBody::Audit(a) => {
             desk.next_audit_id.fetch_max(a.id + 1, Ordering::AcqRel);

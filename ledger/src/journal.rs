@@ -60,8 +60,13 @@ pub const SEGMENT_BYTES_MAX: usize = 4 * 1024;
 /// A checkpoint is handed off at least this often while state changes...
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(10);
 /// ...or after this many entries, whichever comes first. Together they bound what
-/// recovery replays (and so start-up time) and the memory the pending records take.
+/// recovery replays (and so start-up time)...
 pub const CHECKPOINT_ENTRIES_MAX: u64 = 300_000;
+/// ...or once this many distinct records wait, which bounds the memory they take (~140
+/// bytes each, twice over while one checkpoint is written and the next collects). With
+/// a million accounts, purchases touch a new account nearly every time; a small campus
+/// never gets near it.
+pub const CHECKPOINT_RECORDS_MAX: usize = 100_000;
 
 const _: () = assert!(BATCH_ENTRIES_MAX <= QUEUE_DEPTH_MAX);
 
@@ -70,6 +75,7 @@ const _: () = assert!(BATCH_ENTRIES_MAX <= QUEUE_DEPTH_MAX);
 pub struct CheckpointPolicy {
     pub interval: Duration,
     pub entries_max: u64,
+    pub records_max: usize,
     /// `false`: never checkpoint, not even at shutdown, so every start replays the whole
     /// journal (tests only: start-up time grows without bound).
     pub enabled: bool,
@@ -83,6 +89,7 @@ impl Default for CheckpointPolicy {
         CheckpointPolicy {
             interval: CHECKPOINT_INTERVAL,
             entries_max: CHECKPOINT_ENTRIES_MAX,
+            records_max: CHECKPOINT_RECORDS_MAX,
             enabled: true,
             on_shutdown: true,
         }
@@ -98,7 +105,9 @@ pub enum StateWrite {
     Terminal(Box<Terminal>),
     /// A remembered outcome, stored in its terminal's slot `seq % SEQ_SLOTS`.
     Seq(SeqRecord),
-    Params(Params),
+    /// Boxed: at 192 bytes it would set the size of every record waiting for a
+    /// checkpoint, and parameters change a few times a year.
+    Params(Box<Params>),
     Meta(&'static str, Vec<u8>),
     Person(Box<Person>),
     Operator(Box<Operator>),
@@ -165,7 +174,7 @@ impl StateWrite {
                 encode_record(t.as_ref()),
             ),
             StateWrite::Seq(_) => unreachable!("remembered outcomes are written per terminal by checkpoint_ops"),
-            StateWrite::Params(p) => (key_meta(meta::PARAMS).into(), encode_record(p)),
+            StateWrite::Params(p) => (key_meta(meta::PARAMS).into(), encode_record(p.as_ref())),
             StateWrite::Meta(name, v) => (key_meta(name).into(), v.clone()),
             StateWrite::Person(p) => (
                 key_u64(PREFIX_PERSON, p.account).as_ref().into(),
@@ -574,16 +583,23 @@ impl Committer {
         if self.dirty.is_empty() || self.poison_reason.is_some() || !self.policy.enabled {
             return;
         }
-        if self.dirty_since.elapsed() < self.policy.interval && self.dirty_entries < self.policy.entries_max {
+        if self.dirty_since.elapsed() < self.policy.interval
+            && self.dirty_entries < self.policy.entries_max
+            && self.dirty.len() < self.policy.records_max
+        {
             return;
         }
         let Some(to) = &self.to_checkpointer else { return };
+        let records = self.dirty.len();
         let checkpoint = Checkpoint {
             writes: std::mem::take(&mut self.dirty),
             through_id: self.next_entry_id - 1,
         };
         match to.try_send(checkpoint) {
             Ok(()) => {
+                // Sized like the last one, so that the committer does not rehash a
+                // growing map (a copy of megabytes) in the middle of a commit.
+                self.dirty = DirtyMap::with_capacity_and_hasher(records, Default::default());
                 self.dirty_since = Instant::now();
                 self.dirty_entries = 0;
             }

@@ -411,7 +411,7 @@ impl Recovered<'_> {
                 .map(StateWrite::Seq),
         );
         if t.params {
-            out.push(StateWrite::Params(*self.params));
+            out.push(StateWrite::Params(Box::new(*self.params)));
         }
         out.extend(t.desk.iter().cloned());
         out
@@ -1063,7 +1063,7 @@ impl Ledger {
         let wait = send(
             permit,
             EntryBody::ParamsSet(params),
-            [StateWrite::Params(params)],
+            [StateWrite::Params(Box::new(params))],
             self.now_ms(),
         );
         Ok(wait.await.map_err(|_| JournalError::Closed)??)

@@ -25,6 +25,7 @@ fn crashy() -> CheckpointPolicy {
     CheckpointPolicy {
         interval: std::time::Duration::ZERO,
         entries_max: 1,
+        records_max: 1,
         enabled: true,
         on_shutdown: false,
     }
@@ -95,6 +96,59 @@ async fn a_restart_without_checkpoints_recovers_by_replay() {
 #[tokio::test]
 async fn a_restart_after_a_crash_recovers_checkpoint_plus_replay() {
     recovers_everything(crashy()).await;
+}
+
+/// With no time or entry trigger in sight, a checkpoint is still taken once enough
+/// distinct records wait for one (what bounds their memory), and a crash after it
+/// recovers from it.
+#[tokio::test]
+async fn enough_waiting_records_trigger_a_checkpoint() {
+    let policy = |records_max| CheckpointPolicy {
+        interval: std::time::Duration::from_secs(3600),
+        entries_max: u64::MAX,
+        records_max,
+        enabled: true,
+        on_shutdown: false,
+    };
+    let checkpoints = |f: &Fixture| {
+        f.ledger
+            .journal()
+            .stats
+            .checkpoints
+            .load(std::sync::atomic::Ordering::Acquire)
+    };
+    // The fixture's campus is 14 records, and each purchase below touches 2 more.
+    let patient = Fixture::with_config(LedgerConfig {
+        checkpoints: policy(1_000),
+        ..LedgerConfig::default()
+    })
+    .await;
+    let _ = activity(&patient).await;
+    assert_eq!(
+        checkpoints(&patient),
+        0,
+        "below the record limit nothing is checkpointed"
+    );
+
+    let f = Fixture::with_config(LedgerConfig {
+        checkpoints: policy(20),
+        ..LedgerConfig::default()
+    })
+    .await;
+    let answers = activity(&f).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while checkpoints(&f) == 0 {
+        assert!(std::time::Instant::now() < deadline, "no checkpoint was taken");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let balances: Vec<i64> = (1..=5).map(|a| f.balance_fen(a)).collect();
+    let f = f.restart();
+    assert_eq!((1..=5).map(|a| f.balance_fen(a)).collect::<Vec<_>>(), balances);
+    // Every purchase is remembered: retries get the first answers again.
+    for (seq, first) in (1..=20u64).zip(&answers) {
+        let again = f.buy(POS, seq, 100 + (seq % 5) + 1, 3_00 + seq as i64).await;
+        assert_eq!(&again, first, "retry of seq {seq}");
+    }
 }
 
 /// One POS terminal and one account with 100.00, over a store whose faults the test
