@@ -20,8 +20,9 @@ use cardgate_codec::{
 use cardgate_ledger::{Ledger, Pending};
 use futures::{FutureExt, SinkExt, StreamExt};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio_util::codec::Framed;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, ReusableBoxFuture};
 
 use crate::config::Limits;
 
@@ -227,9 +228,14 @@ async fn session(
     tokio::pin!(idle);
     let mut end: Option<End> = None;
     // Blacklist versions as they become durable; the one at sign-on went in SIGN_ON_OK.
+    // Both waits live across turns of the loop: a wait made afresh each turn registers
+    // and unregisters itself under a lock every session shares, once per frame.
     let mut blacklist = ledger.blacklist().subscribe();
     blacklist.mark_unchanged();
+    let mut blacklist_changed = ReusableBoxFuture::new(next_version(blacklist));
     let mut blacklist_open = true;
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
 
     loop {
         if end.is_some() && inflight.is_empty() {
@@ -260,12 +266,12 @@ async fn session(
                     }
                 }
             }
-            changed = blacklist.changed(), if end.is_none() && blacklist_open => {
-                if changed.is_err() {
+            (rx, version) = blacklist_changed.get_pin(), if end.is_none() && blacklist_open => {
+                let Some(version) = version else {
                     blacklist_open = false;
                     continue;
-                }
-                let version = *blacklist.borrow_and_update();
+                };
+                blacklist_changed.set(next_version(rx));
                 metrics::counter!("cardgate_blacklist_pushes_total").increment(1);
                 let push = BlacklistPush {
                     version,
@@ -280,10 +286,20 @@ async fn session(
                 });
             }
             _ = &mut idle, if end.is_none() => end = Some(End::Refuse(ErrorCode::IdleTimeout)),
-            _ = shutdown.cancelled(), if end.is_none() => end = Some(End::Refuse(ErrorCode::ShuttingDown)),
+            _ = &mut cancelled, if end.is_none() => end = Some(End::Refuse(ErrorCode::ShuttingDown)),
         }
     }
     end.unwrap_or(End::PeerClosed)
+}
+
+/// The next durable blacklist version (`None`: the ledger is gone), handing the
+/// receiver back so that the wait can be re-armed in the same allocation.
+async fn next_version(mut rx: watch::Receiver<u64>) -> (watch::Receiver<u64>, Option<u64>) {
+    let version = match rx.changed().await {
+        Ok(()) => Some(*rx.borrow_and_update()),
+        Err(_) => None,
+    };
+    (rx, version)
 }
 
 /// Resolves when the oldest answer's commit is done. Commits complete in submission
