@@ -7,6 +7,8 @@ import os
 import re
 import sys
 
+import metrics
+
 root = sys.argv[1] if len(sys.argv) > 1 else "."
 
 
@@ -56,6 +58,20 @@ if opens:
         l = purchase(r)
         lag = (r.get("generator_lag_ms") or {}).get("p99")
         print(f"| {r['signed_on']:,} | {fmt(r['target_rate_per_s'], 0)} | {fmt(r['throughput_per_s'], 0)} | {fmt(money_per_s(r), 0)} | {fmt(l.get('p50'), 2)} | {fmt(l.get('p99'), 2)} | {fmt(l.get('p999'), 2)} | {fmt(l.get('max'), 2)} | {fmt(lag, 2)} | {verdict(r)} |")
+    print()
+
+runs = sorted(glob.glob(os.path.join(root, "fleet", "*.metrics")))
+if runs:
+    print("Group commit, from each run's gateway metrics (bench/metrics.py): decisions per flush, and what a flush cost\n")
+    print("| run | flushes | decisions per flush | flush + fdatasync mean ms | fdatasync mean ms | flush p99 ≤ ms | gateway purchase p99 ≤ ms |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for path in runs:
+        m = metrics.read(path)
+        c = metrics.commits(m)
+        if c is None:
+            continue
+        name = os.path.basename(path)[: -len(".metrics")]
+        print(f"| {name} | {c['commits']:,} | {c['decisions_per_flush']:.1f} | {c['commit_mean_ms']:.2f} | {c['sync_mean_ms']:.2f} | {c['commit_p99_le_ms']:g} | {fmt(metrics.purchase_p99_le_ms(m), 1)} |")
     print()
 
 

@@ -1,0 +1,71 @@
+#!/usr/bin/env python3
+"""Group-commit and latency figures from a dump of the gateway's Prometheus metrics
+(bench/gateway.sh saves one per run as NAME.metrics; bench/profile.sh saves one too).
+Usage: bench/metrics.py FILE...  One line per file.
+
+Decisions per flush is cardgate_journal_batch_submissions_sum / _count; "p99 ≤" is the
+upper bound of the histogram bucket the 99th percentile falls in (the gateway exports
+buckets, not exact percentiles)."""
+import sys
+
+
+def read(path):
+    """Metric name with labels -> value, for the gateway's own (cardgate_*) series."""
+    out = {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line.startswith("cardgate"):
+                continue
+            key, value = line.rsplit(" ", 1)
+            out[key] = float(value)
+    return out
+
+
+def bucket_p99(m, name, count, labels=""):
+    """Upper bound (seconds) of the bucket holding the 99th percentile of histogram
+    `name`, restricted to the series whose labels start with `labels`."""
+    start = name + "_bucket{" + labels
+    buckets = []
+    for k, v in m.items():
+        if k.startswith(start):
+            le = k.split('le="')[1].split('"')[0]
+            buckets.append((float("inf") if le == "+Inf" else float(le), v))
+    for le, v in sorted(buckets):
+        if count and v >= 0.99 * count:
+            return le
+    return None
+
+
+def commits(m):
+    """The journal's group commits: how many, decisions per flush, mean times, p99 bucket."""
+    n = m.get("cardgate_journal_batch_submissions_count", 0)
+    if not n:
+        return None
+    return {
+        "commits": int(n),
+        "decisions_per_flush": m["cardgate_journal_batch_submissions_sum"] / n,
+        "commit_mean_ms": 1000 * m["cardgate_journal_commit_seconds_sum"] / n,
+        "sync_mean_ms": 1000 * m["cardgate_journal_sync_seconds_sum"] / n,
+        "commit_p99_le_ms": 1000 * bucket_p99(m, "cardgate_journal_commit_seconds", n),
+    }
+
+
+def purchase_p99_le_ms(m):
+    """The gateway's own purchase latency (frame decoded -> answer written), p99 bucket."""
+    n = m.get('cardgate_request_seconds_count{kind="purchase"}', 0)
+    le = bucket_p99(m, "cardgate_request_seconds", n, labels='kind="purchase",')
+    return None if le is None else 1000 * le
+
+
+if __name__ == "__main__":
+    for path in sys.argv[1:]:
+        m = read(path)
+        c = commits(m)
+        if c is None:
+            print(f"{path}: no commits")
+            continue
+        p = purchase_p99_le_ms(m)
+        print(f"{path}: {c['commits']} flushes, {c['decisions_per_flush']:.1f} decisions per flush, "
+              f"flush + fdatasync mean {c['commit_mean_ms']:.2f} ms (fdatasync {c['sync_mean_ms']:.2f} ms), "
+              f"p99 <= {c['commit_p99_le_ms']:g} ms; gateway purchase p99 <= {p:g} ms")
