@@ -117,7 +117,8 @@ async fn enough_waiting_records_trigger_a_checkpoint() {
             .checkpoints
             .load(std::sync::atomic::Ordering::Acquire)
     };
-    // The fixture's campus is 14 records, and each purchase below touches 2 more.
+    // The fixture's campus is 14 records; each request below adds a remembered outcome
+    // (21 in all; the accounts they touch are already waiting).
     let patient = Fixture::with_config(LedgerConfig {
         checkpoints: policy(1_000),
         ..LedgerConfig::default()

@@ -270,6 +270,12 @@ async fn blacklist_push_arrives_within_a_second_and_delta_sync_returns_exactly_t
         Value::Null,
     );
     k.ok(&k.desk, "POST", &format!("/api/v1/cards/{CARD_B}/freeze"), Value::Null);
+    // The session re-arms its wait after each push: the same connection is told again.
+    let pushed = tokio::time::timeout(Duration::from_secs(1), t.wait_push(v0 + 1))
+        .await
+        .expect("a second push on the same connection")
+        .unwrap();
+    assert!(pushed >= v0 + 2, "pushed {pushed}");
     let pages = t.blacklist_sync_run(v0 + 1, 0).await.unwrap();
     assert_eq!(pages[0].added_cards(), &[CARD_B]);
     assert_eq!(pages[0].removed_cards(), &[CARD_A]);
