@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod dump;
+
 use std::path::Path;
 use std::sync::Arc;
 

@@ -1,0 +1,415 @@
+//! The journal's bytes do not change. Every entry kind, and every state record kind the
+//! checkpoints write, is encoded from fixed values and compared with the bytes today's
+//! gateways have on disk (written by commit afc51b8, before the ledger was split into
+//! layers). A data directory written by a running gateway must recover after any change
+//! to the code, so a difference here is a format change: add a variant or a format
+//! version instead.
+
+// Amounts in fen are written yuan_fen (`12_50` is 12.50 yuan).
+#![allow(clippy::inconsistent_digit_grouping)]
+
+use cardgate_codec::{CardNo, DeclineReason};
+use cardgate_ledger::audit::AuditRecord;
+use cardgate_ledger::blacklist::BlacklistChange;
+use cardgate_ledger::desk::{
+    AccountLeft, CardAction, CardChange, FeeKind, GrantMark, MoneyEntry, MoneyKind, MoneyMove, OperatorEntry,
+    ParamsChange, PayMethod, Person, PersonOpened, PersonUpdated,
+};
+use cardgate_ledger::entry::{EntryBody, EntryRecord, TxEntry};
+use cardgate_ledger::import::{ImportChunk, ImportCommitted, ImportItem};
+use cardgate_ledger::model::{
+    Account, AccountKind, AccountStatus, Card, CardStatus, Limits, Outcome, Params, SeqRecord, Terminal, TerminalKind,
+    TxKind,
+};
+use cardgate_ledger::money::from_fen;
+use cardgate_ledger::operators::{Actor, Operator, Role};
+use cardgate_ledger::store::encode_record;
+
+const T: i64 = 1_795_853_100_000;
+
+fn actor() -> Actor {
+    Actor {
+        operator_id: 3,
+        name: "王芳".into(),
+        role: Role::CardDesk,
+    }
+}
+
+fn account() -> Account {
+    Account {
+        id: 17,
+        kind: AccountKind::Staff,
+        status: AccountStatus::Active,
+        balance: from_fen(980_00),
+        limits: Some(Limits {
+            single_payment_max: from_fen(300_00),
+            daily_max: from_fen(900_00),
+        }),
+        day: 20_785,
+        spent_today: from_fen(20_00),
+    }
+}
+
+fn card() -> Card {
+    Card {
+        no: CardNo(6_222_000_012_345_678),
+        account: 17,
+        status: CardStatus::Lost,
+        expires_ms: Some(T + 86_400_000),
+        issued_ms: T - 1,
+    }
+}
+
+fn terminal() -> Terminal {
+    Terminal {
+        id: 42,
+        secret: [0x5A; 32],
+        kind: TerminalKind::Pos,
+        merchant_id: 7,
+        enabled: true,
+        name: "二食堂 3号窗口".into(),
+        place: "Canteen 2".into(),
+    }
+}
+
+fn person() -> Person {
+    Person {
+        account: 17,
+        id: "2024001234".into(),
+        name: "张三".into(),
+        department: "计算机学院".into(),
+        created_ms: T - 5,
+    }
+}
+
+fn money(kind: MoneyKind) -> MoneyMove {
+    MoneyMove {
+        kind,
+        tx_id: 901,
+        account: 17,
+        amount_fen: 20_00,
+        balance_delta_fen: -20_00,
+        balance_after_fen: 960_00,
+        method: PayMethod::Balance,
+        reason: "card replaced".into(),
+    }
+}
+
+fn blacklist_change() -> BlacklistChange {
+    BlacklistChange {
+        version: 12,
+        card: CardNo(6_222_000_012_345_678),
+        listed: true,
+    }
+}
+
+fn audit() -> AuditRecord {
+    AuditRecord {
+        id: 55,
+        time_ms: T,
+        actor: Some(actor()),
+        action: "card.lost".into(),
+        target: "card:6222000012345678".into(),
+        status: 200,
+        before: r#"{"status":"active"}"#.into(),
+        after: r#"{"status":"lost"}"#.into(),
+        detail: String::new(),
+    }
+}
+
+fn operator() -> Operator {
+    Operator {
+        id: 4,
+        name: "li".into(),
+        role: Role::DataAdmin,
+        token_hash: [0xC3; 32],
+        enabled: true,
+        created_ms: T,
+    }
+}
+
+fn tx(kind: TxKind, outcome: Outcome) -> TxEntry {
+    TxEntry {
+        kind,
+        tx_id: match outcome {
+            Outcome::Approved { tx_id, .. } => tx_id,
+            Outcome::Declined { .. } => 0,
+        },
+        terminal: 42,
+        merchant_id: 7,
+        seq: 1001,
+        original_seq: if kind == TxKind::Reversal { 1000 } else { 0 },
+        original_tx_id: if kind == TxKind::Reversal { 899 } else { 0 },
+        card: CardNo(6_222_000_012_345_678),
+        account: 17,
+        amount_fen: 12_50,
+        outcome,
+        terminal_time_ms: T - 250,
+        single_limit_fen: 300_00,
+        daily_limit_fen: 900_00,
+        spent_today_after_fen: 32_50,
+        blacklist_version: 11,
+    }
+}
+
+/// One entry of every kind, in `EntryBody` order.
+fn every_entry() -> Vec<(&'static str, EntryBody)> {
+    vec![
+        (
+            "purchase approved",
+            EntryBody::Tx(tx(
+                TxKind::Purchase,
+                Outcome::Approved {
+                    tx_id: 900,
+                    balance_after_fen: 967_50,
+                },
+            )),
+        ),
+        (
+            "purchase declined",
+            EntryBody::Tx(tx(
+                TxKind::Purchase,
+                Outcome::Declined {
+                    reason: DeclineReason::InsufficientFunds.code(),
+                    balance_fen: 3_00,
+                },
+            )),
+        ),
+        (
+            "reversal approved",
+            EntryBody::Tx(tx(
+                TxKind::Reversal,
+                Outcome::Approved {
+                    tx_id: 902,
+                    balance_after_fen: 980_00,
+                },
+            )),
+        ),
+        ("account opened", EntryBody::AccountOpened(account())),
+        ("card issued", EntryBody::CardIssued(card())),
+        ("terminal registered", EntryBody::TerminalRegistered(terminal())),
+        ("params set", EntryBody::ParamsSet(Params::default())),
+        (
+            "person opened",
+            EntryBody::PersonOpened(Box::new(PersonOpened {
+                actor: actor(),
+                person: person(),
+                account: account(),
+            })),
+        ),
+        (
+            "person updated",
+            EntryBody::PersonUpdated(Box::new(PersonUpdated {
+                actor: actor(),
+                person: person(),
+                kind: AccountKind::Temporary,
+                import_id: 77,
+            })),
+        ),
+        (
+            "card changed",
+            EntryBody::CardChanged(Box::new(CardChange {
+                actor: actor(),
+                action: CardAction::Replace,
+                cards: vec![card(), {
+                    let mut c = card();
+                    c.no = CardNo(6_222_000_012_345_679);
+                    c.status = CardStatus::Active;
+                    c
+                }],
+                account: Some(AccountLeft {
+                    id: 17,
+                    status: AccountStatus::Closed,
+                    balance_fen: 0,
+                }),
+                money: Some(money(MoneyKind::Fee(FeeKind::Replacement))),
+                blacklist: vec![blacklist_change()],
+                batch_id: Some("grad-2026".into()),
+            })),
+        ),
+        (
+            "money",
+            EntryBody::Money(Box::new(MoneyEntry {
+                actor: actor(),
+                movement: money(MoneyKind::Grant),
+                batch_id: Some("subsidy-2026-11".into()),
+            })),
+        ),
+        (
+            "operator set",
+            EntryBody::OperatorSet(Box::new(OperatorEntry {
+                actor: actor(),
+                operator: operator(),
+            })),
+        ),
+        (
+            "params changed",
+            EntryBody::ParamsChanged(Box::new(ParamsChange {
+                actor: actor(),
+                params: Params::default(),
+            })),
+        ),
+        (
+            "import chunk",
+            EntryBody::ImportChunk(Box::new(ImportChunk {
+                import_id: 77,
+                index: 2,
+                items: vec![
+                    ImportItem::Add {
+                        person: person(),
+                        account: account(),
+                        card: card(),
+                    },
+                    ImportItem::Update { person: person() },
+                ],
+            })),
+        ),
+        (
+            "import committed",
+            EntryBody::ImportCommitted(Box::new(ImportCommitted {
+                actor: actor(),
+                import_id: 77,
+                chunks: 3,
+                rows: 250,
+                added: 200,
+                updated: 30,
+                kind_changed: 5,
+                unchanged: 20,
+            })),
+        ),
+        ("audit", EntryBody::Audit(Box::new(audit()))),
+    ]
+}
+
+/// The bytes of each entry of `every_entry` as today's journal stores them.
+const ENTRY_HEX: &[&str] = &[
+    // purchase approved
+    "01c08ffd92c468000084072a07e9070000ce829da484dc860b11c413008407dce70bcc8bfd92c468e0d403a0fe0ae4320b",
+    // purchase declined
+    "01c08ffd92c4680000002a07e9070000ce829da484dc860b11c4130106d804cc8bfd92c468e0d403a0fe0ae4320b",
+    // reversal approved
+    "01c08ffd92c468000186072a07e907e8078307ce829da484dc860b11c413008607a0fb0bcc8bfd92c468e0d403a0fe0ae4320b",
+    // account opened
+    "01c08ffd92c46801110100a0fb0b01e0d403a0fe0ae2c402a01f",
+    // card issued
+    "01c08ffd92c46802ce829da484dc860b110101c0ffafe5c468be8ffd92c468",
+    // terminal registered
+    "01c08ffd92c468032a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a00070114e4ba8ce9a39fe5a0822033e58fb7e7aa97e58fa30943616e7465656e2032",
+    // params set
+    "01c08ffd92c46804c0b802c0a907a01fd00fa08d0680b518a01fd00fa09c01e0d403a01fd00f",
+    // person opened
+    "01c08ffd92c468050306e78e8be88ab303110a3230323430303132333406e5bca0e4b8890fe8aea1e7ae97e69cbae5ada6e999a2b68ffd92c468110100a0fb0b01e0d403a0fe0ae2c402a01f",
+    // person updated
+    "01c08ffd92c468060306e78e8be88ab303110a3230323430303132333406e5bca0e4b8890fe8aea1e7ae97e69cbae5ada6e999a2b68ffd92c468024d",
+    // card changed
+    "01c08ffd92c468070306e78e8be88ab3030502ce829da484dc860b110101c0ffafe5c468be8ffd92c468cf829da484dc860b110001c0ffafe5c468be8ffd92c46801110200010200850711a01f9f1f80dc0b010d63617264207265706c61636564010cce829da484dc860b010109677261642d32303236",
+    // money
+    "01c08ffd92c468080306e78e8be88ab30304850711a01f9f1f80dc0b010d63617264207265706c61636564010f737562736964792d323032362d3131",
+    // operator set
+    "01c08ffd92c468090306e78e8be88ab30304026c6902c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c301c08ffd92c468",
+    // params changed
+    "01c08ffd92c4680a0306e78e8be88ab303c0b802c0a907a01fd00fa08d0680b518a01fd00fa09c01e0d403a01fd00f",
+    // import chunk
+    "01c08ffd92c4680b4d020200110a3230323430303132333406e5bca0e4b8890fe8aea1e7ae97e69cbae5ada6e999a2b68ffd92c468110100a0fb0b01e0d403a0fe0ae2c402a01fce829da484dc860b110101c0ffafe5c468be8ffd92c46801110a3230323430303132333406e5bca0e4b8890fe8aea1e7ae97e69cbae5ada6e999a2b68ffd92c468",
+    // import committed
+    "01c08ffd92c4680c0306e78e8be88ab3034d03fa01c8011e0514",
+    // audit
+    "01c08ffd92c4680d37c08ffd92c468010306e78e8be88ab30309636172642e6c6f737415636172643a36323232303030303132333435363738c801137b22737461747573223a22616374697665227d117b22737461747573223a226c6f7374227d00",
+];
+
+/// The bytes of each state record kind a checkpoint writes.
+fn every_record() -> Vec<(&'static str, Vec<u8>)> {
+    let seq = SeqRecord {
+        terminal: 42,
+        seq: 1001,
+        kind: TxKind::Purchase,
+        card: CardNo(6_222_000_012_345_678),
+        amount_fen: 12_50,
+        original_seq: 0,
+        account: 17,
+        outcome: Outcome::Approved {
+            tx_id: 900,
+            balance_after_fen: 967_50,
+        },
+        time_ms: T,
+        reversed_by: Some(1002),
+    };
+    vec![
+        ("account", encode_record(&account())),
+        ("card", encode_record(&card())),
+        ("terminal", encode_record(&terminal())),
+        ("seq slots", encode_record(&vec![seq])),
+        ("params", encode_record(&Params::default())),
+        ("person", encode_record(&person())),
+        ("operator", encode_record(&operator())),
+        ("blacklist change", encode_record(&blacklist_change())),
+        ("audit", encode_record(&audit())),
+        (
+            "grant mark",
+            encode_record(&GrantMark {
+                batch_id: "subsidy-2026-11".into(),
+                account: 17,
+                amount_fen: 50_00,
+                tx_id: 903,
+            }),
+        ),
+        (
+            "staged import chunk",
+            encode_record(&vec![ImportItem::Update { person: person() }]),
+        ),
+    ]
+}
+
+const RECORD_HEX: &[&str] = &[
+    // account
+    "01110100a0fb0b01e0d403a0fe0ae2c402a01f",
+    // card
+    "01ce829da484dc860b110101c0ffafe5c468be8ffd92c468",
+    // terminal
+    "012a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a00070114e4ba8ce9a39fe5a0822033e58fb7e7aa97e58fa30943616e7465656e2032",
+    // seq slots
+    "01012ae90700ce829da484dc860bc4130011008407dce70bc08ffd92c46801ea07",
+    // params
+    "01c0b802c0a907a01fd00fa08d0680b518a01fd00fa09c01e0d403a01fd00f",
+    // person
+    "01110a3230323430303132333406e5bca0e4b8890fe8aea1e7ae97e69cbae5ada6e999a2b68ffd92c468",
+    // operator
+    "0104026c6902c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c301c08ffd92c468",
+    // blacklist change
+    "010cce829da484dc860b01",
+    // audit
+    "0137c08ffd92c468010306e78e8be88ab30309636172642e6c6f737415636172643a36323232303030303132333435363738c801137b22737461747573223a22616374697665227d117b22737461747573223a226c6f7374227d00",
+    // grant mark
+    "010f737562736964792d323032362d313111904e8707",
+    // staged import chunk
+    "010101110a3230323430303132333406e5bca0e4b8890fe8aea1e7ae97e69cbae5ada6e999a2b68ffd92c468",
+];
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn every_entry_kind_encodes_to_todays_bytes() {
+    let entries = every_entry();
+    let got: Vec<String> = entries
+        .iter()
+        .map(|(_, body)| hex(&EntryRecord::encode_parts(T, body)))
+        .collect();
+    assert_eq!(got.len(), ENTRY_HEX.len(), "one golden value per entry kind");
+    for ((name, body), (g, want)) in entries.iter().zip(got.iter().zip(ENTRY_HEX)) {
+        assert_eq!(g, want, "{name}: the entry's bytes changed");
+        let back = EntryRecord::decode(&EntryRecord::encode_parts(T, body)).expect("decodes");
+        assert_eq!(&back.body, body, "{name}: decodes to what was encoded");
+        assert_eq!(back.time_ms, T);
+    }
+}
+
+#[test]
+fn every_state_record_kind_encodes_to_todays_bytes() {
+    let records = every_record();
+    assert_eq!(records.len(), RECORD_HEX.len(), "one golden value per record kind");
+    for ((name, bytes), want) in records.iter().zip(RECORD_HEX) {
+        assert_eq!(&hex(bytes), want, "{name}: the record's bytes changed");
+    }
+}
