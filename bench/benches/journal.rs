@@ -16,8 +16,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use cardgate_bench::{bench_dir, measuring, purchase_submission};
-use cardgate_ledger::journal::{BATCH_ENTRIES_MAX, Journal, Submission};
-use cardgate_ledger::store::{Db, SledStore, Store, StoreError};
+use cardgate_journal::{BATCH_ENTRIES_MAX, CommitResult, Db, SledStore, Store, StoreError};
+use cardgate_ledger::records::{Journal, Submission};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use tokio::sync::oneshot;
 
@@ -121,7 +121,7 @@ fn group_commit(c: &mut Criterion) {
     g.finish();
 }
 
-async fn plug(journal: &Journal) -> oneshot::Receiver<Result<u64, cardgate_ledger::journal::JournalError>> {
+async fn plug(journal: &Journal) -> oneshot::Receiver<CommitResult> {
     let (done, wait) = oneshot::channel();
     let mut sub = Submission::barrier(done);
     sub.force_sync = true;

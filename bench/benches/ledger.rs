@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use cardgate_bench::LedgerFixture;
 use cardgate_codec::Message;
-use cardgate_ledger::journal::QUEUE_DEPTH_MAX;
+use cardgate_journal::QUEUE_DEPTH_MAX;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use futures::future::join_all;
 

@@ -13,12 +13,12 @@ use std::sync::Arc;
 
 use cardgate_codec::crypto::SignOnInput;
 use cardgate_codec::{CardNo, Purchase, Side, TerminalCodec, TerminalSecret};
+use cardgate_domain::entry::{EntryBody, EntryRecord, TxEntry};
+use cardgate_domain::model::{Account, AccountKind, AccountStatus, Outcome, TxKind};
+use cardgate_domain::money::from_fen;
 use cardgate_ledger::demo::{DemoCampus, demo_card, ensure_demo};
-use cardgate_ledger::entry::{EntryBody, TxEntry};
-use cardgate_ledger::journal::{StateWrite, Submission, Writes};
-use cardgate_ledger::ledger::seq_record_of;
-use cardgate_ledger::model::{Account, AccountKind, AccountStatus, Outcome, TxKind};
-use cardgate_ledger::money::from_fen;
+use cardgate_ledger::pay::seq_record_of;
+use cardgate_ledger::records::{StateWrite, Submission, Writes};
 use cardgate_ledger::{Ledger, LedgerConfig, SystemClock};
 use tokio::sync::oneshot;
 
@@ -72,7 +72,7 @@ pub fn campus() -> DemoCampus {
 /// A ledger over a temporary directory with the demo campus, its committer running.
 pub struct LedgerFixture {
     ledger: Option<Arc<Ledger>>,
-    committer: Option<cardgate_ledger::journal::CommitterHandle>,
+    committer: Option<cardgate_journal::CommitterHandle>,
     pub campus: DemoCampus,
     /// Next sequence number per terminal (index = terminal id - 1).
     next_seq: Vec<u64>,
@@ -140,10 +140,7 @@ impl Drop for LedgerFixture {
 
 /// A purchase decision as the ledger submits it: the entry, the account it left and the
 /// remembered outcome. `i` picks the terminal, account and sequence number.
-pub fn purchase_submission(
-    i: u64,
-    done: oneshot::Sender<Result<u64, cardgate_ledger::journal::JournalError>>,
-) -> Submission {
+pub fn purchase_submission(i: u64, done: oneshot::Sender<cardgate_journal::CommitResult>) -> Submission {
     let terminal = i % 1_000 + 1;
     let account = i % 20_000 + 1;
     let balance_after = 1_000_00 - 1 - (i as i64 % 1_000);
@@ -181,9 +178,12 @@ pub fn purchase_submission(
     }));
     writes.push(StateWrite::Seq(seq_record_of(&entry, now)));
     Submission {
-        entry: Some((now, EntryBody::Tx(entry))),
-        writes,
-        tx_id: i + 1,
+        entries: smallvec::smallvec![EntryRecord {
+            time_ms: now,
+            body: EntryBody::Tx(entry),
+        }],
+        records: writes,
+        mark: i + 1,
         force_sync: false,
         done: Some(done),
     }

@@ -6,11 +6,13 @@
 //! encodes the other decodes by construction. `docs/PROTOCOL.md` is its specification.
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "tokio-codec")]
 pub mod codec;
 pub mod crypto;
 pub mod frame;
 pub mod message;
 
+#[cfg(feature = "tokio-codec")]
 pub use codec::{CodecError, Side, TerminalCodec};
 pub use crypto::{SessionKeys, TerminalSecret};
 pub use frame::{FRAME_LEN_MAX, HEADER_LEN, MAC_LEN, PROTOCOL_VERSION};

@@ -113,7 +113,7 @@ impl Default for Limits {
 
 impl Default for Central {
     fn default() -> Central {
-        let f = cardgate_ledger::central::FlusherConfig::default();
+        let f = cardgate_central::FlusherConfig::default();
         Central {
             url: None,
             batch_entries_max: f.batch_entries_max,
@@ -127,14 +127,14 @@ impl Default for Central {
 }
 
 impl Central {
-    pub fn flusher(&self) -> cardgate_ledger::central::FlusherConfig {
-        cardgate_ledger::central::FlusherConfig {
+    pub fn flusher(&self) -> cardgate_central::FlusherConfig {
+        cardgate_central::FlusherConfig {
             batch_entries_max: self.batch_entries_max,
             batch_wait: Duration::from_millis(self.batch_wait_ms),
             retry_backoff_max: Duration::from_millis(self.retry_backoff_max_ms),
             batch_timeout: Duration::from_millis(self.batch_timeout_ms),
             journal_retention: Duration::from_secs(self.journal_retention_s),
-            ..cardgate_ledger::central::FlusherConfig::default()
+            ..cardgate_central::FlusherConfig::default()
         }
     }
 }
@@ -181,7 +181,7 @@ impl Config {
         if l.connections_max == 0 {
             return bad("limits.connections_max must be at least 1");
         }
-        if l.pipeline_depth_max == 0 || usize::from(l.pipeline_depth_max) > cardgate_ledger::ledger::SEQ_SLOTS {
+        if l.pipeline_depth_max == 0 || usize::from(l.pipeline_depth_max) > cardgate_ledger::records::SEQ_SLOTS {
             // Retries after a reconnect must find their answers in memory.
             return bad("limits.pipeline_depth_max must be 1..=32 (the remembered outcomes per terminal)");
         }
@@ -227,7 +227,7 @@ mod tests {
         assert!(c.validate().is_err());
         c.central.batch_entries_max = 100;
         c.validate().unwrap();
-        c.central.batch_entries_max = cardgate_ledger::central::flusher::BATCH_ENTRIES_LIMIT + 1;
+        c.central.batch_entries_max = cardgate_central::flusher::BATCH_ENTRIES_LIMIT + 1;
         assert!(c.validate().is_err());
         assert!(toml::from_str::<Config>("[central]\nbatch_size = 3").is_err());
     }

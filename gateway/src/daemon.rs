@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use cardgate_ledger::central::{CentralStore, Flusher, FlusherStatus};
+use cardgate_central::flusher::JournalSource;
+use cardgate_central::{CentralStore, Flusher, FlusherStatus};
 use cardgate_ledger::demo::{DemoCampus, ensure_demo};
 use cardgate_ledger::{Ledger, LedgerConfig, SystemClock};
 use tokio_util::sync::CancellationToken;
@@ -82,7 +83,13 @@ pub async fn serve(config: Config, opts: ServeOptions) -> anyhow::Result<()> {
         .context("starting the central store's runtime")?;
     let flusher = {
         let _on_its_runtime = central_runtime.enter();
-        Flusher::start(ledger.clone(), central, config.central.flusher())
+        let source = JournalSource {
+            db: ledger.db().clone(),
+            stats: ledger.journal().stats.clone(),
+            gateway_id: ledger.gateway_id(),
+            clock: ledger.clock(),
+        };
+        Flusher::start(source, central, config.central.flusher())
             .context("reading the central store cursor from sled")?
     };
 

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use cardgate_ledger::operators::{Actor, Role};
+use cardgate_domain::operator::{Actor, Role};
+use cardgate_ledger::desk::By;
 use cardgate_ledger::{Ledger, LedgerConfig, LedgerError, SystemClock};
 
 pub enum Cmd {
@@ -20,7 +21,7 @@ pub enum Cmd {
     },
 }
 
-fn open(data_dir: &std::path::Path) -> anyhow::Result<(Arc<Ledger>, cardgate_ledger::journal::CommitterHandle)> {
+fn open(data_dir: &std::path::Path) -> anyhow::Result<(Arc<Ledger>, cardgate_journal::CommitterHandle)> {
     match Ledger::open(data_dir, LedgerConfig::default(), Arc::new(SystemClock)) {
         Ok((l, c, _)) => Ok((l, c)),
         Err(LedgerError::Store(e)) if is_lock_error(&e) => bail!(
@@ -32,7 +33,7 @@ fn open(data_dir: &std::path::Path) -> anyhow::Result<(Arc<Ledger>, cardgate_led
     }
 }
 
-fn is_lock_error(e: &cardgate_ledger::store::StoreError) -> bool {
+fn is_lock_error(e: &cardgate_journal::StoreError) -> bool {
     let s = e.to_string().to_lowercase();
     s.contains("lock") || s.contains("resource temporarily unavailable") || s.contains("would block")
 }
@@ -45,7 +46,7 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 bail!("unknown role {role:?}; one of {}", all.join(", "));
             };
             let (ledger, committer) = open(&data_dir)?;
-            let added = ledger.add_operator(&Actor::cli(), &name, role).await;
+            let added = ledger.add_operator(&By::actor(&Actor::cli()), &name, role).await;
             drop(ledger);
             tokio::task::spawn_blocking(move || committer.join()).await?;
             let (op, token) = added?;

@@ -21,13 +21,14 @@ use std::path::Path;
 use std::sync::Arc;
 
 use cardgate_codec::{CardNo, Purchase, Reversal};
-use cardgate_ledger::desk::{CardAction, FeeKind, NewPerson, PayMethod};
-use cardgate_ledger::journal::CheckpointPolicy;
-use cardgate_ledger::model::{
+use cardgate_domain::entry::{CardAction, FeeKind, PayMethod};
+use cardgate_domain::model::{
     Account, AccountKind, AccountStatus, Card, CardStatus, Limits, Params, Terminal, TerminalKind,
 };
-use cardgate_ledger::money::from_fen;
-use cardgate_ledger::operators::{Actor, Role};
+use cardgate_domain::money::from_fen;
+use cardgate_domain::operator::{Actor, Role};
+use cardgate_journal::CheckpointPolicy;
+use cardgate_ledger::desk::{By, NewPerson};
 use cardgate_ledger::{Ledger, LedgerConfig, ManualClock};
 
 /// 2026-11-28 12:05:00 in UTC+8.
@@ -63,11 +64,7 @@ fn scope() -> dump::Scope {
     }
 }
 
-fn open(
-    dir: &Path,
-    clock: &ManualClock,
-    on_shutdown: bool,
-) -> (Arc<Ledger>, cardgate_ledger::journal::CommitterHandle) {
+fn open(dir: &Path, clock: &ManualClock, on_shutdown: bool) -> (Arc<Ledger>, cardgate_journal::CommitterHandle) {
     let config = LedgerConfig {
         tz_offset_minutes: 480,
         checkpoints: CheckpointPolicy {
@@ -184,11 +181,15 @@ async fn main() {
             reverse(&l, t, seq[t as usize], seq[t as usize] - 1, card, amount).await;
         }
     }
-    l.add_operator(&Actor::cli(), "director", Role::Director).await.unwrap();
-    l.add_operator(&Actor::cli(), "王芳", Role::CardDesk).await.unwrap();
+    l.add_operator(&By::actor(&Actor::cli()), "director", Role::Director)
+        .await
+        .unwrap();
+    l.add_operator(&By::actor(&Actor::cli()), "王芳", Role::CardDesk)
+        .await
+        .unwrap();
     for (i, name) in ["李明", "赵丽", "孙强"].iter().enumerate() {
         l.open_person(
-            &desk,
+            &By::actor(&desk),
             NewPerson {
                 id: format!("202400000{}", i + 1),
                 name: (*name).into(),
@@ -203,7 +204,7 @@ async fn main() {
     let a22 = l.person("2024000002").unwrap().account;
     let a23 = l.person("2024000003").unwrap().account;
     l.update_person(
-        &desk,
+        &By::actor(&desk),
         "2024000003",
         Some("孙强强".into()),
         None,
@@ -211,14 +212,14 @@ async fn main() {
     )
     .await
     .unwrap();
-    l.issue_card_desk(&desk, a21, CardNo(62_220_000_000_001), None, None)
+    l.issue_card_desk(&By::actor(&desk), a21, CardNo(62_220_000_000_001), None, None)
         .await
         .unwrap();
-    l.issue_card_desk(&desk, a22, CardNo(62_220_000_000_002), None, None)
+    l.issue_card_desk(&By::actor(&desk), a22, CardNo(62_220_000_000_002), None, None)
         .await
         .unwrap();
     l.issue_card_desk(
-        &desk,
+        &By::actor(&desk),
         a23,
         CardNo(62_220_000_000_003),
         Some(LUNCH_MS + 7 * 86_400_000),
@@ -226,43 +227,53 @@ async fn main() {
     )
     .await
     .unwrap();
-    l.top_up(&desk, a21, 200_00).await.unwrap();
-    l.top_up(&desk, a22, 50_00).await.unwrap();
-    l.refund(&desk, a21, 20_00, "overpaid").await.unwrap();
-    l.fee(&desk, a22, FeeKind::Replacement, PayMethod::Balance)
+    l.top_up(&By::actor(&desk), a21, 200_00).await.unwrap();
+    l.top_up(&By::actor(&desk), a22, 50_00).await.unwrap();
+    l.refund(&By::actor(&desk), a21, 20_00, "overpaid").await.unwrap();
+    l.fee(&By::actor(&desk), a22, FeeKind::Replacement, PayMethod::Balance)
         .await
         .unwrap();
-    l.adjust(&desk, 3, -5_00, "double charge at window 3").await.unwrap();
-    l.card_status(&desk, CardNo(62_220_000_000_001), CardAction::Lost)
+    l.adjust(&By::actor(&desk), 3, -5_00, "double charge at window 3")
         .await
         .unwrap();
-    l.card_status(&desk, CardNo(62_220_000_000_001), CardAction::Unfreeze)
+    l.card_status(&By::actor(&desk), CardNo(62_220_000_000_001), CardAction::Lost)
         .await
         .unwrap();
-    l.card_status(&desk, CardNo(105), CardAction::Freeze).await.unwrap();
-    l.card_status(&desk, CardNo(106), CardAction::Bad).await.unwrap();
+    l.card_status(&By::actor(&desk), CardNo(62_220_000_000_001), CardAction::Unfreeze)
+        .await
+        .unwrap();
+    l.card_status(&By::actor(&desk), CardNo(105), CardAction::Freeze)
+        .await
+        .unwrap();
+    l.card_status(&By::actor(&desk), CardNo(106), CardAction::Bad)
+        .await
+        .unwrap();
     l.replace_card(
-        &desk,
+        &By::actor(&desk),
         CardNo(62_220_000_000_002),
         CardNo(62_220_000_000_004),
         Some(PayMethod::Balance),
     )
     .await
     .unwrap();
-    l.cancel_card(&desk, CardNo(108)).await.unwrap();
-    l.grant_batch(&desk, "subsidy-2026-11", &[(1, 30_00), (2, 30_00), (a21, 45_00)])
-        .await
-        .unwrap();
+    l.cancel_card(&By::actor(&desk), CardNo(108)).await.unwrap();
+    l.grant_batch(
+        &By::actor(&desk),
+        "subsidy-2026-11",
+        &[(1, 30_00), (2, 30_00), (a21, 45_00)],
+    )
+    .await
+    .unwrap();
     let mut p2 = l.params();
     p2.kinds[1].replacement_fee = from_fen(25_00);
-    l.change_params(&desk, p2).await.unwrap();
+    l.change_params(&By::actor(&desk), p2).await.unwrap();
     let csv = "person_id,name,department,kind,card_no\n\
                2024000011,周一,物理学院,student,62220000000011\n\
                2024000012,吴二,物理学院,staff,62220000000012\n\
                2024000001,李明,数学学院,student,62220000000001\n";
-    let report = l.import_csv(&desk, csv.as_bytes(), false).await.unwrap();
+    let report = l.import_csv(&By::actor(&desk), csv.as_bytes(), false).await.unwrap();
     assert!(report.applied && report.error_count == 0, "{report:?}");
-    l.audit(cardgate_ledger::audit::AuditRecord {
+    l.audit(cardgate_domain::model::AuditRecord {
         id: 0,
         time_ms: 0,
         actor: Some(desk.clone()),
@@ -291,19 +302,21 @@ async fn main() {
     }
     seq[1] += 1;
     reverse(&l, 1, seq[1], seq[1] - 1, 101 + (79 * 3) % 20, 2_00 + (79 * 53) % 9_00).await;
-    l.add_operator(&Actor::cli(), "李数据", Role::DataAdmin).await.unwrap();
-    l.card_status(&desk, CardNo(62_220_000_000_004), CardAction::Lost)
+    l.add_operator(&By::actor(&Actor::cli()), "李数据", Role::DataAdmin)
         .await
         .unwrap();
-    l.top_up(&desk, 1, 12_34).await.unwrap();
-    l.grant_batch(&desk, "subsidy-2026-12", &[(4, 10_00), (a22, 10_00)])
+    l.card_status(&By::actor(&desk), CardNo(62_220_000_000_004), CardAction::Lost)
+        .await
+        .unwrap();
+    l.top_up(&By::actor(&desk), 1, 12_34).await.unwrap();
+    l.grant_batch(&By::actor(&desk), "subsidy-2026-12", &[(4, 10_00), (a22, 10_00)])
         .await
         .unwrap();
     let csv = "person_id,name,department,kind,card_no\n2024000013,郑三,化学学院,temporary,62220000000013\n";
-    l.import_csv(&desk, csv.as_bytes(), false).await.unwrap();
-    l.cancel_card(&desk, CardNo(110)).await.unwrap();
+    l.import_csv(&By::actor(&desk), csv.as_bytes(), false).await.unwrap();
+    l.cancel_card(&By::actor(&desk), CardNo(110)).await.unwrap();
     l.issue_card_desk(
-        &desk,
+        &By::actor(&desk),
         a21,
         CardNo(62_220_000_000_005),
         None,
@@ -312,7 +325,7 @@ async fn main() {
     .await
     .unwrap();
     l.open_person(
-        &desk,
+        &By::actor(&desk),
         NewPerson {
             id: "2024000014".into(),
             name: "王五".into(),
@@ -323,7 +336,7 @@ async fn main() {
     .await
     .unwrap();
     l.issue_card_desk(
-        &desk,
+        &By::actor(&desk),
         l.person("2024000014").unwrap().account,
         CardNo(62_220_000_000_006),
         None,

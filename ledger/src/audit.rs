@@ -1,6 +1,8 @@
 //! The audit trail: one record per mutating admin call (and per refused call), journaled
 //! like everything else so that the central store receives it, and kept here for the
-//! admin API to list.
+//! admin API to list. A desk operation's record travels in the same submission as the
+//! operation itself (`desk::Audit`); a call that changed nothing (a refusal, a dry run)
+//! gets a record of its own (`Ledger::audit`).
 //!
 //! The gateway keeps the last `AUDIT_KEPT` records, in memory and in sled slots
 //! `id % AUDIT_KEPT` (like the terminals' remembered outcomes), so its storage is bounded;
@@ -8,10 +10,13 @@
 
 use std::collections::VecDeque;
 
+use cardgate_domain::model::AuditRecord;
 use parking_lot::Mutex;
-use serde::{Deserialize, Serialize};
 
-use crate::operators::Actor;
+use crate::error::LedgerError;
+use crate::ledger::Ledger;
+use crate::records::{StateWrite, Writes};
+use crate::txn::Txn;
 
 /// Audit records the gateway itself keeps: at a busy desk (a few thousand operations a
 /// day) this is weeks of history, enough to answer "who did this" on the spot; older
@@ -20,25 +25,6 @@ pub const AUDIT_KEPT: u64 = 100_000;
 
 /// The most records one listing returns.
 pub const AUDIT_LIST_MAX: usize = 10_000;
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AuditRecord {
-    pub id: u64,
-    pub time_ms: i64,
-    /// `None` when the caller presented no valid token.
-    pub actor: Option<Actor>,
-    /// e.g. `card.lost`, `money.topup`, `auth.denied`.
-    pub action: String,
-    /// What was acted on, e.g. `card:1000000001`, `account:17`, `operator:3`.
-    pub target: String,
-    /// The HTTP status the call got.
-    pub status: u16,
-    /// JSON of the target before and after (empty when not applicable).
-    pub before: String,
-    pub after: String,
-    /// The error message of a refused call, or a short summary.
-    pub detail: String,
-}
 
 /// What a listing asks for.
 #[derive(Clone, Debug, Default)]
@@ -120,4 +106,32 @@ impl AuditLog {
 /// The slot an audit record is stored in.
 pub fn audit_slot(id: u64) -> u64 {
     id % AUDIT_KEPT
+}
+
+impl Ledger {
+    /// Journals an audit record of a call that changed nothing (its id and time are
+    /// filled in); returns its id once durable.
+    pub async fn audit(&self, mut rec: AuditRecord) -> Result<u64, LedgerError> {
+        let txn = Txn::begin(self.journal()).await?;
+        rec.id = self.state.new_audit_id();
+        rec.time_ms = self.now_ms();
+        let mut records = Writes::new();
+        records.push(StateWrite::Audit(Box::new(rec.clone())));
+        let id = rec.id;
+        let sent = txn.send(
+            id,
+            rec.time_ms,
+            cardgate_domain::entry::EntryBody::Audit(Box::new(rec.clone())),
+            records,
+            0,
+        );
+        self.state.audit().insert(rec);
+        let (id, _) = sent.durable().await?;
+        metrics::counter!("cardgate_audit_records_total").increment(1);
+        Ok(id)
+    }
+
+    pub fn audit_list(&self, q: &AuditQuery) -> Vec<AuditRecord> {
+        self.state.audit().list(q)
+    }
 }

@@ -20,16 +20,11 @@ use cardgate_codec::{
     BLACKLIST_PAGE_CARDS_MAX, BLACKLIST_PAGE_FIRST, BLACKLIST_PAGE_LAST_IN_RUN, BLACKLIST_PAGE_MORE, BlacklistPage,
     BlacklistPageKind, CardNo,
 };
-use parking_lot::RwLock;
-use serde::{Deserialize, Serialize};
+use cardgate_domain::model::{BlacklistChange, Card};
+use cardgate_domain::rules::card::listed;
+use parking_lot::{RwLock, RwLockWriteGuard};
+use serde::Serialize;
 use tokio::sync::watch;
-
-use cardgate_codec::Message;
-use tokio::sync::oneshot;
-
-use crate::journal::Submission;
-use crate::ledger::{Ledger, Pending};
-use crate::model::{Card, CardStatus, card_no};
 
 /// Changes the gateway remembers for delta sync. A campus makes a few hundred changes on
 /// an ordinary day and one graduating class (~10,000 cancellations) a year, so a
@@ -39,20 +34,6 @@ pub const BLACKLIST_LOG_MAX: u64 = 65_536;
 /// Pages one BLACKLIST_SYNC is answered with at most (256 cards). Bounds the work and
 /// the frames one request costs; the terminal asks again for the rest.
 pub const SYNC_PAGES_MAX: usize = 32;
-
-/// One card joining (`listed`) or leaving the list, as version `version`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BlacklistChange {
-    pub version: u64,
-    #[serde(with = "card_no")]
-    pub card: CardNo,
-    pub listed: bool,
-}
-
-/// Whether a card in this status belongs on the list.
-pub fn listed(status: CardStatus) -> bool {
-    status != CardStatus::Active
-}
 
 struct Inner {
     listed: BTreeSet<u64>,
@@ -151,35 +132,14 @@ impl Blacklist {
         });
     }
 
-    /// Applies `(card, listed)` membership changes and calls `send` with the versioned
-    /// changes while the list is still locked, so that the caller's journal submission
-    /// carries versions in order. Cards whose membership does not change get no version.
-    pub(crate) fn change<R>(&self, cards: &[(CardNo, bool)], send: impl FnOnce(Vec<BlacklistChange>) -> R) -> R {
-        let mut inner = self.inner.write();
-        let mut changes = Vec::new();
-        let mut version = self.version.load(Ordering::Acquire);
-        for &(card, on) in cards {
-            let changed = if on {
-                inner.listed.insert(card.0)
-            } else {
-                inner.listed.remove(&card.0)
-            };
-            if changed {
-                version += 1;
-                let c = BlacklistChange {
-                    version,
-                    card,
-                    listed: on,
-                };
-                inner.log.push_back(c);
-                changes.push(c);
-            }
+    /// Locks the list for a change. The caller applies its membership changes through
+    /// the guard and sends the journal submission that carries them before dropping it,
+    /// so that versions reach the journal in order.
+    pub(crate) fn lock(&self) -> BlacklistGuard<'_> {
+        BlacklistGuard {
+            inner: self.inner.write(),
+            version: &self.version,
         }
-        while inner.log.len() as u64 > BLACKLIST_LOG_MAX {
-            inner.log.pop_front();
-        }
-        self.version.store(version, Ordering::Release);
-        send(changes)
     }
 
     /// The pages answering a BLACKLIST_SYNC (at least one).
@@ -221,6 +181,43 @@ impl Blacklist {
     }
 }
 
+/// The blacklist, locked for a change (`Blacklist::lock`).
+pub(crate) struct BlacklistGuard<'a> {
+    inner: RwLockWriteGuard<'a, Inner>,
+    version: &'a AtomicU64,
+}
+
+impl BlacklistGuard<'_> {
+    /// Applies `(card, listed)` membership changes; each card whose membership changes
+    /// gets the next version, the others none.
+    pub(crate) fn set(&mut self, cards: &[(CardNo, bool)]) -> Vec<BlacklistChange> {
+        let mut changes = Vec::new();
+        let mut version = self.version.load(Ordering::Acquire);
+        for &(card, on) in cards {
+            let changed = if on {
+                self.inner.listed.insert(card.0)
+            } else {
+                self.inner.listed.remove(&card.0)
+            };
+            if changed {
+                version += 1;
+                let c = BlacklistChange {
+                    version,
+                    card,
+                    listed: on,
+                };
+                self.inner.log.push_back(c);
+                changes.push(c);
+            }
+        }
+        while self.inner.log.len() as u64 > BLACKLIST_LOG_MAX {
+            self.inner.log.pop_front();
+        }
+        self.version.store(version, Ordering::Release);
+        changes
+    }
+}
+
 /// How far connected terminals are behind the published version.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct BlacklistLag {
@@ -242,93 +239,6 @@ pub struct BlacklistLag {
 
 /// Terminals a lag report names individually.
 pub const LAG_LIST_MAX: usize = 100;
-
-impl Ledger {
-    /// Answers a BLACKLIST_SYNC: the pages, the first of which waits for a barrier so
-    /// that no version is sent before it is durable (the rest follow it in order).
-    pub async fn blacklist_sync(&self, since_version: u64, after_card: u64) -> Vec<Pending> {
-        let permit = match self.journal().reserve().await {
-            Ok(p) => p,
-            Err(_) => return Vec::new(),
-        };
-        let pages = self.desk.blacklist.sync(since_version, after_card);
-        let (done, wait) = oneshot::channel();
-        permit.send(Submission::barrier(done));
-        let mut out = Vec::with_capacity(pages.len());
-        let mut wait = Some(wait);
-        for p in pages {
-            let m = Message::BlacklistPage(p);
-            out.push(match wait.take() {
-                Some(w) => Pending::after(m, w),
-                None => Pending::ready(m),
-            });
-        }
-        metrics::counter!("cardgate_blacklist_syncs_total").increment(1);
-        out
-    }
-
-    /// A terminal says it holds `version` (BLACKLIST_ACK or HEARTBEAT).
-    pub fn blacklist_ack(&self, terminal_id: u64, version: u64) {
-        if let Some(mut t) = self.terminals.get_mut(&terminal_id) {
-            // A terminal may legitimately go back (it lost its list); believe it.
-            t.blacklist_acked = version;
-        }
-    }
-
-    /// A connection of this terminal signed on (`+1`) or closed (`-1`).
-    pub fn terminal_session(&self, terminal_id: u64, opened: bool) {
-        if let Some(mut t) = self.terminals.get_mut(&terminal_id) {
-            t.sessions = if opened {
-                t.sessions.saturating_add(1)
-            } else {
-                t.sessions.saturating_sub(1)
-            };
-        }
-    }
-
-    /// The blacklist acknowledged by a terminal and whether it is connected.
-    pub fn terminal_blacklist(&self, terminal_id: u64) -> Option<(u64, bool)> {
-        self.terminals
-            .get(&terminal_id)
-            .map(|t| (t.blacklist_acked, t.sessions > 0))
-    }
-
-    /// How many connected terminals are behind, and by how much.
-    pub fn blacklist_lag(&self) -> BlacklistLag {
-        let bl = &self.desk.blacklist;
-        let published = bl.published();
-        let mut lag = BlacklistLag {
-            version: bl.version(),
-            published,
-            listed: bl.len(),
-            delta_floor: bl.delta_floor(),
-            ..Default::default()
-        };
-        let mut behind = Vec::new();
-        for t in self.terminals.iter() {
-            if t.sessions == 0 {
-                continue;
-            }
-            lag.connected_terminals += 1;
-            if t.blacklist_acked < published {
-                let by = published - t.blacklist_acked;
-                lag.behind += 1;
-                lag.max_versions_behind = lag.max_versions_behind.max(by);
-                lag.behind_by[match by {
-                    1 => 0,
-                    2..=10 => 1,
-                    11..=100 => 2,
-                    _ => 3,
-                }] += 1;
-                behind.push((t.info.id, t.blacklist_acked));
-            }
-        }
-        behind.sort_by_key(|(id, v)| (*v, *id));
-        behind.truncate(LAG_LIST_MAX);
-        lag.furthest = behind;
-        lag
-    }
-}
 
 fn empty_page(kind: BlacklistPageKind) -> BlacklistPage {
     BlacklistPage {
@@ -487,7 +397,7 @@ mod tests {
     }
 
     fn set(bl: &Blacklist, card: u64, on: bool) -> Vec<BlacklistChange> {
-        bl.change(&[(CardNo(card), on)], |c| c)
+        bl.lock().set(&[(CardNo(card), on)])
     }
 
     #[test]

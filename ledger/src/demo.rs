@@ -5,12 +5,13 @@
 
 use cardgate_codec::{CardNo, TerminalSecret};
 
+use cardgate_domain::model::{Account, AccountKind, AccountStatus, Card, CardStatus, Terminal, TerminalKind};
+use cardgate_domain::money::from_fen;
+
 use crate::error::LedgerError;
-use crate::journal::{StateWrite, Writes};
 use crate::ledger::Ledger;
-use crate::model::{Account, AccountKind, AccountStatus, Card, CardStatus, Terminal, TerminalKind};
-use crate::money::from_fen;
-use crate::store::meta;
+use crate::records::{StateWrite, Writes, meta};
+use crate::txn::Txn;
 
 /// The published master secret of demo terminals (see `TerminalSecret::derive_demo`).
 pub const DEMO_MASTER_SECRET: &[u8] = b"cardgate-demo-master-secret";
@@ -98,6 +99,10 @@ pub async fn ensure_demo(ledger: &Ledger, campus: &DemoCampus) -> Result<bool, L
         meta::DEMO,
         format!("{} {} {}", campus.accounts, campus.pos_terminals, campus.balance_fen).into_bytes(),
     ));
-    ledger.journal().commit(None, marker).await?;
+    Txn::begin(ledger.journal())
+        .await?
+        .write_direct(marker)
+        .durable()
+        .await?;
     Ok(true)
 }

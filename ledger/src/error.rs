@@ -1,8 +1,8 @@
 //! The ledger's one error type. Each variant says whose fault it is, so that the API
 //! layer can answer an operator's mistake with 4xx and our own failure with 5xx.
 
-use crate::journal::JournalError;
-use crate::store::StoreError;
+use cardgate_domain::Refusal;
+use cardgate_journal::{JournalError, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
@@ -23,6 +23,12 @@ pub enum LedgerError {
     /// The request breaks a rule (a negative amount, a state change not allowed): theirs.
     #[error("{0}")]
     Invalid(String),
+}
+
+impl From<Refusal> for LedgerError {
+    fn from(r: Refusal) -> LedgerError {
+        LedgerError::Invalid(r.0)
+    }
 }
 
 impl LedgerError {

@@ -14,12 +14,12 @@
 use cardgate_codec::{CardNo, DeclineReason};
 use serde::Serialize;
 
-use crate::desk::{CardAction, MoneyKind};
-use crate::entry::{EntryBody, JournalEntry};
+use cardgate_domain::entry::{CardAction, EntryBody, EntryRecord, MoneyKind};
+use cardgate_domain::model::{Outcome, TxKind};
+
 use crate::error::LedgerError;
 use crate::ledger::Ledger;
-use crate::model::{Outcome, TxKind};
-use crate::store::{PREFIX_JOURNAL, id_of_key};
+use crate::records::JournalEntry;
 
 /// Entries one query reads at most: a day of a busy campus is ~300,000 entries, so this
 /// covers a couple of weeks; longer disputes go to the central store.
@@ -217,18 +217,15 @@ fn rows_of(e: &JournalEntry, q: &HistoryQuery, card_account: Option<u64>, out: &
 impl Ledger {
     /// The first durable entry id, if any.
     fn first_entry_id(&self) -> Result<Option<u64>, LedgerError> {
-        let first = self.db().tree.scan_prefix([PREFIX_JOURNAL]).next();
-        Ok(match first {
-            Some(kv) => {
-                let (k, _) = kv.map_err(crate::store::StoreError::from)?;
-                id_of_key(&k)
-            }
-            None => None,
-        })
+        Ok(self.db().first_entry_id()?)
     }
 
     fn entry_at(&self, id: u64) -> Result<Option<JournalEntry>, LedgerError> {
-        Ok(self.db().read_entries(id.saturating_sub(1), 1)?.into_iter().next())
+        Ok(self
+            .db()
+            .read_entries(id.saturating_sub(1), 1, EntryRecord::decode)?
+            .into_iter()
+            .next())
     }
 
     /// Calls `f` on each durable entry whose time is in `[from_ms, to_ms)` (plus slack),
@@ -263,7 +260,7 @@ impl Ledger {
         let mut scanned = 0u64;
         let end = to_ms.saturating_add(TIME_SLACK_MS);
         loop {
-            let entries = self.db().read_entries(after, SCAN_CHUNK)?;
+            let entries = self.db().read_entries(after, SCAN_CHUNK, EntryRecord::decode)?;
             if entries.is_empty() {
                 return Ok((scanned, true, first_time));
             }
@@ -329,80 +326,5 @@ impl Ledger {
             rows.len() < HISTORY_ROWS_MAX
         })?;
         Ok((rows, complete && first_time <= from_ms))
-    }
-}
-
-// ---- calendar -----------------------------------------------------------------------
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let m = i64::from(m);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// The date of a day number.
-pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
-/// `YYYY-MM-DD` → the unix ms at which that local day starts.
-pub fn parse_local_date(s: &str, tz_offset_minutes: i32) -> Option<i64> {
-    let mut it = s.split('-');
-    let y: i64 = it.next()?.parse().ok()?;
-    let m: u32 = it.next()?.parse().ok()?;
-    let d: u32 = it.next()?.parse().ok()?;
-    if it.next().is_some() || !(1..=12).contains(&m) || !(1..=31).contains(&d) || !(1970..=9999).contains(&y) {
-        return None;
-    }
-    let days = days_from_civil(y, m, d);
-    if civil_from_days(days) != (y, m, d) {
-        return None;
-    }
-    Some(days * 86_400_000 - i64::from(tz_offset_minutes) * 60_000)
-}
-
-/// Unix ms → `YYYY-MM-DD HH:MM:SS.mmm` local time.
-pub fn format_local(ms: i64, tz_offset_minutes: i32) -> String {
-    let local = ms + i64::from(tz_offset_minutes) * 60_000;
-    let days = local.div_euclid(86_400_000);
-    let rem = local.rem_euclid(86_400_000);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{:03}",
-        rem / 3_600_000,
-        rem / 60_000 % 60,
-        rem / 1000 % 60,
-        rem % 1000
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dates_round_trip() {
-        assert_eq!(days_from_civil(1970, 1, 1), 0);
-        assert_eq!(civil_from_days(days_from_civil(2024, 2, 29)), (2024, 2, 29));
-        assert_eq!(parse_local_date("2024-02-30", 480), None);
-        assert_eq!(parse_local_date("2024-13-01", 480), None);
-        assert_eq!(parse_local_date("x", 480), None);
-        let ms = parse_local_date("2025-06-01", 480).unwrap();
-        assert_eq!(format_local(ms, 480), "2025-06-01 00:00:00.000");
-        assert_eq!(format_local(ms, 0), "2025-05-31 16:00:00.000");
     }
 }

@@ -38,21 +38,22 @@
 //! cannot ride in the commit). A crash in between leaves some kind changes undone;
 //! importing the file again reports them as updates and makes them.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use cardgate_codec::CardNo;
-use serde::{Deserialize, Serialize};
 
-use crate::desk::{
-    NAME_BYTES_MAX, Person, PersonUpdated, check_person_id, check_text, durable, new_account, parse_card_no, send_entry,
-};
-use crate::entry::EntryBody;
+use cardgate_domain::entry::{EntryBody, ImportChunk, ImportCommitted, ImportItem, PersonUpdated};
+use cardgate_domain::model::{AccountKind, Card, CardStatus, Person};
+use cardgate_domain::rules::input::{NAME_BYTES_MAX, check_person_id, check_text, parse_card_no};
+use cardgate_journal::record::encode_record;
+use serde::Serialize;
+
+use crate::desk::By;
+use crate::desk::new_account;
 use crate::error::LedgerError;
-use crate::journal::{StateWrite, Writes};
-use crate::ledger::{Ledger, Recovered};
-use crate::model::{Account, AccountKind, Card, CardStatus};
-use crate::operators::Actor;
-use crate::store::{PREFIX_STAGED, StoreError, decode_record, encode_record};
+use crate::ledger::Ledger;
+use crate::records::{PREFIX_STAGED, StateWrite, Writes};
+use crate::txn::Txn;
 
 /// The largest file accepted: 100,000 rows of ~80 bytes is 8 MB; this leaves room for
 /// long names while bounding what one request makes us hold.
@@ -66,38 +67,6 @@ pub const IMPORT_ERRORS_LISTED_MAX: usize = 1_000;
 pub const IMPORT_CHUNK_BYTES_MAX: usize = 3 * 1024;
 
 const COLUMNS: [&str; 5] = ["person_id", "name", "department", "kind", "card_no"];
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ImportItem {
-    Add {
-        person: Person,
-        account: Account,
-        card: Card,
-    },
-    Update {
-        person: Person,
-    },
-}
-
-/// Staged records of one import; applied only at its `ImportCommitted`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ImportChunk {
-    pub import_id: u64,
-    pub index: u32,
-    pub items: Vec<ImportItem>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ImportCommitted {
-    pub actor: Actor,
-    pub import_id: u64,
-    pub chunks: u32,
-    pub rows: u64,
-    pub added: u64,
-    pub updated: u64,
-    pub kind_changed: u64,
-    pub unchanged: u64,
-}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct RowError {
@@ -149,13 +118,18 @@ struct Plan {
 
 impl Ledger {
     /// Validates and, unless `dry_run` or any row is bad, applies a CSV import.
-    pub async fn import_csv(&self, actor: &Actor, csv: &[u8], dry_run: bool) -> Result<ImportReport, LedgerError> {
+    pub async fn import_csv(
+        &self,
+        by: &By<'_, ImportReport>,
+        csv: &[u8],
+        dry_run: bool,
+    ) -> Result<ImportReport, LedgerError> {
         if csv.len() > IMPORT_BYTES_MAX {
             return Err(LedgerError::Invalid(format!(
                 "the file is larger than {IMPORT_BYTES_MAX} bytes"
             )));
         }
-        let _batch = self.desk.batches.lock().await;
+        let _batch = self.state.batch_lock().await;
         self.remove_staged_of_checkpointed_imports().await?;
         let plan = self.plan_import(csv);
         let mut report = plan.report;
@@ -173,7 +147,7 @@ impl Ledger {
         // The records, with account ids above every existing one.
         let mut items = Vec::with_capacity(plan.adds.len() + plan.updates.len());
         for row in &plan.adds {
-            let id = self.new_account_id();
+            let id = self.state.new_account_id();
             items.push(ImportItem::Add {
                 person: Person {
                     account: id,
@@ -214,7 +188,7 @@ impl Ledger {
         }
         let mut last = None;
         for (index, items) in chunks.iter().enumerate() {
-            let permit = self.journal().reserve().await?;
+            let txn = Txn::begin(self.journal()).await?;
             let index = index as u32;
             let mut writes = Writes::new();
             writes.push(StateWrite::Staged(
@@ -226,26 +200,26 @@ impl Ledger {
                 index,
                 items: items.clone(),
             }));
-            last = Some(send_entry(permit, body, writes, now, 0));
+            last = Some(txn.send((), now, body, writes, 0));
         }
-        if let Some(wait) = last {
-            durable(wait).await?;
+        if let Some(sent) = last {
+            sent.durable().await?;
         }
 
         // 2. Commit, then make the records visible.
-        let permit = self.journal().reserve().await?;
-        let wait = {
-            let _ops = self.desk.ops.lock();
+        let txn = Txn::begin(self.journal()).await?;
+        let sent = {
+            let _desk = self.state.desk_lock();
             // The desk may have issued a card or opened a person since validation.
             for item in chunks.iter().flatten() {
                 if let ImportItem::Add { person, card, .. } = item {
-                    if self.cards.contains_key(&card.no) {
+                    if self.state.has_card(card.no) {
                         return Err(LedgerError::Invalid(format!(
                             "card {} was issued at the desk during the import; nothing was imported",
                             card.no.0
                         )));
                     }
-                    if self.desk.person_ids.contains_key(&person.id) {
+                    if self.state.has_person(&person.id) {
                         return Err(LedgerError::Invalid(format!(
                             "person {} was opened at the desk during the import; nothing was imported",
                             person.id
@@ -265,7 +239,7 @@ impl Ledger {
                 }
             }
             let body = EntryBody::ImportCommitted(Box::new(ImportCommitted {
-                actor: actor.clone(),
+                actor: by.actor.clone(),
                 import_id,
                 chunks: chunks.len() as u32,
                 rows: report.rows as u64,
@@ -274,23 +248,26 @@ impl Ledger {
                 kind_changed: report.kind_changed as u64,
                 unchanged: report.unchanged as u64,
             }));
-            let wait = send_entry(permit, body, writes, now, 0);
+            // The report as it stands once the commit is durable: the kind changes
+            // after it belong to the same import.
+            let mut committed = report.clone();
+            committed.applied = true;
+            let sent = self.send_desk(txn, by, committed, now, body, writes, 0);
             for item in chunks.iter().flatten() {
-                apply_item(self, item);
+                self.apply_item(item);
             }
-            wait
+            sent
         };
-        let marker_id = durable(wait).await?;
-        self.desk
-            .staged_imports
-            .lock()
+        let (_, marker_id) = sent.durable().await?;
+        self.state
+            .staged_imports()
             .push((marker_id, import_id, chunks.len() as u32));
 
         // 3. Kind changes, each under its account's lock.
         let mut last = None;
         for (account, kind, person) in &plan.kind_changes {
-            let permit = self.journal().reserve().await?;
-            let Some(mut acct) = self.accounts.get_mut(account) else {
+            let txn = Txn::begin(self.journal()).await?;
+            let Some(mut acct) = self.state.account_mut(*account) else {
                 continue;
             };
             acct.kind = *kind;
@@ -298,15 +275,17 @@ impl Ledger {
             writes.push(StateWrite::Person(Box::new(person.clone())));
             writes.push(StateWrite::Account(*acct));
             let body = EntryBody::PersonUpdated(Box::new(PersonUpdated {
-                actor: actor.clone(),
+                actor: by.actor.clone(),
                 person: person.clone(),
                 kind: *kind,
                 import_id,
             }));
-            last = Some(send_entry(permit, body, writes, now, 0));
+            last = Some(txn.send((), now, body, writes, 0));
+            drop(acct);
+            self.state.put_person(person.clone());
         }
-        if let Some(wait) = last {
-            durable(wait).await?;
+        if let Some(sent) = last {
+            sent.durable().await?;
         }
         report.applied = true;
         metrics::counter!("cardgate_import_rows_total", "result" => "added").increment(report.added as u64);
@@ -323,7 +302,7 @@ impl Ledger {
             .durable_checkpoint_id
             .load(std::sync::atomic::Ordering::Acquire);
         let done: Vec<(u64, u64, u32)> = {
-            let mut staged = self.desk.staged_imports.lock();
+            let mut staged = self.state.staged_imports();
             let (done, keep) = staged.drain(..).partition(|(marker, _, _)| *marker <= checkpoint);
             *staged = keep;
             done
@@ -337,7 +316,7 @@ impl Ledger {
                 writes.push(StateWrite::Staged(staged_key(import_id, i).to_vec(), None));
             }
         }
-        self.journal().commit(None, writes).await?;
+        Txn::begin(self.journal()).await?.write_direct(writes).durable().await?;
         Ok(())
     }
 
@@ -456,12 +435,12 @@ impl Ledger {
         if plan.report.error_count == 0 {
             // Against the gateway's records: one pass over the cards, not one per row.
             let mut cards_by_account: HashMap<u64, HashSet<u64>> = HashMap::new();
-            for c in self.cards.iter() {
+            self.state.for_each_card(|c| {
                 cards_by_account.entry(c.account).or_default().insert(c.no.0);
-            }
+            });
             for row in rows {
-                let existing_card = self.cards.get(&row.card).map(|c| c.account);
-                match self.person(&row.person_id) {
+                let existing_card = self.state.card(row.card).map(|c| c.account);
+                match self.state.person(&row.person_id) {
                     None => {
                         if let Some(a) = existing_card {
                             err(
@@ -489,7 +468,7 @@ impl Ledger {
                             err(row.line, msg, &mut plan.report);
                             continue;
                         }
-                        let kind_now = self.account(p.account).map(|a| a.kind);
+                        let kind_now = self.state.account(p.account).map(|a| a.kind);
                         let mut after = p.clone();
                         after.name = row.name;
                         after.department = row.department;
@@ -521,113 +500,15 @@ impl Ledger {
     }
 }
 
-fn apply_item(l: &Ledger, item: &ImportItem) {
-    match item {
-        ImportItem::Add { person, account, card } => {
-            l.accounts.insert(account.id, *account);
-            l.cards.insert(card.no, *card);
-            l.desk.put_person(person.clone());
-        }
-        ImportItem::Update { person } => l.desk.put_person(person.clone()),
-    }
-}
-
-/// Replay: chunks wait for their commit entry.
-pub(crate) fn replay(r: &mut Recovered<'_>, body: &EntryBody) -> Result<(), LedgerError> {
-    match body {
-        EntryBody::ImportChunk(c) => {
-            r.staged
-                .entry(c.import_id)
-                .or_default()
-                .insert(c.index, c.items.clone());
-        }
-        EntryBody::ImportCommitted(m) => {
-            let mut staged = r.staged.remove(&m.import_id).unwrap_or_default();
-            for index in 0..m.chunks {
-                let items = match staged.remove(&index) {
-                    Some(items) => items,
-                    None => {
-                        // The chunk precedes the checkpoint: it is under its staging key.
-                        let key = staged_key(m.import_id, index);
-                        let bytes =
-                            r.db.tree
-                                .get(key)
-                                .map_err(StoreError::from)?
-                                .ok_or_else(|| StoreError::Corrupt {
-                                    key: key.to_vec(),
-                                    reason: format!("import {} chunk {index} is missing", m.import_id),
-                                })?;
-                        decode_record::<Vec<ImportItem>>(&key, &bytes)?
-                    }
-                };
-                for item in &items {
-                    match item {
-                        ImportItem::Add { person, account, card } => {
-                            r.accounts.insert(account.id, *account);
-                            r.cards.insert(card.no, *card);
-                            r.desk.put_person(person.clone());
-                            r.touched.touch(StateWrite::Account(*account));
-                            r.touched.touch(StateWrite::Card(*card));
-                            r.touched.touch(StateWrite::Person(Box::new(person.clone())));
-                        }
-                        ImportItem::Update { person } => {
-                            r.desk.put_person(person.clone());
-                            r.touched.touch(StateWrite::Person(Box::new(person.clone())));
-                        }
-                    }
-                }
+impl Ledger {
+    fn apply_item(&self, item: &ImportItem) {
+        match item {
+            ImportItem::Add { person, account, card } => {
+                self.state.put_account(*account);
+                self.state.put_card(*card);
+                self.state.put_person(person.clone());
             }
-        }
-        _ => {}
-    }
-    Ok(())
-}
-
-/// Chunks replay met without their commit: imports a crash cut short, never applied.
-pub(crate) fn abandoned(staged: &HashMap<u64, BTreeMap<u32, Vec<ImportItem>>>) -> usize {
-    staged.len()
-}
-
-/// How far back from an import's commit entry the central flusher looks for its chunks.
-/// They are submitted back to back just before the commit, so only the traffic of the
-/// import's own seconds lies in between; the bound stops a damaged journal from being
-/// read end to end.
-pub const CHUNK_SEARCH_ENTRIES_MAX: u64 = 10_000_000;
-
-/// The items an import committed at entry `commit_entry_id` staged, read back from the
-/// journal (the central flusher needs them to write the master data the commit
-/// applies). `None` when a chunk is not found within `CHUNK_SEARCH_ENTRIES_MAX` entries.
-pub fn staged_items_in_journal(
-    db: &crate::store::Db,
-    commit_entry_id: u64,
-    commit: &ImportCommitted,
-) -> Result<Option<Vec<ImportItem>>, StoreError> {
-    let mut found: BTreeMap<u32, Vec<ImportItem>> = BTreeMap::new();
-    let mut scanned = 0u64;
-    let upper = crate::store::key_segment(commit_entry_id);
-    for kv in db.tree.range(..=upper).rev() {
-        let (k, v) = kv?;
-        if k.first() != Some(&crate::store::PREFIX_JOURNAL) {
-            break;
-        }
-        let first = crate::store::id_of_key(&k).unwrap_or(0);
-        for e in crate::store::decode_segment(first, &v)?.into_iter().rev() {
-            if e.id >= commit_entry_id {
-                continue;
-            }
-            scanned += 1;
-            if let EntryBody::ImportChunk(c) = e.record.body
-                && c.import_id == commit.import_id
-            {
-                found.insert(c.index, c.items);
-                if found.len() as u32 == commit.chunks {
-                    return Ok(Some(found.into_values().flatten().collect()));
-                }
-            }
-        }
-        if scanned >= CHUNK_SEARCH_ENTRIES_MAX {
-            break;
+            ImportItem::Update { person } => self.state.put_person(person.clone()),
         }
     }
-    Ok((commit.chunks == 0).then(Vec::new))
 }

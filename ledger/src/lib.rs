@@ -1,30 +1,32 @@
-//! The cardgate domain and its durability. This crate owns the accounts, cards,
-//! terminals and business parameters held in memory; the decision rules for purchases,
-//! reversals and inquiries; idempotency by terminal sequence number; the sled journal
-//! whose single committer makes one flush (plus `fdatasync`) cover every decision that
-//! arrived while the previous one ran; recovery of exactly the durable state at
-//! start; and the flusher that ships every committed entry to the central store
-//! (`central`, SQLite or PostgreSQL), the only network I/O here. It knows the wire
-//! protocol only through `cardgate-codec`'s message types and serves no terminal.
+//! The ledger: the gateway's state in memory and every operation on it. This crate owns
+//! the accounts, cards, terminals, persons, operators, parameters, blacklist and audit
+//! trail held in memory (`state.rs`, one owning type, one lock order); the one write
+//! protocol that makes each change durable before anyone sees its result (`txn.rs`);
+//! the operations, a file per concern: the terminals' money requests (`pay.rs`) and
+//! sessions (`terminals.rs`), the card desk (`desk/`), imports, history, the audit
+//! trail, the demo campus; and recovery of exactly the durable state (`recovery.rs`).
+//! It is the only writer of the journal (`cardgate-journal`); the rules it applies are
+//! `cardgate-domain`'s; the central store (`cardgate-central`) reads what it wrote.
 #![forbid(unsafe_code)]
 
 pub mod audit;
 pub mod blacklist;
-pub mod central;
-pub mod clock;
 pub mod demo;
 pub mod desk;
-pub mod entry;
 pub mod error;
 pub mod history;
 pub mod import;
-pub mod journal;
 pub mod ledger;
-pub mod model;
-pub mod money;
-pub mod operators;
-pub mod store;
+pub mod master;
+pub mod pay;
+pub mod records;
+pub mod recovery;
+mod state;
+pub mod terminals;
+pub mod txn;
 
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use cardgate_domain::clock::{Clock, ManualClock, SystemClock};
 pub use error::LedgerError;
-pub use ledger::{Ledger, LedgerConfig, Pending, RecoveryStats};
+pub use ledger::{Ledger, LedgerConfig};
+pub use recovery::RecoveryStats;
+pub use txn::{Durable, Pending};

@@ -5,7 +5,7 @@ mod common;
 use std::sync::Arc;
 
 use cardgate_codec::{CardNo, DeclineReason, Message};
-use cardgate_ledger::model::{AccountStatus, CardStatus};
+use cardgate_domain::model::{AccountStatus, CardStatus};
 use common::*;
 
 fn approved(m: &Message) -> &cardgate_codec::Approved {
@@ -86,7 +86,7 @@ async fn amounts_limits_and_balance_are_checked() {
     assert_eq!(declined(&f.buy(POS, 7, 101, 1).await), DeclineReason::InsufficientFunds);
 
     let mut rich = account(50, 10_000_00);
-    rich.kind = cardgate_ledger::model::AccountKind::Student;
+    rich.kind = cardgate_domain::model::AccountKind::Student;
     f.ledger.open_account(rich).await.unwrap();
     f.ledger.issue_card(card(150, 50)).await.unwrap();
     for seq in 10..13 {

@@ -5,13 +5,15 @@ use std::path::Path;
 use std::sync::Arc;
 
 use cardgate_codec::{CardNo, DeclineReason, Message, Purchase};
-use cardgate_ledger::audit::{AuditQuery, AuditRecord};
-use cardgate_ledger::desk::{CardAction, FeeKind, NewPerson, PayMethod};
-use cardgate_ledger::journal::CommitterHandle;
-use cardgate_ledger::model::{AccountKind, AccountStatus, CardStatus, Terminal, TerminalKind};
-use cardgate_ledger::money::{from_fen, to_fen};
-use cardgate_ledger::operators::{Actor, Role};
-use cardgate_ledger::store::{FaultSwitch, FaultyStore};
+use cardgate_domain::entry::{CardAction, FeeKind, PayMethod};
+use cardgate_domain::model::AuditRecord;
+use cardgate_domain::model::{AccountKind, AccountStatus, CardStatus, Terminal, TerminalKind};
+use cardgate_domain::money::{from_fen, to_fen};
+use cardgate_domain::operator::{Actor, Role};
+use cardgate_journal::CommitterHandle;
+use cardgate_journal::{FaultSwitch, FaultyStore};
+use cardgate_ledger::audit::AuditQuery;
+use cardgate_ledger::desk::{By, NewPerson};
 use cardgate_ledger::{Ledger, LedgerConfig, SystemClock};
 
 /// Opens, retrying while sled's I/O threads still hold the previous instance's file
@@ -136,28 +138,28 @@ fn snapshot(l: &Ledger, persons: &[&str]) -> String {
 /// A day at the desk; returns the person ids it used.
 async fn a_day_at_the_desk(l: &Ledger) -> Vec<&'static str> {
     pos(l).await;
-    let (p1, a1) = l.open_person(&desk(), person("S1")).await.unwrap();
+    let (p1, a1) = l.open_person(&By::actor(&desk()), person("S1")).await.unwrap();
     assert_eq!(a1.balance, from_fen(0));
-    let (p2, _) = l.open_person(&desk(), person("S2")).await.unwrap();
+    let (p2, _) = l.open_person(&By::actor(&desk()), person("S2")).await.unwrap();
     assert!(
-        l.open_person(&desk(), person("S1")).await.is_err(),
+        l.open_person(&By::actor(&desk()), person("S1")).await.is_err(),
         "person ids are unique"
     );
-    l.issue_card_desk(&desk(), p1.account, CardNo(6_222_000_001), None, None)
+    l.issue_card_desk(&By::actor(&desk()), p1.account, CardNo(6_222_000_001), None, None)
         .await
         .unwrap();
-    l.issue_card_desk(&desk(), p2.account, CardNo(6_222_000_002), None, None)
+    l.issue_card_desk(&By::actor(&desk()), p2.account, CardNo(6_222_000_002), None, None)
         .await
         .unwrap();
-    l.top_up(&desk(), p1.account, 100_00).await.unwrap();
-    l.top_up(&desk(), p2.account, 50_00).await.unwrap();
+    l.top_up(&By::actor(&desk()), p1.account, 100_00).await.unwrap();
+    l.top_up(&By::actor(&desk()), p2.account, 50_00).await.unwrap();
     assert!(matches!(buy(l, 1, 6_222_000_001, 10_00).await, Message::Approved(_)));
     assert_eq!(balance(l, p1.account), 90_00);
 
     // Lost: declined at once, with the reason; the version moves.
     let v0 = l.blacklist_version();
     let r = l
-        .card_status(&desk(), CardNo(6_222_000_001), CardAction::Lost)
+        .card_status(&By::actor(&desk()), CardNo(6_222_000_001), CardAction::Lost)
         .await
         .unwrap();
     assert_eq!(r.blacklist_version, v0 + 1);
@@ -167,22 +169,22 @@ async fn a_day_at_the_desk(l: &Ledger) -> Vec<&'static str> {
         other => panic!("{other:?}"),
     }
     assert!(
-        l.card_status(&desk(), CardNo(6_222_000_001), CardAction::Lost)
+        l.card_status(&By::actor(&desk()), CardNo(6_222_000_001), CardAction::Lost)
             .await
             .is_err(),
         "lost twice"
     );
     // Unfreeze, then lost again and replaced: the balance carries over.
-    l.card_status(&desk(), CardNo(6_222_000_001), CardAction::Unfreeze)
+    l.card_status(&By::actor(&desk()), CardNo(6_222_000_001), CardAction::Unfreeze)
         .await
         .unwrap();
     assert!(matches!(buy(l, 3, 6_222_000_001, 1_00).await, Message::Approved(_)));
-    l.card_status(&desk(), CardNo(6_222_000_001), CardAction::Lost)
+    l.card_status(&By::actor(&desk()), CardNo(6_222_000_001), CardAction::Lost)
         .await
         .unwrap();
     let r = l
         .replace_card(
-            &desk(),
+            &By::actor(&desk()),
             CardNo(6_222_000_001),
             CardNo(6_222_000_011),
             Some(PayMethod::Balance),
@@ -201,32 +203,40 @@ async fn a_day_at_the_desk(l: &Ledger) -> Vec<&'static str> {
         other => panic!("{other:?}"),
     }
     // Money: never below zero, reasons required.
-    assert!(l.refund(&desk(), p2.account, 50_01, "leaving").await.is_err());
-    assert!(l.refund(&desk(), p2.account, 10_00, " ").await.is_err());
-    l.refund(&desk(), p2.account, 10_00, "cash back").await.unwrap();
-    assert!(l.adjust(&desk(), p2.account, -40_01, "fix").await.is_err());
-    l.adjust(&desk(), p2.account, -5_00, "double top-up on 3 June")
+    assert!(
+        l.refund(&By::actor(&desk()), p2.account, 50_01, "leaving")
+            .await
+            .is_err()
+    );
+    assert!(l.refund(&By::actor(&desk()), p2.account, 10_00, " ").await.is_err());
+    l.refund(&By::actor(&desk()), p2.account, 10_00, "cash back")
         .await
         .unwrap();
-    l.fee(&desk(), p2.account, FeeKind::TemporaryCard, PayMethod::Cash)
+    assert!(l.adjust(&By::actor(&desk()), p2.account, -40_01, "fix").await.is_err());
+    l.adjust(&By::actor(&desk()), p2.account, -5_00, "double top-up on 3 June")
+        .await
+        .unwrap();
+    l.fee(&By::actor(&desk()), p2.account, FeeKind::TemporaryCard, PayMethod::Cash)
         .await
         .unwrap();
     assert_eq!(balance(l, p2.account), 35_00, "a cash fee leaves the balance");
-    assert!(l.top_up(&desk(), p2.account, 0).await.is_err());
-    assert!(l.top_up(&desk(), 999, 1).await.is_err());
+    assert!(l.top_up(&By::actor(&desk()), p2.account, 0).await.is_err());
+    assert!(l.top_up(&By::actor(&desk()), 999, 1).await.is_err());
 
     // Grants: once per batch and account.
     let items = [(p1.account, 20_00), (p2.account, 20_00)];
-    let r = l.grant_batch(&desk(), "2025-06", &items).await.unwrap();
+    let r = l.grant_batch(&By::actor(&desk()), "2025-06", &items).await.unwrap();
     assert_eq!((r.applied, r.already_done), (2, 0));
-    let r = l.grant_batch(&desk(), "2025-06", &items).await.unwrap();
+    let r = l.grant_batch(&By::actor(&desk()), "2025-06", &items).await.unwrap();
     assert_eq!((r.applied, r.already_done), (0, 2));
     assert!(
-        l.grant_batch(&desk(), "2025-06", &[(p1.account, 30_00)]).await.is_err(),
+        l.grant_batch(&By::actor(&desk()), "2025-06", &[(p1.account, 30_00)])
+            .await
+            .is_err(),
         "a different amount under the same batch"
     );
     assert!(
-        l.grant_batch(&desk(), "2025-07", &[(p1.account, 1_00), (999, 1_00)])
+        l.grant_batch(&By::actor(&desk()), "2025-07", &[(p1.account, 1_00), (999, 1_00)])
             .await
             .is_err(),
         "an unknown account refuses the whole batch"
@@ -239,47 +249,50 @@ async fn a_day_at_the_desk(l: &Ledger) -> Vec<&'static str> {
 
     // Cancellation: refund recorded, account closed, cards refused.
     let before = balance(l, p2.account);
-    let r = l.cancel_card(&desk(), CardNo(6_222_000_002)).await.unwrap();
+    let r = l.cancel_card(&By::actor(&desk()), CardNo(6_222_000_002)).await.unwrap();
     assert_eq!(r.change.money.as_ref().unwrap().amount_fen, before);
     assert_eq!(l.account(p2.account).unwrap().status, AccountStatus::Closed);
     assert_eq!(balance(l, p2.account), 0);
     assert_eq!(l.card(CardNo(6_222_000_002)).unwrap().status, CardStatus::Cancelled);
-    assert!(l.top_up(&desk(), p2.account, 1_00).await.is_err(), "closed");
+    assert!(l.top_up(&By::actor(&desk()), p2.account, 1_00).await.is_err(), "closed");
 
     // Batch cancellation: all or nothing on unknown ids; idempotent.
-    let (p3, _) = l.open_person(&desk(), person("S3")).await.unwrap();
-    l.issue_card_desk(&desk(), p3.account, CardNo(6_222_000_003), None, None)
+    let (p3, _) = l.open_person(&By::actor(&desk()), person("S3")).await.unwrap();
+    l.issue_card_desk(&By::actor(&desk()), p3.account, CardNo(6_222_000_003), None, None)
         .await
         .unwrap();
     let err = l
-        .cancel_batch(&desk(), "grad-2025", &["S3".into(), "NOBODY".into()])
+        .cancel_batch(&By::actor(&desk()), "grad-2025", &["S3".into(), "NOBODY".into()])
         .await
         .unwrap_err();
     assert!(err.to_string().contains("NOBODY"));
     assert_eq!(l.account(p3.account).unwrap().status, AccountStatus::Active);
     let (r, _) = l
-        .cancel_batch(&desk(), "grad-2025", &["S3".into(), "S2".into()])
+        .cancel_batch(&By::actor(&desk()), "grad-2025", &["S3".into(), "S2".into()])
         .await
         .unwrap();
     assert_eq!((r.applied, r.already_done), (1, 1));
     assert_eq!(l.card(CardNo(6_222_000_003)).unwrap().status, CardStatus::Cancelled);
 
     // Operators, parameters, audit.
-    let (op, token) = l.add_operator(&Actor::cli(), "li", Role::DataAdmin).await.unwrap();
+    let (op, token) = l
+        .add_operator(&By::actor(&Actor::cli()), "li", Role::DataAdmin)
+        .await
+        .unwrap();
     assert_eq!(l.authenticate(&token).unwrap().id, op.id);
     assert!(l.authenticate("cg_nope").is_none());
-    l.disable_operator(&desk(), op.id).await.unwrap();
+    l.disable_operator(&By::actor(&desk()), op.id).await.unwrap();
     assert!(l.authenticate(&token).is_none(), "disabled at once");
     let mut params = l.params();
     params.kinds[0].limits.single_payment_max = from_fen(5_00);
-    l.change_params(&desk(), params).await.unwrap();
+    l.change_params(&By::actor(&desk()), params).await.unwrap();
     match buy(l, 6, 6_222_000_011, 6_00).await {
         Message::Declined(d) => assert_eq!(d.reason, DeclineReason::OverSingleLimit),
         other => panic!("{other:?}"),
     }
     let mut bad = params;
     bad.kinds[1].limits.daily_max = from_fen(0);
-    assert!(l.change_params(&desk(), bad).await.is_err());
+    assert!(l.change_params(&By::actor(&desk()), bad).await.is_err());
     l.audit(AuditRecord {
         id: 0,
         time_ms: 0,
@@ -325,7 +338,7 @@ async fn desk_operations_survive_a_crash_twice() {
     let before = snapshot(&l, &persons);
     // The journal fails: no final checkpoint, so the next start replays everything.
     switch.set(FaultSwitch::FAIL_APPLY);
-    assert!(l.top_up(&desk(), 1, 1_00).await.is_err());
+    assert!(l.top_up(&By::actor(&desk()), 1, 1_00).await.is_err());
     close(l, c).await;
     let (l, c, stats) = retry(|| Ledger::open(dir.path(), LedgerConfig::default(), Arc::new(SystemClock)));
     assert!(stats.replayed > 20, "replayed {}", stats.replayed);
@@ -362,24 +375,33 @@ async fn import_is_all_or_nothing_idempotent_and_reports_changes() {
         2025004,Li,CS,student,0123\n\
         2025001,Again,CS,student,62220000100005\n\
         2025006,Dup card,CS,student,62220000100001\n";
-    let r = l.import_csv(&admin, bad.as_bytes(), false).await.unwrap();
+    let r = l.import_csv(&By::actor(&admin), bad.as_bytes(), false).await.unwrap();
     assert!(!r.applied);
     let lines: Vec<u64> = r.errors.iter().map(|e| e.line).collect();
     assert_eq!(lines, vec![3, 4, 5, 6, 7], "{:?}", r.errors);
     assert!(r.errors[1].message.contains("alien"), "{:?}", r.errors);
     assert!(l.person("2025001").is_none() && l.card(CardNo(62_220_000_100_001)).is_none());
-    let r = l.import_csv(&admin, b"person_id,name\n1,x\n", false).await.unwrap();
+    let r = l
+        .import_csv(&By::actor(&admin), b"person_id,name\n1,x\n", false)
+        .await
+        .unwrap();
     assert!(!r.applied && r.errors[0].line == 1);
 
     // A good file; then the same file again changes nothing.
-    let r = l.import_csv(&admin, CSV_OK.as_bytes(), false).await.unwrap();
+    let r = l
+        .import_csv(&By::actor(&admin), CSV_OK.as_bytes(), false)
+        .await
+        .unwrap();
     assert!(r.applied);
     assert_eq!((r.added, r.updated, r.unchanged), (3, 0, 0));
     let p = l.person("T001").unwrap();
     assert_eq!(l.account(p.account).unwrap().kind, AccountKind::Staff);
     assert_eq!(l.card(CardNo(62_220_000_100_003)).unwrap().account, p.account);
     let entries = l.journal().stats.entries.load(std::sync::atomic::Ordering::Relaxed);
-    let r = l.import_csv(&admin, CSV_OK.as_bytes(), false).await.unwrap();
+    let r = l
+        .import_csv(&By::actor(&admin), CSV_OK.as_bytes(), false)
+        .await
+        .unwrap();
     assert_eq!((r.added, r.updated, r.unchanged), (0, 0, 3));
     assert_eq!(
         l.journal().stats.entries.load(std::sync::atomic::Ordering::Relaxed),
@@ -392,17 +414,26 @@ async fn import_is_all_or_nothing_idempotent_and_reports_changes() {
         2025002,Li Si,CS,staff,62220000100002\n\
         T001,Wang Wu,Physics,staff,62220000100003\n\
         2025009,New One,CS,temporary,62220000100009\n";
-    let r = l.import_csv(&admin, changed.as_bytes(), true).await.unwrap();
+    let r = l
+        .import_csv(&By::actor(&admin), changed.as_bytes(), true)
+        .await
+        .unwrap();
     assert!(!r.applied, "dry run");
     assert_eq!((r.added, r.updated, r.kind_changed, r.unchanged), (1, 2, 1, 1));
     assert!(l.person("2025009").is_none());
-    let r = l.import_csv(&admin, changed.as_bytes(), false).await.unwrap();
+    let r = l
+        .import_csv(&By::actor(&admin), changed.as_bytes(), false)
+        .await
+        .unwrap();
     assert!(r.applied);
     assert_eq!(l.person("2025001").unwrap().department, "Maths");
     let p2 = l.person("2025002").unwrap();
     assert_eq!(l.account(p2.account).unwrap().kind, AccountKind::Staff);
     let stolen = "person_id,name,department,kind,card_no\n2025010,X,CS,student,62220000100001\n";
-    let r = l.import_csv(&admin, stolen.as_bytes(), false).await.unwrap();
+    let r = l
+        .import_csv(&By::actor(&admin), stolen.as_bytes(), false)
+        .await
+        .unwrap();
     assert!(!r.applied && r.errors[0].message.contains("belongs to account"));
     let persons = ["2025001", "2025002", "T001", "2025009", "2025010"];
     let before = snapshot(&l, &persons);
@@ -422,10 +453,13 @@ async fn a_committed_import_survives_a_crash() {
             .map(|i| format!("P{i},Name {i},Dept,student,{}\n", 70_000_000_000u64 + i))
             .collect();
         let csv = format!("person_id,name,department,kind,card_no\n{rows}");
-        let r = l.import_csv(&Actor::cli(), csv.as_bytes(), false).await.unwrap();
+        let r = l
+            .import_csv(&By::actor(&Actor::cli()), csv.as_bytes(), false)
+            .await
+            .unwrap();
         assert_eq!(r.added, 2000);
         switch.set(FaultSwitch::FAIL_APPLY);
-        assert!(l.top_up(&desk(), 1, 1).await.is_err());
+        assert!(l.top_up(&By::actor(&desk()), 1, 1).await.is_err());
         close(l, c).await;
     }
     let (l, c) = open(dir.path());
@@ -440,12 +474,24 @@ async fn a_committed_import_survives_a_crash() {
 /// lie before the checkpoint finds them under their staging keys.
 #[tokio::test(flavor = "multi_thread")]
 async fn replay_applies_an_import_only_at_its_commit() {
-    use cardgate_ledger::desk::Person;
-    use cardgate_ledger::entry::EntryBody;
-    use cardgate_ledger::import::{ImportChunk, ImportCommitted, ImportItem, staged_key};
-    use cardgate_ledger::journal::{StateWrite, Writes};
-    use cardgate_ledger::model::{Account, Card};
-    use cardgate_ledger::store::encode_record;
+    use cardgate_domain::entry::{EntryBody, EntryRecord, ImportChunk, ImportCommitted, ImportItem};
+    use cardgate_domain::model::{Account, Card, Person};
+    use cardgate_journal::record::encode_record;
+    use cardgate_ledger::import::staged_key;
+    use cardgate_ledger::records::{StateWrite, Submission, Writes};
+
+    /// Writes entries straight into the journal, as a crash would have left them.
+    async fn write(l: &Ledger, body: Option<EntryBody>, records: Writes) {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        l.journal().reserve().await.unwrap().send(Submission {
+            entries: body.map(|body| EntryRecord { time_ms: 0, body }).into_iter().collect(),
+            records,
+            mark: 0,
+            force_sync: false,
+            done: Some(done),
+        });
+        wait.await.unwrap().unwrap();
+    }
 
     let item = |n: u64| {
         let person = Person {
@@ -490,17 +536,14 @@ async fn replay_applies_an_import_only_at_its_commit() {
             staged_key(1, 0).to_vec(),
             Some(encode_record(&chunk.items)),
         ));
-        l.journal()
-            .commit(Some((0, EntryBody::ImportChunk(Box::new(chunk)))), w)
-            .await
-            .unwrap();
+        write(&l, Some(EntryBody::ImportChunk(Box::new(chunk))), w).await;
         // Import 2: its chunk only under the staging key (as if before the checkpoint).
         let mut w = Writes::new();
         w.push(StateWrite::Staged(
             staged_key(2, 0).to_vec(),
             Some(encode_record(&vec![item(2)])),
         ));
-        l.journal().commit(None, w).await.unwrap();
+        write(&l, None, w).await;
         let commit = ImportCommitted {
             actor: Actor::cli(),
             import_id: 2,
@@ -511,12 +554,9 @@ async fn replay_applies_an_import_only_at_its_commit() {
             kind_changed: 0,
             unchanged: 0,
         };
-        l.journal()
-            .commit(Some((0, EntryBody::ImportCommitted(Box::new(commit)))), Writes::new())
-            .await
-            .unwrap();
+        write(&l, Some(EntryBody::ImportCommitted(Box::new(commit))), Writes::new()).await;
         switch.set(FaultSwitch::FAIL_APPLY);
-        assert!(l.top_up(&desk(), 1, 1).await.is_err());
+        assert!(l.top_up(&By::actor(&desk()), 1, 1).await.is_err());
         close(l, c).await;
     }
     let (l, c) = open(dir.path());

@@ -9,21 +9,17 @@
 #![allow(clippy::inconsistent_digit_grouping)]
 
 use cardgate_codec::{CardNo, DeclineReason};
-use cardgate_ledger::audit::AuditRecord;
-use cardgate_ledger::blacklist::BlacklistChange;
-use cardgate_ledger::desk::{
-    AccountLeft, CardAction, CardChange, FeeKind, GrantMark, MoneyEntry, MoneyKind, MoneyMove, OperatorEntry,
-    ParamsChange, PayMethod, Person, PersonOpened, PersonUpdated,
+use cardgate_domain::entry::{
+    AccountLeft, CardAction, CardChange, EntryBody, EntryRecord, FeeKind, ImportChunk, ImportCommitted, ImportItem,
+    MoneyEntry, MoneyKind, MoneyMove, OperatorEntry, ParamsChange, PayMethod, PersonOpened, PersonUpdated, TxEntry,
 };
-use cardgate_ledger::entry::{EntryBody, EntryRecord, TxEntry};
-use cardgate_ledger::import::{ImportChunk, ImportCommitted, ImportItem};
-use cardgate_ledger::model::{
-    Account, AccountKind, AccountStatus, Card, CardStatus, Limits, Outcome, Params, SeqRecord, Terminal, TerminalKind,
-    TxKind,
+use cardgate_domain::model::{
+    Account, AccountKind, AccountStatus, AuditRecord, BlacklistChange, Card, CardStatus, GrantMark, Limits, Outcome,
+    Params, Person, SeqRecord, Terminal, TerminalKind, TxKind,
 };
-use cardgate_ledger::money::from_fen;
-use cardgate_ledger::operators::{Actor, Operator, Role};
-use cardgate_ledger::store::encode_record;
+use cardgate_domain::money::from_fen;
+use cardgate_domain::operator::{Actor, Operator, Role};
+use cardgate_journal::record::encode_record;
 
 const T: i64 = 1_795_853_100_000;
 

@@ -7,8 +7,8 @@ mod common;
 use std::collections::HashMap;
 
 use cardgate_codec::{DeclineReason, Message};
-use cardgate_ledger::journal::CheckpointPolicy;
-use cardgate_ledger::store::{FaultSwitch, FaultyStore};
+use cardgate_journal::CheckpointPolicy;
+use cardgate_journal::{FaultSwitch, FaultyStore};
 use cardgate_ledger::{LedgerConfig, ManualClock};
 use common::*;
 use proptest::prelude::*;

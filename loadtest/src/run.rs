@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use cardgate_codec::{BalanceInquiry, CardNo, Heartbeat, Message, Purchase, Reversal};
 use cardgate_ledger::demo::{demo_card, demo_secret};
-use cardgate_ledger::ledger::SEQ_SLOTS;
+use cardgate_ledger::records::SEQ_SLOTS;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rand::rngs::StdRng;

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cardgate_central::CentralStore;
 use cardgate_codec::{DeclineReason, Message};
-use cardgate_ledger::central::CentralStore;
 use cardgate_loadtest::client::TerminalClient;
 use sqlx::Connection;
 use tokio::net::{TcpListener, TcpStream};

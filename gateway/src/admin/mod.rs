@@ -11,12 +11,14 @@ mod routes;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Json;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use cardgate_ledger::audit::AuditRecord;
-use cardgate_ledger::operators::{Actor, Permission};
+use cardgate_domain::model::AuditRecord;
+use cardgate_domain::operator::{Actor, Permission};
+use cardgate_ledger::desk::{Audit, By};
 use cardgate_ledger::{Ledger, LedgerError};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -183,35 +185,49 @@ impl AdminState {
         Err(ApiError::new(status, message))
     }
 
-    /// Runs a mutating operation in its own task and audits its outcome, success or
-    /// refusal; answers once both are durable.
+    /// Runs a mutating operation in its own task and answers once it and its audit
+    /// record are durable. An operation that changes state carries its record in its
+    /// own journal submission (`Call::by`); one that changed nothing (refused, a dry
+    /// run, nothing to do) is recorded here.
     pub async fn mutate<F, Fut>(&self, actor: Actor, action: &'static str, target: String, op: F) -> Response
     where
-        F: FnOnce(Arc<Ledger>, Actor) -> Fut + Send + 'static,
+        F: FnOnce(Arc<Ledger>, Arc<Call>) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = Result<Done, ApiError>> + Send + 'static,
     {
         let ledger = self.ledger.clone();
         let task = tokio::spawn(async move {
-            let result = op(ledger.clone(), actor.clone()).await;
-            let (status, before, after, detail) = match &result {
-                Ok(d) => (d.status, d.before.to_string(), d.after.to_string(), String::new()),
-                Err(e) => (e.status, String::new(), String::new(), e.message.clone()),
+            let call = Arc::new(Call {
+                actor,
+                action,
+                target,
+                written: AtomicBool::new(false),
+            });
+            let result = op(ledger.clone(), call.clone()).await;
+            let status = match &result {
+                Ok(d) => d.status,
+                Err(e) => e.status,
+            };
+            metrics::counter!("cardgate_admin_mutations_total", "action" => action, "status" => status.as_u16().to_string())
+                .increment(1);
+            if result.is_ok() && call.written.load(Ordering::Acquire) {
+                return result;
+            }
+            let (before, after, detail) = match &result {
+                Ok(d) => (text(&d.before), text(&d.after), String::new()),
+                Err(e) => (String::new(), String::new(), e.message.clone()),
             };
             let rec = AuditRecord {
                 id: 0,
                 time_ms: 0,
-                actor: Some(actor),
+                actor: Some(call.actor.clone()),
                 action: action.to_string(),
-                target,
+                target: call.target.clone(),
                 status: status.as_u16(),
-                before: if before == "null" { String::new() } else { before },
-                after: if after == "null" { String::new() } else { after },
+                before,
+                after,
                 detail,
             };
-            metrics::counter!("cardgate_admin_mutations_total", "action" => action, "status" => status.as_u16().to_string())
-                .increment(1);
             if let Err(e) = ledger.audit(rec).await {
-                // The operation itself is durable and names its operator; say it loudly.
                 tracing::error!(error = %e, action, "could not write the audit record");
                 return Err(ApiError::from(e));
             }
@@ -225,6 +241,40 @@ impl AdminState {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
             }
         }
+    }
+}
+
+/// JSON as an audit record keeps it: nothing for null.
+pub fn text(v: &Value) -> String {
+    if v.is_null() { String::new() } else { v.to_string() }
+}
+
+/// One mutating call: who made it, on what, and whether its record is written.
+pub struct Call {
+    pub actor: Actor,
+    pub action: &'static str,
+    pub target: String,
+    written: AtomicBool,
+}
+
+impl Call {
+    /// The operator and audit record for a ledger operation whose success answers
+    /// `status` and whose before and after `describe` gives.
+    pub fn by<'a, T>(
+        &'a self,
+        status: StatusCode,
+        describe: &'a (dyn Fn(&T) -> (String, String) + Send + Sync),
+    ) -> By<'a, T> {
+        By::audited(
+            &self.actor,
+            Audit {
+                action: self.action,
+                target: &self.target,
+                status: status.as_u16(),
+                describe,
+                written: &self.written,
+            },
+        )
     }
 }
 

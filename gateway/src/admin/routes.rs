@@ -13,12 +13,14 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use cardgate_codec::CardNo;
+use cardgate_domain::clock::{format_local, parse_local_date};
+use cardgate_domain::entry::{CardAction, FeeKind, MoneyMove, PayMethod};
+use cardgate_domain::model::{Account, AccountKind, Card, KindParams, Limits, Params, Person};
+use cardgate_domain::money::{from_fen, to_fen};
+use cardgate_domain::operator::{Operator, Permission, Role};
 use cardgate_ledger::audit::AuditQuery;
-use cardgate_ledger::desk::{CardAction, CardResult, FeeKind, MoneyMove, MoneyResult, NewPerson, PayMethod, Person};
-use cardgate_ledger::history::{HistoryQuery, format_local, parse_local_date};
-use cardgate_ledger::model::{Account, AccountKind, Card, KindParams, Limits, Params};
-use cardgate_ledger::money::{from_fen, to_fen};
-use cardgate_ledger::operators::{Operator, Permission, Role};
+use cardgate_ledger::desk::{CardResult, MoneyResult, NewPerson};
+use cardgate_ledger::history::HistoryQuery;
 use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -97,7 +99,7 @@ fn parse_amount(s: &str) -> Result<i64, ApiError> {
 }
 
 fn parse_card(s: &str) -> Result<CardNo, ApiError> {
-    cardgate_ledger::desk::parse_card_no(s).map_err(|e| ApiError::bad_request(e.to_string()))
+    cardgate_domain::rules::input::parse_card_no(s).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
 fn parse_id(s: &str, what: &str) -> Result<u64, ApiError> {
@@ -176,22 +178,35 @@ fn card_result_json(r: &CardResult) -> Value {
     })
 }
 
-fn card_done(r: CardResult) -> Done {
+/// A card operation's before and after, as its audit record keeps them. The entry id is
+/// left out of "after": the record is journaled with the operation, before it has one.
+fn card_audit(r: &CardResult) -> (String, String) {
     let before = json!({
         "cards": r.before.iter().map(card_json).collect::<Vec<_>>(),
         "account": r.account_before.as_ref().map(account_json),
     });
+    let mut after = card_result_json(r);
+    if let Some(o) = after.as_object_mut() {
+        o.remove("entry_id");
+    }
+    (before.to_string(), after.to_string())
+}
+
+fn card_done(r: CardResult) -> Done {
     let body = card_result_json(&r);
-    Done::ok(before, body.clone(), body)
+    Done::ok(Value::Null, Value::Null, body)
+}
+
+fn money_audit(r: &MoneyResult) -> (String, String) {
+    (
+        json!({ "balance": dec(r.before.balance) }).to_string(),
+        json!({ "balance": yuan(r.movement.balance_after_fen), "tx_id": r.movement.tx_id }).to_string(),
+    )
 }
 
 fn money_done(r: MoneyResult) -> Done {
     let body = json!({ "entry_id": r.entry_id, "money": money_json(&r.movement) });
-    Done::ok(
-        json!({ "balance": dec(r.before.balance) }),
-        json!({ "balance": yuan(r.movement.balance_after_fen), "tx_id": r.movement.tx_id }),
-        body,
-    )
+    Done::ok(Value::Null, Value::Null, body)
 }
 
 /// A time bound from the query: a local date (`2025-06-01`) or unix ms. A date as `to`
@@ -266,12 +281,18 @@ fn parse_kind(k: &str) -> Result<AccountKind, ApiError> {
 
 async fn open_person(State(s): State<AdminState>, headers: HeaderMap, body: Bytes) -> Response {
     let actor = auth!(s, headers, Permission::Persons, "person.open", String::from("persons"));
-    s.mutate(actor, "person.open", "persons".into(), move |l, actor| async move {
+    s.mutate(actor, "person.open", "persons".into(), move |l, call| async move {
         let b: PersonBody = json_body(&body)?;
         let kind = parse_kind(&b.kind)?;
+        let describe = |r: &(Person, Account)| {
+            (
+                String::new(),
+                json!({ "person": person_json(&r.0), "account": account_json(&r.1) }).to_string(),
+            )
+        };
         let (p, a) = l
             .open_person(
-                &actor,
+                &call.by(StatusCode::CREATED, &describe),
                 NewPerson {
                     id: b.person_id,
                     name: b.name,
@@ -322,16 +343,20 @@ async fn update_person(
 ) -> Response {
     let target = format!("person:{id}");
     let actor = auth!(s, headers, Permission::Persons, "person.update", target);
-    s.mutate(actor, "person.update", target, move |l, actor| async move {
+    s.mutate(actor, "person.update", target, move |l, call| async move {
         let b: PersonPatch = json_body(&body)?;
         let kind = b.kind.as_deref().map(parse_kind).transpose()?;
-        let (pb, ab, pa, aa) = l.update_person(&actor, &id, b.name, b.department, kind).await?;
+        let describe = |r: &(Person, Account, Person, Account)| {
+            (
+                json!({ "person": person_json(&r.0), "account": account_json(&r.1) }).to_string(),
+                json!({ "person": person_json(&r.2), "account": account_json(&r.3) }).to_string(),
+            )
+        };
+        let (_, _, pa, aa) = l
+            .update_person(&call.by(StatusCode::OK, &describe), &id, b.name, b.department, kind)
+            .await?;
         let after = json!({ "person": person_json(&pa), "account": account_json(&aa) });
-        Ok(Done::ok(
-            json!({ "person": person_json(&pb), "account": account_json(&ab) }),
-            after.clone(),
-            after,
-        ))
+        Ok(Done::ok(Value::Null, Value::Null, after))
     })
     .await
 }
@@ -364,8 +389,9 @@ struct AmountBody {
 async fn money_op(s: AdminState, headers: HeaderMap, id: String, body: Bytes, action: &'static str) -> Response {
     let target = format!("account:{id}");
     let actor = auth!(s, headers, Permission::Money, action, target);
-    s.mutate(actor, action, target, move |l, actor| async move {
+    s.mutate(actor, action, target, move |l, call| async move {
         let id = parse_id(&id, "account")?;
+        let by = call.by(StatusCode::OK, &money_audit);
         let r = match action {
             "money.fee" => {
                 #[derive(Deserialize)]
@@ -379,15 +405,15 @@ async fn money_op(s: AdminState, headers: HeaderMap, id: String, body: Bytes, ac
                     .ok_or_else(|| ApiError::unprocessable("fee must be replacement or temporary_card"))?;
                 let method = PayMethod::parse(&b.method)
                     .ok_or_else(|| ApiError::unprocessable("method must be cash or balance"))?;
-                l.fee(&actor, id, kind, method).await?
+                l.fee(&by, id, kind, method).await?
             }
             _ => {
                 let b: AmountBody = json_body(&body)?;
                 let amount = parse_amount(&b.amount)?;
                 match action {
-                    "money.topup" => l.top_up(&actor, id, amount).await?,
-                    "money.refund" => l.refund(&actor, id, amount, &b.reason).await?,
-                    _ => l.adjust(&actor, id, amount, &b.reason).await?,
+                    "money.topup" => l.top_up(&by, id, amount).await?,
+                    "money.refund" => l.refund(&by, id, amount, &b.reason).await?,
+                    _ => l.adjust(&by, id, amount, &b.reason).await?,
                 }
             }
         };
@@ -429,7 +455,7 @@ struct IssueBody {
 async fn issue_card(State(s): State<AdminState>, headers: HeaderMap, body: Bytes) -> Response {
     let actor = auth!(s, headers, Permission::Cards, "card.issue", String::from("cards"));
     let tz = s.tz_offset_minutes;
-    s.mutate(actor, "card.issue", "cards".into(), move |l, actor| async move {
+    s.mutate(actor, "card.issue", "cards".into(), move |l, call| async move {
         let b: IssueBody = json_body(&body)?;
         let no = parse_card(&b.card_no)?;
         let account = match (b.account, &b.person_id) {
@@ -456,7 +482,9 @@ async fn issue_card(State(s): State<AdminState>, headers: HeaderMap, body: Bytes
                 PayMethod::parse(m).ok_or_else(|| ApiError::unprocessable("fee must be cash or balance"))?,
             )),
         };
-        let r = l.issue_card_desk(&actor, account, no, expires_ms, fee).await?;
+        let r = l
+            .issue_card_desk(&call.by(StatusCode::CREATED, &card_audit), account, no, expires_ms, fee)
+            .await?;
         let mut d = card_done(r);
         d.status = StatusCode::CREATED;
         Ok(d)
@@ -505,8 +533,9 @@ async fn card_action(
         }
     };
     let actor = auth!(s, headers, Permission::Cards, name, target);
-    s.mutate(actor, name, target, move |l, actor| async move {
+    s.mutate(actor, name, target, move |l, call| async move {
         let no = parse_card(&no)?;
+        let by = call.by(StatusCode::OK, &card_audit);
         let r = match act {
             CardAction::Replace => {
                 let b: ReplaceBody = json_body(&body)?;
@@ -517,10 +546,10 @@ async fn card_action(
                         PayMethod::parse(m).ok_or_else(|| ApiError::unprocessable("fee must be cash or balance"))?,
                     ),
                 };
-                l.replace_card(&actor, no, new, fee).await?
+                l.replace_card(&by, no, new, fee).await?
             }
-            CardAction::Cancel => l.cancel_card(&actor, no).await?,
-            other => l.card_status(&actor, no, other).await?,
+            CardAction::Cancel => l.cancel_card(&by, no).await?,
+            other => l.card_status(&by, no, other).await?,
         };
         Ok(card_done(r))
     })
@@ -549,7 +578,7 @@ async fn cancel_batch(State(s): State<AdminState>, headers: HeaderMap, body: Byt
         actor,
         "card.cancel_batch",
         "cancellations".into(),
-        move |l, actor| async move {
+        move |l, call| async move {
             let b: CancelBatchBody = json_body(&body)?;
             let mut ids = b.person_ids;
             if let Some(d) = &b.department {
@@ -558,7 +587,8 @@ async fn cancel_batch(State(s): State<AdminState>, headers: HeaderMap, body: Byt
             if ids.is_empty() {
                 return Err(ApiError::unprocessable("name person_ids or a department with persons"));
             }
-            let (report, results) = l.cancel_batch(&actor, &b.batch_id, &ids).await?;
+            let by = cardgate_ledger::desk::By::actor(&call.actor);
+            let (report, results) = l.cancel_batch(&by, &b.batch_id, &ids).await?;
             let body = json!({
                 "report": report,
                 "refunds": results.iter().filter_map(|r| r.change.money.as_ref()).map(money_json).collect::<Vec<_>>(),
@@ -592,7 +622,7 @@ struct GrantBody {
 
 async fn grants(State(s): State<AdminState>, headers: HeaderMap, body: Bytes) -> Response {
     let actor = auth!(s, headers, Permission::Grants, "grant.batch", String::from("grants"));
-    s.mutate(actor, "grant.batch", "grants".into(), move |l, actor| async move {
+    s.mutate(actor, "grant.batch", "grants".into(), move |l, call| async move {
         let b: GrantBody = json_body(&body)?;
         let mut items = Vec::with_capacity(b.items.len());
         for (i, it) in b.items.iter().enumerate() {
@@ -613,7 +643,9 @@ async fn grants(State(s): State<AdminState>, headers: HeaderMap, body: Bytes) ->
                 parse_amount(&it.amount).map_err(|e| ApiError::new(e.status, format!("item {i}: {}", e.message)))?;
             items.push((account, amount));
         }
-        let report = l.grant_batch(&actor, &b.batch_id, &items).await?;
+        let report = l
+            .grant_batch(&cardgate_ledger::desk::By::actor(&call.actor), &b.batch_id, &items)
+            .await?;
         let body = json!({ "report": report, "total": yuan(report.total_fen) });
         Ok(Done::ok(Value::Null, body.clone(), body))
     })
@@ -628,9 +660,12 @@ async fn import(
 ) -> Response {
     let actor = auth!(s, headers, Permission::Import, "import.csv", String::from("imports"));
     let dry_run = q.get("dry_run").is_some_and(|v| v == "true" || v == "1");
-    s.mutate(actor, "import.csv", "imports".into(), move |l, actor| async move {
+    s.mutate(actor, "import.csv", "imports".into(), move |l, call| async move {
         let started = std::time::Instant::now();
-        let report = l.import_csv(&actor, &body, dry_run).await?;
+        let describe = |r: &cardgate_ledger::import::ImportReport| (String::new(), import_summary(r).to_string());
+        let report = l
+            .import_csv(&call.by(StatusCode::OK, &describe), &body, dry_run)
+            .await?;
         let millis = started.elapsed().as_millis() as u64;
         let mut body = serde_json::to_value(&report).unwrap_or(Value::Null);
         body["dry_run"] = json!(dry_run);
@@ -644,13 +679,16 @@ async fn import(
                 body,
             });
         }
-        let summary = json!({
-            "import_id": report.import_id, "rows": report.rows, "added": report.added,
-            "updated": report.updated, "unchanged": report.unchanged, "applied": report.applied,
-        });
-        Ok(Done::ok(Value::Null, summary, body))
+        Ok(Done::ok(Value::Null, import_summary(&report), body))
     })
     .await
+}
+
+fn import_summary(r: &cardgate_ledger::import::ImportReport) -> Value {
+    json!({
+        "import_id": r.import_id, "rows": r.rows, "added": r.added,
+        "updated": r.updated, "unchanged": r.unchanged, "applied": r.applied,
+    })
 }
 
 async fn fee_list(
@@ -869,7 +907,7 @@ async fn get_params(State(s): State<AdminState>, headers: HeaderMap) -> Response
 
 async fn put_params(State(s): State<AdminState>, headers: HeaderMap, body: Bytes) -> Response {
     let actor = auth!(s, headers, Permission::Params, "params.set", String::from("params"));
-    s.mutate(actor, "params.set", "params".into(), move |l, actor| async move {
+    s.mutate(actor, "params.set", "params".into(), move |l, call| async move {
         let b: ParamsBody = json_body(&body)?;
         let kp = |k: &KindParamsBody| -> Result<KindParams, ApiError> {
             Ok(KindParams {
@@ -884,8 +922,9 @@ async fn put_params(State(s): State<AdminState>, headers: HeaderMap, body: Bytes
         let params = Params {
             kinds: [kp(&b.student)?, kp(&b.staff)?, kp(&b.temporary)?],
         };
-        let (before, after) = l.change_params(&actor, params).await?;
-        Ok(Done::ok(params_json(&before), params_json(&after), params_json(&after)))
+        let describe = |r: &(Params, Params)| (params_json(&r.0).to_string(), params_json(&r.1).to_string());
+        let (_, after) = l.change_params(&call.by(StatusCode::OK, &describe), params).await?;
+        Ok(Done::ok(Value::Null, Value::Null, params_json(&after)))
     })
     .await
 }
@@ -919,24 +958,27 @@ async fn add_operator(State(s): State<AdminState>, headers: HeaderMap, body: Byt
         "operator.add",
         String::from("operators")
     );
-    s.mutate(actor, "operator.add", "operators".into(), move |l, actor| async move {
+    s.mutate(actor, "operator.add", "operators".into(), move |l, call| async move {
         let b: OperatorBody = json_body(&body)?;
         let role = Role::parse(&b.role).ok_or_else(|| {
             let all: Vec<&str> = Role::ALL.iter().map(|r| r.as_str()).collect();
             ApiError::unprocessable(format!("role must be one of {}", all.join(", ")))
         })?;
-        if role == Role::Director && actor.role != Role::Director {
+        if role == Role::Director && call.actor.role != Role::Director {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "only a director may add a director",
             ));
         }
-        let (op, token) = l.add_operator(&actor, &b.name, role).await?;
+        // The token goes to the caller only, never into the audit trail.
+        let describe = |o: &Operator| (String::new(), operator_json(o).to_string());
+        let (op, token) = l
+            .add_operator(&call.by(StatusCode::CREATED, &describe), &b.name, role)
+            .await?;
         Ok(Done {
             status: StatusCode::CREATED,
             before: Value::Null,
-            // The token goes to the caller only, never into the audit trail.
-            after: operator_json(&op),
+            after: Value::Null,
             body: json!({ "operator": operator_json(&op), "token": token }),
         })
     })
@@ -946,20 +988,17 @@ async fn add_operator(State(s): State<AdminState>, headers: HeaderMap, body: Byt
 async fn disable_operator(State(s): State<AdminState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     let target = format!("operator:{id}");
     let actor = auth!(s, headers, Permission::Operators, "operator.disable", target);
-    s.mutate(actor, "operator.disable", target, move |l, actor| async move {
+    s.mutate(actor, "operator.disable", target, move |l, call| async move {
         let id = parse_id(&id, "operator")?;
-        if l.operators().iter().any(|o| o.id == id && o.role == Role::Director) && actor.role != Role::Director {
+        if l.operators().iter().any(|o| o.id == id && o.role == Role::Director) && call.actor.role != Role::Director {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "only a director may disable a director",
             ));
         }
-        let (before, after) = l.disable_operator(&actor, id).await?;
-        Ok(Done::ok(
-            operator_json(&before),
-            operator_json(&after),
-            operator_json(&after),
-        ))
+        let describe = |r: &(Operator, Operator)| (operator_json(&r.0).to_string(), operator_json(&r.1).to_string());
+        let (_, after) = l.disable_operator(&call.by(StatusCode::OK, &describe), id).await?;
+        Ok(Done::ok(Value::Null, Value::Null, operator_json(&after)))
     })
     .await
 }

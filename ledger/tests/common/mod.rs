@@ -9,10 +9,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use cardgate_codec::{CardNo, Message, Purchase, Reversal};
-use cardgate_ledger::journal::CommitterHandle;
-use cardgate_ledger::model::{Account, AccountKind, AccountStatus, Card, CardStatus, Limits, Terminal, TerminalKind};
-use cardgate_ledger::money::from_fen;
-use cardgate_ledger::store::Store;
+use cardgate_domain::model::{Account, AccountKind, AccountStatus, Card, CardStatus, Limits, Terminal, TerminalKind};
+use cardgate_domain::money::from_fen;
+use cardgate_journal::CommitterHandle;
+use cardgate_journal::Store;
 use cardgate_ledger::{Ledger, LedgerConfig, ManualClock};
 use rust_decimal::Decimal;
 
@@ -83,7 +83,7 @@ impl Fixture {
         dir: tempfile::TempDir,
         config: LedgerConfig,
         clock: ManualClock,
-        wrap: impl FnOnce(cardgate_ledger::store::SledStore) -> Box<dyn Store>,
+        wrap: impl FnOnce(cardgate_journal::SledStore) -> Box<dyn Store>,
     ) -> Fixture {
         // sled's I/O threads may hold the previous instance's file lock for a moment
         // after its last handle is dropped.
@@ -145,7 +145,7 @@ impl Fixture {
         self.restart_with(|s| Box::new(s))
     }
 
-    pub fn restart_with(mut self, wrap: impl FnOnce(cardgate_ledger::store::SledStore) -> Box<dyn Store>) -> Fixture {
+    pub fn restart_with(mut self, wrap: impl FnOnce(cardgate_journal::SledStore) -> Box<dyn Store>) -> Fixture {
         let committer = self.committer.take().expect("running");
         let Fixture {
             dir,
@@ -186,6 +186,6 @@ impl Fixture {
     }
 
     pub fn balance_fen(&self, account: u64) -> i64 {
-        cardgate_ledger::money::to_fen(self.ledger.account(account).expect("account").balance).unwrap()
+        cardgate_domain::money::to_fen(self.ledger.account(account).expect("account").balance).unwrap()
     }
 }

@@ -12,8 +12,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 
+use super::protocol::Dialect;
 use super::schema::{Batch, SCHEMA_VERSION, id_of_sql, sql_id};
 use super::{AccountTotal, CentralError, StoredTx, classify};
 
@@ -218,7 +219,7 @@ impl SqliteCentral {
             sqlx::raw_sql(script).execute(&mut *tx).await.map_err(classify)?;
             sqlx::query("INSERT INTO schema_version (version, applied_ms) VALUES (?, ?)")
                 .bind(version)
-                .bind(crate::Clock::now_ms(&crate::SystemClock))
+                .bind(cardgate_domain::Clock::now_ms(&cardgate_domain::SystemClock))
                 .execute(&mut *tx)
                 .await
                 .map_err(classify)?;
@@ -234,216 +235,6 @@ impl SqliteCentral {
             .await
             .map_err(classify)?;
         Ok(v.map_or(0, id_of_sql))
-    }
-
-    pub async fn write(&self, b: &Batch, now_ms: i64) -> Result<u64, CentralError> {
-        let gw = sql_id(b.gateway_id);
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(classify)?;
-        let central: Option<i64> = sqlx::query_scalar("SELECT shipped_entry_id FROM gateways WHERE gateway_id = ?")
-            .bind(gw)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(classify)?;
-        let central = central.map_or(0, id_of_sql);
-        if central + 1 < b.first_entry_id {
-            return Err(CentralError::Gap {
-                central,
-                first: b.first_entry_id,
-            });
-        }
-        if central >= b.last_entry_id {
-            // Shipped before (the acknowledgement was lost): nothing to do.
-            return Ok(central);
-        }
-
-        for chunk in b.transactions.chunks(rows_per_statement(15, 0)) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO transactions (gateway_id, tx_id, entry_id, kind, account_id, card_no, terminal_id, \
-                 terminal_seq, merchant_id, amount_fen, balance_after_fen, time_ms, terminal_time_ms, \
-                 original_tx_id, operator) ",
-            );
-            q.push_values(chunk, |mut r, t| {
-                r.push_bind(gw)
-                    .push_bind(sql_id(t.tx_id))
-                    .push_bind(sql_id(t.entry_id))
-                    .push_bind(t.kind)
-                    .push_bind(sql_id(t.account))
-                    .push_bind(t.card.map(sql_id))
-                    .push_bind(t.terminal.map(sql_id))
-                    .push_bind(t.terminal_seq.map(sql_id))
-                    .push_bind(t.merchant.map(sql_id))
-                    .push_bind(t.amount_fen)
-                    .push_bind(t.balance_after_fen)
-                    .push_bind(t.time_ms)
-                    .push_bind(t.terminal_time_ms)
-                    .push_bind(t.original_tx_id.map(sql_id))
-                    .push_bind(t.operator.clone());
-            });
-            q.push(" ON CONFLICT DO NOTHING");
-            q.build().persistent(false).execute(&mut *tx).await.map_err(classify)?;
-        }
-
-        for chunk in b.declines.chunks(rows_per_statement(14, 0)) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO declines (gateway_id, entry_id, kind, terminal_id, terminal_seq, merchant_id, card_no, \
-                 account_id, amount_fen, reason_code, reason, balance_fen, time_ms, terminal_time_ms) ",
-            );
-            q.push_values(chunk, |mut r, d| {
-                r.push_bind(gw)
-                    .push_bind(sql_id(d.entry_id))
-                    .push_bind(d.kind)
-                    .push_bind(sql_id(d.terminal))
-                    .push_bind(sql_id(d.terminal_seq))
-                    .push_bind(sql_id(d.merchant))
-                    .push_bind(sql_id(d.card))
-                    .push_bind(d.account.map(sql_id))
-                    .push_bind(d.amount_fen)
-                    .push_bind(d.reason_code)
-                    .push_bind(d.reason)
-                    .push_bind(d.balance_fen)
-                    .push_bind(d.time_ms)
-                    .push_bind(d.terminal_time_ms);
-            });
-            q.push(" ON CONFLICT DO NOTHING");
-            q.build().persistent(false).execute(&mut *tx).await.map_err(classify)?;
-        }
-
-        for chunk in b.events.chunks(rows_per_statement(9, 0)) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO events (gateway_id, entry_id, kind, time_ms, account_id, card_no, terminal_id, \
-                 operator, payload) ",
-            );
-            q.push_values(chunk, |mut r, e| {
-                r.push_bind(gw)
-                    .push_bind(sql_id(e.entry_id))
-                    .push_bind(e.kind)
-                    .push_bind(e.time_ms)
-                    .push_bind(e.account.map(sql_id))
-                    .push_bind(e.card.map(sql_id))
-                    .push_bind(e.terminal.map(sql_id))
-                    .push_bind(e.operator.clone())
-                    .push_bind(e.payload.clone());
-            });
-            q.push(" ON CONFLICT DO NOTHING");
-            q.build().persistent(false).execute(&mut *tx).await.map_err(classify)?;
-        }
-
-        let accounts: Vec<_> = b.account_records().collect();
-        for chunk in accounts.chunks(rows_per_statement(12, 0)) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO accounts (gateway_id, account_id, kind, status, opening_balance_fen, balance_fen, \
-                 single_payment_max_fen, daily_max_fen, opened_ms, updated_ms, entry_id) ",
-            );
-            q.push_values(chunk, |mut r, a| {
-                r.push_bind(gw)
-                    .push_bind(sql_id(a.account))
-                    .push_bind(a.kind)
-                    .push_bind(a.status)
-                    .push_bind(a.opening_balance_fen)
-                    .push_bind(a.balance_fen)
-                    .push_bind(a.single_payment_max_fen)
-                    .push_bind(a.daily_max_fen)
-                    .push_bind(a.opened_ms)
-                    .push_bind(a.updated_ms)
-                    .push_bind(sql_id(a.entry_id));
-            });
-            q.push(
-                " ON CONFLICT (gateway_id, account_id) DO UPDATE SET kind = excluded.kind, status = excluded.status, \
-                 balance_fen = excluded.balance_fen, single_payment_max_fen = excluded.single_payment_max_fen, \
-                 daily_max_fen = excluded.daily_max_fen, updated_ms = excluded.updated_ms, \
-                 entry_id = excluded.entry_id WHERE accounts.entry_id < excluded.entry_id",
-            );
-            q.build().persistent(false).execute(&mut *tx).await.map_err(classify)?;
-        }
-
-        let balances: Vec<_> = b.balances().collect();
-        for chunk in balances.chunks(rows_per_statement(6, 1)) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "WITH v (account_id, balance_fen, kind, status, updated_ms, entry_id) AS (",
-            );
-            q.push_values(chunk, |mut r, x| {
-                r.push_bind(sql_id(x.account))
-                    .push_bind(x.balance_fen)
-                    .push_bind(x.kind)
-                    .push_bind(x.status)
-                    .push_bind(x.updated_ms)
-                    .push_bind(sql_id(x.entry_id));
-            });
-            q.push(
-                ") UPDATE accounts SET balance_fen = COALESCE(v.balance_fen, accounts.balance_fen), \
-                 kind = COALESCE(v.kind, accounts.kind), status = COALESCE(v.status, accounts.status), \
-                 updated_ms = v.updated_ms, entry_id = v.entry_id FROM v WHERE accounts.gateway_id = ",
-            );
-            q.push_bind(gw);
-            q.push(" AND accounts.account_id = v.account_id AND accounts.entry_id < v.entry_id");
-            q.build().persistent(false).execute(&mut *tx).await.map_err(classify)?;
-        }
-
-        let cards: Vec<_> = b.cards.values().collect();
-        for chunk in cards.chunks(rows_per_statement(8, 0)) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO cards (gateway_id, card_no, account_id, status, expires_ms, issued_ms, updated_ms, \
-                 entry_id) ",
-            );
-            q.push_values(chunk, |mut r, c| {
-                r.push_bind(gw)
-                    .push_bind(sql_id(c.card))
-                    .push_bind(sql_id(c.account))
-                    .push_bind(c.status)
-                    .push_bind(c.expires_ms)
-                    .push_bind(c.issued_ms)
-                    .push_bind(c.updated_ms)
-                    .push_bind(sql_id(c.entry_id));
-            });
-            q.push(
-                " ON CONFLICT (gateway_id, card_no) DO UPDATE SET account_id = excluded.account_id, \
-                 status = excluded.status, expires_ms = excluded.expires_ms, issued_ms = excluded.issued_ms, \
-                 updated_ms = excluded.updated_ms, entry_id = excluded.entry_id \
-                 WHERE cards.entry_id < excluded.entry_id",
-            );
-            q.build().persistent(false).execute(&mut *tx).await.map_err(classify)?;
-        }
-
-        let terminals: Vec<_> = b.terminals.values().collect();
-        for chunk in terminals.chunks(rows_per_statement(9, 0)) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO terminals (gateway_id, terminal_id, kind, merchant_id, enabled, name, place, updated_ms, \
-                 entry_id) ",
-            );
-            q.push_values(chunk, |mut r, t| {
-                r.push_bind(gw)
-                    .push_bind(sql_id(t.terminal))
-                    .push_bind(t.kind)
-                    .push_bind(sql_id(t.merchant))
-                    .push_bind(t.enabled)
-                    .push_bind(t.name.clone())
-                    .push_bind(t.place.clone())
-                    .push_bind(t.updated_ms)
-                    .push_bind(sql_id(t.entry_id));
-            });
-            q.push(
-                " ON CONFLICT (gateway_id, terminal_id) DO UPDATE SET kind = excluded.kind, \
-                 merchant_id = excluded.merchant_id, enabled = excluded.enabled, name = excluded.name, \
-                 place = excluded.place, updated_ms = excluded.updated_ms, entry_id = excluded.entry_id \
-                 WHERE terminals.entry_id < excluded.entry_id",
-            );
-            q.build().persistent(false).execute(&mut *tx).await.map_err(classify)?;
-        }
-
-        sqlx::query(
-            "INSERT INTO gateways (gateway_id, shipped_entry_id, shipped_time_ms, updated_ms) VALUES (?1, ?2, ?3, ?4) \
-             ON CONFLICT (gateway_id) DO UPDATE SET shipped_entry_id = excluded.shipped_entry_id, \
-             shipped_time_ms = excluded.shipped_time_ms, updated_ms = excluded.updated_ms",
-        )
-        .bind(gw)
-        .bind(sql_id(b.last_entry_id))
-        .bind(b.last_time_ms)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await
-        .map_err(classify)?;
-        tx.commit().await.map_err(classify)?;
-        Ok(b.last_entry_id)
     }
 
     pub async fn gateways(&self) -> Result<Vec<(u64, u64)>, CentralError> {
@@ -524,5 +315,224 @@ impl SqliteCentral {
             .fetch_all(&self.pool)
             .await
             .map_err(classify)
+    }
+}
+
+impl Dialect for SqliteCentral {
+    type Db = Sqlite;
+
+    async fn begin(&self) -> Result<Transaction<'static, Sqlite>, CentralError> {
+        // IMMEDIATE: the write lock is taken up front, so the cursor read below cannot
+        // be overtaken by another writer.
+        self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(classify)
+    }
+
+    async fn lock_cursor(
+        tx: &mut Transaction<'static, Sqlite>,
+        gateway_id: u64,
+        _now_ms: i64,
+    ) -> Result<u64, CentralError> {
+        let central: Option<i64> = sqlx::query_scalar("SELECT shipped_entry_id FROM gateways WHERE gateway_id = ?")
+            .bind(sql_id(gateway_id))
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(classify)?;
+        Ok(central.map_or(0, id_of_sql))
+    }
+
+    async fn write_rows(tx: &mut Transaction<'static, Sqlite>, b: &Batch) -> Result<(), CentralError> {
+        let gw = sql_id(b.gateway_id);
+        for chunk in b.transactions.chunks(rows_per_statement(15, 0)) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO transactions (gateway_id, tx_id, entry_id, kind, account_id, card_no, terminal_id, \
+                 terminal_seq, merchant_id, amount_fen, balance_after_fen, time_ms, terminal_time_ms, \
+                 original_tx_id, operator) ",
+            );
+            q.push_values(chunk, |mut r, t| {
+                r.push_bind(gw)
+                    .push_bind(sql_id(t.tx_id))
+                    .push_bind(sql_id(t.entry_id))
+                    .push_bind(t.kind)
+                    .push_bind(sql_id(t.account))
+                    .push_bind(t.card.map(sql_id))
+                    .push_bind(t.terminal.map(sql_id))
+                    .push_bind(t.terminal_seq.map(sql_id))
+                    .push_bind(t.merchant.map(sql_id))
+                    .push_bind(t.amount_fen)
+                    .push_bind(t.balance_after_fen)
+                    .push_bind(t.time_ms)
+                    .push_bind(t.terminal_time_ms)
+                    .push_bind(t.original_tx_id.map(sql_id))
+                    .push_bind(t.operator.clone());
+            });
+            q.push(" ON CONFLICT DO NOTHING");
+            q.build().persistent(false).execute(&mut **tx).await.map_err(classify)?;
+        }
+
+        for chunk in b.declines.chunks(rows_per_statement(14, 0)) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO declines (gateway_id, entry_id, kind, terminal_id, terminal_seq, merchant_id, card_no, \
+                 account_id, amount_fen, reason_code, reason, balance_fen, time_ms, terminal_time_ms) ",
+            );
+            q.push_values(chunk, |mut r, d| {
+                r.push_bind(gw)
+                    .push_bind(sql_id(d.entry_id))
+                    .push_bind(d.kind)
+                    .push_bind(sql_id(d.terminal))
+                    .push_bind(sql_id(d.terminal_seq))
+                    .push_bind(sql_id(d.merchant))
+                    .push_bind(sql_id(d.card))
+                    .push_bind(d.account.map(sql_id))
+                    .push_bind(d.amount_fen)
+                    .push_bind(d.reason_code)
+                    .push_bind(d.reason)
+                    .push_bind(d.balance_fen)
+                    .push_bind(d.time_ms)
+                    .push_bind(d.terminal_time_ms);
+            });
+            q.push(" ON CONFLICT DO NOTHING");
+            q.build().persistent(false).execute(&mut **tx).await.map_err(classify)?;
+        }
+
+        for chunk in b.events.chunks(rows_per_statement(9, 0)) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO events (gateway_id, entry_id, kind, time_ms, account_id, card_no, terminal_id, \
+                 operator, payload) ",
+            );
+            q.push_values(chunk, |mut r, e| {
+                r.push_bind(gw)
+                    .push_bind(sql_id(e.entry_id))
+                    .push_bind(e.kind)
+                    .push_bind(e.time_ms)
+                    .push_bind(e.account.map(sql_id))
+                    .push_bind(e.card.map(sql_id))
+                    .push_bind(e.terminal.map(sql_id))
+                    .push_bind(e.operator.clone())
+                    .push_bind(e.payload.clone());
+            });
+            q.push(" ON CONFLICT DO NOTHING");
+            q.build().persistent(false).execute(&mut **tx).await.map_err(classify)?;
+        }
+
+        let accounts: Vec<_> = b.account_records().collect();
+        for chunk in accounts.chunks(rows_per_statement(12, 0)) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO accounts (gateway_id, account_id, kind, status, opening_balance_fen, balance_fen, \
+                 single_payment_max_fen, daily_max_fen, opened_ms, updated_ms, entry_id) ",
+            );
+            q.push_values(chunk, |mut r, a| {
+                r.push_bind(gw)
+                    .push_bind(sql_id(a.account))
+                    .push_bind(a.kind)
+                    .push_bind(a.status)
+                    .push_bind(a.opening_balance_fen)
+                    .push_bind(a.balance_fen)
+                    .push_bind(a.single_payment_max_fen)
+                    .push_bind(a.daily_max_fen)
+                    .push_bind(a.opened_ms)
+                    .push_bind(a.updated_ms)
+                    .push_bind(sql_id(a.entry_id));
+            });
+            q.push(
+                " ON CONFLICT (gateway_id, account_id) DO UPDATE SET kind = excluded.kind, status = excluded.status, \
+                 balance_fen = excluded.balance_fen, single_payment_max_fen = excluded.single_payment_max_fen, \
+                 daily_max_fen = excluded.daily_max_fen, updated_ms = excluded.updated_ms, \
+                 entry_id = excluded.entry_id WHERE accounts.entry_id < excluded.entry_id",
+            );
+            q.build().persistent(false).execute(&mut **tx).await.map_err(classify)?;
+        }
+
+        let balances: Vec<_> = b.balances().collect();
+        for chunk in balances.chunks(rows_per_statement(6, 1)) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "WITH v (account_id, balance_fen, kind, status, updated_ms, entry_id) AS (",
+            );
+            q.push_values(chunk, |mut r, x| {
+                r.push_bind(sql_id(x.account))
+                    .push_bind(x.balance_fen)
+                    .push_bind(x.kind)
+                    .push_bind(x.status)
+                    .push_bind(x.updated_ms)
+                    .push_bind(sql_id(x.entry_id));
+            });
+            q.push(
+                ") UPDATE accounts SET balance_fen = COALESCE(v.balance_fen, accounts.balance_fen), \
+                 kind = COALESCE(v.kind, accounts.kind), status = COALESCE(v.status, accounts.status), \
+                 updated_ms = v.updated_ms, entry_id = v.entry_id FROM v WHERE accounts.gateway_id = ",
+            );
+            q.push_bind(gw);
+            q.push(" AND accounts.account_id = v.account_id AND accounts.entry_id < v.entry_id");
+            q.build().persistent(false).execute(&mut **tx).await.map_err(classify)?;
+        }
+
+        let cards: Vec<_> = b.cards.values().collect();
+        for chunk in cards.chunks(rows_per_statement(8, 0)) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO cards (gateway_id, card_no, account_id, status, expires_ms, issued_ms, updated_ms, \
+                 entry_id) ",
+            );
+            q.push_values(chunk, |mut r, c| {
+                r.push_bind(gw)
+                    .push_bind(sql_id(c.card))
+                    .push_bind(sql_id(c.account))
+                    .push_bind(c.status)
+                    .push_bind(c.expires_ms)
+                    .push_bind(c.issued_ms)
+                    .push_bind(c.updated_ms)
+                    .push_bind(sql_id(c.entry_id));
+            });
+            q.push(
+                " ON CONFLICT (gateway_id, card_no) DO UPDATE SET account_id = excluded.account_id, \
+                 status = excluded.status, expires_ms = excluded.expires_ms, issued_ms = excluded.issued_ms, \
+                 updated_ms = excluded.updated_ms, entry_id = excluded.entry_id \
+                 WHERE cards.entry_id < excluded.entry_id",
+            );
+            q.build().persistent(false).execute(&mut **tx).await.map_err(classify)?;
+        }
+
+        let terminals: Vec<_> = b.terminals.values().collect();
+        for chunk in terminals.chunks(rows_per_statement(9, 0)) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO terminals (gateway_id, terminal_id, kind, merchant_id, enabled, name, place, updated_ms, \
+                 entry_id) ",
+            );
+            q.push_values(chunk, |mut r, t| {
+                r.push_bind(gw)
+                    .push_bind(sql_id(t.terminal))
+                    .push_bind(t.kind)
+                    .push_bind(sql_id(t.merchant))
+                    .push_bind(t.enabled)
+                    .push_bind(t.name.clone())
+                    .push_bind(t.place.clone())
+                    .push_bind(t.updated_ms)
+                    .push_bind(sql_id(t.entry_id));
+            });
+            q.push(
+                " ON CONFLICT (gateway_id, terminal_id) DO UPDATE SET kind = excluded.kind, \
+                 merchant_id = excluded.merchant_id, enabled = excluded.enabled, name = excluded.name, \
+                 place = excluded.place, updated_ms = excluded.updated_ms, entry_id = excluded.entry_id \
+                 WHERE terminals.entry_id < excluded.entry_id",
+            );
+            q.build().persistent(false).execute(&mut **tx).await.map_err(classify)?;
+        }
+
+        Ok(())
+    }
+
+    async fn set_cursor(tx: &mut Transaction<'static, Sqlite>, b: &Batch, now_ms: i64) -> Result<(), CentralError> {
+        let gw = sql_id(b.gateway_id);
+        sqlx::query(
+            "INSERT INTO gateways (gateway_id, shipped_entry_id, shipped_time_ms, updated_ms) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (gateway_id) DO UPDATE SET shipped_entry_id = excluded.shipped_entry_id, \
+             shipped_time_ms = excluded.shipped_time_ms, updated_ms = excluded.updated_ms",
+        )
+        .bind(gw)
+        .bind(sql_id(b.last_entry_id))
+        .bind(b.last_time_ms)
+        .bind(now_ms)
+        .execute(&mut **tx)
+        .await
+        .map_err(classify)?;
+        Ok(())
     }
 }

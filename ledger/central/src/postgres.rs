@@ -4,20 +4,20 @@
 //!
 //! Each table of a batch is written by one statement over arrays (`UNNEST`), so a batch
 //! of thousands of entries costs a handful of round trips and the statements stay few
-//! and prepared. The gateway's row in `gateways` is locked first (`FOR UPDATE`), so two
-//! writers for one gateway, which should never exist, would queue rather than interleave.
+//! and prepared. What makes shipping exactly once is `protocol.rs`'s, not this file's.
 
 use std::borrow::Cow;
 use std::str::FromStr;
 use std::time::Duration;
 
 use rust_decimal::Decimal;
-use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Postgres, Row, Transaction};
 
+use super::protocol::Dialect;
 use super::schema::{Batch, SCHEMA_VERSION, id_of_sql, sql_id};
 use super::{AccountTotal, CentralError, StoredTx, classify, fen_of};
-use crate::money::from_fen;
+use cardgate_domain::money::from_fen;
 
 /// How long the flusher waits for a connection before counting the store unavailable.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -192,7 +192,7 @@ impl PgCentral {
             sqlx::raw_sql(script).execute(&mut *tx).await.map_err(classify)?;
             sqlx::query("INSERT INTO schema_version (version, applied_ms) VALUES ($1, $2)")
                 .bind(version)
-                .bind(crate::Clock::now_ms(&crate::SystemClock))
+                .bind(cardgate_domain::Clock::now_ms(&cardgate_domain::SystemClock))
                 .execute(&mut *tx)
                 .await
                 .map_err(classify)?;
@@ -208,254 +208,6 @@ impl PgCentral {
             .await
             .map_err(classify)?;
         Ok(v.map_or(0, id_of_sql))
-    }
-
-    pub async fn write(&self, b: &Batch, now_ms: i64) -> Result<u64, CentralError> {
-        let gw = sql_id(b.gateway_id);
-        let mut tx = self.pool.begin().await.map_err(classify)?;
-        sqlx::query(
-            "INSERT INTO gateways (gateway_id, shipped_entry_id, shipped_time_ms, updated_ms) VALUES ($1, 0, 0, $2) \
-             ON CONFLICT (gateway_id) DO NOTHING",
-        )
-        .bind(gw)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await
-        .map_err(classify)?;
-        let central: i64 = sqlx::query_scalar("SELECT shipped_entry_id FROM gateways WHERE gateway_id = $1 FOR UPDATE")
-            .bind(gw)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(classify)?;
-        let central = id_of_sql(central);
-        if central + 1 < b.first_entry_id {
-            return Err(CentralError::Gap {
-                central,
-                first: b.first_entry_id,
-            });
-        }
-        if central >= b.last_entry_id {
-            // Shipped before (the acknowledgement was lost): nothing to do.
-            return Ok(central);
-        }
-
-        if !b.transactions.is_empty() {
-            let t = &b.transactions;
-            sqlx::query(
-                "INSERT INTO transactions (gateway_id, tx_id, entry_id, kind, account_id, card_no, terminal_id, \
-                 terminal_seq, merchant_id, amount, balance_after, time_ms, terminal_time_ms, original_tx_id, operator) \
-                 SELECT $1, * FROM UNNEST($2::BIGINT[], $3::BIGINT[], $4::TEXT[], $5::BIGINT[], $6::BIGINT[], \
-                 $7::BIGINT[], $8::BIGINT[], $9::BIGINT[], $10::NUMERIC[], $11::NUMERIC[], $12::BIGINT[], \
-                 $13::BIGINT[], $14::BIGINT[], $15::TEXT[]) \
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(gw)
-            .bind(t.iter().map(|r| sql_id(r.tx_id)).collect::<Vec<_>>())
-            .bind(t.iter().map(|r| sql_id(r.entry_id)).collect::<Vec<_>>())
-            .bind(t.iter().map(|r| r.kind).collect::<Vec<_>>())
-            .bind(t.iter().map(|r| sql_id(r.account)).collect::<Vec<_>>())
-            .bind(t.iter().map(|r| r.card.map(sql_id)).collect::<Vec<_>>())
-            .bind(t.iter().map(|r| r.terminal.map(sql_id)).collect::<Vec<_>>())
-            .bind(t.iter().map(|r| r.terminal_seq.map(sql_id)).collect::<Vec<_>>())
-            .bind(t.iter().map(|r| r.merchant.map(sql_id)).collect::<Vec<_>>())
-            .bind(t.iter().map(|r| from_fen(r.amount_fen)).collect::<Vec<Decimal>>())
-            .bind(t.iter().map(|r| from_fen(r.balance_after_fen)).collect::<Vec<Decimal>>())
-            .bind(t.iter().map(|r| r.time_ms).collect::<Vec<_>>())
-            .bind(t.iter().map(|r| r.terminal_time_ms).collect::<Vec<_>>())
-            .bind(t.iter().map(|r| r.original_tx_id.map(sql_id)).collect::<Vec<_>>())
-            .bind(t.iter().map(|r| r.operator.as_deref().map(pg_text)).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-        }
-
-        if !b.declines.is_empty() {
-            let d = &b.declines;
-            sqlx::query(
-                "INSERT INTO declines (gateway_id, entry_id, kind, terminal_id, terminal_seq, merchant_id, card_no, \
-                 account_id, amount, reason_code, reason, balance, time_ms, terminal_time_ms) \
-                 SELECT $1, * FROM UNNEST($2::BIGINT[], $3::TEXT[], $4::BIGINT[], $5::BIGINT[], $6::BIGINT[], \
-                 $7::BIGINT[], $8::BIGINT[], $9::NUMERIC[], $10::INTEGER[], $11::TEXT[], $12::NUMERIC[], \
-                 $13::BIGINT[], $14::BIGINT[]) \
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(gw)
-            .bind(d.iter().map(|r| sql_id(r.entry_id)).collect::<Vec<_>>())
-            .bind(d.iter().map(|r| r.kind).collect::<Vec<_>>())
-            .bind(d.iter().map(|r| sql_id(r.terminal)).collect::<Vec<_>>())
-            .bind(d.iter().map(|r| sql_id(r.terminal_seq)).collect::<Vec<_>>())
-            .bind(d.iter().map(|r| sql_id(r.merchant)).collect::<Vec<_>>())
-            .bind(d.iter().map(|r| sql_id(r.card)).collect::<Vec<_>>())
-            .bind(d.iter().map(|r| r.account.map(sql_id)).collect::<Vec<_>>())
-            .bind(d.iter().map(|r| from_fen(r.amount_fen)).collect::<Vec<Decimal>>())
-            .bind(d.iter().map(|r| r.reason_code).collect::<Vec<_>>())
-            .bind(d.iter().map(|r| r.reason).collect::<Vec<_>>())
-            .bind(d.iter().map(|r| from_fen(r.balance_fen)).collect::<Vec<Decimal>>())
-            .bind(d.iter().map(|r| r.time_ms).collect::<Vec<_>>())
-            .bind(d.iter().map(|r| r.terminal_time_ms).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-        }
-
-        if !b.events.is_empty() {
-            let e = &b.events;
-            sqlx::query(
-                "INSERT INTO events (gateway_id, entry_id, kind, time_ms, account_id, card_no, terminal_id, operator, \
-                 payload) \
-                 SELECT $1, u.entry_id, u.kind, u.time_ms, u.account_id, u.card_no, u.terminal_id, u.operator, \
-                 u.payload::JSONB \
-                 FROM UNNEST($2::BIGINT[], $3::TEXT[], $4::BIGINT[], $5::BIGINT[], $6::BIGINT[], $7::BIGINT[], \
-                 $8::TEXT[], $9::TEXT[]) \
-                 AS u (entry_id, kind, time_ms, account_id, card_no, terminal_id, operator, payload) \
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(gw)
-            .bind(e.iter().map(|r| sql_id(r.entry_id)).collect::<Vec<_>>())
-            .bind(e.iter().map(|r| r.kind).collect::<Vec<_>>())
-            .bind(e.iter().map(|r| r.time_ms).collect::<Vec<_>>())
-            .bind(e.iter().map(|r| r.account.map(sql_id)).collect::<Vec<_>>())
-            .bind(e.iter().map(|r| r.card.map(sql_id)).collect::<Vec<_>>())
-            .bind(e.iter().map(|r| r.terminal.map(sql_id)).collect::<Vec<_>>())
-            .bind(e.iter().map(|r| r.operator.as_deref().map(pg_text)).collect::<Vec<_>>())
-            .bind(
-                e.iter()
-                    .map(|r| jsonb_safe(&r.payload).into_owned())
-                    .collect::<Vec<_>>(),
-            )
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-        }
-
-        let accounts: Vec<_> = b.account_records().collect();
-        if !accounts.is_empty() {
-            let a = &accounts;
-            sqlx::query(
-                "INSERT INTO accounts (gateway_id, account_id, kind, status, opening_balance, balance, \
-                 single_payment_max, daily_max, opened_ms, updated_ms, entry_id) \
-                 SELECT $1, * FROM UNNEST($2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::NUMERIC[], $6::NUMERIC[], \
-                 $7::NUMERIC[], $8::NUMERIC[], $9::BIGINT[], $10::BIGINT[], $11::BIGINT[]) \
-                 ON CONFLICT (gateway_id, account_id) DO UPDATE SET kind = excluded.kind, status = excluded.status, \
-                 balance = excluded.balance, single_payment_max = excluded.single_payment_max, \
-                 daily_max = excluded.daily_max, updated_ms = excluded.updated_ms, entry_id = excluded.entry_id \
-                 WHERE accounts.entry_id < excluded.entry_id",
-            )
-            .bind(gw)
-            .bind(a.iter().map(|r| sql_id(r.account)).collect::<Vec<_>>())
-            .bind(a.iter().map(|r| r.kind).collect::<Vec<_>>())
-            .bind(a.iter().map(|r| r.status).collect::<Vec<_>>())
-            .bind(
-                a.iter()
-                    .map(|r| from_fen(r.opening_balance_fen))
-                    .collect::<Vec<Decimal>>(),
-            )
-            .bind(a.iter().map(|r| from_fen(r.balance_fen)).collect::<Vec<Decimal>>())
-            .bind(
-                a.iter()
-                    .map(|r| r.single_payment_max_fen.map(from_fen))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(a.iter().map(|r| r.daily_max_fen.map(from_fen)).collect::<Vec<_>>())
-            .bind(a.iter().map(|r| r.opened_ms).collect::<Vec<_>>())
-            .bind(a.iter().map(|r| r.updated_ms).collect::<Vec<_>>())
-            .bind(a.iter().map(|r| sql_id(r.entry_id)).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-        }
-
-        let balances: Vec<_> = b.balances().collect();
-        if !balances.is_empty() {
-            let x = &balances;
-            sqlx::query(
-                "UPDATE accounts SET balance = COALESCE(v.balance, accounts.balance), \
-                 kind = COALESCE(v.kind, accounts.kind), status = COALESCE(v.status, accounts.status), \
-                 updated_ms = v.updated_ms, entry_id = v.entry_id \
-                 FROM UNNEST($2::BIGINT[], $3::NUMERIC[], $4::BIGINT[], $5::BIGINT[], $6::TEXT[], $7::TEXT[]) \
-                 AS v (account_id, balance, updated_ms, entry_id, kind, status) \
-                 WHERE accounts.gateway_id = $1 AND accounts.account_id = v.account_id \
-                 AND accounts.entry_id < v.entry_id",
-            )
-            .bind(gw)
-            .bind(x.iter().map(|r| sql_id(r.account)).collect::<Vec<_>>())
-            .bind(
-                x.iter()
-                    .map(|r| r.balance_fen.map(from_fen))
-                    .collect::<Vec<Option<Decimal>>>(),
-            )
-            .bind(x.iter().map(|r| r.updated_ms).collect::<Vec<_>>())
-            .bind(x.iter().map(|r| sql_id(r.entry_id)).collect::<Vec<_>>())
-            .bind(x.iter().map(|r| r.kind).collect::<Vec<Option<&str>>>())
-            .bind(x.iter().map(|r| r.status).collect::<Vec<Option<&str>>>())
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-        }
-
-        if !b.cards.is_empty() {
-            let c: Vec<_> = b.cards.values().collect();
-            sqlx::query(
-                "INSERT INTO cards (gateway_id, card_no, account_id, status, expires_ms, issued_ms, updated_ms, \
-                 entry_id) \
-                 SELECT $1, * FROM UNNEST($2::BIGINT[], $3::BIGINT[], $4::TEXT[], $5::BIGINT[], $6::BIGINT[], \
-                 $7::BIGINT[], $8::BIGINT[]) \
-                 ON CONFLICT (gateway_id, card_no) DO UPDATE SET account_id = excluded.account_id, \
-                 status = excluded.status, expires_ms = excluded.expires_ms, issued_ms = excluded.issued_ms, \
-                 updated_ms = excluded.updated_ms, entry_id = excluded.entry_id \
-                 WHERE cards.entry_id < excluded.entry_id",
-            )
-            .bind(gw)
-            .bind(c.iter().map(|r| sql_id(r.card)).collect::<Vec<_>>())
-            .bind(c.iter().map(|r| sql_id(r.account)).collect::<Vec<_>>())
-            .bind(c.iter().map(|r| r.status).collect::<Vec<_>>())
-            .bind(c.iter().map(|r| r.expires_ms).collect::<Vec<_>>())
-            .bind(c.iter().map(|r| r.issued_ms).collect::<Vec<_>>())
-            .bind(c.iter().map(|r| r.updated_ms).collect::<Vec<_>>())
-            .bind(c.iter().map(|r| sql_id(r.entry_id)).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-        }
-
-        if !b.terminals.is_empty() {
-            let t: Vec<_> = b.terminals.values().collect();
-            sqlx::query(
-                "INSERT INTO terminals (gateway_id, terminal_id, kind, merchant_id, enabled, name, place, updated_ms, \
-                 entry_id) \
-                 SELECT $1, * FROM UNNEST($2::BIGINT[], $3::TEXT[], $4::BIGINT[], $5::BOOLEAN[], $6::TEXT[], \
-                 $7::TEXT[], $8::BIGINT[], $9::BIGINT[]) \
-                 ON CONFLICT (gateway_id, terminal_id) DO UPDATE SET kind = excluded.kind, \
-                 merchant_id = excluded.merchant_id, enabled = excluded.enabled, name = excluded.name, \
-                 place = excluded.place, updated_ms = excluded.updated_ms, entry_id = excluded.entry_id \
-                 WHERE terminals.entry_id < excluded.entry_id",
-            )
-            .bind(gw)
-            .bind(t.iter().map(|r| sql_id(r.terminal)).collect::<Vec<_>>())
-            .bind(t.iter().map(|r| r.kind).collect::<Vec<_>>())
-            .bind(t.iter().map(|r| sql_id(r.merchant)).collect::<Vec<_>>())
-            .bind(t.iter().map(|r| r.enabled).collect::<Vec<_>>())
-            .bind(t.iter().map(|r| pg_text(&r.name)).collect::<Vec<_>>())
-            .bind(t.iter().map(|r| pg_text(&r.place)).collect::<Vec<_>>())
-            .bind(t.iter().map(|r| r.updated_ms).collect::<Vec<_>>())
-            .bind(t.iter().map(|r| sql_id(r.entry_id)).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-        }
-
-        sqlx::query(
-            "UPDATE gateways SET shipped_entry_id = $2, shipped_time_ms = $3, updated_ms = $4 WHERE gateway_id = $1",
-        )
-        .bind(gw)
-        .bind(sql_id(b.last_entry_id))
-        .bind(b.last_time_ms)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await
-        .map_err(classify)?;
-        tx.commit().await.map_err(classify)?;
-        Ok(b.last_entry_id)
     }
 
     pub async fn gateways(&self) -> Result<Vec<(u64, u64)>, CentralError> {
@@ -536,6 +288,264 @@ impl PgCentral {
             .fetch_all(&self.pool)
             .await
             .map_err(classify)
+    }
+}
+
+impl Dialect for PgCentral {
+    type Db = Postgres;
+
+    async fn begin(&self) -> Result<Transaction<'static, Postgres>, CentralError> {
+        self.pool.begin().await.map_err(classify)
+    }
+
+    /// Creates the gateway's row if it is new, then locks it (`FOR UPDATE`), so that two
+    /// writers for one gateway, which should never exist, queue rather than interleave.
+    async fn lock_cursor(
+        tx: &mut Transaction<'static, Postgres>,
+        gateway_id: u64,
+        now_ms: i64,
+    ) -> Result<u64, CentralError> {
+        let gw = sql_id(gateway_id);
+        sqlx::query(
+            "INSERT INTO gateways (gateway_id, shipped_entry_id, shipped_time_ms, updated_ms) VALUES ($1, 0, 0, $2) \
+             ON CONFLICT (gateway_id) DO NOTHING",
+        )
+        .bind(gw)
+        .bind(now_ms)
+        .execute(&mut **tx)
+        .await
+        .map_err(classify)?;
+        let central: i64 = sqlx::query_scalar("SELECT shipped_entry_id FROM gateways WHERE gateway_id = $1 FOR UPDATE")
+            .bind(gw)
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(classify)?;
+        Ok(id_of_sql(central))
+    }
+
+    async fn write_rows(tx: &mut Transaction<'static, Postgres>, b: &Batch) -> Result<(), CentralError> {
+        let gw = sql_id(b.gateway_id);
+        if !b.transactions.is_empty() {
+            let t = &b.transactions;
+            sqlx::query(
+                "INSERT INTO transactions (gateway_id, tx_id, entry_id, kind, account_id, card_no, terminal_id, \
+                 terminal_seq, merchant_id, amount, balance_after, time_ms, terminal_time_ms, original_tx_id, operator) \
+                 SELECT $1, * FROM UNNEST($2::BIGINT[], $3::BIGINT[], $4::TEXT[], $5::BIGINT[], $6::BIGINT[], \
+                 $7::BIGINT[], $8::BIGINT[], $9::BIGINT[], $10::NUMERIC[], $11::NUMERIC[], $12::BIGINT[], \
+                 $13::BIGINT[], $14::BIGINT[], $15::TEXT[]) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(gw)
+            .bind(t.iter().map(|r| sql_id(r.tx_id)).collect::<Vec<_>>())
+            .bind(t.iter().map(|r| sql_id(r.entry_id)).collect::<Vec<_>>())
+            .bind(t.iter().map(|r| r.kind).collect::<Vec<_>>())
+            .bind(t.iter().map(|r| sql_id(r.account)).collect::<Vec<_>>())
+            .bind(t.iter().map(|r| r.card.map(sql_id)).collect::<Vec<_>>())
+            .bind(t.iter().map(|r| r.terminal.map(sql_id)).collect::<Vec<_>>())
+            .bind(t.iter().map(|r| r.terminal_seq.map(sql_id)).collect::<Vec<_>>())
+            .bind(t.iter().map(|r| r.merchant.map(sql_id)).collect::<Vec<_>>())
+            .bind(t.iter().map(|r| from_fen(r.amount_fen)).collect::<Vec<Decimal>>())
+            .bind(t.iter().map(|r| from_fen(r.balance_after_fen)).collect::<Vec<Decimal>>())
+            .bind(t.iter().map(|r| r.time_ms).collect::<Vec<_>>())
+            .bind(t.iter().map(|r| r.terminal_time_ms).collect::<Vec<_>>())
+            .bind(t.iter().map(|r| r.original_tx_id.map(sql_id)).collect::<Vec<_>>())
+            .bind(t.iter().map(|r| r.operator.as_deref().map(pg_text)).collect::<Vec<_>>())
+            .execute(&mut **tx)
+            .await
+            .map_err(classify)?;
+        }
+
+        if !b.declines.is_empty() {
+            let d = &b.declines;
+            sqlx::query(
+                "INSERT INTO declines (gateway_id, entry_id, kind, terminal_id, terminal_seq, merchant_id, card_no, \
+                 account_id, amount, reason_code, reason, balance, time_ms, terminal_time_ms) \
+                 SELECT $1, * FROM UNNEST($2::BIGINT[], $3::TEXT[], $4::BIGINT[], $5::BIGINT[], $6::BIGINT[], \
+                 $7::BIGINT[], $8::BIGINT[], $9::NUMERIC[], $10::INTEGER[], $11::TEXT[], $12::NUMERIC[], \
+                 $13::BIGINT[], $14::BIGINT[]) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(gw)
+            .bind(d.iter().map(|r| sql_id(r.entry_id)).collect::<Vec<_>>())
+            .bind(d.iter().map(|r| r.kind).collect::<Vec<_>>())
+            .bind(d.iter().map(|r| sql_id(r.terminal)).collect::<Vec<_>>())
+            .bind(d.iter().map(|r| sql_id(r.terminal_seq)).collect::<Vec<_>>())
+            .bind(d.iter().map(|r| sql_id(r.merchant)).collect::<Vec<_>>())
+            .bind(d.iter().map(|r| sql_id(r.card)).collect::<Vec<_>>())
+            .bind(d.iter().map(|r| r.account.map(sql_id)).collect::<Vec<_>>())
+            .bind(d.iter().map(|r| from_fen(r.amount_fen)).collect::<Vec<Decimal>>())
+            .bind(d.iter().map(|r| r.reason_code).collect::<Vec<_>>())
+            .bind(d.iter().map(|r| r.reason).collect::<Vec<_>>())
+            .bind(d.iter().map(|r| from_fen(r.balance_fen)).collect::<Vec<Decimal>>())
+            .bind(d.iter().map(|r| r.time_ms).collect::<Vec<_>>())
+            .bind(d.iter().map(|r| r.terminal_time_ms).collect::<Vec<_>>())
+            .execute(&mut **tx)
+            .await
+            .map_err(classify)?;
+        }
+
+        if !b.events.is_empty() {
+            let e = &b.events;
+            sqlx::query(
+                "INSERT INTO events (gateway_id, entry_id, kind, time_ms, account_id, card_no, terminal_id, operator, \
+                 payload) \
+                 SELECT $1, u.entry_id, u.kind, u.time_ms, u.account_id, u.card_no, u.terminal_id, u.operator, \
+                 u.payload::JSONB \
+                 FROM UNNEST($2::BIGINT[], $3::TEXT[], $4::BIGINT[], $5::BIGINT[], $6::BIGINT[], $7::BIGINT[], \
+                 $8::TEXT[], $9::TEXT[]) \
+                 AS u (entry_id, kind, time_ms, account_id, card_no, terminal_id, operator, payload) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(gw)
+            .bind(e.iter().map(|r| sql_id(r.entry_id)).collect::<Vec<_>>())
+            .bind(e.iter().map(|r| r.kind).collect::<Vec<_>>())
+            .bind(e.iter().map(|r| r.time_ms).collect::<Vec<_>>())
+            .bind(e.iter().map(|r| r.account.map(sql_id)).collect::<Vec<_>>())
+            .bind(e.iter().map(|r| r.card.map(sql_id)).collect::<Vec<_>>())
+            .bind(e.iter().map(|r| r.terminal.map(sql_id)).collect::<Vec<_>>())
+            .bind(e.iter().map(|r| r.operator.as_deref().map(pg_text)).collect::<Vec<_>>())
+            .bind(
+                e.iter()
+                    .map(|r| jsonb_safe(&r.payload).into_owned())
+                    .collect::<Vec<_>>(),
+            )
+            .execute(&mut **tx)
+            .await
+            .map_err(classify)?;
+        }
+
+        let accounts: Vec<_> = b.account_records().collect();
+        if !accounts.is_empty() {
+            let a = &accounts;
+            sqlx::query(
+                "INSERT INTO accounts (gateway_id, account_id, kind, status, opening_balance, balance, \
+                 single_payment_max, daily_max, opened_ms, updated_ms, entry_id) \
+                 SELECT $1, * FROM UNNEST($2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::NUMERIC[], $6::NUMERIC[], \
+                 $7::NUMERIC[], $8::NUMERIC[], $9::BIGINT[], $10::BIGINT[], $11::BIGINT[]) \
+                 ON CONFLICT (gateway_id, account_id) DO UPDATE SET kind = excluded.kind, status = excluded.status, \
+                 balance = excluded.balance, single_payment_max = excluded.single_payment_max, \
+                 daily_max = excluded.daily_max, updated_ms = excluded.updated_ms, entry_id = excluded.entry_id \
+                 WHERE accounts.entry_id < excluded.entry_id",
+            )
+            .bind(gw)
+            .bind(a.iter().map(|r| sql_id(r.account)).collect::<Vec<_>>())
+            .bind(a.iter().map(|r| r.kind).collect::<Vec<_>>())
+            .bind(a.iter().map(|r| r.status).collect::<Vec<_>>())
+            .bind(
+                a.iter()
+                    .map(|r| from_fen(r.opening_balance_fen))
+                    .collect::<Vec<Decimal>>(),
+            )
+            .bind(a.iter().map(|r| from_fen(r.balance_fen)).collect::<Vec<Decimal>>())
+            .bind(
+                a.iter()
+                    .map(|r| r.single_payment_max_fen.map(from_fen))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(a.iter().map(|r| r.daily_max_fen.map(from_fen)).collect::<Vec<_>>())
+            .bind(a.iter().map(|r| r.opened_ms).collect::<Vec<_>>())
+            .bind(a.iter().map(|r| r.updated_ms).collect::<Vec<_>>())
+            .bind(a.iter().map(|r| sql_id(r.entry_id)).collect::<Vec<_>>())
+            .execute(&mut **tx)
+            .await
+            .map_err(classify)?;
+        }
+
+        let balances: Vec<_> = b.balances().collect();
+        if !balances.is_empty() {
+            let x = &balances;
+            sqlx::query(
+                "UPDATE accounts SET balance = COALESCE(v.balance, accounts.balance), \
+                 kind = COALESCE(v.kind, accounts.kind), status = COALESCE(v.status, accounts.status), \
+                 updated_ms = v.updated_ms, entry_id = v.entry_id \
+                 FROM UNNEST($2::BIGINT[], $3::NUMERIC[], $4::BIGINT[], $5::BIGINT[], $6::TEXT[], $7::TEXT[]) \
+                 AS v (account_id, balance, updated_ms, entry_id, kind, status) \
+                 WHERE accounts.gateway_id = $1 AND accounts.account_id = v.account_id \
+                 AND accounts.entry_id < v.entry_id",
+            )
+            .bind(gw)
+            .bind(x.iter().map(|r| sql_id(r.account)).collect::<Vec<_>>())
+            .bind(
+                x.iter()
+                    .map(|r| r.balance_fen.map(from_fen))
+                    .collect::<Vec<Option<Decimal>>>(),
+            )
+            .bind(x.iter().map(|r| r.updated_ms).collect::<Vec<_>>())
+            .bind(x.iter().map(|r| sql_id(r.entry_id)).collect::<Vec<_>>())
+            .bind(x.iter().map(|r| r.kind).collect::<Vec<Option<&str>>>())
+            .bind(x.iter().map(|r| r.status).collect::<Vec<Option<&str>>>())
+            .execute(&mut **tx)
+            .await
+            .map_err(classify)?;
+        }
+
+        if !b.cards.is_empty() {
+            let c: Vec<_> = b.cards.values().collect();
+            sqlx::query(
+                "INSERT INTO cards (gateway_id, card_no, account_id, status, expires_ms, issued_ms, updated_ms, \
+                 entry_id) \
+                 SELECT $1, * FROM UNNEST($2::BIGINT[], $3::BIGINT[], $4::TEXT[], $5::BIGINT[], $6::BIGINT[], \
+                 $7::BIGINT[], $8::BIGINT[]) \
+                 ON CONFLICT (gateway_id, card_no) DO UPDATE SET account_id = excluded.account_id, \
+                 status = excluded.status, expires_ms = excluded.expires_ms, issued_ms = excluded.issued_ms, \
+                 updated_ms = excluded.updated_ms, entry_id = excluded.entry_id \
+                 WHERE cards.entry_id < excluded.entry_id",
+            )
+            .bind(gw)
+            .bind(c.iter().map(|r| sql_id(r.card)).collect::<Vec<_>>())
+            .bind(c.iter().map(|r| sql_id(r.account)).collect::<Vec<_>>())
+            .bind(c.iter().map(|r| r.status).collect::<Vec<_>>())
+            .bind(c.iter().map(|r| r.expires_ms).collect::<Vec<_>>())
+            .bind(c.iter().map(|r| r.issued_ms).collect::<Vec<_>>())
+            .bind(c.iter().map(|r| r.updated_ms).collect::<Vec<_>>())
+            .bind(c.iter().map(|r| sql_id(r.entry_id)).collect::<Vec<_>>())
+            .execute(&mut **tx)
+            .await
+            .map_err(classify)?;
+        }
+
+        if !b.terminals.is_empty() {
+            let t: Vec<_> = b.terminals.values().collect();
+            sqlx::query(
+                "INSERT INTO terminals (gateway_id, terminal_id, kind, merchant_id, enabled, name, place, updated_ms, \
+                 entry_id) \
+                 SELECT $1, * FROM UNNEST($2::BIGINT[], $3::TEXT[], $4::BIGINT[], $5::BOOLEAN[], $6::TEXT[], \
+                 $7::TEXT[], $8::BIGINT[], $9::BIGINT[]) \
+                 ON CONFLICT (gateway_id, terminal_id) DO UPDATE SET kind = excluded.kind, \
+                 merchant_id = excluded.merchant_id, enabled = excluded.enabled, name = excluded.name, \
+                 place = excluded.place, updated_ms = excluded.updated_ms, entry_id = excluded.entry_id \
+                 WHERE terminals.entry_id < excluded.entry_id",
+            )
+            .bind(gw)
+            .bind(t.iter().map(|r| sql_id(r.terminal)).collect::<Vec<_>>())
+            .bind(t.iter().map(|r| r.kind).collect::<Vec<_>>())
+            .bind(t.iter().map(|r| sql_id(r.merchant)).collect::<Vec<_>>())
+            .bind(t.iter().map(|r| r.enabled).collect::<Vec<_>>())
+            .bind(t.iter().map(|r| pg_text(&r.name)).collect::<Vec<_>>())
+            .bind(t.iter().map(|r| pg_text(&r.place)).collect::<Vec<_>>())
+            .bind(t.iter().map(|r| r.updated_ms).collect::<Vec<_>>())
+            .bind(t.iter().map(|r| sql_id(r.entry_id)).collect::<Vec<_>>())
+            .execute(&mut **tx)
+            .await
+            .map_err(classify)?;
+        }
+
+        Ok(())
+    }
+
+    async fn set_cursor(tx: &mut Transaction<'static, Postgres>, b: &Batch, now_ms: i64) -> Result<(), CentralError> {
+        let gw = sql_id(b.gateway_id);
+        sqlx::query(
+            "UPDATE gateways SET shipped_entry_id = $2, shipped_time_ms = $3, updated_ms = $4 WHERE gateway_id = $1",
+        )
+        .bind(gw)
+        .bind(sql_id(b.last_entry_id))
+        .bind(b.last_time_ms)
+        .bind(now_ms)
+        .execute(&mut **tx)
+        .await
+        .map_err(classify)?;
+        Ok(())
     }
 }
 

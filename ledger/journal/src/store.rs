@@ -2,71 +2,41 @@
 //! committer can be tested with injected faults.
 //!
 //! Everything lives in one sled tree under one-byte key prefixes, so that a group commit
-//! is one `apply_batch`, atomic across journal entries and the state records they change:
+//! is one `apply_batch`, atomic across journal entries and the state records they change.
+//! The journal owns two prefixes:
 //!
 //! ```text
-//! 'J' first id(u64 BE)             journal segment: consecutive entries from that id
-//! 'A' account(u64 BE)               Account      } checkpointed state, as of the
-//! 'C' card(u64 BE)                  Card         } entry id in meta `checkpoint_id`
-//! 'T' terminal(u64 BE)              Terminal     }
-//! 'S' terminal(u64 BE)              [SeqRecord]  } (a terminal's remembered outcomes)
-//! 'M' name                          meta values (next entry id, tx id mark, params, ...)
-//! 'P' account(u64 BE)               Person       } checkpointed, card desk (issue 4)
-//! 'O' operator(u64 BE)              Operator     }
-//! 'B' version % log max(u64 BE)     BlacklistChange } (a bounded ring, like 'S')
-//! 'U' audit id % kept(u64 BE)       AuditRecord  } (a bounded ring)
-//! 'G' batch hash(8) account(u64 BE) GrantMark    }
-//! 'Z' import(u64 BE) chunk(u32 BE)  staged import chunk, written with its commit
+//! 'J' first id (u64 BE)   journal segment: consecutive entries from that id
+//! 'M' name                meta values (next entry id, checkpoint id, the user's marks)
 //! ```
 //!
-//! A segment is `([len u32 LE][entry record])*`; its entries have consecutive ids
-//! starting at the id in its key. Big-endian ids keep sled's key order equal to
-//! numeric order, which the flusher and recovery rely on.
+//! Every other prefix is the schema's.
 
 use std::fs::File;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use serde::Serialize;
-
-use crate::entry::{EntryRecord, JournalEntry};
 use serde::de::DeserializeOwned;
 
+use crate::record::decode_record;
+use crate::segment;
+
 pub const PREFIX_JOURNAL: u8 = b'J';
-pub const PREFIX_ACCOUNT: u8 = b'A';
-pub const PREFIX_CARD: u8 = b'C';
-pub const PREFIX_TERMINAL: u8 = b'T';
-pub const PREFIX_SEQ: u8 = b'S';
 pub const PREFIX_META: u8 = b'M';
-pub const PREFIX_PERSON: u8 = b'P';
-pub const PREFIX_OPERATOR: u8 = b'O';
-pub const PREFIX_BLACKLIST: u8 = b'B';
-pub const PREFIX_AUDIT: u8 = b'U';
-pub const PREFIX_GRANT: u8 = b'G';
-pub const PREFIX_STAGED: u8 = b'Z';
 
-/// The version byte that starts every state record.
-pub const RECORD_FORMAT: u8 = 1;
-
-/// Meta keys.
+/// The journal's own meta keys. The user's live beside them under names of its own.
 pub mod meta {
     /// The id the committer gives the next entry (u64 BE). Kept because pruning may
     /// leave the journal empty.
     pub const NEXT_ENTRY_ID: &str = "next_entry_id";
-    /// The highest tx id any committed entry used (u64 BE).
-    pub const TX_ID_MARK: &str = "tx_id_mark";
-    pub const PARAMS: &str = "params";
+    /// The highest mark any committed submission carried (u64 BE): an id the user hands
+    /// out with entries and must never hand out twice (the ledger's tx ids, hence the
+    /// name, which data directories already hold).
+    pub const MARK: &str = "tx_id_mark";
     /// The last entry id the checkpointed state records reflect (u64 BE).
     pub const CHECKPOINT_ID: &str = "checkpoint_id";
-    /// Set once the demo campus exists.
-    pub const DEMO: &str = "demo";
-    /// Identifies this gateway in the central store (u64 BE), chosen at first start.
-    pub const GATEWAY_ID: &str = "gateway_id";
-    /// The last entry id the central store confirmed it holds (u64 BE): written by the
-    /// flusher after each central commit. A lower bound of the central store's own
-    /// cursor, so pruning may rely on it even while the central store is unreachable.
-    pub const CENTRAL_CURSOR: &str = "central_cursor";
 }
 
 /// sled's page cache. sled's default (1 GiB) alone would break the gateway's memory
@@ -107,78 +77,11 @@ pub fn id_of_key(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(key.get(1..9)?.try_into().ok()?))
 }
 
-pub fn encode_record<T: Serialize>(value: &T) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64);
-    out.push(RECORD_FORMAT);
-    postcard::to_io(value, &mut out).expect("records serialize");
-    out
-}
-
-pub fn decode_record<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
-    let corrupt = |reason: String| StoreError::Corrupt {
-        key: key.to_vec(),
-        reason,
-    };
-    match bytes.split_first() {
-        Some((&RECORD_FORMAT, rest)) => postcard::from_bytes(rest).map_err(|e| corrupt(e.to_string())),
-        Some((v, _)) => Err(corrupt(format!("unknown record format {v}"))),
-        None => Err(corrupt("empty record".into())),
-    }
-}
-
-/// Splits a journal segment into its entries.
-pub fn decode_segment(first_id: u64, bytes: &[u8]) -> Result<Vec<JournalEntry>, StoreError> {
-    let corrupt = |reason: String| StoreError::Corrupt {
-        key: key_segment(first_id).to_vec(),
-        reason,
-    };
-    let mut out = Vec::new();
-    let mut rest = bytes;
-    let mut id = first_id;
-    while !rest.is_empty() {
-        let Some((len, tail)) = rest.split_first_chunk::<4>() else {
-            return Err(corrupt("truncated entry length".into()));
-        };
-        let len = u32::from_le_bytes(*len) as usize;
-        if tail.len() < len {
-            return Err(corrupt(format!("entry {id} runs past the segment")));
-        }
-        let (body, tail) = tail.split_at(len);
-        let record = EntryRecord::decode(body).map_err(|e| corrupt(format!("entry {id}: {e}")))?;
-        out.push(JournalEntry { id, record });
-        id += 1;
-        rest = tail;
-    }
-    Ok(out)
-}
-
-/// The id and decision time of a segment's last entry, decoding only that entry.
-pub fn segment_last(first_id: u64, bytes: &[u8]) -> Result<(u64, i64), StoreError> {
-    let corrupt = |reason: String| StoreError::Corrupt {
-        key: key_segment(first_id).to_vec(),
-        reason,
-    };
-    let mut rest = bytes;
-    let mut id = first_id;
-    let mut last: Option<&[u8]> = None;
-    while !rest.is_empty() {
-        let Some((len, tail)) = rest.split_first_chunk::<4>() else {
-            return Err(corrupt("truncated entry length".into()));
-        };
-        let len = u32::from_le_bytes(*len) as usize;
-        if tail.len() < len {
-            return Err(corrupt(format!("entry {id} runs past the segment")));
-        }
-        let (body, tail) = tail.split_at(len);
-        if last.is_some() {
-            id += 1;
-        }
-        last = Some(body);
-        rest = tail;
-    }
-    let body = last.ok_or_else(|| corrupt("empty segment".into()))?;
-    let record = EntryRecord::decode(body).map_err(|e| corrupt(format!("entry {id}: {e}")))?;
-    Ok((id, record.time_ms))
+/// A committed entry, as read back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JournalEntry<E> {
+    pub id: u64,
+    pub record: E,
 }
 
 /// What one `Db::prune_journal` call removed.
@@ -239,6 +142,14 @@ impl Db {
             .and_then(|v| Some(u64::from_be_bytes(v.as_ref().try_into().ok()?))))
     }
 
+    /// Writes a meta value outside any commit: it becomes durable with the committer's
+    /// next sync, and a crash before it may bring back the old value. Only for values
+    /// whose loss costs a re-read (a cursor that another store holds authoritatively).
+    pub fn put_meta_u64_lazily(&self, name: &str, value: u64) -> Result<(), StoreError> {
+        self.tree.insert(key_meta(name), value.to_be_bytes().to_vec())?;
+        Ok(())
+    }
+
     /// Every record under `prefix`, decoded, in key order.
     pub fn scan<T: DeserializeOwned>(&self, prefix: &[u8]) -> impl Iterator<Item = Result<T, StoreError>> + '_ {
         self.tree.scan_prefix(prefix).map(|kv| {
@@ -247,10 +158,22 @@ impl Db {
         })
     }
 
-    /// Up to `limit` committed entries with ids above `after`, in id order. Only
-    /// entries the committer has applied are visible; callers that need durable ones
-    /// bound `after` by `JournalStats::durable_entry_id`.
-    pub fn read_entries(&self, after: u64, limit: usize) -> Result<Vec<JournalEntry>, StoreError> {
+    pub fn get_record<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
+        match self.tree.get(key)? {
+            Some(v) => Ok(Some(decode_record(key, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Up to `limit` committed entries with ids above `after`, in id order, decoded by
+    /// `decode`. Only entries the committer has applied are visible; callers that need
+    /// durable ones bound `after` by `JournalStats::durable_entry_id`.
+    pub fn read_entries<E, D: std::fmt::Display>(
+        &self,
+        after: u64,
+        limit: usize,
+        decode: impl Fn(&[u8]) -> Result<E, D>,
+    ) -> Result<Vec<JournalEntry<E>>, StoreError> {
         let mut out = Vec::new();
         // The segment holding `after + 1` starts at or before it.
         let start = match self.tree.range(..=key_segment(after + 1)).next_back() {
@@ -270,9 +193,13 @@ impl Db {
                 break;
             }
             let first = id_of_key(&k).unwrap_or(0);
-            for e in decode_segment(first, &v)? {
-                if e.id > after {
-                    out.push(e);
+            for (id, bytes) in segment::entries(first, &v)? {
+                if id > after {
+                    let record = decode(bytes).map_err(|e| StoreError::Corrupt {
+                        key: k.to_vec(),
+                        reason: format!("entry {id}: {e}"),
+                    })?;
+                    out.push(JournalEntry { id, record });
                     if out.len() >= limit {
                         return Ok(out);
                     }
@@ -282,15 +209,52 @@ impl Db {
         Ok(out)
     }
 
+    /// Visits the entries below `before_id`, newest first, as raw bytes, until `f`
+    /// breaks or the journal's start is reached. (The segment that holds `before_id`
+    /// starts below it, so the range up to its key covers it.)
+    pub fn entries_back(
+        &self,
+        before_id: u64,
+        mut f: impl FnMut(u64, &[u8]) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        for kv in self.tree.range(..key_segment(before_id)).rev() {
+            let (k, v) = kv?;
+            if k.first() != Some(&PREFIX_JOURNAL) {
+                break;
+            }
+            let first = id_of_key(&k).unwrap_or(0);
+            for (id, bytes) in segment::entries(first, &v)?.into_iter().rev() {
+                if id < before_id && f(id, bytes).is_break() {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The first entry id the journal holds, if any.
+    pub fn first_entry_id(&self) -> Result<Option<u64>, StoreError> {
+        match self.tree.scan_prefix([PREFIX_JOURNAL]).next() {
+            Some(kv) => Ok(id_of_key(&kv?.0)),
+            None => Ok(None),
+        }
+    }
+
     /// Removes whole journal segments, oldest first, while a segment's last entry id is
-    /// at most `through_id` and its last entry was decided before `before_ms`; at most
-    /// `segments_max` per call. Stops at the first segment that does not qualify, so what
-    /// is left is always one contiguous run of entries.
+    /// at most `through_id` and its last entry (timed by `time_ms`) was decided before
+    /// `before_ms`; at most `segments_max` per call. Stops at the first segment that does
+    /// not qualify, so what is left is always one contiguous run of entries.
     ///
     /// Plain removes, not a batch: `apply_batch` takes a tree-wide lock that would stall
     /// the committer. The removes become durable with the committer's next flush; a crash
     /// before it brings some back, which is harmless (nothing reads below the cursor).
-    pub fn prune_journal(&self, through_id: u64, before_ms: i64, segments_max: usize) -> Result<Pruned, StoreError> {
+    pub fn prune_journal(
+        &self,
+        through_id: u64,
+        before_ms: i64,
+        segments_max: usize,
+        time_ms: impl Fn(&[u8]) -> Option<i64>,
+    ) -> Result<Pruned, StoreError> {
         let mut pruned = Pruned::default();
         for kv in self.tree.range(key_segment(0)..key_segment(u64::MAX)) {
             if pruned.segments >= segments_max {
@@ -298,7 +262,12 @@ impl Db {
             }
             let (k, v) = kv?;
             let first = id_of_key(&k).unwrap_or(0);
-            let (last_id, last_time_ms) = segment_last(first, &v)?;
+            let entries = segment::entries(first, &v)?;
+            let (last_id, last) = *entries.last().expect("segments are never empty");
+            let last_time_ms = time_ms(last).ok_or_else(|| StoreError::Corrupt {
+                key: k.to_vec(),
+                reason: format!("entry {last_id} has no readable time"),
+            })?;
             if last_id > through_id || last_time_ms >= before_ms {
                 break;
             }
@@ -308,13 +277,6 @@ impl Db {
             pruned.through_id = last_id;
         }
         Ok(pruned)
-    }
-
-    pub fn get_record<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
-        match self.tree.get(key)? {
-            Some(v) => Ok(Some(decode_record(key, &v)?)),
-            None => Ok(None),
-        }
     }
 
     /// The sled store the committer writes through.

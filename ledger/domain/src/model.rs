@@ -1,12 +1,13 @@
-//! The ledger's records. Each is both the in-memory value and, serialized with postcard
-//! behind a version byte, the sled record it recovers from; money fields are stored as
-//! integer fen.
+//! The records the gateway keeps. Each is both the in-memory value and, serialized with
+//! postcard behind a version byte, the state record a checkpoint stores; money fields are
+//! stored as integer fen. Their encodings never change (`ledger/tests/golden.rs`).
 
 use cardgate_codec::{CardNo, CardStatusCode, DeclineReason};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use crate::money::fen;
+use crate::operator::{Actor, hash_token};
 
 /// `serde(with = "crate::model::card_no")`: a card number stored as its `u64`.
 pub mod card_no {
@@ -297,4 +298,62 @@ impl SeqRecord {
     pub fn same_request(&self, kind: TxKind, card: CardNo, amount_fen: i64, original_seq: u64) -> bool {
         self.kind == kind && self.card == card && self.amount_fen == amount_fen && self.original_seq == original_seq
     }
+}
+
+/// A person (student, staff member, visitor) and the account their cards point at.
+/// One account per person; the account's `kind` is the person's category.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Person {
+    pub account: u64,
+    pub id: String,
+    pub name: String,
+    pub department: String,
+    pub created_ms: i64,
+}
+
+/// One card joining (`listed`) or leaving the blacklist, as version `version`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlacklistChange {
+    pub version: u64,
+    #[serde(with = "card_no")]
+    pub card: CardNo,
+    pub listed: bool,
+}
+
+/// That `account` got `amount_fen` under grant batch `batch_id`; the idempotency record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantMark {
+    pub batch_id: String,
+    pub account: u64,
+    pub amount_fen: i64,
+    pub tx_id: u64,
+}
+
+/// The key a grant mark is stored under: the batch id's hash and the account.
+pub fn grant_key(batch_id: &str, account: u64) -> (u64, u64) {
+    let h = hash_token(batch_id);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&h[..8]);
+    (u64::from_be_bytes(first), account)
+}
+
+/// One record of the audit trail: an operator's call, what it acted on, and what came
+/// of it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub id: u64,
+    pub time_ms: i64,
+    /// `None` when the caller presented no valid token.
+    pub actor: Option<Actor>,
+    /// e.g. `card.lost`, `money.topup`, `auth.denied`.
+    pub action: String,
+    /// What was acted on, e.g. `card:1000000001`, `account:17`, `operator:3`.
+    pub target: String,
+    /// The HTTP status the call got.
+    pub status: u16,
+    /// JSON of the target before and after (empty when not applicable).
+    pub before: String,
+    pub after: String,
+    /// The error message of a refused call, or a short summary.
+    pub detail: String,
 }

@@ -11,10 +11,18 @@
 //! One batch is one SQL transaction: its rows, and the gateway's cursor in the
 //! `gateways` table moved from the batch's first entry to its last. The transaction
 //! refuses a batch that would leave a gap, and every row is keyed so that writing it again
-//! changes nothing; see `docs/ARCHITECTURE.md`, "Central store", for the whole argument.
+//! changes nothing (`protocol.rs`, once for both back ends); see `docs/ARCHITECTURE.md`,
+//! "Central store", for the whole argument.
+//!
+//! This crate reads the journal (`cardgate-journal`) and knows the entries
+//! (`cardgate-domain`); it never depends on the ledger, so it can be tested against a
+//! journal on disk with no decisions running, and nothing it does can hold a terminal up.
+
+#![forbid(unsafe_code)]
 
 pub mod flusher;
 pub mod postgres;
+pub mod protocol;
 pub mod schema;
 pub mod sqlite;
 
@@ -23,7 +31,7 @@ use std::path::Path;
 pub use flusher::{Flusher, FlusherConfig, FlusherHandle, FlusherStatus};
 pub use schema::{Batch, SCHEMA_VERSION};
 
-use crate::money::to_fen;
+use cardgate_domain::money::to_fen;
 
 /// Why the central store could not do what was asked, and whether trying again helps.
 #[derive(Debug, thiserror::Error)]
@@ -209,8 +217,8 @@ impl CentralStore {
             return self.cursor(batch.gateway_id).await;
         }
         match self {
-            CentralStore::Sqlite(s) => s.write(batch, now_ms).await,
-            CentralStore::Postgres(p) => p.write(batch, now_ms).await,
+            CentralStore::Sqlite(s) => protocol::write(s, batch, now_ms).await,
+            CentralStore::Postgres(p) => protocol::write(p, batch, now_ms).await,
         }
     }
 

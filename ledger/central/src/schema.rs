@@ -35,12 +35,13 @@ use std::collections::BTreeMap;
 use cardgate_codec::DeclineReason;
 use serde::Serialize;
 
-use crate::desk::MoneyMove;
-use crate::entry::{EntryBody, JournalEntry, TxEntry};
-use crate::import::{ImportCommitted, ImportItem};
-use crate::model::{Account, Card, Outcome, Terminal, TxKind};
-use crate::money::to_fen;
-use crate::operators::Actor;
+use cardgate_domain::entry::{EntryBody, EntryRecord, ImportCommitted, ImportItem, MoneyMove, TxEntry};
+use cardgate_domain::model::{Account, Card, Outcome, Terminal, TxKind};
+use cardgate_domain::money::to_fen;
+use cardgate_domain::operator::Actor;
+
+/// A journal entry as the flusher reads it.
+pub type JournalEntry = cardgate_journal::JournalEntry<EntryRecord>;
 
 /// The schema this build writes. The store's `schema_version` may not be above it.
 pub const SCHEMA_VERSION: i64 = 1;
@@ -653,10 +654,9 @@ impl<'a> TerminalPublic<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::entry::EntryRecord;
-    use crate::model::{AccountKind, AccountStatus, CardStatus, TerminalKind};
-    use crate::money::from_fen;
     use cardgate_codec::CardNo;
+    use cardgate_domain::model::{AccountKind, AccountStatus, CardStatus, TerminalKind};
+    use cardgate_domain::money::from_fen;
 
     fn entry(id: u64, time_ms: i64, body: EntryBody) -> JournalEntry {
         JournalEntry {

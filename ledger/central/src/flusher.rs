@@ -24,13 +24,35 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::schema::{Batch, BatchError};
+use std::ops::ControlFlow;
+
+use cardgate_domain::Clock;
+use cardgate_domain::entry::{EntryBody, EntryRecord, ImportCommitted, ImportItem};
+use cardgate_journal::{Db, JournalStats, StoreError};
+
+use super::schema::{Batch, BatchError, JournalEntry};
 use super::{CentralError, CentralStore};
-use crate::entry::{EntryBody, JournalEntry};
-use crate::import::{ImportCommitted, ImportItem};
-use crate::journal::{JournalStats, StateWrite, Writes};
-use crate::ledger::Ledger;
-use crate::store::{StoreError, meta};
+
+/// The last entry id the central store confirmed it holds (u64 BE, a meta value in the
+/// journal's sled tree): a lower bound of the central store's own cursor, so pruning may
+/// rely on it even while the central store is unreachable.
+pub const META_CENTRAL_CURSOR: &str = "central_cursor";
+
+/// How far back from an import's commit entry the flusher looks for its chunks. They
+/// are submitted back to back just before the commit, so only the traffic of the
+/// import's own seconds lies in between; the bound stops a damaged journal from being
+/// read end to end.
+pub const CHUNK_SEARCH_ENTRIES_MAX: u64 = 10_000_000;
+
+/// What the flusher reads: one gateway's journal.
+#[derive(Clone)]
+pub struct JournalSource {
+    pub db: Db,
+    pub stats: Arc<JournalStats>,
+    /// Identifies the gateway's rows in the store.
+    pub gateway_id: u64,
+    pub clock: Arc<dyn Clock>,
+}
 
 /// Default entries per batch. A batch's cost is mostly pages written, and a batch of
 /// purchases touches nearly every page of `accounts` and of the by-account and by-card
@@ -226,7 +248,7 @@ impl FlusherHandle {
 }
 
 pub struct Flusher {
-    ledger: Arc<Ledger>,
+    source: JournalSource,
     store: CentralStore,
     config: FlusherConfig,
     status: Arc<FlusherStatus>,
@@ -240,14 +262,18 @@ pub struct Flusher {
 impl Flusher {
     /// Starts the flusher on the current tokio runtime. Its cursor starts at the one
     /// last written to sled and is replaced by the central store's own on first contact.
-    pub fn start(ledger: Arc<Ledger>, store: CentralStore, config: FlusherConfig) -> Result<FlusherHandle, StoreError> {
-        let cursor = ledger.db().get_meta_u64(meta::CENTRAL_CURSOR)?.unwrap_or(0);
+    pub fn start(
+        source: JournalSource,
+        store: CentralStore,
+        config: FlusherConfig,
+    ) -> Result<FlusherHandle, StoreError> {
+        let cursor = source.db.get_meta_u64(META_CENTRAL_CURSOR)?.unwrap_or(0);
         let status = Arc::new(FlusherStatus::default());
         status.cursor.store(cursor, Ordering::Release);
-        let journal = ledger.journal().stats.clone();
+        let journal = source.stats.clone();
         let (stop, stopped) = watch::channel(false);
         let flusher = Flusher {
-            ledger,
+            source,
             store,
             config,
             status: status.clone(),
@@ -267,7 +293,7 @@ impl Flusher {
     }
 
     fn durable(&self) -> u64 {
-        self.ledger.journal().stats.durable_entry_id.load(Ordering::Acquire)
+        self.source.stats.durable_entry_id.load(Ordering::Acquire)
     }
 
     async fn run(mut self, mut stop: watch::Receiver<bool>) {
@@ -368,7 +394,7 @@ impl Flusher {
                 "central store schema migrated"
             );
         }
-        let central = self.store.cursor(self.ledger.gateway_id()).await?;
+        let central = self.store.cursor(self.source.gateway_id).await?;
         let durable = self.durable();
         if central > durable {
             return Err(CentralError::Ahead { central, durable }.into());
@@ -395,9 +421,9 @@ impl Flusher {
 
     /// Learns the decision time of the oldest unshipped entry, for the age gauge.
     async fn peek_oldest(&self) {
-        let db = self.ledger.db().clone();
+        let db = self.source.db.clone();
         let after = self.cursor;
-        if let Ok(Ok(first)) = tokio::task::spawn_blocking(move || db.read_entries(after, 1)).await
+        if let Ok(Ok(first)) = tokio::task::spawn_blocking(move || db.read_entries(after, 1, EntryRecord::decode)).await
             && let Some(e) = first.first()
         {
             self.status
@@ -409,16 +435,17 @@ impl Flusher {
     /// Ships the next batch of entries up to `durable`.
     async fn ship_one(&mut self, durable: u64) -> Result<(), FlushError> {
         let limit = (durable - self.cursor).min(self.config.batch_entries_max as u64) as usize;
-        let db = self.ledger.db().clone();
+        let db = self.source.db.clone();
         let after = self.cursor;
-        let mut entries: Vec<JournalEntry> = tokio::task::spawn_blocking(move || db.read_entries(after, limit))
-            .await
-            .map_err(|e| {
-                FlushError::Journal(StoreError::Corrupt {
-                    key: Vec::new(),
-                    reason: format!("journal reader panicked: {e}"),
-                })
-            })??;
+        let mut entries: Vec<JournalEntry> =
+            tokio::task::spawn_blocking(move || db.read_entries(after, limit, EntryRecord::decode))
+                .await
+                .map_err(|e| {
+                    FlushError::Journal(StoreError::Corrupt {
+                        key: Vec::new(),
+                        reason: format!("journal reader panicked: {e}"),
+                    })
+                })??;
         entries.retain(|e| e.id <= durable);
         match entries.first() {
             Some(e) if e.id == after + 1 => {
@@ -444,11 +471,11 @@ impl Flusher {
             .collect();
         let mut staged: HashMap<u64, Vec<ImportItem>> = HashMap::new();
         if !commits.is_empty() {
-            let db = self.ledger.db().clone();
+            let db = self.source.db.clone();
             staged = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
                 let mut out = HashMap::new();
                 for (id, c) in &commits {
-                    if let Some(items) = crate::import::staged_items_in_journal(&db, *id, c)? {
+                    if let Some(items) = staged_items_in_journal(&db, *id, c)? {
                         out.insert(c.import_id, items);
                     }
                 }
@@ -462,12 +489,12 @@ impl Flusher {
                 })
             })??;
         }
-        let batch = Batch::build_with(self.ledger.gateway_id(), &entries, |c| staged.remove(&c.import_id))?;
+        let batch = Batch::build_with(self.source.gateway_id, &entries, |c| staged.remove(&c.import_id))?;
         drop(entries);
         let started = Instant::now();
         let written = tokio::time::timeout(
             self.config.batch_timeout,
-            self.store.write(&batch, self.ledger.now_ms()),
+            self.store.write(&batch, self.source.clock.now_ms()),
         )
         .await
         .map_err(|_| FlushError::Timeout(self.config.batch_timeout))??;
@@ -492,16 +519,11 @@ impl Flusher {
         Ok(())
     }
 
-    /// Writes the cursor to sled through the journal, so that pruning after a restart
-    /// knows what the central store held. Losing this write costs nothing but a re-read:
-    /// the central store's own cursor is the authority.
+    /// Writes the cursor to sled, where it bounds pruning after a restart. Not through
+    /// the journal: it becomes durable with the committer's next sync, and losing it
+    /// costs only a re-read, since the central store's own cursor is the authority.
     async fn save_cursor(&self) {
-        let mut writes = Writes::new();
-        writes.push(StateWrite::Meta(
-            meta::CENTRAL_CURSOR,
-            self.cursor.to_be_bytes().to_vec(),
-        ));
-        if let Err(e) = self.ledger.journal().commit(None, writes).await {
+        if let Err(e) = self.source.db.put_meta_u64_lazily(META_CENTRAL_CURSOR, self.cursor) {
             tracing::debug!(error = %e, "could not record the central cursor in sled");
             metrics::counter!("cardgate_central_errors_total", "kind" => "cursor_save").increment(1);
         }
@@ -514,17 +536,15 @@ impl Flusher {
             return;
         }
         self.next_prune = Instant::now() + self.config.prune_interval;
-        let checkpoint = self
-            .ledger
-            .journal()
-            .stats
-            .durable_checkpoint_id
-            .load(Ordering::Acquire);
+        let checkpoint = self.source.stats.durable_checkpoint_id.load(Ordering::Acquire);
         let through = self.cursor.min(checkpoint);
         let retention_ms = i64::try_from(self.config.journal_retention.as_millis()).unwrap_or(i64::MAX);
-        let before_ms = self.ledger.now_ms().saturating_sub(retention_ms);
-        let db = self.ledger.db().clone();
-        match tokio::task::spawn_blocking(move || db.prune_journal(through, before_ms, PRUNE_SEGMENTS_MAX)).await {
+        let before_ms = self.source.clock.now_ms().saturating_sub(retention_ms);
+        let db = self.source.db.clone();
+        let pruned = tokio::task::spawn_blocking(move || {
+            db.prune_journal(through, before_ms, PRUNE_SEGMENTS_MAX, EntryRecord::time_of)
+        });
+        match pruned.await {
             Ok(Ok(p)) => {
                 if p.segments > 0 {
                     self.status.pruned_entries.fetch_add(p.entries, Ordering::Relaxed);
@@ -597,4 +617,50 @@ async fn pause(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
         _ = tokio::time::sleep(d) => *stop.borrow(),
         changed = stop.changed() => changed.is_err() || *stop.borrow(),
     }
+}
+
+/// The items an import committed at entry `commit_entry_id` staged, read back from the
+/// journal (the batch needs them to write the master data the commit applies). `None`
+/// when a chunk is not found within `CHUNK_SEARCH_ENTRIES_MAX` entries.
+pub fn staged_items_in_journal(
+    db: &Db,
+    commit_entry_id: u64,
+    commit: &ImportCommitted,
+) -> Result<Option<Vec<ImportItem>>, StoreError> {
+    if commit.chunks == 0 {
+        return Ok(Some(Vec::new()));
+    }
+    let mut found: std::collections::BTreeMap<u32, Vec<ImportItem>> = Default::default();
+    let mut scanned = 0u64;
+    let mut bad: Option<StoreError> = None;
+    db.entries_back(commit_entry_id, |id, bytes| {
+        scanned += 1;
+        if scanned > CHUNK_SEARCH_ENTRIES_MAX {
+            return ControlFlow::Break(());
+        }
+        match EntryRecord::decode(bytes) {
+            Ok(EntryRecord {
+                body: EntryBody::ImportChunk(c),
+                ..
+            }) if c.import_id == commit.import_id => {
+                found.insert(c.index, c.items);
+                if found.len() as u32 == commit.chunks {
+                    return ControlFlow::Break(());
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                bad = Some(StoreError::Corrupt {
+                    key: id.to_be_bytes().to_vec(),
+                    reason: format!("entry {id}: {e}"),
+                });
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    })?;
+    if let Some(e) = bad {
+        return Err(e);
+    }
+    Ok((found.len() as u32 == commit.chunks).then(|| found.into_values().flatten().collect()))
 }

@@ -1,5 +1,5 @@
 //! Operators: who may use the admin API, with which role, and how a bearer token maps
-//! to one of them.
+//! to one of them. (New tokens come from the ledger, which owns the randomness.)
 //!
 //! Tokens are 32 random bytes shown once (hex, behind a `cg_` prefix); the gateway keeps
 //! only their SHA-256. A fast hash is enough here: slow password hashes (argon2, bcrypt)
@@ -11,7 +11,7 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::error::LedgerError;
+use crate::Refusal;
 
 /// Roles, following the duty statement of the one-card centre.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -150,18 +150,6 @@ pub fn hash_token(token: &str) -> TokenHash {
     Sha256::digest(token.as_bytes()).into()
 }
 
-/// A new random token and its hash.
-pub fn new_token() -> (String, TokenHash) {
-    let bytes: [u8; TOKEN_BYTES] = rand::random();
-    let mut token = String::with_capacity(TOKEN_PREFIX.len() + 2 * TOKEN_BYTES);
-    token.push_str(TOKEN_PREFIX);
-    for b in bytes {
-        token.push_str(&format!("{b:02x}"));
-    }
-    let hash = hash_token(&token);
-    (token, hash)
-}
-
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Operator {
     pub id: u64,
@@ -201,9 +189,9 @@ impl Actor {
     }
 }
 
-pub fn validate_operator_name(name: &str) -> Result<(), LedgerError> {
+pub fn validate_operator_name(name: &str) -> Result<(), Refusal> {
     if name.is_empty() || name.len() > OPERATOR_NAME_BYTES_MAX || name.chars().any(char::is_control) {
-        return Err(LedgerError::Invalid(format!(
+        return Err(Refusal(format!(
             "operator name must be 1..={OPERATOR_NAME_BYTES_MAX} bytes without control characters"
         )));
     }
@@ -213,16 +201,6 @@ pub fn validate_operator_name(name: &str) -> Result<(), LedgerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tokens_are_random_and_only_their_hash_matches() {
-        let (a, ha) = new_token();
-        let (b, hb) = new_token();
-        assert_ne!(a, b);
-        assert!(a.starts_with(TOKEN_PREFIX) && a.len() == TOKEN_PREFIX.len() + 64);
-        assert_eq!(hash_token(&a), ha);
-        assert_ne!(ha, hb);
-    }
 
     #[test]
     fn roles_round_trip_and_follow_least_privilege() {

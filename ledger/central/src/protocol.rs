@@ -1,0 +1,99 @@
+//! How one batch is written, for every back end: one SQL transaction that reads and
+//! locks the gateway's cursor, refuses a batch that would leave a gap, writes nothing
+//! for a batch the store already holds, writes the rows (each keyed, so writing one
+//! twice changes nothing), moves the cursor to the batch's last entry, and commits. A
+//! crash at any point leaves either the old cursor and no rows of the batch, or both.
+//! The dialects (`sqlite.rs`, `postgres.rs`) only say how to lock, write and move.
+
+use sqlx::Transaction;
+
+use crate::CentralError;
+use crate::schema::Batch;
+
+/// The parts of writing a batch that differ between back ends.
+pub(crate) trait Dialect {
+    type Db: sqlx::Database;
+
+    /// Opens the batch's transaction, taking the write lock where the back end needs it
+    /// up front.
+    async fn begin(&self) -> Result<Transaction<'static, Self::Db>, CentralError>;
+    /// The last entry id of the gateway that the store holds (0 for none), locked until
+    /// the transaction ends.
+    async fn lock_cursor(
+        tx: &mut Transaction<'static, Self::Db>,
+        gateway_id: u64,
+        now_ms: i64,
+    ) -> Result<u64, CentralError>;
+    async fn write_rows(tx: &mut Transaction<'static, Self::Db>, batch: &Batch) -> Result<(), CentralError>;
+    async fn set_cursor(
+        tx: &mut Transaction<'static, Self::Db>,
+        batch: &Batch,
+        now_ms: i64,
+    ) -> Result<(), CentralError>;
+}
+
+/// What to do with a batch, given the store's cursor `central`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// Write it: it starts at or before `central + 1` and ends after `central`.
+    Write,
+    /// The store holds all of it already (the acknowledgement was lost): nothing to do.
+    AlreadyHeld,
+}
+
+/// The exactly-once rule, the one place it is decided.
+pub fn plan(central: u64, batch: &Batch) -> Result<Plan, CentralError> {
+    assert!(!batch.is_empty(), "an empty batch is never written");
+    if central + 1 < batch.first_entry_id {
+        return Err(CentralError::Gap {
+            central,
+            first: batch.first_entry_id,
+        });
+    }
+    if central >= batch.last_entry_id {
+        return Ok(Plan::AlreadyHeld);
+    }
+    Ok(Plan::Write)
+}
+
+/// Writes `batch` in one transaction; returns the store's cursor after it.
+pub(crate) async fn write<D: Dialect>(d: &D, batch: &Batch, now_ms: i64) -> Result<u64, CentralError> {
+    let mut tx = d.begin().await?;
+    let central = D::lock_cursor(&mut tx, batch.gateway_id, now_ms).await?;
+    match plan(central, batch)? {
+        // Dropping the transaction rolls it back.
+        Plan::AlreadyHeld => return Ok(central),
+        Plan::Write => {}
+    }
+    D::write_rows(&mut tx, batch).await?;
+    D::set_cursor(&mut tx, batch, now_ms).await?;
+    tx.commit().await.map_err(crate::classify)?;
+    Ok(batch.last_entry_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(first: u64, last: u64) -> Batch {
+        let mut b = Batch::default();
+        b.gateway_id = 1;
+        b.first_entry_id = first;
+        b.last_entry_id = last;
+        b
+    }
+
+    #[test]
+    fn a_batch_is_written_once_and_never_past_a_gap() {
+        assert_eq!(plan(0, &batch(1, 10)).unwrap(), Plan::Write);
+        assert_eq!(plan(10, &batch(11, 20)).unwrap(), Plan::Write);
+        // Overlapping what the store holds: written again, the rows' keys make it a no-op.
+        assert_eq!(plan(15, &batch(11, 20)).unwrap(), Plan::Write);
+        assert_eq!(plan(20, &batch(11, 20)).unwrap(), Plan::AlreadyHeld);
+        assert_eq!(plan(25, &batch(11, 20)).unwrap(), Plan::AlreadyHeld);
+        assert!(matches!(
+            plan(9, &batch(11, 20)),
+            Err(CentralError::Gap { central: 9, first: 11 })
+        ));
+    }
+}

@@ -1,0 +1,425 @@
+//! Journal entries: the durable, ordered record of every decision and every change.
+//!
+//! An entry is stored under its id (assigned by the journal's committer, strictly
+//! increasing, never reused) as `[format version][postcard(EntryRecord)]`. The central
+//! store ships entries in id order. To extend the format, append variants to
+//! `EntryBody` (postcard numbers variants by position, so existing ones must never be
+//! reordered or removed) or bump `ENTRY_FORMAT` and keep a decoder for the old one;
+//! `ledger/tests/golden.rs` holds today's bytes of every kind.
+//!
+//! Every entry carries the values it leaves (a balance after, a whole card record),
+//! never a delta: replaying it onto a newer record converges, which is what makes a
+//! checkpoint cut short by a crash harmless.
+
+use cardgate_codec::CardNo;
+use serde::{Deserialize, Serialize};
+
+use rust_decimal::Decimal;
+
+use crate::model::{
+    Account, AccountKind, AccountStatus, AuditRecord, BlacklistChange, Card, Outcome, Params, Person, Terminal, TxKind,
+    card_no,
+};
+use crate::operator::{Actor, Operator};
+
+/// The version byte that starts every stored entry.
+pub const ENTRY_FORMAT: u8 = 1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum CardAction {
+    Issue,
+    Lost,
+    Unfreeze,
+    Freeze,
+    Bad,
+    Replace,
+    Cancel,
+}
+
+impl CardAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CardAction::Issue => "issue",
+            CardAction::Lost => "lost",
+            CardAction::Unfreeze => "unfreeze",
+            CardAction::Freeze => "freeze",
+            CardAction::Bad => "bad",
+            CardAction::Replace => "replace",
+            CardAction::Cancel => "cancel",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum FeeKind {
+    Replacement,
+    TemporaryCard,
+}
+
+impl FeeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FeeKind::Replacement => "replacement",
+            FeeKind::TemporaryCard => "temporary_card",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<FeeKind> {
+        [FeeKind::Replacement, FeeKind::TemporaryCard]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+
+    pub fn amount(self, params: &Params, kind: AccountKind) -> Decimal {
+        let p = params.for_kind(kind);
+        match self {
+            FeeKind::Replacement => p.replacement_fee,
+            FeeKind::TemporaryCard => p.temporary_card_fee,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum MoneyKind {
+    /// Cash paid in at the desk.
+    TopUp,
+    /// Balance paid out in cash at the desk (退款).
+    Refund,
+    Fee(FeeKind),
+    /// A correction with a mandatory reason; either sign.
+    Adjustment,
+    /// A batch grant (补助).
+    Grant,
+    /// The remaining balance paid out when an account is cancelled (注销).
+    CancelRefund,
+}
+
+impl MoneyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MoneyKind::TopUp => "topup",
+            MoneyKind::Refund => "refund",
+            MoneyKind::Fee(FeeKind::Replacement) => "fee_replacement",
+            MoneyKind::Fee(FeeKind::TemporaryCard) => "fee_temporary_card",
+            MoneyKind::Adjustment => "adjustment",
+            MoneyKind::Grant => "grant",
+            MoneyKind::CancelRefund => "cancel_refund",
+        }
+    }
+}
+
+/// How a fee is paid: cash at the desk (the balance is untouched) or from the balance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum PayMethod {
+    Cash,
+    Balance,
+}
+
+impl PayMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PayMethod::Cash => "cash",
+            PayMethod::Balance => "balance",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<PayMethod> {
+        [PayMethod::Cash, PayMethod::Balance]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+}
+
+/// A desk money movement: what moved and the balance it left.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoneyMove {
+    pub kind: MoneyKind,
+    pub tx_id: u64,
+    pub account: u64,
+    /// The amount handled, always positive (a fee paid in cash is still money taken).
+    pub amount_fen: i64,
+    /// What it did to the balance: + credit, − debit, 0 for a fee paid in cash.
+    pub balance_delta_fen: i64,
+    pub balance_after_fen: i64,
+    pub method: PayMethod,
+    pub reason: String,
+}
+
+/// The account fields a card change leaves (cancellation closes and empties it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountLeft {
+    pub id: u64,
+    pub status: AccountStatus,
+    pub balance_fen: i64,
+}
+
+// ---- journal entries ----------------------------------------------------------------
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PersonOpened {
+    pub actor: Actor,
+    pub person: Person,
+    pub account: Account,
+}
+
+/// A person's name, department or kind changed; `kind` is the account's kind after.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PersonUpdated {
+    pub actor: Actor,
+    pub person: Person,
+    pub kind: AccountKind,
+    /// The import that made the change, 0 for the desk.
+    pub import_id: u64,
+}
+
+/// A card lifecycle step: every card record it changed or issued, as left; the account
+/// fields it left (cancellation); the money that moved with it (fee, refund); and the
+/// blacklist changes it made.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CardChange {
+    pub actor: Actor,
+    pub action: CardAction,
+    pub cards: Vec<Card>,
+    pub account: Option<AccountLeft>,
+    pub money: Option<MoneyMove>,
+    pub blacklist: Vec<BlacklistChange>,
+    pub batch_id: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoneyEntry {
+    pub actor: Actor,
+    pub movement: MoneyMove,
+    /// The grant batch it belongs to.
+    pub batch_id: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperatorEntry {
+    pub actor: Actor,
+    pub operator: Operator,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParamsChange {
+    pub actor: Actor,
+    pub params: Params,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ImportItem {
+    Add {
+        person: Person,
+        account: Account,
+        card: Card,
+    },
+    Update {
+        person: Person,
+    },
+}
+
+/// Staged records of one import; applied only at its `ImportCommitted`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportChunk {
+    pub import_id: u64,
+    pub index: u32,
+    pub items: Vec<ImportItem>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportCommitted {
+    pub actor: Actor,
+    pub import_id: u64,
+    pub chunks: u32,
+    pub rows: u64,
+    pub added: u64,
+    pub updated: u64,
+    pub kind_changed: u64,
+    pub unchanged: u64,
+}
+
+/// A money request decided at a terminal: approved or declined, with the evidence the
+/// decision was made on, so that a dispute can be settled from the journal alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxEntry {
+    pub kind: TxKind,
+    /// Gateway-wide id of an approved money movement; 0 for a decline.
+    pub tx_id: u64,
+    pub terminal: u64,
+    pub merchant_id: u64,
+    pub seq: u64,
+    /// For a reversal: the purchase's sequence number and tx id.
+    pub original_seq: u64,
+    pub original_tx_id: u64,
+    #[serde(with = "card_no")]
+    pub card: CardNo,
+    /// 0 when the card is unknown.
+    pub account: u64,
+    /// As requested: positive; a reversal's refund is positive too.
+    pub amount_fen: i64,
+    pub outcome: Outcome,
+    pub terminal_time_ms: i64,
+    /// Limits and spending in force when the decision was made (0 when not reached).
+    pub single_limit_fen: i64,
+    pub daily_limit_fen: i64,
+    pub spent_today_after_fen: i64,
+    pub blacklist_version: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntryBody {
+    Tx(TxEntry),
+    AccountOpened(Account),
+    CardIssued(Card),
+    /// A terminal registered or re-registered. Carries the secret because recovery
+    /// replays it; whatever ships entries elsewhere must leave the secret out.
+    TerminalRegistered(Terminal),
+    ParamsSet(Params),
+    // ---- card desk and operator API (issue 4). Payloads are boxed to keep
+    // `EntryBody` (and so every queued submission) small; postcard encodes a box as its
+    // contents. Each operator-initiated entry names its operator (`actor`).
+    /// A person and their new account (balance 0).
+    PersonOpened(Box<PersonOpened>),
+    /// A person's name, department or account kind changed.
+    PersonUpdated(Box<PersonUpdated>),
+    /// A card lifecycle step with every card, account field, fee or refund and blacklist
+    /// change it left.
+    CardChanged(Box<CardChange>),
+    /// A desk money movement (top-up, refund, fee, adjustment, grant) and the balance after.
+    Money(Box<MoneyEntry>),
+    /// An operator added or changed (carries the token hash: leave it out when shipping).
+    OperatorSet(Box<OperatorEntry>),
+    /// Parameters changed by an operator.
+    ParamsChanged(Box<ParamsChange>),
+    /// Staged records of an import, applied only at its `ImportCommitted`.
+    ImportChunk(Box<ImportChunk>),
+    /// An import's commit point.
+    ImportCommitted(Box<ImportCommitted>),
+    /// One audit record.
+    Audit(Box<AuditRecord>),
+}
+
+impl EntryBody {
+    /// A short stable name for metrics and reports.
+    pub fn kind_str(&self) -> &'static str {
+        match self {
+            EntryBody::Tx(t) => match t.kind {
+                TxKind::Purchase => "purchase",
+                TxKind::Reversal => "reversal",
+            },
+            EntryBody::AccountOpened(_) => "account_opened",
+            EntryBody::CardIssued(_) => "card_issued",
+            EntryBody::TerminalRegistered(_) => "terminal_registered",
+            EntryBody::ParamsSet(_) => "params_set",
+            EntryBody::PersonOpened(_) => "person_opened",
+            EntryBody::PersonUpdated(_) => "person_updated",
+            EntryBody::CardChanged(_) => "card_changed",
+            EntryBody::Money(_) => "money",
+            EntryBody::OperatorSet(_) => "operator_set",
+            EntryBody::ParamsChanged(_) => "params_changed",
+            EntryBody::ImportChunk(_) => "import_chunk",
+            EntryBody::ImportCommitted(_) => "import_committed",
+            EntryBody::Audit(_) => "audit",
+        }
+    }
+}
+
+/// What is stored under an entry's id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryRecord {
+    /// When the gateway decided, unix ms.
+    pub time_ms: i64,
+    pub body: EntryBody,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EntryDecodeError {
+    #[error("journal entry format {0} is unknown to this build")]
+    UnknownFormat(u8),
+    #[error("empty journal entry")]
+    Empty,
+    #[error("journal entry does not decode: {0}")]
+    Postcard(#[from] postcard::Error),
+}
+
+impl EntryRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        EntryRecord::encode_parts(self.time_ms, &self.body)
+    }
+
+    /// Encodes without owning the body; postcard writes a struct as its fields in order,
+    /// so this is byte for byte `EntryRecord { time_ms, body }.encode()`.
+    pub fn encode_parts(time_ms: i64, body: &EntryBody) -> Vec<u8> {
+        let mut out = Vec::with_capacity(128);
+        EntryRecord::encode_into(time_ms, body, &mut out);
+        out
+    }
+
+    /// Appends the encoding to `out` (the committer reuses one buffer for every entry).
+    pub fn encode_into(time_ms: i64, body: &EntryBody, out: &mut Vec<u8>) {
+        out.push(ENTRY_FORMAT);
+        // Serializing plain data into a Vec cannot fail.
+        postcard::to_io(&(time_ms, body), out).expect("entry serializes");
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<EntryRecord, EntryDecodeError> {
+        match bytes.split_first() {
+            None => Err(EntryDecodeError::Empty),
+            Some((&ENTRY_FORMAT, rest)) => Ok(postcard::from_bytes(rest)?),
+            Some((&v, _)) => Err(EntryDecodeError::UnknownFormat(v)),
+        }
+    }
+
+    /// The decision time of a stored entry, reading nothing past it (pruning looks at
+    /// the last entry of every segment).
+    pub fn time_of(bytes: &[u8]) -> Option<i64> {
+        match bytes.split_first() {
+            Some((&ENTRY_FORMAT, rest)) => postcard::take_from_bytes::<i64>(rest).ok().map(|(t, _)| t),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Outcome;
+
+    #[test]
+    fn entries_round_trip_behind_their_version_byte() {
+        let rec = EntryRecord {
+            time_ms: 1_700_000_000_000,
+            body: EntryBody::Tx(TxEntry {
+                kind: TxKind::Purchase,
+                tx_id: 9,
+                terminal: 3,
+                merchant_id: 1,
+                seq: 77,
+                original_seq: 0,
+                original_tx_id: 0,
+                card: CardNo(1_000_000_001),
+                account: 1,
+                amount_fen: 1250,
+                outcome: Outcome::Approved {
+                    tx_id: 9,
+                    balance_after_fen: 8750,
+                },
+                terminal_time_ms: 5,
+                single_limit_fen: 20000,
+                daily_limit_fen: 60000,
+                spent_today_after_fen: 1250,
+                blacklist_version: 0,
+            }),
+        };
+        let bytes = rec.encode();
+        assert_eq!(bytes[0], ENTRY_FORMAT);
+        assert_eq!(EntryRecord::decode(&bytes).unwrap(), rec);
+        assert_eq!(EntryRecord::time_of(&bytes), Some(1_700_000_000_000));
+        let mut future = bytes.clone();
+        future[0] = 2;
+        assert!(matches!(
+            EntryRecord::decode(&future),
+            Err(EntryDecodeError::UnknownFormat(2))
+        ));
+    }
+}

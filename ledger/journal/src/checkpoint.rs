@@ -1,0 +1,146 @@
+//! Checkpoints: the state records committed entries left, written off the committer's
+//! thread together with the id of the last entry they reflect (`meta::CHECKPOINT_ID`).
+//!
+//! Recovery loads them and replays the entries after that id. This is correct even when
+//! a crash cut a checkpoint short, provided the schema keeps one rule: an entry carries
+//! the values it leaves, never a delta, so replaying it onto a newer record converges.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::committer::{DirtyMap, JournalStats, Submission};
+use crate::store::{Db, key_meta, meta};
+use crate::{Schema, Write};
+
+/// A checkpoint is handed off at least this often while state changes...
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(10);
+/// ...or after this many entries, whichever comes first. Together they bound what
+/// recovery replays (and so start-up time)...
+pub const CHECKPOINT_ENTRIES_MAX: u64 = 300_000;
+/// ...or once this many distinct records wait, which bounds the memory they take (~140
+/// bytes each, twice over while one checkpoint is written and the next collects). With
+/// a million accounts, purchases touch a new account nearly every time; a small campus
+/// never gets near it.
+pub const CHECKPOINT_RECORDS_MAX: usize = 100_000;
+
+/// When checkpoints are taken. Tests shorten or disable them to exercise replay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CheckpointPolicy {
+    pub interval: Duration,
+    pub entries_max: u64,
+    pub records_max: usize,
+    /// `false`: never checkpoint, not even at shutdown, so every start replays the whole
+    /// journal (tests only: start-up time grows without bound).
+    pub enabled: bool,
+    /// `false`: skip the final checkpoint at shutdown, leaving recovery the state a
+    /// crash would (tests only).
+    pub on_shutdown: bool,
+}
+
+impl Default for CheckpointPolicy {
+    fn default() -> CheckpointPolicy {
+        CheckpointPolicy {
+            interval: CHECKPOINT_INTERVAL,
+            entries_max: CHECKPOINT_ENTRIES_MAX,
+            records_max: CHECKPOINT_RECORDS_MAX,
+            enabled: true,
+            on_shutdown: true,
+        }
+    }
+}
+
+/// State records reflecting every entry up to `through_id`.
+pub(crate) struct Checkpoint<S: Schema> {
+    pub(crate) records: DirtyMap<S>,
+    pub(crate) through_id: u64,
+}
+
+/// Adds writes to a batch.
+pub fn add_writes(batch: &mut sled::Batch, writes: Vec<Write>) {
+    for (k, v) in writes {
+        match v {
+            Some(v) => batch.insert(k, v),
+            None => batch.remove(k),
+        }
+    }
+}
+
+/// Writes a checkpoint in one atomic, durable batch, on the caller's thread, before any
+/// committer runs: recovery uses it for the state it replayed. Reads the checkpoint id
+/// back, so that a store that did not keep it is found here rather than at the next start.
+pub fn write_now<S: Schema>(
+    db: &Db,
+    store: &mut dyn crate::Store,
+    records: &[S::Record],
+    through_id: u64,
+) -> Result<(), crate::StoreError> {
+    let mut batch = sled::Batch::default();
+    add_writes(&mut batch, S::checkpoint_writes(&db.tree, records.iter())?);
+    batch.insert(key_meta(meta::CHECKPOINT_ID), through_id.to_be_bytes().to_vec());
+    store.apply(batch)?;
+    store.sync()?;
+    let back = db.get_meta_u64(meta::CHECKPOINT_ID)?;
+    assert_eq!(back, Some(through_id), "the checkpoint id reads back as written");
+    Ok(())
+}
+
+/// Writes checkpoints handed off by the committer, off its thread: a checkpoint can be
+/// tens of thousands of records, and commits must not wait for it.
+pub(crate) struct Checkpointer<S: Schema> {
+    pub(crate) db: Db,
+    pub(crate) journal: mpsc::WeakSender<Submission<S>>,
+    pub(crate) stats: Arc<JournalStats>,
+}
+
+impl<S: Schema> Checkpointer<S> {
+    pub(crate) fn run(self, checkpoints: std::sync::mpsc::Receiver<Checkpoint<S>>) {
+        while let Ok(c) = checkpoints.recv() {
+            let started = Instant::now();
+            // Record by record rather than one batch: sled's apply_batch holds a
+            // tree-wide write lock, and a checkpoint-sized batch would stall the
+            // committer's commits for as long as it takes. A checkpoint cut short by a
+            // crash is harmless: `checkpoint_id` still names the previous one, and
+            // replaying from there onto newer records converges.
+            let tree = &self.db.tree;
+            let written = S::checkpoint_writes(tree, c.records.values()).and_then(|writes| {
+                for (k, v) in writes {
+                    match v {
+                        Some(v) => tree.insert(k, v)?,
+                        None => tree.remove(k)?,
+                    };
+                }
+                tree.insert(key_meta(meta::CHECKPOINT_ID), c.through_id.to_be_bytes().to_vec())?;
+                Ok(())
+            });
+            if let Err(e) = written {
+                // Not fatal: the journal still holds every entry the checkpoint would
+                // have covered. Stop advancing (pruning waits) and say so loudly.
+                tracing::error!(error = %e, "checkpoint write failed");
+                metrics::counter!("cardgate_checkpoint_failures_total").increment(1);
+                return;
+            }
+            // Only the committer syncs: ask it to, and wait.
+            let durable = match self.journal.upgrade() {
+                Some(tx) => {
+                    let (done, wait) = oneshot::channel();
+                    let mut sub = Submission::<S>::barrier(done);
+                    sub.force_sync = true;
+                    tx.blocking_send(sub).is_ok() && matches!(wait.blocking_recv(), Ok(Ok(_)))
+                }
+                // Shutting down: the committer's final sync covers this batch.
+                None => false,
+            };
+            if durable {
+                let before = self.stats.durable_checkpoint_id.swap(c.through_id, Ordering::AcqRel);
+                assert!(before <= c.through_id, "checkpoints move forward");
+            }
+            self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("cardgate_checkpoints_total").increment(1);
+            metrics::histogram!("cardgate_checkpoint_seconds").record(started.elapsed().as_secs_f64());
+            metrics::histogram!("cardgate_checkpoint_records").record(c.records.len() as f64);
+        }
+    }
+}

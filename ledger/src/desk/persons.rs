@@ -1,0 +1,159 @@
+//! Persons and their accounts: opened at the desk (or by an import), looked up by person
+//! id or account, renamed, moved between departments or account kinds.
+
+use cardgate_domain::entry::{EntryBody, PersonOpened, PersonUpdated};
+use cardgate_domain::model::{Account, AccountKind, AccountStatus, Card, Person};
+use cardgate_domain::money::from_fen;
+use cardgate_domain::rules::input::{NAME_BYTES_MAX, check_person_id, check_text};
+
+use super::{By, NewPerson};
+use crate::error::LedgerError;
+use crate::ledger::Ledger;
+use crate::records::{StateWrite, Writes};
+use crate::txn::Txn;
+
+/// A new account of `kind`: active, empty, on the kind's limits.
+pub(crate) fn new_account(id: u64, kind: AccountKind) -> Account {
+    Account {
+        id,
+        kind,
+        status: AccountStatus::Active,
+        balance: from_fen(0),
+        limits: None,
+        day: 0,
+        spent_today: from_fen(0),
+    }
+}
+
+impl Ledger {
+    pub fn person(&self, person_id: &str) -> Option<Person> {
+        self.state.person(person_id)
+    }
+
+    pub fn person_of_account(&self, account: u64) -> Option<Person> {
+        self.state.person_of_account(account)
+    }
+
+    /// Every person of a department (a graduating class), by person id.
+    pub fn persons_in_department(&self, department: &str) -> Vec<Person> {
+        let mut v = self.state.persons_where(|p| p.department == department);
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    pub fn persons_count(&self) -> usize {
+        self.state.persons_len()
+    }
+
+    /// Every card pointing at `account`, by card number.
+    pub fn cards_of(&self, account: u64) -> Vec<Card> {
+        let mut v = Vec::new();
+        self.state.for_each_card(|c| {
+            if c.account == account {
+                v.push(*c);
+            }
+        });
+        v.sort_by_key(|c| c.no.0);
+        v
+    }
+
+    /// Opens a person with a new account (balance 0).
+    pub async fn open_person(
+        &self,
+        by: &By<'_, (Person, Account)>,
+        p: NewPerson,
+    ) -> Result<(Person, Account), LedgerError> {
+        check_person_id(&p.id)?;
+        check_text("name", &p.name, NAME_BYTES_MAX, true)?;
+        check_text("department", &p.department, NAME_BYTES_MAX, false)?;
+        let _batch = self.state.batch_lock().await;
+        let txn = Txn::begin(self.journal()).await?;
+        let sent = {
+            let _desk = self.state.desk_lock();
+            if self.state.has_person(&p.id) {
+                return Err(LedgerError::Invalid(format!("person {} already exists", p.id)));
+            }
+            let id = self.state.new_account_id();
+            let now = self.now_ms();
+            let account = new_account(id, p.kind);
+            let person = Person {
+                account: id,
+                id: p.id,
+                name: p.name,
+                department: p.department,
+                created_ms: now,
+            };
+            let mut writes = Writes::new();
+            writes.push(StateWrite::Person(Box::new(person.clone())));
+            writes.push(StateWrite::Account(account));
+            let body = EntryBody::PersonOpened(Box::new(PersonOpened {
+                actor: by.actor.clone(),
+                person: person.clone(),
+                account,
+            }));
+            let sent = self.send_desk(txn, by, (person.clone(), account), now, body, writes, 0);
+            self.state.put_account(account);
+            self.state.put_person(person);
+            sent
+        };
+        Ok(sent.durable().await?.0)
+    }
+
+    /// Changes a person's name, department or kind (the account's kind, which selects
+    /// the limits and fees). `None` keeps a field. Returns (person, account) before and
+    /// after.
+    pub async fn update_person(
+        &self,
+        by: &By<'_, (Person, Account, Person, Account)>,
+        person_id: &str,
+        name: Option<String>,
+        department: Option<String>,
+        kind: Option<AccountKind>,
+    ) -> Result<(Person, Account, Person, Account), LedgerError> {
+        if let Some(n) = &name {
+            check_text("name", n, NAME_BYTES_MAX, true)?;
+        }
+        if let Some(d) = &department {
+            check_text("department", d, NAME_BYTES_MAX, false)?;
+        }
+        let _batch = self.state.batch_lock().await;
+        let txn = Txn::begin(self.journal()).await?;
+        let sent = {
+            let _desk = self.state.desk_lock();
+            let before = self
+                .state
+                .person(person_id)
+                .ok_or_else(|| LedgerError::Invalid(format!("person {person_id} not found")))?;
+            let mut after = before.clone();
+            if let Some(n) = name {
+                after.name = n;
+            }
+            if let Some(d) = department {
+                after.department = d;
+            }
+            let mut acct = self
+                .state
+                .account_mut(before.account)
+                .ok_or_else(|| LedgerError::not_found("account", before.account))?;
+            let acct_before = *acct;
+            if let Some(k) = kind {
+                acct.kind = k;
+            }
+            let mut writes = Writes::new();
+            writes.push(StateWrite::Person(Box::new(after.clone())));
+            writes.push(StateWrite::Account(*acct));
+            let body = EntryBody::PersonUpdated(Box::new(PersonUpdated {
+                actor: by.actor.clone(),
+                person: after.clone(),
+                kind: acct.kind,
+                import_id: 0,
+            }));
+            let result = (before, acct_before, after.clone(), *acct);
+            let sent = self.send_desk(txn, by, result, self.now_ms(), body, writes, 0);
+            drop(acct);
+            self.state.put_person(after);
+            sent
+        };
+        Ok(sent.durable().await?.0)
+    }
+}

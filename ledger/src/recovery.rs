@@ -1,0 +1,398 @@
+//! Recovery: the state records of the last checkpoint, then every journal entry after
+//! it, applied by one `match` over every entry kind, so that the state is exactly the
+//! durable state the gateway had before it stopped, cleanly or not.
+//!
+//! Replay must leave exactly what the live operation left, which is simple because of
+//! one rule every entry keeps: **an entry carries the values it leaves, never a delta**
+//! (a purchase records the balance and the day's spending after it; a card change the
+//! whole new card record). Replaying an entry onto a newer record (a checkpoint cut
+//! short by a crash wrote some records past `checkpoint_id`) converges to the same state.
+//!
+//! Every id counter is rebuilt from what replay sees (tx ids, account, operator and
+//! audit ids through `State`'s `put_*`/`saw_*`), so that no id is handed out twice.
+//!
+//! Recovery ends with a checkpoint of what it replayed, before the committer starts: the
+//! next checkpoint names a later entry id, and without this the replayed state would be
+//! skipped by every later recovery.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+
+use cardgate_codec::CardNo;
+use cardgate_domain::entry::{EntryBody, EntryRecord, ImportItem, MoneyKind, MoneyMove, TxEntry};
+use cardgate_domain::model::{GrantMark, Outcome, Params, SeqRecord, TxKind};
+use cardgate_domain::money::from_fen;
+use cardgate_journal::record::decode_record;
+use cardgate_journal::store::{key_meta, meta as journal_meta};
+use cardgate_journal::{CommitterHandle, Db, SledStore, Store, StoreError, checkpoint};
+
+use crate::error::LedgerError;
+use crate::import::staged_key;
+use crate::ledger::LedgerConfig;
+use crate::pay::seq_record_of;
+use crate::records::{
+    Journal, LedgerSchema, PREFIX_ACCOUNT, PREFIX_AUDIT, PREFIX_BLACKLIST, PREFIX_CARD, PREFIX_GRANT, PREFIX_OPERATOR,
+    PREFIX_PERSON, PREFIX_SEQ, PREFIX_STAGED, PREFIX_TERMINAL, StateWrite, meta,
+};
+use crate::state::{Loaded, State};
+
+/// Entries read per step of replay.
+const REPLAY_CHUNK: usize = 16 * 1024;
+
+/// What recovery found, for the start-up log.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RecoveryStats {
+    /// The entry id the loaded checkpoint reflects.
+    pub checkpoint_id: u64,
+    /// Entries replayed after the checkpoint.
+    pub replayed: u64,
+    pub accounts: usize,
+    pub cards: usize,
+    pub terminals: usize,
+    pub next_entry_id: u64,
+    pub millis: u128,
+}
+
+pub(crate) struct Recovered {
+    pub(crate) state: State,
+    pub(crate) journal: Journal,
+    pub(crate) committer: CommitterHandle,
+    pub(crate) db: Db,
+    pub(crate) gateway_id: u64,
+    pub(crate) stats: RecoveryStats,
+}
+
+pub(crate) fn recover(
+    dir: &Path,
+    config: &LedgerConfig,
+    wrap: impl FnOnce(SledStore) -> Box<dyn Store>,
+) -> Result<Recovered, LedgerError> {
+    let mut stats = RecoveryStats::default();
+    let started = std::time::Instant::now();
+    std::fs::create_dir_all(dir).map_err(|e| LedgerError::Io(dir.display().to_string(), e))?;
+    let db = Db::open(dir)?;
+
+    // The checkpoint: every state record as of entry `checkpoint_id`.
+    let checkpoint_id = db.get_meta_u64(journal_meta::CHECKPOINT_ID)?.unwrap_or(0);
+    let mut seqs = Vec::new();
+    for records in db.scan::<Vec<SeqRecord>>(&[PREFIX_SEQ]) {
+        seqs.extend(records?);
+    }
+    let state = State::new(Loaded {
+        accounts: db.scan(&[PREFIX_ACCOUNT]).collect::<Result<_, _>>()?,
+        cards: db.scan(&[PREFIX_CARD]).collect::<Result<_, _>>()?,
+        terminals: db.scan(&[PREFIX_TERMINAL]).collect::<Result<_, _>>()?,
+        seqs,
+        params: db.get_record::<Params>(&key_meta(meta::PARAMS))?.unwrap_or_default(),
+        persons: db.scan(&[PREFIX_PERSON]).collect::<Result<_, _>>()?,
+        operators: db.scan(&[PREFIX_OPERATOR]).collect::<Result<_, _>>()?,
+        blacklist: db.scan(&[PREFIX_BLACKLIST]).collect::<Result<_, _>>()?,
+        audit: db.scan(&[PREFIX_AUDIT]).collect::<Result<_, _>>()?,
+        grants: db.scan(&[PREFIX_GRANT]).collect::<Result<_, _>>()?,
+        tx_id_mark: db.get_meta_u64(journal_meta::MARK)?.unwrap_or(0),
+    });
+
+    // Then every entry after it, in order.
+    let mut replay = Replay {
+        state: &state,
+        db: &db,
+        tz_offset_minutes: config.tz_offset_minutes,
+        touched: Touched::default(),
+        staged: HashMap::new(),
+    };
+    let mut after = checkpoint_id;
+    loop {
+        let entries = db.read_entries(after, REPLAY_CHUNK, EntryRecord::decode)?;
+        let Some(last) = entries.last() else { break };
+        assert!(last.id > after, "the journal reads forward");
+        after = last.id;
+        for e in &entries {
+            replay.apply(&e.record)?;
+        }
+        stats.replayed += entries.len() as u64;
+    }
+    let mut store = db.store()?;
+    let mut checkpoint_id = checkpoint_id;
+    if after > checkpoint_id && config.checkpoints.enabled {
+        let touched = replay.touched_records();
+        checkpoint::write_now::<LedgerSchema>(&db, &mut store, &touched, after)?;
+        checkpoint_id = after;
+    }
+    if !replay.staged.is_empty() {
+        tracing::warn!(
+            imports = replay.staged.len(),
+            "imports cut short by a crash were not applied"
+        );
+    }
+    if config.checkpoints.enabled {
+        // Every import is now applied and checkpointed, or abandoned: no replay needs a
+        // staging key any more. Not synced; one that comes back after a crash goes next
+        // time.
+        for kv in db.tree.scan_prefix([PREFIX_STAGED]) {
+            let (k, _) = kv.map_err(StoreError::from)?;
+            db.tree.remove(k).map_err(StoreError::from)?;
+        }
+    }
+    let mut cards = Vec::with_capacity(state.cards_len());
+    state.for_each_card(|c| cards.push(*c));
+    state.blacklist().rebuild(cards.into_iter());
+    let next_entry_id = db
+        .get_meta_u64(journal_meta::NEXT_ENTRY_ID)?
+        .unwrap_or(1)
+        .max(after + 1);
+    stats.accounts = state.accounts_len();
+    stats.cards = state.cards_len();
+    stats.terminals = state.terminals_len();
+    stats.next_entry_id = next_entry_id;
+    stats.checkpoint_id = checkpoint_id;
+
+    let gateway_id = match db.get_meta_u64(meta::GATEWAY_ID)? {
+        Some(id) => id,
+        None => {
+            // Written before the committer starts; made durable by its first sync.
+            let id = rand::random::<u64>() >> 1;
+            db.tree
+                .insert(key_meta(meta::GATEWAY_ID), id.to_be_bytes().to_vec())
+                .map_err(StoreError::from)?;
+            id
+        }
+    };
+
+    let (journal, committer) = Journal::start(
+        db.clone(),
+        wrap(store),
+        next_entry_id,
+        checkpoint_id,
+        config.checkpoints,
+    );
+    stats.millis = started.elapsed().as_millis();
+    Ok(Recovered {
+        state,
+        journal,
+        committer,
+        db,
+        gateway_id,
+        stats,
+    })
+}
+
+/// Records replay changed. Accounts, cards, terminals, remembered outcomes and
+/// parameters are noted by key and written as they are at the end of replay (later
+/// entries may change them again); the other records are kept as replayed, the newest
+/// written last.
+#[derive(Default)]
+struct Touched {
+    accounts: HashSet<u64>,
+    cards: HashSet<CardNo>,
+    terminals: HashSet<u64>,
+    slots: HashSet<(u64, u64)>,
+    params: bool,
+    others: Vec<StateWrite>,
+}
+
+/// The state being rebuilt, and the one function that applies a journal entry to it.
+struct Replay<'a> {
+    state: &'a State,
+    db: &'a Db,
+    tz_offset_minutes: i32,
+    touched: Touched,
+    /// Import chunks waiting for their commit entry.
+    staged: HashMap<u64, BTreeMap<u32, Vec<ImportItem>>>,
+}
+
+impl Replay<'_> {
+    /// Applies one entry exactly as the live operation left the state.
+    fn apply(&mut self, rec: &EntryRecord) -> Result<(), LedgerError> {
+        let s = self.state;
+        match &rec.body {
+            EntryBody::Tx(t) => self.tx(t, rec.time_ms),
+            EntryBody::AccountOpened(a) => self.account(*a),
+            EntryBody::CardIssued(c) => self.card(*c),
+            EntryBody::TerminalRegistered(t) => {
+                s.put_terminal(t.clone());
+                self.touched.terminals.insert(t.id);
+            }
+            EntryBody::ParamsSet(p) => self.params(*p),
+            EntryBody::ParamsChanged(e) => self.params(e.params),
+            EntryBody::PersonOpened(e) => {
+                self.account(e.account);
+                self.person(e.person.clone());
+            }
+            EntryBody::PersonUpdated(e) => {
+                self.person(e.person.clone());
+                if let Some(mut a) = s.account_mut(e.person.account) {
+                    a.kind = e.kind;
+                }
+                self.touched.accounts.insert(e.person.account);
+            }
+            EntryBody::CardChanged(e) => {
+                for c in &e.cards {
+                    self.card(*c);
+                }
+                if let Some(left) = e.account {
+                    if let Some(mut a) = s.account_mut(left.id) {
+                        a.status = left.status;
+                        a.balance = from_fen(left.balance_fen);
+                    }
+                    self.touched.accounts.insert(left.id);
+                }
+                if let Some(m) = &e.money {
+                    self.money(m);
+                }
+                for c in &e.blacklist {
+                    s.blacklist().replay(*c);
+                    self.touched.others.push(StateWrite::Blacklist(*c));
+                }
+            }
+            EntryBody::Money(e) => {
+                self.money(&e.movement);
+                if let (MoneyKind::Grant, Some(batch)) = (e.movement.kind, &e.batch_id) {
+                    let mark = GrantMark {
+                        batch_id: batch.clone(),
+                        account: e.movement.account,
+                        amount_fen: e.movement.amount_fen,
+                        tx_id: e.movement.tx_id,
+                    };
+                    s.put_grant(mark.clone());
+                    self.touched.others.push(StateWrite::Grant(Box::new(mark)));
+                }
+            }
+            EntryBody::OperatorSet(e) => {
+                s.put_operator(e.operator.clone());
+                self.touched
+                    .others
+                    .push(StateWrite::Operator(Box::new(e.operator.clone())));
+            }
+            EntryBody::ImportChunk(c) => {
+                self.staged
+                    .entry(c.import_id)
+                    .or_default()
+                    .insert(c.index, c.items.clone());
+            }
+            EntryBody::ImportCommitted(m) => {
+                let mut staged = self.staged.remove(&m.import_id).unwrap_or_default();
+                for index in 0..m.chunks {
+                    let items = match staged.remove(&index) {
+                        Some(items) => items,
+                        // The chunk precedes the checkpoint: it is under its staging key.
+                        None => self.staged_chunk(m.import_id, index)?,
+                    };
+                    for item in items {
+                        match item {
+                            ImportItem::Add { person, account, card } => {
+                                self.account(account);
+                                self.card(card);
+                                self.person(person);
+                            }
+                            ImportItem::Update { person } => self.person(person),
+                        }
+                    }
+                }
+            }
+            EntryBody::Audit(a) => {
+                s.saw_audit_id(a.id);
+                s.audit().insert(a.as_ref().clone());
+                self.touched.others.push(StateWrite::Audit(a.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    fn tx(&mut self, t: &TxEntry, time_ms: i64) {
+        let s = self.state;
+        if let Some(mut term) = s.terminal_mut(t.terminal) {
+            term.remember(seq_record_of(t, time_ms));
+            self.touched.slots.insert((t.terminal, t.seq));
+            if t.kind == TxKind::Reversal
+                && matches!(t.outcome, Outcome::Approved { .. })
+                && let Some(original) = term.recent_mut(t.original_seq)
+            {
+                original.reversed_by = Some(t.seq);
+                self.touched.slots.insert((t.terminal, t.original_seq));
+            }
+        }
+        if let Outcome::Approved {
+            tx_id,
+            balance_after_fen,
+        } = t.outcome
+        {
+            s.saw_tx_id(tx_id);
+            if let Some(mut a) = s.account_mut(t.account) {
+                a.balance = from_fen(balance_after_fen);
+                a.spent_today = from_fen(t.spent_today_after_fen);
+                a.day = cardgate_domain::clock::business_day(time_ms, self.tz_offset_minutes);
+            }
+            self.touched.accounts.insert(t.account);
+        }
+    }
+
+    fn money(&mut self, m: &MoneyMove) {
+        self.state.saw_tx_id(m.tx_id);
+        if let Some(mut a) = self.state.account_mut(m.account) {
+            a.balance = from_fen(m.balance_after_fen);
+        }
+        self.touched.accounts.insert(m.account);
+    }
+
+    fn account(&mut self, a: cardgate_domain::model::Account) {
+        self.touched.accounts.insert(a.id);
+        self.state.put_account(a);
+    }
+
+    fn card(&mut self, c: cardgate_domain::model::Card) {
+        self.touched.cards.insert(c.no);
+        self.state.put_card(c);
+    }
+
+    fn person(&mut self, p: cardgate_domain::model::Person) {
+        self.touched.others.push(StateWrite::Person(Box::new(p.clone())));
+        self.state.put_person(p);
+    }
+
+    fn params(&mut self, p: Params) {
+        self.state.set_params(p);
+        self.touched.params = true;
+    }
+
+    fn staged_chunk(&self, import_id: u64, index: u32) -> Result<Vec<ImportItem>, LedgerError> {
+        let key = staged_key(import_id, index);
+        let bytes = self
+            .db
+            .tree
+            .get(key)
+            .map_err(StoreError::from)?
+            .ok_or_else(|| StoreError::Corrupt {
+                key: key.to_vec(),
+                reason: format!("import {import_id} chunk {index} is missing"),
+            })?;
+        Ok(decode_record::<Vec<ImportItem>>(&key, &bytes)?)
+    }
+
+    /// The current value of every record replay changed.
+    fn touched_records(&self) -> Vec<StateWrite> {
+        let (s, t) = (self.state, &self.touched);
+        let mut out = Vec::with_capacity(t.accounts.len() + t.cards.len() + t.terminals.len() + t.slots.len() + 1);
+        out.extend(
+            t.accounts
+                .iter()
+                .filter_map(|id| s.account(*id))
+                .map(StateWrite::Account),
+        );
+        out.extend(t.cards.iter().filter_map(|no| s.card(*no)).map(StateWrite::Card));
+        out.extend(
+            t.terminals
+                .iter()
+                .filter_map(|id| s.terminal(*id).map(|t| StateWrite::Terminal(Box::new(t.info.clone())))),
+        );
+        out.extend(t.slots.iter().filter_map(|(id, seq)| {
+            s.terminal(*id)
+                .and_then(|t| t.recent(*seq).copied())
+                .map(StateWrite::Seq)
+        }));
+        if t.params {
+            out.push(StateWrite::Params(Box::new(**s.params())));
+        }
+        out.extend(t.others.iter().cloned());
+        out
+    }
+}

@@ -1,0 +1,122 @@
+//! Terminals as the sessions see them: the sign-on lookup, the last contact, the
+//! connections a terminal has open, the blacklist it says it holds, the pages that
+//! bring it up to date, and how far the connected fleet is behind.
+
+use cardgate_codec::{Message, TerminalSecret};
+use cardgate_domain::entry::EntryBody;
+use cardgate_domain::model::Terminal;
+
+use crate::blacklist::{BlacklistLag, LAG_LIST_MAX};
+use crate::error::LedgerError;
+use crate::ledger::Ledger;
+use crate::records::{StateWrite, Writes};
+use crate::txn::{Pending, Txn};
+
+impl Ledger {
+    /// What sign-on needs: the terminal's secret and the last sequence number recorded
+    /// for it.
+    pub fn sign_on(&self, terminal_id: u64) -> Option<(TerminalSecret, u64)> {
+        let t = self.state.terminal(terminal_id)?;
+        Some((TerminalSecret(t.info.secret), t.last_seq))
+    }
+
+    /// Records the time of the terminal's last authenticated contact.
+    pub fn touch_terminal(&self, terminal_id: u64) {
+        let now = self.now_ms();
+        if let Some(mut t) = self.state.terminal_mut(terminal_id) {
+            t.last_seen_ms = now;
+        }
+    }
+
+    /// A connection of this terminal signed on (`opened`) or closed.
+    pub fn terminal_session(&self, terminal_id: u64, opened: bool) {
+        if let Some(mut t) = self.state.terminal_mut(terminal_id) {
+            t.sessions = if opened {
+                t.sessions.saturating_add(1)
+            } else {
+                t.sessions.saturating_sub(1)
+            };
+        }
+    }
+
+    /// A terminal says it holds `version` (BLACKLIST_ACK or HEARTBEAT).
+    pub fn blacklist_ack(&self, terminal_id: u64, version: u64) {
+        if let Some(mut t) = self.state.terminal_mut(terminal_id) {
+            // A terminal may legitimately go back (it lost its list); believe it.
+            t.blacklist_acked = version;
+        }
+    }
+
+    /// The blacklist acknowledged by a terminal and whether it is connected.
+    pub fn terminal_blacklist(&self, terminal_id: u64) -> Option<(u64, bool)> {
+        self.state
+            .terminal(terminal_id)
+            .map(|t| (t.blacklist_acked, t.sessions > 0))
+    }
+
+    /// Answers a BLACKLIST_SYNC: the pages, the first of which waits for a barrier so
+    /// that no version is sent before it is durable (the rest follow it in order).
+    pub async fn blacklist_sync(&self, since_version: u64, after_card: u64) -> Vec<Pending> {
+        let Ok(txn) = Txn::begin(self.journal()).await else {
+            return Vec::new();
+        };
+        let mut pages = self.state.blacklist().sync(since_version, after_card).into_iter();
+        let mut out = Vec::with_capacity(pages.len());
+        if let Some(first) = pages.next() {
+            out.push(txn.barrier(Message::BlacklistPage(first)).into());
+        }
+        out.extend(pages.map(|p| Pending::ready(Message::BlacklistPage(p))));
+        metrics::counter!("cardgate_blacklist_syncs_total").increment(1);
+        out
+    }
+
+    /// How many connected terminals are behind, and by how much.
+    pub fn blacklist_lag(&self) -> BlacklistLag {
+        let bl = self.state.blacklist();
+        let published = bl.published();
+        let mut lag = BlacklistLag {
+            version: bl.version(),
+            published,
+            listed: bl.len(),
+            delta_floor: bl.delta_floor(),
+            ..Default::default()
+        };
+        let mut behind = Vec::new();
+        self.state.for_each_terminal(|t| {
+            if t.sessions == 0 {
+                return;
+            }
+            lag.connected_terminals += 1;
+            if t.blacklist_acked < published {
+                let by = published - t.blacklist_acked;
+                lag.behind += 1;
+                lag.max_versions_behind = lag.max_versions_behind.max(by);
+                lag.behind_by[match by {
+                    1 => 0,
+                    2..=10 => 1,
+                    11..=100 => 2,
+                    _ => 3,
+                }] += 1;
+                behind.push((t.info.id, t.blacklist_acked));
+            }
+        });
+        behind.sort_by_key(|(id, v)| (*v, *id));
+        behind.truncate(LAG_LIST_MAX);
+        lag.furthest = behind;
+        lag
+    }
+
+    /// Registers a terminal or replaces its registration (keeping its sequence memory).
+    pub async fn register_terminal(&self, t: Terminal) -> Result<u64, LedgerError> {
+        let txn = Txn::begin(self.journal()).await?;
+        let sent = {
+            let _desk = self.state.desk_lock();
+            let mut records = Writes::new();
+            records.push(StateWrite::Terminal(Box::new(t.clone())));
+            let sent = txn.send((), self.now_ms(), EntryBody::TerminalRegistered(t.clone()), records, 0);
+            self.state.put_terminal(t);
+            sent
+        };
+        Ok(sent.durable().await?.1)
+    }
+}

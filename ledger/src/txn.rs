@@ -1,0 +1,187 @@
+//! The one write protocol, in one type: reserve a journal slot (the only wait, taken
+//! before any lock), take the locks, change memory, send the submission while the locks
+//! are still held (so the journal holds each record's changes in the order they were
+//! made), and let the result out only once the commit is durable.
+//!
+//! `Txn` is the reserved slot; sending consumes it and hands back a `Durable<T>`, whose
+//! value cannot be reached without awaiting the commit. `Pending` is the same for a
+//! terminal's answer, which turns into "system error" if the commit fails.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use cardgate_codec::{CardNo, DeclineReason, Declined, Message};
+use cardgate_domain::entry::{EntryBody, EntryRecord};
+use cardgate_domain::model::AuditRecord;
+use cardgate_journal::{CommitResult, JournalError};
+use smallvec::smallvec;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::records::{Journal, LedgerSchema, StateWrite, Submission, Writes};
+
+/// A reserved journal slot. Take it before any lock; send exactly one submission on it
+/// while the locks that made the change are held.
+pub(crate) struct Txn<'a> {
+    permit: mpsc::Permit<'a, Submission>,
+}
+
+impl<'a> Txn<'a> {
+    /// Reserves the slot, waiting while the journal's queue is full (backpressure).
+    pub(crate) async fn begin(journal: &'a Journal) -> Result<Txn<'a>, JournalError> {
+        Ok(Txn {
+            permit: journal.reserve().await?,
+        })
+    }
+
+    /// Sends one entry and the records it left; `mark` is the tx id it used (0 for
+    /// none). `value` is released by `Durable` once the commit is durable.
+    pub(crate) fn send<T>(self, value: T, time_ms: i64, body: EntryBody, records: Writes, mark: u64) -> Durable<T> {
+        self.send_audited(value, time_ms, body, records, mark, None)
+    }
+
+    /// As `send`, with the operation's audit record as a second entry of the same
+    /// submission: the operation and its record are durable together or not at all.
+    pub(crate) fn send_audited<T>(
+        self,
+        value: T,
+        time_ms: i64,
+        body: EntryBody,
+        mut records: Writes,
+        mark: u64,
+        audit: Option<AuditRecord>,
+    ) -> Durable<T> {
+        let mut entries = smallvec![EntryRecord { time_ms, body }];
+        if let Some(a) = audit {
+            records.push(StateWrite::Audit(Box::new(a.clone())));
+            entries.push(EntryRecord {
+                time_ms: a.time_ms,
+                body: EntryBody::Audit(Box::new(a)),
+            });
+        }
+        let (done, wait) = oneshot::channel();
+        self.permit.send(Submission {
+            entries,
+            records,
+            mark,
+            force_sync: false,
+            done: Some(done),
+        });
+        Durable { value, wait }
+    }
+
+    /// Sends records that are written with the commit itself and carry no entry (meta
+    /// values, removing staged chunks): nothing replay needs to see.
+    pub(crate) fn write_direct(self, records: Writes) -> Durable<()> {
+        debug_assert!(
+            records
+                .iter()
+                .all(|r| <LedgerSchema as cardgate_journal::Schema>::key(r).is_none()),
+            "state records need an entry that replay can apply"
+        );
+        let (done, wait) = oneshot::channel();
+        self.permit.send(Submission {
+            entries: smallvec![],
+            records,
+            mark: 0,
+            force_sync: false,
+            done: Some(done),
+        });
+        Durable { value: (), wait }
+    }
+
+    /// Sends a barrier: `value` (something observed, which may not be durable yet) is
+    /// released once everything submitted before it is.
+    pub(crate) fn barrier<T>(self, value: T) -> Durable<T> {
+        let (done, wait) = oneshot::channel();
+        self.permit.send(Submission::barrier(done));
+        Durable { value, wait }
+    }
+}
+
+/// A result that may be used only once the commit it depends on is durable.
+#[must_use = "a result may be used only once its commit is durable: await `durable()`"]
+pub struct Durable<T> {
+    value: T,
+    wait: oneshot::Receiver<CommitResult>,
+}
+
+impl<T> Durable<T> {
+    /// The value and the id of the submission's first entry (0 for a barrier), once
+    /// durable.
+    pub async fn durable(self) -> Result<(T, u64), JournalError> {
+        let id = self.wait.await.map_err(|_| JournalError::Closed)??;
+        Ok((self.value, id))
+    }
+}
+
+/// A terminal's answer that may be sent once the decision (or everything it observed)
+/// is durable; "system error" if the journal failed.
+#[must_use = "an answer must wait for its commit"]
+pub struct Pending {
+    answer: Message,
+    wait: Option<oneshot::Receiver<CommitResult>>,
+}
+
+impl Pending {
+    /// An answer that needs no commit (it observed nothing that could be undurable).
+    pub fn ready(answer: Message) -> Pending {
+        Pending { answer, wait: None }
+    }
+
+    /// The answer, once durable.
+    pub async fn resolve(self) -> Message {
+        self.await
+    }
+}
+
+impl From<Durable<Message>> for Pending {
+    fn from(d: Durable<Message>) -> Pending {
+        Pending {
+            answer: d.value,
+            wait: Some(d.wait),
+        }
+    }
+}
+
+/// Polling a `Pending` waits for its commit, so a connection can keep its unanswered
+/// requests in a plain queue and await the oldest.
+impl Future for Pending {
+    type Output = Message;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Message> {
+        let this = &mut *self;
+        let answer = this.answer;
+        match &mut this.wait {
+            None => Poll::Ready(answer),
+            Some(wait) => match Pin::new(wait).poll(cx) {
+                Poll::Ready(Ok(Ok(_))) => {
+                    this.wait = None;
+                    Poll::Ready(answer)
+                }
+                Poll::Ready(_) => {
+                    this.wait = None;
+                    this.answer = system_error_for(&answer);
+                    Poll::Ready(this.answer)
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+fn system_error_for(answer: &Message) -> Message {
+    let (tx_seq, card, time_ms) = match answer {
+        Message::Approved(a) => (a.tx_seq, a.card, a.time_ms),
+        Message::Declined(d) => (d.tx_seq, d.card, d.time_ms),
+        Message::Balance(b) => (0, b.card, 0),
+        _ => (0, CardNo(0), 0),
+    };
+    Message::Declined(Declined {
+        tx_seq,
+        card,
+        reason: DeclineReason::SystemError,
+        balance_fen: 0,
+        time_ms,
+    })
+}
