@@ -409,3 +409,32 @@ fn every_state_record_kind_encodes_to_todays_bytes() {
         assert_eq!(&hex(bytes), want, "{name}: the record's bytes changed");
     }
 }
+
+/// Every entry kind by position. A new `EntryBody` variant does not compile until it is
+/// named here, and then the test below fails until it has golden bytes.
+fn variant(b: &EntryBody) -> usize {
+    match b {
+        EntryBody::Tx(_) => 0,
+        EntryBody::AccountOpened(_) => 1,
+        EntryBody::CardIssued(_) => 2,
+        EntryBody::TerminalRegistered(_) => 3,
+        EntryBody::ParamsSet(_) => 4,
+        EntryBody::PersonOpened(_) => 5,
+        EntryBody::PersonUpdated(_) => 6,
+        EntryBody::CardChanged(_) => 7,
+        EntryBody::Money(_) => 8,
+        EntryBody::OperatorSet(_) => 9,
+        EntryBody::ParamsChanged(_) => 10,
+        EntryBody::ImportChunk(_) => 11,
+        EntryBody::ImportCommitted(_) => 12,
+        EntryBody::Audit(_) => 13,
+    }
+}
+
+const ENTRY_KINDS: usize = 14;
+
+#[test]
+fn every_entry_kind_has_golden_bytes() {
+    let seen: std::collections::BTreeSet<usize> = every_entry().iter().map(|(_, b)| variant(b)).collect();
+    assert_eq!(seen, (0..ENTRY_KINDS).collect(), "an entry kind without golden bytes");
+}

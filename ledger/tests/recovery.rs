@@ -385,3 +385,51 @@ async fn replayed_state_survives_later_checkpoints() {
         }
     }
 }
+
+/// The central store prunes shipped entries that a checkpoint covers: recovery after
+/// that rebuilds the same state from the checkpoint and the entries left, and ids carry
+/// on above the pruned ones.
+#[tokio::test]
+async fn recovery_after_pruning_rebuilds_the_same_state() {
+    let f = Fixture::new().await;
+    let answers = activity(&f).await;
+    // A clean restart: a checkpoint through every entry so far.
+    let f = f.restart();
+    let through = f
+        .ledger
+        .journal()
+        .stats
+        .durable_checkpoint_id
+        .load(std::sync::atomic::Ordering::Acquire);
+    assert!(through > 20);
+    // Entries after the checkpoint, which pruning must leave.
+    let later = f.buy(POS, 30, 102, 1_00).await;
+    let pruned = f
+        .ledger
+        .db()
+        .prune_journal(
+            through,
+            i64::MAX,
+            usize::MAX,
+            cardgate_domain::entry::EntryRecord::time_of,
+        )
+        .unwrap();
+    assert!(pruned.entries > 0 && pruned.through_id <= through, "{pruned:?}");
+    let balances: Vec<_> = (1..=5).map(|a| f.balance_fen(a)).collect();
+    let f = f.restart();
+    assert_eq!((1..=5).map(|a| f.balance_fen(a)).collect::<Vec<_>>(), balances);
+    assert_eq!(f.buy(POS, 30, 102, 1_00).await, later, "a retry still finds its answer");
+    let Message::Approved(next) = f.buy(POS, 31, 102, 1).await else {
+        panic!("approved")
+    };
+    let old_max = answers
+        .iter()
+        .chain([&later])
+        .filter_map(|m| match m {
+            Message::Approved(a) => Some(a.tx_id),
+            _ => None,
+        })
+        .max()
+        .unwrap();
+    assert!(next.tx_id > old_max, "tx ids are never reused");
+}
