@@ -32,7 +32,9 @@ pub struct AuditQuery {
     pub from_ms: Option<i64>,
     pub to_ms: Option<i64>,
     pub operator: Option<String>,
-    /// Exact target, or a prefix when it ends with `*`.
+    /// A target the record names (exactly, or by prefix when it ends with `*`): one
+    /// record names everything its call changed, e.g. `card:62220001 card:62220002
+    /// account:17` for a replacement.
     pub target: Option<String>,
     pub limit: usize,
 }
@@ -90,10 +92,11 @@ impl AuditLog {
             })
             .filter(|x| match target {
                 None => true,
-                Some(t) => match t.strip_suffix('*') {
-                    Some(prefix) => x.target.starts_with(prefix),
-                    None => x.target == t,
-                },
+                // A record names every record its call changed, separated by spaces.
+                Some(t) => x.target.split(' ').any(|own| match t.strip_suffix('*') {
+                    Some(prefix) => own.starts_with(prefix),
+                    None => own == t,
+                }),
             })
             .take(limit)
             .cloned()

@@ -14,7 +14,7 @@
 use cardgate_codec::{CardNo, DeclineReason};
 use serde::Serialize;
 
-use cardgate_domain::entry::{CardAction, EntryBody, EntryRecord, MoneyKind};
+use cardgate_domain::entry::{CardAction, EntryBody, EntryRecord, MoneyKind, MoneyMove};
 use cardgate_domain::model::{Outcome, TxKind};
 
 use crate::error::LedgerError;
@@ -49,7 +49,12 @@ pub struct HistoryRow {
     pub tx_id: u64,
     pub card: u64,
     pub account: u64,
+    /// The amount as the operation states it: positive, except an adjustment, which
+    /// carries its sign.
     pub amount_fen: i64,
+    /// What it did to the balance, signed: a purchase is negative, a declined request or
+    /// a fee paid in cash is 0.
+    pub balance_change_fen: i64,
     /// approved / declined / done
     pub outcome: &'static str,
     pub decline_reason: Option<&'static str>,
@@ -99,6 +104,7 @@ fn blank(entry_id: u64, time_ms: i64, kind: String) -> HistoryRow {
         card: 0,
         account: 0,
         amount_fen: 0,
+        balance_change_fen: 0,
         outcome: "done",
         decline_reason: None,
         balance_after_fen: None,
@@ -114,6 +120,16 @@ fn blank(entry_id: u64, time_ms: i64, kind: String) -> HistoryRow {
         operator: String::new(),
         reason: String::new(),
     }
+}
+
+/// A desk money movement's amounts on its row.
+fn money_amounts(r: &mut HistoryRow, mv: &MoneyMove) {
+    r.amount_fen = match mv.kind {
+        MoneyKind::Adjustment => mv.balance_delta_fen,
+        _ => mv.amount_fen,
+    };
+    r.balance_change_fen = mv.balance_delta_fen;
+    r.balance_after_fen = Some(mv.balance_after_fen);
 }
 
 /// The rows an entry contributes to a query.
@@ -143,6 +159,10 @@ fn rows_of(e: &JournalEntry, q: &HistoryQuery, card_account: Option<u64>, out: &
                 Outcome::Approved { balance_after_fen, .. } => {
                     r.outcome = "approved";
                     r.balance_after_fen = Some(balance_after_fen);
+                    r.balance_change_fen = match t.kind {
+                        TxKind::Purchase => -t.amount_fen,
+                        TxKind::Reversal => t.amount_fen,
+                    };
                 }
                 Outcome::Declined { reason, .. } => {
                     r.outcome = "declined";
@@ -172,8 +192,7 @@ fn rows_of(e: &JournalEntry, q: &HistoryQuery, card_account: Option<u64>, out: &
             let mut r = blank(e.id, time, mv.kind.as_str().into());
             r.tx_id = mv.tx_id;
             r.account = mv.account;
-            r.amount_fen = mv.amount_fen;
-            r.balance_after_fen = Some(mv.balance_after_fen);
+            money_amounts(&mut r, mv);
             r.operator = m.actor.name.clone();
             r.reason = mv.reason.clone();
             out.push(r);
@@ -203,8 +222,7 @@ fn rows_of(e: &JournalEntry, q: &HistoryQuery, card_account: Option<u64>, out: &
                 let mut r = blank(e.id, time, mv.kind.as_str().into());
                 r.tx_id = mv.tx_id;
                 r.account = mv.account;
-                r.amount_fen = mv.amount_fen;
-                r.balance_after_fen = Some(mv.balance_after_fen);
+                money_amounts(&mut r, mv);
                 r.operator = c.actor.name.clone();
                 r.reason = mv.reason.clone();
                 out.push(r);

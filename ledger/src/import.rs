@@ -500,6 +500,12 @@ impl Ledger {
     }
 }
 
+impl crate::desk::Targets for ImportReport {
+    fn targets(&self) -> Vec<String> {
+        vec![format!("import:{}", self.import_id)]
+    }
+}
+
 impl Ledger {
     fn apply_item(&self, item: &ImportItem) {
         match item {

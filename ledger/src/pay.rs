@@ -12,11 +12,12 @@
 //! checkpointed and rebuilt by replay like every other record. Nothing here reads sled.
 
 use cardgate_codec::{Approved, Balance, CardNo, CardStatusCode, DeclineReason, Declined, Message, Purchase, Reversal};
-use cardgate_domain::entry::{EntryBody, TxEntry};
-use cardgate_domain::model::{Outcome, SeqRecord, TxKind};
+use cardgate_domain::entry::{EntryBody, EntryRecord, TxEntry};
+use cardgate_domain::model::{Exception, ExceptionKind, Outcome, SeqRecord, TxKind};
 use cardgate_domain::money::{from_fen, to_fen};
 use cardgate_domain::rules::purchase::{self as rules, Verdict};
 use rust_decimal::Decimal;
+use smallvec::{SmallVec, smallvec};
 
 use crate::ledger::Ledger;
 use crate::records::{StateWrite, Writes};
@@ -223,6 +224,7 @@ impl Ledger {
         let now = self.now_ms();
         let mut entry = self.tx_entry(term, req);
         if let Some(reason) = rules::terminal_refusal(term.info.kind, term.info.enabled, req.amount_fen) {
+            entry.account = self.account_of_card(req.card);
             entry.outcome = declined(reason, 0);
             return self.finish(term, now, entry, Writes::new(), txn);
         }
@@ -281,6 +283,8 @@ impl Ledger {
     fn reversal_fresh(&self, term: &mut TerminalState, req: &Request, txn: Txn<'_>) -> Pending {
         let now = self.now_ms();
         let mut entry = self.tx_entry(term, req);
+        // Recorded on every decline too, so that the account's history shows it.
+        entry.account = self.account_of_card(req.card);
         if let Some(reason) = rules::terminal_refusal(term.info.kind, term.info.enabled, req.amount_fen) {
             entry.outcome = declined(reason, 0);
             return self.finish(term, now, entry, Writes::new(), txn);
@@ -301,6 +305,30 @@ impl Ledger {
             entry.outcome = declined(DeclineReason::SystemError, 0);
             return self.finish(term, now, entry, Writes::new(), txn);
         };
+        if let Err(reason) = rules::may_credit(&acct) {
+            // The account was closed (its balance paid out) since the purchase: the
+            // money cannot go back into it. The desk owes the refund in cash, and sees
+            // it as an exception raised with this decision.
+            entry.outcome = declined(reason, 0);
+            let exception = Exception {
+                id: self.state.new_exception_id(),
+                time_ms: now,
+                kind: ExceptionKind::RefundOwed,
+                account: original.account,
+                card: req.card,
+                terminal: term.info.id,
+                seq: req.seq,
+                tx_id: original_tx_id,
+                amount_fen: req.amount_fen,
+                detail: format!(
+                    "reversal of purchase tx {original_tx_id} (terminal {} seq {}) after account {} was closed",
+                    term.info.id, req.original_seq, original.account
+                ),
+                resolved: None,
+            };
+            drop(acct);
+            return self.finish_with(term, now, entry, Writes::new(), Some(exception), txn);
+        }
         let today = self.day_of(now);
         let (balance_after, spent_after) =
             rules::refund(&acct, from_fen(req.amount_fen), self.day_of(original.time_ms), today);
@@ -325,9 +353,27 @@ impl Ledger {
         self.finish(term, now, entry, writes, txn)
     }
 
+    /// The account a card number belongs to (0 when the card is unknown).
+    fn account_of_card(&self, card: CardNo) -> u64 {
+        self.state.card(card).map(|c| c.account).unwrap_or(0)
+    }
+
     /// Records the outcome for idempotency, sends the submission, and hands back the
     /// answer to send once it is durable.
-    fn finish(&self, term: &mut TerminalState, now: i64, entry: TxEntry, mut writes: Writes, txn: Txn<'_>) -> Pending {
+    fn finish(&self, term: &mut TerminalState, now: i64, entry: TxEntry, writes: Writes, txn: Txn<'_>) -> Pending {
+        self.finish_with(term, now, entry, writes, None, txn)
+    }
+
+    /// As `finish`, with an exception raised by the decision in the same submission.
+    fn finish_with(
+        &self,
+        term: &mut TerminalState,
+        now: i64,
+        entry: TxEntry,
+        mut writes: Writes,
+        exception: Option<Exception>,
+        txn: Txn<'_>,
+    ) -> Pending {
         let rec = seq_record_of(&entry, now);
         assert!(rec.seq > term.last_seq, "a fresh decision has a new sequence number");
         term.remember(rec);
@@ -337,8 +383,23 @@ impl Ledger {
         {
             counter.increment(1);
         }
-        txn.send(answer_of(&rec), now, EntryBody::Tx(entry), writes, entry.tx_id)
-            .into()
+        let mut entries: SmallVec<[EntryRecord; 1]> = smallvec![EntryRecord {
+            time_ms: now,
+            body: EntryBody::Tx(entry),
+        }];
+        if let Some(e) = &exception {
+            writes.push(StateWrite::Exception(Box::new(e.clone())));
+            entries.push(EntryRecord {
+                time_ms: now,
+                body: EntryBody::Exception(Box::new(e.clone())),
+            });
+        }
+        let sent = txn.send_all(answer_of(&rec), entries, writes, entry.tx_id);
+        if let Some(e) = exception {
+            metrics::counter!("cardgate_exceptions_raised_total", "kind" => e.kind.as_str()).increment(1);
+            self.state.put_exception(e);
+        }
+        sent.into()
     }
 }
 

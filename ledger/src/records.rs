@@ -14,6 +14,8 @@
 //! 'B' version % log max(u64 BE)     BlacklistChange } (a bounded ring, like 'S')
 //! 'U' audit id % kept(u64 BE)       AuditRecord  } (a bounded ring)
 //! 'G' batch hash(8) account(u64 BE) GrantMark    }
+//! 'E' exception(u64 BE)             Exception    } checkpointed (the card desk's to settle)
+//! 'K' operator(u64 BE) key           IdempotentAnswer } checkpointed; removed when expired
 //! 'Z' import(u64 BE) chunk(u32 BE)  staged import chunk, written with its commit
 //! 'M' params / demo / gateway_id    the ledger's meta values
 //! ```
@@ -22,7 +24,8 @@ use std::collections::HashMap;
 
 use cardgate_domain::entry::EntryRecord;
 use cardgate_domain::model::{
-    Account, AuditRecord, BlacklistChange, Card, GrantMark, Params, Person, SeqRecord, Terminal, grant_key,
+    Account, AuditRecord, BlacklistChange, Card, Exception, GrantMark, IdempotentAnswer, Params, Person, SeqRecord,
+    Terminal, grant_key,
 };
 use cardgate_domain::operator::Operator;
 use cardgate_journal::record::{decode_record, encode_record};
@@ -43,6 +46,8 @@ pub const PREFIX_BLACKLIST: u8 = b'B';
 pub const PREFIX_AUDIT: u8 = b'U';
 pub const PREFIX_GRANT: u8 = b'G';
 pub const PREFIX_STAGED: u8 = b'Z';
+pub const PREFIX_EXCEPTION: u8 = b'E';
+pub const PREFIX_ANSWER: u8 = b'K';
 
 /// The ledger's meta keys, beside the journal's own.
 pub mod meta {
@@ -85,6 +90,8 @@ pub enum StateWrite {
     /// An audit record, stored in slot `id % AUDIT_KEPT`.
     Audit(Box<AuditRecord>),
     Grant(Box<GrantMark>),
+    Exception(Box<Exception>),
+    Answer(Box<IdempotentAnswer>),
     /// Written with its commit like `Meta`, never by a checkpoint; `None` removes the
     /// key. Holds data replay may need whatever the checkpoint (staged imports).
     Staged(Vec<u8>, Option<Vec<u8>>),
@@ -103,6 +110,18 @@ pub enum StateKey {
     Blacklist(u64),
     Audit(u64),
     Grant(u64, u64),
+    Exception(u64),
+    /// Operator id and a hash of the key.
+    Answer(u64, u64),
+}
+
+/// Where an operator's idempotent answer is stored.
+pub fn answer_key(operator_id: u64, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9 + key.len());
+    k.push(PREFIX_ANSWER);
+    k.extend_from_slice(&operator_id.to_be_bytes());
+    k.extend_from_slice(key.as_bytes());
+    k
 }
 
 /// The records one submission leaves.
@@ -151,6 +170,11 @@ impl StateWrite {
                 k.extend_from_slice(&a.to_be_bytes());
                 (k.into(), encode_record(g.as_ref()))
             }
+            StateWrite::Exception(e) => (
+                key_u64(PREFIX_EXCEPTION, e.id).as_ref().into(),
+                encode_record(e.as_ref()),
+            ),
+            StateWrite::Answer(a) => (answer_key(a.operator_id, &a.key).into(), encode_record(a.as_ref())),
             StateWrite::Staged(k, v) => (k.as_slice().into(), v.clone().unwrap_or_default()),
         }
     }
@@ -180,6 +204,13 @@ impl Schema for LedgerSchema {
             StateWrite::Grant(g) => {
                 let (h, a) = grant_key(&g.batch_id, g.account);
                 StateKey::Grant(h, a)
+            }
+            StateWrite::Exception(e) => StateKey::Exception(e.id),
+            StateWrite::Answer(a) => {
+                let h = cardgate_domain::operator::hash_token(&a.key);
+                let mut first = [0u8; 8];
+                first.copy_from_slice(&h[..8]);
+                StateKey::Answer(a.operator_id, u64::from_be_bytes(first))
             }
         })
     }

@@ -31,8 +31,9 @@ use crate::import::staged_key;
 use crate::ledger::LedgerConfig;
 use crate::pay::seq_record_of;
 use crate::records::{
-    Journal, LedgerSchema, PREFIX_ACCOUNT, PREFIX_AUDIT, PREFIX_BLACKLIST, PREFIX_CARD, PREFIX_GRANT, PREFIX_OPERATOR,
-    PREFIX_PERSON, PREFIX_SEQ, PREFIX_STAGED, PREFIX_TERMINAL, StateWrite, meta,
+    Journal, LedgerSchema, PREFIX_ACCOUNT, PREFIX_ANSWER, PREFIX_AUDIT, PREFIX_BLACKLIST, PREFIX_CARD,
+    PREFIX_EXCEPTION, PREFIX_GRANT, PREFIX_OPERATOR, PREFIX_PERSON, PREFIX_SEQ, PREFIX_STAGED, PREFIX_TERMINAL,
+    StateWrite, meta,
 };
 use crate::state::{Loaded, State};
 
@@ -89,6 +90,8 @@ pub(crate) fn recover(
         blacklist: db.scan(&[PREFIX_BLACKLIST]).collect::<Result<_, _>>()?,
         audit: db.scan(&[PREFIX_AUDIT]).collect::<Result<_, _>>()?,
         grants: db.scan(&[PREFIX_GRANT]).collect::<Result<_, _>>()?,
+        exceptions: db.scan(&[PREFIX_EXCEPTION]).collect::<Result<_, _>>()?,
+        answers: db.scan(&[PREFIX_ANSWER]).collect::<Result<_, _>>()?,
         tx_id_mark: db.get_meta_u64(journal_meta::MARK)?.unwrap_or(0),
     });
 
@@ -293,6 +296,14 @@ impl Replay<'_> {
                 s.saw_audit_id(a.id);
                 s.audit().insert(a.as_ref().clone());
                 self.touched.others.push(StateWrite::Audit(a.clone()));
+            }
+            EntryBody::Exception(e) => {
+                s.put_exception(e.as_ref().clone());
+                self.touched.others.push(StateWrite::Exception(e.clone()));
+            }
+            EntryBody::IdempotentAnswer(a) => {
+                s.put_answer(a.as_ref().clone());
+                self.touched.others.push(StateWrite::Answer(a.clone()));
             }
         }
         Ok(())

@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 use cardgate_codec::CardNo;
-use cardgate_domain::model::{Account, Card, GrantMark, Params, Person, SeqRecord, Terminal};
+use cardgate_domain::model::{
+    Account, Card, Exception, GrantMark, IdempotentAnswer, Params, Person, SeqRecord, Terminal,
+};
 use cardgate_domain::operator::{Operator, TokenHash};
 use dashmap::DashMap;
 use dashmap::mapref::one::{Ref, RefMut};
@@ -90,6 +92,8 @@ pub(crate) struct Loaded {
     pub(crate) blacklist: Vec<cardgate_domain::model::BlacklistChange>,
     pub(crate) audit: Vec<cardgate_domain::model::AuditRecord>,
     pub(crate) grants: Vec<GrantMark>,
+    pub(crate) exceptions: Vec<Exception>,
+    pub(crate) answers: Vec<IdempotentAnswer>,
     /// The highest tx id any committed entry used.
     pub(crate) tx_id_mark: u64,
 }
@@ -107,6 +111,11 @@ pub(crate) struct State {
     tokens: DashMap<TokenHash, u64>,
     audit: AuditLog,
     grants: DashMap<(String, u64), GrantMark>,
+    /// Open and settled exceptions, by id (a handful a week; kept whole).
+    exceptions: DashMap<u64, Exception>,
+    next_exception_id: AtomicU64,
+    /// Answers kept under operators' idempotency keys, by (operator id, key).
+    answers: DashMap<(u64, String), IdempotentAnswer>,
     next_tx_id: AtomicU64,
     next_account_id: AtomicU64,
     next_operator_id: AtomicU64,
@@ -150,6 +159,9 @@ impl State {
             tokens: DashMap::new(),
             audit: AuditLog::new(load.audit),
             grants: DashMap::new(),
+            exceptions: DashMap::new(),
+            next_exception_id: AtomicU64::new(1),
+            answers: DashMap::new(),
             next_tx_id: AtomicU64::new(load.tx_id_mark + 1),
             next_account_id: AtomicU64::new(next_account_id),
             next_operator_id: AtomicU64::new(1),
@@ -167,6 +179,12 @@ impl State {
         }
         for g in load.grants {
             state.put_grant(g);
+        }
+        for e in load.exceptions {
+            state.put_exception(e);
+        }
+        for a in load.answers {
+            state.put_answer(a);
         }
         state
     }
@@ -369,6 +387,47 @@ impl State {
 
     pub(crate) fn put_grant(&self, g: GrantMark) {
         self.grants.insert((g.batch_id.clone(), g.account), g);
+    }
+
+    /// Inserts or replaces an exception; ids handed out later stay above it.
+    pub(crate) fn put_exception(&self, e: Exception) {
+        self.next_exception_id.fetch_max(e.id + 1, Ordering::AcqRel);
+        self.exceptions.insert(e.id, e);
+    }
+
+    pub(crate) fn new_exception_id(&self) -> u64 {
+        self.next_exception_id.fetch_add(1, Ordering::AcqRel)
+    }
+
+    pub(crate) fn exception(&self, id: u64) -> Option<Exception> {
+        self.exceptions.get(&id).map(|e| e.clone())
+    }
+
+    pub(crate) fn exceptions(&self) -> Vec<Exception> {
+        let mut v: Vec<Exception> = self.exceptions.iter().map(|e| e.clone()).collect();
+        v.sort_by_key(|e| e.id);
+        v
+    }
+
+    pub(crate) fn answer(&self, operator_id: u64, key: &str) -> Option<IdempotentAnswer> {
+        self.answers.get(&(operator_id, key.to_string())).map(|a| a.clone())
+    }
+
+    pub(crate) fn put_answer(&self, a: IdempotentAnswer) {
+        self.answers.insert((a.operator_id, a.key.clone()), a);
+    }
+
+    /// Forgets the answers decided before `before_ms`; returns them.
+    pub(crate) fn take_answers_before(&self, before_ms: i64) -> Vec<IdempotentAnswer> {
+        let old: Vec<(u64, String)> = self
+            .answers
+            .iter()
+            .filter(|a| a.time_ms < before_ms)
+            .map(|a| (a.operator_id, a.key.clone()))
+            .collect();
+        old.into_iter()
+            .filter_map(|k| self.answers.remove(&k).map(|(_, a)| a))
+            .collect()
     }
 
     pub(crate) fn audit(&self) -> &AuditLog {

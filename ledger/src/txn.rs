@@ -13,12 +13,11 @@ use std::task::{Context, Poll};
 
 use cardgate_codec::{CardNo, DeclineReason, Declined, Message};
 use cardgate_domain::entry::{EntryBody, EntryRecord};
-use cardgate_domain::model::AuditRecord;
 use cardgate_journal::{CommitResult, JournalError};
-use smallvec::smallvec;
+use smallvec::{SmallVec, smallvec};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::records::{Journal, LedgerSchema, StateWrite, Submission, Writes};
+use crate::records::{Journal, LedgerSchema, Submission, Writes};
 
 /// A reserved journal slot. Take it before any lock; send exactly one submission on it
 /// while the locks that made the change are held.
@@ -37,28 +36,17 @@ impl<'a> Txn<'a> {
     /// Sends one entry and the records it left; `mark` is the tx id it used (0 for
     /// none). `value` is released by `Durable` once the commit is durable.
     pub(crate) fn send<T>(self, value: T, time_ms: i64, body: EntryBody, records: Writes, mark: u64) -> Durable<T> {
-        self.send_audited(value, time_ms, body, records, mark, None)
+        self.send_all(value, smallvec![EntryRecord { time_ms, body }], records, mark)
     }
 
-    /// As `send`, with the operation's audit record as a second entry of the same
-    /// submission: the operation and its record are durable together or not at all.
-    pub(crate) fn send_audited<T>(
+    /// Sends several entries as one submission: durable together or not at all.
+    pub(crate) fn send_all<T>(
         self,
         value: T,
-        time_ms: i64,
-        body: EntryBody,
-        mut records: Writes,
+        entries: SmallVec<[EntryRecord; 1]>,
+        records: Writes,
         mark: u64,
-        audit: Option<AuditRecord>,
     ) -> Durable<T> {
-        let mut entries = smallvec![EntryRecord { time_ms, body }];
-        if let Some(a) = audit {
-            records.push(StateWrite::Audit(Box::new(a.clone())));
-            entries.push(EntryRecord {
-                time_ms: a.time_ms,
-                body: EntryBody::Audit(Box::new(a)),
-            });
-        }
         let (done, wait) = oneshot::channel();
         self.permit.send(Submission {
             entries,

@@ -14,8 +14,9 @@ use cardgate_domain::entry::{
     MoneyEntry, MoneyKind, MoneyMove, OperatorEntry, ParamsChange, PayMethod, PersonOpened, PersonUpdated, TxEntry,
 };
 use cardgate_domain::model::{
-    Account, AccountKind, AccountStatus, AuditRecord, BlacklistChange, Card, CardStatus, GrantMark, Limits, Outcome,
-    Params, Person, SeqRecord, Terminal, TerminalKind, TxKind,
+    Account, AccountKind, AccountStatus, AuditRecord, BlacklistChange, Card, CardStatus, Exception, ExceptionKind,
+    GrantMark, IdempotentAnswer, Limits, Outcome, Params, Person, Resolution, SeqRecord, Terminal, TerminalKind,
+    TxKind,
 };
 use cardgate_domain::money::from_fen;
 use cardgate_domain::operator::{Actor, Operator, Role};
@@ -274,6 +275,37 @@ fn every_entry() -> Vec<(&'static str, EntryBody)> {
             })),
         ),
         ("audit", EntryBody::Audit(Box::new(audit()))),
+        (
+            "exception",
+            EntryBody::Exception(Box::new(Exception {
+                id: 3,
+                time_ms: T,
+                kind: ExceptionKind::RefundOwed,
+                account: 17,
+                card: CardNo(6_222_000_012_345_678),
+                terminal: 42,
+                seq: 1002,
+                tx_id: 900,
+                amount_fen: 12_50,
+                detail: "reversal after the account was closed".into(),
+                resolved: Some(Resolution {
+                    actor: actor(),
+                    time_ms: T + 60_000,
+                    note: "paid in cash".into(),
+                }),
+            })),
+        ),
+        (
+            "idempotent answer",
+            EntryBody::IdempotentAnswer(Box::new(IdempotentAnswer {
+                operator_id: 3,
+                key: "8e0c2f3a-topup-17".into(),
+                request_hash: [0x11; 32],
+                status: 200,
+                body: r#"{"money":{"tx_id":901}}"#.into(),
+                time_ms: T,
+            })),
+        ),
     ]
 }
 
@@ -311,6 +343,10 @@ const ENTRY_HEX: &[&str] = &[
     "01c08ffd92c4680c0306e78e8be88ab3034d03fa01c8011e0514",
     // audit
     "01c08ffd92c4680d37c08ffd92c468010306e78e8be88ab30309636172642e6c6f737415636172643a36323232303030303132333435363738c801137b22737461747573223a22616374697665227d117b22737461747573223a226c6f7374227d00",
+    // exception (added with issue 10)
+    "01c08ffd92c4680e03c08ffd92c4680011ce829da484dc860b2aea078407c41325726576657273616c20616674657220746865206163636f756e742077617320636c6f736564010306e78e8be88ab30380b98493c4680c7061696420696e2063617368",
+    // idempotent answer (added with issue 10)
+    "01c08ffd92c4680f031138653063326633612d746f7075702d31371111111111111111111111111111111111111111111111111111111111111111c801177b226d6f6e6579223a7b2274785f6964223a3930317d7dc08ffd92c468",
 ];
 
 /// The bytes of each state record kind a checkpoint writes.
@@ -428,10 +464,12 @@ fn variant(b: &EntryBody) -> usize {
         EntryBody::ImportChunk(_) => 11,
         EntryBody::ImportCommitted(_) => 12,
         EntryBody::Audit(_) => 13,
+        EntryBody::Exception(_) => 14,
+        EntryBody::IdempotentAnswer(_) => 15,
     }
 }
 
-const ENTRY_KINDS: usize = 14;
+const ENTRY_KINDS: usize = 16;
 
 #[test]
 fn every_entry_kind_has_golden_bytes() {

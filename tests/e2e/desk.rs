@@ -216,9 +216,11 @@ async fn card_lifecycle_through_the_api_and_on_every_terminal() {
         .iter()
         .map(|r| r["action"].as_str().unwrap())
         .collect();
+    // The card's issue is found under the card too (it is a record the call changed).
     assert_eq!(
         actions,
         [
+            "card.issue",
             "card.lost",
             "card.lost",
             "card.unfreeze",
@@ -227,11 +229,11 @@ async fn card_lifecycle_through_the_api_and_on_every_terminal() {
             "card.replace"
         ]
     );
-    let lost = &a["records"][0];
+    let lost = &a["records"][1];
     assert_eq!(lost["role"], "card_desk");
     assert_eq!(lost["before"]["cards"][0]["status"], "active");
     assert_eq!(lost["after"]["cards"][0]["status"], "lost");
-    assert_eq!(a["records"][1]["status"], 422);
+    assert_eq!(a["records"][2]["status"], 422);
 }
 
 #[tokio::test]
@@ -428,7 +430,9 @@ async fn desk_money_grants_history_and_fee_lists() {
     assert_eq!(decline["decline_reason"], "insufficient_funds");
     assert_eq!(decline["terminal"], 5);
     assert_eq!(decline["seq"], 2);
-    assert_eq!(decline["single_limit_fen"], 200_00);
+    assert_eq!(decline["single_limit"], "200.00", "money is yuan in every JSON answer");
+    assert_eq!(decline["amount"], "6.00");
+    assert_eq!(decline["balance_change"], "0.00", "a decline moves nothing");
     assert!(decline["blacklist_version"].is_u64());
     let h = k.ok(
         &k.desk,

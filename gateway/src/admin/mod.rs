@@ -18,9 +18,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use cardgate_domain::model::AuditRecord;
 use cardgate_domain::operator::{Actor, Permission};
-use cardgate_ledger::desk::{Audit, By};
+use cardgate_ledger::desk::{Audit, By, IdempotencyKey};
 use cardgate_ledger::{Ledger, LedgerError};
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -34,6 +35,10 @@ pub const ADMIN_BODY_BYTES_MAX: usize = cardgate_ledger::import::IMPORT_BYTES_MA
 /// audited: they are bounded by the operators' own calls.
 pub const UNAUTHENTICATED_AUDITS_PER_SECOND_MAX: u64 = 50;
 
+/// The header a client names a state-changing call with, so that a retry after a lost
+/// answer gets the first answer instead of moving money twice (as payment APIs do).
+pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+
 /// Shared by every handler.
 #[derive(Clone)]
 pub struct AdminState {
@@ -41,7 +46,13 @@ pub struct AdminState {
     pub tz_offset_minutes: i32,
     /// (second, audits in it) for unauthenticated refusals.
     pub unauthenticated_audits: Arc<std::sync::Mutex<(i64, u64)>>,
+    /// One lock per (operator, idempotency key) while its call runs, so that two copies
+    /// of one request sent at once are applied once: the second waits, then finds the
+    /// first's answer.
+    key_locks: Arc<std::sync::Mutex<KeyLocks>>,
 }
+
+type KeyLocks = std::collections::HashMap<(u64, String), Arc<tokio::sync::Mutex<()>>>;
 
 impl AdminState {
     pub fn new(ledger: Arc<Ledger>, tz_offset_minutes: i32) -> AdminState {
@@ -49,6 +60,27 @@ impl AdminState {
             ledger,
             tz_offset_minutes,
             unauthenticated_audits: Arc::new(std::sync::Mutex::new((0, 0))),
+            key_locks: Arc::new(std::sync::Mutex::new(KeyLocks::new())),
+        }
+    }
+
+    fn key_lock(&self, operator_id: u64, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = match self.key_locks.lock() {
+            Ok(l) => l,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        locks.entry((operator_id, key.to_string())).or_default().clone()
+    }
+
+    fn release_key_lock(&self, operator_id: u64, key: &str) {
+        let mut locks = match self.key_locks.lock() {
+            Ok(l) => l,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let k = (operator_id, key.to_string());
+        // Only the map holds it: nobody waits for this key.
+        if locks.get(&k).is_some_and(|l| Arc::strong_count(l) == 1) {
+            locks.remove(&k);
         }
     }
 
@@ -186,20 +218,55 @@ impl AdminState {
     }
 
     /// Runs a mutating operation in its own task and answers once it and its audit
-    /// record are durable. An operation that changes state carries its record in its
-    /// own journal submission (`Call::by`); one that changed nothing (refused, a dry
-    /// run, nothing to do) is recorded here.
-    pub async fn mutate<F, Fut>(&self, actor: Actor, action: &'static str, target: String, op: F) -> Response
+    /// record are durable. An operation that changes state carries its record (and the
+    /// answer kept under the call's idempotency key) in its own journal submission
+    /// (`Call::by`); one that changed nothing (refused, a dry run, nothing to do) or a
+    /// batch is recorded here. A call repeated with the same idempotency key and request
+    /// gets the first answer and changes nothing; with another request, 422.
+    pub async fn mutate<F, Fut>(
+        &self,
+        actor: Actor,
+        action: &'static str,
+        target: String,
+        key: Option<IdempotencyKey>,
+        op: F,
+    ) -> Response
     where
         F: FnOnce(Arc<Ledger>, Arc<Call>) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = Result<Done, ApiError>> + Send + 'static,
     {
+        let operator_id = actor.operator_id;
+        let lock = key.as_ref().map(|k| self.key_lock(operator_id, &k.key));
+        let _held = match &lock {
+            Some(l) => Some(l.clone().lock_owned().await),
+            None => None,
+        };
+        if let Some(k) = &key
+            && let Some(first) = self.ledger.idempotent_answer(operator_id, &k.key)
+        {
+            drop(_held);
+            drop(lock);
+            self.release_key_lock(operator_id, &k.key);
+            if first.request_hash != k.request_hash {
+                return ApiError::unprocessable(format!(
+                    "Idempotency-Key {:?} was used for a different request; use a new key for a new request",
+                    k.key
+                ))
+                .into_response();
+            }
+            metrics::counter!("cardgate_admin_idempotent_replays_total").increment(1);
+            let status = StatusCode::from_u16(first.status).unwrap_or(StatusCode::OK);
+            let body = serde_json::from_str::<Value>(&first.body).unwrap_or(Value::Null);
+            return (status, [("idempotent-replayed", "true")], Json(body)).into_response();
+        }
         let ledger = self.ledger.clone();
+        let task_key = key.clone();
         let task = tokio::spawn(async move {
             let call = Arc::new(Call {
                 actor,
                 action,
                 target,
+                key: task_key,
                 written: AtomicBool::new(false),
             });
             let result = op(ledger.clone(), call.clone()).await;
@@ -231,17 +298,64 @@ impl AdminState {
                 tracing::error!(error = %e, action, "could not write the audit record");
                 return Err(ApiError::from(e));
             }
+            // Our own failures are not kept: a retry may succeed.
+            if let Some(k) = &call.key
+                && !status.is_server_error()
+            {
+                let body = match &result {
+                    Ok(d) => d.body.to_string(),
+                    Err(e) => json!({ "error": e.message }).to_string(),
+                };
+                if let Err(e) = ledger.remember_answer(&call.actor, k, status.as_u16(), body).await {
+                    tracing::error!(error = %e, action, "could not keep the answer under its idempotency key");
+                    return Err(ApiError::from(e));
+                }
+            }
             result
         });
-        match task.await {
+        let answer = match task.await {
             Ok(Ok(done)) => (done.status, Json(done.body)).into_response(),
             Ok(Err(e)) => e.into_response(),
             Err(e) => {
                 tracing::error!(error = %e, action, "admin operation task failed");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
             }
+        };
+        drop(_held);
+        drop(lock);
+        if let Some(k) = &key {
+            self.release_key_lock(operator_id, &k.key);
         }
+        answer
     }
+}
+
+/// The idempotency key of a state-changing call, if it sent one, with a hash of the
+/// request (`action`, `target`, anything else that selects what it does, and the body).
+pub fn idempotency_key(
+    headers: &HeaderMap,
+    action: &str,
+    target: &str,
+    extra: &str,
+    body: &[u8],
+) -> Result<Option<IdempotencyKey>, ApiError> {
+    let Some(v) = headers.get(IDEMPOTENCY_HEADER) else {
+        return Ok(None);
+    };
+    let key = v
+        .to_str()
+        .map_err(|_| ApiError::bad_request("the Idempotency-Key header is not printable ASCII"))?
+        .to_string();
+    cardgate_domain::rules::input::check_idempotency_key(&key).map_err(|e| ApiError::bad_request(e.0))?;
+    let mut h = Sha256::new();
+    for part in [action.as_bytes(), target.as_bytes(), extra.as_bytes(), body] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    Ok(Some(IdempotencyKey {
+        key,
+        request_hash: h.finalize().into(),
+    }))
 }
 
 /// JSON as an audit record keeps it: nothing for null.
@@ -249,21 +363,25 @@ pub fn text(v: &Value) -> String {
     if v.is_null() { String::new() } else { v.to_string() }
 }
 
-/// One mutating call: who made it, on what, and whether its record is written.
+/// One mutating call: who made it, on what, under which idempotency key, and whether
+/// its record is written.
 pub struct Call {
     pub actor: Actor,
     pub action: &'static str,
     pub target: String,
+    pub key: Option<IdempotencyKey>,
     written: AtomicBool,
 }
 
 impl Call {
     /// The operator and audit record for a ledger operation whose success answers
-    /// `status` and whose before and after `describe` gives.
+    /// `status` with the body `answer` gives, and whose before and after `describe`
+    /// gives; both from the operation's result.
     pub fn by<'a, T>(
         &'a self,
         status: StatusCode,
         describe: &'a (dyn Fn(&T) -> (String, String) + Send + Sync),
+        answer: &'a (dyn Fn(&T) -> String + Send + Sync),
     ) -> By<'a, T> {
         By::audited(
             &self.actor,
@@ -273,6 +391,8 @@ impl Call {
                 status: status.as_u16(),
                 describe,
                 written: &self.written,
+                answer,
+                idempotency: self.key.as_ref(),
             },
         )
     }

@@ -21,12 +21,13 @@ use cardgate_domain::operator::{Operator, Permission, Role};
 use cardgate_ledger::audit::AuditQuery;
 use cardgate_ledger::desk::{CardResult, MoneyResult, NewPerson};
 use cardgate_ledger::history::HistoryQuery;
+use cardgate_ledger::import::ImportReport;
 use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use super::{ADMIN_BODY_BYTES_MAX, AdminState, ApiError, Done};
+use super::{ADMIN_BODY_BYTES_MAX, AdminState, ApiError, Done, idempotency_key};
 
 pub fn router(state: AdminState) -> Router {
     Router::new()
@@ -51,6 +52,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/operators", get(list_operators).post(add_operator))
         .route("/api/v1/operators/{id}/disable", post(disable_operator))
         .route("/api/v1/audit", get(audit))
+        .route("/api/v1/exceptions", get(list_exceptions))
+        .route("/api/v1/exceptions/{id}/resolve", post(resolve_exception))
         .route("/api/v1/blacklist", get(blacklist))
         .route("/api/v1/blacklist/changes", get(blacklist_changes))
         .route("/api/v1/doors", get(doors))
@@ -65,6 +68,16 @@ macro_rules! auth {
     ($s:expr, $h:expr, $perm:expr, $action:expr, $target:expr) => {
         match $s.auth(&$h, $perm, $action, &$target).await {
             Ok(actor) => actor,
+            Err(e) => return e.into_response(),
+        }
+    };
+}
+
+/// The call's idempotency key (or none), or its refusal as the answer.
+macro_rules! key {
+    ($h:expr, $action:expr, $target:expr, $extra:expr, $body:expr) => {
+        match idempotency_key(&$h, $action, &$target, $extra, &$body) {
+            Ok(k) => k,
             Err(e) => return e.into_response(),
         }
     };
@@ -164,9 +177,10 @@ fn money_json(m: &MoneyMove) -> Value {
     })
 }
 
+/// A card operation's answer: everything it decided, all known before it is committed,
+/// so that the answer kept under an idempotency key is the answer given.
 fn card_result_json(r: &CardResult) -> Value {
     json!({
-        "entry_id": r.entry_id,
         "action": r.change.action.as_str(),
         "cards": r.change.cards.iter().map(card_json).collect::<Vec<_>>(),
         "account": r.change.account.map(|a| json!({
@@ -178,23 +192,21 @@ fn card_result_json(r: &CardResult) -> Value {
     })
 }
 
-/// A card operation's before and after, as its audit record keeps them. The entry id is
-/// left out of "after": the record is journaled with the operation, before it has one.
+/// A card operation's before and after, as its audit record keeps them.
 fn card_audit(r: &CardResult) -> (String, String) {
     let before = json!({
         "cards": r.before.iter().map(card_json).collect::<Vec<_>>(),
         "account": r.account_before.as_ref().map(account_json),
     });
-    let mut after = card_result_json(r);
-    if let Some(o) = after.as_object_mut() {
-        o.remove("entry_id");
-    }
-    (before.to_string(), after.to_string())
+    (before.to_string(), card_result_json(r).to_string())
+}
+
+fn card_answer(r: &CardResult) -> String {
+    card_result_json(r).to_string()
 }
 
 fn card_done(r: CardResult) -> Done {
-    let body = card_result_json(&r);
-    Done::ok(Value::Null, Value::Null, body)
+    Done::ok(Value::Null, Value::Null, card_result_json(&r))
 }
 
 fn money_audit(r: &MoneyResult) -> (String, String) {
@@ -204,9 +216,12 @@ fn money_audit(r: &MoneyResult) -> (String, String) {
     )
 }
 
+fn money_answer(r: &MoneyResult) -> String {
+    json!({ "money": money_json(&r.movement) }).to_string()
+}
+
 fn money_done(r: MoneyResult) -> Done {
-    let body = json!({ "entry_id": r.entry_id, "money": money_json(&r.movement) });
-    Done::ok(Value::Null, Value::Null, body)
+    Done::ok(Value::Null, Value::Null, json!({ "money": money_json(&r.movement) }))
 }
 
 /// A time bound from the query: a local date (`2025-06-01`) or unix ms. A date as `to`
@@ -221,12 +236,20 @@ fn time_bound(q: &HashMap<String, String>, key: &str, tz: i32, end: bool) -> Res
     Ok(Some(if end { start + 86_400_000 } else { start }))
 }
 
-fn wants_csv(q: &HashMap<String, String>, headers: &HeaderMap) -> bool {
-    q.get("format").map(|f| f == "csv").unwrap_or(false)
-        || headers
+/// Whether the caller asked for CSV: `format=csv`, or `Accept: text/csv`. Any other
+/// `format` than json or csv is refused rather than answered in a format not asked for.
+fn wants_csv(q: &HashMap<String, String>, headers: &HeaderMap) -> Result<bool, ApiError> {
+    match q.get("format").map(String::as_str) {
+        Some("csv") => Ok(true),
+        Some("json") => Ok(false),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "format={other:?} is not offered: format=json (the default) or format=csv"
+        ))),
+        None => Ok(headers
             .get(header::ACCEPT)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.contains("text/csv"))
+            .is_some_and(|v| v.contains("text/csv"))),
+    }
 }
 
 fn csv_response(text: String) -> Response {
@@ -281,18 +304,16 @@ fn parse_kind(k: &str) -> Result<AccountKind, ApiError> {
 
 async fn open_person(State(s): State<AdminState>, headers: HeaderMap, body: Bytes) -> Response {
     let actor = auth!(s, headers, Permission::Persons, "person.open", String::from("persons"));
-    s.mutate(actor, "person.open", "persons".into(), move |l, call| async move {
+    let key = key!(headers, "person.open", "persons", "", body);
+    s.mutate(actor, "person.open", "persons".into(), key, move |l, call| async move {
         let b: PersonBody = json_body(&body)?;
         let kind = parse_kind(&b.kind)?;
-        let describe = |r: &(Person, Account)| {
-            (
-                String::new(),
-                json!({ "person": person_json(&r.0), "account": account_json(&r.1) }).to_string(),
-            )
-        };
+        let answer = |r: &(Person, Account)| json!({ "person": person_json(&r.0), "account": account_json(&r.1) });
+        let describe = |r: &(Person, Account)| (String::new(), answer(r).to_string());
+        let answer = |r: &(Person, Account)| answer(r).to_string();
         let (p, a) = l
             .open_person(
-                &call.by(StatusCode::CREATED, &describe),
+                &call.by(StatusCode::CREATED, &describe, &answer),
                 NewPerson {
                     id: b.person_id,
                     name: b.name,
@@ -343,7 +364,8 @@ async fn update_person(
 ) -> Response {
     let target = format!("person:{id}");
     let actor = auth!(s, headers, Permission::Persons, "person.update", target);
-    s.mutate(actor, "person.update", target, move |l, call| async move {
+    let key = key!(headers, "person.update", target, "", body);
+    s.mutate(actor, "person.update", target, key, move |l, call| async move {
         let b: PersonPatch = json_body(&body)?;
         let kind = b.kind.as_deref().map(parse_kind).transpose()?;
         let describe = |r: &(Person, Account, Person, Account)| {
@@ -352,8 +374,17 @@ async fn update_person(
                 json!({ "person": person_json(&r.2), "account": account_json(&r.3) }).to_string(),
             )
         };
+        let answer = |r: &(Person, Account, Person, Account)| {
+            json!({ "person": person_json(&r.2), "account": account_json(&r.3) }).to_string()
+        };
         let (_, _, pa, aa) = l
-            .update_person(&call.by(StatusCode::OK, &describe), &id, b.name, b.department, kind)
+            .update_person(
+                &call.by(StatusCode::OK, &describe, &answer),
+                &id,
+                b.name,
+                b.department,
+                kind,
+            )
             .await?;
         let after = json!({ "person": person_json(&pa), "account": account_json(&aa) });
         Ok(Done::ok(Value::Null, Value::Null, after))
@@ -389,9 +420,10 @@ struct AmountBody {
 async fn money_op(s: AdminState, headers: HeaderMap, id: String, body: Bytes, action: &'static str) -> Response {
     let target = format!("account:{id}");
     let actor = auth!(s, headers, Permission::Money, action, target);
-    s.mutate(actor, action, target, move |l, call| async move {
+    let key = key!(headers, action, target, "", body);
+    s.mutate(actor, action, target, key, move |l, call| async move {
         let id = parse_id(&id, "account")?;
-        let by = call.by(StatusCode::OK, &money_audit);
+        let by = call.by(StatusCode::OK, &money_audit, &money_answer);
         let r = match action {
             "money.fee" => {
                 #[derive(Deserialize)]
@@ -455,7 +487,8 @@ struct IssueBody {
 async fn issue_card(State(s): State<AdminState>, headers: HeaderMap, body: Bytes) -> Response {
     let actor = auth!(s, headers, Permission::Cards, "card.issue", String::from("cards"));
     let tz = s.tz_offset_minutes;
-    s.mutate(actor, "card.issue", "cards".into(), move |l, call| async move {
+    let key = key!(headers, "card.issue", "cards", "", body);
+    s.mutate(actor, "card.issue", "cards".into(), key, move |l, call| async move {
         let b: IssueBody = json_body(&body)?;
         let no = parse_card(&b.card_no)?;
         let account = match (b.account, &b.person_id) {
@@ -483,7 +516,13 @@ async fn issue_card(State(s): State<AdminState>, headers: HeaderMap, body: Bytes
             )),
         };
         let r = l
-            .issue_card_desk(&call.by(StatusCode::CREATED, &card_audit), account, no, expires_ms, fee)
+            .issue_card_desk(
+                &call.by(StatusCode::CREATED, &card_audit, &card_answer),
+                account,
+                no,
+                expires_ms,
+                fee,
+            )
             .await?;
         let mut d = card_done(r);
         d.status = StatusCode::CREATED;
@@ -533,9 +572,10 @@ async fn card_action(
         }
     };
     let actor = auth!(s, headers, Permission::Cards, name, target);
-    s.mutate(actor, name, target, move |l, call| async move {
+    let key = key!(headers, name, target, "", body);
+    s.mutate(actor, name, target, key, move |l, call| async move {
         let no = parse_card(&no)?;
-        let by = call.by(StatusCode::OK, &card_audit);
+        let by = call.by(StatusCode::OK, &card_audit, &card_answer);
         let r = match act {
             CardAction::Replace => {
                 let b: ReplaceBody = json_body(&body)?;
@@ -574,10 +614,12 @@ async fn cancel_batch(State(s): State<AdminState>, headers: HeaderMap, body: Byt
         "card.cancel_batch",
         String::from("cancellations")
     );
+    let key = key!(headers, "card.cancel_batch", "cancellations", "", body);
     s.mutate(
         actor,
         "card.cancel_batch",
         "cancellations".into(),
+        key,
         move |l, call| async move {
             let b: CancelBatchBody = json_body(&body)?;
             let mut ids = b.person_ids;
@@ -587,7 +629,11 @@ async fn cancel_batch(State(s): State<AdminState>, headers: HeaderMap, body: Byt
             if ids.is_empty() {
                 return Err(ApiError::unprocessable("name person_ids or a department with persons"));
             }
-            let by = cardgate_ledger::desk::By::actor(&call.actor);
+            // Each cancellation is audited under its card and account as it is made; the
+            // call itself once it ends (below, as `Done`).
+            let unused = |_: &_| (String::new(), String::new());
+            let no_answer = |_: &_| String::new();
+            let by = call.by(StatusCode::OK, &unused, &no_answer);
             let (report, results) = l.cancel_batch(&by, &b.batch_id, &ids).await?;
             let body = json!({
                 "report": report,
@@ -622,7 +668,8 @@ struct GrantBody {
 
 async fn grants(State(s): State<AdminState>, headers: HeaderMap, body: Bytes) -> Response {
     let actor = auth!(s, headers, Permission::Grants, "grant.batch", String::from("grants"));
-    s.mutate(actor, "grant.batch", "grants".into(), move |l, call| async move {
+    let key = key!(headers, "grant.batch", "grants", "", body);
+    s.mutate(actor, "grant.batch", "grants".into(), key, move |l, call| async move {
         let b: GrantBody = json_body(&body)?;
         let mut items = Vec::with_capacity(b.items.len());
         for (i, it) in b.items.iter().enumerate() {
@@ -643,8 +690,12 @@ async fn grants(State(s): State<AdminState>, headers: HeaderMap, body: Bytes) ->
                 parse_amount(&it.amount).map_err(|e| ApiError::new(e.status, format!("item {i}: {}", e.message)))?;
             items.push((account, amount));
         }
+        // Each grant is audited under its account as it is made; the call itself once it
+        // ends (below, as `Done`).
+        let unused = |_: &_| (String::new(), String::new());
+        let no_answer = |_: &_| String::new();
         let report = l
-            .grant_batch(&cardgate_ledger::desk::By::actor(&call.actor), &b.batch_id, &items)
+            .grant_batch(&call.by(StatusCode::OK, &unused, &no_answer), &b.batch_id, &items)
             .await?;
         let body = json!({ "report": report, "total": yuan(report.total_fen) });
         Ok(Done::ok(Value::Null, body.clone(), body))
@@ -660,16 +711,23 @@ async fn import(
 ) -> Response {
     let actor = auth!(s, headers, Permission::Import, "import.csv", String::from("imports"));
     let dry_run = q.get("dry_run").is_some_and(|v| v == "true" || v == "1");
-    s.mutate(actor, "import.csv", "imports".into(), move |l, call| async move {
+    let key = key!(
+        headers,
+        "import.csv",
+        "imports",
+        if dry_run { "dry_run" } else { "" },
+        body
+    );
+    s.mutate(actor, "import.csv", "imports".into(), key, move |l, call| async move {
         let started = std::time::Instant::now();
-        let describe = |r: &cardgate_ledger::import::ImportReport| (String::new(), import_summary(r).to_string());
+        let describe = |r: &ImportReport| (String::new(), import_summary(r).to_string());
+        let answer = |r: &ImportReport| import_body(r, dry_run).to_string();
         let report = l
-            .import_csv(&call.by(StatusCode::OK, &describe), &body, dry_run)
+            .import_csv(&call.by(StatusCode::OK, &describe, &answer), &body, dry_run)
             .await?;
-        let millis = started.elapsed().as_millis() as u64;
-        let mut body = serde_json::to_value(&report).unwrap_or(Value::Null);
-        body["dry_run"] = json!(dry_run);
-        body["millis"] = json!(millis);
+        // How long it took is in the first answer only: a retry gets what was kept.
+        let mut body = import_body(&report, dry_run);
+        body["millis"] = json!(started.elapsed().as_millis() as u64);
         if report.error_count > 0 {
             // The whole file is refused, with every reason by line: nothing changed.
             return Ok(Done {
@@ -684,7 +742,13 @@ async fn import(
     .await
 }
 
-fn import_summary(r: &cardgate_ledger::import::ImportReport) -> Value {
+fn import_body(r: &ImportReport, dry_run: bool) -> Value {
+    let mut body = serde_json::to_value(r).unwrap_or(Value::Null);
+    body["dry_run"] = json!(dry_run);
+    body
+}
+
+fn import_summary(r: &ImportReport) -> Value {
     json!({
         "import_id": r.import_id, "rows": r.rows, "added": r.added,
         "updated": r.updated, "unchanged": r.unchanged, "applied": r.applied,
@@ -697,6 +761,7 @@ async fn fee_list(
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     auth!(s, headers, Permission::Fees, "fees.list", String::from("fees"));
+    let csv = tryr!(wants_csv(&q, &headers));
     let tz = s.tz_offset_minutes;
     let from = match q.get("day") {
         Some(d) => {
@@ -715,7 +780,7 @@ async fn fee_list(
         Err(_) => return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "fee list failed").into_response(),
     };
     let total: i64 = rows.iter().map(|r| r.amount_fen).sum();
-    if wants_csv(&q, &headers) {
+    if csv {
         let mut out = String::from("time,tx_id,account,person_id,name,fee,amount,method,operator\n");
         for r in &rows {
             let p = s.ledger.person_of_account(r.account);
@@ -738,9 +803,13 @@ async fn fee_list(
     let rows: Vec<Value> = rows
         .iter()
         .map(|r| {
+            let p = s.ledger.person_of_account(r.account);
             json!({
                 "time": format_local(r.time_ms, tz), "time_ms": r.time_ms, "tx_id": r.tx_id,
-                "account": r.account, "fee": r.fee, "amount": yuan(r.amount_fen),
+                "account": r.account,
+                "person_id": p.as_ref().map(|p| p.id.clone()),
+                "name": p.as_ref().map(|p| p.name.clone()),
+                "fee": r.fee, "amount": yuan(r.amount_fen),
                 "method": r.method, "operator": r.operator,
             })
         })
@@ -757,6 +826,16 @@ async fn history(
     target: String,
 ) -> Response {
     auth!(s, headers, Permission::History, "history.get", target);
+    let csv = tryr!(wants_csv(&q, &headers));
+    match (query.account, query.card) {
+        (Some(a), _) if s.ledger.account(a).is_none() => {
+            return ApiError::new(StatusCode::NOT_FOUND, format!("account {a} not found")).into_response();
+        }
+        (_, Some(c)) if s.ledger.card(c).is_none() => {
+            return ApiError::new(StatusCode::NOT_FOUND, format!("card {} not found", c.0)).into_response();
+        }
+        _ => {}
+    }
     let tz = s.tz_offset_minutes;
     let now = s.ledger.now_ms();
     let from = tryr!(time_bound(&q, "from", tz, false)).unwrap_or(now - 30 * 86_400_000);
@@ -774,19 +853,20 @@ async fn history(
         Ok(r) => tryr!(r),
         Err(_) => return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "history failed").into_response(),
     };
-    if wants_csv(&q, &headers) {
+    if csv {
         let mut out = String::from(
-            "time,kind,outcome,decline_reason,amount,balance_after,card,account,tx_id,terminal,merchant,seq,\
-             original_seq,blacklist_version,single_limit,daily_limit,spent_today_after,operator,reason\n",
+            "time,kind,outcome,decline_reason,amount,balance_change,balance_after,card,account,tx_id,terminal,\
+             merchant,seq,original_seq,blacklist_version,single_limit,daily_limit,spent_today_after,operator,reason\n",
         );
         for r in &h.rows {
             out.push_str(&format!(
-                "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+                "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
                 format_local(r.time_ms, tz),
                 r.kind,
                 r.outcome,
                 r.decline_reason.unwrap_or(""),
                 yuan(r.amount_fen),
+                yuan(r.balance_change_fen),
                 r.balance_after_fen.map(yuan).unwrap_or_default(),
                 if r.card == 0 { String::new() } else { r.card.to_string() },
                 r.account,
@@ -809,10 +889,32 @@ async fn history(
         .rows
         .iter()
         .map(|r| {
-            let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
-            v["time"] = json!(format_local(r.time_ms, tz));
-            v["card"] = json!(if r.card == 0 { String::new() } else { r.card.to_string() });
-            v
+            // Money as signed yuan strings, as everywhere else in the API.
+            json!({
+                "entry_id": r.entry_id,
+                "time": format_local(r.time_ms, tz),
+                "time_ms": r.time_ms,
+                "kind": r.kind,
+                "outcome": r.outcome,
+                "decline_reason": r.decline_reason,
+                "amount": yuan(r.amount_fen),
+                "balance_change": yuan(r.balance_change_fen),
+                "balance_after": r.balance_after_fen.map(yuan),
+                "tx_id": r.tx_id,
+                "card": if r.card == 0 { String::new() } else { r.card.to_string() },
+                "account": r.account,
+                "terminal": r.terminal,
+                "merchant": r.merchant,
+                "seq": r.seq,
+                "original_seq": r.original_seq,
+                "terminal_time_ms": r.terminal_time_ms,
+                "blacklist_version": r.blacklist_version,
+                "single_limit": yuan(r.single_limit_fen),
+                "daily_limit": yuan(r.daily_limit_fen),
+                "spent_today_after": yuan(r.spent_today_after_fen),
+                "operator": r.operator,
+                "reason": r.reason,
+            })
         })
         .collect();
     axum::Json(json!({
@@ -907,7 +1009,8 @@ async fn get_params(State(s): State<AdminState>, headers: HeaderMap) -> Response
 
 async fn put_params(State(s): State<AdminState>, headers: HeaderMap, body: Bytes) -> Response {
     let actor = auth!(s, headers, Permission::Params, "params.set", String::from("params"));
-    s.mutate(actor, "params.set", "params".into(), move |l, call| async move {
+    let key = key!(headers, "params.set", "params", "", body);
+    s.mutate(actor, "params.set", "params".into(), key, move |l, call| async move {
         let b: ParamsBody = json_body(&body)?;
         let kp = |k: &KindParamsBody| -> Result<KindParams, ApiError> {
             Ok(KindParams {
@@ -923,7 +1026,10 @@ async fn put_params(State(s): State<AdminState>, headers: HeaderMap, body: Bytes
             kinds: [kp(&b.student)?, kp(&b.staff)?, kp(&b.temporary)?],
         };
         let describe = |r: &(Params, Params)| (params_json(&r.0).to_string(), params_json(&r.1).to_string());
-        let (_, after) = l.change_params(&call.by(StatusCode::OK, &describe), params).await?;
+        let answer = |r: &(Params, Params)| params_json(&r.1).to_string();
+        let (_, after) = l
+            .change_params(&call.by(StatusCode::OK, &describe, &answer), params)
+            .await?;
         Ok(Done::ok(Value::Null, Value::Null, params_json(&after)))
     })
     .await
@@ -958,37 +1064,47 @@ async fn add_operator(State(s): State<AdminState>, headers: HeaderMap, body: Byt
         "operator.add",
         String::from("operators")
     );
-    s.mutate(actor, "operator.add", "operators".into(), move |l, call| async move {
-        let b: OperatorBody = json_body(&body)?;
-        let role = Role::parse(&b.role).ok_or_else(|| {
-            let all: Vec<&str> = Role::ALL.iter().map(|r| r.as_str()).collect();
-            ApiError::unprocessable(format!("role must be one of {}", all.join(", ")))
-        })?;
-        if role == Role::Director && call.actor.role != Role::Director {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "only a director may add a director",
-            ));
-        }
-        // The token goes to the caller only, never into the audit trail.
-        let describe = |o: &Operator| (String::new(), operator_json(o).to_string());
-        let (op, token) = l
-            .add_operator(&call.by(StatusCode::CREATED, &describe), &b.name, role)
-            .await?;
-        Ok(Done {
-            status: StatusCode::CREATED,
-            before: Value::Null,
-            after: Value::Null,
-            body: json!({ "operator": operator_json(&op), "token": token }),
-        })
-    })
+    let key = key!(headers, "operator.add", "operators", "", body);
+    s.mutate(
+        actor,
+        "operator.add",
+        "operators".into(),
+        key,
+        move |l, call| async move {
+            let b: OperatorBody = json_body(&body)?;
+            let role = Role::parse(&b.role).ok_or_else(|| {
+                let all: Vec<&str> = Role::ALL.iter().map(|r| r.as_str()).collect();
+                ApiError::unprocessable(format!("role must be one of {}", all.join(", ")))
+            })?;
+            if role == Role::Director && call.actor.role != Role::Director {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "only a director may add a director",
+                ));
+            }
+            // The token goes to the caller only, never into the audit trail.
+            let describe = |o: &Operator| (String::new(), operator_json(o).to_string());
+            // A retry gets the operator without its token, which is shown once.
+            let answer = |o: &Operator| json!({ "operator": operator_json(o), "token": null }).to_string();
+            let (op, token) = l
+                .add_operator(&call.by(StatusCode::CREATED, &describe, &answer), &b.name, role)
+                .await?;
+            Ok(Done {
+                status: StatusCode::CREATED,
+                before: Value::Null,
+                after: Value::Null,
+                body: json!({ "operator": operator_json(&op), "token": token }),
+            })
+        },
+    )
     .await
 }
 
 async fn disable_operator(State(s): State<AdminState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     let target = format!("operator:{id}");
     let actor = auth!(s, headers, Permission::Operators, "operator.disable", target);
-    s.mutate(actor, "operator.disable", target, move |l, call| async move {
+    let key = key!(headers, "operator.disable", target, "", Bytes::new());
+    s.mutate(actor, "operator.disable", target, key, move |l, call| async move {
         let id = parse_id(&id, "operator")?;
         if l.operators().iter().any(|o| o.id == id && o.role == Role::Director) && call.actor.role != Role::Director {
             return Err(ApiError::new(
@@ -997,7 +1113,10 @@ async fn disable_operator(State(s): State<AdminState>, headers: HeaderMap, Path(
             ));
         }
         let describe = |r: &(Operator, Operator)| (operator_json(&r.0).to_string(), operator_json(&r.1).to_string());
-        let (_, after) = l.disable_operator(&call.by(StatusCode::OK, &describe), id).await?;
+        let answer = |r: &(Operator, Operator)| operator_json(&r.1).to_string();
+        let (_, after) = l
+            .disable_operator(&call.by(StatusCode::OK, &describe, &answer), id)
+            .await?;
         Ok(Done::ok(Value::Null, Value::Null, operator_json(&after)))
     })
     .await
@@ -1033,6 +1152,7 @@ async fn audit(State(s): State<AdminState>, headers: HeaderMap, Query(q): Query<
                 "role": r.actor.as_ref().map(|a| a.role.as_str()),
                 "action": r.action,
                 "target": r.target,
+                "targets": r.target.split(' ').filter(|t| !t.is_empty()).collect::<Vec<_>>(),
                 "status": r.status,
                 "before": serde_json::from_str::<Value>(&r.before).unwrap_or(Value::Null),
                 "after": serde_json::from_str::<Value>(&r.after).unwrap_or(Value::Null),
@@ -1041,6 +1161,91 @@ async fn audit(State(s): State<AdminState>, headers: HeaderMap, Query(q): Query<
         })
         .collect();
     axum::Json(json!({ "records": records })).into_response()
+}
+
+// ---- exceptions -----------------------------------------------------------------------------
+
+fn exception_json(e: &cardgate_domain::model::Exception, tz: i32) -> Value {
+    json!({
+        "id": e.id,
+        "time": format_local(e.time_ms, tz),
+        "time_ms": e.time_ms,
+        "kind": e.kind.as_str(),
+        "account": e.account,
+        "card_no": e.card.0.to_string(),
+        "terminal": e.terminal,
+        "seq": e.seq,
+        "tx_id": e.tx_id,
+        "amount": yuan(e.amount_fen),
+        "detail": e.detail,
+        "resolved": e.resolved.as_ref().map(|r| json!({
+            "operator": r.actor.name, "time": format_local(r.time_ms, tz), "note": r.note,
+        })),
+    })
+}
+
+async fn list_exceptions(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    auth!(
+        s,
+        headers,
+        Permission::Money,
+        "exceptions.list",
+        String::from("exceptions")
+    );
+    let open_only = match q.get("state").map(String::as_str) {
+        None | Some("open") => true,
+        Some("all") => false,
+        Some(other) => {
+            return ApiError::bad_request(format!("state={other:?}: open (the default) or all")).into_response();
+        }
+    };
+    let tz = s.tz_offset_minutes;
+    let list: Vec<Value> = s
+        .ledger
+        .exceptions(open_only)
+        .iter()
+        .map(|e| exception_json(e, tz))
+        .collect();
+    axum::Json(json!({ "exceptions": list })).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResolveBody {
+    note: String,
+}
+
+async fn resolve_exception(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let target = format!("exception:{id}");
+    let actor = auth!(s, headers, Permission::Money, "exception.resolve", target);
+    let key = key!(headers, "exception.resolve", target, "", body);
+    let tz = s.tz_offset_minutes;
+    s.mutate(actor, "exception.resolve", target, key, move |l, call| async move {
+        let id = parse_id(&id, "exception")?;
+        let b: ResolveBody = json_body(&body)?;
+        type Pair = (cardgate_domain::model::Exception, cardgate_domain::model::Exception);
+        let describe = |r: &Pair| {
+            (
+                exception_json(&r.0, tz).to_string(),
+                exception_json(&r.1, tz).to_string(),
+            )
+        };
+        let answer = |r: &Pair| exception_json(&r.1, tz).to_string();
+        let (_, after) = l
+            .resolve_exception(&call.by(StatusCode::OK, &describe, &answer), id, &b.note)
+            .await?;
+        Ok(Done::ok(Value::Null, Value::Null, exception_json(&after, tz)))
+    })
+    .await
 }
 
 // ---- blacklist, roadmap groups --------------------------------------------------------------

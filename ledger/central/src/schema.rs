@@ -359,6 +359,24 @@ impl Batch {
                 };
                 self.event(e.id, time_ms, body, keys, a.as_ref());
             }
+            EntryBody::Exception(x) => {
+                let keys = Keys {
+                    account: Some(x.account),
+                    card: Some(x.card.0),
+                    terminal: Some(x.terminal),
+                    operator: x.resolved.as_ref().map(|r| r.actor.name.clone()),
+                };
+                self.event(e.id, time_ms, body, keys, x.as_ref());
+            }
+            // Every entry lands somewhere, so that the store can prove it has them all.
+            EntryBody::IdempotentAnswer(a) => {
+                let payload = IdempotentPublic {
+                    operator_id: a.operator_id,
+                    key: &a.key,
+                    status: a.status,
+                };
+                self.event(e.id, time_ms, body, Keys::default(), &payload);
+            }
         }
         Ok(())
     }
@@ -613,6 +631,14 @@ fn terminal_row(t: &Terminal, entry_id: u64, time_ms: i64) -> TerminalRow {
         updated_ms: time_ms,
         entry_id,
     }
+}
+
+/// An idempotent answer's event payload: which call it was, not what it answered.
+#[derive(Serialize)]
+struct IdempotentPublic<'a> {
+    operator_id: u64,
+    key: &'a str,
+    status: u16,
 }
 
 /// An operator change's event payload: everything but the token hash.

@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 use rust_decimal::Decimal;
 
 use crate::model::{
-    Account, AccountKind, AccountStatus, AuditRecord, BlacklistChange, Card, Outcome, Params, Person, Terminal, TxKind,
-    card_no,
+    Account, AccountKind, AccountStatus, AuditRecord, BlacklistChange, Card, Exception, IdempotentAnswer, Outcome,
+    Params, Person, Terminal, TxKind, card_no,
 };
 use crate::operator::{Actor, Operator};
 
@@ -297,6 +297,11 @@ pub enum EntryBody {
     ImportCommitted(Box<ImportCommitted>),
     /// One audit record.
     Audit(Box<AuditRecord>),
+    // ---- faults found in use (issue 10) ----
+    /// An exception raised for the card desk, or settled: the whole record as it is now.
+    Exception(Box<Exception>),
+    /// The answer an operator call got under its idempotency key.
+    IdempotentAnswer(Box<IdempotentAnswer>),
 }
 
 impl EntryBody {
@@ -320,6 +325,8 @@ impl EntryBody {
             EntryBody::ImportChunk(_) => "import_chunk",
             EntryBody::ImportCommitted(_) => "import_committed",
             EntryBody::Audit(_) => "audit",
+            EntryBody::Exception(_) => "exception",
+            EntryBody::IdempotentAnswer(_) => "idempotent_answer",
         }
     }
 }

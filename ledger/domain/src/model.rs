@@ -357,3 +357,65 @@ pub struct AuditRecord {
     /// The error message of a refused call, or a short summary.
     pub detail: String,
 }
+
+/// What the card desk must settle by hand: money the gateway could not move as a
+/// terminal asked. The record carries its whole state; settling it is a new version of
+/// the same record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exception {
+    pub id: u64,
+    pub time_ms: i64,
+    pub kind: ExceptionKind,
+    pub account: u64,
+    #[serde(with = "card_no")]
+    pub card: CardNo,
+    pub terminal: u64,
+    /// The terminal's sequence number of the request that raised it.
+    pub seq: u64,
+    /// The movement it concerns (for a refused reversal: the purchase).
+    pub tx_id: u64,
+    /// What is owed or was not moved, positive.
+    pub amount_fen: i64,
+    pub detail: String,
+    /// Set once the desk settled it.
+    pub resolved: Option<Resolution>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ExceptionKind {
+    /// A terminal reversed a purchase on an account that was closed since: the money
+    /// cannot go back into the account; the desk refunds it in cash.
+    RefundOwed,
+}
+
+impl ExceptionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExceptionKind::RefundOwed => "refund_owed",
+        }
+    }
+}
+
+/// How the desk settled an exception.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resolution {
+    pub actor: Actor,
+    pub time_ms: i64,
+    pub note: String,
+}
+
+/// The answer a state-changing operator call got, kept under the idempotency key its
+/// client sent, so that a retry of the same request gets the same answer and changes
+/// nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotentAnswer {
+    pub operator_id: u64,
+    pub key: String,
+    /// SHA-256 of the request (its action, target, query and body): the same key with a
+    /// different request is refused.
+    pub request_hash: [u8; 32],
+    pub status: u16,
+    /// The answer's JSON body.
+    pub body: String,
+    pub time_ms: i64,
+}

@@ -16,7 +16,7 @@ use cardgate_domain::entry::{
 };
 use cardgate_domain::model::{Account, AccountStatus, BlacklistChange, Card, CardStatus};
 use cardgate_domain::money::from_fen;
-use cardgate_domain::rules::card::{listed, transition};
+use cardgate_domain::rules::card::{check_expiry, listed, transition};
 use cardgate_domain::rules::input::{BATCH_ITEMS_MAX, check_batch_id, check_card_no};
 use rust_decimal::Decimal;
 
@@ -26,6 +26,32 @@ use crate::ledger::Ledger;
 use crate::pay::fen;
 use crate::records::{StateWrite, Writes};
 use crate::txn::{Durable, Txn};
+
+/// Before and after of one card change, as a batch item's audit record keeps them.
+fn card_item(r: &CardResult) -> (String, String) {
+    let cards = |cards: &[Card]| -> Vec<serde_json::Value> {
+        cards
+            .iter()
+            .map(|c| serde_json::json!({ "card_no": c.no.0.to_string(), "status": c.status.as_str() }))
+            .collect()
+    };
+    let before = serde_json::json!({
+        "cards": cards(&r.before),
+        "account": r.account_before.map(|a| serde_json::json!({
+            "balance": a.balance.to_string(), "status": a.status.as_str(),
+        })),
+    });
+    let after = serde_json::json!({
+        "cards": cards(&r.change.cards),
+        "account": r.change.account.map(|a| serde_json::json!({
+            "balance": from_fen(a.balance_fen).to_string(), "status": a.status.as_str(),
+        })),
+        "money": r.change.money.as_ref().map(|m| serde_json::json!({
+            "kind": m.kind.as_str(), "amount": from_fen(m.amount_fen).to_string(), "tx_id": m.tx_id,
+        })),
+    });
+    (before.to_string(), after.to_string())
+}
 
 fn invalid(msg: impl Into<String>) -> LedgerError {
     LedgerError::Invalid(msg.into())
@@ -43,6 +69,7 @@ impl Ledger {
         fee: Option<(FeeKind, PayMethod)>,
     ) -> Result<CardResult, LedgerError> {
         check_card_no(no)?;
+        check_expiry(expires_ms, self.now_ms())?;
         let txn = Txn::begin(self.journal()).await?;
         let sent = {
             let _desk = self.state.desk_lock();
@@ -311,9 +338,7 @@ impl Ledger {
             .ok_or_else(|| LedgerError::not_found("card", no.0))?;
         let cards = self.cards_of(account).into_iter().map(|c| c.no).collect::<Vec<_>>();
         let txn = Txn::begin(self.journal()).await?;
-        let sent = self.cancel_locked(txn, by.actor, account, &cards, None, |r, now| {
-            self.audit_record(by, r, now)
-        })?;
+        let sent = self.cancel_locked(txn, by.actor, account, &cards, None, |r, now| self.extras(by, r, now))?;
         self.publish(sent).await
     }
 
@@ -326,7 +351,7 @@ impl Ledger {
         account: u64,
         cards: &[CardNo],
         batch_id: Option<&str>,
-        audit: impl FnOnce(&CardResult, i64) -> Option<cardgate_domain::model::AuditRecord>,
+        extras: impl FnOnce(&CardResult, i64) -> super::Extras,
     ) -> Result<Durable<CardResult>, LedgerError> {
         let _desk = self.state.desk_lock();
         match self.state.account(account) {
@@ -397,18 +422,9 @@ impl Ledger {
             change: change.clone(),
             account_before: Some(acct_before),
         };
-        let record = audit(&result, now);
-        let sent = txn.send_audited(
-            result,
-            now,
-            EntryBody::CardChanged(Box::new(change)),
-            writes,
-            tx_id,
-            record.clone(),
-        );
-        if let Some(r) = record {
-            self.state.audit().insert(r);
-        }
+        let extras = extras(&result, now);
+        let body = EntryBody::CardChanged(Box::new(change));
+        let sent = self.send_with(txn, result, now, body, writes, tx_id, extras);
         drop(blacklist);
         drop(acct);
         Ok(sent)
@@ -463,7 +479,11 @@ impl Ledger {
             }
             let txn = Txn::begin(self.journal()).await?;
             let cards = by_account.get(&account).map(Vec::as_slice).unwrap_or(&[]);
-            sent.push(self.cancel_locked(txn, by.actor, account, cards, Some(batch_id), |_, _| None)?);
+            let item = |r: &CardResult, now| super::Extras {
+                audit: self.audit_item_record(by, "card.cancel", r, card_item(r), format!("batch {batch_id}"), now),
+                answer: None,
+            };
+            sent.push(self.cancel_locked(txn, by.actor, account, cards, Some(batch_id), item)?);
             report.applied += 1;
         }
         // Commits complete in order; each is awaited before its result is used.

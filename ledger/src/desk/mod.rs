@@ -10,6 +10,7 @@
 //! only once its submission is queued, so nothing can use it before the journal has it.
 
 mod cards;
+mod exceptions;
 mod money;
 mod operators;
 mod persons;
@@ -18,13 +19,14 @@ pub(crate) use persons::new_account;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use cardgate_domain::entry::{CardChange, EntryBody, MoneyMove};
-use cardgate_domain::model::{Account, AccountKind, AuditRecord, Card};
-use cardgate_domain::operator::{Actor, TOKEN_BYTES, TOKEN_PREFIX, TokenHash, hash_token};
+use cardgate_domain::entry::{CardChange, EntryBody, EntryRecord, MoneyMove};
+use cardgate_domain::model::{Account, AccountKind, AuditRecord, Card, Exception, IdempotentAnswer, Params, Person};
+use cardgate_domain::operator::{Actor, Operator, TOKEN_BYTES, TOKEN_PREFIX, TokenHash, hash_token};
 use serde::Serialize;
+use smallvec::{SmallVec, smallvec};
 
 use crate::ledger::Ledger;
-use crate::records::Writes;
+use crate::records::{StateWrite, Writes, answer_key};
 use crate::txn::{Durable, Txn};
 
 /// How the audit trail records a desk operation. The record travels in the operation's
@@ -41,7 +43,30 @@ pub struct Audit<'a, T> {
     /// Set once the record went into the journal with the operation; a call that ends
     /// without it (refused, or nothing to change) is the caller's to record.
     pub written: &'a AtomicBool,
+    /// The answer's JSON body, from the operation's result: kept under the call's
+    /// idempotency key, in the same submission, when it has one.
+    pub answer: &'a (dyn Fn(&T) -> String + Send + Sync),
+    pub idempotency: Option<&'a IdempotencyKey>,
 }
+
+/// The records that travel with an operation's entry in its submission.
+#[derive(Default)]
+pub(crate) struct Extras {
+    pub(crate) audit: Option<AuditRecord>,
+    pub(crate) answer: Option<IdempotentAnswer>,
+}
+
+/// The idempotency key a client sent with a state-changing call, and a hash of the
+/// request it came with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    pub key: String,
+    pub request_hash: [u8; 32],
+}
+
+/// How long an answer is kept under its idempotency key: a client retries within
+/// seconds or minutes; a day also covers a desk that retries the next morning.
+pub const IDEMPOTENCY_KEEP_MS: i64 = 24 * 3_600_000;
 
 /// Who asked for a desk operation, and how it is audited.
 pub struct By<'a, T> {
@@ -64,10 +89,90 @@ impl<'a, T> By<'a, T> {
     }
 }
 
+/// The records an operation's result changed, as audit targets (`card:N`,
+/// `account:N`, ...), so that "who changed this card / this account" finds it.
+pub trait Targets {
+    fn targets(&self) -> Vec<String>;
+}
+
+impl Targets for CardResult {
+    fn targets(&self) -> Vec<String> {
+        let mut t: Vec<String> = self.change.cards.iter().map(|c| format!("card:{}", c.no.0)).collect();
+        let accounts = self
+            .change
+            .cards
+            .iter()
+            .map(|c| c.account)
+            .chain(self.change.account.map(|a| a.id))
+            .chain(self.change.money.as_ref().map(|m| m.account))
+            .chain(self.account_before.map(|a| a.id));
+        t.extend(accounts.map(|a| format!("account:{a}")));
+        t
+    }
+}
+
+impl Targets for MoneyResult {
+    fn targets(&self) -> Vec<String> {
+        vec![format!("account:{}", self.movement.account)]
+    }
+}
+
+impl Targets for (Person, Account) {
+    fn targets(&self) -> Vec<String> {
+        vec![format!("person:{}", self.0.id), format!("account:{}", self.1.id)]
+    }
+}
+
+impl Targets for (Person, Account, Person, Account) {
+    fn targets(&self) -> Vec<String> {
+        vec![format!("person:{}", self.2.id), format!("account:{}", self.3.id)]
+    }
+}
+
+impl Targets for Operator {
+    fn targets(&self) -> Vec<String> {
+        vec![format!("operator:{}", self.id)]
+    }
+}
+
+impl Targets for (Operator, Operator) {
+    fn targets(&self) -> Vec<String> {
+        vec![format!("operator:{}", self.1.id)]
+    }
+}
+
+impl Targets for (Params, Params) {
+    fn targets(&self) -> Vec<String> {
+        vec!["params".into()]
+    }
+}
+
+impl Targets for (Exception, Exception) {
+    fn targets(&self) -> Vec<String> {
+        let e = &self.1;
+        vec![
+            format!("exception:{}", e.id),
+            format!("account:{}", e.account),
+            format!("card:{}", e.card.0),
+        ]
+    }
+}
+
+/// `first`, then every other target once, space separated.
+fn join_targets(first: &str, more: Vec<String>) -> String {
+    let mut out: Vec<String> = Vec::with_capacity(more.len() + 1);
+    for t in std::iter::once(first.to_string()).chain(more) {
+        if !t.is_empty() && !out.contains(&t) {
+            out.push(t);
+        }
+    }
+    out.join(" ")
+}
+
 impl Ledger {
     /// The audit record of an operation that produced `result`, if it is audited; its
     /// id is taken now, so call it just before sending.
-    fn audit_record<T>(&self, by: &By<'_, T>, result: &T, now_ms: i64) -> Option<AuditRecord> {
+    fn audit_record<T: Targets>(&self, by: &By<'_, T>, result: &T, now_ms: i64) -> Option<AuditRecord> {
         let audit = by.audit.as_ref()?;
         let (before, after) = (audit.describe)(result);
         audit.written.store(true, Ordering::Release);
@@ -76,7 +181,7 @@ impl Ledger {
             time_ms: now_ms,
             actor: Some(by.actor.clone()),
             action: audit.action.to_string(),
-            target: audit.target.to_string(),
+            target: join_targets(audit.target, result.targets()),
             status: audit.status,
             before,
             after,
@@ -84,10 +189,108 @@ impl Ledger {
         })
     }
 
+    /// The audit record of one item of a batch call (a grant to one account, one
+    /// cancellation), so that each record a batch changes is found by its own target;
+    /// the call itself is recorded once it ends. Nothing when the call is not audited.
+    fn audit_item_record<T, R: Targets>(
+        &self,
+        by: &By<'_, T>,
+        action: &str,
+        item: &R,
+        (before, after): (String, String),
+        detail: String,
+        now_ms: i64,
+    ) -> Option<AuditRecord> {
+        by.audit.as_ref()?;
+        Some(AuditRecord {
+            id: self.state.new_audit_id(),
+            time_ms: now_ms,
+            actor: Some(by.actor.clone()),
+            action: action.to_string(),
+            target: join_targets("", item.targets()),
+            status: 200,
+            before,
+            after,
+            detail,
+        })
+    }
+
+    /// The answer kept under the call's idempotency key, if it has one.
+    fn answer_record<T>(&self, by: &By<'_, T>, result: &T, now_ms: i64) -> Option<IdempotentAnswer> {
+        let audit = by.audit.as_ref()?;
+        let key = audit.idempotency?;
+        Some(IdempotentAnswer {
+            operator_id: by.actor.operator_id,
+            key: key.key.clone(),
+            request_hash: key.request_hash,
+            status: audit.status,
+            body: (audit.answer)(result),
+            time_ms: now_ms,
+        })
+    }
+
+    /// The answer a call with this key got, if it is still kept.
+    pub fn idempotent_answer(&self, operator_id: u64, key: &str) -> Option<IdempotentAnswer> {
+        self.state
+            .answer(operator_id, key)
+            .filter(|a| a.time_ms + IDEMPOTENCY_KEEP_MS > self.now_ms())
+    }
+
+    /// Keeps the answer of a call that changed nothing (a refusal) or whose changes were
+    /// journaled without it (a batch), under its idempotency key.
+    pub async fn remember_answer(
+        &self,
+        actor: &Actor,
+        key: &IdempotencyKey,
+        status: u16,
+        body: String,
+    ) -> Result<(), crate::LedgerError> {
+        let txn = Txn::begin(self.journal()).await?;
+        let now = self.now_ms();
+        let answer = IdempotentAnswer {
+            operator_id: actor.operator_id,
+            key: key.key.clone(),
+            request_hash: key.request_hash,
+            status,
+            body,
+            time_ms: now,
+        };
+        let mut records = self.forget_expired_answers(now);
+        records.push(StateWrite::Answer(Box::new(answer.clone())));
+        let sent = txn.send(
+            (),
+            now,
+            EntryBody::IdempotentAnswer(Box::new(answer.clone())),
+            records,
+            0,
+        );
+        self.state.put_answer(answer);
+        sent.durable().await?;
+        Ok(())
+    }
+
+    /// Drops expired answers from memory; the removals of their records, to send with
+    /// the next submission.
+    fn forget_expired_answers(&self, now_ms: i64) -> Writes {
+        self.state
+            .take_answers_before(now_ms - IDEMPOTENCY_KEEP_MS)
+            .into_iter()
+            .map(|a| StateWrite::Staged(answer_key(a.operator_id, &a.key), None))
+            .collect()
+    }
+
+    /// What travels with an operation: its audit record and its idempotent answer.
+    pub(crate) fn extras<T: Targets>(&self, by: &By<'_, T>, result: &T, now_ms: i64) -> Extras {
+        Extras {
+            audit: self.audit_record(by, result, now_ms),
+            answer: self.answer_record(by, result, now_ms),
+        }
+    }
+
     /// Sends a desk operation's entry and its audit record in one submission, under the
     /// caller's locks; `result` is released once both are durable.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn send_desk<T>(
+    pub(crate) fn send_desk<T: Targets>(
         &self,
         txn: Txn<'_>,
         by: &By<'_, T>,
@@ -97,11 +300,45 @@ impl Ledger {
         records: Writes,
         tx_id: u64,
     ) -> Durable<T> {
-        let audit = self.audit_record(by, &result, now_ms);
-        let sent = txn.send_audited(result, now_ms, body, records, tx_id, audit.clone());
-        if let Some(a) = audit {
+        let extras = self.extras(by, &result, now_ms);
+        self.send_with(txn, result, now_ms, body, records, tx_id, extras)
+    }
+
+    /// Sends an entry with what travels with it, in one submission.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn send_with<R>(
+        &self,
+        txn: Txn<'_>,
+        value: R,
+        now_ms: i64,
+        body: EntryBody,
+        mut records: Writes,
+        tx_id: u64,
+        extras: Extras,
+    ) -> Durable<R> {
+        let mut entries: SmallVec<[EntryRecord; 1]> = smallvec![EntryRecord { time_ms: now_ms, body }];
+        if let Some(a) = &extras.audit {
+            records.push(StateWrite::Audit(Box::new(a.clone())));
+            entries.push(EntryRecord {
+                time_ms: now_ms,
+                body: EntryBody::Audit(Box::new(a.clone())),
+            });
+        }
+        if let Some(a) = &extras.answer {
+            records.extend(self.forget_expired_answers(now_ms));
+            records.push(StateWrite::Answer(Box::new(a.clone())));
+            entries.push(EntryRecord {
+                time_ms: now_ms,
+                body: EntryBody::IdempotentAnswer(Box::new(a.clone())),
+            });
+        }
+        let sent = txn.send_all(value, entries, records, tx_id);
+        if let Some(a) = extras.audit {
             self.state.audit().insert(a);
             metrics::counter!("cardgate_audit_records_total").increment(1);
+        }
+        if let Some(a) = extras.answer {
+            self.state.put_answer(a);
         }
         sent
     }

@@ -14,6 +14,19 @@ use crate::pay::fen;
 use crate::records::{StateWrite, Writes};
 use crate::txn::{Durable, Txn};
 
+/// Before and after of one money movement, as a batch item's audit record keeps them.
+pub(super) fn money_item(r: &MoneyResult) -> (String, String) {
+    (
+        serde_json::json!({ "balance": r.before.balance.to_string() }).to_string(),
+        serde_json::json!({
+            "balance": from_fen(r.movement.balance_after_fen).to_string(),
+            "amount": from_fen(r.movement.amount_fen).to_string(),
+            "tx_id": r.movement.tx_id,
+        })
+        .to_string(),
+    )
+}
+
 fn invalid(msg: impl Into<String>) -> LedgerError {
     LedgerError::Invalid(msg.into())
 }
@@ -35,15 +48,16 @@ impl Ledger {
         self.state.grant(batch_id, account)
     }
 
-    /// Moves money on one account under its lock and sends it; `grant` is the batch it
-    /// belongs to, whose idempotency mark is set under the same lock.
-    fn move_locked<T>(
+    /// Moves money on one account under its lock and sends it with the audit record
+    /// `audit` gives; `grant` is the batch it belongs to, whose idempotency mark is set
+    /// under the same lock.
+    fn move_locked(
         &self,
         txn: Txn<'_>,
-        by: &By<'_, T>,
+        actor: &cardgate_domain::operator::Actor,
         m: Move<'_>,
         grant: Option<&str>,
-        result_of: impl FnOnce(&MoneyResult) -> Option<T>,
+        extras: impl FnOnce(&MoneyResult, i64) -> super::Extras,
     ) -> Result<Durable<MoneyResult>, LedgerError> {
         let mut acct = self
             .state
@@ -91,7 +105,7 @@ impl Ledger {
             writes.push(StateWrite::Grant(Box::new(mark)));
         }
         let body = EntryBody::Money(Box::new(MoneyEntry {
-            actor: by.actor.clone(),
+            actor: actor.clone(),
             movement: movement.clone(),
             batch_id: grant.map(str::to_string),
         }));
@@ -101,17 +115,13 @@ impl Ledger {
             movement,
         };
         let now = self.now_ms();
-        let record = result_of(&result).and_then(|r| self.audit_record(by, &r, now));
-        let sent = txn.send_audited(result, now, body, writes, tx_id, record.clone());
-        if let Some(r) = record {
-            self.state.audit().insert(r);
-        }
-        Ok(sent)
+        let extras = extras(&result, now);
+        Ok(self.send_with(txn, result, now, body, writes, tx_id, extras))
     }
 
     async fn money(&self, by: &By<'_, MoneyResult>, m: Move<'_>) -> Result<MoneyResult, LedgerError> {
         let txn = Txn::begin(self.journal()).await?;
-        let sent = self.move_locked(txn, by, m, None, |r| Some(r.clone()))?;
+        let sent = self.move_locked(txn, by.actor, m, None, |r, now| self.extras(by, r, now))?;
         let (mut r, entry_id) = sent.durable().await?;
         r.entry_id = entry_id;
         Ok(r)
@@ -267,7 +277,6 @@ impl Ledger {
                 None => todo.push((account, amount_fen)),
             }
         }
-        let item_by: By<'_, MoneyResult> = By::actor(by.actor);
         let mut last = None;
         for (account, amount_fen) in todo {
             let txn = Txn::begin(self.journal()).await?;
@@ -280,7 +289,11 @@ impl Ledger {
                 method: PayMethod::Cash,
                 reason: "grant",
             };
-            match self.move_locked(txn, &item_by, grant, Some(batch_id), |_| None) {
+            let item = |r: &MoneyResult, now| super::Extras {
+                audit: self.audit_item_record(by, "money.grant", r, money_item(r), format!("batch {batch_id}"), now),
+                answer: None,
+            };
+            match self.move_locked(txn, by.actor, grant, Some(batch_id), item) {
                 Ok(sent) => {
                     report.applied += 1;
                     report.total_fen += amount_fen;

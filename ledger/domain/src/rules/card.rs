@@ -34,6 +34,17 @@ pub fn transition(from: CardStatus, action: CardAction) -> Result<CardStatus, Re
     Ok(to)
 }
 
+/// A card may be issued with an expiry only if it is still valid after issue:
+/// `expires_ms` (the end of the expiry date's local day) must lie after `now_ms`.
+pub fn check_expiry(expires_ms: Option<i64>, now_ms: i64) -> Result<(), Refusal> {
+    match expires_ms {
+        Some(exp) if exp <= now_ms => Err(Refusal(
+            "the card would be expired when issued: its expiry date must be today or later".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Whether a card in this status belongs on the blacklist.
 pub fn listed(status: CardStatus) -> bool {
     status != CardStatus::Active

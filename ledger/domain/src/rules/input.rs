@@ -20,6 +20,20 @@ pub const BATCH_ITEMS_MAX: usize = 200_000;
 pub const CARD_DIGITS_MIN: usize = 8;
 pub const CARD_DIGITS_MAX: usize = 19;
 
+/// An idempotency key as clients send them (a UUID is 36): bounded so that keys kept
+/// for a day stay small.
+pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 255;
+
+/// An `Idempotency-Key`: 1..=255 printable ASCII characters, no spaces.
+pub fn check_idempotency_key(key: &str) -> Result<(), Refusal> {
+    if key.is_empty() || key.len() > IDEMPOTENCY_KEY_BYTES_MAX || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Refusal(format!(
+            "an Idempotency-Key is 1..={IDEMPOTENCY_KEY_BYTES_MAX} printable ASCII characters without spaces"
+        )));
+    }
+    Ok(())
+}
+
 /// A positive amount within `AMOUNT_FEN_MAX`.
 pub fn check_amount(amount_fen: i64) -> Result<(), Refusal> {
     if amount_fen <= 0 || amount_fen > AMOUNT_FEN_MAX {

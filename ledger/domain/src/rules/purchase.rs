@@ -113,6 +113,15 @@ pub fn reversal_target(
     Ok(tx_id)
 }
 
+/// Whether money may be credited to the account: never to a closed one, whose balance
+/// was paid out when it was closed (money must not appear in it by any path).
+pub fn may_credit(account: &Account) -> Result<(), DeclineReason> {
+    match account.status {
+        AccountStatus::Closed => Err(DeclineReason::AccountBlocked),
+        AccountStatus::Active | AccountStatus::Frozen => Ok(()),
+    }
+}
+
 /// The balance and day's spending a reversal of `amount` leaves on `account` on
 /// business day `today`; the purchase counted on `purchase_day`. The refund gives back
 /// today's allowance only if the purchase was counted today.
