@@ -31,7 +31,12 @@ impl Kit {
             director,
             desk: String::new(),
         };
-        let r = k.ok(&k.director.clone(), "POST", "/api/v1/operators", json!({"name": "wang", "role": "card_desk"}));
+        let r = k.ok(
+            &k.director.clone(),
+            "POST",
+            "/api/v1/operators",
+            json!({"name": "wang", "role": "card_desk"}),
+        );
         k.desk = r["token"].as_str().unwrap().to_string();
         k
     }
@@ -52,7 +57,11 @@ impl Kit {
     }
 
     fn call_with(&self, token: &str, method: &str, path: &str, key: Option<&str>, body: Value) -> (u16, Value) {
-        let b = if body.is_null() { String::new() } else { body.to_string() };
+        let b = if body.is_null() {
+            String::new()
+        } else {
+            body.to_string()
+        };
         let (st, text) = request(self.d.admin_addr(), method, path, token, key, &b);
         let json = if text.is_empty() {
             Value::Null
@@ -180,11 +189,26 @@ async fn money_never_enters_or_leaves_a_closed_account() {
     // Every other path: refused with a reason, nothing moves.
     for (path, body) in [
         (format!("/api/v1/accounts/{account}/topup"), json!({"amount": "5.00"})),
-        (format!("/api/v1/accounts/{account}/refund"), json!({"amount": "5.00", "reason": "x"})),
-        (format!("/api/v1/accounts/{account}/adjustments"), json!({"amount": "5.00", "reason": "x"})),
-        (format!("/api/v1/accounts/{account}/adjustments"), json!({"amount": "-5.00", "reason": "x"})),
-        (format!("/api/v1/accounts/{account}/fees"), json!({"fee": "replacement", "method": "cash"})),
-        ("/api/v1/cards".into(), json!({"account": account, "card_no": "62220000300002"})),
+        (
+            format!("/api/v1/accounts/{account}/refund"),
+            json!({"amount": "5.00", "reason": "x"}),
+        ),
+        (
+            format!("/api/v1/accounts/{account}/adjustments"),
+            json!({"amount": "5.00", "reason": "x"}),
+        ),
+        (
+            format!("/api/v1/accounts/{account}/adjustments"),
+            json!({"amount": "-5.00", "reason": "x"}),
+        ),
+        (
+            format!("/api/v1/accounts/{account}/fees"),
+            json!({"fee": "replacement", "method": "cash"}),
+        ),
+        (
+            "/api/v1/cards".into(),
+            json!({"account": account, "card_no": "62220000300002"}),
+        ),
     ] {
         let (st, body) = k.call(&k.desk, "POST", &path, body);
         assert_eq!(st, 422, "{path}: {body}");
@@ -224,7 +248,10 @@ async fn money_never_enters_or_leaves_a_closed_account() {
     // The exception and its settlement survive a crash.
     let k = k.restart(Stop::Kill9);
     let all = k.ok(&k.desk, "GET", "/api/v1/exceptions?state=all", Value::Null);
-    assert_eq!(all["exceptions"][0]["resolved"]["note"], "refunded 20.00 in cash at the desk");
+    assert_eq!(
+        all["exceptions"][0]["resolved"]["note"],
+        "refunded 20.00 in cash at the desk"
+    );
 }
 
 /// Item 2: after a kill -9, no id is ever issued twice, for every counter recovery
@@ -238,9 +265,19 @@ async fn no_id_is_issued_twice_after_a_kill_9() {
     let k = Kit::start(dir.path());
 
     // Operators: A before the crash, B after; B gets its own id and A stays.
-    let a = k.ok(&k.director, "POST", "/api/v1/operators", json!({"name": "A", "role": "card_desk"}));
+    let a = k.ok(
+        &k.director,
+        "POST",
+        "/api/v1/operators",
+        json!({"name": "A", "role": "card_desk"}),
+    );
     let k = k.restart(Stop::Kill9);
-    let b = k.ok(&k.director, "POST", "/api/v1/operators", json!({"name": "B", "role": "card_desk"}));
+    let b = k.ok(
+        &k.director,
+        "POST",
+        "/api/v1/operators",
+        json!({"name": "B", "role": "card_desk"}),
+    );
     assert_ne!(a["operator"]["id"], b["operator"]["id"]);
     let ops = k.ok(&k.director, "GET", "/api/v1/operators", Value::Null);
     let names: Vec<&str> = ops["operators"]
@@ -250,13 +287,22 @@ async fn no_id_is_issued_twice_after_a_kill_9() {
         .map(|o| o["name"].as_str().unwrap())
         .collect();
     assert!(names.contains(&"A") && names.contains(&"B"), "{names:?}");
-    let (st, _) = k.call(a["token"].as_str().unwrap(), "GET", "/api/v1/cards/62220000310001", Value::Null);
+    let (st, _) = k.call(
+        a["token"].as_str().unwrap(),
+        "GET",
+        "/api/v1/cards/62220000310001",
+        Value::Null,
+    );
     assert_eq!(st, 404, "A's token still works (a card it asks for does not exist yet)");
 
     // Persons and accounts, tx ids, blacklist versions, audit ids.
     let acct_1 = k.person_with_card("P1", CARD_1, "100.00");
-    let tx_1 = k.ok(&k.desk, "POST", &format!("/api/v1/accounts/{acct_1}/topup"), json!({"amount": "1.00"}))["money"]
-        ["tx_id"]
+    let tx_1 = k.ok(
+        &k.desk,
+        "POST",
+        &format!("/api/v1/accounts/{acct_1}/topup"),
+        json!({"amount": "1.00"}),
+    )["money"]["tx_id"]
         .as_u64()
         .unwrap();
     let v_1 = k.ok(&k.desk, "POST", &format!("/api/v1/cards/{CARD_1}/lost"), Value::Null)["blacklist_version"]
@@ -266,8 +312,12 @@ async fn no_id_is_issued_twice_after_a_kill_9() {
     let acct_2 = k.person_with_card("P2", CARD_2, "100.00");
     assert!(acct_2 > acct_1, "account {acct_2} after {acct_1}");
     assert_eq!(k.balance(acct_1), "101.00", "P1's account is still P1's");
-    let tx_2 = k.ok(&k.desk, "POST", &format!("/api/v1/accounts/{acct_2}/topup"), json!({"amount": "1.00"}))["money"]
-        ["tx_id"]
+    let tx_2 = k.ok(
+        &k.desk,
+        "POST",
+        &format!("/api/v1/accounts/{acct_2}/topup"),
+        json!({"amount": "1.00"}),
+    )["money"]["tx_id"]
         .as_u64()
         .unwrap();
     assert!(tx_2 > tx_1, "tx {tx_2} after {tx_1}");
@@ -280,7 +330,11 @@ async fn no_id_is_issued_twice_after_a_kill_9() {
         declined(&t.purchase(1, CardNo(CARD_1), 1_00).await.unwrap()),
         Some(DeclineReason::CardLost)
     );
-    let ids: Vec<u64> = k.audit("limit=10000").iter().map(|r| r["id"].as_u64().unwrap()).collect();
+    let ids: Vec<u64> = k
+        .audit("limit=10000")
+        .iter()
+        .map(|r| r["id"].as_u64().unwrap())
+        .collect();
     let mut unique = ids.clone();
     unique.sort_unstable();
     unique.dedup();
@@ -302,7 +356,10 @@ async fn no_id_is_issued_twice_after_a_kill_9() {
     assert_eq!(st, 200, "{text}");
     let k = k.restart(Stop::Kill9);
     let r = k.ok(&k.director, "POST", "/api/v1/grants", grant);
-    assert_eq!((r["report"]["applied"].as_u64(), r["report"]["already_done"].as_u64()), (Some(0), Some(1)));
+    assert_eq!(
+        (r["report"]["applied"].as_u64(), r["report"]["already_done"].as_u64()),
+        (Some(0), Some(1))
+    );
     assert_eq!(k.balance(acct_1), "103.00", "the grant was credited once");
     let (st, text) = http(
         k.d.admin_addr(),
@@ -314,7 +371,10 @@ async fn no_id_is_issued_twice_after_a_kill_9() {
     );
     assert_eq!(st, 200, "{text}");
     let report: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!((report["added"].as_u64(), report["unchanged"].as_u64()), (Some(0), Some(1)));
+    assert_eq!(
+        (report["added"].as_u64(), report["unchanged"].as_u64()),
+        (Some(0), Some(1))
+    );
     let c = k.ok(&k.desk, "GET", &format!("/api/v1/cards/{CARD_3}"), Value::Null);
     assert_eq!(c["person"]["person_id"], "P3");
 }
@@ -331,7 +391,11 @@ async fn a_retried_desk_call_with_its_key_is_applied_once() {
     let calls = [
         ("topup", json!({"amount": "100.00"}), "200.00"),
         ("refund", json!({"amount": "30.00", "reason": "left school"}), "170.00"),
-        ("adjustments", json!({"amount": "-5.00", "reason": "double charge"}), "165.00"),
+        (
+            "adjustments",
+            json!({"amount": "-5.00", "reason": "double charge"}),
+            "165.00",
+        ),
         ("fees", json!({"fee": "replacement", "method": "balance"}), "145.00"),
     ];
     for (i, (op, body, after)) in calls.iter().enumerate() {
@@ -355,13 +419,41 @@ async fn a_retried_desk_call_with_its_key_is_applied_once() {
     assert_eq!(k.balance(account), "147.00");
 
     // A card operation, a refused call, and copies sent at once.
-    let (st, lost) = k.call_with(&k.desk, "POST", "/api/v1/cards/62220000320001/lost", Some("lost-1"), Value::Null);
+    let (st, lost) = k.call_with(
+        &k.desk,
+        "POST",
+        "/api/v1/cards/62220000320001/lost",
+        Some("lost-1"),
+        Value::Null,
+    );
     assert_eq!(st, 200, "{lost}");
-    let (st, again) = k.call_with(&k.desk, "POST", "/api/v1/cards/62220000320001/lost", Some("lost-1"), Value::Null);
-    assert_eq!((st, again), (200, lost.clone()), "not 422 'already lost': the first answer");
-    let (st, refused) = k.call_with(&k.desk, "POST", &path("refund"), Some("too-much"), json!({"amount": "999.00", "reason": "x"}));
+    let (st, again) = k.call_with(
+        &k.desk,
+        "POST",
+        "/api/v1/cards/62220000320001/lost",
+        Some("lost-1"),
+        Value::Null,
+    );
+    assert_eq!(
+        (st, again),
+        (200, lost.clone()),
+        "not 422 'already lost': the first answer"
+    );
+    let (st, refused) = k.call_with(
+        &k.desk,
+        "POST",
+        &path("refund"),
+        Some("too-much"),
+        json!({"amount": "999.00", "reason": "x"}),
+    );
     assert_eq!(st, 422, "{refused}");
-    let (st, again) = k.call_with(&k.desk, "POST", &path("refund"), Some("too-much"), json!({"amount": "999.00", "reason": "x"}));
+    let (st, again) = k.call_with(
+        &k.desk,
+        "POST",
+        &path("refund"),
+        Some("too-much"),
+        json!({"amount": "999.00", "reason": "x"}),
+    );
     assert_eq!((st, again), (422, refused), "a refusal is kept too");
     let addr = k.d.admin_addr();
     let desk = k.desk.clone();
@@ -377,15 +469,39 @@ async fn a_retried_desk_call_with_its_key_is_applied_once() {
     assert_eq!(k.balance(account), "157.00", "eight copies at once, applied once");
 
     // Durable: after a crash and after a clean stop, the retry gets the first answer.
-    let (_, first) = k.call_with(&k.desk, "POST", &path("topup"), Some("durable"), json!({"amount": "3.00"}));
+    let (_, first) = k.call_with(
+        &k.desk,
+        "POST",
+        &path("topup"),
+        Some("durable"),
+        json!({"amount": "3.00"}),
+    );
     let k = k.restart(Stop::Kill9);
-    let (st, again) = k.call_with(&k.desk, "POST", &path("topup"), Some("durable"), json!({"amount": "3.00"}));
+    let (st, again) = k.call_with(
+        &k.desk,
+        "POST",
+        &path("topup"),
+        Some("durable"),
+        json!({"amount": "3.00"}),
+    );
     assert_eq!((st, &again), (200, &first));
     let k = k.restart(Stop::Term);
-    let (st, again) = k.call_with(&k.desk, "POST", &path("topup"), Some("durable"), json!({"amount": "3.00"}));
+    let (st, again) = k.call_with(
+        &k.desk,
+        "POST",
+        &path("topup"),
+        Some("durable"),
+        json!({"amount": "3.00"}),
+    );
     assert_eq!((st, &again), (200, &first));
     assert_eq!(k.balance(account), "160.00");
-    let (st, e) = k.call_with(&k.desk, "POST", &path("topup"), Some("bad key with spaces"), json!({"amount": "1.00"}));
+    let (st, e) = k.call_with(
+        &k.desk,
+        "POST",
+        &path("topup"),
+        Some("bad key with spaces"),
+        json!({"amount": "1.00"}),
+    );
     assert_eq!(st, 400, "{e}");
 }
 
@@ -408,9 +524,16 @@ async fn every_record_a_call_changes_finds_its_audit_record() {
         json!({"new_card_no": NEW.to_string(), "fee": "balance"}),
     );
     let fee_tx = r["money"]["tx_id"].as_u64().unwrap();
-    for target in [format!("card:{OLD}"), format!("card:{NEW}"), format!("account:{account}")] {
+    for target in [
+        format!("card:{OLD}"),
+        format!("card:{NEW}"),
+        format!("account:{account}"),
+    ] {
         let recs = k.audit(&format!("target={target}"));
-        let replace = recs.iter().find(|r| r["action"] == "card.replace").unwrap_or_else(|| panic!("{target}: {recs:?}"));
+        let replace = recs
+            .iter()
+            .find(|r| r["action"] == "card.replace")
+            .unwrap_or_else(|| panic!("{target}: {recs:?}"));
         assert_eq!(replace["after"]["money"]["tx_id"], fee_tx, "{target}");
         assert!(replace["targets"].as_array().unwrap().len() >= 3, "{replace}");
     }
@@ -425,8 +548,14 @@ async fn every_record_a_call_changes_finds_its_audit_record() {
     );
     assert_eq!(g["report"]["applied"], 2);
     let recs = k.audit(&format!("target=account:{grad}"));
-    let grant = recs.iter().find(|r| r["action"] == "money.grant").expect("the grant item");
-    assert!(grant["after"]["tx_id"].is_u64() && grant["after"]["balance"] == "13.00", "{grant}");
+    let grant = recs
+        .iter()
+        .find(|r| r["action"] == "money.grant")
+        .expect("the grant item");
+    assert!(
+        grant["after"]["tx_id"].is_u64() && grant["after"]["balance"] == "13.00",
+        "{grant}"
+    );
     assert!(grant["detail"].as_str().unwrap().contains("2026-12"));
     k.ok(
         &k.desk,
@@ -436,8 +565,14 @@ async fn every_record_a_call_changes_finds_its_audit_record() {
     );
     for target in [format!("card:{GRAD}"), format!("account:{grad}")] {
         let recs = k.audit(&format!("target={target}"));
-        let cancel = recs.iter().find(|r| r["action"] == "card.cancel").unwrap_or_else(|| panic!("{target}: {recs:?}"));
-        assert_eq!(cancel["after"]["money"]["amount"], "13.00", "{target}: the refund, with its tx id");
+        let cancel = recs
+            .iter()
+            .find(|r| r["action"] == "card.cancel")
+            .unwrap_or_else(|| panic!("{target}: {recs:?}"));
+        assert_eq!(
+            cancel["after"]["money"]["amount"], "13.00",
+            "{target}: the refund, with its tx id"
+        );
         assert!(cancel["after"]["money"]["tx_id"].is_u64());
     }
     // The batch calls themselves are recorded once each, as before.
@@ -482,7 +617,10 @@ async fn consumption_details_are_complete_and_in_yuan() {
     let k = Kit::start(dir.path());
     let account = k.person_with_card("H1", CARD, "50.00");
     let mut t = k.d.terminal(12).await;
-    assert!(matches!(t.purchase(1, CardNo(CARD), 12_50).await.unwrap(), Message::Approved(_)));
+    assert!(matches!(
+        t.purchase(1, CardNo(CARD), 12_50).await.unwrap(),
+        Message::Approved(_)
+    ));
     // A reversal of a purchase that does not exist: declined, and still the account's.
     assert_eq!(
         declined(&t.reversal(2, 99, CardNo(CARD), 12_50).await.unwrap()),
@@ -500,9 +638,18 @@ async fn consumption_details_are_complete_and_in_yuan() {
         &format!("/api/v1/accounts/{account}/fees"),
         json!({"fee": "replacement", "method": "cash"}),
     );
-    let h = k.ok(&k.desk, "GET", &format!("/api/v1/accounts/{account}/transactions"), Value::Null);
+    let h = k.ok(
+        &k.desk,
+        "GET",
+        &format!("/api/v1/accounts/{account}/transactions"),
+        Value::Null,
+    );
     let rows = h["rows"].as_array().unwrap();
-    let row = |kind: &str| rows.iter().find(|r| r["kind"] == kind).unwrap_or_else(|| panic!("{kind}: {rows:?}"));
+    let row = |kind: &str| {
+        rows.iter()
+            .find(|r| r["kind"] == kind)
+            .unwrap_or_else(|| panic!("{kind}: {rows:?}"))
+    };
     let reversal = row("reversal");
     assert_eq!(reversal["outcome"], "declined");
     assert_eq!(reversal["account"], account);
@@ -528,5 +675,9 @@ async fn consumption_details_are_complete_and_in_yuan() {
     assert_eq!(st, 400);
     let fees = k.ok(&k.desk, "GET", "/api/v1/fees", Value::Null);
     let fee = &fees["fees"][0];
-    assert_eq!((fee["person_id"].as_str(), fee["name"].as_str()), (Some("H1"), Some("Name H1")), "{fees}");
+    assert_eq!(
+        (fee["person_id"].as_str(), fee["name"].as_str()),
+        (Some("H1"), Some("Name H1")),
+        "{fees}"
+    );
 }

@@ -150,6 +150,36 @@ pub struct FlusherStatus {
     pub batches: AtomicU64,
     pub errors: AtomicU64,
     pub pruned_entries: AtomicU64,
+    /// The entry the store refuses, if one does: shipping waits on it.
+    pub stuck: std::sync::Mutex<Option<StuckEntry>>,
+}
+
+/// An entry the central store refuses (a constraint, a trigger): exactly once must not
+/// mean silently stuck, so it is named wherever an operator looks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StuckEntry {
+    pub entry_id: u64,
+    pub kind: &'static str,
+    pub error: String,
+}
+
+impl FlusherStatus {
+    /// The entry the store refuses, if any.
+    pub fn stuck(&self) -> Option<StuckEntry> {
+        match self.stuck.lock() {
+            Ok(s) => s.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn set_stuck(&self, stuck: Option<StuckEntry>) {
+        let id = stuck.as_ref().map_or(0, |s| s.entry_id);
+        match self.stuck.lock() {
+            Ok(mut s) => *s = stuck,
+            Err(poisoned) => *poisoned.into_inner() = stuck,
+        }
+        metrics::gauge!("cardgate_central_stuck_entry_id").set(id as f64);
+    }
 }
 
 impl FlusherStatus {
@@ -257,6 +287,9 @@ pub struct Flusher {
     failing_since: Option<Instant>,
     last_outage_log: Option<Instant>,
     next_prune: Instant,
+    /// While the store refuses a batch: the size of the next one, halved at each refusal
+    /// until the one entry it refuses is found.
+    probe: Option<usize>,
 }
 
 impl Flusher {
@@ -282,6 +315,7 @@ impl Flusher {
             failing_since: None,
             last_outage_log: None,
             next_prune: Instant::now(),
+            probe: None,
         };
         let task = tokio::spawn(flusher.run(stopped));
         Ok(FlusherHandle {
@@ -359,7 +393,13 @@ impl Flusher {
                         confirmed = false;
                     }
                     self.failed(&e);
-                    pause(&mut stop, self.next_backoff()).await;
+                    // Looking for the one entry the store refuses is not an outage: the
+                    // next, smaller batch goes at once.
+                    let searching =
+                        matches!(e, FlushError::Central(CentralError::Refused(_))) && self.status.stuck().is_none();
+                    if !searching {
+                        pause(&mut stop, self.next_backoff()).await;
+                    }
                 }
             }
         }
@@ -434,7 +474,8 @@ impl Flusher {
 
     /// Ships the next batch of entries up to `durable`.
     async fn ship_one(&mut self, durable: u64) -> Result<(), FlushError> {
-        let limit = (durable - self.cursor).min(self.config.batch_entries_max as u64) as usize;
+        let size = self.probe.unwrap_or(self.config.batch_entries_max);
+        let limit = (durable - self.cursor).min(size as u64) as usize;
         let db = self.source.db.clone();
         let after = self.cursor;
         let mut entries: Vec<JournalEntry> =
@@ -490,6 +531,7 @@ impl Flusher {
             })??;
         }
         let batch = Batch::build_with(self.source.gateway_id, &entries, |c| staged.remove(&c.import_id))?;
+        let first_kind = entries.first().map(|e| e.record.body.kind_str()).unwrap_or("none");
         drop(entries);
         let started = Instant::now();
         let written = tokio::time::timeout(
@@ -497,7 +539,50 @@ impl Flusher {
             self.store.write(&batch, self.source.clock.now_ms()),
         )
         .await
-        .map_err(|_| FlushError::Timeout(self.config.batch_timeout))??;
+        .map_err(|_| FlushError::Timeout(self.config.batch_timeout))?;
+        let written = match written {
+            Err(CentralError::Refused(e)) => {
+                let n = batch.entries() as usize;
+                if n <= 1 {
+                    let found = StuckEntry {
+                        entry_id: batch.first_entry_id,
+                        kind: first_kind,
+                        error: e.to_string(),
+                    };
+                    if self.status.stuck().is_none_or(|s| s.entry_id != found.entry_id) {
+                        tracing::error!(
+                            entry_id = found.entry_id,
+                            kind = found.kind,
+                            error = %found.error,
+                            "central store refuses an entry; nothing after it is shipped until the store accepts \
+                             it (see OPERATIONS.md, \"The central store refuses an entry\")"
+                        );
+                        metrics::counter!("cardgate_central_refused_entries_total").increment(1);
+                    }
+                    self.status.set_stuck(Some(found));
+                } else {
+                    // Somewhere in these n entries is one the store refuses: ship the
+                    // first half, then the first half of what fails, down to one.
+                    self.probe = Some(n / 2);
+                }
+                return Err(CentralError::Refused(e).into());
+            }
+            other => other?,
+        };
+        if let Some(stuck) = self.status.stuck()
+            && written >= stuck.entry_id
+        {
+            tracing::info!(
+                entry_id = stuck.entry_id,
+                kind = stuck.kind,
+                "central store: the refused entry is shipped; shipping goes on"
+            );
+            self.status.set_stuck(None);
+            self.probe = None;
+        } else if self.probe.is_some() && self.status.stuck().is_none() {
+            // This half shipped: the refused entry is in what follows.
+            self.probe = None;
+        }
         let took = started.elapsed();
         if written > durable {
             return Err(CentralError::Ahead {
@@ -578,7 +663,17 @@ impl Flusher {
             self.last_outage_log = Some(now);
             let backlog = self.durable().saturating_sub(self.cursor);
             let failing_s = now.duration_since(since).as_secs();
-            if e.is_transient() {
+            if let Some(stuck) = self.status.stuck() {
+                tracing::error!(
+                    entry_id = stuck.entry_id,
+                    kind = stuck.kind,
+                    error = %stuck.error,
+                    backlog,
+                    failing_s,
+                    "central store refuses an entry; nothing after it is shipped until the store accepts it \
+                     (see OPERATIONS.md, \"The central store refuses an entry\")"
+                );
+            } else if e.is_transient() {
                 tracing::warn!(error = %e, kind = e.kind(), backlog, failing_s, "central store unavailable; retrying");
             } else {
                 tracing::error!(error = %e, kind = e.kind(), backlog, failing_s, "central store flush failing; retrying");

@@ -28,7 +28,7 @@ pub mod sqlite;
 
 use std::path::Path;
 
-pub use flusher::{Flusher, FlusherConfig, FlusherHandle, FlusherStatus};
+pub use flusher::{Flusher, FlusherConfig, FlusherHandle, FlusherStatus, StuckEntry};
 pub use schema::{Batch, SCHEMA_VERSION};
 
 use cardgate_domain::money::to_fen;
@@ -48,6 +48,10 @@ pub enum CentralError {
     /// The store answered with an error: retrying may help if it was transient.
     #[error("central store: {0}")]
     Database(#[source] sqlx::Error),
+    /// The store refuses what it was given (a constraint, a trigger, a value it will not
+    /// take): the same rows will be refused again until someone changes the store.
+    #[error("central store refused the batch: {0}")]
+    Refused(#[source] sqlx::Error),
     /// The store was migrated by a newer gateway: upgrade this one.
     #[error("the central store's schema is version {found}; this build knows up to {supported}")]
     SchemaTooNew { found: i64, supported: i64 },
@@ -76,6 +80,7 @@ impl CentralError {
             CentralError::Unavailable(_) => "unavailable",
             CentralError::Busy(_) => "busy",
             CentralError::Database(_) => "database",
+            CentralError::Refused(_) => "refused",
             CentralError::SchemaTooNew { .. } => "schema",
             CentralError::Gap { .. } => "gap",
             CentralError::Ahead { .. } => "ahead",
@@ -113,10 +118,25 @@ pub(crate) fn classify(e: sqlx::Error) -> CentralError {
             let gone = code
                 .as_deref()
                 .is_some_and(|c| c.starts_with("08") || c.starts_with("57P"));
+            // What the data itself was refused for: PostgreSQL classes 22 (data
+            // exception), 23 (integrity constraint), 42 (syntax or access rule), 44
+            // (check option), P0 (raised by a trigger or function); SQLite's
+            // CONSTRAINT (19, also a trigger's RAISE), MISMATCH (20) and RANGE (25).
+            // (A PostgreSQL SQLSTATE has five characters; SQLite's codes are numbers of
+            // at most four digits.)
+            let refused = code.as_deref().is_some_and(|c| {
+                if c.len() == 5 {
+                    ["22", "23", "42", "44", "P0"].iter().any(|class| c.starts_with(class))
+                } else {
+                    c.parse::<i64>().is_ok_and(|n| matches!(n & 0xff, 19 | 20 | 25))
+                }
+            });
             if busy {
                 CentralError::Busy(e)
             } else if gone {
                 CentralError::Unavailable(e)
+            } else if refused {
+                CentralError::Refused(e)
             } else {
                 CentralError::Database(e)
             }

@@ -576,3 +576,79 @@ async fn card_desk_entries_reach_the_central_store() {
         target.cleanup().await;
     }
 }
+
+/// One entry the store refuses (here a trigger) must not stall shipping silently: the
+/// flusher ships everything before it, finds the one entry, and names it with its kind
+/// and the store's error; once the store accepts it, shipping goes on, nothing lost.
+#[tokio::test]
+async fn an_entry_the_store_refuses_is_found_and_named() {
+    for target in targets("refused").await {
+        let mut f = Fixture::new().await;
+        let mut approved = f.business().await;
+        // The refused one, somewhere in the middle of a batch.
+        let refused_tx = f.buy(3, 7_77).await.expect("covered");
+        let refused_entry = f.durable();
+        approved.push(refused_tx);
+        approved.extend(f.business().await);
+        let store = target.store();
+        store.migrate().await.unwrap();
+        let (create, drop) = match target.name {
+            "sqlite" => (
+                "CREATE TRIGGER refuse BEFORE INSERT ON transactions WHEN NEW.amount_fen = -777 \
+                 BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+                "DROP TRIGGER refuse;",
+            ),
+            _ => (
+                "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN IF NEW.amount = -7.77 THEN \
+                 RAISE EXCEPTION 'refused by the test'; END IF; RETURN NEW; END $$ LANGUAGE plpgsql; \
+                 CREATE TRIGGER refuse BEFORE INSERT ON transactions FOR EACH ROW EXECUTE FUNCTION refuse();",
+                "DROP TRIGGER refuse ON transactions; DROP FUNCTION refuse();",
+            ),
+        };
+        admin_sql(&target, create).await;
+        let config = FlusherConfig {
+            batch_entries_max: 1_000,
+            ..quick()
+        };
+        let h = Flusher::start(f.source(), target.store(), config).unwrap();
+        until("the refused entry to be named", || h.status.stuck().is_some()).await;
+        let stuck = h.status.stuck().unwrap();
+        assert_eq!(stuck.entry_id, refused_entry, "{}", target.name);
+        assert_eq!(stuck.kind, "purchase");
+        assert!(
+            stuck.error.contains("refused by the test"),
+            "{}: {}",
+            target.name,
+            stuck.error
+        );
+        assert_eq!(
+            h.status.cursor.load(Ordering::Acquire),
+            refused_entry - 1,
+            "{}: everything before it shipped",
+            target.name
+        );
+        admin_sql(&target, drop).await;
+        caught_up(&f, &h).await;
+        assert!(h.status.stuck().is_none());
+        assert_mirrors(&f, &target.store(), &approved).await;
+        h.shutdown(Duration::from_secs(10)).await;
+        store.close().await;
+        target.cleanup().await;
+    }
+}
+
+/// Runs SQL on a target outside the flusher (an operator's change to the store).
+async fn admin_sql(target: &Target, sql: &'static str) {
+    match &target.pg_schema {
+        Some(_) => {
+            let pool = sqlx::PgPool::connect(&target.url).await.expect("connect");
+            sqlx::raw_sql(sql).execute(&pool).await.expect("admin SQL");
+            pool.close().await;
+        }
+        None => {
+            let pool = sqlx::SqlitePool::connect(&target.url).await.expect("connect");
+            sqlx::raw_sql(sql).execute(&pool).await.expect("admin SQL");
+            pool.close().await;
+        }
+    }
+}
