@@ -660,11 +660,14 @@ async fn import(
 ) -> Response {
     let actor = auth!(s, headers, Permission::Import, "import.csv", String::from("imports"));
     let dry_run = q.get("dry_run").is_some_and(|v| v == "true" || v == "1");
+    // The file's encoding, for files with no byte order mark that are not UTF-8
+    // (e.g. charset=gb18030); an unknown one is refused with 422.
+    let charset = q.get("charset").cloned();
     s.mutate(actor, "import.csv", "imports".into(), move |l, call| async move {
         let started = std::time::Instant::now();
         let describe = |r: &cardgate_ledger::import::ImportReport| (String::new(), import_summary(r).to_string());
         let report = l
-            .import_csv(&call.by(StatusCode::OK, &describe), &body, dry_run)
+            .import_csv_with_charset(&call.by(StatusCode::OK, &describe), &body, charset.as_deref(), dry_run)
             .await?;
         let millis = started.elapsed().as_millis() as u64;
         let mut body = serde_json::to_value(&report).unwrap_or(Value::Null);
