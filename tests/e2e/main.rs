@@ -4,6 +4,7 @@
 
 mod central;
 mod desk;
+mod desk_imports;
 mod harness;
 mod lunch;
 mod pos;

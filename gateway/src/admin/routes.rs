@@ -711,19 +711,22 @@ async fn import(
 ) -> Response {
     let actor = auth!(s, headers, Permission::Import, "import.csv", String::from("imports"));
     let dry_run = q.get("dry_run").is_some_and(|v| v == "true" || v == "1");
-    let key = key!(
-        headers,
-        "import.csv",
-        "imports",
-        if dry_run { "dry_run" } else { "" },
-        body
-    );
+    // The file's encoding, for files with no byte order mark that are not UTF-8
+    // (e.g. charset=gb18030); an unknown one is refused with 422.
+    let charset = q.get("charset").cloned();
+    let extra = format!("dry_run={dry_run} charset={}", charset.as_deref().unwrap_or(""));
+    let key = key!(headers, "import.csv", "imports", &extra, body);
     s.mutate(actor, "import.csv", "imports".into(), key, move |l, call| async move {
         let started = std::time::Instant::now();
         let describe = |r: &ImportReport| (String::new(), import_summary(r).to_string());
         let answer = |r: &ImportReport| import_body(r, dry_run).to_string();
         let report = l
-            .import_csv(&call.by(StatusCode::OK, &describe, &answer), &body, dry_run)
+            .import_csv_with_charset(
+                &call.by(StatusCode::OK, &describe, &answer),
+                &body,
+                charset.as_deref(),
+                dry_run,
+            )
             .await?;
         // How long it took is in the first answer only: a retry gets what was kept.
         let mut body = import_body(&report, dry_run);

@@ -4,7 +4,7 @@
 use cardgate_domain::entry::{EntryBody, PersonOpened, PersonUpdated};
 use cardgate_domain::model::{Account, AccountKind, AccountStatus, Card, Person};
 use cardgate_domain::money::from_fen;
-use cardgate_domain::rules::input::{NAME_BYTES_MAX, check_person_id, check_text};
+use cardgate_domain::rules::input::{NAME_BYTES_MAX, check_person_id, check_text, ids_differing_by_leading_zeros};
 
 use super::{By, NewPerson};
 use crate::error::LedgerError;
@@ -72,6 +72,16 @@ impl Ledger {
             let _desk = self.state.desk_lock();
             if self.state.has_person(&p.id) {
                 return Err(LedgerError::Invalid(format!("person {} already exists", p.id)));
+            }
+            // Refused, as in an import: an id that lost or gained leading zeros in a
+            // spreadsheet would give the same person a second account. At most
+            // PERSON_ID_BYTES_MAX look-ups, no index.
+            if let Some(other) = ids_differing_by_leading_zeros(&p.id).find(|o| self.state.has_person(o)) {
+                return Err(LedgerError::Invalid(format!(
+                    "person {other} already exists, and {} differs from it only by leading zeros: \
+                     if it is the same person, use {other}; ids that differ only so are refused",
+                    p.id
+                )));
             }
             let id = self.state.new_account_id();
             let now = self.now_ms();

@@ -54,9 +54,45 @@ pub fn dump(l: &Ledger, scope: &Scope) -> Value {
         .iter()
         .map(|r| json!(r))
         .collect();
+    // The fields a history row had in the build that wrote the old data directory;
+    // fields added since are not part of what it must recover.
+    const ROW_FIELDS: [&str; 21] = [
+        "account",
+        "amount_fen",
+        "balance_after_fen",
+        "blacklist_version",
+        "card",
+        "daily_limit_fen",
+        "decline_reason",
+        "entry_id",
+        "kind",
+        "merchant",
+        "operator",
+        "original_seq",
+        "outcome",
+        "reason",
+        "seq",
+        "single_limit_fen",
+        "spent_today_after_fen",
+        "terminal",
+        "terminal_time_ms",
+        "time_ms",
+        "tx_id",
+    ];
     let history = |q: HistoryQuery| {
         let h = l.history(q).expect("history reads the journal");
-        json!({ "complete": h.complete, "rows": h.rows })
+        let rows: Vec<Value> = h
+            .rows
+            .iter()
+            .map(|r| {
+                let mut v = json!(r);
+                if let Some(o) = v.as_object_mut() {
+                    o.retain(|k, _| ROW_FIELDS.contains(&k.as_str()));
+                }
+                v
+            })
+            .collect();
+        json!({ "complete": h.complete, "rows": rows })
     };
     let all_time = |q: HistoryQuery| HistoryQuery {
         from_ms: 0,
