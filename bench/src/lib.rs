@@ -87,8 +87,12 @@ impl LedgerFixture {
             .prefix("cardgate-bench-")
             .tempdir_in(bench_dir())
             .expect("create a benchmark data directory");
-        let (ledger, committer, _) = Ledger::open(dir.path(), LedgerConfig::default(), Arc::new(SystemClock))
-            .expect("open the benchmark ledger");
+        let config = LedgerConfig {
+            terminal_key: Some(cardgate_ledger::keys::TerminalKey::demo()),
+            ..LedgerConfig::default()
+        };
+        let (ledger, committer, _) =
+            Ledger::open(dir.path(), config, Arc::new(SystemClock)).expect("open the benchmark ledger");
         let campus = campus();
         rt.block_on(ensure_demo(&ledger, &campus))
             .expect("create the demo campus");

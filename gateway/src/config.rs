@@ -22,6 +22,12 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Local time offset from UTC for the business day (UTC+8: 480).
     pub tz_offset_minutes: i32,
+    /// A file holding the terminal key: 64 hex digits (32 random bytes) that seal every
+    /// terminal's secret at rest, so that the data directory and its backups never hold
+    /// one in clear. Kept off the data directory's disk. The environment variable
+    /// `CARDGATE_TERMINAL_KEY` (the same 64 hex digits) takes precedence. Without either,
+    /// terminals cannot be registered (a demo uses the published demo key).
+    pub terminal_key_file: Option<PathBuf>,
     pub limits: Limits,
     pub demo: Demo,
     pub central: Central,
@@ -90,6 +96,7 @@ impl Default for Config {
             admin_listen: Some(([127, 0, 0, 1], 7780).into()),
             data_dir: PathBuf::from("data"),
             tz_offset_minutes: 480,
+            terminal_key_file: None,
             limits: Limits::default(),
             demo: Demo::default(),
             central: Central::default(),
@@ -160,7 +167,31 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// The environment variable that gives the terminal key (64 hex digits).
+pub const TERMINAL_KEY_ENV: &str = "CARDGATE_TERMINAL_KEY";
+
 impl Config {
+    /// The terminal key: from `CARDGATE_TERMINAL_KEY`, else `terminal_key_file`, else,
+    /// for a demo, the published demo key; else none.
+    pub fn terminal_key(&self, demo: bool) -> Result<Option<cardgate_ledger::keys::TerminalKey>, ConfigError> {
+        use cardgate_ledger::keys::TerminalKey;
+        if let Ok(hex) = std::env::var(TERMINAL_KEY_ENV) {
+            return TerminalKey::from_hex(&hex)
+                .map(Some)
+                .map_err(|e| ConfigError::Invalid(format!("{TERMINAL_KEY_ENV}: {e}")));
+        }
+        if let Some(path) = &self.terminal_key_file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            return TerminalKey::from_hex(&text)
+                .map(Some)
+                .map_err(|e| ConfigError::Invalid(format!("terminal_key_file {}: {e}", path.display())));
+        }
+        Ok(demo.then(TerminalKey::demo))
+    }
+
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         let Some(path) = path else {
             return Ok(Config::default());

@@ -31,6 +31,7 @@ pub async fn serve(config: Config, opts: ServeOptions) -> anyhow::Result<()> {
 
     let ledger_config = LedgerConfig {
         tz_offset_minutes: config.tz_offset_minutes,
+        terminal_key: config.terminal_key(opts.demo)?,
         ..LedgerConfig::default()
     };
     let data_dir = config.data_dir.clone();
@@ -38,6 +39,14 @@ pub async fn serve(config: Config, opts: ServeOptions) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || Ledger::open(&data_dir, ledger_config, Arc::new(SystemClock)))
             .await?
             .with_context(|| format!("opening the ledger in {}", config.data_dir.display()))?;
+    let locked = ledger.locked_terminals();
+    if locked > 0 {
+        anyhow::bail!(
+            "{locked} terminals' keys are sealed in {} and no terminal key is configured: set \
+             CARDGATE_TERMINAL_KEY or terminal_key_file (the key they were sealed with)",
+            config.data_dir.display()
+        );
+    }
     tracing::info!(
         checkpoint_id = stats.checkpoint_id,
         replayed = stats.replayed,

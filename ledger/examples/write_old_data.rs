@@ -75,6 +75,7 @@ fn open(dir: &Path, clock: &ManualClock, on_shutdown: bool) -> (Arc<Ledger>, car
             enabled: true,
             on_shutdown,
         },
+        terminal_key: None,
     };
     let (l, c, _) = Ledger::open(dir, config, Arc::new(clock.clone())).expect("open the ledger");
     (l, c)

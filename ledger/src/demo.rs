@@ -5,12 +5,17 @@
 
 use cardgate_codec::{CardNo, TerminalSecret};
 
-use cardgate_domain::model::{Account, AccountKind, AccountStatus, Card, CardStatus, Terminal, TerminalKind};
+use cardgate_domain::model::{
+    Account, AccountKind, AccountStatus, Card, CardStatus, InventoryStatus, MerchantKind, TerminalKind,
+};
 use cardgate_domain::money::from_fen;
+use cardgate_domain::operator::Actor;
 
+use crate::desk::By;
 use crate::error::LedgerError;
 use crate::ledger::Ledger;
 use crate::records::{StateWrite, Writes, meta};
+use crate::registry::{NewMerchant, NewTerminal};
 use crate::txn::Txn;
 
 /// The published master secret of demo terminals (see `TerminalSecret::derive_demo`).
@@ -48,26 +53,54 @@ pub fn demo_secret(terminal_id: u64) -> TerminalSecret {
 }
 
 /// Creates the demo campus unless this data directory already has one. Returns whether
-/// it was created now.
+/// it was created now. Merchants and terminals go through the registry like any others
+/// (their keys sealed under the ledger's terminal key); accounts and cards are loaded in
+/// bulk.
 pub async fn ensure_demo(ledger: &Ledger, campus: &DemoCampus) -> Result<bool, LedgerError> {
     if ledger.db().get_meta(meta::DEMO)?.is_some() {
         return Ok(false);
     }
     let now = ledger.now_ms();
+    let actor = Actor::cli();
+    let merchants = campus.pos_terminals.div_ceil(DEMO_TERMINALS_PER_MERCHANT);
+    let mut merchant_ids = Vec::with_capacity(merchants as usize);
+    for m in 1..=merchants {
+        let merchant = ledger
+            .create_merchant(
+                &By::actor(&actor),
+                NewMerchant {
+                    name: format!("Canteen {m}"),
+                    kind: MerchantKind::CanteenWindow,
+                    place: format!("Canteen {m}"),
+                    contact: String::new(),
+                    fee_rate_bp: 0,
+                },
+            )
+            .await?;
+        merchant_ids.push(merchant.id);
+    }
     let terminals = (1..=campus.pos_terminals)
         .map(|id| {
-            let merchant = 1 + (id - 1) / DEMO_TERMINALS_PER_MERCHANT;
-            Terminal {
-                id,
-                secret: demo_secret(id).0,
-                kind: TerminalKind::Pos,
-                merchant_id: merchant,
-                enabled: true,
-                name: format!("POS {id}"),
-                place: format!("Canteen {merchant}"),
-            }
+            let m = ((id - 1) / DEMO_TERMINALS_PER_MERCHANT) as usize;
+            (
+                NewTerminal {
+                    id,
+                    kind: TerminalKind::Pos,
+                    merchant_id: merchant_ids[m],
+                    door_group: 0,
+                    name: format!("POS {id}"),
+                    place: format!("Canteen {}", m + 1),
+                    serial: format!("DEMO-{id:06}"),
+                    responsible: String::new(),
+                    installed: String::new(),
+                    status: InventoryStatus::Installed,
+                    handed_to: "demo".into(),
+                },
+                demo_secret(id).0,
+            )
         })
         .collect();
+    ledger.register_many(&By::actor(&actor), terminals).await?;
     let accounts: Vec<Account> = (1..=campus.accounts)
         .map(|id| Account {
             id,
@@ -93,7 +126,7 @@ pub async fn ensure_demo(ledger: &Ledger, campus: &DemoCampus) -> Result<bool, L
             issued_ms: now,
         })
         .collect();
-    ledger.bulk_create(terminals, &accounts, &cards).await?;
+    ledger.bulk_create(vec![], &accounts, &cards).await?;
     let mut marker = Writes::new();
     marker.push(StateWrite::Meta(
         meta::DEMO,

@@ -644,6 +644,8 @@ impl Ledger {
                             Some(COLUMNS[CARD_NO]),
                             format!("card {} already belongs to account {a}", card.0),
                         );
+                    } else if let Err(e) = self.check_issuable(card) {
+                        errors.push(line, Some(COLUMNS[CARD_NO]), e.to_string());
                     }
                 }
                 Some(p) => {

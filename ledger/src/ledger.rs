@@ -14,6 +14,7 @@ use rust_decimal::Decimal;
 
 use crate::blacklist::Blacklist;
 use crate::error::LedgerError;
+use crate::keys::TerminalKey;
 use crate::records::Journal;
 use crate::recovery::RecoveryStats;
 use crate::state::State;
@@ -23,6 +24,10 @@ pub struct LedgerConfig {
     /// Local time offset from UTC for the business day (UTC+8: 480).
     pub tz_offset_minutes: i32,
     pub checkpoints: CheckpointPolicy,
+    /// Seals the terminals' secrets at rest (`keys.rs`). Without it terminals can be
+    /// neither registered nor changed, and a data directory holding sealed keys does
+    /// not open.
+    pub terminal_key: Option<TerminalKey>,
 }
 
 impl Default for LedgerConfig {
@@ -30,6 +35,7 @@ impl Default for LedgerConfig {
         LedgerConfig {
             tz_offset_minutes: 480,
             checkpoints: CheckpointPolicy::default(),
+            terminal_key: None,
         }
     }
 }

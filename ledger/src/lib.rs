@@ -16,12 +16,15 @@ pub mod desk;
 pub mod error;
 pub mod history;
 pub mod import;
+pub mod keys;
 pub mod ledger;
 pub mod master;
 pub mod pay;
 pub mod records;
 pub mod recovery;
+pub mod registry;
 mod state;
+pub mod stock;
 pub mod terminals;
 pub mod txn;
 

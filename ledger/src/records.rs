@@ -16,21 +16,31 @@
 //! 'G' batch hash(8) account(u64 BE) GrantMark    }
 //! 'E' exception(u64 BE)             Exception    } checkpointed (the card desk's to settle)
 //! 'K' operator(u64 BE) key           IdempotentAnswer } checkpointed; removed when expired
+//! 'R' terminal(u64 BE)              TerminalRecord } the registry (its key sealed); a
+//!                                                    } record here replaces a 'T' one
+//! 'N' merchant(u64 BE)              Merchant     }
+//! 'D' door group(u64 BE)            DoorGroup    }
+//! 'H' terminal(u64) generation(u32) KeyHandout   }
+//! 'Q' batch(u64 BE)                 StockBatch   } blank card stock
+//! 'W' card(u64 BE)                  StockRemoved }
+//! 'Y' count(u64 BE)                 StockCount   }
 //! 'Z' import(u64 BE) chunk(u32 BE)  staged import chunk, written with its commit
 //! 'M' params / demo / gateway_id    the ledger's meta values
 //! ```
 
 use std::collections::HashMap;
 
+use cardgate_codec::CardNo;
 use cardgate_domain::entry::EntryRecord;
 use cardgate_domain::model::{
-    Account, AuditRecord, BlacklistChange, Card, Exception, GrantMark, IdempotentAnswer, Params, Person, SeqRecord,
-    Terminal, grant_key,
+    Account, AuditRecord, BlacklistChange, Card, DoorGroup, Exception, GrantMark, IdempotentAnswer, KeyHandout,
+    Merchant, Params, Person, SeqRecord, StockBatch, StockCount, StockRemoval, Terminal, TerminalRecord, grant_key,
 };
 use cardgate_domain::operator::Operator;
 use cardgate_journal::record::{decode_record, encode_record};
 use cardgate_journal::store::{key_meta, key_u64};
 use cardgate_journal::{Schema, StoreError, Write};
+use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
 use crate::audit::audit_slot;
@@ -48,6 +58,13 @@ pub const PREFIX_GRANT: u8 = b'G';
 pub const PREFIX_STAGED: u8 = b'Z';
 pub const PREFIX_EXCEPTION: u8 = b'E';
 pub const PREFIX_ANSWER: u8 = b'K';
+pub const PREFIX_TERMINAL_RECORD: u8 = b'R';
+pub const PREFIX_MERCHANT: u8 = b'N';
+pub const PREFIX_DOOR_GROUP: u8 = b'D';
+pub const PREFIX_HANDOUT: u8 = b'H';
+pub const PREFIX_STOCK_BATCH: u8 = b'Q';
+pub const PREFIX_STOCK_REMOVED: u8 = b'W';
+pub const PREFIX_STOCK_COUNT: u8 = b'Y';
 
 /// The ledger's meta keys, beside the journal's own.
 pub mod meta {
@@ -92,6 +109,13 @@ pub enum StateWrite {
     Grant(Box<GrantMark>),
     Exception(Box<Exception>),
     Answer(Box<IdempotentAnswer>),
+    TerminalRecord(Box<TerminalRecord>),
+    Merchant(Box<Merchant>),
+    DoorGroup(Box<DoorGroup>),
+    Handout(Box<KeyHandout>),
+    StockBatch(Box<StockBatch>),
+    StockRemoved(Box<StockRemoved>),
+    StockCount(Box<StockCount>),
     /// Written with its commit like `Meta`, never by a checkpoint; `None` removes the
     /// key. Holds data replay may need whatever the checkpoint (staged imports).
     Staged(Vec<u8>, Option<Vec<u8>>),
@@ -113,6 +137,23 @@ pub enum StateKey {
     Exception(u64),
     /// Operator id and a hash of the key.
     Answer(u64, u64),
+    TerminalRecord(u64),
+    Merchant(u64),
+    DoorGroup(u64),
+    Handout(u64, u32),
+    StockBatch(u64),
+    StockRemoved(u64),
+    StockCount(u64),
+}
+
+/// A blank card that left the stock other than by being issued.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockRemoved {
+    #[serde(with = "cardgate_domain::model::card_no")]
+    pub card: CardNo,
+    pub how: StockRemoval,
+    pub note: String,
+    pub time_ms: i64,
 }
 
 /// Where an operator's idempotent answer is stored.
@@ -175,6 +216,35 @@ impl StateWrite {
                 encode_record(e.as_ref()),
             ),
             StateWrite::Answer(a) => (answer_key(a.operator_id, &a.key).into(), encode_record(a.as_ref())),
+            StateWrite::TerminalRecord(t) => (
+                key_u64(PREFIX_TERMINAL_RECORD, t.id).as_ref().into(),
+                encode_record(t.as_ref()),
+            ),
+            StateWrite::Merchant(m) => (
+                key_u64(PREFIX_MERCHANT, m.id).as_ref().into(),
+                encode_record(m.as_ref()),
+            ),
+            StateWrite::DoorGroup(g) => (
+                key_u64(PREFIX_DOOR_GROUP, g.id).as_ref().into(),
+                encode_record(g.as_ref()),
+            ),
+            StateWrite::Handout(h) => {
+                let mut k = key_u64(PREFIX_HANDOUT, h.terminal).to_vec();
+                k.extend_from_slice(&h.key_generation.to_be_bytes());
+                (k.into(), encode_record(h.as_ref()))
+            }
+            StateWrite::StockBatch(b) => (
+                key_u64(PREFIX_STOCK_BATCH, b.id).as_ref().into(),
+                encode_record(b.as_ref()),
+            ),
+            StateWrite::StockRemoved(r) => (
+                key_u64(PREFIX_STOCK_REMOVED, r.card.0).as_ref().into(),
+                encode_record(r.as_ref()),
+            ),
+            StateWrite::StockCount(c) => (
+                key_u64(PREFIX_STOCK_COUNT, c.id).as_ref().into(),
+                encode_record(c.as_ref()),
+            ),
             StateWrite::Staged(k, v) => (k.as_slice().into(), v.clone().unwrap_or_default()),
         }
     }
@@ -212,6 +282,13 @@ impl Schema for LedgerSchema {
                 first.copy_from_slice(&h[..8]);
                 StateKey::Answer(a.operator_id, u64::from_be_bytes(first))
             }
+            StateWrite::TerminalRecord(t) => StateKey::TerminalRecord(t.id),
+            StateWrite::Merchant(m) => StateKey::Merchant(m.id),
+            StateWrite::DoorGroup(g) => StateKey::DoorGroup(g.id),
+            StateWrite::Handout(h) => StateKey::Handout(h.terminal, h.key_generation),
+            StateWrite::StockBatch(b) => StateKey::StockBatch(b.id),
+            StateWrite::StockRemoved(r) => StateKey::StockRemoved(r.card.0),
+            StateWrite::StockCount(c) => StateKey::StockCount(c.id),
         })
     }
 

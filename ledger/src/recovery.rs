@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
 use cardgate_codec::CardNo;
-use cardgate_domain::entry::{EntryBody, EntryRecord, ImportItem, MoneyKind, MoneyMove, TxEntry};
+use cardgate_domain::entry::{EntryBody, EntryRecord, ImportItem, MoneyKind, MoneyMove, StockEntry, TxEntry};
 use cardgate_domain::model::{GrantMark, Outcome, Params, SeqRecord, TxKind};
 use cardgate_domain::money::from_fen;
 use cardgate_journal::record::decode_record;
@@ -32,8 +32,9 @@ use crate::ledger::LedgerConfig;
 use crate::pay::seq_record_of;
 use crate::records::{
     Journal, LedgerSchema, PREFIX_ACCOUNT, PREFIX_ANSWER, PREFIX_AUDIT, PREFIX_BLACKLIST, PREFIX_CARD,
-    PREFIX_EXCEPTION, PREFIX_GRANT, PREFIX_OPERATOR, PREFIX_PERSON, PREFIX_SEQ, PREFIX_STAGED, PREFIX_TERMINAL,
-    StateWrite, meta,
+    PREFIX_DOOR_GROUP, PREFIX_EXCEPTION, PREFIX_GRANT, PREFIX_HANDOUT, PREFIX_MERCHANT, PREFIX_OPERATOR, PREFIX_PERSON,
+    PREFIX_SEQ, PREFIX_STAGED, PREFIX_STOCK_BATCH, PREFIX_STOCK_COUNT, PREFIX_STOCK_REMOVED, PREFIX_TERMINAL,
+    PREFIX_TERMINAL_RECORD, StateWrite, StockRemoved, meta,
 };
 use crate::state::{Loaded, State};
 
@@ -79,21 +80,31 @@ pub(crate) fn recover(
     for records in db.scan::<Vec<SeqRecord>>(&[PREFIX_SEQ]) {
         seqs.extend(records?);
     }
-    let state = State::new(Loaded {
-        accounts: db.scan(&[PREFIX_ACCOUNT]).collect::<Result<_, _>>()?,
-        cards: db.scan(&[PREFIX_CARD]).collect::<Result<_, _>>()?,
-        terminals: db.scan(&[PREFIX_TERMINAL]).collect::<Result<_, _>>()?,
-        seqs,
-        params: db.get_record::<Params>(&key_meta(meta::PARAMS))?.unwrap_or_default(),
-        persons: db.scan(&[PREFIX_PERSON]).collect::<Result<_, _>>()?,
-        operators: db.scan(&[PREFIX_OPERATOR]).collect::<Result<_, _>>()?,
-        blacklist: db.scan(&[PREFIX_BLACKLIST]).collect::<Result<_, _>>()?,
-        audit: db.scan(&[PREFIX_AUDIT]).collect::<Result<_, _>>()?,
-        grants: db.scan(&[PREFIX_GRANT]).collect::<Result<_, _>>()?,
-        exceptions: db.scan(&[PREFIX_EXCEPTION]).collect::<Result<_, _>>()?,
-        answers: db.scan(&[PREFIX_ANSWER]).collect::<Result<_, _>>()?,
-        tx_id_mark: db.get_meta_u64(journal_meta::MARK)?.unwrap_or(0),
-    });
+    let state = State::new(
+        Loaded {
+            accounts: db.scan(&[PREFIX_ACCOUNT]).collect::<Result<_, _>>()?,
+            cards: db.scan(&[PREFIX_CARD]).collect::<Result<_, _>>()?,
+            terminals: db.scan(&[PREFIX_TERMINAL]).collect::<Result<_, _>>()?,
+            seqs,
+            params: db.get_record::<Params>(&key_meta(meta::PARAMS))?.unwrap_or_default(),
+            persons: db.scan(&[PREFIX_PERSON]).collect::<Result<_, _>>()?,
+            operators: db.scan(&[PREFIX_OPERATOR]).collect::<Result<_, _>>()?,
+            blacklist: db.scan(&[PREFIX_BLACKLIST]).collect::<Result<_, _>>()?,
+            audit: db.scan(&[PREFIX_AUDIT]).collect::<Result<_, _>>()?,
+            grants: db.scan(&[PREFIX_GRANT]).collect::<Result<_, _>>()?,
+            exceptions: db.scan(&[PREFIX_EXCEPTION]).collect::<Result<_, _>>()?,
+            answers: db.scan(&[PREFIX_ANSWER]).collect::<Result<_, _>>()?,
+            terminal_records: db.scan(&[PREFIX_TERMINAL_RECORD]).collect::<Result<_, _>>()?,
+            merchants: db.scan(&[PREFIX_MERCHANT]).collect::<Result<_, _>>()?,
+            door_groups: db.scan(&[PREFIX_DOOR_GROUP]).collect::<Result<_, _>>()?,
+            handouts: db.scan(&[PREFIX_HANDOUT]).collect::<Result<_, _>>()?,
+            stock_batches: db.scan(&[PREFIX_STOCK_BATCH]).collect::<Result<_, _>>()?,
+            stock_removed: db.scan(&[PREFIX_STOCK_REMOVED]).collect::<Result<_, _>>()?,
+            stock_counts: db.scan(&[PREFIX_STOCK_COUNT]).collect::<Result<_, _>>()?,
+            tx_id_mark: db.get_meta_u64(journal_meta::MARK)?.unwrap_or(0),
+        },
+        config.terminal_key.clone(),
+    )?;
 
     // Then every entry after it, in order.
     let mut replay = Replay {
@@ -304,6 +315,63 @@ impl Replay<'_> {
             EntryBody::IdempotentAnswer(a) => {
                 s.put_answer(a.as_ref().clone());
                 self.touched.others.push(StateWrite::Answer(a.clone()));
+            }
+            EntryBody::MerchantSet(e) => {
+                s.put_merchant(e.merchant.clone());
+                self.touched
+                    .others
+                    .push(StateWrite::Merchant(Box::new(e.merchant.clone())));
+            }
+            EntryBody::DoorGroupSet(e) => {
+                s.put_door_group(e.group.clone());
+                self.touched
+                    .others
+                    .push(StateWrite::DoorGroup(Box::new(e.group.clone())));
+            }
+            EntryBody::TerminalSet(e) => {
+                s.put_terminal_record(e.terminal.clone())?;
+                self.touched
+                    .others
+                    .push(StateWrite::TerminalRecord(Box::new(e.terminal.clone())));
+                if let Some(h) = &e.handout {
+                    s.handouts().push(h.clone());
+                    self.touched.others.push(StateWrite::Handout(Box::new(h.clone())));
+                }
+            }
+            EntryBody::Stock(e) => {
+                let mut stock = s.stock();
+                match e.as_ref() {
+                    StockEntry::Received(b) => {
+                        if !stock.batches.iter().any(|x| x.id == b.id) {
+                            stock.batches.push(b.clone());
+                        }
+                        self.touched.others.push(StateWrite::StockBatch(Box::new(b.clone())));
+                    }
+                    StockEntry::Removed {
+                        how,
+                        cards,
+                        note,
+                        time_ms,
+                        ..
+                    } => {
+                        for card in cards {
+                            let r = StockRemoved {
+                                card: *card,
+                                how: *how,
+                                note: note.clone(),
+                                time_ms: *time_ms,
+                            };
+                            stock.removed.insert(card.0, r.clone());
+                            self.touched.others.push(StateWrite::StockRemoved(Box::new(r)));
+                        }
+                    }
+                    StockEntry::Counted(c) => {
+                        if !stock.counts.iter().any(|x| x.id == c.id) {
+                            stock.counts.push(c.clone());
+                        }
+                        self.touched.others.push(StateWrite::StockCount(Box::new(c.clone())));
+                    }
+                }
             }
         }
         Ok(())

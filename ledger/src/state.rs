@@ -3,9 +3,9 @@
 //!
 //! Lock order, everywhere and never another: `batches` (async; one batch grant, batch
 //! cancellation or import at a time, held across its awaits) → `desk` (a short mutex
-//! that serializes desk changes among themselves, never held across an `.await`) → a
-//! terminal's entry (write) → a card (read, or write for a desk change) → an account
-//! (write) → the blacklist's lock. A purchase takes only terminal → card → account, so a
+//! that serializes desk changes among themselves, never held across an `.await`) → the
+//! card stock → a terminal's entry (write) → a card (read, or write for a desk change)
+//! → an account (write) → the blacklist's lock. A purchase takes only terminal → card → account, so a
 //! terminal never waits for a desk lock. No lock is held across an `.await`: the journal
 //! slot (`Txn`) is reserved before the first one.
 //!
@@ -17,7 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use arc_swap::ArcSwap;
 use cardgate_codec::CardNo;
 use cardgate_domain::model::{
-    Account, Card, Exception, GrantMark, IdempotentAnswer, Params, Person, SeqRecord, Terminal,
+    Account, Card, DoorGroup, Exception, GrantMark, IdempotentAnswer, KeyHandout, Merchant, Params, Person, SeqRecord,
+    StockBatch, StockCount, Terminal, TerminalRecord,
 };
 use cardgate_domain::operator::{Operator, TokenHash};
 use dashmap::DashMap;
@@ -25,7 +26,9 @@ use dashmap::mapref::one::{Ref, RefMut};
 
 use crate::audit::AuditLog;
 use crate::blacklist::Blacklist;
-use crate::records::{SEQ_SLOTS, seq_slot};
+use crate::error::LedgerError;
+use crate::keys::TerminalKey;
+use crate::records::{SEQ_SLOTS, StockRemoved, seq_slot};
 
 /// Shards of the hot maps: far more than cores, so that two connections rarely wait on
 /// the same shard lock.
@@ -40,9 +43,22 @@ fn new_map<K: Eq + std::hash::Hash, V>() -> Map<K, V> {
     DashMap::with_hasher_and_shard_amount(foldhash::fast::RandomState::default(), MAP_SHARDS)
 }
 
+/// Terminal notices a session may fall behind by before it re-reads its terminal
+/// instead: disables come a few at a time (a merchant's windows), never thousands.
+const TERMINAL_NOTICES_MAX: usize = 1024;
+
 /// A terminal's registration plus what the gateway remembers of its requests.
 pub(crate) struct TerminalState {
+    /// The working view, with the secret in clear (memory only).
     pub(crate) info: Terminal,
+    /// The registry's record, its keys sealed; `None` for a terminal registered before
+    /// the registry (a `TerminalRegistered` entry), until it is next changed.
+    pub(crate) record: Option<TerminalRecord>,
+    /// During a rekey's overlap: the previous secret, and until when it signs on.
+    pub(crate) previous: Option<([u8; 32], i64)>,
+    /// Its sealed key could not be opened (no terminal key given: the command line's
+    /// tools): it cannot sign on, and the secret in `info` is not its secret.
+    pub(crate) locked: bool,
     pub(crate) last_seq: u64,
     slots: Box<[Option<SeqRecord>; SEQ_SLOTS]>,
     pub(crate) last_seen_ms: i64,
@@ -56,6 +72,9 @@ impl TerminalState {
     pub(crate) fn new(info: Terminal) -> TerminalState {
         TerminalState {
             info,
+            record: None,
+            previous: None,
+            locked: false,
             last_seq: 0,
             slots: Box::new([None; SEQ_SLOTS]),
             last_seen_ms: 0,
@@ -94,6 +113,13 @@ pub(crate) struct Loaded {
     pub(crate) grants: Vec<GrantMark>,
     pub(crate) exceptions: Vec<Exception>,
     pub(crate) answers: Vec<IdempotentAnswer>,
+    pub(crate) terminal_records: Vec<TerminalRecord>,
+    pub(crate) merchants: Vec<Merchant>,
+    pub(crate) door_groups: Vec<DoorGroup>,
+    pub(crate) handouts: Vec<KeyHandout>,
+    pub(crate) stock_batches: Vec<StockBatch>,
+    pub(crate) stock_removed: Vec<StockRemoved>,
+    pub(crate) stock_counts: Vec<StockCount>,
     /// The highest tx id any committed entry used.
     pub(crate) tx_id_mark: u64,
 }
@@ -116,6 +142,19 @@ pub(crate) struct State {
     next_exception_id: AtomicU64,
     /// Answers kept under operators' idempotency keys, by (operator id, key).
     answers: DashMap<(u64, String), IdempotentAnswer>,
+    /// The registry: merchants, door groups, serial numbers in use, keys handed out.
+    merchants: DashMap<u64, Merchant>,
+    door_groups: DashMap<u64, DoorGroup>,
+    serials: DashMap<String, u64>,
+    handouts: parking_lot::Mutex<Vec<KeyHandout>>,
+    next_merchant_id: AtomicU64,
+    next_door_group_id: AtomicU64,
+    /// The blank card stock.
+    stock: parking_lot::Mutex<StockBook>,
+    /// Opens the registry's sealed keys; none: terminals cannot be registered or changed.
+    terminal_key: Option<TerminalKey>,
+    /// Terminals that changed (disabled): their sessions close.
+    terminal_notices: tokio::sync::broadcast::Sender<u64>,
     next_tx_id: AtomicU64,
     next_account_id: AtomicU64,
     next_operator_id: AtomicU64,
@@ -126,8 +165,22 @@ pub(crate) struct State {
     staged_imports: parking_lot::Mutex<Vec<(u64, u64, u32)>>,
 }
 
+/// The blank card stock as the records have it.
+#[derive(Default)]
+pub(crate) struct StockBook {
+    pub(crate) batches: Vec<StockBatch>,
+    pub(crate) removed: std::collections::BTreeMap<u64, StockRemoved>,
+    pub(crate) counts: Vec<StockCount>,
+}
+
+impl StockBook {
+    pub(crate) fn batch_of(&self, no: CardNo) -> Option<&StockBatch> {
+        self.batches.iter().find(|b| b.contains(no))
+    }
+}
+
 impl State {
-    pub(crate) fn new(load: Loaded) -> State {
+    pub(crate) fn new(load: Loaded, terminal_key: Option<TerminalKey>) -> Result<State, LedgerError> {
         let accounts = new_map();
         let mut next_account_id = 1;
         for a in load.accounts {
@@ -162,6 +215,15 @@ impl State {
             exceptions: DashMap::new(),
             next_exception_id: AtomicU64::new(1),
             answers: DashMap::new(),
+            merchants: DashMap::new(),
+            door_groups: DashMap::new(),
+            serials: DashMap::new(),
+            handouts: parking_lot::Mutex::new(Vec::new()),
+            next_merchant_id: AtomicU64::new(1),
+            next_door_group_id: AtomicU64::new(1),
+            stock: parking_lot::Mutex::new(StockBook::default()),
+            terminal_key,
+            terminal_notices: tokio::sync::broadcast::Sender::new(TERMINAL_NOTICES_MAX),
             next_tx_id: AtomicU64::new(load.tx_id_mark + 1),
             next_account_id: AtomicU64::new(next_account_id),
             next_operator_id: AtomicU64::new(1),
@@ -186,7 +248,25 @@ impl State {
         for a in load.answers {
             state.put_answer(a);
         }
-        state
+        for m in load.merchants {
+            state.put_merchant(m);
+        }
+        for g in load.door_groups {
+            state.put_door_group(g);
+        }
+        for r in load.terminal_records {
+            state.put_terminal_record(r)?;
+        }
+        state.handouts.lock().extend(load.handouts);
+        {
+            let mut stock = state.stock.lock();
+            stock.batches = load.stock_batches;
+            stock.batches.sort_by_key(|b| b.id);
+            stock.removed = load.stock_removed.into_iter().map(|r| (r.card.0, r)).collect();
+            stock.counts = load.stock_counts;
+            stock.counts.sort_by_key(|c| c.id);
+        }
+        Ok(state)
     }
 
     // ---- accounts ---------------------------------------------------------------------
@@ -281,6 +361,113 @@ impl State {
                 v.insert(TerminalState::new(t));
             }
         }
+    }
+
+    /// Puts a registry record in place, opening its sealed keys. A previous key is kept
+    /// with the end of its overlap; sign-on judges it.
+    /// Without a terminal key the record is put in place locked: every other field is
+    /// usable, but the terminal cannot sign on.
+    pub(crate) fn put_terminal_record(&self, r: TerminalRecord) -> Result<(), LedgerError> {
+        let (secret, previous, locked) = match &self.terminal_key {
+            Some(key) => {
+                let secret = key.open(r.id, r.key_generation, &r.key)?;
+                let previous = match &r.previous_key {
+                    Some(p) => Some((
+                        key.open(r.id, r.key_generation.saturating_sub(1), p)?,
+                        r.previous_until_ms,
+                    )),
+                    None => None,
+                };
+                (secret, previous, false)
+            }
+            None => ([0; 32], None, true),
+        };
+        if let Some(old) = self
+            .terminals
+            .get(&r.id)
+            .and_then(|t| t.record.as_ref().map(|o| o.serial.clone()))
+        {
+            self.serials.remove(&old);
+        }
+        self.serials.insert(r.serial.clone(), r.id);
+        let info = r.terminal(secret);
+        match self.terminals.entry(r.id) {
+            dashmap::Entry::Occupied(mut o) => {
+                let t = o.get_mut();
+                t.info = info;
+                t.record = Some(r);
+                t.previous = previous;
+                t.locked = locked;
+            }
+            dashmap::Entry::Vacant(v) => {
+                let mut t = TerminalState::new(info);
+                t.record = Some(r);
+                t.previous = previous;
+                t.locked = locked;
+                v.insert(t);
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn terminal_notices(&self) -> &tokio::sync::broadcast::Sender<u64> {
+        &self.terminal_notices
+    }
+
+    pub(crate) fn terminal_key(&self) -> Option<&TerminalKey> {
+        self.terminal_key.as_ref()
+    }
+
+    /// The terminal registered with this serial number, if any.
+    pub(crate) fn terminal_of_serial(&self, serial: &str) -> Option<u64> {
+        self.serials.get(serial).map(|t| *t)
+    }
+
+    pub(crate) fn merchant(&self, id: u64) -> Option<Merchant> {
+        self.merchants.get(&id).map(|m| m.clone())
+    }
+
+    pub(crate) fn merchants(&self) -> Vec<Merchant> {
+        let mut v: Vec<Merchant> = self.merchants.iter().map(|m| m.clone()).collect();
+        v.sort_by_key(|m| m.id);
+        v
+    }
+
+    /// Inserts or replaces a merchant; ids handed out later stay above it.
+    pub(crate) fn put_merchant(&self, m: Merchant) {
+        self.next_merchant_id.fetch_max(m.id + 1, Ordering::AcqRel);
+        self.merchants.insert(m.id, m);
+    }
+
+    pub(crate) fn new_merchant_id(&self) -> u64 {
+        self.next_merchant_id.fetch_add(1, Ordering::AcqRel)
+    }
+
+    pub(crate) fn door_group(&self, id: u64) -> Option<DoorGroup> {
+        self.door_groups.get(&id).map(|g| g.clone())
+    }
+
+    pub(crate) fn door_groups(&self) -> Vec<DoorGroup> {
+        let mut v: Vec<DoorGroup> = self.door_groups.iter().map(|g| g.clone()).collect();
+        v.sort_by_key(|g| g.id);
+        v
+    }
+
+    pub(crate) fn put_door_group(&self, g: DoorGroup) {
+        self.next_door_group_id.fetch_max(g.id + 1, Ordering::AcqRel);
+        self.door_groups.insert(g.id, g);
+    }
+
+    pub(crate) fn new_door_group_id(&self) -> u64 {
+        self.next_door_group_id.fetch_add(1, Ordering::AcqRel)
+    }
+
+    pub(crate) fn handouts(&self) -> parking_lot::MutexGuard<'_, Vec<KeyHandout>> {
+        self.handouts.lock()
+    }
+
+    pub(crate) fn stock(&self) -> parking_lot::MutexGuard<'_, StockBook> {
+        self.stock.lock()
     }
 
     pub(crate) fn terminals_len(&self) -> usize {

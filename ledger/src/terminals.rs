@@ -16,7 +16,7 @@ impl Ledger {
     /// What sign-on needs: the terminal's secret and the last sequence number recorded
     /// for it.
     pub fn sign_on(&self, terminal_id: u64) -> Option<(TerminalSecret, u64)> {
-        let t = self.state.terminal(terminal_id)?;
+        let t = self.state.terminal(terminal_id).filter(|t| !t.locked)?;
         Some((TerminalSecret(t.info.secret), t.last_seq))
     }
 

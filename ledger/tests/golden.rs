@@ -10,13 +10,14 @@
 
 use cardgate_codec::{CardNo, DeclineReason};
 use cardgate_domain::entry::{
-    AccountLeft, CardAction, CardChange, EntryBody, EntryRecord, FeeKind, ImportChunk, ImportCommitted, ImportItem,
-    MoneyEntry, MoneyKind, MoneyMove, OperatorEntry, ParamsChange, PayMethod, PersonOpened, PersonUpdated, TxEntry,
+    AccountLeft, CardAction, CardChange, DoorGroupEntry, EntryBody, EntryRecord, FeeKind, ImportChunk, ImportCommitted,
+    ImportItem, MerchantEntry, MoneyEntry, MoneyKind, MoneyMove, OperatorEntry, ParamsChange, PayMethod, PersonOpened,
+    PersonUpdated, StockEntry, TerminalAction, TerminalEntry, TxEntry,
 };
 use cardgate_domain::model::{
-    Account, AccountKind, AccountStatus, AuditRecord, BlacklistChange, Card, CardStatus, Exception, ExceptionKind,
-    GrantMark, IdempotentAnswer, Limits, Outcome, Params, Person, Resolution, SeqRecord, Terminal, TerminalKind,
-    TxKind,
+    Account, AccountKind, AccountStatus, AuditRecord, BlacklistChange, Card, CardStatus, DoorGroup, Exception,
+    ExceptionKind, GrantMark, IdempotentAnswer, InventoryStatus, KeyHandout, Limits, Merchant, MerchantKind, Outcome,
+    Params, Person, Resolution, SealedKey, SeqRecord, StockBatch, Terminal, TerminalKind, TerminalRecord, TxKind,
 };
 use cardgate_domain::money::from_fen;
 use cardgate_domain::operator::{Actor, Operator, Role};
@@ -306,6 +307,84 @@ fn every_entry() -> Vec<(&'static str, EntryBody)> {
                 time_ms: T,
             })),
         ),
+        (
+            "merchant set",
+            EntryBody::MerchantSet(Box::new(MerchantEntry {
+                actor: actor(),
+                merchant: Merchant {
+                    id: 7,
+                    name: "二食堂".into(),
+                    kind: MerchantKind::CanteenWindow,
+                    place: "Canteen 2".into(),
+                    contact: "李师傅 13800000000".into(),
+                    fee_rate_bp: 50,
+                    enabled: true,
+                    created_ms: T,
+                },
+            })),
+        ),
+        (
+            "door group set",
+            EntryBody::DoorGroupSet(Box::new(DoorGroupEntry {
+                actor: actor(),
+                group: DoorGroup {
+                    id: 3,
+                    name: "Library".into(),
+                    place: "Library, all entrances".into(),
+                    created_ms: T,
+                },
+            })),
+        ),
+        (
+            "terminal set",
+            EntryBody::TerminalSet(Box::new(TerminalEntry {
+                actor: actor(),
+                action: TerminalAction::Rekeyed,
+                terminal: TerminalRecord {
+                    id: 42,
+                    kind: TerminalKind::Pos,
+                    merchant_id: 7,
+                    door_group: 0,
+                    name: "二食堂 3号窗口".into(),
+                    place: "Canteen 2".into(),
+                    serial: "SN-0042".into(),
+                    responsible: "李师傅".into(),
+                    installed: "2026-09-01".into(),
+                    status: InventoryStatus::Installed,
+                    enabled: true,
+                    key_generation: 2,
+                    key: SealedKey {
+                        nonce: [1; 12],
+                        ciphertext: vec![2; 48],
+                    },
+                    previous_key: Some(SealedKey {
+                        nonce: [3; 12],
+                        ciphertext: vec![4; 48],
+                    }),
+                    previous_until_ms: T + 86_400_000,
+                    updated_ms: T,
+                },
+                handout: Some(KeyHandout {
+                    terminal: 42,
+                    key_generation: 2,
+                    issued_by: actor(),
+                    handed_to: "installer Zhou".into(),
+                    time_ms: T,
+                }),
+            })),
+        ),
+        (
+            "stock",
+            EntryBody::Stock(Box::new(StockEntry::Received(StockBatch {
+                id: 1,
+                first: CardNo(62_220_000_000_001),
+                last: CardNo(62_220_000_000_100),
+                received: "2026-11-02".into(),
+                supplier: "卡厂".into(),
+                received_by: actor(),
+                time_ms: T,
+            }))),
+        ),
     ]
 }
 
@@ -347,6 +426,14 @@ const ENTRY_HEX: &[&str] = &[
     "01c08ffd92c4680e03c08ffd92c4680011ce829da484dc860b2aea078407c41325726576657273616c20616674657220746865206163636f756e742077617320636c6f736564010306e78e8be88ab30380b98493c4680c7061696420696e2063617368",
     // idempotent answer (added with issue 10)
     "01c08ffd92c4680f031138653063326633612d746f7075702d31371111111111111111111111111111111111111111111111111111111111111111c801177b226d6f6e6579223a7b2274785f6964223a3930317d7dc08ffd92c468",
+    // merchant set (added with issue 16)
+    "01c08ffd92c468100306e78e8be88ab3030709e4ba8ce9a39fe5a082000943616e7465656e203215e69d8ee5b888e582852031333830303030303030303201c08ffd92c468",
+    // door group set
+    "01c08ffd92c468110306e78e8be88ab30303074c696272617279164c6962726172792c20616c6c20656e7472616e636573c08ffd92c468",
+    // terminal set
+    "01c08ffd92c468120306e78e8be88ab303042a00070014e4ba8ce9a39fe5a0822033e58fb7e7aa97e58fa30943616e7465656e203207534e2d3030343209e69d8ee5b888e582850a323032362d30392d3031010102010101010101010101010101300202020202020202020202020202020202020202020202020202020202020202020202020202020202020202020202020103030303030303030303030330040404040404040404040404040404040404040404040404040404040404040404040404040404040404040404040404c0ffafe5c468c08ffd92c468012a020306e78e8be88ab3030e696e7374616c6c6572205a686f75c08ffd92c468",
+    // stock
+    "01c08ffd92c46813000181f0fdc7eb920ee4f0fdc7eb920e0a323032362d31312d303206e58da1e58e820306e78e8be88ab303c08ffd92c468",
 ];
 
 /// The bytes of each state record kind a checkpoint writes.
@@ -366,7 +453,7 @@ fn every_record() -> Vec<(&'static str, Vec<u8>)> {
         time_ms: T,
         reversed_by: Some(1002),
     };
-    vec![
+    let mut out = vec![
         ("account", encode_record(&account())),
         ("card", encode_record(&card())),
         ("terminal", encode_record(&terminal())),
@@ -389,7 +476,27 @@ fn every_record() -> Vec<(&'static str, Vec<u8>)> {
             "staged import chunk",
             encode_record(&vec![ImportItem::Update { person: person() }]),
         ),
-    ]
+    ];
+    // Records added since: the payloads of their entries, stored as state records.
+    for (name, body) in every_entry() {
+        let bytes = match &body {
+            EntryBody::Exception(e) => encode_record(e.as_ref()),
+            EntryBody::IdempotentAnswer(a) => encode_record(a.as_ref()),
+            EntryBody::MerchantSet(m) => encode_record(&m.merchant),
+            EntryBody::DoorGroupSet(g) => encode_record(&g.group),
+            EntryBody::TerminalSet(t) => {
+                out.push(("key handout", encode_record(t.handout.as_ref().unwrap())));
+                encode_record(&t.terminal)
+            }
+            EntryBody::Stock(x) => match x.as_ref() {
+                StockEntry::Received(b) => encode_record(b),
+                _ => continue,
+            },
+            _ => continue,
+        };
+        out.push((name, bytes));
+    }
+    out
 }
 
 const RECORD_HEX: &[&str] = &[
@@ -415,6 +522,20 @@ const RECORD_HEX: &[&str] = &[
     "010f737562736964792d323032362d313111904e8707",
     // staged import chunk
     "010101110a3230323430303132333406e5bca0e4b8890fe8aea1e7ae97e69cbae5ada6e999a2b68ffd92c468",
+    // exception (added with issue 10)
+    "0103c08ffd92c4680011ce829da484dc860b2aea078407c41325726576657273616c20616674657220746865206163636f756e742077617320636c6f736564010306e78e8be88ab30380b98493c4680c7061696420696e2063617368",
+    // idempotent answer
+    "01031138653063326633612d746f7075702d31371111111111111111111111111111111111111111111111111111111111111111c801177b226d6f6e6579223a7b2274785f6964223a3930317d7dc08ffd92c468",
+    // merchant (added with issue 16)
+    "010709e4ba8ce9a39fe5a082000943616e7465656e203215e69d8ee5b888e582852031333830303030303030303201c08ffd92c468",
+    // door group
+    "0103074c696272617279164c6962726172792c20616c6c20656e7472616e636573c08ffd92c468",
+    // key handout
+    "012a020306e78e8be88ab3030e696e7374616c6c6572205a686f75c08ffd92c468",
+    // terminal record
+    "012a00070014e4ba8ce9a39fe5a0822033e58fb7e7aa97e58fa30943616e7465656e203207534e2d3030343209e69d8ee5b888e582850a323032362d30392d3031010102010101010101010101010101300202020202020202020202020202020202020202020202020202020202020202020202020202020202020202020202020103030303030303030303030330040404040404040404040404040404040404040404040404040404040404040404040404040404040404040404040404c0ffafe5c468c08ffd92c468",
+    // stock batch
+    "010181f0fdc7eb920ee4f0fdc7eb920e0a323032362d31312d303206e58da1e58e820306e78e8be88ab303c08ffd92c468",
 ];
 
 fn hex(bytes: &[u8]) -> String {
@@ -466,10 +587,14 @@ fn variant(b: &EntryBody) -> usize {
         EntryBody::Audit(_) => 13,
         EntryBody::Exception(_) => 14,
         EntryBody::IdempotentAnswer(_) => 15,
+        EntryBody::MerchantSet(_) => 16,
+        EntryBody::DoorGroupSet(_) => 17,
+        EntryBody::TerminalSet(_) => 18,
+        EntryBody::Stock(_) => 19,
     }
 }
 
-const ENTRY_KINDS: usize = 16;
+const ENTRY_KINDS: usize = 20;
 
 #[test]
 fn every_entry_kind_has_golden_bytes() {

@@ -368,6 +368,45 @@ impl Batch {
                 };
                 self.event(e.id, time_ms, body, keys, x.as_ref());
             }
+            EntryBody::MerchantSet(m) => {
+                self.event(e.id, time_ms, body, Keys::default().by(&m.actor), &m.merchant);
+            }
+            EntryBody::DoorGroupSet(g) => self.event(e.id, time_ms, body, Keys::default().by(&g.actor), &g.group),
+            EntryBody::TerminalSet(t) => {
+                let r = &t.terminal;
+                self.terminals.insert(
+                    r.id,
+                    TerminalRow {
+                        terminal: r.id,
+                        kind: r.kind.as_str(),
+                        merchant: r.merchant_id,
+                        enabled: r.enabled,
+                        name: r.name.clone(),
+                        place: r.place.clone(),
+                        updated_ms: time_ms,
+                        entry_id: e.id,
+                    },
+                );
+                // Built field by field, without the sealed keys: nothing of a key leaves.
+                let payload = TerminalSetPublic {
+                    action: t.action.as_str(),
+                    id: r.id,
+                    kind: r.kind.as_str(),
+                    merchant_id: r.merchant_id,
+                    door_group: r.door_group,
+                    name: &r.name,
+                    place: &r.place,
+                    serial: &r.serial,
+                    responsible: &r.responsible,
+                    installed: &r.installed,
+                    status: r.status.as_str(),
+                    enabled: r.enabled,
+                    key_generation: r.key_generation,
+                    key_handed_to: t.handout.as_ref().map(|h| h.handed_to.as_str()),
+                };
+                self.event(e.id, time_ms, body, Keys::terminal(r.id).by(&t.actor), &payload);
+            }
+            EntryBody::Stock(x) => self.event(e.id, time_ms, body, Keys::default(), x.as_ref()),
             // Every entry lands somewhere, so that the store can prove it has them all.
             EntryBody::IdempotentAnswer(a) => {
                 let payload = IdempotentPublic {
@@ -631,6 +670,25 @@ fn terminal_row(t: &Terminal, entry_id: u64, time_ms: i64) -> TerminalRow {
         updated_ms: time_ms,
         entry_id,
     }
+}
+
+/// A terminal change's event payload: the record without its sealed keys.
+#[derive(Serialize)]
+struct TerminalSetPublic<'a> {
+    action: &'static str,
+    id: u64,
+    kind: &'static str,
+    merchant_id: u64,
+    door_group: u64,
+    name: &'a str,
+    place: &'a str,
+    serial: &'a str,
+    responsible: &'a str,
+    installed: &'a str,
+    status: &'static str,
+    enabled: bool,
+    key_generation: u32,
+    key_handed_to: Option<&'a str>,
 }
 
 /// An idempotent answer's event payload: which call it was, not what it answered.

@@ -17,8 +17,9 @@ use serde::{Deserialize, Serialize};
 use rust_decimal::Decimal;
 
 use crate::model::{
-    Account, AccountKind, AccountStatus, AuditRecord, BlacklistChange, Card, Exception, IdempotentAnswer, Outcome,
-    Params, Person, Terminal, TxKind, card_no,
+    Account, AccountKind, AccountStatus, AuditRecord, BlacklistChange, Card, DoorGroup, Exception, IdempotentAnswer,
+    KeyHandout, Merchant, Outcome, Params, Person, StockBatch, StockCount, StockRemoval, Terminal, TerminalRecord,
+    TxKind, card_no,
 };
 use crate::operator::{Actor, Operator};
 
@@ -302,6 +303,72 @@ pub enum EntryBody {
     Exception(Box<Exception>),
     /// The answer an operator call got under its idempotency key.
     IdempotentAnswer(Box<IdempotentAnswer>),
+    // ---- the registry and the card stock (issue 16) ----
+    /// A merchant created or changed: the whole record.
+    MerchantSet(Box<MerchantEntry>),
+    /// A door group created or changed.
+    DoorGroupSet(Box<DoorGroupEntry>),
+    /// A terminal registered, changed, enabled, disabled, rekeyed or retired: the whole
+    /// record as it is now (its key sealed), and the key handed out, if one was.
+    TerminalSet(Box<TerminalEntry>),
+    /// A change to the blank card stock.
+    Stock(Box<StockEntry>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MerchantEntry {
+    pub actor: Actor,
+    pub merchant: Merchant,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DoorGroupEntry {
+    pub actor: Actor,
+    pub group: DoorGroup,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TerminalAction {
+    Registered,
+    Changed,
+    Enabled,
+    Disabled,
+    Rekeyed,
+}
+
+impl TerminalAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TerminalAction::Registered => "registered",
+            TerminalAction::Changed => "changed",
+            TerminalAction::Enabled => "enabled",
+            TerminalAction::Disabled => "disabled",
+            TerminalAction::Rekeyed => "rekeyed",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TerminalEntry {
+    pub actor: Actor,
+    pub action: TerminalAction,
+    pub terminal: TerminalRecord,
+    /// The key handed out with a registration or a rekey.
+    pub handout: Option<KeyHandout>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StockEntry {
+    Received(StockBatch),
+    Removed {
+        actor: Actor,
+        how: StockRemoval,
+        #[serde(with = "crate::model::card_nos")]
+        cards: Vec<CardNo>,
+        note: String,
+        time_ms: i64,
+    },
+    Counted(StockCount),
 }
 
 impl EntryBody {
@@ -327,6 +394,10 @@ impl EntryBody {
             EntryBody::Audit(_) => "audit",
             EntryBody::Exception(_) => "exception",
             EntryBody::IdempotentAnswer(_) => "idempotent_answer",
+            EntryBody::MerchantSet(_) => "merchant_set",
+            EntryBody::DoorGroupSet(_) => "door_group_set",
+            EntryBody::TerminalSet(_) => "terminal_set",
+            EntryBody::Stock(_) => "stock",
         }
     }
 }

@@ -419,3 +419,224 @@ pub struct IdempotentAnswer {
     pub body: String,
     pub time_ms: i64,
 }
+
+// ---- the system admin's registry: merchants, door groups, terminals (issue 16) --------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum MerchantKind {
+    /// A canteen's window (食堂窗口).
+    CanteenWindow,
+    Shop,
+    /// A service point (printing, laundry, ...).
+    Service,
+}
+
+impl MerchantKind {
+    pub const ALL: [MerchantKind; 3] = [MerchantKind::CanteenWindow, MerchantKind::Shop, MerchantKind::Service];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MerchantKind::CanteenWindow => "canteen_window",
+            MerchantKind::Shop => "shop",
+            MerchantKind::Service => "service",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<MerchantKind> {
+        MerchantKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// A merchant (商户): who POS terminals take money for, and what the centre charges it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Merchant {
+    pub id: u64,
+    pub name: String,
+    pub kind: MerchantKind,
+    pub place: String,
+    pub contact: String,
+    /// The centre's fee on the merchant's sales, in basis points (1/100 of a percent):
+    /// exact, and a rate is never more than 100%.
+    pub fee_rate_bp: u32,
+    pub enabled: bool,
+    pub created_ms: i64,
+}
+
+/// A door group: the doors one permission opens (a building's entrances, a lab, a
+/// dormitory). Door controllers belong to one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DoorGroup {
+    pub id: u64,
+    pub name: String,
+    pub place: String,
+    pub created_ms: i64,
+}
+
+/// Where a device is in its life, as the system admin's inventory counts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum InventoryStatus {
+    InStock,
+    Installed,
+    UnderRepair,
+    Retired,
+}
+
+impl InventoryStatus {
+    pub const ALL: [InventoryStatus; 4] = [
+        InventoryStatus::InStock,
+        InventoryStatus::Installed,
+        InventoryStatus::UnderRepair,
+        InventoryStatus::Retired,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InventoryStatus::InStock => "in_stock",
+            InventoryStatus::Installed => "installed",
+            InventoryStatus::UnderRepair => "under_repair",
+            InventoryStatus::Retired => "retired",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<InventoryStatus> {
+        InventoryStatus::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// A terminal's secret, sealed under the gateway's terminal key (an AEAD), so that the
+/// data directory, its backups and the journal never hold it in clear.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedKey {
+    pub nonce: [u8; 12],
+    /// The secret and the authentication tag.
+    pub ciphertext: Vec<u8>,
+}
+
+/// A terminal as the registry keeps it: what it is, where, who answers for it, and its
+/// key (sealed). During a rekey's overlap the previous key still signs on until
+/// `previous_until_ms`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TerminalRecord {
+    pub id: u64,
+    pub kind: TerminalKind,
+    /// The merchant a POS terminal takes money for (0 for other kinds).
+    pub merchant_id: u64,
+    /// The door group a door controller serves (0 for other kinds).
+    pub door_group: u64,
+    pub name: String,
+    pub place: String,
+    pub serial: String,
+    /// The person who answers for the device (负责人).
+    pub responsible: String,
+    /// The local date it was installed (`YYYY-MM-DD`), empty while in stock.
+    pub installed: String,
+    pub status: InventoryStatus,
+    pub enabled: bool,
+    /// Counts the keys this terminal has had; part of what a sealed key is bound to.
+    pub key_generation: u32,
+    pub key: SealedKey,
+    pub previous_key: Option<SealedKey>,
+    pub previous_until_ms: i64,
+    pub updated_ms: i64,
+}
+
+impl TerminalRecord {
+    /// The record as the rest of the gateway sees it, with the secret given.
+    pub fn terminal(&self, secret: [u8; 32]) -> Terminal {
+        Terminal {
+            id: self.id,
+            secret,
+            kind: self.kind,
+            merchant_id: self.merchant_id,
+            enabled: self.enabled,
+            name: self.name.clone(),
+            place: self.place.clone(),
+        }
+    }
+}
+
+/// Who received which terminal's key, when and from whom (授权卡 records).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyHandout {
+    pub terminal: u64,
+    pub key_generation: u32,
+    pub issued_by: Actor,
+    /// The installer or technician the key was given to.
+    pub handed_to: String,
+    pub time_ms: i64,
+}
+
+// ---- blank card stock (库存卡) ------------------------------------------------------------
+
+/// A delivery of blank cards: the card numbers `first..=last`, all printed and received.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockBatch {
+    pub id: u64,
+    #[serde(with = "card_no")]
+    pub first: CardNo,
+    #[serde(with = "card_no")]
+    pub last: CardNo,
+    /// The local date received (`YYYY-MM-DD`).
+    pub received: String,
+    pub supplier: String,
+    pub received_by: Actor,
+    pub time_ms: i64,
+}
+
+impl StockBatch {
+    pub fn contains(&self, no: CardNo) -> bool {
+        (self.first.0..=self.last.0).contains(&no.0)
+    }
+
+    pub fn size(&self) -> u64 {
+        self.last.0 - self.first.0 + 1
+    }
+}
+
+/// Why a blank card left the stock other than by being issued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum StockRemoval {
+    /// Damaged before issue (printing, encoding).
+    Spoiled,
+    /// Sent back to the supplier.
+    Returned,
+}
+
+impl StockRemoval {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StockRemoval::Spoiled => "spoiled",
+            StockRemoval::Returned => "returned",
+        }
+    }
+}
+
+/// The card desk's weekly count of blank cards on hand, against the records.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockCount {
+    pub id: u64,
+    /// The local date counted.
+    pub date: String,
+    pub counted: u64,
+    /// What the records said should be on hand.
+    pub expected: u64,
+    /// The card numbers counted on hand, when the count listed them.
+    #[serde(with = "card_nos")]
+    pub counted_cards: Vec<CardNo>,
+    pub by: Actor,
+    pub time_ms: i64,
+}
+
+/// `serde(with = "card_nos")`: card numbers stored as `u64`s.
+pub mod card_nos {
+    use cardgate_codec::CardNo;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[CardNo], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(|c| c.0))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<CardNo>, D::Error> {
+        Ok(Vec::<u64>::deserialize(d)?.into_iter().map(CardNo).collect())
+    }
+}

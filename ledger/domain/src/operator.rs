@@ -60,9 +60,9 @@ impl Role {
         use Permission::*;
         match self {
             Role::Director => true,
-            Role::SystemAdmin => matches!(p, Operators | Params | Audit | Blacklist),
+            Role::SystemAdmin => matches!(p, Operators | Params | Audit | Blacklist | Terminals),
             Role::DataAdmin => matches!(p, Import | Grants | Params | Audit | Fees | History | Persons),
-            Role::CardDesk => matches!(p, Cards | Persons | Money | History | Fees | Blacklist),
+            Role::CardDesk => matches!(p, Cards | Persons | Money | History | Fees | Blacklist | Stock),
             Role::DoorAdmin => matches!(p, Doors),
             Role::AttendanceAdmin => matches!(p, Attendance),
         }
@@ -98,10 +98,16 @@ pub enum Permission {
     Doors,
     /// Attendance (roadmap).
     Attendance,
+    /// Merchants, door groups, terminals: the registry, the inventory, keys.
+    Terminals,
+    /// Who received which terminal's key (the director's record).
+    KeyRecords,
+    /// Blank card stock: deliveries, spoilage, the weekly count.
+    Stock,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 13] = [
+    pub const ALL: [Permission; 16] = [
         Permission::Persons,
         Permission::Cards,
         Permission::Money,
@@ -115,6 +121,9 @@ impl Permission {
         Permission::Blacklist,
         Permission::Doors,
         Permission::Attendance,
+        Permission::Terminals,
+        Permission::KeyRecords,
+        Permission::Stock,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -132,6 +141,9 @@ impl Permission {
             Permission::Blacklist => "blacklist",
             Permission::Doors => "doors",
             Permission::Attendance => "attendance",
+            Permission::Terminals => "terminals",
+            Permission::KeyRecords => "key_records",
+            Permission::Stock => "stock",
         }
     }
 }
@@ -215,6 +227,13 @@ mod tests {
         assert!(!Role::DataAdmin.allows(Permission::Cards));
         assert!(Role::SystemAdmin.allows(Permission::Operators));
         assert!(!Role::DoorAdmin.allows(Permission::Money));
+        assert!(Role::SystemAdmin.allows(Permission::Terminals));
+        assert!(
+            !Role::SystemAdmin.allows(Permission::KeyRecords),
+            "the director's record"
+        );
+        assert!(Role::Director.allows(Permission::KeyRecords));
+        assert!(Role::CardDesk.allows(Permission::Stock));
         assert_eq!(Role::parse("root"), None);
     }
 }

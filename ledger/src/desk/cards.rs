@@ -76,6 +76,7 @@ impl Ledger {
             if self.state.has_card(no) {
                 return Err(invalid(format!("card {} already exists", no.0)));
             }
+            self.check_issuable(no)?;
             let now = self.now_ms();
             let card = Card {
                 no,
@@ -264,6 +265,7 @@ impl Ledger {
             if self.state.has_card(new) {
                 return Err(invalid(format!("card {} already exists", new.0)));
             }
+            self.check_issuable(new)?;
             let mut card = self
                 .state
                 .card_mut(old)

@@ -312,11 +312,43 @@ impl Ledger {
         value: R,
         now_ms: i64,
         body: EntryBody,
+        records: Writes,
+        tx_id: u64,
+        extras: Extras,
+    ) -> Durable<R> {
+        self.send_entries(txn, value, now_ms, body, SmallVec::new(), records, tx_id, extras)
+    }
+
+    /// As `send_with`, with more entries the operation made (a merchant's terminals
+    /// disabled with it), all in one submission.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn send_with_more<R>(
+        &self,
+        txn: Txn<'_>,
+        value: R,
+        now_ms: i64,
+        body: EntryBody,
+        more: SmallVec<[EntryRecord; 1]>,
+        records: Writes,
+        extras: Extras,
+    ) -> Durable<R> {
+        self.send_entries(txn, value, now_ms, body, more, records, 0, extras)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn send_entries<R>(
+        &self,
+        txn: Txn<'_>,
+        value: R,
+        now_ms: i64,
+        body: EntryBody,
+        more: SmallVec<[EntryRecord; 1]>,
         mut records: Writes,
         tx_id: u64,
         extras: Extras,
     ) -> Durable<R> {
         let mut entries: SmallVec<[EntryRecord; 1]> = smallvec![EntryRecord { time_ms: now_ms, body }];
+        entries.extend(more);
         if let Some(a) = &extras.audit {
             records.push(StateWrite::Audit(Box::new(a.clone())));
             entries.push(EntryRecord {

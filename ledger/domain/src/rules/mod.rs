@@ -5,3 +5,4 @@
 pub mod card;
 pub mod input;
 pub mod purchase;
+pub mod registry;

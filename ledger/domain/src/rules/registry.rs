@@ -70,9 +70,7 @@ pub fn check_stock_batch(first: CardNo, last: CardNo) -> Result<(), Refusal> {
         return Err(Refusal("the batch's last card number is below its first".into()));
     }
     if last.0 - first.0 >= STOCK_BATCH_CARDS_MAX {
-        return Err(Refusal(format!(
-            "a batch holds at most {STOCK_BATCH_CARDS_MAX} cards"
-        )));
+        return Err(Refusal(format!("a batch holds at most {STOCK_BATCH_CARDS_MAX} cards")));
     }
     Ok(())
 }
@@ -85,7 +83,10 @@ mod tests {
     fn each_kind_is_attached_to_what_it_serves() {
         assert!(check_attachment(TerminalKind::Pos, 7, 0).is_ok());
         assert!(check_attachment(TerminalKind::Pos, 0, 0).is_err());
-        assert!(check_attachment(TerminalKind::Pos, 7, 3).is_err(), "a POS terminal on a door group");
+        assert!(
+            check_attachment(TerminalKind::Pos, 7, 3).is_err(),
+            "a POS terminal on a door group"
+        );
         assert!(check_attachment(TerminalKind::Door, 0, 3).is_ok());
         assert!(check_attachment(TerminalKind::Door, 0, 0).is_err());
         assert!(check_attachment(TerminalKind::Door, 7, 3).is_err());
