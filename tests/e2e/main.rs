@@ -7,3 +7,4 @@ mod desk;
 mod harness;
 mod lunch;
 mod pos;
+mod terminals;
