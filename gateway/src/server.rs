@@ -194,6 +194,7 @@ impl Connections {
                         if let Some((_, closer)) = r.signing_on.remove(&id) {
                             closer.close(ErrorCode::Overloaded);
                         }
+                        metrics::gauge!("cardgate_connections_signing_on").set(r.signing_on.len() as f64);
                         // Its slot is free once its task has sent the ERROR and ended.
                         None
                     }

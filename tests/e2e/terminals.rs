@@ -292,3 +292,59 @@ async fn idle_timeouts_and_refused_sign_ons_are_counted_not_logged_at_info() {
         "{closing:?}"
     );
 }
+
+/// Out of file descriptors, every accept fails at once. The gateway backs off, counts
+/// the failures by kind and logs them once per interval, and serves again as soon as
+/// descriptors are free. The daemon's limit is lowered from outside with `prlimit`.
+#[tokio::test]
+async fn out_of_descriptors_accepts_back_off_and_log_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path());
+    let pid = d.pid();
+    let held = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    // Room for a couple of connections, then EMFILE.
+    let limit = held + 2;
+    let prlimit = |soft: &str| {
+        let status = std::process::Command::new("prlimit")
+            .args(["--pid", &pid.to_string(), &format!("--nofile={soft}:")])
+            .status()
+            .expect("run prlimit");
+        assert!(status.success(), "prlimit --nofile={soft}:");
+    };
+    let before = std::process::Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), "--nofile", "--output=SOFT", "--noheadings"])
+        .output()
+        .expect("run prlimit");
+    let before = String::from_utf8_lossy(&before.stdout).trim().to_string();
+    prlimit(&limit.to_string());
+    let started = Instant::now();
+    let mut conns = Vec::new();
+    for _ in 0..20 {
+        conns.push(TcpStream::connect(d.terminal_addr()).await.unwrap());
+    }
+    // Wait until the failures are logged, then give the loop time to fail again.
+    let deadline = Instant::now() + EVENTUALLY;
+    while !d.log().iter().any(|l| l.contains("accept failed")) {
+        assert!(Instant::now() < deadline, "no accept failure was logged");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Free the descriptors: the gateway closes what it accepted once the peers leave.
+    drop(conns);
+    prlimit(&before);
+    let mut t = sign_on_within(&d, 1, SERVED_WITHIN).await.expect("served again");
+    approved(&t.purchase(1, card(1), 1_00).await.unwrap());
+    let failures = d
+        .metric("cardgate_accept_errors_total{kind=\"emfile\"}")
+        .expect("counted by kind");
+    let lines = d.log().iter().filter(|l| l.contains("accept failed")).count() as u64;
+    // One line per 30 s at most, however many failures (a loop without back-off made
+    // some 50 a second).
+    let allowed = 1 + started.elapsed().as_secs() / 30;
+    assert!(failures >= 2.0, "{failures} failures");
+    assert!(lines >= 1 && lines <= allowed, "{lines} lines for {failures} failures");
+    assert!(
+        failures < 60.0 * started.elapsed().as_secs_f64().max(1.0),
+        "backing off, not spinning: {failures} failures"
+    );
+}
