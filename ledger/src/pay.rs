@@ -336,6 +336,12 @@ impl Ledger {
     fn finish(&self, term: &mut TerminalState, now: i64, entry: TxEntry, mut writes: Writes, txn: Txn<'_>) -> Pending {
         let rec = seq_record_of(&entry, now);
         assert!(rec.seq > term.last_seq, "a fresh decision has a new sequence number");
+        // docs/PROTOCOL.md 7.1: only these declines carry the balance.
+        debug_assert!(match entry.outcome {
+            Outcome::Declined { reason, balance_fen } =>
+                balance_fen == 0 || DeclineReason::from_code(reason).is_some_and(DeclineReason::shows_balance),
+            Outcome::Approved { .. } => true,
+        });
         term.remember(rec);
         writes.push(StateWrite::Seq(rec));
         if let Outcome::Declined { reason, .. } = entry.outcome
