@@ -144,6 +144,16 @@ async fn a_terminal_signing_on_again_replaces_its_silent_session_at_once() {
     }
 }
 
+/// PROTOCOL.md 9.3 states the gateway's admission constants; they must be the code's.
+#[test]
+fn the_protocol_states_the_admission_limits_the_gateway_has() {
+    let doc = include_str!("../../docs/PROTOCOL.md");
+    assert!(doc.contains(&format!("up to {SIGN_ON_HEADROOM} more connections be in sign-on")));
+    let grace = cardgate::server::SIGN_ON_GRACE;
+    assert_eq!(grace, Duration::from_secs(1));
+    assert!(doc.contains("in sign-on for at least 1 second"));
+}
+
 /// Connections that never sign on fill the room kept for sign-ons; a terminal coming
 /// back still gets in, in place of the oldest of them.
 #[tokio::test]
