@@ -1,7 +1,9 @@
 //! The tokio-util `Decoder`/`Encoder` for terminal connections.
 //!
 //! The codec is a pure state machine over `BytesMut`: an incomplete frame is `Ok(None)`,
-//! the length prefix is checked against `FRAME_LEN_MAX` before anything is reserved, and
+//! the length prefix is checked against `FRAME_LEN_MAX` as soon as it is in, the header
+//! (version, flags, type, and the length the type requires) before anything is reserved
+//! for the body, and
 //! EOF inside a frame is an error while EOF between frames is a clean close (tokio-util's
 //! default `decode_eof`). Once a session is installed, every frame in both directions
 //! carries a MAC and a counter; the decoder refuses a frame whose MAC fails or whose
@@ -112,6 +114,67 @@ impl TerminalCodec {
     }
 }
 
+impl Side {
+    /// Whether this side accepts `msg_type` before a session exists: the gateway only
+    /// HELLO and PROOF from a terminal, a terminal only CHALLENGE and ERROR from the
+    /// gateway. Everything else needs a session and a MAC.
+    pub fn accepts_unauthenticated(self, msg_type: u8) -> bool {
+        match self {
+            Side::Gateway => matches!(msg_type, msg_type::HELLO | msg_type::PROOF),
+            Side::Terminal => matches!(msg_type, msg_type::CHALLENGE | msg_type::ERROR),
+        }
+    }
+}
+
+impl TerminalCodec {
+    /// Checks a frame's header before anything of its body is buffered, and returns the
+    /// length of the MAC it ends with. Every message type has one body length, so the
+    /// header alone says whether the length prefix can be right: a length that no frame
+    /// acceptable in this state can have is refused here, without waiting for (or
+    /// reserving room for) bytes that could never make a valid frame.
+    fn check_header(&self, len: usize, header: &Header) -> Result<usize, CodecError> {
+        if header.version != PROTOCOL_VERSION {
+            return Err(CodecError::UnsupportedVersion(header.version));
+        }
+        if header.flags & !FLAG_MAC != 0 {
+            return Err(CodecError::Malformed("reserved flag bits set"));
+        }
+        if self.keys.is_some() {
+            // The answer to a refused PROOF is an ERROR the gateway sends before it has
+            // a session; a terminal accepts it only until the first authenticated frame.
+            let refused_sign_on =
+                self.side == Side::Terminal && header.msg_type == msg_type::ERROR && self.recv_counter == 0;
+            if !header.has_mac() && !refused_sign_on {
+                return Err(CodecError::BadMac);
+            }
+        } else {
+            if header.has_mac() {
+                return Err(CodecError::Malformed("MAC before a session exists"));
+            }
+            if !self.side.accepts_unauthenticated(header.msg_type) {
+                return Err(CodecError::Unauthenticated {
+                    msg_type: header.msg_type,
+                });
+            }
+        }
+        let mac_len = if header.has_mac() { MAC_LEN } else { 0 };
+        if len < HEADER_LEN + mac_len {
+            return Err(CodecError::Malformed("length shorter than header and MAC"));
+        }
+        let expected = Message::body_len(header.msg_type).ok_or(BodyError::UnknownType(header.msg_type))?;
+        let got = len - HEADER_LEN - mac_len;
+        if got != expected {
+            return Err(BodyError::Length {
+                msg_type: header.msg_type,
+                expected,
+                got,
+            }
+            .into());
+        }
+        Ok(mac_len)
+    }
+}
+
 impl Decoder for TerminalCodec {
     type Item = Frame;
     type Error = CodecError;
@@ -127,66 +190,37 @@ impl Decoder for TerminalCodec {
         if len < HEADER_LEN {
             return Err(CodecError::Malformed("length shorter than the header"));
         }
+        // Nothing is reserved until the header has shown the length to be one this
+        // state accepts; the header fits in any read buffer.
+        if src.len() < LEN_PREFIX + HEADER_LEN {
+            return Ok(None);
+        }
+        let header = Header::read(&src[LEN_PREFIX..LEN_PREFIX + HEADER_LEN]);
+        let mac_len = self.check_header(len, &header)?;
         let total = LEN_PREFIX + len;
         if src.len() < total {
             src.reserve(total - src.len());
             return Ok(None);
         }
-
-        let header = Header::read(&src[LEN_PREFIX..LEN_PREFIX + HEADER_LEN]);
-        if header.version != PROTOCOL_VERSION {
-            return Err(CodecError::UnsupportedVersion(header.version));
-        }
-        if header.flags & !FLAG_MAC != 0 {
-            return Err(CodecError::Malformed("reserved flag bits set"));
-        }
-        let mac_len = if header.has_mac() { MAC_LEN } else { 0 };
-        if len < HEADER_LEN + mac_len {
-            return Err(CodecError::Malformed("length shorter than header and MAC"));
-        }
         let body_end = total - mac_len;
 
-        match self.recv_key() {
-            Some(key) => {
-                if !header.has_mac() {
-                    // The answer to a refused PROOF is an ERROR sent before the peer had
-                    // a session; it is accepted only until the first authenticated frame.
-                    let refused_sign_on = header.msg_type == msg_type::ERROR && self.recv_counter == 0;
-                    if !refused_sign_on {
-                        return Err(CodecError::BadMac);
-                    }
-                    let message = Message::decode_body(header.msg_type, &src[LEN_PREFIX + HEADER_LEN..total])?;
-                    src.advance(total);
-                    return Ok(Some(Frame {
-                        request_id: header.request_id,
-                        counter: header.counter,
-                        message,
-                    }));
-                }
-                if !key.verify(&src[..body_end], &src[body_end..total]) {
-                    return Err(CodecError::BadMac);
-                }
-                if header.counter <= self.recv_counter {
-                    return Err(CodecError::Replay {
-                        counter: header.counter,
-                        last: self.recv_counter,
-                    });
-                }
+        if mac_len > 0 {
+            let key = self
+                .recv_key()
+                .ok_or(CodecError::Malformed("MAC before a session exists"))?;
+            if !key.verify(&src[..body_end], &src[body_end..total]) {
+                return Err(CodecError::BadMac);
             }
-            None => {
-                if header.has_mac() {
-                    return Err(CodecError::Malformed("MAC before a session exists"));
-                }
-                if !Message::allowed_unauthenticated(header.msg_type) {
-                    return Err(CodecError::Unauthenticated {
-                        msg_type: header.msg_type,
-                    });
-                }
+            if header.counter <= self.recv_counter {
+                return Err(CodecError::Replay {
+                    counter: header.counter,
+                    last: self.recv_counter,
+                });
             }
         }
 
         let message = Message::decode_body(header.msg_type, &src[LEN_PREFIX + HEADER_LEN..body_end])?;
-        if self.keys.is_some() {
+        if mac_len > 0 {
             self.recv_counter = header.counter;
         }
         src.advance(total);

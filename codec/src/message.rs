@@ -85,6 +85,19 @@ impl DeclineReason {
         self as u16
     }
 
+    /// Whether a DECLINED for this reason carries the account's balance in
+    /// `balance_fen`. Only the three reasons that refuse an amount an active account
+    /// could otherwise pay do, so that the terminal can show what the holder has; every
+    /// other decline carries 0, because the account was not looked at (the terminal, the
+    /// card, the amount or the sequence number was refused first) or is not usable
+    /// (`account_blocked`). docs/PROTOCOL.md 7.1 states the same table.
+    pub fn shows_balance(self) -> bool {
+        matches!(
+            self,
+            DeclineReason::InsufficientFunds | DeclineReason::OverSingleLimit | DeclineReason::OverDailyLimit
+        )
+    }
+
     pub fn from_code(code: u16) -> Option<DeclineReason> {
         DeclineReason::ALL.into_iter().find(|r| r.code() == code)
     }
@@ -138,10 +151,12 @@ pub enum ErrorCode {
     Overloaded = 11,
     /// An internal failure not caused by the terminal.
     ServerError = 12,
+    /// A newer connection of the same terminal signed on; this older one is closed.
+    Superseded = 13,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 13] = [
         ErrorCode::Malformed,
         ErrorCode::FrameTooLarge,
         ErrorCode::UnsupportedVersion,
@@ -154,6 +169,7 @@ impl ErrorCode {
         ErrorCode::ShuttingDown,
         ErrorCode::Overloaded,
         ErrorCode::ServerError,
+        ErrorCode::Superseded,
     ];
 
     pub fn code(self) -> u16 {
@@ -178,6 +194,7 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::ServerError => "server_error",
+            ErrorCode::Superseded => "superseded",
         }
     }
 }
@@ -501,8 +518,9 @@ impl Message {
         })
     }
 
-    /// Whether this message may travel before a session key exists. Only the three
-    /// sign-on steps and an ERROR may; everything else requires a MAC.
+    /// Whether this message may travel before a session key exists, in its own direction.
+    /// Only the three sign-on steps and an ERROR may; everything else requires a MAC.
+    /// A decoder accepts only those its peer sends (`Side::accepts_unauthenticated`).
     pub fn allowed_unauthenticated(msg_type: u8) -> bool {
         matches!(
             msg_type,

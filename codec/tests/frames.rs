@@ -74,6 +74,131 @@ fn an_incomplete_frame_is_none_and_consumes_nothing() {
     assert_eq!((f.request_id, f.counter, f.message), (9, 1, purchase(1)));
 }
 
+/// The 4-byte prefix and the 16-byte header of a frame whose length prefix says `len`,
+/// with nothing of its body.
+fn header_only(len: u32, msg_type: u8, flags: u16, counter: u64) -> Vec<u8> {
+    let mut b = Vec::with_capacity(20);
+    b.extend_from_slice(&len.to_le_bytes());
+    b.extend_from_slice(&[PROTOCOL_VERSION, msg_type]);
+    b.extend_from_slice(&flags.to_le_bytes());
+    b.extend_from_slice(&1u32.to_le_bytes());
+    b.extend_from_slice(&counter.to_le_bytes());
+    b
+}
+
+/// The frame lengths the decoder lets through its header check (it then waits for the
+/// body), by type, when fed headers alone; every other length must be refused from the
+/// header, with nothing reserved for the body.
+fn lengths_let_through(codec: &TerminalCodec, flags: u16) -> Vec<(u8, usize)> {
+    let lengths = (0..=300usize).chain([1024, 8192, FRAME_LEN_MAX - 1, FRAME_LEN_MAX]);
+    let keys = input(1, 2).session_keys(&secret());
+    let mut through = Vec::new();
+    for t in 0..=u8::MAX {
+        for len in lengths.clone() {
+            let bytes = header_only(len as u32, t, flags, 1);
+            let mut buf = BytesMut::with_capacity(bytes.len());
+            buf.extend_from_slice(&bytes);
+            let cap = buf.capacity();
+            let mut c = TerminalCodec::new(Side::Gateway);
+            if codec.has_session() {
+                c.install_session(keys.clone());
+            }
+            match c.decode(&mut buf) {
+                Ok(None) => {
+                    assert_eq!(buf.len(), bytes.len(), "type {t:#04x} length {len}: consumed");
+                    assert!(
+                        buf.capacity() <= 4 + len,
+                        "type {t:#04x} length {len}: reserved {} bytes",
+                        buf.capacity()
+                    );
+                    through.push((t, len));
+                }
+                Ok(Some(f)) => panic!("type {t:#04x} length {len}: a header alone decoded as {f:?}"),
+                Err(e) => {
+                    assert_eq!(
+                        buf.capacity(),
+                        cap,
+                        "type {t:#04x} length {len}: reserved after refusing"
+                    );
+                    assert_ne!(e.error_code(), ErrorCode::ServerError);
+                }
+            }
+        }
+    }
+    through
+}
+
+#[test]
+fn a_length_no_message_of_the_state_can_have_is_refused_from_the_header() {
+    // Before sign-on a terminal may send only HELLO and PROOF, 32-byte bodies without a
+    // MAC: a frame of 48 bytes after the prefix, and nothing else.
+    let fresh = TerminalCodec::new(Side::Gateway);
+    assert_eq!(
+        lengths_let_through(&fresh, 0),
+        vec![(msg_type::HELLO, 48), (msg_type::PROOF, 48)]
+    );
+    assert_eq!(lengths_let_through(&fresh, FLAG_MAC), vec![]);
+    // In a session every defined type has exactly one length, header + body + MAC.
+    let (_, session) = signed_on_pair(&input(1, 2));
+    let want: Vec<(u8, usize)> = (0..=u8::MAX)
+        .filter_map(|t| Message::body_len(t).map(|n| (t, HEADER_LEN + n + 16)))
+        .collect();
+    assert_eq!(lengths_let_through(&session, FLAG_MAC), want);
+    assert_eq!(lengths_let_through(&session, 0), vec![], "no MAC: refused as bad_mac");
+}
+
+#[test]
+fn a_hello_claiming_the_largest_length_is_refused_without_its_body() {
+    // 16,384 is within FRAME_LEN_MAX but no message has that length: the decoder refuses
+    // it once the header is in, as malformed, and reserves nothing for the body.
+    let bytes = header_only(FRAME_LEN_MAX as u32, msg_type::HELLO, 0, 0);
+    let mut buf = BytesMut::with_capacity(bytes.len());
+    buf.extend_from_slice(&bytes);
+    let cap = buf.capacity();
+    let e = TerminalCodec::new(Side::Gateway).decode(&mut buf).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            CodecError::Body(cardgate_codec::BodyError::Length { msg_type: msg_type::HELLO, expected: 32, got })
+                if got == FRAME_LEN_MAX - HEADER_LEN
+        ),
+        "{e:?}"
+    );
+    assert_eq!(e.error_code(), ErrorCode::Malformed);
+    assert_eq!(buf.capacity(), cap, "nothing may be reserved for a refused frame");
+    // The prefix alone is only incomplete, and reserves nothing either.
+    let mut buf = BytesMut::with_capacity(4);
+    buf.extend_from_slice(&(FRAME_LEN_MAX as u32).to_le_bytes());
+    assert!(TerminalCodec::new(Side::Gateway).decode(&mut buf).unwrap().is_none());
+    assert_eq!(buf.capacity(), 4);
+}
+
+#[test]
+fn a_terminal_may_not_send_what_only_the_gateway_sends_before_sign_on() {
+    // CHALLENGE and ERROR travel in the clear, but only from the gateway.
+    for m in [
+        Message::Challenge(cardgate_codec::Challenge {
+            gateway_nonce: [1; 16],
+            server_time_ms: 2,
+        }),
+        error(ErrorCode::Replay),
+    ] {
+        let raw = RawFrame::of(&m).bytes(None);
+        let e = decode_one(&mut TerminalCodec::new(Side::Gateway), &raw).unwrap_err();
+        assert!(matches!(e, CodecError::Unauthenticated { .. }), "{m:?}: {e:?}");
+        assert_eq!(
+            decode_one(&mut TerminalCodec::new(Side::Terminal), &raw)
+                .unwrap()
+                .message,
+            m
+        );
+    }
+    // And the clear ERROR that refuses a sign-on is a terminal's exception, not the gateway's.
+    let (_, mut g) = signed_on_pair(&input(1, 2));
+    let raw = RawFrame::of(&error(ErrorCode::AuthFailed)).bytes(None);
+    assert!(matches!(decode_one(&mut g, &raw), Err(CodecError::BadMac)));
+}
+
 #[test]
 fn a_length_that_disagrees_with_the_type_is_malformed() {
     // A HEARTBEAT body is 16 bytes; say so wrongly in both directions.
@@ -158,9 +283,9 @@ fn an_unknown_type_is_malformed_in_a_session_and_unexpected_before_one() {
 #[test]
 fn codes_outside_their_domain_are_malformed() {
     let key = raw_keys(&input(1, 2), &secret()).1;
-    // ERROR code 0 and 13.., DECLINED reason 0 and 19.., BALANCE status 7..
+    // ERROR code 0 and 14.., DECLINED reason 0 and 19.., BALANCE status 7..
     let mut cases: Vec<(u8, Vec<u8>)> = Vec::new();
-    for code in [0u16, 13, 0xffff] {
+    for code in [0u16, ErrorCode::ALL.len() as u16 + 1, 0xffff] {
         let mut b = code.to_le_bytes().to_vec();
         b.resize(8, 0);
         cases.push((msg_type::ERROR, b));

@@ -517,9 +517,15 @@ fn the_decline_reason_table_matches_the_code() {
         .collect();
     assert_eq!(got, want);
     assert!(
-        rows.iter().all(|r| r.len() == 4 && !r[3].is_empty()),
+        rows.iter().all(|r| r.len() == 5 && !r[4].is_empty()),
         "every reason says what to do"
     );
+    // Which declines carry the balance, as the code decides it.
+    for r in &rows {
+        let reason = DeclineReason::from_code(r[0].parse().expect("a code")).expect("listed above");
+        let want = if reason.shows_balance() { "the balance" } else { "0" };
+        assert_eq!(r[3], want, "{}: balance_fen", r[1]);
+    }
 }
 
 #[test]

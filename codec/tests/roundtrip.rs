@@ -205,7 +205,7 @@ proptest! {
         let bytes = encode(&mut tx, id, m);
         prop_assert_eq!(bytes.len(), 4 + HEADER_LEN + Message::body_len(m.msg_type()).unwrap());
         let r = TerminalCodec::new(Side::Gateway).decode(&mut BytesMut::from(&bytes[..]));
-        if Message::allowed_unauthenticated(m.msg_type()) {
+        if Side::Gateway.accepts_unauthenticated(m.msg_type()) {
             let f = r.unwrap().unwrap();
             prop_assert_eq!((f.request_id, f.counter, f.message), (id, 0, m));
         } else {
@@ -244,7 +244,7 @@ proptest! {
                     // session or no key) is one of the frames allowed in the clear.
                     let len = u32::from_le_bytes(bytes[bytes.len() - before..][..4].try_into().unwrap()) as usize;
                     prop_assert_eq!(before - buf.len(), 4 + len);
-                    prop_assert!(Message::allowed_unauthenticated(f.message.msg_type()));
+                    prop_assert!(Side::Gateway.accepts_unauthenticated(f.message.msg_type()));
                 }
                 Ok(None) => {
                     prop_assert_eq!(buf.len(), before);

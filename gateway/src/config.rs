@@ -37,8 +37,8 @@ pub struct Config {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    /// Connections held at once. Taken before accept: at the cap, new terminals wait in
-    /// the kernel's backlog instead of costing us a task and buffers.
+    /// Terminals signed on at once; up to `server::SIGN_ON_HEADROOM` more connections
+    /// may be in sign-on beyond it (docs/PROTOCOL.md 9.3).
     pub connections_max: usize,
     /// The kernel's accept queue. A campus fleet reconnects at once after a network
     /// blip; tokio's default of 1,024 made some of 5,000 terminals wait a second here.

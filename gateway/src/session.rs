@@ -5,6 +5,16 @@
 //! wait for their commit in a queue of at most `pipeline_depth_max`; while the queue is
 //! full the connection stops reading, which is the terminal's backpressure. Every exit
 //! path first answers what was decided, then sends an ERROR frame saying why it closes.
+//!
+//! A verified sign-on makes the connection its terminal's one session (`server`'s
+//! admission): an older session of the same terminal is told to close (`superseded`),
+//! and a sign-on over `limits.connections_max` terminals is refused (`overloaded`).
+//!
+//! Logging: whatever anyone on the network can cause (a refused sign-on, a connection
+//! closed before or during sign-on, an idle timeout, a superseded session) is logged at
+//! debug and counted (`cardgate_sign_ons_total{result}`,
+//! `cardgate_connections_refused_total{code}`); only a signed-on terminal breaking the
+//! protocol is logged at info.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -25,6 +35,7 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::{CancellationToken, ReusableBoxFuture};
 
 use crate::config::Limits;
+use crate::server::{Closer, Connection, SignOn};
 
 /// Initial read and write buffer of a connection: a few frames. A terminal's frames are
 /// under 100 bytes; the buffer grows only for a terminal that pipelines deeply.
@@ -32,6 +43,12 @@ const CONNECTION_BUF_BYTES: usize = 1024;
 
 /// How long we try to deliver a closing ERROR frame to a peer that is not reading.
 const ERROR_SEND_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long a connection the gateway closes (superseded, or closed in sign-on to make
+/// room) may take to deliver the answers it owes before it is dropped without them. The
+/// terminal retries those on its new connection; a peer that stopped reading must not
+/// keep its descriptor and place in the limits until TCP gives up on it.
+const CLOSING_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 type Conn = Framed<TcpStream, TerminalCodec>;
 
@@ -71,23 +88,27 @@ impl Drop for ConnectionGauge {
     }
 }
 
-pub async fn serve(
+pub(crate) async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     ledger: Arc<Ledger>,
     limits: Arc<Limits>,
     shutdown: CancellationToken,
+    mut connection: Connection,
 ) {
     let _gauge = ConnectionGauge::new();
     let _ = stream.set_nodelay(true);
     let mut conn = Framed::with_capacity(stream, TerminalCodec::new(Side::Gateway), CONNECTION_BUF_BYTES);
 
     let sign_on_timeout = Duration::from_millis(limits.sign_on_timeout_ms);
+    let closer = connection.closer();
+    let mut claimed = None;
     let signed_on = tokio::select! {
-        r = tokio::time::timeout(sign_on_timeout, sign_on(&mut conn, &ledger, &limits)) => match r {
+        r = tokio::time::timeout(sign_on_timeout, sign_on(&mut conn, &ledger, &limits, &mut connection, &mut claimed)) => match r {
             Ok(r) => r,
             Err(_) => Err(End::Refuse(ErrorCode::SignOnTimeout)),
         },
+        code = closer.closed() => Err(End::Refuse(code)),
         _ = shutdown.cancelled() => Err(End::Refuse(ErrorCode::ShuttingDown)),
     };
     let (terminal_id, end) = match signed_on {
@@ -95,36 +116,75 @@ pub async fn serve(
             metrics::counter!("cardgate_sign_ons_total", "result" => "ok").increment(1);
             ledger.terminal_session(terminal_id, true);
             tracing::debug!(terminal.id = terminal_id, %peer, "signed on");
-            (
-                Some(terminal_id),
-                session(&mut conn, terminal_id, &ledger, &limits, &shutdown).await,
-            )
+            let end = tokio::select! {
+                end = session(&mut conn, terminal_id, &ledger, &limits, &shutdown, &closer) => end,
+                // Closed by the gateway and still not done: drop what it owes.
+                code = async {
+                    let code = closer.closed().await;
+                    tokio::time::sleep(CLOSING_DRAIN_TIMEOUT).await;
+                    code
+                } => End::Refuse(code),
+            };
+            ledger.terminal_session(terminal_id, false);
+            (Some(terminal_id), end)
         }
         Err(end) => {
             let result = match &end {
                 End::Refuse(ErrorCode::AuthFailed) => "auth_failed",
                 End::Refuse(ErrorCode::SignOnTimeout) => "timeout",
+                End::Refuse(ErrorCode::Overloaded) => "overloaded",
                 _ => "aborted",
             };
             metrics::counter!("cardgate_sign_ons_total", "result" => result).increment(1);
             (None, end)
         }
     };
-    if let Some(id) = terminal_id {
-        ledger.terminal_session(id, false);
-    }
+    // Before sign-on, the id the terminal claimed (unauthenticated); after, its own.
+    let id = terminal_id.or(claimed);
+    let authenticated = terminal_id.is_some();
     match end {
-        End::PeerClosed => tracing::debug!(terminal.id = ?terminal_id, %peer, "terminal closed the connection"),
-        End::Broken(e) => tracing::debug!(terminal.id = ?terminal_id, %peer, error = %e, "connection broke"),
+        End::PeerClosed => {
+            tracing::debug!(terminal.id = %TerminalId(id), authenticated, %peer, "terminal closed the connection")
+        }
+        End::Broken(e) => {
+            tracing::debug!(terminal.id = %TerminalId(id), authenticated, %peer, error = %e, "connection broke")
+        }
         End::Refuse(code) => {
             metrics::counter!("cardgate_connections_refused_total", "code" => code.as_str()).increment(1);
-            if code != ErrorCode::ShuttingDown {
-                tracing::info!(terminal.id = ?terminal_id, %peer, code = code.as_str(), "closing terminal connection");
+            if logged_at_info(code, authenticated) {
+                tracing::info!(terminal.id = %TerminalId(id), authenticated, %peer, code = code.as_str(), "closing terminal connection");
+            } else if code != ErrorCode::ShuttingDown {
+                tracing::debug!(terminal.id = %TerminalId(id), authenticated, %peer, code = code.as_str(), "closing terminal connection");
             }
             let frame = Message::Error(ErrorFrame { code, detail: 0 });
             let _ = tokio::time::timeout(ERROR_SEND_TIMEOUT, conn.send((0, frame))).await;
         }
     }
+}
+
+/// A terminal id in a log line: the number, or `none` when no HELLO came.
+struct TerminalId(Option<u64>);
+
+impl std::fmt::Display for TerminalId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(id) => write!(f, "{id}"),
+            None => f.write_str("none"),
+        }
+    }
+}
+
+/// Whether closing a connection with `code` is worth an info line. Not when anyone on
+/// the network can cause it (everything before sign-on) or it is routine for a
+/// signed-on terminal (idle, superseded by its own new connection, shutdown): those are
+/// counted, and logged at debug. A signed-on terminal breaking the protocol is a
+/// terminal to look at.
+fn logged_at_info(code: ErrorCode, authenticated: bool) -> bool {
+    authenticated
+        && !matches!(
+            code,
+            ErrorCode::IdleTimeout | ErrorCode::Superseded | ErrorCode::ShuttingDown | ErrorCode::Overloaded
+        )
 }
 
 async fn next_frame(conn: &mut Conn) -> Result<Frame, End> {
@@ -140,12 +200,20 @@ async fn send(conn: &mut Conn, request_id: u32, message: Message) -> Result<(), 
 }
 
 /// HELLO → CHALLENGE → PROOF → SIGN_ON_OK. An unknown terminal gets a challenge like any
-/// other and fails at the proof, so the gateway does not reveal which ids exist.
-async fn sign_on(conn: &mut Conn, ledger: &Ledger, limits: &Limits) -> Result<u64, End> {
+/// other and fails at the proof, so the gateway does not reveal which ids exist. The id a
+/// HELLO claims is noted in `claimed` for the log of a sign-on that fails.
+async fn sign_on(
+    conn: &mut Conn,
+    ledger: &Ledger,
+    limits: &Limits,
+    connection: &mut Connection,
+    claimed: &mut Option<u64>,
+) -> Result<u64, End> {
     let frame = next_frame(conn).await?;
     let Message::Hello(hello) = frame.message else {
         return Err(End::Refuse(ErrorCode::UnexpectedMessage));
     };
+    *claimed = Some(hello.terminal_id);
     let known = ledger.sign_on(hello.terminal_id);
     let secret = known.map(|(s, _)| s).unwrap_or(TerminalSecret(rand::random()));
     let input = SignOnInput {
@@ -169,12 +237,24 @@ async fn sign_on(conn: &mut Conn, ledger: &Ledger, limits: &Limits) -> Result<u6
     if !input.verify_proof(&secret, &proof.proof) {
         return Err(End::Refuse(ErrorCode::AuthFailed));
     }
+    match connection.signed_on(hello.terminal_id) {
+        SignOn::New => {}
+        SignOn::Superseded => {
+            metrics::counter!("cardgate_sessions_superseded_total").increment(1);
+            tracing::debug!(
+                terminal.id = hello.terminal_id,
+                "signed on again: closing its older session"
+            );
+        }
+        SignOn::Full => return Err(End::Refuse(ErrorCode::Overloaded)),
+    }
     ledger.touch_terminal(hello.terminal_id);
     conn.codec_mut().install_session(input.session_keys(&secret));
     let ok = SignOnOk {
         server_time_ms: ledger.now_ms(),
         last_tx_seq,
-        blacklist_version: ledger.blacklist_version(),
+        // Only durable versions are announced (docs/PROTOCOL-blacklist.md).
+        blacklist_version: ledger.blacklist().published(),
         heartbeat_interval_s: limits.heartbeat_interval_s,
         pipeline_depth_max: limits.pipeline_depth_max,
         reserved: 0,
@@ -220,6 +300,7 @@ async fn session(
     ledger: &Ledger,
     limits: &Limits,
     shutdown: &CancellationToken,
+    closer: &Closer,
 ) -> End {
     let depth = usize::from(limits.pipeline_depth_max);
     let idle_timeout = Duration::from_millis(limits.idle_timeout_ms);
@@ -236,6 +317,8 @@ async fn session(
     let mut blacklist_open = true;
     let cancelled = shutdown.cancelled();
     tokio::pin!(cancelled);
+    let closed = closer.closed();
+    tokio::pin!(closed);
 
     loop {
         if end.is_some() && inflight.is_empty() {
@@ -287,6 +370,7 @@ async fn session(
             }
             _ = &mut idle, if end.is_none() => end = Some(End::Refuse(ErrorCode::IdleTimeout)),
             _ = &mut cancelled, if end.is_none() => end = Some(End::Refuse(ErrorCode::ShuttingDown)),
+            code = &mut closed, if end.is_none() => end = Some(End::Refuse(code)),
         }
     }
     end.unwrap_or(End::PeerClosed)
@@ -345,7 +429,7 @@ async fn handle(frame: Frame, terminal_id: u64, ledger: &Ledger, inflight: &mut 
             return Ok(());
         }
         Message::BlacklistAck(a) => {
-            ledger.blacklist_ack(terminal_id, a.version);
+            blacklist_ack(ledger, terminal_id, a.version);
             return Ok(());
         }
         Message::Purchase(p) => (&m.purchase, ledger.purchase(terminal_id, &p).await),
@@ -353,10 +437,10 @@ async fn handle(frame: Frame, terminal_id: u64, ledger: &Ledger, inflight: &mut 
         Message::BalanceInquiry(b) => (&m.balance, ledger.balance(terminal_id, b.card).await),
         Message::Heartbeat(h) => {
             ledger.touch_terminal(terminal_id);
-            ledger.blacklist_ack(terminal_id, h.blacklist_version);
+            blacklist_ack(ledger, terminal_id, h.blacklist_version);
             let ack = HeartbeatAck {
                 server_time_ms: ledger.now_ms(),
-                blacklist_version: ledger.blacklist_version(),
+                blacklist_version: ledger.blacklist().published(),
             };
             (&m.heartbeat, Pending::ready(Message::HeartbeatAck(ack)))
         }
@@ -369,4 +453,17 @@ async fn handle(frame: Frame, terminal_id: u64, ledger: &Ledger, inflight: &mut 
         pending,
     });
     Ok(())
+}
+
+/// Records the blacklist version a terminal says it holds; one above every version the
+/// gateway issued is not believed (`Ledger::blacklist_ack`), and counted.
+fn blacklist_ack(ledger: &Ledger, terminal_id: u64, version: u64) {
+    if !ledger.blacklist_ack(terminal_id, version) {
+        metrics::counter!("cardgate_blacklist_future_acks_total").increment(1);
+        tracing::debug!(
+            terminal.id = terminal_id,
+            version,
+            "acknowledged a blacklist version never issued"
+        );
+    }
 }

@@ -472,6 +472,34 @@ mod tests {
     }
 
     #[test]
+    fn a_sync_from_a_version_never_issued_gets_the_full_list() {
+        // A terminal holding a version above ours (it kept its list across a restore of
+        // the gateway's data) cannot be given a delta: its versions name other changes.
+        let bl = Blacklist::new(vec![]);
+        for c in 1..=5 {
+            set(&bl, c, true);
+        }
+        set(&bl, 2, false);
+        for since in [bl.version() + 1, bl.version() + 1_000, u64::MAX] {
+            let pages = bl.sync(since, 0);
+            assert_eq!(pages.len(), 1);
+            let p = pages[0];
+            assert_eq!(p.kind, BlacklistPageKind::Full, "since {since}");
+            assert!(p.has(BLACKLIST_PAGE_FIRST) && p.has(BLACKLIST_PAGE_LAST_IN_RUN));
+            assert_eq!((p.from_version, p.to_version), (0, bl.version()));
+            assert_eq!(p.added_cards(), &[1, 3, 4, 5]);
+        }
+        // And the terminal that follows the protocol ends up on our version and list.
+        let mut t = TerminalCopy {
+            cards: (100..110).collect(),
+            version: bl.version() + 40,
+        };
+        t.sync(&bl);
+        assert_eq!(t.version, bl.version());
+        assert_eq!(t.cards, [1, 3, 4, 5].into_iter().collect());
+    }
+
+    #[test]
     fn the_log_recovers_from_its_records() {
         let bl = Blacklist::new(vec![]);
         let mut all = vec![];

@@ -6,10 +6,14 @@
 //! may be sent once the committer reports it durable. It never enters the desk.
 //!
 //! Idempotency: a terminal's transaction sequence numbers strictly increase. Each
-//! terminal remembers the outcome of sequence number `s` in slot `s % SEQ_SLOTS`, so the
-//! last `SEQ_SLOTS` numbers are always answerable (a retry gets its first answer, a
-//! reversal finds its purchase) and memory per terminal is fixed. The slots are
-//! checkpointed and rebuilt by replay like every other record. Nothing here reads sled.
+//! terminal remembers the outcome of sequence number `s` in slot `s % SEQ_SLOTS`, and
+//! answers from it exactly the numbers the protocol promises (docs/PROTOCOL.md 8.2): `s`
+//! is answerable, for a retry or as a reversal's original, if and only if it was used
+//! and `highest - SEQ_SLOTS < s`, where `highest` counts the request being decided. A
+//! slot that still holds an older number (its successors were skipped) is not answered:
+//! the rule depends on the numbers alone, so a terminal can predict every answer. Memory
+//! per terminal is fixed. The slots are checkpointed and rebuilt by replay like every
+//! other record, and `last_seq` with them. Nothing here reads sled.
 
 use cardgate_codec::{Approved, Balance, CardNo, CardStatusCode, DeclineReason, Declined, Message, Purchase, Reversal};
 use cardgate_domain::entry::{EntryBody, EntryRecord, TxEntry};
@@ -171,7 +175,7 @@ impl Ledger {
             return Pending::ready(self.declined(&req, DeclineReason::StaleSequence, 0));
         }
         if req.seq <= term.last_seq {
-            let answer = match term.recent(req.seq) {
+            let answer = match term.answerable(req.seq, req.seq) {
                 Some(rec) if rec.same_request(req.kind, req.card, req.amount_fen, req.original_seq) => {
                     METRICS.retries.increment(1);
                     answer_of(rec)
@@ -289,7 +293,9 @@ impl Ledger {
             entry.outcome = declined(reason, 0);
             return self.finish(term, now, entry, Writes::new(), txn);
         }
-        let original = term.recent(req.original_seq).copied();
+        // Counting the reversal's own number, which is about to take its slot: an
+        // original 32 or more below it is forgotten even while its slot still holds it.
+        let original = term.answerable(req.original_seq, req.seq).copied();
         let original_tx_id = match rules::reversal_target(original.as_ref(), req.card, req.amount_fen) {
             Ok(id) => id,
             Err(reason) => {
@@ -376,6 +382,12 @@ impl Ledger {
     ) -> Pending {
         let rec = seq_record_of(&entry, now);
         assert!(rec.seq > term.last_seq, "a fresh decision has a new sequence number");
+        // docs/PROTOCOL.md 7.1: only these declines carry the balance.
+        debug_assert!(match entry.outcome {
+            Outcome::Declined { reason, balance_fen } =>
+                balance_fen == 0 || DeclineReason::from_code(reason).is_some_and(DeclineReason::shows_balance),
+            Outcome::Approved { .. } => true,
+        });
         term.remember(rec);
         writes.push(StateWrite::Seq(rec));
         if let Outcome::Declined { reason, .. } = entry.outcome

@@ -83,7 +83,22 @@ impl TerminalState {
         }
     }
 
-    /// The remembered outcome of `seq`, if its slot still holds it.
+    /// The outcome of `seq` as the protocol promises it to a request numbered `at`:
+    /// remembered if and only if the terminal used `seq` and it is among the last
+    /// `SEQ_SLOTS` numbers, counting `at` itself: `newest - SEQ_SLOTS < seq <= newest`
+    /// with `newest = max(last_seq, at)`. A slot can still hold an older number (when
+    /// the numbers that would have replaced it were skipped); it is not answered, so that
+    /// a terminal can predict every answer from the numbers alone.
+    pub(crate) fn answerable(&self, seq: u64, at: u64) -> Option<&SeqRecord> {
+        let newest = self.last_seq.max(at);
+        if seq > newest || newest - seq >= SEQ_SLOTS as u64 {
+            return None;
+        }
+        self.recent(seq)
+    }
+
+    /// What slot `seq % SEQ_SLOTS` holds for `seq`, if anything, however old: for
+    /// recovery, which replays decisions already made. Decisions use `answerable`.
     pub(crate) fn recent(&self, seq: u64) -> Option<&SeqRecord> {
         self.slots[usize::from(seq_slot(seq))].as_ref().filter(|r| r.seq == seq)
     }

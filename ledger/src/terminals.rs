@@ -39,12 +39,20 @@ impl Ledger {
         }
     }
 
-    /// A terminal says it holds `version` (BLACKLIST_ACK or HEARTBEAT).
-    pub fn blacklist_ack(&self, terminal_id: u64, version: u64) {
+    /// A terminal says it holds `version` (BLACKLIST_ACK or HEARTBEAT). Returns whether
+    /// the version is believed. A version above every version this gateway has issued
+    /// (a terminal that kept its list across a restore of the gateway's data, or a
+    /// faulty one) names a list this gateway never sent: the terminal is recorded as
+    /// holding none of ours (0), so that it shows as behind, not as up to date, until it
+    /// syncs (a SYNC from such a version gets the full list). A terminal may go back (it
+    /// lost its list); that is believed.
+    pub fn blacklist_ack(&self, terminal_id: u64, version: u64) -> bool {
+        // Read before the terminal's lock, which comes before the blacklist's.
+        let believed = version <= self.state.blacklist().version();
         if let Some(mut t) = self.state.terminal_mut(terminal_id) {
-            // A terminal may legitimately go back (it lost its list); believe it.
-            t.blacklist_acked = version;
+            t.blacklist_acked = if believed { version } else { 0 };
         }
+        believed
     }
 
     /// The blacklist acknowledged by a terminal and whether it is connected.

@@ -9,3 +9,4 @@ mod harness;
 mod lunch;
 mod pos;
 mod records;
+mod terminals;

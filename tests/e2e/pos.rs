@@ -278,8 +278,8 @@ async fn malformed_and_oversized_frames_close_only_their_connection() {
         .unwrap();
     frame[5] = 0x7E;
     t.framed_mut().get_mut().write_all(&frame).await.unwrap();
-    // The type byte is covered by the MAC, so this is refused before it is parsed.
-    expect_closed_with(&mut t, ErrorCode::BadMac).await;
+    // An unknown type has no length at all: refused from the header, before the MAC.
+    expect_closed_with(&mut t, ErrorCode::Malformed).await;
 
     // A length prefix far above the limit: refused at once, without sending a body.
     let mut t = d.terminal(9).await;
