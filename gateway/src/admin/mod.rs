@@ -7,6 +7,36 @@
 //! its commit and its audit record, and answers only after both are durable. Bad input
 //! is 400 (unreadable) or 422 (a rule says no), with a message, and changes nothing.
 
+// The endpoints' shared steps; defined before the modules that use them.
+macro_rules! auth {
+    ($s:expr, $h:expr, $perm:expr, $action:expr, $target:expr) => {
+        match $s.auth(&$h, $perm, $action, &$target).await {
+            Ok(actor) => actor,
+            Err(e) => return e.into_response(),
+        }
+    };
+}
+
+/// The call's idempotency key (or none), or its refusal as the answer.
+macro_rules! key {
+    ($h:expr, $action:expr, $target:expr, $extra:expr, $body:expr) => {
+        match idempotency_key(&$h, $action, &$target, $extra, &$body) {
+            Ok(k) => k,
+            Err(e) => return e.into_response(),
+        }
+    };
+}
+
+macro_rules! tryr {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(e) => return ApiError::from(e).into_response(),
+        }
+    };
+}
+
+mod registry;
 mod routes;
 
 use std::net::SocketAddr;
@@ -400,7 +430,7 @@ impl Call {
 
 /// Serves the admin API until shutdown.
 pub async fn serve(listener: TcpListener, state: AdminState, shutdown: CancellationToken) {
-    let app = routes::router(state);
+    let app = routes::router(state.clone()).merge(registry::router(state));
     let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await;

@@ -64,35 +64,7 @@ pub fn router(state: AdminState) -> Router {
 
 // ---- helpers --------------------------------------------------------------------------
 
-macro_rules! auth {
-    ($s:expr, $h:expr, $perm:expr, $action:expr, $target:expr) => {
-        match $s.auth(&$h, $perm, $action, &$target).await {
-            Ok(actor) => actor,
-            Err(e) => return e.into_response(),
-        }
-    };
-}
-
-/// The call's idempotency key (or none), or its refusal as the answer.
-macro_rules! key {
-    ($h:expr, $action:expr, $target:expr, $extra:expr, $body:expr) => {
-        match idempotency_key(&$h, $action, &$target, $extra, &$body) {
-            Ok(k) => k,
-            Err(e) => return e.into_response(),
-        }
-    };
-}
-
-macro_rules! tryr {
-    ($e:expr) => {
-        match $e {
-            Ok(v) => v,
-            Err(e) => return ApiError::from(e).into_response(),
-        }
-    };
-}
-
-fn json_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+pub(super) fn json_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the JSON body does not parse: {e}")))
 }
 
@@ -111,11 +83,11 @@ fn parse_amount(s: &str) -> Result<i64, ApiError> {
     to_fen(d).ok_or_else(|| ApiError::unprocessable(format!("amount {s:?} has more than two decimal places")))
 }
 
-fn parse_card(s: &str) -> Result<CardNo, ApiError> {
+pub(super) fn parse_card(s: &str) -> Result<CardNo, ApiError> {
     cardgate_domain::rules::input::parse_card_no(s).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
-fn parse_id(s: &str, what: &str) -> Result<u64, ApiError> {
+pub(super) fn parse_id(s: &str, what: &str) -> Result<u64, ApiError> {
     s.parse()
         .map_err(|_| ApiError::bad_request(format!("{what} {s:?} is not a number")))
 }
@@ -238,7 +210,7 @@ fn time_bound(q: &HashMap<String, String>, key: &str, tz: i32, end: bool) -> Res
 
 /// Whether the caller asked for CSV: `format=csv`, or `Accept: text/csv`. Any other
 /// `format` than json or csv is refused rather than answered in a format not asked for.
-fn wants_csv(q: &HashMap<String, String>, headers: &HeaderMap) -> Result<bool, ApiError> {
+pub(super) fn wants_csv(q: &HashMap<String, String>, headers: &HeaderMap) -> Result<bool, ApiError> {
     match q.get("format").map(String::as_str) {
         Some("csv") => Ok(true),
         Some("json") => Ok(false),
@@ -252,11 +224,11 @@ fn wants_csv(q: &HashMap<String, String>, headers: &HeaderMap) -> Result<bool, A
     }
 }
 
-fn csv_response(text: String) -> Response {
+pub(super) fn csv_response(text: String) -> Response {
     ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], text).into_response()
 }
 
-fn csv_field(s: &str) -> String {
+pub(super) fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
