@@ -47,7 +47,15 @@ pub struct Limits {
     pub pipeline_depth_max: u16,
     /// On shutdown, how long connections get to receive their in-flight answers.
     pub shutdown_grace_ms: u64,
+    /// Admin API connections held at once; further ones wait in the kernel's backlog.
+    pub admin_connections_max: usize,
 }
+
+/// Default cap on admin API connections. The card centre has tens of desk machines and
+/// a browser keeps up to six connections to one host, so 256 admits all of them at
+/// once; what it bounds is memory: each connection may buffer a request body of up to
+/// 64 KiB (more only for an authenticated bulk call), so the cap holds that to 16 MiB.
+pub const ADMIN_CONNECTIONS_DEFAULT_MAX: usize = 256;
 
 /// The central store every committed entry is shipped to, and how.
 #[derive(Clone, Debug, Deserialize)]
@@ -107,6 +115,7 @@ impl Default for Limits {
             heartbeat_interval_s: 30,
             pipeline_depth_max: 16,
             shutdown_grace_ms: 10_000,
+            admin_connections_max: ADMIN_CONNECTIONS_DEFAULT_MAX,
         }
     }
 }
@@ -180,6 +189,9 @@ impl Config {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
         if l.connections_max == 0 {
             return bad("limits.connections_max must be at least 1");
+        }
+        if l.admin_connections_max == 0 {
+            return bad("limits.admin_connections_max must be at least 1");
         }
         if l.pipeline_depth_max == 0 || usize::from(l.pipeline_depth_max) > cardgate_ledger::records::SEQ_SLOTS {
             // Retries after a reconnect must find their answers in memory.

@@ -110,7 +110,12 @@ pub async fn serve(config: Config, opts: ServeOptions) -> anyhow::Result<()> {
             .with_context(|| format!("binding the admin listener on {addr}"))?;
         tracing::info!(kind = "admin", addr = %listener.local_addr()?, "listening");
         let state = crate::admin::AdminState::new(ledger.clone(), config.tz_offset_minutes);
-        tasks.spawn(crate::admin::serve(listener, state, shutdown.clone()));
+        tasks.spawn(crate::admin::serve(
+            listener,
+            state,
+            config.limits.admin_connections_max,
+            shutdown.clone(),
+        ));
     }
 
     let listener = crate::server::bind(config.listen, config.limits.listen_backlog)

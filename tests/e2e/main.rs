@@ -5,5 +5,6 @@
 mod central;
 mod desk;
 mod harness;
+mod lifecycle;
 mod lunch;
 mod pos;

@@ -1,0 +1,282 @@
+//! The admin listener against the real binary: no body read before authentication, body
+//! caps per route with JSON 413s, a cap on connections, and refusals counted under the
+//! endpoint group that refused them.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::harness::*;
+
+/// A read that never ends is a failed test, not a hung one.
+const READ_GUARD: Duration = Duration::from_secs(60);
+
+fn json_of(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+// ---- the admin listener -------------------------------------------------------------
+
+/// Writes `head` and `body` to a new connection and reads the answer to the end. The
+/// server may close the connection before it has read all of `body` (that is the
+/// point); what it answered before closing is what counts.
+fn exchange(addr: SocketAddr, head: &str, body: &[u8]) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(READ_GUARD)).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    // A write the server refuses by closing is fine: it has answered already.
+    let _ = s.write_all(body);
+    read_answer(&mut s)
+}
+
+/// Reads one HTTP/1.1 answer with a Content-Length (axum's JSON answers have one).
+fn read_answer(s: &mut TcpStream) -> (u16, String) {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&raw).to_string();
+        if let Some((head, rest)) = text.split_once("\r\n\r\n") {
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().to_string())
+                })
+                .and_then(|v| v.parse::<usize>().ok());
+            if let Some(len) = len
+                && rest.len() >= len
+            {
+                let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+                return (status, rest[..len].to_string());
+            }
+        }
+        match s.read(&mut buf) {
+            Ok(0) => panic!("connection closed before a whole answer: {text:?}"),
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("reading the answer: {e} after {text:?}"),
+        }
+    }
+}
+
+/// A daemon with a director made on the command line before it started.
+fn with_director(dir: &Path) -> (Daemon, String) {
+    let director = operator_add(dir, "zhao", "director").expect("operator add");
+    (Daemon::start(dir), director)
+}
+
+fn add_operator(d: &Daemon, director: &str, name: &str, role: &str) -> String {
+    let (st, body) = d.api(
+        "POST",
+        "/api/v1/operators",
+        Some(director),
+        Some(&json!({"name": name, "role": role}).to_string()),
+    );
+    assert_eq!(st, 201, "{body}");
+    json_of(&body)["token"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn a_request_without_a_valid_token_is_refused_before_its_body_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, _) = with_director(dir.path());
+    let admin = d.admin_addr();
+    let declared = 30 * 1024 * 1024;
+    let part = vec![b'x'; 16 * 1024];
+    for (path, auth) in [
+        ("/api/v1/imports", ""),
+        ("/api/v1/persons", ""),
+        ("/api/v1/imports", "Authorization: Bearer cg_guess\r\n"),
+    ] {
+        // The server gets the headers and a sliver of a 30 MiB body, and must answer
+        // without waiting for the rest, which never comes.
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: text/csv\r\nContent-Length: {declared}\r\n\r\n"
+        );
+        let (st, body) = exchange(admin, &head, &part);
+        assert_eq!(st, 401, "{path} {auth:?}: {body}");
+        assert_eq!(json_of(&body)["error"], "a valid bearer token is required");
+    }
+    // And they were refused as every 401 is: counted with their endpoint group.
+    let m = d.metrics();
+    assert!(m.contains("group=\"import\""), "{m}");
+}
+
+#[test]
+fn bodies_past_their_route_limit_are_413_with_a_json_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, director) = with_director(dir.path());
+    let admin = d.admin_addr();
+    let auth = format!("Authorization: Bearer {director}\r\n");
+
+    // 100 KiB of JSON where 64 KiB is the limit, declared and sent.
+    let big = format!(
+        "{{\"person_id\": \"P1\", \"name\": \"{}\", \"kind\": \"student\"}}",
+        "n".repeat(100 * 1024)
+    );
+    let head = format!(
+        "POST /api/v1/persons HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        big.len()
+    );
+    let (st, body) = exchange(admin, &head, big.as_bytes());
+    assert_eq!(st, 413, "{body}");
+    assert!(json_of(&body)["error"].as_str().unwrap().contains("65536"), "{body}");
+
+    // The same, streamed in chunks with no length declared: refused once past the limit.
+    let head = format!(
+        "POST /api/v1/persons HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    let mut chunked = Vec::new();
+    for piece in big.as_bytes().chunks(8 * 1024) {
+        chunked.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        chunked.extend_from_slice(piece);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let (st, body) = exchange(admin, &head, &chunked);
+    assert_eq!(st, 413, "{body}");
+    assert!(json_of(&body)["error"].is_string(), "{body}");
+
+    // The import route takes more than 64 KiB...
+    let mut csv = String::from("person_id,name,department,kind,card_no\n");
+    for i in 0..1500u64 {
+        csv.push_str(&format!(
+            "L{i:05},Name {i},Department of Long Names,student,{}\n",
+            62_220_009_000_000 + i
+        ));
+    }
+    assert!(csv.len() > 64 * 1024);
+    let (st, body) = http(
+        admin,
+        "POST",
+        "/api/v1/imports?dry_run=true",
+        Some(&director),
+        "text/csv",
+        csv.as_bytes(),
+    );
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(json_of(&body)["rows"], 1500);
+    // So do the other bulk routes: a batch cancellation naming 6,000 persons is read
+    // whole and refused for what it says (nobody by those ids), not for its size.
+    let ids: Vec<String> = (0..6000).map(|i| format!("NOBODY-{i:06}")).collect();
+    let batch = json!({"batch_id": "too-many-strangers", "person_ids": ids}).to_string();
+    assert!(batch.len() > 64 * 1024);
+    let (st, body) = d.api("POST", "/api/v1/cancellations", Some(&director), Some(&batch));
+    assert_eq!(st, 422, "{body}");
+    // ...but not more than the import's own limit, refused before the body is sent.
+    let head = format!(
+        "POST /api/v1/imports HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: text/csv\r\nContent-Length: {}\r\n\r\n",
+        cardgate::admin::BULK_BODY_BYTES_MAX + 1
+    );
+    let (st, body) = exchange(admin, &head, b"");
+    assert_eq!(st, 413, "{body}");
+    assert!(json_of(&body)["error"].is_string());
+    // Nothing of it was imported or opened.
+    let (st, _) = d.api("GET", "/api/v1/persons/P1", Some(&director), None);
+    assert_eq!(st, 404);
+}
+
+/// One keep-alive request on an open connection; returns the status.
+fn keep_alive_whoami(s: &mut TcpStream) -> u16 {
+    s.write_all(b"GET /api/v1/whoami HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    read_answer(s).0
+}
+
+#[test]
+fn admin_connections_beyond_the_cap_wait_until_one_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("cap.toml");
+    std::fs::write(&cfg, "[limits]\nadmin_connections_max = 2\n").unwrap();
+    let d = Daemon::start_with(&dir.path().join("data"), &["--config", cfg.to_str().unwrap()]);
+    let admin = d.admin_addr();
+    let open = || {
+        let s = TcpStream::connect(admin).unwrap();
+        s.set_read_timeout(Some(READ_GUARD)).unwrap();
+        s
+    };
+    let mut first = open();
+    let mut second = open();
+    assert_eq!(keep_alive_whoami(&mut first), 401);
+    assert_eq!(keep_alive_whoami(&mut second), 401);
+    assert_eq!(d.metric("cardgate_admin_connections"), Some(2.0));
+
+    // The third connects (the kernel's backlog) and asks, but is not taken in...
+    let mut third = open();
+    third
+        .write_all(b"GET /api/v1/whoami HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    // ...while the two held connections are served (a full round trip: by then the
+    // third would have had its answer too, were it accepted).
+    assert_eq!(keep_alive_whoami(&mut second), 401);
+    third.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 64];
+    match third.read(&mut buf) {
+        Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+        other => panic!("the third connection was served beyond the cap: {other:?}"),
+    }
+    third.set_nonblocking(false).unwrap();
+    // One closes: the third is taken in and answered.
+    drop(first);
+    assert_eq!(read_answer(&mut third).0, 401);
+    assert_eq!(d.metric("cardgate_admin_connections"), Some(2.0));
+}
+
+/// The sum of a metric's series that carry all of `labels`.
+fn metric_with(d: &Daemon, name: &str, labels: &[(&str, &str)]) -> f64 {
+    d.metrics()
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
+
+#[test]
+fn the_bearer_scheme_is_case_insensitive_and_every_refusal_is_counted_under_its_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, director) = with_director(dir.path());
+    let admin = d.admin_addr();
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let head = format!("GET /api/v1/whoami HTTP/1.1\r\nHost: x\r\nAuthorization: {scheme} {director}\r\n\r\n");
+        let (st, body) = exchange(admin, &head, b"");
+        assert_eq!(st, 200, "{scheme}: {body}");
+        assert_eq!(json_of(&body)["operator"]["name"], "zhao");
+    }
+
+    // A refused whoami is a whoami refusal, not a persons one.
+    let refusals = "cardgate_admin_auth_refusals_total";
+    assert_eq!(d.api("GET", "/api/v1/whoami", None, None).0, 401);
+    assert_eq!(
+        metric_with(&d, refusals, &[("status", "401"), ("group", "whoami")]),
+        1.0
+    );
+    assert_eq!(metric_with(&d, refusals, &[("group", "persons")]), 0.0);
+
+    // A 403 an operation decides ("only a director may add a director") is counted
+    // like one at the door, and audited.
+    let sysadmin = add_operator(&d, &director, "chen", "system_admin");
+    let (st, _) = d.api(
+        "POST",
+        "/api/v1/operators",
+        Some(&sysadmin),
+        Some(&json!({"name": "boss", "role": "director"}).to_string()),
+    );
+    assert_eq!(st, 403);
+    assert_eq!(
+        metric_with(&d, refusals, &[("status", "403"), ("group", "operators")]),
+        1.0
+    );
+    let (_, audit) = d.api("GET", "/api/v1/audit?target=operators", Some(&director), None);
+    let refused: Vec<Value> = json_of(&audit)["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["status"] == 403)
+        .cloned()
+        .collect();
+    assert_eq!(refused.len(), 1, "{audit}");
+    assert_eq!(refused[0]["operator"], "chen");
+}
