@@ -1,12 +1,16 @@
-//! The admin listener against the real binary: no body read before authentication, body
-//! caps per route with JSON 413s, a cap on connections, and refusals counted under the
-//! endpoint group that refused them.
+//! The daemon's life cycle against the real binary: starts that fail (each one line,
+//! non-zero, nothing left behind), starts that succeed with what operators write (host
+//! names), the admin listener's limits (no body read before authentication, body caps,
+//! a connection cap), and shutdown's phases in order.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
+use std::process::{Command, Output};
 use std::time::Duration;
 
+use cardgate::config::Config;
+use cardgate_codec::Message;
 use serde_json::{Value, json};
 
 use crate::harness::*;
@@ -16,6 +20,267 @@ const READ_GUARD: Duration = Duration::from_secs(60);
 
 fn json_of(body: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+/// Runs `cmd`, which must fail the way an operator can act on: exit status 1 (not a
+/// panic's 101), one line on stderr, no backtrace. Returns that line.
+fn fails(cmd: &mut Command) -> String {
+    let out: Output = cmd.output().expect("run cardgate");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "exit status of {cmd:?}; stderr:\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line, not:\n{stderr}");
+    lines[0].to_string()
+}
+
+/// `serve` on ephemeral ports in `data`, with `overrides` replacing a flag's value.
+fn serve_args(data: &Path, overrides: &[(&str, &str)]) -> Vec<String> {
+    let mut args: Vec<String> = vec!["serve".into(), "--demo".into(), "--data-dir".into()];
+    args.push(data.display().to_string());
+    for flag in ["--listen", "--admin-listen", "--metrics-listen"] {
+        let value = overrides
+            .iter()
+            .find(|(f, _)| *f == flag)
+            .map_or("127.0.0.1:0", |(_, v)| v);
+        args.extend([flag.to_string(), value.to_string()]);
+    }
+    for (flag, value) in overrides {
+        if !flag.contains("listen") {
+            args.extend([flag.to_string(), value.to_string()]);
+        }
+    }
+    args
+}
+
+#[test]
+fn a_busy_port_is_one_line_naming_the_listener_and_address_and_creates_nothing() {
+    for (flag, listener, key) in [
+        ("--listen", "terminals", "`listen`"),
+        ("--admin-listen", "the admin API", "`admin_listen`"),
+        ("--metrics-listen", "Prometheus metrics", "`metrics_listen`"),
+    ] {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let busy = taken.local_addr().unwrap().to_string();
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let line = fails(cardgate().args(serve_args(&data, &[(flag, &busy)])));
+        assert!(
+            line.contains(listener) && line.contains(&busy) && line.contains(key),
+            "{line}"
+        );
+        assert!(line.contains("already in use"), "{line}");
+        assert!(
+            !data.exists(),
+            "{flag}: the data directory was created before the failure"
+        );
+    }
+}
+
+#[test]
+fn each_bad_start_is_one_clear_line_said_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let config = |name: &str, text: &str| {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let a_file = config("a-file", "");
+    // (flag, its value, what the one line must say, once each)
+    let cases: Vec<(&str, String, Vec<&str>)> = vec![
+        (
+            "--config",
+            config("addr.toml", "listen = \"nowhere\"\n"),
+            vec!["addr.toml", "line 1", "HOST:PORT"],
+        ),
+        (
+            "--config",
+            config("key.toml", "[limits]\nconnection_max = 3\n"),
+            vec!["key.toml", "line 2", "connection_max"],
+        ),
+        (
+            "--config",
+            config("limit.toml", "[limits]\npipeline_depth_max = 64\n"),
+            vec!["invalid configuration", "pipeline_depth_max"],
+        ),
+        (
+            "--config",
+            tmp.path().join("missing.toml").display().to_string(),
+            vec!["cannot read the configuration file", "missing.toml"],
+        ),
+        (
+            "--listen",
+            "no-such-host.invalid:7700".into(),
+            vec!["terminals", "no-such-host.invalid:7700", "does not resolve"],
+        ),
+        (
+            "--listen",
+            "10.255.255.1:7700".into(),
+            vec!["terminals", "10.255.255.1:7700", "no such address"],
+        ),
+        (
+            "--central",
+            "mysql://u:secret@h/db".into(),
+            vec!["central store", "mysql://u@h/db"],
+        ),
+    ];
+    for (flag, value, wanted) in cases {
+        let line = fails(cardgate().args(serve_args(&data, &[(flag, &value)])));
+        for w in &wanted {
+            assert_eq!(line.matches(w).count(), 1, "{w:?} once in: {line}");
+        }
+        assert!(!line.contains("secret"), "{line}");
+        assert!(!data.exists(), "{flag} {value} left a data directory");
+    }
+    // A data directory that cannot be one.
+    let line = fails(cardgate().args(serve_args(&Path::new(&a_file).join("data"), &[])));
+    assert!(line.contains("data directory") && line.contains("a-file"), "{line}");
+    let line = fails(cardgate().args(serve_args(Path::new(&a_file), &[])));
+    assert!(line.contains("not a directory"), "{line}");
+}
+
+#[tokio::test]
+async fn host_names_are_resolved_for_every_listener() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut cmd = cardgate();
+    cmd.args(serve_args(
+        &data,
+        &[
+            ("--listen", "localhost:0"),
+            ("--admin-listen", "localhost:0"),
+            ("--metrics-listen", "localhost:0"),
+            ("--demo-accounts", "10"),
+            ("--demo-terminals", "2"),
+        ],
+    ));
+    let d = Daemon::spawn(cmd, &data);
+    for kind in ["terminals", "admin", "metrics"] {
+        assert!(d.addrs[kind].ip().is_loopback(), "{kind}: {:?}", d.addrs);
+    }
+    let mut t = d.terminal(1).await;
+    assert!(matches!(
+        t.purchase(1, card(1), 1_00).await.unwrap(),
+        Message::Approved(_)
+    ));
+    assert_eq!(d.api("GET", "/api/v1/whoami", None, None).0, 401);
+    assert!(d.metrics().contains("cardgate_shutdown_phase 0"));
+}
+
+#[tokio::test]
+async fn an_unreachable_central_store_is_one_warning_and_terminals_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens on port 1: refused at once.
+    let d = Daemon::start_with(dir.path(), &["--central", "postgres://cardgate:pw@127.0.0.1:1/campus"]);
+    let line = d.wait_for_log(|l| l.contains("central store unreachable at start-up"));
+    assert!(
+        line.contains("postgres://cardgate@127.0.0.1:1/campus") && !line.contains("pw@"),
+        "{line}"
+    );
+    assert!(line.contains("WARN"), "{line}");
+    let mut t = d.terminal(1).await;
+    assert!(matches!(
+        t.purchase(1, card(1), 1_00).await.unwrap(),
+        Message::Approved(_)
+    ));
+    assert!(d.terminate().success());
+}
+
+/// `CARDGATE_TEST_PG`, or None after saying the test was skipped.
+fn test_pg(test: &str) -> Option<String> {
+    match std::env::var("CARDGATE_TEST_PG") {
+        Ok(url) => Some(url),
+        Err(_) => {
+            eprintln!("{test}: CARDGATE_TEST_PG is not set; skipped");
+            None
+        }
+    }
+}
+
+fn with_param(url: &str, param: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}{param}")
+}
+
+#[tokio::test]
+async fn a_missing_postgres_schema_is_named_at_start_up_and_terminals_are_served() {
+    let Some(pg) = test_pg("a_missing_postgres_schema_is_named_at_start_up") else {
+        return;
+    };
+    let schema = format!("cg_missing_{}_{:x}", std::process::id(), rand::random::<u32>());
+    let url = with_param(&pg, &format!("options=-c%20search_path%3D{schema}"));
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start_with(dir.path(), &["--central", &url]);
+    let line = d.wait_for_log(|l| l.contains("central store cannot be used as configured"));
+    assert!(line.contains(&schema) && line.contains("CREATE SCHEMA"), "{line}");
+    let mut t = d.terminal(1).await;
+    assert!(matches!(
+        t.purchase(1, card(1), 1_00).await.unwrap(),
+        Message::Approved(_)
+    ));
+}
+
+#[tokio::test]
+async fn sigterm_runs_the_shutdown_phases_in_order_each_with_its_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path());
+    assert_eq!(d.metric("cardgate_shutdown_phase"), Some(0.0));
+    // A signed-on terminal, so that there is a session to drain.
+    let mut t = d.terminal(1).await;
+    assert!(matches!(
+        t.purchase(1, card(1), 1_00).await.unwrap(),
+        Message::Approved(_)
+    ));
+    let (status, log) = d.terminate_with_log();
+    assert!(status.success());
+    let phases: Vec<(String, Option<u64>)> = log
+        .iter()
+        .filter(|l| l.contains("shutdown phase") || l.contains("phase=\"stopped\""))
+        .map(|l| {
+            let phase = l
+                .split("phase=\"")
+                .nth(1)
+                .unwrap()
+                .split('"')
+                .next()
+                .unwrap()
+                .to_string();
+            let deadline = l
+                .split("deadline_ms=")
+                .nth(1)
+                .map(|d| d.split_whitespace().next().unwrap().parse().unwrap());
+            (phase, deadline)
+        })
+        .collect();
+    let c = Config::default();
+    assert_eq!(
+        phases,
+        [
+            ("stop_accepting".to_string(), None),
+            ("drain_sessions".to_string(), Some(c.limits.shutdown_grace_ms)),
+            ("central_flush".to_string(), Some(c.central.shutdown_flush_ms)),
+            ("committer".to_string(), Some(cardgate::shutdown::COMMITTER_JOIN_MS)),
+            ("stopped".to_string(), None),
+        ]
+    );
+    assert!(!log.iter().any(|l| l.contains("did not finish")), "{log:#?}");
+    // Log times say their zone: the default business zone, UTC+8.
+    assert!(
+        log.iter().all(|l| l.split(' ').next().unwrap().ends_with("+08:00")),
+        "{}",
+        log[0]
+    );
+}
+
+#[tokio::test]
+async fn log_times_are_in_the_configured_zone() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("zone.toml");
+    std::fs::write(&cfg, "tz_offset_minutes = -330\n").unwrap();
+    let d = Daemon::start_with(&dir.path().join("data"), &["--config", cfg.to_str().unwrap()]);
+    let first = d.log()[0].clone();
+    assert!(first.split(' ').next().unwrap().ends_with("-05:30"), "{first}");
 }
 
 // ---- the admin listener -------------------------------------------------------------
