@@ -102,6 +102,31 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
 
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
+    let control = match crate::control::bind(&config.data_dir) {
+        Ok((listener, path)) => {
+            tasks.spawn(crate::control::serve(listener, path, ledger.clone(), shutdown.clone()));
+            true
+        }
+        Err(e) => {
+            tracing::warn!(
+                error = %e,
+                "no control socket in the data directory: `cardgate operator` commands need the gateway stopped"
+            );
+            false
+        }
+    };
+    if ledger.operators().is_empty() && config.admin_listen.is_some() {
+        tracing::info!(
+            "no operators yet: create the first with `cardgate operator add NAME --role director --data-dir {}`{}; it \
+             prints the token the admin API wants as `Authorization: Bearer TOKEN`",
+            config.data_dir.display(),
+            if control {
+                " (works while the gateway runs)"
+            } else {
+                " with the gateway stopped"
+            }
+        );
+    }
 
     let central_runtime = CentralRuntime::start()?;
     {
@@ -235,7 +260,7 @@ impl Drop for CentralRuntime {
 struct Running {
     shutdown: CancellationToken,
     server: Option<JoinHandle<()>>,
-    /// Admin listener, gauge sampler: each holds a ledger handle.
+    /// Admin listener, control socket, gauge sampler: each holds a ledger handle.
     tasks: JoinSet<()>,
     flusher: Option<FlusherHandle>,
     central_runtime: CentralRuntime,

@@ -1,5 +1,6 @@
 //! The cardgate daemon. This crate owns the process: configuration, the terminal
-//! listener and its sessions, the admin and metrics listeners, the order of start-up (check and bind everything, then recover, then serve: `startup.rs`)
+//! listener and its sessions, the admin and metrics listeners, the control socket, the
+//! order of start-up (check and bind everything, then recover, then serve: `startup.rs`)
 //! and of shutdown (stop accepting, drain sessions, last central flush, committer:
 //! `shutdown.rs`), and the command line. Decisions and durability belong to
 //! `cardgate-ledger`, bytes on the wire to `cardgate-codec`.
@@ -7,6 +8,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod logging;
 pub mod metrics;

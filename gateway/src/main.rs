@@ -23,14 +23,15 @@ struct Cli {
 enum Command {
     /// Run the gateway until SIGTERM or Ctrl-C.
     Serve(ServeArgs),
-    /// Manage admin API operators (works on the data directory while the daemon is stopped).
+    /// Manage admin API operators (while the daemon runs, through its control socket).
     #[command(subcommand)]
     Operator(OperatorCommand),
 }
 
 #[derive(Subcommand)]
 enum OperatorCommand {
-    /// Add an operator and print its bearer token, once.
+    /// Add an operator and print its bearer token, once. Creates the data directory if
+    /// there is none yet.
     Add {
         name: String,
         /// director, system_admin, data_admin, card_desk, door_admin, attendance_admin
@@ -42,6 +43,7 @@ enum OperatorCommand {
     },
     /// List operators.
     List {
+        /// sled data directory (default ./data); must exist.
         #[arg(long, default_value = "data")]
         data_dir: PathBuf,
     },

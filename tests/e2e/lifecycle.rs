@@ -1,7 +1,8 @@
 //! The daemon's life cycle against the real binary: starts that fail (each one line,
 //! non-zero, nothing left behind), starts that succeed with what operators write (host
-//! names), the admin listener's limits (no body read before authentication, body caps,
-//! a connection cap), and shutdown's phases in order.
+//! names, README's steps in order), the admin listener's limits (no body read before
+//! authentication, body caps, a connection cap), the operator command line with the
+//! daemon running or not, and shutdown's phases in order.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -544,4 +545,162 @@ fn the_bearer_scheme_is_case_insensitive_and_every_refusal_is_counted_under_its_
         .collect();
     assert_eq!(refused.len(), 1, "{audit}");
     assert_eq!(refused[0]["operator"], "chen");
+}
+
+// ---- operators from the command line --------------------------------------------------
+
+fn cli_output(args: &[&str], data_dir: &Path) -> Output {
+    cardgate()
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .output()
+        .expect("run cardgate")
+}
+
+#[test]
+fn operator_commands_refuse_a_data_directory_that_is_not_one_and_create_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let typo = tmp.path().join("TYPO");
+    let line = fails(cardgate().args(["operator", "list", "--data-dir"]).arg(&typo));
+    assert!(line.contains("no data directory") && line.contains("TYPO"), "{line}");
+    assert!(!typo.exists(), "list created the directory it was asked to read");
+    let line = fails(
+        cardgate()
+            .args(["operator", "add", "x", "--role", "root", "--data-dir"])
+            .arg(&typo),
+    );
+    assert!(line.contains("unknown role"), "{line}");
+    assert!(!typo.exists());
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let line = fails(cardgate().args(["operator", "list", "--data-dir"]).arg(&empty));
+    assert!(line.contains("not a cardgate data directory"), "{line}");
+    // A fresh directory is what `operator add` may create.
+    let fresh = tmp.path().join("fresh");
+    let token = operator_add(&fresh, "zhao", "director").unwrap();
+    assert!(token.starts_with("cg_"), "{token}");
+    let out = cli_output(&["operator", "list"], &fresh);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1\tzhao\tdirector\tenabled\n");
+}
+
+#[test]
+fn operator_add_and_list_work_while_the_daemon_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path());
+    // A first start with no operators says, once, how to make one.
+    let hint = d.wait_for_log(|l| l.contains("no operators yet"));
+    assert!(
+        hint.contains("cardgate operator add") && hint.contains("while the gateway runs"),
+        "{hint}"
+    );
+    assert_eq!(d.log().iter().filter(|l| l.contains("no operators yet")).count(), 1);
+
+    let token = operator_add(dir.path(), "zhao", "director").expect("operator add while running");
+    let (st, body) = d.api("GET", "/api/v1/whoami", Some(&token), None);
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(json_of(&body)["operator"]["role"], "director");
+    let out = cli_output(&["operator", "list"], dir.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1\tzhao\tdirector\tenabled\n");
+    let err = operator_add(dir.path(), "x", "root").unwrap_err();
+    assert!(err.contains("unknown role"), "{err}");
+    let err = operator_add(dir.path(), "zhao", "card_desk").unwrap_err();
+    assert!(!err.contains("panicked") && err.lines().count() == 1, "{err}");
+
+    // After a restart the operator is there, and the hint is not.
+    assert!(d.terminate().success());
+    assert!(
+        !dir.path().join(cardgate::control::SOCKET_FILE).exists(),
+        "the socket is removed"
+    );
+    let d = Daemon::start(dir.path());
+    let (st, _) = d.api("GET", "/api/v1/whoami", Some(&token), None);
+    assert_eq!(st, 200);
+    assert!(!d.log().iter().any(|l| l.contains("no operators yet")));
+}
+
+// ---- README ------------------------
+
+/// The shell lines of README.md's ```sh blocks, in order.
+fn readme_commands() -> Vec<String> {
+    let readme = include_str!("../../README.md");
+    let mut out = Vec::new();
+    let mut in_sh = false;
+    for line in readme.lines() {
+        match (in_sh, line.trim()) {
+            (false, "```sh") => in_sh = true,
+            (true, "```") => in_sh = false,
+            (true, l) if !l.is_empty() && !l.starts_with('#') => out.push(l.to_string()),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// What follows `cargo run ... -p cardgate --` in a README line, as arguments.
+fn cardgate_args(line: &str) -> Vec<String> {
+    let after = line
+        .split_once("-p cardgate -- ")
+        .unwrap_or_else(|| panic!("not a cardgate command: {line}"))
+        .1;
+    after
+        .trim_end_matches(')')
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn readme_steps_work_in_the_order_written() {
+    let lines = readme_commands();
+    let find = |what: &str| {
+        lines
+            .iter()
+            .position(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("README has no {what:?} step: {lines:#?}"))
+    };
+    let (serve, add, call) = (
+        find("-p cardgate -- serve"),
+        find("-p cardgate -- operator add"),
+        find("curl "),
+    );
+    assert!(serve < add && add < call, "README's steps are out of order: {lines:#?}");
+
+    // A newcomer's fresh directory; the ports are moved aside by the environment only,
+    // so the commands run exactly as written.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cmd = cardgate();
+    cmd.args(cardgate_args(&lines[serve]))
+        .current_dir(tmp.path())
+        .env("CARDGATE_LISTEN", "127.0.0.1:0")
+        .env("CARDGATE_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("CARDGATE_METRICS_LISTEN", "127.0.0.1:0");
+    let d = Daemon::spawn(cmd, &tmp.path().join("data"));
+
+    let (var, _) = lines[add]
+        .split_once("=$(")
+        .expect("the token is kept in a variable: T=$(...)");
+    let out = cardgate()
+        .args(cardgate_args(&lines[add]))
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+
+    // The curl line: its header and URL, on the address the daemon really took.
+    let call = &lines[call];
+    let header = call.split('"').nth(1).expect("curl -H \"...\"");
+    assert_eq!(header, format!("Authorization: Bearer ${var}"));
+    let url = call.split_whitespace().last().unwrap();
+    let default_admin = Config::default().admin_listen.unwrap().to_string();
+    let path = url
+        .strip_prefix(&format!("http://{default_admin}"))
+        .unwrap_or_else(|| panic!("README calls the default admin address: {url}"));
+    let (st, body) = d.api("GET", path, Some(&token), None);
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(json_of(&body)["operator"]["name"], "zhao");
+    assert!(d.terminate().success());
 }
