@@ -1,5 +1,6 @@
 //! Daemon configuration: a TOML file, then environment variables and command-line flags
-//! on top of it.
+//! on top of it. `docs/CONFIGURATION.md` documents every key; `cardgate.toml` at the
+//! repository root is an example that the tests load, so neither can drift from this file.
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -352,6 +353,62 @@ mod tests {
         c.central.batch_entries_max = cardgate_central::flusher::BATCH_ENTRIES_LIMIT + 1;
         assert!(c.validate().is_err());
         assert!(toml::from_str::<Config>("[central]\nbatch_size = 3").is_err());
+    }
+
+    /// Every key of the configuration as `section.key` (top-level keys bare).
+    fn keys() -> Vec<String> {
+        let mut all = Config::default();
+        // Optional keys are listed too: give each a value so that it serializes.
+        all.central.url = Some("sqlite://x".into());
+        let serde_json::Value::Object(top) = serde_json::to_value(&all).unwrap() else {
+            panic!("a config serializes to a table")
+        };
+        let mut keys = Vec::new();
+        for (k, v) in top {
+            match v {
+                serde_json::Value::Object(section) => keys.extend(section.keys().map(|s| format!("{k}.{s}"))),
+                _ => keys.push(k),
+            }
+        }
+        keys
+    }
+
+    const EXAMPLE: &str = include_str!("../../cardgate.toml");
+    const DOC: &str = include_str!("../../docs/CONFIGURATION.md");
+
+    #[test]
+    fn the_example_file_is_valid_and_sets_every_key_to_its_default() {
+        let example = Config::parse(EXAMPLE).unwrap();
+        example.validate().unwrap();
+        assert_eq!(
+            serde_json::to_value(&example).unwrap(),
+            serde_json::to_value(Config::default()).unwrap()
+        );
+    }
+
+    #[test]
+    fn every_key_is_in_the_example_file_and_in_the_configuration_doc() {
+        let mut section = String::new();
+        let mut in_example = Vec::new();
+        for line in EXAMPLE.lines().map(str::trim) {
+            if let Some(s) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = format!("{s}.");
+                continue;
+            }
+            // A commented-out key shows an optional key's form without setting it.
+            let line = line.strip_prefix("# ").unwrap_or(line);
+            if let Some((k, _)) = line.split_once(" = ") {
+                in_example.push(format!("{section}{k}"));
+            }
+        }
+        for key in keys() {
+            assert!(in_example.contains(&key), "{key} is missing from cardgate.toml");
+            assert!(
+                DOC.contains(&format!("| `{key}` |")),
+                "{key} is missing from docs/CONFIGURATION.md"
+            );
+        }
+        assert_eq!(keys().len(), in_example.len(), "cardgate.toml has a key the code lacks");
     }
 
     #[test]

@@ -49,7 +49,7 @@ enum OperatorCommand {
     },
 }
 
-/// Flags override environment variables, which override the file.
+/// Flags override environment variables, which override the file (docs/CONFIGURATION.md).
 #[derive(clap::Args)]
 struct ServeArgs {
     /// TOML configuration file; flags override it.

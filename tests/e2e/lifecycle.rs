@@ -1,8 +1,9 @@
 //! The daemon's life cycle against the real binary: starts that fail (each one line,
 //! non-zero, nothing left behind), starts that succeed with what operators write (host
-//! names, README's steps in order), the admin listener's limits (no body read before
-//! authentication, body caps, a connection cap), the operator command line with the
-//! daemon running or not, and shutdown's phases in order.
+//! names, the example configuration, the documented PostgreSQL schema forms, README's
+//! steps in order), the admin listener's limits (no body read before authentication,
+//! body caps, a connection cap), the operator command line with the daemon running or
+//! not, and shutdown's phases in order.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -13,6 +14,7 @@ use std::time::Duration;
 use cardgate::config::Config;
 use cardgate_codec::Message;
 use serde_json::{Value, json};
+use sqlx::Connection;
 
 use crate::harness::*;
 
@@ -204,6 +206,14 @@ fn with_param(url: &str, param: &str) -> String {
     format!("{url}{sep}{param}")
 }
 
+async fn pg_exec(url: &str, sql: String) {
+    let mut c = sqlx::PgConnection::connect(url)
+        .await
+        .expect("connect to CARDGATE_TEST_PG");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut c).await.unwrap();
+    c.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_missing_postgres_schema_is_named_at_start_up_and_terminals_are_served() {
     let Some(pg) = test_pg("a_missing_postgres_schema_is_named_at_start_up") else {
@@ -220,6 +230,58 @@ async fn a_missing_postgres_schema_is_named_at_start_up_and_terminals_are_served
         t.purchase(1, card(1), 1_00).await.unwrap(),
         Message::Approved(_)
     ));
+}
+
+/// The schema forms docs/CONFIGURATION.md gives, as written there.
+fn documented_schema_forms() -> Vec<String> {
+    let doc = include_str!("../../docs/CONFIGURATION.md");
+    let forms: Vec<String> = doc
+        .split('`')
+        .filter(|s| s.starts_with("?options") && s.contains("search_path") && s.ends_with("cardgate"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(forms.len(), 2, "the two forms in CONFIGURATION.md: {forms:?}");
+    forms
+}
+
+#[tokio::test]
+async fn each_documented_postgres_schema_form_puts_the_tables_in_that_schema() {
+    let forms = documented_schema_forms();
+    let Some(pg) = test_pg("each_documented_postgres_schema_form") else {
+        return;
+    };
+    for form in forms {
+        let schema = format!("cg_doc_{}_{:x}", std::process::id(), rand::random::<u32>());
+        pg_exec(&pg, format!("CREATE SCHEMA {schema}")).await;
+        let param = form.trim_start_matches('?').replace("cardgate", &schema);
+        let url = with_param(&pg, &param);
+        let dir = tempfile::tempdir().unwrap();
+        let d = Daemon::start_with(dir.path(), &["--central", &url]);
+        let line = d.wait_for_log(|l| l.contains("central store answers"));
+        assert!(line.contains(&format!("schema={schema}")), "{form}: {line}");
+        // The flusher ships the demo campus into that schema's own tables.
+        let mut c = sqlx::PgConnection::connect(&pg).await.unwrap();
+        let deadline = std::time::Instant::now() + READ_GUARD;
+        loop {
+            let shipped: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT MAX(shipped_entry_id) FROM {schema}.gateways"
+            )))
+            .fetch_one(&mut c)
+            .await
+            .unwrap_or(None);
+            if shipped.unwrap_or(0) > 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{form}: nothing shipped to {schema}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        c.close().await.unwrap();
+        assert!(d.terminate().success());
+        pg_exec(&pg, format!("DROP SCHEMA {schema} CASCADE")).await;
+    }
 }
 
 #[tokio::test]
@@ -621,7 +683,7 @@ fn operator_add_and_list_work_while_the_daemon_runs() {
     assert!(!d.log().iter().any(|l| l.contains("no operators yet")));
 }
 
-// ---- README ------------------------
+// ---- README and the example configuration ------------------------
 
 /// The shell lines of README.md's ```sh blocks, in order.
 fn readme_commands() -> Vec<String> {
@@ -702,5 +764,24 @@ fn readme_steps_work_in_the_order_written() {
     let (st, body) = d.api("GET", path, Some(&token), None);
     assert_eq!(st, 200, "{body}");
     assert_eq!(json_of(&body)["operator"]["name"], "zhao");
+    assert!(d.terminate().success());
+}
+
+#[test]
+fn the_example_configuration_starts_a_gateway() {
+    let tmp = tempfile::tempdir().unwrap();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../cardgate.toml");
+    let mut cmd = cardgate();
+    cmd.args(["serve", "--config"])
+        .arg(&example)
+        .current_dir(tmp.path())
+        .env("CARDGATE_LISTEN", "127.0.0.1:0")
+        .env("CARDGATE_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("CARDGATE_METRICS_LISTEN", "127.0.0.1:0");
+    let d = Daemon::spawn(cmd, &tmp.path().join("data"));
+    assert!(
+        tmp.path().join("data").is_dir(),
+        "data_dir from the example, relative to the working directory"
+    );
     assert!(d.terminate().success());
 }
