@@ -1,9 +1,8 @@
 //! The daemon's life cycle against the real binary: starts that fail (each one line,
 //! non-zero, nothing left behind), starts that succeed with what operators write (host
-//! names, the example configuration, the documented PostgreSQL schema forms, README's
-//! steps in order), the admin listener's limits (no body read before authentication,
-//! body caps, a connection cap), the operator command line with the daemon running or
-//! not, and shutdown's phases in order.
+//! names, the example configuration, README's steps in order), the admin listener's
+//! limits (no body read before authentication, body caps, a connection cap), the
+//! operator command line with the daemon running or not, and shutdown's phases in order.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -13,6 +12,7 @@ use std::time::Duration;
 
 use cardgate::config::Config;
 use cardgate_codec::Message;
+use cardgate_loadtest::desk::{CardDesk, HttpCardDesk, LOST_CARD_ENDPOINT_EXAMPLE};
 use serde_json::{Value, json};
 use sqlx::Connection;
 
@@ -683,7 +683,7 @@ fn operator_add_and_list_work_while_the_daemon_runs() {
     assert!(!d.log().iter().any(|l| l.contains("no operators yet")));
 }
 
-// ---- README and the example configuration ------------------------
+// ---- README, the example configuration, and the load test's help ------------------------
 
 /// The shell lines of README.md's ```sh blocks, in order.
 fn readme_commands() -> Vec<String> {
@@ -765,6 +765,23 @@ fn readme_steps_work_in_the_order_written() {
     assert_eq!(st, 200, "{body}");
     assert_eq!(json_of(&body)["operator"]["name"], "zhao");
     assert!(d.terminate().success());
+}
+
+#[tokio::test]
+async fn the_load_tests_lost_card_example_is_the_gateways_route() {
+    let default_admin = Config::default().admin_listen.unwrap().to_string();
+    assert!(LOST_CARD_ENDPOINT_EXAMPLE.contains(&default_admin));
+    let dir = tempfile::tempdir().unwrap();
+    let (d, director) = with_director(dir.path());
+    let desk_token = add_operator(&d, &director, "wang", "card_desk");
+    let endpoint = LOST_CARD_ENDPOINT_EXAMPLE.replace(&default_admin, &d.admin_addr().to_string());
+    let desk = HttpCardDesk::new(&endpoint, Some(desk_token.clone())).unwrap();
+    desk.report_lost(card(7))
+        .await
+        .expect("the example route reports a card lost");
+    let (st, body) = d.api("GET", &format!("/api/v1/cards/{}", card(7).0), Some(&desk_token), None);
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(json_of(&body)["card"]["status"], "lost");
 }
 
 #[test]
