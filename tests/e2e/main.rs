@@ -6,6 +6,7 @@ mod central;
 mod desk;
 mod desk_imports;
 mod harness;
+mod lifecycle;
 mod lunch;
 mod pos;
 mod records;

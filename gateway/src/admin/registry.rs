@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -30,15 +30,15 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::routes::{csv_field, csv_response, json_body, parse_card, parse_id, wants_csv};
-use super::{ADMIN_BODY_BYTES_MAX, AdminState, ApiError, Done, idempotency_key};
+use super::{AdminState, ApiError, Done, idempotency_key};
 
-pub fn router(state: AdminState) -> Router {
+/// The registry's routes with small bodies.
+pub fn api() -> Router<AdminState> {
     Router::new()
         .route("/api/v1/merchants", get(list_merchants).post(create_merchant))
         .route("/api/v1/merchants/{id}", get(get_merchant).patch(change_merchant))
         .route("/api/v1/door-groups", get(list_door_groups).post(create_door_group))
         .route("/api/v1/terminals", get(inventory).post(register_terminal))
-        .route("/api/v1/terminals/import", post(import_inventory))
         .route("/api/v1/terminals/{id}", get(get_terminal).patch(change_terminal))
         .route("/api/v1/terminals/{id}/enable", post(enable_terminal))
         .route("/api/v1/terminals/{id}/disable", post(disable_terminal))
@@ -47,11 +47,15 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/key-handouts", get(key_handouts))
         .route("/api/v1/stock", get(stock))
         .route("/api/v1/stock/batches", post(receive_stock))
+}
+
+/// The registry's routes that take a whole file or a cupboard's card numbers.
+pub fn bulk() -> Router<AdminState> {
+    Router::new()
+        .route("/api/v1/terminals/import", post(import_inventory))
         .route("/api/v1/stock/spoiled", post(spoil_stock))
         .route("/api/v1/stock/returned", post(return_stock))
         .route("/api/v1/stock/counts", get(stock_counts).post(count_stock))
-        .layer(DefaultBodyLimit::max(ADMIN_BODY_BYTES_MAX))
-        .with_state(state)
 }
 
 // ---- JSON -------------------------------------------------------------------------------
