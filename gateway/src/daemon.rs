@@ -40,6 +40,7 @@ pub enum ServeError {
 /// Runs the daemon until SIGTERM or Ctrl-C.
 pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError> {
     let phase = PhaseCell::default();
+    let signals = Signals::install();
     config.validate().map_err(StartError::from)?;
     let listeners = startup::bind_listeners(&config)?;
     // Parsing the URL opens nothing, so a bad one also leaves no data directory behind.
@@ -194,7 +195,7 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
         shutdown.clone(),
     ));
 
-    wait_for_signal().await;
+    signals.wait().await;
     let mut running = Running {
         shutdown,
         server: Some(server),
@@ -324,25 +325,57 @@ impl Stages for Running {
     }
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// SIGTERM and SIGINT (Ctrl-C), caught from the start of `serve`: a signal that comes
+/// during start-up (a test or a service manager stopping a daemon that just announced its
+/// listeners) is held and starts the shutdown once start-up is done, instead of killing
+/// the process with the default action.
+struct Signals {
     #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; Ctrl-C only");
-                let _ = ctrl_c.await;
-                return;
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn install() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let catch = |kind: SignalKind, name: &str| match signal(kind) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, signal = name, "cannot catch the signal");
+                    None
+                }
+            };
+            Signals {
+                term: catch(SignalKind::terminate(), "SIGTERM"),
+                int: catch(SignalKind::interrupt(), "SIGINT"),
             }
-        };
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
         }
+        #[cfg(not(unix))]
+        Signals {}
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+
+    async fn wait(mut self) {
+        #[cfg(unix)]
+        {
+            async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            tokio::select! {
+                _ = next(&mut self.term) => {},
+                _ = next(&mut self.int) => {},
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// Gauges that are cheaper to sample than to keep current.

@@ -320,3 +320,32 @@ pub fn card(account: u64) -> CardNo {
 pub fn secret(terminal: u64) -> TerminalSecret {
     demo_secret(terminal)
 }
+
+/// One admin API call with a bearer token and, optionally, an Idempotency-Key.
+pub fn api_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: &str,
+    key: Option<&str>,
+    body: &str,
+) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect for HTTP");
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(k) = key {
+        req.push_str(&format!("Idempotency-Key: {k}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body.as_bytes()).unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, rest) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, rest.to_string())
+}

@@ -800,5 +800,6 @@ fn the_example_configuration_starts_a_gateway() {
         tmp.path().join("data").is_dir(),
         "data_dir from the example, relative to the working directory"
     );
-    assert!(d.terminate().success());
+    let (status, log) = d.terminate_with_log();
+    assert!(status.success(), "{status}: {}", log.join("\n"));
 }

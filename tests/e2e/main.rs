@@ -10,4 +10,5 @@ mod lifecycle;
 mod lunch;
 mod pos;
 mod records;
+mod registry;
 mod terminals;
