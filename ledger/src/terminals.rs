@@ -107,8 +107,12 @@ impl Ledger {
         lag
     }
 
-    /// Registers a terminal or replaces its registration (keeping its sequence memory).
-    pub async fn register_terminal(&self, t: Terminal) -> Result<u64, LedgerError> {
+    /// Registers a terminal or replaces its registration (keeping its sequence memory)
+    /// as data directories before the registry did: a `TerminalRegistered` entry with the
+    /// secret in clear. For tests and old-format fixtures only; the daemon registers
+    /// terminals through `register_terminal_new` (sealed), and nothing it serves calls
+    /// this.
+    pub async fn register_terminal_unsealed(&self, t: Terminal) -> Result<u64, LedgerError> {
         let txn = Txn::begin(self.journal()).await?;
         let sent = {
             let _desk = self.state.desk_lock();
