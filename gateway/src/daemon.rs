@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use cardgate_central::flusher::JournalSource;
-use cardgate_central::{CentralStore, Flusher, FlusherStatus};
+use cardgate_central::{CentralStore, Flusher};
 use cardgate_ledger::demo::{DemoCampus, ensure_demo};
 use cardgate_ledger::{Ledger, LedgerConfig, SystemClock};
 use tokio_util::sync::CancellationToken;
@@ -28,6 +28,21 @@ pub async fn serve(config: Config, opts: ServeOptions) -> anyhow::Result<()> {
     }
     let prometheus = crate::metrics::install()?;
     let shutdown = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    // Before recovery: /healthz answers and /readyz says "recovering" while it runs.
+    let readiness = crate::health::Readiness::new(config.health.central_backlog_entries_max);
+    if let Some(addr) = config.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the metrics listener on {addr}"))?;
+        tracing::info!(kind = "metrics", addr = %listener.local_addr()?, "listening");
+        tasks.spawn(crate::health::serve(
+            listener,
+            prometheus,
+            readiness.clone(),
+            shutdown.clone(),
+        ));
+    }
 
     let ledger_config = LedgerConfig {
         tz_offset_minutes: config.tz_offset_minutes,
@@ -58,6 +73,8 @@ pub async fn serve(config: Config, opts: ServeOptions) -> anyhow::Result<()> {
         data_dir = %config.data_dir.display(),
         "recovered"
     );
+    readiness.recovered(ledger.clone());
+    let started_ms = ledger.now_ms();
     if opts.demo {
         let campus = DemoCampus {
             accounts: config.demo.accounts,
@@ -102,15 +119,15 @@ pub async fn serve(config: Config, opts: ServeOptions) -> anyhow::Result<()> {
             .context("reading the central store cursor from sled")?
     };
 
-    let mut tasks = tokio::task::JoinSet::new();
-    if let Some(addr) = config.metrics_listen {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding the metrics listener on {addr}"))?;
-        tracing::info!(kind = "metrics", addr = %listener.local_addr()?, "listening");
-        tasks.spawn(crate::metrics::serve(listener, prometheus, shutdown.clone()));
-    }
-    tasks.spawn(sample_gauges(ledger.clone(), flusher.status.clone(), shutdown.clone()));
+    readiness.central_started(flusher.status.clone(), ledger.journal().stats.clone());
+    let sampled = crate::metrics::Sampled {
+        ledger: ledger.clone(),
+        central: flusher.status.clone(),
+        data_dir: config.data_dir.clone(),
+        started_ms,
+        terminal_offline_after: Duration::from_secs(config.health.terminal_offline_after_s),
+    };
+    tasks.spawn(crate::metrics::sample(sampled, shutdown.clone()));
     // Before the terminal listener, so that whoever waits for "terminals" in the log
     // (the e2e harness) has seen every other listener by then.
     if let Some(addr) = config.admin_listen {
@@ -178,35 +195,4 @@ async fn wait_for_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
-}
-
-/// Gauges that are cheaper to sample than to keep current.
-async fn sample_gauges(ledger: Arc<Ledger>, central: Arc<FlusherStatus>, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.cancelled() => return,
-        }
-        let j = ledger.journal();
-        metrics::gauge!("cardgate_journal_queue_depth").set(j.queue_len() as f64);
-        metrics::gauge!("cardgate_journal_durable_entry_id")
-            .set(j.stats.durable_entry_id.load(std::sync::atomic::Ordering::Relaxed) as f64);
-        metrics::gauge!("cardgate_journal_poisoned").set(if j.is_poisoned() { 1.0 } else { 0.0 });
-        let (accounts, cards, terminals) = ledger.counts();
-        metrics::gauge!("cardgate_accounts").set(accounts as f64);
-        metrics::gauge!("cardgate_cards").set(cards as f64);
-        metrics::gauge!("cardgate_terminals").set(terminals as f64);
-        let lag = ledger.blacklist_lag();
-        metrics::gauge!("cardgate_blacklist_version").set(lag.version as f64);
-        metrics::gauge!("cardgate_blacklist_published_version").set(lag.published as f64);
-        metrics::gauge!("cardgate_blacklist_cards").set(lag.listed as f64);
-        metrics::gauge!("cardgate_blacklist_terminals_connected").set(lag.connected_terminals as f64);
-        metrics::gauge!("cardgate_blacklist_terminals_behind").set(lag.behind as f64);
-        metrics::gauge!("cardgate_blacklist_max_versions_behind").set(lag.max_versions_behind as f64);
-        for (bucket, n) in ["1", "2-10", "11-100", "101+"].iter().zip(lag.behind_by) {
-            metrics::gauge!("cardgate_blacklist_terminals_behind_by", "versions" => *bucket).set(n as f64);
-        }
-        central.record_gauges(&j.stats, ledger.now_ms());
-    }
 }

@@ -8,6 +8,8 @@
 pub mod admin;
 pub mod config;
 pub mod daemon;
+pub mod health;
+pub mod logging;
 pub mod metrics;
 pub mod operator_cli;
 pub mod server;

@@ -1,10 +1,9 @@
 //! The `cardgate` command line. Errors end here as `anyhow` with context.
 
-use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use cardgate::config::Config;
+use cardgate::config::{Config, LogFormat};
 use cardgate::daemon::{ServeOptions, serve};
 use clap::{Parser, Subcommand};
 
@@ -80,14 +79,12 @@ struct ServeArgs {
     /// Demo POS terminals.
     #[arg(long)]
     demo_terminals: Option<u64>,
+    /// Log lines as text or JSON (default text).
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
@@ -116,10 +113,22 @@ fn main() -> anyhow::Result<()> {
             if let Some(v) = args.demo_terminals {
                 config.demo.pos_terminals = v;
             }
+            if let Some(v) = args.log_format {
+                config.log_format = v;
+            }
+            cardgate::logging::init(config.log_format, config.tz_offset_minutes);
+            tracing::info!(
+                version = env!("CARGO_PKG_VERSION"),
+                commit = env!("CARDGATE_GIT_COMMIT"),
+                business_time_zone = %format!("UTC{}", cardgate::logging::utc_offset(config.tz_offset_minutes)),
+                "cardgate starting; log times are in the business time zone"
+            );
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(serve(config, ServeOptions { demo: args.demo }))
         }
         Command::Operator(cmd) => {
+            let defaults = Config::default();
+            cardgate::logging::init(defaults.log_format, defaults.tz_offset_minutes);
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(cardgate::operator_cli::run(match cmd {
                 OperatorCommand::Add { name, role, data_dir } => {

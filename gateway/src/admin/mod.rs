@@ -400,7 +400,7 @@ impl Call {
 
 /// Serves the admin API until shutdown.
 pub async fn serve(listener: TcpListener, state: AdminState, shutdown: CancellationToken) {
-    let app = routes::router(state);
+    let app = routes::router(state).layer(axum::middleware::from_fn(crate::metrics::track_admin_http));
     let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await;
