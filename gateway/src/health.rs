@@ -169,3 +169,93 @@ async fn readyz(State(s): State<Served>) -> Response {
     };
     (status, Json(body)).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cardgate_central::flusher::StuckEntry;
+    use cardgate_domain::model::AuditRecord;
+    use cardgate_journal::{FaultSwitch, FaultyStore};
+    use cardgate_ledger::{LedgerConfig, SystemClock};
+
+    fn failing(r: &Readiness) -> Vec<(&'static str, String)> {
+        r.checks()
+            .into_iter()
+            .filter_map(|c| c.failure.map(|f| (c.name, f)))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn readiness_names_each_failing_check() {
+        let r = Readiness::new(5);
+        assert_eq!(failing(&r).iter().map(|f| f.0).collect::<Vec<_>>(), ["recovery"]);
+
+        let dir = tempfile::tempdir().unwrap();
+        let switch = FaultSwitch::default();
+        let s = switch.clone();
+        let (ledger, committer, _) = Ledger::open_with_store(
+            dir.path(),
+            LedgerConfig::default(),
+            Arc::new(SystemClock),
+            move |store| {
+                Box::new(FaultyStore {
+                    inner: store,
+                    switch: s,
+                })
+            },
+        )
+        .unwrap();
+        r.recovered(ledger.clone());
+        assert_eq!(failing(&r).iter().map(|f| f.0).collect::<Vec<_>>(), ["central"]);
+
+        let status = Arc::new(FlusherStatus::default());
+        let journal = Arc::new(JournalStats::default());
+        r.central_started(status.clone(), journal.clone());
+        assert!(failing(&r).is_empty(), "{:?}", failing(&r));
+
+        // Unreachable with a backlog over the bound: not ready. Within it, or up: ready.
+        journal.durable_entry_id.store(6, Ordering::Release);
+        let f = failing(&r);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].0, "central");
+        assert!(f[0].1.contains("6 entries are unshipped (bound 5)"), "{}", f[0].1);
+        status.cursor.store(1, Ordering::Release);
+        assert!(failing(&r).is_empty(), "a backlog of 5 is within the bound");
+        journal.durable_entry_id.store(100, Ordering::Release);
+        status.up.store(true, Ordering::Release);
+        assert!(failing(&r).is_empty(), "a reachable store may lag");
+
+        *status.stuck.lock().unwrap() = Some(StuckEntry {
+            entry_id: 42,
+            kind: "purchase",
+            error: "CHECK constraint failed".into(),
+        });
+        let f = failing(&r);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].0, "central_stuck_entry");
+        assert!(f[0].1.contains("entry 42 (purchase)"), "{}", f[0].1);
+        *status.stuck.lock().unwrap() = None;
+
+        // A journal write fails: the journal is poisoned and readiness says so.
+        switch.set(FaultSwitch::FAIL_APPLY);
+        let rec = AuditRecord {
+            id: 0,
+            time_ms: 0,
+            actor: None,
+            action: "test".into(),
+            target: String::new(),
+            status: 200,
+            before: String::new(),
+            after: String::new(),
+            detail: String::new(),
+        };
+        assert!(ledger.audit(rec).await.is_err());
+        let f = failing(&r);
+        assert_eq!(f.iter().map(|f| f.0).collect::<Vec<_>>(), ["journal"]);
+        assert!(f[0].1.contains("poisoned"), "{}", f[0].1);
+
+        drop(r);
+        drop(ledger);
+        committer.join();
+    }
+}
