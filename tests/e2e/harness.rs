@@ -37,6 +37,11 @@ impl Daemon {
     }
 
     pub fn start_with(data_dir: &Path, extra_args: &[&str]) -> Daemon {
+        Daemon::start_env(data_dir, extra_args, &[])
+    }
+
+    /// With extra arguments and environment variables (e.g. `RUST_LOG`).
+    pub fn start_env(data_dir: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_cardgate"));
         cmd.arg("serve")
             .arg("--data-dir")
@@ -47,6 +52,7 @@ impl Daemon {
             .args(["--demo-terminals", &DEMO_TERMINALS.to_string()])
             .args(extra_args)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -178,6 +184,12 @@ impl Drop for Daemon {
 fn parse_listening(line: &str) -> Option<(String, SocketAddr)> {
     if !line.contains("listening") {
         return None;
+    }
+    // `--log-format json`: {"fields": {"message": "listening", "kind": ..., "addr": ...}}
+    if line.starts_with('{') {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        let f = &v["fields"];
+        return Some((f["kind"].as_str()?.to_string(), f["addr"].as_str()?.parse().ok()?));
     }
     let kind = line.split("kind=\"").nth(1)?.split('"').next()?.to_string();
     let addr = line.split("addr=").nth(1)?.split_whitespace().next()?.parse().ok()?;

@@ -7,6 +7,7 @@ mod desk;
 mod desk_imports;
 mod harness;
 mod lunch;
+mod observability;
 mod pos;
 mod records;
 mod terminals;
