@@ -73,7 +73,7 @@ pub async fn serve(config: Config, opts: ServeOptions) -> anyhow::Result<()> {
         data_dir = %config.data_dir.display(),
         "recovered"
     );
-    readiness.recovered(ledger.clone());
+    readiness.recovered(&ledger);
     let started_ms = ledger.now_ms();
     if opts.demo {
         let campus = DemoCampus {

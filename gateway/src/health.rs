@@ -6,7 +6,7 @@
 //! "recovering" while a long journal is replayed.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use axum::Json;
@@ -23,7 +23,9 @@ use tokio_util::sync::CancellationToken;
 
 /// What /readyz looks at; filled in as start-up gets there.
 pub struct Readiness {
-    ledger: OnceLock<Arc<Ledger>>,
+    /// Weak: at shutdown the last strong handle's drop is what lets the committer
+    /// finish, and the listener must not hold it.
+    ledger: OnceLock<Weak<Ledger>>,
     central: OnceLock<(Arc<FlusherStatus>, Arc<JournalStats>)>,
     /// While the central store is unreachable, the most unshipped entries at which the
     /// gateway still calls itself ready (`health.central_backlog_entries_max`).
@@ -46,8 +48,8 @@ impl Readiness {
     }
 
     /// Recovery is done: the ledger holds exactly the durable state.
-    pub fn recovered(&self, ledger: Arc<Ledger>) {
-        let _ = self.ledger.set(ledger);
+    pub fn recovered(&self, ledger: &Arc<Ledger>) {
+        let _ = self.ledger.set(Arc::downgrade(ledger));
     }
 
     /// The flusher runs.
@@ -60,6 +62,9 @@ impl Readiness {
         let check = |name, failure| Check { name, failure };
         let Some(ledger) = self.ledger.get() else {
             return vec![check("recovery", Some("recovering: replaying the journal".to_string()))];
+        };
+        let Some(ledger) = ledger.upgrade() else {
+            return vec![check("recovery", Some("shutting down".to_string()))];
         };
         let mut out = vec![check("recovery", None)];
         let journal = ledger.journal();
@@ -205,7 +210,7 @@ mod tests {
             },
         )
         .unwrap();
-        r.recovered(ledger.clone());
+        r.recovered(&ledger);
         assert_eq!(failing(&r).iter().map(|f| f.0).collect::<Vec<_>>(), ["central"]);
 
         let status = Arc::new(FlusherStatus::default());
@@ -254,8 +259,10 @@ mod tests {
         assert_eq!(f.iter().map(|f| f.0).collect::<Vec<_>>(), ["journal"]);
         assert!(f[0].1.contains("poisoned"), "{}", f[0].1);
 
-        drop(r);
+        // The readiness does not keep the ledger: the committer finishes when the last
+        // handle goes, as shutdown needs.
         drop(ledger);
         committer.join();
+        assert_eq!(failing(&r)[0].1, "shutting down");
     }
 }

@@ -30,13 +30,16 @@ fn required() -> bool {
 
 /// The tool's path, or `None` after saying the test is skipped (a failure under CI).
 fn tool(name: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH")
-        .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(name)).find(|p| p.is_file()));
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    });
     match found {
         Some(p) => Some(p),
-        None if required() => panic!(
-            "{name} is not installed and CARDGATE_TEST_PROMETHEUS requires it: apt-get install prometheus"
-        ),
+        None if required() => {
+            panic!("{name} is not installed and CARDGATE_TEST_PROMETHEUS requires it: apt-get install prometheus")
+        }
         None => {
             eprintln!(
                 "skipped: {name} is not installed (apt-get install prometheus); \
@@ -59,7 +62,10 @@ async fn small_load(d: &Daemon, terminal: u64) {
     }
     let m = t.purchase(base + 10, CardNo(4_000_000_001), 1_00).await.unwrap();
     assert!(matches!(m, Message::Declined(_)), "an unknown card is declined: {m:?}");
-    let m = t.reversal(base + 11, base, card(1 + terminal % 50), 1_00).await.unwrap();
+    let m = t
+        .reversal(base + 11, base, card(1 + terminal % 50), 1_00)
+        .await
+        .unwrap();
     assert!(matches!(m, Message::Approved(_)), "{m:?}");
     assert!(matches!(t.balance(card(2)).await.unwrap(), Message::Balance(_)));
     assert!(matches!(t.heartbeat().await.unwrap(), Message::HeartbeatAck(_)));
@@ -120,17 +126,26 @@ async fn the_exposition_passes_promtool_check_metrics_after_a_small_load() {
     assert_eq!(value("cardgate_connections_refused_total{code=\"bad_mac\"}"), 0.0);
     assert_eq!(value("cardgate_terminals_connected{kind=\"pos\"}"), 0.0, "both left");
     assert!(
-        text.contains("cardgate_admin_http_requests_total{method=\"GET\",route=\"/api/v1/accounts/{id}\",status=\"200\"} 1"),
+        text.contains(
+            "cardgate_admin_http_requests_total{method=\"GET\",route=\"/api/v1/accounts/{id}\",status=\"200\"} 1"
+        ),
         "admin calls are counted by route template, not path"
     );
     assert!(!text.contains("/api/v1/accounts/3"), "a raw path leaked into a label");
-    for family in ["process_cpu_seconds_total", "process_open_fds", "process_resident_memory_bytes"] {
+    for family in [
+        "process_cpu_seconds_total",
+        "process_open_fds",
+        "process_resident_memory_bytes",
+    ] {
         assert!(text.contains(&format!("# TYPE {family} ")), "no {family}");
     }
     assert!(value("cardgate_data_filesystem_size_bytes") > 0.0);
     assert!(value("cardgate_journal_size_bytes") > 0.0);
     let build = text.lines().find(|l| l.starts_with("cardgate_build_info{")).unwrap();
-    assert!(build.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))), "{build}");
+    assert!(
+        build.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))),
+        "{build}"
+    );
     assert!(build.ends_with(" 1"), "{build}");
 }
 
@@ -168,7 +183,10 @@ fn the_alert_rules_pass_promtool_check_and_their_tests() {
             .collect();
         let quiet = cases.iter().filter(|c| c.contains("exp_alerts: []")).count();
         let firing = cases.iter().filter(|c| c.contains("exp_labels:")).count();
-        assert!(quiet >= 1 && firing >= 1, "{alert}: {firing} firing and {quiet} quiet cases");
+        assert!(
+            quiet >= 1 && firing >= 1,
+            "{alert}: {firing} firing and {quiet} quiet cases"
+        );
     }
 }
 
@@ -219,11 +237,7 @@ impl Prometheus {
                     break;
                 }
                 if std::net::TcpStream::connect(addr).is_ok() && http(addr, "GET", "/-/ready", None, "", b"").0 == 200 {
-                    return Prometheus {
-                        child,
-                        addr,
-                        _dir: dir,
-                    };
+                    return Prometheus { child, addr, _dir: dir };
                 }
                 assert!(Instant::now() < deadline, "prometheus did not become ready");
                 std::thread::sleep(Duration::from_millis(100));
@@ -239,10 +253,7 @@ impl Prometheus {
     fn get(&self, path: &str) -> Value {
         let (status, body) = http(self.addr, "GET", path, None, "", b"");
         let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-        assert!(
-            status == 200 && v["status"] == "success",
-            "GET {path}: {status} {body}"
-        );
+        assert!(status == 200 && v["status"] == "success", "GET {path}: {status} {body}");
         v["data"].clone()
     }
 
@@ -385,10 +396,17 @@ async fn prometheus_scrapes_the_gateway_and_every_dashboard_and_alert_query_retu
         if seen >= 8.0 && checkpointed {
             break;
         }
-        assert!(Instant::now() < deadline, "Prometheus saw {seen} scrapes; checkpointed: {checkpointed}");
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus saw {seen} scrapes; checkpointed: {checkpointed}"
+        );
     }
     let up = prometheus.query("up{job=\"cardgate\"}");
-    assert_eq!(up.first().map(|s| s["value"][1].clone()), Some(Value::from("1")), "{up:?}");
+    assert_eq!(
+        up.first().map(|s| s["value"][1].clone()),
+        Some(Value::from("1")),
+        "{up:?}"
+    );
 
     // Every alert rule Prometheus loaded, evaluated without error.
     let alert_count = std::fs::read_to_string(Path::new(OPS).join("prometheus/alerts.yml"))
@@ -451,7 +469,12 @@ async fn healthz_is_alive_and_readyz_names_the_failing_check() {
     assert_eq!(status, 200, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["ready"], true);
-    let names: Vec<&str> = v["checks"].as_array().unwrap().iter().filter_map(|c| c["name"].as_str()).collect();
+    let names: Vec<&str> = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
     assert_eq!(names, ["recovery", "journal", "central", "central_stuck_entry"]);
     drop(d);
 
@@ -471,7 +494,10 @@ async fn healthz_is_alive_and_readyz_names_the_failing_check() {
         ],
     );
     let mut t = d.terminal(1).await;
-    assert!(matches!(t.purchase(1, card(1), 1_00).await.unwrap(), Message::Approved(_)));
+    assert!(matches!(
+        t.purchase(1, card(1), 1_00).await.unwrap(),
+        Message::Approved(_)
+    ));
     let deadline = Instant::now() + Duration::from_secs(30);
     let (status, body) = loop {
         let (status, body) = http(metrics_addr(&d), "GET", "/readyz", None, "", b"");
@@ -485,12 +511,12 @@ async fn healthz_is_alive_and_readyz_names_the_failing_check() {
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["failing"], serde_json::json!(["central"]), "{body}");
     let central = &v["checks"].as_array().unwrap()[2];
-    assert!(
-        central["detail"].as_str().unwrap().contains("unreachable"),
-        "{central}"
-    );
+    assert!(central["detail"].as_str().unwrap().contains("unreachable"), "{central}");
     // Terminals are still served: readiness is for operators and orchestrators.
-    assert!(matches!(t.purchase(2, card(1), 1_00).await.unwrap(), Message::Approved(_)));
+    assert!(matches!(
+        t.purchase(2, card(1), 1_00).await.unwrap(),
+        Message::Approved(_)
+    ));
 }
 
 #[tokio::test]
@@ -505,7 +531,12 @@ async fn json_logs_state_the_time_zone_and_never_a_whole_card_number() {
     small_load(&d, 3).await;
     small_load(&d, 5).await;
     let lost = card(7).0;
-    let (status, body) = d.api("POST", &format!("/api/v1/cards/{lost}/lost"), Some(&director), Some("{}"));
+    let (status, body) = d.api(
+        "POST",
+        &format!("/api/v1/cards/{lost}/lost"),
+        Some(&director),
+        Some("{}"),
+    );
     assert_eq!(status, 200, "{body}");
     let mut t = d.terminal(9).await;
     let m = t.purchase(t.sign_on.last_tx_seq + 1, card(7), 1_00).await.unwrap();
@@ -514,13 +545,21 @@ async fn json_logs_state_the_time_zone_and_never_a_whole_card_number() {
 
     let log = d.log();
     let info_after = log.iter().filter(|l| l.contains("\"level\":\"INFO\"")).count();
-    assert_eq!(info_after, info_before, "info lines per transaction:\n{}", log.join("\n"));
+    assert_eq!(
+        info_after,
+        info_before,
+        "info lines per transaction:\n{}",
+        log.join("\n")
+    );
     let mut start_line = None;
     for line in &log {
         let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
         let ts = v["timestamp"].as_str().unwrap();
         // 2026-11-28T16:05:00.123456+08:00: RFC 3339 in the business time zone.
-        assert!(ts.len() == 32 && ts.ends_with("+08:00") && ts.as_bytes()[10] == b'T', "{ts}");
+        assert!(
+            ts.len() == 32 && ts.ends_with("+08:00") && ts.as_bytes()[10] == b'T',
+            "{ts}"
+        );
         if v["fields"]["business_time_zone"] == "UTC+08:00" {
             start_line = Some(line);
         }
@@ -533,7 +572,11 @@ async fn json_logs_state_the_time_zone_and_never_a_whole_card_number() {
         assert!(
             !log.iter().any(|l| l.contains(&no)),
             "card {no} in the log:\n{}",
-            log.iter().filter(|l| l.contains(&no)).cloned().collect::<Vec<_>>().join("\n")
+            log.iter()
+                .filter(|l| l.contains(&no))
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("\n")
         );
     }
 }
