@@ -1,5 +1,6 @@
 //! The cardgate daemon. This crate owns the process: configuration, the terminal
-//! listener and its sessions, the metrics listener, the order of start-up (recover, then
+//! listener and its sessions, the metrics listener with health and readiness, the
+//! catalogue of metric families and the log's format, the order of start-up (recover, then
 //! listen) and of shutdown (stop accepting, answer what is in flight, let the committer
 //! drain, exit), and the command line. Decisions and durability belong to
 //! `cardgate-ledger`, bytes on the wire to `cardgate-codec`.
