@@ -5,8 +5,15 @@ Usage: bench/metrics.py FILE...  One line per file.
 
 Decisions per flush is cardgate_journal_batch_submissions_sum / _count; "p99 ≤" is the
 upper bound of the histogram bucket the 99th percentile falls in (the gateway exports
-buckets, not exact percentiles)."""
+buckets, not exact percentiles).
+
+cardgate_request_seconds is labelled {kind, result} since the observability work
+(result: approved, declined, error, ok); dumps from before it have {kind} only. Both
+are read by summing over every label but the ones asked for."""
+import re
 import sys
+
+LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
 def read(path):
@@ -22,16 +29,31 @@ def read(path):
     return out
 
 
-def bucket_p99(m, name, count, labels=""):
+def series(m, name, **want):
+    """(labels, value) of every series of `name` whose labels include `want`."""
+    for key, v in m.items():
+        base, _, rest = key.partition("{")
+        if base != name:
+            continue
+        labels = dict(LABEL.findall(rest))
+        if all(labels.get(k) == w for k, w in want.items()):
+            yield labels, v
+
+
+def total(m, name, **want):
+    """The sum of `name` over every series matching `want` (0 when none)."""
+    return sum(v for _, v in series(m, name, **want))
+
+
+def bucket_p99(m, name, count, **want):
     """Upper bound (seconds) of the bucket holding the 99th percentile of histogram
-    `name`, restricted to the series whose labels start with `labels`."""
-    start = name + "_bucket{" + labels
-    buckets = []
-    for k, v in m.items():
-        if k.startswith(start):
-            le = k.split('le="')[1].split('"')[0]
-            buckets.append((float("inf") if le == "+Inf" else float(le), v))
-    for le, v in sorted(buckets):
+    `name`, summed over the series matching `want`."""
+    buckets = {}
+    for labels, v in series(m, name + "_bucket", **want):
+        le = labels["le"]
+        le = float("inf") if le == "+Inf" else float(le)
+        buckets[le] = buckets.get(le, 0) + v
+    for le, v in sorted(buckets.items()):
         if count and v >= 0.99 * count:
             return le
     return None
@@ -53,8 +75,8 @@ def commits(m):
 
 def purchase_p99_le_ms(m):
     """The gateway's own purchase latency (frame decoded -> answer written), p99 bucket."""
-    n = m.get('cardgate_request_seconds_count{kind="purchase"}', 0)
-    le = bucket_p99(m, "cardgate_request_seconds", n, labels='kind="purchase",')
+    n = total(m, "cardgate_request_seconds_count", kind="purchase")
+    le = bucket_p99(m, "cardgate_request_seconds", n, kind="purchase")
     return None if le is None else 1000 * le
 
 

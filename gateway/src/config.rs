@@ -37,6 +37,44 @@ pub struct Config {
     pub limits: Limits,
     pub demo: Demo,
     pub central: Central,
+    /// Log lines as `text` (one human-readable line each) or `json` (one object per
+    /// line, for a log shipper). Flag `--log-format`. Timestamps are RFC 3339 in the
+    /// business time zone (`tz_offset_minutes`), offset included, in both.
+    pub log_format: LogFormat,
+    pub health: Health,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// What `/readyz` and the terminal gauges judge by (docs/OPERATIONS.md).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Health {
+    /// While the central store is unreachable, `/readyz` stays ready up to this many
+    /// unshipped entries: the journal keeps them safely, but past this the central
+    /// store is too far behind to call the gateway healthy (at a lunch peak of ~2,000
+    /// decisions a second, 1,000,000 is about eight minutes; quieter hours, hours).
+    pub central_backlog_entries_max: u64,
+    /// An enabled terminal without a session and not heard from (sign-on, heartbeat)
+    /// for this long counts in `cardgate_terminals_offline`. Terminals heartbeat every
+    /// `limits.heartbeat_interval_s` and are closed after `limits.idle_timeout_ms`
+    /// silent, so five minutes is several missed heartbeats and a failed reconnect.
+    pub terminal_offline_after_s: u64,
+}
+
+impl Default for Health {
+    fn default() -> Health {
+        Health {
+            central_backlog_entries_max: 1_000_000,
+            terminal_offline_after_s: 300,
+        }
+    }
 }
 
 /// Every limit the daemon enforces, with units in the name.
@@ -115,6 +153,8 @@ impl Default for Config {
             limits: Limits::default(),
             demo: Demo::default(),
             central: Central::default(),
+            log_format: LogFormat::Text,
+            health: Health::default(),
         }
     }
 }
@@ -342,6 +382,9 @@ impl Config {
         if !(-720..=840).contains(&self.tz_offset_minutes) {
             return bad("tz_offset_minutes must be within -720..=840");
         }
+        if self.health.terminal_offline_after_s == 0 {
+            return bad("health.terminal_offline_after_s must be above 0");
+        }
         if let Err(e) = self.central.flusher().validate() {
             return Err(ConfigError::Invalid(format!("central: {e}")));
         }
@@ -465,6 +508,22 @@ mod tests {
         assert!(!e.contains('\n'), "{e}");
         let e = Config::parse("listen = \"nowhere\"").unwrap_err();
         assert!(e.contains("HOST:PORT") && !e.contains('\n'), "{e}");
+    }
+
+    #[test]
+    fn log_format_and_health_keys_parse() {
+        let c: Config = toml::from_str("").unwrap();
+        assert_eq!(c.log_format, LogFormat::Text);
+        let c: Config = toml::from_str(
+            "log_format = \"json\"\n[health]\ncentral_backlog_entries_max = 5\nterminal_offline_after_s = 60",
+        )
+        .unwrap();
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.health.central_backlog_entries_max, 5);
+        assert_eq!(c.health.terminal_offline_after_s, 60);
+        c.validate().unwrap();
+        assert!(toml::from_str::<Config>("log_format = \"xml\"").is_err());
+        assert!(toml::from_str::<Config>("[health]\noffline_after_s = 1").is_err());
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cardgate_central::flusher::JournalSource;
-use cardgate_central::{Flusher, FlusherHandle, FlusherStatus};
+use cardgate_central::{Flusher, FlusherHandle};
 use cardgate_journal::CommitterHandle;
 use cardgate_ledger::demo::{DemoCampus, ensure_demo};
 use cardgate_ledger::{Ledger, LedgerConfig, SystemClock};
@@ -42,7 +42,7 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
     let phase = PhaseCell::default();
     let signals = Signals::install();
     config.validate().map_err(StartError::from)?;
-    let listeners = startup::bind_listeners(&config)?;
+    let mut listeners = startup::bind_listeners(&config)?;
     // Parsing the URL opens nothing, so a bad one also leaves no data directory behind.
     let central = startup::central_store(&config)?;
     let terminal_key = config.terminal_key(opts.demo).map_err(StartError::from)?;
@@ -53,11 +53,28 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
     }
     let prometheus = crate::metrics::install().map_err(|e| StartError::Other(format!("metrics: {e}")))?;
     phase.set(Phase::Running);
+    // Said once every start-up check passed: a start that fails says only why.
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
-        tz_offset_minutes = config.tz_offset_minutes,
-        "starting; log times are in the business day's zone (tz_offset_minutes), offset written"
+        commit = env!("CARDGATE_GIT_COMMIT"),
+        business_time_zone = %format!("UTC{}", crate::logging::utc_offset(config.tz_offset_minutes)),
+        "cardgate starting; log times are in the business time zone, offset written"
     );
+    // Served before recovery: /healthz answers and /readyz says "recovering" while it
+    // runs. It outlives every shutdown phase, so that `cardgate_shutdown_phase` can be
+    // scraped while the gateway stops.
+    let readiness = crate::health::Readiness::new(config.health.central_backlog_entries_max);
+    let metrics_stop = CancellationToken::new();
+    let mut metrics_task = None;
+    if let Some(listener) = listeners.metrics.take() {
+        log_listening(ListenerKind::Metrics, &listener);
+        metrics_task = Some(tokio::spawn(crate::health::serve(
+            listener,
+            prometheus,
+            readiness.clone(),
+            metrics_stop.clone(),
+        )));
+    }
 
     let ledger_config = LedgerConfig {
         tz_offset_minutes: config.tz_offset_minutes,
@@ -92,6 +109,8 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
         data_dir = %config.data_dir.display(),
         "recovered"
     );
+    readiness.recovered(&ledger);
+    let started_ms = ledger.now_ms();
     // From here on the ledger is open: every return goes through `Running`'s shutdown,
     // or drops the ledger and its committer, which finish on their own.
     if opts.demo {
@@ -162,19 +181,15 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
             .map_err(|e| StartError::Other(format!("reading the central store cursor from sled: {e}")))?
     };
 
-    // Metrics outlive every phase, so that `cardgate_shutdown_phase` can be scraped
-    // while the gateway stops.
-    let metrics_stop = CancellationToken::new();
-    let mut metrics_task = None;
-    if let Some(listener) = listeners.metrics {
-        log_listening(ListenerKind::Metrics, &listener);
-        metrics_task = Some(tokio::spawn(crate::metrics::serve(
-            listener,
-            prometheus,
-            metrics_stop.clone(),
-        )));
-    }
-    tasks.spawn(sample_gauges(ledger.clone(), flusher.status.clone(), shutdown.clone()));
+    readiness.central_started(flusher.status.clone(), ledger.journal().stats.clone());
+    let sampled = crate::metrics::Sampled {
+        ledger: ledger.clone(),
+        central: flusher.status.clone(),
+        data_dir: config.data_dir.clone(),
+        started_ms,
+        terminal_offline_after: Duration::from_secs(config.health.terminal_offline_after_s),
+    };
+    tasks.spawn(crate::metrics::sample(sampled, shutdown.clone()));
     // Before the terminal listener, so that whoever waits for "terminals" in the log
     // (the e2e harness) has seen every other listener by then.
     if let Some(listener) = listeners.admin {
@@ -375,36 +390,5 @@ impl Signals {
         }
         #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
-/// Gauges that are cheaper to sample than to keep current.
-async fn sample_gauges(ledger: Arc<Ledger>, central: Arc<FlusherStatus>, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.cancelled() => return,
-        }
-        let j = ledger.journal();
-        metrics::gauge!("cardgate_journal_queue_depth").set(j.queue_len() as f64);
-        metrics::gauge!("cardgate_journal_durable_entry_id")
-            .set(j.stats.durable_entry_id.load(std::sync::atomic::Ordering::Relaxed) as f64);
-        metrics::gauge!("cardgate_journal_poisoned").set(if j.is_poisoned() { 1.0 } else { 0.0 });
-        let (accounts, cards, terminals) = ledger.counts();
-        metrics::gauge!("cardgate_accounts").set(accounts as f64);
-        metrics::gauge!("cardgate_cards").set(cards as f64);
-        metrics::gauge!("cardgate_terminals").set(terminals as f64);
-        let lag = ledger.blacklist_lag();
-        metrics::gauge!("cardgate_blacklist_version").set(lag.version as f64);
-        metrics::gauge!("cardgate_blacklist_published_version").set(lag.published as f64);
-        metrics::gauge!("cardgate_blacklist_cards").set(lag.listed as f64);
-        metrics::gauge!("cardgate_blacklist_terminals_connected").set(lag.connected_terminals as f64);
-        metrics::gauge!("cardgate_blacklist_terminals_behind").set(lag.behind as f64);
-        metrics::gauge!("cardgate_blacklist_max_versions_behind").set(lag.max_versions_behind as f64);
-        for (bucket, n) in ["1", "2-10", "11-100", "101+"].iter().zip(lag.behind_by) {
-            metrics::gauge!("cardgate_blacklist_terminals_behind_by", "versions" => *bucket).set(n as f64);
-        }
-        central.record_gauges(&j.stats, ledger.now_ms());
     }
 }

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use cardgate::config::{Config, ListenAddr};
+use cardgate::config::{Config, ListenAddr, LogFormat};
 use cardgate::daemon::{ServeOptions, serve};
 use clap::{Parser, Subcommand};
 
@@ -83,6 +83,9 @@ struct ServeArgs {
     /// Demo POS terminals.
     #[arg(long)]
     demo_terminals: Option<u64>,
+    /// Log lines as text or JSON (default text).
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
 }
 
 impl ServeArgs {
@@ -111,6 +114,9 @@ impl ServeArgs {
         if let Some(v) = self.demo_terminals {
             config.demo.pos_terminals = v;
         }
+        if let Some(v) = self.log_format {
+            config.log_format = v;
+        }
     }
 }
 
@@ -131,13 +137,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mut config = Config::load(args.config.as_deref())?;
             let demo = args.demo;
             args.apply(&mut config);
-            cardgate::logging::init(config.tz_offset_minutes);
+            cardgate::logging::init(config.log_format, config.tz_offset_minutes);
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(serve(config, ServeOptions { demo }))?;
             Ok(())
         }
         Command::Operator(cmd) => {
-            cardgate::logging::init(Config::default().tz_offset_minutes);
+            let defaults = Config::default();
+            cardgate::logging::init(defaults.log_format, defaults.tz_offset_minutes);
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(cardgate::operator_cli::run(match cmd {
                 OperatorCommand::Add { name, role, data_dir } => {

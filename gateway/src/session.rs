@@ -34,6 +34,7 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::{CancellationToken, ReusableBoxFuture};
 
 use crate::config::Limits;
+use crate::metrics::RequestKind;
 use crate::server::{Closer, Connection, SignOn};
 
 /// Initial read and write buffer of a connection: a few frames. A terminal's frames are
@@ -281,36 +282,14 @@ async fn sign_on(
     Ok(hello.terminal_id)
 }
 
-/// An answer on its way: the request it answers, when it arrived, and the latency
-/// histogram of its kind.
+/// An answer on its way: the request it answers, when it arrived, and its kind (its
+/// latency is recorded by kind and by what the answer says).
 struct InFlight {
     request_id: u32,
     received: Instant,
-    latency: &'static metrics::Histogram,
+    kind: RequestKind,
     pending: Pending,
 }
-
-/// Per-request histograms, registered once (a labelled `histogram!` per answer built its
-/// key every time). Registered on first use, after the daemon installs its recorder.
-struct RequestMetrics {
-    purchase: metrics::Histogram,
-    reversal: metrics::Histogram,
-    balance: metrics::Histogram,
-    heartbeat: metrics::Histogram,
-    /// From a BLACKLIST_SYNC to each page of its answer.
-    blacklist_sync: metrics::Histogram,
-    /// From the session seeing a new durable version to its push being written.
-    blacklist_push: metrics::Histogram,
-}
-
-static REQUEST_SECONDS: std::sync::LazyLock<RequestMetrics> = std::sync::LazyLock::new(|| RequestMetrics {
-    purchase: metrics::histogram!("cardgate_request_seconds", "kind" => "purchase"),
-    reversal: metrics::histogram!("cardgate_request_seconds", "kind" => "reversal"),
-    balance: metrics::histogram!("cardgate_request_seconds", "kind" => "balance"),
-    heartbeat: metrics::histogram!("cardgate_request_seconds", "kind" => "heartbeat"),
-    blacklist_sync: metrics::histogram!("cardgate_request_seconds", "kind" => "blacklist_sync"),
-    blacklist_push: metrics::histogram!("cardgate_request_seconds", "kind" => "blacklist_push"),
-});
 
 async fn session(
     conn: &mut Conn,
@@ -386,7 +365,7 @@ async fn session(
                 inflight.push_back(InFlight {
                     request_id: 0,
                     received: Instant::now(),
-                    latency: &REQUEST_SECONDS.blacklist_push,
+                    kind: RequestKind::BlacklistPush,
                     pending: Pending::ready(Message::BlacklistPush(push)),
                 });
             }
@@ -458,7 +437,7 @@ async fn write_answers(conn: &mut Conn, inflight: &mut VecDeque<InFlight>, first
     let mut answer = first;
     loop {
         let f = inflight.pop_front().expect("an answer came from the queue");
-        f.latency.record(f.received.elapsed().as_secs_f64());
+        crate::metrics::request_seconds(f.kind, &answer).record(f.received.elapsed().as_secs_f64());
         conn.feed((f.request_id, answer)).await.map_err(End::from_codec)?;
         match inflight.front_mut().and_then(|next| (&mut next.pending).now_or_never()) {
             Some(next) => answer = next,
@@ -470,8 +449,7 @@ async fn write_answers(conn: &mut Conn, inflight: &mut VecDeque<InFlight>, first
 
 async fn handle(frame: Frame, terminal_id: u64, ledger: &Ledger, inflight: &mut VecDeque<InFlight>) -> Result<(), End> {
     let received = Instant::now();
-    let m = &*REQUEST_SECONDS;
-    let (latency, pending) = match frame.message {
+    let (kind, pending) = match frame.message {
         Message::BlacklistSync(s) => {
             // A run of pages, answered in order; the first waits for a barrier.
             let pages = ledger.blacklist_sync(s.since_version, s.after_card).await;
@@ -482,7 +460,7 @@ async fn handle(frame: Frame, terminal_id: u64, ledger: &Ledger, inflight: &mut 
                 inflight.push_back(InFlight {
                     request_id: frame.request_id,
                     received,
-                    latency: &m.blacklist_sync,
+                    kind: RequestKind::BlacklistSync,
                     pending,
                 });
             }
@@ -492,9 +470,9 @@ async fn handle(frame: Frame, terminal_id: u64, ledger: &Ledger, inflight: &mut 
             blacklist_ack(ledger, terminal_id, a.version);
             return Ok(());
         }
-        Message::Purchase(p) => (&m.purchase, ledger.purchase(terminal_id, &p).await),
-        Message::Reversal(r) => (&m.reversal, ledger.reversal(terminal_id, &r).await),
-        Message::BalanceInquiry(b) => (&m.balance, ledger.balance(terminal_id, b.card).await),
+        Message::Purchase(p) => (RequestKind::Purchase, ledger.purchase(terminal_id, &p).await),
+        Message::Reversal(r) => (RequestKind::Reversal, ledger.reversal(terminal_id, &r).await),
+        Message::BalanceInquiry(b) => (RequestKind::Balance, ledger.balance(terminal_id, b.card).await),
         Message::Heartbeat(h) => {
             ledger.touch_terminal(terminal_id);
             blacklist_ack(ledger, terminal_id, h.blacklist_version);
@@ -502,14 +480,14 @@ async fn handle(frame: Frame, terminal_id: u64, ledger: &Ledger, inflight: &mut 
                 server_time_ms: ledger.now_ms(),
                 blacklist_version: ledger.blacklist().published(),
             };
-            (&m.heartbeat, Pending::ready(Message::HeartbeatAck(ack)))
+            (RequestKind::Heartbeat, Pending::ready(Message::HeartbeatAck(ack)))
         }
         _ => return Err(End::Refuse(ErrorCode::UnexpectedMessage)),
     };
     inflight.push_back(InFlight {
         request_id: frame.request_id,
         received,
-        latency,
+        kind,
         pending,
     });
     Ok(())

@@ -23,6 +23,7 @@ pub mod keys;
 pub mod ledger;
 pub mod master;
 pub mod pay;
+pub mod presence;
 pub mod records;
 pub mod recovery;
 pub mod registry;

@@ -39,6 +39,11 @@ impl Daemon {
     }
 
     pub fn start_with(data_dir: &Path, extra_args: &[&str]) -> Daemon {
+        Daemon::start_env(data_dir, extra_args, &[])
+    }
+
+    /// With extra arguments and environment variables (e.g. `RUST_LOG`).
+    pub fn start_env(data_dir: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let mut cmd = cardgate();
         cmd.arg("serve")
             .arg("--data-dir")
@@ -47,17 +52,20 @@ impl Daemon {
             .args(["--admin-listen", "127.0.0.1:0"])
             .args(["--demo-accounts", &DEMO_ACCOUNTS.to_string()])
             .args(["--demo-terminals", &DEMO_TERMINALS.to_string()])
-            .args(extra_args);
+            .args(extra_args)
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied());
         Daemon::spawn(cmd, data_dir)
     }
 
     /// Starts `cmd` (a `cardgate serve` with whatever arguments, environment and working
-    /// directory the test chose) and waits until it listens for terminals.
+    /// directory the test chose) and waits until it listens for terminals. `RUST_LOG` is
+    /// `info` unless the command sets it.
     pub fn spawn(mut cmd: Command, data_dir: &Path) -> Daemon {
-        cmd.env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        if !cmd.get_envs().any(|(k, _)| k == "RUST_LOG") {
+            cmd.env("RUST_LOG", "info");
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("start cardgate");
         let stderr = child.stderr.take().expect("piped stderr");
         let log = Arc::new(Mutex::new(Vec::new()));
@@ -213,6 +221,12 @@ impl Drop for Daemon {
 fn parse_listening(line: &str) -> Option<(String, SocketAddr)> {
     if !line.contains("listening") {
         return None;
+    }
+    // `--log-format json`: {"fields": {"message": "listening", "kind": ..., "addr": ...}}
+    if line.starts_with('{') {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        let f = &v["fields"];
+        return Some((f["kind"].as_str()?.to_string(), f["addr"].as_str()?.parse().ok()?));
     }
     let kind = line.split("kind=\"").nth(1)?.split('"').next()?.to_string();
     let addr = line.split("addr=").nth(1)?.split_whitespace().next()?.parse().ok()?;

@@ -8,6 +8,7 @@ mod desk_imports;
 mod harness;
 mod lifecycle;
 mod lunch;
+mod observability;
 mod pos;
 mod records;
 mod registry;

@@ -694,7 +694,7 @@ impl AsyncWrite for CappedStream {
 /// Serves the admin API until shutdown, holding at most `connections_max` connections;
 /// on shutdown it stops accepting and waits for the calls in flight.
 pub async fn serve(listener: TcpListener, state: AdminState, connections_max: usize, shutdown: CancellationToken) {
-    let app = routes::router(state);
+    let app = routes::router(state).layer(axum::middleware::from_fn(crate::metrics::track_admin_http));
     let listener = CappedListener::new(listener, connections_max);
     let served = axum::serve(listener, app.into_make_service())
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
