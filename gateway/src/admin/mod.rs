@@ -7,6 +7,7 @@
 //! its commit and its audit record, and answers only after both are durable. Bad input
 //! is 400 (unreadable) or 422 (a rule says no), with a message, and changes nothing.
 
+mod console;
 mod routes;
 
 use std::net::SocketAddr;
@@ -50,6 +51,8 @@ pub struct AdminState {
     /// of one request sent at once are applied once: the second waits, then finds the
     /// first's answer.
     key_locks: Arc<std::sync::Mutex<KeyLocks>>,
+    /// The operator console's sessions (`console/`).
+    console: console::Sessions,
 }
 
 type KeyLocks = std::collections::HashMap<(u64, String), Arc<tokio::sync::Mutex<()>>>;
@@ -61,6 +64,7 @@ impl AdminState {
             tz_offset_minutes,
             unauthenticated_audits: Arc::new(std::sync::Mutex::new((0, 0))),
             key_locks: Arc::new(std::sync::Mutex::new(KeyLocks::new())),
+            console: console::Sessions::default(),
         }
     }
 
@@ -179,7 +183,7 @@ impl AdminState {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
-        let op = token.and_then(|t| self.ledger.authenticate(t));
+        let op = token.and_then(|t| self.operator_of(t));
         let (status, actor, message) = match op {
             None => (StatusCode::UNAUTHORIZED, None, "a valid bearer token is required"),
             Some(op) if !op.role.allows(permission) => {
@@ -400,7 +404,7 @@ impl Call {
 
 /// Serves the admin API until shutdown.
 pub async fn serve(listener: TcpListener, state: AdminState, shutdown: CancellationToken) {
-    let app = routes::router(state);
+    let app = routes::router(state.clone()).merge(console::router(state));
     let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await;
