@@ -447,7 +447,7 @@ const ENTRY_HEX: &[&str] = &[
     // stock
     "01c08ffd92c46813000181f0fdc7eb920ee4f0fdc7eb920e0a323032362d31312d303206e58da1e58e820306e78e8be88ab303c08ffd92c468",
     // password set (added with issue 14)
-    "TODO",
+    "01c08ffd92c468140306e78e8be88ab303042c246172676f6e32696424763d3139246d3d31393435362c743d322c703d3124633246736441246147467a614101c08ffd92c468",
 ];
 
 /// The bytes of each state record kind a checkpoint writes.
@@ -552,7 +552,7 @@ const RECORD_HEX: &[&str] = &[
     // stock batch
     "010181f0fdc7eb920ee4f0fdc7eb920e0a323032362d31312d303206e58da1e58e820306e78e8be88ab303c08ffd92c468",
     // password (added with issue 14)
-    "TODO",
+    "01042c246172676f6e32696424763d3139246d3d31393435362c743d322c703d3124633246736441246147467a614101c08ffd92c468",
 ];
 
 fn hex(bytes: &[u8]) -> String {

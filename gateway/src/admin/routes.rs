@@ -1172,6 +1172,7 @@ async fn set_password(
     s.mutate(actor, action, target, key, move |l, call| async move {
         let id = parse_id(&id, "operator")?;
         let b: PasswordBody = json_body(&body)?;
+        cardgate_domain::operator::validate_password(&b.password).map_err(|e| ApiError::unprocessable(e.0))?;
         let Some(op) = l.operator(id) else {
             return Err(ApiError::new(StatusCode::NOT_FOUND, format!("operator {id} not found")));
         };
