@@ -317,7 +317,9 @@ async fn audit(State(c): State<Console>, signed: Signed, Query(q): Query<HashMap
     if !a.ok() {
         return c.refusal(&signed, a.status, &a.error());
     }
-    let records = a.json()["records"].as_array().cloned().unwrap_or_default();
+    // The API gives the newest records, oldest first; a desk reads the newest first.
+    let mut records = a.json()["records"].as_array().cloned().unwrap_or_default();
+    records.reverse();
     let body = html! {
         form #audit-form method="get" action="/console/audit" {
             label { (ctx.t("操作员", "Operator")) " " input type="text" name="operator" value=(get("operator")) size="10"; }
@@ -326,7 +328,7 @@ async fn audit(State(c): State<Console>, signed: Signed, Query(q): Query<HashMap
             label { (ctx.t("到", "To")) " " input type="date" name="to" value=(get("to")); }
             button type="submit" { (ctx.t("查询", "Search")) }
         }
-        p.muted { (records.len()) " " (ctx.t("条（最多 500 条，最新在前）", "records (at most 500)")) }
+        p.muted { (records.len()) " " (ctx.t("条（最新的 500 条以内，最新在前）", "records (the newest 500 at most, newest first)")) }
         table #audit {
             tr { th { (ctx.t("时间", "Time")) } th { (ctx.t("操作员", "Operator")) } th { (ctx.t("操作", "Action")) } th { (ctx.t("对象", "Target")) } th.num { (ctx.t("状态", "Status")) } th { (ctx.t("详情", "Detail")) } }
             @for r in &records {

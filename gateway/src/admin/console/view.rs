@@ -209,12 +209,15 @@ const NAV: &[Nav] = &[
     },
 ];
 
-/// The first page a role may use, where signing in lands.
+/// Where signing in lands: the page of the role's daily work.
 pub fn home_of(role: Role) -> &'static str {
-    NAV.iter()
-        .find(|n| role.allows(n.perm) && n.path.is_some())
-        .and_then(|n| n.path)
-        .unwrap_or("/console/password")
+    match role {
+        Role::Director | Role::CardDesk => "/console/desk",
+        Role::DataAdmin => "/console/import",
+        Role::SystemAdmin => "/console/terminals",
+        // Nothing of theirs exists yet (door access, attendance).
+        Role::DoorAdmin | Role::AttendanceAdmin => "/console/password",
+    }
 }
 
 /// The page around `body`.
