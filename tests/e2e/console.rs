@@ -510,3 +510,276 @@ fn roles_are_refused_by_the_server_and_passwords_change_and_reset_through_the_ap
             .any(|r| r["action"] == "operator.password_reset" && r["status"] == 200)
     );
 }
+
+/// The desk's and the data admin's forms end to end: each review changes nothing, each
+/// confirmation does exactly what the API would, once.
+#[test]
+fn desk_and_data_forms_review_then_act_through_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let (k, _) = start(dir.path());
+    let mut b = Jar::new(k.d.admin_addr());
+    b.sign_in("zhao", "zhao-first-1");
+    let csrf = b.csrf();
+    b.post(
+        "/console/password",
+        &[
+            ("csrf", &csrf),
+            ("current", "zhao-first-1"),
+            ("password", "zhao-own-22"),
+            ("repeat", "zhao-own-22"),
+        ],
+    );
+    let csrf = b.csrf();
+    let old = card(9).0.to_string();
+    let new = "62220000900009";
+
+    // Replace with the fee from the balance: asked for the new card, reviewed, done.
+    let r = b.get(&format!("/console/desk/card/{old}/replace"));
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("name=\"new_card_no\""));
+    let r = b.post(
+        &format!("/console/desk/card/{old}/replace"),
+        &[
+            ("csrf", &csrf),
+            ("step", "review"),
+            ("new_card_no", new),
+            ("fee", "balance"),
+        ],
+    );
+    assert_eq!(r.status, 200);
+    assert!(
+        r.body.contains(new) && r.body.contains("20.00"),
+        "the review names the card and the fee"
+    );
+    assert_eq!(k.balance(9), "1000.00", "a review changes nothing");
+    let idem = r.field("idem").unwrap();
+    let r = b.post(
+        &format!("/console/desk/card/{old}/replace"),
+        &[
+            ("csrf", &csrf),
+            ("step", "confirm"),
+            ("new_card_no", new),
+            ("fee", "balance"),
+            ("idem", &idem),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("980.00"), "the balance after the fee");
+    assert_eq!(k.balance(9), "980.00");
+    let (_, card_now) = k.d.api("GET", &format!("/api/v1/cards/{new}"), Some(&k.director), None);
+    assert_eq!(v(&card_now)["card"]["status"], "active");
+
+    // A refund with its reason, and a fee in cash: the balance as each leaves it.
+    let r = b.post(
+        "/console/desk/account/9/money/refund",
+        &[
+            ("csrf", &csrf),
+            ("step", "review"),
+            ("amount", "30"),
+            ("reason", "cash back"),
+        ],
+    );
+    assert!(r.body.contains("950.00"), "the review shows the balance after");
+    let idem = r.field("idem").unwrap();
+    let r = b.post(
+        "/console/desk/account/9/money/refund",
+        &[
+            ("csrf", &csrf),
+            ("step", "confirm"),
+            ("amount", "30.00"),
+            ("reason", "cash back"),
+            ("idem", &idem),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(k.balance(9), "950.00");
+    let r = b.post(
+        "/console/desk/account/9/money/fee",
+        &[
+            ("csrf", &csrf),
+            ("step", "confirm"),
+            ("fee", "temporary_card"),
+            ("method", "cash"),
+            ("idem", "fee-1"),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(k.balance(9), "950.00", "a fee in cash leaves the balance");
+    let r = b.post(
+        "/console/desk/account/9/money/refund",
+        &[
+            ("csrf", &csrf),
+            ("step", "confirm"),
+            ("amount", "5000.00"),
+            ("idem", "too-much"),
+        ],
+    );
+    assert_eq!(r.status, 422, "the API's refusal, shown: {}", r.body);
+    let r = b.post(
+        "/console/desk/account/9/money/topup",
+        &[("csrf", &csrf), ("step", "review"), ("amount", "1.234")],
+    );
+    assert!(
+        r.field("idem").is_none(),
+        "no confirmation for an amount the desk cannot take"
+    );
+
+    // The day's fee list, on the page and as CSV.
+    let r = b.get("/console/fees");
+    assert!(r.body.contains("replacement") && r.body.contains("temporary_card"));
+    let r = b.get("/console/fees.csv");
+    assert_eq!(r.status, 200);
+    assert!(r.header("content-disposition").unwrap().starts_with("attachment"));
+    assert!(
+        r.body.lines().last().unwrap().starts_with("total,,,,,,30.00"),
+        "{}",
+        r.body
+    );
+
+    // Cancel: the review says what is paid out; the answer closes the account.
+    let r = b.get(&format!("/console/desk/card/{new}/cancel"));
+    assert!(r.body.contains("950.00"));
+    let idem = r.field("idem").unwrap();
+    let r = b.post(
+        &format!("/console/desk/card/{new}/cancel"),
+        &[("csrf", &csrf), ("step", "confirm"), ("idem", &idem)],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(k.balance(9), "0.00");
+    let r = b.get("/console/desk/account/9");
+    assert!(
+        r.body.contains("已销户") && !r.body.contains("id=\"topup\""),
+        "no money forms on a closed account"
+    );
+
+    // An import: checked, then imported from the file kept with the session.
+    let csv = "person_id,name,department,kind,card_no\n2025001,张三,计算机学院,student,62220000100001\n";
+    let boundary = "cardgateboundary";
+    let multipart = |csrf: &str| {
+        format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"csrf\"\r\n\r\n{csrf}\r\n\
+             --{boundary}\r\nContent-Disposition: form-data; name=\"charset\"\r\n\r\n\r\n\
+             --{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"cs.csv\"\r\nContent-Type: text/csv\r\n\r\n{csv}\r\n\
+             --{boundary}--\r\n"
+        )
+    };
+    let ct = format!("multipart/form-data; boundary={boundary}");
+    let r = b.send("POST", "/console/import", &ct, multipart("forged").as_bytes(), &[]);
+    assert_eq!(r.status, 403, "the upload's token is checked before the file is used");
+    let r = b.send("POST", "/console/import", &ct, multipart(&csrf).as_bytes(), &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let pending = r.field("pending").expect("a clean file waits for its go-ahead");
+    let (st, _) = k.d.api("GET", "/api/v1/persons/2025001", Some(&k.director), None);
+    assert_eq!(st, 404, "checked, not imported");
+    let idem = r.field("idem").unwrap();
+    let r = b.post(
+        "/console/import/commit",
+        &[("csrf", &csrf), ("pending", &pending), ("idem", &idem)],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = b.post(
+        "/console/import/commit",
+        &[("csrf", &csrf), ("pending", &pending), ("idem", &idem)],
+    );
+    assert_eq!(r.status, 409, "the file went with its import");
+    let r = b.get(&format!(
+        "/console/desk?q={}",
+        form_urlencoded::byte_serialize("张".as_bytes()).collect::<String>()
+    ));
+    assert!(r.body.contains("2025001"), "found by name");
+    let r = b.get("/console/desk?q=2025001");
+    assert_eq!(r.status, 303, "a person id opens the account");
+
+    // Grants: unknown persons are named before anything is sent; a batch credits once.
+    let r = b.post(
+        "/console/grants",
+        &[
+            ("csrf", &csrf),
+            ("step", "review"),
+            ("batch_id", "meal-06"),
+            ("items", "2025001,150\nS404,10"),
+        ],
+    );
+    assert_eq!(r.status, 422);
+    assert!(r.body.contains("S404") && r.field("idem").is_none());
+    let r = b.post(
+        "/console/grants",
+        &[
+            ("csrf", &csrf),
+            ("step", "review"),
+            ("batch_id", "meal-06"),
+            ("items", "2025001,150.00\n"),
+        ],
+    );
+    assert_eq!(r.status, 200);
+    let idem = r.field("idem").unwrap();
+    for _ in 0..2 {
+        let r = b.post(
+            "/console/grants",
+            &[
+                ("csrf", &csrf),
+                ("step", "confirm"),
+                ("batch_id", "meal-06"),
+                ("items", "2025001,150.00\n"),
+                ("idem", &idem),
+            ],
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let (_, p) = k.d.api("GET", "/api/v1/persons/2025001", Some(&k.director), None);
+    assert_eq!(v(&p)["account"]["balance"], "150.00", "credited once");
+
+    // Parameters: reviewed as old → new, changed once confirmed, audited before and after.
+    let r = b.get("/console/params");
+    let mut form: Vec<(String, String)> = ["student", "staff", "temporary"]
+        .iter()
+        .flat_map(|kind| {
+            [
+                "single_payment_max",
+                "daily_max",
+                "replacement_fee",
+                "temporary_card_fee",
+            ]
+            .iter()
+            .map(move |f| format!("{kind}.{f}"))
+        })
+        .map(|name| {
+            let value = r.field(&name).unwrap_or_else(|| panic!("{name} on the form"));
+            (name, value)
+        })
+        .collect();
+    for (name, value) in form.iter_mut() {
+        if name == "student.single_payment_max" {
+            *value = "88.00".into();
+        }
+    }
+    let mut fields: Vec<(&str, &str)> = form.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    fields.push(("csrf", &csrf));
+    fields.push(("step", "review"));
+    let r = b.post("/console/params", &fields);
+    assert!(r.body.contains("<strong>88.00</strong>"), "the change is shown");
+    let idem = r.field("idem").unwrap();
+    let (_, before) = k.d.api("GET", "/api/v1/params", Some(&k.director), None);
+    assert_ne!(v(&before)["student"]["single_payment_max"], "88.00");
+    fields.retain(|(n, _)| *n != "step");
+    fields.push(("step", "confirm"));
+    fields.push(("idem", &idem));
+    let r = b.post("/console/params", &fields);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let (_, after) = k.d.api("GET", "/api/v1/params", Some(&k.director), None);
+    assert_eq!(v(&after)["student"]["single_payment_max"], "88.00");
+    let audited = k.audit("target=params");
+    let rec = audited.iter().find(|r| r["action"] == "params.set").expect("audited");
+    assert_eq!(rec["after"]["student"]["single_payment_max"], "88.00");
+    assert_eq!(
+        rec["before"]["student"]["single_payment_max"],
+        v(&before)["student"]["single_payment_max"]
+    );
+
+    // English on request, kept in a cookie.
+    let r = b.get("/console/lang?to=en&back=%2Fconsole%2Fparams");
+    assert_eq!(r.header("location"), Some("/console/params"));
+    assert!(b.get("/console/params").body.contains("Parameters"));
+    let r = b.get("/console/lang?to=zh&back=https%3A%2F%2Fevil.example%2F");
+    assert_eq!(r.header("location"), Some("/console"), "only back into the console");
+}

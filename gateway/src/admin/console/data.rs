@@ -173,6 +173,7 @@ async fn import_check(State(c): State<Console>, signed: Signed, mut form: Multip
     let clean = r["error_count"].as_u64() == Some(0);
     let pending = clean.then(|| PendingImport {
         id: random_hex(),
+        checked_ms: c.admin.ledger.now_ms(),
         file_name: file_name.clone(),
         charset: charset.clone(),
         bytes: bytes.clone(),
@@ -273,9 +274,12 @@ async fn import_commit(State(c): State<Console>, signed: Signed, f: Fields) -> R
 
 // ---- grants -----------------------------------------------------------------------------
 
-/// A grants list as typed: `person_id,amount` per line; blank lines skipped. Bad lines
-/// by their number.
-fn parse_grant_lines(text: &str) -> (Vec<(String, String)>, Vec<(usize, String)>) {
+/// A grants list as typed: (person id, amount) pairs, and the lines not understood by
+/// their number.
+type GrantLines = (Vec<(String, String)>, Vec<(usize, String)>);
+
+/// `person_id,amount` per line; blank lines skipped.
+fn parse_grant_lines(text: &str) -> GrantLines {
     let mut items = Vec::new();
     let mut errors = Vec::new();
     for (i, line) in text.lines().enumerate() {

@@ -27,6 +27,10 @@ pub const SIGN_IN_FAILURES_MAX: u32 = 5;
 pub const LOCKOUT_MS: i64 = 15 * 60_000;
 /// Names whose failures are remembered; beyond it, names with no lock are forgotten.
 pub const FAILURE_NAMES_MAX: usize = 10_000;
+/// Checked files waiting for their go-ahead, across all sessions: each may be a whole
+/// import (32 MiB), and a campus has a data admin or two. Beyond it the file checked
+/// longest ago must be uploaded again.
+pub const PENDING_IMPORTS_MAX: usize = 4;
 /// What a bearer token starts with when it is a console session's API key.
 pub const SESSION_KEY_PREFIX: &str = "cgs_";
 
@@ -50,6 +54,7 @@ pub fn same_secret(a: &str, b: &str) -> bool {
 #[derive(Clone)]
 pub struct PendingImport {
     pub id: String,
+    pub checked_ms: i64,
     pub file_name: String,
     pub charset: Option<String>,
     pub bytes: Arc<[u8]>,
@@ -188,7 +193,28 @@ impl Sessions {
     }
 
     pub fn set_pending_import(&self, cookie: &str, pending: Option<PendingImport>) {
-        if let Some(s) = self.lock().by_cookie.get_mut(&digest(cookie)) {
+        let c = digest(cookie);
+        let mut g = self.lock();
+        if pending.is_some() {
+            loop {
+                let waiting: Vec<([u8; 32], i64)> = g
+                    .by_cookie
+                    .iter()
+                    .filter(|(k, _)| **k != c)
+                    .filter_map(|(k, s)| s.pending_import.as_ref().map(|p| (*k, p.checked_ms)))
+                    .collect();
+                if waiting.len() < PENDING_IMPORTS_MAX {
+                    break;
+                }
+                let Some((oldest, _)) = waiting.into_iter().min_by_key(|(_, t)| *t) else {
+                    break;
+                };
+                if let Some(s) = g.by_cookie.get_mut(&oldest) {
+                    s.pending_import = None;
+                }
+            }
+        }
+        if let Some(s) = g.by_cookie.get_mut(&c) {
             s.pending_import = pending;
         }
     }
@@ -353,6 +379,34 @@ mod tests {
         for i in 0..SIGN_IN_FAILURES_MAX - 1 {
             assert_eq!(s.failed("li", 10 + i64::from(i)), None, "counted from zero again");
         }
+    }
+
+    #[test]
+    fn checked_files_waiting_are_bounded_across_sessions() {
+        let s = Sessions::default();
+        let cookies: Vec<String> = (0..PENDING_IMPORTS_MAX as u64 + 1)
+            .map(|i| s.create(&op(i + 1), false, 0))
+            .collect();
+        for (i, c) in cookies.iter().enumerate() {
+            s.set_pending_import(
+                c,
+                Some(PendingImport {
+                    id: format!("p{i}"),
+                    checked_ms: i as i64,
+                    file_name: "a.csv".into(),
+                    charset: None,
+                    bytes: Arc::from(vec![0u8; 16]),
+                }),
+            );
+        }
+        let waiting: Vec<bool> = cookies
+            .iter()
+            .map(|c| s.touch(c, 1).unwrap().pending_import.is_some())
+            .collect();
+        assert!(!waiting[0], "the one checked longest ago made room");
+        assert!(waiting[1..].iter().all(|w| *w));
+        s.set_pending_import(&cookies[1], None);
+        assert!(s.touch(&cookies[1], 1).unwrap().pending_import.is_none());
     }
 
     #[test]
