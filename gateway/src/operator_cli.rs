@@ -161,11 +161,16 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
             let (ledger, committer) = open(&data_dir)?;
             for o in ledger.operators() {
                 println!(
-                    "{}\t{}\t{}\t{}",
+                    "{}\t{}\t{}\t{}\t{}",
                     o.id,
                     o.name,
                     o.role.as_str(),
-                    if o.enabled { "enabled" } else { "disabled" }
+                    if o.enabled { "enabled" } else { "disabled" },
+                    if ledger.has_password(o.id) {
+                        "console password"
+                    } else {
+                        "token only"
+                    }
                 );
             }
             drop(ledger);

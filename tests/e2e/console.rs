@@ -161,6 +161,7 @@ fn v(body: &str) -> Value {
 struct Console {
     d: Daemon,
     director: String,
+    desk_token: String,
     desk_id: u64,
 }
 
@@ -168,7 +169,7 @@ struct Console {
 /// line, and a system admin added through the API without one.
 fn start(dir: &Path) -> (Console, String) {
     let director = operator_add_with_password(dir, "zhao", "director", "zhao-first-1").expect("operator add");
-    operator_add_with_password(dir, "wang", "card_desk", "wang-first-1").expect("operator add");
+    let desk_token = operator_add_with_password(dir, "wang", "card_desk", "wang-first-1").expect("operator add");
     let d = Daemon::start(dir);
     let (st, body) = d.api(
         "POST",
@@ -186,7 +187,15 @@ fn start(dir: &Path) -> (Console, String) {
         .find(|o| o["name"] == "wang")
         .and_then(|o| o["id"].as_u64())
         .unwrap();
-    (Console { d, director, desk_id }, sysadmin)
+    (
+        Console {
+            d,
+            director,
+            desk_token,
+            desk_id,
+        },
+        sysadmin,
+    )
 }
 
 impl Console {
@@ -486,6 +495,28 @@ fn roles_are_refused_by_the_server_and_passwords_change_and_reset_through_the_ap
         Some(&json!({"password": "zhao-own-22", "current": "wrong-wrong"}).to_string()),
     );
     assert_eq!(st, 403, "one's own needs the present one: {body}");
+    // Guessing it counts toward the name's lock-out, like sign-ins.
+    for _ in 0..5 {
+        let (st, _) = k.d.api(
+            "POST",
+            &format!("/api/v1/operators/{me}/password"),
+            Some(&k.desk_token),
+            Some(&json!({"password": "wang-guess-22", "current": "guess-guess"}).to_string()),
+        );
+        assert_eq!(st, 403);
+    }
+    let (st, _) = k.d.api(
+        "POST",
+        &format!("/api/v1/operators/{me}/password"),
+        Some(&k.desk_token),
+        Some(&json!({"password": "wang-guess-22", "current": "reset-by-chen"}).to_string()),
+    );
+    assert_eq!(st, 429, "locked, even with the right one");
+    assert_eq!(
+        desk.sign_in("wang", "reset-by-chen").status,
+        429,
+        "and so is signing in"
+    );
     let (st, body) = k.d.api(
         "POST",
         &format!("/api/v1/operators/{zhao}/password"),
@@ -782,4 +813,71 @@ fn desk_and_data_forms_review_then_act_through_the_api() {
     assert!(b.get("/console/params").body.contains("Parameters"));
     let r = b.get("/console/lang?to=zh&back=https%3A%2F%2Fevil.example%2F");
     assert_eq!(r.header("location"), Some("/console"), "only back into the console");
+}
+
+/// `cardgate operator password` resets a console password from a file (the way back in
+/// when every administrator is locked out), refuses a bad one without changing
+/// anything, and `operator list` says who has one.
+#[test]
+fn the_command_line_sets_and_resets_console_passwords() {
+    let dir = tempfile::tempdir().unwrap();
+    operator_add_with_password(dir.path(), "zhao", "director", "zhao-first-1").unwrap();
+    operator_add(dir.path(), "script", "data_admin").unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cardgate"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .output()
+            .expect("run cardgate");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, list, _) = run(&["operator", "list"]);
+    assert!(ok);
+    assert!(list.contains("zhao\tdirector\tenabled\tconsole password"), "{list}");
+    assert!(list.contains("script\tdata_admin\tenabled\ttoken only"), "{list}");
+    let file = dir.path().join("pw");
+    std::fs::write(&file, "short\n").unwrap();
+    let (ok, _, err) = run(&[
+        "operator",
+        "password",
+        "zhao",
+        "--password-file",
+        file.to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && err.contains("at least 8") && err.contains("nothing changed"),
+        "{err}"
+    );
+    std::fs::write(&file, "reset-from-cli-1\n").unwrap();
+    let (ok, _, err) = run(&[
+        "operator",
+        "password",
+        "zhao",
+        "--password-file",
+        file.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = run(&[
+        "operator",
+        "password",
+        "nobody",
+        "--password-file",
+        file.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("no operator named nobody"), "{err}");
+
+    let d = Daemon::start(dir.path());
+    let mut b = Jar::new(d.admin_addr());
+    assert_eq!(b.sign_in("zhao", "zhao-first-1").status, 401, "the old one is gone");
+    let r = b.sign_in("zhao", "reset-from-cli-1");
+    assert_eq!(
+        r.header("location"),
+        Some("/console/password"),
+        "to be replaced at once"
+    );
 }

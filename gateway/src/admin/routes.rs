@@ -1176,17 +1176,29 @@ async fn set_password(
         let Some(op) = l.operator(id) else {
             return Err(ApiError::new(StatusCode::NOT_FOUND, format!("operator {id} not found")));
         };
-        if own {
-            if l.has_password(id) {
-                let current = b.current.as_deref().unwrap_or("");
-                if !matches!(l.check_password(&op.name, current).await?, SignIn::Valid { .. }) {
-                    return Err(ApiError::new(
-                        StatusCode::FORBIDDEN,
-                        "the current password is not right",
-                    ));
-                }
+        if own && l.has_password(id) {
+            // Guesses at the present password count toward the name's lock-out, as
+            // sign-ins do: a session left open is no way to find the password.
+            let now = l.now_ms();
+            if let Some(until) = sessions.console_locked_until(&op.name, now) {
+                return Err(ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!(
+                        "too many wrong passwords; locked until {}",
+                        format_local(until, sessions.tz_offset_minutes)
+                    ),
+                ));
             }
-        } else if op.role == Role::Director && call.actor.role != Role::Director {
+            let current = b.current.as_deref().unwrap_or("");
+            if !matches!(l.check_password(&op.name, current).await?, SignIn::Valid { .. }) {
+                sessions.console_failed(&op.name, now);
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "the current password is not right",
+                ));
+            }
+        }
+        if !own && op.role == Role::Director && call.actor.role != Role::Director {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "only a director may reset a director's password",

@@ -76,6 +76,19 @@ impl AdminState {
     pub(super) fn end_console_sessions(&self, operator_id: u64, token: Option<&str>) {
         self.console.end_operator_except_key(operator_id, token);
     }
+
+    /// Until when `name` is locked out of password checks, if it is.
+    pub(super) fn console_locked_until(&self, name: &str, now_ms: i64) -> Option<i64> {
+        match self.console.gate(name, now_ms) {
+            Gate::Locked(until) => Some(until),
+            Gate::Open => None,
+        }
+    }
+
+    /// Counts a wrong password for `name` toward its lock-out.
+    pub(super) fn console_failed(&self, name: &str, now_ms: i64) {
+        self.console.failed(name, now_ms);
+    }
 }
 
 /// The console's state: the admin API's state and its router, called in-process.
