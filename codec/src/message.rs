@@ -153,10 +153,13 @@ pub enum ErrorCode {
     ServerError = 12,
     /// A newer connection of the same terminal signed on; this older one is closed.
     Superseded = 13,
+    /// The terminal is disabled by the system admin: refused at sign-on (after a valid
+    /// proof), and a live session is closed with it when the terminal is disabled.
+    TerminalDisabled = 14,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::Malformed,
         ErrorCode::FrameTooLarge,
         ErrorCode::UnsupportedVersion,
@@ -170,6 +173,7 @@ impl ErrorCode {
         ErrorCode::Overloaded,
         ErrorCode::ServerError,
         ErrorCode::Superseded,
+        ErrorCode::TerminalDisabled,
     ];
 
     pub fn code(self) -> u16 {
@@ -195,6 +199,7 @@ impl ErrorCode {
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::ServerError => "server_error",
             ErrorCode::Superseded => "superseded",
+            ErrorCode::TerminalDisabled => "terminal_disabled",
         }
     }
 }

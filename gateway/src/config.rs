@@ -1,23 +1,29 @@
-//! Daemon configuration: a TOML file, then command-line flags on top of it.
+//! Daemon configuration: a TOML file, then environment variables and command-line flags
+//! on top of it. `docs/CONFIGURATION.md` documents every key; `cardgate.toml` at the
+//! repository root is an example that the tests load, so neither can drift from this file.
 
-use std::net::SocketAddr;
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Everything `cardgate serve` needs. Every field has a default, so an empty file (or
 /// none) is a valid configuration.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Where terminals connect.
-    pub listen: SocketAddr,
-    /// Where Prometheus scrapes `/metrics`; none disables the listener.
-    pub metrics_listen: Option<SocketAddr>,
-    /// The operators' HTTP/JSON API; none disables it. Loopback by default: put a TLS
-    /// proxy in front of it before exposing it to the desk's network.
-    pub admin_listen: Option<SocketAddr>,
+    pub listen: ListenAddr,
+    /// Where Prometheus scrapes `/metrics`; `""` in the file disables the listener.
+    #[serde(deserialize_with = "optional_listen")]
+    pub metrics_listen: Option<ListenAddr>,
+    /// The operators' HTTP/JSON API; `""` in the file disables it. Loopback by default:
+    /// put a TLS proxy in front of it before exposing it to the desk's network.
+    #[serde(deserialize_with = "optional_listen")]
+    pub admin_listen: Option<ListenAddr>,
     /// sled's directory: the journal and the state it recovers from.
     pub data_dir: PathBuf,
     /// Local time offset from UTC for the business day (UTC+8: 480).
@@ -34,7 +40,7 @@ pub struct Config {
 }
 
 /// Every limit the daemon enforces, with units in the name.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Terminals signed on at once; up to `server::SIGN_ON_HEADROOM` more connections
@@ -51,12 +57,21 @@ pub struct Limits {
     pub heartbeat_interval_s: u16,
     /// Requests one connection may have awaiting answers; beyond it we stop reading.
     pub pipeline_depth_max: u16,
-    /// On shutdown, how long connections get to receive their in-flight answers.
+    /// On shutdown, how long connections (terminals' and operators') get to receive
+    /// their in-flight answers.
     pub shutdown_grace_ms: u64,
+    /// Admin API connections held at once; further ones wait in the kernel's backlog.
+    pub admin_connections_max: usize,
 }
 
+/// Default cap on admin API connections. The card centre has tens of desk machines and
+/// a browser keeps up to six connections to one host, so 256 admits all of them at
+/// once; what it bounds is memory: each connection may buffer a request body of up to
+/// 64 KiB (more only for an authenticated bulk call), so the cap holds that to 16 MiB.
+pub const ADMIN_CONNECTIONS_DEFAULT_MAX: usize = 256;
+
 /// The central store every committed entry is shipped to, and how.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Central {
     /// `sqlite://PATH` or `postgres://USER@HOST:PORT/DB`. None: the SQLite file
@@ -80,7 +95,7 @@ pub struct Central {
 }
 
 /// The demo campus `serve --demo` creates on first start.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Demo {
     pub accounts: u64,
@@ -91,9 +106,9 @@ pub struct Demo {
 impl Default for Config {
     fn default() -> Config {
         Config {
-            listen: ([127, 0, 0, 1], 7700).into(),
-            metrics_listen: Some(([127, 0, 0, 1], 9700).into()),
-            admin_listen: Some(([127, 0, 0, 1], 7780).into()),
+            listen: SocketAddr::from(([127, 0, 0, 1], 7700)).into(),
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9700)).into()),
+            admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 7780)).into()),
             data_dir: PathBuf::from("data"),
             tz_offset_minutes: 480,
             terminal_key_file: None,
@@ -114,6 +129,7 @@ impl Default for Limits {
             heartbeat_interval_s: 30,
             pipeline_depth_max: 16,
             shutdown_grace_ms: 10_000,
+            admin_connections_max: ADMIN_CONNECTIONS_DEFAULT_MAX,
         }
     }
 }
@@ -157,13 +173,96 @@ impl Default for Demo {
     }
 }
 
+/// A listener address as the operator writes it: `IP:PORT`, `[IPv6]:PORT` or
+/// `HOST:PORT`. A host name is resolved when the listener is bound, not when the file
+/// is read, so that a name that stops resolving is reported with the listener it is for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenAddr(String);
+
+impl ListenAddr {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The addresses the name stands for, in the resolver's order (the order clients
+    /// using the same name try them in).
+    pub fn resolve(&self) -> std::io::Result<Vec<SocketAddr>> {
+        if let Ok(addr) = self.0.parse::<SocketAddr>() {
+            return Ok(vec![addr]);
+        }
+        let addrs: Vec<SocketAddr> = self.0.to_socket_addrs()?.collect();
+        if addrs.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the name resolves to no address",
+            ));
+        }
+        Ok(addrs)
+    }
+}
+
+impl FromStr for ListenAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<ListenAddr, String> {
+        let s = s.trim();
+        if s.parse::<SocketAddr>().is_ok() {
+            return Ok(ListenAddr(s.to_string()));
+        }
+        let bad = || format!("{s:?} is not HOST:PORT (e.g. 127.0.0.1:7700, localhost:7700 or [::1]:7700)");
+        let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+        port.parse::<u16>().map_err(|_| bad())?;
+        let name_char = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '.';
+        if host.is_empty() || !host.chars().all(name_char) {
+            return Err(bad());
+        }
+        Ok(ListenAddr(s.to_string()))
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<SocketAddr> for ListenAddr {
+    fn from(a: SocketAddr) -> ListenAddr {
+        ListenAddr(a.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for ListenAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ListenAddr, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A listener that may be switched off: `""` is off.
+fn optional_listen<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<ListenAddr>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.trim().is_empty() {
+        return Ok(None);
+    }
+    s.parse().map(Some).map_err(serde::de::Error::custom)
+}
+
+impl Serialize for ListenAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+/// Each variant's message is complete on its own: the cause is part of it, not a
+/// `source`, so that printing the error and its chain does not say it twice.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("reading {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("{path}: {source}")]
-    Parse { path: PathBuf, source: toml::de::Error },
-    #[error("{0}")]
+    #[error("cannot read the configuration file {path}: {error}")]
+    Read { path: PathBuf, error: std::io::Error },
+    #[error("the configuration file {path} is not valid: {error}")]
+    Parse { path: PathBuf, error: String },
+    #[error("invalid configuration: {0}")]
     Invalid(String),
 }
 
@@ -181,9 +280,9 @@ impl Config {
                 .map_err(|e| ConfigError::Invalid(format!("{TERMINAL_KEY_ENV}: {e}")));
         }
         if let Some(path) = &self.terminal_key_file {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
                 path: path.clone(),
-                source,
+                error,
             })?;
             return TerminalKey::from_hex(&text)
                 .map(Some)
@@ -196,13 +295,28 @@ impl Config {
         let Some(path) = path else {
             return Ok(Config::default());
         };
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        Config::parse(&text).map_err(|error| ConfigError::Parse {
             path: path.to_path_buf(),
-            source,
+            error,
+        })
+    }
+
+    /// Parses a configuration file's text. The error is one line (the TOML parser's own
+    /// message draws the offending line under it, which a log cannot show well).
+    pub fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e: toml::de::Error| {
+            let at = e
+                .span()
+                .map(|span| {
+                    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                    format!("line {line}: ")
+                })
+                .unwrap_or_default();
+            format!("{at}{}", e.message())
         })
     }
 
@@ -211,6 +325,9 @@ impl Config {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
         if l.connections_max == 0 {
             return bad("limits.connections_max must be at least 1");
+        }
+        if l.admin_connections_max == 0 {
+            return bad("limits.admin_connections_max must be at least 1");
         }
         if l.pipeline_depth_max == 0 || usize::from(l.pipeline_depth_max) > cardgate_ledger::records::SEQ_SLOTS {
             // Retries after a reconnect must find their answers in memory.
@@ -246,6 +363,12 @@ mod tests {
     #[test]
     fn unknown_keys_are_refused() {
         assert!(toml::from_str::<Config>("lisen = \"127.0.0.1:1\"").is_err());
+        assert!(
+            Config::parse("[limits]\nadmin_connections_max = 0")
+                .unwrap()
+                .validate()
+                .is_err()
+        );
         assert!(toml::from_str::<Config>("[limits]\nconnection_max = 3").is_err());
     }
 
@@ -261,6 +384,87 @@ mod tests {
         c.central.batch_entries_max = cardgate_central::flusher::BATCH_ENTRIES_LIMIT + 1;
         assert!(c.validate().is_err());
         assert!(toml::from_str::<Config>("[central]\nbatch_size = 3").is_err());
+    }
+
+    /// Every key of the configuration as `section.key` (top-level keys bare).
+    fn keys() -> Vec<String> {
+        let mut all = Config::default();
+        // Optional keys are listed too: give each a value so that it serializes.
+        all.central.url = Some("sqlite://x".into());
+        let serde_json::Value::Object(top) = serde_json::to_value(&all).unwrap() else {
+            panic!("a config serializes to a table")
+        };
+        let mut keys = Vec::new();
+        for (k, v) in top {
+            match v {
+                serde_json::Value::Object(section) => keys.extend(section.keys().map(|s| format!("{k}.{s}"))),
+                _ => keys.push(k),
+            }
+        }
+        keys
+    }
+
+    const EXAMPLE: &str = include_str!("../../cardgate.toml");
+    const DOC: &str = include_str!("../../docs/CONFIGURATION.md");
+
+    #[test]
+    fn the_example_file_is_valid_and_sets_every_key_to_its_default() {
+        let example = Config::parse(EXAMPLE).unwrap();
+        example.validate().unwrap();
+        assert_eq!(
+            serde_json::to_value(&example).unwrap(),
+            serde_json::to_value(Config::default()).unwrap()
+        );
+    }
+
+    #[test]
+    fn every_key_is_in_the_example_file_and_in_the_configuration_doc() {
+        let mut section = String::new();
+        let mut in_example = Vec::new();
+        for line in EXAMPLE.lines().map(str::trim) {
+            if let Some(s) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = format!("{s}.");
+                continue;
+            }
+            // A commented-out key shows an optional key's form without setting it.
+            let line = line.strip_prefix("# ").unwrap_or(line);
+            if let Some((k, _)) = line.split_once(" = ") {
+                in_example.push(format!("{section}{k}"));
+            }
+        }
+        for key in keys() {
+            assert!(in_example.contains(&key), "{key} is missing from cardgate.toml");
+            assert!(
+                DOC.contains(&format!("| `{key}` |")),
+                "{key} is missing from docs/CONFIGURATION.md"
+            );
+        }
+        assert_eq!(keys().len(), in_example.len(), "cardgate.toml has a key the code lacks");
+    }
+
+    #[test]
+    fn listen_addresses_take_ips_and_host_names_and_switch_off_with_an_empty_string() {
+        for ok in ["127.0.0.1:7700", "localhost:7700", "[::1]:0", "gw-1.campus.example:80"] {
+            assert!(ok.parse::<ListenAddr>().is_ok(), "{ok}");
+        }
+        for bad in ["7700", "localhost", "localhost:99999", ":7700", "a b:1", "http://x:1"] {
+            let e = bad.parse::<ListenAddr>().unwrap_err();
+            assert!(e.contains("HOST:PORT"), "{bad}: {e}");
+        }
+        let c = Config::parse("listen = \"localhost:7700\"\nadmin_listen = \"\"").unwrap();
+        assert_eq!(c.listen.as_str(), "localhost:7700");
+        assert!(c.admin_listen.is_none());
+        assert!(c.metrics_listen.is_some());
+        assert!(!c.listen.resolve().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_bad_file_is_one_line_naming_the_line_and_the_key() {
+        let e = Config::parse("data_dir = \"d\"\n[limits]\nconnection_max = 3\n").unwrap_err();
+        assert!(e.starts_with("line 3: ") && e.contains("connection_max"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+        let e = Config::parse("listen = \"nowhere\"").unwrap_err();
+        assert!(e.contains("HOST:PORT") && !e.contains('\n'), "{e}");
     }
 
     #[test]

@@ -1,51 +1,85 @@
 //! `cardgate serve`: start-up and shutdown order.
+//!
+//! Start-up: bind every listener, make sure the data directory is usable, parse the
+//! central store's URL (`startup.rs`: any failure is one line and nothing is left
+//! behind), then recover the ledger, start the flusher, and only then serve. Shutdown:
+//! the phases of `shutdown.rs`, driven by `Running` below.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use cardgate_central::flusher::JournalSource;
-use cardgate_central::{CentralStore, Flusher, FlusherStatus};
+use cardgate_central::{Flusher, FlusherHandle, FlusherStatus};
+use cardgate_journal::CommitterHandle;
 use cardgate_ledger::demo::{DemoCampus, ensure_demo};
 use cardgate_ledger::{Ledger, LedgerConfig, SystemClock};
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-
-/// How long the committer gets to finish after the last connection closed.
-const COMMITTER_JOIN_TIMEOUT: Duration = Duration::from_secs(30);
+use crate::shutdown::{Deadlines, Phase, PhaseCell, Stages};
+use crate::startup::{self, ListenerKind, StartError};
 
 pub struct ServeOptions {
     pub demo: bool,
 }
 
+/// How the daemon ended, when it did not end well.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot start: {0}")]
+    Start(#[from] StartError),
+    #[error(
+        "the committer did not finish within its {}-ms deadline: the final checkpoint may be missing (the next \
+         start replays the journal instead)",
+        crate::shutdown::COMMITTER_JOIN_MS
+    )]
+    CommitterStuck,
+}
+
 /// Runs the daemon until SIGTERM or Ctrl-C.
-pub async fn serve(config: Config, opts: ServeOptions) -> anyhow::Result<()> {
-    config.validate()?;
+pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError> {
+    let phase = PhaseCell::default();
+    let signals = Signals::install();
+    config.validate().map_err(StartError::from)?;
+    let listeners = startup::bind_listeners(&config)?;
+    // Parsing the URL opens nothing, so a bad one also leaves no data directory behind.
+    let central = startup::central_store(&config)?;
+    let terminal_key = config.terminal_key(opts.demo).map_err(StartError::from)?;
+    startup::prepare_data_dir(&config.data_dir)?;
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(n) => tracing::debug!(limit = n, "file descriptor limit"),
         Err(e) => tracing::warn!(error = %e, "could not raise the file descriptor limit"),
     }
-    let prometheus = crate::metrics::install()?;
-    let shutdown = CancellationToken::new();
+    let prometheus = crate::metrics::install().map_err(|e| StartError::Other(format!("metrics: {e}")))?;
+    phase.set(Phase::Running);
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        tz_offset_minutes = config.tz_offset_minutes,
+        "starting; log times are in the business day's zone (tz_offset_minutes), offset written"
+    );
 
     let ledger_config = LedgerConfig {
         tz_offset_minutes: config.tz_offset_minutes,
-        terminal_key: config.terminal_key(opts.demo)?,
+        terminal_key,
         ..LedgerConfig::default()
     };
     let data_dir = config.data_dir.clone();
-    let (ledger, committer, stats) =
-        tokio::task::spawn_blocking(move || Ledger::open(&data_dir, ledger_config, Arc::new(SystemClock)))
-            .await?
-            .with_context(|| format!("opening the ledger in {}", config.data_dir.display()))?;
+    let opened = tokio::task::spawn_blocking(move || Ledger::open(&data_dir, ledger_config, Arc::new(SystemClock)))
+        .await
+        .map_err(|e| StartError::Other(format!("recovery task: {e}")))?;
+    let (ledger, committer, stats) = opened.map_err(|e| StartError::Ledger {
+        path: config.data_dir.clone(),
+        reason: e.to_string(),
+    })?;
     let locked = ledger.locked_terminals();
     if locked > 0 {
-        anyhow::bail!(
+        return Err(StartError::Other(format!(
             "{locked} terminals' keys are sealed in {} and no terminal key is configured: set \
              CARDGATE_TERMINAL_KEY or terminal_key_file (the key they were sealed with)",
             config.data_dir.display()
-        );
+        ))
+        .into());
     }
     tracing::info!(
         checkpoint_id = stats.checkpoint_id,
@@ -58,13 +92,18 @@ pub async fn serve(config: Config, opts: ServeOptions) -> anyhow::Result<()> {
         data_dir = %config.data_dir.display(),
         "recovered"
     );
+    // From here on the ledger is open: every return goes through `Running`'s shutdown,
+    // or drops the ledger and its committer, which finish on their own.
     if opts.demo {
         let campus = DemoCampus {
             accounts: config.demo.accounts,
             pos_terminals: config.demo.pos_terminals,
             balance_fen: config.demo.balance_fen,
         };
-        if ensure_demo(&ledger, &campus).await? {
+        let created = ensure_demo(&ledger, &campus)
+            .await
+            .map_err(|e| StartError::Other(format!("creating the demo campus: {e}")))?;
+        if created {
             tracing::info!(
                 accounts = campus.accounts,
                 pos_terminals = campus.pos_terminals,
@@ -73,23 +112,44 @@ pub async fn serve(config: Config, opts: ServeOptions) -> anyhow::Result<()> {
         }
     }
 
-    // The central store is opened without connecting: terminals are served whether or
-    // not it is up, and the flusher connects (and migrates the schema) when it can.
-    let central = match &config.central.url {
-        Some(url) => CentralStore::open(url).context("the central store URL")?,
-        None => CentralStore::open_sqlite_file(&config.data_dir.join("central.db")),
+    let shutdown = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    let control = match crate::control::bind(&config.data_dir) {
+        Ok((listener, path)) => {
+            tasks.spawn(crate::control::serve(listener, path, ledger.clone(), shutdown.clone()));
+            true
+        }
+        Err(e) => {
+            tracing::warn!(
+                error = %e,
+                "no control socket in the data directory: `cardgate operator` commands need the gateway stopped"
+            );
+            false
+        }
     };
+    if ledger.operators().is_empty() && config.admin_listen.is_some() {
+        tracing::info!(
+            "no operators yet: create the first with `cardgate operator add NAME --role director --data-dir {}`{}; it \
+             prints the token the admin API wants as `Authorization: Bearer TOKEN`",
+            config.data_dir.display(),
+            if control {
+                " (works while the gateway runs)"
+            } else {
+                " with the gateway stopped"
+            }
+        );
+    }
+
+    let central_runtime = CentralRuntime::start()?;
+    {
+        let url = config.central.url.clone();
+        let store = central.describe();
+        central_runtime.spawn(async move {
+            let found = startup::probe_central(url.as_deref()).await;
+            startup::log_probe(&store, &found);
+        });
+    }
     tracing::info!(backend = central.backend(), store = %central.describe(), "central store");
-    // The flusher gets a runtime and a thread of its own: building a batch of thousands
-    // of rows is milliseconds of CPU, and on the terminals' two runtime workers it held
-    // up every connection scheduled behind it (p99 of terminals' answers measured ~10×
-    // p50 with the flusher there). On its own thread the kernel time-slices it instead.
-    let central_runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("cardgate-central")
-        .enable_all()
-        .build()
-        .context("starting the central store's runtime")?;
     let flusher = {
         let _on_its_runtime = central_runtime.enter();
         let source = JournalSource {
@@ -99,85 +159,223 @@ pub async fn serve(config: Config, opts: ServeOptions) -> anyhow::Result<()> {
             clock: ledger.clock(),
         };
         Flusher::start(source, central, config.central.flusher())
-            .context("reading the central store cursor from sled")?
+            .map_err(|e| StartError::Other(format!("reading the central store cursor from sled: {e}")))?
     };
 
-    let mut tasks = tokio::task::JoinSet::new();
-    if let Some(addr) = config.metrics_listen {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding the metrics listener on {addr}"))?;
-        tracing::info!(kind = "metrics", addr = %listener.local_addr()?, "listening");
-        tasks.spawn(crate::metrics::serve(listener, prometheus, shutdown.clone()));
+    // Metrics outlive every phase, so that `cardgate_shutdown_phase` can be scraped
+    // while the gateway stops.
+    let metrics_stop = CancellationToken::new();
+    let mut metrics_task = None;
+    if let Some(listener) = listeners.metrics {
+        log_listening(ListenerKind::Metrics, &listener);
+        metrics_task = Some(tokio::spawn(crate::metrics::serve(
+            listener,
+            prometheus,
+            metrics_stop.clone(),
+        )));
     }
     tasks.spawn(sample_gauges(ledger.clone(), flusher.status.clone(), shutdown.clone()));
     // Before the terminal listener, so that whoever waits for "terminals" in the log
     // (the e2e harness) has seen every other listener by then.
-    if let Some(addr) = config.admin_listen {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding the admin listener on {addr}"))?;
-        tracing::info!(kind = "admin", addr = %listener.local_addr()?, "listening");
+    if let Some(listener) = listeners.admin {
+        log_listening(ListenerKind::Admin, &listener);
         let state = crate::admin::AdminState::new(ledger.clone(), config.tz_offset_minutes);
-        tasks.spawn(crate::admin::serve(listener, state, shutdown.clone()));
+        tasks.spawn(crate::admin::serve(
+            listener,
+            state,
+            config.limits.admin_connections_max,
+            shutdown.clone(),
+        ));
     }
-
-    let listener = crate::server::bind(config.listen, config.limits.listen_backlog)
-        .with_context(|| format!("binding the terminal listener on {}", config.listen))?;
-    tracing::info!(kind = "terminals", addr = %listener.local_addr()?, "listening");
+    log_listening(ListenerKind::Terminals, &listeners.terminals);
     let server = tokio::spawn(crate::server::run(
-        listener,
+        listeners.terminals,
         ledger.clone(),
         Arc::new(config.limits.clone()),
         shutdown.clone(),
     ));
 
-    wait_for_signal().await;
-    tracing::info!("shutting down: no new connections; answering what is in flight");
-    shutdown.cancel();
-    server.await?;
-    while tasks.join_next().await.is_some() {}
-    // Every answer is durable; one last, bounded attempt to ship it all.
-    let unshipped = flusher
-        .shutdown(Duration::from_millis(config.central.shutdown_flush_ms))
-        .await;
-    if unshipped > 0 {
-        tracing::warn!(
-            entries = unshipped,
-            "central store: entries not shipped at shutdown; they stay in the journal and ship after the next start"
-        );
+    signals.wait().await;
+    let mut running = Running {
+        shutdown,
+        server: Some(server),
+        tasks,
+        flusher: Some(flusher),
+        central_runtime,
+        ledger: Some(ledger),
+        committer: Some(committer),
+    };
+    let outcome = crate::shutdown::run(&mut running, Deadlines::of(&config), &phase).await;
+    metrics_stop.cancel();
+    if let Some(t) = metrics_task {
+        let _ = t.await;
     }
-    central_runtime.shutdown_background();
-    // Every connection is gone; dropping the last ledger handle lets the committer
-    // drain its queue and exit.
-    drop(ledger);
-    let joined = tokio::task::spawn_blocking(move || committer.join());
-    if tokio::time::timeout(COMMITTER_JOIN_TIMEOUT, joined).await.is_err() {
-        anyhow::bail!("the committer did not finish within {COMMITTER_JOIN_TIMEOUT:?}");
+    if outcome.committer_finished {
+        Ok(())
+    } else {
+        Err(ServeError::CommitterStuck)
     }
-    tracing::info!("stopped");
-    Ok(())
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; Ctrl-C only");
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
+fn log_listening(kind: ListenerKind, listener: &tokio::net::TcpListener) {
+    match listener.local_addr() {
+        Ok(addr) => tracing::info!(kind = kind.name(), addr = %addr, "listening"),
+        Err(e) => tracing::info!(kind = kind.name(), error = %e, "listening"),
+    }
+}
+
+/// The central store's runtime, shut down without blocking whenever it is dropped: a
+/// runtime dropped inside another's async context panics ("Cannot drop a runtime in a
+/// context where blocking is not allowed"), which is how a failed start used to end.
+struct CentralRuntime(Option<tokio::runtime::Runtime>);
+
+impl CentralRuntime {
+    /// The flusher gets a runtime and a thread of its own: building a batch of
+    /// thousands of rows is milliseconds of CPU, and on the terminals' two runtime
+    /// workers it held up every connection scheduled behind it (p99 of terminals'
+    /// answers measured ~10× p50 with the flusher there). On its own thread the kernel
+    /// time-slices it instead.
+    fn start() -> Result<CentralRuntime, StartError> {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("cardgate-central")
+            .enable_all()
+            .build()
+            .map(|rt| CentralRuntime(Some(rt)))
+            .map_err(|e| StartError::Other(format!("starting the central store's runtime: {e}")))
+    }
+
+    fn enter(&self) -> Option<tokio::runtime::EnterGuard<'_>> {
+        self.0.as_ref().map(|rt| rt.enter())
+    }
+
+    fn spawn(&self, f: impl std::future::Future<Output = ()> + Send + 'static) {
+        if let Some(rt) = &self.0 {
+            rt.spawn(f);
         }
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+
+    fn stop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Drop for CentralRuntime {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Everything a running daemon must stop, phase by phase.
+struct Running {
+    shutdown: CancellationToken,
+    server: Option<JoinHandle<()>>,
+    /// Admin listener, control socket, gauge sampler: each holds a ledger handle.
+    tasks: JoinSet<()>,
+    flusher: Option<FlusherHandle>,
+    central_runtime: CentralRuntime,
+    ledger: Option<Arc<Ledger>>,
+    committer: Option<CommitterHandle>,
+}
+
+impl Stages for Running {
+    fn stop_accepting(&mut self) {
+        self.shutdown.cancel();
+    }
+
+    async fn drain_sessions(&mut self, deadline: Duration) -> bool {
+        // server::run waits for its own connections, bounded by the same grace.
+        let server = self.server.take();
+        let tasks = &mut self.tasks;
+        let all = async {
+            if let Some(s) = server {
+                let _ = s.await;
+            }
+            while tasks.join_next().await.is_some() {}
+        };
+        let drained = tokio::time::timeout(deadline, all).await.is_ok();
+        if !drained {
+            // Their ledger handles would keep the committer from finishing.
+            self.tasks.abort_all();
+            while self.tasks.join_next().await.is_some() {}
+        }
+        drained
+    }
+
+    async fn central_flush(&mut self, deadline: Duration) -> u64 {
+        let unshipped = match self.flusher.take() {
+            Some(f) => f.shutdown(deadline).await,
+            None => 0,
+        };
+        self.central_runtime.stop();
+        unshipped
+    }
+
+    async fn committer(&mut self, deadline: Duration) -> bool {
+        // Every connection is gone; dropping the last ledger handle lets the committer
+        // drain its queue, write the final checkpoint and exit.
+        drop(self.ledger.take());
+        let Some(committer) = self.committer.take() else {
+            return true;
+        };
+        let joined = tokio::task::spawn_blocking(move || committer.join());
+        tokio::time::timeout(deadline, joined).await.is_ok()
+    }
+}
+
+/// SIGTERM and SIGINT (Ctrl-C), caught from the start of `serve`: a signal that comes
+/// during start-up (a test or a service manager stopping a daemon that just announced its
+/// listeners) is held and starts the shutdown once start-up is done, instead of killing
+/// the process with the default action.
+struct Signals {
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn install() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let catch = |kind: SignalKind, name: &str| match signal(kind) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, signal = name, "cannot catch the signal");
+                    None
+                }
+            };
+            Signals {
+                term: catch(SignalKind::terminate(), "SIGTERM"),
+                int: catch(SignalKind::interrupt(), "SIGINT"),
+            }
+        }
+        #[cfg(not(unix))]
+        Signals {}
+    }
+
+    async fn wait(mut self) {
+        #[cfg(unix)]
+        {
+            async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            tokio::select! {
+                _ = next(&mut self.term) => {},
+                _ = next(&mut self.int) => {},
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// Gauges that are cheaper to sample than to keep current.

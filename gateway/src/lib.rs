@@ -1,14 +1,19 @@
 //! The cardgate daemon. This crate owns the process: configuration, the terminal
-//! listener and its sessions, the metrics listener, the order of start-up (recover, then
-//! listen) and of shutdown (stop accepting, answer what is in flight, let the committer
-//! drain, exit), and the command line. Decisions and durability belong to
+//! listener and its sessions, the admin and metrics listeners, the control socket, the
+//! order of start-up (check and bind everything, then recover, then serve: `startup.rs`)
+//! and of shutdown (stop accepting, drain sessions, last central flush, committer:
+//! `shutdown.rs`), and the command line. Decisions and durability belong to
 //! `cardgate-ledger`, bytes on the wire to `cardgate-codec`.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod config;
+pub mod control;
 pub mod daemon;
+pub mod logging;
 pub mod metrics;
 pub mod operator_cli;
 pub mod server;
 pub mod session;
+pub mod shutdown;
+pub mod startup;

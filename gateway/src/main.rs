@@ -1,10 +1,10 @@
-//! The `cardgate` command line. Errors end here as `anyhow` with context.
+//! The `cardgate` command line. Errors end here: printed once, as one line, and the
+//! exit status says so.
 
-use std::io::IsTerminal;
-use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
-use cardgate::config::Config;
+use cardgate::config::{Config, ListenAddr};
 use cardgate::daemon::{ServeOptions, serve};
 use clap::{Parser, Subcommand};
 
@@ -23,14 +23,15 @@ struct Cli {
 enum Command {
     /// Run the gateway until SIGTERM or Ctrl-C.
     Serve(ServeArgs),
-    /// Manage admin API operators (works on the data directory while the daemon is stopped).
+    /// Manage admin API operators (while the daemon runs, through its control socket).
     #[command(subcommand)]
     Operator(OperatorCommand),
 }
 
 #[derive(Subcommand)]
 enum OperatorCommand {
-    /// Add an operator and print its bearer token, once.
+    /// Add an operator and print its bearer token, once. Creates the data directory if
+    /// there is none yet.
     Add {
         name: String,
         /// director, system_admin, data_admin, card_desk, door_admin, attendance_admin
@@ -58,34 +59,36 @@ enum OperatorCommand {
     },
     /// List operators.
     List {
+        /// sled data directory (default ./data); must exist.
         #[arg(long, default_value = "data")]
         data_dir: PathBuf,
     },
 }
 
+/// Flags override environment variables, which override the file (docs/CONFIGURATION.md).
 #[derive(clap::Args)]
 struct ServeArgs {
     /// TOML configuration file; flags override it.
-    #[arg(long)]
+    #[arg(long, env = "CARDGATE_CONFIG")]
     config: Option<PathBuf>,
-    /// Terminal listener address (default 127.0.0.1:7700; port 0 picks a free one).
-    #[arg(long)]
-    listen: Option<SocketAddr>,
-    /// Prometheus listener address (default 127.0.0.1:9700).
-    #[arg(long)]
-    metrics_listen: Option<SocketAddr>,
-    /// Admin API listener address (default 127.0.0.1:7780).
-    #[arg(long)]
-    admin_listen: Option<SocketAddr>,
+    /// Terminal listener, HOST:PORT (default 127.0.0.1:7700; port 0 picks a free one).
+    #[arg(long, env = "CARDGATE_LISTEN")]
+    listen: Option<ListenAddr>,
+    /// Prometheus listener, HOST:PORT (default 127.0.0.1:9700).
+    #[arg(long, env = "CARDGATE_METRICS_LISTEN")]
+    metrics_listen: Option<ListenAddr>,
+    /// Admin API listener, HOST:PORT (default 127.0.0.1:7780).
+    #[arg(long, env = "CARDGATE_ADMIN_LISTEN")]
+    admin_listen: Option<ListenAddr>,
     /// sled data directory (default ./data).
-    #[arg(long)]
+    #[arg(long, env = "CARDGATE_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// Maximum concurrent terminal connections.
     #[arg(long)]
     connections_max: Option<usize>,
     /// Central store URL: sqlite://PATH or postgres://USER@HOST:PORT/DB
     /// (default sqlite://DATA_DIR/central.db).
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", env = "CARDGATE_CENTRAL")]
     central: Option<String>,
     /// Create the demo campus on first start (documented keys: never for real money).
     #[arg(long)]
@@ -98,44 +101,59 @@ struct ServeArgs {
     demo_terminals: Option<u64>,
 }
 
-fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+impl ServeArgs {
+    fn apply(self, config: &mut Config) {
+        if let Some(v) = self.listen {
+            config.listen = v;
+        }
+        if let Some(v) = self.metrics_listen {
+            config.metrics_listen = Some(v);
+        }
+        if let Some(v) = self.admin_listen {
+            config.admin_listen = Some(v);
+        }
+        if let Some(v) = self.data_dir {
+            config.data_dir = v;
+        }
+        if let Some(v) = self.central {
+            config.central.url = Some(v);
+        }
+        if let Some(v) = self.connections_max {
+            config.limits.connections_max = v;
+        }
+        if let Some(v) = self.demo_accounts {
+            config.demo.accounts = v;
+        }
+        if let Some(v) = self.demo_terminals {
+            config.demo.pos_terminals = v;
+        }
+    }
+}
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cardgate: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let mut config = Config::load(args.config.as_deref())?;
-            if let Some(v) = args.listen {
-                config.listen = v;
-            }
-            if let Some(v) = args.metrics_listen {
-                config.metrics_listen = Some(v);
-            }
-            if let Some(v) = args.admin_listen {
-                config.admin_listen = Some(v);
-            }
-            if let Some(v) = args.data_dir {
-                config.data_dir = v;
-            }
-            if let Some(v) = args.central {
-                config.central.url = Some(v);
-            }
-            if let Some(v) = args.connections_max {
-                config.limits.connections_max = v;
-            }
-            if let Some(v) = args.demo_accounts {
-                config.demo.accounts = v;
-            }
-            if let Some(v) = args.demo_terminals {
-                config.demo.pos_terminals = v;
-            }
+            let demo = args.demo;
+            args.apply(&mut config);
+            cardgate::logging::init(config.tz_offset_minutes);
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            runtime.block_on(serve(config, ServeOptions { demo: args.demo }))
+            runtime.block_on(serve(config, ServeOptions { demo }))?;
+            Ok(())
         }
         Command::Operator(cmd) => {
+            cardgate::logging::init(Config::default().tz_offset_minutes);
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             use cardgate::operator_cli::{Cmd, PasswordFrom};
             runtime.block_on(cardgate::operator_cli::run(match cmd {
@@ -167,5 +185,44 @@ fn main() -> anyhow::Result<()> {
                 OperatorCommand::List { data_dir } => Cmd::List { data_dir },
             }))
         }
+    }
+}
+
+/// An error and its causes as one line, each cause once: a cause whose text the line
+/// already holds (an error that repeats its source in its own message) is left out.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        let text = text.trim();
+        if text.is_empty() || line.contains(text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(text);
+    }
+    line.replace('\n', " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer: {source}")]
+    struct Repeats {
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn an_error_chain_is_one_line_with_each_cause_once() {
+        let e = anyhow::Error::new(Repeats {
+            source: std::io::Error::other("disk on fire"),
+        });
+        assert_eq!(one_line(&e), "outer: disk on fire");
+        let e = anyhow::Error::new(std::io::Error::other("a\nb")).context("reading x");
+        assert_eq!(one_line(&e), "reading x: a b");
     }
 }

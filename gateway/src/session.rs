@@ -25,12 +25,11 @@ use cardgate_codec::codec::Frame;
 use cardgate_codec::crypto::SignOnInput;
 use cardgate_codec::{
     BlacklistPush, Challenge, CodecError, ErrorCode, ErrorFrame, HeartbeatAck, Message, Side, SignOnOk, TerminalCodec,
-    TerminalSecret,
 };
 use cardgate_ledger::{Ledger, Pending};
 use futures::{FutureExt, SinkExt, StreamExt};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio_util::codec::Framed;
 use tokio_util::sync::{CancellationToken, ReusableBoxFuture};
 
@@ -102,6 +101,9 @@ pub(crate) async fn serve(
 
     let sign_on_timeout = Duration::from_millis(limits.sign_on_timeout_ms);
     let closer = connection.closer();
+    // Subscribed before sign-on reads whether the terminal is enabled: a disable in
+    // between is then a notice the session sees.
+    let notices = ledger.terminal_notices();
     let mut claimed = None;
     let signed_on = tokio::select! {
         r = tokio::time::timeout(sign_on_timeout, sign_on(&mut conn, &ledger, &limits, &mut connection, &mut claimed)) => match r {
@@ -117,7 +119,7 @@ pub(crate) async fn serve(
             ledger.terminal_session(terminal_id, true);
             tracing::debug!(terminal.id = terminal_id, %peer, "signed on");
             let end = tokio::select! {
-                end = session(&mut conn, terminal_id, &ledger, &limits, &shutdown, &closer) => end,
+                end = session(&mut conn, terminal_id, &ledger, &limits, &shutdown, &closer, notices) => end,
                 // Closed by the gateway and still not done: drop what it owes.
                 code = async {
                     let code = closer.closed().await;
@@ -214,8 +216,7 @@ async fn sign_on(
         return Err(End::Refuse(ErrorCode::UnexpectedMessage));
     };
     *claimed = Some(hello.terminal_id);
-    let known = ledger.sign_on(hello.terminal_id);
-    let secret = known.map(|(s, _)| s).unwrap_or(TerminalSecret(rand::random()));
+    let known = ledger.sign_on_secrets(hello.terminal_id);
     let input = SignOnInput {
         terminal_id: hello.terminal_id,
         terminal_nonce: hello.terminal_nonce,
@@ -231,12 +232,29 @@ async fn sign_on(
     let Message::Proof(proof) = frame.message else {
         return Err(End::Refuse(ErrorCode::UnexpectedMessage));
     };
-    let Some((_, last_tx_seq)) = known else {
+    let Some(known) = known else {
         return Err(End::Refuse(ErrorCode::AuthFailed));
     };
-    if !input.verify_proof(&secret, &proof.proof) {
-        return Err(End::Refuse(ErrorCode::AuthFailed));
+    // During a rekey's overlap the previous key signs on too; the session keys derive
+    // from whichever key the terminal proved.
+    let secret = if input.verify_proof(&known.current, &proof.proof) {
+        known.current
+    } else {
+        match known.previous {
+            Some(previous) if input.verify_proof(&previous, &proof.proof) => {
+                metrics::counter!("cardgate_sign_ons_previous_key_total").increment(1);
+                previous
+            }
+            _ => return Err(End::Refuse(ErrorCode::AuthFailed)),
+        }
+    };
+    // Told only to a terminal that proved its key: others learn nothing of the registry.
+    // Read after the caller subscribed to the terminal notices, so that a disable
+    // between this read and the session's loop still reaches the session.
+    if !ledger.terminal_enabled(hello.terminal_id) {
+        return Err(End::Refuse(ErrorCode::TerminalDisabled));
     }
+    let last_tx_seq = known.last_seq;
     match connection.signed_on(hello.terminal_id) {
         SignOn::New => {}
         SignOn::Superseded => {
@@ -301,6 +319,7 @@ async fn session(
     limits: &Limits,
     shutdown: &CancellationToken,
     closer: &Closer,
+    notices: broadcast::Receiver<u64>,
 ) -> End {
     let depth = usize::from(limits.pipeline_depth_max);
     let idle_timeout = Duration::from_millis(limits.idle_timeout_ms);
@@ -315,6 +334,9 @@ async fn session(
     blacklist.mark_unchanged();
     let mut blacklist_changed = ReusableBoxFuture::new(next_version(blacklist));
     let mut blacklist_open = true;
+    // Notices of disabled terminals, waited on across turns like the blacklist.
+    let mut disabled = ReusableBoxFuture::new(disabled_notice(notices, terminal_id, ledger));
+    let mut notices_open = true;
     let cancelled = shutdown.cancelled();
     tokio::pin!(cancelled);
     let closed = closer.closed();
@@ -368,12 +390,50 @@ async fn session(
                     pending: Pending::ready(Message::BlacklistPush(push)),
                 });
             }
+            (rx, notice) = disabled.get_pin(), if end.is_none() && notices_open => {
+                match notice {
+                    Notice::Disabled => end = Some(End::Refuse(ErrorCode::TerminalDisabled)),
+                    Notice::Enabled => disabled.set(disabled_notice(rx, terminal_id, ledger)),
+                    Notice::Gone => notices_open = false,
+                }
+            }
             _ = &mut idle, if end.is_none() => end = Some(End::Refuse(ErrorCode::IdleTimeout)),
             _ = &mut cancelled, if end.is_none() => end = Some(End::Refuse(ErrorCode::ShuttingDown)),
             code = &mut closed, if end.is_none() => end = Some(End::Refuse(code)),
         }
     }
     end.unwrap_or(End::PeerClosed)
+}
+
+enum Notice {
+    Disabled,
+    /// A notice came (or some were missed) and the terminal is still enabled.
+    Enabled,
+    /// The ledger is gone.
+    Gone,
+}
+
+/// Waits for a notice naming this terminal (or a gap in the notices) and re-reads
+/// whether it is enabled, handing the receiver back to re-arm the wait.
+async fn disabled_notice(
+    mut rx: broadcast::Receiver<u64>,
+    terminal_id: u64,
+    ledger: &Ledger,
+) -> (broadcast::Receiver<u64>, Notice) {
+    loop {
+        match rx.recv().await {
+            Ok(id) if id != terminal_id => continue,
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                let notice = if ledger.terminal_enabled(terminal_id) {
+                    Notice::Enabled
+                } else {
+                    Notice::Disabled
+                };
+                return (rx, notice);
+            }
+            Err(broadcast::error::RecvError::Closed) => return (rx, Notice::Gone),
+        }
+    }
 }
 
 /// The next durable blacklist version (`None`: the ledger is gone), handing the

@@ -15,23 +15,9 @@
 //!
 //! ## Files as spreadsheets save them
 //!
-//! What Excel and WPS write, read as a data admin means it (docs/OPERATIONS.md says the
-//! same to them):
+//! Encoding, delimiter, line numbers and empty rows are read as `sheet.rs` says (and
+//! docs/OPERATIONS.md says the same to the data admin). What is particular to persons:
 //!
-//! * **Encoding** (`decode`): a byte order mark decides (UTF-8, UTF-16LE, UTF-16BE);
-//!   else a file with NUL bytes is UTF-16 without one, read only with a declared
-//!   `charset=utf-16le`/`utf-16be`; else valid UTF-8 is UTF-8; else a declared charset
-//!   is used; else a file that decodes as GB18030 without a single error is GB18030
-//!   (Chinese Excel's "CSV"); else one error says the encoding is unknown and how to
-//!   fix it. The report names the encoding used and why.
-//! * **Delimiter**: tab when the header line has tabs and no comma (Excel's "Unicode
-//!   text"), else comma.
-//! * **Lines** are those a text editor shows: 1-based, the header's line counted, LF,
-//!   CRLF and lone CR each one break, blank lines and line breaks inside quoted values
-//!   counted. The csv reader's own line numbers are not used: they count CRLF wrongly
-//!   and skip blank lines, so each record's line comes from its byte offset.
-//! * **Empty rows** (blank lines, or only delimiters and spaces) are skipped and
-//!   counted in `empty_rows`.
 //! * **Identifiers** (person_id, card_no) are normalised (`normalize_identifier`:
 //!   full-width forms to ASCII, U+3000 and other spaces trimmed); a number a spreadsheet
 //!   mangled (scientific notation, decimals, thousands separators) is named as such.
@@ -64,7 +50,6 @@
 //! cannot ride in the commit). A crash in between leaves some kind changes undone;
 //! importing the file again reports them as updates and makes them.
 
-use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
 use cardgate_codec::CardNo;
@@ -76,7 +61,7 @@ use cardgate_domain::rules::input::{
     spreadsheet_mangling, without_leading_zeros,
 };
 use cardgate_journal::record::encode_record;
-use encoding_rs::{DecoderResult, Encoding, GB18030, UTF_8, UTF_16BE, UTF_16LE};
+use encoding_rs::Encoding;
 use serde::Serialize;
 
 use crate::desk::By;
@@ -84,6 +69,8 @@ use crate::desk::new_account;
 use crate::error::LedgerError;
 use crate::ledger::Ledger;
 use crate::records::{PREFIX_STAGED, StateWrite, Writes};
+use crate::sheet::{Errors, declared_encoding, read_sheet};
+pub use crate::sheet::{IMPORT_ERRORS_LISTED_MAX, RowError};
 use crate::txn::Txn;
 
 /// The largest file accepted: 100,000 rows of ~80 bytes is 8 MB; this leaves room for
@@ -91,8 +78,6 @@ use crate::txn::Txn;
 pub const IMPORT_BYTES_MAX: usize = 32 * 1024 * 1024;
 /// Rows per file: a whole campus.
 pub const IMPORT_ROWS_MAX: usize = 200_000;
-/// Errors listed in one answer; the count is exact beyond it.
-pub const IMPORT_ERRORS_LISTED_MAX: usize = 1_000;
 /// Encoded bytes of one `ImportChunk`: below the 4 KiB journal segment, so a chunk never
 /// makes a segment (or a sled node) larger than the committer's bound.
 pub const IMPORT_CHUNK_BYTES_MAX: usize = 3 * 1024;
@@ -103,21 +88,6 @@ const DEPARTMENT: usize = 2;
 const KIND: usize = 3;
 const CARD_NO: usize = 4;
 const COLUMNS: [&str; 5] = ["person_id", "name", "department", "kind", "card_no"];
-
-/// What a data admin is told to do with a file whose encoding cannot be told.
-const SAVE_AS_UTF8: &str = "save it as \"CSV UTF-8 (Comma delimited)\" in Excel (WPS: CSV, UTF-8), \
-    or give its charset, e.g. charset=gb18030";
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct RowError {
-    /// 1-based line in the file as a text editor shows it (the header is line 1 when
-    /// nothing is above it). A row that runs over several lines is reported on its
-    /// first.
-    pub line: u64,
-    /// The column, by its header name, when the error is about one value.
-    pub column: Option<&'static str>,
-    pub message: String,
-}
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ImportReport {
@@ -408,20 +378,8 @@ impl Ledger {
     fn plan_import(&self, bytes: &[u8], declared: Option<&'static Encoding>) -> Plan {
         let mut report = ImportReport::default();
         let mut errors = Errors::default();
-        let mut plan_rows = Vec::new();
         let persons_seen = self.state.persons_len();
-        match decode(bytes, declared) {
-            Err(unreadable) => errors.push(unreadable.line, None, unreadable.message),
-            Ok(decoded) => {
-                report.encoding = Some(decoded.encoding);
-                report.encoding_reason = Some(decoded.reason);
-                // A byte order mark inside the decoded text: a second one, or GB18030's.
-                let text = decoded.text.strip_prefix('\u{feff}').unwrap_or(&decoded.text);
-                let delimiter = delimiter_of(text);
-                report.delimiter = Some(if delimiter == b'\t' { "tab" } else { "comma" });
-                plan_rows = self.check_rows(text, delimiter, &mut report, &mut errors);
-            }
-        }
+        let plan_rows = self.check_rows(bytes, declared, &mut report, &mut errors);
         report.error_count = errors.count;
         report.errors = errors.listed;
         let mut plan = Plan {
@@ -456,10 +414,16 @@ impl Ledger {
         plan
     }
 
-    /// Checks every row of the decoded file, against the file and against the
-    /// gateway's persons and cards, and reports every error: one kind of error never
-    /// hides another. Returns what the rows without errors would do.
-    fn check_rows(&self, text: &str, delimiter: u8, report: &mut ImportReport, errors: &mut Errors) -> Vec<Planned> {
+    /// Checks every row of the file, against the file and against the gateway's
+    /// persons and cards, and reports every error: one kind of error never hides
+    /// another. Returns what the rows without errors would do.
+    fn check_rows(
+        &self,
+        bytes: &[u8],
+        declared: Option<&'static Encoding>,
+        report: &mut ImportReport,
+        errors: &mut Errors,
+    ) -> Vec<Planned> {
         let mut planned = Vec::new();
         // The gateway's side, looked up once: cards by account (not one pass per row),
         // and the persons whose id starts with a zero, by the id without them.
@@ -481,107 +445,23 @@ impl Ledger {
             }
             zero_led.get(bare).filter(|other| *other != id).cloned()
         };
-
-        let mut rdr = csv::ReaderBuilder::new()
-            .has_headers(false)
-            .flexible(true)
-            .delimiter(delimiter)
-            .from_reader(text.as_bytes());
-        let mut lines = LineCounter::default();
-        let mut header: Option<Header> = None;
-        // The last line of the previous record: the lines between it and the next
-        // record are blank lines the reader skipped.
-        let mut previous_end = 0u64;
         // By person id without leading zeros: (line, id) of its first row.
         let mut seen_persons: HashMap<String, (u64, String)> = HashMap::new();
         let mut seen_cards: HashMap<u64, u64> = HashMap::new();
-        let mut read_to_the_end = true;
-        let delimiter_name = if delimiter == b'\t' { "tab" } else { "comma" };
-        for rec in rdr.records() {
-            let rec = match rec {
-                Ok(r) => r,
-                Err(e) => {
-                    // Not met on text with a flexible reader; reported should it be.
-                    let line = e
-                        .position()
-                        .map(|p| lines.line_at(text, record_start(text, p.byte())))
-                        .unwrap_or(0);
-                    errors.push(line, None, format!("does not parse: {e}"));
-                    if matches!(e.kind(), csv::ErrorKind::Io(_)) {
-                        break;
-                    }
-                    continue;
-                }
-            };
-            let start = record_start(text, rec.position().map_or(0, |p| p.byte()));
-            let line = lines.line_at(text, start);
-            let end = line + rec.iter().map(line_breaks).sum::<u64>();
-            report.empty_rows += line.saturating_sub(previous_end + 1) as usize;
-            previous_end = end;
-            if rec.iter().all(|f| f.trim().is_empty()) {
-                report.empty_rows += 1;
-                continue;
-            }
-            let Some(header) = &header else {
-                header = Some(Header::read(&rec, line, errors));
-                continue;
-            };
-            report.rows += 1;
-            if report.rows > IMPORT_ROWS_MAX {
-                errors.push(line, None, format!("more than {IMPORT_ROWS_MAX} rows: split the file"));
-                read_to_the_end = false;
-                break;
-            }
-            if header.found == 0 {
-                // Not a header this import knows: every row would be noise.
-                continue;
-            }
-            if rec.len() != header.len {
-                let (n, h) = (rec.len(), header.len);
-                let message = if end > line {
-                    format!(
-                        "the row runs from line {line} to line {end} and has {n} values, the header {h}: \
-                         a double quote in it is probably not closed"
-                    )
-                } else if n > h {
-                    format!(
-                        "the row has {n} values, the header {h}: a value with a {delimiter_name} in it \
-                         must be in double quotes"
-                    )
-                } else {
-                    format!("the row has {n} values, the header {h}")
-                };
-                errors.push(line, None, message);
-                continue;
-            }
+        let read = read_sheet(bytes, declared, &COLUMNS, IMPORT_ROWS_MAX, errors, |row, errors| {
+            let line = row.line;
             let errors_before = errors.count;
-            // Each column's value, or why it is not one; none when the column is
-            // missing (reported at the header). Taken in the order of COLUMNS, so a
-            // row's errors come in that order.
-            let value = |c: usize| -> Option<Result<&str, String>> {
-                let v = rec.get(header.col[c]?).unwrap_or("");
-                if v.contains(['\r', '\n']) {
-                    return Some(Err(format!(
-                        "{} holds a line break (the row runs from line {line} to line {end}): remove it from the cell",
-                        COLUMNS[c]
-                    )));
-                }
-                Some(Ok(v))
-            };
-            let person_id = value(PERSON_ID)
-                .map(|v| v.and_then(|raw| identifier(PERSON_ID, raw, |id| check_person_id(id).map_err(|r| r.0))));
-            let person_id = errors.take(line, PERSON_ID, person_id);
-            let name = value(NAME).map(|v| v.and_then(|v| text_value(NAME, v, true)));
-            let name = errors.take(line, NAME, name);
-            let department = value(DEPARTMENT).map(|v| v.and_then(|v| text_value(DEPARTMENT, v, false)));
-            let department = errors.take(line, DEPARTMENT, department);
-            let kind = value(KIND).map(|v| v.and_then(kind_value));
-            let kind = errors.take(line, KIND, kind);
-            let card = value(CARD_NO).map(|v| {
-                v.and_then(|raw| identifier(CARD_NO, raw, |id| parse_card_no(id).map(|_| ()).map_err(|r| r.0)))
+            // Taken in the order of COLUMNS, so a row's errors come in that order.
+            let person_id = row.take(errors, PERSON_ID, |raw| {
+                identifier(PERSON_ID, raw, |id| check_person_id(id).map_err(|r| r.0))
+            });
+            let name = row.take(errors, NAME, |v| text_value(NAME, v, true));
+            let department = row.take(errors, DEPARTMENT, |v| text_value(DEPARTMENT, v, false));
+            let kind = row.take(errors, KIND, kind_value);
+            let card = row.take(errors, CARD_NO, |raw| {
+                identifier(CARD_NO, raw, |id| parse_card_no(id).map(|_| ()).map_err(|r| r.0))
                     .and_then(|digits| parse_card_no(&digits).map_err(|r| r.0))
             });
-            let card = errors.take(line, CARD_NO, card);
 
             // Against the rest of the file.
             if let Some(id) = &person_id {
@@ -618,10 +498,9 @@ impl Ledger {
                     }
                 }
             }
-
             // Against the gateway's persons and cards.
             let (Some(person_id), Some(card)) = (person_id, card) else {
-                continue;
+                return;
             };
             let existing_card = self.state.card(card).map(|c| c.account);
             let existing = self.state.person(&person_id);
@@ -663,10 +542,10 @@ impl Ledger {
                 }
             }
             let (Some(name), Some(department), Some(kind)) = (name, department, kind) else {
-                continue;
+                return;
             };
             if errors.count > errors_before {
-                continue;
+                return;
             }
             match existing {
                 None => {
@@ -701,22 +580,12 @@ impl Ledger {
                     }
                 }
             }
-        }
-        if header.is_none() && errors.count == 0 {
-            errors.push(
-                1,
-                None,
-                format!(
-                    "the file is empty: its first line must be the header {}",
-                    COLUMNS.join(",")
-                ),
-            );
-        }
-        // Blank lines after the last record; a final line break ends a line, it does
-        // not start one.
-        if read_to_the_end {
-            report.empty_rows += lines.lines_in(text).saturating_sub(previous_end) as usize;
-        }
+        });
+        report.rows = read.rows;
+        report.empty_rows = read.empty_rows;
+        report.encoding = read.encoding;
+        report.encoding_reason = read.encoding_reason;
+        report.delimiter = read.delimiter;
         planned
     }
 }
@@ -729,35 +598,6 @@ enum Planned {
         fields_changed: bool,
         kind_change: Option<(u64, AccountKind)>,
     },
-}
-
-/// Every error counted, the first `IMPORT_ERRORS_LISTED_MAX` listed.
-#[derive(Default)]
-struct Errors {
-    count: usize,
-    listed: Vec<RowError>,
-}
-
-impl Errors {
-    fn push(&mut self, line: u64, column: Option<&'static str>, message: String) {
-        self.count += 1;
-        if self.listed.len() < IMPORT_ERRORS_LISTED_MAX {
-            self.listed.push(RowError { line, column, message });
-        }
-    }
-}
-
-impl Errors {
-    /// The value, or its error pushed (on `line`, in column `c`).
-    fn take<T>(&mut self, line: u64, c: usize, checked: Option<Result<T, String>>) -> Option<T> {
-        match checked? {
-            Ok(v) => Some(v),
-            Err(message) => {
-                self.push(line, Some(COLUMNS[c]), message);
-                None
-            }
-        }
-    }
 }
 
 /// An identifier column's value in ASCII (`normalize_identifier`), or why it is not
@@ -791,288 +631,6 @@ fn kind_value(raw: &str) -> Result<AccountKind, String> {
             format!("kind {:?} is not one of student, staff, temporary", raw.trim())
         }
     })
-}
-
-/// The header: where each known column is.
-struct Header {
-    col: [Option<usize>; 5],
-    /// Values in the header line: every row must have as many.
-    len: usize,
-    /// Known columns found: none means the first line is not a header (a data row,
-    /// another file).
-    found: usize,
-}
-
-impl Header {
-    fn read(rec: &csv::StringRecord, line: u64, errors: &mut Errors) -> Header {
-        let names: Vec<&str> = rec.iter().map(|n| n.trim().trim_start_matches('\u{feff}')).collect();
-        let mut col = [None; 5];
-        for (i, n) in names.iter().enumerate() {
-            if let Some(c) = COLUMNS.iter().position(|c| c == n)
-                && col[c].is_none()
-            {
-                col[c] = Some(i);
-            }
-        }
-        let found = col.iter().flatten().count();
-        let header = Header {
-            col,
-            len: names.len(),
-            found,
-        };
-        let expected = COLUMNS.join(",");
-        if found == 0 {
-            // One error, not one per value: this line is not a header at all.
-            let message = if names.len() == 1 && names[0].contains(';') {
-                format!("the header's columns are separated by semicolons: separate them by commas, as in {expected}")
-            } else {
-                format!("line {line} must be the header, {expected}; it has none of these columns")
-            };
-            errors.push(line, None, message);
-            return header;
-        }
-        for (i, n) in names.iter().enumerate() {
-            match COLUMNS.iter().position(|c| c == n) {
-                Some(c) if col[c] != Some(i) => {
-                    errors.push(line, Some(COLUMNS[c]), format!("column {n} is in the header twice"))
-                }
-                Some(_) => {}
-                None if n.is_empty() => errors.push(
-                    line,
-                    None,
-                    format!(
-                        "column {} of the header has no name: delete that column, or name it",
-                        i + 1
-                    ),
-                ),
-                None => errors.push(
-                    line,
-                    None,
-                    format!("unknown column {n:?}: the columns are {}", COLUMNS.join(", ")),
-                ),
-            }
-        }
-        for (c, want) in COLUMNS.iter().enumerate() {
-            if col[c].is_none() {
-                errors.push(line, Some(want), format!("the header lacks column {want}"));
-            }
-        }
-        header
-    }
-}
-
-// ---- the file as text ------------------------------------------------------------------
-
-/// The file as text, and how it was read.
-struct Decoded<'a> {
-    text: Cow<'a, str>,
-    encoding: &'static str,
-    reason: String,
-}
-
-/// A file whose encoding cannot be told, or that breaks the one it declares.
-struct Unreadable {
-    line: u64,
-    message: String,
-}
-
-/// The encoding a `charset` parameter names.
-fn declared_encoding(label: &str) -> Result<&'static Encoding, LedgerError> {
-    match Encoding::for_label(label.trim().as_bytes()) {
-        // "replacement" decodes anything to U+FFFD, x-user-defined to private-use
-        // characters: neither gives names back.
-        Some(e) if e != encoding_rs::REPLACEMENT && e != encoding_rs::X_USER_DEFINED => Ok(e),
-        _ => Err(LedgerError::Invalid(format!(
-            "charset {label:?} is not an encoding this import reads: use utf-8, gb18030, utf-16le or \
-             utf-16be (or another WHATWG encoding label, such as big5)"
-        ))),
-    }
-}
-
-/// Reads the file's bytes as text, by the rule in the module's documentation.
-fn decode<'a>(bytes: &'a [u8], declared: Option<&'static Encoding>) -> Result<Decoded<'a>, Unreadable> {
-    let declared_note = |used: &'static Encoding| match declared {
-        Some(d) if d != used => format!(" (charset={} was given, and not used)", d.name()),
-        _ => String::new(),
-    };
-    if let Some((encoding, bom)) = Encoding::for_bom(bytes) {
-        let text = decode_strict(encoding, &bytes[bom..]).map_err(|line| Unreadable {
-            line,
-            message: format!(
-                "the file starts with a {0} byte order mark but is not valid {0} on line {line}: {SAVE_AS_UTF8}",
-                encoding.name()
-            ),
-        })?;
-        return Ok(Decoded {
-            text,
-            encoding: encoding.name(),
-            reason: format!(
-                "the file starts with a {} byte order mark{}",
-                encoding.name(),
-                declared_note(encoding)
-            ),
-        });
-    }
-    if let Some(nul) = bytes.iter().position(|b| *b == 0) {
-        // Text has no NUL; UTF-16 has one in every ASCII character, on the odd bytes
-        // when little-endian. Without a byte order mark, only a charset says which.
-        if let Some(encoding) = declared.filter(|d| *d == UTF_16LE || *d == UTF_16BE) {
-            let text = decode_strict(encoding, bytes).map_err(|line| not_as_declared(encoding, line))?;
-            return Ok(Decoded {
-                text,
-                encoding: encoding.name(),
-                reason: format!("the file holds NUL bytes, and charset={} was given", encoding.name()),
-            });
-        }
-        let guess = if nul % 2 == 1 { "utf-16le" } else { "utf-16be" };
-        return Err(Unreadable {
-            line: 1,
-            message: format!(
-                "the file holds NUL bytes: it looks like UTF-16 (\"Unicode text\") without a byte order mark; \
-                 save it as \"CSV UTF-8 (Comma delimited)\", or give charset={guess}"
-            ),
-        });
-    }
-    let utf8_error = match std::str::from_utf8(bytes) {
-        Ok(text) => {
-            return Ok(Decoded {
-                text: Cow::Borrowed(text),
-                encoding: UTF_8.name(),
-                reason: format!("the file is valid UTF-8{}", declared_note(UTF_8)),
-            });
-        }
-        Err(e) => e,
-    };
-    if let Some(encoding) = declared {
-        let text = decode_strict(encoding, bytes).map_err(|line| not_as_declared(encoding, line))?;
-        return Ok(Decoded {
-            text,
-            encoding: encoding.name(),
-            reason: format!("the file is not UTF-8, and charset={} was given", encoding.name()),
-        });
-    }
-    // Not UTF-8, no charset: Chinese Excel's "CSV" is GB18030 (GBK). A file in another
-    // legacy encoding rarely decodes as GB18030 without a single error, and the report
-    // says GB18030 was chosen, so that a dry run shows it before anything is imported.
-    match decode_strict(GB18030, bytes) {
-        Ok(text) => Ok(Decoded {
-            text,
-            encoding: GB18030.name(),
-            reason: "the file is not UTF-8 and reads as GB18030 (GBK) without an error; no charset was given"
-                .to_string(),
-        }),
-        Err(_) => {
-            let line = 1 + line_breaks(&String::from_utf8_lossy(&bytes[..utf8_error.valid_up_to()]));
-            Err(Unreadable {
-                line,
-                message: format!(
-                    "the file is not UTF-8 (line {line} is the first line that is not) and not GB18030 either, \
-                     so its encoding is unknown: {SAVE_AS_UTF8}"
-                ),
-            })
-        }
-    }
-}
-
-fn not_as_declared(encoding: &'static Encoding, line: u64) -> Unreadable {
-    Unreadable {
-        line,
-        message: format!(
-            "the file is not valid {0} on line {line}, though charset={0} was given: check the charset, or \
-             save the file as \"CSV UTF-8 (Comma delimited)\"",
-            encoding.name()
-        ),
-    }
-}
-
-/// Decodes without replacement characters; on a malformed sequence, the line it is on.
-fn decode_strict<'a>(encoding: &'static Encoding, bytes: &'a [u8]) -> Result<Cow<'a, str>, u64> {
-    if encoding == UTF_8 {
-        return std::str::from_utf8(bytes)
-            .map(Cow::Borrowed)
-            .map_err(|e| 1 + line_breaks(&String::from_utf8_lossy(&bytes[..e.valid_up_to()])));
-    }
-    let mut decoder = encoding.new_decoder_without_bom_handling();
-    let mut text = String::new();
-    let mut rest = bytes;
-    loop {
-        let room = decoder
-            .max_utf8_buffer_length_without_replacement(rest.len())
-            .unwrap_or(rest.len().saturating_mul(3));
-        text.reserve(room);
-        let (result, read) = decoder.decode_to_string_without_replacement(rest, &mut text, true);
-        rest = &rest[read..];
-        match result {
-            DecoderResult::InputEmpty => return Ok(Cow::Owned(text)),
-            DecoderResult::OutputFull => continue,
-            // What was decoded ends where the malformed sequence starts.
-            DecoderResult::Malformed(..) => return Err(1 + line_breaks(&text)),
-        }
-    }
-}
-
-/// Tab when the header line (the first with anything in it) has tabs and no comma, as
-/// Excel's "Unicode text" writes; else comma.
-fn delimiter_of(text: &str) -> u8 {
-    let header = text.split(['\r', '\n']).find(|l| !l.trim().is_empty()).unwrap_or("");
-    if header.contains('\t') && !header.contains(',') {
-        b'\t'
-    } else {
-        b','
-    }
-}
-
-/// Line breaks as a text editor counts them: CRLF, lone CR and LF are one each.
-fn line_breaks(s: &str) -> u64 {
-    let b = s.as_bytes();
-    (0..b.len())
-        .filter(|&i| b[i] == b'\r' || (b[i] == b'\n' && (i == 0 || b[i - 1] != b'\r')))
-        .count() as u64
-}
-
-/// Where a record's first value starts. The reader's position is where it began
-/// looking, which is before the line break that ended the previous record when that
-/// was CRLF, and before any blank lines it skipped. A record cannot start with a line
-/// break (a quoted one starts with the quote), so skipping them is exact.
-fn record_start(text: &str, byte: u64) -> usize {
-    let b = text.as_bytes();
-    let mut i = (byte as usize).min(b.len());
-    while i < b.len() && (b[i] == b'\r' || b[i] == b'\n') {
-        i += 1;
-    }
-    i
-}
-
-/// Lines of a text, counted forward record by record (records come in order), so a
-/// file is scanned once.
-#[derive(Default)]
-struct LineCounter {
-    at: usize,
-    breaks: u64,
-}
-
-impl LineCounter {
-    /// The 1-based line `offset` is on; offsets must not go backwards.
-    fn line_at(&mut self, text: &str, offset: usize) -> u64 {
-        let b = text.as_bytes();
-        let offset = offset.min(b.len()).max(self.at);
-        for i in self.at..offset {
-            if b[i] == b'\r' || (b[i] == b'\n' && (i == 0 || b[i - 1] != b'\r')) {
-                self.breaks += 1;
-            }
-        }
-        self.at = offset;
-        self.breaks + 1
-    }
-
-    /// Lines in the whole text: a final line break ends the last line.
-    fn lines_in(&mut self, text: &str) -> u64 {
-        if text.is_empty() {
-            return 0;
-        }
-        let last = self.line_at(text, text.len());
-        if text.ends_with(['\r', '\n']) { last - 1 } else { last }
-    }
 }
 
 impl crate::desk::Targets for ImportReport {

@@ -3,7 +3,9 @@
 //! trail held in memory (`state.rs`, one owning type, one lock order); the one write
 //! protocol that makes each change durable before anyone sees its result (`txn.rs`);
 //! the operations, a file per concern: the terminals' money requests (`pay.rs`) and
-//! sessions (`terminals.rs`), the card desk (`desk/`), imports, history, the audit
+//! sessions (`terminals.rs`), the card desk (`desk/`), imports (files read as spreadsheets save them: `sheet.rs`), the
+//! registry of merchants and terminals with their sealed keys (`registry.rs`, `keys.rs`),
+//! the blank card stock (`stock.rs`), history, the audit
 //! trail, the demo campus; and recovery of exactly the durable state (`recovery.rs`).
 //! It is the only writer of the journal (`cardgate-journal`); the rules it applies are
 //! `cardgate-domain`'s; the central store (`cardgate-central`) reads what it wrote.
@@ -16,6 +18,7 @@ pub mod desk;
 pub mod error;
 pub mod history;
 pub mod import;
+pub mod inventory;
 pub mod keys;
 pub mod ledger;
 pub mod master;
@@ -23,6 +26,7 @@ pub mod pay;
 pub mod records;
 pub mod recovery;
 pub mod registry;
+mod sheet;
 mod state;
 pub mod stock;
 pub mod terminals;

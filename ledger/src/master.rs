@@ -78,7 +78,9 @@ impl Ledger {
     /// Creates many terminals, accounts and cards at once (the demo campus, large
     /// loads): submitted back to back and awaited once, so that they share a few group
     /// commits instead of one each. Fails without changing anything if any id is taken;
-    /// callers must not create the same ids concurrently.
+    /// callers must not create the same ids concurrently. Terminals given here are written
+    /// as before the registry, secret in clear (`register_terminal_unsealed`): tests and
+    /// old-format fixtures pass them; the demo campus registers its terminals sealed.
     pub async fn bulk_create(
         &self,
         terminals: Vec<Terminal>,

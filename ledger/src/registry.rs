@@ -142,7 +142,7 @@ impl Targets for (TerminalRecord, TerminalRecord) {
 }
 
 impl Ledger {
-    fn terminal_key(&self) -> Result<&TerminalKey, LedgerError> {
+    pub(crate) fn terminal_key(&self) -> Result<&TerminalKey, LedgerError> {
         self.state.terminal_key().ok_or_else(|| {
             invalid(
                 "no terminal key is configured (terminal_key_file or CARDGATE_TERMINAL_KEY): terminal keys \
@@ -343,7 +343,7 @@ impl Ledger {
 
     /// The registry record of a terminal; a terminal registered before the registry
     /// gets one now (its current secret sealed), so that every change writes a record.
-    fn record_of(&self, id: u64) -> Result<TerminalRecord, LedgerError> {
+    pub(crate) fn record_of(&self, id: u64) -> Result<TerminalRecord, LedgerError> {
         let t = self
             .state
             .terminal(id)
@@ -386,7 +386,7 @@ impl Ledger {
     }
 
     /// Checks what a terminal record is attached to against the registry.
-    fn check_record(&self, r: &TerminalRecord) -> Result<(), LedgerError> {
+    pub(crate) fn check_record(&self, r: &TerminalRecord) -> Result<(), LedgerError> {
         check_attachment(r.kind, r.merchant_id, r.door_group)?;
         check_terminal_text(&r.name, &r.place, &r.serial, &r.responsible)?;
         if !r.installed.is_empty() && cardgate_domain::clock::parse_local_date(&r.installed, 0).is_none() {
@@ -752,6 +752,11 @@ impl Ledger {
             last_seq: t.last_seq,
             enabled: t.info.enabled,
         })
+    }
+
+    /// Whether a terminal may work now (a session re-reads it after missing notices).
+    pub fn terminal_enabled(&self, terminal_id: u64) -> bool {
+        self.state.terminal(terminal_id).is_some_and(|t| t.info.enabled)
     }
 
     /// Terminals whose sealed keys this ledger could not open (opened without the

@@ -2,7 +2,7 @@
 //! connections a terminal has open, the blacklist it says it holds, the pages that
 //! bring it up to date, and how far the connected fleet is behind.
 
-use cardgate_codec::{Message, TerminalSecret};
+use cardgate_codec::Message;
 use cardgate_domain::entry::EntryBody;
 use cardgate_domain::model::Terminal;
 
@@ -13,13 +13,6 @@ use crate::records::{StateWrite, Writes};
 use crate::txn::{Pending, Txn};
 
 impl Ledger {
-    /// What sign-on needs: the terminal's secret and the last sequence number recorded
-    /// for it.
-    pub fn sign_on(&self, terminal_id: u64) -> Option<(TerminalSecret, u64)> {
-        let t = self.state.terminal(terminal_id).filter(|t| !t.locked)?;
-        Some((TerminalSecret(t.info.secret), t.last_seq))
-    }
-
     /// Records the time of the terminal's last authenticated contact.
     pub fn touch_terminal(&self, terminal_id: u64) {
         let now = self.now_ms();
@@ -114,8 +107,12 @@ impl Ledger {
         lag
     }
 
-    /// Registers a terminal or replaces its registration (keeping its sequence memory).
-    pub async fn register_terminal(&self, t: Terminal) -> Result<u64, LedgerError> {
+    /// Registers a terminal or replaces its registration (keeping its sequence memory)
+    /// as data directories before the registry did: a `TerminalRegistered` entry with the
+    /// secret in clear. For tests and old-format fixtures only; the daemon registers
+    /// terminals through `register_terminal_new` (sealed), and nothing it serves calls
+    /// this.
+    pub async fn register_terminal_unsealed(&self, t: Terminal) -> Result<u64, LedgerError> {
         let txn = Txn::begin(self.journal()).await?;
         let sent = {
             let _desk = self.state.desk_lock();

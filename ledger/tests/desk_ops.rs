@@ -68,7 +68,7 @@ fn person(id: &str) -> NewPerson {
 }
 
 async fn pos(l: &Ledger) {
-    l.register_terminal(Terminal {
+    l.register_terminal_unsealed(Terminal {
         id: 1,
         secret: [1; 32],
         kind: TerminalKind::Pos,

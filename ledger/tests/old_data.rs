@@ -83,7 +83,7 @@ async fn a_data_directory_of_the_older_build_recovers_to_its_state() {
     assert_eq!(got, expected);
 
     // It keeps working: a purchase on the next sequence number, and again after a restart.
-    let last = l.sign_on(2).unwrap().1;
+    let last = l.sign_on_secrets(2).unwrap().last_seq;
     let before = l.account(1).unwrap().balance;
     let p = Purchase {
         tx_seq: last + 1,

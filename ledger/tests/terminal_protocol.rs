@@ -72,7 +72,7 @@ async fn a_number_is_answerable_exactly_while_among_the_last_32() {
             approved(&first[&seq]);
         }
         let f = f.restart();
-        assert_eq!(f.ledger.sign_on(POS).map(|(_, s)| s), Some(100), "{name}");
+        assert_eq!(f.ledger.sign_on_secrets(POS).map(|s| s.last_seq), Some(100), "{name}");
         for seq in [69, 70, 100] {
             assert_eq!(f.buy(POS, seq, 101, 1_00).await, first[&seq], "{name}: retry of {seq}");
         }
@@ -110,7 +110,7 @@ async fn a_number_is_answerable_exactly_while_among_the_last_32() {
         );
 
         let f = f.restart();
-        assert_eq!(f.ledger.sign_on(POS).map(|(_, s)| s), Some(103), "{name}");
+        assert_eq!(f.ledger.sign_on_secrets(POS).map(|s| s.last_seq), Some(103), "{name}");
         assert_eq!(
             f.reverse(POS, 102, 71, 101, 1_00).await,
             refund,

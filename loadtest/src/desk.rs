@@ -27,6 +27,12 @@ const ERROR_BODY_BYTES_MAX: usize = 512;
 /// The text that `--lost-card-endpoint` replaces with the card number.
 pub const CARD_PLACEHOLDER: &str = "{card}";
 
+/// The gateway's own loss-report route (`POST /api/v1/cards/{no}/lost`) on its default
+/// admin address: what `--help` shows, and what the end-to-end tests report a card lost
+/// through against the real daemon, so that the example cannot name a route that does
+/// not exist.
+pub const LOST_CARD_ENDPOINT_EXAMPLE: &str = "http://127.0.0.1:7780/api/v1/cards/{card}/lost";
+
 #[derive(Debug, thiserror::Error)]
 pub enum DeskError {
     #[error("the lost-card endpoint {0:?} is not an http:// URL with a host")]

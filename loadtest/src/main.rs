@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
-use cardgate_loadtest::desk::HttpCardDesk;
+use cardgate_loadtest::desk::{HttpCardDesk, LOST_CARD_ENDPOINT_EXAMPLE};
 use cardgate_loadtest::mix::Mix;
 use cardgate_loadtest::run::{RunConfig, run};
 use cardgate_loadtest::source::parse_source_addrs;
@@ -31,11 +31,7 @@ const FD_HEADROOM: u64 = 256;
 #[command(
     name = "cardgate-loadtest",
     about = "Terminal simulator for cardgate: a campus of POS terminals at lunch time",
-    after_help = "Examples:\n  \
-      closed loop, max throughput:  cardgate-loadtest --target 127.0.0.1:7700 --terminals 1000 --duration 10\n  \
-      open loop at 30,000/s:        cardgate-loadtest --target 127.0.0.1:7700 --terminals 10000 --ramp-up 5 --rate 30000 --duration 20\n  \
-      money adds up:                cardgate-loadtest --target 127.0.0.1:7700 --terminals 256 --duration 10 --check-conservation\n  \
-      lost cards mid-run:           ... --lost-cards 20 --lost-card-endpoint 'http://127.0.0.1:9800/v1/cards/{card}/report-lost'"
+    after_help = after_help()
 )]
 struct Args {
     /// Gateway terminal address.
@@ -103,7 +99,8 @@ struct Args {
     lost_cards: u64,
     /// Operator API endpoint that reports a card lost: POSTed with
     /// {"card_no": N, "reason": "cardgate-loadtest"}; "{card}" in the URL is replaced by
-    /// the card number.
+    /// the card number. The gateway's own is
+    /// http://ADMIN_LISTEN/api/v1/cards/{card}/lost, with a card_desk token.
     #[arg(long)]
     lost_card_endpoint: Option<String>,
     /// Bearer token for the operator API.
@@ -123,6 +120,17 @@ struct Args {
     /// Print the report as JSON on stdout (and no progress bar).
     #[arg(long)]
     json: bool,
+}
+
+fn after_help() -> String {
+    format!(
+        "Examples:\n  \
+         closed loop, max throughput:  cardgate-loadtest --target 127.0.0.1:7700 --terminals 1000 --duration 10\n  \
+         open loop at 30,000/s:        cardgate-loadtest --target 127.0.0.1:7700 --terminals 10000 --ramp-up 5 --rate 30000 --duration 20\n  \
+         money adds up:                cardgate-loadtest --target 127.0.0.1:7700 --terminals 256 --duration 10 --check-conservation\n  \
+         lost cards mid-run:           ... --lost-cards 20 --lost-card-endpoint '{LOST_CARD_ENDPOINT_EXAMPLE}' \
+         --admin-token TOKEN"
+    )
 }
 
 /// A parsed `--source-addrs` (a newtype, so that clap takes it as one value).

@@ -880,4 +880,38 @@ fn the_command_line_sets_and_resets_console_passwords() {
         Some("/console/password"),
         "to be replaced at once"
     );
+    let csrf = b.csrf();
+    let r = b.post(
+        "/console/password",
+        &[
+            ("csrf", &csrf),
+            ("current", "reset-from-cli-1"),
+            ("password", "zhao-own-22"),
+            ("repeat", "zhao-own-22"),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        b.get("/console/desk").status,
+        200,
+        "the session lives on under its own change"
+    );
+
+    // With the daemon running, the command goes through its control socket, and the
+    // reset ends the sessions signed in under the old password.
+    std::fs::write(&file, "reset-while-up-1\n").unwrap();
+    let (ok, _, err) = run(&[
+        "operator",
+        "password",
+        "zhao",
+        "--password-file",
+        file.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let r = b.get("/console/desk");
+    assert_eq!(r.status, 303, "signed out by the reset");
+    let r = b.sign_in("zhao", "reset-while-up-1");
+    assert_eq!(r.header("location"), Some("/console/password"));
+    let (ok, list, _) = run(&["operator", "list"]);
+    assert!(ok && list.contains("script\tdata_admin\tenabled\ttoken only"), "{list}");
 }

@@ -815,17 +815,6 @@ async fn every_endpoint_group_answers_401_without_a_token_and_403_to_the_wrong_r
     assert_eq!(st, 404);
 }
 
-#[tokio::test]
-async fn the_operator_cli_says_so_when_the_daemon_holds_the_data_directory() {
-    let dir = tempfile::tempdir().unwrap();
-    let k = start(dir.path());
-    let err = operator_add(dir.path(), "late", "card_desk").unwrap_err();
-    assert!(err.contains("in use by a running cardgate"), "{err}");
-    let err = operator_add(dir.path(), "x", "root").unwrap_err();
-    assert!(err.contains("unknown role"), "{err}");
-    drop(k);
-}
-
 /// What the desk did, read back through the API.
 fn state(k: &Desk, accounts: &[u64], cards: &[u64]) -> Value {
     let acc: Vec<Value> = accounts

@@ -28,6 +28,8 @@ pub struct Daemon {
     /// Listener addresses by kind, as the daemon logged them ("terminals", "metrics", ...).
     pub addrs: HashMap<String, SocketAddr>,
     log: Arc<Mutex<Vec<String>>>,
+    /// Reads stderr into `log`; ends at the daemon's exit.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Daemon {
@@ -37,7 +39,7 @@ impl Daemon {
     }
 
     pub fn start_with(data_dir: &Path, extra_args: &[&str]) -> Daemon {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cardgate"));
+        let mut cmd = cardgate();
         cmd.arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
@@ -45,8 +47,14 @@ impl Daemon {
             .args(["--admin-listen", "127.0.0.1:0"])
             .args(["--demo-accounts", &DEMO_ACCOUNTS.to_string()])
             .args(["--demo-terminals", &DEMO_TERMINALS.to_string()])
-            .args(extra_args)
-            .env("RUST_LOG", "info")
+            .args(extra_args);
+        Daemon::spawn(cmd, data_dir)
+    }
+
+    /// Starts `cmd` (a `cardgate serve` with whatever arguments, environment and working
+    /// directory the test chose) and waits until it listens for terminals.
+    pub fn spawn(mut cmd: Command, data_dir: &Path) -> Daemon {
+        cmd.env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -54,7 +62,7 @@ impl Daemon {
         let stderr = child.stderr.take().expect("piped stderr");
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
-        {
+        let reader = {
             let log = log.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -67,8 +75,8 @@ impl Daemon {
                     log.lock().unwrap().push(line);
                 }
                 let _ = tx.send(None);
-            });
-        }
+            })
+        };
         let mut addrs = HashMap::new();
         let deadline = Instant::now() + START_TIMEOUT;
         while !addrs.contains_key("terminals") {
@@ -88,6 +96,24 @@ impl Daemon {
             data_dir: data_dir.to_path_buf(),
             addrs,
             log,
+            reader: Some(reader),
+        }
+    }
+
+    /// Waits for a log line that `matches` and returns it. The wait is a guard against a
+    /// hang, not a measurement: the line either comes or the test fails after a minute.
+    pub fn wait_for_log(&self, matches: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(l) = self.log.lock().unwrap().iter().find(|l| matches(l)) {
+                return l.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no such log line; log:\n{}",
+                self.log().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -124,7 +150,12 @@ impl Daemon {
     }
 
     /// SIGTERM, then wait for a clean exit.
-    pub fn terminate(mut self) -> ExitStatus {
+    pub fn terminate(self) -> ExitStatus {
+        self.terminate_with_log().0
+    }
+
+    /// SIGTERM, wait for the exit, and return the whole log, shutdown included.
+    pub fn terminate_with_log(mut self) -> (ExitStatus, Vec<String>) {
         let mut c = self.child.take().expect("running");
         let ok = Command::new("kill")
             .args(["-TERM", &c.id().to_string()])
@@ -132,13 +163,17 @@ impl Daemon {
             .expect("run kill");
         assert!(ok.success());
         let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
+        let status = loop {
             if let Some(status) = c.try_wait().expect("wait cardgate") {
-                return status;
+                break status;
             }
             assert!(Instant::now() < deadline, "cardgate did not exit after SIGTERM");
             std::thread::sleep(Duration::from_millis(20));
+        };
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
         }
+        (status, self.log())
     }
 
     pub fn log(&self) -> Vec<String> {
@@ -184,10 +219,32 @@ fn parse_listening(line: &str) -> Option<(String, SocketAddr)> {
     Some((kind, addr))
 }
 
+/// The variables `cardgate serve` reads its configuration from: a test sets the ones it
+/// means to, never inherits them from whoever runs the tests.
+const CONFIG_VARIABLES: [&str; 6] = [
+    "CARDGATE_CONFIG",
+    "CARDGATE_LISTEN",
+    "CARDGATE_METRICS_LISTEN",
+    "CARDGATE_ADMIN_LISTEN",
+    "CARDGATE_DATA_DIR",
+    "CARDGATE_CENTRAL",
+];
+
+/// The `cardgate` binary with a clean configuration environment. Backtraces on, as on
+/// many operators' machines: an error must still be one line, and a panic shows.
+pub fn cardgate() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cardgate"));
+    c.env("RUST_BACKTRACE", "1").env_remove("RUST_LOG");
+    for v in CONFIG_VARIABLES {
+        c.env_remove(v);
+    }
+    c
+}
+
 /// `cardgate operator add NAME --role ROLE --data-dir DIR`: the token it prints, or the
 /// error it ends with.
 pub fn operator_add(data_dir: &Path, name: &str, role: &str) -> Result<String, String> {
-    let out = Command::new(env!("CARGO_BIN_EXE_cardgate"))
+    let out = cardgate()
         .args(["operator", "add", name, "--role", role, "--data-dir"])
         .arg(data_dir)
         .env("RUST_BACKTRACE", "0")
@@ -297,4 +354,33 @@ pub fn card(account: u64) -> CardNo {
 
 pub fn secret(terminal: u64) -> TerminalSecret {
     demo_secret(terminal)
+}
+
+/// One admin API call with a bearer token and, optionally, an Idempotency-Key.
+pub fn api_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: &str,
+    key: Option<&str>,
+    body: &str,
+) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect for HTTP");
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(k) = key {
+        req.push_str(&format!("Idempotency-Key: {k}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body.as_bytes()).unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, rest) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, rest.to_string())
 }

@@ -5,10 +5,7 @@
 //! record a call changed finds its audit record; an expired card is not issued;
 //! consumption details that show every request, in yuan.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::time::Duration;
 
 use cardgate_codec::{CardNo, DeclineReason, Message};
 use serde_json::{Value, json};
@@ -62,7 +59,7 @@ impl Kit {
         } else {
             body.to_string()
         };
-        let (st, text) = request(self.d.admin_addr(), method, path, token, key, &b);
+        let (st, text) = api_request(self.d.admin_addr(), method, path, token, key, &b);
         let json = if text.is_empty() {
             Value::Null
         } else {
@@ -122,27 +119,6 @@ enum Stop {
 }
 
 /// One HTTP/1.1 request with an optional Idempotency-Key; the status and the body.
-fn request(addr: SocketAddr, method: &str, path: &str, token: &str, key: Option<&str>, body: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).expect("connect for HTTP");
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if let Some(k) = key {
-        req.push_str(&format!("Idempotency-Key: {k}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    s.write_all(body.as_bytes()).unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    let (head, rest) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (status, rest.to_string())
-}
-
 fn declined(m: &Message) -> Option<DeclineReason> {
     match m {
         Message::Declined(d) => Some(d.reason),
@@ -461,7 +437,9 @@ async fn a_retried_desk_call_with_its_key_is_applied_once() {
     let copies: Vec<_> = (0..8)
         .map(|_| {
             let (desk, topup) = (desk.clone(), topup.clone());
-            std::thread::spawn(move || request(addr, "POST", &topup, &desk, Some("at-once"), r#"{"amount":"10.00"}"#))
+            std::thread::spawn(move || {
+                api_request(addr, "POST", &topup, &desk, Some("at-once"), r#"{"amount":"10.00"}"#)
+            })
         })
         .collect();
     let answers: Vec<(u16, String)> = copies.into_iter().map(|c| c.join().unwrap()).collect();

@@ -8,7 +8,7 @@ use std::str::FromStr;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -27,10 +27,16 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use super::{ADMIN_BODY_BYTES_MAX, AdminState, ApiError, Done, idempotency_key};
+use super::{ADMIN_BODY_BYTES_MAX, AdminState, ApiError, BULK_BODY_BYTES_MAX, Done, idempotency_key, with_body_limit};
 
 pub fn router(state: AdminState) -> Router {
-    Router::new()
+    // A whole campus in one call is what these three are for; every other route takes
+    // a small body. `guard` keeps both from anyone without a token.
+    let bulk = Router::new()
+        .route("/api/v1/imports", post(import))
+        .route("/api/v1/grants", post(grants))
+        .route("/api/v1/cancellations", post(cancel_batch));
+    let api = Router::new()
         .route("/api/v1/whoami", get(whoami))
         .route("/api/v1/persons", post(open_person))
         .route("/api/v1/persons/{id}", get(get_person).patch(update_person))
@@ -44,10 +50,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/cards/{no}", get(get_card))
         .route("/api/v1/cards/{no}/transactions", get(card_history))
         .route("/api/v1/cards/{no}/{action}", post(card_action))
-        .route("/api/v1/cancellations", post(cancel_batch))
-        .route("/api/v1/grants", post(grants))
         .route("/api/v1/fees", get(fee_list))
-        .route("/api/v1/imports", post(import))
         .route("/api/v1/params", get(get_params).put(put_params))
         .route("/api/v1/operators", get(list_operators).post(add_operator))
         .route("/api/v1/operators/{id}/disable", post(disable_operator))
@@ -58,42 +61,18 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/blacklist", get(blacklist))
         .route("/api/v1/blacklist/changes", get(blacklist_changes))
         .route("/api/v1/doors", get(doors))
-        .route("/api/v1/attendance", get(attendance))
-        .layer(DefaultBodyLimit::max(ADMIN_BODY_BYTES_MAX))
+        .route("/api/v1/attendance", get(attendance));
+    let api = api.merge(super::registry::api());
+    let bulk = bulk.merge(super::registry::bulk());
+    with_body_limit(api, ADMIN_BODY_BYTES_MAX)
+        .merge(with_body_limit(bulk, BULK_BODY_BYTES_MAX))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), super::guard))
         .with_state(state)
 }
 
 // ---- helpers --------------------------------------------------------------------------
 
-macro_rules! auth {
-    ($s:expr, $h:expr, $perm:expr, $action:expr, $target:expr) => {
-        match $s.auth(&$h, $perm, $action, &$target).await {
-            Ok(actor) => actor,
-            Err(e) => return e.into_response(),
-        }
-    };
-}
-
-/// The call's idempotency key (or none), or its refusal as the answer.
-macro_rules! key {
-    ($h:expr, $action:expr, $target:expr, $extra:expr, $body:expr) => {
-        match idempotency_key(&$h, $action, &$target, $extra, &$body) {
-            Ok(k) => k,
-            Err(e) => return e.into_response(),
-        }
-    };
-}
-
-macro_rules! tryr {
-    ($e:expr) => {
-        match $e {
-            Ok(v) => v,
-            Err(e) => return ApiError::from(e).into_response(),
-        }
-    };
-}
-
-fn json_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+pub(super) fn json_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the JSON body does not parse: {e}")))
 }
 
@@ -112,11 +91,11 @@ fn parse_amount(s: &str) -> Result<i64, ApiError> {
     to_fen(d).ok_or_else(|| ApiError::unprocessable(format!("amount {s:?} has more than two decimal places")))
 }
 
-fn parse_card(s: &str) -> Result<CardNo, ApiError> {
+pub(super) fn parse_card(s: &str) -> Result<CardNo, ApiError> {
     cardgate_domain::rules::input::parse_card_no(s).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
-fn parse_id(s: &str, what: &str) -> Result<u64, ApiError> {
+pub(super) fn parse_id(s: &str, what: &str) -> Result<u64, ApiError> {
     s.parse()
         .map_err(|_| ApiError::bad_request(format!("{what} {s:?} is not a number")))
 }
@@ -239,7 +218,7 @@ fn time_bound(q: &HashMap<String, String>, key: &str, tz: i32, end: bool) -> Res
 
 /// Whether the caller asked for CSV: `format=csv`, or `Accept: text/csv`. Any other
 /// `format` than json or csv is refused rather than answered in a format not asked for.
-fn wants_csv(q: &HashMap<String, String>, headers: &HeaderMap) -> Result<bool, ApiError> {
+pub(super) fn wants_csv(q: &HashMap<String, String>, headers: &HeaderMap) -> Result<bool, ApiError> {
     match q.get("format").map(String::as_str) {
         Some("csv") => Ok(true),
         Some("json") => Ok(false),
@@ -253,11 +232,11 @@ fn wants_csv(q: &HashMap<String, String>, headers: &HeaderMap) -> Result<bool, A
     }
 }
 
-fn csv_response(text: String) -> Response {
+pub(super) fn csv_response(text: String) -> Response {
     ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], text).into_response()
 }
 
-fn csv_field(s: &str) -> String {
+pub(super) fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
@@ -268,12 +247,8 @@ fn csv_field(s: &str) -> String {
 // ---- whoami, persons, accounts ----------------------------------------------------------
 
 async fn whoami(State(s): State<AdminState>, headers: HeaderMap) -> Response {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match token.and_then(|t| s.ledger.authenticate(t.trim())) {
-        Some(op) => {
+    match s.identify(&headers).await {
+        Ok(op) => {
             let allowed: Vec<&str> = Permission::ALL
                 .iter()
                 .filter(|p| op.role.allows(**p))
@@ -281,10 +256,7 @@ async fn whoami(State(s): State<AdminState>, headers: HeaderMap) -> Response {
                 .collect();
             axum::Json(json!({ "operator": operator_json(&op), "groups": allowed })).into_response()
         }
-        None => match s.auth(&headers, Permission::Persons, "whoami", "").await {
-            Ok(_) => ApiError::new(StatusCode::UNAUTHORIZED, "a valid bearer token is required").into_response(),
-            Err(e) => e.into_response(),
-        },
+        Err(e) => e.into_response(),
     }
 }
 
@@ -1134,14 +1106,6 @@ struct PasswordBody {
     current: Option<String>,
 }
 
-fn bearer(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| t.trim().to_string())
-}
-
 /// Sets an operator's console password. Every operator may change its own (giving the
 /// present one); setting another's is a reset, which needs the operators permission
 /// (only a director resets a director's) and makes its owner choose a new one at the
@@ -1154,13 +1118,19 @@ async fn set_password(
     body: Bytes,
 ) -> Response {
     let target = format!("operator:{id}");
-    let token = bearer(&headers);
+    let token = super::bearer_token(&headers).map(str::to_string);
     let caller = token.as_deref().and_then(|t| s.operator_of(t));
     let own = caller.as_ref().is_some_and(|op| op.id.to_string() == id);
     let (actor, action) = match caller {
         Some(op) if own => {
             metrics::counter!("cardgate_admin_requests_total", "group" => "self").increment(1);
-            (cardgate_domain::operator::Actor::of(&op), "operator.password")
+            // Refusals it decides (a wrong present password) count under the
+            // operators group, like those of a reset.
+            let authed = super::Authed {
+                actor: cardgate_domain::operator::Actor::of(&op),
+                group: Permission::Operators,
+            };
+            (authed, "operator.password")
         }
         _ => (
             auth!(s, headers, Permission::Operators, "operator.password_reset", target),

@@ -91,6 +91,12 @@ impl Ledger {
         self.state.password(operator_id).is_some()
     }
 
+    /// When the operator's console password was last set: a session signed in under an
+    /// older one is over.
+    pub fn password_set_ms(&self, operator_id: u64) -> Option<i64> {
+        self.state.password(operator_id).map(|p| p.set_ms)
+    }
+
     /// Sets an operator's console password. `must_change` asks its owner for a new one
     /// at the next sign-in (set it when someone else chose this one).
     pub async fn set_password(

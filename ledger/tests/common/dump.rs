@@ -40,7 +40,7 @@ pub fn dump(l: &Ledger, scope: &Scope) -> Value {
             json!({
                 "id": id,
                 "terminal": l.terminal(*id),
-                "last_seq": l.sign_on(*id).map(|(_, seq)| seq),
+                "last_seq": l.sign_on_secrets(*id).map(|s| s.last_seq),
             })
         })
         .collect();

@@ -251,7 +251,14 @@ async fn require_session(State(c): State<Console>, mut req: Request, next: Next)
         let to = format!("/console/sign-in?next={}", view::urlencode(&here));
         return Redirect::to(&to).into_response();
     };
-    let Some(operator) = c.admin.ledger.operator(session.operator_id).filter(|o| o.enabled) else {
+    // Disabled, or its password set anew since this session signed in (a reset from the
+    // API, the console or the command line): the session is over.
+    let operator = c
+        .admin
+        .ledger
+        .operator(session.operator_id)
+        .filter(|o| o.enabled && c.admin.ledger.password_set_ms(o.id) == session.password_set_ms);
+    let Some(operator) = operator else {
         c.admin.console.end(&cookie);
         return Redirect::to("/console/sign-in").into_response();
     };
@@ -454,6 +461,7 @@ impl Console {
         self.admin
             .auth(&signed.api_headers(), p, action, target)
             .await
+            .map(|a| a.actor)
             .map_err(|e| self.refusal(signed, e.status, &e.message))
     }
 
@@ -659,7 +667,8 @@ async fn sign_in(
         SignIn::Valid { operator, must_change } => {
             c.admin.console.succeeded(&name);
             metrics::counter!("cardgate_console_sign_ins_total", "outcome" => "ok").increment(1);
-            let cookie = c.admin.console.create(&operator, must_change, now);
+            let set_ms = c.admin.ledger.password_set_ms(operator.id);
+            let cookie = c.admin.console.create(&operator, must_change, set_ms, now);
             c.audit_sign_in(
                 Some(Actor::of(&operator)),
                 "console.sign_in",
@@ -787,7 +796,9 @@ async fn change_password(State(c): State<Console>, signed: Signed, f: Fields) ->
     if !a.ok() {
         return password_form(&c, &signed, a.status, Some(("error", a.error())));
     }
-    c.admin.console.set_must_change(&signed.cookie, false);
+    c.admin
+        .console
+        .password_changed(&signed.cookie, c.admin.ledger.password_set_ms(signed.operator.id));
     let mut signed = signed;
     signed.session.must_change = false;
     let text = lang.t(

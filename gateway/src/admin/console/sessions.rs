@@ -70,6 +70,9 @@ pub struct Session {
     pub last_ms: i64,
     /// The password was set by someone else: nothing but choosing a new one until then.
     pub must_change: bool,
+    /// When the password the session signed in with was set: another one set since
+    /// (by anyone, by any path) ends the session.
+    pub password_set_ms: Option<i64>,
     pub pending_import: Option<PendingImport>,
 }
 
@@ -117,7 +120,7 @@ impl Sessions {
     }
 
     /// Starts a session for `op`; returns its cookie value.
-    pub fn create(&self, op: &Operator, must_change: bool, now_ms: i64) -> String {
+    pub fn create(&self, op: &Operator, must_change: bool, password_set_ms: Option<i64>, now_ms: i64) -> String {
         let cookie = random_hex();
         let session = Session {
             operator_id: op.id,
@@ -126,6 +129,7 @@ impl Sessions {
             created_ms: now_ms,
             last_ms: now_ms,
             must_change,
+            password_set_ms,
             pending_import: None,
         };
         let mut g = self.lock();
@@ -186,9 +190,12 @@ impl Sessions {
         by_key.retain(|_, c| by_cookie.contains_key(c));
     }
 
-    pub fn set_must_change(&self, cookie: &str, must_change: bool) {
+    /// The session's own operator chose a new password through it: it lives on under
+    /// the new one.
+    pub fn password_changed(&self, cookie: &str, password_set_ms: Option<i64>) {
         if let Some(s) = self.lock().by_cookie.get_mut(&digest(cookie)) {
-            s.must_change = must_change;
+            s.must_change = false;
+            s.password_set_ms = password_set_ms;
         }
     }
 
@@ -257,6 +264,11 @@ impl Sessions {
     }
 
     #[cfg(test)]
+    fn create_for(&self, op: &Operator, must_change: bool, now_ms: i64) -> String {
+        self.create(op, must_change, None, now_ms)
+    }
+
+    #[cfg(test)]
     fn len(&self) -> usize {
         self.lock().by_cookie.len()
     }
@@ -281,7 +293,7 @@ mod tests {
     #[test]
     fn a_session_lives_while_used_and_ends_when_idle_or_too_old() {
         let s = Sessions::default();
-        let cookie = s.create(&op(1), false, 0);
+        let cookie = s.create_for(&op(1), false, 0);
         let key = s.touch(&cookie, 1).unwrap().api_key;
         assert!(key.starts_with(SESSION_KEY_PREFIX));
         assert_eq!(s.operator_of_key(&key, 2), Some(1));
@@ -300,7 +312,7 @@ mod tests {
             "ended, not just hidden"
         );
 
-        let cookie = s.create(&op(1), false, 0);
+        let cookie = s.create_for(&op(1), false, 0);
         let mut now = 0;
         while now + 60_000 < SESSION_LIFETIME_MS {
             now += 20 * 60_000;
@@ -314,8 +326,8 @@ mod tests {
     #[test]
     fn sign_out_ends_the_session_and_its_api_key() {
         let s = Sessions::default();
-        let cookie = s.create(&op(1), false, 0);
-        let other = s.create(&op(2), false, 0);
+        let cookie = s.create_for(&op(1), false, 0);
+        let other = s.create_for(&op(2), false, 0);
         let key = s.touch(&cookie, 0).unwrap().api_key;
         assert!(s.end(&cookie).is_some());
         assert!(s.touch(&cookie, 1).is_none());
@@ -328,9 +340,9 @@ mod tests {
     #[test]
     fn ending_an_operators_sessions_keeps_the_one_that_asked() {
         let s = Sessions::default();
-        let a = s.create(&op(1), false, 0);
-        let b = s.create(&op(1), false, 0);
-        let c = s.create(&op(2), false, 0);
+        let a = s.create_for(&op(1), false, 0);
+        let b = s.create_for(&op(1), false, 0);
+        let c = s.create_for(&op(2), false, 0);
         let key = s.touch(&a, 0).unwrap().api_key;
         s.end_operator_except_key(1, Some(&key));
         assert!(s.touch(&a, 1).is_some());
@@ -344,10 +356,10 @@ mod tests {
     #[test]
     fn sessions_are_bounded_and_the_longest_idle_goes_first() {
         let s = Sessions::default();
-        let first = s.create(&op(1), false, 0);
+        let first = s.create_for(&op(1), false, 0);
         let mut last = String::new();
         for i in 1..=SESSIONS_MAX as i64 {
-            last = s.create(&op(2), false, i);
+            last = s.create_for(&op(2), false, i);
         }
         assert_eq!(s.len(), SESSIONS_MAX);
         assert!(
@@ -385,7 +397,7 @@ mod tests {
     fn checked_files_waiting_are_bounded_across_sessions() {
         let s = Sessions::default();
         let cookies: Vec<String> = (0..PENDING_IMPORTS_MAX as u64 + 1)
-            .map(|i| s.create(&op(i + 1), false, 0))
+            .map(|i| s.create_for(&op(i + 1), false, 0))
             .collect();
         for (i, c) in cookies.iter().enumerate() {
             s.set_pending_import(
