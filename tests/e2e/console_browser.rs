@@ -10,6 +10,7 @@
 //! which makes their absence a failure. With `CARDGATE_SCREENSHOTS=1` it writes the
 //! screenshots of the main pages into `docs/console/`.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -45,7 +46,8 @@ fn browser_tools() -> Option<(PathBuf, PathBuf)> {
     None
 }
 
-/// A chromedriver on a free local port, killed when dropped.
+/// A chromedriver on a free local port in a process group of its own, killed with the
+/// browsers it started when dropped: a failing test must not leave Chromium running.
 struct Driver {
     child: Child,
     url: String,
@@ -53,7 +55,13 @@ struct Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // The group's id is chromedriver's pid; Chromium inherits the group. kill(1)
+        // rather than libc: the test crate stays free of unsafe code.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
         let _ = self.child.wait();
     }
 }
@@ -65,6 +73,7 @@ fn start_driver(path: &Path) -> Driver {
         .port();
     let child = Command::new(path)
         .arg(format!("--port={port}"))
+        .process_group(0)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
