@@ -5,8 +5,8 @@
 //! not have yet. The daemon therefore listens on a Unix socket inside its data
 //! directory (`control.sock`, mode 0600) and accepts a connection only from the user
 //! who owns the data directory, or root: exactly who could open the directory with the
-//! daemon stopped. It speaks one JSON line each way, for the two operator commands
-//! only; everything else belongs to the admin API.
+//! daemon stopped. It speaks one JSON line each way, for the operator commands only
+//! (add, list, set a console password); everything else belongs to the admin API.
 
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -26,7 +26,8 @@ use tokio_util::task::TaskTracker;
 /// The socket's name inside the data directory.
 pub const SOCKET_FILE: &str = "control.sock";
 
-/// A request is one line naming an operator and a role; 4 KiB is far beyond any, and it
+/// A request is one line naming an operator, a role and perhaps a password (at most
+/// `PASSWORD_BYTES_MAX`); 4 KiB is far beyond any, and it
 /// bounds what a local client can make the daemon buffer.
 const REQUEST_BYTES_MAX: usize = 4096;
 
@@ -38,8 +39,19 @@ const EXCHANGE_TIMEOUT_MS: u64 = 10_000;
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
-    OperatorAdd { name: String, role: String },
+    OperatorAdd {
+        name: String,
+        role: String,
+        /// A first console password, to be changed at the first sign-in.
+        #[serde(default)]
+        password: Option<String>,
+    },
     OperatorList,
+    /// Sets (resets) a console password, to be changed at the next sign-in.
+    OperatorPassword {
+        name: String,
+        password: String,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -47,6 +59,7 @@ pub enum Request {
 pub enum Reply {
     Added { operator: OperatorLine, token: String },
     Operators { operators: Vec<OperatorLine> },
+    PasswordSet { operator: OperatorLine },
     Refused { error: String },
 }
 
@@ -57,17 +70,30 @@ pub struct OperatorLine {
     pub name: String,
     pub role: String,
     pub enabled: bool,
+    /// It has a console password.
+    #[serde(default)]
+    pub password: bool,
 }
 
-impl From<&Operator> for OperatorLine {
-    fn from(o: &Operator) -> OperatorLine {
+impl OperatorLine {
+    pub fn new(o: &Operator, password: bool) -> OperatorLine {
         OperatorLine {
             id: o.id,
             name: o.name.clone(),
             role: o.role.as_str().to_string(),
             enabled: o.enabled,
+            password,
         }
     }
+}
+
+/// Every operator as the command line prints it.
+pub fn operator_lines(ledger: &Ledger) -> Vec<OperatorLine> {
+    ledger
+        .operators()
+        .iter()
+        .map(|o| OperatorLine::new(o, ledger.has_password(o.id)))
+        .collect()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,13 +108,48 @@ pub enum ControlError {
     Reply(String),
 }
 
-/// Adds an operator on behalf of the command line: shared by the daemon (over the
-/// socket) and the command line (data directory opened directly).
-pub async fn add_operator(ledger: &Ledger, name: &str, role: &str) -> Result<(Operator, String), String> {
+/// Adds an operator on behalf of the command line, with a first console password if
+/// one is given: shared by the daemon (over the socket) and the command line (data
+/// directory opened directly).
+pub async fn add_operator(
+    ledger: &Ledger,
+    name: &str,
+    role: &str,
+    password: Option<&str>,
+) -> Result<(Operator, String), String> {
     let role = parse_role(role)?;
-    ledger
-        .add_operator(&By::actor(&Actor::cli()), name, role)
+    if let Some(p) = password {
+        // Checked before the operator exists, so that a bad one adds nothing.
+        cardgate_domain::operator::validate_password(p).map_err(|e| format!("{}; nothing changed", e.0))?;
+    }
+    let cli = Actor::cli();
+    let (op, token) = ledger
+        .add_operator(&By::actor(&cli), name, role)
         .await
+        .map_err(|e| e.to_string())?;
+    if let Some(p) = password {
+        // Chosen by whoever set the operator up: its owner picks their own at the
+        // first sign-in.
+        ledger
+            .set_password(&By::actor(&cli), op.id, p, true)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok((op, token))
+}
+
+/// Sets an operator's console password on behalf of the command line; its owner
+/// chooses a new one at the next sign-in.
+pub async fn set_password(ledger: &Ledger, name: &str, password: &str) -> Result<Operator, String> {
+    let op = ledger
+        .operators()
+        .into_iter()
+        .find(|o| o.name == name)
+        .ok_or_else(|| format!("no operator named {name}"))?;
+    ledger
+        .set_password(&By::actor(&Actor::cli()), op.id, password, true)
+        .await
+        .map(|r| r.operator)
         .map_err(|e| e.to_string())
 }
 
@@ -176,18 +237,29 @@ async fn exchange(stream: UnixStream, ledger: &Ledger) {
 
 async fn answer(req: Request, ledger: &Ledger) -> Reply {
     match req {
-        Request::OperatorAdd { name, role } => match add_operator(ledger, &name, &role).await {
-            Ok((op, token)) => {
-                tracing::info!(operator = %op.name, role = op.role.as_str(), "operator added from the command line");
-                Reply::Added {
-                    operator: OperatorLine::from(&op),
-                    token,
+        Request::OperatorAdd { name, role, password } => {
+            match add_operator(ledger, &name, &role, password.as_deref()).await {
+                Ok((op, token)) => {
+                    tracing::info!(operator = %op.name, role = op.role.as_str(), "operator added from the command line");
+                    Reply::Added {
+                        operator: OperatorLine::new(&op, password.is_some()),
+                        token,
+                    }
+                }
+                Err(error) => Reply::Refused { error },
+            }
+        }
+        Request::OperatorList => Reply::Operators {
+            operators: operator_lines(ledger),
+        },
+        Request::OperatorPassword { name, password } => match set_password(ledger, &name, &password).await {
+            Ok(op) => {
+                tracing::info!(operator = %op.name, "console password set from the command line");
+                Reply::PasswordSet {
+                    operator: OperatorLine::new(&op, true),
                 }
             }
             Err(error) => Reply::Refused { error },
-        },
-        Request::OperatorList => Reply::Operators {
-            operators: ledger.operators().iter().map(OperatorLine::from).collect(),
         },
     }
 }

@@ -40,6 +40,22 @@ enum OperatorCommand {
         /// sled data directory (default ./data).
         #[arg(long, default_value = "data")]
         data_dir: PathBuf,
+        /// Set a console password, typed at a prompt (not echoed).
+        #[arg(long, conflicts_with = "password_file")]
+        password: bool,
+        /// Set a console password from the first line of FILE (`-`: standard input).
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
+    },
+    /// Set or reset an operator's console password (its owner changes it at the next
+    /// sign-in). Typed at a prompt unless --password-file is given.
+    Password {
+        name: String,
+        #[arg(long, default_value = "data")]
+        data_dir: PathBuf,
+        /// The first line of FILE (`-`: standard input).
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
     },
     /// List operators.
     List {
@@ -146,11 +162,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let defaults = Config::default();
             cardgate::logging::init(defaults.log_format, defaults.tz_offset_minutes);
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            use cardgate::operator_cli::{Cmd, PasswordFrom};
             runtime.block_on(cardgate::operator_cli::run(match cmd {
-                OperatorCommand::Add { name, role, data_dir } => {
-                    cardgate::operator_cli::Cmd::Add { name, role, data_dir }
-                }
-                OperatorCommand::List { data_dir } => cardgate::operator_cli::Cmd::List { data_dir },
+                OperatorCommand::Add {
+                    name,
+                    role,
+                    data_dir,
+                    password,
+                    password_file,
+                } => Cmd::Add {
+                    name,
+                    role,
+                    data_dir,
+                    password: match (password_file, password) {
+                        (Some(f), _) => Some(PasswordFrom::File(f)),
+                        (None, true) => Some(PasswordFrom::Prompt),
+                        (None, false) => None,
+                    },
+                },
+                OperatorCommand::Password {
+                    name,
+                    data_dir,
+                    password_file,
+                } => Cmd::Password {
+                    name,
+                    data_dir,
+                    from: password_file.map_or(PasswordFrom::Prompt, PasswordFrom::File),
+                },
+                OperatorCommand::List { data_dir } => Cmd::List { data_dir },
             }))
         }
     }

@@ -94,6 +94,8 @@ pub const FAMILIES: &[Family] = &[
     family("cardgate_shutdown_phase", G, Unit::Count, "The shutdown phase: 0 running, 1 stop accepting, 2 drain sessions, 3 central flush, 4 committer, 5 stopped."),
     family("cardgate_admin_connections", G, Unit::Count, "Admin API connections open now (capped at limits.admin_connections_max)."),
     family("cardgate_admin_accept_errors_total", C, Unit::Count, "Admin listener accept errors (out of descriptors or memory: backed off)."),
+    family("cardgate_console_sign_ins_total", C, Unit::Count, "Console sign-ins by outcome: ok, failed (wrong name or password), locked (too many failures)."),
+    family("cardgate_console_csrf_refusals_total", C, Unit::Count, "Console forms refused for a missing or wrong CSRF token."),
     family("cardgate_terminals_connected", G, Unit::Count, "Terminals with a signed-on session now, by terminal kind (pos, door, attendance, kiosk)."),
     family("cardgate_terminals_offline", G, Unit::Count, "Enabled terminals without a session and not heard from for health.terminal_offline_after_s, by terminal kind."),
     family("cardgate_request_seconds", H, Unit::Seconds, "Terminal request latency in the gateway, from the frame decoded to its answer written, by message kind and result (approved, declined, error, ok)."),
@@ -230,6 +232,9 @@ fn register_at_zero() {
         "commit" => env!("CARDGATE_GIT_COMMIT")
     )
     .set(1.0);
+    for outcome in ["ok", "failed", "locked"] {
+        metrics::counter!("cardgate_console_sign_ins_total", "outcome" => outcome).absolute(0);
+    }
     for result in SIGN_ON_RESULTS {
         metrics::counter!("cardgate_sign_ons_total", "result" => *result).absolute(0);
     }
@@ -263,6 +268,7 @@ fn register_at_zero() {
         "cardgate_sessions_superseded_total",
         "cardgate_sign_ons_previous_key_total",
         "cardgate_admin_accept_errors_total",
+        "cardgate_console_csrf_refusals_total",
         "cardgate_blacklist_pushes_total",
         "cardgate_blacklist_future_acks_total",
         "cardgate_retries_total",

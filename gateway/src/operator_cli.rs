@@ -1,26 +1,82 @@
-//! `cardgate operator add|list`: the first operator comes from the command line, on the
-//! gateway machine. With the daemon stopped the command opens the data directory
-//! itself; while the daemon runs (it holds sled's lock) the command asks it through the
-//! control socket in the data directory (`control.rs`). Later operators can also come
-//! from the admin API.
+//! `cardgate operator add|password|list`: the first operator comes from the command
+//! line, on the gateway machine. With the daemon stopped the command opens the data
+//! directory itself; while the daemon runs (it holds sled's lock) the command asks it
+//! through the control socket in the data directory (`control.rs`). Later operators can
+//! also come from the admin API or the console.
+//!
+//! A console password is never an argument: arguments are visible to every user of the
+//! machine (`ps`, /proc) and stay in shell histories. It is read from a file (`-` is
+//! standard input, for a secret store piping it in) or typed at a prompt that does not
+//! echo.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
+use cardgate_domain::operator::{PASSWORD_BYTES_MAX, validate_password};
 use cardgate_ledger::{Ledger, LedgerConfig, LedgerError, SystemClock};
 
 use crate::control::{self, OperatorLine, Reply, Request};
+
+/// Where a console password comes from.
+#[derive(Clone, Debug)]
+pub enum PasswordFrom {
+    /// The first line of a file; `-` is standard input.
+    File(PathBuf),
+    /// Typed twice at a prompt without echo.
+    Prompt,
+}
 
 pub enum Cmd {
     Add {
         name: String,
         role: String,
         data_dir: PathBuf,
+        password: Option<PasswordFrom>,
+    },
+    /// Sets (or resets) an operator's console password; its owner is asked for a new
+    /// one at the next sign-in.
+    Password {
+        name: String,
+        data_dir: PathBuf,
+        from: PasswordFrom,
     },
     List {
         data_dir: PathBuf,
     },
+}
+
+/// Reads a password, before the data directory is opened, so that a typo in the prompt
+/// costs nothing.
+fn read_password(from: &PasswordFrom) -> anyhow::Result<String> {
+    let password = match from {
+        PasswordFrom::File(path) => {
+            let mut raw = String::new();
+            if path.as_os_str() == "-" {
+                std::io::stdin()
+                    .take(PASSWORD_BYTES_MAX as u64 + 2)
+                    .read_to_string(&mut raw)
+                    .context("reading the password from standard input")?;
+            } else {
+                std::fs::File::open(path)
+                    .and_then(|f| f.take(PASSWORD_BYTES_MAX as u64 + 2).read_to_string(&mut raw))
+                    .with_context(|| format!("reading the password from {}", path.display()))?;
+            }
+            // One line: the newline a file or `echo` ends it with is not part of it.
+            raw.lines().next().unwrap_or("").to_string()
+        }
+        PasswordFrom::Prompt => {
+            let first = rpassword::prompt_password("console password: ").context("reading the password")?;
+            let again = rpassword::prompt_password("again: ").context("reading the password")?;
+            if first != again {
+                bail!("the two passwords differ; nothing changed");
+            }
+            first
+        }
+    };
+    validate_password(&password).map_err(|e| anyhow::anyhow!("{}; nothing changed", e.0))?;
+    Ok(password)
 }
 
 /// The data directory, opened by us or held by a running daemon.
@@ -96,32 +152,64 @@ async fn close(ledger: Arc<Ledger>, committer: cardgate_journal::CommitterHandle
 
 pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
     match cmd {
-        Cmd::Add { name, role, data_dir } => {
+        Cmd::Add {
+            name,
+            role,
+            data_dir,
+            password,
+        } => {
             control::parse_role(&role).map_err(anyhow::Error::msg)?;
+            let password = password.as_ref().map(read_password).transpose()?;
             check_data_dir(&data_dir, true)?;
             let (op, token) = match open(&data_dir)? {
                 Opened::Here(ledger, committer) => {
-                    let added = control::add_operator(&ledger, &name, &role).await;
+                    let added = control::add_operator(&ledger, &name, &role, password.as_deref()).await;
                     close(ledger, committer).await?;
                     let (op, token) = added.map_err(anyhow::Error::msg)?;
-                    (OperatorLine::from(&op), token)
+                    (OperatorLine::new(&op, password.is_some()), token)
                 }
-                Opened::InUse => match ask(&data_dir, Request::OperatorAdd { name, role }).await? {
+                Opened::InUse => match ask(&data_dir, Request::OperatorAdd { name, role, password }).await? {
                     Reply::Added { operator, token } => (operator, token),
                     other => bail!("unexpected answer from the running gateway: {other:?}"),
                 },
             };
             eprintln!(
-                "operator {} (id {}, role {}) added; its token is shown only now:",
-                op.name, op.id, op.role
+                "operator {} (id {}, role {}) added{}; its token is shown only now:",
+                op.name,
+                op.id,
+                op.role,
+                if op.password {
+                    " with a console password (to be changed at the first sign-in)"
+                } else {
+                    ""
+                }
             );
             println!("{token}");
+        }
+        Cmd::Password { name, data_dir, from } => {
+            let password = read_password(&from)?;
+            check_data_dir(&data_dir, false)?;
+            let op = match open(&data_dir)? {
+                Opened::Here(ledger, committer) => {
+                    let set = control::set_password(&ledger, &name, &password).await;
+                    close(ledger, committer).await?;
+                    OperatorLine::new(&set.map_err(anyhow::Error::msg)?, true)
+                }
+                Opened::InUse => match ask(&data_dir, Request::OperatorPassword { name, password }).await? {
+                    Reply::PasswordSet { operator } => operator,
+                    other => bail!("unexpected answer from the running gateway: {other:?}"),
+                },
+            };
+            eprintln!(
+                "console password of {} (id {}) set; they choose a new one at their next sign-in",
+                op.name, op.id
+            );
         }
         Cmd::List { data_dir } => {
             check_data_dir(&data_dir, false)?;
             let operators = match open(&data_dir)? {
                 Opened::Here(ledger, committer) => {
-                    let ops: Vec<OperatorLine> = ledger.operators().iter().map(OperatorLine::from).collect();
+                    let ops: Vec<OperatorLine> = control::operator_lines(&ledger);
                     close(ledger, committer).await?;
                     ops
                 }
@@ -132,11 +220,12 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
             };
             for o in operators {
                 println!(
-                    "{}\t{}\t{}\t{}",
+                    "{}\t{}\t{}\t{}\t{}",
                     o.id,
                     o.name,
                     o.role,
-                    if o.enabled { "enabled" } else { "disabled" }
+                    if o.enabled { "enabled" } else { "disabled" },
+                    if o.password { "console password" } else { "token only" }
                 );
             }
         }

@@ -24,6 +24,7 @@
 //! 'Q' batch(u64 BE)                 StockBatch   } blank card stock
 //! 'W' card(u64 BE)                  StockRemoved }
 //! 'Y' count(u64 BE)                 StockCount   }
+//! 'V' operator(u64 BE)              PasswordRecord  the console password (argon2id)
 //! 'Z' import(u64 BE) chunk(u32 BE)  staged import chunk, written with its commit
 //! 'M' params / demo / gateway_id    the ledger's meta values
 //! ```
@@ -36,7 +37,7 @@ use cardgate_domain::model::{
     Account, AuditRecord, BlacklistChange, Card, DoorGroup, Exception, GrantMark, IdempotentAnswer, KeyHandout,
     Merchant, Params, Person, SeqRecord, StockBatch, StockCount, StockRemoval, Terminal, TerminalRecord, grant_key,
 };
-use cardgate_domain::operator::Operator;
+use cardgate_domain::operator::{Operator, PasswordRecord};
 use cardgate_journal::record::{decode_record, encode_record};
 use cardgate_journal::store::{key_meta, key_u64};
 use cardgate_journal::{Schema, StoreError, Write};
@@ -65,6 +66,7 @@ pub const PREFIX_HANDOUT: u8 = b'H';
 pub const PREFIX_STOCK_BATCH: u8 = b'Q';
 pub const PREFIX_STOCK_REMOVED: u8 = b'W';
 pub const PREFIX_STOCK_COUNT: u8 = b'Y';
+pub const PREFIX_PASSWORD: u8 = b'V';
 
 /// The ledger's meta keys, beside the journal's own.
 pub mod meta {
@@ -116,6 +118,7 @@ pub enum StateWrite {
     StockBatch(Box<StockBatch>),
     StockRemoved(Box<StockRemoved>),
     StockCount(Box<StockCount>),
+    Password(Box<PasswordRecord>),
     /// Written with its commit like `Meta`, never by a checkpoint; `None` removes the
     /// key. Holds data replay may need whatever the checkpoint (staged imports).
     Staged(Vec<u8>, Option<Vec<u8>>),
@@ -144,6 +147,7 @@ pub enum StateKey {
     StockBatch(u64),
     StockRemoved(u64),
     StockCount(u64),
+    Password(u64),
 }
 
 /// A blank card that left the stock other than by being issued.
@@ -245,6 +249,10 @@ impl StateWrite {
                 key_u64(PREFIX_STOCK_COUNT, c.id).as_ref().into(),
                 encode_record(c.as_ref()),
             ),
+            StateWrite::Password(p) => (
+                key_u64(PREFIX_PASSWORD, p.operator_id).as_ref().into(),
+                encode_record(p.as_ref()),
+            ),
             StateWrite::Staged(k, v) => (k.as_slice().into(), v.clone().unwrap_or_default()),
         }
     }
@@ -289,6 +297,7 @@ impl Schema for LedgerSchema {
             StateWrite::StockBatch(b) => StateKey::StockBatch(b.id),
             StateWrite::StockRemoved(r) => StateKey::StockRemoved(r.card.0),
             StateWrite::StockCount(c) => StateKey::StockCount(c.id),
+            StateWrite::Password(p) => StateKey::Password(p.operator_id),
         })
     }
 

@@ -32,9 +32,9 @@ use crate::ledger::LedgerConfig;
 use crate::pay::seq_record_of;
 use crate::records::{
     Journal, LedgerSchema, PREFIX_ACCOUNT, PREFIX_ANSWER, PREFIX_AUDIT, PREFIX_BLACKLIST, PREFIX_CARD,
-    PREFIX_DOOR_GROUP, PREFIX_EXCEPTION, PREFIX_GRANT, PREFIX_HANDOUT, PREFIX_MERCHANT, PREFIX_OPERATOR, PREFIX_PERSON,
-    PREFIX_SEQ, PREFIX_STAGED, PREFIX_STOCK_BATCH, PREFIX_STOCK_COUNT, PREFIX_STOCK_REMOVED, PREFIX_TERMINAL,
-    PREFIX_TERMINAL_RECORD, StateWrite, StockRemoved, meta,
+    PREFIX_DOOR_GROUP, PREFIX_EXCEPTION, PREFIX_GRANT, PREFIX_HANDOUT, PREFIX_MERCHANT, PREFIX_OPERATOR,
+    PREFIX_PASSWORD, PREFIX_PERSON, PREFIX_SEQ, PREFIX_STAGED, PREFIX_STOCK_BATCH, PREFIX_STOCK_COUNT,
+    PREFIX_STOCK_REMOVED, PREFIX_TERMINAL, PREFIX_TERMINAL_RECORD, StateWrite, StockRemoved, meta,
 };
 use crate::state::{Loaded, State};
 
@@ -101,6 +101,7 @@ pub(crate) fn recover(
             stock_batches: db.scan(&[PREFIX_STOCK_BATCH]).collect::<Result<_, _>>()?,
             stock_removed: db.scan(&[PREFIX_STOCK_REMOVED]).collect::<Result<_, _>>()?,
             stock_counts: db.scan(&[PREFIX_STOCK_COUNT]).collect::<Result<_, _>>()?,
+            passwords: db.scan(&[PREFIX_PASSWORD]).collect::<Result<_, _>>()?,
             tx_id_mark: db.get_meta_u64(journal_meta::MARK)?.unwrap_or(0),
         },
         config.terminal_key.clone(),
@@ -372,6 +373,12 @@ impl Replay<'_> {
                         self.touched.others.push(StateWrite::StockCount(Box::new(c.clone())));
                     }
                 }
+            }
+            EntryBody::PasswordSet(e) => {
+                s.put_password(e.password.clone());
+                self.touched
+                    .others
+                    .push(StateWrite::Password(Box::new(e.password.clone())));
             }
         }
         Ok(())

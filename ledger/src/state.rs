@@ -20,7 +20,7 @@ use cardgate_domain::model::{
     Account, Card, DoorGroup, Exception, GrantMark, IdempotentAnswer, KeyHandout, Merchant, Params, Person, SeqRecord,
     StockBatch, StockCount, Terminal, TerminalRecord,
 };
-use cardgate_domain::operator::{Operator, TokenHash};
+use cardgate_domain::operator::{Operator, PasswordRecord, TokenHash};
 use dashmap::DashMap;
 use dashmap::mapref::one::{Ref, RefMut};
 
@@ -135,6 +135,7 @@ pub(crate) struct Loaded {
     pub(crate) stock_batches: Vec<StockBatch>,
     pub(crate) stock_removed: Vec<StockRemoved>,
     pub(crate) stock_counts: Vec<StockCount>,
+    pub(crate) passwords: Vec<PasswordRecord>,
     /// The highest tx id any committed entry used.
     pub(crate) tx_id_mark: u64,
 }
@@ -150,6 +151,8 @@ pub(crate) struct State {
     person_ids: DashMap<String, u64>,
     operators: DashMap<u64, Operator>,
     tokens: DashMap<TokenHash, u64>,
+    /// Console passwords by operator id.
+    passwords: DashMap<u64, PasswordRecord>,
     audit: AuditLog,
     grants: DashMap<(String, u64), GrantMark>,
     /// Open and settled exceptions, by id (a handful a week; kept whole).
@@ -225,6 +228,7 @@ impl State {
             person_ids: DashMap::new(),
             operators: DashMap::new(),
             tokens: DashMap::new(),
+            passwords: DashMap::new(),
             audit: AuditLog::new(load.audit),
             grants: DashMap::new(),
             exceptions: DashMap::new(),
@@ -253,6 +257,9 @@ impl State {
         }
         for o in load.operators {
             state.put_operator(o);
+        }
+        for p in load.passwords {
+            state.put_password(p);
         }
         for g in load.grants {
             state.put_grant(g);
@@ -577,6 +584,14 @@ impl State {
             self.tokens.insert(o.token_hash, o.id);
         }
         self.operators.insert(o.id, o);
+    }
+
+    pub(crate) fn password(&self, operator_id: u64) -> Option<PasswordRecord> {
+        self.passwords.get(&operator_id).map(|p| p.clone())
+    }
+
+    pub(crate) fn put_password(&self, p: PasswordRecord) {
+        self.passwords.insert(p.operator_id, p);
     }
 
     pub(crate) fn new_operator_id(&self) -> u64 {

@@ -11,8 +11,8 @@
 use cardgate_codec::{CardNo, DeclineReason};
 use cardgate_domain::entry::{
     AccountLeft, CardAction, CardChange, DoorGroupEntry, EntryBody, EntryRecord, FeeKind, ImportChunk, ImportCommitted,
-    ImportItem, MerchantEntry, MoneyEntry, MoneyKind, MoneyMove, OperatorEntry, ParamsChange, PayMethod, PersonOpened,
-    PersonUpdated, StockEntry, TerminalAction, TerminalEntry, TxEntry,
+    ImportItem, MerchantEntry, MoneyEntry, MoneyKind, MoneyMove, OperatorEntry, ParamsChange, PasswordEntry, PayMethod,
+    PersonOpened, PersonUpdated, StockEntry, TerminalAction, TerminalEntry, TxEntry,
 };
 use cardgate_domain::model::{
     Account, AccountKind, AccountStatus, AuditRecord, BlacklistChange, Card, CardStatus, DoorGroup, Exception,
@@ -20,7 +20,7 @@ use cardgate_domain::model::{
     Params, Person, Resolution, SealedKey, SeqRecord, StockBatch, Terminal, TerminalKind, TerminalRecord, TxKind,
 };
 use cardgate_domain::money::from_fen;
-use cardgate_domain::operator::{Actor, Operator, Role};
+use cardgate_domain::operator::{Actor, Operator, PasswordRecord, Role};
 use cardgate_journal::record::encode_record;
 
 const T: i64 = 1_795_853_100_000;
@@ -385,6 +385,18 @@ fn every_entry() -> Vec<(&'static str, EntryBody)> {
                 time_ms: T,
             }))),
         ),
+        (
+            "password set",
+            EntryBody::PasswordSet(Box::new(PasswordEntry {
+                actor: actor(),
+                password: PasswordRecord {
+                    operator_id: 4,
+                    phc: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+                    must_change: true,
+                    set_ms: T,
+                },
+            })),
+        ),
     ]
 }
 
@@ -434,6 +446,8 @@ const ENTRY_HEX: &[&str] = &[
     "01c08ffd92c468120306e78e8be88ab303042a00070014e4ba8ce9a39fe5a0822033e58fb7e7aa97e58fa30943616e7465656e203207534e2d3030343209e69d8ee5b888e582850a323032362d30392d3031010102010101010101010101010101300202020202020202020202020202020202020202020202020202020202020202020202020202020202020202020202020103030303030303030303030330040404040404040404040404040404040404040404040404040404040404040404040404040404040404040404040404c0ffafe5c468c08ffd92c468012a020306e78e8be88ab3030e696e7374616c6c6572205a686f75c08ffd92c468",
     // stock
     "01c08ffd92c46813000181f0fdc7eb920ee4f0fdc7eb920e0a323032362d31312d303206e58da1e58e820306e78e8be88ab303c08ffd92c468",
+    // password set (added with issue 14)
+    "01c08ffd92c468140306e78e8be88ab303042c246172676f6e32696424763d3139246d3d31393435362c743d322c703d3124633246736441246147467a614101c08ffd92c468",
 ];
 
 /// The bytes of each state record kind a checkpoint writes.
@@ -492,6 +506,7 @@ fn every_record() -> Vec<(&'static str, Vec<u8>)> {
                 StockEntry::Received(b) => encode_record(b),
                 _ => continue,
             },
+            EntryBody::PasswordSet(p) => encode_record(&p.password),
             _ => continue,
         };
         out.push((name, bytes));
@@ -536,6 +551,8 @@ const RECORD_HEX: &[&str] = &[
     "012a00070014e4ba8ce9a39fe5a0822033e58fb7e7aa97e58fa30943616e7465656e203207534e2d3030343209e69d8ee5b888e582850a323032362d30392d3031010102010101010101010101010101300202020202020202020202020202020202020202020202020202020202020202020202020202020202020202020202020103030303030303030303030330040404040404040404040404040404040404040404040404040404040404040404040404040404040404040404040404c0ffafe5c468c08ffd92c468",
     // stock batch
     "010181f0fdc7eb920ee4f0fdc7eb920e0a323032362d31312d303206e58da1e58e820306e78e8be88ab303c08ffd92c468",
+    // password (added with issue 14)
+    "01042c246172676f6e32696424763d3139246d3d31393435362c743d322c703d3124633246736441246147467a614101c08ffd92c468",
 ];
 
 fn hex(bytes: &[u8]) -> String {
@@ -591,10 +608,11 @@ fn variant(b: &EntryBody) -> usize {
         EntryBody::DoorGroupSet(_) => 17,
         EntryBody::TerminalSet(_) => 18,
         EntryBody::Stock(_) => 19,
+        EntryBody::PasswordSet(_) => 20,
     }
 }
 
-const ENTRY_KINDS: usize = 20;
+const ENTRY_KINDS: usize = 21;
 
 #[test]
 fn every_entry_kind_has_golden_bytes() {

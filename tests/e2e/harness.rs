@@ -271,6 +271,41 @@ pub fn operator_add(data_dir: &Path, name: &str, role: &str) -> Result<String, S
     }
 }
 
+/// `cardgate operator add NAME --role ROLE --password-file -` with `password` on its
+/// standard input: the token it prints, or the error it ends with.
+pub fn operator_add_with_password(data_dir: &Path, name: &str, role: &str, password: &str) -> Result<String, String> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cardgate"))
+        .args([
+            "operator",
+            "add",
+            name,
+            "--role",
+            role,
+            "--password-file",
+            "-",
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .env("RUST_BACKTRACE", "0")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run cardgate operator add");
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(format!("{password}\n").as_bytes())
+        .expect("write the password");
+    let out = child.wait_with_output().expect("wait for cardgate operator add");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).to_string())
+    }
+}
+
 /// A minimal HTTP/1.1 client (one request per connection), so that the tests need no
 /// HTTP client crate. Returns the status and the body.
 pub fn http(

@@ -644,7 +644,10 @@ fn operator_commands_refuse_a_data_directory_that_is_not_one_and_create_nothing(
     assert!(token.starts_with("cg_"), "{token}");
     let out = cli_output(&["operator", "list"], &fresh);
     assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "1\tzhao\tdirector\tenabled\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "1\tzhao\tdirector\tenabled\ttoken only\n"
+    );
 }
 
 #[test]
@@ -665,7 +668,10 @@ fn operator_add_and_list_work_while_the_daemon_runs() {
     assert_eq!(json_of(&body)["operator"]["role"], "director");
     let out = cli_output(&["operator", "list"], dir.path());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "1\tzhao\tdirector\tenabled\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "1\tzhao\tdirector\tenabled\ttoken only\n"
+    );
     let err = operator_add(dir.path(), "x", "root").unwrap_err();
     assert!(err.contains("unknown role"), "{err}");
     let err = operator_add(dir.path(), "zhao", "card_desk").unwrap_err();

@@ -3,6 +3,8 @@
 //! per area; `harness` starts, kills and restarts daemons.
 
 mod central;
+mod console;
+mod console_browser;
 mod desk;
 mod desk_imports;
 mod harness;

@@ -11,7 +11,9 @@
 //! The listener is guarded before any handler runs: a request without a valid token
 //! never has its body read (`guard`), bodies are capped per route (`with_body_limit`),
 //! and connections are capped (`CappedListener`), so that whoever can reach the port
-//! cannot make the gateway buffer or hold more than those bounds.
+//! cannot make the gateway buffer or hold more than those bounds. The console's pages
+//! (`console/`) share the listener but not `guard`: a browser brings a session cookie,
+//! not a token, and the console checks it before it reads any body.
 
 // The endpoints' shared steps; defined before the modules that use them.
 macro_rules! auth {
@@ -42,6 +44,7 @@ macro_rules! tryr {
     };
 }
 
+mod console;
 mod registry;
 mod routes;
 
@@ -126,6 +129,8 @@ pub struct AdminState {
     /// of one request sent at once are applied once: the second waits, then finds the
     /// first's answer.
     key_locks: Arc<std::sync::Mutex<KeyLocks>>,
+    /// The operator console's sessions (`console/`).
+    console: console::Sessions,
 }
 
 type KeyLocks = std::collections::HashMap<(u64, String), Arc<tokio::sync::Mutex<()>>>;
@@ -137,6 +142,7 @@ impl AdminState {
             tz_offset_minutes,
             unauthenticated_audits: Arc::new(std::sync::Mutex::new((0, 0))),
             key_locks: Arc::new(std::sync::Mutex::new(KeyLocks::new())),
+            console: console::Sessions::default(),
         }
     }
 
@@ -259,7 +265,7 @@ impl AdminState {
         target: &str,
     ) -> Result<Authed, ApiError> {
         let group = permission.as_str();
-        match bearer_token(headers).and_then(|t| self.ledger.authenticate(t)) {
+        match bearer_token(headers).and_then(|t| self.operator_of(t)) {
             None => Err(self
                 .refuse(StatusCode::UNAUTHORIZED, group, None, action, target, UNAUTHENTICATED)
                 .await),
@@ -286,7 +292,7 @@ impl AdminState {
     /// The operator behind the request, whatever its role (`whoami`). Its refusals are
     /// counted under their own group, `whoami`, not under any endpoint group.
     pub async fn identify(&self, headers: &HeaderMap) -> Result<Operator, ApiError> {
-        match bearer_token(headers).and_then(|t| self.ledger.authenticate(t)) {
+        match bearer_token(headers).and_then(|t| self.operator_of(t)) {
             Some(op) => {
                 metrics::counter!("cardgate_admin_requests_total", "group" => "whoami").increment(1);
                 Ok(op)
@@ -530,7 +536,7 @@ fn count_refusal(status: StatusCode, group: &'static str) {
 /// endpoint group) and the body the caller sent is never read. Checking only that
 /// *some* operator holds the token is enough here; the role is the handler's business.
 pub async fn guard(State(state): State<AdminState>, req: Request, next: Next) -> Response {
-    let known = bearer_token(req.headers()).is_some_and(|t| state.ledger.authenticate(t).is_some());
+    let known = bearer_token(req.headers()).is_some_and(|t| state.operator_of(t).is_some());
     if known {
         return next.run(req).await;
     }
@@ -694,7 +700,9 @@ impl AsyncWrite for CappedStream {
 /// Serves the admin API until shutdown, holding at most `connections_max` connections;
 /// on shutdown it stops accepting and waits for the calls in flight.
 pub async fn serve(listener: TcpListener, state: AdminState, connections_max: usize, shutdown: CancellationToken) {
-    let app = routes::router(state).layer(axum::middleware::from_fn(crate::metrics::track_admin_http));
+    let app = routes::router(state.clone())
+        .merge(console::router(state))
+        .layer(axum::middleware::from_fn(crate::metrics::track_admin_http));
     let listener = CappedListener::new(listener, connections_max);
     let served = axum::serve(listener, app.into_make_service())
         .with_graceful_shutdown(async move { shutdown.cancelled().await })

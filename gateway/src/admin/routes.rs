@@ -19,7 +19,7 @@ use cardgate_domain::model::{Account, AccountKind, Card, KindParams, Limits, Par
 use cardgate_domain::money::{from_fen, to_fen};
 use cardgate_domain::operator::{Operator, Permission, Role};
 use cardgate_ledger::audit::AuditQuery;
-use cardgate_ledger::desk::{CardResult, MoneyResult, NewPerson};
+use cardgate_ledger::desk::{CardResult, MoneyResult, NewPerson, PasswordChanged, SignIn};
 use cardgate_ledger::history::HistoryQuery;
 use cardgate_ledger::import::ImportReport;
 use rust_decimal::Decimal;
@@ -54,6 +54,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/params", get(get_params).put(put_params))
         .route("/api/v1/operators", get(list_operators).post(add_operator))
         .route("/api/v1/operators/{id}/disable", post(disable_operator))
+        .route("/api/v1/operators/{id}/password", post(set_password))
         .route("/api/v1/audit", get(audit))
         .route("/api/v1/exceptions", get(list_exceptions))
         .route("/api/v1/exceptions/{id}/resolve", post(resolve_exception))
@@ -1093,6 +1094,104 @@ async fn disable_operator(State(s): State<AdminState>, headers: HeaderMap, Path(
             .disable_operator(&call.by(StatusCode::OK, &describe, &answer), id)
             .await?;
         Ok(Done::ok(Value::Null, Value::Null, operator_json(&after)))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PasswordBody {
+    password: String,
+    /// The caller's present password, when it changes its own and has one.
+    current: Option<String>,
+}
+
+/// Sets an operator's console password. Every operator may change its own (giving the
+/// present one); setting another's is a reset, which needs the operators permission
+/// (only a director resets a director's) and makes its owner choose a new one at the
+/// next sign-in. Either way the operator's other console sessions end. The password is
+/// in no audit record and no kept answer.
+async fn set_password(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let target = format!("operator:{id}");
+    let token = super::bearer_token(&headers).map(str::to_string);
+    let caller = token.as_deref().and_then(|t| s.operator_of(t));
+    let own = caller.as_ref().is_some_and(|op| op.id.to_string() == id);
+    let (actor, action) = match caller {
+        Some(op) if own => {
+            metrics::counter!("cardgate_admin_requests_total", "group" => "self").increment(1);
+            // Refusals it decides (a wrong present password) count under the
+            // operators group, like those of a reset.
+            let authed = super::Authed {
+                actor: cardgate_domain::operator::Actor::of(&op),
+                group: Permission::Operators,
+            };
+            (authed, "operator.password")
+        }
+        _ => (
+            auth!(s, headers, Permission::Operators, "operator.password_reset", target),
+            "operator.password_reset",
+        ),
+    };
+    let key = key!(headers, action, target, "", body);
+    let sessions = s.clone();
+    s.mutate(actor, action, target, key, move |l, call| async move {
+        let id = parse_id(&id, "operator")?;
+        let b: PasswordBody = json_body(&body)?;
+        cardgate_domain::operator::validate_password(&b.password).map_err(|e| ApiError::unprocessable(e.0))?;
+        let Some(op) = l.operator(id) else {
+            return Err(ApiError::new(StatusCode::NOT_FOUND, format!("operator {id} not found")));
+        };
+        if own && l.has_password(id) {
+            // Guesses at the present password count toward the name's lock-out, as
+            // sign-ins do: a session left open is no way to find the password.
+            let now = l.now_ms();
+            if let Some(until) = sessions.console_locked_until(&op.name, now) {
+                return Err(ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!(
+                        "too many wrong passwords; locked until {}",
+                        format_local(until, sessions.tz_offset_minutes)
+                    ),
+                ));
+            }
+            let current = b.current.as_deref().unwrap_or("");
+            if !matches!(l.check_password(&op.name, current).await?, SignIn::Valid { .. }) {
+                sessions.console_failed(&op.name, now);
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "the current password is not right",
+                ));
+            }
+        }
+        if !own && op.role == Role::Director && call.actor.role != Role::Director {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "only a director may reset a director's password",
+            ));
+        }
+        let describe = |r: &PasswordChanged| {
+            (
+                json!({ "password": if r.first { "none" } else { "set" } }).to_string(),
+                json!({ "password": "set", "must_change": r.must_change }).to_string(),
+            )
+        };
+        let answer = |r: &PasswordChanged| {
+            json!({ "operator": operator_json(&r.operator), "must_change": r.must_change }).to_string()
+        };
+        let r = l
+            .set_password(&call.by(StatusCode::OK, &describe, &answer), id, &b.password, !own)
+            .await?;
+        sessions.end_console_sessions(id, if own { token.as_deref() } else { None });
+        Ok(Done::ok(
+            Value::Null,
+            Value::Null,
+            json!({ "operator": operator_json(&r.operator), "must_change": r.must_change }),
+        ))
     })
     .await
 }

@@ -416,6 +416,15 @@ impl Batch {
                 };
                 self.event(e.id, time_ms, body, Keys::default(), &payload);
             }
+            EntryBody::PasswordSet(p) => {
+                // The hash stays in the gateway: the store learns only that it was set.
+                let payload = PasswordPublic {
+                    operator_id: p.password.operator_id,
+                    must_change: p.password.must_change,
+                    by: &p.actor.name,
+                };
+                self.event(e.id, time_ms, body, Keys::default().by(&p.actor), &payload);
+            }
         }
         Ok(())
     }
@@ -689,6 +698,14 @@ struct TerminalSetPublic<'a> {
     enabled: bool,
     key_generation: u32,
     key_handed_to: Option<&'a str>,
+}
+
+/// A password change's event payload: whose, and by whom; never the hash.
+#[derive(Serialize)]
+struct PasswordPublic<'a> {
+    operator_id: u64,
+    must_change: bool,
+    by: &'a str,
 }
 
 /// An idempotent answer's event payload: which call it was, not what it answered.

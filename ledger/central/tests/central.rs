@@ -364,10 +364,10 @@ async fn card_desk_entries_reach_the_central_store() {
     use cardgate_codec::CardNo;
     use cardgate_domain::entry::{
         AccountLeft, CardAction, CardChange, EntryBody, FeeKind, ImportChunk, ImportCommitted, ImportItem, MoneyEntry,
-        MoneyKind, MoneyMove, OperatorEntry, PayMethod, PersonOpened,
+        MoneyKind, MoneyMove, OperatorEntry, PasswordEntry, PayMethod, PersonOpened,
     };
     use cardgate_domain::model::{AccountStatus, BlacklistChange, Card, CardStatus, Person};
-    use cardgate_domain::operator::{Actor, Operator, Role};
+    use cardgate_domain::operator::{Actor, Operator, PasswordRecord, Role};
 
     let actor = Actor::cli();
     let person = |account: u64, id: &str| Person {
@@ -422,6 +422,16 @@ async fn card_desk_entries_reach_the_central_store() {
                 token_hash: [0xAB; 32],
                 enabled: true,
                 created_ms: LUNCH_MS,
+            },
+        })))
+        .await;
+        f.append(EntryBody::PasswordSet(Box::new(PasswordEntry {
+            actor: actor.clone(),
+            password: PasswordRecord {
+                operator_id: 1,
+                phc: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$SECRETHASHSECRETHASH".into(),
+                must_change: true,
+                set_ms: LUNCH_MS,
             },
         })))
         .await;
@@ -567,8 +577,12 @@ async fn card_desk_entries_reach_the_central_store() {
                 .await
                 .unwrap()
                 .iter()
-                .any(|p| p.contains("token_hash") || p.contains("abab") || p.contains("171,171")),
-            "{}: no operator token hash reaches the central store",
+                .any(|p| p.contains("token_hash")
+                    || p.contains("abab")
+                    || p.contains("171,171")
+                    || p.contains("argon2")
+                    || p.contains("SECRETHASH")),
+            "{}: no operator token or password hash reaches the central store",
             target.name
         );
         h.shutdown(Duration::from_secs(10)).await;

@@ -21,7 +21,7 @@ use crate::model::{
     KeyHandout, Merchant, Outcome, Params, Person, StockBatch, StockCount, StockRemoval, Terminal, TerminalRecord,
     TxKind, card_no,
 };
-use crate::operator::{Actor, Operator};
+use crate::operator::{Actor, Operator, PasswordRecord};
 
 /// The version byte that starts every stored entry.
 pub const ENTRY_FORMAT: u8 = 1;
@@ -313,6 +313,16 @@ pub enum EntryBody {
     TerminalSet(Box<TerminalEntry>),
     /// A change to the blank card stock.
     Stock(Box<StockEntry>),
+    // ---- the operator console (issue 14) ----
+    /// An operator's console password set (first, changed by its owner, or reset):
+    /// carries the hash because recovery replays it; leave it out when shipping.
+    PasswordSet(Box<PasswordEntry>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PasswordEntry {
+    pub actor: Actor,
+    pub password: PasswordRecord,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -398,6 +408,7 @@ impl EntryBody {
             EntryBody::DoorGroupSet(_) => "door_group_set",
             EntryBody::TerminalSet(_) => "terminal_set",
             EntryBody::Stock(_) => "stock",
+            EntryBody::PasswordSet(_) => "password_set",
         }
     }
 }

@@ -7,6 +7,10 @@
 //! token is infeasible at any hash speed, and a fast hash keeps every API call cheap.
 //! The lookup is by digest in a map, so comparing a presented token leaks nothing an
 //! attacker could use: the digest of a guess says nothing about a stored one.
+//!
+//! Passwords (the console's sign-in) are the opposite case: chosen by people, so few
+//! bits, so they are kept as a slow argon2id hash (`PasswordRecord`), made and checked
+//! by the ledger. Like the token hash, it never leaves the gateway.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -173,6 +177,58 @@ pub struct Operator {
     pub created_ms: i64,
 }
 
+/// Shortest console password: NIST SP 800-63B's minimum for a password a person chose.
+pub const PASSWORD_CHARS_MIN: usize = 8;
+/// Longest console password: room for a passphrase; argon2's cost does not depend on
+/// the length, this only bounds what a sign-in form may carry.
+pub const PASSWORD_BYTES_MAX: usize = 256;
+
+/// An operator's console password as the gateway keeps it: the argon2id hash as a PHC
+/// string (`$argon2id$v=19$m=...,t=...,p=...$salt$hash`), which carries its own
+/// parameters, so that raising them later leaves older hashes verifiable.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PasswordRecord {
+    pub operator_id: u64,
+    /// Never leaves the gateway: whatever ships entries elsewhere must leave it out.
+    pub phc: String,
+    /// Set by someone else (a reset, or the command line): the console asks its owner
+    /// for a new one at the next sign-in.
+    pub must_change: bool,
+    pub set_ms: i64,
+}
+
+/// The hash stays out of logs and panics.
+impl std::fmt::Debug for PasswordRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PasswordRecord")
+            .field("operator_id", &self.operator_id)
+            .field("phc", &"<hidden>")
+            .field("must_change", &self.must_change)
+            .field("set_ms", &self.set_ms)
+            .finish()
+    }
+}
+
+/// A password someone may choose: long enough, short enough, no control characters
+/// (nobody can type them into the sign-in form, and they hide in logs of mistakes).
+pub fn validate_password(password: &str) -> Result<(), Refusal> {
+    let chars = password.chars().count();
+    if chars < PASSWORD_CHARS_MIN {
+        return Err(Refusal(format!(
+            "a password needs at least {PASSWORD_CHARS_MIN} characters"
+        )));
+    }
+    if password.len() > PASSWORD_BYTES_MAX {
+        return Err(Refusal(format!(
+            "a password may have at most {PASSWORD_BYTES_MAX} bytes"
+        )));
+    }
+    if password.chars().any(char::is_control) {
+        return Err(Refusal("a password may not contain control characters".into()));
+    }
+    Ok(())
+}
+
 /// Who did something, as recorded in every operator-initiated entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Actor {
@@ -235,5 +291,22 @@ mod tests {
         assert!(Role::Director.allows(Permission::KeyRecords));
         assert!(Role::CardDesk.allows(Permission::Stock));
         assert_eq!(Role::parse("root"), None);
+    }
+
+    #[test]
+    fn passwords_are_checked_for_length_and_control_characters() {
+        assert!(validate_password("correct horse").is_ok());
+        assert!(validate_password("密码是八个汉字呀").is_ok(), "characters, not bytes");
+        assert!(validate_password("short").is_err());
+        assert!(validate_password("tab\there-is-bad").is_err());
+        assert!(validate_password(&"x".repeat(PASSWORD_BYTES_MAX)).is_ok());
+        assert!(validate_password(&"x".repeat(PASSWORD_BYTES_MAX + 1)).is_err());
+        let r = PasswordRecord {
+            operator_id: 1,
+            phc: "$argon2id$secret".into(),
+            must_change: false,
+            set_ms: 0,
+        };
+        assert!(!format!("{r:?}").contains("secret"));
     }
 }

@@ -1,6 +1,6 @@
 //! The card desk's operations, by concern: persons and their accounts (`persons.rs`),
 //! the card lifecycle (`cards.rs`), desk money and batch grants (`money.rs`), operators
-//! and parameters (`operators.rs`).
+//! and parameters (`operators.rs`), operators' console passwords (`passwords.rs`).
 //!
 //! Every operation follows the one write protocol (`txn.rs`): the journal slot before
 //! any lock; the rule (`cardgate_domain::rules`); the entry carrying the values it
@@ -13,7 +13,10 @@ mod cards;
 mod exceptions;
 mod money;
 mod operators;
+mod passwords;
 mod persons;
+
+pub use passwords::{PASSWORD_HASHES_AT_ONCE_MAX, PasswordChanged, SignIn};
 
 pub(crate) use persons::new_account;
 

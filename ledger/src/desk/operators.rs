@@ -20,6 +20,10 @@ impl Ledger {
         self.state.operators()
     }
 
+    pub fn operator(&self, id: u64) -> Option<Operator> {
+        self.state.operator(id)
+    }
+
     /// The enabled operator holding `token`, if any.
     pub fn authenticate(&self, token: &str) -> Option<Operator> {
         self.state.operator_by_token(&hash_token(token))

@@ -41,6 +41,20 @@ impl Ledger {
         v
     }
 
+    /// Persons whose name contains `text` or whose person id is `text`, by person id, at
+    /// most `limit`. A scan of every person: a desk looks up one customer at a time,
+    /// and a campus has tens of thousands of persons, not millions.
+    pub fn find_persons(&self, text: &str, limit: usize) -> Vec<Person> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Vec::new();
+        }
+        let mut v = self.state.persons_where(|p| p.id == text || p.name.contains(text));
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v.truncate(limit);
+        v
+    }
+
     pub fn persons_count(&self) -> usize {
         self.state.persons_len()
     }
