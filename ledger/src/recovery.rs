@@ -178,7 +178,7 @@ pub(crate) fn recover(
         next_entry_id,
         checkpoint_id,
         config.checkpoints,
-    );
+    )?;
     stats.millis = started.elapsed().as_millis();
     Ok(Recovered {
         state,

@@ -746,6 +746,7 @@ mod tests {
         JournalEntry {
             id,
             record: EntryRecord { time_ms, body },
+            hash: None,
         }
     }
 
