@@ -11,6 +11,7 @@
 
 pub mod audit;
 pub mod blacklist;
+pub mod days;
 pub mod demo;
 pub mod desk;
 pub mod error;

@@ -26,12 +26,13 @@
 //! 'Y' count(u64 BE)                 StockCount   }
 //! 'Z' import(u64 BE) chunk(u32 BE)  staged import chunk, written with its commit
 //! 'M' params / demo / gateway_id    the ledger's meta values
+//! 'M' day_closed                    DayClose     checkpointed: the last business day closed
 //! ```
 
 use std::collections::HashMap;
 
 use cardgate_codec::CardNo;
-use cardgate_domain::entry::EntryRecord;
+use cardgate_domain::entry::{DayClose, EntryRecord};
 use cardgate_domain::model::{
     Account, AuditRecord, BlacklistChange, Card, DoorGroup, Exception, GrantMark, IdempotentAnswer, KeyHandout,
     Merchant, Params, Person, SeqRecord, StockBatch, StockCount, StockRemoval, Terminal, TerminalRecord, grant_key,
@@ -73,6 +74,8 @@ pub mod meta {
     pub const DEMO: &str = "demo";
     /// Identifies this gateway in the central store (u64 BE), chosen at first start.
     pub const GATEWAY_ID: &str = "gateway_id";
+    /// The last business day closed (a `DayClose` record).
+    pub const DAY_CLOSED: &str = "day_closed";
 }
 
 /// Outcomes remembered per terminal. A terminal has at most `pipeline_depth_max` (at
@@ -116,6 +119,8 @@ pub enum StateWrite {
     StockBatch(Box<StockBatch>),
     StockRemoved(Box<StockRemoved>),
     StockCount(Box<StockCount>),
+    /// The last business day closed.
+    DayClosed(Box<DayClose>),
     /// Written with its commit like `Meta`, never by a checkpoint; `None` removes the
     /// key. Holds data replay may need whatever the checkpoint (staged imports).
     Staged(Vec<u8>, Option<Vec<u8>>),
@@ -144,6 +149,7 @@ pub enum StateKey {
     StockBatch(u64),
     StockRemoved(u64),
     StockCount(u64),
+    DayClosed,
 }
 
 /// A blank card that left the stock other than by being issued.
@@ -245,6 +251,7 @@ impl StateWrite {
                 key_u64(PREFIX_STOCK_COUNT, c.id).as_ref().into(),
                 encode_record(c.as_ref()),
             ),
+            StateWrite::DayClosed(c) => (key_meta(meta::DAY_CLOSED).into(), encode_record(c.as_ref())),
             StateWrite::Staged(k, v) => (k.as_slice().into(), v.clone().unwrap_or_default()),
         }
     }
@@ -289,6 +296,7 @@ impl Schema for LedgerSchema {
             StateWrite::StockBatch(b) => StateKey::StockBatch(b.id),
             StateWrite::StockRemoved(r) => StateKey::StockRemoved(r.card.0),
             StateWrite::StockCount(c) => StateKey::StockCount(c.id),
+            StateWrite::DayClosed(_) => StateKey::DayClosed,
         })
     }
 

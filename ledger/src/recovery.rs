@@ -102,6 +102,7 @@ pub(crate) fn recover(
             stock_removed: db.scan(&[PREFIX_STOCK_REMOVED]).collect::<Result<_, _>>()?,
             stock_counts: db.scan(&[PREFIX_STOCK_COUNT]).collect::<Result<_, _>>()?,
             tx_id_mark: db.get_meta_u64(journal_meta::MARK)?.unwrap_or(0),
+            day_close: db.get_record(&key_meta(meta::DAY_CLOSED))?,
         },
         config.terminal_key.clone(),
     )?;
@@ -372,6 +373,10 @@ impl Replay<'_> {
                         self.touched.others.push(StateWrite::StockCount(Box::new(c.clone())));
                     }
                 }
+            }
+            EntryBody::DayClosed(c) => {
+                *s.day_close() = Some(c.as_ref().clone());
+                self.touched.others.push(StateWrite::DayClosed(c.clone()));
             }
         }
         Ok(())

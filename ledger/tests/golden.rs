@@ -10,9 +10,9 @@
 
 use cardgate_codec::{CardNo, DeclineReason};
 use cardgate_domain::entry::{
-    AccountLeft, CardAction, CardChange, DoorGroupEntry, EntryBody, EntryRecord, FeeKind, ImportChunk, ImportCommitted,
-    ImportItem, MerchantEntry, MoneyEntry, MoneyKind, MoneyMove, OperatorEntry, ParamsChange, PayMethod, PersonOpened,
-    PersonUpdated, StockEntry, TerminalAction, TerminalEntry, TxEntry,
+    AccountLeft, CardAction, CardChange, DayClose, DoorGroupEntry, EntryBody, EntryRecord, FeeKind, ImportChunk,
+    ImportCommitted, ImportItem, MerchantEntry, MoneyEntry, MoneyKind, MoneyMove, OperatorEntry, ParamsChange,
+    PayMethod, PersonOpened, PersonUpdated, StockEntry, TerminalAction, TerminalEntry, TxEntry,
 };
 use cardgate_domain::model::{
     Account, AccountKind, AccountStatus, AuditRecord, BlacklistChange, Card, CardStatus, DoorGroup, Exception,
@@ -385,6 +385,19 @@ fn every_entry() -> Vec<(&'static str, EntryBody)> {
                 time_ms: T,
             }))),
         ),
+        (
+            "day closed",
+            EntryBody::DayClosed(Box::new(DayClose {
+                day: 20_785,
+                tz_offset_minutes: 480,
+                first_entry_id: 1_201,
+                last_entry_id: 9_876,
+                hash: [0xA7; 32],
+                transactions: 8_000,
+                transactions_fen: -61_234_50,
+                complete: true,
+            })),
+        ),
     ]
 }
 
@@ -434,6 +447,8 @@ const ENTRY_HEX: &[&str] = &[
     "01c08ffd92c468120306e78e8be88ab303042a00070014e4ba8ce9a39fe5a0822033e58fb7e7aa97e58fa30943616e7465656e203207534e2d3030343209e69d8ee5b888e582850a323032362d30392d3031010102010101010101010101010101300202020202020202020202020202020202020202020202020202020202020202020202020202020202020202020202020103030303030303030303030330040404040404040404040404040404040404040404040404040404040404040404040404040404040404040404040404c0ffafe5c468c08ffd92c468012a020306e78e8be88ab3030e696e7374616c6c6572205a686f75c08ffd92c468",
     // stock
     "01c08ffd92c46813000181f0fdc7eb920ee4f0fdc7eb920e0a323032362d31312d303206e58da1e58e820306e78e8be88ab303c08ffd92c468",
+    // day closed (added with issue 13)
+    "01c08ffd92c46814e2c402c007b109944da7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7c03ef3beeb0501",
 ];
 
 /// The bytes of each state record kind a checkpoint writes.
@@ -488,6 +503,7 @@ fn every_record() -> Vec<(&'static str, Vec<u8>)> {
                 out.push(("key handout", encode_record(t.handout.as_ref().unwrap())));
                 encode_record(&t.terminal)
             }
+            EntryBody::DayClosed(c) => encode_record(c.as_ref()),
             EntryBody::Stock(x) => match x.as_ref() {
                 StockEntry::Received(b) => encode_record(b),
                 _ => continue,
@@ -536,6 +552,8 @@ const RECORD_HEX: &[&str] = &[
     "012a00070014e4ba8ce9a39fe5a0822033e58fb7e7aa97e58fa30943616e7465656e203207534e2d3030343209e69d8ee5b888e582850a323032362d30392d3031010102010101010101010101010101300202020202020202020202020202020202020202020202020202020202020202020202020202020202020202020202020103030303030303030303030330040404040404040404040404040404040404040404040404040404040404040404040404040404040404040404040404c0ffafe5c468c08ffd92c468",
     // stock batch
     "010181f0fdc7eb920ee4f0fdc7eb920e0a323032362d31312d303206e58da1e58e820306e78e8be88ab303c08ffd92c468",
+    // day close (added with issue 13)
+    "01e2c402c007b109944da7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7c03ef3beeb0501",
 ];
 
 fn hex(bytes: &[u8]) -> String {
@@ -591,13 +609,44 @@ fn variant(b: &EntryBody) -> usize {
         EntryBody::DoorGroupSet(_) => 17,
         EntryBody::TerminalSet(_) => 18,
         EntryBody::Stock(_) => 19,
+        EntryBody::DayClosed(_) => 20,
     }
 }
 
-const ENTRY_KINDS: usize = 20;
+const ENTRY_KINDS: usize = 21;
 
 #[test]
 fn every_entry_kind_has_golden_bytes() {
     let seen: std::collections::BTreeSet<usize> = every_entry().iter().map(|(_, b)| variant(b)).collect();
     assert_eq!(seen, (0..ENTRY_KINDS).collect(), "an entry kind without golden bytes");
 }
+
+/// The envelope an entry is stored in since the hash chain (issue 13): its length with
+/// the top bit set, its chain hash, its bytes. Two entries, the first of a new journal
+/// and the one after it, as a segment holds them. (The first hash is
+/// `sha256(32 zero bytes ‖ 0000000000000001 ‖ entry)`, which `sha256sum` confirms.)
+#[test]
+fn the_chained_envelope_keeps_its_bytes() {
+    use cardgate_journal::chain::{GENESIS, link, to_hex};
+    use cardgate_journal::segment;
+    let entries = every_entry();
+    let first = EntryRecord::encode_parts(T, &entries[0].1);
+    let second = EntryRecord::encode_parts(T, &entries[3].1);
+    let h1 = link(&GENESIS, 1, &first);
+    let h2 = link(&h1, 2, &second);
+    let mut seg = Vec::new();
+    segment::push(&mut seg, &first, Some(&h1));
+    segment::push(&mut seg, &second, Some(&h2));
+    assert_eq!(to_hex(&h1), ENVELOPE_HASH_1);
+    assert_eq!(to_hex(&h2), ENVELOPE_HASH_2);
+    assert_eq!(hex(&seg), ENVELOPE_HEX);
+    let back = segment::entries(1, &seg).unwrap();
+    assert_eq!((back[1].id, back[1].hash, back[1].bytes), (2, Some(&h2), &second[..]));
+}
+
+const ENVELOPE_HASH_1: &str = "72c536e721bdb382089271e456253203423140c8a477111af8ce21c73e0a7a6e";
+const ENVELOPE_HASH_2: &str = "8759b5681779a238c649f8f0eb361ba7992e51425afd85306283ee42a89288ff";
+const ENVELOPE_HEX: &str = concat!(
+    "3100008072c536e721bdb382089271e456253203423140c8a477111af8ce21c73e0a7a6e01c08ffd92c468000084072a07e9070000ce829da484dc860b11c413008407dce70bcc8bfd92c468e0d403a0fe0ae4320b",
+    "1a0000808759b5681779a238c649f8f0eb361ba7992e51425afd85306283ee42a89288ff01c08ffd92c46801110100a0fb0b01e0d403a0fe0ae2c402a01f"
+);

@@ -387,7 +387,9 @@ impl Flusher {
                 Err(e) => {
                     if matches!(
                         e,
-                        FlushError::Central(CentralError::Gap { .. } | CentralError::Ahead { .. })
+                        FlushError::Central(
+                            CentralError::Gap { .. } | CentralError::Ahead { .. } | CentralError::Diverged { .. }
+                        )
                     ) {
                         // The store's cursor is not where we thought: read it again.
                         confirmed = false;
@@ -478,15 +480,19 @@ impl Flusher {
         let limit = (durable - self.cursor).min(size as u64) as usize;
         let db = self.source.db.clone();
         let after = self.cursor;
-        let mut entries: Vec<JournalEntry> =
-            tokio::task::spawn_blocking(move || db.read_entries(after, limit, EntryRecord::decode))
-                .await
-                .map_err(|e| {
-                    FlushError::Journal(StoreError::Corrupt {
-                        key: Vec::new(),
-                        reason: format!("journal reader panicked: {e}"),
-                    })
-                })??;
+        let (mut entries, prev_hash): (Vec<JournalEntry>, _) =
+            tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+                // The hash the store must hold for our cursor's entry (`integrity.rs`).
+                let prev = db.entry_hash(after)?;
+                Ok((db.read_entries(after, limit, EntryRecord::decode)?, prev))
+            })
+            .await
+            .map_err(|e| {
+                FlushError::Journal(StoreError::Corrupt {
+                    key: Vec::new(),
+                    reason: format!("journal reader panicked: {e}"),
+                })
+            })??;
         entries.retain(|e| e.id <= durable);
         match entries.first() {
             Some(e) if e.id == after + 1 => {
@@ -530,7 +536,8 @@ impl Flusher {
                 })
             })??;
         }
-        let batch = Batch::build_with(self.source.gateway_id, &entries, |c| staged.remove(&c.import_id))?;
+        let mut batch = Batch::build_with(self.source.gateway_id, &entries, |c| staged.remove(&c.import_id))?;
+        batch.prev_hash = prev_hash;
         let first_kind = entries.first().map(|e| e.record.body.kind_str()).unwrap_or("none");
         drop(entries);
         let started = Instant::now();
