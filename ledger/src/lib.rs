@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod backup;
 pub mod blacklist;
 pub mod days;
 pub mod demo;
@@ -17,6 +18,7 @@ pub mod desk;
 pub mod error;
 pub mod history;
 pub mod import;
+pub mod integrity;
 pub mod keys;
 pub mod ledger;
 pub mod master;
