@@ -8,6 +8,8 @@
 pub mod admin;
 pub mod config;
 pub mod daemon;
+pub mod durability_cli;
+pub mod integrity;
 pub mod metrics;
 pub mod operator_cli;
 pub mod server;

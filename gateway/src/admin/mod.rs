@@ -50,6 +50,8 @@ pub struct AdminState {
     /// of one request sent at once are applied once: the second waits, then finds the
     /// first's answer.
     key_locks: Arc<std::sync::Mutex<KeyLocks>>,
+    /// Backups and integrity checks.
+    pub durability: Arc<crate::integrity::Durability>,
 }
 
 type KeyLocks = std::collections::HashMap<(u64, String), Arc<tokio::sync::Mutex<()>>>;
@@ -61,7 +63,13 @@ impl AdminState {
             tz_offset_minutes,
             unauthenticated_audits: Arc::new(std::sync::Mutex::new((0, 0))),
             key_locks: Arc::new(std::sync::Mutex::new(KeyLocks::new())),
+            durability: Arc::default(),
         }
+    }
+
+    pub fn with_durability(mut self, durability: Arc<crate::integrity::Durability>) -> AdminState {
+        self.durability = durability;
+        self
     }
 
     fn key_lock(&self, operator_id: u64, key: &str) -> Arc<tokio::sync::Mutex<()>> {

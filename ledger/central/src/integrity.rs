@@ -328,26 +328,33 @@ impl CentralStore {
     }
 
     /// Approved money movements per business day (local time `tz_offset_minutes` ahead
-    /// of UTC) in `transactions`, in day order.
-    pub async fn day_totals(&self, gateway_id: u64, tz_offset_minutes: i32) -> Result<Vec<DayTotal>, CentralError> {
+    /// of UTC) in `transactions`, of the entries through `through`, in day order.
+    pub async fn day_totals(
+        &self,
+        gateway_id: u64,
+        tz_offset_minutes: i32,
+        through: u64,
+    ) -> Result<Vec<DayTotal>, CentralError> {
         let offset_ms = i64::from(tz_offset_minutes) * 60_000;
         let rows: Vec<(i64, i64, i64)> = match self {
             CentralStore::Sqlite(s) => sqlx::query_as(
                 "SELECT (time_ms + ?2) / 86400000 AS day, COUNT(*), COALESCE(SUM(amount_fen), 0) \
-                     FROM transactions WHERE gateway_id = ?1 GROUP BY day ORDER BY day",
+                     FROM transactions WHERE gateway_id = ?1 AND entry_id <= ?3 GROUP BY day ORDER BY day",
             )
             .bind(sql_id(gateway_id))
             .bind(offset_ms)
+            .bind(sql_id(through))
             .fetch_all(s.pool())
             .await
             .map_err(classify)?,
             CentralStore::Postgres(p) => {
                 let rows = sqlx::query(
                     "SELECT (time_ms + $2) / 86400000 AS day, COUNT(*), COALESCE(SUM(amount), 0)::NUMERIC(20,2) \
-                     FROM transactions WHERE gateway_id = $1 GROUP BY day ORDER BY day",
+                     FROM transactions WHERE gateway_id = $1 AND entry_id <= $3 GROUP BY day ORDER BY day",
                 )
                 .bind(sql_id(gateway_id))
                 .bind(offset_ms)
+                .bind(sql_id(through))
                 .fetch_all(p.pool())
                 .await
                 .map_err(classify)?;
@@ -373,4 +380,75 @@ impl CentralStore {
             })
             .collect()
     }
+
+    /// Every account of `gateway_id`: its opening balance, its balance now, what all its
+    /// transactions add up to, and the balance its transactions through entry `through`
+    /// leave. One statement, so the first three are one snapshot.
+    pub async fn account_sums(&self, gateway_id: u64, through: u64) -> Result<Vec<AccountSum>, CentralError> {
+        let rows = match self {
+            CentralStore::Sqlite(s) => {
+                let rows: Vec<(i64, i64, i64, i64, i64)> = sqlx::query_as(
+                    "SELECT a.account_id, a.opening_balance_fen, a.balance_fen, COALESCE(SUM(t.amount_fen), 0), \
+                            COALESCE(SUM(CASE WHEN t.entry_id <= ?2 THEN t.amount_fen ELSE 0 END), 0) \
+                     FROM accounts a LEFT JOIN transactions t \
+                       ON t.gateway_id = a.gateway_id AND t.account_id = a.account_id \
+                     WHERE a.gateway_id = ?1 GROUP BY a.account_id ORDER BY a.account_id",
+                )
+                .bind(sql_id(gateway_id))
+                .bind(sql_id(through))
+                .fetch_all(s.pool())
+                .await
+                .map_err(classify)?;
+                rows
+            }
+            CentralStore::Postgres(p) => {
+                let rows = sqlx::query(
+                    "SELECT a.account_id, a.opening_balance, a.balance, COALESCE(SUM(t.amount), 0)::NUMERIC(20,2), \
+                            COALESCE(SUM(CASE WHEN t.entry_id <= $2 THEN t.amount ELSE 0 END), 0)::NUMERIC(20,2) \
+                     FROM accounts a LEFT JOIN transactions t \
+                       ON t.gateway_id = a.gateway_id AND t.account_id = a.account_id \
+                     WHERE a.gateway_id = $1 GROUP BY a.account_id, a.opening_balance, a.balance \
+                     ORDER BY a.account_id",
+                )
+                .bind(sql_id(gateway_id))
+                .bind(sql_id(through))
+                .fetch_all(p.pool())
+                .await
+                .map_err(classify)?;
+                let mut out = Vec::with_capacity(rows.len());
+                for r in &rows {
+                    out.push((
+                        r.try_get::<i64, _>(0).map_err(classify)?,
+                        fen_of(r.try_get(1).map_err(classify)?)?,
+                        fen_of(r.try_get(2).map_err(classify)?)?,
+                        fen_of(r.try_get(3).map_err(classify)?)?,
+                        fen_of(r.try_get(4).map_err(classify)?)?,
+                    ));
+                }
+                out
+            }
+        };
+        Ok(rows
+            .into_iter()
+            .map(|(account, opening, balance, all, through_sum)| AccountSum {
+                account: id_of_sql(account),
+                opening_balance_fen: opening,
+                balance_fen: balance,
+                transactions_fen: all,
+                through_fen: opening + through_sum,
+            })
+            .collect())
+    }
+}
+
+/// One account as the store holds it, for the integrity check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AccountSum {
+    pub account: u64,
+    pub opening_balance_fen: i64,
+    pub balance_fen: i64,
+    /// What all its transactions add up to.
+    pub transactions_fen: i64,
+    /// Its opening balance plus its transactions through the entry asked about.
+    pub through_fen: i64,
 }
