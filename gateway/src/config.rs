@@ -280,7 +280,9 @@ impl Config {
             if let Some(v) = v
                 && parse_time_of_day(v).is_none()
             {
-                return Err(ConfigError::Invalid(format!("{key} must be HH:MM (local time), not {v:?}")));
+                return Err(ConfigError::Invalid(format!(
+                    "{key} must be HH:MM (local time), not {v:?}"
+                )));
             }
         }
         if self.backup.daily_at.is_some() && self.backup.dir.is_none() {
@@ -329,7 +331,11 @@ mod tests {
     #[test]
     fn schedules_are_validated() {
         let c: Config = toml::from_str("").unwrap();
-        assert_eq!(c.integrity.daily_at.as_deref(), Some("03:30"), "the daily check is on by default");
+        assert_eq!(
+            c.integrity.daily_at.as_deref(),
+            Some("03:30"),
+            "the daily check is on by default"
+        );
         assert_eq!((c.backup.dir.as_ref(), c.backup.keep), (None, 14));
         let mut c: Config = toml::from_str("[backup]\ndir = \"/srv/backup\"\ndaily_at = \"02:15\"\nkeep = 3").unwrap();
         c.validate().unwrap();

@@ -407,7 +407,10 @@ mod tests {
         assert!(d.due(midnight + 210 * minute, 480), "03:30");
         assert!(!d.due(midnight + 211 * minute, 480), "once");
         assert!(!d.due(midnight + 1439 * minute, 480));
-        assert!(d.due(midnight + 1440 * minute + 300 * minute, 480), "the next day, late");
+        assert!(
+            d.due(midnight + 1440 * minute + 300 * minute, 480),
+            "the next day, late"
+        );
         // Started after today's time: tomorrow.
         let mut late = Daily::new(Some("03:30"), midnight + 600 * minute, 480).unwrap();
         assert!(!late.due(midnight + 601 * minute, 480));

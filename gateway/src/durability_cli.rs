@@ -62,7 +62,11 @@ async fn call(url: &str, token: &str, method: &str, path: &str, body: &str) -> a
 }
 
 fn api_error(status: u16, body: &Value) -> anyhow::Error {
-    let msg = body.get("error").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| body.to_string());
+    let msg = body
+        .get("error")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| body.to_string());
     anyhow::anyhow!("the gateway answered {status}: {msg}")
 }
 
@@ -107,7 +111,10 @@ pub async fn backup(dir: &Path, target: Target) -> anyhow::Result<()> {
             let gateway_id = db
                 .get_meta_u64(cardgate_ledger::records::meta::GATEWAY_ID)?
                 .context("the data directory has no gateway id")?;
-            let through = db.get_meta_u64(cardgate_journal::store::meta::NEXT_ENTRY_ID)?.unwrap_or(1) - 1;
+            let through = db
+                .get_meta_u64(cardgate_journal::store::meta::NEXT_ENTRY_ID)?
+                .unwrap_or(1)
+                - 1;
             let now = cardgate_domain::Clock::now_ms(&cardgate_domain::SystemClock);
             let tz = config.tz_offset_minutes;
             let done = tokio::task::spawn_blocking(move || {
@@ -133,9 +140,9 @@ pub async fn backup(dir: &Path, target: Target) -> anyhow::Result<()> {
 
 /// `cardgate restore BACKUP --data-dir DIR`.
 pub async fn restore(from: &Path, config: &Config, force: bool) -> anyhow::Result<()> {
-    let key = config
-        .terminal_key(false)?
-        .context("restoring needs the terminal key the backup was sealed with: set CARDGATE_TERMINAL_KEY or terminal_key_file")?;
+    let key = config.terminal_key(false)?.context(
+        "restoring needs the terminal key the backup was sealed with: set CARDGATE_TERMINAL_KEY or terminal_key_file",
+    )?;
     let from = from.to_path_buf();
     let data = config.data_dir.clone();
     let now = cardgate_domain::Clock::now_ms(&cardgate_domain::SystemClock);

@@ -97,7 +97,11 @@ impl Report {
         if self.ok {
             format!(
                 "clean: chain through entry {}, {} accounts, {} movements, {} central hashes, {} days",
-                self.through_entry_id, self.accounts_checked, self.movements_checked, self.hashes_checked, self.days_checked
+                self.through_entry_id,
+                self.accounts_checked,
+                self.movements_checked,
+                self.hashes_checked,
+                self.days_checked
             )
         } else {
             let found: Vec<String> = self
@@ -106,7 +110,11 @@ impl Report {
                 .filter(|(_, n)| **n > 0)
                 .map(|(c, n)| format!("{c}: {n}"))
                 .collect();
-            format!("MISMATCHES through entry {}: {}", self.through_entry_id, found.join(", "))
+            format!(
+                "MISMATCHES through entry {}: {}",
+                self.through_entry_id,
+                found.join(", ")
+            )
         }
     }
 
@@ -135,7 +143,10 @@ pub fn register_metrics() {
         "cardgate_integrity_last_run_timestamp_seconds",
         "Unix time the last integrity check started"
     );
-    metrics::describe_gauge!("cardgate_integrity_last_run_ok", "1 if the last integrity check found nothing");
+    metrics::describe_gauge!(
+        "cardgate_integrity_last_run_ok",
+        "1 if the last integrity check found nothing"
+    );
     metrics::describe_counter!(
         "cardgate_integrity_runs_total",
         "Integrity checks run, by result (ok, mismatch, error)"
@@ -146,9 +157,15 @@ pub fn register_metrics() {
         "cardgate_backup_last_success_timestamp_seconds",
         "Unix time of the last backup that completed"
     );
-    metrics::describe_gauge!("cardgate_backup_last_entry_id", "The journal entry the last backup ends at");
+    metrics::describe_gauge!(
+        "cardgate_backup_last_entry_id",
+        "The journal entry the last backup ends at"
+    );
     metrics::describe_histogram!("cardgate_backup_seconds", "How long a backup took");
-    metrics::describe_counter!("cardgate_day_closes_total", "Business days closed with their chain hash");
+    metrics::describe_counter!(
+        "cardgate_day_closes_total",
+        "Business days closed with their chain hash"
+    );
     for check in CHECKS {
         metrics::gauge!("cardgate_integrity_mismatches", "check" => check).set(0.0);
     }
@@ -203,7 +220,16 @@ fn mismatch_json(m: &Mismatch) -> Value {
     })
 }
 
-fn push(check: &mut JournalCheck, c: &'static str, entry: Option<u64>, account: Option<u64>, day: Option<String>, expected: String, found: String, detail: String) {
+fn push(
+    check: &mut JournalCheck,
+    c: &'static str,
+    entry: Option<u64>,
+    account: Option<u64>,
+    day: Option<String>,
+    expected: String,
+    found: String,
+    detail: String,
+) {
     check.push(Mismatch {
         check: c,
         entry_id: entry,
@@ -243,7 +269,16 @@ pub async fn run(source: Source<'_>, central: Option<&CentralStore>, now_ms: i64
     let mut days_checked = 0u64;
     let mut central_json = None;
     if let Some(e) = &central_error {
-        push(&mut check, "central_unreachable", None, None, None, String::new(), String::new(), format!("the central store could not be read: {e}"));
+        push(
+            &mut check,
+            "central_unreachable",
+            None,
+            None,
+            None,
+            String::new(),
+            String::new(),
+            format!("the central store could not be read: {e}"),
+        );
     }
     if let (Some(store), Some(at)) = (central, check.at_cursor.clone()) {
         let k = at.cursor;
@@ -254,14 +289,32 @@ pub async fn run(source: Source<'_>, central: Option<&CentralStore>, now_ms: i64
                 hashes_checked = h;
                 days_checked = d;
             }
-            Err(e) => push(&mut check, "central_unreachable", Some(k), None, None, String::new(), String::new(), format!("the central store could not be read: {e}")),
+            Err(e) => push(
+                &mut check,
+                "central_unreachable",
+                Some(k),
+                None,
+                None,
+                String::new(),
+                String::new(),
+                format!("the central store could not be read: {e}"),
+            ),
         }
     } else if let (Some(store), None, Some(c)) = (central, &check.at_cursor, cursor) {
         // The store holds more of this gateway than its journal: restored from an older
         // backup, or another gateway with its id.
         central_json = Some(json!({ "store": store.describe(), "cursor": c }));
         let through = check.through;
-        push(&mut check, "central_hash", Some(c), None, None, format!("at most {through}"), c.to_string(), format!("the central store holds this gateway's entries through {c}, beyond this journal's {through}"));
+        push(
+            &mut check,
+            "central_hash",
+            Some(c),
+            None,
+            None,
+            format!("at most {through}"),
+            c.to_string(),
+            format!("the central store holds this gateway's entries through {c}, beyond this journal's {through}"),
+        );
     }
 
     let counts: BTreeMap<&'static str, u64> = CHECKS
@@ -318,18 +371,36 @@ async fn compare_central(
     // Every account: the store's own sums, and its balance at the cursor against ours.
     for a in store.account_sums(gateway_id, k).await? {
         if a.opening_balance_fen + a.transactions_fen != a.balance_fen {
-            push(check, "central_internal", None, Some(a.account), None, (a.opening_balance_fen + a.transactions_fen).to_string(), a.balance_fen.to_string(), format!(
-                "the central store's balance of account {} is not its opening balance plus its transactions",
-                a.account
-            ));
+            push(
+                check,
+                "central_internal",
+                None,
+                Some(a.account),
+                None,
+                (a.opening_balance_fen + a.transactions_fen).to_string(),
+                a.balance_fen.to_string(),
+                format!(
+                    "the central store's balance of account {} is not its opening balance plus its transactions",
+                    a.account
+                ),
+            );
         }
         if let Some(ours) = at.balances.get(&a.account)
             && *ours != a.through_fen
         {
-            push(check, "central_account", Some(k), Some(a.account), None, ours.to_string(), a.through_fen.to_string(), format!(
-                "account {}: the gateway's balance at entry {k} is not the central store's opening balance plus its transactions through {k}",
-                a.account
-            ));
+            push(
+                check,
+                "central_account",
+                Some(k),
+                Some(a.account),
+                None,
+                ours.to_string(),
+                a.through_fen.to_string(),
+                format!(
+                    "account {}: the gateway's balance at entry {k} is not the central store's opening balance plus its transactions through {k}",
+                    a.account
+                ),
+            );
         }
     }
 
@@ -342,17 +413,30 @@ async fn compare_central(
         .collect();
     let mut days = 0u64;
     let full = |d: i32| at.full_days_from.is_none_or(|f| d >= f);
-    let all_days: std::collections::BTreeSet<i32> =
-        theirs.keys().chain(at.day_totals.keys()).copied().filter(|d| full(*d)).collect();
+    let all_days: std::collections::BTreeSet<i32> = theirs
+        .keys()
+        .chain(at.day_totals.keys())
+        .copied()
+        .filter(|d| full(*d))
+        .collect();
     for d in all_days {
         days += 1;
         let ours = at.day_totals.get(&d).copied().unwrap_or((0, 0));
         let found = theirs.get(&d).copied().unwrap_or((0, 0));
         if ours != found {
-            push(check, "central_day", None, None, Some(day(d)), format!("{} transactions, {} fen", ours.0, ours.1), format!("{} transactions, {} fen", found.0, found.1), format!(
-                "business day {}: the central store's transactions through entry {k} do not add up to the gateway's",
-                day(d)
-            ));
+            push(
+                check,
+                "central_day",
+                None,
+                None,
+                Some(day(d)),
+                format!("{} transactions, {} fen", ours.0, ours.1),
+                format!("{} transactions, {} fen", found.0, found.1),
+                format!(
+                    "business day {}: the central store's transactions through entry {k} do not add up to the gateway's",
+                    day(d)
+                ),
+            );
         }
     }
 
@@ -385,9 +469,16 @@ async fn compare_central(
             hashes += 1;
             match theirs.get(&id) {
                 Some(t) if *t == hash => {}
-                t => push(check, "central_hash", Some(id), None, None, to_hex(&hash), t.map_or("missing".into(), to_hex), format!(
-                    "entry {id}'s hash in the central store is not the journal's"
-                )),
+                t => push(
+                    check,
+                    "central_hash",
+                    Some(id),
+                    None,
+                    None,
+                    to_hex(&hash),
+                    t.map_or("missing".into(), to_hex),
+                    format!("entry {id}'s hash in the central store is not the journal's"),
+                ),
             }
         }
         if page_end <= after {
@@ -403,16 +494,36 @@ async fn compare_central(
         if let Some(ours) = journal_closes.get(&c.day)
             && (ours.hash != c.hash || ours.last_entry_id != c.last_entry_id)
         {
-            push(check, "day_close", Some(c.entry_id), None, Some(c.day.clone()), format!("entry {} {}", ours.last_entry_id, to_hex(&ours.hash)), format!("entry {} {}", c.last_entry_id, to_hex(&c.hash)), "the central store's close of the day is not the journal's".into());
+            push(
+                check,
+                "day_close",
+                Some(c.entry_id),
+                None,
+                Some(c.day.clone()),
+                format!("entry {} {}", ours.last_entry_id, to_hex(&ours.hash)),
+                format!("entry {} {}", c.last_entry_id, to_hex(&c.hash)),
+                "the central store's close of the day is not the journal's".into(),
+            );
         }
-        let held = db.entry_hash(c.last_entry_id).map_err(|e| cardgate_central::CentralError::Data(e.to_string()))?;
+        let held = db
+            .entry_hash(c.last_entry_id)
+            .map_err(|e| cardgate_central::CentralError::Data(e.to_string()))?;
         if let Some(h) = held
             && h != c.hash
         {
-            push(check, "day_close", Some(c.last_entry_id), None, Some(c.day.clone()), to_hex(&h), to_hex(&c.hash), format!(
-                "the day's last entry {} no longer has the hash its close recorded",
-                c.last_entry_id
-            ));
+            push(
+                check,
+                "day_close",
+                Some(c.last_entry_id),
+                None,
+                Some(c.day.clone()),
+                to_hex(&h),
+                to_hex(&c.hash),
+                format!(
+                    "the day's last entry {} no longer has the hash its close recorded",
+                    c.last_entry_id
+                ),
+            );
         }
         // A complete close's totals against the store's transactions of that day.
         if c.complete
@@ -422,7 +533,16 @@ async fn compare_central(
         {
             let found = theirs.get(&d).copied().unwrap_or((0, 0));
             if (c.transactions, c.transactions_fen) != found {
-                push(check, "day_close", Some(c.entry_id), None, Some(c.day.clone()), format!("{} transactions, {} fen", c.transactions, c.transactions_fen), format!("{} transactions, {} fen", found.0, found.1), "the day's close and the central store's transactions of the day differ".into());
+                push(
+                    check,
+                    "day_close",
+                    Some(c.entry_id),
+                    None,
+                    Some(c.day.clone()),
+                    format!("{} transactions, {} fen", c.transactions, c.transactions_fen),
+                    format!("{} transactions, {} fen", found.0, found.1),
+                    "the day's close and the central store's transactions of the day differ".into(),
+                );
             }
         }
     }
@@ -431,10 +551,7 @@ async fn compare_central(
 
 /// Runs the check on a running gateway and records its metrics and log line (the caller
 /// audits it: the API call's record, or the schedule's).
-pub async fn run_live(
-    ledger: &Ledger,
-    central: Option<&CentralStore>,
-) -> Result<Report, CheckError> {
+pub async fn run_live(ledger: &Ledger, central: Option<&CentralStore>) -> Result<Report, CheckError> {
     let r = run(Source::Live(ledger), central, ledger.now_ms()).await;
     match &r {
         Ok(report) => {

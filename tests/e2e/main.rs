@@ -5,6 +5,7 @@
 mod central;
 mod desk;
 mod desk_imports;
+mod durability;
 mod harness;
 mod lunch;
 mod pos;

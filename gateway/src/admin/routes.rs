@@ -1343,65 +1343,103 @@ fn backup_error(e: cardgate_ledger::backup::BackupError) -> ApiError {
 }
 
 async fn create_backup(State(s): State<AdminState>, headers: HeaderMap, body: Bytes) -> Response {
-    let actor = auth!(s, headers, Permission::Backups, "backup.create", String::from("backups"));
+    let actor = auth!(
+        s,
+        headers,
+        Permission::Backups,
+        "backup.create",
+        String::from("backups")
+    );
     let key = key!(headers, "backup.create", "backups", "", body);
     let durability = s.durability.clone();
-    s.mutate(actor, "backup.create", "backups".into(), key, move |l, _call| async move {
-        let b: BackupBody = if body.is_empty() { BackupBody::default() } else { json_body(&body)? };
-        let dir = match (b.dir, &durability.backup_dir) {
-            (Some(d), _) => std::path::PathBuf::from(d),
-            (None, Some(d)) => d.clone(),
-            (None, None) => {
-                return Err(ApiError::unprocessable(
-                    "name a directory ({\"dir\": \"/path\"}) or set backup.dir in the configuration",
-                ));
+    s.mutate(
+        actor,
+        "backup.create",
+        "backups".into(),
+        key,
+        move |l, _call| async move {
+            let b: BackupBody = if body.is_empty() {
+                BackupBody::default()
+            } else {
+                json_body(&body)?
+            };
+            let dir = match (b.dir, &durability.backup_dir) {
+                (Some(d), _) => std::path::PathBuf::from(d),
+                (None, Some(d)) => d.clone(),
+                (None, None) => {
+                    return Err(ApiError::unprocessable(
+                        "name a directory ({\"dir\": \"/path\"}) or set backup.dir in the configuration",
+                    ));
+                }
+            };
+            if !dir.is_absolute() {
+                return Err(ApiError::unprocessable(format!(
+                    "{} is not an absolute path on the gateway's machine",
+                    dir.display()
+                )));
             }
-        };
-        if !dir.is_absolute() {
-            return Err(ApiError::unprocessable(format!(
-                "{} is not an absolute path on the gateway's machine",
-                dir.display()
-            )));
-        }
-        let _one = durability.backing_up.lock().await;
-        let done = l.backup(&dir).await.map_err(backup_error)?;
-        let m = &done.manifest;
-        let summary = json!({
-            "path": done.path.display().to_string(),
-            "entry_id": m.entry_id,
-            "entry_hash": m.entry_hash,
-            "entries": m.entries,
-            "records": m.records,
-        });
-        Ok(Done::ok(
-            Value::Null,
-            summary.clone(),
-            json!({ "backup": summary, "manifest": serde_json::to_value(m).unwrap_or(Value::Null) }),
-        ))
-    })
+            let _one = durability.backing_up.lock().await;
+            let done = l.backup(&dir).await.map_err(backup_error)?;
+            let m = &done.manifest;
+            let summary = json!({
+                "path": done.path.display().to_string(),
+                "entry_id": m.entry_id,
+                "entry_hash": m.entry_hash,
+                "entries": m.entries,
+                "records": m.records,
+            });
+            Ok(Done::ok(
+                Value::Null,
+                summary.clone(),
+                json!({ "backup": summary, "manifest": serde_json::to_value(m).unwrap_or(Value::Null) }),
+            ))
+        },
+    )
     .await
 }
 
 async fn run_check(State(s): State<AdminState>, headers: HeaderMap, body: Bytes) -> Response {
-    let actor = auth!(s, headers, Permission::Integrity, "integrity.check", String::from("integrity"));
+    let actor = auth!(
+        s,
+        headers,
+        Permission::Integrity,
+        "integrity.check",
+        String::from("integrity")
+    );
     let key = key!(headers, "integrity.check", "integrity", "", body);
     let durability = s.durability.clone();
-    s.mutate(actor, "integrity.check", "integrity".into(), key, move |l, _call| async move {
-        let report = durability
-            .check(&l)
-            .await
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-        let after = json!({ "ok": report.ok, "summary": report.summary(), "counts": report.counts });
-        Ok(Done::ok(Value::Null, after, report.json()))
-    })
+    s.mutate(
+        actor,
+        "integrity.check",
+        "integrity".into(),
+        key,
+        move |l, _call| async move {
+            let report = durability
+                .check(&l)
+                .await
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+            let after = json!({ "ok": report.ok, "summary": report.summary(), "counts": report.counts });
+            Ok(Done::ok(Value::Null, after, report.json()))
+        },
+    )
     .await
 }
 
 async fn last_check(State(s): State<AdminState>, headers: HeaderMap) -> Response {
-    auth!(s, headers, Permission::Integrity, "integrity.last", String::from("integrity"));
+    auth!(
+        s,
+        headers,
+        Permission::Integrity,
+        "integrity.last",
+        String::from("integrity")
+    );
     let last = s.durability.last.lock().unwrap_or_else(|p| p.into_inner()).clone();
     match last {
         Some(r) => axum::Json(r.json()).into_response(),
-        None => ApiError::new(StatusCode::NOT_FOUND, "no integrity check has run since the gateway started").into_response(),
+        None => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no integrity check has run since the gateway started",
+        )
+        .into_response(),
     }
 }
