@@ -43,7 +43,8 @@ pub struct Backup {
     /// where `POST /api/v1/backups` writes when the call names none. Put it on another
     /// disk than `data_dir`.
     pub dir: Option<PathBuf>,
-    /// `HH:MM` local business time for a daily backup into `dir`; none: no schedule.
+    /// `HH:MM` local business time for a daily backup into `dir`; none (or `"off"`): no
+    /// schedule.
     pub daily_at: Option<String>,
     /// Scheduled backups kept in `dir` (older ones are removed after a new one is
     /// complete); 0 keeps all. Backups made by hand are never removed.
@@ -54,7 +55,7 @@ pub struct Backup {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Integrity {
-    /// `HH:MM` local business time for the daily check; none: only by hand.
+    /// `HH:MM` local business time for the daily check; `"off"`: only by hand.
     pub daily_at: Option<String>,
 }
 
@@ -278,6 +279,7 @@ impl Config {
             ("integrity.daily_at", &self.integrity.daily_at),
         ] {
             if let Some(v) = v
+                && v != "off"
                 && parse_time_of_day(v).is_none()
             {
                 return Err(ConfigError::Invalid(format!(
@@ -285,7 +287,7 @@ impl Config {
                 )));
             }
         }
-        if self.backup.daily_at.is_some() && self.backup.dir.is_none() {
+        if self.backup.daily_at.as_deref().is_some_and(|v| v != "off") && self.backup.dir.is_none() {
             return bad("backup.daily_at needs backup.dir (where the daily backups go)");
         }
         if let Some(d) = &self.backup.dir
@@ -352,6 +354,8 @@ mod tests {
         assert_eq!(parse_time_of_day("00:00"), Some(0));
         assert_eq!(parse_time_of_day("23:59"), Some(1439));
         assert!(toml::from_str::<Config>("[integrity]\nat = \"03:00\"").is_err());
+        let c: Config = toml::from_str("[integrity]\ndaily_at = \"off\"").unwrap();
+        c.validate().unwrap();
     }
 
     #[test]

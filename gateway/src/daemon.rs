@@ -263,6 +263,7 @@ struct Daily {
 }
 
 impl Daily {
+    /// `None` for no schedule (no time, or `"off"`).
     fn new(at: Option<&str>, now_ms: i64, tz: i32) -> Option<Daily> {
         let at_minute = parse_time_of_day(at?)?;
         let today = business_day(now_ms, tz);
@@ -416,5 +417,6 @@ mod tests {
         assert!(!late.due(midnight + 601 * minute, 480));
         assert!(late.due(midnight + 1440 * minute + 210 * minute, 480));
         assert!(Daily::new(None, midnight, 480).is_none());
+        assert!(Daily::new(Some("off"), midnight, 480).is_none());
     }
 }

@@ -30,7 +30,7 @@ pub enum Target {
     Api { url: String, token: String },
     /// A stopped gateway's data directory, with its configuration (the terminal key, the
     /// time zone, the central store).
-    Stopped { config: Config },
+    Stopped { config: Box<Config> },
 }
 
 /// One request to the admin API; returns the status and the JSON body.
@@ -226,5 +226,7 @@ pub fn target(
     if let Some(c) = central {
         config.central.url = Some(c);
     }
-    Ok(Target::Stopped { config })
+    Ok(Target::Stopped {
+        config: Box::new(config),
+    })
 }

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 
 use cardgate_central::CentralStore;
-use cardgate_journal::chain::to_hex;
+use cardgate_journal::chain::{Hash, to_hex};
 use cardgate_journal::store::meta as journal_meta;
 use cardgate_journal::{Db, StoreError};
 use cardgate_ledger::integrity::{JournalCheck, Mismatch, check_journal};
@@ -220,26 +220,21 @@ fn mismatch_json(m: &Mismatch) -> Value {
     })
 }
 
-fn push(
-    check: &mut JournalCheck,
-    c: &'static str,
-    entry: Option<u64>,
-    account: Option<u64>,
-    day: Option<String>,
-    expected: String,
-    found: String,
-    detail: String,
-) {
+/// A finding of `check`, about `at` (entry, account, day), expected and found.
+fn push(check: &mut JournalCheck, c: &'static str, at: At, values: (String, String), detail: String) {
     check.push(Mismatch {
         check: c,
-        entry_id: entry,
-        account,
-        day,
-        expected,
-        found,
+        entry_id: at.0,
+        account: at.1,
+        day: at.2,
+        expected: values.0,
+        found: values.1,
         detail,
     });
 }
+
+/// What a finding is about: an entry, an account, a business day.
+type At = (Option<u64>, Option<u64>, Option<String>);
 
 /// Runs the whole check. `central`: the store to compare with, if any.
 pub async fn run(source: Source<'_>, central: Option<&CentralStore>, now_ms: i64) -> Result<Report, CheckError> {
@@ -272,11 +267,8 @@ pub async fn run(source: Source<'_>, central: Option<&CentralStore>, now_ms: i64
         push(
             &mut check,
             "central_unreachable",
-            None,
-            None,
-            None,
-            String::new(),
-            String::new(),
+            (None, None, None),
+            (String::new(), String::new()),
             format!("the central store could not be read: {e}"),
         );
     }
@@ -292,11 +284,8 @@ pub async fn run(source: Source<'_>, central: Option<&CentralStore>, now_ms: i64
             Err(e) => push(
                 &mut check,
                 "central_unreachable",
-                Some(k),
-                None,
-                None,
-                String::new(),
-                String::new(),
+                (Some(k), None, None),
+                (String::new(), String::new()),
                 format!("the central store could not be read: {e}"),
             ),
         }
@@ -308,11 +297,8 @@ pub async fn run(source: Source<'_>, central: Option<&CentralStore>, now_ms: i64
         push(
             &mut check,
             "central_hash",
-            Some(c),
-            None,
-            None,
-            format!("at most {through}"),
-            c.to_string(),
+            (Some(c), None, None),
+            (format!("at most {through}"), c.to_string()),
             format!("the central store holds this gateway's entries through {c}, beyond this journal's {through}"),
         );
     }
@@ -374,11 +360,11 @@ async fn compare_central(
             push(
                 check,
                 "central_internal",
-                None,
-                Some(a.account),
-                None,
-                (a.opening_balance_fen + a.transactions_fen).to_string(),
-                a.balance_fen.to_string(),
+                (None, Some(a.account), None),
+                (
+                    (a.opening_balance_fen + a.transactions_fen).to_string(),
+                    a.balance_fen.to_string(),
+                ),
                 format!(
                     "the central store's balance of account {} is not its opening balance plus its transactions",
                     a.account
@@ -391,11 +377,8 @@ async fn compare_central(
             push(
                 check,
                 "central_account",
-                Some(k),
-                Some(a.account),
-                None,
-                ours.to_string(),
-                a.through_fen.to_string(),
+                (Some(k), Some(a.account), None),
+                (ours.to_string(), a.through_fen.to_string()),
                 format!(
                     "account {}: the gateway's balance at entry {k} is not the central store's opening balance plus its transactions through {k}",
                     a.account
@@ -427,11 +410,11 @@ async fn compare_central(
             push(
                 check,
                 "central_day",
-                None,
-                None,
-                Some(day(d)),
-                format!("{} transactions, {} fen", ours.0, ours.1),
-                format!("{} transactions, {} fen", found.0, found.1),
+                (None, None, Some(day(d))),
+                (
+                    format!("{} transactions, {} fen", ours.0, ours.1),
+                    format!("{} transactions, {} fen", found.0, found.1),
+                ),
                 format!(
                     "business day {}: the central store's transactions through entry {k} do not add up to the gateway's",
                     day(d)
@@ -451,7 +434,7 @@ async fn compare_central(
         let from = after;
         let ours = {
             let db = db.clone();
-            tokio::task::spawn_blocking(move || -> Result<Vec<(u64, Option<[u8; 32]>)>, StoreError> {
+            tokio::task::spawn_blocking(move || -> Result<Vec<(u64, Option<Hash>)>, StoreError> {
                 let n = usize::try_from(page_end - from).unwrap_or(usize::MAX);
                 Ok(db
                     .read_entries(from, n, |_| Ok::<(), String>(()))?
@@ -472,11 +455,8 @@ async fn compare_central(
                 t => push(
                     check,
                     "central_hash",
-                    Some(id),
-                    None,
-                    None,
-                    to_hex(&hash),
-                    t.map_or("missing".into(), to_hex),
+                    (Some(id), None, None),
+                    (to_hex(&hash), t.map_or("missing".into(), to_hex)),
                     format!("entry {id}'s hash in the central store is not the journal's"),
                 ),
             }
@@ -497,11 +477,11 @@ async fn compare_central(
             push(
                 check,
                 "day_close",
-                Some(c.entry_id),
-                None,
-                Some(c.day.clone()),
-                format!("entry {} {}", ours.last_entry_id, to_hex(&ours.hash)),
-                format!("entry {} {}", c.last_entry_id, to_hex(&c.hash)),
+                (Some(c.entry_id), None, Some(c.day.clone())),
+                (
+                    format!("entry {} {}", ours.last_entry_id, to_hex(&ours.hash)),
+                    format!("entry {} {}", c.last_entry_id, to_hex(&c.hash)),
+                ),
                 "the central store's close of the day is not the journal's".into(),
             );
         }
@@ -514,11 +494,8 @@ async fn compare_central(
             push(
                 check,
                 "day_close",
-                Some(c.last_entry_id),
-                None,
-                Some(c.day.clone()),
-                to_hex(&h),
-                to_hex(&c.hash),
+                (Some(c.last_entry_id), None, Some(c.day.clone())),
+                (to_hex(&h), to_hex(&c.hash)),
                 format!(
                     "the day's last entry {} no longer has the hash its close recorded",
                     c.last_entry_id
@@ -536,11 +513,11 @@ async fn compare_central(
                 push(
                     check,
                     "day_close",
-                    Some(c.entry_id),
-                    None,
-                    Some(c.day.clone()),
-                    format!("{} transactions, {} fen", c.transactions, c.transactions_fen),
-                    format!("{} transactions, {} fen", found.0, found.1),
+                    (Some(c.entry_id), None, Some(c.day.clone())),
+                    (
+                        format!("{} transactions, {} fen", c.transactions, c.transactions_fen),
+                        format!("{} transactions, {} fen", found.0, found.1),
+                    ),
                     "the day's close and the central store's transactions of the day differ".into(),
                 );
             }

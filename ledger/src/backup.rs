@@ -719,7 +719,7 @@ pub fn restore(
         for (k, v) in &verified.items {
             batch.insert(k.as_slice(), v.as_slice());
             n += 1;
-            if n % 10_000 == 0 {
+            if n.is_multiple_of(10_000) {
                 db.tree
                     .apply_batch(std::mem::take(&mut batch))
                     .map_err(StoreError::from)?;

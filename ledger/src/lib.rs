@@ -4,7 +4,10 @@
 //! protocol that makes each change durable before anyone sees its result (`txn.rs`);
 //! the operations, a file per concern: the terminals' money requests (`pay.rs`) and
 //! sessions (`terminals.rs`), the card desk (`desk/`), imports, history, the audit
-//! trail, the demo campus; and recovery of exactly the durable state (`recovery.rs`).
+//! trail, the demo campus, the close of each business day (`days.rs`); recovery of
+//! exactly the durable state (`recovery.rs`); consistent backups taken while it runs and
+//! their restore (`backup.rs`); and the journal's half of the integrity check
+//! (`integrity.rs`).
 //! It is the only writer of the journal (`cardgate-journal`); the rules it applies are
 //! `cardgate-domain`'s; the central store (`cardgate-central`) reads what it wrote.
 #![forbid(unsafe_code)]

@@ -309,8 +309,11 @@ async fn a_damaged_backup_is_refused_by_restore_and_nothing_changes() {
     assert!(ok, "the good one restores: {err}");
 }
 
-/// The data directory's journal: (segment key, its entries as (id, bytes, hash)).
-type Segments = Vec<(Vec<u8>, Vec<(u64, Vec<u8>, Option<[u8; 32]>)>)>;
+/// One stored entry: (id, bytes, hash).
+type Stored = (u64, Vec<u8>, Option<[u8; 32]>);
+
+/// The data directory's journal: (segment key, its entries).
+type Segments = Vec<(Vec<u8>, Vec<Stored>)>;
 
 fn segments(db: &cardgate_journal::Db) -> Segments {
     db.tree
@@ -328,7 +331,7 @@ fn segments(db: &cardgate_journal::Db) -> Segments {
         .collect()
 }
 
-fn write_segment(db: &cardgate_journal::Db, key: &[u8], entries: &[(u64, Vec<u8>, Option<[u8; 32]>)]) {
+fn write_segment(db: &cardgate_journal::Db, key: &[u8], entries: &[Stored]) {
     let mut seg = Vec::new();
     for (_, bytes, hash) in entries {
         segment::push(&mut seg, bytes, hash.as_ref());

@@ -14,6 +14,11 @@
 //! changes nothing (`protocol.rs`, once for both back ends); see `docs/ARCHITECTURE.md`,
 //! "Central store", for the whole argument.
 //!
+//! Each batch also carries its entries' chain hashes, which the store keeps
+//! (`entry_hashes`) with each closed business day (`day_closes`), and the store refuses a
+//! batch that does not link to the hash it holds for its last entry; `integrity.rs` holds
+//! those tables and the queries the integrity check compares with the gateway.
+//!
 //! This crate reads the journal (`cardgate-journal`) and knows the entries
 //! (`cardgate-domain`); it never depends on the ledger, so it can be tested against a
 //! journal on disk with no decisions running, and nothing it does can hold a terminal up.

@@ -6,9 +6,10 @@
 //!
 //! The hash is SHA-256: the workspace already builds it (`sha2`, RustCrypto, for tokens
 //! and MACs), it is the hash an auditor can recompute with any tool (`sha256sum`, SQL's
-//! `digest`), and at ~100-byte entries it costs well under a microsecond per entry on
-//! the committer's thread. (BLAKE3 is faster per byte, which entries this short do not
-//! need, and would be one more crate to keep.)
+//! `digest`), and an entry of ~100 bytes is two SHA-256 blocks on the committer's thread
+//! (its cost on the commit path is not yet measured in docs/PERFORMANCE.md). BLAKE3 is
+//! faster per byte, which entries this short gain little from, and would be one more
+//! crate to keep.
 //!
 //! The committer computes the chain where it gives out ids, so the chain follows the
 //! durable order exactly. Where it starts and how it is anchored is kept in meta values
