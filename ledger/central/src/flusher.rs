@@ -286,6 +286,8 @@ pub struct Flusher {
     backoff: Duration,
     failing_since: Option<Instant>,
     last_outage_log: Option<Instant>,
+    /// The kind of the last failure logged: a different lasting one is logged at once.
+    last_failure_kind: Option<&'static str>,
     next_prune: Instant,
     /// While the store refuses a batch: the size of the next one, halved at each refusal
     /// until the one entry it refuses is found.
@@ -314,6 +316,7 @@ impl Flusher {
             backoff: RETRY_BACKOFF_MIN,
             failing_since: None,
             last_outage_log: None,
+            last_failure_kind: None,
             next_prune: Instant::now(),
             probe: None,
         };
@@ -440,6 +443,30 @@ impl Flusher {
         let durable = self.durable();
         if central > durable {
             return Err(CentralError::Ahead { central, durable }.into());
+        }
+        // The store's last entry must be this journal's: otherwise its cursor says
+        // nothing about what this journal shipped, and must bound neither shipping nor
+        // pruning (a data directory restored from a backup while the store went on).
+        let db = self.source.db.clone();
+        let ours = tokio::task::spawn_blocking(move || db.entry_hash(central))
+            .await
+            .map_err(|e| {
+                FlushError::Journal(StoreError::Corrupt {
+                    key: Vec::new(),
+                    reason: format!("journal reader panicked: {e}"),
+                })
+            })??;
+        if let Some(ours) = ours
+            && let Some(theirs) = self.store.entry_hash(self.source.gateway_id, central).await?
+            && theirs != ours
+        {
+            let hex = |h: &[u8; 32]| h.iter().map(|b| format!("{b:02x}")).collect::<String>();
+            return Err(CentralError::Diverged {
+                entry_id: central,
+                central: hex(&theirs),
+                journal: hex(&ours),
+            }
+            .into());
         }
         if central < self.cursor {
             tracing::warn!(
@@ -666,8 +693,12 @@ impl Flusher {
         let due = self
             .last_outage_log
             .is_none_or(|t| now.duration_since(t) >= OUTAGE_LOG_INTERVAL);
-        if first || due {
+        // A different problem that will not pass by itself (a store now ahead, a diverged
+        // history) is news; flapping between outage kinds is not.
+        let changed = !e.is_transient() && self.last_failure_kind != Some(e.kind());
+        if first || due || changed {
             self.last_outage_log = Some(now);
+            self.last_failure_kind = Some(e.kind());
             let backlog = self.durable().saturating_sub(self.cursor);
             let failing_s = now.duration_since(since).as_secs();
             if let Some(stuck) = self.status.stuck() {
@@ -700,6 +731,7 @@ impl Flusher {
                 "central store flushing again"
             );
             self.last_outage_log = None;
+            self.last_failure_kind = None;
         }
     }
 

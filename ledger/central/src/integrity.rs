@@ -209,6 +209,12 @@ fn hash_of(v: Vec<u8>, entry_id: u64) -> Result<[u8; 32], CentralError> {
 }
 
 impl CentralStore {
+    /// The hash the store holds for one of the gateway's entries.
+    pub async fn entry_hash(&self, gateway_id: u64, entry_id: u64) -> Result<Option<[u8; 32]>, CentralError> {
+        let page = self.entry_hashes(gateway_id, entry_id.saturating_sub(1), 1).await?;
+        Ok(page.into_iter().find(|(id, _)| *id == entry_id).map(|(_, h)| h))
+    }
+
     /// Up to `limit` entry hashes of `gateway_id` after `after`, in entry order.
     pub async fn entry_hashes(
         &self,
