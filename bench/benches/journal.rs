@@ -73,7 +73,7 @@ fn group_commit(c: &mut Criterion) {
                 entered: entered_tx,
                 release: release_rx,
             };
-            let (journal, committer) = Journal::start(db.clone(), Box::new(store), 1, 0, Default::default());
+            let (journal, committer) = Journal::start(db.clone(), Box::new(store), 1, 0, Default::default()).unwrap();
             let mut next = 0u64;
             let mut split = 0u64;
             b.iter_custom(|iters| {

@@ -42,6 +42,8 @@ pub struct Config {
     /// business time zone (`tz_offset_minutes`), offset included, in both.
     pub log_format: LogFormat,
     pub health: Health,
+    pub backup: Backup,
+    pub integrity: Integrity,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
@@ -75,6 +77,45 @@ impl Default for Health {
             terminal_offline_after_s: 300,
         }
     }
+}
+
+/// Backups (OPERATIONS.md, "Backups"): where scheduled ones go, when, and how many stay.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Backup {
+    /// The directory backups are written into, each in a directory of its own; also
+    /// where `POST /api/v1/backups` writes when the call names none. Put it on another
+    /// disk than `data_dir`.
+    pub dir: Option<PathBuf>,
+    /// `HH:MM` local business time for a daily backup into `dir`; none (or `"off"`): no
+    /// schedule.
+    pub daily_at: Option<String>,
+    /// Scheduled backups kept in `dir` (older ones are removed after a new one is
+    /// complete); 0 keeps all. Backups made by hand are never removed.
+    pub keep: usize,
+}
+
+/// The integrity check's schedule (OPERATIONS.md, "The integrity check").
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Integrity {
+    /// `HH:MM` local business time for the daily check; `"off"`: only by hand.
+    pub daily_at: Option<String>,
+}
+
+impl Default for Integrity {
+    fn default() -> Integrity {
+        Integrity {
+            daily_at: Some("03:30".into()),
+        }
+    }
+}
+
+/// `HH:MM` → minutes after local midnight.
+pub fn parse_time_of_day(s: &str) -> Option<u32> {
+    let (h, m) = s.trim().split_once(':')?;
+    let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+    (h < 24 && m < 60 && s.trim().len() == 5).then_some(h * 60 + m)
 }
 
 /// Every limit the daemon enforces, with units in the name.
@@ -155,6 +196,11 @@ impl Default for Config {
             central: Central::default(),
             log_format: LogFormat::Text,
             health: Health::default(),
+            backup: Backup {
+                keep: 14,
+                ..Backup::default()
+            },
+            integrity: Integrity::default(),
         }
     }
 }
@@ -388,6 +434,27 @@ impl Config {
         if let Err(e) = self.central.flusher().validate() {
             return Err(ConfigError::Invalid(format!("central: {e}")));
         }
+        for (key, v) in [
+            ("backup.daily_at", &self.backup.daily_at),
+            ("integrity.daily_at", &self.integrity.daily_at),
+        ] {
+            if let Some(v) = v
+                && v != "off"
+                && parse_time_of_day(v).is_none()
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "{key} must be HH:MM (local time), not {v:?}"
+                )));
+            }
+        }
+        if self.backup.daily_at.as_deref().is_some_and(|v| v != "off") && self.backup.dir.is_none() {
+            return bad("backup.daily_at needs backup.dir (where the daily backups go)");
+        }
+        if let Some(d) = &self.backup.dir
+            && !d.is_absolute()
+        {
+            return bad("backup.dir must be an absolute path");
+        }
         Ok(())
     }
 }
@@ -524,6 +591,34 @@ mod tests {
         c.validate().unwrap();
         assert!(toml::from_str::<Config>("log_format = \"xml\"").is_err());
         assert!(toml::from_str::<Config>("[health]\noffline_after_s = 1").is_err());
+    }
+
+    #[test]
+    fn schedules_are_validated() {
+        let c: Config = toml::from_str("").unwrap();
+        assert_eq!(
+            c.integrity.daily_at.as_deref(),
+            Some("03:30"),
+            "the daily check is on by default"
+        );
+        assert_eq!((c.backup.dir.as_ref(), c.backup.keep), (None, 14));
+        let mut c: Config = toml::from_str("[backup]\ndir = \"/srv/backup\"\ndaily_at = \"02:15\"\nkeep = 3").unwrap();
+        c.validate().unwrap();
+        c.backup.daily_at = Some("25:00".into());
+        assert!(c.validate().is_err());
+        c.backup.daily_at = Some("2:15".into());
+        assert!(c.validate().is_err());
+        c.backup.daily_at = Some("02:15".into());
+        c.backup.dir = None;
+        assert!(c.validate().is_err(), "a schedule needs a directory");
+        c.backup.dir = Some("relative".into());
+        c.backup.daily_at = None;
+        assert!(c.validate().is_err());
+        assert_eq!(parse_time_of_day("00:00"), Some(0));
+        assert_eq!(parse_time_of_day("23:59"), Some(1439));
+        assert!(toml::from_str::<Config>("[integrity]\nat = \"03:00\"").is_err());
+        let c: Config = toml::from_str("[integrity]\ndaily_at = \"off\"").unwrap();
+        c.validate().unwrap();
     }
 
     #[test]

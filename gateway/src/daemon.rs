@@ -16,7 +16,11 @@ use cardgate_ledger::{Ledger, LedgerConfig, SystemClock};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use cardgate_domain::clock::business_day;
+use cardgate_domain::model::AuditRecord;
+
+use crate::config::{Config, parse_time_of_day};
+use crate::integrity::Durability;
 use crate::shutdown::{Deadlines, Phase, PhaseCell, Stages};
 use crate::startup::{self, ListenerKind, StartError};
 
@@ -113,6 +117,28 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
     let started_ms = ledger.now_ms();
     // From here on the ledger is open: every return goes through `Running`'s shutdown,
     // or drops the ledger and its committer, which finish on their own.
+    crate::integrity::register_metrics();
+    let restore_note = ledger
+        .take_restore_note()
+        .map_err(|e| StartError::Other(format!("reading the restore note: {e}")))?;
+    if let Some(note) = restore_note {
+        // The first start after `cardgate restore`: on the record before anything else.
+        tracing::warn!(restore = %note, "this data directory was restored from a backup");
+        ledger
+            .audit(AuditRecord {
+                id: 0,
+                time_ms: 0,
+                actor: None,
+                action: "data.restore".into(),
+                target: "data".into(),
+                status: 200,
+                before: String::new(),
+                after: note,
+                detail: format!("restored into {}", config.data_dir.display()),
+            })
+            .await
+            .map_err(|e| StartError::Other(format!("recording the restore in the audit trail: {e}")))?;
+    }
     if opts.demo {
         let campus = DemoCampus {
             accounts: config.demo.accounts,
@@ -168,6 +194,13 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
             startup::log_probe(&store, &found);
         });
     }
+    // The integrity check (and the business-day reports) read the store over connections
+    // of their own, so that a long check never holds the flusher's.
+    let durability = Arc::new(Durability {
+        backup_dir: config.backup.dir.clone(),
+        central: Some(Arc::new(startup::central_store(&config)?)),
+        ..Durability::default()
+    });
     tracing::info!(backend = central.backend(), store = %central.describe(), "central store");
     let flusher = {
         let _on_its_runtime = central_runtime.enter();
@@ -190,11 +223,18 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
         terminal_offline_after: Duration::from_secs(config.health.terminal_offline_after_s),
     };
     tasks.spawn(crate::metrics::sample(sampled, shutdown.clone()));
+    tasks.spawn(durability_schedule(
+        ledger.clone(),
+        durability.clone(),
+        config.clone(),
+        shutdown.clone(),
+    ));
     // Before the terminal listener, so that whoever waits for "terminals" in the log
     // (the e2e harness) has seen every other listener by then.
     if let Some(listener) = listeners.admin {
         log_listening(ListenerKind::Admin, &listener);
-        let state = crate::admin::AdminState::new(ledger.clone(), config.tz_offset_minutes);
+        let state =
+            crate::admin::AdminState::new(ledger.clone(), config.tz_offset_minutes).with_durability(durability.clone());
         tasks.spawn(crate::admin::serve(
             listener,
             state,
@@ -390,5 +430,178 @@ impl Signals {
         }
         #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// How often the schedule looks at the clock.
+const SCHEDULE_TICK: Duration = Duration::from_secs(30);
+
+/// The directory under `backup.dir` that scheduled backups go to (and that `backup.keep`
+/// prunes); backups made by hand are never removed.
+pub const SCHEDULED_BACKUPS: &str = "scheduled";
+
+/// A daily job at a local time: due once a day, at the first tick at or after it. A job
+/// whose time already passed today when the gateway starts waits for tomorrow.
+struct Daily {
+    at_minute: u32,
+    done_day: i32,
+}
+
+impl Daily {
+    /// `None` for no schedule (no time, or `"off"`).
+    fn new(at: Option<&str>, now_ms: i64, tz: i32) -> Option<Daily> {
+        let at_minute = parse_time_of_day(at?)?;
+        let today = business_day(now_ms, tz);
+        let passed = minute_of_day(now_ms, tz) >= at_minute;
+        Some(Daily {
+            at_minute,
+            done_day: if passed { today } else { today - 1 },
+        })
+    }
+
+    fn due(&mut self, now_ms: i64, tz: i32) -> bool {
+        let today = business_day(now_ms, tz);
+        if today > self.done_day && minute_of_day(now_ms, tz) >= self.at_minute {
+            self.done_day = today;
+            return true;
+        }
+        false
+    }
+}
+
+fn minute_of_day(ms: i64, tz: i32) -> u32 {
+    ((ms + i64::from(tz) * 60_000).rem_euclid(86_400_000) / 60_000) as u32
+}
+
+/// Closes business days, and runs the daily backup and integrity check when due.
+async fn durability_schedule(
+    ledger: Arc<Ledger>,
+    durability: Arc<Durability>,
+    config: Config,
+    shutdown: CancellationToken,
+) {
+    let tz = config.tz_offset_minutes;
+    let mut check = Daily::new(config.integrity.daily_at.as_deref(), ledger.now_ms(), tz);
+    let mut backup = Daily::new(config.backup.daily_at.as_deref(), ledger.now_ms(), tz);
+    let mut tick = tokio::time::interval(SCHEDULE_TICK);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        if let Err(e) = ledger.close_days().await {
+            tracing::error!(error = %e, "closing the business day failed; retrying");
+        }
+        let now = ledger.now_ms();
+        if let (Some(b), Some(dir)) = (backup.as_mut(), &config.backup.dir)
+            && b.due(now, tz)
+        {
+            scheduled_backup(&ledger, &durability, &dir.join(SCHEDULED_BACKUPS), config.backup.keep).await;
+        }
+        if let Some(c) = check.as_mut()
+            && c.due(now, tz)
+        {
+            let (status, after, detail) = match durability.check(&ledger).await {
+                Ok(r) => (
+                    200,
+                    serde_json::json!({ "ok": r.ok, "summary": r.summary(), "counts": r.counts }).to_string(),
+                    "scheduled".to_string(),
+                ),
+                Err(e) => (500, String::new(), format!("scheduled: {e}")),
+            };
+            audit_scheduled(&ledger, "integrity.check", "integrity", status, after, detail).await;
+        }
+    }
+}
+
+async fn scheduled_backup(ledger: &Ledger, durability: &Durability, dir: &std::path::Path, keep: usize) {
+    let _one = durability.backing_up.lock().await;
+    let (status, after, detail) = match ledger.backup(dir).await {
+        Ok(done) => {
+            tracing::info!(path = %done.path.display(), entry_id = done.manifest.entry_id, "scheduled backup written");
+            if keep > 0 {
+                remove_old_backups(dir, keep);
+            }
+            (
+                200,
+                serde_json::json!({
+                    "path": done.path.display().to_string(),
+                    "entry_id": done.manifest.entry_id,
+                    "entry_hash": done.manifest.entry_hash,
+                })
+                .to_string(),
+                "scheduled".to_string(),
+            )
+        }
+        Err(e) => {
+            tracing::error!(error = %e, dir = %dir.display(), "scheduled backup failed");
+            (500, String::new(), format!("scheduled: {e}"))
+        }
+    };
+    audit_scheduled(ledger, "backup.create", "backups", status, after, detail).await;
+}
+
+/// Keeps the newest `keep` complete backups in `dir` (their names sort by time).
+fn remove_old_backups(dir: &std::path::Path, keep: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let mut backups: Vec<_> = entries
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name().to_string_lossy().starts_with("cardgate-backup-")
+                && e.path().join(cardgate_ledger::backup::MANIFEST_FILE).is_file()
+        })
+        .map(|e| e.path())
+        .collect();
+    backups.sort();
+    let old = backups.len().saturating_sub(keep);
+    for p in backups.into_iter().take(old) {
+        match std::fs::remove_dir_all(&p) {
+            Ok(()) => tracing::info!(path = %p.display(), "old scheduled backup removed"),
+            Err(e) => tracing::warn!(error = %e, path = %p.display(), "could not remove an old backup"),
+        }
+    }
+}
+
+async fn audit_scheduled(ledger: &Ledger, action: &str, target: &str, status: u16, after: String, detail: String) {
+    let rec = AuditRecord {
+        id: 0,
+        time_ms: 0,
+        actor: None,
+        action: action.into(),
+        target: target.into(),
+        status,
+        before: String::new(),
+        after,
+        detail,
+    };
+    if let Err(e) = ledger.audit(rec).await {
+        tracing::error!(error = %e, action, "could not audit a scheduled run");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_daily_job_runs_once_a_day_at_its_local_time() {
+        // 2026-11-28 00:00 in UTC+8.
+        let midnight = 1_795_881_600_000 - 86_400_000;
+        let minute = 60_000;
+        let mut d = Daily::new(Some("03:30"), midnight + 60 * minute, 480).unwrap();
+        assert!(!d.due(midnight + 209 * minute, 480), "03:29");
+        assert!(d.due(midnight + 210 * minute, 480), "03:30");
+        assert!(!d.due(midnight + 211 * minute, 480), "once");
+        assert!(!d.due(midnight + 1439 * minute, 480));
+        assert!(
+            d.due(midnight + 1440 * minute + 300 * minute, 480),
+            "the next day, late"
+        );
+        // Started after today's time: tomorrow.
+        let mut late = Daily::new(Some("03:30"), midnight + 600 * minute, 480).unwrap();
+        assert!(!late.due(midnight + 601 * minute, 480));
+        assert!(late.due(midnight + 1440 * minute + 210 * minute, 480));
+        assert!(Daily::new(None, midnight, 480).is_none());
+        assert!(Daily::new(Some("off"), midnight, 480).is_none());
     }
 }

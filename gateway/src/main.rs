@@ -26,6 +26,59 @@ enum Command {
     /// Manage admin API operators (while the daemon runs, through its control socket).
     #[command(subcommand)]
     Operator(OperatorCommand),
+    /// Write a backup into a new directory inside DIR: through a running gateway's admin
+    /// API (--admin-url, a data_admin token), or from a stopped gateway's --data-dir.
+    Backup {
+        dir: PathBuf,
+        #[command(flatten)]
+        at: TargetArgs,
+    },
+    /// Bring a STOPPED gateway's data directory back to exactly a backup. Refuses a
+    /// damaged or partial backup, a directory in use, and one holding a database unless
+    /// --force (which moves it aside).
+    Restore {
+        backup: PathBuf,
+        /// The data directory to restore into (default: the config's data_dir).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// TOML configuration file (for the terminal key file and data_dir).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Replace the database in the data directory (it is moved aside, not deleted).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run the integrity check (exits 1 if it finds mismatches): through a running
+    /// gateway's admin API, or on a stopped gateway's --data-dir and its central store.
+    Check {
+        #[command(flatten)]
+        at: TargetArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct TargetArgs {
+    /// A running gateway's admin API, e.g. http://127.0.0.1:7780.
+    #[arg(long, value_name = "URL")]
+    admin_url: Option<String>,
+    /// A data_admin or director token (default: $CARDGATE_TOKEN).
+    #[arg(long)]
+    token: Option<String>,
+    /// TOML configuration file of a stopped gateway (data_dir, terminal key, central store).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// A stopped gateway's data directory.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// The central store to compare with (default: the config's, else DATA_DIR/central.db).
+    #[arg(long, value_name = "URL")]
+    central: Option<String>,
+}
+
+impl TargetArgs {
+    fn target(self) -> anyhow::Result<cardgate::durability_cli::Target> {
+        cardgate::durability_cli::target(self.admin_url, self.token, self.config, self.data_dir, self.central)
+    }
 }
 
 #[derive(Subcommand)]
@@ -156,6 +209,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cardgate::logging::init(config.log_format, config.tz_offset_minutes);
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(serve(config, ServeOptions { demo }))?;
+            Ok(())
+        }
+        Command::Backup { dir, at } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(cardgate::durability_cli::backup(&dir, at.target()?))
+        }
+        Command::Restore {
+            backup,
+            data_dir,
+            config,
+            force,
+        } => {
+            let mut config = Config::load(config.as_deref())?;
+            if let Some(d) = data_dir {
+                config.data_dir = d;
+            }
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(cardgate::durability_cli::restore(&backup, &config, force))
+        }
+        Command::Check { at } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let clean = runtime.block_on(cardgate::durability_cli::check(at.target()?))?;
+            if !clean {
+                std::process::exit(1);
+            }
             Ok(())
         }
         Command::Operator(cmd) => {

@@ -98,6 +98,11 @@ impl Ledger {
         self.clock.clone()
     }
 
+    /// The key that seals terminal secrets (and backups), if one was given.
+    pub fn sealing_key(&self) -> Option<&crate::keys::TerminalKey> {
+        self.config.terminal_key.as_ref()
+    }
+
     pub fn tz_offset_minutes(&self) -> i32 {
         self.config.tz_offset_minutes
     }

@@ -3,21 +3,27 @@
 //! trail held in memory (`state.rs`, one owning type, one lock order); the one write
 //! protocol that makes each change durable before anyone sees its result (`txn.rs`);
 //! the operations, a file per concern: the terminals' money requests (`pay.rs`) and
-//! sessions (`terminals.rs`), the card desk (`desk/`), imports (files read as spreadsheets save them: `sheet.rs`), the
-//! registry of merchants and terminals with their sealed keys (`registry.rs`, `keys.rs`),
-//! the blank card stock (`stock.rs`), history, the audit
-//! trail, the demo campus; and recovery of exactly the durable state (`recovery.rs`).
+//! sessions (`terminals.rs`), the card desk (`desk/`), imports (files read as spreadsheets
+//! save them: `sheet.rs`), the registry of merchants and terminals with their sealed keys
+//! (`registry.rs`, `keys.rs`), the blank card stock (`stock.rs`), history, the audit
+//! trail, the demo campus, the close of each business day (`days.rs`); recovery of
+//! exactly the durable state (`recovery.rs`); consistent backups taken while it runs and
+//! their restore (`backup.rs`); and the journal's half of the integrity check
+//! (`integrity.rs`).
 //! It is the only writer of the journal (`cardgate-journal`); the rules it applies are
 //! `cardgate-domain`'s; the central store (`cardgate-central`) reads what it wrote.
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod backup;
 pub mod blacklist;
+pub mod days;
 pub mod demo;
 pub mod desk;
 pub mod error;
 pub mod history;
 pub mod import;
+pub mod integrity;
 pub mod inventory;
 pub mod keys;
 pub mod ledger;

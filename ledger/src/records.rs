@@ -27,12 +27,13 @@
 //! 'V' operator(u64 BE)              PasswordRecord  the console password (argon2id)
 //! 'Z' import(u64 BE) chunk(u32 BE)  staged import chunk, written with its commit
 //! 'M' params / demo / gateway_id    the ledger's meta values
+//! 'M' day_closed                    DayClose     checkpointed: the last business day closed
 //! ```
 
 use std::collections::HashMap;
 
 use cardgate_codec::CardNo;
-use cardgate_domain::entry::EntryRecord;
+use cardgate_domain::entry::{DayClose, EntryRecord};
 use cardgate_domain::model::{
     Account, AuditRecord, BlacklistChange, Card, DoorGroup, Exception, GrantMark, IdempotentAnswer, KeyHandout,
     Merchant, Params, Person, SeqRecord, StockBatch, StockCount, StockRemoval, Terminal, TerminalRecord, grant_key,
@@ -75,6 +76,8 @@ pub mod meta {
     pub const DEMO: &str = "demo";
     /// Identifies this gateway in the central store (u64 BE), chosen at first start.
     pub const GATEWAY_ID: &str = "gateway_id";
+    /// The last business day closed (a `DayClose` record).
+    pub const DAY_CLOSED: &str = "day_closed";
 }
 
 /// Outcomes remembered per terminal. A terminal has at most `pipeline_depth_max` (at
@@ -119,6 +122,8 @@ pub enum StateWrite {
     StockRemoved(Box<StockRemoved>),
     StockCount(Box<StockCount>),
     Password(Box<PasswordRecord>),
+    /// The last business day closed.
+    DayClosed(Box<DayClose>),
     /// Written with its commit like `Meta`, never by a checkpoint; `None` removes the
     /// key. Holds data replay may need whatever the checkpoint (staged imports).
     Staged(Vec<u8>, Option<Vec<u8>>),
@@ -148,6 +153,7 @@ pub enum StateKey {
     StockRemoved(u64),
     StockCount(u64),
     Password(u64),
+    DayClosed,
 }
 
 /// A blank card that left the stock other than by being issued.
@@ -253,6 +259,7 @@ impl StateWrite {
                 key_u64(PREFIX_PASSWORD, p.operator_id).as_ref().into(),
                 encode_record(p.as_ref()),
             ),
+            StateWrite::DayClosed(c) => (key_meta(meta::DAY_CLOSED).into(), encode_record(c.as_ref())),
             StateWrite::Staged(k, v) => (k.as_slice().into(), v.clone().unwrap_or_default()),
         }
     }
@@ -298,6 +305,7 @@ impl Schema for LedgerSchema {
             StateWrite::StockRemoved(r) => StateKey::StockRemoved(r.card.0),
             StateWrite::StockCount(c) => StateKey::StockCount(c.id),
             StateWrite::Password(p) => StateKey::Password(p.operator_id),
+            StateWrite::DayClosed(_) => StateKey::DayClosed,
         })
     }
 

@@ -103,6 +103,7 @@ pub(crate) fn recover(
             stock_counts: db.scan(&[PREFIX_STOCK_COUNT]).collect::<Result<_, _>>()?,
             passwords: db.scan(&[PREFIX_PASSWORD]).collect::<Result<_, _>>()?,
             tx_id_mark: db.get_meta_u64(journal_meta::MARK)?.unwrap_or(0),
+            day_close: db.get_record(&key_meta(meta::DAY_CLOSED))?,
         },
         config.terminal_key.clone(),
     )?;
@@ -179,7 +180,7 @@ pub(crate) fn recover(
         next_entry_id,
         checkpoint_id,
         config.checkpoints,
-    );
+    )?;
     stats.millis = started.elapsed().as_millis();
     Ok(Recovered {
         state,
@@ -379,6 +380,10 @@ impl Replay<'_> {
                 self.touched
                     .others
                     .push(StateWrite::Password(Box::new(e.password.clone())));
+            }
+            EntryBody::DayClosed(c) => {
+                *s.day_close() = Some(c.as_ref().clone());
+                self.touched.others.push(StateWrite::DayClosed(c.clone()));
             }
         }
         Ok(())

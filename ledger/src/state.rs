@@ -138,6 +138,8 @@ pub(crate) struct Loaded {
     pub(crate) passwords: Vec<PasswordRecord>,
     /// The highest tx id any committed entry used.
     pub(crate) tx_id_mark: u64,
+    /// The last business day closed.
+    pub(crate) day_close: Option<cardgate_domain::entry::DayClose>,
 }
 
 pub(crate) struct State {
@@ -181,6 +183,9 @@ pub(crate) struct State {
     batches: tokio::sync::Mutex<()>,
     /// Imports whose staging keys remain: (commit entry id, import id, chunks).
     staged_imports: parking_lot::Mutex<Vec<(u64, u64, u32)>>,
+    /// The last business day closed, and one closer at a time.
+    day_close: parking_lot::Mutex<Option<cardgate_domain::entry::DayClose>>,
+    day_closing: tokio::sync::Mutex<()>,
 }
 
 /// The blank card stock as the records have it.
@@ -250,6 +255,8 @@ impl State {
             desk: parking_lot::Mutex::new(()),
             batches: tokio::sync::Mutex::new(()),
             staged_imports: parking_lot::Mutex::new(Vec::new()),
+            day_close: parking_lot::Mutex::new(load.day_close),
+            day_closing: tokio::sync::Mutex::new(()),
         };
         state.next_audit_id.store(state.audit.last_id() + 1, Ordering::Release);
         for p in load.persons {
@@ -671,6 +678,14 @@ impl State {
     /// One batch operation or import at a time, across its awaits.
     pub(crate) async fn batch_lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
         self.batches.lock().await
+    }
+
+    pub(crate) fn day_close(&self) -> parking_lot::MutexGuard<'_, Option<cardgate_domain::entry::DayClose>> {
+        self.day_close.lock()
+    }
+
+    pub(crate) fn day_closing(&self) -> &tokio::sync::Mutex<()> {
+        &self.day_closing
     }
 
     pub(crate) fn staged_imports(&self) -> parking_lot::MutexGuard<'_, Vec<(u64, u64, u32)>> {

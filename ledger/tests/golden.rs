@@ -10,9 +10,9 @@
 
 use cardgate_codec::{CardNo, DeclineReason};
 use cardgate_domain::entry::{
-    AccountLeft, CardAction, CardChange, DoorGroupEntry, EntryBody, EntryRecord, FeeKind, ImportChunk, ImportCommitted,
-    ImportItem, MerchantEntry, MoneyEntry, MoneyKind, MoneyMove, OperatorEntry, ParamsChange, PasswordEntry, PayMethod,
-    PersonOpened, PersonUpdated, StockEntry, TerminalAction, TerminalEntry, TxEntry,
+    AccountLeft, CardAction, CardChange, DayClose, DoorGroupEntry, EntryBody, EntryRecord, FeeKind, ImportChunk,
+    ImportCommitted, ImportItem, MerchantEntry, MoneyEntry, MoneyKind, MoneyMove, OperatorEntry, ParamsChange,
+    PasswordEntry, PayMethod, PersonOpened, PersonUpdated, StockEntry, TerminalAction, TerminalEntry, TxEntry,
 };
 use cardgate_domain::model::{
     Account, AccountKind, AccountStatus, AuditRecord, BlacklistChange, Card, CardStatus, DoorGroup, Exception,
@@ -397,6 +397,19 @@ fn every_entry() -> Vec<(&'static str, EntryBody)> {
                 },
             })),
         ),
+        (
+            "day closed",
+            EntryBody::DayClosed(Box::new(DayClose {
+                day: 20_785,
+                tz_offset_minutes: 480,
+                first_entry_id: 1_201,
+                last_entry_id: 9_876,
+                hash: [0xA7; 32],
+                transactions: 8_000,
+                transactions_fen: -61_234_50,
+                complete: true,
+            })),
+        ),
     ]
 }
 
@@ -448,6 +461,8 @@ const ENTRY_HEX: &[&str] = &[
     "01c08ffd92c46813000181f0fdc7eb920ee4f0fdc7eb920e0a323032362d31312d303206e58da1e58e820306e78e8be88ab303c08ffd92c468",
     // password set (added with issue 14)
     "01c08ffd92c468140306e78e8be88ab303042c246172676f6e32696424763d3139246d3d31393435362c743d322c703d3124633246736441246147467a614101c08ffd92c468",
+    // day closed (added with issue 13)
+    "01c08ffd92c46815e2c402c007b109944da7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7c03ef3beeb0501",
 ];
 
 /// The bytes of each state record kind a checkpoint writes.
@@ -502,6 +517,7 @@ fn every_record() -> Vec<(&'static str, Vec<u8>)> {
                 out.push(("key handout", encode_record(t.handout.as_ref().unwrap())));
                 encode_record(&t.terminal)
             }
+            EntryBody::DayClosed(c) => encode_record(c.as_ref()),
             EntryBody::Stock(x) => match x.as_ref() {
                 StockEntry::Received(b) => encode_record(b),
                 _ => continue,
@@ -553,6 +569,8 @@ const RECORD_HEX: &[&str] = &[
     "010181f0fdc7eb920ee4f0fdc7eb920e0a323032362d31312d303206e58da1e58e820306e78e8be88ab303c08ffd92c468",
     // password (added with issue 14)
     "01042c246172676f6e32696424763d3139246d3d31393435362c743d322c703d3124633246736441246147467a614101c08ffd92c468",
+    // day close (added with issue 13)
+    "01e2c402c007b109944da7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7c03ef3beeb0501",
 ];
 
 fn hex(bytes: &[u8]) -> String {
@@ -609,13 +627,44 @@ fn variant(b: &EntryBody) -> usize {
         EntryBody::TerminalSet(_) => 18,
         EntryBody::Stock(_) => 19,
         EntryBody::PasswordSet(_) => 20,
+        EntryBody::DayClosed(_) => 21,
     }
 }
 
-const ENTRY_KINDS: usize = 21;
+const ENTRY_KINDS: usize = 22;
 
 #[test]
 fn every_entry_kind_has_golden_bytes() {
     let seen: std::collections::BTreeSet<usize> = every_entry().iter().map(|(_, b)| variant(b)).collect();
     assert_eq!(seen, (0..ENTRY_KINDS).collect(), "an entry kind without golden bytes");
 }
+
+/// The envelope an entry is stored in since the hash chain (issue 13): its length with
+/// the top bit set, its chain hash, its bytes. Two entries, the first of a new journal
+/// and the one after it, as a segment holds them. (The first hash is
+/// `sha256(32 zero bytes ‖ 0000000000000001 ‖ entry)`, which `sha256sum` confirms.)
+#[test]
+fn the_chained_envelope_keeps_its_bytes() {
+    use cardgate_journal::chain::{GENESIS, link, to_hex};
+    use cardgate_journal::segment;
+    let entries = every_entry();
+    let first = EntryRecord::encode_parts(T, &entries[0].1);
+    let second = EntryRecord::encode_parts(T, &entries[3].1);
+    let h1 = link(&GENESIS, 1, &first);
+    let h2 = link(&h1, 2, &second);
+    let mut seg = Vec::new();
+    segment::push(&mut seg, &first, Some(&h1));
+    segment::push(&mut seg, &second, Some(&h2));
+    assert_eq!(to_hex(&h1), ENVELOPE_HASH_1);
+    assert_eq!(to_hex(&h2), ENVELOPE_HASH_2);
+    assert_eq!(hex(&seg), ENVELOPE_HEX);
+    let back = segment::entries(1, &seg).unwrap();
+    assert_eq!((back[1].id, back[1].hash, back[1].bytes), (2, Some(&h2), &second[..]));
+}
+
+const ENVELOPE_HASH_1: &str = "72c536e721bdb382089271e456253203423140c8a477111af8ce21c73e0a7a6e";
+const ENVELOPE_HASH_2: &str = "8759b5681779a238c649f8f0eb361ba7992e51425afd85306283ee42a89288ff";
+const ENVELOPE_HEX: &str = concat!(
+    "3100008072c536e721bdb382089271e456253203423140c8a477111af8ce21c73e0a7a6e01c08ffd92c468000084072a07e9070000ce829da484dc860b11c413008407dce70bcc8bfd92c468e0d403a0fe0ae4320b",
+    "1a0000808759b5681779a238c649f8f0eb361ba7992e51425afd85306283ee42a89288ff01c08ffd92c46801110100a0fb0b01e0d403a0fe0ae2c402a01f"
+);

@@ -174,13 +174,13 @@ fn config(dir: &std::path::Path, batch_entries_max: usize) -> String {
 
 /// PostgreSQL for one test: a fresh schema, dropped at the end. `None` (with a note)
 /// when `CARDGATE_TEST_PG` is unset.
-struct PgSchema {
+pub(crate) struct PgSchema {
     admin_url: String,
     schema: String,
 }
 
 impl PgSchema {
-    async fn create(test: &str) -> Option<PgSchema> {
+    pub(crate) async fn create(test: &str) -> Option<PgSchema> {
         let Ok(admin_url) = std::env::var("CARDGATE_TEST_PG") else {
             eprintln!("{test}: CARDGATE_TEST_PG is not set; skipped");
             return None;
@@ -198,7 +198,7 @@ impl PgSchema {
     }
 
     /// The URL of this schema, through `via` instead of the server's own address if given.
-    fn url(&self, via: Option<SocketAddr>) -> String {
+    pub(crate) fn url(&self, via: Option<SocketAddr>) -> String {
         let mut url = self.admin_url.clone();
         if let Some(addr) = via {
             let (scheme, rest) = url.split_once("://").expect("a URL");
@@ -230,7 +230,7 @@ impl PgSchema {
             .expect("CARDGATE_TEST_PG names host:port numerically or localhost")
     }
 
-    async fn drop(self) {
+    pub(crate) async fn drop(self) {
         let mut c = sqlx::PgConnection::connect(&self.admin_url).await.unwrap();
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP SCHEMA {} CASCADE", self.schema)))
             .execute(&mut c)

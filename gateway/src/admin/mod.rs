@@ -131,6 +131,8 @@ pub struct AdminState {
     key_locks: Arc<std::sync::Mutex<KeyLocks>>,
     /// The operator console's sessions (`console/`).
     console: console::Sessions,
+    /// Backups and integrity checks.
+    pub durability: Arc<crate::integrity::Durability>,
 }
 
 type KeyLocks = std::collections::HashMap<(u64, String), Arc<tokio::sync::Mutex<()>>>;
@@ -143,7 +145,13 @@ impl AdminState {
             unauthenticated_audits: Arc::new(std::sync::Mutex::new((0, 0))),
             key_locks: Arc::new(std::sync::Mutex::new(KeyLocks::new())),
             console: console::Sessions::default(),
+            durability: Arc::default(),
         }
+    }
+
+    pub fn with_durability(mut self, durability: Arc<crate::integrity::Durability>) -> AdminState {
+        self.durability = durability;
+        self
     }
 
     fn key_lock(&self, operator_id: u64, key: &str) -> Arc<tokio::sync::Mutex<()>> {

@@ -61,7 +61,10 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/blacklist", get(blacklist))
         .route("/api/v1/blacklist/changes", get(blacklist_changes))
         .route("/api/v1/doors", get(doors))
-        .route("/api/v1/attendance", get(attendance));
+        .route("/api/v1/attendance", get(attendance))
+        .route("/api/v1/backups", post(create_backup))
+        .route("/api/v1/integrity/checks", post(run_check))
+        .route("/api/v1/integrity/checks/last", get(last_check));
     let api = api.merge(super::registry::api());
     let bulk = bulk.merge(super::registry::bulk());
     with_body_limit(api, ADMIN_BODY_BYTES_MAX)
@@ -1387,4 +1390,127 @@ async fn attendance(State(s): State<AdminState>, headers: HeaderMap) -> Response
         String::from("attendance")
     );
     ApiError::new(StatusCode::NOT_IMPLEMENTED, "attendance is on the roadmap").into_response()
+}
+
+// ---- backups and the integrity check ------------------------------------------------------
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct BackupBody {
+    /// An absolute directory on the gateway's machine; `backup.dir` when absent.
+    dir: Option<String>,
+}
+
+fn backup_error(e: cardgate_ledger::backup::BackupError) -> ApiError {
+    use cardgate_ledger::backup::BackupError as E;
+    match e {
+        E::NoKey => ApiError::unprocessable(e.to_string()),
+        E::Io { .. } | E::Store(_) => {
+            tracing::error!(error = %e, "backup failed");
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        }
+        other => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+    }
+}
+
+async fn create_backup(State(s): State<AdminState>, headers: HeaderMap, body: Bytes) -> Response {
+    let actor = auth!(
+        s,
+        headers,
+        Permission::Backups,
+        "backup.create",
+        String::from("backups")
+    );
+    let key = key!(headers, "backup.create", "backups", "", body);
+    let durability = s.durability.clone();
+    s.mutate(
+        actor,
+        "backup.create",
+        "backups".into(),
+        key,
+        move |l, _call| async move {
+            let b: BackupBody = if body.is_empty() {
+                BackupBody::default()
+            } else {
+                json_body(&body)?
+            };
+            let dir = match (b.dir, &durability.backup_dir) {
+                (Some(d), _) => std::path::PathBuf::from(d),
+                (None, Some(d)) => d.clone(),
+                (None, None) => {
+                    return Err(ApiError::unprocessable(
+                        "name a directory ({\"dir\": \"/path\"}) or set backup.dir in the configuration",
+                    ));
+                }
+            };
+            if !dir.is_absolute() {
+                return Err(ApiError::unprocessable(format!(
+                    "{} is not an absolute path on the gateway's machine",
+                    dir.display()
+                )));
+            }
+            let _one = durability.backing_up.lock().await;
+            let done = l.backup(&dir).await.map_err(backup_error)?;
+            let m = &done.manifest;
+            let summary = json!({
+                "path": done.path.display().to_string(),
+                "entry_id": m.entry_id,
+                "entry_hash": m.entry_hash,
+                "entries": m.entries,
+                "records": m.records,
+            });
+            Ok(Done::ok(
+                Value::Null,
+                summary.clone(),
+                json!({ "backup": summary, "manifest": serde_json::to_value(m).unwrap_or(Value::Null) }),
+            ))
+        },
+    )
+    .await
+}
+
+async fn run_check(State(s): State<AdminState>, headers: HeaderMap, body: Bytes) -> Response {
+    let actor = auth!(
+        s,
+        headers,
+        Permission::Integrity,
+        "integrity.check",
+        String::from("integrity")
+    );
+    let key = key!(headers, "integrity.check", "integrity", "", body);
+    let durability = s.durability.clone();
+    s.mutate(
+        actor,
+        "integrity.check",
+        "integrity".into(),
+        key,
+        move |l, _call| async move {
+            let report = durability
+                .check(&l)
+                .await
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+            let after = json!({ "ok": report.ok, "summary": report.summary(), "counts": report.counts });
+            Ok(Done::ok(Value::Null, after, report.json()))
+        },
+    )
+    .await
+}
+
+async fn last_check(State(s): State<AdminState>, headers: HeaderMap) -> Response {
+    auth!(
+        s,
+        headers,
+        Permission::Integrity,
+        "integrity.last",
+        String::from("integrity")
+    );
+    let last = s.durability.last.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    match last {
+        Some(r) => axum::Json(r.json()).into_response(),
+        None => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no integrity check has run since the gateway started",
+        )
+        .into_response(),
+    }
 }

@@ -286,6 +286,8 @@ pub struct Flusher {
     backoff: Duration,
     failing_since: Option<Instant>,
     last_outage_log: Option<Instant>,
+    /// The kind of the last failure logged: a different lasting one is logged at once.
+    last_failure_kind: Option<&'static str>,
     next_prune: Instant,
     /// While the store refuses a batch: the size of the next one, halved at each refusal
     /// until the one entry it refuses is found.
@@ -314,6 +316,7 @@ impl Flusher {
             backoff: RETRY_BACKOFF_MIN,
             failing_since: None,
             last_outage_log: None,
+            last_failure_kind: None,
             next_prune: Instant::now(),
             probe: None,
         };
@@ -387,7 +390,9 @@ impl Flusher {
                 Err(e) => {
                     if matches!(
                         e,
-                        FlushError::Central(CentralError::Gap { .. } | CentralError::Ahead { .. })
+                        FlushError::Central(
+                            CentralError::Gap { .. } | CentralError::Ahead { .. } | CentralError::Diverged { .. }
+                        )
                     ) {
                         // The store's cursor is not where we thought: read it again.
                         confirmed = false;
@@ -439,6 +444,30 @@ impl Flusher {
         if central > durable {
             return Err(CentralError::Ahead { central, durable }.into());
         }
+        // The store's last entry must be this journal's: otherwise its cursor says
+        // nothing about what this journal shipped, and must bound neither shipping nor
+        // pruning (a data directory restored from a backup while the store went on).
+        let db = self.source.db.clone();
+        let ours = tokio::task::spawn_blocking(move || db.entry_hash(central))
+            .await
+            .map_err(|e| {
+                FlushError::Journal(StoreError::Corrupt {
+                    key: Vec::new(),
+                    reason: format!("journal reader panicked: {e}"),
+                })
+            })??;
+        if let Some(ours) = ours
+            && let Some(theirs) = self.store.entry_hash(self.source.gateway_id, central).await?
+            && theirs != ours
+        {
+            let hex = |h: &[u8; 32]| h.iter().map(|b| format!("{b:02x}")).collect::<String>();
+            return Err(CentralError::Diverged {
+                entry_id: central,
+                central: hex(&theirs),
+                journal: hex(&ours),
+            }
+            .into());
+        }
         if central < self.cursor {
             tracing::warn!(
                 central,
@@ -478,15 +507,19 @@ impl Flusher {
         let limit = (durable - self.cursor).min(size as u64) as usize;
         let db = self.source.db.clone();
         let after = self.cursor;
-        let mut entries: Vec<JournalEntry> =
-            tokio::task::spawn_blocking(move || db.read_entries(after, limit, EntryRecord::decode))
-                .await
-                .map_err(|e| {
-                    FlushError::Journal(StoreError::Corrupt {
-                        key: Vec::new(),
-                        reason: format!("journal reader panicked: {e}"),
-                    })
-                })??;
+        let (mut entries, prev_hash): (Vec<JournalEntry>, _) =
+            tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+                // The hash the store must hold for our cursor's entry (`integrity.rs`).
+                let prev = db.entry_hash(after)?;
+                Ok((db.read_entries(after, limit, EntryRecord::decode)?, prev))
+            })
+            .await
+            .map_err(|e| {
+                FlushError::Journal(StoreError::Corrupt {
+                    key: Vec::new(),
+                    reason: format!("journal reader panicked: {e}"),
+                })
+            })??;
         entries.retain(|e| e.id <= durable);
         match entries.first() {
             Some(e) if e.id == after + 1 => {
@@ -530,7 +563,8 @@ impl Flusher {
                 })
             })??;
         }
-        let batch = Batch::build_with(self.source.gateway_id, &entries, |c| staged.remove(&c.import_id))?;
+        let mut batch = Batch::build_with(self.source.gateway_id, &entries, |c| staged.remove(&c.import_id))?;
+        batch.prev_hash = prev_hash;
         let first_kind = entries.first().map(|e| e.record.body.kind_str()).unwrap_or("none");
         drop(entries);
         let started = Instant::now();
@@ -659,8 +693,12 @@ impl Flusher {
         let due = self
             .last_outage_log
             .is_none_or(|t| now.duration_since(t) >= OUTAGE_LOG_INTERVAL);
-        if first || due {
+        // A different problem that will not pass by itself (a store now ahead, a diverged
+        // history) is news; flapping between outage kinds is not.
+        let changed = !e.is_transient() && self.last_failure_kind != Some(e.kind());
+        if first || due || changed {
             self.last_outage_log = Some(now);
+            self.last_failure_kind = Some(e.kind());
             let backlog = self.durable().saturating_sub(self.cursor);
             let failing_s = now.duration_since(since).as_secs();
             if let Some(stuck) = self.status.stuck() {
@@ -693,6 +731,7 @@ impl Flusher {
                 "central store flushing again"
             );
             self.last_outage_log = None;
+            self.last_failure_kind = None;
         }
     }
 

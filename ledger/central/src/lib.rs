@@ -14,6 +14,11 @@
 //! changes nothing (`protocol.rs`, once for both back ends); see `docs/ARCHITECTURE.md`,
 //! "Central store", for the whole argument.
 //!
+//! Each batch also carries its entries' chain hashes, which the store keeps
+//! (`entry_hashes`) with each closed business day (`day_closes`), and the store refuses a
+//! batch that does not link to the hash it holds for its last entry; `integrity.rs` holds
+//! those tables and the queries the integrity check compares with the gateway.
+//!
 //! This crate reads the journal (`cardgate-journal`) and knows the entries
 //! (`cardgate-domain`); it never depends on the ledger, so it can be tested against a
 //! journal on disk with no decisions running, and nothing it does can hold a terminal up.
@@ -21,6 +26,7 @@
 #![forbid(unsafe_code)]
 
 pub mod flusher;
+pub mod integrity;
 pub mod postgres;
 pub mod protocol;
 pub mod schema;
@@ -67,6 +73,20 @@ pub enum CentralError {
     /// until an operator looks.
     #[error("the central store holds this gateway's entries through {central}, beyond this journal's {durable}")]
     Ahead { central: u64, durable: u64 },
+    /// The store's chain and this journal's part at the store's last entry: the store
+    /// was fed by another journal (a data directory restored from a backup while the
+    /// store went on, or two gateways with one id). Nothing is shipped until an operator
+    /// looks (OPERATIONS.md, "Restore").
+    #[error(
+        "the central store's hash of this gateway's entry {entry_id} is {central}, this journal's is {journal}: the \
+         store holds another history from there on (a restored data directory?); nothing is shipped until an \
+         operator reconciles it"
+    )]
+    Diverged {
+        entry_id: u64,
+        central: String,
+        journal: String,
+    },
     /// The store returned a value the gateway cannot represent.
     #[error("central store returned {0}")]
     Data(String),
@@ -84,6 +104,7 @@ impl CentralError {
             CentralError::SchemaTooNew { .. } => "schema",
             CentralError::Gap { .. } => "gap",
             CentralError::Ahead { .. } => "ahead",
+            CentralError::Diverged { .. } => "diverged",
             CentralError::Data(_) => "data",
         }
     }

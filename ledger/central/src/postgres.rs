@@ -131,7 +131,7 @@ CREATE TABLE IF NOT EXISTS terminals (
 "#;
 
 /// Migrations in order: (version, script). Append only.
-const MIGRATIONS: &[(i64, &str)] = &[(1, SCHEMA_V1)];
+const MIGRATIONS: &[(i64, &str)] = &[(1, SCHEMA_V1), (2, super::integrity::PG_V2)];
 
 const _: () = assert!(MIGRATIONS[MIGRATIONS.len() - 1].0 == SCHEMA_VERSION);
 
@@ -156,6 +156,10 @@ impl PgCentral {
 
     pub fn describe(&self) -> String {
         self.describe.clone()
+    }
+
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.pool
     }
 
     pub async fn close(&self) {
@@ -530,7 +534,15 @@ impl Dialect for PgCentral {
             .map_err(classify)?;
         }
 
-        Ok(())
+        super::integrity::write_pg(tx, b).await
+    }
+
+    async fn stored_hash(
+        tx: &mut Transaction<'static, Postgres>,
+        gateway_id: u64,
+        entry_id: u64,
+    ) -> Result<Option<[u8; 32]>, CentralError> {
+        super::integrity::stored_hash_pg(tx, gateway_id, entry_id).await
     }
 
     async fn set_cursor(tx: &mut Transaction<'static, Postgres>, b: &Batch, now_ms: i64) -> Result<(), CentralError> {

@@ -25,6 +25,12 @@ pub(crate) trait Dialect {
         now_ms: i64,
     ) -> Result<u64, CentralError>;
     async fn write_rows(tx: &mut Transaction<'static, Self::Db>, batch: &Batch) -> Result<(), CentralError>;
+    /// The chain hash the store holds for one of the gateway's entries.
+    async fn stored_hash(
+        tx: &mut Transaction<'static, Self::Db>,
+        gateway_id: u64,
+        entry_id: u64,
+    ) -> Result<Option<[u8; 32]>, CentralError>;
     async fn set_cursor(
         tx: &mut Transaction<'static, Self::Db>,
         batch: &Batch,
@@ -56,6 +62,28 @@ pub fn plan(central: u64, batch: &Batch) -> Result<Plan, CentralError> {
     Ok(Plan::Write)
 }
 
+/// This journal's hash of the store's last entry `central`, as the batch knows it: its
+/// own entry, or the one just before it. `None` when it has none (an entry from before
+/// the chain, or the store is empty).
+pub fn our_hash_at(central: u64, batch: &Batch) -> Option<[u8; 32]> {
+    if central == 0 {
+        return None;
+    }
+    if central + 1 == batch.first_entry_id {
+        return batch.prev_hash;
+    }
+    batch.hashes.iter().find(|(id, _)| *id == central).map(|(_, h)| *h)
+}
+
+fn diverged(entry_id: u64, central: &[u8; 32], journal: &[u8; 32]) -> CentralError {
+    let hex = |h: &[u8; 32]| h.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    CentralError::Diverged {
+        entry_id,
+        central: hex(central),
+        journal: hex(journal),
+    }
+}
+
 /// Writes `batch` in one transaction; returns the store's cursor after it.
 pub(crate) async fn write<D: Dialect>(d: &D, batch: &Batch, now_ms: i64) -> Result<u64, CentralError> {
     let mut tx = d.begin().await?;
@@ -64,6 +92,14 @@ pub(crate) async fn write<D: Dialect>(d: &D, batch: &Batch, now_ms: i64) -> Resu
         // Dropping the transaction rolls it back.
         Plan::AlreadyHeld => return Ok(central),
         Plan::Write => {}
+    }
+    if let Some(ours) = our_hash_at(central, batch) {
+        let theirs = D::stored_hash(&mut tx, batch.gateway_id, central).await?;
+        if let Some(theirs) = theirs
+            && theirs != ours
+        {
+            return Err(diverged(central, &theirs, &ours));
+        }
     }
     D::write_rows(&mut tx, batch).await?;
     D::set_cursor(&mut tx, batch, now_ms).await?;
@@ -95,5 +131,17 @@ mod tests {
             plan(9, &batch(11, 20)),
             Err(CentralError::Gap { central: 9, first: 11 })
         ));
+    }
+
+    #[test]
+    fn the_hash_checked_is_the_one_the_batch_has_for_the_stores_last_entry() {
+        let mut b = batch(11, 13);
+        b.prev_hash = Some([10; 32]);
+        b.hashes = vec![(11, [11; 32]), (12, [12; 32]), (13, [13; 32])];
+        assert_eq!(our_hash_at(10, &b), Some([10; 32]), "the entry just before the batch");
+        assert_eq!(our_hash_at(12, &b), Some([12; 32]), "an entry the store already holds");
+        assert_eq!(our_hash_at(0, &b), None, "an empty store holds nothing to link to");
+        b.prev_hash = None;
+        assert_eq!(our_hash_at(10, &b), None, "an entry from before the chain");
     }
 }

@@ -40,11 +40,13 @@ use cardgate_domain::model::{Account, Card, Outcome, Terminal, TxKind};
 use cardgate_domain::money::to_fen;
 use cardgate_domain::operator::Actor;
 
+use crate::integrity::DayCloseRow;
+
 /// A journal entry as the flusher reads it.
 pub type JournalEntry = cardgate_journal::JournalEntry<EntryRecord>;
 
 /// The schema this build writes. The store's `schema_version` may not be above it.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// A `u64` identifier as the `BIGINT` that stores it: the same 64 bits (see the module
 /// comment for why not a checked conversion).
@@ -190,6 +192,12 @@ pub struct Batch {
     accounts: BTreeMap<u64, AccountChange>,
     pub cards: BTreeMap<u64, CardRow>,
     pub terminals: BTreeMap<u64, TerminalRow>,
+    /// Every hashed entry's chain hash (`integrity.rs`).
+    pub hashes: Vec<(u64, [u8; 32])>,
+    /// The chain hash of the entry before `first_entry_id`, which the store checks
+    /// against the hash it holds for its last entry.
+    pub prev_hash: Option<[u8; 32]>,
+    pub day_closes: Vec<DayCloseRow>,
 }
 
 /// Why entries cannot be made into a batch.
@@ -255,6 +263,9 @@ impl Batch {
         }
         self.last_entry_id = e.id;
         self.last_time_ms = e.record.time_ms;
+        if let Some(h) = e.hash {
+            self.hashes.push((e.id, h));
+        }
         let time_ms = e.record.time_ms;
         let body = &e.record.body;
         match body {
@@ -372,6 +383,23 @@ impl Batch {
                 self.event(e.id, time_ms, body, Keys::default().by(&m.actor), &m.merchant);
             }
             EntryBody::DoorGroupSet(g) => self.event(e.id, time_ms, body, Keys::default().by(&g.actor), &g.group),
+            EntryBody::DayClosed(c) => {
+                let (y, m, d) = cardgate_domain::clock::civil_from_days(i64::from(c.day));
+                let row = DayCloseRow {
+                    day: format!("{y:04}-{m:02}-{d:02}"),
+                    tz_offset_minutes: c.tz_offset_minutes,
+                    first_entry_id: c.first_entry_id,
+                    last_entry_id: c.last_entry_id,
+                    hash: c.hash,
+                    transactions: c.transactions,
+                    transactions_fen: c.transactions_fen,
+                    complete: c.complete,
+                    entry_id: e.id,
+                    closed_ms: time_ms,
+                };
+                self.event(e.id, time_ms, body, Keys::default(), &DayClosePublic::of(&row));
+                self.day_closes.push(row);
+            }
             EntryBody::TerminalSet(t) => {
                 let r = &t.terminal;
                 self.terminals.insert(
@@ -708,6 +736,34 @@ struct PasswordPublic<'a> {
     by: &'a str,
 }
 
+/// A day close's event payload: the hash in hex, as operators read it.
+#[derive(Serialize)]
+struct DayClosePublic<'a> {
+    day: &'a str,
+    tz_offset_minutes: i32,
+    first_entry_id: u64,
+    last_entry_id: u64,
+    hash: String,
+    transactions: u64,
+    transactions_fen: i64,
+    complete: bool,
+}
+
+impl<'a> DayClosePublic<'a> {
+    fn of(row: &'a DayCloseRow) -> DayClosePublic<'a> {
+        DayClosePublic {
+            day: &row.day,
+            tz_offset_minutes: row.tz_offset_minutes,
+            first_entry_id: row.first_entry_id,
+            last_entry_id: row.last_entry_id,
+            hash: row.hash.iter().map(|b| format!("{b:02x}")).collect(),
+            transactions: row.transactions,
+            transactions_fen: row.transactions_fen,
+            complete: row.complete,
+        }
+    }
+}
+
 /// An idempotent answer's event payload: which call it was, not what it answered.
 #[derive(Serialize)]
 struct IdempotentPublic<'a> {
@@ -763,6 +819,7 @@ mod tests {
         JournalEntry {
             id,
             record: EntryRecord { time_ms, body },
+            hash: None,
         }
     }
 

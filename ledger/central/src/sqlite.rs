@@ -150,7 +150,7 @@ CREATE TABLE IF NOT EXISTS terminals (
 "#;
 
 /// Migrations in order: (version, script). Append only.
-const MIGRATIONS: &[(i64, &str)] = &[(1, SCHEMA_V1)];
+const MIGRATIONS: &[(i64, &str)] = &[(1, SCHEMA_V1), (2, super::integrity::SQLITE_V2)];
 
 const _: () = assert!(MIGRATIONS[MIGRATIONS.len() - 1].0 == SCHEMA_VERSION);
 
@@ -188,6 +188,10 @@ impl SqliteCentral {
 
     pub fn describe(&self) -> String {
         self.describe.clone()
+    }
+
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
     }
 
     pub async fn close(&self) {
@@ -516,7 +520,15 @@ impl Dialect for SqliteCentral {
             q.build().persistent(false).execute(&mut **tx).await.map_err(classify)?;
         }
 
-        Ok(())
+        super::integrity::write_sqlite(tx, b).await
+    }
+
+    async fn stored_hash(
+        tx: &mut Transaction<'static, Sqlite>,
+        gateway_id: u64,
+        entry_id: u64,
+    ) -> Result<Option<[u8; 32]>, CentralError> {
+        super::integrity::stored_hash_sqlite(tx, gateway_id, entry_id).await
     }
 
     async fn set_cursor(tx: &mut Transaction<'static, Sqlite>, b: &Batch, now_ms: i64) -> Result<(), CentralError> {

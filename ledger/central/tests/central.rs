@@ -666,3 +666,93 @@ async fn admin_sql(target: &Target, sql: &'static str) {
         }
     }
 }
+
+/// The store keeps every entry's chain hash and each day close, and refuses a batch
+/// from a journal that is not the one it was fed (a data directory restored from a
+/// backup while the store went on): neither right after its cursor nor overlapping it.
+#[tokio::test]
+async fn the_store_keeps_the_chain_and_refuses_a_journal_that_diverged_from_it() {
+    for target in targets("diverged").await {
+        let mut f = Fixture::new().await;
+        f.business().await;
+        let last = f.durable();
+        let last_hash = f.db.entry_hash(last).unwrap().unwrap();
+        f.append(cardgate_domain::entry::EntryBody::DayClosed(Box::new(
+            cardgate_domain::entry::DayClose {
+                day: cardgate_domain::clock::business_day(LUNCH_MS, 480),
+                tz_offset_minutes: 480,
+                first_entry_id: 1,
+                last_entry_id: last,
+                hash: last_hash,
+                transactions: 3,
+                transactions_fen: -12_34,
+                complete: true,
+            },
+        )))
+        .await;
+        let gw = f.gateway_id;
+        let entries = f.entries();
+        let n = entries.len() as u64;
+        assert!(entries.iter().all(|e| e.hash.is_some()), "every entry is hashed");
+        let store = target.store();
+        store.migrate().await.unwrap();
+        let half = (n / 2) as usize;
+        let mut first = Batch::build(gw, &entries[..half]).unwrap();
+        first.prev_hash = None;
+        store.write(&first, 1).await.unwrap();
+        let held = store.entry_hashes(gw, 0, usize::MAX).await.unwrap();
+        assert_eq!(held.len(), half, "{}", target.name);
+        assert!(
+            held.iter()
+                .zip(&entries)
+                .all(|((id, h), e)| *id == e.id && Some(*h) == e.hash)
+        );
+
+        // Another history from the store's cursor on: its hash of entry `half` differs.
+        let mut forked: Vec<_> = entries[half..].to_vec();
+        let mut next = Batch::build(gw, &forked).unwrap();
+        next.prev_hash = Some([0xEE; 32]);
+        match store.write(&next, 2).await {
+            Err(CentralError::Diverged { entry_id, .. }) => assert_eq!(entry_id, half as u64, "{}", target.name),
+            r => panic!("{}: expected Diverged, got {r:?}", target.name),
+        }
+        // Overlapping the store's cursor, with a different hash for its last entry.
+        let mut overlap: Vec<_> = entries[half - 2..].to_vec();
+        overlap[1].hash = Some([0xEF; 32]);
+        let o = Batch::build(gw, &overlap).unwrap();
+        assert!(
+            matches!(store.write(&o, 3).await, Err(CentralError::Diverged { .. })),
+            "{}",
+            target.name
+        );
+        assert_eq!(
+            store.cursor(gw).await.unwrap(),
+            half as u64,
+            "{}: nothing was written",
+            target.name
+        );
+
+        // The journal's own continuation links and ships.
+        forked = entries[half..].to_vec();
+        let mut right = Batch::build(gw, &forked).unwrap();
+        right.prev_hash = entries[half - 1].hash;
+        assert_eq!(store.write(&right, 4).await.unwrap(), n, "{}", target.name);
+        assert_eq!(store.entry_hashes(gw, 0, usize::MAX).await.unwrap().len() as u64, n);
+        let closes = store.day_closes(gw).await.unwrap();
+        assert_eq!(closes.len(), 1, "{}", target.name);
+        assert_eq!(
+            (
+                closes[0].day.as_str(),
+                closes[0].last_entry_id,
+                closes[0].hash,
+                closes[0].transactions_fen
+            ),
+            ("2026-11-28", last, last_hash, -12_34),
+            "{}",
+            target.name
+        );
+        assert_eq!(closes[0].entry_id, n, "the close's own entry");
+        store.close().await;
+        target.cleanup().await;
+    }
+}

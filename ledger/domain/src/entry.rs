@@ -317,12 +317,43 @@ pub enum EntryBody {
     /// An operator's console password set (first, changed by its owner, or reset):
     /// carries the hash because recovery replays it; leave it out when shipping.
     PasswordSet(Box<PasswordEntry>),
+    // ---- durability (issue 13) ----
+    /// A business day closed: its last entry and that entry's chain hash, and what the
+    /// day moved.
+    DayClosed(Box<DayClose>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PasswordEntry {
     pub actor: Actor,
     pub password: PasswordRecord,
+}
+
+/// The close of one business day, journaled after the day ends (so the chain covers the
+/// close itself), and shipped to the central store's `day_closes` and the audit trail.
+///
+/// The day's last entry is the highest entry id whose time falls on the day or before:
+/// every entry after it is later, every entry of the day is at or before it. Entries of
+/// the next day may precede it by the width of a group commit; the totals count only
+/// the entries whose time falls on the day.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DayClose {
+    /// Days since 1970-01-01 in local business time.
+    pub day: i32,
+    pub tz_offset_minutes: i32,
+    /// The entries between the previous close and this one: `first_entry_id..=
+    /// last_entry_id` (empty, `first = last + 1`, for a day without entries).
+    pub first_entry_id: u64,
+    pub last_entry_id: u64,
+    /// The chain hash of `last_entry_id` (zeros if it has none: a journal from before the
+    /// chain).
+    pub hash: [u8; 32],
+    /// Approved money movements of the day and what they did to balances, signed.
+    pub transactions: u64,
+    pub transactions_fen: i64,
+    /// Whether the journal still held every entry of the day when it closed (a day closed
+    /// late, after pruning, counts only what was left).
+    pub complete: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -409,6 +440,7 @@ impl EntryBody {
             EntryBody::TerminalSet(_) => "terminal_set",
             EntryBody::Stock(_) => "stock",
             EntryBody::PasswordSet(_) => "password_set",
+            EntryBody::DayClosed(_) => "day_closed",
         }
     }
 }

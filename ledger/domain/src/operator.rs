@@ -65,7 +65,10 @@ impl Role {
         match self {
             Role::Director => true,
             Role::SystemAdmin => matches!(p, Operators | Params | Audit | Blacklist | Terminals),
-            Role::DataAdmin => matches!(p, Import | Grants | Params | Audit | Fees | History | Persons),
+            Role::DataAdmin => matches!(
+                p,
+                Import | Grants | Params | Audit | Fees | History | Persons | Backups | Integrity
+            ),
             Role::CardDesk => matches!(p, Cards | Persons | Money | History | Fees | Blacklist | Stock),
             Role::DoorAdmin => matches!(p, Doors),
             Role::AttendanceAdmin => matches!(p, Attendance),
@@ -108,10 +111,14 @@ pub enum Permission {
     KeyRecords,
     /// Blank card stock: deliveries, spoilage, the weekly count.
     Stock,
+    /// Backups of the gateway's data (the data admin's daily duty).
+    Backups,
+    /// The integrity check: the hash chain, balances, the central store's totals.
+    Integrity,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 16] = [
+    pub const ALL: [Permission; 18] = [
         Permission::Persons,
         Permission::Cards,
         Permission::Money,
@@ -128,6 +135,8 @@ impl Permission {
         Permission::Terminals,
         Permission::KeyRecords,
         Permission::Stock,
+        Permission::Backups,
+        Permission::Integrity,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -148,6 +157,8 @@ impl Permission {
             Permission::Terminals => "terminals",
             Permission::KeyRecords => "key_records",
             Permission::Stock => "stock",
+            Permission::Backups => "backups",
+            Permission::Integrity => "integrity",
         }
     }
 }

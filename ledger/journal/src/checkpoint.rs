@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::chain::ChainPoint;
 use crate::committer::{DirtyMap, JournalStats, Submission};
 use crate::store::{Db, key_meta, meta};
 use crate::{Schema, Write};
@@ -56,6 +57,9 @@ impl Default for CheckpointPolicy {
 pub(crate) struct Checkpoint<S: Schema> {
     pub(crate) records: DirtyMap<S>,
     pub(crate) through_id: u64,
+    /// The chain's hash at `through_id`: pruning the journal behind the checkpoint
+    /// keeps the chain checkable from it on. `None` before the chain starts.
+    pub(crate) chain: Option<ChainPoint>,
 }
 
 /// Adds writes to a batch.
@@ -68,6 +72,15 @@ pub fn add_writes(batch: &mut sled::Batch, writes: Vec<Write>) {
     }
 }
 
+/// Adds a checkpoint's id, and before it the chain point it records.
+pub fn add_checkpoint_id(batch: &mut sled::Batch, through_id: u64, chain: Option<ChainPoint>) {
+    match chain {
+        Some(p) => batch.insert(key_meta(meta::CHECKPOINT_CHAIN), p.encode().to_vec()),
+        None => batch.remove(key_meta(meta::CHECKPOINT_CHAIN)),
+    }
+    batch.insert(key_meta(meta::CHECKPOINT_ID), through_id.to_be_bytes().to_vec());
+}
+
 /// Writes a checkpoint in one atomic, durable batch, on the caller's thread, before any
 /// committer runs: recovery uses it for the state it replayed. Reads the checkpoint id
 /// back, so that a store that did not keep it is found here rather than at the next start.
@@ -77,9 +90,13 @@ pub fn write_now<S: Schema>(
     records: &[S::Record],
     through_id: u64,
 ) -> Result<(), crate::StoreError> {
+    let chain = db
+        .entry_hash(through_id)?
+        .map(|hash| ChainPoint { id: through_id, hash });
+    let _gate = db.checkpoint_gate();
     let mut batch = sled::Batch::default();
     add_writes(&mut batch, S::checkpoint_writes(&db.tree, records.iter())?);
-    batch.insert(key_meta(meta::CHECKPOINT_ID), through_id.to_be_bytes().to_vec());
+    add_checkpoint_id(&mut batch, through_id, chain);
     store.apply(batch)?;
     store.sync()?;
     let back = db.get_meta_u64(meta::CHECKPOINT_ID)?;
@@ -105,6 +122,9 @@ impl<S: Schema> Checkpointer<S> {
             // crash is harmless: `checkpoint_id` still names the previous one, and
             // replaying from there onto newer records converges.
             let tree = &self.db.tree;
+            // Whoever needs the records exactly as of the checkpoint id (a backup, the
+            // integrity check) holds the gate; this checkpoint waits for them.
+            let gate = self.db.checkpoint_gate();
             let written = S::checkpoint_writes(tree, c.records.values()).and_then(|writes| {
                 for (k, v) in writes {
                     match v {
@@ -112,9 +132,14 @@ impl<S: Schema> Checkpointer<S> {
                         None => tree.remove(k)?,
                     };
                 }
+                match c.chain {
+                    Some(p) => tree.insert(key_meta(meta::CHECKPOINT_CHAIN), p.encode().to_vec())?,
+                    None => tree.remove(key_meta(meta::CHECKPOINT_CHAIN))?,
+                };
                 tree.insert(key_meta(meta::CHECKPOINT_ID), c.through_id.to_be_bytes().to_vec())?;
                 Ok(())
             });
+            drop(gate);
             if let Err(e) = written {
                 // Not fatal: the journal still holds every entry the checkpoint would
                 // have covered. Stop advancing (pruning waits) and say so loudly.

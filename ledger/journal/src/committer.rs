@@ -14,6 +14,10 @@
 //! reflect. Recovery loads the checkpoint and replays the entries after it, so the
 //! checkpoint only ever holds state the journal already made durable.
 //!
+//! The committer also computes the hash chain (`chain.rs`) as it gives out ids: each
+//! entry's hash is framed with it in its segment, and the newest entry's hash is written
+//! with every commit (`meta::CHAIN_HEAD`), so the chain is exactly the durable order.
+//!
 //! A failed apply or sync poisons the journal: every later submission fails at once and
 //! the deciding side answers "system error" until the process is restarted and recovers
 //! the durable state. Memory may be ahead of disk after a failure; refusing everything
@@ -29,8 +33,9 @@ use smallvec::SmallVec;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::Schema;
-use crate::checkpoint::{Checkpoint, CheckpointPolicy, Checkpointer, add_writes};
-use crate::segment::{self, ENTRY_LEN_BYTES, SEGMENT_BYTES_MAX};
+use crate::chain::{self, ChainPoint, Hash};
+use crate::checkpoint::{Checkpoint, CheckpointPolicy, Checkpointer, add_checkpoint_id, add_writes};
+use crate::segment::{self, SEGMENT_BYTES_MAX};
 use crate::store::{Db, Store, StoreError, key_meta, key_segment, meta};
 
 /// Submissions that may wait for the committer. At ~30,000 decisions/s and a few ms per
@@ -139,12 +144,13 @@ impl<S: Schema> Journal<S> {
         next_entry_id: u64,
         checkpoint_id: u64,
         policy: CheckpointPolicy,
-    ) -> (Journal<S>, CommitterHandle) {
+    ) -> Result<(Journal<S>, CommitterHandle), StoreError> {
         assert!(next_entry_id >= 1, "entry ids start at 1");
         assert!(
             checkpoint_id < next_entry_id,
             "a checkpoint cannot be ahead of the journal"
         );
+        let resume = chain::resume(&db, next_entry_id)?;
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH_MAX);
         let poisoned = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(JournalStats::default());
@@ -152,9 +158,8 @@ impl<S: Schema> Journal<S> {
         stats.durable_checkpoint_id.store(checkpoint_id, Ordering::Relaxed);
 
         let (to_checkpointer, checkpoints) = std::sync::mpsc::sync_channel::<Checkpoint<S>>(1);
-        let db_tree = db.tree.clone();
         let checkpointer = Checkpointer::<S> {
-            db,
+            db: db.clone(),
             journal: tx.downgrade(),
             stats: stats.clone(),
         };
@@ -164,7 +169,7 @@ impl<S: Schema> Journal<S> {
             .expect("spawn checkpointer thread");
         let committer = Committer::<S> {
             store,
-            db_tree,
+            db,
             rx,
             next_entry_id,
             poisoned: poisoned.clone(),
@@ -178,15 +183,18 @@ impl<S: Schema> Journal<S> {
             segment: Vec::with_capacity(SEGMENT_BYTES_MAX),
             scratch: Vec::with_capacity(256),
             policy,
+            chain_prev: resume.prev,
+            chain_start: resume.start,
+            chain_start_pending: resume.new,
         };
         let thread = std::thread::Builder::new()
             .name("cardgate-committer".into())
             .spawn(move || committer.run())
             .expect("spawn committer thread");
-        (
+        Ok((
             Journal { tx, poisoned, stats },
             CommitterHandle { thread: Some(thread) },
-        )
+        ))
     }
 
     pub fn is_poisoned(&self) -> bool {
@@ -220,8 +228,8 @@ pub(crate) type DirtyMap<S> = HashMap<<S as Schema>::Key, <S as Schema>::Record,
 
 struct Committer<S: Schema> {
     store: Box<dyn Store>,
-    /// For reading the records a final checkpoint merges into.
-    db_tree: sled::Tree,
+    /// For reading the records a final checkpoint merges into, and its gate.
+    db: Db,
     rx: mpsc::Receiver<Submission<S>>,
     next_entry_id: u64,
     poisoned: Arc<AtomicBool>,
@@ -237,9 +245,23 @@ struct Committer<S: Schema> {
     segment: Vec<u8>,
     scratch: Vec<u8>,
     policy: CheckpointPolicy,
+    /// The hash of the last entry given an id (`GENESIS` before the first).
+    chain_prev: Hash,
+    /// The first hashed entry's id.
+    chain_start: u64,
+    /// `meta::CHAIN_START` is still to be written, with the first hashed entry.
+    chain_start_pending: bool,
 }
 
 impl<S: Schema> Committer<S> {
+    /// The chain point a checkpoint through `through_id` records: none before the chain.
+    fn chain_point(&self, through_id: u64) -> Option<ChainPoint> {
+        (through_id >= self.chain_start && through_id == self.next_entry_id - 1).then_some(ChainPoint {
+            id: through_id,
+            hash: self.chain_prev,
+        })
+    }
+
     fn run(mut self) {
         let mut batch: Vec<Submission<S>> = Vec::with_capacity(BATCH_ENTRIES_MAX);
         let mut ids: Vec<u64> = Vec::with_capacity(BATCH_ENTRIES_MAX);
@@ -302,8 +324,10 @@ impl<S: Schema> Committer<S> {
                 self.next_entry_id += 1;
                 self.scratch.clear();
                 S::encode_entry(entry, &mut self.scratch);
+                // The id is the durable order: the chain follows it exactly.
+                self.chain_prev = chain::link(&self.chain_prev, id, &self.scratch);
                 if !self.segment.is_empty()
-                    && self.segment.len() + ENTRY_LEN_BYTES + self.scratch.len() > SEGMENT_BYTES_MAX
+                    && self.segment.len() + segment::framed_len(self.scratch.len(), true) > SEGMENT_BYTES_MAX
                 {
                     sled_batch.insert(&key_segment(segment_first), self.segment.as_slice());
                     self.segment.clear();
@@ -311,7 +335,7 @@ impl<S: Schema> Committer<S> {
                 if self.segment.is_empty() {
                     segment_first = id;
                 }
-                segment::push(&mut self.segment, &self.scratch);
+                segment::push(&mut self.segment, &self.scratch, Some(&self.chain_prev));
                 entries += 1;
             }
             for r in &sub.records {
@@ -335,6 +359,16 @@ impl<S: Schema> Committer<S> {
             "entry ids are consecutive and match the batch"
         );
         let wrote = entries > 0 || wrote_direct;
+        if entries > 0 {
+            let head = ChainPoint {
+                id: self.next_entry_id - 1,
+                hash: self.chain_prev,
+            };
+            sled_batch.insert(key_meta(meta::CHAIN_HEAD), head.encode().to_vec());
+            if self.chain_start_pending {
+                sled_batch.insert(key_meta(meta::CHAIN_START), self.chain_start.to_be_bytes().to_vec());
+            }
+        }
         if wrote {
             sled_batch.insert(key_meta(meta::NEXT_ENTRY_ID), self.next_entry_id.to_be_bytes().to_vec());
             if mark > 0 {
@@ -348,6 +382,9 @@ impl<S: Schema> Committer<S> {
             let applied = Instant::now();
             if let Err(e) = self.store.sync() {
                 return Err(self.poison("sync", e));
+            }
+            if entries > 0 {
+                self.chain_start_pending = false;
             }
             metrics::histogram!("cardgate_journal_apply_seconds").record((applied - started).as_secs_f64());
             metrics::histogram!("cardgate_journal_sync_seconds").record(applied.elapsed().as_secs_f64());
@@ -378,9 +415,11 @@ impl<S: Schema> Committer<S> {
         }
         let Some(to) = &self.to_checkpointer else { return };
         let records = self.dirty.len();
+        let through_id = self.next_entry_id - 1;
         let checkpoint = Checkpoint {
             records: std::mem::take(&mut self.dirty),
-            through_id: self.next_entry_id - 1,
+            through_id,
+            chain: self.chain_point(through_id),
         };
         match to.try_send(checkpoint) {
             Ok(()) => {
@@ -408,10 +447,12 @@ impl<S: Schema> Committer<S> {
             return;
         }
         let through_id = self.next_entry_id - 1;
+        let chain = self.chain_point(through_id);
         let mut batch = sled::Batch::default();
-        let result = S::checkpoint_writes(&self.db_tree, self.dirty.values()).and_then(|writes| {
+        let _gate = self.db.checkpoint_gate();
+        let result = S::checkpoint_writes(&self.db.tree, self.dirty.values()).and_then(|writes| {
             add_writes(&mut batch, writes);
-            batch.insert(key_meta(meta::CHECKPOINT_ID), through_id.to_be_bytes().to_vec());
+            add_checkpoint_id(&mut batch, through_id, chain);
             self.store.apply(batch)?;
             self.store.sync()
         });

@@ -7,23 +7,29 @@
 //! records out, is the user's [`Schema`]: the ledger's, monomorphised, so the hot path
 //! pays for no indirection.
 //!
+//! Every entry carries a hash chained to the one before it (`chain.rs`), computed by the
+//! committer as it gives out ids, so that the durable order is the chain's order and a
+//! changed, removed or moved entry is found (`chain::verify`).
+//!
 //! Keys in the one sled tree: `'J' first id (u64 BE)` for a segment, `'M' name` for meta
 //! values. Every other prefix belongs to the schema's state records.
 #![forbid(unsafe_code)]
 
+pub mod chain;
 pub mod checkpoint;
 pub mod committer;
 pub mod record;
 pub mod segment;
 pub mod store;
 
+pub use chain::ChainPoint;
 pub use checkpoint::CheckpointPolicy;
 pub use committer::{
     BATCH_ENTRIES_MAX, CommitResult, CommitterHandle, Journal, JournalError, JournalStats, QUEUE_DEPTH_MAX, Submission,
 };
 /// The store underneath, for schemas that lay out their own records.
 pub use sled;
-pub use store::{Db, FaultSwitch, FaultyStore, JournalEntry, Pruned, SledStore, Store, StoreError};
+pub use store::{Db, FaultSwitch, FaultyStore, JournalEntry, PruneHold, Pruned, SledStore, Store, StoreError};
 
 use std::hash::Hash;
 

@@ -7,7 +7,8 @@
 //!
 //! ```text
 //! 'J' first id (u64 BE)   journal segment: consecutive entries from that id
-//! 'M' name                meta values (next entry id, checkpoint id, the user's marks)
+//! 'M' name                meta values (next entry id, checkpoint id, the chain's
+//!                         anchors, the user's marks)
 //! ```
 //!
 //! Every other prefix is the schema's.
@@ -15,13 +16,14 @@
 use std::fs::File;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::de::DeserializeOwned;
 
+use crate::chain::{ChainPoint, Hash};
 use crate::record::decode_record;
-use crate::segment;
+use crate::segment::{self, Framed};
 
 pub const PREFIX_JOURNAL: u8 = b'J';
 pub const PREFIX_META: u8 = b'M';
@@ -37,6 +39,18 @@ pub mod meta {
     pub const MARK: &str = "tx_id_mark";
     /// The last entry id the checkpointed state records reflect (u64 BE).
     pub const CHECKPOINT_ID: &str = "checkpoint_id";
+    /// The first entry with a chain hash (u64 BE): entries before it were written by a
+    /// build without the chain. Written with that entry's commit.
+    pub const CHAIN_START: &str = "chain_start";
+    /// The newest entry and its hash (`ChainPoint`), written with every commit: where the
+    /// chain goes on after a restart, even if pruning emptied the journal.
+    pub const CHAIN_HEAD: &str = "chain_head";
+    /// The entry a checkpoint reflects and its hash (`ChainPoint`), written before
+    /// `CHECKPOINT_ID`.
+    pub const CHECKPOINT_CHAIN: &str = "checkpoint_chain";
+    /// The last entry pruning removed and its hash (`ChainPoint`), written before the
+    /// removal: the anchor the first entry left is checked against.
+    pub const CHAIN_BASE: &str = "chain_base";
 }
 
 /// sled's page cache. sled's default (1 GiB) alone would break the gateway's memory
@@ -82,6 +96,8 @@ pub fn id_of_key(key: &[u8]) -> Option<u64> {
 pub struct JournalEntry<E> {
     pub id: u64,
     pub record: E,
+    /// Its chain hash; `None` for an entry written before the chain.
+    pub hash: Option<Hash>,
 }
 
 /// What one `Db::prune_journal` call removed.
@@ -109,6 +125,27 @@ pub struct Db {
     pub db: sled::Db,
     pub tree: sled::Tree,
     dir: PathBuf,
+    shared: Arc<Shared>,
+}
+
+/// What every user of one open database shares: who may write a checkpoint, and who
+/// holds pruning off.
+#[derive(Default)]
+struct Shared {
+    /// Held while a checkpoint's records and its id are written, and by whoever needs the
+    /// records exactly as of the checkpoint id (a backup, the integrity check).
+    checkpoint_gate: Mutex<()>,
+    /// Pruning removes nothing while any hold is out (a backup reading the journal).
+    prune_holds: AtomicUsize,
+}
+
+/// Keeps pruning off while alive.
+pub struct PruneHold(Arc<Shared>);
+
+impl Drop for PruneHold {
+    fn drop(&mut self) {
+        self.0.prune_holds.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Db {
@@ -125,7 +162,31 @@ impl Db {
             db,
             tree,
             dir: dir.to_path_buf(),
+            shared: Arc::default(),
         })
+    }
+
+    /// Waits for a checkpoint being written, then keeps the next from starting: the state
+    /// records stay exactly as of `meta::CHECKPOINT_ID` while the guard lives. The
+    /// committer goes on committing; checkpoints wait.
+    pub fn checkpoint_gate(&self) -> MutexGuard<'_, ()> {
+        // The gate guards no data of its own: a panic while it was held leaves nothing
+        // half-done that the next holder could see.
+        self.shared
+            .checkpoint_gate
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Keeps pruning from removing anything until the hold is dropped.
+    pub fn hold_pruning(&self) -> PruneHold {
+        self.shared.prune_holds.fetch_add(1, Ordering::AcqRel);
+        PruneHold(self.shared.clone())
+    }
+
+    /// A chain point kept as a meta value, if any.
+    pub fn get_meta_point(&self, name: &str) -> Result<Option<ChainPoint>, StoreError> {
+        Ok(self.get_meta(name)?.and_then(|v| ChainPoint::decode(&v)))
     }
 
     pub fn dir(&self) -> &Path {
@@ -193,13 +254,17 @@ impl Db {
                 break;
             }
             let first = id_of_key(&k).unwrap_or(0);
-            for (id, bytes) in segment::entries(first, &v)? {
+            for Framed { id, hash, bytes } in segment::entries(first, &v)? {
                 if id > after {
                     let record = decode(bytes).map_err(|e| StoreError::Corrupt {
                         key: k.to_vec(),
                         reason: format!("entry {id}: {e}"),
                     })?;
-                    out.push(JournalEntry { id, record });
+                    out.push(JournalEntry {
+                        id,
+                        record,
+                        hash: hash.copied(),
+                    });
                     if out.len() >= limit {
                         return Ok(out);
                     }
@@ -217,19 +282,50 @@ impl Db {
         before_id: u64,
         mut f: impl FnMut(u64, &[u8]) -> ControlFlow<()>,
     ) -> Result<(), StoreError> {
+        self.framed_back(before_id, |e| f(e.id, e.bytes))
+    }
+
+    /// As `entries_back`, with each entry's hash.
+    pub fn framed_back(
+        &self,
+        before_id: u64,
+        mut f: impl FnMut(Framed<'_>) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
         for kv in self.tree.range(..key_segment(before_id)).rev() {
             let (k, v) = kv?;
             if k.first() != Some(&PREFIX_JOURNAL) {
                 break;
             }
             let first = id_of_key(&k).unwrap_or(0);
-            for (id, bytes) in segment::entries(first, &v)?.into_iter().rev() {
-                if id < before_id && f(id, bytes).is_break() {
+            for e in segment::entries(first, &v)?.into_iter().rev() {
+                if e.id < before_id && f(e).is_break() {
                     return Ok(());
                 }
             }
         }
         Ok(())
+    }
+
+    /// The chain hash of entry `id`: from the journal, or from the pruning anchor when
+    /// `id` is the last entry pruned. `None` when neither holds it or it has no hash.
+    pub fn entry_hash(&self, id: u64) -> Result<Option<Hash>, StoreError> {
+        if id == 0 {
+            return Ok(None);
+        }
+        let mut found = None;
+        self.framed_back(id + 1, |e| {
+            if e.id == id {
+                found = e.hash.copied();
+            }
+            ControlFlow::Break(())
+        })?;
+        if found.is_none()
+            && let Some(base) = self.get_meta_point(meta::CHAIN_BASE)?
+            && base.id == id
+        {
+            found = Some(base.hash);
+        }
+        Ok(found)
     }
 
     /// The first entry id the journal holds, if any.
@@ -256,6 +352,9 @@ impl Db {
         time_ms: impl Fn(&[u8]) -> Option<i64>,
     ) -> Result<Pruned, StoreError> {
         let mut pruned = Pruned::default();
+        if self.shared.prune_holds.load(Ordering::Acquire) > 0 {
+            return Ok(pruned);
+        }
         for kv in self.tree.range(key_segment(0)..key_segment(u64::MAX)) {
             if pruned.segments >= segments_max {
                 break;
@@ -263,13 +362,23 @@ impl Db {
             let (k, v) = kv?;
             let first = id_of_key(&k).unwrap_or(0);
             let entries = segment::entries(first, &v)?;
-            let (last_id, last) = *entries.last().expect("segments are never empty");
-            let last_time_ms = time_ms(last).ok_or_else(|| StoreError::Corrupt {
+            let last = *entries.last().expect("segments are never empty");
+            let last_id = last.id;
+            let last_time_ms = time_ms(last.bytes).ok_or_else(|| StoreError::Corrupt {
                 key: k.to_vec(),
                 reason: format!("entry {last_id} has no readable time"),
             })?;
             if last_id > through_id || last_time_ms >= before_ms {
                 break;
+            }
+            // The anchor first: sled recovers a prefix of its operations, so after a
+            // crash the anchor is never older than what was removed.
+            if let Some(hash) = last.hash {
+                let anchor = ChainPoint {
+                    id: last_id,
+                    hash: *hash,
+                };
+                self.tree.insert(key_meta(meta::CHAIN_BASE), anchor.encode().to_vec())?;
             }
             self.tree.remove(&k)?;
             pruned.segments += 1;

@@ -88,7 +88,7 @@ fn open(dir: &std::path::Path, policy: CheckpointPolicy, switch: Option<FaultSwi
         Some(switch) => Box::new(FaultyStore { inner: store, switch }),
         None => Box::new(store),
     };
-    let (journal, committer) = Journal::<Toy>::start(db.clone(), store, next, checkpoint, policy);
+    let (journal, committer) = Journal::<Toy>::start(db.clone(), store, next, checkpoint, policy).unwrap();
     Open { db, journal, committer }
 }
 

@@ -160,6 +160,15 @@ impl Fixture {
         Fixture::open_with(dir, config, clock, wrap)
     }
 
+    /// Stops the ledger the way shutdown does; its directory stays.
+    pub fn stop(mut self) -> tempfile::TempDir {
+        let committer = self.committer.take().expect("running");
+        assert_eq!(Arc::strong_count(&self.ledger), 1, "a test still holds the ledger");
+        drop(self.ledger);
+        committer.join();
+        self.dir
+    }
+
     pub fn path(&self) -> &Path {
         self.dir.path()
     }

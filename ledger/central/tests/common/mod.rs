@@ -99,7 +99,8 @@ impl Fixture {
             next,
             checkpoint,
             CheckpointPolicy::default(),
-        );
+        )
+        .unwrap();
         Fixture {
             dir,
             db,
