@@ -55,13 +55,22 @@ pub mod msg_type {
     pub const BLACKLIST_PAGE: u8 = 0x32;
     /// T→G, unanswered: the blacklist version the terminal now holds.
     pub const BLACKLIST_ACK: u8 = 0x33;
+    /// G→T, unsolicited (request id 0), right after SIGN_ON_OK to a POS terminal: the
+    /// limits under which it may sell while it cannot reach the gateway.
+    pub const OFFLINE_LIMITS: u8 = 0x60;
+    /// T→G: the next `count` frames are OFFLINE_SALEs of one upload batch.
+    pub const OFFLINE_BATCH: u8 = 0x61;
+    /// T→G, unanswered on its own: one sale made offline, MACed under the terminal's key.
+    pub const OFFLINE_SALE: u8 = 0x62;
+    /// G→T: the answer to an OFFLINE_BATCH, once its sales are durable.
+    pub const OFFLINE_RESULT: u8 = 0x63;
     /// 0x30..=0x3F: blacklist push and delta sync (0x34..=0x3F still free).
     pub const RESERVED_BLACKLIST: std::ops::RangeInclusive<u8> = 0x30..=0x3F;
     /// 0x40..=0x4F: door access.
     pub const RESERVED_DOOR: std::ops::RangeInclusive<u8> = 0x40..=0x4F;
     /// 0x50..=0x5F: attendance punches.
     pub const RESERVED_ATTENDANCE: std::ops::RangeInclusive<u8> = 0x50..=0x5F;
-    /// 0x60..=0x6F: offline transaction upload.
+    /// 0x60..=0x6F: offline sales (0x64..=0x6F still free).
     pub const RESERVED_OFFLINE: std::ops::RangeInclusive<u8> = 0x60..=0x6F;
 }
 

@@ -259,8 +259,13 @@ pub struct SignOnOk {
     pub heartbeat_interval_s: u16,
     /// At most this many requests may await answers at once on this connection.
     pub pipeline_depth_max: u16,
-    pub reserved: u32,
+    /// `SIGN_ON_OFFLINE_LIMITS`: an OFFLINE_LIMITS frame follows (to POS terminals).
+    /// Other bits are 0.
+    pub flags: u32,
 }
+
+/// SIGN_ON_OK flag: the next frame is OFFLINE_LIMITS (request id 0).
+pub const SIGN_ON_OFFLINE_LIMITS: u32 = 0x0000_0001;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Heartbeat {
@@ -412,6 +417,106 @@ pub struct BlacklistAck {
     pub version: u64,
 }
 
+/// G→T, unsolicited, right after SIGN_ON_OK to a POS terminal: what it may sell while
+/// it cannot reach the gateway (docs/PROTOCOL.md, section 8.6). All limits in fen; 0
+/// means offline selling is off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OfflineLimits {
+    /// The most one offline sale may be.
+    pub sale_max_fen: i64,
+    /// The most one card may spend offline on this terminal in one local day.
+    pub card_day_max_fen: i64,
+    /// The most this terminal may hold in offline sales not yet uploaded.
+    pub terminal_total_max_fen: i64,
+    /// How long after its last contact with the gateway a terminal may still sell
+    /// offline, in minutes.
+    pub offline_minutes_max: u32,
+    /// Offline sales a terminal may hold not yet uploaded.
+    pub sales_max: u16,
+    /// Sales one OFFLINE_BATCH may carry.
+    pub batch_max: u16,
+}
+
+/// T→G: an upload batch: the next `count` frames on this connection are its
+/// OFFLINE_SALEs, in strictly increasing `tx_seq` from `first_tx_seq`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OfflineBatch {
+    pub first_tx_seq: u64,
+    pub count: u16,
+}
+
+/// T→G: one sale made offline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OfflineSale {
+    pub tx_seq: u64,
+    pub card: CardNo,
+    pub amount_fen: i64,
+    /// The terminal's clock when it sold.
+    pub sale_time_ms: i64,
+    /// `offline_sale_mac` under the terminal's long-term secret.
+    pub mac: [u8; 16],
+}
+
+/// What became of an upload batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum OfflineStatus {
+    /// Every sale is posted now or was before (`posted + duplicates == count`).
+    Accepted = 0,
+    /// A sale's MAC does not verify: nothing of the batch was posted. `first_bad_seq`
+    /// names it.
+    BadMac = 1,
+    /// The batch breaks the rules (sequence numbers not strictly increasing, a count
+    /// of 0 or above the batch limit, a sequence number of 0, an amount not above 0):
+    /// nothing was posted.
+    BadBatch = 2,
+    /// The gateway could not make the batch durable: send it again later; sales
+    /// already posted are recognised as duplicates.
+    SystemError = 3,
+}
+
+impl OfflineStatus {
+    pub const ALL: [OfflineStatus; 4] = [
+        OfflineStatus::Accepted,
+        OfflineStatus::BadMac,
+        OfflineStatus::BadBatch,
+        OfflineStatus::SystemError,
+    ];
+
+    pub fn from_code(code: u8) -> Option<OfflineStatus> {
+        OfflineStatus::ALL.into_iter().find(|s| *s as u8 == code)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OfflineStatus::Accepted => "accepted",
+            OfflineStatus::BadMac => "bad_mac",
+            OfflineStatus::BadBatch => "bad_batch",
+            OfflineStatus::SystemError => "system_error",
+        }
+    }
+}
+
+/// G→T: the answer to an OFFLINE_BATCH (its request id), sent once the sales it posted
+/// are durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OfflineResult {
+    pub first_tx_seq: u64,
+    pub count: u16,
+    pub status: OfflineStatus,
+    /// Sales posted by this batch.
+    pub posted: u16,
+    /// Sales the gateway already held (an upload sent again): not posted twice.
+    pub duplicates: u16,
+    /// Of `posted`: sales posted and flagged for the card desk (the account went below
+    /// zero, the card was blocked at the time, a limit was passed, ...).
+    pub flagged: u16,
+    /// With `BadMac`: the first sale whose MAC failed; else 0.
+    pub first_bad_seq: u64,
+    /// The highest sequence number the gateway now holds for the terminal.
+    pub last_tx_seq: u64,
+}
+
 /// Every message of protocol version 1.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Message {
@@ -432,6 +537,10 @@ pub enum Message {
     BlacklistSync(BlacklistSync),
     BlacklistPage(BlacklistPage),
     BlacklistAck(BlacklistAck),
+    OfflineLimits(OfflineLimits),
+    OfflineBatch(OfflineBatch),
+    OfflineSale(OfflineSale),
+    OfflineResult(OfflineResult),
 }
 
 /// Why a body could not be decoded.
@@ -496,6 +605,10 @@ impl Message {
             Message::BlacklistSync(_) => msg_type::BLACKLIST_SYNC,
             Message::BlacklistPage(_) => msg_type::BLACKLIST_PAGE,
             Message::BlacklistAck(_) => msg_type::BLACKLIST_ACK,
+            Message::OfflineLimits(_) => msg_type::OFFLINE_LIMITS,
+            Message::OfflineBatch(_) => msg_type::OFFLINE_BATCH,
+            Message::OfflineSale(_) => msg_type::OFFLINE_SALE,
+            Message::OfflineResult(_) => msg_type::OFFLINE_RESULT,
         }
     }
 
@@ -519,6 +632,10 @@ impl Message {
             msg_type::BLACKLIST_SYNC => 16,
             msg_type::BLACKLIST_PAGE => 32 + 8 * BLACKLIST_PAGE_CARDS_MAX,
             msg_type::BLACKLIST_ACK => 8,
+            msg_type::OFFLINE_LIMITS => 32,
+            msg_type::OFFLINE_BATCH => 16,
+            msg_type::OFFLINE_SALE => 48,
+            msg_type::OFFLINE_RESULT => 40,
             _ => return None,
         })
     }
@@ -560,7 +677,7 @@ impl Message {
                 blacklist_version: r.u64(),
                 heartbeat_interval_s: r.u16(),
                 pipeline_depth_max: r.u16(),
-                reserved: r.u32(),
+                flags: r.u32(),
             }),
             msg_type::HEARTBEAT => Message::Heartbeat(Heartbeat {
                 terminal_time_ms: r.i64(),
@@ -667,6 +784,50 @@ impl Message {
                 })
             }
             msg_type::BLACKLIST_ACK => Message::BlacklistAck(BlacklistAck { version: r.u64() }),
+            msg_type::OFFLINE_LIMITS => {
+                let m = OfflineLimits {
+                    sale_max_fen: r.i64(),
+                    card_day_max_fen: r.i64(),
+                    terminal_total_max_fen: r.i64(),
+                    offline_minutes_max: r.u32(),
+                    sales_max: r.u16(),
+                    batch_max: r.u16(),
+                };
+                Message::OfflineLimits(m)
+            }
+            msg_type::OFFLINE_BATCH => {
+                let first_tx_seq = r.u64();
+                let count = r.u16();
+                let _reserved: [u8; 6] = r.take();
+                Message::OfflineBatch(OfflineBatch { first_tx_seq, count })
+            }
+            msg_type::OFFLINE_SALE => Message::OfflineSale(OfflineSale {
+                tx_seq: r.u64(),
+                card: r.card(),
+                amount_fen: r.i64(),
+                sale_time_ms: r.i64(),
+                mac: r.take(),
+            }),
+            msg_type::OFFLINE_RESULT => {
+                let first_tx_seq = r.u64();
+                let count = r.u16();
+                let status = OfflineStatus::from_code(r.u8()).ok_or(BodyError::BadField("status"))?;
+                let _reserved = r.u8();
+                let posted = r.u16();
+                let duplicates = r.u16();
+                let flagged = r.u16();
+                let _reserved2: [u8; 6] = r.take();
+                Message::OfflineResult(OfflineResult {
+                    first_tx_seq,
+                    count,
+                    status,
+                    posted,
+                    duplicates,
+                    flagged,
+                    first_bad_seq: r.u64(),
+                    last_tx_seq: r.u64(),
+                })
+            }
             other => return Err(BodyError::UnknownType(other)),
         })
     }
@@ -690,7 +851,7 @@ impl Message {
                 out.put_u64_le(m.blacklist_version);
                 out.put_u16_le(m.heartbeat_interval_s);
                 out.put_u16_le(m.pipeline_depth_max);
-                out.put_u32_le(m.reserved);
+                out.put_u32_le(m.flags);
             }
             Message::Heartbeat(m) => {
                 out.put_i64_le(m.terminal_time_ms);
@@ -767,6 +928,38 @@ impl Message {
                 }
             }
             Message::BlacklistAck(m) => out.put_u64_le(m.version),
+            Message::OfflineLimits(m) => {
+                out.put_i64_le(m.sale_max_fen);
+                out.put_i64_le(m.card_day_max_fen);
+                out.put_i64_le(m.terminal_total_max_fen);
+                out.put_u32_le(m.offline_minutes_max);
+                out.put_u16_le(m.sales_max);
+                out.put_u16_le(m.batch_max);
+            }
+            Message::OfflineBatch(m) => {
+                out.put_u64_le(m.first_tx_seq);
+                out.put_u16_le(m.count);
+                out.put_slice(&[0u8; 6]);
+            }
+            Message::OfflineSale(m) => {
+                out.put_u64_le(m.tx_seq);
+                out.put_u64_le(m.card.0);
+                out.put_i64_le(m.amount_fen);
+                out.put_i64_le(m.sale_time_ms);
+                out.put_slice(&m.mac);
+            }
+            Message::OfflineResult(m) => {
+                out.put_u64_le(m.first_tx_seq);
+                out.put_u16_le(m.count);
+                out.put_u8(m.status as u8);
+                out.put_u8(0);
+                out.put_u16_le(m.posted);
+                out.put_u16_le(m.duplicates);
+                out.put_u16_le(m.flagged);
+                out.put_slice(&[0u8; 6]);
+                out.put_u64_le(m.first_bad_seq);
+                out.put_u64_le(m.last_tx_seq);
+            }
         }
     }
 }
@@ -813,7 +1006,7 @@ mod tests {
                 blacklist_version: 3,
                 heartbeat_interval_s: 4,
                 pipeline_depth_max: 5,
-                reserved: 0,
+                flags: 0,
             }),
             Message::Heartbeat(Heartbeat {
                 terminal_time_ms: 1,
@@ -870,6 +1063,54 @@ mod tests {
             assert_eq!(Some(buf.len()), Message::body_len(m.msg_type()), "{m:?}");
             assert_eq!(Message::decode_body(m.msg_type(), &buf), Ok(m));
         }
+    }
+
+    #[test]
+    fn offline_messages_round_trip_and_refuse_an_unknown_status() {
+        let all = [
+            Message::OfflineLimits(OfflineLimits {
+                sale_max_fen: 50_00,
+                card_day_max_fen: 100_00,
+                terminal_total_max_fen: 5_000_00,
+                offline_minutes_max: 1440,
+                sales_max: 2000,
+                batch_max: 32,
+            }),
+            Message::OfflineBatch(OfflineBatch {
+                first_tx_seq: 101,
+                count: 3,
+            }),
+            Message::OfflineSale(OfflineSale {
+                tx_seq: 101,
+                card: CardNo(1_000_000_001),
+                amount_fen: 12_50,
+                sale_time_ms: 1_700_000_000_000,
+                mac: [0xab; 16],
+            }),
+            Message::OfflineResult(OfflineResult {
+                first_tx_seq: 101,
+                count: 3,
+                status: OfflineStatus::BadMac,
+                posted: 0,
+                duplicates: 0,
+                flagged: 0,
+                first_bad_seq: 102,
+                last_tx_seq: 100,
+            }),
+        ];
+        for m in all {
+            let mut buf = Vec::new();
+            m.encode_body(&mut buf);
+            assert_eq!(Some(buf.len()), Message::body_len(m.msg_type()), "{m:?}");
+            assert_eq!(Message::decode_body(m.msg_type(), &buf), Ok(m));
+        }
+        let mut buf = Vec::new();
+        all[3].encode_body(&mut buf);
+        buf[10] = 9;
+        assert_eq!(
+            Message::decode_body(msg_type::OFFLINE_RESULT, &buf),
+            Err(BodyError::BadField("status"))
+        );
     }
 
     #[test]
@@ -999,7 +1240,8 @@ mod tests {
 
     #[test]
     fn reserved_ranges_hold_no_defined_type() {
-        for t in 0x34u8..=0x6F {
+        let defined_offline = msg_type::OFFLINE_LIMITS..=msg_type::OFFLINE_RESULT;
+        for t in (0x34u8..=0x6F).filter(|t| !defined_offline.contains(t)) {
             assert_eq!(Message::body_len(t), None, "type {t:#04x} is reserved");
         }
     }

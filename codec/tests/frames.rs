@@ -20,7 +20,7 @@ fn sign_on_ok() -> Message {
         blacklist_version: 0,
         heartbeat_interval_s: 30,
         pipeline_depth_max: 16,
-        reserved: 0,
+        flags: 0,
     })
 }
 
@@ -258,7 +258,7 @@ fn any_reserved_flag_bit_is_malformed() {
 fn an_unknown_type_is_malformed_in_a_session_and_unexpected_before_one() {
     let key = raw_keys(&input(1, 2), &secret()).0;
     let unknown = [
-        0x00u8, 0x07, 0x0e, 0x13, 0x23, 0x34, 0x3f, 0x40, 0x4f, 0x50, 0x5f, 0x60, 0x6f, 0x70, 0xff,
+        0x00u8, 0x07, 0x0e, 0x13, 0x23, 0x34, 0x3f, 0x40, 0x4f, 0x50, 0x5f, 0x64, 0x6f, 0x70, 0xff,
     ];
     for t in unknown {
         assert_eq!(Message::body_len(t), None);

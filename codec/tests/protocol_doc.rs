@@ -155,6 +155,10 @@ fn type_name(t: u8) -> Option<&'static str> {
         msg_type::BLACKLIST_SYNC => "BLACKLIST_SYNC",
         msg_type::BLACKLIST_PAGE => "BLACKLIST_PAGE",
         msg_type::BLACKLIST_ACK => "BLACKLIST_ACK",
+        msg_type::OFFLINE_LIMITS => "OFFLINE_LIMITS",
+        msg_type::OFFLINE_BATCH => "OFFLINE_BATCH",
+        msg_type::OFFLINE_SALE => "OFFLINE_SALE",
+        msg_type::OFFLINE_RESULT => "OFFLINE_RESULT",
         _ => return None,
     })
 }
@@ -171,6 +175,8 @@ fn is_up(t: u8) -> bool {
             | msg_type::BALANCE_INQUIRY
             | msg_type::BLACKLIST_SYNC
             | msg_type::BLACKLIST_ACK
+            | msg_type::OFFLINE_BATCH
+            | msg_type::OFFLINE_SALE
     )
 }
 
@@ -586,7 +592,7 @@ fn sample(t: u8) -> Message {
             blacklist_version: 0x5152_5354_5556_5758,
             heartbeat_interval_s: 0x6162,
             pipeline_depth_max: 0x7172,
-            reserved: 0,
+            flags: 0x8182_8384,
         }),
         msg_type::HEARTBEAT => Message::Heartbeat(Heartbeat {
             terminal_time_ms: 0x3132_3334_3536_3738,
@@ -657,6 +663,35 @@ fn sample(t: u8) -> Message {
         msg_type::BLACKLIST_ACK => Message::BlacklistAck(cardgate_codec::BlacklistAck {
             version: 0x4142_4344_4546_4748,
         }),
+        msg_type::OFFLINE_LIMITS => Message::OfflineLimits(cardgate_codec::OfflineLimits {
+            sale_max_fen: 0x1112_1314_1516_1718,
+            card_day_max_fen: 0x2122_2324_2526_2728,
+            terminal_total_max_fen: 0x3132_3334_3536_3738,
+            offline_minutes_max: 0x4142_4344,
+            sales_max: 0x5152,
+            batch_max: 0x6162,
+        }),
+        msg_type::OFFLINE_BATCH => Message::OfflineBatch(cardgate_codec::OfflineBatch {
+            first_tx_seq: 0x0102_0304_0506_0708,
+            count: 0x1112,
+        }),
+        msg_type::OFFLINE_SALE => Message::OfflineSale(cardgate_codec::OfflineSale {
+            tx_seq: 0x0102_0304_0506_0708,
+            card,
+            amount_fen: 0x2122_2324_2526_2728,
+            sale_time_ms: 0x3132_3334_3536_3738,
+            mac: std::array::from_fn(|i| 0xd0 + i as u8),
+        }),
+        msg_type::OFFLINE_RESULT => Message::OfflineResult(cardgate_codec::OfflineResult {
+            first_tx_seq: 0x0102_0304_0506_0708,
+            count: 0x1112,
+            status: cardgate_codec::OfflineStatus::BadMac,
+            posted: 0x2122,
+            duplicates: 0x3132,
+            flagged: 0x4142,
+            first_bad_seq: 0x5152_5354_5556_5758,
+            last_tx_seq: 0x6162_6364_6566_6768,
+        }),
         other => panic!("no sample of type {other:#04x}"),
     }
 }
@@ -678,6 +713,7 @@ fn field_bytes(m: &Message, name: &str) -> Vec<u8> {
         (Message::SignOnOk(s), "blacklist_version") => le(s.blacklist_version),
         (Message::SignOnOk(s), "heartbeat_interval_s") => s.heartbeat_interval_s.to_le_bytes().to_vec(),
         (Message::SignOnOk(s), "pipeline_depth_max") => s.pipeline_depth_max.to_le_bytes().to_vec(),
+        (Message::SignOnOk(s), "flags") => s.flags.to_le_bytes().to_vec(),
         (Message::Heartbeat(h), "terminal_time_ms") => i(h.terminal_time_ms),
         (Message::Heartbeat(h), "blacklist_version") => le(h.blacklist_version),
         (Message::HeartbeatAck(h), "server_time_ms") => i(h.server_time_ms),
@@ -723,6 +759,27 @@ fn field_bytes(m: &Message, name: &str) -> Vec<u8> {
         (Message::BlacklistPage(p), "next_after_card") => le(p.next_after_card),
         (Message::BlacklistPage(p), "cards") => p.cards.iter().flat_map(|c| c.to_le_bytes()).collect(),
         (Message::BlacklistAck(a), "version") => le(a.version),
+        (Message::OfflineLimits(l), "sale_max_fen") => i(l.sale_max_fen),
+        (Message::OfflineLimits(l), "card_day_max_fen") => i(l.card_day_max_fen),
+        (Message::OfflineLimits(l), "terminal_total_max_fen") => i(l.terminal_total_max_fen),
+        (Message::OfflineLimits(l), "offline_minutes_max") => l.offline_minutes_max.to_le_bytes().to_vec(),
+        (Message::OfflineLimits(l), "sales_max") => l.sales_max.to_le_bytes().to_vec(),
+        (Message::OfflineLimits(l), "batch_max") => l.batch_max.to_le_bytes().to_vec(),
+        (Message::OfflineBatch(b), "first_tx_seq") => le(b.first_tx_seq),
+        (Message::OfflineBatch(b), "count") => b.count.to_le_bytes().to_vec(),
+        (Message::OfflineSale(x), "tx_seq") => le(x.tx_seq),
+        (Message::OfflineSale(x), "card") => le(x.card.0),
+        (Message::OfflineSale(x), "amount_fen") => i(x.amount_fen),
+        (Message::OfflineSale(x), "sale_time_ms") => i(x.sale_time_ms),
+        (Message::OfflineSale(x), "mac") => x.mac.to_vec(),
+        (Message::OfflineResult(r), "first_tx_seq") => le(r.first_tx_seq),
+        (Message::OfflineResult(r), "count") => r.count.to_le_bytes().to_vec(),
+        (Message::OfflineResult(r), "status") => vec![r.status as u8],
+        (Message::OfflineResult(r), "posted") => r.posted.to_le_bytes().to_vec(),
+        (Message::OfflineResult(r), "duplicates") => r.duplicates.to_le_bytes().to_vec(),
+        (Message::OfflineResult(r), "flagged") => r.flagged.to_le_bytes().to_vec(),
+        (Message::OfflineResult(r), "first_bad_seq") => le(r.first_bad_seq),
+        (Message::OfflineResult(r), "last_tx_seq") => le(r.last_tx_seq),
         (m, name) => panic!("{m:?} has no field `{name}`"),
     }
 }
@@ -775,4 +832,17 @@ fn every_field_table_matches_the_encoder() {
     }
     let defined: BTreeSet<u8> = (0..=u8::MAX).filter(|t| Message::body_len(*t).is_some()).collect();
     assert_eq!(documented, defined, "every message type has a field table");
+}
+
+#[test]
+fn the_offline_status_table_matches_the_code() {
+    let got: Vec<(u8, String)> = checked_table("offline-status")
+        .iter()
+        .map(|r| (r[0].parse().expect("a code"), r[1].clone()))
+        .collect();
+    let want: Vec<(u8, String)> = cardgate_codec::OfflineStatus::ALL
+        .iter()
+        .map(|s| (*s as u8, s.as_str().to_string()))
+        .collect();
+    assert_eq!(got, want);
 }

@@ -51,21 +51,14 @@ fn message() -> impl Strategy<Value = Message> {
             any::<u32>()
         )
             .prop_map(
-                |(
-                    server_time_ms,
-                    last_tx_seq,
-                    blacklist_version,
-                    heartbeat_interval_s,
-                    pipeline_depth_max,
-                    reserved,
-                )| {
+                |(server_time_ms, last_tx_seq, blacklist_version, heartbeat_interval_s, pipeline_depth_max, flags)| {
                     Message::SignOnOk(SignOnOk {
                         server_time_ms,
                         last_tx_seq,
                         blacklist_version,
                         heartbeat_interval_s,
                         pipeline_depth_max,
-                        reserved,
+                        flags,
                     })
                 }
             ),

@@ -222,7 +222,7 @@ async fn the_terminal_reads_the_gateway_stream_the_same_way() {
             blacklist_version: 0,
             heartbeat_interval_s: 30,
             pipeline_depth_max: 16,
-            reserved: 0,
+            flags: 0,
         }),
         heartbeat_ack(),
     ];

@@ -42,6 +42,7 @@ pub struct Config {
     /// business time zone (`tz_offset_minutes`), offset included, in both.
     pub log_format: LogFormat,
     pub health: Health,
+    pub offline: Offline,
     pub backup: Backup,
     pub integrity: Integrity,
 }
@@ -52,6 +53,54 @@ pub enum LogFormat {
     #[default]
     Text,
     Json,
+}
+
+/// What POS terminals may sell while they cannot reach the gateway: told at every
+/// sign-on (OFFLINE_LIMITS, docs/PROTOCOL.md 8.6); an uploaded sale beyond them is still
+/// posted, and flagged for the card desk.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Offline {
+    /// The most one offline sale may be: a meal.
+    pub sale_max_fen: i64,
+    /// The most one card may spend offline on one terminal in a local day: two meals.
+    pub card_day_max_fen: i64,
+    /// Offline sales a terminal may hold not yet uploaded, in fen: a window's busy hour.
+    pub terminal_total_max_fen: i64,
+    /// How long after its last contact with the gateway a terminal may still sell
+    /// offline; also how old an uploaded sale may be before its time is suspect.
+    pub offline_minutes_max: u32,
+    /// Offline sales a terminal may hold not yet uploaded.
+    pub sales_max: u16,
+    /// Sales one upload batch may carry (1..=64): each batch is checked whole.
+    pub batch_max: u16,
+}
+
+impl Default for Offline {
+    fn default() -> Offline {
+        let d = cardgate_ledger::OFFLINE_LIMITS_DEFAULT;
+        Offline {
+            sale_max_fen: d.sale_max_fen,
+            card_day_max_fen: d.card_day_max_fen,
+            terminal_total_max_fen: d.terminal_total_max_fen,
+            offline_minutes_max: d.offline_minutes_max,
+            sales_max: d.sales_max,
+            batch_max: d.batch_max,
+        }
+    }
+}
+
+impl Offline {
+    pub fn limits(&self) -> cardgate_codec::OfflineLimits {
+        cardgate_codec::OfflineLimits {
+            sale_max_fen: self.sale_max_fen,
+            card_day_max_fen: self.card_day_max_fen,
+            terminal_total_max_fen: self.terminal_total_max_fen,
+            offline_minutes_max: self.offline_minutes_max,
+            sales_max: self.sales_max,
+            batch_max: self.batch_max,
+        }
+    }
 }
 
 /// What `/readyz` and the terminal gauges judge by (docs/OPERATIONS.md).
@@ -196,6 +245,7 @@ impl Default for Config {
             central: Central::default(),
             log_format: LogFormat::Text,
             health: Health::default(),
+            offline: Offline::default(),
             backup: Backup {
                 keep: 14,
                 ..Backup::default()
@@ -427,6 +477,13 @@ impl Config {
         }
         if !(-720..=840).contains(&self.tz_offset_minutes) {
             return bad("tz_offset_minutes must be within -720..=840");
+        }
+        let o = &self.offline;
+        if o.sale_max_fen < 0 || o.card_day_max_fen < 0 || o.terminal_total_max_fen < 0 {
+            return bad("offline limits cannot be negative (0 switches offline selling off)");
+        }
+        if o.batch_max == 0 || o.batch_max > cardgate_domain::rules::offline::OFFLINE_BATCH_MAX {
+            return bad("offline.batch_max must be 1..=64");
         }
         if self.health.terminal_offline_after_s == 0 {
             return bad("health.terminal_offline_after_s must be above 0");

@@ -83,6 +83,7 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
     let ledger_config = LedgerConfig {
         tz_offset_minutes: config.tz_offset_minutes,
         terminal_key,
+        offline: config.offline.limits(),
         ..LedgerConfig::default()
     };
     let data_dir = config.data_dir.clone();

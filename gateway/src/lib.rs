@@ -17,6 +17,7 @@ pub mod integrity;
 pub mod logging;
 pub mod metrics;
 pub mod operator_cli;
+pub mod reports;
 pub mod server;
 pub mod session;
 pub mod shutdown;

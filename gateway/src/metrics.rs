@@ -90,6 +90,10 @@ pub const FAMILIES: &[Family] = &[
     family("cardgate_connections_refused_total", C, Unit::Count, "Terminal connections the gateway closed with an ERROR frame, by error code (bad_mac, replay, auth_failed, idle_timeout, ...)."),
     family("cardgate_sign_ons_total", C, Unit::Count, "Terminal sign-ons by result: ok, auth_failed (wrong key or unknown terminal), timeout, overloaded, aborted."),
     family("cardgate_sessions_superseded_total", C, Unit::Count, "Sessions closed because their terminal signed on again on a new connection."),
+    family("cardgate_offline_batches_total", C, Unit::Count, "Offline upload batches by status: accepted, bad_mac (nothing posted), bad_batch (nothing posted), system_error."),
+    family("cardgate_offline_sales_total", C, Unit::Count, "Offline sales uploaded, by result: posted, duplicate (held already: not posted again)."),
+    family("cardgate_terminal_sequence_gaps", G, Unit::Count, "Open gaps in terminals' transaction sequence numbers (ranges never received), all terminals."),
+    family("cardgate_terminal_sequence_numbers_missing", G, Unit::Count, "Transaction sequence numbers never received below each terminal's highest, all terminals."),
     family("cardgate_sign_ons_previous_key_total", C, Unit::Count, "Sign-ons proved with a terminal's previous key, during a rekey's overlap."),
     family("cardgate_shutdown_phase", G, Unit::Count, "The shutdown phase: 0 running, 1 stop accepting, 2 drain sessions, 3 central flush, 4 committer, 5 stopped."),
     family("cardgate_admin_connections", G, Unit::Count, "Admin API connections open now (capped at limits.admin_connections_max)."),
@@ -106,7 +110,7 @@ pub const FAMILIES: &[Family] = &[
     family("cardgate_decisions_total", C, Unit::Count, "Money decisions made (a retry answered from memory is not one), by kind (purchase, reversal)."),
     family("cardgate_declines_total", C, Unit::Count, "Declined money requests, by decline reason."),
     family("cardgate_retries_total", C, Unit::Count, "Money requests answered from the remembered outcome of the same sequence number."),
-    family("cardgate_exceptions_raised_total", C, Unit::Count, "Exceptions raised for the desk to settle, by kind (refund_owed)."),
+    family("cardgate_exceptions_raised_total", C, Unit::Count, "Exceptions raised for the desk to settle, by kind (refund_owed, and offline_* for uploaded offline sales: overdraft, card_blocked, over_limit, clock_suspect, unknown_card, closed_account)."),
     family("cardgate_audit_records_total", C, Unit::Count, "Audit records written."),
     family("cardgate_import_rows_total", C, Unit::Count, "Rows applied by CSV imports, by result (added, updated)."),
     family("cardgate_accounts", G, Unit::Count, "Accounts held in memory."),
@@ -245,6 +249,12 @@ fn register_at_zero() {
         "commit" => env!("CARDGATE_GIT_COMMIT")
     )
     .set(1.0);
+    for status in cardgate_codec::OfflineStatus::ALL {
+        metrics::counter!("cardgate_offline_batches_total", "status" => status.as_str()).absolute(0);
+    }
+    for result in ["posted", "duplicate"] {
+        metrics::counter!("cardgate_offline_sales_total", "result" => result).absolute(0);
+    }
     for outcome in ["ok", "failed", "locked"] {
         metrics::counter!("cardgate_console_sign_ins_total", "outcome" => outcome).absolute(0);
     }
@@ -259,6 +269,9 @@ fn register_at_zero() {
     }
     for reason in DeclineReason::ALL {
         metrics::counter!("cardgate_declines_total", "reason" => reason.as_str()).absolute(0);
+    }
+    for kind in cardgate_domain::model::ExceptionKind::ALL {
+        metrics::counter!("cardgate_exceptions_raised_total", "kind" => kind.as_str()).absolute(0);
     }
     for kind in ["purchase", "reversal"] {
         metrics::counter!("cardgate_decisions_total", "kind" => kind).absolute(0);
@@ -349,16 +362,19 @@ pub enum RequestKind {
     BlacklistSync,
     /// From the session seeing a new durable version to its push being written.
     BlacklistPush,
+    /// From an OFFLINE_BATCH to its OFFLINE_RESULT.
+    OfflineUpload,
 }
 
 impl RequestKind {
-    const ALL: [RequestKind; 6] = [
+    const ALL: [RequestKind; 7] = [
         RequestKind::Purchase,
         RequestKind::Reversal,
         RequestKind::Balance,
         RequestKind::Heartbeat,
         RequestKind::BlacklistSync,
         RequestKind::BlacklistPush,
+        RequestKind::OfflineUpload,
     ];
 
     fn as_str(self) -> &'static str {
@@ -369,6 +385,7 @@ impl RequestKind {
             RequestKind::Heartbeat => "heartbeat",
             RequestKind::BlacklistSync => "blacklist_sync",
             RequestKind::BlacklistPush => "blacklist_push",
+            RequestKind::OfflineUpload => "offline_upload",
         }
     }
 }
@@ -383,6 +400,11 @@ fn result_of(answer: &Message) -> usize {
         Message::Declined(d) if d.reason == DeclineReason::SystemError => 2,
         Message::Declined(_) => 1,
         Message::Error(_) => 2,
+        Message::OfflineResult(r) => match r.status {
+            cardgate_codec::OfflineStatus::Accepted => 3,
+            cardgate_codec::OfflineStatus::SystemError => 2,
+            cardgate_codec::OfflineStatus::BadMac | cardgate_codec::OfflineStatus::BadBatch => 1,
+        },
         _ => 3,
     }
 }
@@ -482,6 +504,9 @@ fn sample_once(s: &Sampled) {
     metrics::gauge!("cardgate_cards").set(cards as f64);
     metrics::gauge!("cardgate_terminals").set(terminals as f64);
     let lag = ledger.blacklist_lag();
+    let (gap_ranges, missing, _) = ledger.sequence_summary();
+    metrics::gauge!("cardgate_terminal_sequence_gaps").set(gap_ranges as f64);
+    metrics::gauge!("cardgate_terminal_sequence_numbers_missing").set(missing as f64);
     metrics::gauge!("cardgate_blacklist_version").set(lag.version as f64);
     metrics::gauge!("cardgate_blacklist_published_version").set(lag.published as f64);
     metrics::gauge!("cardgate_blacklist_cards").set(lag.listed as f64);

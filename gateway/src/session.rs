@@ -24,7 +24,8 @@ use std::time::{Duration, Instant};
 use cardgate_codec::codec::Frame;
 use cardgate_codec::crypto::SignOnInput;
 use cardgate_codec::{
-    BlacklistPush, Challenge, CodecError, ErrorCode, ErrorFrame, HeartbeatAck, Message, Side, SignOnOk, TerminalCodec,
+    BlacklistPush, Challenge, CodecError, ErrorCode, ErrorFrame, HeartbeatAck, Message, OfflineBatch, OfflineSale,
+    SIGN_ON_OFFLINE_LIMITS, Side, SignOnOk, TerminalCodec,
 };
 use cardgate_ledger::{Ledger, Pending};
 use futures::{FutureExt, SinkExt, StreamExt};
@@ -115,9 +116,9 @@ pub(crate) async fn serve(
         _ = shutdown.cancelled() => Err(End::Refuse(ErrorCode::ShuttingDown)),
     };
     let (terminal_id, end) = match signed_on {
-        Ok(terminal_id) => {
+        Ok((terminal_id, drift_ms)) => {
             metrics::counter!("cardgate_sign_ons_total", "result" => "ok").increment(1);
-            ledger.terminal_session(terminal_id, true);
+            ledger.session_opened(terminal_id, drift_ms).await;
             tracing::debug!(terminal.id = terminal_id, %peer, "signed on");
             let end = tokio::select! {
                 end = session(&mut conn, terminal_id, &ledger, &limits, &shutdown, &closer, notices) => end,
@@ -128,7 +129,7 @@ pub(crate) async fn serve(
                     code
                 } => End::Refuse(code),
             };
-            ledger.terminal_session(terminal_id, false);
+            ledger.session_closed(terminal_id).await;
             (Some(terminal_id), end)
         }
         Err(end) => {
@@ -211,7 +212,7 @@ async fn sign_on(
     limits: &Limits,
     connection: &mut Connection,
     claimed: &mut Option<u64>,
-) -> Result<u64, End> {
+) -> Result<(u64, i64), End> {
     let frame = next_frame(conn).await?;
     let Message::Hello(hello) = frame.message else {
         return Err(End::Refuse(ErrorCode::UnexpectedMessage));
@@ -269,17 +270,30 @@ async fn sign_on(
     }
     ledger.touch_terminal(hello.terminal_id);
     conn.codec_mut().install_session(input.session_keys(&secret));
+    let now = ledger.now_ms();
+    // The terminal's clock against ours, as HELLO stated it (the completeness report's
+    // drift; the round trip of sign-on is small beside what it is for).
+    let drift_ms = hello.terminal_time_ms.saturating_sub(now);
+    let offline = ledger.offline_limits(hello.terminal_id);
     let ok = SignOnOk {
-        server_time_ms: ledger.now_ms(),
+        server_time_ms: now,
         last_tx_seq,
         // Only durable versions are announced (docs/PROTOCOL-blacklist.md).
         blacklist_version: ledger.blacklist().published(),
         heartbeat_interval_s: limits.heartbeat_interval_s,
         pipeline_depth_max: limits.pipeline_depth_max,
-        reserved: 0,
+        flags: if offline.is_some() { SIGN_ON_OFFLINE_LIMITS } else { 0 },
     };
-    send(conn, frame.request_id, Message::SignOnOk(ok)).await?;
-    Ok(hello.terminal_id)
+    conn.feed((frame.request_id, Message::SignOnOk(ok)))
+        .await
+        .map_err(End::from_codec)?;
+    if let Some(o) = offline {
+        conn.feed((0, Message::OfflineLimits(o)))
+            .await
+            .map_err(End::from_codec)?;
+    }
+    conn.flush().await.map_err(End::from_codec)?;
+    Ok((hello.terminal_id, drift_ms))
 }
 
 /// An answer on its way: the request it answers, when it arrived, and its kind (its
@@ -303,6 +317,9 @@ async fn session(
     let depth = usize::from(limits.pipeline_depth_max);
     let idle_timeout = Duration::from_millis(limits.idle_timeout_ms);
     let mut inflight: VecDeque<InFlight> = VecDeque::with_capacity(depth);
+    // An offline upload being received: its OFFLINE_BATCH and the sales so far. The
+    // buffer is kept for the session, so a batch allocates nothing.
+    let mut upload = Upload::default();
     let idle = tokio::time::sleep(idle_timeout);
     tokio::pin!(idle);
     let mut end: Option<End> = None;
@@ -344,7 +361,7 @@ async fn session(
                     }
                     Some(Ok(frame)) => {
                         idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
-                        if let Err(e) = handle(frame, terminal_id, ledger, &mut inflight).await {
+                        if let Err(e) = handle(frame, terminal_id, ledger, &mut inflight, &mut upload).await {
                             end = Some(e);
                         }
                     }
@@ -447,8 +464,42 @@ async fn write_answers(conn: &mut Conn, inflight: &mut VecDeque<InFlight>, first
     conn.flush().await.map_err(End::from_codec)
 }
 
-async fn handle(frame: Frame, terminal_id: u64, ledger: &Ledger, inflight: &mut VecDeque<InFlight>) -> Result<(), End> {
+/// An offline upload in progress (docs/PROTOCOL.md 8.6).
+#[derive(Default)]
+struct Upload {
+    /// The batch's request id, header and arrival, while its sales arrive.
+    batch: Option<(u32, OfflineBatch, Instant)>,
+    sales: Vec<OfflineSale>,
+}
+
+async fn handle(
+    frame: Frame,
+    terminal_id: u64,
+    ledger: &Ledger,
+    inflight: &mut VecDeque<InFlight>,
+    upload: &mut Upload,
+) -> Result<(), End> {
     let received = Instant::now();
+    // While a batch is announced, only its sales may come.
+    if let Some((request_id, batch, started)) = upload.batch {
+        let Message::OfflineSale(sale) = frame.message else {
+            return Err(End::Refuse(ErrorCode::UnexpectedMessage));
+        };
+        upload.sales.push(sale);
+        if upload.sales.len() < usize::from(batch.count) {
+            return Ok(());
+        }
+        upload.batch = None;
+        let pending = ledger.offline_upload(terminal_id, &batch, &upload.sales).await;
+        upload.sales.clear();
+        inflight.push_back(InFlight {
+            request_id,
+            received: started,
+            kind: RequestKind::OfflineUpload,
+            pending,
+        });
+        return Ok(());
+    }
     let (kind, pending) = match frame.message {
         Message::BlacklistSync(s) => {
             // A run of pages, answered in order; the first waits for a barrier.
@@ -473,6 +524,20 @@ async fn handle(frame: Frame, terminal_id: u64, ledger: &Ledger, inflight: &mut 
         Message::Purchase(p) => (RequestKind::Purchase, ledger.purchase(terminal_id, &p).await),
         Message::Reversal(r) => (RequestKind::Reversal, ledger.reversal(terminal_id, &r).await),
         Message::BalanceInquiry(b) => (RequestKind::Balance, ledger.balance(terminal_id, b.card).await),
+        Message::OfflineBatch(batch) => {
+            let limit = ledger.offline_limits(terminal_id).map_or(0, |l| l.batch_max);
+            if batch.count == 0 || batch.count > limit {
+                // Refused at once (its sales, should it send them, are unexpected): a
+                // terminal never holds a batch above the limit it was told.
+                (
+                    RequestKind::OfflineUpload,
+                    ledger.offline_upload(terminal_id, &batch, &[]).await,
+                )
+            } else {
+                upload.batch = Some((frame.request_id, batch, received));
+                return Ok(());
+            }
+        }
         Message::Heartbeat(h) => {
             ledger.touch_terminal(terminal_id);
             blacklist_ack(ledger, terminal_id, h.blacklist_version);

@@ -76,6 +76,7 @@ fn open(dir: &Path, clock: &ManualClock, on_shutdown: bool) -> (Arc<Ledger>, car
             on_shutdown,
         },
         terminal_key: None,
+        ..LedgerConfig::default()
     };
     let (l, c, _) = Ledger::open(dir, config, Arc::new(clock.clone())).expect("open the ledger");
     (l, c)

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 
 use cardgate_domain::clock::{business_day, format_local};
 use cardgate_domain::entry::{DayClose, EntryBody, EntryRecord};
-use cardgate_domain::model::{AuditRecord, Outcome, TxKind};
+use cardgate_domain::model::{AuditRecord, Outcome};
 use cardgate_journal::chain::to_hex;
 use cardgate_journal::{Db, StoreError};
 use smallvec::smallvec;
@@ -45,13 +45,7 @@ pub fn day_str(day: i32) -> String {
 pub fn movement(body: &EntryBody) -> Option<(u64, i64)> {
     match body {
         EntryBody::Tx(t) => match t.outcome {
-            Outcome::Approved { .. } => Some((
-                t.account,
-                match t.kind {
-                    TxKind::Purchase => -t.amount_fen,
-                    TxKind::Reversal => t.amount_fen,
-                },
-            )),
+            Outcome::Approved { .. } => Some((t.account, t.kind.balance_change(t.amount_fen))),
             Outcome::Declined { .. } => None,
         },
         EntryBody::Money(m) => Some((m.movement.account, m.movement.balance_delta_fen)),

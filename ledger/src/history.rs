@@ -15,7 +15,7 @@ use cardgate_codec::{CardNo, DeclineReason};
 use serde::Serialize;
 
 use cardgate_domain::entry::{CardAction, EntryBody, EntryRecord, MoneyKind, MoneyMove};
-use cardgate_domain::model::{Outcome, TxKind};
+use cardgate_domain::model::Outcome;
 
 use crate::error::LedgerError;
 use crate::ledger::Ledger;
@@ -142,15 +142,7 @@ fn rows_of(e: &JournalEntry, q: &HistoryQuery, card_account: Option<u64>, out: &
             if !hit {
                 return;
             }
-            let mut r = blank(
-                e.id,
-                time,
-                match t.kind {
-                    TxKind::Purchase => "purchase",
-                    TxKind::Reversal => "reversal",
-                }
-                .into(),
-            );
+            let mut r = blank(e.id, time, t.kind.as_str().into());
             r.tx_id = t.tx_id;
             r.card = t.card.0;
             r.account = t.account;
@@ -159,10 +151,7 @@ fn rows_of(e: &JournalEntry, q: &HistoryQuery, card_account: Option<u64>, out: &
                 Outcome::Approved { balance_after_fen, .. } => {
                     r.outcome = "approved";
                     r.balance_after_fen = Some(balance_after_fen);
-                    r.balance_change_fen = match t.kind {
-                        TxKind::Purchase => -t.amount_fen,
-                        TxKind::Reversal => t.amount_fen,
-                    };
+                    r.balance_change_fen = t.kind.balance_change(t.amount_fen);
                 }
                 Outcome::Declined { reason, .. } => {
                     r.outcome = "declined";

@@ -20,7 +20,7 @@ use std::sync::atomic::Ordering;
 
 use cardgate_domain::clock::business_day;
 use cardgate_domain::entry::{DayClose, EntryBody, EntryRecord, ImportItem};
-use cardgate_domain::model::{Account, Outcome, TxKind};
+use cardgate_domain::model::{Account, Outcome};
 use cardgate_domain::money::to_fen;
 use cardgate_journal::chain::{self, ChainReport};
 use cardgate_journal::store::meta as journal_meta;
@@ -132,10 +132,7 @@ fn effects(body: &EntryBody, imports: &HashMap<u64, Vec<ImportItem>>) -> Vec<Eff
         EntryBody::Tx(t) => match t.outcome {
             Outcome::Approved { balance_after_fen, .. } => vec![Effect::Move {
                 account: t.account,
-                delta: match t.kind {
-                    TxKind::Purchase => -t.amount_fen,
-                    TxKind::Reversal => t.amount_fen,
-                },
+                delta: t.kind.balance_change(t.amount_fen),
                 after: balance_after_fen,
             }],
             Outcome::Declined { .. } => Vec::new(),

@@ -28,7 +28,21 @@ pub struct LedgerConfig {
     /// neither registered nor changed, and a data directory holding sealed keys does
     /// not open.
     pub terminal_key: Option<TerminalKey>,
+    /// What POS terminals may sell while they cannot reach the gateway (told at
+    /// sign-on; uploaded sales beyond them are flagged).
+    pub offline: cardgate_codec::OfflineLimits,
 }
+
+/// Offline selling as a campus starts with: a meal's worth per sale, two meals a card a
+/// day, a canteen window's busy hour per terminal, for a day at most.
+pub const OFFLINE_LIMITS_DEFAULT: cardgate_codec::OfflineLimits = cardgate_codec::OfflineLimits {
+    sale_max_fen: 50_00,
+    card_day_max_fen: 100_00,
+    terminal_total_max_fen: 3_000_00,
+    offline_minutes_max: 24 * 60,
+    sales_max: 1_000,
+    batch_max: cardgate_domain::rules::offline::OFFLINE_BATCH_MAX,
+};
 
 impl Default for LedgerConfig {
     fn default() -> LedgerConfig {
@@ -36,6 +50,7 @@ impl Default for LedgerConfig {
             tz_offset_minutes: 480,
             checkpoints: CheckpointPolicy::default(),
             terminal_key: None,
+            offline: OFFLINE_LIMITS_DEFAULT,
         }
     }
 }
@@ -45,7 +60,7 @@ pub struct Ledger {
     journal: Journal,
     db: Db,
     gateway_id: u64,
-    config: LedgerConfig,
+    pub(crate) config: LedgerConfig,
     clock: Arc<dyn Clock>,
 }
 

@@ -17,6 +17,7 @@
 pub mod audit;
 pub mod backup;
 pub mod blacklist;
+pub mod completeness;
 pub mod days;
 pub mod demo;
 pub mod desk;
@@ -28,6 +29,7 @@ pub mod inventory;
 pub mod keys;
 pub mod ledger;
 pub mod master;
+pub mod offline;
 pub mod pay;
 pub mod presence;
 pub mod records;
@@ -41,6 +43,6 @@ pub mod txn;
 
 pub use cardgate_domain::clock::{Clock, ManualClock, SystemClock};
 pub use error::LedgerError;
-pub use ledger::{Ledger, LedgerConfig};
+pub use ledger::{Ledger, LedgerConfig, OFFLINE_LIMITS_DEFAULT};
 pub use recovery::RecoveryStats;
 pub use txn::{Durable, Pending};

@@ -167,6 +167,7 @@ impl Ledger {
         match req.kind {
             TxKind::Purchase => METRICS.purchases.increment(1),
             TxKind::Reversal => METRICS.reversals.increment(1),
+            TxKind::OfflinePurchase => unreachable!("offline sales are uploaded (offline.rs), not decided"),
         }
         let Some(mut term) = self.state.terminal_mut(terminal_id) else {
             return Pending::ready(self.declined(&req, DeclineReason::TerminalNotAllowed, 0));
@@ -174,7 +175,7 @@ impl Ledger {
         if req.seq == 0 {
             return Pending::ready(self.declined(&req, DeclineReason::StaleSequence, 0));
         }
-        if req.seq <= term.last_seq {
+        if req.seq <= term.last_seq() {
             let answer = match term.answerable(req.seq, req.seq) {
                 Some(rec) if rec.same_request(req.kind, req.card, req.amount_fen, req.original_seq) => {
                     METRICS.retries.increment(1);
@@ -189,6 +190,7 @@ impl Ledger {
         match req.kind {
             TxKind::Purchase => self.purchase_fresh(&mut term, &req, txn),
             TxKind::Reversal => self.reversal_fresh(&mut term, &req, txn),
+            TxKind::OfflinePurchase => unreachable!("offline sales are uploaded (offline.rs), not decided"),
         }
     }
 
@@ -381,14 +383,17 @@ impl Ledger {
         txn: Txn<'_>,
     ) -> Pending {
         let rec = seq_record_of(&entry, now);
-        assert!(rec.seq > term.last_seq, "a fresh decision has a new sequence number");
+        assert!(rec.seq > term.last_seq(), "a fresh decision has a new sequence number");
         // docs/PROTOCOL.md 7.1: only these declines carry the balance.
         debug_assert!(match entry.outcome {
             Outcome::Declined { reason, balance_fen } =>
                 balance_fen == 0 || DeclineReason::from_code(reason).is_some_and(DeclineReason::shows_balance),
             Outcome::Approved { .. } => true,
         });
-        term.remember(rec);
+        if term.remember(rec) {
+            // Numbers skipped: the terminal's gaps are part of what is durable.
+            writes.push(StateWrite::Gaps(Box::new(term.gaps_record())));
+        }
         writes.push(StateWrite::Seq(rec));
         if let Outcome::Declined { reason, .. } = entry.outcome
             && let Some(counter) = METRICS.declines.get(usize::from(reason))

@@ -25,6 +25,9 @@
 //! 'W' card(u64 BE)                  StockRemoved }
 //! 'Y' count(u64 BE)                 StockCount   }
 //! 'V' operator(u64 BE)              PasswordRecord  the console password (argon2id)
+//! 'X' terminal(u64 BE)              SeqGaps      } sequence numbers never seen
+//! 'L' card(u64 BE)                  i64 ms       } when a card joined the blacklist
+//! 'F' day(i32 BE, biased)           SettlementClose } business days closed for settlement
 //! 'Z' import(u64 BE) chunk(u32 BE)  staged import chunk, written with its commit
 //! 'M' params / demo / gateway_id    the ledger's meta values
 //! 'M' day_closed                    DayClose     checkpointed: the last business day closed
@@ -33,10 +36,11 @@
 use std::collections::HashMap;
 
 use cardgate_codec::CardNo;
-use cardgate_domain::entry::{DayClose, EntryRecord};
+use cardgate_domain::entry::{DayClose, EntryRecord, SettlementClose};
 use cardgate_domain::model::{
     Account, AuditRecord, BlacklistChange, Card, DoorGroup, Exception, GrantMark, IdempotentAnswer, KeyHandout,
-    Merchant, Params, Person, SeqRecord, StockBatch, StockCount, StockRemoval, Terminal, TerminalRecord, grant_key,
+    Merchant, Params, Person, SeqGaps, SeqRecord, StockBatch, StockCount, StockRemoval, Terminal, TerminalRecord,
+    grant_key,
 };
 use cardgate_domain::operator::{Operator, PasswordRecord};
 use cardgate_journal::record::{decode_record, encode_record};
@@ -68,6 +72,14 @@ pub const PREFIX_STOCK_BATCH: u8 = b'Q';
 pub const PREFIX_STOCK_REMOVED: u8 = b'W';
 pub const PREFIX_STOCK_COUNT: u8 = b'Y';
 pub const PREFIX_PASSWORD: u8 = b'V';
+pub const PREFIX_GAPS: u8 = b'X';
+pub const PREFIX_LISTED: u8 = b'L';
+pub const PREFIX_SETTLEMENT: u8 = b'F';
+
+/// A business day as a key: days since 1970 biased so that they sort as unsigned.
+pub fn day_key(day: i32) -> u64 {
+    (i64::from(day) - i64::from(i32::MIN)) as u64
+}
 
 /// The ledger's meta keys, beside the journal's own.
 pub mod meta {
@@ -123,6 +135,10 @@ pub enum StateWrite {
     StockCount(Box<StockCount>),
     Password(Box<PasswordRecord>),
     /// The last business day closed.
+    Gaps(Box<SeqGaps>),
+    /// When a card joined the blacklist; `None`: it left it.
+    Listed(CardNo, Option<i64>),
+    Settlement(Box<SettlementClose>),
     DayClosed(Box<DayClose>),
     /// Written with its commit like `Meta`, never by a checkpoint; `None` removes the
     /// key. Holds data replay may need whatever the checkpoint (staged imports).
@@ -154,6 +170,9 @@ pub enum StateKey {
     StockCount(u64),
     Password(u64),
     DayClosed,
+    Gaps(u64),
+    Listed(u64),
+    Settlement(i32),
 }
 
 /// A blank card that left the stock other than by being issued.
@@ -164,6 +183,13 @@ pub struct StockRemoved {
     pub how: StockRemoval,
     pub note: String,
     pub time_ms: i64,
+}
+
+/// When a card joined the blacklist, as stored (`None`: it is not on it; kept rather
+/// than removed, so that a checkpoint never has to delete).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListedSince {
+    pub since_ms: Option<i64>,
 }
 
 /// Where an operator's idempotent answer is stored.
@@ -260,6 +286,18 @@ impl StateWrite {
                 encode_record(p.as_ref()),
             ),
             StateWrite::DayClosed(c) => (key_meta(meta::DAY_CLOSED).into(), encode_record(c.as_ref())),
+            StateWrite::Gaps(g) => (
+                key_u64(PREFIX_GAPS, g.terminal).as_ref().into(),
+                encode_record(g.as_ref()),
+            ),
+            StateWrite::Listed(c, since) => (
+                key_u64(PREFIX_LISTED, c.0).as_ref().into(),
+                encode_record(&ListedSince { since_ms: *since }),
+            ),
+            StateWrite::Settlement(d) => (
+                key_u64(PREFIX_SETTLEMENT, day_key(d.day)).as_ref().into(),
+                encode_record(d.as_ref()),
+            ),
             StateWrite::Staged(k, v) => (k.as_slice().into(), v.clone().unwrap_or_default()),
         }
     }
@@ -303,6 +341,9 @@ impl Schema for LedgerSchema {
             StateWrite::Handout(h) => StateKey::Handout(h.terminal, h.key_generation),
             StateWrite::StockBatch(b) => StateKey::StockBatch(b.id),
             StateWrite::StockRemoved(r) => StateKey::StockRemoved(r.card.0),
+            StateWrite::Gaps(g) => StateKey::Gaps(g.terminal),
+            StateWrite::Listed(c, _) => StateKey::Listed(c.0),
+            StateWrite::Settlement(d) => StateKey::Settlement(d.day),
             StateWrite::StockCount(c) => StateKey::StockCount(c.id),
             StateWrite::Password(p) => StateKey::Password(p.operator_id),
             StateWrite::DayClosed(_) => StateKey::DayClosed,

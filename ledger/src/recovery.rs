@@ -36,6 +36,7 @@ use crate::records::{
     PREFIX_PASSWORD, PREFIX_PERSON, PREFIX_SEQ, PREFIX_STAGED, PREFIX_STOCK_BATCH, PREFIX_STOCK_COUNT,
     PREFIX_STOCK_REMOVED, PREFIX_TERMINAL, PREFIX_TERMINAL_RECORD, StateWrite, StockRemoved, meta,
 };
+use crate::records::{ListedSince, PREFIX_GAPS, PREFIX_LISTED, PREFIX_SETTLEMENT};
 use crate::state::{Loaded, State};
 
 /// Entries read per step of replay.
@@ -102,6 +103,9 @@ pub(crate) fn recover(
             stock_removed: db.scan(&[PREFIX_STOCK_REMOVED]).collect::<Result<_, _>>()?,
             stock_counts: db.scan(&[PREFIX_STOCK_COUNT]).collect::<Result<_, _>>()?,
             passwords: db.scan(&[PREFIX_PASSWORD]).collect::<Result<_, _>>()?,
+            gaps: db.scan(&[PREFIX_GAPS]).collect::<Result<_, _>>()?,
+            listed_since: listed_since(&db)?,
+            settlements: db.scan(&[PREFIX_SETTLEMENT]).collect::<Result<_, _>>()?,
             tx_id_mark: db.get_meta_u64(journal_meta::MARK)?.unwrap_or(0),
             day_close: db.get_record(&key_meta(meta::DAY_CLOSED))?,
         },
@@ -192,6 +196,21 @@ pub(crate) fn recover(
     })
 }
 
+/// The blacklist join times kept in the checkpoint, by card.
+fn listed_since(db: &Db) -> Result<Vec<(u64, i64)>, LedgerError> {
+    let mut out = Vec::new();
+    for kv in db.tree.scan_prefix([PREFIX_LISTED]) {
+        let (k, v) = kv.map_err(StoreError::from)?;
+        let rec: ListedSince = decode_record(&k, &v)?;
+        if let (Some(since), Some(card)) = (rec.since_ms, k.get(1..9)) {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(card);
+            out.push((u64::from_be_bytes(b), since));
+        }
+    }
+    Ok(out)
+}
+
 /// Records replay changed. Accounts, cards, terminals, remembered outcomes and
 /// parameters are noted by key and written as they are at the end of replay (later
 /// entries may change them again); the other records are kept as replayed, the newest
@@ -202,6 +221,8 @@ struct Touched {
     cards: HashSet<CardNo>,
     terminals: HashSet<u64>,
     slots: HashSet<(u64, u64)>,
+    /// Terminals whose gaps replay changed.
+    gaps: HashSet<u64>,
     params: bool,
     others: Vec<StateWrite>,
 }
@@ -258,6 +279,9 @@ impl Replay<'_> {
                 for c in &e.blacklist {
                     s.blacklist().replay(*c);
                     self.touched.others.push(StateWrite::Blacklist(*c));
+                    let since = c.listed.then_some(rec.time_ms);
+                    s.set_listed_since(c.card, since);
+                    self.touched.others.push(StateWrite::Listed(c.card, since));
                 }
             }
             EntryBody::Money(e) => {
@@ -385,6 +409,12 @@ impl Replay<'_> {
                 *s.day_close() = Some(c.as_ref().clone());
                 self.touched.others.push(StateWrite::DayClosed(c.clone()));
             }
+            // Live state only: sessions are not open after a restart.
+            EntryBody::TerminalSession(_) => {}
+            EntryBody::SettlementClosed(d) => {
+                s.settlements().insert(d.day, d.as_ref().clone());
+                self.touched.others.push(StateWrite::Settlement(d.clone()));
+            }
         }
         Ok(())
     }
@@ -392,7 +422,9 @@ impl Replay<'_> {
     fn tx(&mut self, t: &TxEntry, time_ms: i64) {
         let s = self.state;
         if let Some(mut term) = s.terminal_mut(t.terminal) {
-            term.remember(seq_record_of(t, time_ms));
+            if term.remember(seq_record_of(t, time_ms)) {
+                self.touched.gaps.insert(t.terminal);
+            }
             self.touched.slots.insert((t.terminal, t.seq));
             if t.kind == TxKind::Reversal
                 && matches!(t.outcome, Outcome::Approved { .. })
@@ -480,6 +512,11 @@ impl Replay<'_> {
                 .and_then(|t| t.recent(*seq).copied())
                 .map(StateWrite::Seq)
         }));
+        out.extend(
+            t.gaps
+                .iter()
+                .filter_map(|id| s.terminal(*id).map(|t| StateWrite::Gaps(Box::new(t.gaps_record())))),
+        );
         if t.params {
             out.push(StateWrite::Params(Box::new(**s.params())));
         }

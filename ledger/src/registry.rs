@@ -101,8 +101,19 @@ pub struct TerminalView {
     /// Until when the previous key still signs on (0: no overlap).
     pub previous_key_until_ms: i64,
     pub connected: bool,
+    /// Since when it has had a session, or since when it has had none (since this
+    /// gateway started: live state).
+    pub online_since_ms: Option<i64>,
+    pub offline_since_ms: Option<i64>,
     pub last_seen_ms: i64,
     pub blacklist_version: u64,
+    /// Its clock minus the gateway's at its last sign-on.
+    pub drift_ms: i64,
+    pub last_tx_seq: u64,
+    /// Ranges of sequence numbers below `last_tx_seq` never received, and how many
+    /// numbers they hold.
+    pub open_gaps: Vec<(u64, u64)>,
+    pub missing: u64,
 }
 
 /// A registration or rekey: the record, and the secret, shown once.
@@ -333,8 +344,15 @@ impl Ledger {
                 key_generation: r.map_or(0, |r| r.key_generation),
                 previous_key_until_ms: t.previous.map_or(0, |(_, until)| until),
                 connected: t.sessions > 0,
+                online_since_ms: t.online_since_ms,
+                offline_since_ms: t.offline_since_ms,
                 last_seen_ms: t.last_seen_ms,
                 blacklist_version: t.blacklist_acked,
+                drift_ms: t.drift_ms,
+                last_tx_seq: t.last_seq(),
+                // At most a few listed here; the completeness report has them all.
+                open_gaps: t.seen.gaps.iter().rev().take(16).rev().copied().collect(),
+                missing: t.seen.missing(),
             });
         });
         out.sort_by_key(|t| t.id);
@@ -749,7 +767,7 @@ impl Ledger {
                 .previous
                 .filter(|(_, until)| now < *until)
                 .map(|(s, _)| cardgate_codec::TerminalSecret(s)),
-            last_seq: t.last_seq,
+            last_seq: t.last_seq(),
             enabled: t.info.enabled,
         })
     }

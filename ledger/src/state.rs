@@ -16,11 +16,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 use cardgate_codec::CardNo;
+use cardgate_domain::entry::SettlementClose;
 use cardgate_domain::model::{
-    Account, Card, DoorGroup, Exception, GrantMark, IdempotentAnswer, KeyHandout, Merchant, Params, Person, SeqRecord,
-    StockBatch, StockCount, Terminal, TerminalRecord,
+    Account, Card, DoorGroup, Exception, GrantMark, IdempotentAnswer, KeyHandout, Merchant, Params, Person, SeqGaps,
+    SeqRecord, StockBatch, StockCount, Terminal, TerminalRecord,
 };
 use cardgate_domain::operator::{Operator, PasswordRecord, TokenHash};
+use cardgate_domain::rules::sequence::{Seen, SeqSet};
 use dashmap::DashMap;
 use dashmap::mapref::one::{Ref, RefMut};
 
@@ -59,13 +61,23 @@ pub(crate) struct TerminalState {
     /// Its sealed key could not be opened (no terminal key given: the command line's
     /// tools): it cannot sign on, and the secret in `info` is not its secret.
     pub(crate) locked: bool,
-    pub(crate) last_seq: u64,
+    /// Every sequence number seen: the highest, and the gaps below it (durable as a
+    /// `SeqGaps` record whenever the gaps change).
+    pub(crate) seen: SeqSet,
     slots: Box<[Option<SeqRecord>; SEQ_SLOTS]>,
     pub(crate) last_seen_ms: i64,
     /// The blacklist version the terminal last said it holds (not durable: live state).
     pub(crate) blacklist_acked: u64,
     /// Signed-on connections of this terminal right now.
     pub(crate) sessions: u32,
+    /// Since when it has had a session (live state), and when the last one ended.
+    pub(crate) online_since_ms: Option<i64>,
+    pub(crate) offline_since_ms: Option<i64>,
+    /// Its clock minus the gateway's at its last sign-on.
+    pub(crate) drift_ms: i64,
+    /// Offline spending per (card, business day) in the uploads this gateway has seen
+    /// since it started (live state; for the per-card offline limit's flag).
+    pub(crate) offline_card_day: std::collections::HashMap<(u64, i32), i64>,
 }
 
 impl TerminalState {
@@ -75,11 +87,29 @@ impl TerminalState {
             record: None,
             previous: None,
             locked: false,
-            last_seq: 0,
+            seen: SeqSet::default(),
             slots: Box::new([None; SEQ_SLOTS]),
             last_seen_ms: 0,
             blacklist_acked: 0,
             sessions: 0,
+            online_since_ms: None,
+            offline_since_ms: None,
+            drift_ms: 0,
+            offline_card_day: std::collections::HashMap::new(),
+        }
+    }
+
+    /// The highest sequence number seen.
+    pub(crate) fn last_seq(&self) -> u64 {
+        self.seen.last
+    }
+
+    /// The durable form of the gaps.
+    pub(crate) fn gaps_record(&self) -> SeqGaps {
+        SeqGaps {
+            terminal: self.info.id,
+            ranges: self.seen.gaps.clone(),
+            abandoned: self.seen.abandoned,
         }
     }
 
@@ -90,7 +120,7 @@ impl TerminalState {
     /// the numbers that would have replaced it were skipped); it is not answered, so that
     /// a terminal can predict every answer from the numbers alone.
     pub(crate) fn answerable(&self, seq: u64, at: u64) -> Option<&SeqRecord> {
-        let newest = self.last_seq.max(at);
+        let newest = self.seen.last.max(at);
         if seq > newest || newest - seq >= SEQ_SLOTS as u64 {
             return None;
         }
@@ -107,9 +137,38 @@ impl TerminalState {
         self.slots[usize::from(seq_slot(seq))].as_mut().filter(|r| r.seq == seq)
     }
 
-    pub(crate) fn remember(&mut self, rec: SeqRecord) {
-        self.last_seq = self.last_seq.max(rec.seq);
+    /// Records a decision on `rec.seq`: the number is seen, and its slot remembers it
+    /// unless the slot holds a newer number (an offline sale filling an old gap).
+    /// Returns whether the gaps changed (a number skipped, or a gap filled), which is
+    /// when the gaps record must be written.
+    pub(crate) fn remember(&mut self, rec: SeqRecord) -> bool {
+        let before = self.seen.last;
+        let gaps_changed = match self.seen.mark(rec.seq) {
+            Seen::Above => rec.seq > before + 1,
+            Seen::FilledGap => true,
+            Seen::Duplicate => false,
+        };
+        let slot = &mut self.slots[usize::from(seq_slot(rec.seq))];
+        if slot.is_none_or(|s| s.seq <= rec.seq) {
+            *slot = Some(rec);
+        }
+        gaps_changed
+    }
+
+    /// A remembered outcome from the checkpoint: its slot, and the highest number.
+    pub(crate) fn load_slot(&mut self, rec: SeqRecord) {
+        self.seen.last = self.seen.last.max(rec.seq);
         self.slots[usize::from(seq_slot(rec.seq))] = Some(rec);
+    }
+
+    /// The gaps from the checkpoint (written whenever they changed, so they hold for
+    /// every number up to the highest the slots show).
+    pub(crate) fn load_gaps(&mut self, g: &SeqGaps) {
+        self.seen.gaps = g.ranges.clone();
+        self.seen.abandoned = g.abandoned;
+        if let Some((_, hi)) = g.ranges.last() {
+            self.seen.last = self.seen.last.max(hi + 1);
+        }
     }
 }
 
@@ -136,6 +195,10 @@ pub(crate) struct Loaded {
     pub(crate) stock_removed: Vec<StockRemoved>,
     pub(crate) stock_counts: Vec<StockCount>,
     pub(crate) passwords: Vec<PasswordRecord>,
+    pub(crate) gaps: Vec<SeqGaps>,
+    /// (card, when it joined the blacklist).
+    pub(crate) listed_since: Vec<(u64, i64)>,
+    pub(crate) settlements: Vec<SettlementClose>,
     /// The highest tx id any committed entry used.
     pub(crate) tx_id_mark: u64,
     /// The last business day closed.
@@ -186,6 +249,11 @@ pub(crate) struct State {
     /// The last business day closed, and one closer at a time.
     day_close: parking_lot::Mutex<Option<cardgate_domain::entry::DayClose>>,
     day_closing: tokio::sync::Mutex<()>,
+    /// When each card on the blacklist joined it, where known (an offline sale made
+    /// before that was not made with a blocked card).
+    listed_since: DashMap<u64, i64>,
+    /// Business days closed for settlement, by day.
+    settlements: parking_lot::Mutex<std::collections::BTreeMap<i32, SettlementClose>>,
 }
 
 /// The blank card stock as the records have it.
@@ -220,7 +288,12 @@ impl State {
         }
         for r in load.seqs {
             if let Some(mut t) = terminals.get_mut(&r.terminal) {
-                t.remember(r);
+                t.load_slot(r);
+            }
+        }
+        for g in &load.gaps {
+            if let Some(mut t) = terminals.get_mut(&g.terminal) {
+                t.load_gaps(g);
             }
         }
         let state = State {
@@ -257,6 +330,8 @@ impl State {
             staged_imports: parking_lot::Mutex::new(Vec::new()),
             day_close: parking_lot::Mutex::new(load.day_close),
             day_closing: tokio::sync::Mutex::new(()),
+            listed_since: load.listed_since.into_iter().collect(),
+            settlements: parking_lot::Mutex::new(load.settlements.into_iter().map(|d| (d.day, d)).collect()),
         };
         state.next_audit_id.store(state.audit.last_id() + 1, Ordering::Release);
         for p in load.persons {
@@ -614,6 +689,30 @@ impl State {
     }
 
     /// Inserts or replaces an exception; ids handed out later stay above it.
+    /// When `card` joined the blacklist: `Some(i64::MIN)` when it is on it since before
+    /// the gateway kept the time, `None` when it is not on it.
+    pub(crate) fn listed_since(&self, card: CardNo) -> Option<i64> {
+        if !self.blacklist.contains(card) {
+            return None;
+        }
+        Some(self.listed_since.get(&card.0).map_or(i64::MIN, |t| *t))
+    }
+
+    pub(crate) fn set_listed_since(&self, card: CardNo, since: Option<i64>) {
+        match since {
+            Some(t) => {
+                self.listed_since.insert(card.0, t);
+            }
+            None => {
+                self.listed_since.remove(&card.0);
+            }
+        }
+    }
+
+    pub(crate) fn settlements(&self) -> parking_lot::MutexGuard<'_, std::collections::BTreeMap<i32, SettlementClose>> {
+        self.settlements.lock()
+    }
+
     pub(crate) fn put_exception(&self, e: Exception) {
         self.next_exception_id.fetch_max(e.id + 1, Ordering::AcqRel);
         self.exceptions.insert(e.id, e);

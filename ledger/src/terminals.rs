@@ -4,7 +4,7 @@
 
 use cardgate_codec::Message;
 use cardgate_domain::entry::EntryBody;
-use cardgate_domain::model::Terminal;
+use cardgate_domain::model::{SessionEvent, Terminal};
 
 use crate::blacklist::{BlacklistLag, LAG_LIST_MAX};
 use crate::error::LedgerError;
@@ -21,15 +21,56 @@ impl Ledger {
         }
     }
 
-    /// A connection of this terminal signed on (`opened`) or closed.
-    pub fn terminal_session(&self, terminal_id: u64, opened: bool) {
-        if let Some(mut t) = self.state.terminal_mut(terminal_id) {
-            t.sessions = if opened {
-                t.sessions.saturating_add(1)
-            } else {
-                t.sessions.saturating_sub(1)
-            };
+    /// A connection of this terminal signed on, its clock `drift_ms` off the gateway's.
+    /// The first of its sessions records the sign-on in the journal (time online and
+    /// clock drift for the completeness report); not awaited, since it decides nothing.
+    pub async fn session_opened(&self, terminal_id: u64, drift_ms: i64) {
+        let Ok(txn) = Txn::begin(self.journal()).await else {
+            return;
+        };
+        let now = self.now_ms();
+        let Some(mut t) = self.state.terminal_mut(terminal_id) else {
+            return;
+        };
+        t.sessions = t.sessions.saturating_add(1);
+        t.drift_ms = drift_ms;
+        if t.sessions > 1 {
+            return;
         }
+        t.online_since_ms = Some(now);
+        t.offline_since_ms = None;
+        let event = SessionEvent {
+            terminal: terminal_id,
+            opened: true,
+            drift_ms,
+            since_ms: now,
+        };
+        drop(txn.send((), now, EntryBody::TerminalSession(event), Writes::new(), 0));
+    }
+
+    /// A connection of this terminal closed; the last one records the end of its time
+    /// online.
+    pub async fn session_closed(&self, terminal_id: u64) {
+        let Ok(txn) = Txn::begin(self.journal()).await else {
+            return;
+        };
+        let now = self.now_ms();
+        let Some(mut t) = self.state.terminal_mut(terminal_id) else {
+            return;
+        };
+        t.sessions = t.sessions.saturating_sub(1);
+        if t.sessions > 0 {
+            return;
+        }
+        let since = t.online_since_ms.take().unwrap_or(now);
+        t.offline_since_ms = Some(now);
+        let event = SessionEvent {
+            terminal: terminal_id,
+            opened: false,
+            drift_ms: 0,
+            since_ms: since,
+        };
+        drop(txn.send((), now, EntryBody::TerminalSession(event), Writes::new(), 0));
     }
 
     /// A terminal says it holds `version` (BLACKLIST_ACK or HEARTBEAT). Returns whether

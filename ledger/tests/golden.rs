@@ -12,12 +12,14 @@ use cardgate_codec::{CardNo, DeclineReason};
 use cardgate_domain::entry::{
     AccountLeft, CardAction, CardChange, DayClose, DoorGroupEntry, EntryBody, EntryRecord, FeeKind, ImportChunk,
     ImportCommitted, ImportItem, MerchantEntry, MoneyEntry, MoneyKind, MoneyMove, OperatorEntry, ParamsChange,
-    PasswordEntry, PayMethod, PersonOpened, PersonUpdated, StockEntry, TerminalAction, TerminalEntry, TxEntry,
+    PasswordEntry, PayMethod, PersonOpened, PersonUpdated, SettlementClose, StockEntry, TerminalAction, TerminalEntry,
+    TxEntry,
 };
 use cardgate_domain::model::{
     Account, AccountKind, AccountStatus, AuditRecord, BlacklistChange, Card, CardStatus, DoorGroup, Exception,
     ExceptionKind, GrantMark, IdempotentAnswer, InventoryStatus, KeyHandout, Limits, Merchant, MerchantKind, Outcome,
-    Params, Person, Resolution, SealedKey, SeqRecord, StockBatch, Terminal, TerminalKind, TerminalRecord, TxKind,
+    Params, Person, Resolution, SealedKey, SeqGaps, SeqRecord, SessionEvent, SettlementDay, StockBatch, Terminal,
+    TerminalKind, TerminalRecord, TxKind,
 };
 use cardgate_domain::money::from_fen;
 use cardgate_domain::operator::{Actor, Operator, PasswordRecord, Role};
@@ -410,6 +412,39 @@ fn every_entry() -> Vec<(&'static str, EntryBody)> {
                 complete: true,
             })),
         ),
+        (
+            "terminal session",
+            EntryBody::TerminalSession(SessionEvent {
+                terminal: 42,
+                opened: true,
+                drift_ms: -1_250,
+                since_ms: T,
+            }),
+        ),
+        (
+            "settlement closed",
+            EntryBody::SettlementClosed(Box::new(SettlementClose {
+                actor: actor(),
+                day: 20_785,
+                through_entry: 9_876,
+                merchants: vec![SettlementDay {
+                    day: 20_785,
+                    merchant: 7,
+                    count: 1_200,
+                    gross_fen: 9_000_00,
+                    reversal_count: 3,
+                    reversals_fen: 25_00,
+                    adjustment_count: 1,
+                    adjustments_fen: 12_50,
+                    net_fen: 8_987_50,
+                    fee_rate_bp: 150,
+                    fee_fen: 134_81,
+                    through_entry: 9_876,
+                    closed_by: actor(),
+                    closed_ms: T,
+                }],
+            })),
+        ),
     ]
 }
 
@@ -463,6 +498,10 @@ const ENTRY_HEX: &[&str] = &[
     "01c08ffd92c468140306e78e8be88ab303042c246172676f6e32696424763d3139246d3d31393435362c743d322c703d3124633246736441246147467a614101c08ffd92c468",
     // day closed (added with issue 13)
     "01c08ffd92c46815e2c402c007b109944da7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7c03ef3beeb0501",
+    // terminal session (added with issue 12)
+    "01c08ffd92c468162a01c313c08ffd92c468",
+    // settlement closed
+    "01c08ffd92c468170306e78e8be88ab303e2c402944d01e2c40207b009c0ee6d03882701c413fcda6d9601d2d201944d0306e78e8be88ab303c08ffd92c468",
 ];
 
 /// The bytes of each state record kind a checkpoint writes.
@@ -505,6 +544,18 @@ fn every_record() -> Vec<(&'static str, Vec<u8>)> {
             "staged import chunk",
             encode_record(&vec![ImportItem::Update { person: person() }]),
         ),
+        (
+            "sequence gaps",
+            encode_record(&SeqGaps {
+                terminal: 42,
+                ranges: vec![(101, 110), (2_000, 2_000)],
+                abandoned: 0,
+            }),
+        ),
+        (
+            "listed since",
+            encode_record(&cardgate_ledger::records::ListedSince { since_ms: Some(T) }),
+        ),
     ];
     // Records added since: the payloads of their entries, stored as state records.
     for (name, body) in every_entry() {
@@ -523,6 +574,7 @@ fn every_record() -> Vec<(&'static str, Vec<u8>)> {
                 _ => continue,
             },
             EntryBody::PasswordSet(p) => encode_record(&p.password),
+            EntryBody::SettlementClosed(c) => encode_record(c.as_ref()),
             _ => continue,
         };
         out.push((name, bytes));
@@ -553,6 +605,10 @@ const RECORD_HEX: &[&str] = &[
     "010f737562736964792d323032362d313111904e8707",
     // staged import chunk
     "010101110a3230323430303132333406e5bca0e4b8890fe8aea1e7ae97e69cbae5ada6e999a2b68ffd92c468",
+    // sequence gaps (added with issue 12)
+    "012a02656ed00fd00f00",
+    // listed since
+    "0101c08ffd92c468",
     // exception (added with issue 10)
     "0103c08ffd92c4680011ce829da484dc860b2aea078407c41325726576657273616c20616674657220746865206163636f756e742077617320636c6f736564010306e78e8be88ab30380b98493c4680c7061696420696e2063617368",
     // idempotent answer
@@ -571,6 +627,8 @@ const RECORD_HEX: &[&str] = &[
     "01042c246172676f6e32696424763d3139246d3d31393435362c743d322c703d3124633246736441246147467a614101c08ffd92c468",
     // day close (added with issue 13)
     "01e2c402c007b109944da7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7c03ef3beeb0501",
+    // settlement close (added with issue 12)
+    "010306e78e8be88ab303e2c402944d01e2c40207b009c0ee6d03882701c413fcda6d9601d2d201944d0306e78e8be88ab303c08ffd92c468",
 ];
 
 fn hex(bytes: &[u8]) -> String {
@@ -628,10 +686,12 @@ fn variant(b: &EntryBody) -> usize {
         EntryBody::Stock(_) => 19,
         EntryBody::PasswordSet(_) => 20,
         EntryBody::DayClosed(_) => 21,
+        EntryBody::TerminalSession(_) => 22,
+        EntryBody::SettlementClosed(_) => 23,
     }
 }
 
-const ENTRY_KINDS: usize = 22;
+const ENTRY_KINDS: usize = 24;
 
 #[test]
 fn every_entry_kind_has_golden_bytes() {

@@ -24,7 +24,7 @@ async fn terminals_count_as_offline_after_the_bound_and_disabled_ones_never() {
     assert_eq!(p.connected, [0; 4]);
 
     f.ledger.touch_terminal(POS);
-    f.ledger.terminal_session(POS, true);
+    f.ledger.session_opened(POS, 0).await;
     f.clock.advance(OFFLINE_AFTER_MS + 1_000);
     let p = f.ledger.terminal_presence(started, OFFLINE_AFTER_MS);
     assert_eq!(p.connected[pos], 1);
@@ -35,7 +35,7 @@ async fn terminals_count_as_offline_after_the_bound_and_disabled_ones_never() {
     assert_eq!(p.offline.iter().sum::<u64>(), 2);
 
     // POS closes its session: last heard from at the start, so it is offline at once.
-    f.ledger.terminal_session(POS, false);
+    f.ledger.session_closed(POS).await;
     // POS_2 heartbeats now: no longer offline.
     f.ledger.touch_terminal(POS_2);
     let p = f.ledger.terminal_presence(started, OFFLINE_AFTER_MS);

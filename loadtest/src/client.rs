@@ -7,8 +7,9 @@ use cardgate_codec::codec::Frame;
 use cardgate_codec::crypto::SignOnInput;
 use cardgate_codec::{
     BLACKLIST_PAGE_FIRST, BLACKLIST_PAGE_LAST_IN_RUN, BLACKLIST_PAGE_MORE, BalanceInquiry, BlacklistAck, BlacklistPage,
-    BlacklistPageKind, BlacklistSync, CardNo, CodecError, ErrorCode, Heartbeat, Hello, Message, Proof, Purchase,
-    Reversal, Side, SignOnOk, TerminalCodec, TerminalSecret,
+    BlacklistPageKind, BlacklistSync, CardNo, CodecError, ErrorCode, Heartbeat, Hello, Message, OfflineBatch,
+    OfflineLimits, OfflineResult, OfflineSale, Proof, Purchase, Reversal, SIGN_ON_OFFLINE_LIMITS, Side, SignOnOk,
+    TerminalCodec, TerminalSecret,
 };
 use futures::{SinkExt, StreamExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -52,6 +53,9 @@ pub struct TerminalClient {
     /// The terminal's copy of the blacklist and its version, kept by `blacklist_sync`.
     pub blacklist: std::collections::BTreeSet<u64>,
     pub blacklist_version: u64,
+    /// What the gateway said this terminal may sell offline (POS terminals).
+    pub offline_limits: Option<OfflineLimits>,
+    secret: TerminalSecret,
 }
 
 impl TerminalClient {
@@ -119,6 +123,14 @@ impl TerminalClient {
             Err(e) => return Err(e),
             Ok(other) => return Err(ClientError::Unexpected(Box::new(other.message))),
         };
+        let offline_limits = if sign_on.flags & SIGN_ON_OFFLINE_LIMITS != 0 {
+            match recv(&mut conn).await?.message {
+                Message::OfflineLimits(l) => Some(l),
+                other => return Err(ClientError::Unexpected(Box::new(other))),
+            }
+        } else {
+            None
+        };
         Ok(TerminalClient {
             conn,
             terminal_id,
@@ -127,6 +139,8 @@ impl TerminalClient {
             pushed_version: None,
             blacklist: Default::default(),
             blacklist_version: 0,
+            offline_limits,
+            secret: *secret,
         })
     }
 
@@ -304,6 +318,43 @@ impl TerminalClient {
             terminal_time_ms: now_ms(),
         }))
         .await
+    }
+
+    /// A sale made offline, MACed under this terminal's key as a terminal stores it.
+    pub fn offline_sale(&self, tx_seq: u64, card: CardNo, amount_fen: i64, sale_time_ms: i64) -> OfflineSale {
+        OfflineSale {
+            tx_seq,
+            card,
+            amount_fen,
+            sale_time_ms,
+            mac: cardgate_codec::crypto::offline_sale_mac(
+                &self.secret,
+                self.terminal_id,
+                tx_seq,
+                card.0,
+                amount_fen,
+                sale_time_ms,
+            ),
+        }
+    }
+
+    /// Uploads `sales` as one batch (OFFLINE_BATCH, then each OFFLINE_SALE) and waits
+    /// for its OFFLINE_RESULT.
+    pub async fn upload(&mut self, sales: &[OfflineSale]) -> Result<OfflineResult, ClientError> {
+        let batch = OfflineBatch {
+            first_tx_seq: sales.first().map_or(0, |s| s.tx_seq),
+            count: u16::try_from(sales.len()).unwrap_or(u16::MAX),
+        };
+        let id = self.feed(Message::OfflineBatch(batch)).await?;
+        for s in sales {
+            self.feed(Message::OfflineSale(*s)).await?;
+        }
+        self.flush().await?;
+        let frame = self.recv_answer().await?;
+        match frame.message {
+            Message::OfflineResult(r) if frame.request_id == id => Ok(r),
+            other => Err(ClientError::Unexpected(Box::new(other))),
+        }
     }
 
     pub async fn balance(&mut self, card: CardNo) -> Result<Message, ClientError> {

@@ -12,6 +12,7 @@ mod harness;
 mod lifecycle;
 mod lunch;
 mod observability;
+mod offline;
 mod pos;
 mod records;
 mod registry;

@@ -46,6 +46,7 @@ macro_rules! tryr {
 
 mod console;
 mod registry;
+mod reports;
 mod routes;
 
 use std::io;

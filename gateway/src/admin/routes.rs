@@ -65,7 +65,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/backups", post(create_backup))
         .route("/api/v1/integrity/checks", post(run_check))
         .route("/api/v1/integrity/checks/last", get(last_check));
-    let api = api.merge(super::registry::api());
+    let api = api.merge(super::registry::api()).merge(super::reports::api());
     let bulk = bulk.merge(super::registry::bulk());
     with_body_limit(api, ADMIN_BODY_BYTES_MAX)
         .merge(with_body_limit(bulk, BULK_BODY_BYTES_MAX))

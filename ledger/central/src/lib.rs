@@ -29,6 +29,7 @@ pub mod flusher;
 pub mod integrity;
 pub mod postgres;
 pub mod protocol;
+pub mod reports;
 pub mod schema;
 pub mod sqlite;
 

@@ -136,7 +136,7 @@ const MIGRATIONS: &[(i64, &str)] = &[(1, SCHEMA_V1), (2, super::integrity::PG_V2
 const _: () = assert!(MIGRATIONS[MIGRATIONS.len() - 1].0 == SCHEMA_VERSION);
 
 pub struct PgCentral {
-    pool: PgPool,
+    pub(crate) pool: PgPool,
     describe: String,
 }
 

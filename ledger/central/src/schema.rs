@@ -36,7 +36,7 @@ use cardgate_codec::DeclineReason;
 use serde::Serialize;
 
 use cardgate_domain::entry::{EntryBody, EntryRecord, ImportCommitted, ImportItem, MoneyMove, TxEntry};
-use cardgate_domain::model::{Account, Card, Outcome, Terminal, TxKind};
+use cardgate_domain::model::{Account, Card, Outcome, Terminal};
 use cardgate_domain::money::to_fen;
 use cardgate_domain::operator::Actor;
 
@@ -435,6 +435,8 @@ impl Batch {
                 self.event(e.id, time_ms, body, Keys::terminal(r.id).by(&t.actor), &payload);
             }
             EntryBody::Stock(x) => self.event(e.id, time_ms, body, Keys::default(), x.as_ref()),
+            EntryBody::TerminalSession(x) => self.event(e.id, time_ms, body, Keys::terminal(x.terminal), x),
+            EntryBody::SettlementClosed(d) => self.event(e.id, time_ms, body, Keys::default().by(&d.actor), d.as_ref()),
             // Every entry lands somewhere, so that the store can prove it has them all.
             EntryBody::IdempotentAnswer(a) => {
                 let payload = IdempotentPublic {
@@ -458,19 +460,13 @@ impl Batch {
     }
 
     fn push_tx(&mut self, entry_id: u64, time_ms: i64, t: &TxEntry) {
-        let kind = match t.kind {
-            TxKind::Purchase => "purchase",
-            TxKind::Reversal => "reversal",
-        };
+        let kind = t.kind.as_str();
         match t.outcome {
             Outcome::Approved {
                 tx_id,
                 balance_after_fen,
             } => {
-                let amount_fen = match t.kind {
-                    TxKind::Purchase => -t.amount_fen,
-                    TxKind::Reversal => t.amount_fen,
-                };
+                let amount_fen = t.kind.balance_change(t.amount_fen);
                 self.transactions.push(TxRow {
                     tx_id,
                     entry_id,
@@ -825,7 +821,7 @@ mod tests {
 
     fn purchase(seq: u64, account: u64, amount_fen: i64, outcome: Outcome) -> EntryBody {
         EntryBody::Tx(TxEntry {
-            kind: TxKind::Purchase,
+            kind: cardgate_domain::model::TxKind::Purchase,
             tx_id: match outcome {
                 Outcome::Approved { tx_id, .. } => tx_id,
                 Outcome::Declined { .. } => 0,

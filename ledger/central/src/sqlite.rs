@@ -155,7 +155,7 @@ const MIGRATIONS: &[(i64, &str)] = &[(1, SCHEMA_V1), (2, super::integrity::SQLIT
 const _: () = assert!(MIGRATIONS[MIGRATIONS.len() - 1].0 == SCHEMA_VERSION);
 
 pub struct SqliteCentral {
-    pool: SqlitePool,
+    pub(crate) pool: SqlitePool,
     describe: String,
 }
 

@@ -18,8 +18,8 @@ use rust_decimal::Decimal;
 
 use crate::model::{
     Account, AccountKind, AccountStatus, AuditRecord, BlacklistChange, Card, DoorGroup, Exception, IdempotentAnswer,
-    KeyHandout, Merchant, Outcome, Params, Person, StockBatch, StockCount, StockRemoval, Terminal, TerminalRecord,
-    TxKind, card_no,
+    KeyHandout, Merchant, Outcome, Params, Person, SessionEvent, SettlementDay, StockBatch, StockCount, StockRemoval,
+    Terminal, TerminalRecord, TxKind, card_no,
 };
 use crate::operator::{Actor, Operator, PasswordRecord};
 
@@ -321,6 +321,21 @@ pub enum EntryBody {
     /// A business day closed: its last entry and that entry's chain hash, and what the
     /// day moved.
     DayClosed(Box<DayClose>),
+    // ---- offline sales and the daily completeness check (issue 12) ----
+    /// A terminal's session began or ended.
+    TerminalSession(SessionEvent),
+    /// A business day closed for settlement (轧帐): every merchant's figures, fixed.
+    SettlementClosed(Box<SettlementClose>),
+}
+
+/// The close of a business day for settlement (轧帐): the figures of every merchant with
+/// business that day, as the central store held them through `through_entry`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettlementClose {
+    pub actor: Actor,
+    pub day: i32,
+    pub through_entry: u64,
+    pub merchants: Vec<SettlementDay>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -416,10 +431,7 @@ impl EntryBody {
     /// A short stable name for metrics and reports.
     pub fn kind_str(&self) -> &'static str {
         match self {
-            EntryBody::Tx(t) => match t.kind {
-                TxKind::Purchase => "purchase",
-                TxKind::Reversal => "reversal",
-            },
+            EntryBody::Tx(t) => t.kind.as_str(),
             EntryBody::AccountOpened(_) => "account_opened",
             EntryBody::CardIssued(_) => "card_issued",
             EntryBody::TerminalRegistered(_) => "terminal_registered",
@@ -441,6 +453,8 @@ impl EntryBody {
             EntryBody::Stock(_) => "stock",
             EntryBody::PasswordSet(_) => "password_set",
             EntryBody::DayClosed(_) => "day_closed",
+            EntryBody::TerminalSession(_) => "terminal_session",
+            EntryBody::SettlementClosed(_) => "settlement_closed",
         }
     }
 }

@@ -265,6 +265,29 @@ pub struct Terminal {
 pub enum TxKind {
     Purchase,
     Reversal,
+    /// A sale a POS terminal made while it could not reach the gateway, posted when it
+    /// uploaded it: always debited (the food was eaten), flagged when it should not have
+    /// been made (`ExceptionKind::Offline*`).
+    OfflinePurchase,
+}
+
+impl TxKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TxKind::Purchase => "purchase",
+            TxKind::Reversal => "reversal",
+            TxKind::OfflinePurchase => "offline_purchase",
+        }
+    }
+
+    /// What an approved movement of `amount_fen` does to the balance: a purchase takes
+    /// it, a reversal gives it back.
+    pub fn balance_change(self, amount_fen: i64) -> i64 {
+        match self {
+            TxKind::Purchase | TxKind::OfflinePurchase => -amount_fen,
+            TxKind::Reversal => amount_fen,
+        }
+    }
 }
 
 /// The answer a money request got, kept so that a retry gets it again.
@@ -386,12 +409,44 @@ pub enum ExceptionKind {
     /// A terminal reversed a purchase on an account that was closed since: the money
     /// cannot go back into the account; the desk refunds it in cash.
     RefundOwed,
+    // ---- offline sales, posted when uploaded (all but the last two are posted) ----
+    /// The sale took the balance below zero: the holder owes the difference.
+    OfflineOverdraft,
+    /// The card was on the blacklist (lost, frozen, ...) when the sale was made.
+    OfflineCardBlocked,
+    /// The sale passed an offline limit the terminal was given (per sale, per card a day).
+    OfflineOverLimit,
+    /// The sale's time is not plausible (ahead of the gateway, or older than offline
+    /// selling may last): posted on the day it was uploaded.
+    OfflineClockSuspect,
+    /// Not posted: the card is unknown, so no account can be debited. The merchant's
+    /// money for it is the centre's to settle.
+    OfflineUnknownCard,
+    /// Not posted: the account was closed (paid out) since; money never leaves a closed
+    /// account.
+    OfflineClosedAccount,
 }
 
 impl ExceptionKind {
+    pub const ALL: [ExceptionKind; 7] = [
+        ExceptionKind::RefundOwed,
+        ExceptionKind::OfflineOverdraft,
+        ExceptionKind::OfflineCardBlocked,
+        ExceptionKind::OfflineOverLimit,
+        ExceptionKind::OfflineClockSuspect,
+        ExceptionKind::OfflineUnknownCard,
+        ExceptionKind::OfflineClosedAccount,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ExceptionKind::RefundOwed => "refund_owed",
+            ExceptionKind::OfflineOverdraft => "offline_overdraft",
+            ExceptionKind::OfflineCardBlocked => "offline_card_blocked",
+            ExceptionKind::OfflineOverLimit => "offline_over_limit",
+            ExceptionKind::OfflineClockSuspect => "offline_clock_suspect",
+            ExceptionKind::OfflineUnknownCard => "offline_unknown_card",
+            ExceptionKind::OfflineClosedAccount => "offline_closed_account",
         }
     }
 }
@@ -639,4 +694,81 @@ pub mod card_nos {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<CardNo>, D::Error> {
         Ok(Vec::<u64>::deserialize(d)?.into_iter().map(CardNo).collect())
     }
+}
+
+// ---- sequence accounting and the business day (offline sales, completeness) ----------
+
+/// The sequence numbers below a terminal's highest that it never used, as inclusive
+/// ranges in order. Offline sales uploaded later fill them; what stays open is missing.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeqGaps {
+    pub terminal: u64,
+    pub ranges: Vec<(u64, u64)>,
+    /// Ranges dropped because the terminal opened more than the gateway tracks
+    /// (`rules::offline::GAPS_MAX`); counted so that the report says so.
+    pub abandoned: u64,
+}
+
+/// One terminal's business day, as the gateway counted it: what the completeness report
+/// and the settlement compare with the central store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DayStats {
+    /// Days since 1970-01-01 in the business time zone.
+    pub day: i32,
+    pub terminal: u64,
+    /// The terminal's merchant when it last counted here.
+    pub merchant: u64,
+    pub online_count: u64,
+    pub online_fen: i64,
+    pub reversal_count: u64,
+    pub reversal_fen: i64,
+    pub offline_count: u64,
+    pub offline_fen: i64,
+    pub declined_count: u64,
+    /// Exceptions raised by this terminal's requests of the day.
+    pub exceptions: u64,
+    /// Milliseconds of the day the terminal had a signed-on session (closed sessions).
+    pub online_ms: i64,
+    pub sign_ons: u64,
+    /// Terminal clock minus gateway clock at the day's last sign-on, and the largest
+    /// difference of the day (by magnitude).
+    pub drift_last_ms: i64,
+    pub drift_max_ms: i64,
+    /// The lowest and highest sequence numbers used on this day (0: none).
+    pub seq_min: u64,
+    pub seq_max: u64,
+}
+
+/// A terminal's session began (a verified sign-on) or ended; what the completeness report
+/// measures time online and clock drift by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionEvent {
+    pub terminal: u64,
+    pub opened: bool,
+    /// Sign-on: the terminal's clock minus the gateway's (from HELLO). Close: 0.
+    pub drift_ms: i64,
+    /// Close: when the session began (its length is the entry's time minus this).
+    pub since_ms: i64,
+}
+
+/// A merchant's settled business day: the figures the day was closed with. They never
+/// change; a sale for the day that arrives later is an adjustment of a later day.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettlementDay {
+    pub day: i32,
+    pub merchant: u64,
+    pub count: u64,
+    pub gross_fen: i64,
+    pub reversal_count: u64,
+    pub reversals_fen: i64,
+    /// Late sales of earlier closed days, counted here.
+    pub adjustment_count: u64,
+    pub adjustments_fen: i64,
+    pub net_fen: i64,
+    pub fee_rate_bp: u32,
+    pub fee_fen: i64,
+    /// The journal entry through which the figures were taken.
+    pub through_entry: u64,
+    pub closed_by: Actor,
+    pub closed_ms: i64,
 }

@@ -67,7 +67,7 @@ impl Role {
             Role::SystemAdmin => matches!(p, Operators | Params | Audit | Blacklist | Terminals),
             Role::DataAdmin => matches!(
                 p,
-                Import | Grants | Params | Audit | Fees | History | Persons | Backups | Integrity
+                Import | Grants | Params | Audit | Fees | History | Persons | Backups | Integrity | Settlement
             ),
             Role::CardDesk => matches!(p, Cards | Persons | Money | History | Fees | Blacklist | Stock),
             Role::DoorAdmin => matches!(p, Doors),
@@ -115,10 +115,12 @@ pub enum Permission {
     Backups,
     /// The integrity check: the hash chain, balances, the central store's totals.
     Integrity,
+    /// Merchant settlement (商户结算): each day's figures and their close.
+    Settlement,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 18] = [
+    pub const ALL: [Permission; 19] = [
         Permission::Persons,
         Permission::Cards,
         Permission::Money,
@@ -137,6 +139,7 @@ impl Permission {
         Permission::Stock,
         Permission::Backups,
         Permission::Integrity,
+        Permission::Settlement,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -158,6 +161,7 @@ impl Permission {
             Permission::KeyRecords => "key_records",
             Permission::Stock => "stock",
             Permission::Backups => "backups",
+            Permission::Settlement => "settlement",
             Permission::Integrity => "integrity",
         }
     }

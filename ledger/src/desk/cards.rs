@@ -203,7 +203,7 @@ impl Ledger {
             let changes = blacklist.set(&[(no, listed(to))]);
             let mut writes = Writes::new();
             writes.push(StateWrite::Card(after));
-            writes.extend(changes.iter().map(|c| StateWrite::Blacklist(*c)));
+            writes.extend(self.listing_writes(&changes, now));
             let change = CardChange {
                 actor: by.actor.clone(),
                 action,
@@ -301,7 +301,7 @@ impl Ledger {
             writes.push(StateWrite::Card(old_after));
             writes.push(StateWrite::Card(new_card));
             writes.push(StateWrite::Account(*acct));
-            writes.extend(changes.iter().map(|c| StateWrite::Blacklist(*c)));
+            writes.extend(self.listing_writes(&changes, now));
             let change = CardChange {
                 actor: by.actor.clone(),
                 action: CardAction::Replace,
@@ -403,7 +403,7 @@ impl Ledger {
         let mut writes = Writes::new();
         writes.extend(after.iter().map(|c| StateWrite::Card(*c)));
         writes.push(StateWrite::Account(*acct));
-        writes.extend(changes.iter().map(|c| StateWrite::Blacklist(*c)));
+        writes.extend(self.listing_writes(&changes, now));
         let change = CardChange {
             actor: actor.clone(),
             action: CardAction::Cancel,

@@ -102,7 +102,9 @@ pub fn reversal_target(
     amount_fen: i64,
 ) -> Result<u64, DeclineReason> {
     let original = original
-        .filter(|o| o.kind == TxKind::Purchase && o.card == card && o.amount_fen == amount_fen)
+        .filter(|o| {
+            matches!(o.kind, TxKind::Purchase | TxKind::OfflinePurchase) && o.card == card && o.amount_fen == amount_fen
+        })
         .ok_or(DeclineReason::OriginalNotFound)?;
     let Outcome::Approved { tx_id, .. } = original.outcome else {
         return Err(DeclineReason::OriginalNotFound);
