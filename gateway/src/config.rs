@@ -77,6 +77,9 @@ pub struct Central {
     /// On shutdown, how long the last flush may take; what it does not ship is shipped
     /// after the next start.
     pub shutdown_flush_ms: u64,
+    /// The oldest unshipped entry older than this: the central store is behind (a
+    /// warning once a minute, `cardgate_central_keeping_up` 0).
+    pub lag_warn_s: u64,
 }
 
 /// The demo campus `serve --demo` creates on first start.
@@ -129,6 +132,7 @@ impl Default for Central {
             batch_timeout_ms: f.batch_timeout.as_millis() as u64,
             journal_retention_s: f.journal_retention.as_secs(),
             shutdown_flush_ms: 5_000,
+            lag_warn_s: f.lag_warn.as_secs(),
         }
     }
 }
@@ -141,6 +145,7 @@ impl Central {
             retry_backoff_max: Duration::from_millis(self.retry_backoff_max_ms),
             batch_timeout: Duration::from_millis(self.batch_timeout_ms),
             journal_retention: Duration::from_secs(self.journal_retention_s),
+            lag_warn: Duration::from_secs(self.lag_warn_s),
             ..cardgate_central::FlusherConfig::default()
         }
     }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use cardgate_central::flusher::JournalSource;
-use cardgate_central::{CentralStore, Flusher, FlusherStatus};
+use cardgate_central::{CentralStore, Flusher, FlusherMonitor};
 use cardgate_ledger::demo::{DemoCampus, ensure_demo};
 use cardgate_ledger::{Ledger, LedgerConfig, SystemClock};
 use tokio_util::sync::CancellationToken;
@@ -110,7 +110,7 @@ pub async fn serve(config: Config, opts: ServeOptions) -> anyhow::Result<()> {
         tracing::info!(kind = "metrics", addr = %listener.local_addr()?, "listening");
         tasks.spawn(crate::metrics::serve(listener, prometheus, shutdown.clone()));
     }
-    tasks.spawn(sample_gauges(ledger.clone(), flusher.status.clone(), shutdown.clone()));
+    tasks.spawn(sample_gauges(ledger.clone(), flusher.monitor(), shutdown.clone()));
     // Before the terminal listener, so that whoever waits for "terminals" in the log
     // (the e2e harness) has seen every other listener by then.
     if let Some(addr) = config.admin_listen {
@@ -181,7 +181,7 @@ async fn wait_for_signal() {
 }
 
 /// Gauges that are cheaper to sample than to keep current.
-async fn sample_gauges(ledger: Arc<Ledger>, central: Arc<FlusherStatus>, shutdown: CancellationToken) {
+async fn sample_gauges(ledger: Arc<Ledger>, central: FlusherMonitor, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -207,6 +207,6 @@ async fn sample_gauges(ledger: Arc<Ledger>, central: Arc<FlusherStatus>, shutdow
         for (bucket, n) in ["1", "2-10", "11-100", "101+"].iter().zip(lag.behind_by) {
             metrics::gauge!("cardgate_blacklist_terminals_behind_by", "versions" => *bucket).set(n as f64);
         }
-        central.record_gauges(&j.stats, ledger.now_ms());
+        central.record_gauges();
     }
 }

@@ -37,15 +37,29 @@ const CACHE_KIB_PRAGMA: &str = "-65536";
 /// (64 MiB) spreads that over many batches. Readers see everything either way.
 const WAL_AUTOCHECKPOINT_PAGES_PRAGMA: &str = "16000";
 
+/// Rows per multi-row statement, largest first. Every statement the flusher runs has
+/// one of these shapes, so that each is prepared once per connection and reused (sqlx
+/// keeps prepared statements by their text); a batch of n rows takes n / 256 statements
+/// of the largest shape and at most 7 of each smaller one. One statement per row would
+/// cost a round trip to sqlx's SQLite worker thread per row; one statement per batch, a
+/// new statement to parse and plan every time.
+const SHAPES: [usize; 4] = [256, 32, 4, 1];
+
 /// SQLite's limit on bound parameters per statement (SQLITE_MAX_VARIABLE_NUMBER, since
-/// 3.32; the bundled library is newer). Multi-row inserts are cut to fit under it.
+/// 3.32; the bundled library is newer): the widest row (15 columns) in the largest shape,
+/// plus the balance update's trailing gateway id, must stay under it.
 const BINDS_MAX: usize = 32_766;
 
-/// Rows of `columns` bound parameters that fit in one statement beside `trailing`
-/// parameters bound after the rows (the balance update binds the gateway id once more;
-/// forgetting it made a batch touching 5,461 accounts one parameter over the limit).
-const fn rows_per_statement(columns: usize, trailing: usize) -> usize {
-    (BINDS_MAX - trailing) / columns
+const _: () = assert!(SHAPES[0] * 15 + 1 <= BINDS_MAX);
+
+/// `rows` cut into statements of the shapes above.
+fn shaped<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
+    std::iter::from_fn(move || {
+        let n = SHAPES.into_iter().find(|&s| s <= rows.len())?;
+        let (head, tail) = rows.split_at(n);
+        rows = tail;
+        Some(head)
+    })
 }
 
 /// Schema version 1. `IF NOT EXISTS` everywhere: the script is safe to re-run after a
@@ -179,6 +193,7 @@ impl SqliteCentral {
             .busy_timeout(BUSY_TIMEOUT)
             .pragma("cache_size", CACHE_KIB_PRAGMA)
             .pragma("wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES_PRAGMA);
+        let options = super::statement_logging(options);
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -340,9 +355,13 @@ impl Dialect for SqliteCentral {
         Ok(central.map_or(0, id_of_sql))
     }
 
-    async fn write_rows(tx: &mut Transaction<'static, Sqlite>, b: &Batch) -> Result<(), CentralError> {
+    async fn write_rows(tx: &mut Transaction<'static, Sqlite>, b: &Batch, central: u64) -> Result<(), CentralError> {
         let gw = sql_id(b.gateway_id);
-        for chunk in b.transactions.chunks(rows_per_statement(15, 0)) {
+        // Plain inserts of the rows of entries after the cursor: those before it are in
+        // the store, those after it cannot be (`protocol.rs`), and one found anyway is
+        // refused rather than skipped.
+        let transactions: Vec<_> = b.transactions.iter().filter(|r| r.entry_id > central).collect();
+        for chunk in shaped(&transactions) {
             let mut q = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO transactions (gateway_id, tx_id, entry_id, kind, account_id, card_no, terminal_id, \
                  terminal_seq, merchant_id, amount_fen, balance_after_fen, time_ms, terminal_time_ms, \
@@ -365,11 +384,11 @@ impl Dialect for SqliteCentral {
                     .push_bind(t.original_tx_id.map(sql_id))
                     .push_bind(t.operator.clone());
             });
-            q.push(" ON CONFLICT DO NOTHING");
-            q.build().persistent(false).execute(&mut **tx).await.map_err(classify)?;
+            q.build().execute(&mut **tx).await.map_err(classify)?;
         }
 
-        for chunk in b.declines.chunks(rows_per_statement(14, 0)) {
+        let declines: Vec<_> = b.declines.iter().filter(|r| r.entry_id > central).collect();
+        for chunk in shaped(&declines) {
             let mut q = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO declines (gateway_id, entry_id, kind, terminal_id, terminal_seq, merchant_id, card_no, \
                  account_id, amount_fen, reason_code, reason, balance_fen, time_ms, terminal_time_ms) ",
@@ -390,11 +409,11 @@ impl Dialect for SqliteCentral {
                     .push_bind(d.time_ms)
                     .push_bind(d.terminal_time_ms);
             });
-            q.push(" ON CONFLICT DO NOTHING");
-            q.build().persistent(false).execute(&mut **tx).await.map_err(classify)?;
+            q.build().execute(&mut **tx).await.map_err(classify)?;
         }
 
-        for chunk in b.events.chunks(rows_per_statement(9, 0)) {
+        let events: Vec<_> = b.events.iter().filter(|r| r.entry_id > central).collect();
+        for chunk in shaped(&events) {
             let mut q = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO events (gateway_id, entry_id, kind, time_ms, account_id, card_no, terminal_id, \
                  operator, payload) ",
@@ -410,12 +429,11 @@ impl Dialect for SqliteCentral {
                     .push_bind(e.operator.clone())
                     .push_bind(e.payload.clone());
             });
-            q.push(" ON CONFLICT DO NOTHING");
-            q.build().persistent(false).execute(&mut **tx).await.map_err(classify)?;
+            q.build().execute(&mut **tx).await.map_err(classify)?;
         }
 
         let accounts: Vec<_> = b.account_records().collect();
-        for chunk in accounts.chunks(rows_per_statement(12, 0)) {
+        for chunk in shaped(&accounts) {
             let mut q = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO accounts (gateway_id, account_id, kind, status, opening_balance_fen, balance_fen, \
                  single_payment_max_fen, daily_max_fen, opened_ms, updated_ms, entry_id) ",
@@ -439,11 +457,11 @@ impl Dialect for SqliteCentral {
                  daily_max_fen = excluded.daily_max_fen, updated_ms = excluded.updated_ms, \
                  entry_id = excluded.entry_id WHERE accounts.entry_id < excluded.entry_id",
             );
-            q.build().persistent(false).execute(&mut **tx).await.map_err(classify)?;
+            q.build().execute(&mut **tx).await.map_err(classify)?;
         }
 
         let balances: Vec<_> = b.balances().collect();
-        for chunk in balances.chunks(rows_per_statement(6, 1)) {
+        for chunk in shaped(&balances) {
             let mut q = QueryBuilder::<Sqlite>::new(
                 "WITH v (account_id, balance_fen, kind, status, updated_ms, entry_id) AS (",
             );
@@ -462,11 +480,11 @@ impl Dialect for SqliteCentral {
             );
             q.push_bind(gw);
             q.push(" AND accounts.account_id = v.account_id AND accounts.entry_id < v.entry_id");
-            q.build().persistent(false).execute(&mut **tx).await.map_err(classify)?;
+            q.build().execute(&mut **tx).await.map_err(classify)?;
         }
 
         let cards: Vec<_> = b.cards.values().collect();
-        for chunk in cards.chunks(rows_per_statement(8, 0)) {
+        for chunk in shaped(&cards) {
             let mut q = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO cards (gateway_id, card_no, account_id, status, expires_ms, issued_ms, updated_ms, \
                  entry_id) ",
@@ -487,11 +505,11 @@ impl Dialect for SqliteCentral {
                  updated_ms = excluded.updated_ms, entry_id = excluded.entry_id \
                  WHERE cards.entry_id < excluded.entry_id",
             );
-            q.build().persistent(false).execute(&mut **tx).await.map_err(classify)?;
+            q.build().execute(&mut **tx).await.map_err(classify)?;
         }
 
         let terminals: Vec<_> = b.terminals.values().collect();
-        for chunk in terminals.chunks(rows_per_statement(9, 0)) {
+        for chunk in shaped(&terminals) {
             let mut q = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO terminals (gateway_id, terminal_id, kind, merchant_id, enabled, name, place, updated_ms, \
                  entry_id) ",
@@ -513,7 +531,7 @@ impl Dialect for SqliteCentral {
                  place = excluded.place, updated_ms = excluded.updated_ms, entry_id = excluded.entry_id \
                  WHERE terminals.entry_id < excluded.entry_id",
             );
-            q.build().persistent(false).execute(&mut **tx).await.map_err(classify)?;
+            q.build().execute(&mut **tx).await.map_err(classify)?;
         }
 
         Ok(())
@@ -534,5 +552,22 @@ impl Dialect for SqliteCentral {
         .await
         .map_err(classify)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_statement_has_one_of_the_few_shapes_and_all_rows_are_covered() {
+        for n in [0usize, 1, 3, 4, 31, 255, 256, 257, 16_000, 16_383] {
+            let rows: Vec<usize> = (0..n).collect();
+            let chunks: Vec<&[usize]> = shaped(&rows).collect();
+            assert!(chunks.iter().all(|c| SHAPES.contains(&c.len())), "{n}");
+            assert_eq!(chunks.concat(), rows, "{n}: every row once, in order");
+            let smaller = chunks.iter().filter(|c| c.len() < SHAPES[0]).count();
+            assert!(smaller <= 3 * 7, "{n}: {smaller} statements below the largest shape");
+        }
     }
 }
