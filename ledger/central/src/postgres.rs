@@ -585,21 +585,21 @@ impl CopyText {
 
     fn text(&mut self, s: &str) {
         self.column();
-        for (i, part) in s.split('\0').enumerate() {
-            if i > 0 {
+        let mut rest = s.as_bytes();
+        // Runs without anything to escape are copied whole.
+        while let Some(at) = rest.iter().position(|c| matches!(c, b'\\' | b'\t' | b'\n' | b'\r' | 0)) {
+            self.buf.extend_from_slice(&rest[..at]);
+            match rest[at] {
+                b'\\' => self.buf.extend_from_slice(b"\\\\"),
+                b'\t' => self.buf.extend_from_slice(b"\\t"),
+                b'\n' => self.buf.extend_from_slice(b"\\n"),
+                b'\r' => self.buf.extend_from_slice(b"\\r"),
                 // PostgreSQL text cannot hold NUL (see `pg_text`).
-                self.buf.extend_from_slice("\u{FFFD}".as_bytes());
+                _ => self.buf.extend_from_slice("\u{FFFD}".as_bytes()),
             }
-            for &c in part.as_bytes() {
-                match c {
-                    b'\\' => self.buf.extend_from_slice(b"\\\\"),
-                    b'\t' => self.buf.extend_from_slice(b"\\t"),
-                    b'\n' => self.buf.extend_from_slice(b"\\n"),
-                    b'\r' => self.buf.extend_from_slice(b"\\r"),
-                    c => self.buf.push(c),
-                }
-            }
+            rest = &rest[at + 1..];
         }
+        self.buf.extend_from_slice(rest);
     }
 
     fn opt_text(&mut self, s: Option<&str>) {
