@@ -855,14 +855,13 @@ impl Flusher {
             }
         } else if age <= self.config.lag_warn
             && let Some(since) = self.behind_since.take()
+            && self.last_behind_log.take().is_some()
         {
-            if self.last_behind_log.take().is_some() {
-                tracing::info!(
-                    behind_s = now.duration_since(since).as_secs(),
-                    backlog,
-                    "central store caught up"
-                );
-            }
+            tracing::info!(
+                behind_s = now.duration_since(since).as_secs(),
+                backlog,
+                "central store caught up"
+            );
         }
     }
 
