@@ -266,6 +266,13 @@ mod tests {
         c.central.batch_entries_max = cardgate_central::flusher::BATCH_ENTRIES_LIMIT + 1;
         assert!(c.validate().is_err());
         assert!(toml::from_str::<Config>("[central]\nbatch_size = 3").is_err());
+        let c: Config = toml::from_str("[central]\nlag_warn_s = 0").unwrap();
+        assert!(
+            c.validate().is_err(),
+            "a zero lag threshold would call every batch late"
+        );
+        let c: Config = toml::from_str("[central]\nlag_warn_s = 30").unwrap();
+        assert_eq!(c.central.flusher().lag_warn, Duration::from_secs(30));
     }
 
     #[test]
