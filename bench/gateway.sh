@@ -16,21 +16,30 @@
 #   OUT        [target/lunch]  the loadtest JSON, gateway log and metrics of every run
 #   DATA_ROOT  [/var/tmp]  where data directories go (the gateway's disk; not a tmpfs)
 #   NO_BUILD   set to skip `cargo build --release`
+#   GATEWAY    [cardgate]  or `null`: the null gateway (cardgate-null-gateway: the same
+#              protocol, every request answered at once, no ledger, journal or central
+#              store), the transport's limit; its runs skip the conservation check (no
+#              money moves there) and the gateway's metrics
 #
 # Nothing else may use the gateway during a run (conservation reads every balance
 # before and after); each run has its own gateway, so nothing else can.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-}; shift || true
-case "$mode" in closed|open) ;; *) sed -n '2,22p' "$0" >&2; exit 2 ;; esac
+case "$mode" in closed|open) ;; *) sed -n '2,26p' "$0" >&2; exit 2 ;; esac
 [ $# -ge 1 ] || { echo "give the terminal count(s)" >&2; exit 2; }
 DURATION=${DURATION:-30}
 ACCOUNTS=${ACCOUNTS:-20000}
 MIX=${MIX:-}
 OUT=${OUT:-target/lunch}
 DATA_ROOT=${DATA_ROOT:-/var/tmp}
+GATEWAY=${GATEWAY:-cardgate}
+case "$GATEWAY" in cardgate|null) ;; *) echo "GATEWAY is cardgate or null" >&2; exit 2 ;; esac
 mkdir -p "$OUT"
-[ -n "${NO_BUILD:-}" ] || cargo build --release -q -p cardgate -p cardgate-loadtest
+if [ -z "${NO_BUILD:-}" ]; then
+    cargo build --release -q -p cardgate -p cardgate-loadtest
+    cargo build --release -q -p cardgate-bench --bin cardgate-null-gateway
+fi
 gw=target/release/cardgate
 lt=target/release/cardgate-loadtest
 # The gateway and data directory of the run in progress, cleaned up however we exit.
@@ -60,11 +69,15 @@ PY
 run_one() { # terminals rate(or "") name
     local terminals=$1 rate=$2 name=$3
     local ramp=${RAMP_UP:-$([ "$terminals" -ge 1000 ] && echo 5 || echo 0)}
-    dir=$(mktemp -d "$DATA_ROOT/cardgate-lunch.XXXXXX")
     local log="$OUT/$name.gateway.log"
-    "$gw" serve --demo --data-dir "$dir" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 \
-        --demo-accounts "$ACCOUNTS" --demo-terminals "$(( terminals > 2000 ? terminals : 2000 ))" \
-        >"$log" 2>&1 &
+    if [ "$GATEWAY" = null ]; then
+        target/release/cardgate-null-gateway --listen 127.0.0.1:0 >"$log" 2>&1 &
+    else
+        dir=$(mktemp -d "$DATA_ROOT/cardgate-lunch.XXXXXX")
+        "$gw" serve --demo --data-dir "$dir" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 \
+            --demo-accounts "$ACCOUNTS" --demo-terminals "$(( terminals > 2000 ? terminals : 2000 ))" \
+            >"$log" 2>&1 &
+    fi
     pid=$!
     local addr="" maddr=""
     for _ in $(seq 1 600); do
@@ -75,14 +88,17 @@ run_one() { # terminals rate(or "") name
     done
     maddr=$(sed -n 's/.*kind="metrics" addr=\([0-9.:]*\).*/\1/p' "$log")
     local args=(--target "$addr" --terminals "$terminals" --accounts "$ACCOUNTS" --duration "$DURATION"
-                --ramp-up "$ramp" --check-conservation --json)
+                --ramp-up "$ramp" --json)
+    [ "$GATEWAY" = null ] || args+=(--check-conservation)
     [ -n "$rate" ] && args+=(--rate "$rate")
     # shellcheck disable=SC2086
     "$lt" "${args[@]}" $MIX >"$OUT/$name.json" 2>"$OUT/$name.loadtest.err" || true
-    curl -s "http://$maddr/metrics" >"$OUT/$name.metrics" || true
+    : >"$OUT/$name.metrics"
+    [ -z "$maddr" ] || curl -s "http://$maddr/metrics" >"$OUT/$name.metrics" || true
     grep -E '^(VmRSS|VmHWM)' /proc/"$pid"/status >>"$OUT/$name.metrics" || true
     kill -TERM "$pid"; wait "$pid" || true; pid=""
-    rm -rf "$dir"; dir=""
+    [ -z "$dir" ] || rm -rf "$dir"
+    dir=""
     if [ -s "$OUT/$name.json" ]; then
         summary "$OUT/$name.json" | tee -a "$OUT/summary.tsv"
     else
@@ -92,7 +108,7 @@ run_one() { # terminals rate(or "") name
 }
 
 {
-    echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ) $(uname -n) $(nproc) cores $(git rev-parse --short HEAD); duration=${DURATION}s accounts=$ACCOUNTS mix='${MIX:-default}'"
+    echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ) $(uname -n) $(nproc) cores $(git rev-parse --short HEAD); gateway=$GATEWAY duration=${DURATION}s accounts=$ACCOUNTS mix='${MIX:-default}'"
     printf 'mode\tterminals\tsigned_on\trate\tanswers_per_s\tmoney_per_s\tp50_ms\tp90_ms\tp99_ms\tp999_ms\tmax_ms\tsend_lag_p99_ms\tconservation\tresult\n'
 } | tee -a "$OUT/summary.tsv"
 if [ "$mode" = closed ]; then

@@ -220,6 +220,9 @@ pub struct Central {
     /// On shutdown, how long the last flush may take; what it does not ship is shipped
     /// after the next start.
     pub shutdown_flush_ms: u64,
+    /// The oldest unshipped entry older than this: the central store is behind (a
+    /// warning once a minute, `cardgate_central_keeping_up` 0).
+    pub lag_warn_s: u64,
 }
 
 /// The demo campus `serve --demo` creates on first start.
@@ -281,6 +284,7 @@ impl Default for Central {
             batch_timeout_ms: f.batch_timeout.as_millis() as u64,
             journal_retention_s: f.journal_retention.as_secs(),
             shutdown_flush_ms: 5_000,
+            lag_warn_s: f.lag_warn.as_secs(),
         }
     }
 }
@@ -293,6 +297,7 @@ impl Central {
             retry_backoff_max: Duration::from_millis(self.retry_backoff_max_ms),
             batch_timeout: Duration::from_millis(self.batch_timeout_ms),
             journal_retention: Duration::from_secs(self.journal_retention_s),
+            lag_warn: Duration::from_secs(self.lag_warn_s),
             ..cardgate_central::FlusherConfig::default()
         }
     }
@@ -551,6 +556,13 @@ mod tests {
         c.central.batch_entries_max = cardgate_central::flusher::BATCH_ENTRIES_LIMIT + 1;
         assert!(c.validate().is_err());
         assert!(toml::from_str::<Config>("[central]\nbatch_size = 3").is_err());
+        let c: Config = toml::from_str("[central]\nlag_warn_s = 0").unwrap();
+        assert!(
+            c.validate().is_err(),
+            "a zero lag threshold would call every batch late"
+        );
+        let c: Config = toml::from_str("[central]\nlag_warn_s = 30").unwrap();
+        assert_eq!(c.central.flusher().lag_warn, Duration::from_secs(30));
     }
 
     /// Every key of the configuration as `section.key` (top-level keys bare).

@@ -215,10 +215,10 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
             .map_err(|e| StartError::Other(format!("reading the central store cursor from sled: {e}")))?
     };
 
-    readiness.central_started(flusher.status.clone(), ledger.journal().stats.clone());
+    readiness.central_started(flusher.monitor());
     let sampled = crate::metrics::Sampled {
         ledger: ledger.clone(),
-        central: flusher.status.clone(),
+        central: flusher.monitor(),
         data_dir: config.data_dir.clone(),
         started_ms,
         terminal_offline_after: Duration::from_secs(config.health.terminal_offline_after_s),

@@ -1,11 +1,11 @@
 //! The metrics listener: `GET /metrics` (Prometheus), `GET /healthz` (the process is
 //! alive and serving HTTP) and `GET /readyz` (it can take terminals' money: recovery is
-//! done, the journal is writable, and the central store keeps up or its backlog is within
-//! bound, with no entry stuck). One port, so that one firewall rule and one scrape target
-//! cover all three. Bound before recovery, so that /healthz answers and /readyz says
-//! "recovering" while a long journal is replayed.
+//! done, the journal is writable, and the central store is reachable or its backlog is
+//! within bound, with no entry stuck, as the flusher's `FlusherMonitor` reads them). One
+//! port, so that one firewall rule and one scrape target cover all three. Bound before
+//! recovery, so that /healthz answers and /readyz says "recovering" while a long journal
+//! is replayed.
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
@@ -13,8 +13,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use cardgate_central::FlusherStatus;
-use cardgate_journal::JournalStats;
+use cardgate_central::FlusherMonitor;
 use cardgate_ledger::Ledger;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
@@ -26,7 +25,7 @@ pub struct Readiness {
     /// Weak: at shutdown the last strong handle's drop is what lets the committer
     /// finish, and the listener must not hold it.
     ledger: OnceLock<Weak<Ledger>>,
-    central: OnceLock<(Arc<FlusherStatus>, Arc<JournalStats>)>,
+    central: OnceLock<FlusherMonitor>,
     /// While the central store is unreachable, the most unshipped entries at which the
     /// gateway still calls itself ready (`health.central_backlog_entries_max`).
     central_backlog_entries_max: u64,
@@ -53,8 +52,8 @@ impl Readiness {
     }
 
     /// The flusher runs.
-    pub fn central_started(&self, status: Arc<FlusherStatus>, journal: Arc<JournalStats>) {
-        let _ = self.central.set((status, journal));
+    pub fn central_started(&self, monitor: FlusherMonitor) {
+        let _ = self.central.set(monitor);
     }
 
     /// Every check, in order; each names its failure.
@@ -75,18 +74,20 @@ impl Readiness {
                     .to_string()
             }),
         ));
-        let Some((status, stats)) = self.central.get() else {
+        let Some(monitor) = self.central.get() else {
             out.push(check(
                 "central",
                 Some("the central store flusher has not started".to_string()),
             ));
             return out;
         };
-        let backlog = status.backlog(stats);
-        let up = status.up.load(Ordering::Acquire);
+        // Whether the store keeps up (`FlusherHealth::keeping_up`) is not asked here:
+        // terminals are served while it lags, and `cardgate_central_keeping_up` says it.
+        let health = monitor.health();
+        let backlog = health.backlog;
         out.push(check(
             "central",
-            (!up && backlog > self.central_backlog_entries_max).then(|| {
+            (!health.reachable && backlog > self.central_backlog_entries_max).then(|| {
                 format!(
                     "the central store is unreachable and {backlog} entries are unshipped (bound {})",
                     self.central_backlog_entries_max
@@ -95,7 +96,7 @@ impl Readiness {
         ));
         out.push(check(
             "central_stuck_entry",
-            status.stuck().map(|s| {
+            health.stuck.map(|s| {
                 format!(
                     "the central store refuses entry {} ({}): {}",
                     s.entry_id, s.kind, s.error
@@ -178,10 +179,13 @@ async fn readyz(State(s): State<Served>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cardgate_central::FlusherStatus;
     use cardgate_central::flusher::StuckEntry;
     use cardgate_domain::model::AuditRecord;
+    use cardgate_journal::JournalStats;
     use cardgate_journal::{FaultSwitch, FaultyStore};
     use cardgate_ledger::{LedgerConfig, SystemClock};
+    use std::sync::atomic::Ordering;
 
     fn failing(r: &Readiness) -> Vec<(&'static str, String)> {
         r.checks()
@@ -215,7 +219,12 @@ mod tests {
 
         let status = Arc::new(FlusherStatus::default());
         let journal = Arc::new(JournalStats::default());
-        r.central_started(status.clone(), journal.clone());
+        r.central_started(FlusherMonitor::new(
+            status.clone(),
+            journal.clone(),
+            Arc::new(SystemClock),
+            Duration::from_secs(10),
+        ));
         assert!(failing(&r).is_empty(), "{:?}", failing(&r));
 
         // Unreachable with a backlog over the bound: not ready. Within it, or up: ready.

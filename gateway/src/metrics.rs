@@ -145,14 +145,16 @@ pub const FAMILIES: &[Family] = &[
     family("cardgate_central_entries_shipped_total", C, Unit::Count, "Journal entries shipped to the central store."),
     family("cardgate_central_batches_total", C, Unit::Count, "Batches committed to the central store."),
     family("cardgate_central_batch_entries", H, Unit::Count, "Journal entries per central store batch."),
-    family("cardgate_central_batch_seconds", H, Unit::Seconds, "Time to build and commit one central store batch."),
+    family("cardgate_central_batch_seconds", H, Unit::Seconds, "Time to write one central store batch, from BEGIN to COMMIT."),
+    family("cardgate_central_prepare_seconds", H, Unit::Seconds, "Time to read one central store batch from the journal and turn it into rows (the flusher's own work)."),
     family("cardgate_central_errors_total", C, Unit::Count, "Failed central store steps, by kind (unavailable, busy, database, timeout, refused, ...)."),
     family("cardgate_central_refused_entries_total", C, Unit::Count, "Times the central store was found to refuse an entry."),
     family("cardgate_central_pruned_entries_total", C, Unit::Count, "Shipped journal entries pruned from sled after the retention time."),
     family("cardgate_central_backlog_entries", G, Unit::Count, "Durable journal entries not yet in the central store."),
-    family("cardgate_central_oldest_unshipped_age_seconds", G, Unit::Seconds, "Age of the oldest entry not yet in the central store (0 when none): how far the central store lags."),
+    family("cardgate_central_oldest_unshipped_seconds", G, Unit::Seconds, "Age of the oldest entry not yet in the central store (0 when none): how far the central store lags."),
     family("cardgate_central_shipped_entry_id", G, Unit::Count, "The last journal entry id the central store holds."),
     family("cardgate_central_up", G, Unit::Count, "1 while the central store's last attempt succeeded."),
+    family("cardgate_central_keeping_up", G, Unit::Count, "1 when the central store is reachable, refuses nothing and lags less than central.lag_warn_s, else 0."),
     family("cardgate_integrity_mismatches", G, Unit::Count, "Mismatches the last integrity check found, by check (chain, checkpoint, balance, memory, central_*, day_close); 0 when clean."),
     family("cardgate_integrity_last_run_timestamp_seconds", G, Unit::Seconds, "Unix time the last integrity check started."),
     family("cardgate_integrity_last_run_ok", G, Unit::Count, "1 if the last integrity check found nothing, else 0."),
@@ -197,6 +199,7 @@ fn builder() -> anyhow::Result<PrometheusBuilder> {
         ("cardgate_backup_seconds", SLOW_BUCKETS),
         ("cardgate_checkpoint_records", CHECKPOINT_RECORD_BUCKETS),
         ("cardgate_central_batch_seconds", SLOW_BUCKETS),
+        ("cardgate_central_prepare_seconds", SLOW_BUCKETS),
         ("cardgate_central_batch_entries", CENTRAL_BATCH_BUCKETS),
         ("cardgate_admin_http_request_seconds", SLOW_BUCKETS),
     ];
@@ -316,7 +319,7 @@ fn register_at_zero() {
         "cardgate_journal_poisoned",
         "cardgate_journal_queued_submissions",
         "cardgate_central_backlog_entries",
-        "cardgate_central_oldest_unshipped_age_seconds",
+        "cardgate_central_oldest_unshipped_seconds",
         "cardgate_central_up",
         "cardgate_central_stuck_entry_id",
         "cardgate_blacklist_terminals_behind",
@@ -465,7 +468,7 @@ fn method_label(m: &axum::http::Method) -> &'static str {
 /// What the sampler reads.
 pub struct Sampled {
     pub ledger: Arc<Ledger>,
-    pub central: Arc<cardgate_central::FlusherStatus>,
+    pub central: cardgate_central::FlusherMonitor,
     pub data_dir: PathBuf,
     /// When the ledger was opened (ms): terminals not heard from since count from then.
     pub started_ms: i64,
@@ -522,7 +525,7 @@ fn sample_once(s: &Sampled) {
         metrics::gauge!("cardgate_terminals_connected", "kind" => kind.as_str()).set(presence.connected[i] as f64);
         metrics::gauge!("cardgate_terminals_offline", "kind" => kind.as_str()).set(presence.offline[i] as f64);
     }
-    s.central.record_gauges(&j.stats, ledger.now_ms());
+    s.central.record_gauges();
 }
 
 /// (bytes available to an unprivileged writer, filesystem size) of the filesystem

@@ -320,8 +320,13 @@ async fn outage_under_load(d: &Daemon, cut: impl AsyncFnOnce(), restore: impl As
         let backlog = d.metric("cardgate_central_backlog_entries").unwrap_or(0.0);
         let errors = metric_sum(d, "cardgate_central_errors_total");
         if backlog > 0.0 && errors > errors_before && d.metric("cardgate_central_up") == Some(0.0) {
-            let age = d.metric("cardgate_central_oldest_unshipped_age_seconds").unwrap_or(0.0);
+            let age = d.metric("cardgate_central_oldest_unshipped_seconds").unwrap_or(0.0);
             assert!(age > 0.0, "the lag is visible");
+            assert_eq!(
+                d.metric("cardgate_central_keeping_up"),
+                Some(0.0),
+                "readiness sees the store away"
+            );
             break;
         }
         assert!(Instant::now() < deadline, "the outage never showed on /metrics");

@@ -14,7 +14,14 @@
 //! and the flusher only talks to the journal like any submitter (one cursor write per
 //! batch). While the central store is down the flusher retries with capped exponential
 //! backoff, the backlog stays in sled (pruning never passes the central cursor), and the
-//! backlog and the age of its oldest entry are on `/metrics`.
+//! backlog and the age of its oldest entry are on `/metrics` and in `FlusherHealth`.
+//!
+//! What a backlog costs the gateway, however long the store is slower or away: memory,
+//! one batch (at most `batch_entries_max` entries read and turned into rows at a time;
+//! the backlog itself is never held in memory); disk, the journal's entries behind the
+//! central cursor, which pruning cannot remove (about 100 bytes per purchase; bounded
+//! only by the disk, hence `cardgate_journal_size_bytes`); start-up time, nothing
+//! (recovery replays from the last checkpoint, not from the cursor).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -87,8 +94,13 @@ pub const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 pub const PRUNE_SEGMENTS_MAX: usize = 20_000;
 /// How often an idle flusher looks for newly durable entries.
 const POLL_INTERVAL: Duration = Duration::from_millis(10);
-/// During an outage, how often the still-failing warning is repeated.
+/// During an outage, how often the still-failing warning is repeated; while the store
+/// is reachable but behind, how often the flusher says so.
 const OUTAGE_LOG_INTERVAL: Duration = Duration::from_secs(60);
+/// Default age of the oldest unshipped entry beyond which the flusher counts as behind
+/// (a warning once a minute, `FlusherHealth::keeping_up` false). A healthy flusher ships
+/// within `batch_wait` plus one batch's write: well under a second.
+pub const LAG_WARN_DEFAULT: Duration = Duration::from_secs(10);
 
 const _: () = assert!(BATCH_ENTRIES_DEFAULT <= BATCH_ENTRIES_LIMIT);
 const _: () = assert!(RETRY_BACKOFF_MIN.as_millis() <= RETRY_BACKOFF_MAX_DEFAULT.as_millis());
@@ -102,6 +114,8 @@ pub struct FlusherConfig {
     /// Shipped entries younger than this stay in sled.
     pub journal_retention: Duration,
     pub prune_interval: Duration,
+    /// The oldest unshipped entry older than this: the flusher is behind.
+    pub lag_warn: Duration,
 }
 
 impl Default for FlusherConfig {
@@ -113,6 +127,7 @@ impl Default for FlusherConfig {
             batch_timeout: BATCH_TIMEOUT_DEFAULT,
             journal_retention: JOURNAL_RETENTION_DEFAULT,
             prune_interval: PRUNE_INTERVAL,
+            lag_warn: LAG_WARN_DEFAULT,
         }
     }
 }
@@ -128,8 +143,8 @@ impl FlusherConfig {
                 RETRY_BACKOFF_MIN.as_millis()
             ));
         }
-        if self.batch_timeout.is_zero() || self.prune_interval.is_zero() {
-            return Err("batch_timeout and prune_interval must be above 0".into());
+        if self.batch_timeout.is_zero() || self.prune_interval.is_zero() || self.lag_warn.is_zero() {
+            return Err("batch_timeout, prune_interval and lag_warn must be above 0".into());
         }
         Ok(())
     }
@@ -191,20 +206,88 @@ impl FlusherStatus {
             .saturating_sub(self.cursor.load(Ordering::Acquire))
     }
 
+    /// How long the oldest unshipped entry has waited at `now_ms` (zero when none).
+    fn oldest_age(&self, backlog: u64, now_ms: i64) -> Duration {
+        let oldest = self.oldest_unshipped_ms.load(Ordering::Acquire);
+        if backlog > 0 && oldest > 0 {
+            Duration::from_millis(u64::try_from(now_ms - oldest).unwrap_or(0))
+        } else {
+            Duration::ZERO
+        }
+    }
+}
+
+/// The flusher's state as the daemon's readiness check, an operator or a test reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlusherHealth {
+    /// Entries durable in the journal and not yet in the central store.
+    pub backlog: u64,
+    /// How long the oldest of them has waited (zero when there are none). The lag the
+    /// university's reports see: alert on this, not on the count.
+    pub oldest_age: Duration,
+    /// The store took the flusher's last attempt (false from start-up until it did).
+    pub reachable: bool,
+    /// The entry the store refuses, if one does: nothing after it ships until it does.
+    pub stuck: Option<StuckEntry>,
+    /// The age beyond which the flusher counts as behind (`central.lag_warn_s`).
+    pub lag_warn: Duration,
+}
+
+impl FlusherHealth {
+    /// The central store keeps up: reachable, refusing nothing, and the oldest unshipped
+    /// entry younger than `lag_warn`. Terminals are served either way (the gateway never
+    /// waits for the store); this says whether the university's copy is current.
+    pub fn keeping_up(&self) -> bool {
+        self.reachable && self.stuck.is_none() && self.oldest_age <= self.lag_warn
+    }
+}
+
+/// Reads the flusher's state from any thread: atomics only.
+#[derive(Clone)]
+pub struct FlusherMonitor {
+    pub status: Arc<FlusherStatus>,
+    journal: Arc<JournalStats>,
+    clock: Arc<dyn Clock>,
+    lag_warn: Duration,
+}
+
+impl FlusherMonitor {
+    /// A reader of `status` against `journal`'s durable entries; the flusher makes one
+    /// when it starts (`FlusherHandle::monitor`).
+    pub fn new(
+        status: Arc<FlusherStatus>,
+        journal: Arc<JournalStats>,
+        clock: Arc<dyn Clock>,
+        lag_warn: Duration,
+    ) -> FlusherMonitor {
+        FlusherMonitor {
+            status,
+            journal,
+            clock,
+            lag_warn,
+        }
+    }
+
+    pub fn health(&self) -> FlusherHealth {
+        let backlog = self.status.backlog(&self.journal);
+        FlusherHealth {
+            backlog,
+            oldest_age: self.status.oldest_age(backlog, self.clock.now_ms()),
+            reachable: self.status.up.load(Ordering::Acquire),
+            stuck: self.status.stuck(),
+            lag_warn: self.lag_warn,
+        }
+    }
+
     /// Sets the backlog gauges; sampled by the daemon rather than kept current, so that
     /// they move even while a batch hangs.
-    pub fn record_gauges(&self, journal: &JournalStats, now_ms: i64) {
-        let backlog = self.backlog(journal);
-        let oldest = self.oldest_unshipped_ms.load(Ordering::Acquire);
-        let age_s = if backlog > 0 && oldest > 0 {
-            (now_ms - oldest).max(0) as f64 / 1000.0
-        } else {
-            0.0
-        };
-        metrics::gauge!("cardgate_central_backlog_entries").set(backlog as f64);
-        metrics::gauge!("cardgate_central_oldest_unshipped_age_seconds").set(age_s);
-        metrics::gauge!("cardgate_central_shipped_entry_id").set(self.cursor.load(Ordering::Acquire) as f64);
-        metrics::gauge!("cardgate_central_up").set(if self.up.load(Ordering::Acquire) { 1.0 } else { 0.0 });
+    pub fn record_gauges(&self) {
+        let h = self.health();
+        metrics::gauge!("cardgate_central_backlog_entries").set(h.backlog as f64);
+        metrics::gauge!("cardgate_central_oldest_unshipped_seconds").set(h.oldest_age.as_secs_f64());
+        metrics::gauge!("cardgate_central_shipped_entry_id").set(self.status.cursor.load(Ordering::Acquire) as f64);
+        metrics::gauge!("cardgate_central_up").set(if h.reachable { 1.0 } else { 0.0 });
+        metrics::gauge!("cardgate_central_keeping_up").set(if h.keeping_up() { 1.0 } else { 0.0 });
     }
 }
 
@@ -254,6 +337,7 @@ pub struct FlusherHandle {
     task: JoinHandle<()>,
     pub status: Arc<FlusherStatus>,
     journal: Arc<JournalStats>,
+    monitor: FlusherMonitor,
 }
 
 impl FlusherHandle {
@@ -272,8 +356,13 @@ impl FlusherHandle {
         self.status.backlog(&self.journal)
     }
 
-    pub fn record_gauges(&self, now_ms: i64) {
-        self.status.record_gauges(&self.journal, now_ms);
+    /// A reader of the flusher's state for metrics and readiness, cheap to clone.
+    pub fn monitor(&self) -> FlusherMonitor {
+        self.monitor.clone()
+    }
+
+    pub fn health(&self) -> FlusherHealth {
+        self.monitor.health()
     }
 }
 
@@ -292,6 +381,12 @@ pub struct Flusher {
     /// While the store refuses a batch: the size of the next one, halved at each refusal
     /// until the one entry it refuses is found.
     probe: Option<usize>,
+    /// Since when the oldest unshipped entry has been older than `lag_warn` (while the
+    /// store takes batches: an outage logs itself), when that was last logged, and the
+    /// shipped count then (for the rate in the next line).
+    behind_since: Option<Instant>,
+    last_behind_log: Option<Instant>,
+    shipped_at_behind_log: u64,
 }
 
 impl Flusher {
@@ -306,6 +401,7 @@ impl Flusher {
         let status = Arc::new(FlusherStatus::default());
         status.cursor.store(cursor, Ordering::Release);
         let journal = source.stats.clone();
+        let monitor = FlusherMonitor::new(status.clone(), journal.clone(), source.clock.clone(), config.lag_warn);
         let (stop, stopped) = watch::channel(false);
         let flusher = Flusher {
             source,
@@ -319,6 +415,9 @@ impl Flusher {
             last_failure_kind: None,
             next_prune: Instant::now(),
             probe: None,
+            behind_since: None,
+            last_behind_log: None,
+            shipped_at_behind_log: 0,
         };
         let task = tokio::spawn(flusher.run(stopped));
         Ok(FlusherHandle {
@@ -326,6 +425,7 @@ impl Flusher {
             task,
             status,
             journal,
+            monitor,
         })
     }
 
@@ -359,6 +459,7 @@ impl Flusher {
                 }
             }
             self.maybe_prune().await;
+            self.watch_lag();
             let durable = self.durable();
             if durable <= self.cursor {
                 forming = None;
@@ -503,6 +604,7 @@ impl Flusher {
 
     /// Ships the next batch of entries up to `durable`.
     async fn ship_one(&mut self, durable: u64) -> Result<(), FlushError> {
+        let preparing = Instant::now();
         let size = self.probe.unwrap_or(self.config.batch_entries_max);
         let limit = (durable - self.cursor).min(size as u64) as usize;
         let db = self.source.db.clone();
@@ -567,6 +669,7 @@ impl Flusher {
         batch.prev_hash = prev_hash;
         let first_kind = entries.first().map(|e| e.record.body.kind_str()).unwrap_or("none");
         drop(entries);
+        metrics::histogram!("cardgate_central_prepare_seconds").record(preparing.elapsed().as_secs_f64());
         let started = Instant::now();
         let written = tokio::time::timeout(
             self.config.batch_timeout,
@@ -683,6 +786,45 @@ impl Flusher {
         }
     }
 
+    /// Says, once a minute and not per batch, that the store takes batches but lags
+    /// (the oldest unshipped entry older than `lag_warn`), and once when it caught up.
+    fn watch_lag(&mut self) {
+        let backlog = self.durable().saturating_sub(self.cursor);
+        let age = self.status.oldest_age(backlog, self.source.clock.now_ms());
+        let now = Instant::now();
+        if age > self.config.lag_warn && self.failing_since.is_none() {
+            let since = *self.behind_since.get_or_insert(now);
+            if self
+                .last_behind_log
+                .is_none_or(|t| now.duration_since(t) >= OUTAGE_LOG_INTERVAL)
+            {
+                let shipped = self.status.shipped_entries.load(Ordering::Relaxed);
+                let rate = match self.last_behind_log {
+                    Some(t) => (shipped - self.shipped_at_behind_log) as f64 / now.duration_since(t).as_secs_f64(),
+                    None => 0.0,
+                };
+                tracing::warn!(
+                    backlog,
+                    oldest_s = age.as_secs(),
+                    behind_s = now.duration_since(since).as_secs(),
+                    shipped_per_s = rate.round() as u64,
+                    "central store behind the gateway (see OPERATIONS.md, \"The central store is behind or down\")"
+                );
+                self.last_behind_log = Some(now);
+                self.shipped_at_behind_log = shipped;
+            }
+        } else if age <= self.config.lag_warn
+            && let Some(since) = self.behind_since.take()
+            && self.last_behind_log.take().is_some()
+        {
+            tracing::info!(
+                behind_s = now.duration_since(since).as_secs(),
+                backlog,
+                "central store caught up"
+            );
+        }
+    }
+
     fn failed(&mut self, e: &FlushError) {
         self.status.up.store(false, Ordering::Release);
         self.status.errors.fetch_add(1, Ordering::Relaxed);
@@ -701,6 +843,7 @@ impl Flusher {
             self.last_failure_kind = Some(e.kind());
             let backlog = self.durable().saturating_sub(self.cursor);
             let failing_s = now.duration_since(since).as_secs();
+            let oldest_s = self.status.oldest_age(backlog, self.source.clock.now_ms()).as_secs();
             if let Some(stuck) = self.status.stuck() {
                 tracing::error!(
                     entry_id = stuck.entry_id,
@@ -712,9 +855,9 @@ impl Flusher {
                      (see OPERATIONS.md, \"The central store refuses an entry\")"
                 );
             } else if e.is_transient() {
-                tracing::warn!(error = %e, kind = e.kind(), backlog, failing_s, "central store unavailable; retrying");
+                tracing::warn!(error = %e, kind = e.kind(), backlog, oldest_s, failing_s, "central store unavailable; retrying");
             } else {
-                tracing::error!(error = %e, kind = e.kind(), backlog, failing_s, "central store flush failing; retrying");
+                tracing::error!(error = %e, kind = e.kind(), backlog, oldest_s, failing_s, "central store flush failing; retrying");
             }
         } else {
             tracing::debug!(error = %e, kind = e.kind(), "central store flush failed");

@@ -15,9 +15,11 @@
 //! while the store went on) can never append to the store's chain (`Diverged`).
 
 use rust_decimal::Decimal;
-use sqlx::{Postgres, QueryBuilder, Row, Sqlite, Transaction};
+use sqlx::{Arguments, Postgres, Row, Sqlite, Transaction};
 
+use crate::postgres::CopyText;
 use crate::schema::{Batch, id_of_sql, sql_id};
+use crate::sqlite::Shaped;
 use crate::{CentralError, CentralStore, classify, fen_of};
 use cardgate_domain::money::from_fen;
 
@@ -126,25 +128,32 @@ pub(crate) async fn stored_hash_pg(
     Ok(v.and_then(|h| h.try_into().ok()))
 }
 
-/// SQLite's bound parameters per statement, as `sqlite.rs` has it.
-const SQLITE_BINDS_MAX: usize = 32_766;
+/// Every entry's hash (SQLite), in the fixed shapes of `sqlite.rs`'s other inserts.
+static INSERT_HASHES_SQLITE: Shaped = Shaped::new("INSERT INTO entry_hashes (gateway_id, entry_id, hash)", 3, "");
 
-/// Writes a batch's entry hashes and day closes (SQLite), in its transaction.
-pub(crate) async fn write_sqlite(tx: &mut Transaction<'static, Sqlite>, b: &Batch) -> Result<(), CentralError> {
+/// Writes the entry hashes and day closes of a batch's entries after `central` (the
+/// cursor just locked), in its transaction (SQLite). Plain inserts, as for the other
+/// append-only tables (`protocol.rs`): those rows cannot be in the store, and one found
+/// there anyway is refused.
+pub(crate) async fn write_sqlite(
+    tx: &mut Transaction<'static, Sqlite>,
+    b: &Batch,
+    central: u64,
+) -> Result<(), CentralError> {
     let gw = sql_id(b.gateway_id);
-    for chunk in b.hashes.chunks(SQLITE_BINDS_MAX / 3) {
-        let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO entry_hashes (gateway_id, entry_id, hash) ");
-        q.push_values(chunk, |mut r, (id, hash)| {
-            r.push_bind(gw).push_bind(sql_id(*id)).push_bind(hash.to_vec());
-        });
-        q.push(" ON CONFLICT DO NOTHING");
-        q.build().persistent(false).execute(&mut **tx).await.map_err(classify)?;
-    }
-    for c in &b.day_closes {
+    let hashes: Vec<_> = b.hashes.iter().filter(|(id, _)| *id > central).collect();
+    INSERT_HASHES_SQLITE
+        .write(tx, &hashes, &[], |a, (id, hash)| {
+            a.add(gw)?;
+            a.add(sql_id(*id))?;
+            a.add(hash.to_vec())
+        })
+        .await?;
+    for c in b.day_closes.iter().filter(|c| c.entry_id > central) {
         sqlx::query(
             "INSERT INTO day_closes (gateway_id, business_day, tz_offset_minutes, first_entry_id, last_entry_id, \
              hash, transactions, transactions_fen, complete, entry_id, closed_ms) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(gw)
         .bind(&c.day)
@@ -164,26 +173,29 @@ pub(crate) async fn write_sqlite(tx: &mut Transaction<'static, Sqlite>, b: &Batc
     Ok(())
 }
 
-/// Writes a batch's entry hashes and day closes (PostgreSQL), in its transaction.
-pub(crate) async fn write_pg(tx: &mut Transaction<'static, Postgres>, b: &Batch) -> Result<(), CentralError> {
+/// Writes the entry hashes and day closes of a batch's entries after `central`
+/// (PostgreSQL), in its transaction: the hashes by COPY in `copy`'s buffer, as the other
+/// append-only tables (`protocol.rs`), so that one found there anyway is refused.
+pub(crate) async fn write_pg(
+    tx: &mut Transaction<'static, Postgres>,
+    b: &Batch,
+    central: u64,
+    copy: &mut CopyText,
+) -> Result<(), CentralError> {
     let gw = sql_id(b.gateway_id);
-    if !b.hashes.is_empty() {
-        sqlx::query(
-            "INSERT INTO entry_hashes (gateway_id, entry_id, hash) \
-             SELECT $1, * FROM UNNEST($2::BIGINT[], $3::BYTEA[]) ON CONFLICT DO NOTHING",
-        )
-        .bind(gw)
-        .bind(b.hashes.iter().map(|(id, _)| sql_id(*id)).collect::<Vec<_>>())
-        .bind(b.hashes.iter().map(|(_, h)| h.to_vec()).collect::<Vec<_>>())
-        .execute(&mut **tx)
-        .await
-        .map_err(classify)?;
+    for (id, hash) in b.hashes.iter().filter(|(id, _)| *id > central) {
+        copy.id(gw);
+        copy.id(sql_id(*id));
+        copy.bytea(hash);
+        copy.end_row();
     }
-    for c in &b.day_closes {
+    copy.send(tx, "COPY entry_hashes (gateway_id, entry_id, hash) FROM STDIN")
+        .await?;
+    for c in b.day_closes.iter().filter(|c| c.entry_id > central) {
         sqlx::query(
             "INSERT INTO day_closes (gateway_id, business_day, tz_offset_minutes, first_entry_id, last_entry_id, \
              hash, transactions, transactions_amount, complete, entry_id, closed_ms) \
-             VALUES ($1, $2::DATE, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING",
+             VALUES ($1, $2::DATE, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(gw)
         .bind(&c.day)

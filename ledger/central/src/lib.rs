@@ -35,7 +35,7 @@ pub mod sqlite;
 
 use std::path::Path;
 
-pub use flusher::{Flusher, FlusherConfig, FlusherHandle, FlusherStatus, StuckEntry};
+pub use flusher::{Flusher, FlusherConfig, FlusherHandle, FlusherHealth, FlusherMonitor, FlusherStatus, StuckEntry};
 pub use schema::{Batch, SCHEMA_VERSION};
 
 use cardgate_domain::money::to_fen;
@@ -330,6 +330,22 @@ pub fn redact(url: &str) -> String {
         None => url.to_string(),
     }
 }
+
+/// Statement logging for the store's connections. sqlx logs every statement at debug and
+/// any statement slower than a second at warn, with its whole text: hundreds of
+/// characters per line while the flusher catches up, where seconds per batch are by
+/// design. A batch's time is in `cardgate_central_batch_seconds`, and a flusher behind
+/// says so itself once a minute; every failure comes back to the flusher as an error,
+/// which counts and logs it. So statements go to trace, and only a statement slower than
+/// `SLOW_STATEMENT` to debug.
+pub(crate) fn statement_logging<O: sqlx::ConnectOptions>(options: O) -> O {
+    options
+        .log_statements(log::LevelFilter::Trace)
+        .log_slow_statements(log::LevelFilter::Debug, SLOW_STATEMENT)
+}
+
+/// A statement this slow is logged at debug (see `statement_logging`).
+pub const SLOW_STATEMENT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A fen amount read back from the store, which must be whole fen within `i64`.
 pub(crate) fn fen_of(value: rust_decimal::Decimal) -> Result<i64, CentralError> {

@@ -1,8 +1,19 @@
 //! How one batch is written, for every back end: one SQL transaction that reads and
 //! locks the gateway's cursor, refuses a batch that would leave a gap, writes nothing
-//! for a batch the store already holds, writes the rows (each keyed, so writing one
-//! twice changes nothing), moves the cursor to the batch's last entry, and commits. A
-//! crash at any point leaves either the old cursor and no rows of the batch, or both.
+//! for a batch the store already holds, refuses one whose hash of the store's last entry
+//! is not the one the store holds (`CentralError::Diverged`, `integrity.rs`), writes the
+//! rows of the entries after the cursor (their entry hashes and day closes with them),
+//! moves the cursor to the batch's last entry, and commits. A crash at any point leaves
+//! either the old cursor and no rows of the batch, or both.
+//!
+//! Rows and cursor move together, so with the cursor locked at `c` the store holds the
+//! rows of every entry up to `c` and of none after it. A batch that overlaps what the
+//! store holds (an acknowledgement lost, a crash before sled heard of the commit) thus
+//! needs only the rows of its entries after `c`, and those can be plain inserts (a bulk
+//! `COPY` on PostgreSQL): a row found there anyway was put there by something other than
+//! this gateway's flusher, and the insert is refused (`CentralError::Refused`, the entry
+//! named) rather than silently skipped. The current-value tables (accounts, cards,
+//! terminals) take a write only from a later entry, so writing them again is harmless.
 //! The dialects (`sqlite.rs`, `postgres.rs`) only say how to lock, write and move.
 
 use sqlx::Transaction;
@@ -24,7 +35,13 @@ pub(crate) trait Dialect {
         gateway_id: u64,
         now_ms: i64,
     ) -> Result<u64, CentralError>;
-    async fn write_rows(tx: &mut Transaction<'static, Self::Db>, batch: &Batch) -> Result<(), CentralError>;
+    /// Writes the rows of the batch's entries after `central` (the cursor just locked),
+    /// and the current values it leaves.
+    async fn write_rows(
+        tx: &mut Transaction<'static, Self::Db>,
+        batch: &Batch,
+        central: u64,
+    ) -> Result<(), CentralError>;
     /// The chain hash the store holds for one of the gateway's entries.
     async fn stored_hash(
         tx: &mut Transaction<'static, Self::Db>,
@@ -101,7 +118,7 @@ pub(crate) async fn write<D: Dialect>(d: &D, batch: &Batch, now_ms: i64) -> Resu
             return Err(diverged(central, &theirs, &ours));
         }
     }
-    D::write_rows(&mut tx, batch).await?;
+    D::write_rows(&mut tx, batch, central).await?;
     D::set_cursor(&mut tx, batch, now_ms).await?;
     tx.commit().await.map_err(crate::classify)?;
     Ok(batch.last_entry_id)
@@ -123,7 +140,8 @@ mod tests {
     fn a_batch_is_written_once_and_never_past_a_gap() {
         assert_eq!(plan(0, &batch(1, 10)).unwrap(), Plan::Write);
         assert_eq!(plan(10, &batch(11, 20)).unwrap(), Plan::Write);
-        // Overlapping what the store holds: written again, the rows' keys make it a no-op.
+        // Overlapping what the store holds: written, but only the rows of its entries
+        // after 15 (`Dialect::write_rows`).
         assert_eq!(plan(15, &batch(11, 20)).unwrap(), Plan::Write);
         assert_eq!(plan(20, &batch(11, 20)).unwrap(), Plan::AlreadyHeld);
         assert_eq!(plan(25, &batch(11, 20)).unwrap(), Plan::AlreadyHeld);

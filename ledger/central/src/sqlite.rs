@@ -12,7 +12,11 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
+use std::sync::OnceLock;
+
+use sqlx::error::BoxDynError;
+use sqlx::sqlite::SqliteArguments;
+use sqlx::{Arguments, Row, Sqlite, Transaction};
 
 use super::protocol::Dialect;
 use super::schema::{Batch, SCHEMA_VERSION, id_of_sql, sql_id};
@@ -37,16 +41,139 @@ const CACHE_KIB_PRAGMA: &str = "-65536";
 /// (64 MiB) spreads that over many batches. Readers see everything either way.
 const WAL_AUTOCHECKPOINT_PAGES_PRAGMA: &str = "16000";
 
+/// Rows per multi-row statement, largest first. Every statement the flusher runs has
+/// one of these shapes, so that each is prepared once per connection and reused (sqlx
+/// keeps prepared statements by their text, and the text is built once: `Shaped`); a batch of n rows takes n / 256 statements
+/// of the largest shape and at most 7 of each smaller one. One statement per row would
+/// cost a round trip to sqlx's SQLite worker thread per row; one statement per batch, a
+/// new statement to parse and plan every time.
+const SHAPES: [usize; 4] = [256, 32, 4, 1];
+
 /// SQLite's limit on bound parameters per statement (SQLITE_MAX_VARIABLE_NUMBER, since
-/// 3.32; the bundled library is newer). Multi-row inserts are cut to fit under it.
+/// 3.32; the bundled library is newer): the widest row (15 columns) in the largest shape,
+/// plus the balance update's trailing gateway id, must stay under it.
 const BINDS_MAX: usize = 32_766;
 
-/// Rows of `columns` bound parameters that fit in one statement beside `trailing`
-/// parameters bound after the rows (the balance update binds the gateway id once more;
-/// forgetting it made a batch touching 5,461 accounts one parameter over the limit).
-const fn rows_per_statement(columns: usize, trailing: usize) -> usize {
-    (BINDS_MAX - trailing) / columns
+const _: () = assert!(SHAPES[0] * 15 < BINDS_MAX);
+
+/// `rows` cut into statements of the shapes above.
+fn shaped<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
+    std::iter::from_fn(move || {
+        let n = SHAPES.into_iter().find(|&s| s <= rows.len())?;
+        let (head, tail) = rows.split_at(n);
+        rows = tail;
+        Some(head)
+    })
 }
+
+/// One multi-row statement in each of the shapes: its text, built once per process (not
+/// per batch: building it was a tenth of the flusher's work), and how to bind a row.
+pub(crate) struct Shaped {
+    texts: OnceLock<[String; SHAPES.len()]>,
+    /// Up to `VALUES`.
+    head: &'static str,
+    columns: usize,
+    /// After the rows; its placeholders are bound after them (`trailing`).
+    tail: &'static str,
+}
+
+impl Shaped {
+    pub(crate) const fn new(head: &'static str, columns: usize, tail: &'static str) -> Shaped {
+        Shaped {
+            texts: OnceLock::new(),
+            head,
+            columns,
+            tail,
+        }
+    }
+
+    fn text(&'static self, rows: usize) -> &'static str {
+        let texts = self.texts.get_or_init(|| {
+            SHAPES.map(|n| {
+                let row = format!("({})", vec!["?"; self.columns].join(", "));
+                format!("{} VALUES {}{}", self.head, vec![row; n].join(", "), self.tail)
+            })
+        });
+        let at = SHAPES
+            .iter()
+            .position(|&s| s == rows)
+            .expect("rows come cut by `shaped`");
+        &texts[at]
+    }
+
+    /// Writes `rows`, cut into shapes, binding each row with `bind` and then `trailing`.
+    pub(crate) async fn write<T>(
+        &'static self,
+        tx: &mut Transaction<'static, Sqlite>,
+        rows: &[T],
+        trailing: &[i64],
+        bind: impl Fn(&mut SqliteArguments, &T) -> Result<(), BoxDynError>,
+    ) -> Result<(), CentralError> {
+        for chunk in shaped(rows) {
+            let mut args = SqliteArguments::default();
+            let bound: Result<(), BoxDynError> = chunk
+                .iter()
+                .try_for_each(|row| bind(&mut args, row))
+                .and_then(|()| trailing.iter().try_for_each(|v| args.add(*v)));
+            bound.map_err(|e| CentralError::Data(format!("binding a row: {e}")))?;
+            sqlx::query_with(self.text(chunk.len()), args)
+                .execute(&mut **tx)
+                .await
+                .map_err(classify)?;
+        }
+        Ok(())
+    }
+}
+
+static INSERT_TRANSACTIONS: Shaped = Shaped::new(
+    "INSERT INTO transactions (gateway_id, tx_id, entry_id, kind, account_id, card_no, terminal_id, terminal_seq, \
+     merchant_id, amount_fen, balance_after_fen, time_ms, terminal_time_ms, original_tx_id, operator)",
+    15,
+    "",
+);
+static INSERT_DECLINES: Shaped = Shaped::new(
+    "INSERT INTO declines (gateway_id, entry_id, kind, terminal_id, terminal_seq, merchant_id, card_no, account_id, \
+     amount_fen, reason_code, reason, balance_fen, time_ms, terminal_time_ms)",
+    14,
+    "",
+);
+static INSERT_EVENTS: Shaped = Shaped::new(
+    "INSERT INTO events (gateway_id, entry_id, kind, time_ms, account_id, card_no, terminal_id, operator, payload)",
+    9,
+    "",
+);
+static UPSERT_ACCOUNTS: Shaped = Shaped::new(
+    "INSERT INTO accounts (gateway_id, account_id, kind, status, opening_balance_fen, balance_fen, \
+     single_payment_max_fen, daily_max_fen, opened_ms, updated_ms, entry_id)",
+    11,
+    " ON CONFLICT (gateway_id, account_id) DO UPDATE SET kind = excluded.kind, status = excluded.status, \
+     balance_fen = excluded.balance_fen, single_payment_max_fen = excluded.single_payment_max_fen, \
+     daily_max_fen = excluded.daily_max_fen, updated_ms = excluded.updated_ms, entry_id = excluded.entry_id \
+     WHERE accounts.entry_id < excluded.entry_id",
+);
+/// The balances a batch leaves, one set-based update; binds the gateway id after the rows.
+static UPDATE_BALANCES: Shaped = Shaped::new(
+    "WITH v (account_id, balance_fen, kind, status, updated_ms, entry_id) AS (",
+    6,
+    ") UPDATE accounts SET balance_fen = COALESCE(v.balance_fen, accounts.balance_fen), \
+     kind = COALESCE(v.kind, accounts.kind), status = COALESCE(v.status, accounts.status), \
+     updated_ms = v.updated_ms, entry_id = v.entry_id FROM v WHERE accounts.gateway_id = ? \
+     AND accounts.account_id = v.account_id AND accounts.entry_id < v.entry_id",
+);
+static UPSERT_CARDS: Shaped = Shaped::new(
+    "INSERT INTO cards (gateway_id, card_no, account_id, status, expires_ms, issued_ms, updated_ms, entry_id)",
+    8,
+    " ON CONFLICT (gateway_id, card_no) DO UPDATE SET account_id = excluded.account_id, status = excluded.status, \
+     expires_ms = excluded.expires_ms, issued_ms = excluded.issued_ms, updated_ms = excluded.updated_ms, \
+     entry_id = excluded.entry_id WHERE cards.entry_id < excluded.entry_id",
+);
+static UPSERT_TERMINALS: Shaped = Shaped::new(
+    "INSERT INTO terminals (gateway_id, terminal_id, kind, merchant_id, enabled, name, place, updated_ms, entry_id)",
+    9,
+    " ON CONFLICT (gateway_id, terminal_id) DO UPDATE SET kind = excluded.kind, merchant_id = excluded.merchant_id, \
+     enabled = excluded.enabled, name = excluded.name, place = excluded.place, updated_ms = excluded.updated_ms, \
+     entry_id = excluded.entry_id WHERE terminals.entry_id < excluded.entry_id",
+);
 
 /// Schema version 1. `IF NOT EXISTS` everywhere: the script is safe to re-run after a
 /// crash between creating the tables and recording the version.
@@ -179,6 +306,7 @@ impl SqliteCentral {
             .busy_timeout(BUSY_TIMEOUT)
             .pragma("cache_size", CACHE_KIB_PRAGMA)
             .pragma("wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES_PRAGMA);
+        let options = super::statement_logging(options);
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -344,183 +472,126 @@ impl Dialect for SqliteCentral {
         Ok(central.map_or(0, id_of_sql))
     }
 
-    async fn write_rows(tx: &mut Transaction<'static, Sqlite>, b: &Batch) -> Result<(), CentralError> {
+    async fn write_rows(tx: &mut Transaction<'static, Sqlite>, b: &Batch, central: u64) -> Result<(), CentralError> {
         let gw = sql_id(b.gateway_id);
-        for chunk in b.transactions.chunks(rows_per_statement(15, 0)) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO transactions (gateway_id, tx_id, entry_id, kind, account_id, card_no, terminal_id, \
-                 terminal_seq, merchant_id, amount_fen, balance_after_fen, time_ms, terminal_time_ms, \
-                 original_tx_id, operator) ",
-            );
-            q.push_values(chunk, |mut r, t| {
-                r.push_bind(gw)
-                    .push_bind(sql_id(t.tx_id))
-                    .push_bind(sql_id(t.entry_id))
-                    .push_bind(t.kind)
-                    .push_bind(sql_id(t.account))
-                    .push_bind(t.card.map(sql_id))
-                    .push_bind(t.terminal.map(sql_id))
-                    .push_bind(t.terminal_seq.map(sql_id))
-                    .push_bind(t.merchant.map(sql_id))
-                    .push_bind(t.amount_fen)
-                    .push_bind(t.balance_after_fen)
-                    .push_bind(t.time_ms)
-                    .push_bind(t.terminal_time_ms)
-                    .push_bind(t.original_tx_id.map(sql_id))
-                    .push_bind(t.operator.clone());
-            });
-            q.push(" ON CONFLICT DO NOTHING");
-            q.build().persistent(false).execute(&mut **tx).await.map_err(classify)?;
-        }
+        // Plain inserts of the rows of entries after the cursor: those before it are in
+        // the store, those after it cannot be (`protocol.rs`), and one found anyway is
+        // refused rather than skipped.
+        let transactions: Vec<_> = b.transactions.iter().filter(|r| r.entry_id > central).collect();
+        INSERT_TRANSACTIONS
+            .write(tx, &transactions, &[], |a, t| {
+                a.add(gw)?;
+                a.add(sql_id(t.tx_id))?;
+                a.add(sql_id(t.entry_id))?;
+                a.add(t.kind)?;
+                a.add(sql_id(t.account))?;
+                a.add(t.card.map(sql_id))?;
+                a.add(t.terminal.map(sql_id))?;
+                a.add(t.terminal_seq.map(sql_id))?;
+                a.add(t.merchant.map(sql_id))?;
+                a.add(t.amount_fen)?;
+                a.add(t.balance_after_fen)?;
+                a.add(t.time_ms)?;
+                a.add(t.terminal_time_ms)?;
+                a.add(t.original_tx_id.map(sql_id))?;
+                a.add(t.operator.clone())
+            })
+            .await?;
 
-        for chunk in b.declines.chunks(rows_per_statement(14, 0)) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO declines (gateway_id, entry_id, kind, terminal_id, terminal_seq, merchant_id, card_no, \
-                 account_id, amount_fen, reason_code, reason, balance_fen, time_ms, terminal_time_ms) ",
-            );
-            q.push_values(chunk, |mut r, d| {
-                r.push_bind(gw)
-                    .push_bind(sql_id(d.entry_id))
-                    .push_bind(d.kind)
-                    .push_bind(sql_id(d.terminal))
-                    .push_bind(sql_id(d.terminal_seq))
-                    .push_bind(sql_id(d.merchant))
-                    .push_bind(sql_id(d.card))
-                    .push_bind(d.account.map(sql_id))
-                    .push_bind(d.amount_fen)
-                    .push_bind(d.reason_code)
-                    .push_bind(d.reason)
-                    .push_bind(d.balance_fen)
-                    .push_bind(d.time_ms)
-                    .push_bind(d.terminal_time_ms);
-            });
-            q.push(" ON CONFLICT DO NOTHING");
-            q.build().persistent(false).execute(&mut **tx).await.map_err(classify)?;
-        }
+        let declines: Vec<_> = b.declines.iter().filter(|r| r.entry_id > central).collect();
+        INSERT_DECLINES
+            .write(tx, &declines, &[], |a, d| {
+                a.add(gw)?;
+                a.add(sql_id(d.entry_id))?;
+                a.add(d.kind)?;
+                a.add(sql_id(d.terminal))?;
+                a.add(sql_id(d.terminal_seq))?;
+                a.add(sql_id(d.merchant))?;
+                a.add(sql_id(d.card))?;
+                a.add(d.account.map(sql_id))?;
+                a.add(d.amount_fen)?;
+                a.add(d.reason_code)?;
+                a.add(d.reason)?;
+                a.add(d.balance_fen)?;
+                a.add(d.time_ms)?;
+                a.add(d.terminal_time_ms)
+            })
+            .await?;
 
-        for chunk in b.events.chunks(rows_per_statement(9, 0)) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO events (gateway_id, entry_id, kind, time_ms, account_id, card_no, terminal_id, \
-                 operator, payload) ",
-            );
-            q.push_values(chunk, |mut r, e| {
-                r.push_bind(gw)
-                    .push_bind(sql_id(e.entry_id))
-                    .push_bind(e.kind)
-                    .push_bind(e.time_ms)
-                    .push_bind(e.account.map(sql_id))
-                    .push_bind(e.card.map(sql_id))
-                    .push_bind(e.terminal.map(sql_id))
-                    .push_bind(e.operator.clone())
-                    .push_bind(e.payload.clone());
-            });
-            q.push(" ON CONFLICT DO NOTHING");
-            q.build().persistent(false).execute(&mut **tx).await.map_err(classify)?;
-        }
+        let events: Vec<_> = b.events.iter().filter(|r| r.entry_id > central).collect();
+        INSERT_EVENTS
+            .write(tx, &events, &[], |a, e| {
+                a.add(gw)?;
+                a.add(sql_id(e.entry_id))?;
+                a.add(e.kind)?;
+                a.add(e.time_ms)?;
+                a.add(e.account.map(sql_id))?;
+                a.add(e.card.map(sql_id))?;
+                a.add(e.terminal.map(sql_id))?;
+                a.add(e.operator.clone())?;
+                a.add(e.payload.clone())
+            })
+            .await?;
 
         let accounts: Vec<_> = b.account_records().collect();
-        for chunk in accounts.chunks(rows_per_statement(12, 0)) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO accounts (gateway_id, account_id, kind, status, opening_balance_fen, balance_fen, \
-                 single_payment_max_fen, daily_max_fen, opened_ms, updated_ms, entry_id) ",
-            );
-            q.push_values(chunk, |mut r, a| {
-                r.push_bind(gw)
-                    .push_bind(sql_id(a.account))
-                    .push_bind(a.kind)
-                    .push_bind(a.status)
-                    .push_bind(a.opening_balance_fen)
-                    .push_bind(a.balance_fen)
-                    .push_bind(a.single_payment_max_fen)
-                    .push_bind(a.daily_max_fen)
-                    .push_bind(a.opened_ms)
-                    .push_bind(a.updated_ms)
-                    .push_bind(sql_id(a.entry_id));
-            });
-            q.push(
-                " ON CONFLICT (gateway_id, account_id) DO UPDATE SET kind = excluded.kind, status = excluded.status, \
-                 balance_fen = excluded.balance_fen, single_payment_max_fen = excluded.single_payment_max_fen, \
-                 daily_max_fen = excluded.daily_max_fen, updated_ms = excluded.updated_ms, \
-                 entry_id = excluded.entry_id WHERE accounts.entry_id < excluded.entry_id",
-            );
-            q.build().persistent(false).execute(&mut **tx).await.map_err(classify)?;
-        }
+        UPSERT_ACCOUNTS
+            .write(tx, &accounts, &[], |a, r| {
+                a.add(gw)?;
+                a.add(sql_id(r.account))?;
+                a.add(r.kind)?;
+                a.add(r.status)?;
+                a.add(r.opening_balance_fen)?;
+                a.add(r.balance_fen)?;
+                a.add(r.single_payment_max_fen)?;
+                a.add(r.daily_max_fen)?;
+                a.add(r.opened_ms)?;
+                a.add(r.updated_ms)?;
+                a.add(sql_id(r.entry_id))
+            })
+            .await?;
 
         let balances: Vec<_> = b.balances().collect();
-        for chunk in balances.chunks(rows_per_statement(6, 1)) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "WITH v (account_id, balance_fen, kind, status, updated_ms, entry_id) AS (",
-            );
-            q.push_values(chunk, |mut r, x| {
-                r.push_bind(sql_id(x.account))
-                    .push_bind(x.balance_fen)
-                    .push_bind(x.kind)
-                    .push_bind(x.status)
-                    .push_bind(x.updated_ms)
-                    .push_bind(sql_id(x.entry_id));
-            });
-            q.push(
-                ") UPDATE accounts SET balance_fen = COALESCE(v.balance_fen, accounts.balance_fen), \
-                 kind = COALESCE(v.kind, accounts.kind), status = COALESCE(v.status, accounts.status), \
-                 updated_ms = v.updated_ms, entry_id = v.entry_id FROM v WHERE accounts.gateway_id = ",
-            );
-            q.push_bind(gw);
-            q.push(" AND accounts.account_id = v.account_id AND accounts.entry_id < v.entry_id");
-            q.build().persistent(false).execute(&mut **tx).await.map_err(classify)?;
-        }
+        UPDATE_BALANCES
+            .write(tx, &balances, &[gw], |a, x| {
+                a.add(sql_id(x.account))?;
+                a.add(x.balance_fen)?;
+                a.add(x.kind)?;
+                a.add(x.status)?;
+                a.add(x.updated_ms)?;
+                a.add(sql_id(x.entry_id))
+            })
+            .await?;
 
         let cards: Vec<_> = b.cards.values().collect();
-        for chunk in cards.chunks(rows_per_statement(8, 0)) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO cards (gateway_id, card_no, account_id, status, expires_ms, issued_ms, updated_ms, \
-                 entry_id) ",
-            );
-            q.push_values(chunk, |mut r, c| {
-                r.push_bind(gw)
-                    .push_bind(sql_id(c.card))
-                    .push_bind(sql_id(c.account))
-                    .push_bind(c.status)
-                    .push_bind(c.expires_ms)
-                    .push_bind(c.issued_ms)
-                    .push_bind(c.updated_ms)
-                    .push_bind(sql_id(c.entry_id));
-            });
-            q.push(
-                " ON CONFLICT (gateway_id, card_no) DO UPDATE SET account_id = excluded.account_id, \
-                 status = excluded.status, expires_ms = excluded.expires_ms, issued_ms = excluded.issued_ms, \
-                 updated_ms = excluded.updated_ms, entry_id = excluded.entry_id \
-                 WHERE cards.entry_id < excluded.entry_id",
-            );
-            q.build().persistent(false).execute(&mut **tx).await.map_err(classify)?;
-        }
+        UPSERT_CARDS
+            .write(tx, &cards, &[], |a, c| {
+                a.add(gw)?;
+                a.add(sql_id(c.card))?;
+                a.add(sql_id(c.account))?;
+                a.add(c.status)?;
+                a.add(c.expires_ms)?;
+                a.add(c.issued_ms)?;
+                a.add(c.updated_ms)?;
+                a.add(sql_id(c.entry_id))
+            })
+            .await?;
 
         let terminals: Vec<_> = b.terminals.values().collect();
-        for chunk in terminals.chunks(rows_per_statement(9, 0)) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO terminals (gateway_id, terminal_id, kind, merchant_id, enabled, name, place, updated_ms, \
-                 entry_id) ",
-            );
-            q.push_values(chunk, |mut r, t| {
-                r.push_bind(gw)
-                    .push_bind(sql_id(t.terminal))
-                    .push_bind(t.kind)
-                    .push_bind(sql_id(t.merchant))
-                    .push_bind(t.enabled)
-                    .push_bind(t.name.clone())
-                    .push_bind(t.place.clone())
-                    .push_bind(t.updated_ms)
-                    .push_bind(sql_id(t.entry_id));
-            });
-            q.push(
-                " ON CONFLICT (gateway_id, terminal_id) DO UPDATE SET kind = excluded.kind, \
-                 merchant_id = excluded.merchant_id, enabled = excluded.enabled, name = excluded.name, \
-                 place = excluded.place, updated_ms = excluded.updated_ms, entry_id = excluded.entry_id \
-                 WHERE terminals.entry_id < excluded.entry_id",
-            );
-            q.build().persistent(false).execute(&mut **tx).await.map_err(classify)?;
-        }
+        UPSERT_TERMINALS
+            .write(tx, &terminals, &[], |a, t| {
+                a.add(gw)?;
+                a.add(sql_id(t.terminal))?;
+                a.add(t.kind)?;
+                a.add(sql_id(t.merchant))?;
+                a.add(t.enabled)?;
+                a.add(t.name.clone())?;
+                a.add(t.place.clone())?;
+                a.add(t.updated_ms)?;
+                a.add(sql_id(t.entry_id))
+            })
+            .await?;
 
-        super::integrity::write_sqlite(tx, b).await
+        super::integrity::write_sqlite(tx, b, central).await
     }
 
     async fn stored_hash(
@@ -546,5 +617,22 @@ impl Dialect for SqliteCentral {
         .await
         .map_err(classify)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_statement_has_one_of_the_few_shapes_and_all_rows_are_covered() {
+        for n in [0usize, 1, 3, 4, 31, 255, 256, 257, 16_000, 16_383] {
+            let rows: Vec<usize> = (0..n).collect();
+            let chunks: Vec<&[usize]> = shaped(&rows).collect();
+            assert!(chunks.iter().all(|c| SHAPES.contains(&c.len())), "{n}");
+            assert_eq!(chunks.concat(), rows, "{n}: every row once, in order");
+            let smaller = chunks.iter().filter(|c| c.len() < SHAPES[0]).count();
+            assert!(smaller <= 3 * 7, "{n}: {smaller} statements below the largest shape");
+        }
     }
 }

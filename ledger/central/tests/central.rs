@@ -183,8 +183,13 @@ async fn a_batch_shipped_twice_inserts_nothing_twice_and_a_gap_is_refused() {
         assert_eq!(n, f.durable());
         let store = target.store();
         store.migrate().await.unwrap();
+        // The first half, then everything: the second batch overlaps what the store holds
+        // (as after a crash between the store's commit and sled hearing of it), and only
+        // the rows of the entries after the store's cursor are written.
+        let first_half = Batch::build(gw, &entries[..(n / 2) as usize]).unwrap();
+        assert_eq!(store.write(&first_half, 1).await.unwrap(), n / 2);
         let all = Batch::build(gw, &entries).unwrap();
-        assert_eq!(store.write(&all, 1).await.unwrap(), n);
+        assert_eq!(store.write(&all, 1).await.unwrap(), n, "{}", target.name);
         // The same batch again, as after a lost acknowledgement.
         assert_eq!(store.write(&all, 2).await.unwrap(), n, "{}", target.name);
         // A batch overlapping what is there, as after a crash before the cursor moved.
@@ -651,8 +656,143 @@ async fn an_entry_the_store_refuses_is_found_and_named() {
     }
 }
 
+/// A row the flusher did not write, already in the store beyond its cursor (someone
+/// else's insert, a botched restore): the store is not what the exactly-once rule says
+/// it must be, so the entry is refused and named, not silently skipped; once the row is
+/// gone shipping goes on, nothing lost or doubled.
+#[tokio::test]
+async fn a_row_already_beyond_the_cursor_is_refused_not_skipped() {
+    for target in targets("planted").await {
+        let mut f = Fixture::new().await;
+        let mut approved = f.business().await;
+        let planted_tx = f.buy(2, 3_33).await.expect("covered");
+        let planted_entry = f.durable();
+        approved.push(planted_tx);
+        approved.extend(f.business().await);
+        let store = target.store();
+        store.migrate().await.unwrap();
+        let money = if target.name == "sqlite" {
+            "amount_fen, balance_after_fen"
+        } else {
+            "amount, balance_after"
+        };
+        admin_sql(
+            &target,
+            &format!(
+                "INSERT INTO transactions (gateway_id, tx_id, entry_id, kind, account_id, {money}, time_ms) \
+                 VALUES ({}, 999999, {planted_entry}, 'purchase', 2, 0, 0, 0)",
+                f.gateway_id as i64
+            ),
+        )
+        .await;
+        let config = FlusherConfig {
+            batch_entries_max: 1_000,
+            ..quick()
+        };
+        let h = Flusher::start(f.source(), target.store(), config).unwrap();
+        until("the planted entry to be named", || h.status.stuck().is_some()).await;
+        assert_eq!(h.status.stuck().unwrap().entry_id, planted_entry, "{}", target.name);
+        assert_eq!(h.status.cursor.load(Ordering::Acquire), planted_entry - 1);
+        assert!(
+            !h.health().keeping_up(),
+            "{}: a stuck entry is not keeping up",
+            target.name
+        );
+        admin_sql(&target, "DELETE FROM transactions WHERE tx_id = 999999").await;
+        caught_up(&f, &h).await;
+        assert_mirrors(&f, &target.store(), &approved).await;
+        h.shutdown(Duration::from_secs(10)).await;
+        store.close().await;
+        target.cleanup().await;
+    }
+}
+
+/// A lines-of-log sink for one test.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+
+    fn make_writer(&'a self) -> Captured {
+        self.clone()
+    }
+}
+
+impl Captured {
+    fn count(&self, needle: &str) -> usize {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+}
+
+/// A store that takes every batch but lags (here: batches that wait long to fill while
+/// the clock runs on): the health says so, and the log says so once a minute, not once
+/// per look, then once that it caught up.
+#[tokio::test]
+async fn a_flusher_behind_says_so_once_a_minute_and_its_health_shows_it() {
+    let log = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(log.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("central.db").display());
+    let mut f = Fixture::new().await;
+    let config = FlusherConfig {
+        batch_entries_max: 50,
+        batch_wait: Duration::from_secs(3600),
+        lag_warn: Duration::from_secs(30),
+        ..quick()
+    };
+    // 55 entries: one full batch ships at once, 5 wait for the next to fill.
+    for _ in 0..50 {
+        f.buy(1, 1).await;
+    }
+    let h = Flusher::start(f.source(), CentralStore::open(&url).unwrap(), config).unwrap();
+    until("the first batch", || h.status.cursor.load(Ordering::Acquire) == 50).await;
+    let health = h.health();
+    assert_eq!(health.backlog, 5);
+    assert!(health.reachable);
+    assert!(health.keeping_up(), "{health:?}");
+
+    // The five waiting entries grow old.
+    f.clock.advance(45_000);
+    until("the health to show the lag", || !h.health().keeping_up()).await;
+    let health = h.health();
+    assert_eq!(health.backlog, 5);
+    assert!(health.oldest_age >= Duration::from_secs(45), "{health:?}");
+    // The flusher looks every few milliseconds; it says so once.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(log.count("central store behind the gateway"), 1);
+
+    // A full batch takes the old entries out.
+    for _ in 0..50 {
+        f.buy(1, 1).await;
+    }
+    until("the old entries shipped", || h.health().keeping_up()).await;
+    until("the caught-up line", || log.count("central store caught up") == 1).await;
+    assert_eq!(log.count("central store behind the gateway"), 1);
+    h.shutdown(Duration::from_secs(10)).await;
+}
+
 /// Runs SQL on a target outside the flusher (an operator's change to the store).
-async fn admin_sql(target: &Target, sql: &'static str) {
+async fn admin_sql(target: &Target, sql: &str) {
+    let sql = sqlx::AssertSqlSafe(sql.to_string());
     match &target.pg_schema {
         Some(_) => {
             let pool = sqlx::PgPool::connect(&target.url).await.expect("connect");
@@ -736,8 +876,48 @@ async fn the_store_keeps_the_chain_and_refuses_a_journal_that_diverged_from_it()
         forked = entries[half..].to_vec();
         let mut right = Batch::build(gw, &forked).unwrap();
         right.prev_hash = entries[half - 1].hash;
-        assert_eq!(store.write(&right, 4).await.unwrap(), n, "{}", target.name);
-        assert_eq!(store.entry_hashes(gw, 0, usize::MAX).await.unwrap().len() as u64, n);
+
+        // A hash beyond the store's cursor that no flusher of this journal wrote: refused
+        // like any row there (`protocol.rs`), never kept beside the journal's own.
+        let planted = if target.name == "sqlite" {
+            format!("X'{}'", "ee".repeat(32))
+        } else {
+            format!("'\\x{}'::BYTEA", "ee".repeat(32))
+        };
+        admin_sql(
+            &target,
+            &format!(
+                "INSERT INTO entry_hashes (gateway_id, entry_id, hash) VALUES ({}, {}, {planted})",
+                gw as i64,
+                half + 1
+            ),
+        )
+        .await;
+        assert!(
+            matches!(store.write(&right, 4).await, Err(CentralError::Refused(_))),
+            "{}",
+            target.name
+        );
+        admin_sql(
+            &target,
+            &format!("DELETE FROM entry_hashes WHERE entry_id = {}", half + 1),
+        )
+        .await;
+
+        // Overlapping the two entries the store holds last: only the hashes after its
+        // cursor are written, each entry's once.
+        let mut overlapping = Batch::build(gw, &entries[half - 2..]).unwrap();
+        overlapping.prev_hash = f.db.entry_hash(half as u64 - 2).unwrap();
+        assert_eq!(store.write(&overlapping, 5).await.unwrap(), n, "{}", target.name);
+        let held = store.entry_hashes(gw, 0, usize::MAX).await.unwrap();
+        assert_eq!(held.len() as u64, n, "{}", target.name);
+        assert!(
+            held.iter()
+                .zip(&entries)
+                .all(|((id, h), e)| *id == e.id && Some(*h) == e.hash),
+            "{}: the journal's hashes, in order",
+            target.name
+        );
         let closes = store.day_closes(gw).await.unwrap();
         assert_eq!(closes.len(), 1, "{}", target.name);
         assert_eq!(

@@ -1,0 +1,229 @@
+//! `cardgate-null-gateway`: the yardstick for the gateway's own cost. It speaks the same
+//! terminal protocol as `cardgate` (the codec crate: frames, sign-on with the demo
+//! terminals' keys, a MAC and replay counter on every frame) on the same tokio runtime,
+//! one task per connection, and answers every request at once: a purchase or reversal
+//! APPROVED, a balance inquiry a fixed balance, a heartbeat its ack. No ledger, no
+//! journal, no central store, no metrics. Driven by `cardgate-loadtest` in the same
+//! session as `cardgate`, it is the transport's limit on that machine
+//! (`bench/vs_null.sh` reports `cardgate`'s figures as ratios to it).
+//!
+//! ```sh
+//! cardgate-null-gateway [--listen 127.0.0.1:7700]
+//! ```
+//!
+//! It prints `listening kind="terminals" addr=...` like `cardgate`, so the bench scripts
+//! start either the same way. Conservation cannot hold here (no balance ever moves); run
+//! the load test against it without `--check-conservation`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use cardgate_codec::codec::Frame;
+use cardgate_codec::crypto::SignOnInput;
+use cardgate_codec::{
+    Approved, Balance, CardStatusCode, Challenge, ErrorCode, ErrorFrame, HeartbeatAck, Message, Side, SignOnOk,
+    TerminalCodec,
+};
+use cardgate_ledger::demo::demo_secret;
+use futures::{FutureExt, SinkExt, StreamExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio_util::codec::Framed;
+
+/// As `cardgate`'s defaults (docs/ARCHITECTURE.md, "Limits"), so that the load test
+/// pipelines alike against both.
+const PIPELINE_DEPTH_MAX: u16 = 16;
+const HEARTBEAT_INTERVAL_S: u16 = 30;
+const LISTEN_BACKLOG: u32 = 4096;
+/// As `cardgate`'s session: a few frames.
+const CONNECTION_BUF_BYTES: usize = 1024;
+/// The balance every answer reports.
+const BALANCE_FEN: i64 = 1_000_00;
+
+static TX_IDS: AtomicU64 = AtomicU64::new(1);
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let listen: SocketAddr = match args.iter().position(|a| a == "--listen") {
+        Some(i) => args
+            .get(i + 1)
+            .context("--listen needs an address")?
+            .parse()
+            .context("--listen")?,
+        None => "127.0.0.1:7700".parse()?,
+    };
+    // The file descriptors 10,000 terminals need, as `cardgate` raises them.
+    let _ = rlimit_nofile();
+    // The same runtime as `cardgate serve`: one worker per core.
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let socket = if listen.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(listen)?;
+        let listener = socket.listen(LISTEN_BACKLOG)?;
+        eprintln!("listening kind=\"terminals\" addr={}", listener.local_addr()?);
+        accept(listener).await;
+        anyhow::Ok(())
+    })
+}
+
+/// Raises the soft descriptor limit to the hard one.
+fn rlimit_nofile() -> std::io::Result<()> {
+    let (_, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE)?;
+    rlimit::setrlimit(rlimit::Resource::NOFILE, hard, hard)
+}
+
+async fn accept(listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(serve(stream));
+            }
+            Err(e) => {
+                eprintln!("accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+type Conn = Framed<TcpStream, TerminalCodec>;
+
+async fn serve(stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let mut conn = Framed::with_capacity(stream, TerminalCodec::new(Side::Gateway), CONNECTION_BUF_BYTES);
+    let code = match sign_on(&mut conn).await {
+        Ok(()) => session(&mut conn).await,
+        Err(code) => code,
+    };
+    if let Some(code) = code {
+        let _ = conn.send((0, Message::Error(ErrorFrame { code, detail: 0 }))).await;
+    }
+}
+
+async fn next(conn: &mut Conn) -> Result<Frame, Option<ErrorCode>> {
+    match conn.next().await {
+        Some(Ok(frame)) => Ok(frame),
+        Some(Err(e)) => Err(Some(e.error_code())),
+        None => Err(None),
+    }
+}
+
+/// HELLO → CHALLENGE → PROOF → SIGN_ON_OK, with the demo terminals' secrets.
+async fn sign_on(conn: &mut Conn) -> Result<(), Option<ErrorCode>> {
+    let frame = next(conn).await?;
+    let Message::Hello(hello) = frame.message else {
+        return Err(Some(ErrorCode::UnexpectedMessage));
+    };
+    let secret = demo_secret(hello.terminal_id);
+    let input = SignOnInput {
+        terminal_id: hello.terminal_id,
+        terminal_nonce: hello.terminal_nonce,
+        gateway_nonce: rand::random(),
+    };
+    let challenge = Challenge {
+        gateway_nonce: input.gateway_nonce,
+        server_time_ms: now_ms(),
+    };
+    conn.send((frame.request_id, Message::Challenge(challenge)))
+        .await
+        .map_err(|_| None)?;
+    let frame = next(conn).await?;
+    let Message::Proof(proof) = frame.message else {
+        return Err(Some(ErrorCode::UnexpectedMessage));
+    };
+    if !input.verify_proof(&secret, &proof.proof) {
+        return Err(Some(ErrorCode::AuthFailed));
+    }
+    conn.codec_mut().install_session(input.session_keys(&secret));
+    let ok = SignOnOk {
+        server_time_ms: now_ms(),
+        last_tx_seq: 0,
+        blacklist_version: 0,
+        heartbeat_interval_s: HEARTBEAT_INTERVAL_S,
+        pipeline_depth_max: PIPELINE_DEPTH_MAX,
+        reserved: 0,
+    };
+    conn.send((frame.request_id, Message::SignOnOk(ok)))
+        .await
+        .map_err(|_| None)
+}
+
+/// Answers every frame as it is read; every frame already buffered is answered before
+/// the socket is flushed once, as `cardgate` writes every answer that is ready at once.
+async fn session(conn: &mut Conn) -> Option<ErrorCode> {
+    loop {
+        let frame = match next(conn).await {
+            Ok(f) => f,
+            Err(code) => return code,
+        };
+        let mut answer = answer(frame);
+        loop {
+            match answer {
+                Ok(Some(a)) => {
+                    if conn.feed(a).await.is_err() {
+                        return None;
+                    }
+                }
+                Ok(None) => {}
+                Err(code) => return Some(code),
+            }
+            match conn.next().now_or_never() {
+                Some(Some(Ok(f))) => answer = self::answer(f),
+                Some(Some(Err(e))) => return Some(e.error_code()),
+                Some(None) => return None,
+                None => break,
+            }
+        }
+        if conn.flush().await.is_err() {
+            return None;
+        }
+    }
+}
+
+fn answer(frame: Frame) -> Result<Option<(u32, Message)>, ErrorCode> {
+    let id = frame.request_id;
+    let message = match frame.message {
+        Message::Purchase(p) => Message::Approved(Approved {
+            tx_seq: p.tx_seq,
+            tx_id: TX_IDS.fetch_add(1, Ordering::Relaxed),
+            card: p.card,
+            amount_fen: p.amount_fen,
+            balance_fen: BALANCE_FEN,
+            time_ms: now_ms(),
+        }),
+        Message::Reversal(r) => Message::Approved(Approved {
+            tx_seq: r.tx_seq,
+            tx_id: TX_IDS.fetch_add(1, Ordering::Relaxed),
+            card: r.card,
+            amount_fen: r.amount_fen,
+            balance_fen: BALANCE_FEN,
+            time_ms: now_ms(),
+        }),
+        Message::BalanceInquiry(b) => Message::Balance(Balance {
+            card: b.card,
+            status: CardStatusCode::Active,
+            balance_fen: BALANCE_FEN,
+            spent_today_fen: 0,
+            daily_limit_fen: 0,
+        }),
+        Message::Heartbeat(_) => Message::HeartbeatAck(HeartbeatAck {
+            server_time_ms: now_ms(),
+            blacklist_version: 0,
+        }),
+        Message::BlacklistAck(_) => return Ok(None),
+        _ => return Err(ErrorCode::UnexpectedMessage),
+    };
+    Ok(Some((id, message)))
+}
