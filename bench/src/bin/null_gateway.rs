@@ -153,7 +153,8 @@ async fn sign_on(conn: &mut Conn) -> Result<(), Option<ErrorCode>> {
         blacklist_version: 0,
         heartbeat_interval_s: HEARTBEAT_INTERVAL_S,
         pipeline_depth_max: PIPELINE_DEPTH_MAX,
-        reserved: 0,
+        // No offline limits: the yardstick measures the transport, not offline selling.
+        flags: 0,
     };
     conn.send((frame.request_id, Message::SignOnOk(ok)))
         .await
