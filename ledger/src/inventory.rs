@@ -374,6 +374,17 @@ impl Ledger {
                 if let Err(r) = check_status_change(e.status, status) {
                     errors.push(line, Some("status"), r.0);
                 }
+                let missing = self.state.terminal(id).map_or(0, |t| t.seen.missing());
+                if status == InventoryStatus::Retired && e.status != InventoryStatus::Retired && missing > 0 {
+                    errors.push(
+                        line,
+                        Some("status"),
+                        format!(
+                            "terminal {id} has {missing} sequence numbers never received (offline sales it may still \
+                             hold): let it upload them, or retire it through the API with retire_with_missing"
+                        ),
+                    );
+                }
             } else if installer.is_empty() {
                 errors.push(
                     line,

@@ -80,6 +80,9 @@ pub struct TerminalPatch {
     pub responsible: Option<String>,
     pub installed: Option<String>,
     pub status: Option<InventoryStatus>,
+    /// Retire it even though sequence numbers below its highest never arrived (offline
+    /// sales it may still hold): the system admin decided they are lost.
+    pub retire_with_missing: bool,
 }
 
 /// A terminal as the inventory reports it: the record (never its key) and what the
@@ -594,7 +597,16 @@ impl Ledger {
             if let Some(v) = p.status {
                 check_status_change(before.status, v)?;
                 after.status = v;
-                if v == InventoryStatus::Retired {
+                if v == InventoryStatus::Retired && before.status != InventoryStatus::Retired {
+                    // A terminal that may still hold offline sales must upload them
+                    // first: once retired it never signs on again.
+                    let missing = self.state.terminal(id).map_or(0, |t| t.seen.missing());
+                    if missing > 0 && !p.retire_with_missing {
+                        return Err(invalid(format!(
+                            "terminal {id} has {missing} sequence numbers never received (offline sales it may still \
+                             hold): let it sign on and upload them first, or retire it with retire_with_missing"
+                        )));
+                    }
                     after.enabled = false;
                 }
             }

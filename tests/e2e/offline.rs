@@ -284,6 +284,22 @@ async fn skipped_numbers_show_as_exact_ranges_until_their_sales_arrive() {
     assert_eq!(line["gateway"]["offline_fen"], 6_00);
     assert_eq!(line["matches"], true, "{line}");
 
+    // A terminal that may still hold offline sales is not retired by accident.
+    let (st, body) = k.call(
+        &k.director,
+        "POST",
+        &format!("/api/v1/terminals/{POS}/retire"),
+        Value::Null,
+    );
+    assert_eq!(st, 422, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("2 sequence numbers never received"),
+        "{body}"
+    );
+
     // The gaps survive a kill -9.
     let Kit {
         d,

@@ -642,6 +642,8 @@ struct TerminalPatchBody {
     responsible: Option<String>,
     installed: Option<String>,
     status: Option<String>,
+    #[serde(default)]
+    retire_with_missing: bool,
 }
 
 async fn change_terminal(
@@ -665,6 +667,7 @@ async fn change_terminal(
             responsible: b.responsible,
             installed: b.installed,
             status: b.status.as_deref().map(inventory_status).transpose()?,
+            retire_with_missing: b.retire_with_missing,
         };
         let (_, after) = l
             .change_terminal(&call.by(StatusCode::OK, &pair_audit, &pair_answer), id, patch)
@@ -705,14 +708,33 @@ async fn disable_terminal(State(s): State<AdminState>, headers: HeaderMap, Path(
     set_enabled(s, headers, id, false).await
 }
 
-async fn retire_terminal(State(s): State<AdminState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RetireBody {
+    /// Retire even though sequence numbers never arrived (offline sales it may hold).
+    #[serde(default)]
+    retire_with_missing: bool,
+}
+
+async fn retire_terminal(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
     let target = format!("terminal:{id}");
     let actor = auth!(s, headers, Permission::Terminals, "terminal.retire", target);
-    let key = key!(headers, "terminal.retire", target, "", Bytes::new());
+    let key = key!(headers, "terminal.retire", target, "", body);
     s.mutate(actor, "terminal.retire", target, key, move |l, call| async move {
         let id = parse_id(&id, "terminal")?;
+        let b: RetireBody = if body.is_empty() {
+            RetireBody::default()
+        } else {
+            json_body(&body)?
+        };
         let patch = TerminalPatch {
             status: Some(InventoryStatus::Retired),
+            retire_with_missing: b.retire_with_missing,
             ..TerminalPatch::default()
         };
         let (_, after) = l
