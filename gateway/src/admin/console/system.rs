@@ -50,11 +50,20 @@ async fn terminals(State(c): State<Console>, signed: Signed, Query(q): Query<Has
     let behind = |t: &cardgate_ledger::registry::TerminalView| version.saturating_sub(t.blacklist_version);
     let connected = all.iter().filter(|t| t.connected).count();
     let lagging = all.iter().filter(|t| t.enabled && behind(t) > 0).count();
+    let gapped = all.iter().filter(|t| t.missing > 0).count();
+    let now = l.now_ms();
+    // Minutes since the last session ended, for a terminal without one.
+    let offline_minutes = |t: &cardgate_ledger::registry::TerminalView| {
+        t.offline_since_ms
+            .filter(|_| !t.connected)
+            .map(|since| (now - since).max(0) / 60_000)
+    };
     let listed: Vec<_> = all
         .iter()
         .filter(|t| match show {
             "offline" => !t.connected && t.enabled,
             "behind" => t.enabled && behind(t) > 0,
+            "gaps" => t.missing > 0,
             _ => true,
         })
         .take(TERMINAL_ROWS_MAX)
@@ -65,17 +74,21 @@ async fn terminals(State(c): State<Console>, signed: Signed, Query(q): Query<Has
             dt { (ctx.t("在线", "Connected")) } dd #connected { (connected) }
             dt { (ctx.t("黑名单落后", "Behind the blacklist")) } dd { (lagging) }
             dt { (ctx.t("当前黑名单版本", "Blacklist version")) } dd { (version) }
+            dt { (ctx.t("有序号缺口", "With sequence gaps")) } dd #gapped { (gapped) }
         }
         p {
             a href="/console/terminals" { (ctx.t("全部", "All")) } " · "
             a href="/console/terminals?show=offline" { (ctx.t("离线", "Offline")) } " · "
-            a href="/console/terminals?show=behind" { (ctx.t("黑名单落后", "Behind")) }
+            a href="/console/terminals?show=behind" { (ctx.t("黑名单落后", "Behind")) } " · "
+            a href="/console/terminals?show=gaps" { (ctx.t("序号缺口", "Sequence gaps")) }
         }
         table #terminals {
             tr {
                 th.num { "ID" } th { (ctx.t("名称", "Name")) } th { (ctx.t("位置", "Place")) } th { (ctx.t("类型", "Kind")) }
                 th { (ctx.t("启用", "Enabled")) } th { (ctx.t("连接", "Connection")) } th { (ctx.t("最后通讯", "Last seen")) }
                 th.num { (ctx.t("已确认版本", "Acked version")) } th.num { (ctx.t("落后", "Behind")) }
+                th.num { (ctx.t("离线分钟", "Offline min")) } th.num { (ctx.t("缺失序号", "Missing seq")) }
+                th.num { (ctx.t("时钟偏差秒", "Clock drift s")) }
             }
             @for t in &listed {
                 tr {
@@ -85,6 +98,9 @@ async fn terminals(State(c): State<Console>, signed: Signed, Query(q): Query<Has
                     td { @if t.last_seen_ms > 0 { (local_time(t.last_seen_ms, tz)) } @else { "—" } }
                     td.num { (t.blacklist_version) }
                     td.num { (behind(t)) }
+                    td.num { @if let Some(m) = offline_minutes(t) { (m) } @else { "—" } }
+                    td.num title=(format!("{:?}", t.open_gaps)) { (t.missing) }
+                    td.num { @if t.last_seen_ms > 0 { (format!("{:.1}", t.drift_ms as f64 / 1000.0)) } @else { "—" } }
                 }
             }
         }
@@ -92,8 +108,8 @@ async fn terminals(State(c): State<Console>, signed: Signed, Query(q): Query<Has
             p.muted { (ctx.t("只列出前 1000 台。", "The first 1,000 only.")) }
         }
         p.muted { (ctx.t(
-            "离线时长、序号缺口与时钟偏差将在终端上报这些数据后显示。",
-            "Offline time, sequence gaps and clock drift will show once terminals report them."
+            "离线分钟：自最后一次会话结束起（本网关启动以来）。缺失序号：从未收到的交易序号（可能是尚未上传的脱机交易）；每日完整性报告列出确切范围。",
+            "Offline minutes: since its last session ended (since this gateway started). Missing seq: sequence numbers never received (offline sales not uploaded yet, perhaps); the daily completeness report lists the exact ranges."
         )) }
     };
     html_page(StatusCode::OK, page(&ctx, ctx.t("终端", "Terminals"), body))
