@@ -369,6 +369,15 @@ impl TerminalClient {
         .await
     }
 
+    /// Ends the connection from this side, as a terminal that lost the gateway would
+    /// stop talking, and waits (at most `limit`) until the gateway has closed its end,
+    /// so that it has seen the terminal go before the terminal signs on again.
+    pub async fn hang_up(&mut self, limit: Duration) {
+        use tokio::io::AsyncWriteExt;
+        let _ = self.conn.get_mut().shutdown().await;
+        let _ = tokio::time::timeout(limit, async { while recv(&mut self.conn).await.is_ok() {} }).await;
+    }
+
     /// The request id the next `send` or `feed` will use.
     pub fn next_request_id(&self) -> u32 {
         self.next_request_id

@@ -6,13 +6,17 @@
 //! `run` is the lunch-rush simulator behind `cardgate-loadtest`: a fleet of terminals
 //! over many connections and source addresses, closed or open loop, a realistic mix
 //! (`mix`), cards reported lost mid-run through the operator API (`desk`), and a
-//! conservation check over balances read through the protocol (`conservation`).
+//! conservation check over balances read through the protocol (`conservation`). Some
+//! terminals can lose the gateway mid-run, sell offline and upload on reconnect, and
+//! terminals can skip sequence numbers on purpose (`offline`), so that the gateway's
+//! completeness report can be checked against what the run knows it did.
 #![forbid(unsafe_code)]
 
 pub mod client;
 pub mod conservation;
 pub mod desk;
 pub mod mix;
+pub mod offline;
 pub mod report;
 pub mod run;
 pub mod source;

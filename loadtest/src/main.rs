@@ -4,8 +4,13 @@
 //! answered) finds the maximum throughput; `--rate` runs an open loop at a target
 //! arrival rate and measures latency from when each request was due. Prints a table (or
 //! `--json`) and exits non-zero if anything happened that the run did not expect: a
-//! system error, a refused or broken connection, a timeout, a lost card approved, or
-//! money that does not add up (`--check-conservation`).
+//! system error, a refused or broken connection, a timeout, a lost card approved, an
+//! offline sale not uploaded, or money that does not add up (`--check-conservation`).
+//!
+//! Offline POS: `--offline-pct P --offline-sales N` takes P percent of the terminals
+//! offline once mid-run to sell N each, then reconnect and upload; `--skip-every K` leaves
+//! a sequence number unused after every K, and the report names them, for the daily
+//! completeness report to be checked against.
 //!
 //! Ten thousand connections: the tool raises its own file-descriptor limit and, when
 //! 127.0.0.1 runs out of ephemeral ports towards the gateway, connects from 127.0.0.2,
@@ -117,6 +122,23 @@ struct Args {
     /// Connections the balance scans use.
     #[arg(long, default_value_t = 64)]
     scan_connections: u64,
+    /// Percent of terminals (rounded up) that lose the gateway once, somewhere between a
+    /// quarter and three quarters of the run (at its end at the latest): each waits for
+    /// its answers, hangs up, sells --offline-sales offline, signs on again and uploads
+    /// them in batches of the gateway's batch_max (a batch that got system_error or lost
+    /// its connection is sent again), then sells online again. Needs POS terminals.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
+    offline_pct: u8,
+    /// Sales each offline terminal makes while offline, under the next sequence numbers,
+    /// within the OFFLINE_LIMITS it was told at sign-on (per sale, per card a day, per
+    /// terminal: fewer when they stop it, and the report says how many).
+    #[arg(long, default_value_t = 0)]
+    offline_sales: u32,
+    /// Every terminal leaves one sequence number unused after every K it uses (online
+    /// and offline); the report (--json: sequences.terminals[].skipped) names each, so
+    /// that the gateway's completeness report must show exactly these as missing.
+    #[arg(long, default_value_t = 0)]
+    skip_every: u64,
     /// Print the report as JSON on stdout (and no progress bar).
     #[arg(long)]
     json: bool,
@@ -129,7 +151,10 @@ fn after_help() -> String {
          open loop at 30,000/s:        cardgate-loadtest --target 127.0.0.1:7700 --terminals 10000 --ramp-up 5 --rate 30000 --duration 20\n  \
          money adds up:                cardgate-loadtest --target 127.0.0.1:7700 --terminals 256 --duration 10 --check-conservation\n  \
          lost cards mid-run:           ... --lost-cards 20 --lost-card-endpoint '{LOST_CARD_ENDPOINT_EXAMPLE}' \
-         --admin-token TOKEN"
+         --admin-token TOKEN\n  \
+         offline POS, numbers skipped: ... --offline-pct 10 --offline-sales 100 --skip-every 50 --check-conservation --json\n\n\
+         Then the day's completeness report (GET /api/v1/reports/completeness?date=YYYY-MM-DD) shows, per terminal,\n\
+         no missing sequence numbers but those in the run's sequences.terminals[].skipped"
     )
 }
 
@@ -193,6 +218,9 @@ async fn main() -> anyhow::Result<()> {
         check_conservation: args.check_conservation,
         scan_connections: args.scan_connections,
         progress: !args.json && std::io::stderr().is_terminal(),
+        offline_pct: args.offline_pct,
+        offline_sales: args.offline_sales,
+        skip_every: args.skip_every,
     };
     let stop = async {
         let _ = tokio::signal::ctrl_c().await;

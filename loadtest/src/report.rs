@@ -7,6 +7,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::mix::Mix;
+use crate::offline::UploadTally;
 
 /// Latency percentiles in milliseconds.
 #[derive(Clone, Copy, Debug, Default, Serialize, PartialEq)]
@@ -74,12 +75,76 @@ pub struct LostCardReport {
     pub approved: u64,
 }
 
+/// Terminals that went offline, what they sold, and what became of the uploads.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct OfflineReport {
+    /// Percent of terminals asked to go offline once, and sales each was to make.
+    pub pct: u8,
+    pub sales_each: u32,
+    /// Terminals that went offline (and tried to come back).
+    pub terminals: u64,
+    /// Terminals meant to go offline that did not: the run was stopped first.
+    pub not_reached: u64,
+    /// Terminals that went offline told no limits, or limits that allow no sale: they
+    /// could not sell.
+    pub terminals_without_limits: u64,
+    /// Sales made offline, and their amounts.
+    pub made: u64,
+    pub made_fen: i128,
+    /// Sales not made because the offline limits were reached.
+    pub short_of_limits: u64,
+    /// The uploads: OFFLINE_RESULT's counts, what the gateway now holds, batches by how
+    /// each attempt ended.
+    #[serde(flatten)]
+    pub upload: UploadTally,
+}
+
+impl OfflineReport {
+    pub fn merge(&mut self, o: &OfflineReport) {
+        self.terminals += o.terminals;
+        self.not_reached += o.not_reached;
+        self.terminals_without_limits += o.terminals_without_limits;
+        self.made += o.made;
+        self.made_fen += o.made_fen;
+        self.short_of_limits += o.short_of_limits;
+        self.upload.merge(&o.upload);
+    }
+}
+
+/// The sequence numbers one terminal used, and those it skipped on purpose.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct TerminalSequence {
+    pub terminal: u64,
+    /// The first number it used (none if it used none).
+    pub first: Option<u64>,
+    /// The last number it used (SIGN_ON_OK's `last_tx_seq` if it used none).
+    pub last: u64,
+    /// Numbers it used, online and offline.
+    pub used: u64,
+    /// Numbers it skipped, as inclusive ranges: what the completeness report must show
+    /// missing for it (`missing`), exactly.
+    pub skipped: Vec<(u64, u64)>,
+}
+
+/// Sequence numbers per terminal (filled when `--skip-every` or `--offline-pct` is given).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SequenceReport {
+    /// One number skipped after every this many used (0: none skipped).
+    pub skip_every: u64,
+    /// Numbers skipped over the fleet.
+    pub skipped: u64,
+    /// By terminal id.
+    pub terminals: Vec<TerminalSequence>,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Conservation {
     pub cards: u64,
     pub before_fen: i128,
     pub purchases_approved_fen: i128,
     pub reversals_approved_fen: i128,
+    /// Offline sales in batches the gateway accepted: each posted once, like a purchase.
+    pub offline_posted_fen: i128,
     pub expected_after_fen: i128,
     pub after_fen: i128,
     /// "holds", "VIOLATED", or "inconclusive: <why>".
@@ -128,6 +193,8 @@ pub struct Report {
     pub unanswered: u64,
     pub money: Money,
     pub lost_cards: LostCardReport,
+    pub offline: OfflineReport,
+    pub sequences: SequenceReport,
     pub conservation: Option<Conservation>,
     /// Whether the run met every expectation; the process exits non-zero when not.
     pub ok: bool,
@@ -164,6 +231,33 @@ impl Report {
             out.push(format!(
                 "{} purchases approved with a card already reported lost",
                 self.lost_cards.approved
+            ));
+        }
+        let o = &self.offline;
+        let u = &o.upload;
+        if u.not_uploaded + u.unsure > 0 {
+            out.push(format!(
+                "{} offline sales not uploaded ({} of them perhaps posted: their batch's outcome is unknown)",
+                u.not_uploaded + u.unsure,
+                u.unsure
+            ));
+        }
+        if u.batches.bad_mac + u.batches.bad_batch > 0 {
+            out.push(format!(
+                "offline batches refused: {} bad_mac, {} bad_batch",
+                u.batches.bad_mac, u.batches.bad_batch
+            ));
+        }
+        if u.mismatched > 0 {
+            out.push(format!(
+                "{} accepted offline batches whose result does not cover the batch",
+                u.mismatched
+            ));
+        }
+        if o.terminals_without_limits > 0 {
+            out.push(format!(
+                "{} offline terminals could not sell: told no offline limits (not POS terminals, or offline selling is off)",
+                o.terminals_without_limits
             ));
         }
         if let Some(c) = &self.conservation
@@ -256,16 +350,49 @@ impl Report {
                 l.status, l.reported, l.requested, l.report_max_ms, l.probes, l.refused_as_lost, l.approved
             );
         }
+        let o = &self.offline;
+        if o.pct == 0 {
+            let _ = writeln!(w, "offline          not requested (--offline-pct)");
+        } else {
+            let u = &o.upload;
+            let b = &u.batches;
+            let _ = writeln!(
+                w,
+                "offline          {} terminals went offline ({}% asked, {} not reached); {} sales made ({} fen), {} short of the limits",
+                o.terminals, o.pct, o.not_reached, o.made, o.made_fen, o.short_of_limits
+            );
+            let _ = writeln!(
+                w,
+                "  uploaded       {} posted, {} duplicates, {} flagged; {} held ({} fen), {} not uploaded, {} unsure",
+                u.posted, u.duplicates, u.flagged, u.held, u.held_fen, u.not_uploaded, u.unsure
+            );
+            let _ = writeln!(
+                w,
+                "  batches        {} accepted, {} system_error, {} cut off, {} bad_mac, {} bad_batch, {} reconnects failed",
+                b.accepted, b.system_error, b.cut_off, b.bad_mac, b.bad_batch, b.reconnect_failed
+            );
+        }
+        let q = &self.sequences;
+        if q.skip_every > 0 {
+            let _ = writeln!(
+                w,
+                "skipped numbers  {} (one after every {} used, on {} terminals; the ranges per terminal with --json)",
+                q.skipped,
+                q.skip_every,
+                q.terminals.iter().filter(|t| !t.skipped.is_empty()).count()
+            );
+        }
         match &self.conservation {
             Some(c) => {
                 let _ = writeln!(
                     w,
-                    "conservation     {}: {} cards, before {} - purchases {} + reversals {} = {} (expected) vs after {}",
+                    "conservation     {}: {} cards, before {} - purchases {} + reversals {} - offline {} = {} (expected) vs after {}",
                     c.verdict,
                     c.cards,
                     c.before_fen,
                     c.purchases_approved_fen,
                     c.reversals_approved_fen,
+                    c.offline_posted_fen,
                     c.expected_after_fen,
                     c.after_fen
                 );

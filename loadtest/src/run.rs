@@ -10,6 +10,13 @@
 //! counts from when a request was due, so a stall shows in full (no coordinated
 //! omission).
 //!
+//! With `offline_pct`, some terminals lose the gateway once, at a point between a
+//! quarter and three quarters of the run (at its end at the latest): each waits for its
+//! answers, hangs up, sells `offline_sales` within its OFFLINE_LIMITS, signs on again
+//! and uploads them (`offline`) before it goes on selling online. With `skip_every`,
+//! every terminal leaves a sequence number unused after every so many, and the report
+//! names them, so that the gateway's completeness report can be checked against it.
+//!
 //! Latencies go to a few shared, sharded histograms (one per terminal would cost
 //! gigabytes at 10,000 terminals); everything else is tallied per terminal and merged at
 //! the end.
@@ -20,7 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use cardgate_codec::{BalanceInquiry, CardNo, Heartbeat, Message, Purchase, Reversal};
+use cardgate_codec::{BalanceInquiry, CardNo, Heartbeat, Message, OfflineResult, OfflineSale, Purchase, Reversal};
 use cardgate_ledger::demo::{demo_card, demo_secret};
 use cardgate_ledger::records::SEQ_SLOTS;
 use hdrhistogram::Histogram;
@@ -33,7 +40,13 @@ use crate::client::{ClientError, TerminalClient, now_ms};
 use crate::conservation::{BalanceSum, ScanError, ScanPlan, sum_balances};
 use crate::desk::CardDesk;
 use crate::mix::{AnswerCode, Kind, Mix, Sent, classify};
-use crate::report::{Conservation, KindReport, LostCardReport, Money, Percentiles, Report};
+use crate::offline::{
+    OfflineBudget, RetryPolicy, SeqCounter, Uplink, UploadTally, goes_offline, next_sale, reconnect, upload_all,
+};
+use crate::report::{
+    Conservation, KindReport, LostCardReport, Money, OfflineReport, Percentiles, Report, SequenceReport,
+    TerminalSequence,
+};
 use crate::source::SourceAddrs;
 
 /// Latency histograms are sharded by terminal so that recording rarely waits on a lock;
@@ -55,6 +68,12 @@ const PROGRESS_TICK: Duration = Duration::from_millis(200);
 /// Approved purchases a terminal remembers as candidates for reversal. The gateway
 /// remembers `SEQ_SLOTS` sequence numbers, so older ones could not be reversed anyway.
 const REVERSIBLE_MAX: usize = SEQ_SLOTS;
+
+/// An offline terminal loses the gateway when the run is this far along (by requests
+/// sent or time passed)...
+const OFFLINE_AT_MIN: f64 = 0.25;
+/// ...plus a random part of this, so that the fleet does not go offline in one moment.
+const OFFLINE_AT_SPAN: f64 = 0.5;
 
 /// Everything a run needs to know.
 #[derive(Clone, Debug)]
@@ -88,6 +107,12 @@ pub struct RunConfig {
     /// Connections the balance scans use.
     pub scan_connections: u64,
     pub progress: bool,
+    /// Percent of terminals (rounded up) that lose the gateway once during the run.
+    pub offline_pct: u8,
+    /// Sales each of them makes while offline (fewer if its offline limits stop it).
+    pub offline_sales: u32,
+    /// Leave one sequence number unused after every this many (0: never).
+    pub skip_every: u64,
 }
 
 impl RunConfig {
@@ -117,6 +142,12 @@ impl RunConfig {
         }
         if self.connect_concurrency == 0 {
             return Err("--connect-concurrency must be at least 1".into());
+        }
+        if self.offline_pct > 100 {
+            return Err("--offline-pct must not exceed 100".into());
+        }
+        if (self.offline_pct > 0) != (self.offline_sales > 0) {
+            return Err("--offline-pct and --offline-sales go together (both above 0)".into());
         }
         self.mix.validate()
     }
@@ -181,6 +212,10 @@ impl LostCards {
         self.any.store(true, Ordering::Release);
     }
 
+    fn contains(&self, card: CardNo) -> bool {
+        self.acked_before(card, Instant::now())
+    }
+
     fn acked_before(&self, card: CardNo, t: Instant) -> bool {
         if !self.any.load(Ordering::Acquire) {
             return false;
@@ -238,6 +273,22 @@ struct Shared {
 }
 
 impl Shared {
+    /// How far along the run is, 0 to 1: by requests sent, or by time in the measured
+    /// window, whichever is further.
+    fn progress(&self, timing: &Timing) -> f64 {
+        let mut p: f64 = 0.0;
+        if let Some(n) = self.cfg.requests.filter(|n| *n > 0) {
+            let sent = (n as i64).saturating_sub(self.budget.load(Ordering::Relaxed)).max(0);
+            p = sent as f64 / n as f64;
+        }
+        if let (Some(s), Some(d)) = (timing.steady_start, timing.deadline)
+            && d > s
+        {
+            p = p.max(Instant::now().saturating_duration_since(s).as_secs_f64() / (d - s).as_secs_f64());
+        }
+        p
+    }
+
     fn shard(&self, index: u64) -> std::sync::MutexGuard<'_, Shard> {
         self.shards[(index % HISTOGRAM_SHARDS as u64) as usize]
             .lock()
@@ -260,6 +311,8 @@ struct Tally {
     lost_refused: u64,
     lost_approved: u64,
     signed_on: bool,
+    offline: OfflineReport,
+    sequences: Vec<TerminalSequence>,
 }
 
 impl Tally {
@@ -288,6 +341,8 @@ impl Tally {
         self.lost_probes += o.lost_probes;
         self.lost_refused += o.lost_refused;
         self.lost_approved += o.lost_approved;
+        self.offline.merge(&o.offline);
+        self.sequences.extend(o.sequences);
     }
 }
 
@@ -380,7 +435,23 @@ async fn terminal(shared: Arc<Shared>, index: u64, t0: Instant, mut timing: watc
             return tally;
         }
     }
-    drive(&shared, &mut client, index, &mut timing, &mut tally).await;
+    let mut t = Terminal {
+        shared: &shared,
+        index,
+        rng: StdRng::seed_from_u64(cfg.seed ^ terminal_id.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+        seqs: SeqCounter::new(client.sign_on.last_tx_seq, cfg.skip_every),
+        reversible: VecDeque::with_capacity(REVERSIBLE_MAX),
+    };
+    drive(&mut t, &mut client, &mut timing, &mut tally).await;
+    if cfg.skip_every > 0 || cfg.offline_pct > 0 {
+        tally.sequences.push(TerminalSequence {
+            terminal: terminal_id,
+            first: t.seqs.first(),
+            last: t.seqs.last(),
+            used: t.seqs.used(),
+            skipped: t.seqs.skipped(),
+        });
+    }
     tally
 }
 
@@ -394,7 +465,8 @@ struct Terminal<'a> {
     shared: &'a Shared,
     index: u64,
     rng: StdRng,
-    seq: u64,
+    /// Sequence numbers, online and offline.
+    seqs: SeqCounter,
     /// Approved purchases of this terminal, oldest first: (seq, card, amount).
     reversible: VecDeque<(u64, CardNo, i64)>,
 }
@@ -420,7 +492,7 @@ impl Terminal<'_> {
         };
         match kind {
             Kind::Reversal => {
-                let next_seq = self.seq + 1;
+                let next_seq = self.seqs.peek();
                 // Only purchases the gateway still remembers can be reversed.
                 while let Some(&(s, _, _)) = self.reversible.front() {
                     if next_seq - s >= SEQ_SLOTS as u64 {
@@ -436,7 +508,7 @@ impl Terminal<'_> {
                 let Some((original, card, amount)) = self.reversible.remove(pick) else {
                     return self.build(Kind::Purchase, due, measured, now);
                 };
-                self.seq = next_seq;
+                let next_seq = self.seqs.take();
                 Next {
                     message: Message::Reversal(Reversal {
                         tx_seq: next_seq,
@@ -456,15 +528,15 @@ impl Terminal<'_> {
                 };
                 let lost = self.shared.lost.acked_before(card, now);
                 let amount = self.rng.random_range(cfg.amount_min_fen..=cfg.amount_max_fen);
-                self.seq += 1;
+                let seq = self.seqs.take();
                 Next {
                     message: Message::Purchase(Purchase {
-                        tx_seq: self.seq,
+                        tx_seq: seq,
                         card,
                         amount_fen: amount,
                         terminal_time_ms: now_ms(),
                     }),
-                    sent: sent(Kind::Purchase, self.seq, 0, card, amount, lost),
+                    sent: sent(Kind::Purchase, seq, 0, card, amount, lost),
                 }
             }
             Kind::Balance => {
@@ -533,13 +605,21 @@ impl Terminal<'_> {
     }
 }
 
+/// One terminal's loss of the gateway: when it is due (the run's progress, 0 to 1).
+struct OfflinePlan {
+    at: f64,
+    /// Send nothing more; go offline once the answers owed have come.
+    due: bool,
+}
+
 async fn drive(
-    shared: &Shared,
+    t: &mut Terminal<'_>,
     client: &mut TerminalClient,
-    index: u64,
     timing: &mut watch::Receiver<Timing>,
     tally: &mut Tally,
 ) {
+    let shared = t.shared;
+    let index = t.index;
     let cfg = &shared.cfg;
     let open_loop = cfg.rate.map(|r| Duration::from_secs_f64(cfg.terminals as f64 / r));
     let depth = match open_loop {
@@ -553,14 +633,10 @@ async fn drive(
         ),
     };
     let heartbeat_every = Duration::from_secs(u64::from(client.sign_on.heartbeat_interval_s.max(1)));
-    let terminal_id = cfg.first_terminal + index;
-    let mut t = Terminal {
-        shared,
-        index,
-        rng: StdRng::seed_from_u64(cfg.seed ^ terminal_id.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
-        seq: client.sign_on.last_tx_seq,
-        reversible: VecDeque::with_capacity(REVERSIBLE_MAX),
-    };
+    let mut offline = goes_offline(index, cfg.offline_pct).then(|| OfflinePlan {
+        at: OFFLINE_AT_MIN + OFFLINE_AT_SPAN * t.rng.random::<f64>(),
+        due: false,
+    });
     let mut outstanding: VecDeque<Sent> = VecDeque::with_capacity(depth);
     let base = Instant::now();
     let mut next_due: Option<Instant> = match open_loop {
@@ -577,15 +653,41 @@ async fn drive(
             next_due = None;
             stopping = true;
         }
+        if let Some(plan) = offline.as_mut() {
+            // At the end of the run by count or time, now at the latest; not after Ctrl-C.
+            if !plan.due && !now_timing.stop && (stopping || shared.progress(&now_timing) >= plan.at) {
+                plan.due = true;
+            }
+            if now_timing.stop {
+                tally.offline.not_reached += 1;
+                offline = None;
+            } else if plan.due && outstanding.is_empty() {
+                offline = None;
+                if offline_period(t, client, tally).await.is_err() {
+                    return;
+                }
+                let now = Instant::now();
+                last_sent = now;
+                if !stopping {
+                    next_due = Some(match open_loop {
+                        None => now,
+                        // The due times that passed while offline were sold offline.
+                        Some(mean) => now + exp_gap(&mut t.rng, mean),
+                    });
+                }
+                continue;
+            }
+        }
         if stopping && outstanding.is_empty() {
             return;
         }
-        let send_at = next_due.filter(|_| outstanding.len() < depth);
+        let holding = offline.as_ref().is_some_and(|p| p.due);
+        let send_at = next_due.filter(|_| outstanding.len() < depth && !holding);
         // Timers fire on a 1 ms tick, at or after the instant asked for; waking a tick
         // early and sending then keeps the generator's own lateness out of the figures.
         let wake_at = send_at.map(|s| s.checked_sub(TIMER_TICK).unwrap_or(s));
         let timeout_at = outstanding.front().map(|o| o.sent + cfg.answer_timeout);
-        let heartbeat_at = (!stopping && outstanding.is_empty())
+        let heartbeat_at = (!stopping && !holding && outstanding.is_empty())
             .then_some(last_sent + heartbeat_every)
             .filter(|h| send_at.is_none_or(|s| s > *h));
         let watch_timing = now_timing.deadline.is_none() && !now_timing.stop;
@@ -679,6 +781,99 @@ async fn drive(
                     next_due = None;
                 }
             },
+        }
+    }
+}
+
+/// The gateway as an offline terminal's uploads reach it: its connection, replaced by a
+/// new sign-on when one breaks.
+struct RunUplink<'a> {
+    shared: &'a Shared,
+    index: u64,
+    client: &'a mut TerminalClient,
+}
+
+impl Uplink for RunUplink<'_> {
+    async fn upload(&mut self, sales: &[OfflineSale]) -> Result<OfflineResult, ClientError> {
+        let limit = self.shared.cfg.answer_timeout;
+        tokio::time::timeout(limit, self.client.upload(sales))
+            .await
+            .map_err(|_| ClientError::Timeout(limit))?
+    }
+
+    async fn reconnect(&mut self) -> Result<(), ClientError> {
+        let terminal_id = self.shared.cfg.first_terminal + self.index;
+        *self.client = connect(self.shared, self.index, terminal_id).await?;
+        Ok(())
+    }
+
+    fn batch_max(&self) -> u16 {
+        self.client.offline_limits.map_or(1, |l| l.batch_max)
+    }
+}
+
+/// The terminal loses the gateway (it hangs up once its answers have come), sells
+/// offline within the limits it was told at sign-on, signs on again and uploads.
+/// `Err` when it could not sign on again: the terminal is done.
+async fn offline_period(t: &mut Terminal<'_>, client: &mut TerminalClient, tally: &mut Tally) -> Result<(), ()> {
+    let shared = t.shared;
+    let cfg = &shared.cfg;
+    tally.offline.terminals += 1;
+    let limits = client.offline_limits;
+    client.hang_up(cfg.answer_timeout).await;
+    // Not a POS terminal, or told not to sell offline: it only waits for the gateway.
+    let budget = limits.map(OfflineBudget::new).filter(OfflineBudget::open);
+    if budget.is_none() {
+        tally.offline.terminals_without_limits += 1;
+    }
+    let wanted = cfg.offline_sales as usize;
+    let mut sales: Vec<OfflineSale> = Vec::with_capacity(wanted.min(usize::from(limits.map_or(0, |l| l.sales_max))));
+    if let Some(mut budget) = budget {
+        let lost = &shared.lost;
+        let accounts = cfg.accounts;
+        // A terminal refuses cards on its blacklist: the run's lost cards, once reported.
+        let pick = |rng: &mut StdRng| {
+            let card = demo_card(rng.random_range(1..=accounts));
+            (!lost.contains(card)).then_some(card)
+        };
+        while sales.len() < wanted {
+            let Some((card, amount)) = next_sale(&budget, &mut t.rng, cfg.amount_min_fen, cfg.amount_max_fen, pick)
+            else {
+                break;
+            };
+            budget.record(card, amount);
+            let seq = t.seqs.take();
+            sales.push(client.offline_sale(seq, card, amount, now_ms()));
+            tally.offline.made_fen += i128::from(amount);
+        }
+    }
+    tally.offline.made += sales.len() as u64;
+    tally.offline.short_of_limits += (wanted - sales.len()) as u64;
+
+    let policy = RetryPolicy::LOAD_TEST;
+    let mut up = RunUplink {
+        shared,
+        index: t.index,
+        client,
+    };
+    let mut upload = UploadTally::default();
+    let r = match reconnect(&mut up, &policy, &mut t.rng, &mut upload.batches).await {
+        Ok(()) => upload_all(&mut up, &sales, &policy, &mut t.rng, &mut upload).await,
+        Err(e) => {
+            upload.not_uploaded += sales.len() as u64;
+            Err(e)
+        }
+    };
+    tally.offline.upload.merge(&upload);
+    match r {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            *tally
+                .connection_errors
+                .entry(format!("offline_reconnect:{}", failure_name(&e)))
+                .or_default() += 1;
+            shared.live.problems.fetch_add(1, Ordering::Relaxed);
+            Err(())
         }
     }
 }
@@ -1003,6 +1198,8 @@ where
         .map(|((kind, code), n)| (format!("{} {}", kind.as_str(), code.name()), *n))
         .collect();
     let sign_on_ms = Percentiles::of_us(&shared.sign_on_us.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut sequences = std::mem::take(&mut tally.sequences);
+    sequences.sort_by_key(|t| t.terminal);
     let mut report = Report {
         mode: if cfg.rate.is_some() { "open" } else { "closed" },
         target_rate_per_s: cfg.rate,
@@ -1027,6 +1224,16 @@ where
         unanswered: tally.unanswered,
         money: tally.money,
         lost_cards,
+        offline: OfflineReport {
+            pct: cfg.offline_pct,
+            sales_each: cfg.offline_sales,
+            ..tally.offline
+        },
+        sequences: SequenceReport {
+            skip_every: cfg.skip_every,
+            skipped: sequences.iter().map(|t| t.skipped.len() as u64).sum(),
+            terminals: sequences,
+        },
         conservation,
         ok: false,
     };
@@ -1035,7 +1242,9 @@ where
 }
 
 fn conservation(before: BalanceSum, after: BalanceSum, tally: &Tally) -> Conservation {
-    let expected = before.total_fen - tally.money.purchases_approved_fen + tally.money.reversals_approved_fen;
+    let offline = &tally.offline.upload;
+    let expected =
+        before.total_fen - tally.money.purchases_approved_fen + tally.money.reversals_approved_fen - offline.held_fen;
     let system_errors: u64 = tally
         .failures
         .iter()
@@ -1049,6 +1258,11 @@ fn conservation(before: BalanceSum, after: BalanceSum, tally: &Tally) -> Conserv
         )
     } else if system_errors > 0 {
         format!("inconclusive: {system_errors} system errors")
+    } else if offline.unsure > 0 {
+        format!(
+            "inconclusive: {} offline sales were given up after an upload whose outcome is unknown",
+            offline.unsure
+        )
     } else if before.cards != after.cards {
         format!(
             "inconclusive: read {} cards before, {} after",
@@ -1067,6 +1281,7 @@ fn conservation(before: BalanceSum, after: BalanceSum, tally: &Tally) -> Conserv
         before_fen: before.total_fen,
         purchases_approved_fen: tally.money.purchases_approved_fen,
         reversals_approved_fen: tally.money.reversals_approved_fen,
+        offline_posted_fen: offline.held_fen,
         expected_after_fen: expected,
         after_fen: after.total_fen,
         verdict,
@@ -1130,6 +1345,35 @@ mod tests {
     }
 
     #[test]
+    fn offline_sales_the_gateway_accepted_move_money_like_purchases() {
+        let before = BalanceSum {
+            cards: 10,
+            total_fen: 10_000,
+        };
+        let mut tally = Tally::default();
+        tally.money.purchases_approved_fen = 300;
+        tally.offline.upload.held_fen = 250;
+        let after = BalanceSum {
+            cards: 10,
+            total_fen: 9_450,
+        };
+        let c = conservation(before, after, &tally);
+        assert!(c.holds(), "{c:?}");
+        assert_eq!(c.offline_posted_fen, 250);
+        // Without them the same balances would not add up.
+        tally.offline.upload.held_fen = 0;
+        assert!(
+            conservation(before, after, &tally)
+                .verdict
+                .starts_with("VIOLATED by -250")
+        );
+        // A batch given up after an upload whose outcome is unknown: nobody can say.
+        tally.offline.upload.held_fen = 250;
+        tally.offline.upload.unsure = 3;
+        assert!(conservation(before, after, &tally).verdict.starts_with("inconclusive"));
+    }
+
+    #[test]
     fn configs_that_cannot_run_are_refused() {
         let ok = RunConfig {
             target: "127.0.0.1:7700".parse().unwrap(),
@@ -1156,6 +1400,9 @@ mod tests {
             check_conservation: false,
             scan_connections: 8,
             progress: false,
+            offline_pct: 0,
+            offline_sales: 0,
+            skip_every: 0,
         };
         assert!(ok.validate().is_ok());
         let bad = [
@@ -1177,6 +1424,19 @@ mod tests {
             },
             RunConfig {
                 amount_min_fen: 0,
+                ..ok.clone()
+            },
+            RunConfig {
+                offline_pct: 101,
+                offline_sales: 1,
+                ..ok.clone()
+            },
+            RunConfig {
+                offline_pct: 10,
+                ..ok.clone()
+            },
+            RunConfig {
+                offline_sales: 10,
                 ..ok.clone()
             },
         ];
