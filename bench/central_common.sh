@@ -63,6 +63,9 @@ central_cleanup() {
 gateway_start() {
     local url=$1 log=$2
     data_dir=$(mktemp -d "$DATA_ROOT/cardgate-central.XXXXXX")
+    # The log exists before the first read: the background job's redirect may open it
+    # after the loop's first sed, whose failure would end the script under set -e.
+    : >"$log"
     "$GW" serve --demo --data-dir "$data_dir" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 \
         --admin-listen 127.0.0.1:0 --central "$url" >"$log" 2>&1 &
     gw_pid=$!

@@ -70,6 +70,9 @@ run_one() { # terminals rate(or "") name
     local terminals=$1 rate=$2 name=$3
     local ramp=${RAMP_UP:-$([ "$terminals" -ge 1000 ] && echo 5 || echo 0)}
     local log="$OUT/$name.gateway.log"
+    # Truncated first: the job below may open it after the first read, which would
+    # then see nothing (set -e ends the script) or an earlier run's address.
+    : >"$log"
     if [ "$GATEWAY" = null ]; then
         target/release/cardgate-null-gateway --listen 127.0.0.1:0 >"$log" 2>&1 &
     else

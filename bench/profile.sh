@@ -33,6 +33,9 @@ cleanup() {
 trap cleanup EXIT
 
 log=$OUT/gateway.log
+# Truncated first: the job below may open it after the first read, which would
+# then see nothing (set -e ends the script) or an earlier run's address.
+: >"$log"
 target/release/cardgate serve --demo --data-dir "$dir" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 \
     --admin-listen 127.0.0.1:0 --demo-terminals "$(( terminals > 2000 ? terminals : 2000 ))" >"$log" 2>&1 &
 gw_pid=$!
