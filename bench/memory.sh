@@ -38,7 +38,7 @@ trap cleanup EXIT
 start() { # log -> sets pid, addr, up_s
     local log=$1 t0 t1
     t0=$(date +%s.%N)
-    "$gw" serve --demo --data-dir "$dir" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 \
+    "$gw" serve --demo --data-dir "$dir" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
         --demo-accounts "$ACCOUNTS" --demo-terminals "$TERMINALS" >"$log" 2>&1 &
     pid=$!
     addr=""
