@@ -41,7 +41,7 @@ start() { # log -> sets pid, addr, up_s
     # Truncated first: the job below may open it after the first read, which would
     # then see nothing (set -e ends the script) or an earlier run's address.
     : >"$log"
-    "$gw" serve --demo --data-dir "$dir" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 \
+    "$gw" serve --demo --data-dir "$dir" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
         --demo-accounts "$ACCOUNTS" --demo-terminals "$TERMINALS" >"$log" 2>&1 &
     pid=$!
     addr=""

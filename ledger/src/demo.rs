@@ -3,6 +3,8 @@
 //! derived from a published master secret, which is exactly why a demo data directory
 //! must never hold real money.
 
+use std::sync::atomic::Ordering;
+
 use cardgate_codec::{CardNo, TerminalSecret};
 
 use cardgate_domain::model::{
@@ -101,32 +103,61 @@ pub async fn ensure_demo(ledger: &Ledger, campus: &DemoCampus) -> Result<bool, L
         })
         .collect();
     ledger.register_many(&By::actor(&actor), terminals).await?;
-    let accounts: Vec<Account> = (1..=campus.accounts)
-        .map(|id| Account {
-            id,
-            kind: if id % 10 == 0 {
-                AccountKind::Staff
-            } else {
-                AccountKind::Student
-            },
-            status: AccountStatus::Active,
-            balance: from_fen(campus.balance_fen),
-            limits: None,
-            day: 0,
-            spent_today: Default::default(),
-        })
-        .collect();
-    let cards: Vec<Card> = accounts
-        .iter()
-        .map(|a| Card {
-            no: demo_card(a.id),
-            account: a.id,
-            status: CardStatus::Active,
-            expires_ms: None,
-            issued_ms: now,
-        })
-        .collect();
-    ledger.bulk_create(vec![], &accounts, &cards).await?;
+    // Accounts and cards are created a step at a time, and each step waits until the
+    // one before the last is checkpointed: the committer keeps every record not yet
+    // checkpointed in memory, and a million accounts created at once outran the
+    // checkpointer by hundreds of MiB (docs/PERFORMANCE.md, 5.3). A step of half a
+    // checkpoint's records (an account and its card each) makes every step start one.
+    let policy = ledger.config.checkpoints;
+    let step = (policy.records_max / 2).clamp(1_000, 50_000) as u64;
+    let wait_for_checkpoints = policy.enabled && 2 * step >= policy.records_max as u64;
+    let stats = ledger.journal().stats.clone();
+    let mut previous_step_end = 0;
+    let mut from = 1;
+    while from <= campus.accounts {
+        let to = (from + step - 1).min(campus.accounts);
+        let accounts: Vec<Account> = (from..=to)
+            .map(|id| Account {
+                id,
+                kind: if id % 10 == 0 {
+                    AccountKind::Staff
+                } else {
+                    AccountKind::Student
+                },
+                status: AccountStatus::Active,
+                balance: from_fen(campus.balance_fen),
+                limits: None,
+                day: 0,
+                spent_today: Default::default(),
+            })
+            .collect();
+        let cards: Vec<Card> = accounts
+            .iter()
+            .map(|a| Card {
+                no: demo_card(a.id),
+                account: a.id,
+                status: CardStatus::Active,
+                expires_ms: None,
+                issued_ms: now,
+            })
+            .collect();
+        ledger.bulk_create(vec![], &accounts, &cards).await?;
+        if wait_for_checkpoints && previous_step_end > 0 {
+            // A failed checkpoint (logged by the checkpointer) stops them for good:
+            // then creation goes on without waiting rather than hang.
+            let give_up = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while stats.durable_checkpoint_id.load(Ordering::Acquire) < previous_step_end
+                && std::time::Instant::now() < give_up
+            {
+                // Each commit, even an empty one, lets the committer hand the waiting
+                // records to the checkpointer once it is free.
+                ledger.journal().barrier().await?;
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
+        previous_step_end = stats.durable_entry_id.load(Ordering::Acquire);
+        from = to + 1;
+    }
     let mut marker = Writes::new();
     marker.push(StateWrite::Meta(
         meta::DEMO,

@@ -81,10 +81,9 @@ pub(crate) fn recover(
     for records in db.scan::<Vec<SeqRecord>>(&[PREFIX_SEQ]) {
         seqs.extend(records?);
     }
-    let state = State::new(
+    let mut state = State::new(
         Loaded {
             accounts: db.scan(&[PREFIX_ACCOUNT]).collect::<Result<_, _>>()?,
-            cards: db.scan(&[PREFIX_CARD]).collect::<Result<_, _>>()?,
             terminals: db.scan(&[PREFIX_TERMINAL]).collect::<Result<_, _>>()?,
             seqs,
             params: db.get_record::<Params>(&key_meta(meta::PARAMS))?.unwrap_or_default(),
@@ -111,6 +110,7 @@ pub(crate) fn recover(
         },
         config.terminal_key.clone(),
     )?;
+    state.load_cards(db.scan(&[PREFIX_CARD]).collect::<Result<_, _>>()?);
 
     // Then every entry after it, in order.
     let mut replay = Replay {
@@ -153,8 +153,13 @@ pub(crate) fn recover(
             db.tree.remove(k).map_err(StoreError::from)?;
         }
     }
-    let mut cards = Vec::with_capacity(state.cards_len());
-    state.for_each_card(|c| cards.push(*c));
+    // Only the listed cards: a copy of every card would be ~50 MiB more at the peak.
+    let mut cards = Vec::new();
+    state.for_each_card(|c| {
+        if cardgate_domain::rules::card::listed(c.status) {
+            cards.push(*c);
+        }
+    });
     state.blacklist().rebuild(cards.into_iter());
     let next_entry_id = db
         .get_meta_u64(journal_meta::NEXT_ENTRY_ID)?

@@ -45,6 +45,12 @@ fn new_map<K: Eq + std::hash::Hash, V>() -> Map<K, V> {
     DashMap::with_hasher_and_shard_amount(foldhash::fast::RandomState::default(), MAP_SHARDS)
 }
 
+/// A map sized for `n` records at once: a million accounts inserted into growing shards
+/// left every shard's outgrown tables behind as free heap.
+fn map_for<K: Eq + std::hash::Hash, V>(n: usize) -> Map<K, V> {
+    DashMap::with_capacity_and_hasher_and_shard_amount(n, foldhash::fast::RandomState::default(), MAP_SHARDS)
+}
+
 /// Terminal notices a session may fall behind by before it re-reads its terminal
 /// instead: disables come a few at a time (a merchant's windows), never thousands.
 const TERMINAL_NOTICES_MAX: usize = 1024;
@@ -176,7 +182,6 @@ impl TerminalState {
 #[derive(Default)]
 pub(crate) struct Loaded {
     pub(crate) accounts: Vec<Account>,
-    pub(crate) cards: Vec<Card>,
     pub(crate) terminals: Vec<Terminal>,
     pub(crate) seqs: Vec<SeqRecord>,
     pub(crate) params: Params,
@@ -272,16 +277,14 @@ impl StockBook {
 
 impl State {
     pub(crate) fn new(load: Loaded, terminal_key: Option<TerminalKey>) -> Result<State, LedgerError> {
-        let accounts = new_map();
+        let accounts = map_for(load.accounts.len());
         let mut next_account_id = 1;
         for a in load.accounts {
             next_account_id = next_account_id.max(a.id + 1);
             accounts.insert(a.id, a);
         }
+        // The checkpoint's cards come after (`load_cards`), once the accounts' vector is gone.
         let cards = new_map();
-        for c in load.cards {
-            cards.insert(c.no, c);
-        }
         let terminals = new_map();
         for t in load.terminals {
             terminals.insert(t.id, TerminalState::new(t));
@@ -371,6 +374,17 @@ impl State {
             stock.counts.sort_by_key(|c| c.id);
         }
         Ok(state)
+    }
+
+    /// The checkpoint's cards, into a map sized for them. Recovery reads them after
+    /// `new` has moved the accounts into their map, so that a million of each never wait
+    /// in vectors at the same time.
+    pub(crate) fn load_cards(&mut self, cards: Vec<Card>) {
+        let map = map_for(cards.len());
+        for c in cards {
+            map.insert(c.no, c);
+        }
+        self.cards = map;
     }
 
     // ---- accounts ---------------------------------------------------------------------

@@ -424,8 +424,12 @@ impl<S: Schema> Committer<S> {
         match to.try_send(checkpoint) {
             Ok(()) => {
                 // Sized like the last one, so that the committer does not rehash a
-                // growing map (a copy of megabytes) in the middle of a commit.
-                self.dirty = DirtyMap::<S>::with_capacity_and_hasher(records, Default::default());
+                // growing map (a copy of megabytes) in the middle of a commit; but no
+                // larger than a checkpoint's usual size: after one that grew while the
+                // checkpointer was busy (millions of records while a campus is created)
+                // an empty map that large would be hundreds of MiB held for nothing.
+                let capacity = records.min(self.policy.records_max);
+                self.dirty = DirtyMap::<S>::with_capacity_and_hasher(capacity, Default::default());
                 self.dirty_since = Instant::now();
                 self.dirty_entries = 0;
             }
