@@ -140,6 +140,7 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
             .await
             .map_err(|e| StartError::Other(format!("recording the restore in the audit trail: {e}")))?;
     }
+    ledger.set_door_clock_drift_max_ms(config.doors.clock_drift_max_ms);
     if opts.demo {
         let campus = DemoCampus {
             accounts: config.demo.accounts,

@@ -111,7 +111,7 @@ pub const FAMILIES: &[Family] = &[
     family("cardgate_console_csrf_refusals_total", C, Unit::Count, "Console forms refused for a missing or wrong CSRF token."),
     family("cardgate_terminals_connected", G, Unit::Count, "Terminals with a signed-on session now, by terminal kind (pos, door, attendance, kiosk)."),
     family("cardgate_terminals_offline", G, Unit::Count, "Enabled terminals without a session and not heard from for health.terminal_offline_after_s, by terminal kind."),
-    family("cardgate_request_seconds", H, Unit::Seconds, "Terminal request latency in the gateway, from the frame decoded to its answer written, by message kind and result (approved, declined, error, ok)."),
+    family("cardgate_request_seconds", H, Unit::Seconds, "Terminal request latency in the gateway, from the frame decoded to its answer written, by message kind and result (approved, declined, error, ok; an access check granted is approved, denied declined)."),
     family("cardgate_blacklist_pushes_total", C, Unit::Count, "BLACKLIST_PUSH frames sent to terminals."),
     family("cardgate_blacklist_future_acks_total", C, Unit::Count, "Blacklist acknowledgements naming a version the gateway never issued."),
     family("cardgate_blacklist_syncs_total", C, Unit::Count, "BLACKLIST_SYNC requests answered."),
@@ -397,10 +397,20 @@ pub enum RequestKind {
     BlacklistPush,
     /// From an OFFLINE_BATCH to its OFFLINE_RESULT.
     OfflineUpload,
+    /// ACCESS_CHECK to ACCESS_RESULT.
+    AccessCheck,
+    /// PUNCH to PUNCH_RESULT.
+    Punch,
+    /// From a DOOR_CACHE_SYNC to each frame of its run.
+    DoorCacheSync,
+    /// From the session seeing a new cache version to its DOOR_CACHE_PUSH.
+    DoorCachePush,
+    /// From a DOOR_EVENTS_BATCH to its DOOR_EVENTS_RESULT.
+    DoorEventsUpload,
 }
 
 impl RequestKind {
-    const ALL: [RequestKind; 7] = [
+    const ALL: [RequestKind; 12] = [
         RequestKind::Purchase,
         RequestKind::Reversal,
         RequestKind::Balance,
@@ -408,6 +418,11 @@ impl RequestKind {
         RequestKind::BlacklistSync,
         RequestKind::BlacklistPush,
         RequestKind::OfflineUpload,
+        RequestKind::AccessCheck,
+        RequestKind::Punch,
+        RequestKind::DoorCacheSync,
+        RequestKind::DoorCachePush,
+        RequestKind::DoorEventsUpload,
     ];
 
     fn as_str(self) -> &'static str {
@@ -419,6 +434,11 @@ impl RequestKind {
             RequestKind::BlacklistSync => "blacklist_sync",
             RequestKind::BlacklistPush => "blacklist_push",
             RequestKind::OfflineUpload => "offline_upload",
+            RequestKind::AccessCheck => "access_check",
+            RequestKind::Punch => "punch",
+            RequestKind::DoorCacheSync => "door_cache_sync",
+            RequestKind::DoorCachePush => "door_cache_push",
+            RequestKind::DoorEventsUpload => "door_events_upload",
         }
     }
 }
@@ -437,6 +457,14 @@ fn result_of(answer: &Message) -> usize {
             cardgate_codec::OfflineStatus::Accepted => 3,
             cardgate_codec::OfflineStatus::SystemError => 2,
             cardgate_codec::OfflineStatus::BadMac | cardgate_codec::OfflineStatus::BadBatch => 1,
+        },
+        Message::AccessResult(r) if r.reason == cardgate_codec::AccessReason::SystemError => 2,
+        Message::AccessResult(r) if r.granted() => 0,
+        Message::AccessResult(_) => 1,
+        Message::DoorEventsResult(r) => match r.status {
+            cardgate_codec::DoorEventsStatus::Accepted => 3,
+            cardgate_codec::DoorEventsStatus::SystemError => 2,
+            cardgate_codec::DoorEventsStatus::BadMac | cardgate_codec::DoorEventsStatus::BadBatch => 1,
         },
         _ => 3,
     }

@@ -13,13 +13,12 @@
 //! A new cache version is announced (a `watch` the sessions select on) only once the
 //! change is durable, like the blacklist's.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
-use cardgate_codec::CardNo;
 use cardgate_domain::access::{
-    AccessRecord, AntiPassback, CacheChange, ControllerEvents, Door, GroupAccess, Holidays, PassbackState, Permission,
-    Schedule,
+    AccessRecord, AntiPassback, CacheChange, CacheLine, ControllerEvents, Door, GroupAccess, Holidays, PassbackState,
+    Permission, Schedule,
 };
 use cardgate_domain::rules::sequence::SeqSet;
 use parking_lot::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -31,31 +30,32 @@ use crate::records::{PREFIX_ACCESS, StateWrite};
 /// (a permission granted or revoked); a controller offline for weeks still gets a delta.
 pub const CACHE_LOG_PER_GROUP_MAX: u64 = 4096;
 
-/// What a controller's cache holds for one card: a permission's schedule and validity
-/// (unix minutes, UTC; `valid_to_min` is the first minute no longer valid, `u32::MAX`
-/// for none). A `remove` drops every entry the controller holds for the card; a delta
-/// sends it before the card's current entries.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct CacheEntry {
-    #[serde(serialize_with = "cardgate_domain::model::card_no::serialize")]
-    pub card: CardNo,
-    pub add: bool,
-    pub schedule: u64,
-    pub valid_from_min: u32,
-    pub valid_to_min: u32,
-}
-
 /// A controller's cache, or what changed in it since the version it holds.
 #[derive(Clone, Debug)]
 pub struct DoorCache {
     pub group: u64,
+    /// The cache version: the group's own version in the high 32 bits, the blacklist's
+    /// (durable) version in the low 32, so that a card lost or found moves every
+    /// group's version without an entry per group.
     pub version: u64,
-    /// A full list (the controller's version was too old for a delta, or was 0).
+    /// A full list (the controller's version was too old for a delta, or 0).
     pub full: bool,
-    pub entries: Arc<Vec<CacheEntry>>,
-    /// Every schedule the entries name, and the holiday calendar.
+    /// Full: the whole list, sorted. Delta: the lines that join.
+    pub added: Arc<Vec<CacheLine>>,
+    /// Delta: the lines that leave.
+    pub removed: Vec<CacheLine>,
+    pub anti_passback: AntiPassback,
+    /// Every schedule the lines name, and the holiday calendar.
     pub schedules: Vec<Schedule>,
     pub holidays: Holidays,
+}
+
+/// Cache lines that joined and lines that left.
+pub type LineDiff = (Vec<CacheLine>, Vec<CacheLine>);
+
+/// The composite cache version of (group version, blacklist version).
+pub fn cache_version(group_version: u64, blacklist_version: u64) -> u64 {
+    (group_version << 32) | (blacklist_version & 0xFFFF_FFFF)
 }
 
 /// A controller's event accounting in memory.
@@ -65,6 +65,25 @@ pub(crate) struct Controller {
     pub(crate) drift_ms: i64,
     /// The cache version it last said it holds (live state).
     pub(crate) cache_acked: u64,
+    /// The answers of its last online checks, so that a retry gets the answer recorded
+    /// the first time (live state: after a restart a retry is decided again).
+    pub(crate) recent: VecDeque<(u64, u16)>,
+}
+
+/// Online answers remembered per controller: more than its pipeline holds.
+pub const RECENT_ANSWERS_MAX: usize = 64;
+
+impl Controller {
+    pub(crate) fn remember(&mut self, seq: u64, reason: u16) {
+        self.recent.push_back((seq, reason));
+        while self.recent.len() > RECENT_ANSWERS_MAX {
+            self.recent.pop_front();
+        }
+    }
+
+    pub(crate) fn answered(&self, seq: u64) -> Option<u16> {
+        self.recent.iter().rev().find(|(s, _)| *s == seq).map(|(_, r)| *r)
+    }
 }
 
 impl Controller {
@@ -87,6 +106,7 @@ impl Controller {
             },
             drift_ms: r.drift_ms,
             cache_acked: 0,
+            recent: VecDeque::new(),
         }
     }
 }
@@ -103,7 +123,7 @@ pub(crate) struct AccessConfig {
     pub(crate) groups: HashMap<u64, GroupAccess>,
     pub(crate) log: HashMap<u64, VecDeque<CacheChange>>,
     /// Full lists built since their version, by group.
-    full: HashMap<u64, (u64, Arc<Vec<CacheEntry>>)>,
+    full: HashMap<u64, (u64, Arc<Vec<CacheLine>>)>,
 }
 
 impl AccessConfig {
@@ -134,17 +154,20 @@ impl AccessConfig {
         self.permissions.insert(p.id, p);
     }
 
-    /// Moves `group`'s cache version on by one, logging which cards changed (`None`:
-    /// all). Returns the records to send.
-    pub(crate) fn bump(&mut self, group: u64, cards: Option<Vec<CardNo>>) -> (CacheChange, GroupAccess) {
+    /// Moves `group`'s cache version on by one, logging the lines that joined and left
+    /// (`None`: everything changed). Returns the records to send.
+    pub(crate) fn bump(&mut self, group: u64, lines: Option<LineDiff>) -> (CacheChange, GroupAccess) {
         let mut g = self.group(group);
         g.cache_version += 1;
         self.groups.insert(group, g);
+        let all = lines.is_none();
+        let (added, removed) = lines.unwrap_or_default();
         let change = CacheChange {
             group,
             version: g.cache_version,
-            all: cards.is_none(),
-            cards: cards.unwrap_or_default(),
+            added,
+            removed,
+            all,
         };
         self.log_change(change.clone());
         (change, g)
@@ -168,13 +191,14 @@ impl AccessConfig {
         }
     }
 
-    /// The changes of `group` after `version`, or `None` when one of them touched
-    /// everything or the log no longer reaches back that far.
-    pub(crate) fn changed_cards(&self, group: u64, version: u64) -> Option<Vec<CardNo>> {
+    /// The net change of `group` after `version` (lines that joined, lines that left),
+    /// or `None` when one of the changes touched everything or the log no longer
+    /// reaches back that far.
+    pub(crate) fn changes_since(&self, group: u64, version: u64) -> Option<(BTreeSet<CacheLine>, BTreeSet<CacheLine>)> {
         if version < self.delta_floor(group) {
             return None;
         }
-        let mut cards = Vec::new();
+        let (mut added, mut removed) = (BTreeSet::new(), BTreeSet::new());
         for c in self
             .log
             .get(&group)
@@ -185,22 +209,26 @@ impl AccessConfig {
             if c.all {
                 return None;
             }
-            cards.extend_from_slice(&c.cards);
+            for l in &c.added {
+                removed.remove(l);
+                added.insert(*l);
+            }
+            for l in &c.removed {
+                added.remove(l);
+                removed.insert(*l);
+            }
         }
-        cards.sort_unstable();
-        cards.dedup();
-        Some(cards)
+        Some((added, removed))
     }
 
-    pub(crate) fn full_list(&self, group: u64) -> Option<Arc<Vec<CacheEntry>>> {
-        let version = self.group(group).cache_version;
+    pub(crate) fn full_list(&self, group: u64, version: u64) -> Option<Arc<Vec<CacheLine>>> {
         self.full
             .get(&group)
             .filter(|(v, _)| *v == version)
             .map(|(_, list)| list.clone())
     }
 
-    pub(crate) fn keep_full_list(&mut self, group: u64, version: u64, list: Arc<Vec<CacheEntry>>) {
+    pub(crate) fn keep_full_list(&mut self, group: u64, version: u64, list: Arc<Vec<CacheLine>>) {
         self.full.insert(group, (version, list));
     }
 }
@@ -219,6 +247,8 @@ pub(crate) struct AccessBook {
     /// when it moves.
     published: watch::Sender<u64>,
     next_ids: Mutex<NextIds>,
+    /// `doors.clock_drift_max_ms`: a controller's clock further off is an alarm.
+    pub(crate) drift_max_ms: std::sync::atomic::AtomicI64,
 }
 
 #[derive(Clone, Copy)]
@@ -266,6 +296,7 @@ impl AccessBook {
                 schedule: 1,
                 permission: 1,
             }),
+            drift_max_ms: std::sync::atomic::AtomicI64::new(60_000),
         };
         book.refresh_ids();
         book

@@ -17,9 +17,9 @@ use std::sync::Arc;
 
 use cardgate_codec::CardNo;
 use cardgate_domain::access::{
-    AccessEvent, AccessRecord, AntiPassback, CacheChange, Door, DoorDirection, DoorEntry, DoorEvents, EventSource,
-    GroupAccess, GroupAccessEntry, HolidayRule, Holidays, HolidaysEntry, Passage, PassbackState, Permission,
-    PermissionAction, PermissionEntry, Punch, Schedule, ScheduleEntry, Subject, Window,
+    AccessEvent, AccessRecord, AntiPassback, CacheChange, CacheLine, Door, DoorDirection, DoorEntry, DoorEvents,
+    EventSource, GroupAccess, GroupAccessEntry, HolidayRule, Holidays, HolidaysEntry, Passage, PassbackState,
+    Permission, PermissionAction, PermissionEntry, Punch, Schedule, ScheduleEntry, Subject, Window,
 };
 use cardgate_domain::entry::{EntryBody, EntryRecord};
 use cardgate_domain::model::{AccountStatus, CardStatus, TerminalKind};
@@ -33,8 +33,8 @@ use cardgate_journal::JournalError;
 use serde::Serialize;
 use smallvec::SmallVec;
 
-use crate::access::{AccessConfig, Controller, write};
-pub use crate::access::{CACHE_LOG_PER_GROUP_MAX, CacheEntry, DoorCache};
+use crate::access::{AccessConfig, Controller, LineDiff, write};
+pub use crate::access::{CACHE_LOG_PER_GROUP_MAX, DoorCache, cache_version};
 use crate::desk::{By, Targets};
 use crate::error::LedgerError;
 use crate::history::HISTORY_ROWS_MAX;
@@ -173,6 +173,8 @@ pub struct UploadedEvent {
 pub struct UploadResult {
     pub stored: u16,
     pub duplicates: u16,
+    /// Of `stored`: decisions the gateway's rules would have made otherwise.
+    pub flagged: u16,
     /// The controller's highest event number now.
     pub last_event_seq: u64,
 }
@@ -221,12 +223,50 @@ fn cards_of(state: &State, account: u64) -> Vec<CardNo> {
     out
 }
 
-/// What a permission change does to its group's cache: the person's cards, or all.
-fn affected(state: &State, p: &Permission) -> Option<Vec<CardNo>> {
-    match p.subject {
-        Subject::Person(a) => Some(cards_of(state, a)),
-        _ => None,
+/// The cache lines `card` has on a group under `perms` (revoked ones skipped). A card
+/// that cannot be used, or whose account is blocked, has none unless `any_status`
+/// (what a controller may hold for a card that has just been blocked).
+pub(crate) fn lines_of(
+    state: &State,
+    perms: &[Permission],
+    card: CardNo,
+    tz: i32,
+    any_status: bool,
+    out: &mut Vec<CacheLine>,
+) {
+    let Some(c) = state.card(card) else { return };
+    let Some(a) = state.account(c.account) else { return };
+    if !any_status && (c.status != CardStatus::Active || a.status != AccountStatus::Active) {
+        return;
     }
+    let person = state.person_of_account(a.id);
+    for p in perms
+        .iter()
+        .filter(|p| !p.revoked && subject_matches(&p.subject, &a, person.as_ref()))
+    {
+        out.push(CacheLine {
+            card,
+            schedule: p.schedule as u32,
+            valid_from_min: minutes(day_start_ms(p.valid_from_day, tz)),
+            valid_to_min: p.valid_to_day.map_or(u32::MAX, |d| minutes(day_start_ms(d + 1, tz))),
+        });
+    }
+}
+
+/// The lines that join and leave `cards`' entries when a group's permissions go from
+/// `before` to `after`.
+fn diff_lines(state: &State, before: &[Permission], after: &[Permission], cards: &[CardNo], tz: i32) -> LineDiff {
+    let (mut old, mut new) = (Vec::new(), Vec::new());
+    for card in cards {
+        lines_of(state, before, *card, tz, false, &mut old);
+        lines_of(state, after, *card, tz, false, &mut new);
+    }
+    let old: std::collections::BTreeSet<CacheLine> = old.into_iter().collect();
+    let new: std::collections::BTreeSet<CacheLine> = new.into_iter().collect();
+    (
+        new.difference(&old).copied().collect(),
+        old.difference(&new).copied().collect(),
+    )
 }
 
 fn minutes(ms: i64) -> u32 {
@@ -264,11 +304,12 @@ impl Ledger {
         self.state.access().read().group(group)
     }
 
-    /// The cache version of a door controller's group (0 for a terminal without one).
+    /// The cache version of a door controller's group as announced (durable changes
+    /// only); 0 for a terminal without a group.
     pub fn controller_cache_version(&self, terminal: u64) -> u64 {
         match self.controller_group(terminal) {
             0 => 0,
-            g => self.group_access(g).cache_version,
+            g => cache_version(self.group_access(g).cache_version, self.state.blacklist().published()),
         }
     }
 
@@ -326,6 +367,42 @@ impl Ledger {
             .controllers
             .get(&terminal)
             .map(|c| c.drift_ms)
+    }
+
+    /// The clock drift above which a controller's or clock's message is an alarm.
+    pub fn set_door_clock_drift_max_ms(&self, ms: i64) {
+        self.state
+            .access()
+            .drift_max_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Records a controller's or clock's drift seen now (its clock minus the gateway's)
+    /// and counts an alarm when it is above the bound; returns whether it was.
+    pub fn door_clock_drift(&self, terminal: u64, drift_ms: i64) -> bool {
+        let max = self
+            .state
+            .access()
+            .drift_max_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        self.state
+            .access()
+            .events()
+            .controllers
+            .entry(terminal)
+            .or_default()
+            .drift_ms = drift_ms;
+        let alarm = drift_ms.unsigned_abs() > max.unsigned_abs();
+        if alarm {
+            metrics::counter!("cardgate_door_clock_drift_alarms_total").increment(1);
+            tracing::warn!(
+                terminal.id = terminal,
+                drift_ms,
+                max_ms = max,
+                "door controller's clock is off"
+            );
+        }
+        alarm
     }
 
     // ---- the door admin's changes ---------------------------------------------------------
@@ -408,9 +485,9 @@ impl Ledger {
             };
             // The door list is not in the cache, but a controller must learn that one
             // of its doors changed (disabled, moved).
-            let mut moved = vec![config.bump(door.group, Some(Vec::new()))];
+            let mut moved = vec![config.bump(door.group, Some(Default::default()))];
             if let Some(g) = old_group.filter(|g| *g != door.group) {
-                moved.push(config.bump(g, Some(Vec::new())));
+                moved.push(config.bump(g, Some(Default::default())));
             }
             let mut writes = Writes::new();
             writes.push(write(AccessRecord::Door(door.clone())));
@@ -445,8 +522,8 @@ impl Ledger {
                     id
                 }
             };
-            if id == 0 {
-                return Err(invalid("schedule ids start at 1"));
+            if id == 0 || id > u64::from(u32::MAX) {
+                return Err(invalid("schedule ids are 1..=4294967295 (a u32 on the wire)"));
             }
             if config.schedules.values().any(|s| s.name == input.name && s.id != id) {
                 return Err(invalid(format!("a schedule named {:?} exists", input.name)));
@@ -532,7 +609,7 @@ impl Ledger {
             let mut g = config.group(group);
             g.anti_passback = rule;
             config.groups.insert(group, g);
-            let moved = vec![config.bump(group, Some(Vec::new()))];
+            let moved = vec![config.bump(group, Some(Default::default()))];
             let g = config.group(group);
             let mut writes = Writes::new();
             let cache = Self::cache_writes(&moved, &mut writes);
@@ -680,17 +757,38 @@ impl Ledger {
                 note: input.note,
                 updated_ms: now,
             };
-            // The old and the new subject's cards, on the old and the new group.
-            let mut by_group: BTreeMap<u64, Option<Vec<CardNo>>> = BTreeMap::new();
-            for p in old.iter().chain(std::iter::once(&permission)) {
-                let cards = affected(&self.state, p);
-                let slot = by_group.entry(p.door_group).or_insert(Some(Vec::new()));
-                match (slot.as_mut(), cards) {
-                    (Some(list), Some(cards)) => list.extend(cards),
-                    _ => *slot = None,
+            // The old and the new subject's lines, on the old and the new group: exact
+            // for a person; a department or a kind changes everything.
+            let tz = self.tz_offset_minutes();
+            let mut groups: Vec<u64> = old.iter().map(|p| p.door_group).collect();
+            groups.push(permission.door_group);
+            groups.sort_unstable();
+            groups.dedup();
+            let person_only = old
+                .iter()
+                .chain(std::iter::once(&permission))
+                .all(|p| matches!(p.subject, Subject::Person(_)));
+            let mut cards: Vec<CardNo> = Vec::new();
+            if person_only {
+                for p in old.iter().chain(std::iter::once(&permission)) {
+                    if let Subject::Person(a) = p.subject {
+                        cards.extend(cards_of(&self.state, a));
+                    }
                 }
+                cards.sort_unstable();
+                cards.dedup();
             }
-            let moved: Vec<_> = by_group.into_iter().map(|(g, cards)| config.bump(g, cards)).collect();
+            let mut by_group: BTreeMap<u64, Option<LineDiff>> = BTreeMap::new();
+            for g in groups {
+                let before = config.by_group.get(&g).cloned().unwrap_or_default();
+                let mut after: Vec<Permission> = before.iter().filter(|x| x.id != permission.id).cloned().collect();
+                if permission.door_group == g {
+                    after.push(permission.clone());
+                }
+                let lines = person_only.then(|| diff_lines(&self.state, &before, &after, &cards, tz));
+                by_group.insert(g, lines);
+            }
+            let moved: Vec<_> = by_group.into_iter().map(|(g, lines)| config.bump(g, lines)).collect();
             let mut writes = Writes::new();
             writes.push(write(AccessRecord::Permission(permission.clone())));
             let cache = Self::cache_writes(&moved, &mut writes);
@@ -715,6 +813,7 @@ impl Ledger {
     pub async fn access_check(&self, terminal: u64, req: AccessRequest) -> Result<Durable<AccessAnswer>, JournalError> {
         let txn = Txn::begin(self.journal()).await?;
         let now = self.now_ms();
+        self.door_clock_drift(terminal, req.controller_time_ms.saturating_sub(now));
         let tz = self.tz_offset_minutes();
         let controller_group = self.controller_group(terminal);
         let card = self.state.card(req.card);
@@ -750,15 +849,24 @@ impl Ledger {
         let answer = AccessAnswer {
             event_seq: req.event_seq,
             reason: verdict.reason,
-            cache_version: config.group(controller_group).cache_version,
+            cache_version: cache_version(
+                config.group(controller_group).cache_version,
+                self.state.blacklist().published(),
+            ),
             gateway_time_ms: now,
         };
         let drift = req.controller_time_ms.saturating_sub(now);
         let c = events.controllers.entry(terminal).or_default();
         c.drift_ms = drift;
         if c.seen.mark(req.event_seq) == Seen::Duplicate {
-            return Ok(txn.barrier(answer));
+            // A retry: the answer recorded the first time, when it is still remembered.
+            let reason = c
+                .answered(req.event_seq)
+                .and_then(AccessReason::from_code)
+                .unwrap_or(answer.reason);
+            return Ok(txn.barrier(AccessAnswer { reason, ..answer }));
         }
+        c.remember(req.event_seq, verdict.reason.code());
         let controller = c.record(terminal);
         if verdict.granted() {
             metrics::counter!("cardgate_door_checks_total", "result" => "granted").increment(1);
@@ -781,6 +889,7 @@ impl Ledger {
             permission: verdict.permission,
             passback: verdict.passback,
             drift_ms: drift,
+            flagged: false,
         };
         let mut writes = Writes::new();
         writes.push(write(AccessRecord::Controller(controller.clone())));
@@ -807,6 +916,7 @@ impl Ledger {
     ) -> Result<Durable<PunchAnswer>, JournalError> {
         let txn = Txn::begin(self.journal()).await?;
         let now = self.now_ms();
+        self.door_clock_drift(terminal, clock_time_ms.saturating_sub(now));
         let card = self.state.card(card_no);
         let account = card.and_then(|c| self.state.account(c.account));
         let status = match (card, account) {
@@ -822,12 +932,18 @@ impl Ledger {
         c.drift_ms = drift;
         if c.seen.mark(event_seq) == Seen::Duplicate {
             metrics::counter!("cardgate_door_punches_total", "status" => "duplicate").increment(1);
+            // A refused punch sent again is refused again; a recorded one is a duplicate.
+            let status = match c.answered(event_seq).map(|s| s as u8) {
+                Some(s) if s != punch_status::RECORDED => s,
+                _ => punch_status::DUPLICATE,
+            };
             return Ok(txn.barrier(PunchAnswer {
                 event_seq,
-                status: punch_status::DUPLICATE,
+                status,
                 gateway_time_ms: now,
             }));
         }
+        c.remember(event_seq, u16::from(status));
         let controller = c.record(terminal);
         let status_name = match status {
             punch_status::RECORDED => "recorded",
@@ -869,6 +985,7 @@ impl Ledger {
     ) -> Result<Durable<UploadResult>, JournalError> {
         let txn = Txn::begin(self.journal()).await?;
         let now = self.now_ms();
+        let controller_group = self.controller_group(terminal);
         let book = self.state.access();
         let config = book.read();
         let mut events = book.events();
@@ -882,18 +999,34 @@ impl Ledger {
                 continue;
             }
             result.stored += 1;
-            let account = self.state.card(u.card).map_or(0, |c| c.account);
+            let card = self.state.card(u.card);
+            let account = card.map_or(0, |c| c.account);
             let door = config.doors.get(&u.door);
             let group = door.map_or(0, |d| d.group);
             let asked = Passage::from_wire(u.direction).unwrap_or(Passage::In);
             let direction = door.map_or(asked, |d| cardgate_domain::rules::access::passage_at(d, asked));
+            let blocked = match card {
+                None => true,
+                Some(c) => {
+                    card_refusal(&c, u.event_time_ms).is_some()
+                        || self
+                            .state
+                            .account(c.account)
+                            .is_none_or(|a| a.status != AccountStatus::Active)
+                }
+            };
+            let mut flagged = u.granted && (blocked || door.is_none_or(|d| d.group != controller_group));
             let mut passback = None;
-            if u.granted && account != 0 && config.group(group).anti_passback != AntiPassback::Off {
-                let newer = events
-                    .passback
-                    .get(&(account, group))
-                    .is_none_or(|p| p.last_ms <= u.event_time_ms);
+            let rule = config.group(group).anti_passback;
+            if u.granted && account != 0 && rule != AntiPassback::Off {
+                let held = events.passback.get(&(account, group)).copied();
+                let newer = held.is_none_or(|p| p.last_ms <= u.event_time_ms);
                 if newer {
+                    if cardgate_domain::rules::access::passback(rule, held, account, group, direction, u.event_time_ms)
+                        .is_err()
+                    {
+                        flagged = true;
+                    }
                     let p = PassbackState {
                         account,
                         group,
@@ -904,6 +1037,9 @@ impl Ledger {
                     writes.push(write(AccessRecord::Passback(p)));
                     passback = Some(p);
                 }
+            }
+            if flagged {
+                result.flagged += 1;
             }
             stored.push(AccessEvent {
                 terminal,
@@ -920,6 +1056,7 @@ impl Ledger {
                 permission: 0,
                 passback,
                 drift_ms: 0,
+                flagged,
             });
         }
         let c: &mut Controller = events.controllers.entry(terminal).or_default();
@@ -947,10 +1084,10 @@ impl Ledger {
         Ok(txn.send_all(result, entries, writes, 0))
     }
 
-    /// A controller's cache: what changed since `have_version` when the log still
-    /// reaches back that far, else the whole list (`have_version` 0 asks for it). The
-    /// answer waits for a barrier, so that no controller holds a version a crash could
-    /// give to another change.
+    /// A controller's cache: what changed since `have_version` when the logs still
+    /// reach back that far and the change fits one sync run, else the whole list
+    /// (`have_version` 0 asks for it). The answer waits for a barrier, so that no
+    /// controller holds a version a crash could give to another change.
     pub async fn door_cache(&self, terminal: u64, have_version: u64) -> Result<Durable<DoorCache>, JournalError> {
         let group = self.controller_group(terminal);
         let txn = Txn::begin(self.journal()).await?;
@@ -958,76 +1095,47 @@ impl Ledger {
         Ok(txn.barrier(cache))
     }
 
-    /// As `door_cache`, by door group (reports, tests).
+    /// As `door_cache`, by door group.
     pub fn door_cache_of_group(&self, group: u64, have_version: u64) -> DoorCache {
         let tz = self.tz_offset_minutes();
+        let blacklist = self.state.blacklist();
+        let bl_version = blacklist.version();
         let book = self.state.access();
         let config = book.read();
-        let version = config.group(group).cache_version;
-        let no_perms = Vec::new();
-        let perms: Vec<&Permission> = config
+        let g = config.group(group);
+        let version = cache_version(g.cache_version, bl_version);
+        let perms: Vec<Permission> = config
             .by_group
             .get(&group)
-            .unwrap_or(&no_perms)
-            .iter()
-            .filter(|p| !p.revoked)
-            .collect();
-        let entries_for = |card: CardNo, out: &mut Vec<CacheEntry>| {
-            let Some(c) = self.state.card(card) else { return };
-            if c.status != CardStatus::Active {
-                return;
-            }
-            let Some(a) = self.state.account(c.account) else { return };
-            if a.status != AccountStatus::Active {
-                return;
-            }
-            let person = self.state.person_of_account(a.id);
-            for p in perms
-                .iter()
-                .filter(|p| subject_matches(&p.subject, &a, person.as_ref()))
-            {
-                out.push(CacheEntry {
-                    card,
-                    add: true,
-                    schedule: p.schedule,
-                    valid_from_min: minutes(day_start_ms(p.valid_from_day, tz)),
-                    valid_to_min: p.valid_to_day.map_or(u32::MAX, |d| minutes(day_start_ms(d + 1, tz))),
-                });
-            }
-        };
-        let delta = if have_version == 0 || have_version > version {
+            .map(|v| v.iter().filter(|p| !p.revoked).cloned().collect())
+            .unwrap_or_default();
+        let (have_group, have_bl) = (have_version >> 32, have_version & 0xFFFF_FFFF);
+        let delta = if have_version == 0 || have_version > version || have_bl > bl_version {
             None
         } else {
-            config.changed_cards(group, have_version)
-        };
-        let (full, entries) = match delta {
-            Some(cards) => {
-                let mut out = Vec::new();
-                for card in cards {
-                    out.push(CacheEntry {
-                        card,
-                        add: false,
-                        schedule: 0,
-                        valid_from_min: 0,
-                        valid_to_min: 0,
-                    });
-                    entries_for(card, &mut out);
-                }
-                (false, Arc::new(out))
-            }
-            None => match config.full_list(group) {
-                Some(list) => (true, list),
-                None => {
-                    let mut cards = Vec::new();
-                    self.state.for_each_card(|c| cards.push(c.no));
-                    cards.sort_unstable();
-                    let mut out = Vec::new();
-                    for card in cards {
-                        entries_for(card, &mut out);
+            config
+                .changes_since(group, have_group)
+                .and_then(|(mut added, mut removed)| {
+                    let (listed, unlisted, _) = blacklist.changes_since(have_bl)?;
+                    let mut lines = Vec::new();
+                    for card in listed {
+                        lines.clear();
+                        lines_of(&self.state, &perms, CardNo(card), tz, true, &mut lines);
+                        for l in &lines {
+                            added.remove(l);
+                            removed.insert(*l);
+                        }
                     }
-                    (true, Arc::new(out))
-                }
-            },
+                    for card in unlisted {
+                        lines.clear();
+                        lines_of(&self.state, &perms, CardNo(card), tz, false, &mut lines);
+                        for l in &lines {
+                            removed.remove(l);
+                            added.insert(*l);
+                        }
+                    }
+                    (added.len() + removed.len() <= DELTA_LINES_MAX).then_some((added, removed))
+                })
         };
         let schedule_ids: HashSet<u64> = perms.iter().map(|p| p.schedule).collect();
         let schedules = schedule_ids
@@ -1035,26 +1143,50 @@ impl Ledger {
             .filter_map(|id| config.schedules.get(&id).cloned())
             .collect();
         let holidays = config.holidays.clone();
+        let cached = config.full_list(group, version);
         drop(config);
-        if full && just_built(&entries) {
-            book.write().keep_full_list(group, version, entries.clone());
-        }
+        let (full, added, removed) = match delta {
+            Some((added, removed)) => (
+                false,
+                Arc::new(added.into_iter().collect()),
+                removed.into_iter().collect(),
+            ),
+            None => {
+                let list = match cached {
+                    Some(list) => list,
+                    None => {
+                        let mut cards = Vec::new();
+                        self.state.for_each_card(|c| cards.push(c.no));
+                        let mut out = Vec::new();
+                        for card in cards {
+                            lines_of(&self.state, &perms, card, tz, false, &mut out);
+                        }
+                        out.sort_unstable();
+                        out.dedup();
+                        let list = Arc::new(out);
+                        book.write().keep_full_list(group, version, list.clone());
+                        list
+                    }
+                };
+                (true, list, Vec::new())
+            }
+        };
         DoorCache {
             group,
             version,
             full,
-            entries,
+            added,
+            removed,
+            anti_passback: g.anti_passback,
             schedules,
             holidays,
         }
     }
 }
 
-/// A full list is kept for the next controller of the group that asks (the demo's groups
-/// are read by ten controllers each); one not shared yet was just built.
-fn just_built(entries: &Arc<Vec<CacheEntry>>) -> bool {
-    Arc::strong_count(entries) == 1
-}
+/// Lines one delta may carry: one sync run (32 pages of 4); a larger change is sent as
+/// the full list.
+pub const DELTA_LINES_MAX: usize = 128;
 
 // ---- security's search and the attendance sheet --------------------------------------------
 

@@ -22,6 +22,7 @@ pub mod completeness;
 pub mod days;
 pub mod demo;
 pub mod desk;
+pub mod door_wire;
 pub mod doors;
 pub mod error;
 pub mod history;

@@ -10,9 +10,9 @@
 
 use cardgate_codec::{CardNo, DeclineReason};
 use cardgate_domain::access::{
-    AccessEvent, AccessRecord, AntiPassback, CacheChange, ControllerEvents, Door, DoorDirection, DoorEntry, DoorEvents,
-    EventSource, GroupAccess, GroupAccessEntry, HolidayRule, Holidays, HolidaysEntry, Passage, PassbackState,
-    Permission, PermissionAction, PermissionEntry, Punch, Schedule, ScheduleEntry, Subject, Window,
+    AccessEvent, AccessRecord, AntiPassback, CacheChange, CacheLine, ControllerEvents, Door, DoorDirection, DoorEntry,
+    DoorEvents, EventSource, GroupAccess, GroupAccessEntry, HolidayRule, Holidays, HolidaysEntry, Passage,
+    PassbackState, Permission, PermissionAction, PermissionEntry, Punch, Schedule, ScheduleEntry, Subject, Window,
 };
 use cardgate_domain::entry::{
     AccountLeft, CardAction, CardChange, DayClose, DoorGroupEntry, EntryBody, EntryRecord, FeeKind, ImportChunk,
@@ -515,6 +515,7 @@ fn every_entry() -> Vec<(&'static str, EntryBody)> {
                     permission: 5,
                     passback: Some(passback()),
                     drift_ms: -1_250,
+                    flagged: false,
                 }],
                 punches: vec![Punch {
                     terminal: 200_001,
@@ -577,10 +578,17 @@ fn permission() -> Permission {
 }
 
 fn cache_change() -> CacheChange {
+    let line = CacheLine {
+        card: CardNo(6_222_000_012_345_678),
+        schedule: 2,
+        valid_from_min: 29_930_400,
+        valid_to_min: u32::MAX,
+    };
     CacheChange {
         group: 3,
         version: 12,
-        cards: vec![CardNo(6_222_000_012_345_678)],
+        added: vec![line],
+        removed: vec![CacheLine { schedule: 1, ..line }],
         all: false,
     }
 }
@@ -659,17 +667,17 @@ const ENTRY_HEX: &[&str] = &[
     // settlement closed
     "01c08ffd92c468170306e78e8be88ab303e2c402944d01e2c40207b009c0ee6d03882701c413fcda6d9601d2d201944d0306e78e8be88ab303c08ffd92c468",
     // door set (added with issue 11)
-    "01c08ffd92c468180306e78e8be88ab3030106e4b89ce997a8074c69627261727903a18d060201c08ffd92c46801030c01ce829da484dc860b00",
+    "01c08ffd92c468180306e78e8be88ab3030106e4b89ce997a8074c69627261727903a18d060201c08ffd92c46801030c01ce829da484dc860b02a0e7a20effffffff0f01ce829da484dc860b01a0e7a20effffffff0f00",
     // schedule set
     "01c08ffd92c468190306e78e8be88ab303020b6e696768742067756172640100a80ae8020201009c04d005c08ffd92c46800",
     // holidays set
     "01c08ffd92c4681a0306e78e8be88ab30302e2c402e4c40200",
     // permission set
-    "01c08ffd92c4681b0306e78e8be88ab3030005010fe8aea1e7ae97e69cbae5ada6e999a20302e2c402019ec50200036c6162c08ffd92c46801030c01ce829da484dc860b00",
+    "01c08ffd92c4681b0306e78e8be88ab3030005010fe8aea1e7ae97e69cbae5ada6e999a20302e2c402019ec50200036c6162c08ffd92c46801030c01ce829da484dc860b02a0e7a20effffffff0f01ce829da484dc860b01a0e7a20effffffff0f00",
     // group access set
     "01c08ffd92c4681c0306e78e8be88ab30303021e0c00",
     // door events
-    "01c08ffd92c4681d01a18d064dce829da484dc860b11010300010000c08ffd92c4680501110301c08ffd92c468c31301c19a0c09ce829da484dc860b1100c08ffd92c468d804a18d064d01464700c313",
+    "01c08ffd92c4681d01a18d064dce829da484dc860b11010300010000c08ffd92c4680501110301c08ffd92c468c3130001c19a0c09ce829da484dc860b1100c08ffd92c468d804a18d064d01464700c313",
 ];
 
 /// The bytes of each state record kind a checkpoint writes.
@@ -819,7 +827,7 @@ const RECORD_HEX: &[&str] = &[
     // holidays set
     "010202e2c402e4c402",
     // access: cache change
-    "0105030c01ce829da484dc860b00",
+    "0105030c01ce829da484dc860b02a0e7a20effffffff0f01ce829da484dc860b01a0e7a20effffffff0f00",
     // permission set
     "010305010fe8aea1e7ae97e69cbae5ada6e999a20302e2c402019ec50200036c6162c08ffd92c468",
     // group access set

@@ -231,14 +231,26 @@ pub struct PassbackState {
     pub last_ms: i64,
 }
 
-/// What changed in a door group's cache at `version`: the cards whose entries changed,
-/// or everything (a department's or a kind's permission, a schedule, the calendar).
+/// One line of a controller's cache: `card` may pass within `schedule` from
+/// `valid_from_min` to before `valid_to_min` (unix minutes, UTC; `u32::MAX`: no end).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct CacheLine {
+    #[serde(with = "card_no")]
+    pub card: CardNo,
+    pub schedule: u32,
+    pub valid_from_min: u32,
+    pub valid_to_min: u32,
+}
+
+/// What changed in a door group's cache at `version`: the lines that joined and left,
+/// or everything (`all`: a department's or a kind's permission, a schedule, the
+/// calendar; a controller behind it gets the full list).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CacheChange {
     pub group: u64,
     pub version: u64,
-    #[serde(with = "crate::model::card_nos")]
-    pub cards: Vec<CardNo>,
+    pub added: Vec<CacheLine>,
+    pub removed: Vec<CacheLine>,
     pub all: bool,
 }
 
@@ -310,6 +322,10 @@ pub struct AccessEvent {
     pub passback: Option<PassbackState>,
     /// The controller's clock minus the gateway's.
     pub drift_ms: i64,
+    /// An offline decision the gateway's own rules would have made otherwise (a grant
+    /// to a card blocked by then, an anti-passback conflict, a door of another group):
+    /// stored as decided, flagged for security.
+    pub flagged: bool,
 }
 
 /// An attendance punch (考勤).

@@ -19,87 +19,7 @@ use crate::clock::business_day;
 use crate::model::{Account, AccountStatus, Card, CardStatus, Person};
 use crate::rules::input::{NAME_BYTES_MAX, check_text};
 
-/// The access reasons (wire codes, never reused). Kept here until the codec's
-/// ACCESS_RESULT lands with the same codes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u16)]
-pub enum AccessReason {
-    Granted = 0,
-    NoPermission = 1,
-    OutsideWindow = 2,
-    Holiday = 3,
-    NotYetValid = 4,
-    PermissionExpired = 5,
-    CardLost = 6,
-    CardFrozen = 7,
-    CardCancelled = 8,
-    CardExpired = 9,
-    UnknownCard = 10,
-    UnknownDoor = 11,
-    DoorDisabled = 12,
-    AntiPassback = 13,
-    WrongGroup = 14,
-    CardReplaced = 15,
-    CardBad = 16,
-    AccountBlocked = 17,
-    SystemError = 18,
-}
-
-impl AccessReason {
-    pub const ALL: [AccessReason; 19] = [
-        AccessReason::Granted,
-        AccessReason::NoPermission,
-        AccessReason::OutsideWindow,
-        AccessReason::Holiday,
-        AccessReason::NotYetValid,
-        AccessReason::PermissionExpired,
-        AccessReason::CardLost,
-        AccessReason::CardFrozen,
-        AccessReason::CardCancelled,
-        AccessReason::CardExpired,
-        AccessReason::UnknownCard,
-        AccessReason::UnknownDoor,
-        AccessReason::DoorDisabled,
-        AccessReason::AntiPassback,
-        AccessReason::WrongGroup,
-        AccessReason::CardReplaced,
-        AccessReason::CardBad,
-        AccessReason::AccountBlocked,
-        AccessReason::SystemError,
-    ];
-
-    pub fn code(self) -> u16 {
-        self as u16
-    }
-
-    pub fn from_code(code: u16) -> Option<AccessReason> {
-        AccessReason::ALL.get(usize::from(code)).copied()
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AccessReason::Granted => "granted",
-            AccessReason::NoPermission => "no_permission",
-            AccessReason::OutsideWindow => "outside_window",
-            AccessReason::Holiday => "holiday",
-            AccessReason::NotYetValid => "not_yet_valid",
-            AccessReason::PermissionExpired => "permission_expired",
-            AccessReason::CardLost => "card_lost",
-            AccessReason::CardFrozen => "card_frozen",
-            AccessReason::CardCancelled => "card_cancelled",
-            AccessReason::CardExpired => "card_expired",
-            AccessReason::UnknownCard => "unknown_card",
-            AccessReason::UnknownDoor => "unknown_door",
-            AccessReason::DoorDisabled => "door_disabled",
-            AccessReason::AntiPassback => "anti_passback",
-            AccessReason::WrongGroup => "wrong_group",
-            AccessReason::CardReplaced => "card_replaced",
-            AccessReason::CardBad => "card_bad",
-            AccessReason::AccountBlocked => "account_blocked",
-            AccessReason::SystemError => "system_error",
-        }
-    }
-}
+pub use cardgate_codec::AccessReason;
 
 /// Windows one schedule may hold: several per day for every day of the week.
 pub const WINDOWS_MAX: usize = 64;
@@ -290,19 +210,15 @@ pub fn passback(
     passage: Passage,
     now_ms: i64,
 ) -> Result<Option<PassbackState>, AccessReason> {
-    let inside = match (rule, state) {
+    let refused = match (rule, state) {
         (AntiPassback::Off, _) => return Ok(None),
-        (_, None) => None,
-        (AntiPassback::Strict, Some(s)) => Some(s.inside),
+        // No passage seen yet: let them through (who slipped in before the rule began).
+        (_, None) => false,
+        (AntiPassback::Strict, Some(s)) => s.inside == (passage == Passage::In),
+        // As strict, but the same direction again is allowed once `minutes` passed.
         (AntiPassback::Timed { minutes }, Some(s)) => {
-            Some(s.inside && now_ms < s.last_ms.saturating_add(i64::from(minutes) * 60_000))
+            s.inside == (passage == Passage::In) && now_ms < s.last_ms.saturating_add(i64::from(minutes) * 60_000)
         }
-    };
-    let refused = match (rule, passage, inside) {
-        (_, Passage::In, Some(true)) => true,
-        // Strict: leaving needs an entry first (someone who slipped in behind another).
-        (AntiPassback::Strict, Passage::Out, Some(false)) => true,
-        _ => false,
     };
     if refused {
         return Err(AccessReason::AntiPassback);
