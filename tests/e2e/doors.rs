@@ -621,3 +621,111 @@ async fn an_attendance_sheet_from_punches() {
     assert!(csv.contains("2026-03-10,P1,Li Lei,Physics,2026-03-10 08:20"), "{csv}");
     c.stop.cancel();
 }
+
+/// The real binary, killed with SIGKILL in the middle of a working day: a revocation,
+/// the controller's event numbers, its uploaded events and the cache version all come
+/// back, and an upload sent again after the restart is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn door_state_survives_kill_9() {
+    use crate::harness::{Daemon, operator_add};
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path());
+    let token = operator_add(dir.path(), "doors", "door_admin").unwrap();
+    let admin = d.admin_addr();
+    let api = |method: &str, path: &str| {
+        let (status, body) = tokio::task::block_in_place(|| api_request(admin, method, path, &token, None, ""));
+        assert!((200..300).contains(&status), "{method} {path}: {status} {body}");
+        serde_json::from_str::<Value>(&body).unwrap()
+    };
+    let now = cardgate_loadtest::client::now_ms;
+    let mut g2 = TerminalClient::connect(d.terminal_addr(), GROUP_2_CONTROLLER, &demo_secret(GROUP_2_CONTROLLER))
+        .await
+        .unwrap();
+    let check = |seq: u64| {
+        Message::AccessCheck(AccessCheck {
+            event_seq: seq,
+            card: demo_card(1),
+            door: 11,
+            direction: Direction::In,
+            controller_time_ms: now(),
+        })
+    };
+    let reason = |m: Message| match m {
+        Message::AccessResult(r) => (r.reason, r.cache_version),
+        other => panic!("expected ACCESS_RESULT, got {other:?}"),
+    };
+    assert_eq!(reason(g2.request(check(1)).await.unwrap()).0, AccessReason::Granted);
+    for p in api("GET", "/api/v1/door-permissions?door_group=2")["permissions"]
+        .as_array()
+        .unwrap()
+    {
+        api("POST", &format!("/api/v1/door-permissions/{}/revoke", p["id"]));
+    }
+    let (denied, version) = reason(g2.request(check(2)).await.unwrap());
+    assert_eq!(denied, AccessReason::NoPermission);
+    let events: Vec<DoorEvent> = (3..=5)
+        .map(|seq| {
+            let mut e = DoorEvent {
+                event_seq: seq,
+                card: demo_card(2),
+                door: 13,
+                direction: Direction::Out,
+                reason: AccessReason::Granted,
+                event_time_ms: now() - 60_000,
+                mac: [0; 16],
+            };
+            e.mac = door_event_mac(
+                &demo_secret(GROUP_2_CONTROLLER),
+                &DoorEventFields::of(GROUP_2_CONTROLLER, &e),
+            );
+            e
+        })
+        .collect();
+    let first = upload(&mut g2, &events).await;
+    assert_eq!((first.stored, first.duplicates), (3, 0));
+    drop(g2);
+
+    d.kill9();
+    let d = Daemon::start(dir.path());
+    let mut g2 = TerminalClient::connect(d.terminal_addr(), GROUP_2_CONTROLLER, &demo_secret(GROUP_2_CONTROLLER))
+        .await
+        .unwrap();
+    assert_eq!(g2.sign_on.last_tx_seq, 5, "the controller's event numbers came back");
+    let (after, version_after) = reason(g2.request(check(6)).await.unwrap());
+    assert_eq!(after, AccessReason::NoPermission, "the revocation came back");
+    assert_eq!(version_after, version, "the cache version came back");
+    let again = upload(&mut g2, &events).await;
+    assert_eq!((again.stored, again.duplicates), (0, 3), "stored once");
+    let admin = d.admin_addr();
+    let (status, body) = tokio::task::block_in_place(|| {
+        api_request(
+            admin,
+            "GET",
+            "/api/v1/access-events?door=13&format=json",
+            &token,
+            None,
+            "",
+        )
+    });
+    assert_eq!(status, 200, "{body}");
+    let found: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(found["events"].as_array().unwrap().len(), 3, "{found}");
+}
+
+async fn upload(c: &mut TerminalClient, events: &[DoorEvent]) -> cardgate_codec::DoorEventsResult {
+    c.feed(Message::DoorEventsBatch(DoorEventsBatch {
+        first_event_seq: events[0].event_seq,
+        count: events.len() as u16,
+    }))
+    .await
+    .unwrap();
+    for e in events {
+        c.feed(Message::DoorEvent(*e)).await.unwrap();
+    }
+    c.flush().await.unwrap();
+    match c.recv_answer().await.unwrap().message {
+        Message::DoorEventsResult(r) => r,
+        other => panic!("expected DOOR_EVENTS_RESULT, got {other:?}"),
+    }
+}
