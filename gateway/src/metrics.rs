@@ -577,6 +577,8 @@ fn sample_once(s: &Sampled) {
     for (bucket, n) in BLACKLIST_BEHIND_BUCKETS.iter().zip(lag.behind_by) {
         metrics::gauge!("cardgate_blacklist_terminals_behind_by", "versions" => *bucket).set(n as f64);
     }
+    let (doors_behind, _) = ledger.door_cache_lag();
+    metrics::gauge!("cardgate_door_controllers_behind").set(doors_behind as f64);
     let offline_after_ms = i64::try_from(s.terminal_offline_after.as_millis()).unwrap_or(i64::MAX);
     let presence = ledger.terminal_presence(s.started_ms, offline_after_ms);
     for (i, kind) in TerminalKind::ALL.iter().enumerate() {

@@ -333,8 +333,9 @@ impl Ledger {
         c.cache_acked = version;
     }
 
-    /// Door controllers connected or not whose acknowledged version is behind their
-    /// group's, and how many controllers have acknowledged any.
+    /// Door controllers (that ever sent an event or an acknowledgement) whose
+    /// acknowledged cache version is behind their group's announced one, and how many
+    /// there are.
     pub fn door_cache_lag(&self) -> (u64, u64) {
         let acked: Vec<(u64, u64)> = self
             .state
@@ -347,12 +348,12 @@ impl Ledger {
         let mut behind = 0;
         let mut known = 0;
         for (t, v) in acked {
-            let g = self.controller_group(t);
-            if g == 0 {
+            let current = self.controller_cache_version(t);
+            if current == 0 {
                 continue;
             }
             known += 1;
-            if v < self.group_access(g).cache_version {
+            if v < current {
                 behind += 1;
             }
         }
