@@ -22,10 +22,10 @@ pub const HEADER_LEN: usize = 16;
 /// Bytes of the truncated HMAC-SHA256 that ends an authenticated frame.
 pub const MAC_LEN: usize = 16;
 
-/// The largest value the length prefix may hold. Every message today is under 100 bytes;
-/// the limit leaves room for the paged blacklist and offline-upload frames that come next
-/// while keeping what one connection can make us buffer small: it is checked before any
-/// byte of the frame is buffered beyond the prefix.
+/// The largest value the length prefix may hold. Every message today is under 160 bytes;
+/// the limit leaves room for larger pages later while keeping what one connection can
+/// make us buffer small: it is checked before any byte of the frame is buffered beyond
+/// the prefix.
 pub const FRAME_LEN_MAX: usize = 16 * 1024;
 
 /// Flag bit 0: the frame ends with a MAC.
@@ -64,11 +64,38 @@ pub mod msg_type {
     pub const OFFLINE_SALE: u8 = 0x62;
     /// G→T: the answer to an OFFLINE_BATCH, once its sales are durable.
     pub const OFFLINE_RESULT: u8 = 0x63;
+    /// T→G (door controller): may this card pass this door now?
+    pub const ACCESS_CHECK: u8 = 0x40;
+    /// G→T: the answer to an ACCESS_CHECK, grant or deny with a reason.
+    pub const ACCESS_RESULT: u8 = 0x41;
+    /// T→G (attendance clock): a card punched.
+    pub const PUNCH: u8 = 0x42;
+    /// G→T: the answer to a PUNCH.
+    pub const PUNCH_RESULT: u8 = 0x43;
+    /// T→G (door controller): bring my door group's cache from a version to now.
+    pub const DOOR_CACHE_SYNC: u8 = 0x44;
+    /// G→T: one page of cache entries of a DOOR_CACHE_SYNC answer.
+    pub const DOOR_CACHE_PAGE: u8 = 0x45;
+    /// G→T: one part of a weekly schedule the cache refers to (in a sync answer).
+    pub const DOOR_SCHEDULE: u8 = 0x46;
+    /// G→T: one part of the holiday calendar (in a sync answer).
+    pub const DOOR_HOLIDAYS: u8 = 0x47;
+    /// T→G, unanswered: the cache version the controller now holds.
+    pub const DOOR_CACHE_ACK: u8 = 0x48;
+    /// G→T, unsolicited (request id 0): the door group's cache has a new version.
+    pub const DOOR_CACHE_PUSH: u8 = 0x49;
+    /// T→G: the next `count` frames are DOOR_EVENTs decided offline.
+    pub const DOOR_EVENTS_BATCH: u8 = 0x4A;
+    /// T→G, unanswered on its own: one decision made offline, MACed under the long-term secret.
+    pub const DOOR_EVENT: u8 = 0x4B;
+    /// G→T: the answer to a DOOR_EVENTS_BATCH, once its events are durable.
+    pub const DOOR_EVENTS_RESULT: u8 = 0x4C;
     /// 0x30..=0x3F: blacklist push and delta sync (0x34..=0x3F still free).
     pub const RESERVED_BLACKLIST: std::ops::RangeInclusive<u8> = 0x30..=0x3F;
-    /// 0x40..=0x4F: door access.
+    /// 0x40..=0x4F: door access and attendance punches (0x4D..=0x4F still free).
     pub const RESERVED_DOOR: std::ops::RangeInclusive<u8> = 0x40..=0x4F;
-    /// 0x50..=0x5F: attendance punches.
+    /// 0x50..=0x5F: attendance (still free: PUNCH and PUNCH_RESULT took 0x42 and 0x43
+    /// beside the door messages, whose event sequence numbers they share).
     pub const RESERVED_ATTENDANCE: std::ops::RangeInclusive<u8> = 0x50..=0x5F;
     /// 0x60..=0x6F: offline sales (0x64..=0x6F still free).
     pub const RESERVED_OFFLINE: std::ops::RangeInclusive<u8> = 0x60..=0x6F;

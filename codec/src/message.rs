@@ -517,6 +517,581 @@ pub struct OfflineResult {
     pub last_tx_seq: u64,
 }
 
+/// Why a door controller's request was granted or denied (ACCESS_RESULT and DOOR_EVENT
+/// `reason`). The numeric values are the wire codes and never change meaning; new
+/// reasons take new numbers. `Granted` is the only reason of a grant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum AccessReason {
+    Granted = 0,
+    /// No permission of the card's person covers the door's group.
+    NoPermission = 1,
+    /// A permission covers the group, but not at this time of the week.
+    OutsideWindow = 2,
+    /// Today is a holiday and the permission's schedule has no holiday window now.
+    Holiday = 3,
+    /// The permission starts later.
+    NotYetValid = 4,
+    /// The permission ended.
+    PermissionExpired = 5,
+    CardLost = 6,
+    CardFrozen = 7,
+    CardCancelled = 8,
+    CardExpired = 9,
+    UnknownCard = 10,
+    UnknownDoor = 11,
+    DoorDisabled = 12,
+    /// The card's last passage in this door group was in the same direction (entered
+    /// and not left, or the other way round), or too recent for the timed variant.
+    AntiPassback = 13,
+    /// The door is not on this controller's door group.
+    WrongGroup = 14,
+    /// The card was replaced by a new one; only the new card works.
+    CardReplaced = 15,
+    /// The card was recorded as damaged.
+    CardBad = 16,
+    /// The account behind the card is closed or frozen.
+    AccountBlocked = 17,
+    /// The gateway could not make the decision durable: the door stays shut.
+    SystemError = 18,
+}
+
+impl AccessReason {
+    pub const ALL: [AccessReason; 19] = [
+        AccessReason::Granted,
+        AccessReason::NoPermission,
+        AccessReason::OutsideWindow,
+        AccessReason::Holiday,
+        AccessReason::NotYetValid,
+        AccessReason::PermissionExpired,
+        AccessReason::CardLost,
+        AccessReason::CardFrozen,
+        AccessReason::CardCancelled,
+        AccessReason::CardExpired,
+        AccessReason::UnknownCard,
+        AccessReason::UnknownDoor,
+        AccessReason::DoorDisabled,
+        AccessReason::AntiPassback,
+        AccessReason::WrongGroup,
+        AccessReason::CardReplaced,
+        AccessReason::CardBad,
+        AccessReason::AccountBlocked,
+        AccessReason::SystemError,
+    ];
+
+    pub fn code(self) -> u16 {
+        self as u16
+    }
+
+    pub fn from_code(code: u16) -> Option<AccessReason> {
+        AccessReason::ALL.into_iter().find(|r| r.code() == code)
+    }
+
+    pub fn is_granted(self) -> bool {
+        self == AccessReason::Granted
+    }
+
+    /// A stable snake_case name for metrics labels, reports and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccessReason::Granted => "granted",
+            AccessReason::NoPermission => "no_permission",
+            AccessReason::OutsideWindow => "outside_window",
+            AccessReason::Holiday => "holiday",
+            AccessReason::NotYetValid => "not_yet_valid",
+            AccessReason::PermissionExpired => "permission_expired",
+            AccessReason::CardLost => "card_lost",
+            AccessReason::CardFrozen => "card_frozen",
+            AccessReason::CardCancelled => "card_cancelled",
+            AccessReason::CardExpired => "card_expired",
+            AccessReason::UnknownCard => "unknown_card",
+            AccessReason::UnknownDoor => "unknown_door",
+            AccessReason::DoorDisabled => "door_disabled",
+            AccessReason::AntiPassback => "anti_passback",
+            AccessReason::WrongGroup => "wrong_group",
+            AccessReason::CardReplaced => "card_replaced",
+            AccessReason::CardBad => "card_bad",
+            AccessReason::AccountBlocked => "account_blocked",
+            AccessReason::SystemError => "system_error",
+        }
+    }
+}
+
+/// Which way a card passes a door.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Direction {
+    In = 1,
+    Out = 2,
+}
+
+impl Direction {
+    pub fn from_code(code: u8) -> Option<Direction> {
+        match code {
+            1 => Some(Direction::In),
+            2 => Some(Direction::Out),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::In => "in",
+            Direction::Out => "out",
+        }
+    }
+}
+
+/// T→G (door controller): may `card` pass `door` in `direction` now? Answered by one
+/// ACCESS_RESULT with this frame's request id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AccessCheck {
+    /// The controller's event number: one strictly increasing sequence per controller,
+    /// shared by online checks, punches and events decided offline.
+    pub event_seq: u64,
+    pub card: CardNo,
+    pub door: u32,
+    pub direction: Direction,
+    /// The controller's clock when the card was presented.
+    pub controller_time_ms: i64,
+}
+
+/// G→T: the gateway's decision on an ACCESS_CHECK, durable before it is sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AccessResult {
+    pub event_seq: u64,
+    pub card: CardNo,
+    pub door: u32,
+    /// On the wire `granted` is 1 exactly when the reason is `Granted`.
+    pub reason: AccessReason,
+    /// The current cache version of the controller's door group: a controller below it
+    /// should sync (a missed DOOR_CACHE_PUSH shows here).
+    pub cache_version: u64,
+    pub gateway_time_ms: i64,
+}
+
+impl AccessResult {
+    pub fn granted(&self) -> bool {
+        self.reason.is_granted()
+    }
+}
+
+/// T→G (attendance clock): `card` punched. Answered by one PUNCH_RESULT.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Punch {
+    pub event_seq: u64,
+    pub card: CardNo,
+    pub controller_time_ms: i64,
+}
+
+/// What became of a punch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum PunchStatus {
+    /// Recorded (durable) now.
+    Recorded = 0,
+    /// This clock's `event_seq` was recorded before: not recorded twice.
+    Duplicate = 1,
+    /// No such card: nothing recorded as a punch.
+    UnknownCard = 2,
+    /// The card is lost, frozen, cancelled, expired, replaced or bad: nothing recorded
+    /// as a punch.
+    CardBlocked = 3,
+}
+
+impl PunchStatus {
+    pub const ALL: [PunchStatus; 4] = [
+        PunchStatus::Recorded,
+        PunchStatus::Duplicate,
+        PunchStatus::UnknownCard,
+        PunchStatus::CardBlocked,
+    ];
+
+    pub fn from_code(code: u8) -> Option<PunchStatus> {
+        PunchStatus::ALL.into_iter().find(|s| *s as u8 == code)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PunchStatus::Recorded => "recorded",
+            PunchStatus::Duplicate => "duplicate",
+            PunchStatus::UnknownCard => "unknown_card",
+            PunchStatus::CardBlocked => "card_blocked",
+        }
+    }
+}
+
+/// G→T: the answer to a PUNCH, sent once the punch is durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PunchResult {
+    pub event_seq: u64,
+    pub card: CardNo,
+    pub status: PunchStatus,
+    pub gateway_time_ms: i64,
+}
+
+/// T→G: with `after == None`, "bring my door group's cache from `have_version` to the
+/// current version" (a delta when the gateway still has the changes, else the full
+/// list); with `after == Some(entry)`, "continue the full list after this entry".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DoorCacheSync {
+    pub have_version: u64,
+    /// The last entry of the previous run of a full list. On the wire, a card of 0
+    /// means none.
+    pub after: Option<DoorCacheEntry>,
+}
+
+/// One cache entry: `card` may pass the controller's doors in the minutes
+/// `valid_from_min..valid_to_min` (unix minutes, UTC, end exclusive) within the windows
+/// of `schedule`. A card may have several entries (several permissions); it passes when
+/// any of them lets it. Entries are ordered by (card, schedule, valid_from_min,
+/// valid_to_min), and a delta removes an entry by naming all four.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct DoorCacheEntry {
+    pub card: CardNo,
+    /// `DOOR_SCHEDULE_ALWAYS` or a schedule sent by DOOR_SCHEDULE.
+    pub schedule: u32,
+    /// The first minute the entry is valid; 0: since always.
+    pub valid_from_min: u32,
+    /// The first minute the entry is no longer valid; `DOOR_VALID_FOREVER`: no end.
+    pub valid_to_min: u32,
+}
+
+/// Schedule id meaning "at every minute of every day, holidays included"; never sent as
+/// a DOOR_SCHEDULE.
+pub const DOOR_SCHEDULE_ALWAYS: u32 = 0;
+/// `valid_to_min` of an entry with no end.
+pub const DOOR_VALID_FOREVER: u32 = u32::MAX;
+
+/// Entries one DOOR_CACHE_PAGE carries at most. Small for the reason of
+/// `BLACKLIST_PAGE_CARDS_MAX`: every `Message` is as large as its largest variant.
+pub const DOOR_CACHE_PAGE_ENTRIES_MAX: usize = 4;
+
+/// What a DOOR_CACHE_PAGE holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum DoorCachePageKind {
+    /// Changes in `(from_version, to_version]`: entries to add, then entries to remove.
+    Delta = 0,
+    /// A slice of the whole list as of `to_version`, in entry order.
+    Full = 1,
+}
+
+/// Page flag: another DOOR_CACHE_SYNC is needed to finish (this was the last page of
+/// the run, but not of the answer).
+pub const DOOR_PAGE_MORE: u8 = 0x01;
+/// Page flag: this page starts a full list: the list being built starts empty.
+pub const DOOR_PAGE_FIRST: u8 = 0x02;
+/// Page flag: the last frame of this run (the answer to one DOOR_CACHE_SYNC).
+pub const DOOR_PAGE_LAST_IN_RUN: u8 = 0x04;
+
+/// The anti-passback rule of a door group, as its controllers apply it offline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[repr(u8)]
+pub enum Passback {
+    /// No anti-passback.
+    #[default]
+    Off = 0,
+    /// A card that entered must exit before it enters again, and the other way round.
+    Strict = 1,
+    /// As `Strict`, but a passage in the same direction is allowed again once
+    /// `passback_min` minutes have passed since the last one.
+    Timed = 2,
+}
+
+impl Passback {
+    pub fn from_code(code: u8) -> Option<Passback> {
+        [Passback::Off, Passback::Strict, Passback::Timed]
+            .into_iter()
+            .find(|p| *p as u8 == code)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Passback::Off => "off",
+            Passback::Strict => "strict",
+            Passback::Timed => "timed",
+        }
+    }
+}
+
+/// G→T: one page of a door cache sync answer. The entries are kept as parallel arrays
+/// so that the page stays as small as a blacklist page; build one with
+/// [`DoorCachePage::new`] and read it with [`DoorCachePage::added_entries`] and
+/// [`DoorCachePage::removed_entries`]. Unused slots are zero.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DoorCachePage {
+    pub kind: DoorCachePageKind,
+    pub flags: u8,
+    pub added: u8,
+    pub removed: u8,
+    /// The door group's anti-passback rule as of `to_version` (every page carries it).
+    pub passback: Passback,
+    /// With `Passback::Timed`: the minutes after which the same direction is allowed
+    /// again; else 0.
+    pub passback_min: u16,
+    /// Delta: the version the page starts from. Full: 0.
+    pub from_version: u64,
+    /// Delta: the controller's version once it applied this page. Full: the version
+    /// the list was read at.
+    pub to_version: u64,
+    cards: [u64; DOOR_CACHE_PAGE_ENTRIES_MAX],
+    schedules: [u32; DOOR_CACHE_PAGE_ENTRIES_MAX],
+    valid_from: [u32; DOOR_CACHE_PAGE_ENTRIES_MAX],
+    valid_to: [u32; DOOR_CACHE_PAGE_ENTRIES_MAX],
+}
+
+impl DoorCachePage {
+    /// A page adding `added` then removing `removed`; `None` when they do not fit on a
+    /// page or a full page would remove.
+    pub fn new(
+        kind: DoorCachePageKind,
+        flags: u8,
+        from_version: u64,
+        to_version: u64,
+        added: &[DoorCacheEntry],
+        removed: &[DoorCacheEntry],
+    ) -> Option<DoorCachePage> {
+        if added.len() + removed.len() > DOOR_CACHE_PAGE_ENTRIES_MAX
+            || (kind == DoorCachePageKind::Full && !removed.is_empty())
+        {
+            return None;
+        }
+        let mut page = DoorCachePage {
+            kind,
+            flags,
+            added: added.len() as u8,
+            removed: removed.len() as u8,
+            passback: Passback::Off,
+            passback_min: 0,
+            from_version,
+            to_version,
+            cards: [0; DOOR_CACHE_PAGE_ENTRIES_MAX],
+            schedules: [0; DOOR_CACHE_PAGE_ENTRIES_MAX],
+            valid_from: [0; DOOR_CACHE_PAGE_ENTRIES_MAX],
+            valid_to: [0; DOOR_CACHE_PAGE_ENTRIES_MAX],
+        };
+        for (i, e) in added.iter().chain(removed).enumerate() {
+            page.set(i, *e);
+        }
+        Some(page)
+    }
+
+    fn set(&mut self, i: usize, e: DoorCacheEntry) {
+        self.cards[i] = e.card.0;
+        self.schedules[i] = e.schedule;
+        self.valid_from[i] = e.valid_from_min;
+        self.valid_to[i] = e.valid_to_min;
+    }
+
+    fn entry(&self, i: usize) -> DoorCacheEntry {
+        DoorCacheEntry {
+            card: CardNo(self.cards[i]),
+            schedule: self.schedules[i],
+            valid_from_min: self.valid_from[i],
+            valid_to_min: self.valid_to[i],
+        }
+    }
+
+    pub fn added_entries(&self) -> impl Iterator<Item = DoorCacheEntry> + '_ {
+        (0..usize::from(self.added)).map(|i| self.entry(i))
+    }
+
+    pub fn removed_entries(&self) -> impl Iterator<Item = DoorCacheEntry> + '_ {
+        let a = usize::from(self.added);
+        (a..a + usize::from(self.removed)).map(|i| self.entry(i))
+    }
+
+    pub fn has(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
+
+    /// The same page carrying the group's anti-passback rule.
+    pub fn with_passback(mut self, passback: Passback, passback_min: u16) -> DoorCachePage {
+        self.passback = passback;
+        self.passback_min = passback_min;
+        self
+    }
+}
+
+/// One weekly window of a schedule, in the business time zone's local time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct DoorWindow {
+    /// 0 = Monday .. 6 = Sunday; `DOOR_WINDOW_HOLIDAY` for a window that applies on
+    /// holidays instead of the weekday's.
+    pub day: u8,
+    /// The first minute of the window, 0..=1439.
+    pub start_min: u16,
+    /// The minute the window ends (exclusive), 1..=1440. At or below `start_min` the
+    /// window crosses midnight and ends on the next day.
+    pub end_min: u16,
+}
+
+/// `DoorWindow::day` of a holiday window.
+pub const DOOR_WINDOW_HOLIDAY: u8 = 7;
+
+/// Windows one DOOR_SCHEDULE frame carries at most; a longer schedule takes several.
+pub const DOOR_SCHEDULE_WINDOWS_MAX: usize = 16;
+
+/// DOOR_SCHEDULE flag: the first frame of this schedule: forget its windows held.
+pub const DOOR_SCHEDULE_FIRST: u8 = 0x01;
+
+/// How a schedule treats the dates of the holiday calendar.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum HolidayRule {
+    /// Holidays are ordinary days: the weekday's windows apply.
+    Ignore = 0,
+    /// On a holiday only the schedule's holiday windows apply (none: closed all day).
+    HolidayWindows = 1,
+}
+
+/// G→T, inside a sync answer: (part of) a schedule the cache entries refer to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DoorSchedule {
+    /// Above 0.
+    pub schedule: u32,
+    pub flags: u8,
+    pub holiday_rule: HolidayRule,
+    pub count: u8,
+    pub windows: [DoorWindow; DOOR_SCHEDULE_WINDOWS_MAX],
+}
+
+impl DoorSchedule {
+    pub fn windows(&self) -> &[DoorWindow] {
+        &self.windows[..usize::from(self.count)]
+    }
+}
+
+/// Holiday dates one DOOR_HOLIDAYS frame carries at most.
+pub const DOOR_HOLIDAYS_MAX: usize = 16;
+
+/// DOOR_HOLIDAYS flag: the first frame of the calendar: forget the dates held.
+pub const DOOR_HOLIDAYS_FIRST: u8 = 0x01;
+
+/// G→T, inside a sync answer: (part of) the holiday calendar, as local dates counted in
+/// days since 1970-01-01, and the business time zone the windows and dates are in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DoorHolidays {
+    pub flags: u8,
+    pub count: u8,
+    /// Local time minus UTC, in minutes (480 for UTC+8), in force for the dates listed.
+    pub utc_offset_min: i16,
+    pub days: [u32; DOOR_HOLIDAYS_MAX],
+}
+
+impl DoorHolidays {
+    pub fn days(&self) -> &[u32] {
+        &self.days[..usize::from(self.count)]
+    }
+}
+
+/// T→G, unanswered: the controller applied a sync up to `version`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DoorCacheAck {
+    pub version: u64,
+}
+
+/// G→T, unsolicited: the door group's cache changed; a controller below `version`
+/// should sync.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DoorCachePush {
+    pub version: u64,
+    pub server_time_ms: i64,
+}
+
+/// T→G: an upload batch: the next `count` frames on this connection are its
+/// DOOR_EVENTs, in strictly increasing `event_seq` from `first_event_seq`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DoorEventsBatch {
+    pub first_event_seq: u64,
+    pub count: u16,
+}
+
+/// T→G: one decision a controller made offline from its cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DoorEvent {
+    pub event_seq: u64,
+    pub card: CardNo,
+    pub door: u32,
+    pub direction: Direction,
+    /// On the wire `granted` is 1 exactly when the reason is `Granted`.
+    pub reason: AccessReason,
+    /// The controller's clock when it decided.
+    pub event_time_ms: i64,
+    /// `door_event_mac` under the controller's long-term secret.
+    pub mac: [u8; 16],
+}
+
+impl DoorEvent {
+    pub fn granted(&self) -> bool {
+        self.reason.is_granted()
+    }
+}
+
+/// What became of a door event upload batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum DoorEventsStatus {
+    /// Every event is stored now or was before (`stored + duplicates == count`).
+    Accepted = 0,
+    /// An event's MAC does not verify: nothing of the batch was stored. `first_bad_seq`
+    /// names it.
+    BadMac = 1,
+    /// The batch breaks the rules (sequence numbers not strictly increasing, a count of
+    /// 0 or above the batch limit, a sequence number of 0): nothing was stored.
+    BadBatch = 2,
+    /// The gateway could not make the batch durable: send it again later; events
+    /// already stored are recognised as duplicates.
+    SystemError = 3,
+}
+
+impl DoorEventsStatus {
+    pub const ALL: [DoorEventsStatus; 4] = [
+        DoorEventsStatus::Accepted,
+        DoorEventsStatus::BadMac,
+        DoorEventsStatus::BadBatch,
+        DoorEventsStatus::SystemError,
+    ];
+
+    pub fn from_code(code: u8) -> Option<DoorEventsStatus> {
+        DoorEventsStatus::ALL.into_iter().find(|s| *s as u8 == code)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DoorEventsStatus::Accepted => "accepted",
+            DoorEventsStatus::BadMac => "bad_mac",
+            DoorEventsStatus::BadBatch => "bad_batch",
+            DoorEventsStatus::SystemError => "system_error",
+        }
+    }
+}
+
+/// Events one DOOR_EVENTS_BATCH may carry at most.
+pub const DOOR_EVENTS_BATCH_MAX: u16 = 64;
+
+/// G→T: the answer to a DOOR_EVENTS_BATCH (its request id), sent once the events it
+/// stored are durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DoorEventsResult {
+    pub first_event_seq: u64,
+    pub count: u16,
+    pub status: DoorEventsStatus,
+    /// Events stored by this batch.
+    pub stored: u16,
+    /// Events the gateway already held (an upload sent again): not stored twice.
+    pub duplicates: u16,
+    /// Of `stored`: events the gateway's own rules would have decided otherwise (a
+    /// grant to a card blocked by then, an anti-passback conflict), flagged for
+    /// security's review.
+    pub flagged: u16,
+    /// With `BadMac`: the first event whose MAC failed; else 0.
+    pub first_bad_seq: u64,
+    /// The highest event sequence number the gateway now holds for the controller.
+    pub last_event_seq: u64,
+}
+
 /// Every message of protocol version 1.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Message {
@@ -541,6 +1116,19 @@ pub enum Message {
     OfflineBatch(OfflineBatch),
     OfflineSale(OfflineSale),
     OfflineResult(OfflineResult),
+    AccessCheck(AccessCheck),
+    AccessResult(AccessResult),
+    Punch(Punch),
+    PunchResult(PunchResult),
+    DoorCacheSync(DoorCacheSync),
+    DoorCachePage(DoorCachePage),
+    DoorSchedule(DoorSchedule),
+    DoorHolidays(DoorHolidays),
+    DoorCacheAck(DoorCacheAck),
+    DoorCachePush(DoorCachePush),
+    DoorEventsBatch(DoorEventsBatch),
+    DoorEvent(DoorEvent),
+    DoorEventsResult(DoorEventsResult),
 }
 
 /// Why a body could not be decoded.
@@ -609,6 +1197,19 @@ impl Message {
             Message::OfflineBatch(_) => msg_type::OFFLINE_BATCH,
             Message::OfflineSale(_) => msg_type::OFFLINE_SALE,
             Message::OfflineResult(_) => msg_type::OFFLINE_RESULT,
+            Message::AccessCheck(_) => msg_type::ACCESS_CHECK,
+            Message::AccessResult(_) => msg_type::ACCESS_RESULT,
+            Message::Punch(_) => msg_type::PUNCH,
+            Message::PunchResult(_) => msg_type::PUNCH_RESULT,
+            Message::DoorCacheSync(_) => msg_type::DOOR_CACHE_SYNC,
+            Message::DoorCachePage(_) => msg_type::DOOR_CACHE_PAGE,
+            Message::DoorSchedule(_) => msg_type::DOOR_SCHEDULE,
+            Message::DoorHolidays(_) => msg_type::DOOR_HOLIDAYS,
+            Message::DoorCacheAck(_) => msg_type::DOOR_CACHE_ACK,
+            Message::DoorCachePush(_) => msg_type::DOOR_CACHE_PUSH,
+            Message::DoorEventsBatch(_) => msg_type::DOOR_EVENTS_BATCH,
+            Message::DoorEvent(_) => msg_type::DOOR_EVENT,
+            Message::DoorEventsResult(_) => msg_type::DOOR_EVENTS_RESULT,
         }
     }
 
@@ -636,6 +1237,19 @@ impl Message {
             msg_type::OFFLINE_BATCH => 16,
             msg_type::OFFLINE_SALE => 48,
             msg_type::OFFLINE_RESULT => 40,
+            msg_type::ACCESS_CHECK => 32,
+            msg_type::ACCESS_RESULT => 40,
+            msg_type::PUNCH => 24,
+            msg_type::PUNCH_RESULT => 32,
+            msg_type::DOOR_CACHE_SYNC => 32,
+            msg_type::DOOR_CACHE_PAGE => 24 + 20 * DOOR_CACHE_PAGE_ENTRIES_MAX,
+            msg_type::DOOR_SCHEDULE => 8 + 6 * DOOR_SCHEDULE_WINDOWS_MAX,
+            msg_type::DOOR_HOLIDAYS => 8 + 4 * DOOR_HOLIDAYS_MAX,
+            msg_type::DOOR_CACHE_ACK => 8,
+            msg_type::DOOR_CACHE_PUSH => 16,
+            msg_type::DOOR_EVENTS_BATCH => 16,
+            msg_type::DOOR_EVENT => 48,
+            msg_type::DOOR_EVENTS_RESULT => 40,
             _ => return None,
         })
     }
@@ -828,6 +1442,229 @@ impl Message {
                     last_tx_seq: r.u64(),
                 })
             }
+            msg_type::ACCESS_CHECK => {
+                let event_seq = r.u64();
+                let card = r.card();
+                let door = r.u32();
+                let direction = Direction::from_code(r.u8()).ok_or(BodyError::BadField("direction"))?;
+                let _reserved: [u8; 3] = r.take();
+                Message::AccessCheck(AccessCheck {
+                    event_seq,
+                    card,
+                    door,
+                    direction,
+                    controller_time_ms: r.i64(),
+                })
+            }
+            msg_type::ACCESS_RESULT => {
+                let event_seq = r.u64();
+                let card = r.card();
+                let door = r.u32();
+                let granted = r.u8();
+                let _reserved = r.u8();
+                let reason = decode_decision(granted, r.u16())?;
+                Message::AccessResult(AccessResult {
+                    event_seq,
+                    card,
+                    door,
+                    reason,
+                    cache_version: r.u64(),
+                    gateway_time_ms: r.i64(),
+                })
+            }
+            msg_type::PUNCH => Message::Punch(Punch {
+                event_seq: r.u64(),
+                card: r.card(),
+                controller_time_ms: r.i64(),
+            }),
+            msg_type::PUNCH_RESULT => {
+                let event_seq = r.u64();
+                let card = r.card();
+                let status = PunchStatus::from_code(r.u8()).ok_or(BodyError::BadField("status"))?;
+                let _reserved: [u8; 7] = r.take();
+                Message::PunchResult(PunchResult {
+                    event_seq,
+                    card,
+                    status,
+                    gateway_time_ms: r.i64(),
+                })
+            }
+            msg_type::DOOR_CACHE_SYNC => {
+                let have_version = r.u64();
+                let entry = DoorCacheEntry {
+                    card: r.card(),
+                    schedule: r.u32(),
+                    valid_from_min: r.u32(),
+                    valid_to_min: r.u32(),
+                };
+                let _reserved = r.u32();
+                let after = if entry.card.0 == 0 {
+                    if entry != DoorCacheEntry::default() {
+                        return Err(BodyError::BadField("after"));
+                    }
+                    None
+                } else {
+                    Some(entry)
+                };
+                Message::DoorCacheSync(DoorCacheSync { have_version, after })
+            }
+            msg_type::DOOR_CACHE_PAGE => {
+                let kind = match r.u8() {
+                    0 => DoorCachePageKind::Delta,
+                    1 => DoorCachePageKind::Full,
+                    _ => return Err(BodyError::BadField("kind")),
+                };
+                let flags = r.u8();
+                if flags & !(DOOR_PAGE_MORE | DOOR_PAGE_FIRST | DOOR_PAGE_LAST_IN_RUN) != 0 {
+                    return Err(BodyError::BadField("flags"));
+                }
+                let added = r.u8();
+                let removed = r.u8();
+                if usize::from(added) + usize::from(removed) > DOOR_CACHE_PAGE_ENTRIES_MAX
+                    || (kind == DoorCachePageKind::Full && removed != 0)
+                {
+                    return Err(BodyError::BadField("count"));
+                }
+                let passback = Passback::from_code(r.u8()).ok_or(BodyError::BadField("passback"))?;
+                let _reserved = r.u8();
+                let passback_min = r.u16();
+                let from_version = r.u64();
+                let to_version = r.u64();
+                let mut entries = [DoorCacheEntry::default(); DOOR_CACHE_PAGE_ENTRIES_MAX];
+                for e in &mut entries {
+                    *e = DoorCacheEntry {
+                        card: r.card(),
+                        schedule: r.u32(),
+                        valid_from_min: r.u32(),
+                        valid_to_min: r.u32(),
+                    };
+                }
+                let used = usize::from(added) + usize::from(removed);
+                let (added_entries, removed_entries) = entries[..used].split_at(usize::from(added));
+                let page = DoorCachePage::new(kind, flags, from_version, to_version, added_entries, removed_entries)
+                    .ok_or(BodyError::BadField("count"))?;
+                Message::DoorCachePage(page.with_passback(passback, passback_min))
+            }
+            msg_type::DOOR_SCHEDULE => {
+                let schedule = r.u32();
+                if schedule == DOOR_SCHEDULE_ALWAYS {
+                    return Err(BodyError::BadField("schedule"));
+                }
+                let flags = r.u8();
+                if flags & !DOOR_SCHEDULE_FIRST != 0 {
+                    return Err(BodyError::BadField("flags"));
+                }
+                let holiday_rule = match r.u8() {
+                    0 => HolidayRule::Ignore,
+                    1 => HolidayRule::HolidayWindows,
+                    _ => return Err(BodyError::BadField("holiday_rule")),
+                };
+                let count = r.u8();
+                if usize::from(count) > DOOR_SCHEDULE_WINDOWS_MAX {
+                    return Err(BodyError::BadField("count"));
+                }
+                let _reserved = r.u8();
+                let mut windows = [DoorWindow::default(); DOOR_SCHEDULE_WINDOWS_MAX];
+                for (i, w) in windows.iter_mut().enumerate() {
+                    let day = r.u8();
+                    let _reserved = r.u8();
+                    let start_min = r.u16();
+                    let end_min = r.u16();
+                    if i < usize::from(count) {
+                        if day > DOOR_WINDOW_HOLIDAY || start_min >= 1440 || end_min == 0 || end_min > 1440 {
+                            return Err(BodyError::BadField("window"));
+                        }
+                        *w = DoorWindow {
+                            day,
+                            start_min,
+                            end_min,
+                        };
+                    }
+                }
+                Message::DoorSchedule(DoorSchedule {
+                    schedule,
+                    flags,
+                    holiday_rule,
+                    count,
+                    windows,
+                })
+            }
+            msg_type::DOOR_HOLIDAYS => {
+                let flags = r.u8();
+                if flags & !DOOR_HOLIDAYS_FIRST != 0 {
+                    return Err(BodyError::BadField("flags"));
+                }
+                let count = r.u8();
+                if usize::from(count) > DOOR_HOLIDAYS_MAX {
+                    return Err(BodyError::BadField("count"));
+                }
+                let utc_offset_min = i16::from_le_bytes(r.take());
+                if !(-14 * 60..=14 * 60).contains(&utc_offset_min) {
+                    return Err(BodyError::BadField("utc_offset_min"));
+                }
+                let _reserved = r.u32();
+                let mut days = [0u32; DOOR_HOLIDAYS_MAX];
+                for (i, d) in days.iter_mut().enumerate() {
+                    let day = r.u32();
+                    if i < usize::from(count) {
+                        *d = day;
+                    }
+                }
+                Message::DoorHolidays(DoorHolidays {
+                    flags,
+                    count,
+                    utc_offset_min,
+                    days,
+                })
+            }
+            msg_type::DOOR_CACHE_ACK => Message::DoorCacheAck(DoorCacheAck { version: r.u64() }),
+            msg_type::DOOR_CACHE_PUSH => Message::DoorCachePush(DoorCachePush {
+                version: r.u64(),
+                server_time_ms: r.i64(),
+            }),
+            msg_type::DOOR_EVENTS_BATCH => {
+                let first_event_seq = r.u64();
+                let count = r.u16();
+                let _reserved: [u8; 6] = r.take();
+                Message::DoorEventsBatch(DoorEventsBatch { first_event_seq, count })
+            }
+            msg_type::DOOR_EVENT => {
+                let event_seq = r.u64();
+                let card = r.card();
+                let door = r.u32();
+                let direction = Direction::from_code(r.u8()).ok_or(BodyError::BadField("direction"))?;
+                let granted = r.u8();
+                let reason = decode_decision(granted, r.u16())?;
+                Message::DoorEvent(DoorEvent {
+                    event_seq,
+                    card,
+                    door,
+                    direction,
+                    reason,
+                    event_time_ms: r.i64(),
+                    mac: r.take(),
+                })
+            }
+            msg_type::DOOR_EVENTS_RESULT => {
+                let first_event_seq = r.u64();
+                let count = r.u16();
+                let status = DoorEventsStatus::from_code(r.u8()).ok_or(BodyError::BadField("status"))?;
+                let _reserved = r.u8();
+                let stored = r.u16();
+                let duplicates = r.u16();
+                let flagged = r.u16();
+                let _reserved2: [u8; 6] = r.take();
+                Message::DoorEventsResult(DoorEventsResult {
+                    first_event_seq,
+                    count,
+                    status,
+                    stored,
+                    duplicates,
+                    flagged,
+                    first_bad_seq: r.u64(),
+                    last_event_seq: r.u64(),
+                })
+            }
             other => return Err(BodyError::UnknownType(other)),
         })
     }
@@ -960,8 +1797,142 @@ impl Message {
                 out.put_u64_le(m.first_bad_seq);
                 out.put_u64_le(m.last_tx_seq);
             }
+            Message::AccessCheck(m) => {
+                out.put_u64_le(m.event_seq);
+                out.put_u64_le(m.card.0);
+                out.put_u32_le(m.door);
+                out.put_u8(m.direction as u8);
+                out.put_slice(&[0u8; 3]);
+                out.put_i64_le(m.controller_time_ms);
+            }
+            Message::AccessResult(m) => {
+                out.put_u64_le(m.event_seq);
+                out.put_u64_le(m.card.0);
+                out.put_u32_le(m.door);
+                out.put_u8(u8::from(m.granted()));
+                out.put_u8(0);
+                out.put_u16_le(m.reason.code());
+                out.put_u64_le(m.cache_version);
+                out.put_i64_le(m.gateway_time_ms);
+            }
+            Message::Punch(m) => {
+                out.put_u64_le(m.event_seq);
+                out.put_u64_le(m.card.0);
+                out.put_i64_le(m.controller_time_ms);
+            }
+            Message::PunchResult(m) => {
+                out.put_u64_le(m.event_seq);
+                out.put_u64_le(m.card.0);
+                out.put_u8(m.status as u8);
+                out.put_slice(&[0u8; 7]);
+                out.put_i64_le(m.gateway_time_ms);
+            }
+            Message::DoorCacheSync(m) => {
+                out.put_u64_le(m.have_version);
+                put_entry(out, &m.after.unwrap_or_default());
+                out.put_u32_le(0);
+            }
+            Message::DoorCachePage(m) => {
+                out.put_u8(m.kind as u8);
+                out.put_u8(m.flags);
+                out.put_u8(m.added);
+                out.put_u8(m.removed);
+                out.put_u8(m.passback as u8);
+                out.put_u8(0);
+                out.put_u16_le(m.passback_min);
+                out.put_u64_le(m.from_version);
+                out.put_u64_le(m.to_version);
+                let used = usize::from(m.added) + usize::from(m.removed);
+                for i in 0..DOOR_CACHE_PAGE_ENTRIES_MAX {
+                    // Slots past the count are zero on the wire whatever memory held.
+                    put_entry(
+                        out,
+                        &if i < used {
+                            m.entry(i)
+                        } else {
+                            DoorCacheEntry::default()
+                        },
+                    );
+                }
+            }
+            Message::DoorSchedule(m) => {
+                out.put_u32_le(m.schedule);
+                out.put_u8(m.flags);
+                out.put_u8(m.holiday_rule as u8);
+                out.put_u8(m.count);
+                out.put_u8(0);
+                for (i, w) in m.windows.iter().enumerate() {
+                    let w = if i < usize::from(m.count) {
+                        *w
+                    } else {
+                        DoorWindow::default()
+                    };
+                    out.put_u8(w.day);
+                    out.put_u8(0);
+                    out.put_u16_le(w.start_min);
+                    out.put_u16_le(w.end_min);
+                }
+            }
+            Message::DoorHolidays(m) => {
+                out.put_u8(m.flags);
+                out.put_u8(m.count);
+                out.put_i16_le(m.utc_offset_min);
+                out.put_u32_le(0);
+                for (i, d) in m.days.iter().enumerate() {
+                    out.put_u32_le(if i < usize::from(m.count) { *d } else { 0 });
+                }
+            }
+            Message::DoorCacheAck(m) => out.put_u64_le(m.version),
+            Message::DoorCachePush(m) => {
+                out.put_u64_le(m.version);
+                out.put_i64_le(m.server_time_ms);
+            }
+            Message::DoorEventsBatch(m) => {
+                out.put_u64_le(m.first_event_seq);
+                out.put_u16_le(m.count);
+                out.put_slice(&[0u8; 6]);
+            }
+            Message::DoorEvent(m) => {
+                out.put_u64_le(m.event_seq);
+                out.put_u64_le(m.card.0);
+                out.put_u32_le(m.door);
+                out.put_u8(m.direction as u8);
+                out.put_u8(u8::from(m.granted()));
+                out.put_u16_le(m.reason.code());
+                out.put_i64_le(m.event_time_ms);
+                out.put_slice(&m.mac);
+            }
+            Message::DoorEventsResult(m) => {
+                out.put_u64_le(m.first_event_seq);
+                out.put_u16_le(m.count);
+                out.put_u8(m.status as u8);
+                out.put_u8(0);
+                out.put_u16_le(m.stored);
+                out.put_u16_le(m.duplicates);
+                out.put_u16_le(m.flagged);
+                out.put_slice(&[0u8; 6]);
+                out.put_u64_le(m.first_bad_seq);
+                out.put_u64_le(m.last_event_seq);
+            }
         }
     }
+}
+
+/// A decision's `granted` byte and reason: `granted` is 1 exactly for `Granted`, so that
+/// a controller that reads only the byte and one that reads only the reason agree.
+fn decode_decision(granted: u8, reason: u16) -> Result<AccessReason, BodyError> {
+    let reason = AccessReason::from_code(reason).ok_or(BodyError::BadField("reason"))?;
+    match (granted, reason.is_granted()) {
+        (1, true) | (0, false) => Ok(reason),
+        _ => Err(BodyError::BadField("granted")),
+    }
+}
+
+fn put_entry(out: &mut impl BufMut, e: &DoorCacheEntry) {
+    out.put_u64_le(e.card.0);
+    out.put_u32_le(e.schedule);
+    out.put_u32_le(e.valid_from_min);
+    out.put_u32_le(e.valid_to_min);
 }
 
 #[cfg(test)]
@@ -1178,6 +2149,233 @@ mod tests {
         );
     }
 
+    fn entry(card: u64, schedule: u32) -> DoorCacheEntry {
+        DoorCacheEntry {
+            card: CardNo(card),
+            schedule,
+            valid_from_min: 29_540_000,
+            valid_to_min: DOOR_VALID_FOREVER,
+        }
+    }
+
+    fn door_examples() -> Vec<Message> {
+        let mut windows = [DoorWindow::default(); DOOR_SCHEDULE_WINDOWS_MAX];
+        windows[0] = DoorWindow {
+            day: 0,
+            start_min: 8 * 60,
+            end_min: 18 * 60,
+        };
+        windows[1] = DoorWindow {
+            day: 4,
+            start_min: 22 * 60,
+            end_min: 6 * 60,
+        };
+        windows[2] = DoorWindow {
+            day: DOOR_WINDOW_HOLIDAY,
+            start_min: 9 * 60,
+            end_min: 1440,
+        };
+        let mut days = [0u32; DOOR_HOLIDAYS_MAX];
+        days[..2].copy_from_slice(&[20_454, 20_455]);
+        vec![
+            Message::AccessCheck(AccessCheck {
+                event_seq: 7,
+                card: CardNo(62_220_000_000_001),
+                door: 3,
+                direction: Direction::Out,
+                controller_time_ms: 1_772_424_300_000,
+            }),
+            Message::AccessResult(AccessResult {
+                event_seq: 7,
+                card: CardNo(62_220_000_000_001),
+                door: 3,
+                reason: AccessReason::OutsideWindow,
+                cache_version: 12,
+                gateway_time_ms: 1_772_424_300_004,
+            }),
+            Message::AccessResult(AccessResult {
+                event_seq: 8,
+                card: CardNo(1),
+                door: 3,
+                reason: AccessReason::Granted,
+                cache_version: 12,
+                gateway_time_ms: 5,
+            }),
+            Message::Punch(Punch {
+                event_seq: 1,
+                card: CardNo(5),
+                controller_time_ms: -1,
+            }),
+            Message::PunchResult(PunchResult {
+                event_seq: 1,
+                card: CardNo(5),
+                status: PunchStatus::Duplicate,
+                gateway_time_ms: 2,
+            }),
+            Message::DoorCacheSync(DoorCacheSync {
+                have_version: 0,
+                after: None,
+            }),
+            Message::DoorCacheSync(DoorCacheSync {
+                have_version: 4,
+                after: Some(entry(9, 2)),
+            }),
+            Message::DoorCachePage(
+                DoorCachePage::new(
+                    DoorCachePageKind::Delta,
+                    DOOR_PAGE_LAST_IN_RUN,
+                    11,
+                    12,
+                    &[entry(10, 1), entry(11, 0)],
+                    &[entry(12, 1)],
+                )
+                .unwrap()
+                .with_passback(Passback::Timed, 30),
+            ),
+            Message::DoorCachePage(
+                DoorCachePage::new(
+                    DoorCachePageKind::Full,
+                    DOOR_PAGE_FIRST | DOOR_PAGE_MORE | DOOR_PAGE_LAST_IN_RUN,
+                    0,
+                    12,
+                    &[entry(1, 0), entry(2, 0), entry(3, 0), entry(4, 0)],
+                    &[],
+                )
+                .unwrap(),
+            ),
+            Message::DoorSchedule(DoorSchedule {
+                schedule: 2,
+                flags: DOOR_SCHEDULE_FIRST,
+                holiday_rule: HolidayRule::HolidayWindows,
+                count: 3,
+                windows,
+            }),
+            Message::DoorHolidays(DoorHolidays {
+                flags: DOOR_HOLIDAYS_FIRST,
+                count: 2,
+                utc_offset_min: 480,
+                days,
+            }),
+            Message::DoorCacheAck(DoorCacheAck { version: 12 }),
+            Message::DoorCachePush(DoorCachePush {
+                version: 12,
+                server_time_ms: 3,
+            }),
+            Message::DoorEventsBatch(DoorEventsBatch {
+                first_event_seq: 20,
+                count: 2,
+            }),
+            Message::DoorEvent(DoorEvent {
+                event_seq: 20,
+                card: CardNo(62_220_000_000_001),
+                door: 3,
+                direction: Direction::In,
+                reason: AccessReason::Granted,
+                event_time_ms: 1_772_424_300_000,
+                mac: [0xcd; 16],
+            }),
+            Message::DoorEventsResult(DoorEventsResult {
+                first_event_seq: 20,
+                count: 2,
+                status: DoorEventsStatus::Accepted,
+                stored: 1,
+                duplicates: 1,
+                flagged: 0,
+                first_bad_seq: 0,
+                last_event_seq: 21,
+            }),
+        ]
+    }
+
+    #[test]
+    fn door_messages_round_trip() {
+        for m in door_examples() {
+            let mut buf = Vec::new();
+            m.encode_body(&mut buf);
+            assert_eq!(Some(buf.len()), Message::body_len(m.msg_type()), "{m:?}");
+            assert_eq!(Message::decode_body(m.msg_type(), &buf), Ok(m));
+        }
+        let Message::DoorCachePage(p) = door_examples()[7] else {
+            unreachable!()
+        };
+        assert_eq!(p.added_entries().collect::<Vec<_>>(), [entry(10, 1), entry(11, 0)]);
+        assert_eq!(p.removed_entries().collect::<Vec<_>>(), [entry(12, 1)]);
+        assert!(DoorCachePage::new(DoorCachePageKind::Full, 0, 0, 1, &[], &[entry(1, 0)]).is_none());
+        assert!(DoorCachePage::new(DoorCachePageKind::Delta, 0, 0, 1, &[entry(1, 0); 3], &[entry(2, 0); 2]).is_none());
+    }
+
+    #[test]
+    fn access_reasons_round_trip_with_unique_codes_and_names() {
+        let mut names = std::collections::HashSet::new();
+        for (i, r) in AccessReason::ALL.into_iter().enumerate() {
+            assert_eq!(r.code() as usize, i, "codes are dense from 0");
+            assert_eq!(AccessReason::from_code(r.code()), Some(r));
+            assert!(names.insert(r.as_str()));
+        }
+        assert_eq!(AccessReason::from_code(AccessReason::ALL.len() as u16), None);
+        for s in PunchStatus::ALL {
+            assert_eq!(PunchStatus::from_code(s as u8), Some(s));
+        }
+        for s in DoorEventsStatus::ALL {
+            assert_eq!(DoorEventsStatus::from_code(s as u8), Some(s));
+        }
+    }
+
+    /// Every field outside its domain, by (example index, byte offset, value, field).
+    #[test]
+    fn door_bodies_with_a_field_out_of_its_domain_are_refused() {
+        let examples = door_examples();
+        let cases: &[(usize, usize, u8, &str)] = &[
+            (0, 20, 0, "direction"),
+            (0, 20, 3, "direction"),
+            (1, 20, 1, "granted"),
+            (2, 20, 0, "granted"),
+            (1, 20, 2, "granted"),
+            (1, 22, 19, "reason"),
+            (1, 23, 1, "reason"),
+            (4, 16, 4, "status"),
+            (6, 8, 0, "after"),
+            (7, 0, 2, "kind"),
+            (7, 1, 0x08, "flags"),
+            (7, 2, 4, "count"),
+            (8, 3, 1, "count"),
+            (7, 4, 3, "passback"),
+            (9, 0, 0, "schedule"),
+            (9, 4, 0x02, "flags"),
+            (9, 5, 2, "holiday_rule"),
+            (9, 6, 17, "count"),
+            (9, 8, 8, "window"),
+            (9, 10, 0xa0, "window"),
+            (9, 12, 0, "window"),
+            (10, 0, 0x02, "flags"),
+            (10, 1, 17, "count"),
+            (10, 3, 0x7f, "utc_offset_min"),
+            (14, 20, 0, "direction"),
+            (14, 21, 0, "granted"),
+            (14, 22, 19, "reason"),
+            (14, 22, 18, "granted"),
+            (15, 10, 4, "status"),
+        ];
+        for &(i, at, value, field) in cases {
+            let m = examples[i];
+            let mut buf = Vec::new();
+            m.encode_body(&mut buf);
+            buf[at] = value;
+            if (i, at) == (9, 10) {
+                // start minute 0x05a0 = 1440: one past the last minute of a day.
+                buf[at + 1] = 0x05;
+            }
+            if (i, at) == (9, 12) {
+                buf[at + 1] = 0;
+            }
+            assert_eq!(
+                Message::decode_body(m.msg_type(), &buf),
+                Err(BodyError::BadField(field)),
+                "example {i} byte {at} = {value}"
+            );
+        }
+    }
+
     /// The hex examples of docs/PROTOCOL-blacklist.md.
     #[test]
     fn blacklist_doc_examples_match_the_encoder() {
@@ -1241,7 +2439,8 @@ mod tests {
     #[test]
     fn reserved_ranges_hold_no_defined_type() {
         let defined_offline = msg_type::OFFLINE_LIMITS..=msg_type::OFFLINE_RESULT;
-        for t in (0x34u8..=0x6F).filter(|t| !defined_offline.contains(t)) {
+        let defined_door = msg_type::ACCESS_CHECK..=msg_type::DOOR_EVENTS_RESULT;
+        for t in (0x34u8..=0x6F).filter(|t| !defined_offline.contains(t) && !defined_door.contains(t)) {
             assert_eq!(Message::body_len(t), None, "type {t:#04x} is reserved");
         }
     }

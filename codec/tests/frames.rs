@@ -258,7 +258,7 @@ fn any_reserved_flag_bit_is_malformed() {
 fn an_unknown_type_is_malformed_in_a_session_and_unexpected_before_one() {
     let key = raw_keys(&input(1, 2), &secret()).0;
     let unknown = [
-        0x00u8, 0x07, 0x0e, 0x13, 0x23, 0x34, 0x3f, 0x40, 0x4f, 0x50, 0x5f, 0x64, 0x6f, 0x70, 0xff,
+        0x00u8, 0x07, 0x0e, 0x13, 0x23, 0x34, 0x3f, 0x4d, 0x4f, 0x50, 0x5f, 0x64, 0x6f, 0x70, 0xff,
     ];
     for t in unknown {
         assert_eq!(Message::body_len(t), None);
@@ -301,6 +301,38 @@ fn codes_outside_their_domain_are_malformed() {
         b.push(status);
         b.resize(40, 0);
         cases.push((msg_type::BALANCE, b));
+    }
+    // ACCESS_RESULT and DOOR_EVENT: a reason outside the table, or `granted` that
+    // contradicts the reason; ACCESS_CHECK and DOOR_EVENT: a direction other than 1 or 2;
+    // PUNCH_RESULT and DOOR_EVENTS_RESULT: a status outside the table.
+    for (granted, reason) in [(0u8, 19u16), (0, 0xffff), (1, 1), (0, 0), (2, 0)] {
+        let mut b = vec![0; 16];
+        b.extend_from_slice(&1u32.to_le_bytes());
+        b.push(granted);
+        b.push(0);
+        b.extend_from_slice(&reason.to_le_bytes());
+        b.resize(40, 0);
+        cases.push((msg_type::ACCESS_RESULT, b.clone()));
+        b[20] = 1;
+        b[21] = granted;
+        b.resize(48, 0);
+        cases.push((msg_type::DOOR_EVENT, b));
+    }
+    for direction in [0u8, 3, 0xff] {
+        let mut b = vec![0; 20];
+        b.push(direction);
+        b.resize(32, 0);
+        cases.push((msg_type::ACCESS_CHECK, b));
+    }
+    for status in [4u8, 0xff] {
+        let mut b = vec![0; 16];
+        b.push(status);
+        b.resize(32, 0);
+        cases.push((msg_type::PUNCH_RESULT, b));
+        let mut b = vec![0; 10];
+        b.push(status);
+        b.resize(40, 0);
+        cases.push((msg_type::DOOR_EVENTS_RESULT, b));
     }
     for (t, body) in cases {
         let (mut term, _) = signed_on_pair(&input(1, 2));

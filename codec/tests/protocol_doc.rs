@@ -45,7 +45,15 @@ const REQUIRED_FRAMES: [&str; 7] = [
 ];
 
 /// Every derived value the doc shows, and the only ones this test knows how to check.
-const VALUES: [&str; 6] = ["secret", "sign_on_input", "proof", "k_up", "k_down", "purchase_hmac"];
+const VALUES: [&str; 7] = [
+    "secret",
+    "sign_on_input",
+    "proof",
+    "k_up",
+    "k_down",
+    "purchase_hmac",
+    "door_event_mac",
+];
 
 #[derive(Debug)]
 struct Block {
@@ -159,6 +167,19 @@ fn type_name(t: u8) -> Option<&'static str> {
         msg_type::OFFLINE_BATCH => "OFFLINE_BATCH",
         msg_type::OFFLINE_SALE => "OFFLINE_SALE",
         msg_type::OFFLINE_RESULT => "OFFLINE_RESULT",
+        msg_type::ACCESS_CHECK => "ACCESS_CHECK",
+        msg_type::ACCESS_RESULT => "ACCESS_RESULT",
+        msg_type::PUNCH => "PUNCH",
+        msg_type::PUNCH_RESULT => "PUNCH_RESULT",
+        msg_type::DOOR_CACHE_SYNC => "DOOR_CACHE_SYNC",
+        msg_type::DOOR_CACHE_PAGE => "DOOR_CACHE_PAGE",
+        msg_type::DOOR_SCHEDULE => "DOOR_SCHEDULE",
+        msg_type::DOOR_HOLIDAYS => "DOOR_HOLIDAYS",
+        msg_type::DOOR_CACHE_ACK => "DOOR_CACHE_ACK",
+        msg_type::DOOR_CACHE_PUSH => "DOOR_CACHE_PUSH",
+        msg_type::DOOR_EVENTS_BATCH => "DOOR_EVENTS_BATCH",
+        msg_type::DOOR_EVENT => "DOOR_EVENT",
+        msg_type::DOOR_EVENTS_RESULT => "DOOR_EVENTS_RESULT",
         _ => return None,
     })
 }
@@ -177,6 +198,12 @@ fn is_up(t: u8) -> bool {
             | msg_type::BLACKLIST_ACK
             | msg_type::OFFLINE_BATCH
             | msg_type::OFFLINE_SALE
+            | msg_type::ACCESS_CHECK
+            | msg_type::PUNCH
+            | msg_type::DOOR_CACHE_SYNC
+            | msg_type::DOOR_CACHE_ACK
+            | msg_type::DOOR_EVENTS_BATCH
+            | msg_type::DOOR_EVENT
     )
 }
 
@@ -417,7 +444,43 @@ fn every_derived_value_is_recomputed_from_the_specification() {
         assert_eq!(&bytes[n..], &hmac_sha256(key, &[&bytes[..n]])[..MAC_LEN], "`{name}`");
     }
 
+    // The first offline door event's MAC, by hand from section 14.4's formula, and by
+    // the codec; and every DOOR_EVENT of the doc carries the MAC of its fields.
+    let offline = &convs["door_offline"];
+    let controller = offline.input().terminal_id;
+    let controller_secret = hmac_sha256(MASTER, &[b"cardgate/1/demo-terminal", &controller.to_le_bytes()]);
+    let mut door_event_mac = None;
+    for (name, f, _) in offline.frames.iter().chain(&convs["door"].frames) {
+        let Message::DoorEvent(e) = f.message else {
+            continue;
+        };
+        let by_hand = hmac_sha256(
+            &controller_secret,
+            &[
+                b"cardgate/1/door-event",
+                &controller.to_le_bytes(),
+                &e.event_seq.to_le_bytes(),
+                &e.card.0.to_le_bytes(),
+                &e.door.to_le_bytes(),
+                &[e.direction as u8, u8::from(e.granted())],
+                &e.reason.code().to_le_bytes(),
+                &e.event_time_ms.to_le_bytes(),
+            ],
+        );
+        assert_eq!(&e.mac[..], &by_hand[..MAC_LEN], "`{name}`: its MAC");
+        let fields = cardgate_codec::crypto::DoorEventFields::of(controller, &e);
+        assert_eq!(
+            cardgate_codec::crypto::door_event_mac(&TerminalSecret(controller_secret), &fields),
+            e.mac
+        );
+        door_event_mac.get_or_insert(by_hand[..MAC_LEN].to_vec());
+    }
+
     let expected: BTreeMap<&str, Vec<u8>> = [
+        (
+            "door_event_mac",
+            door_event_mac.expect("the door_offline conversation has a DOOR_EVENT"),
+        ),
         ("secret", secret.to_vec()),
         ("sign_on_input", data.clone()),
         ("proof", proof.to_vec()),
@@ -692,8 +755,116 @@ fn sample(t: u8) -> Message {
             first_bad_seq: 0x5152_5354_5556_5758,
             last_tx_seq: 0x6162_6364_6566_6768,
         }),
+        msg_type::ACCESS_CHECK => Message::AccessCheck(AccessCheck {
+            event_seq: 0x0102_0304_0506_0708,
+            card,
+            door: 0x2122_2324,
+            direction: Direction::Out,
+            controller_time_ms: 0x3132_3334_3536_3738,
+        }),
+        msg_type::ACCESS_RESULT => Message::AccessResult(AccessResult {
+            event_seq: 0x0102_0304_0506_0708,
+            card,
+            door: 0x2122_2324,
+            reason: AccessReason::AntiPassback,
+            cache_version: 0x4142_4344_4546_4748,
+            gateway_time_ms: 0x3132_3334_3536_3738,
+        }),
+        msg_type::PUNCH => Message::Punch(Punch {
+            event_seq: 0x0102_0304_0506_0708,
+            card,
+            controller_time_ms: 0x3132_3334_3536_3738,
+        }),
+        msg_type::PUNCH_RESULT => Message::PunchResult(PunchResult {
+            event_seq: 0x0102_0304_0506_0708,
+            card,
+            status: PunchStatus::CardBlocked,
+            gateway_time_ms: 0x3132_3334_3536_3738,
+        }),
+        msg_type::DOOR_CACHE_SYNC => Message::DoorCacheSync(DoorCacheSync {
+            have_version: 0x4142_4344_4546_4748,
+            after: Some(door_entry(0)),
+        }),
+        msg_type::DOOR_CACHE_PAGE => Message::DoorCachePage(
+            DoorCachePage::new(
+                DoorCachePageKind::Delta,
+                DOOR_PAGE_LAST_IN_RUN | DOOR_PAGE_MORE,
+                0x4142_4344_4546_4748,
+                0x5152_5354_5556_5758,
+                &[door_entry(1), door_entry(2), door_entry(3)],
+                &[door_entry(4)],
+            )
+            .expect("a full page")
+            .with_passback(Passback::Timed, 0x6162),
+        ),
+        msg_type::DOOR_SCHEDULE => Message::DoorSchedule(DoorSchedule {
+            schedule: 0x0102_0304,
+            flags: DOOR_SCHEDULE_FIRST,
+            holiday_rule: HolidayRule::HolidayWindows,
+            count: DOOR_SCHEDULE_WINDOWS_MAX as u8,
+            windows: std::array::from_fn(|i| DoorWindow {
+                day: (i % 8) as u8,
+                start_min: 0x0100 + i as u16,
+                end_min: 0x0200 + i as u16,
+            }),
+        }),
+        msg_type::DOOR_HOLIDAYS => Message::DoorHolidays(DoorHolidays {
+            flags: DOOR_HOLIDAYS_FIRST,
+            count: DOOR_HOLIDAYS_MAX as u8,
+            utc_offset_min: 0x0123,
+            days: std::array::from_fn(|i| 0x4142_4300 + i as u32),
+        }),
+        msg_type::DOOR_CACHE_ACK => Message::DoorCacheAck(DoorCacheAck {
+            version: 0x4142_4344_4546_4748,
+        }),
+        msg_type::DOOR_CACHE_PUSH => Message::DoorCachePush(DoorCachePush {
+            version: 0x4142_4344_4546_4748,
+            server_time_ms: 0x3132_3334_3536_3738,
+        }),
+        msg_type::DOOR_EVENTS_BATCH => Message::DoorEventsBatch(DoorEventsBatch {
+            first_event_seq: 0x0102_0304_0506_0708,
+            count: 0x1112,
+        }),
+        msg_type::DOOR_EVENT => Message::DoorEvent(DoorEvent {
+            event_seq: 0x0102_0304_0506_0708,
+            card,
+            door: 0x2122_2324,
+            direction: Direction::In,
+            reason: AccessReason::Holiday,
+            event_time_ms: 0x3132_3334_3536_3738,
+            mac: std::array::from_fn(|i| 0xd0 + i as u8),
+        }),
+        msg_type::DOOR_EVENTS_RESULT => Message::DoorEventsResult(DoorEventsResult {
+            first_event_seq: 0x0102_0304_0506_0708,
+            count: 0x1112,
+            status: DoorEventsStatus::BadMac,
+            stored: 0x2122,
+            duplicates: 0x3132,
+            flagged: 0x4142,
+            first_bad_seq: 0x5152_5354_5556_5758,
+            last_event_seq: 0x6162_6364_6566_6768,
+        }),
         other => panic!("no sample of type {other:#04x}"),
     }
+}
+
+/// A cache entry whose fields differ from each other and from entry `i + 1`'s.
+fn door_entry(i: u8) -> cardgate_codec::DoorCacheEntry {
+    let b = u32::from(i) << 4;
+    cardgate_codec::DoorCacheEntry {
+        card: cardgate_codec::CardNo(0x7172_7374_7576_7700 + u64::from(i)),
+        schedule: 0x8182_8300 + b,
+        valid_from_min: 0x9192_9300 + b,
+        valid_to_min: 0xa1a2_a300 + b,
+    }
+}
+
+fn entry_bytes(e: &cardgate_codec::DoorCacheEntry) -> Vec<u8> {
+    let mut v = e.card.0.to_le_bytes().to_vec();
+    v.extend_from_slice(&e.schedule.to_le_bytes());
+    v.extend_from_slice(&e.valid_from_min.to_le_bytes());
+    v.extend_from_slice(&e.valid_to_min.to_le_bytes());
+    v
 }
 
 /// The little-endian bytes of the field called `name` in the doc, read from the struct
@@ -780,6 +951,83 @@ fn field_bytes(m: &Message, name: &str) -> Vec<u8> {
         (Message::OfflineResult(r), "flagged") => r.flagged.to_le_bytes().to_vec(),
         (Message::OfflineResult(r), "first_bad_seq") => le(r.first_bad_seq),
         (Message::OfflineResult(r), "last_tx_seq") => le(r.last_tx_seq),
+        (Message::AccessCheck(a), "event_seq") => le(a.event_seq),
+        (Message::AccessCheck(a), "card") => le(a.card.0),
+        (Message::AccessCheck(a), "door") => a.door.to_le_bytes().to_vec(),
+        (Message::AccessCheck(a), "direction") => vec![a.direction as u8],
+        (Message::AccessCheck(a), "controller_time_ms") => i(a.controller_time_ms),
+        (Message::AccessResult(a), "event_seq") => le(a.event_seq),
+        (Message::AccessResult(a), "card") => le(a.card.0),
+        (Message::AccessResult(a), "door") => a.door.to_le_bytes().to_vec(),
+        (Message::AccessResult(a), "granted") => vec![u8::from(a.granted())],
+        (Message::AccessResult(a), "reason") => a.reason.code().to_le_bytes().to_vec(),
+        (Message::AccessResult(a), "cache_version") => le(a.cache_version),
+        (Message::AccessResult(a), "gateway_time_ms") => i(a.gateway_time_ms),
+        (Message::Punch(p), "event_seq") => le(p.event_seq),
+        (Message::Punch(p), "card") => le(p.card.0),
+        (Message::Punch(p), "controller_time_ms") => i(p.controller_time_ms),
+        (Message::PunchResult(p), "event_seq") => le(p.event_seq),
+        (Message::PunchResult(p), "card") => le(p.card.0),
+        (Message::PunchResult(p), "status") => vec![p.status as u8],
+        (Message::PunchResult(p), "gateway_time_ms") => i(p.gateway_time_ms),
+        (Message::DoorCacheSync(q), "have_version") => le(q.have_version),
+        (Message::DoorCacheSync(q), "after") => entry_bytes(&q.after.unwrap_or_default()),
+        (Message::DoorCachePage(p), "kind") => vec![p.kind as u8],
+        (Message::DoorCachePage(p), "flags") => vec![p.flags],
+        (Message::DoorCachePage(p), "added") => vec![p.added],
+        (Message::DoorCachePage(p), "removed") => vec![p.removed],
+        (Message::DoorCachePage(p), "passback") => vec![p.passback as u8],
+        (Message::DoorCachePage(p), "passback_min") => p.passback_min.to_le_bytes().to_vec(),
+        (Message::DoorCachePage(p), "from_version") => le(p.from_version),
+        (Message::DoorCachePage(p), "to_version") => le(p.to_version),
+        (Message::DoorCachePage(p), "entries") => {
+            let mut v: Vec<u8> = p
+                .added_entries()
+                .chain(p.removed_entries())
+                .flat_map(|e| entry_bytes(&e))
+                .collect();
+            v.resize(20 * cardgate_codec::DOOR_CACHE_PAGE_ENTRIES_MAX, 0);
+            v
+        }
+        (Message::DoorSchedule(s), "schedule") => s.schedule.to_le_bytes().to_vec(),
+        (Message::DoorSchedule(s), "flags") => vec![s.flags],
+        (Message::DoorSchedule(s), "holiday_rule") => vec![s.holiday_rule as u8],
+        (Message::DoorSchedule(s), "count") => vec![s.count],
+        (Message::DoorSchedule(s), "windows") => s
+            .windows
+            .iter()
+            .flat_map(|w| {
+                let mut v = vec![w.day, 0];
+                v.extend_from_slice(&w.start_min.to_le_bytes());
+                v.extend_from_slice(&w.end_min.to_le_bytes());
+                v
+            })
+            .collect(),
+        (Message::DoorHolidays(h), "flags") => vec![h.flags],
+        (Message::DoorHolidays(h), "count") => vec![h.count],
+        (Message::DoorHolidays(h), "utc_offset_min") => h.utc_offset_min.to_le_bytes().to_vec(),
+        (Message::DoorHolidays(h), "days") => h.days.iter().flat_map(|d| d.to_le_bytes()).collect(),
+        (Message::DoorCacheAck(a), "version") => le(a.version),
+        (Message::DoorCachePush(p), "version") => le(p.version),
+        (Message::DoorCachePush(p), "server_time_ms") => i(p.server_time_ms),
+        (Message::DoorEventsBatch(b), "first_event_seq") => le(b.first_event_seq),
+        (Message::DoorEventsBatch(b), "count") => b.count.to_le_bytes().to_vec(),
+        (Message::DoorEvent(e), "event_seq") => le(e.event_seq),
+        (Message::DoorEvent(e), "card") => le(e.card.0),
+        (Message::DoorEvent(e), "door") => e.door.to_le_bytes().to_vec(),
+        (Message::DoorEvent(e), "direction") => vec![e.direction as u8],
+        (Message::DoorEvent(e), "granted") => vec![u8::from(e.granted())],
+        (Message::DoorEvent(e), "reason") => e.reason.code().to_le_bytes().to_vec(),
+        (Message::DoorEvent(e), "event_time_ms") => i(e.event_time_ms),
+        (Message::DoorEvent(e), "mac") => e.mac.to_vec(),
+        (Message::DoorEventsResult(r), "first_event_seq") => le(r.first_event_seq),
+        (Message::DoorEventsResult(r), "count") => r.count.to_le_bytes().to_vec(),
+        (Message::DoorEventsResult(r), "status") => vec![r.status as u8],
+        (Message::DoorEventsResult(r), "stored") => r.stored.to_le_bytes().to_vec(),
+        (Message::DoorEventsResult(r), "duplicates") => r.duplicates.to_le_bytes().to_vec(),
+        (Message::DoorEventsResult(r), "flagged") => r.flagged.to_le_bytes().to_vec(),
+        (Message::DoorEventsResult(r), "first_bad_seq") => le(r.first_bad_seq),
+        (Message::DoorEventsResult(r), "last_event_seq") => le(r.last_event_seq),
         (m, name) => panic!("{m:?} has no field `{name}`"),
     }
 }
@@ -845,4 +1093,36 @@ fn the_offline_status_table_matches_the_code() {
         .map(|s| (*s as u8, s.as_str().to_string()))
         .collect();
     assert_eq!(got, want);
+}
+
+/// A table of `(code, name)` rows after `<!-- check: NAME -->`, each row saying more.
+fn code_table(name: &str, columns: usize) -> Vec<(u16, String)> {
+    let rows = checked_table(name);
+    assert!(
+        rows.iter().all(|r| r.len() == columns && r[columns - 1].len() > 3),
+        "every row of `{name}` has {columns} columns and says what it means"
+    );
+    rows.iter()
+        .map(|r| (r[0].parse().expect("a code"), r[1].clone()))
+        .collect()
+}
+
+#[test]
+fn the_door_code_tables_match_the_code() {
+    use cardgate_codec::{AccessReason, DoorEventsStatus, PunchStatus};
+    let want: Vec<(u16, String)> = AccessReason::ALL
+        .iter()
+        .map(|r| (r.code(), r.as_str().to_string()))
+        .collect();
+    assert_eq!(code_table("access-reasons", 4), want);
+    let want: Vec<(u16, String)> = PunchStatus::ALL
+        .iter()
+        .map(|s| (u16::from(*s as u8), s.as_str().to_string()))
+        .collect();
+    assert_eq!(code_table("punch-status", 3), want);
+    let want: Vec<(u16, String)> = DoorEventsStatus::ALL
+        .iter()
+        .map(|s| (u16::from(*s as u8), s.as_str().to_string()))
+        .collect();
+    assert_eq!(code_table("door-events-status", 3), want);
 }

@@ -23,12 +23,210 @@ fn error_code() -> impl Strategy<Value = ErrorCode> {
     proptest::sample::select(ErrorCode::ALL.to_vec())
 }
 
+fn access_reason() -> impl Strategy<Value = AccessReason> {
+    proptest::sample::select(AccessReason::ALL.to_vec())
+}
+
+fn direction() -> impl Strategy<Value = Direction> {
+    prop_oneof![Just(Direction::In), Just(Direction::Out)]
+}
+
+fn door_entry() -> impl Strategy<Value = DoorCacheEntry> {
+    (card(), any::<u32>(), any::<u32>(), any::<u32>()).prop_map(|(card, schedule, valid_from_min, valid_to_min)| {
+        DoorCacheEntry {
+            card,
+            schedule,
+            valid_from_min,
+            valid_to_min,
+        }
+    })
+}
+
+fn door_window() -> impl Strategy<Value = DoorWindow> {
+    (0u8..=DOOR_WINDOW_HOLIDAY, 0u16..1440, 1u16..=1440).prop_map(|(day, start_min, end_min)| DoorWindow {
+        day,
+        start_min,
+        end_min,
+    })
+}
+
+/// The door access and attendance messages, every field arbitrary within its domain.
+fn door_message() -> impl Strategy<Value = Message> {
+    prop_oneof![
+        (any::<u64>(), card(), any::<u32>(), direction(), any::<i64>()).prop_map(
+            |(event_seq, card, door, direction, controller_time_ms)| Message::AccessCheck(AccessCheck {
+                event_seq,
+                card,
+                door,
+                direction,
+                controller_time_ms,
+            })
+        ),
+        (
+            any::<u64>(),
+            card(),
+            any::<u32>(),
+            access_reason(),
+            any::<u64>(),
+            any::<i64>()
+        )
+            .prop_map(
+                |(event_seq, card, door, reason, cache_version, gateway_time_ms)| Message::AccessResult(AccessResult {
+                    event_seq,
+                    card,
+                    door,
+                    reason,
+                    cache_version,
+                    gateway_time_ms,
+                })
+            ),
+        (any::<u64>(), card(), any::<i64>()).prop_map(|(event_seq, card, controller_time_ms)| Message::Punch(Punch {
+            event_seq,
+            card,
+            controller_time_ms,
+        })),
+        (
+            any::<u64>(),
+            card(),
+            proptest::sample::select(PunchStatus::ALL.to_vec()),
+            any::<i64>()
+        )
+            .prop_map(
+                |(event_seq, card, status, gateway_time_ms)| Message::PunchResult(PunchResult {
+                    event_seq,
+                    card,
+                    status,
+                    gateway_time_ms,
+                })
+            ),
+        (
+            any::<u64>(),
+            proptest::option::of(door_entry().prop_filter("card 0 means none", |e| e.card.0 != 0))
+        )
+            .prop_map(|(have_version, after)| Message::DoorCacheSync(DoorCacheSync { have_version, after })),
+        (
+            any::<bool>(),
+            0u8..8,
+            any::<u64>(),
+            any::<u64>(),
+            proptest::collection::vec(door_entry(), 0..=DOOR_CACHE_PAGE_ENTRIES_MAX),
+            0..=DOOR_CACHE_PAGE_ENTRIES_MAX,
+            (0u8..3, any::<u16>()),
+        )
+            .prop_map(
+                |(full, flags, from_version, to_version, entries, split, (passback, passback_min))| {
+                    let (kind, split) = if full {
+                        (DoorCachePageKind::Full, entries.len())
+                    } else {
+                        (DoorCachePageKind::Delta, split.min(entries.len()))
+                    };
+                    let (added, removed) = entries.split_at(split);
+                    Message::DoorCachePage(
+                        DoorCachePage::new(kind, flags, from_version, to_version, added, removed)
+                            .expect("fits a page")
+                            .with_passback(Passback::from_code(passback).expect("0..3"), passback_min),
+                    )
+                }
+            ),
+        (
+            1u32..,
+            0u8..2,
+            any::<bool>(),
+            proptest::collection::vec(door_window(), 0..=DOOR_SCHEDULE_WINDOWS_MAX)
+        )
+            .prop_map(|(schedule, flags, holiday, ws)| {
+                let mut windows = [DoorWindow::default(); DOOR_SCHEDULE_WINDOWS_MAX];
+                windows[..ws.len()].copy_from_slice(&ws);
+                Message::DoorSchedule(DoorSchedule {
+                    schedule,
+                    flags,
+                    holiday_rule: if holiday {
+                        HolidayRule::HolidayWindows
+                    } else {
+                        HolidayRule::Ignore
+                    },
+                    count: ws.len() as u8,
+                    windows,
+                })
+            }),
+        (
+            0u8..2,
+            -840i16..=840,
+            proptest::collection::vec(any::<u32>(), 0..=DOOR_HOLIDAYS_MAX)
+        )
+            .prop_map(|(flags, utc_offset_min, ds)| {
+                let mut days = [0u32; DOOR_HOLIDAYS_MAX];
+                days[..ds.len()].copy_from_slice(&ds);
+                Message::DoorHolidays(DoorHolidays {
+                    flags,
+                    count: ds.len() as u8,
+                    utc_offset_min,
+                    days,
+                })
+            }),
+        any::<u64>().prop_map(|version| Message::DoorCacheAck(DoorCacheAck { version })),
+        (any::<u64>(), any::<i64>()).prop_map(|(version, server_time_ms)| Message::DoorCachePush(DoorCachePush {
+            version,
+            server_time_ms
+        })),
+        (any::<u64>(), any::<u16>())
+            .prop_map(|(first_event_seq, count)| Message::DoorEventsBatch(DoorEventsBatch { first_event_seq, count })),
+        (
+            any::<u64>(),
+            card(),
+            any::<u32>(),
+            direction(),
+            access_reason(),
+            any::<i64>(),
+            any::<[u8; 16]>()
+        )
+            .prop_map(|(event_seq, card, door, direction, reason, event_time_ms, mac)| {
+                Message::DoorEvent(DoorEvent {
+                    event_seq,
+                    card,
+                    door,
+                    direction,
+                    reason,
+                    event_time_ms,
+                    mac,
+                })
+            }),
+        (
+            any::<u64>(),
+            any::<u16>(),
+            proptest::sample::select(DoorEventsStatus::ALL.to_vec()),
+            any::<[u16; 3]>(),
+            any::<u64>(),
+            any::<u64>()
+        )
+            .prop_map(
+                |(first_event_seq, count, status, [stored, duplicates, flagged], first_bad_seq, last_event_seq)| {
+                    Message::DoorEventsResult(DoorEventsResult {
+                        first_event_seq,
+                        count,
+                        status,
+                        stored,
+                        duplicates,
+                        flagged,
+                        first_bad_seq,
+                        last_event_seq,
+                    })
+                }
+            ),
+    ]
+}
+
 fn card_status() -> impl Strategy<Value = CardStatusCode> {
     (0u8..=6).prop_map(|c| CardStatusCode::from_code(c).expect("0..=6 are the card states"))
 }
 
 /// Any message of protocol version 1, every field arbitrary within its type.
 fn message() -> impl Strategy<Value = Message> {
+    prop_oneof![pos_message(), door_message()]
+}
+
+/// The sign-on, money and control messages.
+fn pos_message() -> impl Strategy<Value = Message> {
     prop_oneof![
         (any::<u64>(), any::<[u8; 16]>(), any::<i64>()).prop_map(|(terminal_id, terminal_nonce, terminal_time_ms)| {
             Message::Hello(Hello {
@@ -272,7 +470,8 @@ proptest! {
 /// many frames get past the MAC to the counter and body checks.
 fn nearly_valid_frame() -> impl Strategy<Value = (RawFrame, bool)> {
     let types = vec![
-        0x01u8, 0x02, 0x03, 0x04, 0x05, 0x06, 0x0f, 0x10, 0x11, 0x12, 0x20, 0x21, 0x22,
+        0x01u8, 0x02, 0x03, 0x04, 0x05, 0x06, 0x0f, 0x10, 0x11, 0x12, 0x20, 0x21, 0x22, 0x40, 0x41, 0x42, 0x43, 0x44,
+        0x45, 0x46, 0x47, 0x48, 0x49, 0x4a, 0x4b, 0x4c,
     ];
     (
         prop_oneof![4 => Just(PROTOCOL_VERSION), 1 => any::<u8>()],
@@ -286,7 +485,7 @@ fn nearly_valid_frame() -> impl Strategy<Value = (RawFrame, bool)> {
             let exact = Message::body_len(msg_type).unwrap_or(8);
             let body = prop_oneof![
                 4 => proptest::collection::vec(any::<u8>(), exact),
-                1 => proptest::collection::vec(any::<u8>(), 0..56),
+                1 => proptest::collection::vec(any::<u8>(), 0..112),
             ];
             body.prop_map(move |body| {
                 (

@@ -45,6 +45,85 @@ pub struct Config {
     pub offline: Offline,
     pub backup: Backup,
     pub integrity: Integrity,
+    pub doors: Doors,
+    pub attendance: Attendance,
+}
+
+/// Door controllers and attendance clocks (docs/OPERATIONS.md, "Doors").
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Doors {
+    /// A controller's or clock's clock further than this from the gateway's (at sign-on
+    /// or in any message) is counted in `cardgate_door_clock_drift_alarms_total` and
+    /// logged: its offline events' times, and the windows it applies offline, are off
+    /// by as much.
+    pub clock_drift_max_ms: i64,
+}
+
+impl Default for Doors {
+    fn default() -> Doors {
+        Doors {
+            clock_drift_max_ms: 60_000,
+        }
+    }
+}
+
+/// The working hours the attendance sheet judges late, early and absent against.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Attendance {
+    /// `HH:MM` local time the working day starts.
+    pub work_start: String,
+    /// `HH:MM` local time it ends.
+    pub work_end: String,
+    /// Minutes after the start an arrival still counts as in time.
+    pub late_grace_min: u16,
+    /// Working weekdays, 1 = Monday .. 7 = Sunday; holidays of the door calendar are
+    /// days off whatever the weekday.
+    pub workdays: Vec<u8>,
+}
+
+impl Default for Attendance {
+    fn default() -> Attendance {
+        Attendance {
+            work_start: "08:00".into(),
+            work_end: "17:00".into(),
+            late_grace_min: 5,
+            workdays: vec![1, 2, 3, 4, 5],
+        }
+    }
+}
+
+fn hh_mm(s: &str) -> Option<u16> {
+    let (h, m) = s.split_once(':')?;
+    let (h, m): (u16, u16) = (h.parse().ok()?, m.parse().ok()?);
+    (h < 24 && m < 60 && s.len() == 5).then_some(h * 60 + m)
+}
+
+impl Attendance {
+    pub fn work_hours(&self) -> Result<cardgate_domain::rules::attendance::WorkHours, String> {
+        let start = hh_mm(&self.work_start).ok_or("attendance.work_start must be HH:MM")?;
+        let end = hh_mm(&self.work_end).ok_or("attendance.work_end must be HH:MM")?;
+        if end <= start {
+            return Err("attendance.work_end must be after attendance.work_start".into());
+        }
+        if self.late_grace_min > 240 {
+            return Err("attendance.late_grace_min must be 0..=240".into());
+        }
+        let mut workdays = [false; 7];
+        for d in &self.workdays {
+            if !(1..=7).contains(d) {
+                return Err("attendance.workdays are 1 (Monday) to 7 (Sunday)".into());
+            }
+            workdays[usize::from(*d - 1)] = true;
+        }
+        Ok(cardgate_domain::rules::attendance::WorkHours {
+            start_min: start,
+            end_min: end,
+            late_grace_min: self.late_grace_min,
+            workdays,
+        })
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
@@ -232,6 +311,10 @@ pub struct Demo {
     pub accounts: u64,
     pub pos_terminals: u64,
     pub balance_fen: i64,
+    /// Door controllers 100,000 + i, one door each, groups of ten doors.
+    pub door_controllers: u64,
+    /// Attendance clocks 200,000 + j.
+    pub attendance_clocks: u64,
 }
 
 impl Default for Config {
@@ -254,6 +337,8 @@ impl Default for Config {
                 ..Backup::default()
             },
             integrity: Integrity::default(),
+            doors: Doors::default(),
+            attendance: Attendance::default(),
         }
     }
 }
@@ -310,6 +395,8 @@ impl Default for Demo {
             accounts: d.accounts,
             pos_terminals: d.pos_terminals,
             balance_fen: d.balance_fen,
+            door_controllers: 500,
+            attendance_clocks: 10,
         }
     }
 }
@@ -464,6 +551,15 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if let Err(m) = self.attendance.work_hours() {
+            return bad(&m);
+        }
+        if self.doors.clock_drift_max_ms <= 0 {
+            return bad("doors.clock_drift_max_ms must be above 0");
+        }
+        if self.demo.door_controllers > 99_999 || self.demo.attendance_clocks > 99_999 {
+            return bad("demo.door_controllers and demo.attendance_clocks are at most 99999");
+        }
         if l.connections_max == 0 {
             return bad("limits.connections_max must be at least 1");
         }

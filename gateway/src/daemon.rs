@@ -140,6 +140,7 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
             .await
             .map_err(|e| StartError::Other(format!("recording the restore in the audit trail: {e}")))?;
     }
+    ledger.set_door_clock_drift_max_ms(config.doors.clock_drift_max_ms);
     if opts.demo {
         let campus = DemoCampus {
             accounts: config.demo.accounts,
@@ -154,6 +155,20 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
                 accounts = campus.accounts,
                 pos_terminals = campus.pos_terminals,
                 "created the demo campus"
+            );
+        }
+        let doors = cardgate_ledger::demo::ensure_demo_doors(
+            &ledger,
+            config.demo.door_controllers,
+            config.demo.attendance_clocks,
+        )
+        .await
+        .map_err(|e| StartError::Other(format!("creating the demo campus's doors: {e}")))?;
+        if doors {
+            tracing::info!(
+                door_controllers = config.demo.door_controllers,
+                attendance_clocks = config.demo.attendance_clocks,
+                "created the demo campus's doors"
             );
         }
     }
@@ -234,8 +249,9 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
     // (the e2e harness) has seen every other listener by then.
     if let Some(listener) = listeners.admin {
         log_listening(ListenerKind::Admin, &listener);
-        let state =
-            crate::admin::AdminState::new(ledger.clone(), config.tz_offset_minutes).with_durability(durability.clone());
+        let state = crate::admin::AdminState::new(ledger.clone(), config.tz_offset_minutes)
+            .with_durability(durability.clone())
+            .with_work_hours(config.attendance.work_hours().unwrap_or_default());
         tasks.spawn(crate::admin::serve(
             listener,
             state,

@@ -92,6 +92,15 @@ pub const FAMILIES: &[Family] = &[
     family("cardgate_sessions_superseded_total", C, Unit::Count, "Sessions closed because their terminal signed on again on a new connection."),
     family("cardgate_offline_batches_total", C, Unit::Count, "Offline upload batches by status: accepted, bad_mac (nothing posted), bad_batch (nothing posted), system_error."),
     family("cardgate_offline_sales_total", C, Unit::Count, "Offline sales uploaded, by result: posted, duplicate (held already: not posted again)."),
+    family("cardgate_door_checks_total", C, Unit::Count, "Online access checks decided, by result: granted, denied."),
+    family("cardgate_door_denials_total", C, Unit::Count, "Online access checks denied, by reason (the wire's AccessReason names)."),
+    family("cardgate_door_punches_total", C, Unit::Count, "Attendance punches, by status: recorded, duplicate, unknown_card, card_blocked."),
+    family("cardgate_door_events_uploaded_total", C, Unit::Count, "Offline access events uploaded by door controllers, by result: stored, duplicate (held already: not stored again)."),
+    family("cardgate_door_unexpected_messages_total", C, Unit::Count, "Messages refused because the terminal's kind may not send them (a POS terminal's access check, a door controller's purchase), by terminal kind; the connection is closed."),
+    family("cardgate_door_wrong_group_total", C, Unit::Count, "Access checks naming a door on another door group than the controller's (denied wrong_group)."),
+    family("cardgate_door_clock_drift_alarms_total", C, Unit::Count, "Door controllers' and attendance clocks' messages (or sign-ons) whose clock was further from the gateway's than doors.clock_drift_max_ms."),
+    family("cardgate_door_cache_pushes_total", C, Unit::Count, "DOOR_CACHE_PUSH frames sent to connected door controllers after a change to their group's cache."),
+    family("cardgate_door_controllers_behind", G, Unit::Count, "Door controllers whose acknowledged cache version is behind their door group's."),
     family("cardgate_terminal_sequence_gaps", G, Unit::Count, "Open gaps in terminals' transaction sequence numbers (ranges never received), all terminals."),
     family("cardgate_terminal_sequence_numbers_missing", G, Unit::Count, "Transaction sequence numbers never received below each terminal's highest, all terminals."),
     family("cardgate_sign_ons_previous_key_total", C, Unit::Count, "Sign-ons proved with a terminal's previous key, during a rekey's overlap."),
@@ -102,7 +111,7 @@ pub const FAMILIES: &[Family] = &[
     family("cardgate_console_csrf_refusals_total", C, Unit::Count, "Console forms refused for a missing or wrong CSRF token."),
     family("cardgate_terminals_connected", G, Unit::Count, "Terminals with a signed-on session now, by terminal kind (pos, door, attendance, kiosk)."),
     family("cardgate_terminals_offline", G, Unit::Count, "Enabled terminals without a session and not heard from for health.terminal_offline_after_s, by terminal kind."),
-    family("cardgate_request_seconds", H, Unit::Seconds, "Terminal request latency in the gateway, from the frame decoded to its answer written, by message kind and result (approved, declined, error, ok)."),
+    family("cardgate_request_seconds", H, Unit::Seconds, "Terminal request latency in the gateway, from the frame decoded to its answer written, by message kind and result (approved, declined, error, ok; an access check granted is approved, denied declined)."),
     family("cardgate_blacklist_pushes_total", C, Unit::Count, "BLACKLIST_PUSH frames sent to terminals."),
     family("cardgate_blacklist_future_acks_total", C, Unit::Count, "Blacklist acknowledgements naming a version the gateway never issued."),
     family("cardgate_blacklist_syncs_total", C, Unit::Count, "BLACKLIST_SYNC requests answered."),
@@ -258,6 +267,23 @@ fn register_at_zero() {
     for result in ["posted", "duplicate"] {
         metrics::counter!("cardgate_offline_sales_total", "result" => result).absolute(0);
     }
+    for result in ["granted", "denied"] {
+        metrics::counter!("cardgate_door_checks_total", "result" => result).absolute(0);
+    }
+    for reason in cardgate_domain::rules::access::AccessReason::ALL {
+        if reason != cardgate_domain::rules::access::AccessReason::Granted {
+            metrics::counter!("cardgate_door_denials_total", "reason" => reason.as_str()).absolute(0);
+        }
+    }
+    for status in ["recorded", "duplicate", "unknown_card", "card_blocked"] {
+        metrics::counter!("cardgate_door_punches_total", "status" => status).absolute(0);
+    }
+    for result in ["stored", "duplicate"] {
+        metrics::counter!("cardgate_door_events_uploaded_total", "result" => result).absolute(0);
+    }
+    for kind in TerminalKind::ALL {
+        metrics::counter!("cardgate_door_unexpected_messages_total", "kind" => kind.as_str()).absolute(0);
+    }
     for outcome in ["ok", "failed", "locked"] {
         metrics::counter!("cardgate_console_sign_ins_total", "outcome" => outcome).absolute(0);
     }
@@ -310,6 +336,9 @@ fn register_at_zero() {
         "cardgate_central_refused_entries_total",
         "cardgate_central_pruned_entries_total",
         "cardgate_admin_auth_refusals_unaudited_total",
+        "cardgate_door_wrong_group_total",
+        "cardgate_door_clock_drift_alarms_total",
+        "cardgate_door_cache_pushes_total",
     ] {
         metrics::counter!(name).absolute(0);
     }
@@ -324,6 +353,7 @@ fn register_at_zero() {
         "cardgate_central_stuck_entry_id",
         "cardgate_blacklist_terminals_behind",
         "cardgate_blacklist_max_versions_behind",
+        "cardgate_door_controllers_behind",
     ] {
         metrics::gauge!(name).increment(0.0);
     }
@@ -367,10 +397,20 @@ pub enum RequestKind {
     BlacklistPush,
     /// From an OFFLINE_BATCH to its OFFLINE_RESULT.
     OfflineUpload,
+    /// ACCESS_CHECK to ACCESS_RESULT.
+    AccessCheck,
+    /// PUNCH to PUNCH_RESULT.
+    Punch,
+    /// From a DOOR_CACHE_SYNC to each frame of its run.
+    DoorCacheSync,
+    /// From the session seeing a new cache version to its DOOR_CACHE_PUSH.
+    DoorCachePush,
+    /// From a DOOR_EVENTS_BATCH to its DOOR_EVENTS_RESULT.
+    DoorEventsUpload,
 }
 
 impl RequestKind {
-    const ALL: [RequestKind; 7] = [
+    const ALL: [RequestKind; 12] = [
         RequestKind::Purchase,
         RequestKind::Reversal,
         RequestKind::Balance,
@@ -378,6 +418,11 @@ impl RequestKind {
         RequestKind::BlacklistSync,
         RequestKind::BlacklistPush,
         RequestKind::OfflineUpload,
+        RequestKind::AccessCheck,
+        RequestKind::Punch,
+        RequestKind::DoorCacheSync,
+        RequestKind::DoorCachePush,
+        RequestKind::DoorEventsUpload,
     ];
 
     fn as_str(self) -> &'static str {
@@ -389,6 +434,11 @@ impl RequestKind {
             RequestKind::BlacklistSync => "blacklist_sync",
             RequestKind::BlacklistPush => "blacklist_push",
             RequestKind::OfflineUpload => "offline_upload",
+            RequestKind::AccessCheck => "access_check",
+            RequestKind::Punch => "punch",
+            RequestKind::DoorCacheSync => "door_cache_sync",
+            RequestKind::DoorCachePush => "door_cache_push",
+            RequestKind::DoorEventsUpload => "door_events_upload",
         }
     }
 }
@@ -407,6 +457,14 @@ fn result_of(answer: &Message) -> usize {
             cardgate_codec::OfflineStatus::Accepted => 3,
             cardgate_codec::OfflineStatus::SystemError => 2,
             cardgate_codec::OfflineStatus::BadMac | cardgate_codec::OfflineStatus::BadBatch => 1,
+        },
+        Message::AccessResult(r) if r.reason == cardgate_codec::AccessReason::SystemError => 2,
+        Message::AccessResult(r) if r.granted() => 0,
+        Message::AccessResult(_) => 1,
+        Message::DoorEventsResult(r) => match r.status {
+            cardgate_codec::DoorEventsStatus::Accepted => 3,
+            cardgate_codec::DoorEventsStatus::SystemError => 2,
+            cardgate_codec::DoorEventsStatus::BadMac | cardgate_codec::DoorEventsStatus::BadBatch => 1,
         },
         _ => 3,
     }
@@ -519,6 +577,8 @@ fn sample_once(s: &Sampled) {
     for (bucket, n) in BLACKLIST_BEHIND_BUCKETS.iter().zip(lag.behind_by) {
         metrics::gauge!("cardgate_blacklist_terminals_behind_by", "versions" => *bucket).set(n as f64);
     }
+    let (doors_behind, _) = ledger.door_cache_lag();
+    metrics::gauge!("cardgate_door_controllers_behind").set(doors_behind as f64);
     let offline_after_ms = i64::try_from(s.terminal_offline_after.as_millis()).unwrap_or(i64::MAX);
     let presence = ledger.terminal_presence(s.started_ms, offline_after_ms);
     for (i, kind) in TerminalKind::ALL.iter().enumerate() {

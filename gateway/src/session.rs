@@ -24,9 +24,10 @@ use std::time::{Duration, Instant};
 use cardgate_codec::codec::Frame;
 use cardgate_codec::crypto::SignOnInput;
 use cardgate_codec::{
-    BlacklistPush, Challenge, CodecError, ErrorCode, ErrorFrame, HeartbeatAck, Message, OfflineBatch, OfflineSale,
-    SIGN_ON_OFFLINE_LIMITS, Side, SignOnOk, TerminalCodec,
+    BlacklistPush, Challenge, CodecError, DoorCachePush, DoorEvent, DoorEventsBatch, ErrorCode, ErrorFrame,
+    HeartbeatAck, Message, OfflineBatch, OfflineSale, SIGN_ON_OFFLINE_LIMITS, Side, SignOnOk, TerminalCodec,
 };
+use cardgate_domain::model::TerminalKind;
 use cardgate_ledger::{Ledger, Pending};
 use futures::{FutureExt, SinkExt, StreamExt};
 use tokio::net::TcpStream;
@@ -119,6 +120,12 @@ pub(crate) async fn serve(
         Ok((terminal_id, drift_ms)) => {
             metrics::counter!("cardgate_sign_ons_total", "result" => "ok").increment(1);
             ledger.session_opened(terminal_id, drift_ms).await;
+            if matches!(
+                ledger.terminal_kind(terminal_id),
+                Some(TerminalKind::Door | TerminalKind::Attendance)
+            ) {
+                ledger.door_clock_drift(terminal_id, drift_ms);
+            }
             tracing::debug!(terminal.id = terminal_id, %peer, "signed on");
             let end = tokio::select! {
                 end = session(&mut conn, terminal_id, &ledger, &limits, &shutdown, &closer, notices) => end,
@@ -256,7 +263,13 @@ async fn sign_on(
     if !ledger.terminal_enabled(hello.terminal_id) {
         return Err(End::Refuse(ErrorCode::TerminalDisabled));
     }
-    let last_tx_seq = known.last_seq;
+    // A door controller's or attendance clock's sequence is its events' (PROTOCOL.md
+    // 11.2).
+    let kind = ledger.terminal_kind(hello.terminal_id);
+    let last_tx_seq = match kind {
+        Some(TerminalKind::Door | TerminalKind::Attendance) => ledger.controller_last_event(hello.terminal_id),
+        _ => known.last_seq,
+    };
     match connection.signed_on(hello.terminal_id) {
         SignOn::New => {}
         SignOn::Superseded => {
@@ -320,6 +333,15 @@ async fn session(
     // An offline upload being received: its OFFLINE_BATCH and the sales so far. The
     // buffer is kept for the session, so a batch allocates nothing.
     let mut upload = Upload::default();
+    let kind = ledger.terminal_kind(terminal_id).unwrap_or(TerminalKind::Pos);
+    let mut doors = DoorUpload::default();
+    // A door controller's cache version as last announced to it (SIGN_ON_OK does not
+    // carry it: the controller syncs after sign-on and learns it there).
+    let mut door_version = ledger.controller_cache_version(terminal_id);
+    let mut door_changes = ledger.door_cache_changes();
+    door_changes.mark_unchanged();
+    let mut door_changed = ReusableBoxFuture::new(next_version(door_changes));
+    let mut door_open = kind == TerminalKind::Door;
     let idle = tokio::time::sleep(idle_timeout);
     tokio::pin!(idle);
     let mut end: Option<End> = None;
@@ -361,7 +383,7 @@ async fn session(
                     }
                     Some(Ok(frame)) => {
                         idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
-                        if let Err(e) = handle(frame, terminal_id, ledger, &mut inflight, &mut upload).await {
+                        if let Err(e) = handle(frame, terminal_id, kind, ledger, &mut inflight, &mut upload, &mut doors).await {
                             end = Some(e);
                         }
                     }
@@ -373,6 +395,15 @@ async fn session(
                     continue;
                 };
                 blacklist_changed.set(next_version(rx));
+                match kind {
+                    // A card lost or found moves every door group's cache version.
+                    TerminalKind::Door => {
+                        door_push(ledger, terminal_id, &mut door_version, &mut inflight);
+                        continue;
+                    }
+                    TerminalKind::Attendance => continue,
+                    TerminalKind::Pos | TerminalKind::Kiosk => {}
+                }
                 metrics::counter!("cardgate_blacklist_pushes_total").increment(1);
                 let push = BlacklistPush {
                     version,
@@ -385,6 +416,14 @@ async fn session(
                     kind: RequestKind::BlacklistPush,
                     pending: Pending::ready(Message::BlacklistPush(push)),
                 });
+            }
+            (rx, changed) = door_changed.get_pin(), if end.is_none() && door_open => {
+                if changed.is_none() {
+                    door_open = false;
+                    continue;
+                }
+                door_changed.set(next_version(rx));
+                door_push(ledger, terminal_id, &mut door_version, &mut inflight);
             }
             (rx, notice) = disabled.get_pin(), if end.is_none() && notices_open => {
                 match notice {
@@ -464,6 +503,52 @@ async fn write_answers(conn: &mut Conn, inflight: &mut VecDeque<InFlight>, first
     conn.flush().await.map_err(End::from_codec)
 }
 
+/// Queues a DOOR_CACHE_PUSH when the controller's group has a newer durable version
+/// than the one last announced to it.
+fn door_push(ledger: &Ledger, terminal_id: u64, announced: &mut u64, inflight: &mut VecDeque<InFlight>) {
+    let version = ledger.controller_cache_version(terminal_id);
+    if version <= *announced {
+        return;
+    }
+    *announced = version;
+    metrics::counter!("cardgate_door_cache_pushes_total").increment(1);
+    inflight.push_back(InFlight {
+        request_id: 0,
+        received: Instant::now(),
+        kind: RequestKind::DoorCachePush,
+        pending: Pending::ready(Message::DoorCachePush(DoorCachePush {
+            version,
+            server_time_ms: ledger.now_ms(),
+        })),
+    });
+}
+
+/// A door controller's offline event upload in progress (docs/PROTOCOL.md 11.5).
+#[derive(Default)]
+struct DoorUpload {
+    batch: Option<(u32, DoorEventsBatch, Instant)>,
+    events: Vec<DoorEvent>,
+}
+
+/// Whether a terminal of `kind` may send `m` (docs/PROTOCOL.md section 11): door
+/// controllers and attendance clocks only their own messages, the others none of those.
+fn allowed(kind: TerminalKind, m: &Message) -> bool {
+    let door = matches!(
+        m,
+        Message::AccessCheck(_)
+            | Message::DoorCacheSync(_)
+            | Message::DoorCacheAck(_)
+            | Message::DoorEventsBatch(_)
+            | Message::DoorEvent(_)
+    );
+    let punch = matches!(m, Message::Punch(_));
+    match kind {
+        TerminalKind::Door => door || matches!(m, Message::Heartbeat(_)),
+        TerminalKind::Attendance => punch || matches!(m, Message::Heartbeat(_)),
+        TerminalKind::Pos | TerminalKind::Kiosk => !door && !punch,
+    }
+}
+
 /// An offline upload in progress (docs/PROTOCOL.md 8.6).
 #[derive(Default)]
 struct Upload {
@@ -475,11 +560,96 @@ struct Upload {
 async fn handle(
     frame: Frame,
     terminal_id: u64,
+    kind: TerminalKind,
     ledger: &Ledger,
     inflight: &mut VecDeque<InFlight>,
     upload: &mut Upload,
+    doors: &mut DoorUpload,
 ) -> Result<(), End> {
     let received = Instant::now();
+    if !allowed(kind, &frame.message) {
+        metrics::counter!("cardgate_door_unexpected_messages_total", "kind" => kind.as_str()).increment(1);
+        return Err(End::Refuse(ErrorCode::UnexpectedMessage));
+    }
+    // While a door event batch is announced, only its events may come.
+    if let Some((request_id, batch, started)) = doors.batch {
+        let Message::DoorEvent(event) = frame.message else {
+            return Err(End::Refuse(ErrorCode::UnexpectedMessage));
+        };
+        doors.events.push(event);
+        if doors.events.len() < usize::from(batch.count) {
+            return Ok(());
+        }
+        doors.batch = None;
+        let pending = ledger.door_events_frame(terminal_id, &batch, &doors.events).await;
+        doors.events.clear();
+        inflight.push_back(InFlight {
+            request_id,
+            received: started,
+            kind: RequestKind::DoorEventsUpload,
+            pending,
+        });
+        return Ok(());
+    }
+    match frame.message {
+        Message::AccessCheck(c) => {
+            let pending = ledger.access_check_frame(terminal_id, &c).await;
+            if let Message::AccessResult(r) = &pending.peek()
+                && r.reason == cardgate_codec::AccessReason::WrongGroup
+            {
+                metrics::counter!("cardgate_door_wrong_group_total").increment(1);
+            }
+            inflight.push_back(InFlight {
+                request_id: frame.request_id,
+                received,
+                kind: RequestKind::AccessCheck,
+                pending,
+            });
+            return Ok(());
+        }
+        Message::Punch(p) => {
+            let pending = ledger.punch_frame(terminal_id, &p).await;
+            inflight.push_back(InFlight {
+                request_id: frame.request_id,
+                received,
+                kind: RequestKind::Punch,
+                pending,
+            });
+            return Ok(());
+        }
+        Message::DoorCacheSync(sync) => {
+            for pending in ledger.door_cache_sync_frames(terminal_id, &sync).await {
+                inflight.push_back(InFlight {
+                    request_id: frame.request_id,
+                    received,
+                    kind: RequestKind::DoorCacheSync,
+                    pending,
+                });
+            }
+            return Ok(());
+        }
+        Message::DoorCacheAck(a) => {
+            ledger.door_cache_ack_frame(terminal_id, a.version);
+            return Ok(());
+        }
+        Message::DoorEventsBatch(batch) => {
+            if batch.count == 0 || batch.count > cardgate_codec::DOOR_EVENTS_BATCH_MAX {
+                // Refused at once; its events, should they come, are unexpected.
+                let pending = ledger.door_events_frame(terminal_id, &batch, &[]).await;
+                inflight.push_back(InFlight {
+                    request_id: frame.request_id,
+                    received,
+                    kind: RequestKind::DoorEventsUpload,
+                    pending,
+                });
+            } else {
+                doors.batch = Some((frame.request_id, batch, received));
+            }
+            return Ok(());
+        }
+        Message::DoorEvent(_) => return Err(End::Refuse(ErrorCode::UnexpectedMessage)),
+        _ => {}
+    }
     // While a batch is announced, only its sales may come.
     if let Some((request_id, batch, started)) = upload.batch {
         let Message::OfflineSale(sale) = frame.message else {

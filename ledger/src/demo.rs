@@ -170,3 +170,127 @@ pub async fn ensure_demo(ledger: &Ledger, campus: &DemoCampus) -> Result<bool, L
         .await?;
     Ok(true)
 }
+
+/// Door controller `i` of the demo campus is terminal `DEMO_DOOR_TERMINAL_BASE + i`.
+pub const DEMO_DOOR_TERMINAL_BASE: u64 = 100_000;
+/// Attendance clock `j` of the demo campus is terminal `DEMO_CLOCK_TERMINAL_BASE + j`.
+pub const DEMO_CLOCK_TERMINAL_BASE: u64 = 200_000;
+/// Doors per demo door group.
+pub const DEMO_DOORS_PER_GROUP: u64 = 10;
+
+/// The demo campus's doors: door controller `i` (1..=`controllers`) is terminal
+/// 100,000 + i with one door, id `i`, passed both ways; door groups of ten doors
+/// (group g holds doors 10(g−1)+1..=10g); attendance clock `j` is terminal 200,000 + j;
+/// every demo account may pass every demo door at all times (a 7×24 schedule, one
+/// permission per account kind and group), no anti-passback. Keys are `demo_secret`'s,
+/// like the POS terminals'. Created once per data directory.
+pub async fn ensure_demo_doors(ledger: &Ledger, controllers: u64, clocks: u64) -> Result<bool, LedgerError> {
+    use cardgate_domain::access::{DoorDirection, HolidayRule, Subject, Window};
+
+    use crate::doors::{DoorInput, PermissionInput, ScheduleInput};
+
+    if ledger.db().get_meta(meta::DEMO_DOORS)?.is_some() || (controllers == 0 && clocks == 0) {
+        return Ok(false);
+    }
+    let actor = Actor::cli();
+    let groups = controllers.div_ceil(DEMO_DOORS_PER_GROUP);
+    let mut group_ids = Vec::with_capacity(groups as usize);
+    for g in 1..=groups {
+        let group = ledger
+            .create_door_group(&By::actor(&actor), &format!("Demo doors {g}"), &format!("Building {g}"))
+            .await?;
+        group_ids.push(group.id);
+    }
+    let new_terminal = |id: u64, kind: TerminalKind, door_group: u64, name: String| NewTerminal {
+        id,
+        kind,
+        merchant_id: 0,
+        door_group,
+        name,
+        place: String::new(),
+        serial: format!("DEMO-{id:06}"),
+        responsible: String::new(),
+        installed: String::new(),
+        status: InventoryStatus::Installed,
+        handed_to: "demo".into(),
+    };
+    let mut terminals = Vec::new();
+    for i in 1..=controllers {
+        let id = DEMO_DOOR_TERMINAL_BASE + i;
+        let group = group_ids[((i - 1) / DEMO_DOORS_PER_GROUP) as usize];
+        terminals.push((
+            new_terminal(id, TerminalKind::Door, group, format!("Door controller {i}")),
+            demo_secret(id).0,
+        ));
+    }
+    for j in 1..=clocks {
+        let id = DEMO_CLOCK_TERMINAL_BASE + j;
+        terminals.push((
+            new_terminal(id, TerminalKind::Attendance, 0, format!("Attendance clock {j}")),
+            demo_secret(id).0,
+        ));
+    }
+    ledger.register_many(&By::actor(&actor), terminals).await?;
+    let always = ledger
+        .set_schedule(
+            &By::actor(&actor),
+            ScheduleInput {
+                id: None,
+                name: "Demo: always".into(),
+                windows: (0..7)
+                    .map(|weekday| Window {
+                        weekday,
+                        start_min: 0,
+                        end_min: 0,
+                    })
+                    .collect(),
+                holidays: HolidayRule::Ignore,
+            },
+        )
+        .await?;
+    for i in 1..=controllers {
+        let group = group_ids[((i - 1) / DEMO_DOORS_PER_GROUP) as usize];
+        ledger
+            .set_door(
+                &By::actor(&actor),
+                DoorInput {
+                    id: Some(i),
+                    name: format!("Door {i}"),
+                    place: format!("Building {}", (i - 1) / DEMO_DOORS_PER_GROUP + 1),
+                    group,
+                    controller: DEMO_DOOR_TERMINAL_BASE + i,
+                    direction: DoorDirection::Both,
+                    enabled: true,
+                },
+            )
+            .await?;
+    }
+    for group in &group_ids {
+        for kind in AccountKind::ALL {
+            ledger
+                .grant_permission(
+                    &By::actor(&actor),
+                    PermissionInput {
+                        subject: Subject::Kind(kind),
+                        door_group: *group,
+                        schedule: always.id,
+                        valid_from_day: 0,
+                        valid_to_day: None,
+                        note: "demo".into(),
+                    },
+                )
+                .await?;
+        }
+    }
+    let mut marker = Writes::new();
+    marker.push(StateWrite::Meta(
+        meta::DEMO_DOORS,
+        format!("{controllers} {clocks}").into_bytes(),
+    ));
+    Txn::begin(ledger.journal())
+        .await?
+        .write_direct(marker)
+        .durable()
+        .await?;
+    Ok(true)
+}

@@ -238,7 +238,7 @@ impl Ledger {
     /// Calls `f` on each durable entry whose time is in `[from_ms, to_ms)` (plus slack),
     /// in id order, until it returns false; returns entries read and whether the range
     /// was read to its end, and the journal's first time.
-    fn scan_time_range(
+    pub(crate) fn scan_time_range(
         &self,
         from_ms: i64,
         to_ms: i64,

@@ -14,6 +14,7 @@
 //! `cardgate-domain`'s; the central store (`cardgate-central`) reads what it wrote.
 #![forbid(unsafe_code)]
 
+mod access;
 pub mod audit;
 pub mod backup;
 pub mod blacklist;
@@ -21,6 +22,8 @@ pub mod completeness;
 pub mod days;
 pub mod demo;
 pub mod desk;
+pub mod door_wire;
+pub mod doors;
 pub mod error;
 pub mod history;
 pub mod import;

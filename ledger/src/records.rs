@@ -28,6 +28,11 @@
 //! 'X' terminal(u64 BE)              SeqGaps      } sequence numbers never seen
 //! 'L' card(u64 BE)                  i64 ms       } when a card joined the blacklist
 //! 'F' day(i32 BE, biased)           SettlementClose } business days closed for settlement
+//! 'I' kind(1) id(u64) id(u64)       AccessRecord } door access: doors 'd', schedules 's',
+//!                                                  } the calendar 'h', permissions 'p',
+//!                                                  } door groups 'g', cache changes 'l'
+//!                                                  } (group, version % log max), controllers
+//!                                                  } 'c', anti-passback 'a' (account, group)
 //! 'Z' import(u64 BE) chunk(u32 BE)  staged import chunk, written with its commit
 //! 'M' params / demo / gateway_id    the ledger's meta values
 //! 'M' day_closed                    DayClose     checkpointed: the last business day closed
@@ -36,6 +41,7 @@
 use std::collections::HashMap;
 
 use cardgate_codec::CardNo;
+use cardgate_domain::access::AccessRecord;
 use cardgate_domain::entry::{DayClose, EntryRecord, SettlementClose};
 use cardgate_domain::model::{
     Account, AuditRecord, BlacklistChange, Card, DoorGroup, Exception, GrantMark, IdempotentAnswer, KeyHandout,
@@ -75,6 +81,7 @@ pub const PREFIX_PASSWORD: u8 = b'V';
 pub const PREFIX_GAPS: u8 = b'X';
 pub const PREFIX_LISTED: u8 = b'L';
 pub const PREFIX_SETTLEMENT: u8 = b'F';
+pub const PREFIX_ACCESS: u8 = b'I';
 
 /// A business day as a key: days since 1970 biased so that they sort as unsigned.
 pub fn day_key(day: i32) -> u64 {
@@ -86,6 +93,8 @@ pub mod meta {
     pub const PARAMS: &str = "params";
     /// Set once the demo campus exists.
     pub const DEMO: &str = "demo";
+    /// Set once the demo campus's doors and attendance clocks exist.
+    pub const DEMO_DOORS: &str = "demo_doors";
     /// Identifies this gateway in the central store (u64 BE), chosen at first start.
     pub const GATEWAY_ID: &str = "gateway_id";
     /// The last business day closed (a `DayClose` record).
@@ -140,6 +149,8 @@ pub enum StateWrite {
     Listed(CardNo, Option<i64>),
     Settlement(Box<SettlementClose>),
     DayClosed(Box<DayClose>),
+    /// A door access record (`access.rs`).
+    Access(Box<AccessRecord>),
     /// Written with its commit like `Meta`, never by a checkpoint; `None` removes the
     /// key. Holds data replay may need whatever the checkpoint (staged imports).
     Staged(Vec<u8>, Option<Vec<u8>>),
@@ -173,6 +184,7 @@ pub enum StateKey {
     Gaps(u64),
     Listed(u64),
     Settlement(i32),
+    Access(u8, u64, u64),
 }
 
 /// A blank card that left the stock other than by being issued.
@@ -298,6 +310,7 @@ impl StateWrite {
                 key_u64(PREFIX_SETTLEMENT, day_key(d.day)).as_ref().into(),
                 encode_record(d.as_ref()),
             ),
+            StateWrite::Access(r) => (crate::access::access_key_bytes(r).into(), encode_record(r.as_ref())),
             StateWrite::Staged(k, v) => (k.as_slice().into(), v.clone().unwrap_or_default()),
         }
     }
@@ -347,6 +360,10 @@ impl Schema for LedgerSchema {
             StateWrite::StockCount(c) => StateKey::StockCount(c.id),
             StateWrite::Password(p) => StateKey::Password(p.operator_id),
             StateWrite::DayClosed(_) => StateKey::DayClosed,
+            StateWrite::Access(r) => {
+                let (kind, a, b) = crate::access::access_key(r);
+                StateKey::Access(kind, a, b)
+            }
         })
     }
 

@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
 use cardgate_codec::CardNo;
+use cardgate_domain::access::{AccessRecord, CacheChange};
 use cardgate_domain::entry::{EntryBody, EntryRecord, ImportItem, MoneyKind, MoneyMove, StockEntry, TxEntry};
 use cardgate_domain::model::{GrantMark, Outcome, Params, SeqRecord, TxKind};
 use cardgate_domain::money::from_fen;
@@ -36,7 +37,7 @@ use crate::records::{
     PREFIX_PASSWORD, PREFIX_PERSON, PREFIX_SEQ, PREFIX_STAGED, PREFIX_STOCK_BATCH, PREFIX_STOCK_COUNT,
     PREFIX_STOCK_REMOVED, PREFIX_TERMINAL, PREFIX_TERMINAL_RECORD, StateWrite, StockRemoved, meta,
 };
-use crate::records::{ListedSince, PREFIX_GAPS, PREFIX_LISTED, PREFIX_SETTLEMENT};
+use crate::records::{ListedSince, PREFIX_ACCESS, PREFIX_GAPS, PREFIX_LISTED, PREFIX_SETTLEMENT};
 use crate::state::{Loaded, State};
 
 /// Entries read per step of replay.
@@ -107,6 +108,7 @@ pub(crate) fn recover(
             settlements: db.scan(&[PREFIX_SETTLEMENT]).collect::<Result<_, _>>()?,
             tx_id_mark: db.get_meta_u64(journal_meta::MARK)?.unwrap_or(0),
             day_close: db.get_record(&key_meta(meta::DAY_CLOSED))?,
+            access: db.scan(&[PREFIX_ACCESS]).collect::<Result<_, _>>()?,
         },
         config.terminal_key.clone(),
     )?;
@@ -131,6 +133,7 @@ pub(crate) fn recover(
         }
         stats.replayed += entries.len() as u64;
     }
+    state.access().refresh_ids();
     let mut store = db.store()?;
     let mut checkpoint_id = checkpoint_id;
     if after > checkpoint_id && config.checkpoints.enabled {
@@ -420,8 +423,59 @@ impl Replay<'_> {
                 s.settlements().insert(d.day, d.as_ref().clone());
                 self.touched.others.push(StateWrite::Settlement(d.clone()));
             }
+            EntryBody::DoorSet(e) => {
+                self.access(AccessRecord::Door(e.door.clone()));
+                self.cache_changes(&e.cache);
+            }
+            EntryBody::ScheduleSet(e) => {
+                self.access(AccessRecord::Schedule(e.schedule.clone()));
+                self.cache_changes(&e.cache);
+            }
+            EntryBody::HolidaysSet(e) => {
+                self.access(AccessRecord::Holidays(e.holidays.clone()));
+                self.cache_changes(&e.cache);
+            }
+            EntryBody::PermissionSet(e) => {
+                self.access(AccessRecord::Permission(e.permission.clone()));
+                self.cache_changes(&e.cache);
+            }
+            EntryBody::GroupAccessSet(e) => {
+                self.access(AccessRecord::Group(e.access));
+                self.cache_changes(&e.cache);
+            }
+            EntryBody::DoorEvents(e) => {
+                for p in e.events.iter().filter_map(|ev| ev.passback) {
+                    self.access(AccessRecord::Passback(p));
+                }
+                self.access(AccessRecord::Controller(e.controller.clone()));
+            }
         }
         Ok(())
+    }
+
+    /// A door access record as an entry left it, through the live path's own setter.
+    fn access(&mut self, r: AccessRecord) {
+        crate::doors::apply_record(self.state, &r);
+        self.touched.others.push(StateWrite::Access(Box::new(r)));
+    }
+
+    fn cache_changes(&mut self, changes: &[CacheChange]) {
+        for c in changes {
+            let g = {
+                let mut config = self.state.access().write();
+                config.log_change(c.clone());
+                let mut g = config.group(c.group);
+                g.cache_version = g.cache_version.max(c.version);
+                config.groups.insert(c.group, g);
+                g
+            };
+            self.touched
+                .others
+                .push(StateWrite::Access(Box::new(AccessRecord::Change(c.clone()))));
+            self.touched
+                .others
+                .push(StateWrite::Access(Box::new(AccessRecord::Group(g))));
+        }
     }
 
     fn tx(&mut self, t: &TxEntry, time_ms: i64) {

@@ -26,6 +26,7 @@ use cardgate_domain::rules::sequence::{Seen, SeqSet};
 use dashmap::DashMap;
 use dashmap::mapref::one::{Ref, RefMut};
 
+use crate::access::AccessBook;
 use crate::audit::AuditLog;
 use crate::blacklist::Blacklist;
 use crate::error::LedgerError;
@@ -208,6 +209,7 @@ pub(crate) struct Loaded {
     pub(crate) tx_id_mark: u64,
     /// The last business day closed.
     pub(crate) day_close: Option<cardgate_domain::entry::DayClose>,
+    pub(crate) access: Vec<cardgate_domain::access::AccessRecord>,
 }
 
 pub(crate) struct State {
@@ -259,6 +261,8 @@ pub(crate) struct State {
     listed_since: DashMap<u64, i64>,
     /// Business days closed for settlement, by day.
     settlements: parking_lot::Mutex<std::collections::BTreeMap<i32, SettlementClose>>,
+    /// Door access and attendance (`access.rs`).
+    access: AccessBook,
 }
 
 /// The blank card stock as the records have it.
@@ -335,6 +339,7 @@ impl State {
             day_closing: tokio::sync::Mutex::new(()),
             listed_since: load.listed_since.into_iter().collect(),
             settlements: parking_lot::Mutex::new(load.settlements.into_iter().map(|d| (d.day, d)).collect()),
+            access: AccessBook::new(load.access),
         };
         state.next_audit_id.store(state.audit.last_id() + 1, Ordering::Release);
         for p in load.persons {
@@ -616,6 +621,10 @@ impl State {
     /// Replay: a tx id an entry used is never handed out again.
     pub(crate) fn saw_tx_id(&self, tx_id: u64) {
         self.next_tx_id.fetch_max(tx_id + 1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn access(&self) -> &AccessBook {
+        &self.access
     }
 
     pub(crate) fn blacklist(&self) -> &Blacklist {

@@ -95,6 +95,14 @@ pub struct Durable<T> {
 }
 
 impl<T> Durable<T> {
+    /// The same wait for a value made from this one (before it is released).
+    pub(crate) fn map<U>(self, f: impl FnOnce(T) -> U) -> Durable<U> {
+        Durable {
+            value: f(self.value),
+            wait: self.wait,
+        }
+    }
+
     /// The value and the id of the submission's first entry (0 for a barrier), once
     /// durable.
     pub async fn durable(self) -> Result<(T, u64), JournalError> {
@@ -109,12 +117,48 @@ impl<T> Durable<T> {
 pub struct Pending {
     answer: Message,
     wait: Option<oneshot::Receiver<CommitResult>>,
+    /// What to answer if the commit fails (else the money answer's "system error").
+    failed: Option<Message>,
 }
 
 impl Pending {
     /// An answer that needs no commit (it observed nothing that could be undurable).
     pub fn ready(answer: Message) -> Pending {
-        Pending { answer, wait: None }
+        Pending {
+            answer,
+            wait: None,
+            failed: None,
+        }
+    }
+
+    /// An answer released once durable, or `failed` if the commit fails.
+    pub(crate) fn from_durable(d: Durable<Message>, failed: Message) -> Pending {
+        Pending {
+            answer: d.value,
+            wait: Some(d.wait),
+            failed: Some(failed),
+        }
+    }
+
+    /// A run of frames: the first waits for the commit (`failed` instead if it
+    /// fails), the others follow it in order.
+    pub(crate) fn run(d: Durable<Vec<Message>>, failed: Message) -> Vec<Pending> {
+        let mut frames = d.value.into_iter();
+        let Some(first) = frames.next() else {
+            return vec![Pending::ready(failed)];
+        };
+        let mut out = vec![Pending {
+            answer: first,
+            wait: Some(d.wait),
+            failed: Some(failed),
+        }];
+        out.extend(frames.map(Pending::ready));
+        out
+    }
+
+    /// The answer it will give once durable (not to be sent before: for counting).
+    pub fn peek(&self) -> Message {
+        self.answer
     }
 
     /// The answer, once durable.
@@ -128,6 +172,7 @@ impl From<Durable<Message>> for Pending {
         Pending {
             answer: d.value,
             wait: Some(d.wait),
+            failed: None,
         }
     }
 }
@@ -149,7 +194,7 @@ impl Future for Pending {
                 }
                 Poll::Ready(_) => {
                     this.wait = None;
-                    this.answer = system_error_for(&answer);
+                    this.answer = this.failed.unwrap_or_else(|| system_error_for(&answer));
                     Poll::Ready(this.answer)
                 }
                 Poll::Pending => Poll::Pending,

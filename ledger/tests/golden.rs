@@ -9,6 +9,11 @@
 #![allow(clippy::inconsistent_digit_grouping)]
 
 use cardgate_codec::{CardNo, DeclineReason};
+use cardgate_domain::access::{
+    AccessEvent, AccessRecord, AntiPassback, CacheChange, CacheLine, ControllerEvents, Door, DoorDirection, DoorEntry,
+    DoorEvents, EventSource, GroupAccess, GroupAccessEntry, HolidayRule, Holidays, HolidaysEntry, Passage,
+    PassbackState, Permission, PermissionAction, PermissionEntry, Punch, Schedule, ScheduleEntry, Subject, Window,
+};
 use cardgate_domain::entry::{
     AccountLeft, CardAction, CardChange, DayClose, DoorGroupEntry, EntryBody, EntryRecord, FeeKind, ImportChunk,
     ImportCommitted, ImportItem, MerchantEntry, MoneyEntry, MoneyKind, MoneyMove, OperatorEntry, ParamsChange,
@@ -445,7 +450,166 @@ fn every_entry() -> Vec<(&'static str, EntryBody)> {
                 }],
             })),
         ),
+        (
+            "door set",
+            EntryBody::DoorSet(Box::new(DoorEntry {
+                actor: actor(),
+                door: door(),
+                cache: vec![cache_change()],
+            })),
+        ),
+        (
+            "schedule set",
+            EntryBody::ScheduleSet(Box::new(ScheduleEntry {
+                actor: actor(),
+                schedule: schedule(),
+                cache: vec![],
+            })),
+        ),
+        (
+            "holidays set",
+            EntryBody::HolidaysSet(Box::new(HolidaysEntry {
+                actor: actor(),
+                holidays: Holidays {
+                    days: vec![20_785, 20_786],
+                },
+                cache: vec![],
+            })),
+        ),
+        (
+            "permission set",
+            EntryBody::PermissionSet(Box::new(PermissionEntry {
+                actor: actor(),
+                action: PermissionAction::Granted,
+                permission: permission(),
+                cache: vec![cache_change()],
+            })),
+        ),
+        (
+            "group access set",
+            EntryBody::GroupAccessSet(Box::new(GroupAccessEntry {
+                actor: actor(),
+                access: GroupAccess {
+                    group: 3,
+                    anti_passback: AntiPassback::Timed { minutes: 30 },
+                    cache_version: 12,
+                },
+                cache: vec![],
+            })),
+        ),
+        (
+            "door events",
+            EntryBody::DoorEvents(Box::new(DoorEvents {
+                events: vec![AccessEvent {
+                    terminal: 100_001,
+                    event_seq: 77,
+                    card: CardNo(6_222_000_012_345_678),
+                    account: 17,
+                    door: 1,
+                    door_group: 3,
+                    direction: Passage::In,
+                    granted: true,
+                    reason: 0,
+                    source: EventSource::Online,
+                    event_time_ms: T,
+                    permission: 5,
+                    passback: Some(passback()),
+                    drift_ms: -1_250,
+                    flagged: false,
+                }],
+                punches: vec![Punch {
+                    terminal: 200_001,
+                    event_seq: 9,
+                    card: CardNo(6_222_000_012_345_678),
+                    account: 17,
+                    status: 0,
+                    punch_time_ms: T,
+                    drift_ms: 300,
+                }],
+                controller: controller_events(),
+            })),
+        ),
     ]
+}
+
+fn door() -> Door {
+    Door {
+        id: 1,
+        name: "东门".into(),
+        place: "Library".into(),
+        group: 3,
+        controller: 100_001,
+        direction: DoorDirection::Both,
+        enabled: true,
+        updated_ms: T,
+    }
+}
+
+fn schedule() -> Schedule {
+    Schedule {
+        id: 2,
+        name: "night guard".into(),
+        windows: vec![Window {
+            weekday: 0,
+            start_min: 1_320,
+            end_min: 360,
+        }],
+        holidays: HolidayRule::Windows(vec![Window {
+            weekday: 0,
+            start_min: 540,
+            end_min: 720,
+        }]),
+        updated_ms: T,
+    }
+}
+
+fn permission() -> Permission {
+    Permission {
+        id: 5,
+        subject: Subject::Department("计算机学院".into()),
+        door_group: 3,
+        schedule: 2,
+        valid_from_day: 20_785,
+        valid_to_day: Some(20_815),
+        revoked: false,
+        note: "lab".into(),
+        updated_ms: T,
+    }
+}
+
+fn cache_change() -> CacheChange {
+    let line = CacheLine {
+        card: CardNo(6_222_000_012_345_678),
+        schedule: 2,
+        valid_from_min: 29_930_400,
+        valid_to_min: u32::MAX,
+    };
+    CacheChange {
+        group: 3,
+        version: 12,
+        added: vec![line],
+        removed: vec![CacheLine { schedule: 1, ..line }],
+        all: false,
+    }
+}
+
+fn passback() -> PassbackState {
+    PassbackState {
+        account: 17,
+        group: 3,
+        inside: true,
+        last_ms: T,
+    }
+}
+
+fn controller_events() -> ControllerEvents {
+    ControllerEvents {
+        terminal: 100_001,
+        last: 77,
+        gaps: vec![(70, 71)],
+        abandoned: 0,
+        drift_ms: -1_250,
+    }
 }
 
 /// The bytes of each entry of `every_entry` as today's journal stores them.
@@ -502,6 +666,18 @@ const ENTRY_HEX: &[&str] = &[
     "01c08ffd92c468162a01c313c08ffd92c468",
     // settlement closed
     "01c08ffd92c468170306e78e8be88ab303e2c402944d01e2c40207b009c0ee6d03882701c413fcda6d9601d2d201944d0306e78e8be88ab303c08ffd92c468",
+    // door set (added with issue 11)
+    "01c08ffd92c468180306e78e8be88ab3030106e4b89ce997a8074c69627261727903a18d060201c08ffd92c46801030c01ce829da484dc860b02a0e7a20effffffff0f01ce829da484dc860b01a0e7a20effffffff0f00",
+    // schedule set
+    "01c08ffd92c468190306e78e8be88ab303020b6e696768742067756172640100a80ae8020201009c04d005c08ffd92c46800",
+    // holidays set
+    "01c08ffd92c4681a0306e78e8be88ab30302e2c402e4c40200",
+    // permission set
+    "01c08ffd92c4681b0306e78e8be88ab3030005010fe8aea1e7ae97e69cbae5ada6e999a20302e2c402019ec50200036c6162c08ffd92c46801030c01ce829da484dc860b02a0e7a20effffffff0f01ce829da484dc860b01a0e7a20effffffff0f00",
+    // group access set
+    "01c08ffd92c4681c0306e78e8be88ab30303021e0c00",
+    // door events
+    "01c08ffd92c4681d01a18d064dce829da484dc860b11010300010000c08ffd92c4680501110301c08ffd92c468c3130001c19a0c09ce829da484dc860b1100c08ffd92c468d804a18d064d01464700c313",
 ];
 
 /// The bytes of each state record kind a checkpoint writes.
@@ -575,6 +751,21 @@ fn every_record() -> Vec<(&'static str, Vec<u8>)> {
             },
             EntryBody::PasswordSet(p) => encode_record(&p.password),
             EntryBody::SettlementClosed(c) => encode_record(c.as_ref()),
+            EntryBody::DoorSet(d) => encode_record(&AccessRecord::Door(d.door.clone())),
+            EntryBody::ScheduleSet(d) => encode_record(&AccessRecord::Schedule(d.schedule.clone())),
+            EntryBody::HolidaysSet(d) => encode_record(&AccessRecord::Holidays(d.holidays.clone())),
+            EntryBody::PermissionSet(d) => {
+                out.push((
+                    "access: cache change",
+                    encode_record(&AccessRecord::Change(cache_change())),
+                ));
+                encode_record(&AccessRecord::Permission(d.permission.clone()))
+            }
+            EntryBody::GroupAccessSet(d) => encode_record(&AccessRecord::Group(d.access)),
+            EntryBody::DoorEvents(d) => {
+                out.push(("access: passback", encode_record(&AccessRecord::Passback(passback()))));
+                encode_record(&AccessRecord::Controller(d.controller.clone()))
+            }
             _ => continue,
         };
         out.push((name, bytes));
@@ -629,6 +820,22 @@ const RECORD_HEX: &[&str] = &[
     "01e2c402c007b109944da7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7c03ef3beeb0501",
     // settlement close (added with issue 12)
     "010306e78e8be88ab303e2c402944d01e2c40207b009c0ee6d03882701c413fcda6d9601d2d201944d0306e78e8be88ab303c08ffd92c468",
+    // access records (added with issue 11): door set
+    "01000106e4b89ce997a8074c69627261727903a18d060201c08ffd92c468",
+    // schedule set
+    "0101020b6e696768742067756172640100a80ae8020201009c04d005c08ffd92c468",
+    // holidays set
+    "010202e2c402e4c402",
+    // access: cache change
+    "0105030c01ce829da484dc860b02a0e7a20effffffff0f01ce829da484dc860b01a0e7a20effffffff0f00",
+    // permission set
+    "010305010fe8aea1e7ae97e69cbae5ada6e999a20302e2c402019ec50200036c6162c08ffd92c468",
+    // group access set
+    "010403021e0c",
+    // access: passback
+    "0107110301c08ffd92c468",
+    // door events
+    "0106a18d064d01464700c313",
 ];
 
 fn hex(bytes: &[u8]) -> String {
@@ -688,10 +895,16 @@ fn variant(b: &EntryBody) -> usize {
         EntryBody::DayClosed(_) => 21,
         EntryBody::TerminalSession(_) => 22,
         EntryBody::SettlementClosed(_) => 23,
+        EntryBody::DoorSet(_) => 24,
+        EntryBody::ScheduleSet(_) => 25,
+        EntryBody::HolidaysSet(_) => 26,
+        EntryBody::PermissionSet(_) => 27,
+        EntryBody::GroupAccessSet(_) => 28,
+        EntryBody::DoorEvents(_) => 29,
     }
 }
 
-const ENTRY_KINDS: usize = 24;
+const ENTRY_KINDS: usize = 30;
 
 #[test]
 fn every_entry_kind_has_golden_bytes() {

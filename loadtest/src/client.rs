@@ -7,9 +7,9 @@ use cardgate_codec::codec::Frame;
 use cardgate_codec::crypto::SignOnInput;
 use cardgate_codec::{
     BLACKLIST_PAGE_FIRST, BLACKLIST_PAGE_LAST_IN_RUN, BLACKLIST_PAGE_MORE, BalanceInquiry, BlacklistAck, BlacklistPage,
-    BlacklistPageKind, BlacklistSync, CardNo, CodecError, ErrorCode, Heartbeat, Hello, Message, OfflineBatch,
-    OfflineLimits, OfflineResult, OfflineSale, Proof, Purchase, Reversal, SIGN_ON_OFFLINE_LIMITS, Side, SignOnOk,
-    TerminalCodec, TerminalSecret,
+    BlacklistPageKind, BlacklistSync, CardNo, CodecError, DOOR_PAGE_LAST_IN_RUN, DoorCacheSync, ErrorCode, Heartbeat,
+    Hello, Message, OfflineBatch, OfflineLimits, OfflineResult, OfflineSale, Proof, Purchase, Reversal,
+    SIGN_ON_OFFLINE_LIMITS, Side, SignOnOk, TerminalCodec, TerminalSecret,
 };
 use futures::{SinkExt, StreamExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -50,6 +50,8 @@ pub struct TerminalClient {
     next_request_id: u32,
     /// The newest version a BLACKLIST_PUSH announced (they arrive between answers).
     pub pushed_version: Option<u64>,
+    /// The newest door cache version a DOOR_CACHE_PUSH announced (door controllers).
+    pub door_pushed_version: Option<u64>,
     /// The terminal's copy of the blacklist and its version, kept by `blacklist_sync`.
     pub blacklist: std::collections::BTreeSet<u64>,
     pub blacklist_version: u64,
@@ -137,6 +139,7 @@ impl TerminalClient {
             sign_on,
             next_request_id: 3,
             pushed_version: None,
+            door_pushed_version: None,
             blacklist: Default::default(),
             blacklist_version: 0,
             offline_limits,
@@ -169,7 +172,8 @@ impl TerminalClient {
         recv(&mut self.conn).await
     }
 
-    /// The next frame that is not a BLACKLIST_PUSH (those are noted in `pushed_version`).
+    /// The next frame that is not a BLACKLIST_PUSH or a DOOR_CACHE_PUSH (those are
+    /// noted in `pushed_version` and `door_pushed_version`).
     pub async fn recv_answer(&mut self) -> Result<Frame, ClientError> {
         loop {
             let frame = recv(&mut self.conn).await?;
@@ -177,7 +181,33 @@ impl TerminalClient {
                 Message::BlacklistPush(p) if frame.request_id == 0 => {
                     self.pushed_version = Some(self.pushed_version.unwrap_or(0).max(p.version));
                 }
+                Message::DoorCachePush(p) if frame.request_id == 0 => {
+                    self.door_pushed_version = Some(self.door_pushed_version.unwrap_or(0).max(p.version));
+                }
                 _ => return Ok(frame),
+            }
+        }
+    }
+
+    /// One DOOR_CACHE_SYNC and the run that answers it: its schedules, holidays and
+    /// pages in order, the last a page with `LAST_IN_RUN` (docs/PROTOCOL.md 11.3).
+    pub async fn door_cache_run(&mut self, sync: DoorCacheSync) -> Result<Vec<Message>, ClientError> {
+        let id = self.send(Message::DoorCacheSync(sync)).await?;
+        let mut run = Vec::new();
+        loop {
+            let frame = self.recv_answer().await?;
+            if frame.request_id != id {
+                return Err(ClientError::Unexpected(Box::new(frame.message)));
+            }
+            let last = matches!(frame.message, Message::DoorCachePage(p) if p.has(DOOR_PAGE_LAST_IN_RUN));
+            match frame.message {
+                Message::DoorSchedule(_) | Message::DoorHolidays(_) | Message::DoorCachePage(_) => {
+                    run.push(frame.message)
+                }
+                other => return Err(ClientError::Unexpected(Box::new(other))),
+            }
+            if last {
+                return Ok(run);
             }
         }
     }

@@ -37,6 +37,8 @@ pub const LOST_CARD_ENDPOINT_EXAMPLE: &str = "http://127.0.0.1:7780/api/v1/cards
 pub enum DeskError {
     #[error("the lost-card endpoint {0:?} is not an http:// URL with a host")]
     BadEndpoint(String),
+    #[error("the door revoke endpoint {0:?} is not an http:// URL with a host")]
+    BadRevokeEndpoint(String),
     #[error("connecting to the operator API: {0}")]
     Connect(std::io::Error),
     #[error("talking to the operator API: {0}")]
@@ -104,32 +106,100 @@ impl HttpCardDesk {
     }
 
     async fn post(&self, card: CardNo) -> Result<(), DeskError> {
-        let req = self.request_for(card)?;
-        let stream = TcpStream::connect(&self.authority).await.map_err(DeskError::Connect)?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        // The connection task ends when the response is read and `sender` is dropped.
-        let conn = tokio::spawn(conn);
-        let response = sender.send_request(req).await?;
-        let status = response.status();
-        let body = response.into_body().collect().await?.to_bytes();
-        drop(sender);
-        let _ = conn.await;
-        if status.is_success() {
-            Ok(())
-        } else {
-            let mut text = String::from_utf8_lossy(&body).into_owned();
-            if text.len() > ERROR_BODY_BYTES_MAX {
-                let mut cut = ERROR_BODY_BYTES_MAX;
-                while !text.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                text.truncate(cut);
+        send(&self.authority, self.request_for(card)?).await
+    }
+}
+
+/// Sends one request to the operator API at `authority`; any 2xx answer is `Ok`.
+async fn send(authority: &str, req: Request<Full<Bytes>>) -> Result<(), DeskError> {
+    let stream = TcpStream::connect(authority).await.map_err(DeskError::Connect)?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    // The connection task ends when the response is read and `sender` is dropped.
+    let conn = tokio::spawn(conn);
+    let response = sender.send_request(req).await?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    drop(sender);
+    let _ = conn.await;
+    if status.is_success() {
+        Ok(())
+    } else {
+        let mut text = String::from_utf8_lossy(&body).into_owned();
+        if text.len() > ERROR_BODY_BYTES_MAX {
+            let mut cut = ERROR_BODY_BYTES_MAX;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
             }
-            Err(DeskError::Status {
-                status: status.as_u16(),
-                body: text,
-            })
+            text.truncate(cut);
         }
+        Err(DeskError::Status {
+            status: status.as_u16(),
+            body: text,
+        })
+    }
+}
+
+/// The text that `--door-revoke-endpoint` replaces with the permission id.
+pub const PERMISSION_PLACEHOLDER: &str = "{id}";
+
+/// The gateway's own revocation route on its default admin address, for `--help`.
+pub const REVOKE_ENDPOINT_EXAMPLE: &str = "http://127.0.0.1:7780/api/v1/door-permissions/{id}/revoke";
+
+/// The door admin's one action a run needs: revoking a permission with `POST endpoint`
+/// (where `{id}` becomes the permission id), body `{"reason": "cardgate-loadtest"}`,
+/// and the operator's bearer token when one is given. Any 2xx answer acknowledges it.
+#[derive(Clone, Debug)]
+pub struct HttpDoorAdmin {
+    endpoint: String,
+    authority: String,
+    token: Option<String>,
+}
+
+impl HttpDoorAdmin {
+    pub fn new(endpoint: &str, token: Option<String>) -> Result<HttpDoorAdmin, DeskError> {
+        let bad = || DeskError::BadRevokeEndpoint(endpoint.to_string());
+        let uri: Uri = endpoint
+            .replace(PERMISSION_PLACEHOLDER, "0")
+            .parse()
+            .map_err(|_| bad())?;
+        if uri.scheme_str() != Some("http") {
+            return Err(bad());
+        }
+        let authority = uri.authority().ok_or_else(bad)?;
+        let authority = match authority.port_u16() {
+            Some(_) => authority.to_string(),
+            None => format!("{}:80", authority.host()),
+        };
+        Ok(HttpDoorAdmin {
+            endpoint: endpoint.to_string(),
+            authority,
+            token,
+        })
+    }
+
+    /// The request revoking permission `id`.
+    pub fn request_for(&self, id: u64) -> Result<Request<Full<Bytes>>, DeskError> {
+        let uri: Uri = self
+            .endpoint
+            .replace(PERMISSION_PLACEHOLDER, &id.to_string())
+            .parse()
+            .map_err(|_| DeskError::BadRevokeEndpoint(self.endpoint.clone()))?;
+        let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
+        let mut req = Request::post(path)
+            .header(hyper::header::HOST, &self.authority)
+            .header(hyper::header::CONTENT_TYPE, "application/json");
+        if let Some(token) = &self.token {
+            req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        Ok(req.body(Full::new(Bytes::from_static(br#"{"reason":"cardgate-loadtest"}"#)))?)
+    }
+
+    /// Revokes permission `id`; `Ok` once the gateway acknowledged it.
+    pub async fn revoke(&self, id: u64) -> Result<(), DeskError> {
+        let req = self.request_for(id)?;
+        tokio::time::timeout(REPORT_TIMEOUT, send(&self.authority, req))
+            .await
+            .map_err(|_| DeskError::Timeout(REPORT_TIMEOUT))?
     }
 }
 
@@ -217,6 +287,27 @@ mod tests {
             Err(DeskError::Status { status: 404, body }) => assert_eq!(body, "nope"),
             other => panic!("expected a 404 error, got {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_revocation_posts_to_the_permission_with_the_token() {
+        let (addr, server) = one_shot("200 OK").await;
+        let admin = HttpDoorAdmin::new(
+            &format!("http://{addr}/api/v1/door-permissions/{{id}}/revoke"),
+            Some("t0ken".into()),
+        )
+        .unwrap();
+        admin.revoke(17).await.unwrap();
+        let request = server.await.unwrap();
+        assert!(
+            request.starts_with("POST /api/v1/door-permissions/17/revoke HTTP/1.1"),
+            "{request}"
+        );
+        assert!(
+            request.to_ascii_lowercase().contains("authorization: bearer t0ken"),
+            "{request}"
+        );
+        assert!(HttpDoorAdmin::new("https://x/{id}", None).is_err());
     }
 
     #[tokio::test]

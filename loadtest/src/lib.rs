@@ -9,12 +9,16 @@
 //! conservation check over balances read through the protocol (`conservation`). Some
 //! terminals can lose the gateway mid-run, sell offline and upload on reconnect, and
 //! terminals can skip sequence numbers on purpose (`offline`), so that the gateway's
-//! completeness report can be checked against what the run knows it did.
+//! completeness report can be checked against what the run knows it did. Door
+//! controllers check cards beside the POS terminals (`doors`, `door_fleet`), with their
+//! latency reported apart.
 #![forbid(unsafe_code)]
 
 pub mod client;
 pub mod conservation;
 pub mod desk;
+pub mod door_fleet;
+pub mod doors;
 pub mod mix;
 pub mod offline;
 pub mod report;

@@ -12,6 +12,12 @@
 //! a sequence number unused after every K, and the report names them, for the daily
 //! completeness report to be checked against.
 //!
+//! Doors: `--doors N --door-rate R` adds demo door controllers 100001.. beside the POS
+//! terminals: each syncs its door group's cache, then checks random demo cards at its
+//! door, alternating in and out; their latency and answers by reason are reported
+//! apart. `--door-revoke-after S --door-revoke-permission ID` has the door admin revoke
+//! a permission S seconds into the window and times the controllers' delta syncs.
+//!
 //! Ten thousand connections: the tool raises its own file-descriptor limit and, when
 //! 127.0.0.1 runs out of ephemeral ports towards the gateway, connects from 127.0.0.2,
 //! 127.0.0.3, ... (or from `--source-addrs`). The gateway needs the matching
@@ -22,9 +28,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
-use cardgate_loadtest::desk::{HttpCardDesk, LOST_CARD_ENDPOINT_EXAMPLE};
+use cardgate_loadtest::desk::{HttpCardDesk, HttpDoorAdmin, LOST_CARD_ENDPOINT_EXAMPLE, REVOKE_ENDPOINT_EXAMPLE};
+use cardgate_loadtest::door_fleet::{DoorConfig, RevokePlan};
 use cardgate_loadtest::mix::Mix;
-use cardgate_loadtest::run::{RunConfig, run};
+use cardgate_loadtest::run::{RunConfig, run_with_doors};
 use cardgate_loadtest::source::parse_source_addrs;
 use clap::Parser;
 
@@ -42,8 +49,8 @@ struct Args {
     /// Gateway terminal address.
     #[arg(long)]
     target: SocketAddr,
-    /// Concurrent terminal connections (demo terminals first-terminal.. onwards; the
-    /// gateway needs at least that many --demo-terminals).
+    /// Concurrent POS terminal connections (demo terminals first-terminal.. onwards; the
+    /// gateway needs at least that many --demo-terminals). 0 with --doors: doors only.
     #[arg(long)]
     terminals: u64,
     /// Length of the measured window in seconds, after ramp-up.
@@ -139,6 +146,35 @@ struct Args {
     /// that the gateway's completeness report must show exactly these as missing.
     #[arg(long, default_value_t = 0)]
     skip_every: u64,
+    /// Door controllers beside the POS terminals: demo controllers 100000 + first-door
+    /// onwards (the gateway's demo needs at least that many door controllers).
+    #[arg(long, default_value_t = 0)]
+    doors: u64,
+    /// The first door controller's number (terminal 100000 + it, door it).
+    #[arg(long, default_value_t = 1)]
+    first_door: u64,
+    /// Open loop for the doors: access checks per second across the controllers,
+    /// Poisson arrivals. Without it each controller checks the next card as soon as the
+    /// last is answered.
+    #[arg(long)]
+    door_rate: Option<f64>,
+    /// Keep every door cache entry (about 1 MB per controller with 20,000 demo cards)
+    /// instead of counting them.
+    #[arg(long)]
+    door_keep_cache: bool,
+    /// Seconds into the measured window at which the door admin revokes
+    /// --door-revoke-permission; the report times how long until the controllers
+    /// acknowledged the new cache version. Without it, the first --lost-cards report is
+    /// timed the same way.
+    #[arg(long, requires = "door_revoke_permission")]
+    door_revoke_after: Option<f64>,
+    /// The permission to revoke (its id in the operator API).
+    #[arg(long, requires = "door_revoke_after")]
+    door_revoke_permission: Option<u64>,
+    /// Operator API endpoint that revokes a permission, POSTed with a door_admin token;
+    /// "{id}" in the URL is replaced by the permission id.
+    #[arg(long, default_value = REVOKE_ENDPOINT_EXAMPLE)]
+    door_revoke_endpoint: String,
     /// Print the report as JSON on stdout (and no progress bar).
     #[arg(long)]
     json: bool,
@@ -152,7 +188,9 @@ fn after_help() -> String {
          money adds up:                cardgate-loadtest --target 127.0.0.1:7700 --terminals 256 --duration 10 --check-conservation\n  \
          lost cards mid-run:           ... --lost-cards 20 --lost-card-endpoint '{LOST_CARD_ENDPOINT_EXAMPLE}' \
          --admin-token TOKEN\n  \
-         offline POS, numbers skipped: ... --offline-pct 10 --offline-sales 100 --skip-every 50 --check-conservation --json\n\n\
+         offline POS, numbers skipped: ... --offline-pct 10 --offline-sales 100 --skip-every 50 --check-conservation --json\n  \
+         doors beside the POS:         ... --terminals 1000 --rate 20000 --doors 500 --door-rate 2000 --duration 30\n  \
+         a revocation reaching doors:  ... --doors 500 --door-revoke-after 5 --door-revoke-permission 1 --admin-token TOKEN\n\n\
          Then the day's completeness report (GET /api/v1/reports/completeness?date=YYYY-MM-DD) shows, per terminal,\n\
          no missing sequence numbers but those in the run's sequences.terminals[].skipped"
     )
@@ -169,12 +207,12 @@ fn parse_sources(s: &str) -> Result<Sources, String> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let needed = args.terminals + FD_HEADROOM;
+    let needed = args.terminals + args.doors + FD_HEADROOM;
     let limit = rlimit::increase_nofile_limit(needed.max(65_536)).context("raising the file descriptor limit")?;
     anyhow::ensure!(
         limit >= needed,
         "{} terminals need about {needed} file descriptors but the hard limit is {limit}; raise it (ulimit -Hn) or use fewer terminals",
-        args.terminals
+        args.terminals + args.doors
     );
     let desk = match &args.lost_card_endpoint {
         Some(url) => Some(HttpCardDesk::new(url, args.admin_token.clone())?),
@@ -222,10 +260,25 @@ async fn main() -> anyhow::Result<()> {
         offline_sales: args.offline_sales,
         skip_every: args.skip_every,
     };
+    let revoke = match (args.door_revoke_after, args.door_revoke_permission) {
+        (Some(after), Some(permission)) => Some(RevokePlan {
+            after: Duration::try_from_secs_f64(after).context("--door-revoke-after")?,
+            permission,
+            admin: HttpDoorAdmin::new(&args.door_revoke_endpoint, args.admin_token.clone())?,
+        }),
+        _ => None,
+    };
+    let doors = DoorConfig {
+        controllers: args.doors,
+        first_controller: args.first_door,
+        rate: args.door_rate,
+        keep_cache: args.door_keep_cache,
+        revoke,
+    };
     let stop = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    let report = run(cfg, desk, stop).await?;
+    let report = run_with_doors(cfg, doors, desk, stop).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::doors::DoorReport;
 use crate::mix::Mix;
 use crate::offline::UploadTally;
 
@@ -196,6 +197,8 @@ pub struct Report {
     pub offline: OfflineReport,
     pub sequences: SequenceReport,
     pub conservation: Option<Conservation>,
+    /// Door controllers beside the POS terminals (`--doors`).
+    pub doors: Option<DoorReport>,
     /// Whether the run met every expectation; the process exits non-zero when not.
     pub ok: bool,
 }
@@ -264,6 +267,9 @@ impl Report {
             && !c.holds()
         {
             out.push(format!("conservation: {}", c.verdict));
+        }
+        if let Some(d) = &self.doors {
+            out.extend(d.problems());
         }
         out
     }
@@ -401,6 +407,9 @@ impl Report {
                 let _ = writeln!(w, "conservation     not checked (--check-conservation)");
             }
         }
+        if let Some(d) = &self.doors {
+            doors_table(w, d, &row);
+        }
         if !self.unsolicited.is_empty() {
             let _ = writeln!(w, "unsolicited frames");
             for (k, v) in &self.unsolicited {
@@ -425,5 +434,61 @@ impl Report {
             }
         }
         s
+    }
+}
+
+/// The door controllers' lines of the table.
+fn doors_table(w: &mut String, d: &DoorReport, row: &impl Fn(&mut String, &str, u64, Option<f64>, &Percentiles)) {
+    let _ = writeln!(w);
+    let _ = writeln!(
+        w,
+        "doors            {} controllers ({} ready), {} loop{}; first controller {} (terminal {})",
+        d.controllers,
+        d.ready,
+        d.mode,
+        d.target_rate_per_s
+            .map(|r| format!(" at {r:.0} checks/s"))
+            .unwrap_or_default(),
+        d.first_controller,
+        crate::doors::DOOR_TERMINAL_BASE + d.first_controller
+    );
+    let _ = writeln!(
+        w,
+        "{:<12} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "door ms", "answers", "per s", "p50", "p90", "p99", "p99.9", "max"
+    );
+    row(w, "access", d.checks, Some(d.throughput_per_s), &d.latency_ms);
+    row(w, "sign-on", d.sign_on_ms.count, None, &d.sign_on_ms);
+    row(w, "first sync", d.initial_sync_ms.count, None, &d.initial_sync_ms);
+    let c = &d.cache_change;
+    if c.controllers_acked > 0 {
+        row(w, "change ack", c.controllers_acked, None, &c.ack_ms);
+    }
+    let _ = writeln!(
+        w,
+        "access answers by reason (measured window; {} during ramp-up)",
+        d.warmup_checks
+    );
+    for (k, v) in &d.by_reason {
+        let _ = writeln!(w, "  {k:<40} {v}");
+    }
+    let _ = writeln!(
+        w,
+        "door caches      entries {}..{}, versions {}..{}; {} pushes, {} sync runs, {} pages",
+        d.entries_min, d.entries_max, d.version_min, d.version_max, d.pushes, d.runs, d.pages
+    );
+    if c.status != "not requested" {
+        let _ = writeln!(
+            w,
+            "cache change     {} ({}): sent {:.2} s into the window, acknowledged by the API in {:.1} ms; \
+             {} controllers synced and acked a newer version, the last {:.1} ms after it was sent",
+            c.trigger, c.status, c.at_s, c.api_ms, c.controllers_acked, c.ack_ms.max
+        );
+    }
+    for (k, v) in &d.unsolicited {
+        let _ = writeln!(w, "  door unsolicited {k:<23} {v}");
+    }
+    for (k, v) in &d.connection_errors {
+        let _ = writeln!(w, "  door connection error {k:<18} {v}");
     }
 }

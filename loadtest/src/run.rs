@@ -39,6 +39,8 @@ use tokio::sync::{Notify, Semaphore, watch};
 use crate::client::{ClientError, TerminalClient, now_ms};
 use crate::conservation::{BalanceSum, ScanError, ScanPlan, sum_balances};
 use crate::desk::CardDesk;
+use crate::door_fleet::{DoorConfig, DoorShared, DoorTally, controller, door_report, revoke_step};
+use crate::doors::{CacheChangeReport, DoorReport};
 use crate::mix::{AnswerCode, Kind, Mix, Sent, classify};
 use crate::offline::{
     OfflineBudget, RetryPolicy, SeqCounter, Uplink, UploadTally, goes_offline, next_sale, reconnect, upload_all,
@@ -60,7 +62,7 @@ const LATENCY_US_MAX: u64 = 120_000_000;
 const LATENCY_SIGFIG: u8 = 3;
 
 /// tokio's timer resolution.
-const TIMER_TICK: Duration = Duration::from_millis(1);
+pub(crate) const TIMER_TICK: Duration = Duration::from_millis(1);
 
 /// How often the progress bar is redrawn.
 const PROGRESS_TICK: Duration = Duration::from_millis(200);
@@ -117,7 +119,13 @@ pub struct RunConfig {
 
 impl RunConfig {
     pub fn validate(&self) -> Result<(), String> {
-        if self.terminals == 0 {
+        self.validate_with(0)
+    }
+
+    /// As `validate`, for a run that also drives `doors` door controllers: then it may
+    /// have no POS terminal.
+    pub fn validate_with(&self, doors: u64) -> Result<(), String> {
+        if self.terminals == 0 && doors == 0 {
             return Err("--terminals must be at least 1".into());
         }
         if self.accounts == 0 {
@@ -165,29 +173,29 @@ pub enum RunError {
 
 /// The run's clock, published to every terminal.
 #[derive(Clone, Copy, Debug, Default)]
-struct Timing {
+pub(crate) struct Timing {
     /// Set when the last terminal has signed on (or failed to).
-    steady_start: Option<Instant>,
+    pub(crate) steady_start: Option<Instant>,
     /// End of the measured window (runs by duration).
-    deadline: Option<Instant>,
+    pub(crate) deadline: Option<Instant>,
     /// Stop sending now (Ctrl-C).
-    stop: bool,
+    pub(crate) stop: bool,
 }
 
 impl Timing {
-    fn measured(&self, due: Instant) -> bool {
+    pub(crate) fn measured(&self, due: Instant) -> bool {
         self.steady_start.is_some_and(|s| due >= s) && self.deadline.is_none_or(|d| due < d)
     }
 }
 
 /// Live counters for the progress bar.
 #[derive(Default)]
-struct Live {
+pub(crate) struct Live {
     phase: AtomicU8,
     signed_on: AtomicU64,
     sign_on_done: AtomicU64,
-    answers: AtomicU64,
-    problems: AtomicU64,
+    pub(crate) answers: AtomicU64,
+    pub(crate) problems: AtomicU64,
     scanned: Arc<AtomicU64>,
 }
 
@@ -242,7 +250,7 @@ struct Shard {
     lag_us: Histogram<u64>,
 }
 
-fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, LATENCY_US_MAX, LATENCY_SIGFIG).expect("constant histogram bounds are valid")
 }
 
@@ -255,21 +263,22 @@ impl Shard {
     }
 }
 
-fn micros(d: Duration) -> u64 {
+pub(crate) fn micros(d: Duration) -> u64 {
     (d.as_micros() as u64).clamp(1, LATENCY_US_MAX)
 }
 
-struct Shared {
-    cfg: RunConfig,
+pub(crate) struct Shared {
+    pub(crate) cfg: RunConfig,
     sources: Arc<SourceAddrs>,
-    connect_slots: Semaphore,
+    pub(crate) connect_slots: Semaphore,
     /// Requests left to send (runs by count); may go below zero.
     budget: AtomicI64,
     shards: Vec<Mutex<Shard>>,
     sign_on_us: Mutex<Histogram<u64>>,
-    live: Live,
-    sign_on_notify: Notify,
+    pub(crate) live: Live,
+    pub(crate) sign_on_notify: Notify,
     lost: LostCards,
+    pub(crate) doors: DoorShared,
 }
 
 impl Shared {
@@ -358,12 +367,12 @@ pub fn failure_name(e: &ClientError) -> String {
 }
 
 /// A random exponential gap with the given mean: Poisson arrivals.
-fn exp_gap(rng: &mut StdRng, mean: Duration) -> Duration {
+pub(crate) fn exp_gap(rng: &mut StdRng, mean: Duration) -> Duration {
     let u: f64 = rng.random();
     mean.mul_f64(-(1.0 - u).ln())
 }
 
-async fn sleep_until(at: Option<Instant>) {
+pub(crate) async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
         None => std::future::pending().await,
@@ -372,7 +381,7 @@ async fn sleep_until(at: Option<Instant>) {
 
 /// Connects terminal `index`, moving to the next source address when one runs out of
 /// ports.
-async fn connect(shared: &Shared, index: u64, terminal_id: u64) -> Result<TerminalClient, ClientError> {
+pub(crate) async fn connect(shared: &Shared, index: u64, terminal_id: u64) -> Result<TerminalClient, ClientError> {
     let secret = demo_secret(terminal_id);
     let (mut at, mut source) = shared.sources.first(index);
     let mut tries = 1;
@@ -927,6 +936,8 @@ async fn lost_card_step<D: CardDesk>(
         }
         let card = demo_card(account);
         let asked = Instant::now();
+        // The doors' caches drop the card too: time their syncs from the first report.
+        shared.doors.mark_change(asked);
         match desk.report_lost(card).await {
             Ok(()) => {
                 let acked = Instant::now();
@@ -1026,7 +1037,22 @@ where
     D: CardDesk,
     S: std::future::Future<Output = ()> + Send + 'static,
 {
-    cfg.validate().map_err(RunError::Config)?;
+    run_with_doors(cfg, DoorConfig::none(), desk, stop).await
+}
+
+/// `run`, with door controllers checking cards beside the POS terminals (`door_fleet`).
+pub async fn run_with_doors<D, S>(
+    cfg: RunConfig,
+    doors: DoorConfig,
+    desk: Option<D>,
+    stop: S,
+) -> Result<Report, RunError>
+where
+    D: CardDesk,
+    S: std::future::Future<Output = ()> + Send + 'static,
+{
+    cfg.validate_with(doors.controllers).map_err(RunError::Config)?;
+    doors.validate().map_err(RunError::Config)?;
     let target_loopback_v4 = matches!(cfg.target.ip(), IpAddr::V4(ip) if ip.is_loopback());
     let sources = Arc::new(if cfg.source_addrs.is_empty() {
         SourceAddrs::automatic(target_loopback_v4)
@@ -1042,6 +1068,7 @@ where
         live: Live::default(),
         sign_on_notify: Notify::new(),
         lost: LostCards::default(),
+        doors: DoorShared::new(doors),
         cfg,
     });
     let cfg = &shared.cfg;
@@ -1088,9 +1115,18 @@ where
     for index in 0..cfg.terminals {
         tasks.spawn(terminal(shared.clone(), index, t0, timing_rx.clone()));
     }
-    // The measured window opens when every terminal has signed on (or failed to), and
-    // not before the ramp-up is over.
-    while shared.live.sign_on_done.load(Ordering::Relaxed) < cfg.terminals && !timing_rx.borrow().stop {
+    let door_count = shared.doors.cfg.controllers;
+    let mut door_tasks = tokio::task::JoinSet::new();
+    for n in 0..door_count {
+        door_tasks.spawn(controller(shared.clone(), n, t0, timing_rx.clone()));
+    }
+    // The measured window opens when every terminal has signed on (or failed to), every
+    // door controller has synced its cache (or failed to), and not before the ramp-up
+    // is over.
+    while (shared.live.sign_on_done.load(Ordering::Relaxed) < cfg.terminals
+        || shared.doors.done.load(Ordering::Relaxed) < door_count)
+        && !timing_rx.borrow().stop
+    {
         tokio::select! {
             _ = shared.sign_on_notify.notified() => {}
             _ = tokio::time::sleep(PROGRESS_TICK) => {}
@@ -1107,6 +1143,12 @@ where
         Some(desk) if cfg.lost_cards > 0 => Some(tokio::spawn(lost_card_step(shared.clone(), desk, timing_rx.clone()))),
         _ => None,
     };
+    let revoke_task = shared
+        .doors
+        .cfg
+        .revoke
+        .clone()
+        .map(|plan| tokio::spawn(revoke_step(shared.clone(), plan, timing_rx.clone())));
 
     let mut tally = Tally::default();
     let mut signed_on = 0;
@@ -1122,6 +1164,14 @@ where
             && timing_rx.borrow().deadline.is_some_and(|d| Instant::now() >= d)
         {
             shared.live.phase.store(PHASE_DRAIN, Ordering::Relaxed);
+        }
+    }
+    let mut door_tally = DoorTally::default();
+    let mut door_part = DoorReport::default();
+    while let Some(r) = door_tasks.join_next().await {
+        match r {
+            Ok(t) => door_tally.merge(t, &mut door_part),
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
         }
     }
     let ended = Instant::now();
@@ -1151,6 +1201,20 @@ where
             ..LostCardReport::default()
         },
     };
+
+    door_part.cache_change = match revoke_task {
+        Some(task) => task.await.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())),
+        None if lost_cards.reported > 0 && door_count > 0 => CacheChangeReport {
+            status: "done".into(),
+            trigger: "card reported lost".into(),
+            ..CacheChangeReport::default()
+        },
+        None => CacheChangeReport {
+            status: "not requested".into(),
+            ..CacheChangeReport::default()
+        },
+    };
+    let doors = (door_count > 0).then(|| door_report(&shared, door_part, door_tally, measured_s));
 
     let conservation = match before {
         Some(before) => {
@@ -1235,6 +1299,7 @@ where
             terminals: sequences,
         },
         conservation,
+        doors,
         ok: false,
     };
     report.ok = report.problems().is_empty();

@@ -7,6 +7,7 @@ mod console;
 mod console_browser;
 mod desk;
 mod desk_imports;
+mod doors;
 mod durability;
 mod harness;
 mod lifecycle;

@@ -45,6 +45,7 @@ macro_rules! tryr {
 }
 
 mod console;
+mod doors;
 mod registry;
 mod reports;
 mod routes;
@@ -134,6 +135,8 @@ pub struct AdminState {
     console: console::Sessions,
     /// Backups and integrity checks.
     pub durability: Arc<crate::integrity::Durability>,
+    /// What the attendance sheet judges against (`[attendance]`).
+    pub work_hours: cardgate_domain::rules::attendance::WorkHours,
 }
 
 type KeyLocks = std::collections::HashMap<(u64, String), Arc<tokio::sync::Mutex<()>>>;
@@ -147,7 +150,13 @@ impl AdminState {
             key_locks: Arc::new(std::sync::Mutex::new(KeyLocks::new())),
             console: console::Sessions::default(),
             durability: Arc::default(),
+            work_hours: Default::default(),
         }
+    }
+
+    pub fn with_work_hours(mut self, hours: cardgate_domain::rules::attendance::WorkHours) -> AdminState {
+        self.work_hours = hours;
+        self
     }
 
     pub fn with_durability(mut self, durability: Arc<crate::integrity::Durability>) -> AdminState {

@@ -60,12 +60,13 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/exceptions/{id}/resolve", post(resolve_exception))
         .route("/api/v1/blacklist", get(blacklist))
         .route("/api/v1/blacklist/changes", get(blacklist_changes))
-        .route("/api/v1/doors", get(doors))
-        .route("/api/v1/attendance", get(attendance))
         .route("/api/v1/backups", post(create_backup))
         .route("/api/v1/integrity/checks", post(run_check))
         .route("/api/v1/integrity/checks/last", get(last_check));
-    let api = api.merge(super::registry::api()).merge(super::reports::api());
+    let api = api
+        .merge(super::registry::api())
+        .merge(super::reports::api())
+        .merge(super::doors::api());
     let bulk = bulk.merge(super::registry::bulk());
     with_body_limit(api, ADMIN_BODY_BYTES_MAX)
         .merge(with_body_limit(bulk, BULK_BODY_BYTES_MAX))
@@ -1374,22 +1375,6 @@ async fn blacklist_changes(
         )
         .into_response(),
     }
-}
-
-async fn doors(State(s): State<AdminState>, headers: HeaderMap) -> Response {
-    auth!(s, headers, Permission::Doors, "doors.list", String::from("doors"));
-    ApiError::new(StatusCode::NOT_IMPLEMENTED, "door access is on the roadmap").into_response()
-}
-
-async fn attendance(State(s): State<AdminState>, headers: HeaderMap) -> Response {
-    auth!(
-        s,
-        headers,
-        Permission::Attendance,
-        "attendance.list",
-        String::from("attendance")
-    );
-    ApiError::new(StatusCode::NOT_IMPLEMENTED, "attendance is on the roadmap").into_response()
 }
 
 // ---- backups and the integrity check ------------------------------------------------------

@@ -437,6 +437,42 @@ impl Batch {
             EntryBody::Stock(x) => self.event(e.id, time_ms, body, Keys::default(), x.as_ref()),
             EntryBody::TerminalSession(x) => self.event(e.id, time_ms, body, Keys::terminal(x.terminal), x),
             EntryBody::SettlementClosed(d) => self.event(e.id, time_ms, body, Keys::default().by(&d.actor), d.as_ref()),
+            EntryBody::DoorSet(d) => self.event(e.id, time_ms, body, Keys::default().by(&d.actor), d.as_ref()),
+            EntryBody::ScheduleSet(d) => self.event(e.id, time_ms, body, Keys::default().by(&d.actor), d.as_ref()),
+            EntryBody::HolidaysSet(d) => self.event(e.id, time_ms, body, Keys::default().by(&d.actor), d.as_ref()),
+            EntryBody::PermissionSet(d) => {
+                let account = match d.permission.subject {
+                    cardgate_domain::access::Subject::Person(a) => Some(a),
+                    _ => None,
+                };
+                let keys = Keys {
+                    account,
+                    ..Keys::default()
+                };
+                self.event(e.id, time_ms, body, keys.by(&d.actor), d.as_ref());
+            }
+            EntryBody::GroupAccessSet(d) => self.event(e.id, time_ms, body, Keys::default().by(&d.actor), d.as_ref()),
+            // One row per entry (an online check is one event; an upload's entry up to
+            // 32), keyed by the controller and, for a single event, its card and account.
+            EntryBody::DoorEvents(d) => {
+                let single = (d.events.len() + d.punches.len() == 1).then(|| {
+                    d.events
+                        .first()
+                        .map(|x| (x.account, x.card.0))
+                        .or_else(|| d.punches.first().map(|x| (x.account, x.card.0)))
+                });
+                let (account, card) = match single.flatten() {
+                    Some((a, c)) => ((a != 0).then_some(a), Some(c)),
+                    None => (None, None),
+                };
+                let keys = Keys {
+                    account,
+                    card,
+                    terminal: Some(d.controller.terminal),
+                    operator: None,
+                };
+                self.event(e.id, time_ms, body, keys, d.as_ref());
+            }
             // Every entry lands somewhere, so that the store can prove it has them all.
             EntryBody::IdempotentAnswer(a) => {
                 let payload = IdempotentPublic {

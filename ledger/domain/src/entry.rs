@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use rust_decimal::Decimal;
 
+use crate::access::{DoorEntry, DoorEvents, GroupAccessEntry, HolidaysEntry, PermissionEntry, ScheduleEntry};
 use crate::model::{
     Account, AccountKind, AccountStatus, AuditRecord, BlacklistChange, Card, DoorGroup, Exception, IdempotentAnswer,
     KeyHandout, Merchant, Outcome, Params, Person, SessionEvent, SettlementDay, StockBatch, StockCount, StockRemoval,
@@ -326,6 +327,20 @@ pub enum EntryBody {
     TerminalSession(SessionEvent),
     /// A business day closed for settlement (轧帐): every merchant's figures, fixed.
     SettlementClosed(Box<SettlementClose>),
+    // ---- door access and attendance (issue 11) ----
+    /// A door created or changed: the whole record, and the cache versions it moved.
+    DoorSet(Box<DoorEntry>),
+    /// A schedule created or changed.
+    ScheduleSet(Box<ScheduleEntry>),
+    /// The holiday calendar, whole.
+    HolidaysSet(Box<HolidaysEntry>),
+    /// A permission granted, changed or revoked: the whole record as it is now.
+    PermissionSet(Box<PermissionEntry>),
+    /// A door group's access settings (anti-passback).
+    GroupAccessSet(Box<GroupAccessEntry>),
+    /// Access events and punches a controller or clock sent (one online, or an
+    /// uploaded batch), with the controller's event accounting they left.
+    DoorEvents(Box<DoorEvents>),
 }
 
 /// The close of a business day for settlement (轧帐): the figures of every merchant with
@@ -455,6 +470,12 @@ impl EntryBody {
             EntryBody::DayClosed(_) => "day_closed",
             EntryBody::TerminalSession(_) => "terminal_session",
             EntryBody::SettlementClosed(_) => "settlement_closed",
+            EntryBody::DoorSet(_) => "door_set",
+            EntryBody::ScheduleSet(_) => "schedule_set",
+            EntryBody::HolidaysSet(_) => "holidays_set",
+            EntryBody::PermissionSet(_) => "permission_set",
+            EntryBody::GroupAccessSet(_) => "group_access_set",
+            EntryBody::DoorEvents(_) => "door_events",
         }
     }
 }

@@ -7,6 +7,7 @@
 //! reads, and what property tests and fuzzers drive alone.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod clock;
 pub mod entry;
 pub mod model;

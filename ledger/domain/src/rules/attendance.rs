@@ -1,0 +1,155 @@
+//! The attendance rule: one person's local business day from their punches, against the
+//! working hours the configuration gives: the first punch is the arrival, the last the
+//! departure (a single punch is an arrival without a departure); late past the grace
+//! minutes, early before the end, absent on a working day without a punch. Holidays
+//! and days off are not working days.
+
+use serde::Serialize;
+
+use crate::rules::access::{local_day_minute, weekday};
+
+/// Working hours: from `start_min` to `end_min` local time on the weekdays marked in
+/// `workdays` (0 = Monday).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WorkHours {
+    pub start_min: u16,
+    pub end_min: u16,
+    pub late_grace_min: u16,
+    pub workdays: [bool; 7],
+}
+
+impl Default for WorkHours {
+    /// 08:00–17:00, Monday to Friday, five minutes' grace.
+    fn default() -> WorkHours {
+        WorkHours {
+            start_min: 8 * 60,
+            end_min: 17 * 60,
+            late_grace_min: 5,
+            workdays: [true, true, true, true, true, false, false],
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DayStatus {
+    /// Arrived in time and left at or after the end.
+    Present,
+    Late,
+    /// Left before the end (or punched only once).
+    EarlyLeave,
+    LateAndEarlyLeave,
+    /// A working day without a punch.
+    Absent,
+    /// Not a working day (a weekend, a holiday); punches are still listed.
+    DayOff,
+}
+
+impl DayStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DayStatus::Present => "present",
+            DayStatus::Late => "late",
+            DayStatus::EarlyLeave => "early_leave",
+            DayStatus::LateAndEarlyLeave => "late_and_early_leave",
+            DayStatus::Absent => "absent",
+            DayStatus::DayOff => "day_off",
+        }
+    }
+}
+
+/// One person's day.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DaySheet {
+    pub first_in_ms: Option<i64>,
+    pub last_out_ms: Option<i64>,
+    pub punches: usize,
+    pub late_min: u32,
+    pub early_min: u32,
+    pub status: DayStatus,
+}
+
+/// The sheet of local day `day` from the punches (unix ms, any order) made on it.
+pub fn day_sheet(day: i32, punches_ms: &[i64], hours: &WorkHours, holiday: bool, tz_offset_minutes: i32) -> DaySheet {
+    let first = punches_ms.iter().copied().min();
+    let last = if punches_ms.len() > 1 {
+        punches_ms.iter().copied().max()
+    } else {
+        None
+    };
+    let working = hours.workdays[usize::from(weekday(day))] && !holiday;
+    let minute = |ms: i64| local_day_minute(ms, tz_offset_minutes).1;
+    let late_min = match first {
+        Some(f) if working && minute(f) > hours.start_min + hours.late_grace_min => {
+            u32::from(minute(f) - hours.start_min)
+        }
+        _ => 0,
+    };
+    let early_min = match (first, last) {
+        (Some(_), Some(l)) if working && minute(l) < hours.end_min => u32::from(hours.end_min - minute(l)),
+        (Some(_), None) if working => 0,
+        _ => 0,
+    };
+    let no_departure = working && first.is_some() && last.is_none();
+    let status = if !working {
+        DayStatus::DayOff
+    } else if first.is_none() {
+        DayStatus::Absent
+    } else {
+        match (late_min > 0, early_min > 0 || no_departure) {
+            (false, false) => DayStatus::Present,
+            (true, false) => DayStatus::Late,
+            (false, true) => DayStatus::EarlyLeave,
+            (true, true) => DayStatus::LateAndEarlyLeave,
+        }
+    };
+    DaySheet {
+        first_in_ms: first,
+        last_out_ms: last,
+        punches: punches_ms.len(),
+        late_min,
+        early_min,
+        status,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::days_from_civil;
+
+    const TZ: i32 = 480;
+
+    fn at(day: i32, hh: i64, mm: i64) -> i64 {
+        i64::from(day) * 86_400_000 + (hh * 60 + mm - i64::from(TZ)) * 60_000
+    }
+
+    #[test]
+    fn a_working_day_from_its_punches() {
+        let day = days_from_civil(2026, 3, 10) as i32; // a Tuesday
+        let h = WorkHours::default();
+        let s = day_sheet(day, &[at(day, 17, 30), at(day, 7, 55), at(day, 12, 0)], &h, false, TZ);
+        assert_eq!(s.status, DayStatus::Present);
+        assert_eq!(s.first_in_ms, Some(at(day, 7, 55)));
+        assert_eq!(s.last_out_ms, Some(at(day, 17, 30)));
+        assert_eq!(s.punches, 3);
+
+        let s = day_sheet(day, &[at(day, 8, 20), at(day, 16, 0)], &h, false, TZ);
+        assert_eq!(s.status, DayStatus::LateAndEarlyLeave);
+        assert_eq!((s.late_min, s.early_min), (20, 60));
+        assert_eq!(
+            day_sheet(day, &[at(day, 8, 5), at(day, 17, 0)], &h, false, TZ).status,
+            DayStatus::Present,
+            "within the grace"
+        );
+        assert_eq!(day_sheet(day, &[], &h, false, TZ).status, DayStatus::Absent);
+        assert_eq!(day_sheet(day, &[], &h, true, TZ).status, DayStatus::DayOff);
+        assert_eq!(
+            day_sheet(day, &[at(day, 7, 0)], &h, false, TZ).status,
+            DayStatus::EarlyLeave,
+            "no departure"
+        );
+        let saturday = day + 4;
+        assert_eq!(day_sheet(saturday, &[], &h, false, TZ).status, DayStatus::DayOff);
+    }
+}

@@ -1,0 +1,734 @@
+//! The door controllers of a run (`--doors`): each signs on as demo controller
+//! 100,000 + i, syncs its door group's cache in full, then checks random demo cards at
+//! its door, alternating in and out, beside the POS terminals and in the same measured
+//! window. A push or an answer naming a newer cache version makes it sync the delta
+//! while it goes on checking. `--door-revoke-after` has the door admin revoke a
+//! permission mid-window and measures how long until the controllers hold the new
+//! version.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use cardgate_codec::{AccessCheck, CardNo, DoorCacheAck, Heartbeat, Message};
+use cardgate_ledger::demo::demo_card;
+use hdrhistogram::Histogram;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use tokio::sync::watch;
+
+use crate::client::{TerminalClient, now_ms};
+use crate::desk::HttpDoorAdmin;
+use crate::doors::{CacheChangeReport, DOOR_TERMINAL_BASE, DoorCache, DoorReport, unexpected_reason};
+use crate::report::Percentiles;
+use crate::run::{Shared, TIMER_TICK, Timing, connect, exp_gap, failure_name, histogram, micros, sleep_until};
+
+/// Runs one sync may take before the controller gives up on it: a full list of 20,000
+/// entries is about 160 runs of 32 pages.
+const SYNC_RUNS_MAX: u64 = 100_000;
+
+/// Latency histograms are sharded like the POS ones.
+const SHARDS: usize = 16;
+
+/// What the door part of a run is asked to do.
+#[derive(Clone, Debug)]
+pub struct DoorConfig {
+    /// Door controllers (0: none).
+    pub controllers: u64,
+    /// The first controller's number: terminal id 100,000 + it, door it.
+    pub first_controller: u64,
+    /// Open loop: access checks per second across the controllers; `None` is a closed
+    /// loop (each controller checks the next card when the last is answered).
+    pub rate: Option<f64>,
+    /// Keep every cache entry (as a controller that decides offline must) instead of
+    /// counting them: about 1 MB per controller with the demo's 20,000 cards.
+    pub keep_cache: bool,
+    pub revoke: Option<RevokePlan>,
+}
+
+/// Revoke one permission this long into the measured window.
+#[derive(Clone, Debug)]
+pub struct RevokePlan {
+    pub after: Duration,
+    pub permission: u64,
+    pub admin: HttpDoorAdmin,
+}
+
+impl DoorConfig {
+    pub fn none() -> DoorConfig {
+        DoorConfig {
+            controllers: 0,
+            first_controller: 1,
+            rate: None,
+            keep_cache: false,
+            revoke: None,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.first_controller == 0 {
+            return Err("door controllers are numbered from 1".into());
+        }
+        if let Some(r) = self.rate
+            && !(r.is_finite() && r > 0.0)
+        {
+            return Err("--door-rate must be a positive number of checks per second".into());
+        }
+        if self.controllers == 0 && (self.rate.is_some() || self.revoke.is_some()) {
+            return Err("--door-rate and --door-revoke-after need --doors".into());
+        }
+        Ok(())
+    }
+
+    pub fn terminal_id(&self, n: u64) -> u64 {
+        DOOR_TERMINAL_BASE + self.first_controller + n
+    }
+}
+
+/// What the controllers share.
+pub(crate) struct DoorShared {
+    pub cfg: DoorConfig,
+    latency_us: Vec<Mutex<Histogram<u64>>>,
+    sign_on_us: Mutex<Histogram<u64>>,
+    sync_us: Mutex<Histogram<u64>>,
+    change_ack_us: Mutex<Histogram<u64>>,
+    /// Controllers done with sign-on and the first sync (or failed at it).
+    pub done: AtomicU64,
+    /// When the operator change the controllers are timed against was sent.
+    change_mark: OnceLock<Instant>,
+}
+
+impl DoorShared {
+    pub fn new(cfg: DoorConfig) -> DoorShared {
+        DoorShared {
+            cfg,
+            latency_us: (0..SHARDS).map(|_| Mutex::new(histogram())).collect(),
+            sign_on_us: Mutex::new(histogram()),
+            sync_us: Mutex::new(histogram()),
+            change_ack_us: Mutex::new(histogram()),
+            done: AtomicU64::new(0),
+            change_mark: OnceLock::new(),
+        }
+    }
+
+    /// Times the controllers' syncs from `at`, unless an earlier change is being timed.
+    pub fn mark_change(&self, at: Instant) -> bool {
+        self.change_mark.set(at).is_ok()
+    }
+
+    fn record(h: &Mutex<Histogram<u64>>, d: Duration) {
+        let _ = h.lock().unwrap_or_else(|p| p.into_inner()).record(micros(d));
+    }
+}
+
+/// What one controller saw.
+#[derive(Default)]
+pub(crate) struct DoorTally {
+    ready: u64,
+    checks: u64,
+    warmup: u64,
+    by_reason: BTreeMap<&'static str, u64>,
+    failures: BTreeMap<String, u64>,
+    connection_errors: BTreeMap<String, u64>,
+    unsolicited: BTreeMap<String, u64>,
+    unanswered: u64,
+    pushes: u64,
+    runs: u64,
+    pages: u64,
+    /// The cache it ended with: (entries, version).
+    held: Option<(u64, u64)>,
+}
+
+impl DoorTally {
+    pub fn merge(&mut self, o: DoorTally, report: &mut DoorReport) {
+        self.ready += o.ready;
+        self.checks += o.checks;
+        self.warmup += o.warmup;
+        for (k, v) in o.by_reason {
+            *self.by_reason.entry(k).or_default() += v;
+        }
+        for (map, other) in [
+            (&mut self.failures, o.failures),
+            (&mut self.connection_errors, o.connection_errors),
+            (&mut self.unsolicited, o.unsolicited),
+        ] {
+            for (k, v) in other {
+                *map.entry(k).or_default() += v;
+            }
+        }
+        self.unanswered += o.unanswered;
+        self.pushes += o.pushes;
+        self.runs += o.runs;
+        self.pages += o.pages;
+        if let Some((entries, version)) = o.held {
+            let first = self.held.is_none();
+            report.entries_min = if first {
+                entries
+            } else {
+                report.entries_min.min(entries)
+            };
+            report.entries_max = report.entries_max.max(entries);
+            report.version_min = if first {
+                version
+            } else {
+                report.version_min.min(version)
+            };
+            report.version_max = report.version_max.max(version);
+            self.held = Some((entries, version));
+        }
+    }
+
+    fn failure(&mut self, shared: &Shared, what: String) {
+        *self.failures.entry(what).or_default() += 1;
+        shared.live.problems.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn connection_error(&mut self, shared: &Shared, what: String) {
+        *self.connection_errors.entry(what).or_default() += 1;
+        shared.live.problems.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A request of a controller waiting for its answer.
+enum Pending {
+    Check {
+        request_id: u32,
+        scheduled: Instant,
+        sent: Instant,
+        measured: bool,
+        card: CardNo,
+    },
+    Sync {
+        request_id: u32,
+        run: Vec<Message>,
+    },
+    Heartbeat {
+        request_id: u32,
+        sent: Instant,
+    },
+}
+
+impl Pending {
+    fn request_id(&self) -> u32 {
+        match self {
+            Pending::Check { request_id, .. }
+            | Pending::Sync { request_id, .. }
+            | Pending::Heartbeat { request_id, .. } => *request_id,
+        }
+    }
+
+    fn sent(&self) -> Option<Instant> {
+        match self {
+            Pending::Check { sent, .. } | Pending::Heartbeat { sent, .. } => Some(*sent),
+            // A run of a full list can be long; its pages keep arriving.
+            Pending::Sync { .. } => None,
+        }
+    }
+}
+
+/// Brings the cache up to date run by run, acknowledging each version switched to.
+async fn sync_blocking(
+    client: &mut TerminalClient,
+    cache: &mut DoorCache,
+    tally: &mut DoorTally,
+) -> Result<(), String> {
+    let mut errors = 0;
+    for _ in 0..SYNC_RUNS_MAX {
+        let run = client
+            .door_cache_run(cache.next_sync())
+            .await
+            .map_err(|e| format!("sync:{}", failure_name(&e)))?;
+        tally.runs += 1;
+        tally.pages += run.iter().filter(|m| matches!(m, Message::DoorCachePage(_))).count() as u64;
+        match cache.apply_run(&run) {
+            Ok(out) => {
+                if let Some(version) = out.ack {
+                    client
+                        .send(Message::DoorCacheAck(DoorCacheAck { version }))
+                        .await
+                        .map_err(|e| format!("ack:{}", failure_name(&e)))?;
+                }
+                if !out.again {
+                    return Ok(());
+                }
+            }
+            Err(e) => {
+                errors += 1;
+                if errors >= 3 {
+                    return Err(format!("cache: {e}"));
+                }
+            }
+        }
+    }
+    Err("cache: the sync does not converge".into())
+}
+
+/// One door controller, from sign-on to the end of the run.
+pub(crate) async fn controller(
+    shared: Arc<Shared>,
+    n: u64,
+    t0: Instant,
+    mut timing: watch::Receiver<Timing>,
+) -> DoorTally {
+    let doors = &shared.doors;
+    let cfg = &doors.cfg;
+    let mut tally = DoorTally::default();
+    let terminal_id = cfg.terminal_id(n);
+    let door = u32::try_from(cfg.first_controller + n).unwrap_or(u32::MAX);
+    let start_at = t0 + shared.cfg.ramp_up.mul_f64(n as f64 / cfg.controllers as f64);
+    sleep_until(Some(start_at)).await;
+    let mut cache = if cfg.keep_cache {
+        DoorCache::keeping()
+    } else {
+        DoorCache::counting()
+    };
+    let connected = {
+        let _slot = shared.connect_slots.acquire().await;
+        let started = Instant::now();
+        match connect(&shared, shared.cfg.terminals + n, terminal_id).await {
+            Ok(mut client) => {
+                DoorShared::record(&doors.sign_on_us, started.elapsed());
+                let synced = Instant::now();
+                match sync_blocking(&mut client, &mut cache, &mut tally).await {
+                    Ok(()) => {
+                        DoorShared::record(&doors.sync_us, synced.elapsed());
+                        Ok(client)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(format!("sign_on:{}", failure_name(&e))),
+        }
+    };
+    doors.done.fetch_add(1, Ordering::Relaxed);
+    shared.sign_on_notify.notify_one();
+    let mut client = match connected {
+        Ok(c) => c,
+        Err(e) => {
+            tally.connection_error(&shared, e);
+            return tally;
+        }
+    };
+    tally.ready = 1;
+    if shared.cfg.ramp_up.is_zero() && timing.wait_for(|t| t.steady_start.is_some() || t.stop).await.is_err() {
+        return tally;
+    }
+    let rng = StdRng::seed_from_u64(shared.cfg.seed ^ terminal_id.wrapping_mul(0xD1B5_4A32_D192_ED03));
+    let mut c = Controller {
+        shared: &shared,
+        n,
+        door,
+        rng,
+        cache,
+        next_in: true,
+        sync_trigger: None,
+        change_recorded: false,
+    };
+    c.drive(&mut client, &mut timing, &mut tally).await;
+    tally.held = Some((c.cache.count, c.cache.version));
+    tally
+}
+
+struct Controller<'a> {
+    shared: &'a Shared,
+    n: u64,
+    door: u32,
+    rng: StdRng,
+    cache: DoorCache,
+    /// The direction of the next check: a card goes in, the next one out, and so on.
+    next_in: bool,
+    /// When the controller first learned of a version newer than it holds.
+    sync_trigger: Option<Instant>,
+    change_recorded: bool,
+}
+
+impl Controller<'_> {
+    fn check(&mut self, due: Instant, measured: bool, now: Instant) -> (Message, Pending) {
+        let card = demo_card(self.rng.random_range(1..=self.shared.cfg.accounts));
+        let direction = if self.next_in {
+            cardgate_codec::Direction::In
+        } else {
+            cardgate_codec::Direction::Out
+        };
+        self.next_in = !self.next_in;
+        let message = Message::AccessCheck(AccessCheck {
+            // Filled in by the caller, which owns the sequence.
+            event_seq: 0,
+            card,
+            door: self.door,
+            direction,
+            controller_time_ms: now_ms(),
+        });
+        let pending = Pending::Check {
+            request_id: 0,
+            scheduled: due,
+            sent: now,
+            measured,
+            card,
+        };
+        (message, pending)
+    }
+
+    fn newer(&mut self, version: u64, now: Instant) {
+        if version > self.cache.version && self.sync_trigger.is_none() {
+            self.sync_trigger = Some(now);
+        }
+    }
+
+    async fn drive(
+        &mut self,
+        client: &mut TerminalClient,
+        timing: &mut watch::Receiver<Timing>,
+        tally: &mut DoorTally,
+    ) {
+        let shared = self.shared;
+        let doors = &shared.doors;
+        let cfg = &doors.cfg;
+        let open_loop = cfg.rate.map(|r| Duration::from_secs_f64(cfg.controllers as f64 / r));
+        let depth = match open_loop {
+            None => 1,
+            Some(_) => usize::from(
+                client
+                    .sign_on
+                    .pipeline_depth_max
+                    .min(shared.cfg.pipeline_max.unwrap_or(u16::MAX))
+                    .max(2),
+            ),
+        };
+        let heartbeat_every = Duration::from_secs(u64::from(client.sign_on.heartbeat_interval_s.max(1)));
+        // The event sequence continues above what the gateway holds.
+        let mut event_seq = client.sign_on.last_tx_seq;
+        if let Some(v) = client.door_pushed_version.take() {
+            self.newer(v, Instant::now());
+        }
+        let mut outstanding: VecDeque<Pending> = VecDeque::with_capacity(depth + 1);
+        let base = Instant::now();
+        let mut next_due = match open_loop {
+            None => Some(base),
+            Some(mean) => Some(base + exp_gap(&mut self.rng, mean)),
+        };
+        let mut last_sent = base;
+        let mut stopping = false;
+        loop {
+            let now_timing = *timing.borrow_and_update();
+            if now_timing.stop || next_due.is_some_and(|due| now_timing.deadline.is_some_and(|d| due >= d)) {
+                next_due = None;
+                stopping = true;
+            }
+            if stopping && outstanding.is_empty() {
+                return;
+            }
+            let syncing = outstanding.iter().any(|p| matches!(p, Pending::Sync { .. }));
+            if self.sync_trigger.is_some() && !syncing && !stopping {
+                let id = match client.send(Message::DoorCacheSync(self.cache.next_sync())).await {
+                    Ok(id) => id,
+                    Err(e) => {
+                        tally.connection_error(shared, failure_name(&e));
+                        tally.unanswered += outstanding.len() as u64 + 1;
+                        return;
+                    }
+                };
+                outstanding.push_back(Pending::Sync {
+                    request_id: id,
+                    run: Vec::new(),
+                });
+                last_sent = Instant::now();
+                continue;
+            }
+            let checks = outstanding
+                .iter()
+                .filter(|p| matches!(p, Pending::Check { .. }))
+                .count();
+            let send_at = next_due.filter(|_| checks < depth && outstanding.len() <= depth);
+            let wake_at = send_at.map(|s| s.checked_sub(TIMER_TICK).unwrap_or(s));
+            let timeout_at = outstanding
+                .iter()
+                .filter_map(Pending::sent)
+                .min()
+                .map(|s| s + shared.cfg.answer_timeout);
+            let heartbeat_at = (!stopping && outstanding.is_empty())
+                .then_some(last_sent + heartbeat_every)
+                .filter(|h| send_at.is_none_or(|s| s > *h));
+            let watch_timing = now_timing.deadline.is_none() && !now_timing.stop;
+
+            tokio::select! {
+                biased;
+                // Always listening: a push may come while nothing is owed.
+                r = client.recv() => match r {
+                    Ok(frame) => {
+                        let now = Instant::now();
+                        if frame.request_id == 0 {
+                            match frame.message {
+                                Message::DoorCachePush(p) => {
+                                    tally.pushes += 1;
+                                    self.newer(p.version, now);
+                                }
+                                other => {
+                                    *tally.unsolicited.entry(format!("{:#04x}", other.msg_type())).or_default() += 1;
+                                }
+                            }
+                            continue;
+                        }
+                        let Some(pos) = outstanding.iter().position(|p| p.request_id() == frame.request_id) else {
+                            *tally.unsolicited.entry(format!("{:#04x}", frame.message.msg_type())).or_default() += 1;
+                            continue;
+                        };
+                        match &mut outstanding[pos] {
+                            Pending::Sync { run, .. } => {
+                                let last = matches!(
+                                    frame.message,
+                                    Message::DoorCachePage(p) if p.has(cardgate_codec::DOOR_PAGE_LAST_IN_RUN)
+                                );
+                                run.push(frame.message);
+                                if !last {
+                                    continue;
+                                }
+                                let Some(Pending::Sync { run, .. }) = outstanding.remove(pos) else { continue };
+                                if let Err(e) = self.finish_run(client, &run, tally).await {
+                                    tally.connection_error(shared, e);
+                                    tally.unanswered += outstanding.len() as u64;
+                                    return;
+                                }
+                            }
+                            Pending::Heartbeat { .. } => {
+                                let _ = outstanding.remove(pos);
+                                if !matches!(frame.message, Message::HeartbeatAck(_)) {
+                                    tally.failure(shared, format!("heartbeat answered {:#04x}", frame.message.msg_type()));
+                                }
+                            }
+                            Pending::Check { .. } => {
+                                let Some(Pending::Check { scheduled, sent, measured, card, .. }) = outstanding.remove(pos)
+                                else {
+                                    continue;
+                                };
+                                self.answered(frame.message, card, scheduled, sent, measured, now, tally);
+                                if open_loop.is_none() && !stopping {
+                                    next_due = Some(now);
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tally.connection_error(shared, failure_name(&e));
+                        tally.unanswered += outstanding.len() as u64;
+                        return;
+                    }
+                },
+                _ = sleep_until(wake_at), if wake_at.is_some() => {
+                    let Some(due) = send_at else { continue };
+                    let fresh = *timing.borrow();
+                    if fresh.stop || fresh.deadline.is_some_and(|d| due >= d) {
+                        next_due = None;
+                        stopping = true;
+                        continue;
+                    }
+                    let now = Instant::now();
+                    let (mut message, mut pending) = self.check(due, fresh.measured(due), now);
+                    event_seq += 1;
+                    if let Message::AccessCheck(c) = &mut message {
+                        c.event_seq = event_seq;
+                    }
+                    match client.send(message).await {
+                        Ok(id) => {
+                            if let Pending::Check { request_id, .. } = &mut pending {
+                                *request_id = id;
+                            }
+                        }
+                        Err(e) => {
+                            tally.connection_error(shared, failure_name(&e));
+                            tally.unanswered += outstanding.len() as u64 + 1;
+                            return;
+                        }
+                    }
+                    outstanding.push_back(pending);
+                    last_sent = now;
+                    next_due = open_loop.map(|mean| due + exp_gap(&mut self.rng, mean));
+                },
+                _ = sleep_until(timeout_at), if timeout_at.is_some() => {
+                    tally.connection_error(shared, "timeout".into());
+                    tally.unanswered += outstanding.len() as u64;
+                    return;
+                },
+                _ = sleep_until(heartbeat_at), if heartbeat_at.is_some() => {
+                    let now = Instant::now();
+                    match client.send(Message::Heartbeat(Heartbeat { terminal_time_ms: now_ms(), blacklist_version: 0 })).await {
+                        Ok(id) => outstanding.push_back(Pending::Heartbeat { request_id: id, sent: now }),
+                        Err(e) => {
+                            tally.connection_error(shared, failure_name(&e));
+                            return;
+                        }
+                    }
+                    last_sent = now;
+                },
+                r = timing.changed(), if watch_timing => {
+                    if r.is_err() {
+                        stopping = true;
+                        next_due = None;
+                    }
+                },
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn answered(
+        &mut self,
+        answer: Message,
+        card: CardNo,
+        scheduled: Instant,
+        sent: Instant,
+        measured: bool,
+        now: Instant,
+        tally: &mut DoorTally,
+    ) {
+        let shared = self.shared;
+        shared.live.answers.fetch_add(1, Ordering::Relaxed);
+        let Message::AccessResult(r) = answer else {
+            tally.failure(shared, format!("access_check answered {:#04x}", answer.msg_type()));
+            return;
+        };
+        if r.card != card || r.door != self.door {
+            tally.failure(shared, "access_check answered for another card or door".into());
+        }
+        if unexpected_reason(r.reason) {
+            tally.failure(shared, format!("access_check {}", r.reason.as_str()));
+        }
+        self.newer(r.cache_version, now);
+        if measured {
+            tally.checks += 1;
+            *tally.by_reason.entry(r.reason.as_str()).or_default() += 1;
+            let shard = &shared.doors.latency_us[(self.n % SHARDS as u64) as usize];
+            DoorShared::record(shard, now - scheduled.min(sent));
+        } else {
+            tally.warmup += 1;
+        }
+    }
+
+    /// Applies a run that came in beside the checks, acknowledges what it switched to,
+    /// and times the acknowledgement against the operator change being measured.
+    async fn finish_run(
+        &mut self,
+        client: &mut TerminalClient,
+        run: &[Message],
+        tally: &mut DoorTally,
+    ) -> Result<(), String> {
+        tally.runs += 1;
+        tally.pages += run.iter().filter(|m| matches!(m, Message::DoorCachePage(_))).count() as u64;
+        match self.cache.apply_run(run) {
+            Ok(out) => {
+                if let Some(version) = out.ack {
+                    client
+                        .send(Message::DoorCacheAck(DoorCacheAck { version }))
+                        .await
+                        .map_err(|e| format!("ack:{}", failure_name(&e)))?;
+                }
+                if out.again {
+                    return Ok(());
+                }
+                let trigger = self.sync_trigger.take();
+                if let (Some(mark), Some(trigger)) = (self.shared.doors.change_mark.get(), trigger)
+                    && trigger >= *mark
+                    && !self.change_recorded
+                {
+                    self.change_recorded = true;
+                    DoorShared::record(&self.shared.doors.change_ack_us, Instant::now() - *mark);
+                }
+                // A push may have named a version newer than the one just reached.
+                if let Some(v) = client.door_pushed_version.take() {
+                    self.newer(v, Instant::now());
+                }
+            }
+            Err(e) => {
+                // Dropped whole; the trigger stays, so the sync starts again from the
+                // version held.
+                tally.failure(self.shared, format!("door cache: {e}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `--door-revoke-after`: the door admin revokes a permission this far into the window.
+pub(crate) async fn revoke_step(
+    shared: Arc<Shared>,
+    plan: RevokePlan,
+    mut timing: watch::Receiver<Timing>,
+) -> CacheChangeReport {
+    let mut report = CacheChangeReport {
+        trigger: format!("revoke permission {}", plan.permission),
+        ..CacheChangeReport::default()
+    };
+    let Ok(t) = timing
+        .wait_for(|t| t.steady_start.is_some() || t.stop)
+        .await
+        .map(|t| *t)
+    else {
+        report.status = "not run: the run ended first".into();
+        return report;
+    };
+    let Some(start) = t.steady_start else {
+        report.status = "not run: the run ended first".into();
+        return report;
+    };
+    let at = start + plan.after;
+    tokio::select! {
+        _ = sleep_until(Some(at)) => {}
+        _ = timing.wait_for(|t| t.stop) => {
+            report.status = "not run: the run ended first".into();
+            return report;
+        }
+    }
+    if timing.borrow().deadline.is_some_and(|d| Instant::now() >= d) {
+        report.status = "not run: the window ended first".into();
+        return report;
+    }
+    let sent = Instant::now();
+    shared.doors.mark_change(sent);
+    report.at_s = (sent - start).as_secs_f64();
+    match plan.admin.revoke(plan.permission).await {
+        Ok(()) => {
+            report.api_ms = sent.elapsed().as_secs_f64() * 1000.0;
+            report.status = "done".into();
+        }
+        Err(e) => {
+            report.status = format!("failed: {e}");
+            shared.live.problems.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    report
+}
+
+/// The door part of the report, from the merged tallies and the shared histograms.
+pub(crate) fn door_report(shared: &Shared, mut report: DoorReport, tally: DoorTally, measured_s: f64) -> DoorReport {
+    let doors = &shared.doors;
+    let cfg = &doors.cfg;
+    let mut latency = histogram();
+    for shard in &doors.latency_us {
+        let _ = latency.add(&*shard.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+    let p = |h: &Mutex<Histogram<u64>>| Percentiles::of_us(&h.lock().unwrap_or_else(|p| p.into_inner()));
+    report.controllers = cfg.controllers;
+    report.ready = tally.ready;
+    report.first_controller = cfg.first_controller;
+    report.mode = if cfg.rate.is_some() { "open" } else { "closed" };
+    report.target_rate_per_s = cfg.rate;
+    report.checks = tally.checks;
+    report.throughput_per_s = tally.checks as f64 / measured_s;
+    report.latency_ms = Percentiles::of_us(&latency);
+    report.by_reason = tally.by_reason.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    report.warmup_checks = tally.warmup;
+    report.sign_on_ms = p(&doors.sign_on_us);
+    report.initial_sync_ms = p(&doors.sync_us);
+    report.pushes = tally.pushes;
+    report.runs = tally.runs;
+    report.pages = tally.pages;
+    report.failures = tally.failures;
+    report.connection_errors = tally.connection_errors;
+    report.unsolicited = tally.unsolicited;
+    report.unanswered = tally.unanswered;
+    let acks = p(&doors.change_ack_us);
+    report.cache_change.controllers_acked = acks.count;
+    report.cache_change.ack_ms = acks;
+    report
+}

@@ -1,0 +1,609 @@
+//! Door controllers beside the POS terminals: the controller's side of the door cache
+//! (docs/PROTOCOL.md section 11.3) and what the run reports about the doors.
+//!
+//! A simulated controller signs on, brings its door group's cache up to date, then
+//! sends ACCESS_CHECKs for its door with random demo cards, alternating in and out,
+//! closed loop or at a share of `--door-rate`. Pushes and results that name a newer
+//! cache version make it sync the delta, beside its checks. Door latencies are kept
+//! apart from the POS figures, so that the report shows whether doors stay fast at the
+//! POS peak, and whether the POS stays as fast with the doors.
+//!
+//! The cache logic here is written from the protocol page alone and does not decide
+//! offline (the simulator always reaches the gateway), so by default it counts the
+//! entries it was given instead of keeping 20,000 of them per controller.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use cardgate_codec::{
+    DOOR_HOLIDAYS_FIRST, DOOR_PAGE_FIRST, DOOR_PAGE_LAST_IN_RUN, DOOR_PAGE_MORE, DOOR_SCHEDULE_FIRST, DoorCacheEntry,
+    DoorCachePage, DoorCachePageKind, DoorCacheSync, DoorWindow, HolidayRule, Message, Passback,
+};
+use serde::Serialize;
+
+use crate::report::Percentiles;
+
+/// Door controller `i` of the demo campus is terminal `DOOR_TERMINAL_BASE + i`, and
+/// serves door `i` (docs/PROTOCOL.md section 12).
+pub const DOOR_TERMINAL_BASE: u64 = 100_000;
+
+/// Why a run could not be applied; the controller drops it and syncs again.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CacheError {
+    #[error("a run ended without a page")]
+    NoPage,
+    #[error("a run mixes delta and full pages")]
+    MixedKinds,
+    #[error("a delta page starts at version {got}, the cache is at {want}")]
+    Gap { want: u64, got: u64 },
+    #[error("a full list continues without its FIRST page")]
+    NoFirst,
+    #[error("a run carries {0:#04x}, which has no place in a sync answer")]
+    Foreign(u8),
+    #[error("a run continuing a full list carries schedules or holidays")]
+    CalendarInContinuation,
+}
+
+/// What the controller does after a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunOutcome {
+    /// Send DOOR_CACHE_ACK with this version: the cache switched to it.
+    pub ack: Option<u64>,
+    /// Send another DOOR_CACHE_SYNC (`DoorCache::next_sync`).
+    pub again: bool,
+}
+
+/// A full list being read over several runs, beside the cache in use.
+#[derive(Clone, Debug)]
+struct Listing {
+    /// The FIRST page's `to_version`: the version the switch takes.
+    version: u64,
+    entries: Option<BTreeSet<DoorCacheEntry>>,
+    count: u64,
+    /// The last entry received: the cursor of the next sync.
+    after: Option<DoorCacheEntry>,
+}
+
+/// One schedule as a controller holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Schedule {
+    pub holiday_rule: HolidayRule,
+    pub windows: Vec<DoorWindow>,
+}
+
+/// A door controller's cache, kept as section 11.3 says: a run is applied whole when its
+/// last page arrives, a full list switches in when its listing ends.
+#[derive(Clone, Debug)]
+pub struct DoorCache {
+    /// The version the cache in use is at (0: none).
+    pub version: u64,
+    /// The entries, when kept (`DoorCache::keeping`).
+    entries: Option<BTreeSet<DoorCacheEntry>>,
+    /// Entries held: the set's size when kept, else added minus removed.
+    pub count: u64,
+    pub schedules: BTreeMap<u32, Schedule>,
+    pub holidays: BTreeSet<u32>,
+    pub utc_offset_min: i16,
+    pub passback: Passback,
+    pub passback_min: u16,
+    listing: Option<Listing>,
+}
+
+impl DoorCache {
+    /// A cache that counts entries but does not keep them.
+    pub fn counting() -> DoorCache {
+        DoorCache {
+            version: 0,
+            entries: None,
+            count: 0,
+            schedules: BTreeMap::new(),
+            holidays: BTreeSet::new(),
+            utc_offset_min: 0,
+            passback: Passback::Off,
+            passback_min: 0,
+            listing: None,
+        }
+    }
+
+    /// A cache that keeps every entry, as a controller that decides offline must.
+    pub fn keeping() -> DoorCache {
+        DoorCache {
+            entries: Some(BTreeSet::new()),
+            ..DoorCache::counting()
+        }
+    }
+
+    pub fn entries(&self) -> Option<&BTreeSet<DoorCacheEntry>> {
+        self.entries.as_ref()
+    }
+
+    /// The request that continues the sync from where the cache is.
+    pub fn next_sync(&self) -> DoorCacheSync {
+        DoorCacheSync {
+            have_version: self.version,
+            after: self.listing.as_ref().and_then(|l| l.after),
+        }
+    }
+
+    /// Forgets a full list half read (its runs are of no use once the sync restarts
+    /// from the version held, on a new connection).
+    pub fn abandon_listing(&mut self) {
+        self.listing = None;
+    }
+
+    /// Applies one run (the frames answering one DOOR_CACHE_SYNC, in order, the last a
+    /// page with `LAST_IN_RUN`). On error nothing changed but a full listing in progress
+    /// is dropped, and the controller syncs again from `version`.
+    pub fn apply_run(&mut self, frames: &[Message]) -> Result<RunOutcome, CacheError> {
+        let r = self.try_apply_run(frames);
+        if r.is_err() {
+            self.listing = None;
+        }
+        r
+    }
+
+    fn try_apply_run(&mut self, frames: &[Message]) -> Result<RunOutcome, CacheError> {
+        let continuation = self.listing.as_ref().is_some_and(|l| l.after.is_some());
+        let mut schedules: Vec<(u32, Schedule, bool)> = Vec::new();
+        let mut holidays: Option<(BTreeSet<u32>, i16)> = None;
+        let mut pages: Vec<&DoorCachePage> = Vec::new();
+        for m in frames {
+            match m {
+                Message::DoorSchedule(s) => {
+                    if continuation {
+                        return Err(CacheError::CalendarInContinuation);
+                    }
+                    let first = s.flags & DOOR_SCHEDULE_FIRST != 0;
+                    match schedules.last_mut() {
+                        Some((id, held, _)) if *id == s.schedule && !first => held.windows.extend(s.windows()),
+                        _ => schedules.push((
+                            s.schedule,
+                            Schedule {
+                                holiday_rule: s.holiday_rule,
+                                windows: s.windows().to_vec(),
+                            },
+                            first,
+                        )),
+                    }
+                }
+                Message::DoorHolidays(h) => {
+                    if continuation {
+                        return Err(CacheError::CalendarInContinuation);
+                    }
+                    match (&mut holidays, h.flags & DOOR_HOLIDAYS_FIRST != 0) {
+                        (Some((days, offset)), false) => {
+                            days.extend(h.days());
+                            *offset = h.utc_offset_min;
+                        }
+                        _ => holidays = Some((h.days().iter().copied().collect(), h.utc_offset_min)),
+                    }
+                }
+                Message::DoorCachePage(p) => pages.push(p),
+                other => return Err(CacheError::Foreign(other.msg_type())),
+            }
+        }
+        let last = **pages.last().ok_or(CacheError::NoPage)?;
+        if pages.iter().any(|p| p.kind != last.kind) {
+            return Err(CacheError::MixedKinds);
+        }
+        let mut outcome = RunOutcome {
+            ack: None,
+            again: last.has(DOOR_PAGE_MORE),
+        };
+        match last.kind {
+            DoorCachePageKind::Delta => {
+                // Check the chain first, so that a gap changes nothing.
+                let mut at = self.version;
+                for p in &pages {
+                    if p.from_version != at {
+                        return Err(CacheError::Gap {
+                            want: at,
+                            got: p.from_version,
+                        });
+                    }
+                    at = p.to_version;
+                }
+                for p in &pages {
+                    self.apply_delta(p);
+                }
+                self.version = at;
+                self.listing = None;
+                outcome.ack = Some(at);
+            }
+            DoorCachePageKind::Full => {
+                let mut listing = match (self.listing.take(), pages[0].has(DOOR_PAGE_FIRST)) {
+                    (_, true) => Listing {
+                        version: pages[0].to_version,
+                        entries: self.entries.as_ref().map(|_| BTreeSet::new()),
+                        count: 0,
+                        after: None,
+                    },
+                    (Some(l), false) => l,
+                    (None, false) => return Err(CacheError::NoFirst),
+                };
+                for p in &pages {
+                    if p.has(DOOR_PAGE_FIRST) && !std::ptr::eq(*p, pages[0]) {
+                        // A listing restarted within the run: start over from it.
+                        listing = Listing {
+                            version: p.to_version,
+                            entries: listing.entries.map(|_| BTreeSet::new()),
+                            count: 0,
+                            after: None,
+                        };
+                    }
+                    for e in p.added_entries() {
+                        match &mut listing.entries {
+                            Some(set) => {
+                                set.insert(e);
+                                listing.count = set.len() as u64;
+                            }
+                            None => listing.count += 1,
+                        }
+                        listing.after = Some(e);
+                    }
+                }
+                if last.has(DOOR_PAGE_MORE) {
+                    self.listing = Some(listing);
+                } else {
+                    // The listing is whole: switch, then catch up from its version.
+                    self.version = listing.version;
+                    self.entries = listing.entries;
+                    self.count = listing.count;
+                    self.listing = None;
+                    outcome.ack = Some(self.version);
+                    outcome.again = true;
+                }
+            }
+        }
+        for (id, s, first) in schedules {
+            match self.schedules.get_mut(&id) {
+                Some(held) if !first => held.windows.extend(s.windows),
+                _ => {
+                    self.schedules.insert(id, s);
+                }
+            }
+        }
+        if let Some((days, offset)) = holidays {
+            self.holidays = days;
+            self.utc_offset_min = offset;
+        }
+        self.passback = last.passback;
+        self.passback_min = last.passback_min;
+        debug_assert!(last.has(DOOR_PAGE_LAST_IN_RUN));
+        Ok(outcome)
+    }
+
+    fn apply_delta(&mut self, p: &DoorCachePage) {
+        match &mut self.entries {
+            Some(set) => {
+                set.extend(p.added_entries());
+                for e in p.removed_entries() {
+                    set.remove(&e);
+                }
+                self.count = set.len() as u64;
+            }
+            None => {
+                self.count = (self.count + u64::from(p.added)).saturating_sub(u64::from(p.removed));
+            }
+        }
+    }
+}
+
+/// The door fleet's part of the report.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DoorReport {
+    /// Controllers asked for, and those that signed on and synced their cache.
+    pub controllers: u64,
+    pub ready: u64,
+    /// The first controller's number (terminal id 100,000 + it).
+    pub first_controller: u64,
+    /// "closed" or "open" (at `target_rate_per_s` across the controllers).
+    pub mode: &'static str,
+    pub target_rate_per_s: Option<f64>,
+    /// ACCESS_CHECKs due inside the measured window and answered.
+    pub checks: u64,
+    pub throughput_per_s: f64,
+    /// From when each check was due (open loop) or sent (closed loop) to its answer.
+    pub latency_ms: Percentiles,
+    /// Answers in the measured window by reason ("granted", "no_permission", ...).
+    pub by_reason: BTreeMap<String, u64>,
+    /// Checks answered during ramp-up (not in the figures above).
+    pub warmup_checks: u64,
+    /// Connect + sign-on, per controller.
+    pub sign_on_ms: Percentiles,
+    /// The first sync after sign-on (a full list), per controller.
+    pub initial_sync_ms: Percentiles,
+    /// Entries and cache versions held at the end, lowest and highest over the fleet.
+    pub entries_min: u64,
+    pub entries_max: u64,
+    pub version_min: u64,
+    pub version_max: u64,
+    /// DOOR_CACHE_PUSHes received, sync runs applied, pages read.
+    pub pushes: u64,
+    pub runs: u64,
+    pub pages: u64,
+    pub cache_change: CacheChangeReport,
+    /// Answers the run did not expect, by why.
+    pub failures: BTreeMap<String, u64>,
+    pub connection_errors: BTreeMap<String, u64>,
+    /// Frames that answered no request and are not door cache pushes, by type.
+    pub unsolicited: BTreeMap<String, u64>,
+    pub unanswered: u64,
+}
+
+/// How long the controllers took to hold a new cache version after an operator changed
+/// something (`--door-revoke-after`, else the first `--lost-cards` report).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CacheChangeReport {
+    /// "not requested", "done", "not run: ...", "failed: ...".
+    pub status: String,
+    /// What changed: "revoke permission N" or "card reported lost".
+    pub trigger: String,
+    /// Seconds into the measured window when the change was sent.
+    pub at_s: f64,
+    /// How long the operator API took to acknowledge it.
+    pub api_ms: f64,
+    /// Controllers that synced and acknowledged a newer version after it, and how long
+    /// after the change was sent each acknowledged (the max is the time until the last).
+    pub controllers_acked: u64,
+    pub ack_ms: Percentiles,
+}
+
+impl DoorReport {
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.ready < self.controllers {
+            out.push(format!(
+                "{} of {} door controllers did not sign on and sync",
+                self.controllers - self.ready,
+                self.controllers
+            ));
+        }
+        for (k, v) in &self.failures {
+            out.push(format!("{v} unexpected door answers: {k}"));
+        }
+        for (k, v) in &self.connection_errors {
+            out.push(format!("{v} door connection errors: {k}"));
+        }
+        if self.unanswered > 0 {
+            out.push(format!("{} door requests unanswered", self.unanswered));
+        }
+        if self.cache_change.status.starts_with("failed") {
+            out.push(format!("door cache change {}", self.cache_change.status));
+        }
+        out
+    }
+}
+
+/// Whether an answer to an ACCESS_CHECK is one the run expects: any decision about the
+/// card, but not a system error and not one that says the demo campus is not what the
+/// run was told (a door unknown, disabled or of another group).
+pub fn unexpected_reason(reason: cardgate_codec::AccessReason) -> bool {
+    use cardgate_codec::AccessReason::*;
+    matches!(reason, SystemError | UnknownDoor | DoorDisabled | WrongGroup)
+}
+
+#[cfg(test)]
+mod tests {
+    use cardgate_codec::{CardNo, DOOR_SCHEDULE_WINDOWS_MAX, DoorHolidays, DoorSchedule};
+
+    use super::*;
+
+    fn e(card: u64) -> DoorCacheEntry {
+        DoorCacheEntry {
+            card: CardNo(card),
+            schedule: 0,
+            valid_from_min: 0,
+            valid_to_min: u32::MAX,
+        }
+    }
+
+    fn page(kind: DoorCachePageKind, flags: u8, from: u64, to: u64, add: &[u64], remove: &[u64]) -> Message {
+        let add: Vec<_> = add.iter().map(|c| e(*c)).collect();
+        let remove: Vec<_> = remove.iter().map(|c| e(*c)).collect();
+        Message::DoorCachePage(DoorCachePage::new(kind, flags, from, to, &add, &remove).expect("fits"))
+    }
+
+    fn full(flags: u8, to: u64, add: &[u64]) -> Message {
+        page(DoorCachePageKind::Full, flags, 0, to, add, &[])
+    }
+
+    fn delta(flags: u8, from: u64, to: u64, add: &[u64], remove: &[u64]) -> Message {
+        page(DoorCachePageKind::Delta, flags, from, to, add, remove)
+    }
+
+    const LAST: u8 = DOOR_PAGE_LAST_IN_RUN;
+
+    fn held(c: &DoorCache) -> Vec<u64> {
+        c.entries().expect("kept").iter().map(|e| e.card.0).collect()
+    }
+
+    fn calendar() -> Vec<Message> {
+        let mut windows = [DoorWindow::default(); DOOR_SCHEDULE_WINDOWS_MAX];
+        windows[0] = DoorWindow {
+            day: 0,
+            start_min: 420,
+            end_min: 1320,
+        };
+        let mut days = [0; 16];
+        days[0] = 20_574;
+        vec![
+            Message::DoorSchedule(DoorSchedule {
+                schedule: 1,
+                flags: DOOR_SCHEDULE_FIRST,
+                holiday_rule: HolidayRule::HolidayWindows,
+                count: 1,
+                windows,
+            }),
+            Message::DoorHolidays(DoorHolidays {
+                flags: DOOR_HOLIDAYS_FIRST,
+                count: 1,
+                utc_offset_min: 480,
+                days,
+            }),
+        ]
+    }
+
+    #[test]
+    fn a_full_list_over_two_runs_switches_in_at_its_first_version_then_catches_up() {
+        let mut c = DoorCache::keeping();
+        assert_eq!(c.next_sync().have_version, 0);
+        let mut run = calendar();
+        run.push(full(DOOR_PAGE_FIRST, 7, &[1, 2, 3, 4]));
+        run.push(full(LAST | DOOR_PAGE_MORE, 7, &[5, 6]));
+        let out = c.apply_run(&run).unwrap();
+        assert_eq!(out, RunOutcome { ack: None, again: true });
+        // Still nothing in use; the next sync continues after the last entry read.
+        assert_eq!(c.version, 0);
+        assert_eq!(c.count, 0);
+        assert_eq!(
+            c.next_sync(),
+            DoorCacheSync {
+                have_version: 0,
+                after: Some(e(6))
+            }
+        );
+        assert_eq!(c.schedules.len(), 1);
+        assert_eq!(c.utc_offset_min, 480);
+        // The second run is read at a later version; the switch takes the first's.
+        let out = c.apply_run(&[full(LAST, 9, &[7])]).unwrap();
+        assert_eq!(
+            out,
+            RunOutcome {
+                ack: Some(7),
+                again: true
+            }
+        );
+        assert_eq!(held(&c), [1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(
+            c.next_sync(),
+            DoorCacheSync {
+                have_version: 7,
+                after: None
+            }
+        );
+        // The delta from 7 brings what changed meanwhile; 7 again is kept once.
+        let out = c.apply_run(&[delta(LAST, 7, 9, &[7, 8], &[2])]).unwrap();
+        assert_eq!(
+            out,
+            RunOutcome {
+                ack: Some(9),
+                again: false
+            }
+        );
+        assert_eq!(held(&c), [1, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(c.count, 7);
+    }
+
+    #[test]
+    fn a_revocation_arrives_as_a_delta_that_removes() {
+        let mut c = DoorCache::keeping();
+        c.apply_run(&[full(DOOR_PAGE_FIRST | LAST, 3, &[1, 2, 3])]).unwrap();
+        let out = c.apply_run(&[delta(LAST, 3, 4, &[], &[2])]).unwrap();
+        assert_eq!(out.ack, Some(4));
+        assert_eq!(held(&c), [1, 3]);
+        // A controller that is current gets one empty page at its own version.
+        let out = c.apply_run(&[delta(LAST, 4, 4, &[], &[])]).unwrap();
+        assert_eq!(
+            out,
+            RunOutcome {
+                ack: Some(4),
+                again: false
+            }
+        );
+    }
+
+    #[test]
+    fn a_gap_or_a_broken_run_changes_nothing() {
+        let mut c = DoorCache::keeping();
+        c.apply_run(&[full(DOOR_PAGE_FIRST | LAST, 3, &[1, 2])]).unwrap();
+        let before = held(&c);
+        let run = [delta(0, 3, 4, &[9], &[]), delta(LAST, 5, 6, &[], &[1])];
+        assert_eq!(c.apply_run(&run), Err(CacheError::Gap { want: 4, got: 5 }));
+        assert_eq!((c.version, held(&c)), (3, before.clone()));
+        assert_eq!(
+            c.apply_run(&[delta(0, 3, 4, &[9], &[]), full(LAST, 4, &[1])]),
+            Err(CacheError::MixedKinds)
+        );
+        assert_eq!(c.apply_run(&calendar()), Err(CacheError::NoPage));
+        assert_eq!(c.apply_run(&[full(LAST, 4, &[1])]), Err(CacheError::NoFirst));
+        assert_eq!(
+            c.apply_run(&[Message::DoorCacheAck(cardgate_codec::DoorCacheAck { version: 1 })]),
+            Err(CacheError::Foreign(0x48))
+        );
+        assert_eq!((c.version, held(&c)), (3, before));
+    }
+
+    #[test]
+    fn a_continuation_of_a_full_list_carries_no_calendar() {
+        let mut c = DoorCache::counting();
+        c.apply_run(&[full(DOOR_PAGE_FIRST | LAST | DOOR_PAGE_MORE, 5, &[1, 2])])
+            .unwrap();
+        let mut run = calendar();
+        run.push(full(LAST, 5, &[3]));
+        assert_eq!(c.apply_run(&run), Err(CacheError::CalendarInContinuation));
+        // The listing is dropped: the controller starts over from what it holds.
+        assert_eq!(
+            c.next_sync(),
+            DoorCacheSync {
+                have_version: 0,
+                after: None
+            }
+        );
+    }
+
+    #[test]
+    fn a_counting_cache_follows_the_counts_and_the_group_rule() {
+        let mut c = DoorCache::counting();
+        let mut p = DoorCachePage::new(
+            DoorCachePageKind::Full,
+            DOOR_PAGE_FIRST | LAST,
+            0,
+            2,
+            &[e(1), e(2)],
+            &[],
+        )
+        .expect("fits");
+        p = p.with_passback(Passback::Timed, 30);
+        c.apply_run(&[Message::DoorCachePage(p)]).unwrap();
+        assert_eq!((c.count, c.passback, c.passback_min), (2, Passback::Timed, 30));
+        assert!(c.entries().is_none());
+        c.apply_run(&[delta(LAST, 2, 3, &[5], &[1])]).unwrap();
+        assert_eq!((c.version, c.count), (3, 2));
+        assert_eq!(c.passback, Passback::Off);
+    }
+
+    #[test]
+    fn schedules_longer_than_a_frame_accumulate() {
+        let mut c = DoorCache::counting();
+        let mut run = calendar();
+        let Message::DoorSchedule(mut more) = run[0] else {
+            unreachable!()
+        };
+        more.flags = 0;
+        more.windows[0].day = 1;
+        run.insert(1, Message::DoorSchedule(more));
+        run.push(full(DOOR_PAGE_FIRST | LAST, 1, &[]));
+        c.apply_run(&run).unwrap();
+        assert_eq!(c.schedules[&1].windows.len(), 2);
+        // The next run's FIRST frame replaces it.
+        let mut again = calendar();
+        again.push(delta(LAST, 1, 1, &[], &[]));
+        c.apply_run(&again).unwrap();
+        assert_eq!(c.schedules[&1].windows.len(), 1);
+    }
+
+    #[test]
+    fn only_answers_that_mean_a_broken_setup_fail_the_run() {
+        use cardgate_codec::AccessReason;
+        for r in AccessReason::ALL {
+            let bad = matches!(
+                r,
+                AccessReason::SystemError
+                    | AccessReason::UnknownDoor
+                    | AccessReason::DoorDisabled
+                    | AccessReason::WrongGroup
+            );
+            assert_eq!(unexpected_reason(r), bad, "{r:?}");
+        }
+    }
+}

@@ -1,0 +1,731 @@
+//! Door access and attendance over the real protocol and the real operator API, with the
+//! gateway's clock fixed: the gateway's terminal and admin servers run in this process
+//! on a ledger with a manual clock (the binary has no clock to set), on ephemeral ports,
+//! driven by the load test's terminal client and plain HTTP like every other e2e test.
+//!
+//! What issue 11 asks to see: every grant and deny reason; a window across midnight at
+//! 23:59 and 00:01; the last minute of the to-date and the first after it; a holiday; a
+//! permission revoked while the controller is connected (denied from then on, the cache
+//! version moves, a push arrives); offline events uploaded twice and stored once;
+//! anti-passback; security's export (audited); an attendance sheet.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use cardgate::admin::AdminState;
+use cardgate::config::Limits;
+use cardgate_codec::crypto::{DoorEventFields, door_event_mac};
+use cardgate_codec::{
+    AccessCheck, AccessReason, AccessResult, CardNo, DOOR_PAGE_FIRST, Direction, DoorCachePageKind, DoorCacheSync,
+    DoorEvent, DoorEventsBatch, DoorEventsStatus, ErrorCode, Message, Punch, PunchStatus,
+};
+use cardgate_domain::clock::days_from_civil;
+use cardgate_domain::entry::CardAction;
+use cardgate_domain::model::{Account, AccountKind, AccountStatus, Card, CardStatus};
+use cardgate_domain::money::from_fen;
+use cardgate_domain::operator::{Actor, Role};
+use cardgate_ledger::demo::{DemoCampus, demo_card, demo_secret, ensure_demo, ensure_demo_doors};
+use cardgate_ledger::desk::{By, NewPerson};
+use cardgate_ledger::keys::TerminalKey;
+use cardgate_ledger::{Ledger, LedgerConfig, ManualClock};
+use cardgate_loadtest::client::{ClientError, TerminalClient};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::harness::api_request;
+
+const TZ: i32 = 480;
+const GROUP_1_CONTROLLER: u64 = 100_001;
+const GROUP_2_CONTROLLER: u64 = 100_011;
+const CLOCK: u64 = 200_001;
+
+/// Unix ms of a local (UTC+8) date and time.
+fn at(y: i64, m: u32, d: u32, hh: i64, mm: i64) -> i64 {
+    days_from_civil(y, m, d) * 86_400_000 + (hh * 60 + mm - i64::from(TZ)) * 60_000
+}
+
+struct Campus {
+    _dir: tempfile::TempDir,
+    ledger: Arc<Ledger>,
+    clock: ManualClock,
+    terminals: SocketAddr,
+    admin: SocketAddr,
+    door_admin: String,
+    attendance_admin: String,
+    stop: CancellationToken,
+}
+
+impl Campus {
+    async fn start() -> Campus {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(at(2026, 3, 10, 12, 0));
+        let config = LedgerConfig {
+            tz_offset_minutes: TZ,
+            terminal_key: Some(TerminalKey::demo()),
+            ..LedgerConfig::default()
+        };
+        let (ledger, committer, _) = Ledger::open(dir.path(), config, Arc::new(clock.clone())).unwrap();
+        // The committer lives as long as the ledger; the test ends with the process.
+        std::mem::forget(committer);
+        ensure_demo(
+            &ledger,
+            &DemoCampus {
+                accounts: 30,
+                pos_terminals: 1,
+                balance_fen: 100_00,
+            },
+        )
+        .await
+        .unwrap();
+        ensure_demo_doors(&ledger, 20, 1).await.unwrap();
+        let cli = Actor::cli();
+        let (_, door_admin) = ledger
+            .add_operator(&By::actor(&cli), "door-admin", Role::DoorAdmin)
+            .await
+            .unwrap();
+        let (_, attendance_admin) = ledger
+            .add_operator(&By::actor(&cli), "attendance-admin", Role::AttendanceAdmin)
+            .await
+            .unwrap();
+        let stop = CancellationToken::new();
+        let terminals_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let terminals = terminals_listener.local_addr().unwrap();
+        tokio::spawn(cardgate::server::run(
+            terminals_listener,
+            ledger.clone(),
+            Arc::new(Limits::default()),
+            stop.clone(),
+        ));
+        let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = admin_listener.local_addr().unwrap();
+        tokio::spawn(cardgate::admin::serve(
+            admin_listener,
+            AdminState::new(ledger.clone(), TZ),
+            16,
+            stop.clone(),
+        ));
+        Campus {
+            _dir: dir,
+            ledger,
+            clock,
+            terminals,
+            admin,
+            door_admin,
+            attendance_admin,
+            stop,
+        }
+    }
+
+    fn api(&self, method: &str, path: &str, token: &str, body: &str) -> (u16, Value) {
+        let (status, text) = tokio::task::block_in_place(|| api_request(self.admin, method, path, token, None, body));
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    fn api_text(&self, path: &str, token: &str) -> (u16, String) {
+        tokio::task::block_in_place(|| api_request(self.admin, "GET", path, token, None, ""))
+    }
+
+    fn doors(&self, method: &str, path: &str, body: &str) -> Value {
+        let (status, v) = self.api(method, path, &self.door_admin, body);
+        assert!((200..300).contains(&status), "{method} {path}: {status} {v}");
+        v
+    }
+
+    async fn terminal(&self, id: u64) -> TerminalClient {
+        TerminalClient::connect(self.terminals, id, &demo_secret(id))
+            .await
+            .unwrap()
+    }
+}
+
+struct Controller {
+    client: TerminalClient,
+    seq: u64,
+    clock: ManualClock,
+}
+
+impl Controller {
+    async fn check(&mut self, card: CardNo, door: u32, direction: Direction) -> AccessResult {
+        self.seq += 1;
+        self.check_seq(self.seq, card, door, direction).await
+    }
+
+    async fn check_seq(&mut self, seq: u64, card: CardNo, door: u32, direction: Direction) -> AccessResult {
+        let m = Message::AccessCheck(AccessCheck {
+            event_seq: seq,
+            card,
+            door,
+            direction,
+            controller_time_ms: cardgate_domain::Clock::now_ms(&self.clock),
+        });
+        match self.client.request(m).await.unwrap() {
+            Message::AccessResult(r) => r,
+            other => panic!("expected ACCESS_RESULT, got {other:?}"),
+        }
+    }
+
+    async fn reason(&mut self, card: CardNo, door: u32) -> AccessReason {
+        self.check(card, door, Direction::In).await.reason
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn door_access_over_the_protocol() {
+    let c = Campus::start().await;
+    let mut g2 = Controller {
+        client: c.terminal(GROUP_2_CONTROLLER).await,
+        seq: 0,
+        clock: c.clock.clone(),
+    };
+
+    // The demo lets everyone through group 2 at all times: its door admin takes that
+    // back, and gives account 1 the night shift in March instead.
+    let demo = c.doors("GET", "/api/v1/door-permissions?door_group=2", "");
+    for p in demo["permissions"].as_array().unwrap() {
+        c.doors("POST", &format!("/api/v1/door-permissions/{}/revoke", p["id"]), "");
+    }
+    let night = c.doors(
+        "POST",
+        "/api/v1/door-schedules",
+        r#"{"name":"night","windows":[{"weekdays":[1,2,3,4,5,6,7],"start":"22:00","end":"06:00","overnight":true}],"holidays":"closed"}"#,
+    );
+    let night_id = night["schedule"]["id"].as_u64().unwrap();
+    let grant = c.doors(
+        "POST",
+        "/api/v1/door-permissions",
+        &format!(
+            r#"{{"card":"{}","door_group":2,"schedule":{night_id},"valid_from":"2026-03-01","valid_to":"2026-03-31"}}"#,
+            demo_card(1).0
+        ),
+    );
+    let a = demo_card(1);
+
+    // The gateway's clock only moves forward here, as the journal's does.
+    c.clock.set(at(2026, 2, 28, 23, 59));
+    assert_eq!(g2.reason(a, 11).await, AccessReason::NotYetValid);
+
+    // A window across midnight: 23:59 and 00:01 pass, noon does not.
+    c.clock.set(at(2026, 3, 10, 23, 59));
+    assert_eq!(g2.reason(a, 11).await, AccessReason::Granted);
+    c.clock.set(at(2026, 3, 11, 0, 1));
+    assert_eq!(g2.reason(a, 11).await, AccessReason::Granted);
+    c.clock.set(at(2026, 3, 11, 12, 0));
+    assert_eq!(g2.reason(a, 11).await, AccessReason::OutsideWindow);
+
+    // A holiday closes the night shift.
+    c.doors("PUT", "/api/v1/holidays", r#"{"dates":["2026-03-12"]}"#);
+    c.clock.set(at(2026, 3, 12, 23, 0));
+    assert_eq!(g2.reason(a, 11).await, AccessReason::Holiday);
+    c.clock.set(at(2026, 3, 13, 23, 0));
+    assert_eq!(g2.reason(a, 11).await, AccessReason::Granted);
+
+    // The to-date includes its whole local day; the first minute after it does not.
+    c.clock.set(at(2026, 3, 31, 23, 59));
+    assert_eq!(g2.reason(a, 11).await, AccessReason::Granted);
+    c.clock.set(at(2026, 4, 1, 0, 0));
+    assert_eq!(g2.reason(a, 11).await, AccessReason::PermissionExpired);
+
+    // Nobody else may pass group 2; a door of group 1 is not this controller's; door
+    // 999 does not exist; a disabled door refuses; an unknown card is refused.
+    assert_eq!(g2.reason(demo_card(2), 11).await, AccessReason::NoPermission);
+    assert_eq!(g2.reason(a, 1).await, AccessReason::WrongGroup);
+    assert_eq!(g2.reason(a, 999).await, AccessReason::UnknownDoor);
+    c.doors(
+        "PUT",
+        "/api/v1/doors/12",
+        &format!(
+            r#"{{"name":"Door 12","door_group":2,"controller":{},"enabled":false}}"#,
+            GROUP_2_CONTROLLER + 1
+        ),
+    );
+    assert_eq!(g2.reason(a, 12).await, AccessReason::DoorDisabled);
+    assert_eq!(g2.reason(CardNo(42), 11).await, AccessReason::UnknownCard);
+
+    // Account 1 gets group 2 at all times from April.
+    let always = c.doors(
+        "POST",
+        "/api/v1/door-permissions",
+        &format!(
+            r#"{{"card":"{}","door_group":2,"schedule":1,"valid_from":"2026-04-01"}}"#,
+            demo_card(1).0
+        ),
+    );
+    let permission = always["permission"]["id"].as_u64().unwrap();
+    // The expired March permission goes; only the April one is left to revoke.
+    c.doors(
+        "POST",
+        &format!("/api/v1/door-permissions/{}/revoke", grant["permission"]["id"]),
+        "",
+    );
+
+    // A retry of a check (same event number) gets the answer recorded the first time.
+    let first = g2.check(a, 11, Direction::In).await;
+    let again = g2.check_seq(first.event_seq, a, 11, Direction::In).await;
+    assert_eq!(again.reason, first.reason);
+
+    // Revoked while the controller is connected: denied from then on, the version
+    // moves, and the controller is told.
+    let before = g2.check(a, 11, Direction::In).await;
+    assert_eq!(before.reason, AccessReason::Granted);
+    let version_before = before.cache_version;
+    c.doors("POST", &format!("/api/v1/door-permissions/{permission}/revoke"), "");
+    let after = g2.check(a, 11, Direction::In).await;
+    assert_eq!(after.reason, AccessReason::NoPermission);
+    assert!(after.cache_version > version_before, "the cache version moved");
+    assert!(
+        g2.client.door_pushed_version.is_some_and(|v| v > version_before),
+        "DOOR_CACHE_PUSH arrived before the next answer"
+    );
+    // Its delta from the version it held removes the card's entry.
+    let run = g2
+        .client
+        .door_cache_run(DoorCacheSync {
+            have_version: version_before,
+            after: None,
+        })
+        .await
+        .unwrap();
+    let removed: Vec<_> = run
+        .iter()
+        .filter_map(|m| match m {
+            Message::DoorCachePage(p) if p.kind == DoorCachePageKind::Delta => {
+                Some(p.removed_entries().collect::<Vec<_>>())
+            }
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert!(
+        removed.iter().any(|e| e.card == a),
+        "the delta removes the revoked card: {run:?}"
+    );
+
+    // Group 1 (the demo's: everyone, always): every card and account state.
+    let mut g1 = Controller {
+        client: c.terminal(GROUP_1_CONTROLLER).await,
+        seq: 0,
+        clock: c.clock.clone(),
+    };
+    c.clock.set(at(2026, 4, 2, 10, 0));
+    assert_eq!(g1.reason(demo_card(3), 1).await, AccessReason::Granted);
+    let cli = Actor::cli();
+    let by = By::actor(&cli);
+    c.ledger.card_status(&by, demo_card(3), CardAction::Lost).await.unwrap();
+    c.ledger
+        .card_status(&by, demo_card(4), CardAction::Freeze)
+        .await
+        .unwrap();
+    c.ledger.card_status(&by, demo_card(5), CardAction::Bad).await.unwrap();
+    c.ledger.cancel_card(&by, demo_card(6)).await.unwrap();
+    c.ledger
+        .replace_card(&by, demo_card(7), CardNo(2_000_000_007), None)
+        .await
+        .unwrap();
+    let frozen_account = Account {
+        id: 500,
+        kind: AccountKind::Student,
+        status: AccountStatus::Frozen,
+        balance: from_fen(0),
+        limits: None,
+        day: 0,
+        spent_today: from_fen(0),
+    };
+    let expiring = |no: u64, account: u64, expires_ms: Option<i64>| Card {
+        no: CardNo(no),
+        account,
+        status: CardStatus::Active,
+        expires_ms,
+        issued_ms: 0,
+    };
+    c.ledger
+        .bulk_create(
+            vec![],
+            &[frozen_account],
+            &[
+                expiring(3_000_000_500, 500, None),
+                expiring(3_000_000_008, 8, Some(at(2026, 4, 2, 9, 0))),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(g1.reason(demo_card(3), 1).await, AccessReason::CardLost);
+    assert_eq!(g1.reason(demo_card(4), 1).await, AccessReason::CardFrozen);
+    assert_eq!(g1.reason(demo_card(5), 1).await, AccessReason::CardBad);
+    assert_eq!(g1.reason(demo_card(6), 1).await, AccessReason::CardCancelled);
+    assert_eq!(g1.reason(demo_card(7), 1).await, AccessReason::CardReplaced);
+    assert_eq!(g1.reason(CardNo(2_000_000_007), 1).await, AccessReason::Granted);
+    assert_eq!(g1.reason(CardNo(3_000_000_008), 1).await, AccessReason::CardExpired);
+    assert_eq!(g1.reason(CardNo(3_000_000_500), 1).await, AccessReason::AccountBlocked);
+
+    // Anti-passback (strict) on group 1: in, in again refused, out, in.
+    c.doors("PUT", "/api/v1/door-groups/1/access", r#"{"anti_passback":"strict"}"#);
+    let p = demo_card(9);
+    assert_eq!(g1.check(p, 1, Direction::In).await.reason, AccessReason::Granted);
+    assert_eq!(g1.check(p, 2, Direction::In).await.reason, AccessReason::AntiPassback);
+    assert_eq!(g1.check(p, 2, Direction::Out).await.reason, AccessReason::Granted);
+    assert_eq!(g1.check(p, 1, Direction::In).await.reason, AccessReason::Granted);
+
+    // A full cache sync: schedules, the calendar, then the list from its first page.
+    let run = g1
+        .client
+        .door_cache_run(DoorCacheSync {
+            have_version: 0,
+            after: None,
+        })
+        .await
+        .unwrap();
+    assert!(matches!(
+        run.first(),
+        Some(Message::DoorHolidays(_)) | Some(Message::DoorSchedule(_))
+    ));
+    let first_page = run.iter().find_map(|m| match m {
+        Message::DoorCachePage(p) => Some(*p),
+        _ => None,
+    });
+    let first_page = first_page.expect("pages");
+    assert_eq!(first_page.kind, DoorCachePageKind::Full);
+    assert!(first_page.has(DOOR_PAGE_FIRST));
+    assert_eq!(first_page.passback as u8, cardgate_codec::Passback::Strict as u8);
+
+    // Offline events, uploaded twice: stored once.
+    let upload = |from: u64| -> Vec<DoorEvent> {
+        (0..3)
+            .map(|i| {
+                let mut e = DoorEvent {
+                    event_seq: from + i,
+                    card: demo_card(10),
+                    door: 3,
+                    direction: Direction::In,
+                    reason: AccessReason::Granted,
+                    event_time_ms: at(2026, 4, 2, 8, i as i64),
+                    mac: [0; 16],
+                };
+                e.mac = door_event_mac(
+                    &demo_secret(GROUP_1_CONTROLLER),
+                    &DoorEventFields::of(GROUP_1_CONTROLLER, &e),
+                );
+                e
+            })
+            .collect()
+    };
+    let first_offline = g1.seq + 1;
+    g1.seq += 3;
+    for (round, (stored, duplicates)) in [(3u16, 0u16), (0, 3)].into_iter().enumerate() {
+        let events = upload(first_offline);
+        let id = g1
+            .client
+            .feed(Message::DoorEventsBatch(DoorEventsBatch {
+                first_event_seq: first_offline,
+                count: 3,
+            }))
+            .await
+            .unwrap();
+        for e in events {
+            g1.client.feed(Message::DoorEvent(e)).await.unwrap();
+        }
+        g1.client.flush().await.unwrap();
+        let frame = g1.client.recv_answer().await.unwrap();
+        assert_eq!(frame.request_id, id);
+        let Message::DoorEventsResult(r) = frame.message else {
+            panic!("expected DOOR_EVENTS_RESULT, got {:?}", frame.message)
+        };
+        assert_eq!(r.status, DoorEventsStatus::Accepted, "round {round}");
+        assert_eq!((r.stored, r.duplicates), (stored, duplicates), "round {round}");
+        assert_eq!(r.last_event_seq, first_offline + 2);
+    }
+    // A forged event refuses the whole batch.
+    let mut forged = upload(g1.seq + 1);
+    forged[1].mac[0] ^= 1;
+    g1.client
+        .feed(Message::DoorEventsBatch(DoorEventsBatch {
+            first_event_seq: g1.seq + 1,
+            count: 3,
+        }))
+        .await
+        .unwrap();
+    for e in forged {
+        g1.client.feed(Message::DoorEvent(e)).await.unwrap();
+    }
+    g1.client.flush().await.unwrap();
+    let Message::DoorEventsResult(r) = g1.client.recv_answer().await.unwrap().message else {
+        panic!("expected DOOR_EVENTS_RESULT")
+    };
+    assert_eq!(r.status, DoorEventsStatus::BadMac);
+    assert_eq!(r.stored, 0);
+
+    // Security's search and export: by door, by card, as CSV; each one audited.
+    let (status, found) = c.api(
+        "GET",
+        &format!(
+            "/api/v1/access-events?card={}&from=2026-04-02&to=2026-04-02",
+            demo_card(10).0
+        ),
+        &c.door_admin,
+        "",
+    );
+    assert_eq!(status, 200, "{found}");
+    let events = found["events"].as_array().unwrap();
+    assert_eq!(events.len(), 3, "stored once: {found}");
+    assert!(events.iter().all(|e| e["source"] == "offline" && e["door"] == 3));
+    let (status, csv) = c.api_text(
+        "/api/v1/access-events?door=11&from=2026-02-01&to=2026-04-30&format=csv",
+        &c.door_admin,
+    );
+    assert_eq!(status, 200);
+    assert!(
+        csv.starts_with("time,door,door_name,door_group,direction,card"),
+        "{csv}"
+    );
+    assert!(csv.lines().any(|l| l.contains(",no_permission,online,")), "{csv}");
+    assert!(csv.lines().any(|l| l.contains(",outside_window,online,")), "{csv}");
+    let audit = c.ledger.audit_list(&cardgate_ledger::audit::AuditQuery {
+        target: Some(format!("card:{}", demo_card(10).0)),
+        limit: 100,
+        ..Default::default()
+    });
+    assert!(
+        audit
+            .iter()
+            .any(|r| r.action == "access_events.search" && r.target.contains(&format!("card:{}", demo_card(10).0))),
+        "the search is audited with whom it looked at"
+    );
+    // The attendance admin may not read security's log; the door admin no sheet.
+    assert_eq!(c.api("GET", "/api/v1/access-events", &c.attendance_admin, "").0, 403);
+    assert_eq!(
+        c.api("GET", "/api/v1/attendance?department=Physics", &c.door_admin, "")
+            .0,
+        403
+    );
+
+    // A POS terminal may not send an access check; a door controller may not buy.
+    let mut pos = c.terminal(1).await;
+    pos.send(Message::AccessCheck(AccessCheck {
+        event_seq: 1,
+        card: a,
+        door: 1,
+        direction: Direction::In,
+        controller_time_ms: 0,
+    }))
+    .await
+    .unwrap();
+    match pos.recv().await {
+        Err(ClientError::Refused(ErrorCode::UnexpectedMessage)) => {}
+        other => panic!("expected ERROR unexpected_message, got {other:?}"),
+    }
+    match g1.client.purchase(1, demo_card(11), 100).await {
+        Err(ClientError::Refused(ErrorCode::UnexpectedMessage)) => {}
+        other => panic!("expected ERROR unexpected_message, got {other:?}"),
+    }
+    c.stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attendance_sheet_from_punches() {
+    let c = Campus::start().await;
+    let cli = Actor::cli();
+    for (id, name) in [("P1", "Li Lei"), ("P2", "Han Meimei")] {
+        let (_, account) = c
+            .ledger
+            .open_person(
+                &By::actor(&cli),
+                NewPerson {
+                    id: id.into(),
+                    name: name.into(),
+                    department: "Physics".into(),
+                    kind: AccountKind::Staff,
+                },
+            )
+            .await
+            .unwrap();
+        c.ledger
+            .issue_card_desk(
+                &By::actor(&cli),
+                account.id,
+                CardNo(4_000_000_000 + account.id),
+                None,
+                None,
+            )
+            .await
+            .unwrap();
+    }
+    let li = c.ledger.person("P1").unwrap().account;
+    let card = CardNo(4_000_000_000 + li);
+    let mut clock = c.terminal(CLOCK).await;
+    let mut seq = 0;
+    // Tuesday 2026-03-10: in at 08:20 (late), out at 17:30.
+    for (hh, mm) in [(8, 20), (12, 0), (17, 30)] {
+        c.clock.set(at(2026, 3, 10, hh, mm));
+        seq += 1;
+        let m = Message::Punch(Punch {
+            event_seq: seq,
+            card,
+            controller_time_ms: at(2026, 3, 10, hh, mm),
+        });
+        match clock.request(m).await.unwrap() {
+            Message::PunchResult(r) => assert_eq!(r.status, PunchStatus::Recorded),
+            other => panic!("expected PUNCH_RESULT, got {other:?}"),
+        }
+    }
+    // The last punch again (its answer was lost): not recorded twice.
+    let m = Message::Punch(Punch {
+        event_seq: seq,
+        card,
+        controller_time_ms: at(2026, 3, 10, 17, 30),
+    });
+    match clock.request(m).await.unwrap() {
+        Message::PunchResult(r) => assert_eq!(r.status, PunchStatus::Duplicate),
+        other => panic!("expected PUNCH_RESULT, got {other:?}"),
+    }
+    // A clock may not check doors.
+    clock
+        .send(Message::AccessCheck(AccessCheck {
+            event_seq: 99,
+            card,
+            door: 1,
+            direction: Direction::In,
+            controller_time_ms: 0,
+        }))
+        .await
+        .unwrap();
+    match clock.recv().await {
+        Err(ClientError::Refused(ErrorCode::UnexpectedMessage)) => {}
+        other => panic!("expected ERROR unexpected_message, got {other:?}"),
+    }
+
+    let (status, sheet) = c.api(
+        "GET",
+        "/api/v1/attendance?department=Physics&date=2026-03-10",
+        &c.attendance_admin,
+        "",
+    );
+    assert_eq!(status, 200, "{sheet}");
+    let rows = sheet["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    let li_row = rows.iter().find(|r| r["person_id"] == "P1").unwrap();
+    assert_eq!(li_row["punches"], 3);
+    assert_eq!(li_row["status"], "late");
+    assert_eq!(li_row["late_min"], 20);
+    assert_eq!(li_row["first_in_ms"], at(2026, 3, 10, 8, 20));
+    assert_eq!(li_row["last_out_ms"], at(2026, 3, 10, 17, 30));
+    let han = rows.iter().find(|r| r["person_id"] == "P2").unwrap();
+    assert_eq!(han["status"], "absent");
+    let (status, csv) = c.api_text(
+        "/api/v1/attendance?person=P1&date=2026-03-10&format=csv",
+        &c.attendance_admin,
+    );
+    assert_eq!(status, 200);
+    assert!(
+        csv.starts_with("date,person_id,name,department,first_in,last_out,punches"),
+        "{csv}"
+    );
+    assert!(csv.contains("2026-03-10,P1,Li Lei,Physics,2026-03-10 08:20"), "{csv}");
+    c.stop.cancel();
+}
+
+/// The real binary, killed with SIGKILL in the middle of a working day: a revocation,
+/// the controller's event numbers, its uploaded events and the cache version all come
+/// back, and an upload sent again after the restart is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn door_state_survives_kill_9() {
+    use crate::harness::{Daemon, operator_add};
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path());
+    let token = operator_add(dir.path(), "doors", "door_admin").unwrap();
+    let admin = d.admin_addr();
+    let api = |method: &str, path: &str| {
+        let (status, body) = tokio::task::block_in_place(|| api_request(admin, method, path, &token, None, ""));
+        assert!((200..300).contains(&status), "{method} {path}: {status} {body}");
+        serde_json::from_str::<Value>(&body).unwrap()
+    };
+    let now = cardgate_loadtest::client::now_ms;
+    let mut g2 = TerminalClient::connect(d.terminal_addr(), GROUP_2_CONTROLLER, &demo_secret(GROUP_2_CONTROLLER))
+        .await
+        .unwrap();
+    let check = |seq: u64| {
+        Message::AccessCheck(AccessCheck {
+            event_seq: seq,
+            card: demo_card(1),
+            door: 11,
+            direction: Direction::In,
+            controller_time_ms: now(),
+        })
+    };
+    let reason = |m: Message| match m {
+        Message::AccessResult(r) => (r.reason, r.cache_version),
+        other => panic!("expected ACCESS_RESULT, got {other:?}"),
+    };
+    assert_eq!(reason(g2.request(check(1)).await.unwrap()).0, AccessReason::Granted);
+    for p in api("GET", "/api/v1/door-permissions?door_group=2")["permissions"]
+        .as_array()
+        .unwrap()
+    {
+        api("POST", &format!("/api/v1/door-permissions/{}/revoke", p["id"]));
+    }
+    let (denied, version) = reason(g2.request(check(2)).await.unwrap());
+    assert_eq!(denied, AccessReason::NoPermission);
+    let events: Vec<DoorEvent> = (3..=5)
+        .map(|seq| {
+            let mut e = DoorEvent {
+                event_seq: seq,
+                card: demo_card(2),
+                door: 13,
+                direction: Direction::Out,
+                reason: AccessReason::Granted,
+                event_time_ms: now() - 60_000,
+                mac: [0; 16],
+            };
+            e.mac = door_event_mac(
+                &demo_secret(GROUP_2_CONTROLLER),
+                &DoorEventFields::of(GROUP_2_CONTROLLER, &e),
+            );
+            e
+        })
+        .collect();
+    let first = upload(&mut g2, &events).await;
+    assert_eq!((first.stored, first.duplicates), (3, 0));
+    drop(g2);
+
+    d.kill9();
+    let d = Daemon::start(dir.path());
+    let mut g2 = TerminalClient::connect(d.terminal_addr(), GROUP_2_CONTROLLER, &demo_secret(GROUP_2_CONTROLLER))
+        .await
+        .unwrap();
+    assert_eq!(g2.sign_on.last_tx_seq, 5, "the controller's event numbers came back");
+    let (after, version_after) = reason(g2.request(check(6)).await.unwrap());
+    assert_eq!(after, AccessReason::NoPermission, "the revocation came back");
+    assert_eq!(version_after, version, "the cache version came back");
+    let again = upload(&mut g2, &events).await;
+    assert_eq!((again.stored, again.duplicates), (0, 3), "stored once");
+    let admin = d.admin_addr();
+    let (status, body) = tokio::task::block_in_place(|| {
+        api_request(
+            admin,
+            "GET",
+            "/api/v1/access-events?door=13&format=json",
+            &token,
+            None,
+            "",
+        )
+    });
+    assert_eq!(status, 200, "{body}");
+    let found: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(found["events"].as_array().unwrap().len(), 3, "{found}");
+}
+
+async fn upload(c: &mut TerminalClient, events: &[DoorEvent]) -> cardgate_codec::DoorEventsResult {
+    c.feed(Message::DoorEventsBatch(DoorEventsBatch {
+        first_event_seq: events[0].event_seq,
+        count: events.len() as u16,
+    }))
+    .await
+    .unwrap();
+    for e in events {
+        c.feed(Message::DoorEvent(*e)).await.unwrap();
+    }
+    c.flush().await.unwrap();
+    match c.recv_answer().await.unwrap().message {
+        Message::DoorEventsResult(r) => r,
+        other => panic!("expected DOOR_EVENTS_RESULT, got {other:?}"),
+    }
+}
