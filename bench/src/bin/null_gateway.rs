@@ -2,13 +2,15 @@
 //! terminal protocol as `cardgate` (the codec crate: frames, sign-on with the demo
 //! terminals' keys, a MAC and replay counter on every frame) on the same tokio runtime,
 //! one task per connection, and answers every request at once: a purchase or reversal
-//! APPROVED, a balance inquiry a fixed balance, a heartbeat its ack. No ledger, no
+//! APPROVED, a balance inquiry a fixed balance, a heartbeat its ack, a door controller's
+//! ACCESS_CHECK granted and its DOOR_CACHE_SYNC a cache that lets every demo card
+//! (`--demo-accounts`, 20,000 by default) pass at all times, version 1. No ledger, no
 //! journal, no central store, no metrics. Driven by `cardgate-loadtest` in the same
 //! session as `cardgate`, it is the transport's limit on that machine
 //! (`bench/vs_null.sh` reports `cardgate`'s figures as ratios to it).
 //!
 //! ```sh
-//! cardgate-null-gateway [--listen 127.0.0.1:7700]
+//! cardgate-null-gateway [--listen 127.0.0.1:7700] [--demo-accounts 20000]
 //! ```
 //!
 //! It prints `listening kind="terminals" addr=...` like `cardgate`, so the bench scripts
@@ -23,10 +25,12 @@ use anyhow::Context;
 use cardgate_codec::codec::Frame;
 use cardgate_codec::crypto::SignOnInput;
 use cardgate_codec::{
-    Approved, Balance, CardStatusCode, Challenge, ErrorCode, ErrorFrame, HeartbeatAck, Message, Side, SignOnOk,
-    TerminalCodec,
+    AccessReason, AccessResult, Approved, Balance, CardStatusCode, Challenge, DOOR_HOLIDAYS_FIRST, DOOR_HOLIDAYS_MAX,
+    DOOR_PAGE_FIRST, DOOR_PAGE_LAST_IN_RUN, DOOR_PAGE_MORE, DOOR_SCHEDULE_ALWAYS, DOOR_VALID_FOREVER, DoorCacheEntry,
+    DoorCachePage, DoorCachePageKind, DoorCacheSync, DoorHolidays, ErrorCode, ErrorFrame, HeartbeatAck, Message,
+    PunchResult, PunchStatus, Side, SignOnOk, TerminalCodec,
 };
-use cardgate_ledger::demo::demo_secret;
+use cardgate_ledger::demo::{demo_card, demo_secret};
 use futures::{FutureExt, SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::codec::Framed;
@@ -43,6 +47,16 @@ const BALANCE_FEN: i64 = 1_000_00;
 
 static TX_IDS: AtomicU64 = AtomicU64::new(1);
 
+/// The demo accounts whose cards the door cache lists.
+static ACCOUNTS: AtomicU64 = AtomicU64::new(20_000);
+
+/// The one version of the door cache: it never changes here.
+const DOOR_CACHE_VERSION: u64 = 1;
+/// Pages per sync run, as `cardgate`'s.
+const DOOR_RUN_PAGES: usize = 32;
+/// UTC+8, the demo's business time zone.
+const UTC_OFFSET_MIN: i16 = 480;
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let listen: SocketAddr = match args.iter().position(|a| a == "--listen") {
@@ -53,6 +67,14 @@ fn main() -> anyhow::Result<()> {
             .context("--listen")?,
         None => "127.0.0.1:7700".parse()?,
     };
+    if let Some(i) = args.iter().position(|a| a == "--demo-accounts") {
+        let n: u64 = args
+            .get(i + 1)
+            .context("--demo-accounts needs a number")?
+            .parse()
+            .context("--demo-accounts")?;
+        ACCOUNTS.store(n, Ordering::Relaxed);
+    }
     // The file descriptors 10,000 terminals need, as `cardgate` raises them.
     let _ = rlimit_nofile();
     // The same runtime as `cardgate serve`: one worker per core.
@@ -172,12 +194,19 @@ async fn session(conn: &mut Conn) -> Option<ErrorCode> {
         let mut answer = answer(frame);
         loop {
             match answer {
-                Ok(Some(a)) => {
+                Ok(Reply::One(a)) => {
                     if conn.feed(a).await.is_err() {
                         return None;
                     }
                 }
-                Ok(None) => {}
+                Ok(Reply::Nothing) => {}
+                Ok(Reply::Run(id, sync)) => {
+                    for m in door_run(sync) {
+                        if conn.feed((id, m)).await.is_err() {
+                            return None;
+                        }
+                    }
+                }
                 Err(code) => return Some(code),
             }
             match conn.next().now_or_never() {
@@ -193,7 +222,74 @@ async fn session(conn: &mut Conn) -> Option<ErrorCode> {
     }
 }
 
-fn answer(frame: Frame) -> Result<Option<(u32, Message)>, ErrorCode> {
+/// What a request gets: one answer, none (an acknowledgement), or a run of frames
+/// under its request id (a door cache sync).
+enum Reply {
+    One((u32, Message)),
+    Nothing,
+    Run(u32, DoorCacheSync),
+}
+
+/// The answer to a DOOR_CACHE_SYNC (docs/PROTOCOL.md 11.3): the (empty) calendar, then
+/// pages of the full list of every demo card, or one empty delta page when the
+/// controller is current.
+fn door_run(sync: DoorCacheSync) -> Vec<Message> {
+    let accounts = ACCOUNTS.load(Ordering::Relaxed);
+    let mut run = Vec::with_capacity(DOOR_RUN_PAGES + 1);
+    if sync.after.is_none() {
+        run.push(Message::DoorHolidays(DoorHolidays {
+            flags: DOOR_HOLIDAYS_FIRST,
+            count: 0,
+            utc_offset_min: UTC_OFFSET_MIN,
+            days: [0; DOOR_HOLIDAYS_MAX],
+        }));
+    }
+    if sync.after.is_none() && sync.have_version == DOOR_CACHE_VERSION {
+        let page = DoorCachePage::new(
+            DoorCachePageKind::Delta,
+            DOOR_PAGE_LAST_IN_RUN,
+            DOOR_CACHE_VERSION,
+            DOOR_CACHE_VERSION,
+            &[],
+            &[],
+        );
+        run.extend(page.map(Message::DoorCachePage));
+        return run;
+    }
+    // Demo card numbers are 1000000000 + account, so the cursor names the next account.
+    let mut account = sync.after.map_or(1, |e| e.card.0.saturating_sub(demo_card(0).0) + 1);
+    for i in 0..DOOR_RUN_PAGES {
+        let entries: Vec<DoorCacheEntry> = (account..=accounts)
+            .take(cardgate_codec::DOOR_CACHE_PAGE_ENTRIES_MAX)
+            .map(|a| DoorCacheEntry {
+                card: demo_card(a),
+                schedule: DOOR_SCHEDULE_ALWAYS,
+                valid_from_min: 0,
+                valid_to_min: DOOR_VALID_FOREVER,
+            })
+            .collect();
+        account += entries.len() as u64;
+        let done = account > accounts;
+        let mut flags = 0;
+        if i == 0 && sync.after.is_none() {
+            flags |= DOOR_PAGE_FIRST;
+        }
+        if done || i + 1 == DOOR_RUN_PAGES {
+            flags |= DOOR_PAGE_LAST_IN_RUN;
+            if !done {
+                flags |= DOOR_PAGE_MORE;
+            }
+        }
+        let page = DoorCachePage::new(DoorCachePageKind::Full, flags, 0, DOOR_CACHE_VERSION, &entries, &[]);
+        run.extend(page.map(Message::DoorCachePage));
+        if flags & DOOR_PAGE_LAST_IN_RUN != 0 {
+            break;
+        }
+    }
+    run
+}
+
+fn answer(frame: Frame) -> Result<Reply, ErrorCode> {
     let id = frame.request_id;
     let message = match frame.message {
         Message::Purchase(p) => Message::Approved(Approved {
@@ -223,8 +319,23 @@ fn answer(frame: Frame) -> Result<Option<(u32, Message)>, ErrorCode> {
             server_time_ms: now_ms(),
             blacklist_version: 0,
         }),
-        Message::BlacklistAck(_) => return Ok(None),
+        Message::BlacklistAck(_) | Message::DoorCacheAck(_) => return Ok(Reply::Nothing),
+        Message::AccessCheck(c) => Message::AccessResult(AccessResult {
+            event_seq: c.event_seq,
+            card: c.card,
+            door: c.door,
+            reason: AccessReason::Granted,
+            cache_version: DOOR_CACHE_VERSION,
+            gateway_time_ms: now_ms(),
+        }),
+        Message::Punch(p) => Message::PunchResult(PunchResult {
+            event_seq: p.event_seq,
+            card: p.card,
+            status: PunchStatus::Recorded,
+            gateway_time_ms: now_ms(),
+        }),
+        Message::DoorCacheSync(sync) => return Ok(Reply::Run(id, sync)),
         _ => return Err(ErrorCode::UnexpectedMessage),
     };
-    Ok(Some((id, message)))
+    Ok(Reply::One((id, message)))
 }
