@@ -6,10 +6,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use cardgate_codec::codec::Frame;
 use cardgate_codec::crypto::SignOnInput;
 use cardgate_codec::{
-    BLACKLIST_PAGE_FIRST, BLACKLIST_PAGE_LAST_IN_RUN, BLACKLIST_PAGE_MORE, BalanceInquiry, BlacklistAck, BlacklistPage,
-    BlacklistPageKind, BlacklistSync, CardNo, CodecError, DOOR_PAGE_LAST_IN_RUN, DoorCacheSync, ErrorCode, Heartbeat,
-    Hello, Message, OfflineBatch, OfflineLimits, OfflineResult, OfflineSale, Proof, Purchase, Reversal,
-    SIGN_ON_OFFLINE_LIMITS, Side, SignOnOk, TerminalCodec, TerminalSecret,
+    AccessReason, BLACKLIST_PAGE_FIRST, BLACKLIST_PAGE_LAST_IN_RUN, BLACKLIST_PAGE_MORE, BalanceInquiry, BlacklistAck,
+    BlacklistPage, BlacklistPageKind, BlacklistSync, CardNo, CodecError, DOOR_PAGE_LAST_IN_RUN, Direction,
+    DoorCacheSync, DoorEvent, DoorEventsBatch, DoorEventsResult, ErrorCode, Heartbeat, Hello, Message, OfflineBatch,
+    OfflineLimits, OfflineResult, OfflineSale, Proof, Purchase, Reversal, SIGN_ON_OFFLINE_LIMITS, Side, SignOnOk,
+    TerminalCodec, TerminalSecret,
 };
 use futures::{SinkExt, StreamExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -365,6 +366,49 @@ impl TerminalClient {
                 amount_fen,
                 sale_time_ms,
             ),
+        }
+    }
+
+    /// A decision a door controller made offline, MACed under its key as it stores it.
+    pub fn door_event(
+        &self,
+        event_seq: u64,
+        card: CardNo,
+        door: u32,
+        direction: Direction,
+        reason: AccessReason,
+        event_time_ms: i64,
+    ) -> DoorEvent {
+        let mut event = DoorEvent {
+            event_seq,
+            card,
+            door,
+            direction,
+            reason,
+            event_time_ms,
+            mac: [0; 16],
+        };
+        let fields = cardgate_codec::crypto::DoorEventFields::of(self.terminal_id, &event);
+        event.mac = cardgate_codec::crypto::door_event_mac(&self.secret, &fields);
+        event
+    }
+
+    /// Uploads `events` as one batch (DOOR_EVENTS_BATCH, then each DOOR_EVENT) and
+    /// waits for its DOOR_EVENTS_RESULT.
+    pub async fn upload_door_events(&mut self, events: &[DoorEvent]) -> Result<DoorEventsResult, ClientError> {
+        let batch = DoorEventsBatch {
+            first_event_seq: events.first().map_or(0, |e| e.event_seq),
+            count: u16::try_from(events.len()).unwrap_or(u16::MAX),
+        };
+        let id = self.feed(Message::DoorEventsBatch(batch)).await?;
+        for e in events {
+            self.feed(Message::DoorEvent(*e)).await?;
+        }
+        self.flush().await?;
+        let frame = self.recv_answer().await?;
+        match frame.message {
+            Message::DoorEventsResult(r) if frame.request_id == id => Ok(r),
+            other => Err(ClientError::Unexpected(Box::new(other))),
         }
     }
 

@@ -449,6 +449,8 @@ pub struct DoorReport {
     pub runs: u64,
     pub pages: u64,
     pub cache_change: CacheChangeReport,
+    /// Controllers that went offline, decided from their cache and uploaded.
+    pub offline: DoorOfflineReport,
     /// Answers the run did not expect, by why.
     pub failures: BTreeMap<String, u64>,
     pub connection_errors: BTreeMap<String, u64>,
@@ -475,9 +477,100 @@ pub struct CacheChangeReport {
     pub ack_ms: Percentiles,
 }
 
-impl DoorReport {
+/// Door controllers that lost the gateway once (`--door-offline-pct`): what they decided
+/// from their cache, and what became of the uploads (docs/PROTOCOL.md 11.5).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DoorOfflineReport {
+    /// Percent of controllers asked to go offline once, and events each was to decide.
+    pub pct: u8,
+    pub events_each: u32,
+    /// Controllers that went offline (and tried to come back).
+    pub controllers: u64,
+    /// Controllers meant to go offline that did not: the run was stopped first.
+    pub not_reached: u64,
+    /// Events decided offline, by reason.
+    pub events: u64,
+    pub by_reason: BTreeMap<String, u64>,
+    /// DOOR_EVENTS_RESULT counts over the first upload of every batch.
+    pub stored: u64,
+    pub duplicates: u64,
+    pub flagged: u64,
+    /// The first batch of every controller sent once more after it was accepted: every
+    /// event must come back a duplicate, none stored twice.
+    pub resent: u64,
+    pub resent_duplicates: u64,
+    pub resent_stored: u64,
+    /// Batches by how each attempt ended.
+    pub accepted: u64,
+    pub system_error: u64,
+    pub cut_off: u64,
+    pub bad_mac: u64,
+    pub bad_batch: u64,
+    /// Accepted batches whose counts do not cover the batch.
+    pub mismatched: u64,
+    /// Events given up on (their batch never accepted).
+    pub not_uploaded: u64,
+}
+
+impl DoorOfflineReport {
+    pub fn merge(&mut self, o: &DoorOfflineReport) {
+        self.controllers += o.controllers;
+        self.not_reached += o.not_reached;
+        self.events += o.events;
+        for (k, v) in &o.by_reason {
+            *self.by_reason.entry(k.clone()).or_default() += v;
+        }
+        self.stored += o.stored;
+        self.duplicates += o.duplicates;
+        self.flagged += o.flagged;
+        self.resent += o.resent;
+        self.resent_duplicates += o.resent_duplicates;
+        self.resent_stored += o.resent_stored;
+        self.accepted += o.accepted;
+        self.system_error += o.system_error;
+        self.cut_off += o.cut_off;
+        self.bad_mac += o.bad_mac;
+        self.bad_batch += o.bad_batch;
+        self.mismatched += o.mismatched;
+        self.not_uploaded += o.not_uploaded;
+    }
+
     pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
+        if self.not_uploaded > 0 {
+            out.push(format!("{} offline door events not uploaded", self.not_uploaded));
+        }
+        if self.bad_mac + self.bad_batch > 0 {
+            out.push(format!(
+                "offline door event batches refused: {} bad_mac, {} bad_batch",
+                self.bad_mac, self.bad_batch
+            ));
+        }
+        if self.mismatched > 0 {
+            out.push(format!(
+                "{} accepted door event batches whose result does not cover the batch",
+                self.mismatched
+            ));
+        }
+        if self.resent_stored > 0 || self.resent_duplicates != self.resent {
+            out.push(format!(
+                "door events uploaded twice: {} of {} stored again, {} came back duplicates",
+                self.resent_stored, self.resent, self.resent_duplicates
+            ));
+        }
+        if self.stored + self.duplicates + self.not_uploaded != self.events {
+            out.push(format!(
+                "{} offline door events decided, {} stored and {} duplicates on their first upload",
+                self.events, self.stored, self.duplicates
+            ));
+        }
+        out
+    }
+}
+
+impl DoorReport {
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = self.offline.problems();
         if self.ready < self.controllers {
             out.push(format!(
                 "{} of {} door controllers did not sign on and sync",

@@ -485,6 +485,27 @@ fn doors_table(w: &mut String, d: &DoorReport, row: &impl Fn(&mut String, &str, 
             c.trigger, c.status, c.at_s, c.api_ms, c.controllers_acked, c.ack_ms.max
         );
     }
+    let o = &d.offline;
+    if o.pct > 0 {
+        let _ = writeln!(
+            w,
+            "doors offline    {} controllers went offline ({}% asked, {} not reached); {} events decided from the cache",
+            o.controllers, o.pct, o.not_reached, o.events
+        );
+        for (k, v) in &o.by_reason {
+            let _ = writeln!(w, "  offline {k:<32} {v}");
+        }
+        let _ = writeln!(
+            w,
+            "  uploaded       {} stored, {} duplicates, {} flagged, {} not uploaded; sent again: {} events, {} duplicates, {} stored twice",
+            o.stored, o.duplicates, o.flagged, o.not_uploaded, o.resent, o.resent_duplicates, o.resent_stored
+        );
+        let _ = writeln!(
+            w,
+            "  batches        {} accepted, {} system_error, {} cut off, {} bad_mac, {} bad_batch, {} mismatched",
+            o.accepted, o.system_error, o.cut_off, o.bad_mac, o.bad_batch, o.mismatched
+        );
+    }
     for (k, v) in &d.unsolicited {
         let _ = writeln!(w, "  door unsolicited {k:<23} {v}");
     }

@@ -284,7 +284,7 @@ pub(crate) struct Shared {
 impl Shared {
     /// How far along the run is, 0 to 1: by requests sent, or by time in the measured
     /// window, whichever is further.
-    fn progress(&self, timing: &Timing) -> f64 {
+    pub(crate) fn progress(&self, timing: &Timing) -> f64 {
         let mut p: f64 = 0.0;
         if let Some(n) = self.cfg.requests.filter(|n| *n > 0) {
             let sent = (n as i64).saturating_sub(self.budget.load(Ordering::Relaxed)).max(0);

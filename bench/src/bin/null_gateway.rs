@@ -4,7 +4,10 @@
 //! one task per connection, and answers every request at once: a purchase or reversal
 //! APPROVED, a balance inquiry a fixed balance, a heartbeat its ack, a door controller's
 //! ACCESS_CHECK granted and its DOOR_CACHE_SYNC a cache that lets every demo card
-//! (`--demo-accounts`, 20,000 by default) pass at all times, version 1. No ledger, no
+//! (`--demo-accounts`, 20,000 by default) pass at all times, version 1; an upload of
+//! offline door events is checked (MACs, order) and answered, remembering only each
+//! controller's highest event number, so that an upload sent twice comes back as
+//! duplicates. No ledger, no
 //! journal, no central store, no metrics. Driven by `cardgate-loadtest` in the same
 //! session as `cardgate`, it is the transport's limit on that machine
 //! (`bench/vs_null.sh` reports `cardgate`'s figures as ratios to it).
@@ -17,18 +20,21 @@
 //! start either the same way. Conservation cannot hold here (no balance ever moves); run
 //! the load test against it without `--check-conservation`.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{LazyLock, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use cardgate_codec::codec::Frame;
 use cardgate_codec::crypto::SignOnInput;
 use cardgate_codec::{
-    AccessReason, AccessResult, Approved, Balance, CardStatusCode, Challenge, DOOR_HOLIDAYS_FIRST, DOOR_HOLIDAYS_MAX,
-    DOOR_PAGE_FIRST, DOOR_PAGE_LAST_IN_RUN, DOOR_PAGE_MORE, DOOR_SCHEDULE_ALWAYS, DOOR_VALID_FOREVER, DoorCacheEntry,
-    DoorCachePage, DoorCachePageKind, DoorCacheSync, DoorHolidays, ErrorCode, ErrorFrame, HeartbeatAck, Message,
-    PunchResult, PunchStatus, Side, SignOnOk, TerminalCodec,
+    AccessReason, AccessResult, Approved, Balance, CardStatusCode, Challenge, DOOR_EVENTS_BATCH_MAX,
+    DOOR_HOLIDAYS_FIRST, DOOR_HOLIDAYS_MAX, DOOR_PAGE_FIRST, DOOR_PAGE_LAST_IN_RUN, DOOR_PAGE_MORE,
+    DOOR_SCHEDULE_ALWAYS, DOOR_VALID_FOREVER, DoorCacheEntry, DoorCachePage, DoorCachePageKind, DoorCacheSync,
+    DoorEventsBatch, DoorEventsResult, DoorEventsStatus, DoorHolidays, ErrorCode, ErrorFrame, HeartbeatAck, Message,
+    PunchResult, PunchStatus, Side, SignOnOk, TerminalCodec, TerminalSecret,
 };
 use cardgate_ledger::demo::{demo_card, demo_secret};
 use futures::{FutureExt, SinkExt, StreamExt};
@@ -49,6 +55,9 @@ static TX_IDS: AtomicU64 = AtomicU64::new(1);
 
 /// The demo accounts whose cards the door cache lists.
 static ACCOUNTS: AtomicU64 = AtomicU64::new(20_000);
+
+/// The highest offline door event number uploaded, per controller.
+static EVENT_SEQS: LazyLock<Mutex<HashMap<u64, u64>>> = LazyLock::new(|| Mutex::new(HashMap::new()));
 
 /// The one version of the door cache: it never changes here.
 const DOOR_CACHE_VERSION: u64 = 1;
@@ -126,7 +135,14 @@ async fn serve(stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let mut conn = Framed::with_capacity(stream, TerminalCodec::new(Side::Gateway), CONNECTION_BUF_BYTES);
     let code = match sign_on(&mut conn).await {
-        Ok(()) => session(&mut conn).await,
+        Ok((terminal_id, secret)) => {
+            let mut state = Session {
+                terminal_id,
+                secret,
+                upload: None,
+            };
+            session(&mut conn, &mut state).await
+        }
         Err(code) => code,
     };
     if let Some(code) = code {
@@ -143,7 +159,7 @@ async fn next(conn: &mut Conn) -> Result<Frame, Option<ErrorCode>> {
 }
 
 /// HELLO → CHALLENGE → PROOF → SIGN_ON_OK, with the demo terminals' secrets.
-async fn sign_on(conn: &mut Conn) -> Result<(), Option<ErrorCode>> {
+async fn sign_on(conn: &mut Conn) -> Result<(u64, TerminalSecret), Option<ErrorCode>> {
     let frame = next(conn).await?;
     let Message::Hello(hello) = frame.message else {
         return Err(Some(ErrorCode::UnexpectedMessage));
@@ -180,18 +196,125 @@ async fn sign_on(conn: &mut Conn) -> Result<(), Option<ErrorCode>> {
     };
     conn.send((frame.request_id, Message::SignOnOk(ok)))
         .await
-        .map_err(|_| None)
+        .map_err(|_| None)?;
+    Ok((hello.terminal_id, secret))
+}
+
+/// A signed-on terminal, and the upload of door events it is in the middle of.
+struct Session {
+    terminal_id: u64,
+    secret: TerminalSecret,
+    upload: Option<Upload>,
+}
+
+/// A DOOR_EVENTS_BATCH whose events are arriving.
+struct Upload {
+    request_id: u32,
+    batch: DoorEventsBatch,
+    got: u16,
+    stored: u16,
+    duplicates: u16,
+    /// The first event whose MAC failed (the batch is then refused whole).
+    bad_mac: Option<u64>,
+    out_of_order: bool,
+    prev: u64,
+    seqs: Vec<u64>,
+}
+
+impl Session {
+    fn upload_result(&self, u: &Upload, highest: u64) -> (u32, Message) {
+        let status = if u.bad_mac.is_some() {
+            DoorEventsStatus::BadMac
+        } else if u.out_of_order {
+            DoorEventsStatus::BadBatch
+        } else {
+            DoorEventsStatus::Accepted
+        };
+        let accepted = status == DoorEventsStatus::Accepted;
+        let result = DoorEventsResult {
+            first_event_seq: u.batch.first_event_seq,
+            count: u.batch.count,
+            status,
+            stored: if accepted { u.stored } else { 0 },
+            duplicates: if accepted { u.duplicates } else { 0 },
+            flagged: 0,
+            first_bad_seq: u.bad_mac.unwrap_or(0),
+            last_event_seq: highest,
+        };
+        (u.request_id, Message::DoorEventsResult(result))
+    }
+
+    /// A DOOR_EVENTS_BATCH and its events (docs/PROTOCOL.md 11.5); `None` for a frame
+    /// that is neither.
+    fn door_upload(&mut self, frame: &Frame) -> Option<Result<Reply, ErrorCode>> {
+        match (&frame.message, self.upload.as_mut()) {
+            (Message::DoorEventsBatch(b), None) => {
+                let upload = Upload {
+                    request_id: frame.request_id,
+                    batch: *b,
+                    got: 0,
+                    stored: 0,
+                    duplicates: 0,
+                    bad_mac: None,
+                    out_of_order: false,
+                    prev: 0,
+                    seqs: Vec::with_capacity(usize::from(b.count.min(DOOR_EVENTS_BATCH_MAX))),
+                };
+                if b.count == 0 || b.count > DOOR_EVENTS_BATCH_MAX {
+                    let mut refused = upload;
+                    refused.out_of_order = true;
+                    return Some(Ok(Reply::One(self.upload_result(&refused, 0))));
+                }
+                self.upload = Some(upload);
+                Some(Ok(Reply::Nothing))
+            }
+            (Message::DoorEvent(e), Some(u)) => {
+                let fields = cardgate_codec::crypto::DoorEventFields::of(self.terminal_id, e);
+                if !cardgate_codec::crypto::verify_door_event_mac(&self.secret, &fields, &e.mac) {
+                    u.bad_mac.get_or_insert(e.event_seq);
+                }
+                // The first is `first_event_seq`, each later one above the one before.
+                let in_order = if u.got == 0 {
+                    e.event_seq == u.batch.first_event_seq && e.event_seq > 0
+                } else {
+                    e.event_seq > u.prev
+                };
+                u.out_of_order |= !in_order;
+                u.prev = e.event_seq;
+                u.seqs.push(e.event_seq);
+                u.got += 1;
+                if u.got < u.batch.count {
+                    return Some(Ok(Reply::Nothing));
+                }
+                let mut u = self.upload.take()?;
+                let mut seqs = EVENT_SEQS.lock().unwrap_or_else(|p| p.into_inner());
+                let highest = seqs.entry(self.terminal_id).or_insert(0);
+                if u.bad_mac.is_none() && !u.out_of_order {
+                    // Numbers at or below the highest held came before: duplicates.
+                    let dup = u.seqs.iter().filter(|s| **s <= *highest).count();
+                    u.duplicates = u16::try_from(dup).unwrap_or(u16::MAX);
+                    u.stored = u.batch.count - u.duplicates;
+                    *highest = (*highest).max(u.prev);
+                }
+                let h = *highest;
+                drop(seqs);
+                Some(Ok(Reply::One(self.upload_result(&u, h))))
+            }
+            (Message::DoorEvent(_), None) | (_, Some(_)) => Some(Err(ErrorCode::UnexpectedMessage)),
+            _ => None,
+        }
+    }
 }
 
 /// Answers every frame as it is read; every frame already buffered is answered before
 /// the socket is flushed once, as `cardgate` writes every answer that is ready at once.
-async fn session(conn: &mut Conn) -> Option<ErrorCode> {
+async fn session(conn: &mut Conn, state: &mut Session) -> Option<ErrorCode> {
     loop {
         let frame = match next(conn).await {
             Ok(f) => f,
             Err(code) => return code,
         };
-        let mut answer = answer(frame);
+        let mut answer = state.door_upload(&frame).unwrap_or_else(|| answer(frame));
         loop {
             match answer {
                 Ok(Reply::One(a)) => {
@@ -210,7 +333,7 @@ async fn session(conn: &mut Conn) -> Option<ErrorCode> {
                 Err(code) => return Some(code),
             }
             match conn.next().now_or_never() {
-                Some(Some(Ok(f))) => answer = self::answer(f),
+                Some(Some(Ok(f))) => answer = state.door_upload(&f).unwrap_or_else(|| self::answer(f)),
                 Some(Some(Err(e))) => return Some(e.error_code()),
                 Some(None) => return None,
                 None => break,
