@@ -244,6 +244,9 @@ enum Pending {
     Sync {
         request_id: u32,
         run: Vec<Message>,
+        /// When the sync was sent or its last frame came: a run that stops coming for
+        /// the answer timeout is a timeout like an unanswered check.
+        progress: Instant,
     },
     Heartbeat {
         request_id: u32,
@@ -263,8 +266,8 @@ impl Pending {
     fn sent(&self) -> Option<Instant> {
         match self {
             Pending::Check { sent, .. } | Pending::Heartbeat { sent, .. } => Some(*sent),
-            // A run of a full list can be long; its pages keep arriving.
-            Pending::Sync { .. } => None,
+            // A long run keeps arriving: it is late only when it stops.
+            Pending::Sync { progress, .. } => Some(*progress),
         }
     }
 }
@@ -369,6 +372,7 @@ pub(crate) async fn controller(
         cache,
         next_in: true,
         sync_trigger: None,
+        heard: (0, Instant::now()),
         resync: false,
         change_recorded: false,
         event_seq: client.sign_on.last_tx_seq,
@@ -391,6 +395,8 @@ struct Controller<'a> {
     next_in: bool,
     /// When the controller first learned of a version newer than it holds.
     sync_trigger: Option<Instant>,
+    /// The newest version it heard of, and when it first heard of it.
+    heard: (u64, Instant),
     /// Sync after signing on again, whether or not a newer version was announced.
     resync: bool,
     change_recorded: bool,
@@ -433,6 +439,9 @@ impl Controller<'_> {
     }
 
     fn newer(&mut self, version: u64, now: Instant) {
+        if version > self.heard.0 {
+            self.heard = (version, now);
+        }
         if version > self.cache.version && self.sync_trigger.is_none() {
             self.sync_trigger = Some(now);
         }
@@ -515,6 +524,7 @@ impl Controller<'_> {
                 outstanding.push_back(Pending::Sync {
                     request_id: id,
                     run: Vec::new(),
+                    progress: Instant::now(),
                 });
                 last_sent = Instant::now();
                 continue;
@@ -558,7 +568,8 @@ impl Controller<'_> {
                             continue;
                         };
                         match &mut outstanding[pos] {
-                            Pending::Sync { run, .. } => {
+                            Pending::Sync { run, progress, .. } => {
+                                *progress = now;
                                 let last = matches!(
                                     frame.message,
                                     Message::DoorCachePage(p) if p.has(cardgate_codec::DOOR_PAGE_LAST_IN_RUN)
@@ -720,9 +731,13 @@ impl Controller<'_> {
                     self.change_recorded = true;
                     DoorShared::record(&self.shared.doors.change_ack_us, Instant::now() - *mark);
                 }
-                // A push may have named a version newer than the one just reached.
+                // A version announced while this sync ran may be newer than the one it
+                // reached: sync again, timed from when that one was heard of.
                 if let Some(v) = client.door_pushed_version.take() {
                     self.newer(v, Instant::now());
+                }
+                if self.heard.0 > self.cache.version && self.sync_trigger.is_none() {
+                    self.sync_trigger = Some(self.heard.1);
                 }
             }
             Err(e) => {
