@@ -62,6 +62,8 @@ struct Listing {
     count: u64,
     /// The last entry received: the cursor of the next sync.
     after: Option<DoorCacheEntry>,
+    /// Runs it took so far: one read at one version needs no catch-up.
+    runs: u32,
 }
 
 /// One schedule as a controller holds it.
@@ -217,6 +219,7 @@ impl DoorCache {
                         entries: self.entries.as_ref().map(|_| BTreeSet::new()),
                         count: 0,
                         after: None,
+                        runs: 0,
                     },
                     (Some(l), false) => l,
                     (None, false) => return Err(CacheError::NoFirst),
@@ -229,6 +232,7 @@ impl DoorCache {
                             entries: listing.entries.map(|_| BTreeSet::new()),
                             count: 0,
                             after: None,
+                            runs: 0,
                         };
                     }
                     for e in p.added_entries() {
@@ -242,16 +246,18 @@ impl DoorCache {
                         listing.after = Some(e);
                     }
                 }
+                listing.runs += 1;
                 if last.has(DOOR_PAGE_MORE) {
                     self.listing = Some(listing);
                 } else {
-                    // The listing is whole: switch, then catch up from its version.
+                    // The listing is whole: switch, then catch up from its version if later
+                    // runs were read at later versions.
                     self.version = listing.version;
                     self.entries = listing.entries;
                     self.count = listing.count;
                     self.listing = None;
                     outcome.ack = Some(self.version);
-                    outcome.again = true;
+                    outcome.again = listing.runs > 1;
                 }
             }
         }
@@ -717,7 +723,15 @@ mod tests {
     #[test]
     fn a_revocation_arrives_as_a_delta_that_removes() {
         let mut c = DoorCache::keeping();
-        c.apply_run(&[full(DOOR_PAGE_FIRST | LAST, 3, &[1, 2, 3])]).unwrap();
+        // A listing in one run needs no catch-up.
+        let out = c.apply_run(&[full(DOOR_PAGE_FIRST | LAST, 3, &[1, 2, 3])]).unwrap();
+        assert_eq!(
+            out,
+            RunOutcome {
+                ack: Some(3),
+                again: false
+            }
+        );
         let out = c.apply_run(&[delta(LAST, 3, 4, &[], &[2])]).unwrap();
         assert_eq!(out.ack, Some(4));
         assert_eq!(held(&c), [1, 3]);
