@@ -23,7 +23,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use tokio::sync::watch;
 
-use crate::client::{TerminalClient, now_ms};
+use crate::client::{DoorSyncError, TerminalClient, now_ms};
 use crate::desk::HttpDoorAdmin;
 use crate::doors::{
     CacheChangeReport, DOOR_TERMINAL_BASE, DoorCache, DoorOfflineReport, DoorReport, Passages, unexpected_reason,
@@ -31,10 +31,6 @@ use crate::doors::{
 use crate::offline::goes_offline;
 use crate::report::Percentiles;
 use crate::run::{Shared, TIMER_TICK, Timing, connect, exp_gap, failure_name, histogram, micros, sleep_until};
-
-/// Runs one sync may take before the controller gives up on it: a full list of 20,000
-/// entries is about 160 runs of 32 pages.
-const SYNC_RUNS_MAX: u64 = 100_000;
 
 /// Latency histograms are sharded like the POS ones.
 const SHARDS: usize = 16;
@@ -272,41 +268,19 @@ impl Pending {
     }
 }
 
-/// Brings the cache up to date run by run, acknowledging each version switched to.
+/// Brings the cache up to date after sign-on (`TerminalClient::door_sync`).
 async fn sync_blocking(
     client: &mut TerminalClient,
     cache: &mut DoorCache,
     tally: &mut DoorTally,
 ) -> Result<(), String> {
-    let mut errors = 0;
-    for _ in 0..SYNC_RUNS_MAX {
-        let run = client
-            .door_cache_run(cache.next_sync())
-            .await
-            .map_err(|e| format!("sync:{}", failure_name(&e)))?;
-        tally.runs += 1;
-        tally.pages += run.iter().filter(|m| matches!(m, Message::DoorCachePage(_))).count() as u64;
-        match cache.apply_run(&run) {
-            Ok(out) => {
-                if let Some(version) = out.ack {
-                    client
-                        .send(Message::DoorCacheAck(DoorCacheAck { version }))
-                        .await
-                        .map_err(|e| format!("ack:{}", failure_name(&e)))?;
-                }
-                if !out.again {
-                    return Ok(());
-                }
-            }
-            Err(e) => {
-                errors += 1;
-                if errors >= 3 {
-                    return Err(format!("cache: {e}"));
-                }
-            }
-        }
-    }
-    Err("cache: the sync does not converge".into())
+    let (runs, pages) = client.door_sync(cache).await.map_err(|e| match e {
+        DoorSyncError::Client(e) => format!("sync:{}", failure_name(&e)),
+        other => other.to_string(),
+    })?;
+    tally.runs += runs;
+    tally.pages += pages;
+    Ok(())
 }
 
 /// One door controller, from sign-on to the end of the run.
