@@ -1019,8 +1019,17 @@ async fn tick_progress(bar: ProgressBar, shared: Arc<Shared>, timing: watch::Rec
                         bar.set_position(live.sign_on_done.load(Ordering::Relaxed));
                     }
                 }
+                let doors = shared.doors.cfg.controllers;
+                let door_part = if doors > 0 {
+                    format!(
+                        " · {}/{doors} doors through sign-on and sync",
+                        shared.doors.done.load(Ordering::Relaxed)
+                    )
+                } else {
+                    String::new()
+                };
                 bar.set_message(format!(
-                    "{signed_on}/{} signed on · {answers} answers · {rate:.0}/s · {problems} problems",
+                    "{signed_on}/{} signed on{door_part} · {answers} answers · {rate:.0}/s · {problems} problems",
                     cfg.terminals
                 ));
             }
