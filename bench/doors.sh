@@ -26,6 +26,9 @@
 # DOOR_RATE [2000], DURATION [30] measured seconds per run, RAMP_UP [5], REVOKE_AFTER [5],
 # ROUNDS [1], ACCOUNTS [20000], OUT [target/doors], DATA_ROOT [/var/tmp], NO_BUILD.
 # DOORS may not exceed the demo's `demo.door_controllers` (500 unless configured).
+# GATEWAY [cardgate] or `null`: the null gateway (cardgate-null-gateway: the same
+# protocol, every check granted from a cache of every demo card, no ledger), the
+# transport's yardstick; it has no operator API, so (c) and (d) are skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TERMINALS=${TERMINALS:-1000}
@@ -40,7 +43,12 @@ ACCOUNTS=${ACCOUNTS:-20000}
 OUT=${OUT:-target/doors}
 DATA_ROOT=${DATA_ROOT:-/var/tmp}
 mkdir -p "$OUT"
-[ -n "${NO_BUILD:-}" ] || cargo build --release -q -p cardgate -p cardgate-loadtest
+GATEWAY=${GATEWAY:-cardgate}
+case "$GATEWAY" in cardgate|null) ;; *) echo "GATEWAY is cardgate or null" >&2; exit 2 ;; esac
+if [ -z "${NO_BUILD:-}" ]; then
+    cargo build --release -q -p cardgate -p cardgate-loadtest
+    cargo build --release -q -p cardgate-bench --bin cardgate-null-gateway
+fi
 gw=target/release/cardgate
 lt=target/release/cardgate-loadtest
 
@@ -56,6 +64,16 @@ trap cleanup EXIT
 # addr, aaddr, maddr, token and permission.
 gateway_up() {
     local log="$OUT/$1.gateway.log"
+    if [ "$GATEWAY" = null ]; then
+        target/release/cardgate-null-gateway --listen 127.0.0.1:0 --demo-accounts "$ACCOUNTS" >"$log" 2>&1 &
+        pid=$!
+        for _ in $(seq 1 100); do
+            addr=$(sed -n 's/.*kind="terminals" addr=\([0-9.:]*\).*/\1/p' "$log")
+            [ -n "$addr" ] && return
+            sleep 0.1
+        done
+        echo "the null gateway did not start; see $log" >&2; exit 1
+    fi
     dir=$(mktemp -d "$DATA_ROOT/cardgate-doors.XXXXXX")
     "$gw" serve --demo --data-dir "$dir" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 \
         --admin-listen 127.0.0.1:0 --demo-accounts "$ACCOUNTS" \
@@ -84,10 +102,11 @@ print((staff or ps)[0]["id"])')
 }
 
 gateway_down() { # NAME: keeps the gateway's metrics and memory, stops it, removes its data
-    [ -z "$maddr" ] || curl -s "http://$maddr/metrics" >"$OUT/$1.metrics" || true
+    [ -z "$maddr" ] || [ "$GATEWAY" = null ] || curl -s "http://$maddr/metrics" >"$OUT/$1.metrics" || true
     grep -E '^(VmRSS|VmHWM)' /proc/"$pid"/status >>"$OUT/$1.metrics" || true
     kill -TERM "$pid"; wait "$pid" || true; pid=""
-    rm -rf "$dir"; dir=""
+    [ -z "$dir" ] || rm -rf "$dir"
+    dir=""
 }
 
 doors=(--doors "$DOORS" --door-rate "$DOOR_RATE")
@@ -99,8 +118,10 @@ run() { # NAME, extra loadtest flags (@ADMIN@ and @PERMISSION@ become this gatew
         a=${a//@ADMIN@/$aaddr}
         extra+=("${a//@PERMISSION@/$permission}")
     done
+    local auth=()
+    [ -z "$token" ] || auth=(--admin-token "$token")
     "$lt" --target "$addr" --terminals "$TERMINALS" --rate "$RATE" --accounts "$ACCOUNTS" \
-        --duration "$DURATION" --ramp-up "$RAMP_UP" --admin-token "$token" --json "${extra[@]}" \
+        --duration "$DURATION" --ramp-up "$RAMP_UP" "${auth[@]}" --json "${extra[@]}" \
         >"$OUT/$name.json" 2>"$OUT/$name.loadtest.err" || true
     echo "$permission" >"$OUT/$name.permission"
     gateway_down "$name"
@@ -108,7 +129,7 @@ run() { # NAME, extra loadtest flags (@ADMIN@ and @PERMISSION@ become this gatew
 }
 
 {
-    echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ) $(uname -n) $(nproc) cores $(git rev-parse --short HEAD); pos=$TERMINALS@$RATE/s doors=$DOORS@$DOOR_RATE/s duration=${DURATION}s rounds=$ROUNDS"
+    echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ) $(uname -n) $(nproc) cores $(git rev-parse --short HEAD); gateway=$GATEWAY pos=$TERMINALS@$RATE/s doors=$DOORS@$DOOR_RATE/s duration=${DURATION}s rounds=$ROUNDS"
     echo "# load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 } | tee "$OUT/summary.txt"
 for round in $(seq 1 "$ROUNDS"); do
@@ -118,12 +139,14 @@ for round in $(seq 1 "$ROUNDS"); do
         run "r$round-pos_doors" "${doors[@]}"; run "r$round-pos"
     fi
 done
-run revoke "${doors[@]}" --door-revoke-after "$REVOKE_AFTER" --door-revoke-permission @PERMISSION@ \
-    --door-revoke-endpoint "http://@ADMIN@/api/v1/door-permissions/{id}/revoke"
-run lost_card "${doors[@]}" --lost-cards 1 --lost-probe-pct 0 \
-    --lost-card-endpoint "http://@ADMIN@/api/v1/cards/{card}/lost"
+if [ "$GATEWAY" = cardgate ]; then
+    run revoke "${doors[@]}" --door-revoke-after "$REVOKE_AFTER" --door-revoke-permission @PERMISSION@ \
+        --door-revoke-endpoint "http://@ADMIN@/api/v1/door-permissions/{id}/revoke"
+    run lost_card "${doors[@]}" --lost-cards 1 --lost-probe-pct 0 \
+        --lost-card-endpoint "http://@ADMIN@/api/v1/cards/{card}/lost"
+fi
 echo "# load after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/summary.txt"
-permission=$(cat "$OUT/revoke.permission")
+permission=$(cat "$OUT/revoke.permission" 2>/dev/null || echo none)
 
 python3 - "$OUT" "$ROUNDS" "$permission" <<'PY' | tee -a "$OUT/summary.txt"
 import json, os, statistics, sys
@@ -162,7 +185,11 @@ print(f"| (b) POS and doors | {pb:.2f} | **{db:.2f}** (target < 5) | {rate:,.0f}
 print(f"| POS p99 with doors / without | **{pb / pa:.2f}** (target <= 1) | | |")
 for name, label in (("revoke", f"(c) revoke permission {permission}"), ("lost_card", "(d) a card reported lost")):
     j = load(name)
-    c = ((j or {}).get("doors") or {}).get("cache_change") or {}
+    if j is None:
+        print()
+        print(f"{label}: not run")
+        continue
+    c = (j.get("doors") or {}).get("cache_change") or {}
     acks = c.get("ack_ms", {})
     print()
     print(f"{label}: {c.get('status', 'no report')}; API acknowledged in {c.get('api_ms', 0):.1f} ms; "
