@@ -163,6 +163,9 @@ pub(crate) struct DoorTally {
     runs: u64,
     pages: u64,
     offline: DoorOfflineReport,
+    /// Controllers that heard of a version newer than theirs after the timed change but
+    /// did not hold it when the run ended.
+    change_behind: u64,
     /// The cache it ended with: (entries, version).
     held: Option<(u64, u64)>,
 }
@@ -189,6 +192,7 @@ impl DoorTally {
         self.runs += o.runs;
         self.pages += o.pages;
         self.offline.merge(&o.offline);
+        self.change_behind += o.change_behind;
         if let Some((entries, version)) = o.held {
             let first = self.held.is_none();
             report.entries_min = if first {
@@ -355,6 +359,12 @@ pub(crate) async fn controller(
     };
     c.drive(&mut client, &mut timing, &mut tally).await;
     tally.held = Some((c.cache.count, c.cache.version));
+    if let Some(mark) = doors.change_mark.get()
+        && c.heard.1 >= *mark
+        && c.heard.0 > c.cache.version
+    {
+        tally.change_behind += 1;
+    }
     tally
 }
 
@@ -924,6 +934,7 @@ pub(crate) fn door_report(shared: &Shared, mut report: DoorReport, tally: DoorTa
         ..tally.offline
     };
     let acks = p(&doors.change_ack_us);
+    report.cache_change.controllers_behind = tally.change_behind;
     report.cache_change.controllers_acked = acks.count;
     report.cache_change.ack_ms = acks;
     report

@@ -481,6 +481,9 @@ pub struct CacheChangeReport {
     /// after the change was sent each acknowledged (the max is the time until the last).
     pub controllers_acked: u64,
     pub ack_ms: Percentiles,
+    /// Controllers that heard of a newer version after the change but did not hold it
+    /// when the run ended (the window closed during their sync, or it failed).
+    pub controllers_behind: u64,
 }
 
 /// Door controllers that lost the gateway once (`--door-offline-pct`): what they decided

@@ -481,8 +481,9 @@ fn doors_table(w: &mut String, d: &DoorReport, row: &impl Fn(&mut String, &str, 
         let _ = writeln!(
             w,
             "cache change     {} ({}): sent {:.2} s into the window, acknowledged by the API in {:.1} ms; \
-             {} controllers synced and acked a newer version, the last {:.1} ms after it was sent",
-            c.trigger, c.status, c.at_s, c.api_ms, c.controllers_acked, c.ack_ms.max
+             {} controllers synced and acked a newer version, the last {:.1} ms after it was sent; \
+             {} heard of it but did not hold it at the end",
+            c.trigger, c.status, c.at_s, c.api_ms, c.controllers_acked, c.ack_ms.max, c.controllers_behind
         );
     }
     let o = &d.offline;
