@@ -193,7 +193,7 @@ for name, label in (("revoke", f"(c) revoke permission {permission}"), ("lost_ca
     acks = c.get("ack_ms", {})
     print()
     print(f"{label}: {c.get('status', 'no report')}; API acknowledged in {c.get('api_ms', 0):.1f} ms; "
-          f"{c.get('controllers_acked', 0)} controllers synced the delta and acked, "
+          f"{c.get('controllers_acked', 0)} controllers synced and acked the new version, "
           f"p50 {acks.get('p50', float('nan')):.1f} ms, p99 {acks.get('p99', float('nan')):.1f} ms, "
           f"last {acks.get('max', float('nan')):.1f} ms after the change was sent "
           f"({c.get('controllers_behind', 0)} heard of it but did not hold it at the end); "
