@@ -6,12 +6,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use cardgate_codec::codec::Frame;
 use cardgate_codec::crypto::SignOnInput;
 use cardgate_codec::{
-    BLACKLIST_PAGE_FIRST, BLACKLIST_PAGE_LAST_IN_RUN, BLACKLIST_PAGE_MORE, BalanceInquiry, BlacklistAck, BlacklistPage,
-    BlacklistPageKind, BlacklistSync, CardNo, CodecError, DOOR_PAGE_LAST_IN_RUN, DoorCacheSync, ErrorCode, Heartbeat,
-    Hello, Message, OfflineBatch, OfflineLimits, OfflineResult, OfflineSale, Proof, Purchase, Reversal,
-    SIGN_ON_OFFLINE_LIMITS, Side, SignOnOk, TerminalCodec, TerminalSecret,
+    AccessCheck, AccessReason, AccessResult, BLACKLIST_PAGE_FIRST, BLACKLIST_PAGE_LAST_IN_RUN, BLACKLIST_PAGE_MORE,
+    BalanceInquiry, BlacklistAck, BlacklistPage, BlacklistPageKind, BlacklistSync, CardNo, CodecError,
+    DOOR_PAGE_LAST_IN_RUN, Direction, DoorCacheAck, DoorCacheSync, DoorEvent, DoorEventsBatch, DoorEventsResult,
+    ErrorCode, Heartbeat, Hello, Message, OfflineBatch, OfflineLimits, OfflineResult, OfflineSale, Proof, Punch,
+    PunchResult, Purchase, Reversal, SIGN_ON_OFFLINE_LIMITS, Side, SignOnOk, TerminalCodec, TerminalSecret,
 };
 use futures::{SinkExt, StreamExt};
+
+use crate::doors::{CacheError, DoorCache};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_util::codec::Framed;
 
@@ -34,6 +37,22 @@ pub enum ClientError {
     Unexpected(Box<Message>),
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+}
+
+/// Runs one `door_sync` reads at most: a full list of 20,000 entries is about 160.
+const DOOR_SYNC_RUNS_MAX: u64 = 100_000;
+/// Runs that cannot be applied before `door_sync` gives up.
+const DOOR_SYNC_BROKEN_MAX: u32 = 3;
+
+/// Why `door_sync` did not bring the cache up to date.
+#[derive(Debug, thiserror::Error)]
+pub enum DoorSyncError {
+    #[error("{0}")]
+    Client(#[from] ClientError),
+    #[error("the door cache: {0}")]
+    Cache(CacheError),
+    #[error("the door cache sync does not end")]
+    NoEnd,
 }
 
 pub fn now_ms() -> i64 {
@@ -365,6 +384,118 @@ impl TerminalClient {
                 amount_fen,
                 sale_time_ms,
             ),
+        }
+    }
+
+    /// ACCESS_CHECK at `door` now, and its ACCESS_RESULT.
+    pub async fn access_check(
+        &mut self,
+        event_seq: u64,
+        card: CardNo,
+        door: u32,
+        direction: Direction,
+    ) -> Result<AccessResult, ClientError> {
+        let m = self
+            .request(Message::AccessCheck(AccessCheck {
+                event_seq,
+                card,
+                door,
+                direction,
+                controller_time_ms: now_ms(),
+            }))
+            .await?;
+        match m {
+            Message::AccessResult(r) => Ok(r),
+            other => Err(ClientError::Unexpected(Box::new(other))),
+        }
+    }
+
+    /// PUNCH now, and its PUNCH_RESULT.
+    pub async fn punch(&mut self, event_seq: u64, card: CardNo) -> Result<PunchResult, ClientError> {
+        let m = self
+            .request(Message::Punch(Punch {
+                event_seq,
+                card,
+                controller_time_ms: now_ms(),
+            }))
+            .await?;
+        match m {
+            Message::PunchResult(r) => Ok(r),
+            other => Err(ClientError::Unexpected(Box::new(other))),
+        }
+    }
+
+    /// Brings `cache` up to date with the gateway run by run, as docs/PROTOCOL.md 11.3
+    /// says, acknowledging every version it switches to. Returns (runs, pages) read.
+    pub async fn door_sync(&mut self, cache: &mut DoorCache) -> Result<(u64, u64), DoorSyncError> {
+        let mut runs = 0;
+        let mut pages = 0;
+        let mut broken = 0;
+        while runs < DOOR_SYNC_RUNS_MAX {
+            let run = self.door_cache_run(cache.next_sync()).await?;
+            runs += 1;
+            pages += run.iter().filter(|m| matches!(m, Message::DoorCachePage(_))).count() as u64;
+            match cache.apply_run(&run) {
+                Ok(out) => {
+                    if let Some(version) = out.ack {
+                        self.send(Message::DoorCacheAck(DoorCacheAck { version })).await?;
+                    }
+                    if !out.again {
+                        return Ok((runs, pages));
+                    }
+                }
+                // Dropped whole; the next run starts again from the version held.
+                Err(e) => {
+                    broken += 1;
+                    if broken >= DOOR_SYNC_BROKEN_MAX {
+                        return Err(DoorSyncError::Cache(e));
+                    }
+                }
+            }
+        }
+        Err(DoorSyncError::NoEnd)
+    }
+
+    /// A decision a door controller made offline, MACed under its key as it stores it.
+    pub fn door_event(
+        &self,
+        event_seq: u64,
+        card: CardNo,
+        door: u32,
+        direction: Direction,
+        reason: AccessReason,
+        event_time_ms: i64,
+    ) -> DoorEvent {
+        let mut event = DoorEvent {
+            event_seq,
+            card,
+            door,
+            direction,
+            reason,
+            event_time_ms,
+            mac: [0; 16],
+        };
+        let fields = cardgate_codec::crypto::DoorEventFields::of(self.terminal_id, &event);
+        event.mac = cardgate_codec::crypto::door_event_mac(&self.secret, &fields);
+        event
+    }
+
+    /// Uploads `events` as one batch (DOOR_EVENTS_BATCH, then each DOOR_EVENT) and
+    /// waits for its DOOR_EVENTS_RESULT.
+    pub async fn upload_door_events(&mut self, events: &[DoorEvent]) -> Result<DoorEventsResult, ClientError> {
+        let batch = DoorEventsBatch {
+            first_event_seq: events.first().map_or(0, |e| e.event_seq),
+            count: u16::try_from(events.len()).unwrap_or(u16::MAX),
+        };
+        let id = self.feed(Message::DoorEventsBatch(batch)).await?;
+        for e in events {
+            self.feed(Message::DoorEvent(*e)).await?;
+        }
+        self.flush().await?;
+        let frame = self.recv_answer().await?;
+        match frame.message {
+            Message::DoorEventsResult(r) if frame.request_id == id => Ok(r),
+            other => Err(ClientError::Unexpected(Box::new(other))),
         }
     }
 

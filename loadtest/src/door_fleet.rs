@@ -4,32 +4,45 @@
 //! window. A push or an answer naming a newer cache version makes it sync the delta
 //! while it goes on checking. `--door-revoke-after` has the door admin revoke a
 //! permission mid-window and measures how long until the controllers hold the new
-//! version.
+//! version. `--door-offline-pct` takes some controllers off the network once: they
+//! decide from their cache, sign on again, upload the events, and upload the first
+//! batch a second time, which must store nothing twice.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use cardgate_codec::{AccessCheck, CardNo, DoorCacheAck, Heartbeat, Message};
+use cardgate_codec::{
+    AccessCheck, AccessReason, CardNo, DOOR_EVENTS_BATCH_MAX, Direction, DoorCacheAck, DoorEvent, DoorEventsStatus,
+    Heartbeat, Message,
+};
 use cardgate_ledger::demo::demo_card;
 use hdrhistogram::Histogram;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use tokio::sync::watch;
 
-use crate::client::{TerminalClient, now_ms};
+use crate::client::{DoorSyncError, TerminalClient, now_ms};
 use crate::desk::HttpDoorAdmin;
-use crate::doors::{CacheChangeReport, DOOR_TERMINAL_BASE, DoorCache, DoorReport, unexpected_reason};
+use crate::doors::{
+    CacheChangeReport, DOOR_TERMINAL_BASE, DoorCache, DoorOfflineReport, DoorReport, Passages, unexpected_reason,
+};
+use crate::offline::goes_offline;
 use crate::report::Percentiles;
 use crate::run::{Shared, TIMER_TICK, Timing, connect, exp_gap, failure_name, histogram, micros, sleep_until};
 
-/// Runs one sync may take before the controller gives up on it: a full list of 20,000
-/// entries is about 160 runs of 32 pages.
-const SYNC_RUNS_MAX: u64 = 100_000;
-
 /// Latency histograms are sharded like the POS ones.
 const SHARDS: usize = 16;
+
+/// Attempts at one batch of offline events (a system error or a cut connection is
+/// retried) before the controller gives up on it.
+const UPLOAD_ATTEMPTS: u32 = 5;
+
+/// An offline controller loses the gateway when the run is this far along...
+const OFFLINE_AT_MIN: f64 = 0.25;
+/// ...plus a random part of this.
+const OFFLINE_AT_SPAN: f64 = 0.5;
 
 /// What the door part of a run is asked to do.
 #[derive(Clone, Debug)]
@@ -45,6 +58,11 @@ pub struct DoorConfig {
     /// counting them: about 1 MB per controller with the demo's 20,000 cards.
     pub keep_cache: bool,
     pub revoke: Option<RevokePlan>,
+    /// Percent of controllers (rounded up) that lose the gateway once, between a quarter
+    /// and three quarters of the run, and decide `offline_events` checks from their
+    /// cache (these keep their cache whatever `keep_cache` says).
+    pub offline_pct: u8,
+    pub offline_events: u32,
 }
 
 /// Revoke one permission this long into the measured window.
@@ -63,6 +81,8 @@ impl DoorConfig {
             rate: None,
             keep_cache: false,
             revoke: None,
+            offline_pct: 0,
+            offline_events: 0,
         }
     }
 
@@ -75,8 +95,14 @@ impl DoorConfig {
         {
             return Err("--door-rate must be a positive number of checks per second".into());
         }
-        if self.controllers == 0 && (self.rate.is_some() || self.revoke.is_some()) {
-            return Err("--door-rate and --door-revoke-after need --doors".into());
+        if self.controllers == 0 && (self.rate.is_some() || self.revoke.is_some() || self.offline_pct > 0) {
+            return Err("--door-rate, --door-revoke-after and --door-offline-pct need --doors".into());
+        }
+        if self.offline_pct > 100 {
+            return Err("--door-offline-pct must not exceed 100".into());
+        }
+        if (self.offline_pct > 0) != (self.offline_events > 0) {
+            return Err("--door-offline-pct and --door-offline-events go together (both above 0)".into());
         }
         Ok(())
     }
@@ -136,6 +162,10 @@ pub(crate) struct DoorTally {
     pushes: u64,
     runs: u64,
     pages: u64,
+    offline: DoorOfflineReport,
+    /// Controllers that heard of a version newer than theirs after the timed change but
+    /// did not hold it when the run ended.
+    change_behind: u64,
     /// The cache it ended with: (entries, version).
     held: Option<(u64, u64)>,
 }
@@ -161,6 +191,8 @@ impl DoorTally {
         self.pushes += o.pushes;
         self.runs += o.runs;
         self.pages += o.pages;
+        self.offline.merge(&o.offline);
+        self.change_behind += o.change_behind;
         if let Some((entries, version)) = o.held {
             let first = self.held.is_none();
             report.entries_min = if first {
@@ -190,6 +222,15 @@ impl DoorTally {
     }
 }
 
+/// What a check asked, for judging its answer.
+struct Asked {
+    card: CardNo,
+    direction: Direction,
+    scheduled: Instant,
+    sent: Instant,
+    measured: bool,
+}
+
 /// A request of a controller waiting for its answer.
 enum Pending {
     Check {
@@ -198,10 +239,14 @@ enum Pending {
         sent: Instant,
         measured: bool,
         card: CardNo,
+        direction: Direction,
     },
     Sync {
         request_id: u32,
         run: Vec<Message>,
+        /// When the sync was sent or its last frame came: a run that stops coming for
+        /// the answer timeout is a timeout like an unanswered check.
+        progress: Instant,
     },
     Heartbeat {
         request_id: u32,
@@ -221,47 +266,25 @@ impl Pending {
     fn sent(&self) -> Option<Instant> {
         match self {
             Pending::Check { sent, .. } | Pending::Heartbeat { sent, .. } => Some(*sent),
-            // A run of a full list can be long; its pages keep arriving.
-            Pending::Sync { .. } => None,
+            // A long run keeps arriving: it is late only when it stops.
+            Pending::Sync { progress, .. } => Some(*progress),
         }
     }
 }
 
-/// Brings the cache up to date run by run, acknowledging each version switched to.
+/// Brings the cache up to date after sign-on (`TerminalClient::door_sync`).
 async fn sync_blocking(
     client: &mut TerminalClient,
     cache: &mut DoorCache,
     tally: &mut DoorTally,
 ) -> Result<(), String> {
-    let mut errors = 0;
-    for _ in 0..SYNC_RUNS_MAX {
-        let run = client
-            .door_cache_run(cache.next_sync())
-            .await
-            .map_err(|e| format!("sync:{}", failure_name(&e)))?;
-        tally.runs += 1;
-        tally.pages += run.iter().filter(|m| matches!(m, Message::DoorCachePage(_))).count() as u64;
-        match cache.apply_run(&run) {
-            Ok(out) => {
-                if let Some(version) = out.ack {
-                    client
-                        .send(Message::DoorCacheAck(DoorCacheAck { version }))
-                        .await
-                        .map_err(|e| format!("ack:{}", failure_name(&e)))?;
-                }
-                if !out.again {
-                    return Ok(());
-                }
-            }
-            Err(e) => {
-                errors += 1;
-                if errors >= 3 {
-                    return Err(format!("cache: {e}"));
-                }
-            }
-        }
-    }
-    Err("cache: the sync does not converge".into())
+    let (runs, pages) = client.door_sync(cache).await.map_err(|e| match e {
+        DoorSyncError::Client(e) => format!("sync:{}", failure_name(&e)),
+        other => other.to_string(),
+    })?;
+    tally.runs += runs;
+    tally.pages += pages;
+    Ok(())
 }
 
 /// One door controller, from sign-on to the end of the run.
@@ -278,7 +301,8 @@ pub(crate) async fn controller(
     let door = u32::try_from(cfg.first_controller + n).unwrap_or(u32::MAX);
     let start_at = t0 + shared.cfg.ramp_up.mul_f64(n as f64 / cfg.controllers as f64);
     sleep_until(Some(start_at)).await;
-    let mut cache = if cfg.keep_cache {
+    let offline = goes_offline(n, cfg.offline_pct);
+    let mut cache = if cfg.keep_cache || offline {
         DoorCache::keeping()
     } else {
         DoorCache::counting()
@@ -315,24 +339,39 @@ pub(crate) async fn controller(
         return tally;
     }
     let rng = StdRng::seed_from_u64(shared.cfg.seed ^ terminal_id.wrapping_mul(0xD1B5_4A32_D192_ED03));
+    let mut rng = rng;
+    let offline_at = offline.then(|| OFFLINE_AT_MIN + OFFLINE_AT_SPAN * rng.random::<f64>());
     let mut c = Controller {
         shared: &shared,
         n,
+        terminal_id,
         door,
         rng,
         cache,
         next_in: true,
         sync_trigger: None,
+        heard: (0, Instant::now()),
+        resync: false,
         change_recorded: false,
+        event_seq: client.sign_on.last_tx_seq,
+        offline_at,
+        passages: Passages::default(),
     };
     c.drive(&mut client, &mut timing, &mut tally).await;
     tally.held = Some((c.cache.count, c.cache.version));
+    if let Some(mark) = doors.change_mark.get()
+        && c.heard.1 >= *mark
+        && c.heard.0 > c.cache.version
+    {
+        tally.change_behind += 1;
+    }
     tally
 }
 
 struct Controller<'a> {
     shared: &'a Shared,
     n: u64,
+    terminal_id: u64,
     door: u32,
     rng: StdRng,
     cache: DoorCache,
@@ -340,18 +379,30 @@ struct Controller<'a> {
     next_in: bool,
     /// When the controller first learned of a version newer than it holds.
     sync_trigger: Option<Instant>,
+    /// The newest version it heard of, and when it first heard of it.
+    heard: (u64, Instant),
+    /// Sync after signing on again, whether or not a newer version was announced.
+    resync: bool,
     change_recorded: bool,
+    /// The last event number used, online and offline (one sequence).
+    event_seq: u64,
+    /// When (the run's progress, 0 to 1) this controller loses the gateway, if it does.
+    offline_at: Option<f64>,
+    /// Passages it let through, for anti-passback offline (kept by offline controllers).
+    passages: Passages,
 }
 
 impl Controller<'_> {
-    fn check(&mut self, due: Instant, measured: bool, now: Instant) -> (Message, Pending) {
+    /// A random demo card, and the direction after the last one's.
+    fn next_card(&mut self) -> (CardNo, Direction) {
         let card = demo_card(self.rng.random_range(1..=self.shared.cfg.accounts));
-        let direction = if self.next_in {
-            cardgate_codec::Direction::In
-        } else {
-            cardgate_codec::Direction::Out
-        };
+        let direction = if self.next_in { Direction::In } else { Direction::Out };
         self.next_in = !self.next_in;
+        (card, direction)
+    }
+
+    fn check(&mut self, due: Instant, measured: bool, now: Instant) -> (Message, Pending) {
+        let (card, direction) = self.next_card();
         let message = Message::AccessCheck(AccessCheck {
             // Filled in by the caller, which owns the sequence.
             event_seq: 0,
@@ -366,11 +417,15 @@ impl Controller<'_> {
             sent: now,
             measured,
             card,
+            direction,
         };
         (message, pending)
     }
 
     fn newer(&mut self, version: u64, now: Instant) {
+        if version > self.heard.0 {
+            self.heard = (version, now);
+        }
         if version > self.cache.version && self.sync_trigger.is_none() {
             self.sync_trigger = Some(now);
         }
@@ -397,8 +452,6 @@ impl Controller<'_> {
             ),
         };
         let heartbeat_every = Duration::from_secs(u64::from(client.sign_on.heartbeat_interval_s.max(1)));
-        // The event sequence continues above what the gateway holds.
-        let mut event_seq = client.sign_on.last_tx_seq;
         if let Some(v) = client.door_pushed_version.take() {
             self.newer(v, Instant::now());
         }
@@ -416,11 +469,34 @@ impl Controller<'_> {
                 next_due = None;
                 stopping = true;
             }
+            if let Some(at) = self.offline_at {
+                // Due: send nothing more, go once the answers owed have come. At the end
+                // of the run at the latest, but not after Ctrl-C.
+                if now_timing.stop {
+                    tally.offline.not_reached += 1;
+                    self.offline_at = None;
+                } else if (stopping || shared.progress(&now_timing) >= at) && outstanding.is_empty() {
+                    self.offline_at = None;
+                    if let Err(e) = self.offline_period(client, tally).await {
+                        tally.connection_error(shared, e);
+                        return;
+                    }
+                    last_sent = Instant::now();
+                    if !stopping {
+                        next_due = Some(match open_loop {
+                            None => last_sent,
+                            Some(mean) => last_sent + exp_gap(&mut self.rng, mean),
+                        });
+                    }
+                    continue;
+                }
+            }
+            let holding = self.offline_at.is_some_and(|at| shared.progress(&now_timing) >= at);
             if stopping && outstanding.is_empty() {
                 return;
             }
             let syncing = outstanding.iter().any(|p| matches!(p, Pending::Sync { .. }));
-            if self.sync_trigger.is_some() && !syncing && !stopping {
+            if (self.sync_trigger.is_some() || self.resync) && !syncing && !stopping && !holding {
                 let id = match client.send(Message::DoorCacheSync(self.cache.next_sync())).await {
                     Ok(id) => id,
                     Err(e) => {
@@ -432,6 +508,7 @@ impl Controller<'_> {
                 outstanding.push_back(Pending::Sync {
                     request_id: id,
                     run: Vec::new(),
+                    progress: Instant::now(),
                 });
                 last_sent = Instant::now();
                 continue;
@@ -440,14 +517,14 @@ impl Controller<'_> {
                 .iter()
                 .filter(|p| matches!(p, Pending::Check { .. }))
                 .count();
-            let send_at = next_due.filter(|_| checks < depth && outstanding.len() <= depth);
+            let send_at = next_due.filter(|_| checks < depth && outstanding.len() <= depth && !holding);
             let wake_at = send_at.map(|s| s.checked_sub(TIMER_TICK).unwrap_or(s));
             let timeout_at = outstanding
                 .iter()
                 .filter_map(Pending::sent)
                 .min()
                 .map(|s| s + shared.cfg.answer_timeout);
-            let heartbeat_at = (!stopping && outstanding.is_empty())
+            let heartbeat_at = (!stopping && !holding && outstanding.is_empty())
                 .then_some(last_sent + heartbeat_every)
                 .filter(|h| send_at.is_none_or(|s| s > *h));
             let watch_timing = now_timing.deadline.is_none() && !now_timing.stop;
@@ -475,7 +552,8 @@ impl Controller<'_> {
                             continue;
                         };
                         match &mut outstanding[pos] {
-                            Pending::Sync { run, .. } => {
+                            Pending::Sync { run, progress, .. } => {
+                                *progress = now;
                                 let last = matches!(
                                     frame.message,
                                     Message::DoorCachePage(p) if p.has(cardgate_codec::DOOR_PAGE_LAST_IN_RUN)
@@ -498,11 +576,13 @@ impl Controller<'_> {
                                 }
                             }
                             Pending::Check { .. } => {
-                                let Some(Pending::Check { scheduled, sent, measured, card, .. }) = outstanding.remove(pos)
+                                let Some(Pending::Check { scheduled, sent, measured, card, direction, .. }) =
+                                    outstanding.remove(pos)
                                 else {
                                     continue;
                                 };
-                                self.answered(frame.message, card, scheduled, sent, measured, now, tally);
+                                let asked = Asked { card, direction, scheduled, sent, measured };
+                                self.answered(frame.message, asked, now, tally);
                                 if open_loop.is_none() && !stopping {
                                     next_due = Some(now);
                                 }
@@ -525,9 +605,9 @@ impl Controller<'_> {
                     }
                     let now = Instant::now();
                     let (mut message, mut pending) = self.check(due, fresh.measured(due), now);
-                    event_seq += 1;
+                    self.event_seq += 1;
                     if let Message::AccessCheck(c) = &mut message {
-                        c.event_seq = event_seq;
+                        c.event_seq = self.event_seq;
                     }
                     match client.send(message).await {
                         Ok(id) => {
@@ -571,17 +651,14 @@ impl Controller<'_> {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn answered(
-        &mut self,
-        answer: Message,
-        card: CardNo,
-        scheduled: Instant,
-        sent: Instant,
-        measured: bool,
-        now: Instant,
-        tally: &mut DoorTally,
-    ) {
+    fn answered(&mut self, answer: Message, asked: Asked, now: Instant, tally: &mut DoorTally) {
+        let Asked {
+            card,
+            direction,
+            scheduled,
+            sent,
+            measured,
+        } = asked;
         let shared = self.shared;
         shared.live.answers.fetch_add(1, Ordering::Relaxed);
         let Message::AccessResult(r) = answer else {
@@ -593,6 +670,9 @@ impl Controller<'_> {
         }
         if unexpected_reason(r.reason) {
             tally.failure(shared, format!("access_check {}", r.reason.as_str()));
+        }
+        if r.granted() && self.offline_at.is_some() {
+            self.passages.record(card, direction, now_ms());
         }
         self.newer(r.cache_version, now);
         if measured {
@@ -626,6 +706,7 @@ impl Controller<'_> {
                 if out.again {
                     return Ok(());
                 }
+                self.resync = false;
                 let trigger = self.sync_trigger.take();
                 if let (Some(mark), Some(trigger)) = (self.shared.doors.change_mark.get(), trigger)
                     && trigger >= *mark
@@ -634,9 +715,13 @@ impl Controller<'_> {
                     self.change_recorded = true;
                     DoorShared::record(&self.shared.doors.change_ack_us, Instant::now() - *mark);
                 }
-                // A push may have named a version newer than the one just reached.
+                // A version announced while this sync ran may be newer than the one it
+                // reached: sync again, timed from when that one was heard of.
                 if let Some(v) = client.door_pushed_version.take() {
                     self.newer(v, Instant::now());
+                }
+                if self.heard.0 > self.cache.version && self.sync_trigger.is_none() {
+                    self.sync_trigger = Some(self.heard.1);
                 }
             }
             Err(e) => {
@@ -646,6 +731,122 @@ impl Controller<'_> {
             }
         }
         Ok(())
+    }
+}
+
+impl Controller<'_> {
+    /// The controller loses the gateway (it hangs up, its answers all in), decides
+    /// `offline_events` checks from its cache, signs on again and uploads them in
+    /// batches, then sends the first batch once more: everything in it must come back
+    /// a duplicate. `Err` when it could not sign on again: the controller is done.
+    async fn offline_period(&mut self, client: &mut TerminalClient, tally: &mut DoorTally) -> Result<(), String> {
+        let shared = self.shared;
+        let cfg = &shared.doors.cfg;
+        let rep = &mut tally.offline;
+        rep.controllers += 1;
+        client.hang_up(shared.cfg.answer_timeout).await;
+        let mut events = Vec::with_capacity(cfg.offline_events as usize);
+        for _ in 0..cfg.offline_events {
+            let (card, direction) = self.next_card();
+            let now = now_ms();
+            let reason = self.cache.decide(card, direction, now, &self.passages);
+            if reason == AccessReason::Granted {
+                self.passages.record(card, direction, now);
+            }
+            self.event_seq += 1;
+            *rep.by_reason.entry(reason.as_str().to_string()).or_default() += 1;
+            events.push(client.door_event(self.event_seq, card, self.door, direction, reason, now));
+        }
+        rep.events += events.len() as u64;
+        *client = connect(shared, shared.cfg.terminals + self.n, self.terminal_id)
+            .await
+            .map_err(|e| {
+                rep.not_uploaded += events.len() as u64;
+                format!("offline_reconnect:{}", failure_name(&e))
+            })?;
+        self.resync = true;
+        for (i, batch) in events.chunks(usize::from(DOOR_EVENTS_BATCH_MAX)).enumerate() {
+            if !self.upload(client, batch, rep, false).await? || i > 0 {
+                continue;
+            }
+            self.upload(client, batch, rep, true).await?;
+        }
+        if let Some(v) = client.door_pushed_version.take() {
+            self.newer(v, Instant::now());
+        }
+        Ok(())
+    }
+
+    /// One batch, retried after a system error or a cut connection; `Ok(true)` once
+    /// accepted. `again`: a batch already accepted, sent to check that it stores nothing.
+    async fn upload(
+        &mut self,
+        client: &mut TerminalClient,
+        batch: &[DoorEvent],
+        rep: &mut DoorOfflineReport,
+        again: bool,
+    ) -> Result<bool, String> {
+        let shared = self.shared;
+        let limit = shared.cfg.answer_timeout;
+        let n = batch.len() as u64;
+        for _ in 0..UPLOAD_ATTEMPTS {
+            let r = tokio::time::timeout(limit, client.upload_door_events(batch)).await;
+            let r = match r {
+                Ok(Ok(r)) => r,
+                Ok(Err(_)) | Err(_) => {
+                    rep.cut_off += 1;
+                    *client = connect(shared, shared.cfg.terminals + self.n, self.terminal_id)
+                        .await
+                        .map_err(|e| {
+                            if !again {
+                                rep.not_uploaded += n;
+                            }
+                            format!("offline_reconnect:{}", failure_name(&e))
+                        })?;
+                    continue;
+                }
+            };
+            match r.status {
+                DoorEventsStatus::Accepted => {
+                    rep.accepted += 1;
+                    let covers = r.first_event_seq == batch[0].event_seq
+                        && u64::from(r.count) == n
+                        && u64::from(r.stored) + u64::from(r.duplicates) == n;
+                    if !covers {
+                        rep.mismatched += 1;
+                    }
+                    if again {
+                        rep.resent += n;
+                        rep.resent_stored += u64::from(r.stored);
+                        rep.resent_duplicates += u64::from(r.duplicates);
+                    } else {
+                        rep.stored += u64::from(r.stored);
+                        rep.duplicates += u64::from(r.duplicates);
+                        rep.flagged += u64::from(r.flagged);
+                    }
+                    return Ok(true);
+                }
+                DoorEventsStatus::SystemError => {
+                    rep.system_error += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                DoorEventsStatus::BadMac | DoorEventsStatus::BadBatch => {
+                    if r.status == DoorEventsStatus::BadMac {
+                        rep.bad_mac += 1;
+                    } else {
+                        rep.bad_batch += 1;
+                    }
+                    if !again {
+                        rep.not_uploaded += n;
+                    }
+                    return Ok(false);
+                }
+            }
+        }
+        if !again {
+            rep.not_uploaded += n;
+        }
+        Ok(false)
     }
 }
 
@@ -727,7 +928,13 @@ pub(crate) fn door_report(shared: &Shared, mut report: DoorReport, tally: DoorTa
     report.connection_errors = tally.connection_errors;
     report.unsolicited = tally.unsolicited;
     report.unanswered = tally.unanswered;
+    report.offline = DoorOfflineReport {
+        pct: cfg.offline_pct,
+        events_each: cfg.offline_events,
+        ..tally.offline
+    };
     let acks = p(&doors.change_ack_us);
+    report.cache_change.controllers_behind = tally.change_behind;
     report.cache_change.controllers_acked = acks.count;
     report.cache_change.ack_ms = acks;
     report

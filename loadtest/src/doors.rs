@@ -15,8 +15,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use cardgate_codec::{
-    DOOR_HOLIDAYS_FIRST, DOOR_PAGE_FIRST, DOOR_PAGE_LAST_IN_RUN, DOOR_PAGE_MORE, DOOR_SCHEDULE_FIRST, DoorCacheEntry,
-    DoorCachePage, DoorCachePageKind, DoorCacheSync, DoorWindow, HolidayRule, Message, Passback,
+    AccessReason, CardNo, DOOR_HOLIDAYS_FIRST, DOOR_PAGE_FIRST, DOOR_PAGE_LAST_IN_RUN, DOOR_PAGE_MORE,
+    DOOR_SCHEDULE_ALWAYS, DOOR_SCHEDULE_FIRST, DOOR_WINDOW_HOLIDAY, Direction, DoorCacheEntry, DoorCachePage,
+    DoorCachePageKind, DoorCacheSync, DoorWindow, HolidayRule, Message, Passback,
 };
 use serde::Serialize;
 
@@ -61,6 +62,8 @@ struct Listing {
     count: u64,
     /// The last entry received: the cursor of the next sync.
     after: Option<DoorCacheEntry>,
+    /// Runs it took so far: one read at one version needs no catch-up.
+    runs: u32,
 }
 
 /// One schedule as a controller holds it.
@@ -216,6 +219,7 @@ impl DoorCache {
                         entries: self.entries.as_ref().map(|_| BTreeSet::new()),
                         count: 0,
                         after: None,
+                        runs: 0,
                     },
                     (Some(l), false) => l,
                     (None, false) => return Err(CacheError::NoFirst),
@@ -228,6 +232,7 @@ impl DoorCache {
                             entries: listing.entries.map(|_| BTreeSet::new()),
                             count: 0,
                             after: None,
+                            runs: 0,
                         };
                     }
                     for e in p.added_entries() {
@@ -241,16 +246,18 @@ impl DoorCache {
                         listing.after = Some(e);
                     }
                 }
+                listing.runs += 1;
                 if last.has(DOOR_PAGE_MORE) {
                     self.listing = Some(listing);
                 } else {
-                    // The listing is whole: switch, then catch up from its version.
+                    // The listing is whole: switch, then catch up from its version if later
+                    // runs were read at later versions.
                     self.version = listing.version;
                     self.entries = listing.entries;
                     self.count = listing.count;
                     self.listing = None;
                     outcome.ack = Some(self.version);
-                    outcome.again = true;
+                    outcome.again = listing.runs > 1;
                 }
             }
         }
@@ -272,6 +279,102 @@ impl DoorCache {
         Ok(outcome)
     }
 
+    /// What a controller decides offline for `card` passing one of its doors in
+    /// `direction` at `now_ms` (its own clock), from the cache alone: docs/PROTOCOL.md
+    /// section 11.4, anti-passback (11.6) from `passages`. Needs a keeping cache: a
+    /// counting one knows no card and refuses every one `no_permission`.
+    pub fn decide(&self, card: CardNo, direction: Direction, now_ms: i64, passages: &Passages) -> AccessReason {
+        let Some(set) = &self.entries else {
+            return AccessReason::NoPermission;
+        };
+        let lo = DoorCacheEntry {
+            card,
+            schedule: 0,
+            valid_from_min: 0,
+            valid_to_min: 0,
+        };
+        let hi = DoorCacheEntry {
+            card,
+            schedule: u32::MAX,
+            valid_from_min: u32::MAX,
+            valid_to_min: u32::MAX,
+        };
+        let entries: Vec<&DoorCacheEntry> = set.range(lo..=hi).collect();
+        if entries.is_empty() {
+            return AccessReason::NoPermission;
+        }
+        let now_min = now_ms.div_euclid(60_000);
+        let valid: Vec<&&DoorCacheEntry> = entries
+            .iter()
+            .filter(|e| i64::from(e.valid_from_min) <= now_min && now_min < i64::from(e.valid_to_min))
+            .collect();
+        if valid.is_empty() {
+            return if entries.iter().any(|e| i64::from(e.valid_from_min) > now_min) {
+                AccessReason::NotYetValid
+            } else {
+                AccessReason::PermissionExpired
+            };
+        }
+        let local = now_min + i64::from(self.utc_offset_min);
+        let (today, m) = (local.div_euclid(1440), local.rem_euclid(1440) as u16);
+        let covered = valid.iter().any(|e| {
+            e.schedule == DOOR_SCHEDULE_ALWAYS
+                || self
+                    .schedules
+                    .get(&e.schedule)
+                    .is_some_and(|s| self.covers(s, today, m, false))
+        });
+        if !covered {
+            let holiday = self.holidays.contains(&day_u32(today))
+                && valid.iter().any(|e| {
+                    self.schedules.get(&e.schedule).is_some_and(|s| {
+                        s.holiday_rule == HolidayRule::HolidayWindows && self.covers(s, today, m, true)
+                    })
+                });
+            return if holiday {
+                AccessReason::Holiday
+            } else {
+                AccessReason::OutsideWindow
+            };
+        }
+        if passages.refuses(card, direction, now_ms, self.passback, self.passback_min) {
+            return AccessReason::AntiPassback;
+        }
+        AccessReason::Granted
+    }
+
+    /// Whether schedule `s` lets a card through at minute `m` of local day `today`: a
+    /// window of today that has begun, or one of yesterday that crosses midnight and has
+    /// not ended. `today_ordinary` treats today as no holiday (to tell `holiday` from
+    /// `outside_window`).
+    fn covers(&self, s: &Schedule, today: i64, m: u16, today_ordinary: bool) -> bool {
+        let today_windows = self.windows_of(s, today, today_ordinary);
+        let yesterday_windows = self.windows_of(s, today - 1, false);
+        today_windows.iter().any(|w| {
+            if w.end_min > w.start_min {
+                w.start_min <= m && m < w.end_min
+            } else {
+                m >= w.start_min
+            }
+        }) || yesterday_windows
+            .iter()
+            .any(|w| w.end_min <= w.start_min && m < w.end_min)
+    }
+
+    /// The windows of a local day: the holiday windows on a holiday under a schedule
+    /// with holiday windows, else the weekday's.
+    fn windows_of(&self, s: &Schedule, day: i64, ordinary: bool) -> Vec<DoorWindow> {
+        let holiday =
+            !ordinary && s.holiday_rule == HolidayRule::HolidayWindows && self.holidays.contains(&day_u32(day));
+        // 1970-01-01 was a Thursday: weekday 3 with Monday 0.
+        let want = if holiday {
+            DOOR_WINDOW_HOLIDAY
+        } else {
+            (day + 3).rem_euclid(7) as u8
+        };
+        s.windows.iter().filter(|w| w.day == want).copied().collect()
+    }
+
     fn apply_delta(&mut self, p: &DoorCachePage) {
         match &mut self.entries {
             Some(set) => {
@@ -284,6 +387,36 @@ impl DoorCache {
             None => {
                 self.count = (self.count + u64::from(p.added)).saturating_sub(u64::from(p.removed));
             }
+        }
+    }
+}
+
+fn day_u32(day: i64) -> u32 {
+    u32::try_from(day).unwrap_or(0)
+}
+
+/// The passages a controller saw, per card, for anti-passback offline (section 11.6):
+/// the direction and time of the last one it let through.
+#[derive(Clone, Debug, Default)]
+pub struct Passages(BTreeMap<CardNo, (Direction, i64)>);
+
+impl Passages {
+    /// Notes a passage the controller let through (online or offline).
+    pub fn record(&mut self, card: CardNo, direction: Direction, at_ms: i64) {
+        self.0.insert(card, (direction, at_ms));
+    }
+
+    /// Whether the rule refuses `card` passing `direction` now: its last passage here
+    /// went the same way (and, timed, less than `minutes` ago). A card with no record
+    /// passes: the controller cannot see the group's other doors.
+    pub fn refuses(&self, card: CardNo, direction: Direction, now_ms: i64, rule: Passback, minutes: u16) -> bool {
+        let Some((last, at)) = self.0.get(&card) else {
+            return false;
+        };
+        match rule {
+            Passback::Off => false,
+            Passback::Strict => *last == direction,
+            Passback::Timed => *last == direction && now_ms - at < i64::from(minutes) * 60_000,
         }
     }
 }
@@ -322,6 +455,8 @@ pub struct DoorReport {
     pub runs: u64,
     pub pages: u64,
     pub cache_change: CacheChangeReport,
+    /// Controllers that went offline, decided from their cache and uploaded.
+    pub offline: DoorOfflineReport,
     /// Answers the run did not expect, by why.
     pub failures: BTreeMap<String, u64>,
     pub connection_errors: BTreeMap<String, u64>,
@@ -346,11 +481,105 @@ pub struct CacheChangeReport {
     /// after the change was sent each acknowledged (the max is the time until the last).
     pub controllers_acked: u64,
     pub ack_ms: Percentiles,
+    /// Controllers that heard of a newer version after the change but did not hold it
+    /// when the run ended (the window closed during their sync, or it failed).
+    pub controllers_behind: u64,
+}
+
+/// Door controllers that lost the gateway once (`--door-offline-pct`): what they decided
+/// from their cache, and what became of the uploads (docs/PROTOCOL.md 11.5).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DoorOfflineReport {
+    /// Percent of controllers asked to go offline once, and events each was to decide.
+    pub pct: u8,
+    pub events_each: u32,
+    /// Controllers that went offline (and tried to come back).
+    pub controllers: u64,
+    /// Controllers meant to go offline that did not: the run was stopped first.
+    pub not_reached: u64,
+    /// Events decided offline, by reason.
+    pub events: u64,
+    pub by_reason: BTreeMap<String, u64>,
+    /// DOOR_EVENTS_RESULT counts over the first upload of every batch.
+    pub stored: u64,
+    pub duplicates: u64,
+    pub flagged: u64,
+    /// The first batch of every controller sent once more after it was accepted: every
+    /// event must come back a duplicate, none stored twice.
+    pub resent: u64,
+    pub resent_duplicates: u64,
+    pub resent_stored: u64,
+    /// Batches by how each attempt ended.
+    pub accepted: u64,
+    pub system_error: u64,
+    pub cut_off: u64,
+    pub bad_mac: u64,
+    pub bad_batch: u64,
+    /// Accepted batches whose counts do not cover the batch.
+    pub mismatched: u64,
+    /// Events given up on (their batch never accepted).
+    pub not_uploaded: u64,
+}
+
+impl DoorOfflineReport {
+    pub fn merge(&mut self, o: &DoorOfflineReport) {
+        self.controllers += o.controllers;
+        self.not_reached += o.not_reached;
+        self.events += o.events;
+        for (k, v) in &o.by_reason {
+            *self.by_reason.entry(k.clone()).or_default() += v;
+        }
+        self.stored += o.stored;
+        self.duplicates += o.duplicates;
+        self.flagged += o.flagged;
+        self.resent += o.resent;
+        self.resent_duplicates += o.resent_duplicates;
+        self.resent_stored += o.resent_stored;
+        self.accepted += o.accepted;
+        self.system_error += o.system_error;
+        self.cut_off += o.cut_off;
+        self.bad_mac += o.bad_mac;
+        self.bad_batch += o.bad_batch;
+        self.mismatched += o.mismatched;
+        self.not_uploaded += o.not_uploaded;
+    }
+
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.not_uploaded > 0 {
+            out.push(format!("{} offline door events not uploaded", self.not_uploaded));
+        }
+        if self.bad_mac + self.bad_batch > 0 {
+            out.push(format!(
+                "offline door event batches refused: {} bad_mac, {} bad_batch",
+                self.bad_mac, self.bad_batch
+            ));
+        }
+        if self.mismatched > 0 {
+            out.push(format!(
+                "{} accepted door event batches whose result does not cover the batch",
+                self.mismatched
+            ));
+        }
+        if self.resent_stored > 0 || self.resent_duplicates != self.resent {
+            out.push(format!(
+                "door events uploaded twice: {} of {} stored again, {} came back duplicates",
+                self.resent_stored, self.resent, self.resent_duplicates
+            ));
+        }
+        if self.stored + self.duplicates + self.not_uploaded != self.events {
+            out.push(format!(
+                "{} offline door events decided, {} stored and {} duplicates on their first upload",
+                self.events, self.stored, self.duplicates
+            ));
+        }
+        out
+    }
 }
 
 impl DoorReport {
     pub fn problems(&self) -> Vec<String> {
-        let mut out = Vec::new();
+        let mut out = self.offline.problems();
         if self.ready < self.controllers {
             out.push(format!(
                 "{} of {} door controllers did not sign on and sync",
@@ -384,7 +613,7 @@ pub fn unexpected_reason(reason: cardgate_codec::AccessReason) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use cardgate_codec::{CardNo, DOOR_SCHEDULE_WINDOWS_MAX, DoorHolidays, DoorSchedule};
+    use cardgate_codec::{DOOR_SCHEDULE_WINDOWS_MAX, DoorHolidays, DoorSchedule};
 
     use super::*;
 
@@ -497,7 +726,15 @@ mod tests {
     #[test]
     fn a_revocation_arrives_as_a_delta_that_removes() {
         let mut c = DoorCache::keeping();
-        c.apply_run(&[full(DOOR_PAGE_FIRST | LAST, 3, &[1, 2, 3])]).unwrap();
+        // A listing in one run needs no catch-up.
+        let out = c.apply_run(&[full(DOOR_PAGE_FIRST | LAST, 3, &[1, 2, 3])]).unwrap();
+        assert_eq!(
+            out,
+            RunOutcome {
+                ack: Some(3),
+                again: false
+            }
+        );
         let out = c.apply_run(&[delta(LAST, 3, 4, &[], &[2])]).unwrap();
         assert_eq!(out.ack, Some(4));
         assert_eq!(held(&c), [1, 3]);
@@ -590,6 +827,153 @@ mod tests {
         again.push(delta(LAST, 1, 1, &[], &[]));
         c.apply_run(&again).unwrap();
         assert_eq!(c.schedules[&1].windows.len(), 1);
+    }
+
+    /// Unix ms of a local (UTC+8) date and time.
+    fn local_ms(y: i32, mo: u32, d: u32, h: i64, mi: i64) -> i64 {
+        // Days from 1970-01-01 to the date (a proleptic Gregorian count).
+        let (y, mo) = if mo <= 2 { (y - 1, mo + 12) } else { (y, mo) };
+        let days = 365 * i64::from(y) + i64::from(y / 4) - i64::from(y / 100)
+            + i64::from(y / 400)
+            + (153 * (i64::from(mo) - 3) + 2) / 5
+            + i64::from(d)
+            - 719_469;
+        ((days * 1440) + h * 60 + mi - 480) * 60_000
+    }
+
+    /// A controller's cache as section 13.6 has it, plus a night guard's schedule 2
+    /// (every day 22:00-06:00) and card 4 on it.
+    fn campus() -> DoorCache {
+        let mut c = DoorCache::keeping();
+        let mut run = calendar();
+        // Schedule 1: Monday to Friday 07:00-22:00, holidays 08:00-12:00.
+        let Message::DoorSchedule(mut s1) = run[0] else {
+            unreachable!()
+        };
+        s1.count = 6;
+        for (i, day) in (0..5).enumerate() {
+            s1.windows[i] = DoorWindow {
+                day,
+                start_min: 420,
+                end_min: 1320,
+            };
+        }
+        s1.windows[5] = DoorWindow {
+            day: 7,
+            start_min: 480,
+            end_min: 720,
+        };
+        run[0] = Message::DoorSchedule(s1);
+        let mut s2 = s1;
+        s2.schedule = 2;
+        s2.holiday_rule = HolidayRule::Ignore;
+        s2.count = 7;
+        for day in 0..7 {
+            s2.windows[usize::from(day)] = DoorWindow {
+                day,
+                start_min: 1320,
+                end_min: 360,
+            };
+        }
+        run.insert(1, Message::DoorSchedule(s2));
+        let entries = [
+            DoorCacheEntry {
+                card: CardNo(1),
+                schedule: 1,
+                valid_from_min: 0,
+                valid_to_min: u32::MAX,
+            },
+            // 2026-03-01 .. 2026-06-30 inclusive, local.
+            DoorCacheEntry {
+                card: CardNo(2),
+                schedule: 1,
+                valid_from_min: 29_538_240,
+                valid_to_min: 29_713_920,
+            },
+            DoorCacheEntry {
+                card: CardNo(3),
+                schedule: 0,
+                valid_from_min: 0,
+                valid_to_min: u32::MAX,
+            },
+            DoorCacheEntry {
+                card: CardNo(4),
+                schedule: 2,
+                valid_from_min: 0,
+                valid_to_min: u32::MAX,
+            },
+        ];
+        let page =
+            DoorCachePage::new(DoorCachePageKind::Full, DOOR_PAGE_FIRST | LAST, 0, 3, &entries, &[]).expect("fits");
+        run.push(Message::DoorCachePage(page));
+        c.apply_run(&run).unwrap();
+        c
+    }
+
+    #[test]
+    fn offline_decisions_follow_windows_validity_and_holidays() {
+        use AccessReason::*;
+        let c = campus();
+        let p = Passages::default();
+        let at = |card: u64, ms: i64| c.decide(CardNo(card), Direction::In, ms, &p);
+        // Monday 2026-03-02.
+        assert_eq!(at(1, local_ms(2026, 3, 2, 7, 0)), Granted);
+        assert_eq!(at(1, local_ms(2026, 3, 2, 6, 59)), OutsideWindow);
+        assert_eq!(at(1, local_ms(2026, 3, 2, 21, 59)), Granted);
+        assert_eq!(at(1, local_ms(2026, 3, 2, 22, 0)), OutsideWindow);
+        // Saturday: no window.
+        assert_eq!(at(1, local_ms(2026, 3, 7, 10, 0)), OutsideWindow);
+        // Friday 2026-05-01 is a holiday: only 08:00-12:00.
+        assert_eq!(at(1, local_ms(2026, 5, 1, 9, 0)), Granted);
+        assert_eq!(at(1, local_ms(2026, 5, 1, 14, 0)), Holiday);
+        assert_eq!(at(1, local_ms(2026, 5, 1, 7, 30)), Holiday);
+        assert_eq!(at(1, local_ms(2026, 5, 1, 23, 0)), OutsideWindow);
+        // The to-date's last minute, and the first after it; the day before the start.
+        assert_eq!(at(2, local_ms(2026, 6, 30, 21, 59)), Granted);
+        assert_eq!(at(2, local_ms(2026, 7, 1, 0, 0)), PermissionExpired);
+        assert_eq!(at(2, local_ms(2026, 2, 28, 12, 0)), NotYetValid);
+        // At all times, holidays included.
+        assert_eq!(at(3, local_ms(2026, 5, 1, 3, 0)), Granted);
+        // Across midnight: 23:59 and 00:01, and the morning's end.
+        assert_eq!(at(4, local_ms(2026, 3, 2, 23, 59)), Granted);
+        assert_eq!(at(4, local_ms(2026, 3, 3, 0, 1)), Granted);
+        assert_eq!(at(4, local_ms(2026, 3, 3, 5, 59)), Granted);
+        assert_eq!(at(4, local_ms(2026, 3, 3, 6, 0)), OutsideWindow);
+        assert_eq!(at(4, local_ms(2026, 3, 3, 21, 59)), OutsideWindow);
+        // No entry at all.
+        assert_eq!(at(9, local_ms(2026, 3, 2, 9, 0)), NoPermission);
+        // A counting cache cannot decide.
+        assert_eq!(
+            DoorCache::counting().decide(CardNo(3), Direction::In, 0, &p),
+            NoPermission
+        );
+    }
+
+    #[test]
+    fn anti_passback_offline_uses_the_passages_the_controller_saw() {
+        let mut c = campus();
+        let now = local_ms(2026, 3, 2, 9, 0);
+        let mut p = Passages::default();
+        c.passback = Passback::Strict;
+        assert_eq!(c.decide(CardNo(3), Direction::In, now, &p), AccessReason::Granted);
+        p.record(CardNo(3), Direction::In, now);
+        assert_eq!(
+            c.decide(CardNo(3), Direction::In, now + 1, &p),
+            AccessReason::AntiPassback
+        );
+        assert_eq!(c.decide(CardNo(3), Direction::Out, now + 1, &p), AccessReason::Granted);
+        c.passback = Passback::Timed;
+        c.passback_min = 30;
+        assert_eq!(
+            c.decide(CardNo(3), Direction::In, now + 29 * 60_000, &p),
+            AccessReason::AntiPassback
+        );
+        assert_eq!(
+            c.decide(CardNo(3), Direction::In, now + 30 * 60_000, &p),
+            AccessReason::Granted
+        );
+        c.passback = Passback::Off;
+        assert_eq!(c.decide(CardNo(3), Direction::In, now + 1, &p), AccessReason::Granted);
     }
 
     #[test]

@@ -168,6 +168,15 @@ struct Args {
     /// timed the same way.
     #[arg(long, requires = "door_revoke_permission")]
     door_revoke_after: Option<f64>,
+    /// Percent of door controllers (rounded up) that lose the gateway once, somewhere
+    /// between a quarter and three quarters of the run: each decides --door-offline-events
+    /// checks from its cache, signs on again, uploads them, and uploads the first batch a
+    /// second time (it must store nothing twice).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
+    door_offline_pct: u8,
+    /// Checks each offline door controller decides while offline.
+    #[arg(long, default_value_t = 0)]
+    door_offline_events: u32,
     /// The permission to revoke (its id in the operator API).
     #[arg(long, requires = "door_revoke_after")]
     door_revoke_permission: Option<u64>,
@@ -274,6 +283,8 @@ async fn main() -> anyhow::Result<()> {
         rate: args.door_rate,
         keep_cache: args.door_keep_cache,
         revoke,
+        offline_pct: args.door_offline_pct,
+        offline_events: args.door_offline_events,
     };
     let stop = async {
         let _ = tokio::signal::ctrl_c().await;

@@ -481,8 +481,30 @@ fn doors_table(w: &mut String, d: &DoorReport, row: &impl Fn(&mut String, &str, 
         let _ = writeln!(
             w,
             "cache change     {} ({}): sent {:.2} s into the window, acknowledged by the API in {:.1} ms; \
-             {} controllers synced and acked a newer version, the last {:.1} ms after it was sent",
-            c.trigger, c.status, c.at_s, c.api_ms, c.controllers_acked, c.ack_ms.max
+             {} controllers synced and acked a newer version, the last {:.1} ms after it was sent; \
+             {} heard of it but did not hold it at the end",
+            c.trigger, c.status, c.at_s, c.api_ms, c.controllers_acked, c.ack_ms.max, c.controllers_behind
+        );
+    }
+    let o = &d.offline;
+    if o.pct > 0 {
+        let _ = writeln!(
+            w,
+            "doors offline    {} controllers went offline ({}% asked, {} not reached); {} events decided from the cache",
+            o.controllers, o.pct, o.not_reached, o.events
+        );
+        for (k, v) in &o.by_reason {
+            let _ = writeln!(w, "  offline {k:<32} {v}");
+        }
+        let _ = writeln!(
+            w,
+            "  uploaded       {} stored, {} duplicates, {} flagged, {} not uploaded; sent again: {} events, {} duplicates, {} stored twice",
+            o.stored, o.duplicates, o.flagged, o.not_uploaded, o.resent, o.resent_duplicates, o.resent_stored
+        );
+        let _ = writeln!(
+            w,
+            "  batches        {} accepted, {} system_error, {} cut off, {} bad_mac, {} bad_batch, {} mismatched",
+            o.accepted, o.system_error, o.cut_off, o.bad_mac, o.bad_batch, o.mismatched
         );
     }
     for (k, v) in &d.unsolicited {

@@ -284,7 +284,7 @@ pub(crate) struct Shared {
 impl Shared {
     /// How far along the run is, 0 to 1: by requests sent, or by time in the measured
     /// window, whichever is further.
-    fn progress(&self, timing: &Timing) -> f64 {
+    pub(crate) fn progress(&self, timing: &Timing) -> f64 {
         let mut p: f64 = 0.0;
         if let Some(n) = self.cfg.requests.filter(|n| *n > 0) {
             let sent = (n as i64).saturating_sub(self.budget.load(Ordering::Relaxed)).max(0);
@@ -1019,8 +1019,17 @@ async fn tick_progress(bar: ProgressBar, shared: Arc<Shared>, timing: watch::Rec
                         bar.set_position(live.sign_on_done.load(Ordering::Relaxed));
                     }
                 }
+                let doors = shared.doors.cfg.controllers;
+                let door_part = if doors > 0 {
+                    format!(
+                        " · {}/{doors} doors through sign-on and sync",
+                        shared.doors.done.load(Ordering::Relaxed)
+                    )
+                } else {
+                    String::new()
+                };
                 bar.set_message(format!(
-                    "{signed_on}/{} signed on · {answers} answers · {rate:.0}/s · {problems} problems",
+                    "{signed_on}/{} signed on{door_part} · {answers} answers · {rate:.0}/s · {problems} problems",
                     cfg.terminals
                 ));
             }
