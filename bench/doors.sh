@@ -64,6 +64,9 @@ trap cleanup EXIT
 # addr, aaddr, maddr, token and permission.
 gateway_up() {
     local log="$OUT/$1.gateway.log"
+    # Truncated first: the job below may open it after the first read, which would
+    # then see nothing (set -e ends the script) or an earlier run's address.
+    : >"$log"
     if [ "$GATEWAY" = null ]; then
         target/release/cardgate-null-gateway --listen 127.0.0.1:0 --demo-accounts "$ACCOUNTS" >"$log" 2>&1 &
         pid=$!
