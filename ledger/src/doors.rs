@@ -25,7 +25,7 @@ use cardgate_domain::entry::{EntryBody, EntryRecord};
 use cardgate_domain::model::{AccountStatus, CardStatus, TerminalKind};
 use cardgate_domain::rules::access::{
     AccessCheck, AccessReason, card_refusal, check_anti_passback, check_door, check_holidays, check_schedule,
-    check_validity, day_start_ms, decide, subject_matches,
+    check_validity, day_start_ms, decide, local_day_minute, subject_matches,
 };
 use cardgate_domain::rules::attendance::{DaySheet, WorkHours, day_sheet};
 use cardgate_domain::rules::sequence::Seen;
@@ -646,6 +646,11 @@ impl Ledger {
             }
             Subject::Department(d) => {
                 cardgate_domain::rules::input::check_text("department", d, 128, true)?;
+                // Departments are the persons' own field, so a typo would grant nobody
+                // and say nothing: one with no person in it is refused by name.
+                if self.state.persons_where(|p| p.department == *d).is_empty() {
+                    return Err(invalid(format!("no person is in department {d:?}")));
+                }
             }
             Subject::Kind(_) => {}
         }
@@ -1356,13 +1361,14 @@ impl Ledger {
             true
         })?;
         let holiday = self.state.access().read().holidays.contains(day);
+        let today = local_day_minute(self.now_ms(), tz).0;
         let (y, m, d) = cardgate_domain::clock::civil_from_days(i64::from(day));
         let date = format!("{y:04}-{m:02}-{d:02}");
         let rows = persons
             .into_iter()
             .map(|p| {
                 let list = punches.remove(&p.account).unwrap_or_default();
-                let s: DaySheet = day_sheet(day, &list, hours, holiday, tz);
+                let s: DaySheet = day_sheet(day, today, &list, hours, holiday, tz);
                 AttendanceRow {
                     date: date.clone(),
                     account: p.account,

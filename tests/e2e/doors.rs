@@ -239,6 +239,44 @@ async fn door_access_over_the_protocol() {
         ),
     );
     assert_eq!(g2.reason(a, 12).await, AccessReason::DoorDisabled);
+    // The change is audited with the door as it was and as it is.
+    let replaced = c.ledger.audit_list(&cardgate_ledger::audit::AuditQuery {
+        target: Some("door:12".into()),
+        limit: 10,
+        ..Default::default()
+    });
+    let replaced = replaced
+        .iter()
+        .find(|r| r.action == "door.replace")
+        .expect("door.replace audited");
+    assert!(replaced.before.contains(r#""enabled":true"#), "{}", replaced.before);
+    assert!(replaced.after.contains(r#""enabled":false"#), "{}", replaced.after);
+    // A create that names an existing door is refused and changes nothing: moving a
+    // door is a PUT, never a typo in a POST.
+    let (status, body) = c.api(
+        "POST",
+        "/api/v1/doors",
+        &c.door_admin,
+        r#"{"id":12,"name":"Typo","door_group":1,"enabled":true}"#,
+    );
+    assert_eq!(status, 409, "{body}");
+    let door12 = c.doors("GET", "/api/v1/doors", "");
+    let door12 = door12["doors"]
+        .as_array()
+        .and_then(|d| d.iter().find(|d| d["id"] == 12))
+        .cloned()
+        .expect("door 12 listed");
+    assert_eq!(door12["door_group"], 2, "{door12}");
+    assert_eq!(door12["name"], "Door 12", "{door12}");
+    // A department nobody is in (a typo) would grant nobody: refused by name.
+    let (status, body) = c.api(
+        "POST",
+        "/api/v1/door-permissions",
+        &c.door_admin,
+        r#"{"department":"Phisics","door_group":2,"schedule":1,"valid_from":"2026-04-01"}"#,
+    );
+    assert_eq!(status, 422, "{body}");
+    assert!(body.to_string().contains("Phisics"), "{body}");
     assert_eq!(g2.reason(CardNo(42), 11).await, AccessReason::UnknownCard);
 
     // Account 1 gets group 2 at all times from April.
@@ -609,6 +647,17 @@ async fn an_attendance_sheet_from_punches() {
     assert_eq!(li_row["last_out_ms"], at(2026, 3, 10, 17, 30));
     let han = rows.iter().find(|r| r["person_id"] == "P2").unwrap();
     assert_eq!(han["status"], "absent");
+    // Tomorrow, a working day, has not come: nobody is absent from it yet.
+    let (status, tomorrow) = c.api(
+        "GET",
+        "/api/v1/attendance?department=Physics&date=2026-03-11",
+        &c.attendance_admin,
+        "",
+    );
+    assert_eq!(status, 200, "{tomorrow}");
+    let rows = tomorrow["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{tomorrow}");
+    assert!(rows.iter().all(|r| r["status"] == "not_yet"), "{tomorrow}");
     let (status, csv) = c.api_text(
         "/api/v1/attendance?person=P1&date=2026-03-10&format=csv",
         &c.attendance_admin,

@@ -232,8 +232,20 @@ async fn set_door(
     s.mutate(actor, action, target, key, move |l, call| async move {
         let b: DoorBody = json_body(&body)?;
         let input = b.input(id)?;
-        let before = input.id.and_then(|i| l.door(i)).map_or(Value::Null, |d| door_json(&d));
-        let describe = |d: &Door| (String::new(), door_json(d).to_string());
+        let previous = input.id.and_then(|i| l.door(i));
+        if action == "door.create"
+            && let Some(d) = &previous
+        {
+            // A create names a new door: replacing one is PUT /doors/{id}, so that a
+            // typo in an id never moves an existing door to another group silently.
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("door {} exists; change it with PUT /api/v1/doors/{}", d.id, d.id),
+            ));
+        }
+        let before = previous.as_ref().map_or(Value::Null, door_json);
+        let before_s = audit_before(&before);
+        let describe = move |d: &Door| (before_s.clone(), door_json(d).to_string());
         let answer = |d: &Door| json!({ "door": door_json(d) }).to_string();
         let d = l.set_door(&call.by(status, &describe, &answer), input).await?;
         Ok(Done {
@@ -244,6 +256,15 @@ async fn set_door(
         })
     })
     .await
+}
+
+/// The audit record's `before`: the record as it was, or empty for a new one.
+fn audit_before(before: &Value) -> String {
+    if before.is_null() {
+        String::new()
+    } else {
+        before.to_string()
+    }
 }
 
 // ---- schedules and the calendar ------------------------------------------------------------
@@ -378,7 +399,10 @@ async fn set_schedule(s: AdminState, headers: HeaderMap, body: Bytes, id: Option
     s.mutate(actor, action, target, key, move |l, call| async move {
         let b: ScheduleBody = json_body(&body)?;
         let input = b.input(id)?;
-        let describe = |x: &Schedule| (String::new(), schedule_json(x).to_string());
+        let before_s = id
+            .and_then(|i| l.schedules().into_iter().find(|x| x.id == i))
+            .map_or(String::new(), |x| schedule_json(&x).to_string());
+        let describe = move |x: &Schedule| (before_s.clone(), schedule_json(x).to_string());
         let answer = |x: &Schedule| json!({ "schedule": schedule_json(x) }).to_string();
         let x = l.set_schedule(&call.by(status, &describe, &answer), input).await?;
         Ok(Done {
@@ -422,7 +446,8 @@ async fn put_holidays(State(s): State<AdminState>, headers: HeaderMap, body: Byt
             .map(|d| parse_day(d, "date"))
             .collect::<Result<Vec<_>, _>>()?;
         let dates = |h: &Holidays| json!({ "dates": h.days.iter().map(|d| fmt_day(*d)).collect::<Vec<_>>() });
-        let describe = |h: &Holidays| (String::new(), dates(h).to_string());
+        let before_s = dates(&l.holidays()).to_string();
+        let describe = move |h: &Holidays| (before_s.clone(), dates(h).to_string());
         let answer = |h: &Holidays| dates(h).to_string();
         let h = l
             .set_holidays(&call.by(StatusCode::OK, &describe, &answer), &days)
@@ -578,7 +603,8 @@ async fn put_permission(s: AdminState, headers: HeaderMap, body: Bytes, id: Opti
         let before = id
             .and_then(|i| l.permission(i))
             .map_or(Value::Null, |p| permission_json(&p));
-        let describe = |p: &Permission| (String::new(), permission_json(p).to_string());
+        let before_s = audit_before(&before);
+        let describe = move |p: &Permission| (before_s.clone(), permission_json(p).to_string());
         let answer = |p: &Permission| json!({ "permission": permission_json(p) }).to_string();
         let by = call.by(status, &describe, &answer);
         let p = match id {
@@ -605,7 +631,10 @@ async fn revoke(State(s): State<AdminState>, headers: HeaderMap, Path(id): Path<
     let id = tryr!(parse_id(&id, "permission"));
     let key = key!(headers, action, target, "", body);
     s.mutate(actor, action, target, key, move |l, call| async move {
-        let describe = |p: &Permission| (String::new(), permission_json(p).to_string());
+        let before_s = l
+            .permission(id)
+            .map_or(String::new(), |p| permission_json(&p).to_string());
+        let describe = move |p: &Permission| (before_s.clone(), permission_json(p).to_string());
         let answer = |p: &Permission| json!({ "permission": permission_json(p) }).to_string();
         let p = l
             .revoke_permission(&call.by(StatusCode::OK, &describe, &answer), id)
@@ -671,7 +700,8 @@ async fn put_group_access(
                 ));
             }
         };
-        let describe = |g: &GroupAccess| (String::new(), group_access_json(g).to_string());
+        let before_s = group_access_json(&l.group_access(id)).to_string();
+        let describe = move |g: &GroupAccess| (before_s.clone(), group_access_json(g).to_string());
         let answer = |g: &GroupAccess| json!({ "access": group_access_json(g) }).to_string();
         let g = l
             .set_anti_passback(&call.by(StatusCode::OK, &describe, &answer), id, rule)

@@ -41,6 +41,8 @@ pub enum DayStatus {
     LateAndEarlyLeave,
     /// A working day without a punch.
     Absent,
+    /// A working day that has not come yet: nobody can be absent from it.
+    NotYet,
     /// Not a working day (a weekend, a holiday); punches are still listed.
     DayOff,
 }
@@ -53,6 +55,7 @@ impl DayStatus {
             DayStatus::EarlyLeave => "early_leave",
             DayStatus::LateAndEarlyLeave => "late_and_early_leave",
             DayStatus::Absent => "absent",
+            DayStatus::NotYet => "not_yet",
             DayStatus::DayOff => "day_off",
         }
     }
@@ -69,8 +72,16 @@ pub struct DaySheet {
     pub status: DayStatus,
 }
 
-/// The sheet of local day `day` from the punches (unix ms, any order) made on it.
-pub fn day_sheet(day: i32, punches_ms: &[i64], hours: &WorkHours, holiday: bool, tz_offset_minutes: i32) -> DaySheet {
+/// The sheet of local day `day` from the punches (unix ms, any order) made on it, as
+/// seen on local day `today`: a working day after today is `NotYet`, never absent.
+pub fn day_sheet(
+    day: i32,
+    today: i32,
+    punches_ms: &[i64],
+    hours: &WorkHours,
+    holiday: bool,
+    tz_offset_minutes: i32,
+) -> DaySheet {
     let first = punches_ms.iter().copied().min();
     let last = if punches_ms.len() > 1 {
         punches_ms.iter().copied().max()
@@ -93,6 +104,8 @@ pub fn day_sheet(day: i32, punches_ms: &[i64], hours: &WorkHours, holiday: bool,
     let no_departure = working && first.is_some() && last.is_none();
     let status = if !working {
         DayStatus::DayOff
+    } else if first.is_none() && day > today {
+        DayStatus::NotYet
     } else if first.is_none() {
         DayStatus::Absent
     } else {
@@ -128,28 +141,41 @@ mod tests {
     fn a_working_day_from_its_punches() {
         let day = days_from_civil(2026, 3, 10) as i32; // a Tuesday
         let h = WorkHours::default();
-        let s = day_sheet(day, &[at(day, 17, 30), at(day, 7, 55), at(day, 12, 0)], &h, false, TZ);
+        let s = day_sheet(
+            day,
+            day,
+            &[at(day, 17, 30), at(day, 7, 55), at(day, 12, 0)],
+            &h,
+            false,
+            TZ,
+        );
         assert_eq!(s.status, DayStatus::Present);
         assert_eq!(s.first_in_ms, Some(at(day, 7, 55)));
         assert_eq!(s.last_out_ms, Some(at(day, 17, 30)));
         assert_eq!(s.punches, 3);
 
-        let s = day_sheet(day, &[at(day, 8, 20), at(day, 16, 0)], &h, false, TZ);
+        let s = day_sheet(day, day, &[at(day, 8, 20), at(day, 16, 0)], &h, false, TZ);
         assert_eq!(s.status, DayStatus::LateAndEarlyLeave);
         assert_eq!((s.late_min, s.early_min), (20, 60));
         assert_eq!(
-            day_sheet(day, &[at(day, 8, 5), at(day, 17, 0)], &h, false, TZ).status,
+            day_sheet(day, day, &[at(day, 8, 5), at(day, 17, 0)], &h, false, TZ).status,
             DayStatus::Present,
             "within the grace"
         );
-        assert_eq!(day_sheet(day, &[], &h, false, TZ).status, DayStatus::Absent);
-        assert_eq!(day_sheet(day, &[], &h, true, TZ).status, DayStatus::DayOff);
+        assert_eq!(day_sheet(day, day, &[], &h, false, TZ).status, DayStatus::Absent);
+        // Seen the day before, the same day is not absent but still to come.
+        assert_eq!(day_sheet(day, day - 1, &[], &h, false, TZ).status, DayStatus::NotYet);
+        assert_eq!(day_sheet(day, day + 1, &[], &h, false, TZ).status, DayStatus::Absent);
+        assert_eq!(day_sheet(day, day, &[], &h, true, TZ).status, DayStatus::DayOff);
         assert_eq!(
-            day_sheet(day, &[at(day, 7, 0)], &h, false, TZ).status,
+            day_sheet(day, day, &[at(day, 7, 0)], &h, false, TZ).status,
             DayStatus::EarlyLeave,
             "no departure"
         );
         let saturday = day + 4;
-        assert_eq!(day_sheet(saturday, &[], &h, false, TZ).status, DayStatus::DayOff);
+        assert_eq!(
+            day_sheet(saturday, saturday, &[], &h, false, TZ).status,
+            DayStatus::DayOff
+        );
     }
 }
