@@ -35,9 +35,9 @@ use tokio::sync::{broadcast, watch};
 use tokio_util::codec::Framed;
 use tokio_util::sync::{CancellationToken, ReusableBoxFuture};
 
+use crate::admission::{Closer, Connection, SignOn};
 use crate::config::Limits;
 use crate::metrics::RequestKind;
-use crate::server::{Closer, Connection, SignOn};
 
 /// Initial read and write buffer of a connection: a few frames. A terminal's frames are
 /// under 100 bytes; the buffer grows only for a terminal that pipelines deeply.

@@ -25,7 +25,7 @@ use cardgate_ledger::doors::{AccessQuery, DoorInput, PermissionInput, ScheduleIn
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::routes::{csv_field, csv_response, json_body, parse_card, parse_id, wants_csv};
+use super::http::{csv_field, csv_response, json_body, parse_card, parse_id, wants_csv};
 use super::{AdminState, ApiError, Done, idempotency_key};
 
 pub fn api() -> Router<AdminState> {

@@ -46,6 +46,7 @@ macro_rules! tryr {
 
 mod console;
 mod doors;
+mod http;
 mod registry;
 mod reports;
 mod routes;

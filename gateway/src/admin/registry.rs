@@ -29,7 +29,7 @@ use cardgate_ledger::stock::{CountResult, StockReport};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::routes::{csv_field, csv_response, json_body, parse_card, parse_id, wants_csv};
+use super::http::{csv_field, csv_response, json_body, parse_card, parse_id, wants_csv};
 use super::{AdminState, ApiError, Done, idempotency_key};
 
 /// The registry's routes with small bodies.

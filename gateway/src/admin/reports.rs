@@ -14,7 +14,7 @@ use cardgate_domain::entry::SettlementClose;
 use cardgate_domain::operator::Permission;
 use serde_json::{Value, json};
 
-use super::routes::{csv_response, wants_csv, yuan};
+use super::http::{csv_response, wants_csv, yuan};
 use super::{AdminState, ApiError, Done, idempotency_key};
 use crate::reports::{SettlementError, completeness, completeness_csv, may_close, settlement};
 

@@ -9,10 +9,9 @@ use std::str::FromStr;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use cardgate_codec::CardNo;
 use cardgate_domain::clock::{format_local, parse_local_date};
 use cardgate_domain::entry::{CardAction, FeeKind, MoneyMove, PayMethod};
 use cardgate_domain::model::{Account, AccountKind, Card, KindParams, Limits, Params, Person};
@@ -24,9 +23,9 @@ use cardgate_ledger::history::HistoryQuery;
 use cardgate_ledger::import::ImportReport;
 use rust_decimal::Decimal;
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use super::http::{csv_field, csv_response, json_body, parse_card, parse_id, wants_csv, yuan};
 use super::{ADMIN_BODY_BYTES_MAX, AdminState, ApiError, BULK_BODY_BYTES_MAX, Done, idempotency_key, with_body_limit};
 
 pub fn router(state: AdminState) -> Router {
@@ -76,14 +75,6 @@ pub fn router(state: AdminState) -> Router {
 
 // ---- helpers --------------------------------------------------------------------------
 
-pub(super) fn json_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the JSON body does not parse: {e}")))
-}
-
-pub fn yuan(fen: i64) -> String {
-    from_fen(fen).to_string()
-}
-
 fn dec(v: Decimal) -> String {
     to_fen(v).map(yuan).unwrap_or_else(|| v.to_string())
 }
@@ -93,15 +84,6 @@ fn parse_amount(s: &str) -> Result<i64, ApiError> {
     let d = Decimal::from_str(s.trim())
         .map_err(|_| ApiError::bad_request(format!("amount {s:?} is not a decimal number of yuan")))?;
     to_fen(d).ok_or_else(|| ApiError::unprocessable(format!("amount {s:?} has more than two decimal places")))
-}
-
-pub(super) fn parse_card(s: &str) -> Result<CardNo, ApiError> {
-    cardgate_domain::rules::input::parse_card_no(s).map_err(|e| ApiError::bad_request(e.to_string()))
-}
-
-pub(super) fn parse_id(s: &str, what: &str) -> Result<u64, ApiError> {
-    s.parse()
-        .map_err(|_| ApiError::bad_request(format!("{what} {s:?} is not a number")))
 }
 
 fn card_json(c: &Card) -> Value {
@@ -218,34 +200,6 @@ fn time_bound(q: &HashMap<String, String>, key: &str, tz: i32, end: bool) -> Res
     let start = parse_local_date(v, tz)
         .ok_or_else(|| ApiError::bad_request(format!("{key}={v:?} is neither YYYY-MM-DD nor unix ms")))?;
     Ok(Some(if end { start + 86_400_000 } else { start }))
-}
-
-/// Whether the caller asked for CSV: `format=csv`, or `Accept: text/csv`. Any other
-/// `format` than json or csv is refused rather than answered in a format not asked for.
-pub(super) fn wants_csv(q: &HashMap<String, String>, headers: &HeaderMap) -> Result<bool, ApiError> {
-    match q.get("format").map(String::as_str) {
-        Some("csv") => Ok(true),
-        Some("json") => Ok(false),
-        Some(other) => Err(ApiError::bad_request(format!(
-            "format={other:?} is not offered: format=json (the default) or format=csv"
-        ))),
-        None => Ok(headers
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.contains("text/csv"))),
-    }
-}
-
-pub(super) fn csv_response(text: String) -> Response {
-    ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], text).into_response()
-}
-
-pub(super) fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
 }
 
 // ---- whoami, persons, accounts ----------------------------------------------------------

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::chain::ChainPoint;
-use crate::committer::{DirtyMap, JournalStats, Submission};
 use crate::store::{Db, key_meta, meta};
+use crate::submission::{DirtyMap, JournalStats, Submission};
 use crate::{Schema, Write};
 
 /// A checkpoint is handed off at least this often while state changes...

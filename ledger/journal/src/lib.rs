@@ -21,6 +21,7 @@ pub mod committer;
 pub mod record;
 pub mod segment;
 pub mod store;
+pub mod submission;
 
 pub use chain::ChainPoint;
 pub use checkpoint::CheckpointPolicy;

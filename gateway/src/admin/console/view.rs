@@ -83,7 +83,7 @@ impl Lang {
 /// A Decimal of yuan as shown everywhere: two places, never a float.
 pub fn yuan(d: Decimal) -> String {
     to_fen(d)
-        .map(super::super::routes::yuan)
+        .map(super::super::http::yuan)
         .unwrap_or_else(|| d.round_dp(2).to_string())
 }
 
