@@ -173,6 +173,18 @@ impl AccessConfig {
         (change, g)
     }
 
+    /// Moves on, as whole lists, every door group that a live permission matching `uses`
+    /// is on: a schedule or the calendar changes what each of their lines means.
+    pub(crate) fn bump_whole_lists(&mut self, uses: impl Fn(&Permission) -> bool) -> Vec<(CacheChange, GroupAccess)> {
+        let groups: std::collections::BTreeSet<u64> = self
+            .permissions
+            .values()
+            .filter(|p| !p.revoked && uses(p))
+            .map(|p| p.door_group)
+            .collect();
+        groups.into_iter().map(|g| self.bump(g, None)).collect()
+    }
+
     pub(crate) fn log_change(&mut self, c: CacheChange) {
         let log = self.log.entry(c.group).or_default();
         if log.back().is_none_or(|b| b.version < c.version) {

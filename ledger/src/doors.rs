@@ -537,13 +537,7 @@ impl Ledger {
                 holidays: input.holidays,
                 updated_ms: now,
             };
-            let groups: HashSet<u64> = config
-                .permissions
-                .values()
-                .filter(|p| p.schedule == id && !p.revoked)
-                .map(|p| p.door_group)
-                .collect();
-            let moved: Vec<_> = groups.into_iter().map(|g| config.bump(g, None)).collect();
+            let moved = config.bump_whole_lists(|p| p.schedule == id);
             let mut writes = Writes::new();
             writes.push(write(AccessRecord::Schedule(schedule.clone())));
             let cache = Self::cache_writes(&moved, &mut writes);
@@ -569,13 +563,7 @@ impl Ledger {
             let _desk = self.state.desk_lock();
             let mut config = self.state.access().write();
             let now = self.now_ms();
-            let groups: HashSet<u64> = config
-                .permissions
-                .values()
-                .filter(|p| !p.revoked)
-                .map(|p| p.door_group)
-                .collect();
-            let moved: Vec<_> = groups.into_iter().map(|g| config.bump(g, None)).collect();
+            let moved = config.bump_whole_lists(|_| true);
             let mut writes = Writes::new();
             writes.push(write(AccessRecord::Holidays(holidays.clone())));
             let cache = Self::cache_writes(&moved, &mut writes);
