@@ -3,7 +3,9 @@
 //! a bounded change log for delta sync, and, under a lock of their own, every
 //! controller's event accounting and the anti-passback state.
 //!
-//! Two locks, in this order and never another, after the desk's and a card's: `config`
+//! Two locks, in this order and never another, after the desk's and before any card's,
+//! account's or the blacklist's (a sync holds `config` while it reads them; a desk change
+//! that moves door caches takes it before them): `config`
 //! (read by every access check, written by the door admin) → `events` (a check's
 //! sequence accounting and anti-passback, held until its submission is sent so that the
 //! journal holds each controller's events and each person's passages in order). Door

@@ -17,12 +17,12 @@ use std::sync::Arc;
 
 use cardgate_codec::CardNo;
 use cardgate_domain::access::{
-    AccessEvent, AccessRecord, AntiPassback, CacheChange, CacheLine, Door, DoorDirection, DoorEntry, DoorEvents,
-    EventSource, GroupAccess, GroupAccessEntry, HolidayRule, Holidays, HolidaysEntry, Passage, PassbackState,
-    Permission, PermissionAction, PermissionEntry, Punch, Schedule, ScheduleEntry, Subject, Window,
+    AccessEvent, AccessRecord, AntiPassback, CacheCause, CacheChange, CacheLine, CacheMovedEntry, Door, DoorDirection,
+    DoorEntry, DoorEvents, EventSource, GroupAccess, GroupAccessEntry, HolidayRule, Holidays, HolidaysEntry, Passage,
+    PassbackState, Permission, PermissionAction, PermissionEntry, Punch, Schedule, ScheduleEntry, Subject, Window,
 };
 use cardgate_domain::entry::{EntryBody, EntryRecord};
-use cardgate_domain::model::{AccountStatus, CardStatus, TerminalKind};
+use cardgate_domain::model::{Account, AccountStatus, Card, CardStatus, Person, TerminalKind};
 use cardgate_domain::rules::access::{
     AccessCheck, AccessReason, card_refusal, check_anti_passback, check_door, check_holidays, check_schedule,
     check_validity, day_start_ms, decide, local_day_minute, subject_matches,
@@ -236,21 +236,89 @@ pub(crate) fn lines_of(
 ) {
     let Some(c) = state.card(card) else { return };
     let Some(a) = state.account(c.account) else { return };
+    let person = state.person_of_account(a.id);
+    card_lines(perms, &c, &a, person.as_ref(), tz, any_status, out);
+}
+
+/// `lines_of` for records in hand (a change not yet in the state).
+fn card_lines(
+    perms: &[Permission],
+    c: &Card,
+    a: &Account,
+    person: Option<&Person>,
+    tz: i32,
+    any_status: bool,
+    out: &mut Vec<CacheLine>,
+) {
     if !any_status && (c.status != CardStatus::Active || a.status != AccountStatus::Active) {
         return;
     }
-    let person = state.person_of_account(a.id);
+    // A card that expires (a temporary card) stops opening doors at its expiry even on
+    // a controller that cannot reach the gateway; expiry is fixed at issue, so it moves
+    // no version.
+    let card_end = c.expires_ms.map_or(u32::MAX, minutes);
     for p in perms
         .iter()
-        .filter(|p| !p.revoked && subject_matches(&p.subject, &a, person.as_ref()))
+        .filter(|p| !p.revoked && subject_matches(&p.subject, a, person))
     {
+        let permission_end = p.valid_to_day.map_or(u32::MAX, |d| minutes(day_start_ms(d + 1, tz)));
         out.push(CacheLine {
-            card,
+            card: c.no,
             schedule: p.schedule as u32,
             valid_from_min: minutes(day_start_ms(p.valid_from_day, tz)),
-            valid_to_min: p.valid_to_day.map_or(u32::MAX, |d| minutes(day_start_ms(d + 1, tz))),
+            valid_to_min: permission_end.min(card_end),
         });
     }
+}
+
+/// A card holder as the door caches see one: an account's cards, the account and its
+/// person, before or after a desk change.
+pub(crate) struct Holder<'a> {
+    pub(crate) cards: &'a [Card],
+    pub(crate) account: &'a Account,
+    pub(crate) person: Option<&'a Person>,
+}
+
+/// Moves on every door group whose cache lines change when the holders go from their
+/// `before` to their `after`, each by one version carrying the lines that joined and
+/// left (or, past what a delta carries, as a whole list). The caller holds the access
+/// config's write lock until the change is sent, so no controller reads a version
+/// that is not in the journal's order.
+pub(crate) fn holder_moves(
+    config: &mut AccessConfig,
+    changes: &[(Holder<'_>, Holder<'_>)],
+    tz: i32,
+) -> Vec<(CacheChange, GroupAccess)> {
+    let mut groups: Vec<u64> = config.by_group.keys().copied().collect();
+    groups.sort_unstable();
+    let mut diffs = Vec::new();
+    let (mut old, mut new) = (Vec::new(), Vec::new());
+    for g in groups {
+        let perms = &config.by_group[&g];
+        if perms.iter().all(|p| p.revoked) {
+            continue;
+        }
+        old.clear();
+        new.clear();
+        for (before, after) in changes {
+            for c in before.cards {
+                card_lines(perms, c, before.account, before.person, tz, false, &mut old);
+            }
+            for c in after.cards {
+                card_lines(perms, c, after.account, after.person, tz, false, &mut new);
+            }
+        }
+        let o: std::collections::BTreeSet<CacheLine> = old.iter().copied().collect();
+        let n: std::collections::BTreeSet<CacheLine> = new.iter().copied().collect();
+        let added: Vec<CacheLine> = n.difference(&o).copied().collect();
+        let removed: Vec<CacheLine> = o.difference(&n).copied().collect();
+        if added.is_empty() && removed.is_empty() {
+            continue;
+        }
+        let lines = (added.len() + removed.len() <= DELTA_LINES_MAX).then_some((added, removed));
+        diffs.push((g, lines));
+    }
+    diffs.into_iter().map(|(g, lines)| config.bump(g, lines)).collect()
 }
 
 /// The lines that join and leave `cards`' entries when a group's permissions go from
@@ -416,6 +484,32 @@ impl Ledger {
             self.state.access().publish();
         }
         Ok(v)
+    }
+
+    /// The entry that carries door cache moves a desk change made (none if it moved
+    /// nothing), its state records added to `writes`.
+    pub(crate) fn cache_moved_entry(
+        moved: &[(CacheChange, GroupAccess)],
+        cause: CacheCause,
+        account: u64,
+        now_ms: i64,
+        writes: &mut Writes,
+    ) -> SmallVec<[EntryRecord; 1]> {
+        if moved.is_empty() {
+            return SmallVec::new();
+        }
+        let cache = Self::cache_writes(moved, writes);
+        smallvec::smallvec![EntryRecord {
+            time_ms: now_ms,
+            body: EntryBody::DoorCacheMoved(Box::new(CacheMovedEntry { cause, account, cache })),
+        }]
+    }
+
+    /// Announces door cache versions a desk change moved, once it is durable.
+    pub(crate) fn publish_door_moves(&self, moved: bool) {
+        if moved {
+            self.state.access().publish();
+        }
     }
 
     fn cache_writes(changes: &[(CacheChange, GroupAccess)], writes: &mut Writes) -> Vec<CacheChange> {

@@ -54,7 +54,8 @@ use std::collections::{HashMap, HashSet};
 
 use cardgate_codec::CardNo;
 
-use cardgate_domain::entry::{EntryBody, ImportChunk, ImportCommitted, ImportItem, PersonUpdated};
+use cardgate_domain::access::{CacheCause, Subject};
+use cardgate_domain::entry::{EntryBody, EntryRecord, ImportChunk, ImportCommitted, ImportItem, PersonUpdated};
 use cardgate_domain::model::{AccountKind, Card, CardStatus, Person};
 use cardgate_domain::rules::input::{
     NAME_BYTES_MAX, check_person_id, check_text, ids_differing_by_leading_zeros, normalize_identifier, parse_card_no,
@@ -63,6 +64,7 @@ use cardgate_domain::rules::input::{
 use cardgate_journal::record::encode_record;
 use encoding_rs::Encoding;
 use serde::Serialize;
+use smallvec::{SmallVec, smallvec};
 
 use crate::desk::By;
 use crate::desk::new_account;
@@ -282,7 +284,36 @@ impl Ledger {
                     }
                 }
             }
+            // Door groups whose lines the import moves: a department's or a kind's
+            // permissions reach the cards it adds and the persons it moves between
+            // departments. They are moved on as whole lists with the commit (an import
+            // can touch thousands of cards: more than a delta carries).
+            let mut departments: HashSet<String> = HashSet::new();
+            let mut kinds: HashSet<AccountKind> = HashSet::new();
+            for item in chunks.iter().flatten() {
+                match item {
+                    ImportItem::Add { person, account, .. } => {
+                        departments.insert(person.department.clone());
+                        kinds.insert(account.kind);
+                    }
+                    ImportItem::Update { person } => {
+                        if let Some(old) = self.state.person(&person.id)
+                            && old.department != person.department
+                        {
+                            departments.insert(old.department);
+                            departments.insert(person.department.clone());
+                        }
+                    }
+                }
+            }
+            let mut access = self.state.access().write();
+            let moved = access.bump_whole_lists(|p| match &p.subject {
+                Subject::Department(d) => departments.contains(d),
+                Subject::Kind(k) => kinds.contains(k),
+                Subject::Person(_) => false,
+            });
             let mut writes = Writes::new();
+            let more = Self::cache_moved_entry(&moved, CacheCause::Imported, 0, now, &mut writes);
             for item in chunks.iter().flatten() {
                 match item {
                     ImportItem::Add { person, account, card } => {
@@ -307,25 +338,36 @@ impl Ledger {
             // after it belong to the same import.
             let mut committed = report.clone();
             committed.applied = true;
-            let sent = self.send_desk(txn, by, committed, now, body, writes, 0);
+            let sent = self.send_desk_more(txn, by, committed, now, body, more, writes, 0);
             for item in chunks.iter().flatten() {
                 self.apply_item(item);
             }
-            sent
+            drop(access);
+            (sent, !moved.is_empty())
         };
+        let (sent, moved) = sent;
         let (_, marker_id) = sent.durable().await?;
+        self.publish_door_moves(moved);
         self.state
             .staged_imports()
             .push((marker_id, import_id, chunks.len() as u32));
 
         // 3. Kind changes, each under its account's lock.
         let mut last = None;
+        let mut moved_any = false;
         for (account, kind, person) in &plan.kind_changes {
             let txn = Txn::begin(self.journal()).await?;
+            // A kind's permissions: the groups they are on move on with the change, as
+            // whole lists (the account's cards are not looked up card by card here).
+            let mut access = self.state.access().write();
             let Some(mut acct) = self.state.account_mut(*account) else {
                 continue;
             };
+            let old_kind = acct.kind;
             acct.kind = *kind;
+            let moved =
+                access.bump_whole_lists(|p| matches!(p.subject, Subject::Kind(k) if k == old_kind || k == *kind));
+            moved_any |= !moved.is_empty();
             let mut writes = Writes::new();
             writes.push(StateWrite::Person(Box::new(person.clone())));
             writes.push(StateWrite::Account(*acct));
@@ -335,13 +377,23 @@ impl Ledger {
                 kind: *kind,
                 import_id,
             }));
-            last = Some(txn.send((), now, body, writes, 0));
+            let mut entries: SmallVec<[EntryRecord; 1]> = smallvec![EntryRecord { time_ms: now, body }];
+            entries.extend(Self::cache_moved_entry(
+                &moved,
+                CacheCause::Imported,
+                *account,
+                now,
+                &mut writes,
+            ));
+            last = Some(txn.send_all((), entries, writes, 0));
             drop(acct);
+            drop(access);
             self.state.put_person(person.clone());
         }
         if let Some(sent) = last {
             sent.durable().await?;
         }
+        self.publish_door_moves(moved_any);
         report.applied = true;
         metrics::counter!("cardgate_import_rows_total", "result" => "added").increment(report.added as u64);
         metrics::counter!("cardgate_import_rows_total", "result" => "updated").increment(report.updated as u64);

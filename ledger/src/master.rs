@@ -2,11 +2,14 @@
 //! record is one entry carrying it whole; the desk's operations (`desk/`) are how
 //! operators change records afterwards.
 
-use cardgate_domain::entry::EntryBody;
+use cardgate_domain::access::CacheCause;
+use cardgate_domain::entry::{EntryBody, EntryRecord};
 use cardgate_domain::model::{Account, Card, Params, Terminal};
 use cardgate_domain::money::to_fen;
 use rust_decimal::Decimal;
+use smallvec::{SmallVec, smallvec};
 
+use crate::doors::{Holder, holder_moves};
 use crate::error::LedgerError;
 use crate::ledger::Ledger;
 use crate::records::{StateWrite, Writes};
@@ -44,21 +47,53 @@ impl Ledger {
     /// Issues a card on an existing account; fails if the number is taken.
     pub async fn issue_card(&self, card: Card) -> Result<u64, LedgerError> {
         let txn = Txn::begin(self.journal()).await?;
-        let sent = {
+        let (sent, moved) = {
             let _desk = self.state.desk_lock();
-            if !self.state.has_account(card.account) {
+            let mut access = self.state.access().write();
+            let Some(account) = self.state.account(card.account) else {
                 return Err(LedgerError::not_found("account", card.account));
-            }
+            };
             if self.state.has_card(card.no) {
                 return Err(LedgerError::exists("card", card.no.0));
             }
+            let person = self.state.person_of_account(account.id);
+            let now = self.now_ms();
             let mut records = Writes::new();
             records.push(StateWrite::Card(card));
-            let sent = txn.send((), self.now_ms(), EntryBody::CardIssued(card), records, 0);
+            let moved = holder_moves(
+                &mut access,
+                &[(
+                    Holder {
+                        cards: &[],
+                        account: &account,
+                        person: person.as_ref(),
+                    },
+                    Holder {
+                        cards: &[card],
+                        account: &account,
+                        person: person.as_ref(),
+                    },
+                )],
+                self.tz_offset_minutes(),
+            );
+            let mut entries: SmallVec<[EntryRecord; 1]> = smallvec![EntryRecord {
+                time_ms: now,
+                body: EntryBody::CardIssued(card),
+            }];
+            entries.extend(Self::cache_moved_entry(
+                &moved,
+                CacheCause::CardIssued,
+                account.id,
+                now,
+                &mut records,
+            ));
+            let sent = txn.send_all((), entries, records, 0);
             self.state.put_card(card);
-            sent
+            (sent, !moved.is_empty())
         };
-        Ok(sent.durable().await?.1)
+        let id = sent.durable().await?.1;
+        self.publish_door_moves(moved);
+        Ok(id)
     }
 
     /// Replaces the business parameters; effective for the next decision.
@@ -128,10 +163,27 @@ impl Ledger {
             last = Some(txn.send((), now, EntryBody::CardIssued(*c), records, 0));
             self.state.put_card(*c);
         }
+        // Cards that door permissions reach (a kind's, a department's, a person's) join
+        // the controllers' caches: every group with a live permission is moved on as a
+        // whole list, once, after the cards.
+        let mut moved = false;
+        if !cards.is_empty() {
+            let txn = Txn::begin(self.journal()).await?;
+            let _desk = self.state.desk_lock();
+            let mut access = self.state.access().write();
+            let changes = access.bump_whole_lists(|_| true);
+            let mut records = Writes::new();
+            let entries = Self::cache_moved_entry(&changes, CacheCause::Imported, 0, now, &mut records);
+            if !entries.is_empty() {
+                moved = true;
+                last = Some(txn.send_all((), entries, records, 0));
+            }
+        }
         // The committer completes submissions in order: the last one durable means all are.
         if let Some(sent) = last {
             sent.durable().await?;
         }
+        self.publish_door_moves(moved);
         Ok(())
     }
 }

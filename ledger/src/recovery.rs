@@ -439,6 +439,7 @@ impl Replay<'_> {
                 self.access(AccessRecord::Permission(e.permission.clone()));
                 self.cache_changes(&e.cache);
             }
+            EntryBody::DoorCacheMoved(e) => self.cache_changes(&e.cache),
             EntryBody::GroupAccessSet(e) => {
                 self.access(AccessRecord::Group(e.access));
                 self.cache_changes(&e.cache);

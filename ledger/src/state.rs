@@ -4,6 +4,8 @@
 //! Lock order, everywhere and never another: `batches` (async; one batch grant, batch
 //! cancellation or import at a time, held across its awaits) → `desk` (a short mutex
 //! that serializes desk changes among themselves, never held across an `.await`) → the
+//! door access config (written by a desk change that moves door caches: a card issued,
+//! a person changed; a controller's sync reads it and then cards and accounts) → the
 //! card stock → a terminal's entry (write) → a card (read, or write for a desk change)
 //! → an account (write) → the blacklist's lock. A purchase takes only terminal → card → account, so a
 //! terminal never waits for a desk lock. No lock is held across an `.await`: the journal

@@ -10,9 +10,10 @@
 
 use cardgate_codec::{CardNo, DeclineReason};
 use cardgate_domain::access::{
-    AccessEvent, AccessRecord, AntiPassback, CacheChange, CacheLine, ControllerEvents, Door, DoorDirection, DoorEntry,
-    DoorEvents, EventSource, GroupAccess, GroupAccessEntry, HolidayRule, Holidays, HolidaysEntry, Passage,
-    PassbackState, Permission, PermissionAction, PermissionEntry, Punch, Schedule, ScheduleEntry, Subject, Window,
+    AccessEvent, AccessRecord, AntiPassback, CacheCause, CacheChange, CacheLine, CacheMovedEntry, ControllerEvents,
+    Door, DoorDirection, DoorEntry, DoorEvents, EventSource, GroupAccess, GroupAccessEntry, HolidayRule, Holidays,
+    HolidaysEntry, Passage, PassbackState, Permission, PermissionAction, PermissionEntry, Punch, Schedule,
+    ScheduleEntry, Subject, Window,
 };
 use cardgate_domain::entry::{
     AccountLeft, CardAction, CardChange, DayClose, DoorGroupEntry, EntryBody, EntryRecord, FeeKind, ImportChunk,
@@ -529,6 +530,14 @@ fn every_entry() -> Vec<(&'static str, EntryBody)> {
                 controller: controller_events(),
             })),
         ),
+        (
+            "door cache moved",
+            EntryBody::DoorCacheMoved(Box::new(CacheMovedEntry {
+                cause: CacheCause::CardIssued,
+                account: 17,
+                cache: vec![cache_change()],
+            })),
+        ),
     ]
 }
 
@@ -678,6 +687,8 @@ const ENTRY_HEX: &[&str] = &[
     "01c08ffd92c4681c0306e78e8be88ab30303021e0c00",
     // door events
     "01c08ffd92c4681d01a18d064dce829da484dc860b11010300010000c08ffd92c4680501110301c08ffd92c468c3130001c19a0c09ce829da484dc860b1100c08ffd92c468d804a18d064d01464700c313",
+    // door cache moved
+    "01c08ffd92c4681e001101030c01ce829da484dc860b02a0e7a20effffffff0f01ce829da484dc860b01a0e7a20effffffff0f00",
 ];
 
 /// The bytes of each state record kind a checkpoint writes.
@@ -901,10 +912,11 @@ fn variant(b: &EntryBody) -> usize {
         EntryBody::PermissionSet(_) => 27,
         EntryBody::GroupAccessSet(_) => 28,
         EntryBody::DoorEvents(_) => 29,
+        EntryBody::DoorCacheMoved(_) => 30,
     }
 }
 
-const ENTRY_KINDS: usize = 30;
+const ENTRY_KINDS: usize = 31;
 
 #[test]
 fn every_entry_kind_has_golden_bytes() {

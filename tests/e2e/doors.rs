@@ -338,6 +338,56 @@ async fn door_access_over_the_protocol() {
         "the delta removes the revoked card: {run:?}"
     );
 
+    // A card issued at the desk to someone a permission reaches joins the caches at
+    // once: the version moves, the controller is told, and the delta adds the card.
+    let b = demo_card(2);
+    c.doors(
+        "POST",
+        "/api/v1/door-permissions",
+        &format!(
+            r#"{{"card":"{}","door_group":2,"schedule":1,"valid_from":"2026-04-01"}}"#,
+            b.0
+        ),
+    );
+    let held = g2.check(a, 11, Direction::In).await.cache_version;
+    let spare = demo_card(1_000);
+    let account_b = c.ledger.card(b).unwrap().account;
+    c.ledger
+        .issue_card_desk(&By::actor(&Actor::cli()), account_b, spare, None, None)
+        .await
+        .unwrap();
+    let next = g2.check(a, 11, Direction::In).await;
+    assert!(next.cache_version > held, "a card issued moves the cache version");
+    // The push may follow the answer of a check that was already on its way; it is
+    // there by the next one.
+    g2.check(a, 11, Direction::In).await;
+    assert!(
+        g2.client.door_pushed_version.is_some_and(|v| v > held),
+        "DOOR_CACHE_PUSH arrived for the card issued"
+    );
+    let run = g2
+        .client
+        .door_cache_run(DoorCacheSync {
+            have_version: held,
+            after: None,
+        })
+        .await
+        .unwrap();
+    let added: Vec<_> = run
+        .iter()
+        .filter_map(|m| match m {
+            Message::DoorCachePage(p) if p.kind == DoorCachePageKind::Delta => {
+                Some(p.added_entries().collect::<Vec<_>>())
+            }
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert!(
+        added.iter().any(|e| e.card == spare),
+        "the delta adds the new card: {run:?}"
+    );
+
     // Group 1 (the demo's: everyone, always): every card and account state.
     let mut g1 = Controller {
         client: c.terminal(GROUP_1_CONTROLLER).await,

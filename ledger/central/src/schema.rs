@@ -452,6 +452,13 @@ impl Batch {
                 self.event(e.id, time_ms, body, keys.by(&d.actor), d.as_ref());
             }
             EntryBody::GroupAccessSet(d) => self.event(e.id, time_ms, body, Keys::default().by(&d.actor), d.as_ref()),
+            EntryBody::DoorCacheMoved(d) => {
+                let keys = Keys {
+                    account: (d.account != 0).then_some(d.account),
+                    ..Keys::default()
+                };
+                self.event(e.id, time_ms, body, keys, d.as_ref());
+            }
             // One row per entry (an online check is one event; an upload's entry up to
             // 32), keyed by the controller and, for a single event, its card and account.
             EntryBody::DoorEvents(d) => {

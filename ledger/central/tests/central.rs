@@ -596,6 +596,122 @@ async fn card_desk_entries_reach_the_central_store() {
     }
 }
 
+/// Security's record and the controllers' cache moves are central data too: an online
+/// check, an uploaded offline event, a punch and a door cache move, each read back from
+/// the store's `events` with what security asks of it (card, door, result, reason).
+#[tokio::test]
+async fn door_events_reach_the_central_store() {
+    use cardgate_codec::CardNo;
+    use cardgate_domain::access::{
+        AccessEvent, CacheCause, CacheChange, CacheLine, CacheMovedEntry, ControllerEvents, DoorEvents, EventSource,
+        Passage, Punch,
+    };
+    use cardgate_domain::entry::EntryBody;
+
+    let card = CardNo(6_222_000_012_345_678);
+    let event = |seq: u64, granted: bool, reason: u16, source: EventSource| AccessEvent {
+        terminal: 100_001,
+        event_seq: seq,
+        card,
+        account: 17,
+        door: 4_321,
+        door_group: 3,
+        direction: Passage::In,
+        granted,
+        reason,
+        source,
+        event_time_ms: LUNCH_MS,
+        permission: 5,
+        passback: None,
+        drift_ms: -1_250,
+        flagged: false,
+    };
+    let controller = ControllerEvents {
+        terminal: 100_001,
+        last: 2,
+        gaps: vec![],
+        abandoned: 0,
+        drift_ms: -1_250,
+    };
+    for target in targets("doors").await {
+        let f = Fixture::new().await;
+        f.append(EntryBody::DoorEvents(Box::new(DoorEvents {
+            events: vec![event(1, true, 0, EventSource::Online)],
+            punches: vec![],
+            controller: controller.clone(),
+        })))
+        .await;
+        f.append(EntryBody::DoorEvents(Box::new(DoorEvents {
+            events: vec![event(2, false, 3, EventSource::Offline)],
+            punches: vec![Punch {
+                terminal: 200_001,
+                event_seq: 9,
+                card,
+                account: 17,
+                status: 0,
+                punch_time_ms: LUNCH_MS,
+                drift_ms: 300,
+            }],
+            controller: controller.clone(),
+        })))
+        .await;
+        f.append(EntryBody::DoorCacheMoved(Box::new(CacheMovedEntry {
+            cause: CacheCause::CardIssued,
+            account: 17,
+            cache: vec![CacheChange {
+                group: 3,
+                version: 8,
+                added: vec![CacheLine {
+                    card,
+                    schedule: 1,
+                    valid_from_min: 0,
+                    valid_to_min: u32::MAX,
+                }],
+                removed: vec![],
+                all: false,
+            }],
+        })))
+        .await;
+        let h = Flusher::start(f.source(), target.store(), quick()).unwrap();
+        caught_up(&f, &h).await;
+        let store = target.store();
+        let payloads = store.event_payloads(f.gateway_id).await.unwrap();
+        let json: Vec<serde_json::Value> = payloads.iter().map(|p| serde_json::from_str(p).unwrap()).collect();
+        let events: Vec<&serde_json::Value> = json
+            .iter()
+            .filter_map(|p| p.get("events").and_then(|e| e.as_array()))
+            .flatten()
+            .collect();
+        assert_eq!(events.len(), 2, "{}: {payloads:?}", target.name);
+        assert_eq!(events[0]["card"], serde_json::json!(card.0), "{}", target.name);
+        assert_eq!(events[0]["door"], 4_321);
+        assert_eq!(
+            (&events[0]["granted"], &events[0]["reason"]),
+            (&serde_json::json!(true), &serde_json::json!(0))
+        );
+        assert_eq!(
+            (&events[1]["granted"], &events[1]["reason"]),
+            (&serde_json::json!(false), &serde_json::json!(3))
+        );
+        assert_eq!(events[1]["source"], "Offline", "{}", target.name);
+        let punches = json
+            .iter()
+            .filter_map(|p| p.get("punches").and_then(|e| e.as_array()))
+            .flatten()
+            .count();
+        assert_eq!(punches, 1, "{}", target.name);
+        assert!(
+            json.iter()
+                .any(|p| p["cause"] == "CardIssued" && p["cache"][0]["group"] == 3),
+            "{}: the cache move is central: {payloads:?}",
+            target.name
+        );
+        h.shutdown(Duration::from_secs(10)).await;
+        store.close().await;
+        target.cleanup().await;
+    }
+}
+
 /// One entry the store refuses (here a trigger) must not stall shipping silently: the
 /// flusher ships everything before it, finds the one entry, and names it with its kind
 /// and the store's error; once the store accepts it, shipping goes on, nothing lost.

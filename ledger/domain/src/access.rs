@@ -351,6 +351,31 @@ pub struct DoorEntry {
     pub cache: Vec<CacheChange>,
 }
 
+/// Why a card holder's door lines moved outside the door admin's own changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CacheCause {
+    /// A card issued to an account that holds permissions.
+    CardIssued,
+    /// A replacement card: the new number joins (the old one leaves by the blacklist).
+    CardReplaced,
+    /// A person's department or account kind changed.
+    PersonChanged,
+    /// An import opened, issued or changed many at once.
+    Imported,
+}
+
+/// Door groups' caches moved by a desk change (a card issued, a person's department or
+/// kind changed): sent in the same submission as that change, so a controller's cache
+/// and the gateway's online decisions never disagree for longer than one sync, and
+/// recovery restores the versions and the delta log with it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheMovedEntry {
+    pub cause: CacheCause,
+    /// The account whose lines moved (0: an import's many).
+    pub account: u64,
+    pub cache: Vec<CacheChange>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScheduleEntry {
     pub actor: Actor,

@@ -16,7 +16,9 @@ use serde::{Deserialize, Serialize};
 
 use rust_decimal::Decimal;
 
-use crate::access::{DoorEntry, DoorEvents, GroupAccessEntry, HolidaysEntry, PermissionEntry, ScheduleEntry};
+use crate::access::{
+    CacheMovedEntry, DoorEntry, DoorEvents, GroupAccessEntry, HolidaysEntry, PermissionEntry, ScheduleEntry,
+};
 use crate::model::{
     Account, AccountKind, AccountStatus, AuditRecord, BlacklistChange, Card, DoorGroup, Exception, IdempotentAnswer,
     KeyHandout, Merchant, Outcome, Params, Person, SessionEvent, SettlementDay, StockBatch, StockCount, StockRemoval,
@@ -341,6 +343,9 @@ pub enum EntryBody {
     /// Access events and punches a controller or clock sent (one online, or an
     /// uploaded batch), with the controller's event accounting they left.
     DoorEvents(Box<DoorEvents>),
+    /// Door groups' caches moved by a desk change (a card issued, a person changed), in
+    /// the same submission as that change.
+    DoorCacheMoved(Box<CacheMovedEntry>),
 }
 
 /// The close of a business day for settlement (轧帐): the figures of every merchant with
@@ -476,6 +481,7 @@ impl EntryBody {
             EntryBody::PermissionSet(_) => "permission_set",
             EntryBody::GroupAccessSet(_) => "group_access_set",
             EntryBody::DoorEvents(_) => "door_events",
+            EntryBody::DoorCacheMoved(_) => "door_cache_moved",
         }
     }
 }

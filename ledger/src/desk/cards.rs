@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 
 use cardgate_codec::CardNo;
+use cardgate_domain::access::CacheCause;
 use cardgate_domain::entry::{
     AccountLeft, CardAction, CardChange, EntryBody, FeeKind, MoneyKind, MoneyMove, PayMethod,
 };
@@ -21,6 +22,7 @@ use cardgate_domain::rules::input::{BATCH_ITEMS_MAX, check_batch_id, check_card_
 use rust_decimal::Decimal;
 
 use super::{BatchReport, By, CardResult};
+use crate::doors::{Holder, holder_moves};
 use crate::error::LedgerError;
 use crate::ledger::Ledger;
 use crate::pay::fen;
@@ -71,13 +73,17 @@ impl Ledger {
         check_card_no(no)?;
         check_expiry(expires_ms, self.now_ms())?;
         let txn = Txn::begin(self.journal()).await?;
-        let sent = {
+        let (sent, moved) = {
             let _desk = self.state.desk_lock();
+            // Before the card and the account (state.rs's lock order): a controller's sync
+            // reads the door config, then cards and accounts.
+            let mut access = self.state.access().write();
             if self.state.has_card(no) {
                 return Err(invalid(format!("card {} already exists", no.0)));
             }
             self.check_issuable(no)?;
             let now = self.now_ms();
+            let person = self.state.person_of_account(account);
             let card = Card {
                 no,
                 account,
@@ -118,13 +124,31 @@ impl Ledger {
                 blacklist_version: self.state.blacklist().version(),
             };
             let body = EntryBody::CardChanged(Box::new(change));
-            let sent = self.send_desk(txn, by, result, now, body, writes, tx_id);
+            let moved = holder_moves(
+                &mut access,
+                &[(
+                    Holder {
+                        cards: &[],
+                        account: &acct_before,
+                        person: person.as_ref(),
+                    },
+                    Holder {
+                        cards: &[card],
+                        account: &acct,
+                        person: person.as_ref(),
+                    },
+                )],
+                self.tz_offset_minutes(),
+            );
+            let more = Self::cache_moved_entry(&moved, CacheCause::CardIssued, account, now, &mut writes);
+            let sent = self.send_desk_more(txn, by, result, now, body, more, writes, tx_id);
             drop(acct);
             self.state.put_card(card);
-            sent
+            (sent, !moved.is_empty())
         };
         let (mut result, entry_id) = sent.durable().await?;
         result.entry_id = entry_id;
+        self.publish_door_moves(moved);
         Ok(result)
     }
 
@@ -260,8 +284,10 @@ impl Ledger {
     ) -> Result<CardResult, LedgerError> {
         check_card_no(new)?;
         let txn = Txn::begin(self.journal()).await?;
-        let sent = {
+        let (sent, moved) = {
             let _desk = self.state.desk_lock();
+            // Before the card and the account, as in `issue_card_desk`.
+            let mut access = self.state.access().write();
             if self.state.has_card(new) {
                 return Err(invalid(format!("card {} already exists", new.0)));
             }
@@ -319,14 +345,36 @@ impl Ledger {
                 account_before: Some(acct_before),
             };
             let body = EntryBody::CardChanged(Box::new(change));
-            let sent = self.send_desk(txn, by, result, now, body, writes, tx_id);
+            // The new number joins the door caches here; the old one leaves them through
+            // the blacklist, as any blocked card does.
+            let person = self.state.person_of_account(acct.id);
+            let moved = holder_moves(
+                &mut access,
+                &[(
+                    Holder {
+                        cards: &[],
+                        account: &acct_before,
+                        person: person.as_ref(),
+                    },
+                    Holder {
+                        cards: &[new_card],
+                        account: &acct,
+                        person: person.as_ref(),
+                    },
+                )],
+                self.tz_offset_minutes(),
+            );
+            let more = Self::cache_moved_entry(&moved, CacheCause::CardReplaced, acct.id, now, &mut writes);
+            let sent = self.send_desk_more(txn, by, result, now, body, more, writes, tx_id);
             drop(blacklist);
             drop(acct);
             drop(card);
             self.state.put_card(new_card);
-            sent
+            (sent, !moved.is_empty())
         };
-        self.publish(sent).await
+        let result = self.publish(sent).await?;
+        self.publish_door_moves(moved);
+        Ok(result)
     }
 
     /// Cancels the account behind `no` (注销): every card of it that can still be used

@@ -307,6 +307,24 @@ impl Ledger {
         self.send_with(txn, result, now_ms, body, records, tx_id, extras)
     }
 
+    /// As `send_desk`, with more entries the change made (the door caches it moved),
+    /// all in one submission.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn send_desk_more<T: Targets>(
+        &self,
+        txn: Txn<'_>,
+        by: &By<'_, T>,
+        result: T,
+        now_ms: i64,
+        body: EntryBody,
+        more: SmallVec<[EntryRecord; 1]>,
+        records: Writes,
+        tx_id: u64,
+    ) -> Durable<T> {
+        let extras = self.extras(by, &result, now_ms);
+        self.send_entries(txn, result, now_ms, body, more, records, tx_id, extras)
+    }
+
     /// Sends an entry with what travels with it, in one submission.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn send_with<R>(

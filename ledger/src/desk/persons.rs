@@ -1,12 +1,14 @@
 //! Persons and their accounts: opened at the desk (or by an import), looked up by person
 //! id or account, renamed, moved between departments or account kinds.
 
+use cardgate_domain::access::CacheCause;
 use cardgate_domain::entry::{EntryBody, PersonOpened, PersonUpdated};
 use cardgate_domain::model::{Account, AccountKind, AccountStatus, Card, Person};
 use cardgate_domain::money::from_fen;
 use cardgate_domain::rules::input::{NAME_BYTES_MAX, check_person_id, check_text, ids_differing_by_leading_zeros};
 
 use super::{By, NewPerson};
+use crate::doors::{Holder, holder_moves};
 use crate::error::LedgerError;
 use crate::ledger::Ledger;
 use crate::records::{StateWrite, Writes};
@@ -142,7 +144,7 @@ impl Ledger {
         }
         let _batch = self.state.batch_lock().await;
         let txn = Txn::begin(self.journal()).await?;
-        let sent = {
+        let (sent, moved) = {
             let _desk = self.state.desk_lock();
             let before = self
                 .state
@@ -155,6 +157,18 @@ impl Ledger {
             if let Some(d) = department {
                 after.department = d;
             }
+            // A department's or a kind's permissions follow the person: their cards'
+            // door lines may move. The cards are read before the door config is locked
+            // (the desk lock keeps them as they are) so that door checks are not held up
+            // by the scan.
+            let door_relevant = after.department != before.department
+                || kind.is_some_and(|k| self.state.account(before.account).is_some_and(|a| a.kind != k));
+            let cards = if door_relevant {
+                self.cards_of(before.account)
+            } else {
+                Vec::new()
+            };
+            let mut access = self.state.access().write();
             let mut acct = self
                 .state
                 .account_mut(before.account)
@@ -172,12 +186,32 @@ impl Ledger {
                 kind: acct.kind,
                 import_id: 0,
             }));
+            let now = self.now_ms();
+            let moved = holder_moves(
+                &mut access,
+                &[(
+                    Holder {
+                        cards: &cards,
+                        account: &acct_before,
+                        person: Some(&before),
+                    },
+                    Holder {
+                        cards: &cards,
+                        account: &acct,
+                        person: Some(&after),
+                    },
+                )],
+                self.tz_offset_minutes(),
+            );
+            let more = Self::cache_moved_entry(&moved, CacheCause::PersonChanged, acct.id, now, &mut writes);
             let result = (before, acct_before, after.clone(), *acct);
-            let sent = self.send_desk(txn, by, result, self.now_ms(), body, writes, 0);
+            let sent = self.send_desk_more(txn, by, result, now, body, more, writes, 0);
             drop(acct);
             self.state.put_person(after);
-            sent
+            (sent, !moved.is_empty())
         };
-        Ok(sent.durable().await?.0)
+        let result = sent.durable().await?.0;
+        self.publish_door_moves(moved);
+        Ok(result)
     }
 }

@@ -1,0 +1,103 @@
+//! A door controller is never told "granted" for a decision the journal could not keep:
+//! when the disk fails, an access check is answered `system_error` (the controller then
+//! decides from its cache, docs/PROTOCOL.md 11.4) and a punch an ERROR; after a restart
+//! the same event number is decided again, once.
+
+mod common;
+
+use cardgate_codec::{AccessCheck, AccessReason, Direction, ErrorCode, Message, Punch};
+use cardgate_journal::{FaultSwitch, FaultyStore};
+use cardgate_ledger::demo::{
+    DEMO_CLOCK_TERMINAL_BASE, DEMO_DOOR_TERMINAL_BASE, DemoCampus, demo_card, ensure_demo, ensure_demo_doors,
+};
+use cardgate_ledger::keys::TerminalKey;
+use cardgate_ledger::{LedgerConfig, ManualClock};
+use common::*;
+
+const CONTROLLER: u64 = DEMO_DOOR_TERMINAL_BASE + 1;
+const CLOCK: u64 = DEMO_CLOCK_TERMINAL_BASE + 1;
+
+async fn check(f: &Fixture, seq: u64) -> AccessReason {
+    let m = f
+        .ledger
+        .access_check_frame(
+            CONTROLLER,
+            &AccessCheck {
+                event_seq: seq,
+                card: demo_card(1),
+                door: 1,
+                direction: Direction::In,
+                controller_time_ms: LUNCH_MS,
+            },
+        )
+        .await
+        .resolve()
+        .await;
+    match m {
+        Message::AccessResult(r) => {
+            assert_eq!(r.event_seq, seq);
+            r.reason
+        }
+        other => panic!("expected ACCESS_RESULT, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_failed_sync_answers_door_checks_system_error_never_granted() {
+    let switch = FaultSwitch::default();
+    let s = switch.clone();
+    let config = LedgerConfig {
+        terminal_key: Some(TerminalKey::demo()),
+        ..LedgerConfig::default()
+    };
+    let f = Fixture::open_with(
+        tempfile::tempdir().unwrap(),
+        config,
+        ManualClock::new(LUNCH_MS),
+        move |store| {
+            Box::new(FaultyStore {
+                inner: store,
+                switch: s,
+            })
+        },
+    );
+    let campus = DemoCampus {
+        accounts: 3,
+        pos_terminals: 1,
+        balance_fen: 100_00,
+    };
+    ensure_demo(&f.ledger, &campus).await.unwrap();
+    ensure_demo_doors(&f.ledger, 1, 1).await.unwrap();
+    assert_eq!(check(&f, 1).await, AccessReason::Granted);
+
+    switch.set(FaultSwitch::FAIL_SYNC);
+    assert_eq!(check(&f, 2).await, AccessReason::SystemError);
+    let punch = f
+        .ledger
+        .punch_frame(
+            CLOCK,
+            &Punch {
+                event_seq: 1,
+                card: demo_card(1),
+                controller_time_ms: LUNCH_MS,
+            },
+        )
+        .await
+        .resolve()
+        .await;
+    assert!(
+        matches!(punch, Message::Error(ref e) if e.code == ErrorCode::ServerError),
+        "a punch the journal could not keep is an ERROR: {punch:?}"
+    );
+    // The journal stays refused after the disk "recovers": memory may be ahead of it.
+    switch.set(FaultSwitch::NONE);
+    assert_eq!(check(&f, 3).await, AccessReason::SystemError);
+
+    let f = f.restart_with(|s| Box::new(s));
+    assert_eq!(
+        check(&f, 2).await,
+        AccessReason::Granted,
+        "the unanswered event is decided again after the restart"
+    );
+    assert_eq!(check(&f, 4).await, AccessReason::Granted);
+}
