@@ -925,12 +925,7 @@ fn signed_in(k: &Console, name: &str, first: &str, own: &str) -> Jar {
     let csrf = b.csrf();
     let r = b.post(
         "/console/password",
-        &[
-            ("csrf", &csrf),
-            ("current", first),
-            ("password", own),
-            ("repeat", own),
-        ],
+        &[("csrf", &csrf), ("current", first), ("password", own), ("repeat", own)],
     );
     assert_eq!(r.status, 200, "{}", r.body);
     b
@@ -1015,7 +1010,11 @@ fn door_and_attendance_pages_act_through_the_api() {
     typo[3] = ("who", "NOBODY-1");
     let r = b.post("/console/doors/permissions", &typo);
     assert_eq!(r.status, 404, "{}", r.body);
-    assert!(r.body.contains("notice error") && r.body.contains("NOBODY-1"), "{}", r.body);
+    assert!(
+        r.body.contains("notice error") && r.body.contains("NOBODY-1"),
+        "{}",
+        r.body
+    );
     assert!(r.body.contains("id=\"grant\""), "the form again");
 
     // Revoke: reviewed (nothing changes), then confirmed; a form without the token is
@@ -1041,7 +1040,9 @@ fn door_and_attendance_pages_act_through_the_api() {
     let audit = k.audit("operator=men");
     for action in ["door_permission.grant", "door_permission.revoke"] {
         assert!(
-            audit.iter().any(|r| r["action"] == action && r["status"].as_u64().is_some_and(|s| s < 300)),
+            audit
+                .iter()
+                .any(|r| r["action"] == action && r["status"].as_u64().is_some_and(|s| s < 300)),
             "{action} audited under the door admin: {audit:?}"
         );
     }
@@ -1058,7 +1059,8 @@ fn door_and_attendance_pages_act_through_the_api() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.header("content-type"), Some("text/csv; charset=utf-8"));
     assert!(r.body.starts_with("time,door,door_name"), "{}", r.body);
-    let searches = k.audit("operator=men")
+    let searches = k
+        .audit("operator=men")
         .into_iter()
         .filter(|r| r["action"] == "access_events.search" && r["target"] == "door:11")
         .count();
@@ -1070,7 +1072,10 @@ fn door_and_attendance_pages_act_through_the_api() {
 
     // The card desk and the attendance admin: refused by the API's check, audited.
     let mut desk = signed_in(&k, "wang", "wang-first-1", "wang-own-22");
-    assert!(!desk.get("/console/desk").body.contains("/console/doors"), "no link drawn");
+    assert!(
+        !desk.get("/console/desk").body.contains("/console/doors"),
+        "no link drawn"
+    );
     for path in [
         "/console/doors",
         "/console/doors/permissions",

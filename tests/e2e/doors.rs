@@ -574,7 +574,8 @@ async fn the_door_admin_reads_what_the_docs_name(c: &Campus) {
     let terminals = c.doors("GET", "/api/v1/terminals", "");
     let list = terminals["terminals"].as_array().unwrap();
     assert!(
-        list.iter().any(|t| t["id"] == GROUP_2_CONTROLLER && t["door_group"] == 2),
+        list.iter()
+            .any(|t| t["id"] == GROUP_2_CONTROLLER && t["door_group"] == 2),
         "{terminals}"
     );
     assert!(list.iter().any(|t| t["id"] == CLOCK), "{terminals}");
@@ -589,7 +590,11 @@ async fn the_door_admin_reads_what_the_docs_name(c: &Campus) {
         "",
     );
     assert_eq!((status, one["terminal"]["kind"].as_str()), (200, Some("door")), "{one}");
-    assert_eq!(c.api("GET", "/api/v1/terminals/1", &c.door_admin, "").0, 404, "POS 1 is not theirs");
+    assert_eq!(
+        c.api("GET", "/api/v1/terminals/1", &c.door_admin, "").0,
+        404,
+        "POS 1 is not theirs"
+    );
     let (status, body) = c.api("POST", "/api/v1/door-groups", &c.door_admin, r#"{"name":"Mine"}"#);
     assert_eq!(status, 403, "{body}");
     let (status, body) = c.api(
@@ -647,11 +652,22 @@ async fn the_door_admin_reads_what_the_docs_name(c: &Campus) {
     assert_eq!(live.len(), 1, "{live:?}");
     assert_eq!(live[0]["id"], id);
     let revoked = list("door_group=2&revoked=true");
-    assert!(!revoked.is_empty() && revoked.iter().all(|p| p["revoked"] == true), "{revoked:?}");
+    assert!(
+        !revoked.is_empty() && revoked.iter().all(|p| p["revoked"] == true),
+        "{revoked:?}"
+    );
     assert_eq!(list("door_group=2").len(), revoked.len() + 1, "absent: both");
     assert!(list("person=D1&revoked=true").is_empty());
-    assert_eq!(c.api("GET", "/api/v1/door-permissions?revoked=yes", &c.door_admin, "").0, 400);
-    assert_eq!(c.api("GET", "/api/v1/door-permissions?person=NOPE", &c.door_admin, "").0, 404);
+    assert_eq!(
+        c.api("GET", "/api/v1/door-permissions?revoked=yes", &c.door_admin, "")
+            .0,
+        400
+    );
+    assert_eq!(
+        c.api("GET", "/api/v1/door-permissions?person=NOPE", &c.door_admin, "")
+            .0,
+        404
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -223,7 +223,11 @@ fn windows_text(lang: Lang, windows: &Value) -> Vec<String> {
             days.sort_unstable();
             let names: Vec<&str> = days.iter().map(|d| weekday(lang, *d)).collect();
             let sep = if lang == Lang::Zh { "" } else { " " };
-            let night = if overnight { lang.t("（跨夜）", " (overnight)") } else { "" };
+            let night = if overnight {
+                lang.t("（跨夜）", " (overnight)")
+            } else {
+                ""
+            };
             format!("{} {start}–{end}{night}", names.join(sep))
         })
         .collect()
@@ -362,7 +366,11 @@ const SUBJECTS: [(&str, &str, &str); 4] = [
     ("person", "学号/工号", "Person id"),
     ("card", "卡号", "Card number"),
     ("department", "部门", "Department"),
-    ("account_kind", "类别（student / staff / temporary）", "Account kind (student / staff / temporary)"),
+    (
+        "account_kind",
+        "类别（student / staff / temporary）",
+        "Account kind (student / staff / temporary)",
+    ),
 ];
 
 fn grant_form(
@@ -447,6 +455,12 @@ async fn permissions_view(
         }
     };
     let today = today_str(c);
+    // A new grant is most often for the group on screen.
+    let mut form = form.clone();
+    if !form.contains_key("door_group") && !get_str(q, "door_group").is_empty() {
+        form.insert("door_group".into(), get_str(q, "door_group").to_string());
+    }
+    let form = &form;
     if !a.ok() {
         let form = html! { (filters) (grant_form(&ctx, &groups, &schedules, form, &today)) };
         return failed(c, signed, &a, title, form);
@@ -537,10 +551,7 @@ async fn grant_post(State(c): State<Console>, signed: Signed, f: Fields) -> Resp
     }
     let q: HashMap<String, String> = [("door_group".to_string(), f.get("door_group").to_string())].into();
     if !a.ok() {
-        let message = notice(
-            "error",
-            &format!("{} {}", ctx.t("未授权：", "Not granted:"), a.error()),
-        );
+        let message = notice("error", &format!("{} {}", ctx.t("未授权：", "Not granted:"), a.error()));
         return permissions_view(&c, &signed, &q, a.status, Some(message), &f.0).await;
     }
     let r = a.json();
@@ -714,11 +725,7 @@ fn file_name(s: &str) -> String {
 
 async fn events_csv(State(c): State<Console>, signed: Signed, Query(q): Query<HashMap<String, String>>) -> Response {
     let a = c.get(&signed, &events_uri(&q, true)).await;
-    let name = file_name(&format!(
-        "access-{}-{}.csv",
-        get_str(&q, "from"),
-        get_str(&q, "to")
-    ));
+    let name = file_name(&format!("access-{}-{}.csv", get_str(&q, "from"), get_str(&q, "to")));
     csv_download(&c, &signed, a, &name)
 }
 
@@ -742,7 +749,11 @@ fn attendance_status(lang: Lang, s: &str) -> String {
 /// why the page's fields do not name one.
 fn sheet_of(c: &Console, lang: Lang, q: &HashMap<String, String>) -> Result<(String, Vec<String>), String> {
     let who = match (get_str(q, "person"), get_str(q, "department")) {
-        ("", "") => return Err(lang.t("请填写学号/工号或部门。", "Name a person or a department.").into()),
+        ("", "") => {
+            return Err(lang
+                .t("请填写学号/工号或部门。", "Name a person or a department.")
+                .into());
+        }
         (p, "") => format!("person={}", urlencode(p)),
         ("", d) => format!("department={}", urlencode(d)),
         _ => {
@@ -770,9 +781,7 @@ fn sheet_of(c: &Console, lang: Lang, q: &HashMap<String, String>) -> Result<(Str
         return Err(lang.t("结束日期早于开始日期。", "The end is before the start.").into());
     }
     if last - first >= SHEET_DAYS_MAX {
-        return Err(lang
-            .t("一次最多 31 天。", "At most 31 days at a time.")
-            .into());
+        return Err(lang.t("一次最多 31 天。", "At most 31 days at a time.").into());
     }
     let days = (first..=last)
         .map(|d| {
@@ -824,9 +833,7 @@ async fn attendance_page(
     let mut rows = Vec::new();
     let mut complete = true;
     for day in &days {
-        let a = c
-            .get(&signed, &format!("/api/v1/attendance?{who}&date={day}"))
-            .await;
+        let a = c.get(&signed, &format!("/api/v1/attendance?{who}&date={day}")).await;
         if !a.ok() {
             return failed(&c, &signed, &a, title, form);
         }
@@ -836,10 +843,15 @@ async fn attendance_page(
     }
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for r in &rows {
-        *counts.entry(r["status"].as_str().unwrap_or("").to_string()).or_default() += 1;
+        *counts
+            .entry(r["status"].as_str().unwrap_or("").to_string())
+            .or_default() += 1;
     }
     let tz = c.tz();
-    let t = |v: &Value| v.as_i64().map_or_else(String::new, |ms| local_time(ms, tz)[11..].to_string());
+    let t = |v: &Value| {
+        v.as_i64()
+            .map_or_else(String::new, |ms| local_time(ms, tz)[11..].to_string())
+    };
     let mut csv_q = q.clone();
     csv_q.insert("from".into(), days.first().cloned().unwrap_or_default());
     csv_q.insert("to".into(), days.last().cloned().unwrap_or_default());
@@ -911,7 +923,11 @@ async fn attendance_csv(
     }
     let name = file_name(&format!(
         "attendance-{}-{}-{}.csv",
-        if get_str(&q, "person").is_empty() { "department" } else { get_str(&q, "person") },
+        if get_str(&q, "person").is_empty() {
+            "department"
+        } else {
+            get_str(&q, "person")
+        },
         days.first().map_or("", String::as_str),
         days.last().map_or("", String::as_str),
     ));
