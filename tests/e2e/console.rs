@@ -915,3 +915,215 @@ fn the_command_line_sets_and_resets_console_passwords() {
     let (ok, list, _) = run(&["operator", "list"]);
     assert!(ok && list.contains("script\tdata_admin\tenabled\ttoken only"), "{list}");
 }
+
+/// Signs `name` in and replaces the password the command line set: a console ready to
+/// use.
+fn signed_in(k: &Console, name: &str, first: &str, own: &str) -> Jar {
+    let mut b = Jar::new(k.d.admin_addr());
+    let r = b.sign_in(name, first);
+    assert_eq!(r.header("location"), Some("/console/password"), "{}", r.body);
+    let csrf = b.csrf();
+    let r = b.post(
+        "/console/password",
+        &[("csrf", &csrf), ("current", first), ("password", own), ("repeat", own)],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    b
+}
+
+/// The door admin's and the attendance admin's pages: the doors of a group, a
+/// permission granted and revoked through the forms (once each, audited, visible to the
+/// API), the API's error shown on the form, security's search with its CSV; the sheet
+/// over two days with its CSV; and every other role refused by the API's own check.
+#[test]
+fn door_and_attendance_pages_act_through_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    operator_add_with_password(dir.path(), "men", "door_admin", "men-first-1").unwrap();
+    operator_add_with_password(dir.path(), "kao", "attendance_admin", "kao-first-1").unwrap();
+    let (k, _) = start(dir.path());
+    let mut b = signed_in(&k, "men", "men-first-1", "men-own-22");
+    let home = b.get("/console");
+    assert_eq!(home.header("location"), Some("/console/doors"), "the door admin's home");
+
+    // The demo's doors 11 to 20 are group 2's.
+    let r = b.get("/console/doors?door_group=2");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("<td>Door 11</td>") && r.body.contains("<td>Door 20</td>"));
+    assert!(!r.body.contains("<td>Door 1</td>") && !r.body.contains("<td>Door 21</td>"));
+    assert!(r.body.contains("门禁点"), "Chinese by default");
+    assert!(
+        !r.body.contains("href=\"/console/attendance\"") && !r.body.contains("href=\"/console/desk\""),
+        "only the door admin's links"
+    );
+    assert!(b.get("/console/doors").body.contains("<td>Door 500</td>"));
+    let r = b.get("/console/doors/schedules");
+    assert!(r.status == 200 && r.body.contains("Demo: always"), "{}", r.body);
+    assert_eq!(b.get("/console/doors/holidays").status, 200);
+
+    // Grant account 1 group 2 by its card: the form, then the API sees it, once.
+    let r = b.get("/console/doors/permissions?door_group=2");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let csrf = r.field("csrf").unwrap();
+    let idem = r.field("idem").unwrap();
+    let card1 = card(1).0.to_string();
+    let grant = [
+        ("csrf", csrf.as_str()),
+        ("idem", idem.as_str()),
+        ("by", "card"),
+        ("who", card1.as_str()),
+        ("door_group", "2"),
+        ("schedule", "1"),
+        ("valid_from", "2026-01-01"),
+        ("valid_to", ""),
+        ("note", "console grant"),
+    ];
+    for _ in 0..2 {
+        let r = b.post("/console/doors/permissions", &grant);
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(r.body.contains("id=\"granted\""), "{}", r.body);
+    }
+    let live = |k: &Console| {
+        let (st, body) = k.d.api(
+            "GET",
+            "/api/v1/door-permissions?door_group=2&revoked=false",
+            Some(&k.director),
+            None,
+        );
+        assert_eq!(st, 200, "{body}");
+        v(&body)["permissions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["note"] == "console grant")
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let mine = live(&k);
+    assert_eq!(mine.len(), 1, "sent twice, granted once: {mine:?}");
+    assert_eq!(mine[0]["subject"]["account"], 1);
+    let id = mine[0]["id"].as_u64().unwrap();
+
+    // The API's refusal is on the form, with the API's status.
+    let mut typo = grant;
+    typo[1] = ("idem", "typo-1");
+    typo[2] = ("by", "person");
+    typo[3] = ("who", "NOBODY-1");
+    let r = b.post("/console/doors/permissions", &typo);
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert!(
+        r.body.contains("notice error") && r.body.contains("NOBODY-1"),
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains("id=\"grant\""), "the form again");
+
+    // Revoke: reviewed (nothing changes), then confirmed; a form without the token is
+    // refused.
+    let path = format!("/console/doors/permissions/{id}/revoke");
+    let r = b.post(&path, &[("step", "confirm"), ("idem", "forged")]);
+    assert_eq!(r.status, 403);
+    let r = b.post(&path, &[("csrf", &csrf), ("step", "review")]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("confirm-button"));
+    assert_eq!(live(&k).len(), 1, "a review changes nothing");
+    let idem = r.field("idem").unwrap();
+    let r = b.post(&path, &[("csrf", &csrf), ("step", "confirm"), ("idem", &idem)]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("id=\"revoked\""), "{}", r.body);
+    let (_, p) = k.d.api(
+        "GET",
+        &format!("/api/v1/door-permissions/{id}"),
+        Some(&k.director),
+        None,
+    );
+    assert_eq!(v(&p)["permission"]["revoked"], true, "{p}");
+    let audit = k.audit("operator=men");
+    for action in ["door_permission.grant", "door_permission.revoke"] {
+        assert!(
+            audit
+                .iter()
+                .any(|r| r["action"] == action && r["status"].as_u64().is_some_and(|s| s < 300)),
+            "{action} audited under the door admin: {audit:?}"
+        );
+    }
+    let r = b.post(&path, &[("csrf", &csrf), ("step", "confirm"), ("idem", "again-1")]);
+    assert_eq!(r.status, 422, "revoking twice is the API's 422: {}", r.body);
+
+    // Security's search: the form alone searches nothing; a search and its CSV are
+    // audited.
+    assert_eq!(b.get("/console/doors/events").status, 200);
+    let r = b.get("/console/doors/events?door=11&from=2026-01-01&to=2026-01-02");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("id=\"events-csv\""));
+    let r = b.get("/console/doors/events.csv?door=11&from=2026-01-01&to=2026-01-02");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("content-type"), Some("text/csv; charset=utf-8"));
+    assert!(r.body.starts_with("time,door,door_name"), "{}", r.body);
+    let searches = k
+        .audit("operator=men")
+        .into_iter()
+        .filter(|r| r["action"] == "access_events.search" && r["target"] == "door:11")
+        .count();
+    assert_eq!(searches, 2, "the page and the CSV, each audited");
+    assert_eq!(b.get("/console/attendance").status, 403, "not the door admin's");
+    let r = b.get("/console/lang?to=en&back=/console/doors/permissions");
+    assert_eq!(r.status, 303);
+    assert!(b.get("/console/doors/permissions").body.contains("Grant a permission"));
+
+    // The card desk and the attendance admin: refused by the API's check, audited.
+    let mut desk = signed_in(&k, "wang", "wang-first-1", "wang-own-22");
+    assert!(
+        !desk.get("/console/desk").body.contains("/console/doors"),
+        "no link drawn"
+    );
+    for path in [
+        "/console/doors",
+        "/console/doors/permissions",
+        "/console/doors/events",
+        "/console/attendance",
+    ] {
+        assert_eq!(desk.get(path).status, 403, "{path}");
+    }
+    let csrf = desk.csrf();
+    let mut sneaky = grant;
+    sneaky[0] = ("csrf", csrf.as_str());
+    sneaky[1] = ("idem", "sneaky-1");
+    assert_eq!(desk.post("/console/doors/permissions", &sneaky).status, 403);
+    assert!(
+        k.audit("operator=wang")
+            .iter()
+            .any(|r| r["status"] == 403 && r["action"] == "door_permission.grant"),
+        "the refused grant is audited"
+    );
+    assert_eq!(live(&k).len(), 0);
+
+    // The attendance admin: a department over two days, and its CSV.
+    let (st, body) = k.d.api(
+        "POST",
+        "/api/v1/persons",
+        Some(&k.director),
+        Some(&json!({"person_id": "K1", "name": "考勤甲", "department": "化学系", "kind": "staff"}).to_string()),
+    );
+    assert_eq!(st, 201, "{body}");
+    let mut att = signed_in(&k, "kao", "kao-first-1", "kao-own-22");
+    assert_eq!(att.get("/console").header("location"), Some("/console/attendance"));
+    assert_eq!(att.get("/console/doors").status, 403);
+    let r = att.get("/console/attendance");
+    assert_eq!(r.status, 200);
+    let dept = form_urlencoded::byte_serialize("化学系".as_bytes()).collect::<String>();
+    let r = att.get(&format!(
+        "/console/attendance?department={dept}&from=2026-11-02&to=2026-11-03"
+    ));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("<td>2026-11-02</td>") && r.body.contains("<td>2026-11-03</td>"));
+    assert!(r.body.contains("<span id=\"attendance-count\">2</span>"), "{}", r.body);
+    let r = att.get("/console/attendance.csv?person=K1&from=2026-11-02&to=2026-11-03");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let lines: Vec<&str> = r.body.lines().collect();
+    assert_eq!(lines.len(), 3, "one header, a row a day: {lines:?}");
+    assert!(lines[0].starts_with("date,person_id,name,department"));
+    assert!(lines[1].starts_with("2026-11-02,K1,考勤甲,化学系") && lines[2].starts_with("2026-11-03,K1"));
+    let r = att.get("/console/attendance?person=NOBODY-1&from=2026-11-02");
+    assert_eq!(r.status, 404, "the API's answer on the page: {}", r.body);
+    assert!(r.body.contains("NOBODY-1"));
+}

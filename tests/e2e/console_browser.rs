@@ -378,6 +378,10 @@ async fn the_desk_and_the_director_in_a_real_browser() {
     let audit = p.text("#audit").await;
     assert!(audit.contains("money.topup") && audit.contains("card.lost") && audit.contains("console.sign_in"));
     p.shot("audit").await;
+    // The door pages, as the director sees them too.
+    p.goto("/console/doors/permissions?door_group=2").await;
+    assert!(p.text("#permissions").await.contains("Demo: always"));
+    p.shot("door-permissions").await;
 
     // English on request.
     p.click("header a.lang").await;

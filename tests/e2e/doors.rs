@@ -604,7 +604,120 @@ async fn door_access_over_the_protocol() {
         Err(ClientError::Refused(ErrorCode::UnexpectedMessage)) => {}
         other => panic!("expected ERROR unexpected_message, got {other:?}"),
     }
+
+    the_door_admin_reads_what_the_docs_name(&c).await;
     c.stop.cancel();
+}
+
+/// What a door admin following docs/OPERATIONS.md reads: the door groups and the
+/// controllers (not the POS terminals, and changing neither), the doors of one group,
+/// one person's permissions, the live or the revoked ones; an unknown door is 404.
+async fn the_door_admin_reads_what_the_docs_name(c: &Campus) {
+    let groups = c.doors("GET", "/api/v1/door-groups", "");
+    let ids: Vec<u64> = groups["door_groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|g| g["id"].as_u64())
+        .collect();
+    assert_eq!(ids, [1, 2], "{groups}");
+    let terminals = c.doors("GET", "/api/v1/terminals", "");
+    let list = terminals["terminals"].as_array().unwrap();
+    assert!(
+        list.iter()
+            .any(|t| t["id"] == GROUP_2_CONTROLLER && t["door_group"] == 2),
+        "{terminals}"
+    );
+    assert!(list.iter().any(|t| t["id"] == CLOCK), "{terminals}");
+    assert!(
+        list.iter().all(|t| t["kind"] == "door" || t["kind"] == "attendance"),
+        "the door admin sees no POS terminal: {terminals}"
+    );
+    let (status, one) = c.api(
+        "GET",
+        &format!("/api/v1/terminals/{GROUP_1_CONTROLLER}"),
+        &c.door_admin,
+        "",
+    );
+    assert_eq!((status, one["terminal"]["kind"].as_str()), (200, Some("door")), "{one}");
+    assert_eq!(
+        c.api("GET", "/api/v1/terminals/1", &c.door_admin, "").0,
+        404,
+        "POS 1 is not theirs"
+    );
+    let (status, body) = c.api("POST", "/api/v1/door-groups", &c.door_admin, r#"{"name":"Mine"}"#);
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = c.api(
+        "POST",
+        &format!("/api/v1/terminals/{GROUP_1_CONTROLLER}/disable"),
+        &c.door_admin,
+        "",
+    );
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(c.api("GET", "/api/v1/door-groups", &c.attendance_admin, "").0, 403);
+    assert_eq!(c.api("GET", "/api/v1/terminals", &c.attendance_admin, "").0, 403);
+
+    // The doors of one group (the demo's doors 11 to 20 are group 2's).
+    let doors = c.doors("GET", "/api/v1/doors?door_group=2", "");
+    let ids: Vec<u64> = doors["doors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["id"].as_u64())
+        .collect();
+    assert_eq!(ids, (11..=20).collect::<Vec<_>>(), "{doors}");
+    assert_eq!(c.api("GET", "/api/v1/doors?door_group=x", &c.door_admin, "").0, 400);
+    let (status, body) = c.api("GET", "/api/v1/doors/999", &c.door_admin, "");
+    assert_eq!(status, 404, "{body}");
+    assert!(body["error"].as_str().is_some_and(|e| e.contains("999")), "{body}");
+
+    // Group 2's permissions are all revoked by now; a person gets one of their own.
+    let cli = Actor::cli();
+    c.ledger
+        .open_person(
+            &By::actor(&cli),
+            NewPerson {
+                id: "D1".into(),
+                name: "Wei Dong".into(),
+                department: "Security".into(),
+                kind: AccountKind::Staff,
+            },
+        )
+        .await
+        .unwrap();
+    let granted = c.doors(
+        "POST",
+        "/api/v1/door-permissions",
+        r#"{"person":"D1","door_group":2,"schedule":1,"valid_from":"2026-04-01"}"#,
+    );
+    let id = granted["permission"]["id"].clone();
+    let list = |query: &str| {
+        let v = c.doors("GET", &format!("/api/v1/door-permissions?{query}"), "");
+        v["permissions"].as_array().unwrap().clone()
+    };
+    let mine = list("person=D1");
+    assert_eq!(mine.len(), 1, "{mine:?}");
+    assert_eq!(mine[0]["id"], id);
+    let live = list("door_group=2&revoked=false");
+    assert_eq!(live.len(), 1, "{live:?}");
+    assert_eq!(live[0]["id"], id);
+    let revoked = list("door_group=2&revoked=true");
+    assert!(
+        !revoked.is_empty() && revoked.iter().all(|p| p["revoked"] == true),
+        "{revoked:?}"
+    );
+    assert_eq!(list("door_group=2").len(), revoked.len() + 1, "absent: both");
+    assert!(list("person=D1&revoked=true").is_empty());
+    assert_eq!(
+        c.api("GET", "/api/v1/door-permissions?revoked=yes", &c.door_admin, "")
+            .0,
+        400
+    );
+    assert_eq!(
+        c.api("GET", "/api/v1/door-permissions?person=NOPE", &c.door_admin, "")
+            .0,
+        404
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -142,9 +142,21 @@ fn group_access_json(g: &GroupAccess) -> Value {
 
 // ---- doors --------------------------------------------------------------------------------
 
-async fn list_doors(State(s): State<AdminState>, headers: HeaderMap) -> Response {
+/// Every door, or those of one `door_group`.
+async fn list_doors(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     auth!(s, headers, ApiPermission::Doors, "doors.list", String::from("doors"));
-    let list: Vec<Value> = s.ledger.doors().iter().map(door_json).collect();
+    let group = tryr!(q.get("door_group").map(|g| parse_id(g, "door_group")).transpose());
+    let list: Vec<Value> = s
+        .ledger
+        .doors()
+        .iter()
+        .filter(|d| group.is_none_or(|g| g == d.group))
+        .map(door_json)
+        .collect();
     axum::Json(json!({ "doors": list })).into_response()
 }
 
@@ -476,16 +488,30 @@ async fn list_permissions(
         "door_permissions.list",
         String::from("door_permissions")
     );
-    let group = match q.get("door_group").map(|g| parse_id(g, "door_group")).transpose() {
-        Ok(g) => g,
-        Err(e) => return e.into_response(),
+    let group = tryr!(q.get("door_group").map(|g| parse_id(g, "door_group")).transpose());
+    // `revoked=true` only the revoked, `false` only the live, absent both.
+    let revoked = match q.get("revoked").map(String::as_str) {
+        None => None,
+        Some("true") => Some(true),
+        Some("false") => Some(false),
+        Some(v) => return ApiError::bad_request(format!("revoked={v:?}: true or false")).into_response(),
+    };
+    // A person's own permissions (granted by person id or by one of their cards: both
+    // are kept by the account); those of their department or kind are not theirs alone.
+    let account = match q.get("person") {
+        Some(p) => match s.ledger.person(p) {
+            Some(person) => Some(person.account),
+            None => return ApiError::new(StatusCode::NOT_FOUND, format!("person {p:?} not found")).into_response(),
+        },
+        None => None,
     };
     let list: Vec<Value> = s
         .ledger
         .permissions()
         .iter()
         .filter(|p| group.is_none_or(|g| g == p.door_group))
-        .filter(|p| q.get("revoked").is_some_and(|v| v == "true") || !p.revoked)
+        .filter(|p| revoked.is_none_or(|r| r == p.revoked))
+        .filter(|p| account.is_none_or(|a| p.subject == Subject::Person(a)))
         .map(permission_json)
         .collect();
     axum::Json(json!({ "permissions": list })).into_response()

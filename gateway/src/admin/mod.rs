@@ -308,6 +308,26 @@ impl AdminState {
         }
     }
 
+    /// Like `auth`, for a read more than one endpoint group may make (the door admin
+    /// reads the registry's door groups and controllers). `Authed::group` is the first
+    /// of `permissions` the role has, so that the handler can narrow what it shows; a
+    /// refusal is counted and audited under the first.
+    pub async fn auth_any(
+        &self,
+        headers: &HeaderMap,
+        permissions: &[Permission],
+        action: &str,
+        target: &str,
+    ) -> Result<Authed, ApiError> {
+        let Some(&first) = permissions.first() else {
+            return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "no permission named"));
+        };
+        let allowed = bearer_token(headers)
+            .and_then(|t| self.operator_of(t))
+            .and_then(|op| permissions.iter().copied().find(|p| op.role.allows(*p)));
+        self.auth(headers, allowed.unwrap_or(first), action, target).await
+    }
+
     /// The operator behind the request, whatever its role (`whoami`). Its refusals are
     /// counted under their own group, `whoami`, not under any endpoint group.
     pub async fn identify(&self, headers: &HeaderMap) -> Result<Operator, ApiError> {

@@ -341,14 +341,14 @@ struct DoorGroupBody {
     place: String,
 }
 
+/// The door admin reads the groups too: permissions and doors name them.
 async fn list_door_groups(State(s): State<AdminState>, headers: HeaderMap) -> Response {
-    auth!(
-        s,
-        headers,
-        Permission::Terminals,
-        "door_groups.list",
-        String::from("door_groups")
-    );
+    if let Err(e) = s
+        .auth_any(&headers, &READ_DOORS, "door_groups.list", "door_groups")
+        .await
+    {
+        return e.into_response();
+    }
     let list: Vec<Value> = s.ledger.door_groups().iter().map(door_group_json).collect();
     axum::Json(json!({ "door_groups": list })).into_response()
 }
@@ -387,6 +387,19 @@ async fn create_door_group(State(s): State<AdminState>, headers: HeaderMap, body
 
 // ---- terminals --------------------------------------------------------------------------
 
+/// Who may read door groups and terminals: the registry's keepers, and the door admin
+/// (its doors name a group and a controller), who sees only door controllers and
+/// attendance clocks.
+const READ_DOORS: [Permission; 2] = [Permission::Terminals, Permission::Doors];
+
+/// Whether a reader let in by `group` sees terminal `t`: the door admin sees only the
+/// door controllers and attendance clocks, never the POS terminals or kiosks.
+fn sees(group: Permission, t: &TerminalView) -> bool {
+    group == Permission::Terminals
+        || t.kind == TerminalKind::Door.as_str()
+        || t.kind == TerminalKind::Attendance.as_str()
+}
+
 /// The inventory report: every terminal, filtered by `kind`, `place` (a part of it),
 /// `merchant`, `door_group`, `status`, `enabled` and `connected`; JSON or CSV.
 async fn inventory(
@@ -394,13 +407,10 @@ async fn inventory(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    auth!(
-        s,
-        headers,
-        Permission::Terminals,
-        "terminals.list",
-        String::from("terminals")
-    );
+    let group = match s.auth_any(&headers, &READ_DOORS, "terminals.list", "terminals").await {
+        Ok(a) => a.group,
+        Err(e) => return e.into_response(),
+    };
     let csv = match wants_csv(&q, &headers) {
         Ok(c) => c,
         Err(e) => return e.into_response(),
@@ -413,7 +423,7 @@ async fn inventory(
         .ledger
         .terminal_inventory()
         .into_iter()
-        .filter(|t| filter.admits(t))
+        .filter(|t| sees(group, t) && filter.admits(t))
         .collect();
     if csv {
         return csv_response(inventory_csv(&list, s.tz_offset_minutes));
@@ -533,12 +543,21 @@ fn inventory_csv(list: &[TerminalView], tz: i32) -> String {
 
 async fn get_terminal(State(s): State<AdminState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     let target = format!("terminal:{id}");
-    auth!(s, headers, Permission::Terminals, "terminal.get", target);
+    let group = match s.auth_any(&headers, &READ_DOORS, "terminal.get", &target).await {
+        Ok(a) => a.group,
+        Err(e) => return e.into_response(),
+    };
     let id = match parse_id(&id, "terminal") {
         Ok(id) => id,
         Err(e) => return e.into_response(),
     };
-    match s.ledger.terminal_inventory().into_iter().find(|t| t.id == id) {
+    // A terminal the reader may not see is as unknown to it as one that does not exist.
+    match s
+        .ledger
+        .terminal_inventory()
+        .into_iter()
+        .find(|t| t.id == id && sees(group, t))
+    {
         Some(t) => axum::Json(json!({ "terminal": t })).into_response(),
         None => ApiError::new(StatusCode::NOT_FOUND, format!("terminal {id} not found")).into_response(),
     }

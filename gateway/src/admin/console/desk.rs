@@ -601,7 +601,7 @@ fn history_uri(q: &HashMap<String, String>, csv: bool) -> Option<String> {
     Some(format!("{base}?{}", query.join("&")))
 }
 
-fn today_str(c: &Console) -> String {
+pub(super) fn today_str(c: &Console) -> String {
     local_time(c.admin.ledger.now_ms(), c.tz())[..10].to_string()
 }
 
@@ -609,7 +609,7 @@ fn days_ago_str(c: &Console, days: i64) -> String {
     local_time(c.admin.ledger.now_ms() - days * 86_400_000, c.tz())[..10].to_string()
 }
 
-fn qs(q: &HashMap<String, String>) -> String {
+pub(super) fn qs(q: &HashMap<String, String>) -> String {
     let mut pairs: Vec<String> = q
         .iter()
         .filter(|(_, v)| !v.is_empty())
@@ -686,7 +686,7 @@ async fn history_page(
 }
 
 /// A CSV answer of the API, as a file to save.
-fn csv_download(c: &Console, signed: &Signed, a: super::Answer, name: &str) -> Response {
+pub(super) fn csv_download(c: &Console, signed: &Signed, a: super::Answer, name: &str) -> Response {
     if !a.ok() {
         return c.refusal(signed, a.status, &a.error());
     }

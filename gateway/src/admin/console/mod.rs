@@ -1,5 +1,5 @@
-//! The operator console: HTML pages for the card desk, the data admin, the system admin
-//! and the director, served by the admin listener from the binary alone (templates
+//! The operator console: HTML pages for the card desk, the data admin, the system admin,
+//! the door admin, the attendance admin and the director, served by the admin listener from the binary alone (templates
 //! compiled in, one stylesheet compiled in, no script, nothing fetched).
 //!
 //! The console is a client of the admin API inside the process. Every action a page
@@ -19,6 +19,7 @@
 
 mod data;
 mod desk;
+mod doors;
 mod sessions;
 mod system;
 mod view;
@@ -119,6 +120,7 @@ pub fn router(admin: AdminState) -> Router {
         .merge(desk::routes())
         .merge(data::routes())
         .merge(system::routes())
+        .merge(doors::routes())
         .route_layer(middleware::from_fn_with_state(c.clone(), require_session));
     Router::new()
         .route("/console", get(root))

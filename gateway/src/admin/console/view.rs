@@ -194,18 +194,17 @@ const NAV: &[Nav] = &[
         zh: "审计日志",
         en: "Audit trail",
     },
-    // Door access and attendance do not exist yet (roadmap); their pages come with them.
     Nav {
         perm: Permission::Doors,
-        path: None,
-        zh: "门禁（规划中）",
-        en: "Doors (planned)",
+        path: Some("/console/doors"),
+        zh: "门禁",
+        en: "Doors",
     },
     Nav {
         perm: Permission::Attendance,
-        path: None,
-        zh: "考勤（规划中）",
-        en: "Attendance (planned)",
+        path: Some("/console/attendance"),
+        zh: "考勤",
+        en: "Attendance",
     },
 ];
 
@@ -215,8 +214,8 @@ pub fn home_of(role: Role) -> &'static str {
         Role::Director | Role::CardDesk => "/console/desk",
         Role::DataAdmin => "/console/import",
         Role::SystemAdmin => "/console/terminals",
-        // Nothing of theirs exists yet (door access, attendance).
-        Role::DoorAdmin | Role::AttendanceAdmin => "/console/password",
+        Role::DoorAdmin => "/console/doors",
+        Role::AttendanceAdmin => "/console/attendance",
     }
 }
 
