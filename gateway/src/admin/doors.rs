@@ -489,12 +489,13 @@ async fn list_permissions(
         String::from("door_permissions")
     );
     let group = tryr!(q.get("door_group").map(|g| parse_id(g, "door_group")).transpose());
-    // `revoked=true` only the revoked, `false` only the live, absent both.
+    // Absent or `false`: the live ones (what a door admin works with, and what the list
+    // always gave); `true` only the revoked; `all` both.
     let revoked = match q.get("revoked").map(String::as_str) {
-        None => None,
+        None | Some("false") => Some(false),
         Some("true") => Some(true),
-        Some("false") => Some(false),
-        Some(v) => return ApiError::bad_request(format!("revoked={v:?}: true or false")).into_response(),
+        Some("all") => None,
+        Some(v) => return ApiError::bad_request(format!("revoked={v:?}: true, false or all")).into_response(),
     };
     // A person's own permissions (granted by person id or by one of their cards: both
     // are kept by the account); those of their department or kind are not theirs alone.

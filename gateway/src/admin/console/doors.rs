@@ -433,7 +433,7 @@ async fn permissions_view(
     match state {
         "live" => query.push("revoked=false".into()),
         "revoked" => query.push("revoked=true".into()),
-        _ => {}
+        _ => query.push("revoked=all".into()),
     }
     let a = c
         .get(signed, &format!("/api/v1/door-permissions?{}", query.join("&")))
