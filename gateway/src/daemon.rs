@@ -111,6 +111,8 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
         terminals = stats.terminals,
         next_entry_id = stats.next_entry_id,
         millis = stats.millis as u64,
+        load_millis = stats.load_millis as u64,
+        replay_millis = stats.replay_millis as u64,
         data_dir = %config.data_dir.display(),
         "recovered"
     );

@@ -433,3 +433,70 @@ async fn recovery_after_pruning_rebuilds_the_same_state() {
         .unwrap();
     assert!(next.tx_id > old_max, "tx ids are never reused");
 }
+
+/// Recovery hands what it replayed to the committer's next checkpoint instead of writing
+/// one before it starts: a crash before that checkpoint replays the same entries again
+/// to the same state, and the checkpoint, once written, carries the replayed records.
+#[tokio::test]
+async fn what_replay_changed_reaches_the_next_checkpoint_and_a_crash_before_it_replays_again() {
+    let rare = CheckpointPolicy {
+        interval: std::time::Duration::from_secs(3_600),
+        entries_max: u64::MAX,
+        records_max: usize::MAX,
+        enabled: true,
+        on_shutdown: false,
+    };
+    let checkpoint_of = |f: &Fixture| {
+        f.ledger
+            .journal()
+            .stats
+            .durable_checkpoint_id
+            .load(std::sync::atomic::Ordering::Acquire)
+    };
+    let mut f = Fixture::open(tempfile::tempdir().unwrap(), config(rare), ManualClock::new(LUNCH_MS));
+    let accounts: Vec<_> = (1..=3).map(|a| generous(account(a, 100_00))).collect();
+    let cards: Vec<_> = (1..=3).map(|a| card(100 + a, a)).collect();
+    f.ledger.bulk_create(vec![pos(1)], &accounts, &cards).await.unwrap();
+    let mut answers = vec![];
+    for seq in 1..=5 {
+        answers.push(f.buy(1, seq, 101 + seq % 3, 1_00 * seq as i64).await);
+    }
+    let balances = |f: &Fixture| (1..=3).map(|a| f.balance_fen(a)).collect::<Vec<_>>();
+    let expected = balances(&f);
+    let first = checkpoint_of(&f);
+    // Two crashes in a row, nothing committed between them.
+    for round in 0..2 {
+        f = f.restart();
+        assert_eq!(balances(&f), expected, "round {round}");
+        assert_eq!(
+            checkpoint_of(&f),
+            first,
+            "round {round}: no checkpoint before the committer's"
+        );
+        for (seq, a) in (1..=5).zip(&answers) {
+            assert_eq!(
+                &f.buy(1, seq, 101 + seq % 3, 1_00 * seq as i64).await,
+                a,
+                "round {round}"
+            );
+        }
+    }
+    // Now the committer checkpoints after every commit: one purchase, and the checkpoint
+    // carries it and everything replayed.
+    let dir = f.stop();
+    let f = Fixture::open(dir, config(crashy()), ManualClock::new(LUNCH_MS));
+    assert!(matches!(f.buy(1, 6, 101, 1_00).await, Message::Approved(_)));
+    let mut expected = expected;
+    expected[0] -= 1_00;
+    for _ in 0..200 {
+        if checkpoint_of(&f) > first {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(checkpoint_of(&f) > first, "the committer wrote a checkpoint");
+    // Replay from that checkpoint only: the state it holds is the replayed one.
+    let dir = f.stop();
+    let f = Fixture::open(dir, config(replay_only()), ManualClock::new(LUNCH_MS));
+    assert_eq!(balances(&f), expected);
+}

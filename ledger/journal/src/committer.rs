@@ -23,7 +23,6 @@
 //! the durable state. Memory may be ahead of disk after a failure; refusing everything
 //! is what keeps it from being acted on.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -92,6 +91,22 @@ impl<S: Schema> Journal<S> {
         checkpoint_id: u64,
         policy: CheckpointPolicy,
     ) -> Result<(Journal<S>, CommitterHandle), StoreError> {
+        Journal::start_after_replay(db, store, next_entry_id, checkpoint_id, policy, Vec::new(), 0)
+    }
+
+    /// As `start`, after a recovery replayed `replayed` entries past the checkpoint and
+    /// left `pending`, the records they changed: those wait for the next checkpoint like
+    /// any commit's, written by the checkpointer off the start-up path (until then the
+    /// checkpoint id stays where it was, and a crash replays the same entries again).
+    pub fn start_after_replay(
+        db: Db,
+        store: Box<dyn Store>,
+        next_entry_id: u64,
+        checkpoint_id: u64,
+        policy: CheckpointPolicy,
+        pending: Vec<S::Record>,
+        replayed: u64,
+    ) -> Result<(Journal<S>, CommitterHandle), StoreError> {
         assert!(next_entry_id >= 1, "entry ids start at 1");
         assert!(
             checkpoint_id < next_entry_id,
@@ -114,6 +129,13 @@ impl<S: Schema> Journal<S> {
             .name("cardgate-checkpoint".into())
             .spawn(move || checkpointer.run(checkpoints))
             .expect("spawn checkpointer thread");
+        // In replay order, so that of two records under one key the newer stays.
+        let mut dirty = DirtyMap::<S>::with_capacity_and_hasher(pending.len(), Default::default());
+        for r in pending {
+            if let Some(key) = S::key(&r) {
+                dirty.insert(key, r);
+            }
+        }
         let committer = Committer::<S> {
             store,
             db,
@@ -122,9 +144,9 @@ impl<S: Schema> Journal<S> {
             poisoned: poisoned.clone(),
             poison_reason: None,
             stats: stats.clone(),
-            dirty: HashMap::default(),
+            dirty,
             dirty_since: Instant::now(),
-            dirty_entries: 0,
+            dirty_entries: replayed,
             to_checkpointer: Some(to_checkpointer),
             checkpointer: Some(checkpointer),
             segment: Vec::with_capacity(SEGMENT_BYTES_MAX),
