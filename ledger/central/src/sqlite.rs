@@ -12,7 +12,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use sqlx::error::BoxDynError;
 use sqlx::sqlite::SqliteArguments;
@@ -107,10 +107,14 @@ impl Shaped {
         tx: &mut Transaction<'static, Sqlite>,
         rows: &[T],
         trailing: &[i64],
-        bind: impl Fn(&mut SqliteArguments, &T) -> Result<(), BoxDynError>,
+        mut bind: impl FnMut(&mut SqliteArguments, &T) -> Result<(), BoxDynError>,
     ) -> Result<(), CentralError> {
         for chunk in shaped(rows) {
+            // Sized up front: grown value by value, the argument list of a 256-row
+            // statement was reallocated a dozen times, its thousands of values copied
+            // each time.
             let mut args = SqliteArguments::default();
+            args.reserve(chunk.len() * self.columns + trailing.len(), 0);
             let bound: Result<(), BoxDynError> = chunk
                 .iter()
                 .try_for_each(|row| bind(&mut args, row))
@@ -122,6 +126,29 @@ impl Shaped {
                 .map_err(classify)?;
         }
         Ok(())
+    }
+}
+
+/// The few distinct `&'static str` values rows carry (kinds, statuses, decline
+/// reasons), each bound as one shared `Arc<str>`: sqlx binds a `&str` by copying it into
+/// a new `String`, an allocation on the flusher and a free on SQLite's worker thread for
+/// every row, where a shared one is a reference count. One per batch; a handful of
+/// entries, searched in order.
+#[derive(Default)]
+struct Interned(Vec<(&'static str, Arc<str>)>);
+
+impl Interned {
+    fn get(&mut self, s: &'static str) -> Arc<str> {
+        if let Some((_, shared)) = self.0.iter().find(|(k, _)| *k == s) {
+            return shared.clone();
+        }
+        let shared: Arc<str> = Arc::from(s);
+        self.0.push((s, shared.clone()));
+        shared
+    }
+
+    fn opt(&mut self, s: Option<&'static str>) -> Option<Arc<str>> {
+        s.map(|s| self.get(s))
     }
 }
 
@@ -474,6 +501,7 @@ impl Dialect for SqliteCentral {
 
     async fn write_rows(tx: &mut Transaction<'static, Sqlite>, b: &Batch, central: u64) -> Result<(), CentralError> {
         let gw = sql_id(b.gateway_id);
+        let mut s = Interned::default();
         // Plain inserts of the rows of entries after the cursor: those before it are in
         // the store, those after it cannot be (`protocol.rs`), and one found anyway is
         // refused rather than skipped.
@@ -483,7 +511,7 @@ impl Dialect for SqliteCentral {
                 a.add(gw)?;
                 a.add(sql_id(t.tx_id))?;
                 a.add(sql_id(t.entry_id))?;
-                a.add(t.kind)?;
+                a.add(s.get(t.kind))?;
                 a.add(sql_id(t.account))?;
                 a.add(t.card.map(sql_id))?;
                 a.add(t.terminal.map(sql_id))?;
@@ -503,7 +531,7 @@ impl Dialect for SqliteCentral {
             .write(tx, &declines, &[], |a, d| {
                 a.add(gw)?;
                 a.add(sql_id(d.entry_id))?;
-                a.add(d.kind)?;
+                a.add(s.get(d.kind))?;
                 a.add(sql_id(d.terminal))?;
                 a.add(sql_id(d.terminal_seq))?;
                 a.add(sql_id(d.merchant))?;
@@ -511,7 +539,7 @@ impl Dialect for SqliteCentral {
                 a.add(d.account.map(sql_id))?;
                 a.add(d.amount_fen)?;
                 a.add(d.reason_code)?;
-                a.add(d.reason)?;
+                a.add(s.get(d.reason))?;
                 a.add(d.balance_fen)?;
                 a.add(d.time_ms)?;
                 a.add(d.terminal_time_ms)
@@ -523,7 +551,7 @@ impl Dialect for SqliteCentral {
             .write(tx, &events, &[], |a, e| {
                 a.add(gw)?;
                 a.add(sql_id(e.entry_id))?;
-                a.add(e.kind)?;
+                a.add(s.get(e.kind))?;
                 a.add(e.time_ms)?;
                 a.add(e.account.map(sql_id))?;
                 a.add(e.card.map(sql_id))?;
@@ -538,8 +566,8 @@ impl Dialect for SqliteCentral {
             .write(tx, &accounts, &[], |a, r| {
                 a.add(gw)?;
                 a.add(sql_id(r.account))?;
-                a.add(r.kind)?;
-                a.add(r.status)?;
+                a.add(s.get(r.kind))?;
+                a.add(s.get(r.status))?;
                 a.add(r.opening_balance_fen)?;
                 a.add(r.balance_fen)?;
                 a.add(r.single_payment_max_fen)?;
@@ -555,8 +583,8 @@ impl Dialect for SqliteCentral {
             .write(tx, &balances, &[gw], |a, x| {
                 a.add(sql_id(x.account))?;
                 a.add(x.balance_fen)?;
-                a.add(x.kind)?;
-                a.add(x.status)?;
+                a.add(s.opt(x.kind))?;
+                a.add(s.opt(x.status))?;
                 a.add(x.updated_ms)?;
                 a.add(sql_id(x.entry_id))
             })
@@ -568,7 +596,7 @@ impl Dialect for SqliteCentral {
                 a.add(gw)?;
                 a.add(sql_id(c.card))?;
                 a.add(sql_id(c.account))?;
-                a.add(c.status)?;
+                a.add(s.get(c.status))?;
                 a.add(c.expires_ms)?;
                 a.add(c.issued_ms)?;
                 a.add(c.updated_ms)?;
@@ -581,7 +609,7 @@ impl Dialect for SqliteCentral {
             .write(tx, &terminals, &[], |a, t| {
                 a.add(gw)?;
                 a.add(sql_id(t.terminal))?;
-                a.add(t.kind)?;
+                a.add(s.get(t.kind))?;
                 a.add(sql_id(t.merchant))?;
                 a.add(t.enabled)?;
                 a.add(t.name.clone())?;
