@@ -152,20 +152,29 @@ impl Interned {
     }
 }
 
+// The flusher's per-entry statements say `OR FAIL`, where SQLite's default is `OR ABORT`.
+// Both stop the statement with the same constraint error; ABORT also undoes the rows the
+// statement wrote before it, and to be able to, SQLite keeps a statement journal of
+// every page a multi-row statement changes (beyond 64 KiB a temporary file: the balance
+// update, a page of `accounts` per row, made as many `pwrite`s as the WAL itself). The
+// flusher never keeps a transaction whose statement failed: every error drops the
+// batch's transaction, which rolls back all of it (`protocol::write`), so undoing one
+// statement first is work for nothing. The upserts keep the default: an upsert's
+// DO UPDATE aborts regardless, and they are rare (desk and import entries).
 static INSERT_TRANSACTIONS: Shaped = Shaped::new(
-    "INSERT INTO transactions (gateway_id, tx_id, entry_id, kind, account_id, card_no, terminal_id, terminal_seq, \
+    "INSERT OR FAIL INTO transactions (gateway_id, tx_id, entry_id, kind, account_id, card_no, terminal_id, terminal_seq, \
      merchant_id, amount_fen, balance_after_fen, time_ms, terminal_time_ms, original_tx_id, operator)",
     15,
     "",
 );
 static INSERT_DECLINES: Shaped = Shaped::new(
-    "INSERT INTO declines (gateway_id, entry_id, kind, terminal_id, terminal_seq, merchant_id, card_no, account_id, \
+    "INSERT OR FAIL INTO declines (gateway_id, entry_id, kind, terminal_id, terminal_seq, merchant_id, card_no, account_id, \
      amount_fen, reason_code, reason, balance_fen, time_ms, terminal_time_ms)",
     14,
     "",
 );
 static INSERT_EVENTS: Shaped = Shaped::new(
-    "INSERT INTO events (gateway_id, entry_id, kind, time_ms, account_id, card_no, terminal_id, operator, payload)",
+    "INSERT OR FAIL INTO events (gateway_id, entry_id, kind, time_ms, account_id, card_no, terminal_id, operator, payload)",
     9,
     "",
 );
@@ -182,7 +191,7 @@ static UPSERT_ACCOUNTS: Shaped = Shaped::new(
 static UPDATE_BALANCES: Shaped = Shaped::new(
     "WITH v (account_id, balance_fen, kind, status, updated_ms, entry_id) AS (",
     6,
-    ") UPDATE accounts SET balance_fen = COALESCE(v.balance_fen, accounts.balance_fen), \
+    ") UPDATE OR FAIL accounts SET balance_fen = COALESCE(v.balance_fen, accounts.balance_fen), \
      kind = COALESCE(v.kind, accounts.kind), status = COALESCE(v.status, accounts.status), \
      updated_ms = v.updated_ms, entry_id = v.entry_id FROM v WHERE accounts.gateway_id = ? \
      AND accounts.account_id = v.account_id AND accounts.entry_id < v.entry_id",
