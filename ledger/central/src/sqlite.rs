@@ -159,8 +159,8 @@ impl Interned {
 // update, a page of `accounts` per row, made as many `pwrite`s as the WAL itself). The
 // flusher never keeps a transaction whose statement failed: every error drops the
 // batch's transaction, which rolls back all of it (`protocol::write`), so undoing one
-// statement first is work for nothing. The upserts keep the default: an upsert's
-// DO UPDATE aborts regardless, and they are rare (desk and import entries).
+// statement first is work for nothing. The upserts keep the default; they are rare
+// (desk and import entries).
 static INSERT_TRANSACTIONS: Shaped = Shaped::new(
     "INSERT OR FAIL INTO transactions (gateway_id, tx_id, entry_id, kind, account_id, card_no, terminal_id, terminal_seq, \
      merchant_id, amount_fen, balance_after_fen, time_ms, terminal_time_ms, original_tx_id, operator)",
