@@ -128,8 +128,10 @@ pub(crate) async fn stored_hash_pg(
     Ok(v.and_then(|h| h.try_into().ok()))
 }
 
-/// Every entry's hash (SQLite), in the fixed shapes of `sqlite.rs`'s other inserts.
-static INSERT_HASHES_SQLITE: Shaped = Shaped::new("INSERT INTO entry_hashes (gateway_id, entry_id, hash)", 3, "");
+/// Every entry's hash (SQLite), in the fixed shapes of `sqlite.rs`'s other inserts, and
+/// `OR FAIL` as they are (no statement journal: see there).
+static INSERT_HASHES_SQLITE: Shaped =
+    Shaped::new("INSERT OR FAIL INTO entry_hashes (gateway_id, entry_id, hash)", 3, "");
 
 /// Writes the entry hashes and day closes of a batch's entries after `central` (the
 /// cursor just locked), in its transaction (SQLite). Plain inserts, as for the other

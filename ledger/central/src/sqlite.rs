@@ -12,7 +12,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use sqlx::error::BoxDynError;
 use sqlx::sqlite::SqliteArguments;
@@ -107,10 +107,14 @@ impl Shaped {
         tx: &mut Transaction<'static, Sqlite>,
         rows: &[T],
         trailing: &[i64],
-        bind: impl Fn(&mut SqliteArguments, &T) -> Result<(), BoxDynError>,
+        mut bind: impl FnMut(&mut SqliteArguments, &T) -> Result<(), BoxDynError>,
     ) -> Result<(), CentralError> {
         for chunk in shaped(rows) {
+            // Sized up front: grown value by value, the argument list of a 256-row
+            // statement was reallocated a dozen times, its thousands of values copied
+            // each time.
             let mut args = SqliteArguments::default();
+            args.reserve(chunk.len() * self.columns + trailing.len(), 0);
             let bound: Result<(), BoxDynError> = chunk
                 .iter()
                 .try_for_each(|row| bind(&mut args, row))
@@ -125,20 +129,52 @@ impl Shaped {
     }
 }
 
+/// The few distinct `&'static str` values rows carry (kinds, statuses, decline
+/// reasons), each bound as one shared `Arc<str>`: sqlx binds a `&str` by copying it into
+/// a new `String`, an allocation on the flusher and a free on SQLite's worker thread for
+/// every row, where a shared one is a reference count. One per batch; a handful of
+/// entries, searched in order.
+#[derive(Default)]
+struct Interned(Vec<(&'static str, Arc<str>)>);
+
+impl Interned {
+    fn get(&mut self, s: &'static str) -> Arc<str> {
+        if let Some((_, shared)) = self.0.iter().find(|(k, _)| *k == s) {
+            return shared.clone();
+        }
+        let shared: Arc<str> = Arc::from(s);
+        self.0.push((s, shared.clone()));
+        shared
+    }
+
+    fn opt(&mut self, s: Option<&'static str>) -> Option<Arc<str>> {
+        s.map(|s| self.get(s))
+    }
+}
+
+// The flusher's per-entry statements say `OR FAIL`, where SQLite's default is `OR ABORT`.
+// Both stop the statement with the same constraint error; ABORT also undoes the rows the
+// statement wrote before it, and to be able to, SQLite keeps a statement journal of
+// every page a multi-row statement changes (beyond 64 KiB a temporary file: the balance
+// update, a page of `accounts` per row, made as many `pwrite`s as the WAL itself). The
+// flusher never keeps a transaction whose statement failed: every error drops the
+// batch's transaction, which rolls back all of it (`protocol::write`), so undoing one
+// statement first is work for nothing. The upserts keep the default; they are rare
+// (desk and import entries).
 static INSERT_TRANSACTIONS: Shaped = Shaped::new(
-    "INSERT INTO transactions (gateway_id, tx_id, entry_id, kind, account_id, card_no, terminal_id, terminal_seq, \
+    "INSERT OR FAIL INTO transactions (gateway_id, tx_id, entry_id, kind, account_id, card_no, terminal_id, terminal_seq, \
      merchant_id, amount_fen, balance_after_fen, time_ms, terminal_time_ms, original_tx_id, operator)",
     15,
     "",
 );
 static INSERT_DECLINES: Shaped = Shaped::new(
-    "INSERT INTO declines (gateway_id, entry_id, kind, terminal_id, terminal_seq, merchant_id, card_no, account_id, \
+    "INSERT OR FAIL INTO declines (gateway_id, entry_id, kind, terminal_id, terminal_seq, merchant_id, card_no, account_id, \
      amount_fen, reason_code, reason, balance_fen, time_ms, terminal_time_ms)",
     14,
     "",
 );
 static INSERT_EVENTS: Shaped = Shaped::new(
-    "INSERT INTO events (gateway_id, entry_id, kind, time_ms, account_id, card_no, terminal_id, operator, payload)",
+    "INSERT OR FAIL INTO events (gateway_id, entry_id, kind, time_ms, account_id, card_no, terminal_id, operator, payload)",
     9,
     "",
 );
@@ -155,7 +191,7 @@ static UPSERT_ACCOUNTS: Shaped = Shaped::new(
 static UPDATE_BALANCES: Shaped = Shaped::new(
     "WITH v (account_id, balance_fen, kind, status, updated_ms, entry_id) AS (",
     6,
-    ") UPDATE accounts SET balance_fen = COALESCE(v.balance_fen, accounts.balance_fen), \
+    ") UPDATE OR FAIL accounts SET balance_fen = COALESCE(v.balance_fen, accounts.balance_fen), \
      kind = COALESCE(v.kind, accounts.kind), status = COALESCE(v.status, accounts.status), \
      updated_ms = v.updated_ms, entry_id = v.entry_id FROM v WHERE accounts.gateway_id = ? \
      AND accounts.account_id = v.account_id AND accounts.entry_id < v.entry_id",
@@ -474,6 +510,7 @@ impl Dialect for SqliteCentral {
 
     async fn write_rows(tx: &mut Transaction<'static, Sqlite>, b: &Batch, central: u64) -> Result<(), CentralError> {
         let gw = sql_id(b.gateway_id);
+        let mut s = Interned::default();
         // Plain inserts of the rows of entries after the cursor: those before it are in
         // the store, those after it cannot be (`protocol.rs`), and one found anyway is
         // refused rather than skipped.
@@ -483,7 +520,7 @@ impl Dialect for SqliteCentral {
                 a.add(gw)?;
                 a.add(sql_id(t.tx_id))?;
                 a.add(sql_id(t.entry_id))?;
-                a.add(t.kind)?;
+                a.add(s.get(t.kind))?;
                 a.add(sql_id(t.account))?;
                 a.add(t.card.map(sql_id))?;
                 a.add(t.terminal.map(sql_id))?;
@@ -503,7 +540,7 @@ impl Dialect for SqliteCentral {
             .write(tx, &declines, &[], |a, d| {
                 a.add(gw)?;
                 a.add(sql_id(d.entry_id))?;
-                a.add(d.kind)?;
+                a.add(s.get(d.kind))?;
                 a.add(sql_id(d.terminal))?;
                 a.add(sql_id(d.terminal_seq))?;
                 a.add(sql_id(d.merchant))?;
@@ -511,7 +548,7 @@ impl Dialect for SqliteCentral {
                 a.add(d.account.map(sql_id))?;
                 a.add(d.amount_fen)?;
                 a.add(d.reason_code)?;
-                a.add(d.reason)?;
+                a.add(s.get(d.reason))?;
                 a.add(d.balance_fen)?;
                 a.add(d.time_ms)?;
                 a.add(d.terminal_time_ms)
@@ -523,7 +560,7 @@ impl Dialect for SqliteCentral {
             .write(tx, &events, &[], |a, e| {
                 a.add(gw)?;
                 a.add(sql_id(e.entry_id))?;
-                a.add(e.kind)?;
+                a.add(s.get(e.kind))?;
                 a.add(e.time_ms)?;
                 a.add(e.account.map(sql_id))?;
                 a.add(e.card.map(sql_id))?;
@@ -538,8 +575,8 @@ impl Dialect for SqliteCentral {
             .write(tx, &accounts, &[], |a, r| {
                 a.add(gw)?;
                 a.add(sql_id(r.account))?;
-                a.add(r.kind)?;
-                a.add(r.status)?;
+                a.add(s.get(r.kind))?;
+                a.add(s.get(r.status))?;
                 a.add(r.opening_balance_fen)?;
                 a.add(r.balance_fen)?;
                 a.add(r.single_payment_max_fen)?;
@@ -555,8 +592,8 @@ impl Dialect for SqliteCentral {
             .write(tx, &balances, &[gw], |a, x| {
                 a.add(sql_id(x.account))?;
                 a.add(x.balance_fen)?;
-                a.add(x.kind)?;
-                a.add(x.status)?;
+                a.add(s.opt(x.kind))?;
+                a.add(s.opt(x.status))?;
                 a.add(x.updated_ms)?;
                 a.add(sql_id(x.entry_id))
             })
@@ -568,7 +605,7 @@ impl Dialect for SqliteCentral {
                 a.add(gw)?;
                 a.add(sql_id(c.card))?;
                 a.add(sql_id(c.account))?;
-                a.add(c.status)?;
+                a.add(s.get(c.status))?;
                 a.add(c.expires_ms)?;
                 a.add(c.issued_ms)?;
                 a.add(c.updated_ms)?;
@@ -581,7 +618,7 @@ impl Dialect for SqliteCentral {
             .write(tx, &terminals, &[], |a, t| {
                 a.add(gw)?;
                 a.add(sql_id(t.terminal))?;
-                a.add(t.kind)?;
+                a.add(s.get(t.kind))?;
                 a.add(sql_id(t.merchant))?;
                 a.add(t.enabled)?;
                 a.add(t.name.clone())?;

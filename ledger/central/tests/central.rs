@@ -994,7 +994,9 @@ async fn the_store_keeps_the_chain_and_refuses_a_journal_that_diverged_from_it()
         right.prev_hash = entries[half - 1].hash;
 
         // A hash beyond the store's cursor that no flusher of this journal wrote: refused
-        // like any row there (`protocol.rs`), never kept beside the journal's own.
+        // like any row there (`protocol.rs`), never kept beside the journal's own. It is
+        // the batch's last entry, so the batch's other rows are written before the
+        // refusal; the overlapping batch below can only succeed if none of them stayed.
         let planted = if target.name == "sqlite" {
             format!("X'{}'", "ee".repeat(32))
         } else {
@@ -1004,8 +1006,7 @@ async fn the_store_keeps_the_chain_and_refuses_a_journal_that_diverged_from_it()
             &target,
             &format!(
                 "INSERT INTO entry_hashes (gateway_id, entry_id, hash) VALUES ({}, {}, {planted})",
-                gw as i64,
-                half + 1
+                gw as i64, n
             ),
         )
         .await;
@@ -1014,11 +1015,7 @@ async fn the_store_keeps_the_chain_and_refuses_a_journal_that_diverged_from_it()
             "{}",
             target.name
         );
-        admin_sql(
-            &target,
-            &format!("DELETE FROM entry_hashes WHERE entry_id = {}", half + 1),
-        )
-        .await;
+        admin_sql(&target, &format!("DELETE FROM entry_hashes WHERE entry_id = {n}")).await;
 
         // Overlapping the two entries the store holds last: only the hashes after its
         // cursor are written, each entry's once.

@@ -240,20 +240,24 @@ impl<S: Schema> Committer<S> {
             }
             let result = self.commit(&batch, &mut ids);
             assert_eq!(ids.len(), batch.len(), "one id per submission");
-            for (sub, id) in batch.drain(..).zip(ids.iter()) {
+            // In place: a submission is several hundred bytes (its entry and records
+            // inline), and moving each out of the batch, and its records out of it,
+            // were copies of all of it per submission.
+            for (sub, id) in batch.iter_mut().zip(ids.iter()) {
                 if result.is_ok() {
-                    for r in sub.records {
+                    for r in sub.records.drain(..) {
                         if let Some(key) = S::key(&r) {
                             self.dirty.insert(key, r);
                         }
                     }
                 }
-                if let Some(done) = sub.done {
+                if let Some(done) = sub.done.take() {
                     // The submitter may have gone (connection closed); the entry is
                     // durable all the same and a retry will find it.
                     let _ = done.send(result.clone().map(|()| *id));
                 }
             }
+            batch.clear();
             ids.clear();
             self.maybe_checkpoint();
         }
