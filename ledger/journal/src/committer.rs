@@ -136,7 +136,7 @@ impl<S: Schema> Journal<S> {
                 dirty.insert(key, r);
             }
         }
-        let committer = Committer::<S> {
+        let mut committer = Committer::<S> {
             store,
             db,
             rx,
@@ -156,6 +156,11 @@ impl<S: Schema> Journal<S> {
             chain_start: resume.start,
             chain_start_pending: resume.new,
         };
+        // What replay changed is checkpointed at once, beside the first requests: waiting
+        // for the policy's trigger would let the next commits' records pile onto it.
+        if !committer.dirty.is_empty() && policy.enabled {
+            committer.hand_off();
+        }
         let thread = std::thread::Builder::new()
             .name("cardgate-committer".into())
             .spawn(move || committer.run())
@@ -382,6 +387,12 @@ impl<S: Schema> Committer<S> {
         {
             return;
         }
+        self.hand_off();
+    }
+
+    /// Hands the waiting records to the checkpointer, unless it is still writing the
+    /// previous checkpoint.
+    fn hand_off(&mut self) {
         let Some(to) = &self.to_checkpointer else { return };
         let records = self.dirty.len();
         let through_id = self.next_entry_id - 1;
