@@ -321,6 +321,27 @@ pub(crate) fn holder_moves(
     diffs.into_iter().map(|(g, lines)| config.bump(g, lines)).collect()
 }
 
+/// `holder_moves` for one new card on an account: its lines join.
+pub(crate) fn new_card_moves(
+    config: &mut AccessConfig,
+    card: &Card,
+    account: &Account,
+    person: Option<&Person>,
+    tz: i32,
+) -> Vec<(CacheChange, GroupAccess)> {
+    let before = Holder {
+        cards: &[],
+        account,
+        person,
+    };
+    let after = Holder {
+        cards: std::slice::from_ref(card),
+        account,
+        person,
+    };
+    holder_moves(config, &[(before, after)], tz)
+}
+
 /// The lines that join and leave `cards`' entries when a group's permissions go from
 /// `before` to `after`.
 fn diff_lines(state: &State, before: &[Permission], after: &[Permission], cards: &[CardNo], tz: i32) -> LineDiff {

@@ -9,7 +9,7 @@ use cardgate_domain::money::to_fen;
 use rust_decimal::Decimal;
 use smallvec::{SmallVec, smallvec};
 
-use crate::doors::{Holder, holder_moves};
+use crate::doors::new_card_moves;
 use crate::error::LedgerError;
 use crate::ledger::Ledger;
 use crate::records::{StateWrite, Writes};
@@ -60,22 +60,7 @@ impl Ledger {
             let now = self.now_ms();
             let mut records = Writes::new();
             records.push(StateWrite::Card(card));
-            let moved = holder_moves(
-                &mut access,
-                &[(
-                    Holder {
-                        cards: &[],
-                        account: &account,
-                        person: person.as_ref(),
-                    },
-                    Holder {
-                        cards: &[card],
-                        account: &account,
-                        person: person.as_ref(),
-                    },
-                )],
-                self.tz_offset_minutes(),
-            );
+            let moved = new_card_moves(&mut access, &card, &account, person.as_ref(), self.tz_offset_minutes());
             let mut entries: SmallVec<[EntryRecord; 1]> = smallvec![EntryRecord {
                 time_ms: now,
                 body: EntryBody::CardIssued(card),

@@ -4,44 +4,27 @@
 //! lines that joined and left; a restart (checkpoint, or replay of the journal) restores
 //! the versions and the delta log as they were.
 
+mod common;
+
 use std::collections::BTreeSet;
-use std::path::Path;
-use std::sync::Arc;
 
 use cardgate_codec::CardNo;
 use cardgate_domain::access::{CacheLine, HolidayRule, Subject, Window};
 use cardgate_domain::entry::CardAction;
 use cardgate_domain::model::AccountKind;
 use cardgate_domain::operator::{Actor, Role};
-use cardgate_journal::{CheckpointPolicy, CommitterHandle};
+use cardgate_journal::CheckpointPolicy;
 use cardgate_ledger::desk::{By, NewPerson};
 use cardgate_ledger::doors::{PermissionInput, ScheduleInput};
-use cardgate_ledger::{Ledger, LedgerConfig, SystemClock};
+use cardgate_ledger::{Ledger, LedgerConfig, ManualClock};
+use common::{Fixture, LUNCH_MS};
 
-fn retry<T>(mut open: impl FnMut() -> Result<T, cardgate_ledger::LedgerError>) -> T {
-    for _ in 0..500 {
-        match open() {
-            Err(e) if e.to_string().contains("could not acquire lock") => {
-                std::thread::sleep(std::time::Duration::from_millis(10))
-            }
-            r => return r.unwrap(),
-        }
-    }
-    panic!("the data directory stayed locked")
-}
-
-fn open(dir: &Path, checkpoints: CheckpointPolicy) -> (Arc<Ledger>, CommitterHandle) {
+fn fixture(checkpoints: CheckpointPolicy) -> Fixture {
     let config = LedgerConfig {
         checkpoints,
         ..LedgerConfig::default()
     };
-    let (l, c, _) = retry(|| Ledger::open(dir, config.clone(), Arc::new(SystemClock)));
-    (l, c)
-}
-
-async fn close(l: Arc<Ledger>, c: CommitterHandle) {
-    drop(l);
-    tokio::task::spawn_blocking(move || c.join()).await.unwrap();
+    Fixture::open(tempfile::tempdir().unwrap(), config, ManualClock::new(LUNCH_MS))
 }
 
 fn replay_only() -> CheckpointPolicy {
@@ -211,25 +194,20 @@ async fn desk_day(l: &Ledger) -> (u64, u64, Vec<(u64, u64)>) {
 }
 
 async fn restarts_keep_the_versions(checkpoints: CheckpointPolicy) {
-    let dir = tempfile::tempdir().unwrap();
-    let (l, c) = open(dir.path(), checkpoints);
-    let (lab, dorm, seen) = desk_day(&l).await;
-    let deltas: Vec<_> = seen
-        .iter()
-        .flat_map(|(a, b)| [delta(&l, lab, *a), delta(&l, dorm, *b)])
-        .collect();
-    close(l, c).await;
-
-    let (l, c) = open(dir.path(), checkpoints);
-    let again: Vec<_> = seen
-        .iter()
-        .flat_map(|(a, b)| [delta(&l, lab, *a), delta(&l, dorm, *b)])
-        .collect();
+    let f = fixture(checkpoints);
+    let (lab, dorm, seen) = desk_day(&f.ledger).await;
+    let deltas = |l: &Ledger| -> Vec<_> {
+        seen.iter()
+            .flat_map(|(a, b)| [delta(l, lab, *a), delta(l, dorm, *b)])
+            .collect()
+    };
+    let before = deltas(&f.ledger);
+    let f = f.restart();
     assert_eq!(
-        again, deltas,
+        deltas(&f.ledger),
+        before,
         "the versions and every delta from them survive the restart"
     );
-    close(l, c).await;
 }
 
 #[tokio::test]
@@ -244,8 +222,8 @@ async fn desk_changes_move_door_caches_and_replay_rebuilds_them() {
 
 #[tokio::test]
 async fn an_import_moves_the_groups_its_departments_and_kinds_reach() {
-    let dir = tempfile::tempdir().unwrap();
-    let (l, c) = open(dir.path(), replay_only());
+    let f = fixture(replay_only());
+    let l = &f.ledger;
     let data = actor(Role::DataAdmin);
     let sys = actor(Role::SystemAdmin);
     let doors = actor(Role::DoorAdmin);
@@ -256,7 +234,7 @@ async fn an_import_moves_the_groups_its_departments_and_kinds_reach() {
         .unwrap()
         .id;
     let other = l.create_door_group(&By::actor(&sys), "Other", "O").await.unwrap().id;
-    let sched = always(&l).await;
+    let sched = always(l).await;
     // A department's permission needs someone in it (these two hold no card).
     let desk = actor(Role::CardDesk);
     l.open_person(&By::actor(&desk), person("M0", "Math")).await.unwrap();
@@ -279,13 +257,13 @@ async fn an_import_moves_the_groups_its_departments_and_kinds_reach() {
     )
     .await
     .unwrap();
-    let before = [version(&l, math), version(&l, staff), version(&l, other)];
+    let before = [version(l, math), version(l, staff), version(l, other)];
     let csv = "person_id,name,department,kind,card_no\n\
                T1,Zhang,Math,student,6222000000101\n\
                T2,Li,Physics,staff,6222000000102\n";
     let report = l.import_csv(&By::actor(&data), csv.as_bytes(), false).await.unwrap();
     assert!(report.applied, "{report:?}");
-    let after = [version(&l, math), version(&l, staff), version(&l, other)];
+    let after = [version(l, math), version(l, staff), version(l, other)];
     assert!(after[0] > before[0], "a Math student's card reaches the Math group");
     assert!(after[1] > before[1], "a staff card reaches the staff room");
     assert_eq!(after[2], before[2], "nobody in Art was imported");
@@ -303,27 +281,25 @@ async fn an_import_moves_the_groups_its_departments_and_kinds_reach() {
     let csv = "person_id,name,department,kind,card_no\nT2,Li,Physics,student,6222000000102\n";
     let report = l.import_csv(&By::actor(&data), csv.as_bytes(), false).await.unwrap();
     assert!(report.applied && report.kind_changed == 1, "{report:?}");
-    let moved = version(&l, staff);
+    let moved = version(l, staff);
     assert!(moved > after[1]);
     assert_eq!(cards(staff), set(&[]));
-    close(l, c).await;
 
-    let (l, c) = open(dir.path(), replay_only());
-    assert_eq!(version(&l, staff), moved, "replay restores the import's moves");
-    close(l, c).await;
+    let f = f.restart();
+    assert_eq!(version(&f.ledger, staff), moved, "replay restores the import's moves");
 }
 
 #[tokio::test]
 async fn a_temporary_cards_line_ends_at_its_expiry() {
-    let dir = tempfile::tempdir().unwrap();
-    let (l, c) = open(dir.path(), replay_only());
+    let f = fixture(replay_only());
+    let l = &f.ledger;
     let desk = actor(Role::CardDesk);
     let lab = l
         .create_door_group(&By::actor(&actor(Role::SystemAdmin)), "Lab", "B1")
         .await
         .unwrap()
         .id;
-    let sched = always(&l).await;
+    let sched = always(l).await;
     let (s1, _) = l.open_person(&By::actor(&desk), person("S1", "CS")).await.unwrap();
     l.grant_permission(
         &By::actor(&actor(Role::DoorAdmin)),
@@ -331,12 +307,7 @@ async fn a_temporary_cards_line_ends_at_its_expiry() {
     )
     .await
     .unwrap();
-    let now_min = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        / 60;
-    let expires_min = now_min + 10 * 1_440;
+    let expires_min = (LUNCH_MS / 60_000) as u64 + 10 * 1_440;
     l.issue_card_desk(
         &By::actor(&desk),
         s1.account,
@@ -353,5 +324,4 @@ async fn a_temporary_cards_line_ends_at_its_expiry() {
         expires_min,
         "an open-ended permission ends with the card"
     );
-    close(l, c).await;
 }

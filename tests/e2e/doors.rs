@@ -164,6 +164,28 @@ impl Controller {
         }
     }
 
+    /// The cards a delta from `have` adds and removes, and the run they came in.
+    async fn delta(&mut self, have: u64) -> (Vec<CardNo>, Vec<CardNo>, Vec<Message>) {
+        let run = self
+            .client
+            .door_cache_run(DoorCacheSync {
+                have_version: have,
+                after: None,
+            })
+            .await
+            .unwrap();
+        let (mut added, mut removed) = (Vec::new(), Vec::new());
+        for m in &run {
+            if let Message::DoorCachePage(p) = m
+                && p.kind == DoorCachePageKind::Delta
+            {
+                added.extend(p.added_entries().map(|e| e.card));
+                removed.extend(p.removed_entries().map(|e| e.card));
+            }
+        }
+        (added, removed, run)
+    }
+
     async fn reason(&mut self, card: CardNo, door: u32) -> AccessReason {
         self.check(card, door, Direction::In).await.reason
     }
@@ -315,28 +337,8 @@ async fn door_access_over_the_protocol() {
         "DOOR_CACHE_PUSH arrived before the next answer"
     );
     // Its delta from the version it held removes the card's entry.
-    let run = g2
-        .client
-        .door_cache_run(DoorCacheSync {
-            have_version: version_before,
-            after: None,
-        })
-        .await
-        .unwrap();
-    let removed: Vec<_> = run
-        .iter()
-        .filter_map(|m| match m {
-            Message::DoorCachePage(p) if p.kind == DoorCachePageKind::Delta => {
-                Some(p.removed_entries().collect::<Vec<_>>())
-            }
-            _ => None,
-        })
-        .flatten()
-        .collect();
-    assert!(
-        removed.iter().any(|e| e.card == a),
-        "the delta removes the revoked card: {run:?}"
-    );
+    let (_, removed, run) = g2.delta(version_before).await;
+    assert!(removed.contains(&a), "the delta removes the revoked card: {run:?}");
 
     // A card issued at the desk to someone a permission reaches joins the caches at
     // once: the version moves, the controller is told, and the delta adds the card.
@@ -365,28 +367,8 @@ async fn door_access_over_the_protocol() {
         g2.client.door_pushed_version.is_some_and(|v| v > held),
         "DOOR_CACHE_PUSH arrived for the card issued"
     );
-    let run = g2
-        .client
-        .door_cache_run(DoorCacheSync {
-            have_version: held,
-            after: None,
-        })
-        .await
-        .unwrap();
-    let added: Vec<_> = run
-        .iter()
-        .filter_map(|m| match m {
-            Message::DoorCachePage(p) if p.kind == DoorCachePageKind::Delta => {
-                Some(p.added_entries().collect::<Vec<_>>())
-            }
-            _ => None,
-        })
-        .flatten()
-        .collect();
-    assert!(
-        added.iter().any(|e| e.card == spare),
-        "the delta adds the new card: {run:?}"
-    );
+    let (added, _, run) = g2.delta(held).await;
+    assert!(added.contains(&spare), "the delta adds the new card: {run:?}");
     c.doors(
         "POST",
         &format!("/api/v1/door-permissions/{}/revoke", b_grant["permission"]["id"]),

@@ -22,7 +22,7 @@ use cardgate_domain::rules::input::{BATCH_ITEMS_MAX, check_batch_id, check_card_
 use rust_decimal::Decimal;
 
 use super::{BatchReport, By, CardResult};
-use crate::doors::{Holder, holder_moves};
+use crate::doors::new_card_moves;
 use crate::error::LedgerError;
 use crate::ledger::Ledger;
 use crate::pay::fen;
@@ -124,22 +124,7 @@ impl Ledger {
                 blacklist_version: self.state.blacklist().version(),
             };
             let body = EntryBody::CardChanged(Box::new(change));
-            let moved = holder_moves(
-                &mut access,
-                &[(
-                    Holder {
-                        cards: &[],
-                        account: &acct_before,
-                        person: person.as_ref(),
-                    },
-                    Holder {
-                        cards: &[card],
-                        account: &acct,
-                        person: person.as_ref(),
-                    },
-                )],
-                self.tz_offset_minutes(),
-            );
+            let moved = new_card_moves(&mut access, &card, &acct, person.as_ref(), self.tz_offset_minutes());
             let more = Self::cache_moved_entry(&moved, CacheCause::CardIssued, account, now, &mut writes);
             let sent = self.send_desk_more(txn, by, result, now, body, more, writes, tx_id);
             drop(acct);
@@ -348,22 +333,7 @@ impl Ledger {
             // The new number joins the door caches here; the old one leaves them through
             // the blacklist, as any blocked card does.
             let person = self.state.person_of_account(acct.id);
-            let moved = holder_moves(
-                &mut access,
-                &[(
-                    Holder {
-                        cards: &[],
-                        account: &acct_before,
-                        person: person.as_ref(),
-                    },
-                    Holder {
-                        cards: &[new_card],
-                        account: &acct,
-                        person: person.as_ref(),
-                    },
-                )],
-                self.tz_offset_minutes(),
-            );
+            let moved = new_card_moves(&mut access, &new_card, &acct, person.as_ref(), self.tz_offset_minutes());
             let more = Self::cache_moved_entry(&moved, CacheCause::CardReplaced, acct.id, now, &mut writes);
             let sent = self.send_desk_more(txn, by, result, now, body, more, writes, tx_id);
             drop(blacklist);

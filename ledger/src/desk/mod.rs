@@ -303,8 +303,7 @@ impl Ledger {
         records: Writes,
         tx_id: u64,
     ) -> Durable<T> {
-        let extras = self.extras(by, &result, now_ms);
-        self.send_with(txn, result, now_ms, body, records, tx_id, extras)
+        self.send_desk_more(txn, by, result, now_ms, body, SmallVec::new(), records, tx_id)
     }
 
     /// As `send_desk`, with more entries the change made (the door caches it moved),

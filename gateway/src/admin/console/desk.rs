@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::str::FromStr;
 
 use axum::Router;
-use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -408,15 +407,7 @@ async fn card_post(
     };
     let uri = format!("/api/v1/cards/{}/{name}", urlencode(&no));
     let a = if body.is_null() {
-        c.call(
-            &signed,
-            Method::POST,
-            &uri,
-            "application/json",
-            Body::empty(),
-            Some(f.get("idem")),
-        )
-        .await
+        c.post_empty(&signed, &uri, f.get("idem")).await
     } else {
         c.post_json(&signed, Method::POST, &uri, &body, f.get("idem")).await
     };

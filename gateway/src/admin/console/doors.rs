@@ -9,7 +9,6 @@
 use std::collections::{BTreeMap, HashMap};
 
 use axum::Router;
-use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{Method, StatusCode};
 use axum::response::Response;
@@ -106,26 +105,26 @@ fn weekday(lang: Lang, d: u64) -> &'static str {
     lang.t(ZH[i], EN[i])
 }
 
-/// The door groups by id, for names; empty if the API refuses them.
-async fn groups(c: &Console, signed: &Signed) -> BTreeMap<u64, String> {
-    let a = c.get(signed, "/api/v1/door-groups").await;
-    a.json()["door_groups"]
+/// The names by id of the records an API list gives under `key`; empty if the API
+/// refuses them.
+async fn names(c: &Console, signed: &Signed, uri: &str, key: &str) -> BTreeMap<u64, String> {
+    let a = c.get(signed, uri).await;
+    a.json()[key]
         .as_array()
         .into_iter()
         .flatten()
-        .filter_map(|g| Some((g["id"].as_u64()?, g["name"].as_str().unwrap_or("").to_string())))
+        .filter_map(|r| Some((r["id"].as_u64()?, r["name"].as_str().unwrap_or("").to_string())))
         .collect()
+}
+
+/// The door groups by id, for names.
+async fn groups(c: &Console, signed: &Signed) -> BTreeMap<u64, String> {
+    names(c, signed, "/api/v1/door-groups", "door_groups").await
 }
 
 /// The schedules by id, for names and the grant form.
 async fn schedules(c: &Console, signed: &Signed) -> BTreeMap<u64, String> {
-    let a = c.get(signed, "/api/v1/door-schedules").await;
-    a.json()["schedules"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|s| Some((s["id"].as_u64()?, s["name"].as_str().unwrap_or("").to_string())))
-        .collect()
+    names(c, signed, "/api/v1/door-schedules", "schedules").await
 }
 
 fn named(map: &BTreeMap<u64, String>, id: &Value) -> String {
@@ -603,16 +602,7 @@ async fn revoke_post(State(c): State<Console>, signed: Signed, Path(id): Path<St
         return html_page(StatusCode::OK, page(&ctx, title, body));
     }
     let uri = format!("/api/v1/door-permissions/{}/revoke", urlencode(&id));
-    let a = c
-        .call(
-            &signed,
-            Method::POST,
-            &uri,
-            "application/json",
-            Body::empty(),
-            Some(f.get("idem")),
-        )
-        .await;
+    let a = c.post_empty(&signed, &uri, f.get("idem")).await;
     if !a.ok() {
         return c.refusal(&signed, a.status, &a.error());
     }

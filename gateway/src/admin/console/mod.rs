@@ -451,6 +451,12 @@ impl Console {
             .await
     }
 
+    /// A POST without a body (an action named by its URI: revoke, disable, report lost).
+    pub async fn post_empty(&self, signed: &Signed, uri: &str, idem: &str) -> Answer {
+        self.call(signed, Method::POST, uri, "application/json", Body::empty(), Some(idem))
+            .await
+    }
+
     pub async fn post_json(&self, signed: &Signed, method: Method, uri: &str, body: &Value, idem: &str) -> Answer {
         self.call(signed, method, uri, "application/json", body.to_string(), Some(idem))
             .await

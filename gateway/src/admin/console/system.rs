@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 
 use axum::Router;
-use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{Method, StatusCode};
 use axum::response::Response;
@@ -255,16 +254,7 @@ async fn disable_operator(State(c): State<Console>, signed: Signed, Path(id): Pa
         );
     }
     let uri = format!("/api/v1/operators/{}/disable", urlencode(&id));
-    let a = c
-        .call(
-            &signed,
-            Method::POST,
-            &uri,
-            "application/json",
-            Body::empty(),
-            Some(f.get("idem")),
-        )
-        .await;
+    let a = c.post_empty(&signed, &uri, f.get("idem")).await;
     if !a.ok() {
         return c.refusal(&signed, a.status, &a.error());
     }
