@@ -20,13 +20,16 @@
 #              protocol, every request answered at once, no ledger, journal or central
 #              store), the transport's limit; its runs skip the conservation check (no
 #              money moves there) and the gateway's metrics
+#   RUST_LOG   [info,cardgate_journal=debug,cardgate_central=debug]  the gateway's log
+#              filter; the default logs each checkpoint and central-store batch with its
+#              time, which bench/timeline.py lines up with the load test's timeline
 #
 # Nothing else may use the gateway during a run (conservation reads every balance
 # before and after); each run has its own gateway, so nothing else can.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-}; shift || true
-case "$mode" in closed|open) ;; *) sed -n '2,26p' "$0" >&2; exit 2 ;; esac
+case "$mode" in closed|open) ;; *) sed -n '2,29p' "$0" >&2; exit 2 ;; esac
 [ $# -ge 1 ] || { echo "give the terminal count(s)" >&2; exit 2; }
 DURATION=${DURATION:-30}
 ACCOUNTS=${ACCOUNTS:-20000}
@@ -34,6 +37,7 @@ MIX=${MIX:-}
 OUT=${OUT:-target/lunch}
 DATA_ROOT=${DATA_ROOT:-/var/tmp}
 GATEWAY=${GATEWAY:-cardgate}
+export RUST_LOG=${RUST_LOG:-info,cardgate_journal=debug,cardgate_central=debug}
 case "$GATEWAY" in cardgate|null) ;; *) echo "GATEWAY is cardgate or null" >&2; exit 2 ;; esac
 mkdir -p "$OUT"
 if [ -z "${NO_BUILD:-}" ]; then

@@ -24,3 +24,4 @@ pub mod offline;
 pub mod report;
 pub mod run;
 pub mod source;
+pub mod timeline;

@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::doors::DoorReport;
 use crate::mix::Mix;
 use crate::offline::UploadTally;
+pub use crate::timeline::TimelineReport;
 
 /// Latency percentiles in milliseconds.
 #[derive(Clone, Copy, Debug, Default, Serialize, PartialEq)]
@@ -199,6 +200,9 @@ pub struct Report {
     pub conservation: Option<Conservation>,
     /// Door controllers beside the POS terminals (`--doors`).
     pub doors: Option<DoorReport>,
+    /// Per 100 ms of the measured window (by when requests were due): answers, slow
+    /// answers, the slowest; where a tail comes from.
+    pub timeline: TimelineReport,
     /// Whether the run met every expectation; the process exits non-zero when not.
     pub ok: bool,
 }

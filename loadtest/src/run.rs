@@ -50,6 +50,7 @@ use crate::report::{
     TerminalSequence,
 };
 use crate::source::SourceAddrs;
+use crate::timeline::Timeline;
 
 /// Latency histograms are sharded by terminal so that recording rarely waits on a lock;
 /// a few shards per core is plenty.
@@ -279,6 +280,7 @@ pub(crate) struct Shared {
     pub(crate) sign_on_notify: Notify,
     lost: LostCards,
     pub(crate) doors: DoorShared,
+    timeline: Timeline,
 }
 
 impl Shared {
@@ -574,7 +576,11 @@ impl Terminal<'_> {
             tally.measured_by_kind[sent.kind.index()] += 1;
             let mut shard = shared.shard(self.index);
             // From when it was due; from when it was sent if that was a little earlier.
-            let _ = shard.latency_us[sent.kind.index()].record(micros(now - sent.scheduled.min(sent.sent)));
+            let due = sent.scheduled.min(sent.sent);
+            let us = micros(now - due);
+            let _ = shard.latency_us[sent.kind.index()].record(us);
+            drop(shard);
+            shared.timeline.record(due, us);
         } else {
             tally.warmup_answers += 1;
         }
@@ -1078,6 +1084,7 @@ where
         sign_on_notify: Notify::new(),
         lost: LostCards::default(),
         doors: DoorShared::new(doors),
+        timeline: Timeline::new(),
         cfg,
     });
     let cfg = &shared.cfg;
@@ -1190,6 +1197,10 @@ where
         _ => ended.saturating_duration_since(steady_start).as_secs_f64(),
     }
     .max(1e-9);
+    let timeline = shared.timeline.report(
+        steady_start,
+        timing.deadline.filter(|_| !timing.stop).unwrap_or(ended),
+    );
     timing_tx.send_modify(|t| t.stop = true);
 
     let lost_cards = match lost_task {
@@ -1309,6 +1320,7 @@ where
         },
         conservation,
         doors,
+        timeline,
         ok: false,
     };
     report.ok = report.problems().is_empty();

@@ -27,14 +27,31 @@ pub const CHECKPOINT_ENTRIES_MAX: u64 = 300_000;
 /// never gets near it.
 pub const CHECKPOINT_RECORDS_MAX: usize = 100_000;
 
-/// The checkpointer writes this many records, then pauses for `CHECKPOINT_CHUNK_PAUSE`:
-/// written flat out, a checkpoint of tens of thousands of records took a core for tens
-/// of milliseconds and left megabytes in sled's log for the committer's next flush and
-/// `fdatasync`, and the requests waiting on that commit were the gateway's p99.
+/// A checkpoint below the record bound is written at most this many records a second,
+/// in chunks of `CHECKPOINT_CHUNK_RECORDS`, sleeping between chunks while ahead of that
+/// pace. Written flat out, a checkpoint of a small campus at the POS peak (~75,000
+/// records: every account, card and terminal slot) took a core for 150-550 ms on two
+/// cores shared with the sessions, and 6 % of the run's time (its checkpoints) held half
+/// of the answers slower than 5 ms (docs/PERFORMANCE.md 5.4). At this pace the largest
+/// such checkpoint takes 2.5 s of the 10 s interval, so it never falls behind.
+pub const CHECKPOINT_PACE_RECORDS_PER_S: u32 = 40_000;
 pub const CHECKPOINT_CHUNK_RECORDS: usize = 256;
-pub const CHECKPOINT_CHUNK_PAUSE: Duration = Duration::from_millis(1);
-/// Checkpoints of this many records or more are written without pauses.
-pub const CHECKPOINT_PACED_RECORDS_MAX: usize = CHECKPOINT_RECORDS_MAX / 4;
+
+const _: () = assert!(
+    CHECKPOINT_RECORDS_MAX as u64 / CHECKPOINT_PACE_RECORDS_PER_S as u64 <= CHECKPOINT_INTERVAL.as_secs() / 2,
+    "a paced checkpoint takes at most half the interval"
+);
+
+/// How long into writing a checkpoint of `total` records the `written`-th may start:
+/// zero for a checkpoint at the record bound, which means records come faster than
+/// checkpoints are taken (a million accounts at full speed) and pausing would pile up
+/// the ones waiting for the next, in memory.
+pub fn checkpoint_pace(written: usize, total: usize) -> Duration {
+    if total >= CHECKPOINT_RECORDS_MAX {
+        return Duration::ZERO;
+    }
+    Duration::from_secs(1) * u32::try_from(written).unwrap_or(u32::MAX) / CHECKPOINT_PACE_RECORDS_PER_S
+}
 
 /// When checkpoints are taken. Tests shorten or disable them to exercise replay.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,13 +152,17 @@ impl<S: Schema> Checkpointer<S> {
             // integrity check) holds the gate; this checkpoint waits for them.
             let gate = self.db.checkpoint_gate();
             let written = S::checkpoint_writes(tree, c.records.values()).and_then(|writes| {
-                // Paced only while checkpoints are small: one near its record bound
-                // means the checkpointer is what falls behind (a million accounts at
-                // full speed), and the waiting records it leaves pile up in memory.
-                let paced = c.records.len() < CHECKPOINT_PACED_RECORDS_MAX;
+                // On a schedule rather than a fixed pause per chunk: time the writes
+                // themselves took, or lost to a busy machine, counts towards it.
+                let total = c.records.len();
+                let writing = Instant::now();
                 for (i, (k, v)) in writes.into_iter().enumerate() {
-                    if paced && i > 0 && i % CHECKPOINT_CHUNK_RECORDS == 0 {
-                        std::thread::sleep(CHECKPOINT_CHUNK_PAUSE);
+                    if i > 0 && i % CHECKPOINT_CHUNK_RECORDS == 0 {
+                        let due = checkpoint_pace(i, total);
+                        let spent = writing.elapsed();
+                        if spent < due {
+                            std::thread::sleep(due - spent);
+                        }
                     }
                     match v {
                         Some(v) => tree.insert(k, v)?,
@@ -182,6 +203,29 @@ impl<S: Schema> Checkpointer<S> {
             metrics::counter!("cardgate_checkpoints_total").increment(1);
             metrics::histogram!("cardgate_checkpoint_seconds").record(started.elapsed().as_secs_f64());
             metrics::histogram!("cardgate_checkpoint_records").record(c.records.len() as f64);
+            // Debug only: with a timestamp, lines up a checkpoint with a latency timeline.
+            tracing::debug!(
+                records = c.records.len(),
+                micros = started.elapsed().as_micros() as u64,
+                through_id = c.through_id,
+                "checkpoint written"
+            );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_small_checkpoint_is_spread_at_the_pace_and_one_at_the_record_bound_is_not() {
+        assert_eq!(checkpoint_pace(0, 1_000), Duration::ZERO);
+        assert_eq!(checkpoint_pace(40_000, 75_000), Duration::from_secs(1));
+        assert_eq!(checkpoint_pace(256, 75_000), Duration::from_micros(6_400));
+        let last = CHECKPOINT_RECORDS_MAX - 1;
+        assert!(checkpoint_pace(last, last) <= CHECKPOINT_INTERVAL / 2);
+        assert_eq!(checkpoint_pace(50_000, CHECKPOINT_RECORDS_MAX), Duration::ZERO);
+        assert_eq!(checkpoint_pace(50_000, CHECKPOINT_RECORDS_MAX * 3), Duration::ZERO);
     }
 }
