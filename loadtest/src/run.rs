@@ -1197,10 +1197,9 @@ where
         _ => ended.saturating_duration_since(steady_start).as_secs_f64(),
     }
     .max(1e-9);
-    let timeline = shared.timeline.report(
-        steady_start,
-        timing.deadline.filter(|_| !timing.stop).unwrap_or(ended),
-    );
+    let timeline = shared
+        .timeline
+        .report(steady_start, timing.deadline.filter(|_| !timing.stop).unwrap_or(ended));
     timing_tx.send_modify(|t| t.stop = true);
 
     let lost_cards = match lost_task {

@@ -69,14 +69,22 @@ impl Timeline {
     pub(crate) fn report(&self, from: Instant, to: Instant) -> TimelineReport {
         let first = self.slot(from).min(SLOTS_MAX);
         let end = self.slot(to).min(SLOTS_MAX).max(first);
-        let read = |v: &[AtomicU32]| v[first..end].iter().map(|a| a.load(Ordering::Relaxed)).collect::<Vec<_>>();
+        let read = |v: &[AtomicU32]| {
+            v[first..end]
+                .iter()
+                .map(|a| a.load(Ordering::Relaxed))
+                .collect::<Vec<_>>()
+        };
         TimelineReport {
             slot_ms: SLOT.as_millis() as u64,
             slow_ms: SLOW.as_millis() as u64,
             start_unix_ms: self.epoch_unix_ms + first as u64 * SLOT.as_millis() as u64,
             answers: read(&self.answers),
             slow: read(&self.slow),
-            max_ms: read(&self.max_us).into_iter().map(|us| f64::from(us) / 1000.0).collect(),
+            max_ms: read(&self.max_us)
+                .into_iter()
+                .map(|us| f64::from(us) / 1000.0)
+                .collect(),
         }
     }
 }

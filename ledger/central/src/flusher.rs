@@ -738,7 +738,12 @@ impl Flusher {
         metrics::histogram!("cardgate_central_batch_entries").record(batch.entries() as f64);
         metrics::histogram!("cardgate_central_batch_seconds").record(took.as_secs_f64());
         // Debug only: with a timestamp, lines up a batch with a latency timeline.
-        tracing::debug!(entries = batch.entries(), micros = took.as_micros() as u64, through_id = written, "batch shipped");
+        tracing::debug!(
+            entries = batch.entries(),
+            micros = took.as_micros() as u64,
+            through_id = written,
+            "batch shipped"
+        );
         self.save_cursor().await;
         Ok(())
     }
