@@ -44,6 +44,8 @@ OUT=${OUT:-target/doors}
 DATA_ROOT=${DATA_ROOT:-/var/tmp}
 mkdir -p "$OUT"
 GATEWAY=${GATEWAY:-cardgate}
+# Each checkpoint and central-store batch in the gateway log, for bench/timeline.py.
+export RUST_LOG=${RUST_LOG:-info,cardgate_journal=debug,cardgate_central=debug}
 case "$GATEWAY" in cardgate|null) ;; *) echo "GATEWAY is cardgate or null" >&2; exit 2 ;; esac
 if [ -z "${NO_BUILD:-}" ]; then
     cargo build --release -q -p cardgate -p cardgate-loadtest

@@ -399,6 +399,7 @@ impl<S: Schema> Committer<S> {
         let checkpoint = Checkpoint {
             records: std::mem::take(&mut self.dirty),
             through_id,
+            collected: self.dirty_since.elapsed(),
             chain: self.chain_point(through_id),
         };
         match to.try_send(checkpoint) {
