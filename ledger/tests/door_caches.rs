@@ -72,15 +72,19 @@ async fn always(l: &Ledger) -> u64 {
         .id
 }
 
-fn grant(subject: Subject, group: u64, schedule: u64) -> PermissionInput {
-    PermissionInput {
+/// The door admin grants `subject` the group on the schedule, from day 0 on.
+async fn grant(l: &Ledger, subject: Subject, group: u64, schedule: u64) {
+    let input = PermissionInput {
         subject,
         door_group: group,
         schedule,
         valid_from_day: 0,
         valid_to_day: None,
         note: String::new(),
-    }
+    };
+    l.grant_permission(&By::actor(&actor(Role::DoorAdmin)), input)
+        .await
+        .unwrap();
 }
 
 /// (version, full, cards that joined, cards that left) from `have` to now.
@@ -106,21 +110,13 @@ const C3: u64 = 6_222_000_000_003;
 async fn desk_day(l: &Ledger) -> (u64, u64, Vec<(u64, u64)>) {
     let desk = actor(Role::CardDesk);
     let sys = actor(Role::SystemAdmin);
-    let doors = actor(Role::DoorAdmin);
     let lab = l.create_door_group(&By::actor(&sys), "Lab", "B1").await.unwrap().id;
     let dorm = l.create_door_group(&By::actor(&sys), "Dorm", "D7").await.unwrap().id;
     let sched = always(l).await;
     let (s1, _) = l.open_person(&By::actor(&desk), person("S1", "CS")).await.unwrap();
     let (s2, _) = l.open_person(&By::actor(&desk), person("S2", "Math")).await.unwrap();
-    l.grant_permission(&By::actor(&doors), grant(Subject::Person(s1.account), lab, sched))
-        .await
-        .unwrap();
-    l.grant_permission(
-        &By::actor(&doors),
-        grant(Subject::Department("Math".into()), dorm, sched),
-    )
-    .await
-    .unwrap();
+    grant(l, Subject::Person(s1.account), lab, sched).await;
+    grant(l, Subject::Department("Math".into()), dorm, sched).await;
     let mut seen = vec![(version(l, lab), version(l, dorm))];
 
     // A card issued to a person with a permission joins that group's cache, and only it.
@@ -226,7 +222,6 @@ async fn an_import_moves_the_groups_its_departments_and_kinds_reach() {
     let l = &f.ledger;
     let data = actor(Role::DataAdmin);
     let sys = actor(Role::SystemAdmin);
-    let doors = actor(Role::DoorAdmin);
     let math = l.create_door_group(&By::actor(&sys), "Math", "M").await.unwrap().id;
     let staff = l
         .create_door_group(&By::actor(&sys), "Staff room", "S")
@@ -239,24 +234,9 @@ async fn an_import_moves_the_groups_its_departments_and_kinds_reach() {
     let desk = actor(Role::CardDesk);
     l.open_person(&By::actor(&desk), person("M0", "Math")).await.unwrap();
     l.open_person(&By::actor(&desk), person("A0", "Art")).await.unwrap();
-    l.grant_permission(
-        &By::actor(&doors),
-        grant(Subject::Department("Math".into()), math, sched),
-    )
-    .await
-    .unwrap();
-    l.grant_permission(
-        &By::actor(&doors),
-        grant(Subject::Kind(AccountKind::Staff), staff, sched),
-    )
-    .await
-    .unwrap();
-    l.grant_permission(
-        &By::actor(&doors),
-        grant(Subject::Department("Art".into()), other, sched),
-    )
-    .await
-    .unwrap();
+    grant(l, Subject::Department("Math".into()), math, sched).await;
+    grant(l, Subject::Kind(AccountKind::Staff), staff, sched).await;
+    grant(l, Subject::Department("Art".into()), other, sched).await;
     let before = [version(l, math), version(l, staff), version(l, other)];
     let csv = "person_id,name,department,kind,card_no\n\
                T1,Zhang,Math,student,6222000000101\n\
@@ -301,12 +281,7 @@ async fn a_temporary_cards_line_ends_at_its_expiry() {
         .id;
     let sched = always(l).await;
     let (s1, _) = l.open_person(&By::actor(&desk), person("S1", "CS")).await.unwrap();
-    l.grant_permission(
-        &By::actor(&actor(Role::DoorAdmin)),
-        grant(Subject::Person(s1.account), lab, sched),
-    )
-    .await
-    .unwrap();
+    grant(l, Subject::Person(s1.account), lab, sched).await;
     let expires_min = (LUNCH_MS / 60_000) as u64 + 10 * 1_440;
     l.issue_card_desk(
         &By::actor(&desk),

@@ -29,7 +29,7 @@ use crate::doors::{
     CacheChangeReport, DOOR_TERMINAL_BASE, DoorCache, DoorOfflineReport, DoorReport, Passages, unexpected_reason,
 };
 use crate::offline::goes_offline;
-use crate::report::Percentiles;
+use crate::percentiles::Percentiles;
 use crate::run::{Shared, TIMER_TICK, Timing, connect, exp_gap, failure_name, histogram, micros, sleep_until};
 
 /// Latency histograms are sharded like the POS ones.

@@ -21,7 +21,7 @@ use cardgate_codec::{
 };
 use serde::Serialize;
 
-use crate::report::Percentiles;
+use crate::percentiles::Percentiles;
 
 /// Door controller `i` of the demo campus is terminal `DOOR_TERMINAL_BASE + i`, and
 /// serves door `i` (docs/PROTOCOL.md section 12).

@@ -21,6 +21,7 @@ pub mod door_fleet;
 pub mod doors;
 pub mod mix;
 pub mod offline;
+pub mod percentiles;
 pub mod report;
 pub mod run;
 pub mod source;

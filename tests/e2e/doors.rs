@@ -596,18 +596,20 @@ async fn door_access_over_the_protocol() {
     c.stop.cancel();
 }
 
+/// The ids of the objects listed under `key`.
+fn ids(body: &Value, key: &str) -> Vec<u64> {
+    body[key]
+        .as_array()
+        .map(|list| list.iter().filter_map(|x| x["id"].as_u64()).collect())
+        .unwrap_or_default()
+}
+
 /// What a door admin following docs/OPERATIONS.md reads: the door groups and the
 /// controllers (not the POS terminals, and changing neither), the doors of one group,
 /// one person's permissions, the live or the revoked ones; an unknown door is 404.
 async fn the_door_admin_reads_what_the_docs_name(c: &Campus) {
     let groups = c.doors("GET", "/api/v1/door-groups", "");
-    let ids: Vec<u64> = groups["door_groups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|g| g["id"].as_u64())
-        .collect();
-    assert_eq!(ids, [1, 2], "{groups}");
+    assert_eq!(ids(&groups, "door_groups"), [1, 2], "{groups}");
     let terminals = c.doors("GET", "/api/v1/terminals", "");
     let list = terminals["terminals"].as_array().unwrap();
     assert!(
@@ -646,13 +648,7 @@ async fn the_door_admin_reads_what_the_docs_name(c: &Campus) {
 
     // The doors of one group (the demo's doors 11 to 20 are group 2's).
     let doors = c.doors("GET", "/api/v1/doors?door_group=2", "");
-    let ids: Vec<u64> = doors["doors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|d| d["id"].as_u64())
-        .collect();
-    assert_eq!(ids, (11..=20).collect::<Vec<_>>(), "{doors}");
+    assert_eq!(ids(&doors, "doors"), (11..=20).collect::<Vec<_>>(), "{doors}");
     assert_eq!(c.api("GET", "/api/v1/doors?door_group=x", &c.door_admin, "").0, 400);
     let (status, body) = c.api("GET", "/api/v1/doors/999", &c.door_admin, "");
     assert_eq!(status, 404, "{body}");

@@ -24,17 +24,10 @@ use std::ops::ControlFlow;
 
 use sha2::{Digest, Sha256};
 
-use crate::StoreError;
+use crate::layout::StoreError;
+pub use crate::layout::{ChainPoint, GENESIS, HASH_BYTES, Hash};
 use crate::segment;
 use crate::store::{Db, PREFIX_JOURNAL, id_of_key, key_segment, meta};
-
-pub const HASH_BYTES: usize = 32;
-
-/// One entry's chain hash.
-pub type Hash = [u8; HASH_BYTES];
-
-/// What the first hashed entry links to.
-pub const GENESIS: Hash = [0; HASH_BYTES];
 
 /// Removed entries `verify` looks for behind an entry that does not link: one deleted
 /// entry shifts the ids of the rest of its segment, and saying which one is gone beats
@@ -68,32 +61,6 @@ pub fn from_hex(s: &str) -> Option<Hash> {
         *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
     }
     Some(out)
-}
-
-/// An entry id and its hash, as the chain's meta values keep them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ChainPoint {
-    pub id: u64,
-    pub hash: Hash,
-}
-
-impl ChainPoint {
-    pub const BYTES: usize = 8 + HASH_BYTES;
-
-    pub fn encode(&self) -> [u8; ChainPoint::BYTES] {
-        let mut out = [0u8; ChainPoint::BYTES];
-        out[..8].copy_from_slice(&self.id.to_be_bytes());
-        out[8..].copy_from_slice(&self.hash);
-        out
-    }
-
-    pub fn decode(bytes: &[u8]) -> Option<ChainPoint> {
-        let (id, hash) = bytes.split_first_chunk::<8>()?;
-        Some(ChainPoint {
-            id: u64::from_be_bytes(*id),
-            hash: hash.try_into().ok()?,
-        })
-    }
 }
 
 /// Where the committer takes the chain up at start.

@@ -18,6 +18,7 @@
 pub mod chain;
 pub mod checkpoint;
 pub mod committer;
+pub mod layout;
 pub mod record;
 pub mod segment;
 pub mod store;

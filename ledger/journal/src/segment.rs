@@ -17,9 +17,7 @@
 //! entries of a journal written before the chain then read back unchanged, beside
 //! hashed ones, without a format switch per segment.
 
-use crate::StoreError;
-use crate::chain::{HASH_BYTES, Hash};
-use crate::store::key_segment;
+use crate::layout::{HASH_BYTES, Hash, StoreError, key_segment};
 
 /// The largest segment value. sled stores a tree node above 128 KiB (a quarter of its
 /// 512 KiB segment) as a separate blob file that it never fsyncs; a leaf holds up to ~16

@@ -21,37 +21,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::de::DeserializeOwned;
 
-use crate::chain::{ChainPoint, Hash};
+use crate::layout::{ChainPoint, Hash};
+pub use crate::layout::{PREFIX_JOURNAL, PREFIX_META, StoreError, id_of_key, key_meta, key_segment, key_u64, meta};
 use crate::record::decode_record;
 use crate::segment::{self, Framed};
-
-pub const PREFIX_JOURNAL: u8 = b'J';
-pub const PREFIX_META: u8 = b'M';
-
-/// The journal's own meta keys. The user's live beside them under names of its own.
-pub mod meta {
-    /// The id the committer gives the next entry (u64 BE). Kept because pruning may
-    /// leave the journal empty.
-    pub const NEXT_ENTRY_ID: &str = "next_entry_id";
-    /// The highest mark any committed submission carried (u64 BE): an id the user hands
-    /// out with entries and must never hand out twice (the ledger's tx ids, hence the
-    /// name, which data directories already hold).
-    pub const MARK: &str = "tx_id_mark";
-    /// The last entry id the checkpointed state records reflect (u64 BE).
-    pub const CHECKPOINT_ID: &str = "checkpoint_id";
-    /// The first entry with a chain hash (u64 BE): entries before it were written by a
-    /// build without the chain. Written with that entry's commit.
-    pub const CHAIN_START: &str = "chain_start";
-    /// The newest entry and its hash (`ChainPoint`), written with every commit: where the
-    /// chain goes on after a restart, even if pruning emptied the journal.
-    pub const CHAIN_HEAD: &str = "chain_head";
-    /// The entry a checkpoint reflects and its hash (`ChainPoint`), written before
-    /// `CHECKPOINT_ID`.
-    pub const CHECKPOINT_CHAIN: &str = "checkpoint_chain";
-    /// The last entry pruning removed and its hash (`ChainPoint`), written before the
-    /// removal: the anchor the first entry left is checked against.
-    pub const CHAIN_BASE: &str = "chain_base";
-}
 
 /// sled's page cache. sled's default (1 GiB) alone would break the gateway's memory
 /// target; the hot state lives in the ledger's maps, so sled needs little cache. Its
@@ -59,40 +32,6 @@ pub mod meta {
 /// reached 1,056 MiB after a load following a `kill -9` restart, at 32 MiB 879 MiB,
 /// with no loss of speed (docs/PERFORMANCE.md 5.3).
 pub const SLED_CACHE_BYTES: u64 = 32 * 1024 * 1024;
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("sled: {0}")]
-    Sled(#[from] sled::Error),
-    #[error("i/o on {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
-    #[error("record under key {key:?} does not decode: {reason}")]
-    Corrupt { key: Vec<u8>, reason: String },
-    #[error("injected fault: {0}")]
-    Injected(&'static str),
-}
-
-pub fn key_u64(prefix: u8, id: u64) -> [u8; 9] {
-    let mut k = [0u8; 9];
-    k[0] = prefix;
-    k[1..].copy_from_slice(&id.to_be_bytes());
-    k
-}
-
-pub fn key_segment(first_id: u64) -> [u8; 9] {
-    key_u64(PREFIX_JOURNAL, first_id)
-}
-
-pub fn key_meta(name: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(1 + name.len());
-    k.push(PREFIX_META);
-    k.extend_from_slice(name.as_bytes());
-    k
-}
-
-pub fn id_of_key(key: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(key.get(1..9)?.try_into().ok()?))
-}
 
 /// A committed entry, as read back.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -15,6 +15,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use cardgate_domain::clock::{civil_from_days, days_from_civil, parse_local_date};
 use cardgate_domain::operator::Permission;
+use cardgate_ledger::days::day_str;
 use maud::{Markup, html};
 use serde_json::{Map, Value, json};
 
@@ -773,12 +774,8 @@ fn sheet_of(c: &Console, lang: Lang, q: &HashMap<String, String>) -> Result<(Str
     if last - first >= SHEET_DAYS_MAX {
         return Err(lang.t("一次最多 31 天。", "At most 31 days at a time.").into());
     }
-    let days = (first..=last)
-        .map(|d| {
-            let (y, m, dd) = civil_from_days(d);
-            format!("{y:04}-{m:02}-{dd:02}")
-        })
-        .collect();
+    // Within 31 days of a parsed date: far inside an i32 of days.
+    let days = (first..=last).map(|d| day_str(d as i32)).collect();
     Ok((who, days))
 }
 
