@@ -233,6 +233,8 @@ fn declined(m: &Message) -> Option<DeclineReason> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_desk_and_the_director_in_a_real_browser() {
+    // The card page shows spent-today.
+    crate::business_day::today_lasts_the_test();
     let Some((chromium, driver_path)) = browser_tools() else {
         return;
     };

@@ -322,6 +322,8 @@ async fn blacklist_push_arrives_within_a_second_and_delta_sync_returns_exactly_t
 
 #[tokio::test]
 async fn desk_money_grants_history_and_fee_lists() {
+    // The fee list is today's.
+    crate::business_day::today_lasts_the_test();
     let dir = tempfile::tempdir().unwrap();
     let k = start(dir.path());
     let a = k.person_with_card("S1", CARD_A, "50.00");

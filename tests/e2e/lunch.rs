@@ -178,7 +178,7 @@ async fn central_caught_up(d: &Daemon) {
 
 /// Today's completeness report.
 fn completeness_today(d: &Daemon, director: &str) -> Value {
-    let today = &cardgate_domain::clock::format_local(now_ms(), 480)[..10];
+    let today = crate::business_day::local_date(now_ms());
     let (st, body) = api_request(
         d.admin_addr(),
         "GET",
@@ -218,6 +218,7 @@ fn sum_over(report: &Value, terminals: std::ops::Range<u64>, figure: &str) -> i6
 
 #[tokio::test]
 async fn offline_terminals_post_every_sale_once_and_leave_no_gap() {
+    crate::business_day::today_lasts_the_test();
     let dir = tempfile::tempdir().unwrap();
     let (d, director) = start_with_director(dir.path());
     let (terminals, per_terminal) = (20, 40);
@@ -288,6 +289,7 @@ async fn offline_terminals_post_every_sale_once_and_leave_no_gap() {
 
 #[tokio::test]
 async fn the_completeness_report_misses_exactly_the_numbers_the_run_skipped() {
+    crate::business_day::today_lasts_the_test();
     let dir = tempfile::tempdir().unwrap();
     let (d, director) = start_with_director(dir.path());
     let terminals = 12;

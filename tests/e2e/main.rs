@@ -2,6 +2,7 @@
 //! (and, where they exist, HTTP) exactly as terminals and operators drive it. One module
 //! per area; `harness` starts, kills and restarts daemons.
 
+mod business_day;
 mod central;
 mod console;
 mod console_browser;

@@ -14,6 +14,7 @@ use cardgate_codec::{CardNo, Message, OfflineBatch, OfflineStatus};
 use cardgate_loadtest::client::{TerminalClient, now_ms};
 use serde_json::{Value, json};
 
+use crate::business_day::{TZ_OFFSET_MINUTES, earlier_today, local_date, today_lasts_the_test};
 use crate::harness::*;
 
 const EVENTUALLY: Duration = Duration::from_secs(30);
@@ -129,10 +130,6 @@ fn missing(report: &Value, terminal: u64) -> Vec<(u64, u64)> {
         .collect()
 }
 
-fn local_date(ms: i64) -> String {
-    cardgate_domain::clock::format_local(ms, 480)[..10].to_string()
-}
-
 async fn sign_on(d: &Daemon, id: u64) -> TerminalClient {
     let t = TerminalClient::connect(d.terminal_addr(), id, &secret(id))
         .await
@@ -244,6 +241,7 @@ async fn offline_sales_are_uploaded_once_however_often_they_are_sent() {
 #[tokio::test]
 async fn skipped_numbers_show_as_exact_ranges_until_their_sales_arrive() {
     const POS: u64 = 11;
+    today_lasts_the_test();
     let dir = tempfile::tempdir().unwrap();
     let k = Kit::start(dir.path());
     let mut t = sign_on(&k.d, POS).await;
@@ -270,7 +268,7 @@ async fn skipped_numbers_show_as_exact_ranges_until_their_sales_arrive() {
     assert_eq!(inv["terminal"]["missing"], 5);
 
     // The offline sales arrive: one gap closes, the other stays, exactly.
-    let sold = now_ms() - 600_000;
+    let sold = earlier_today(600_000);
     let sales: Vec<_> = (n + 2..=n + 4)
         .map(|s| t.offline_sale(s, card(21), 2_00, sold))
         .collect();
@@ -400,12 +398,13 @@ fn yuan_fen(v: &Value) -> i64 {
 
 #[tokio::test]
 async fn settlement_equals_the_transactions_and_a_closed_day_stays_closed() {
+    today_lasts_the_test();
     let dir = tempfile::tempdir().unwrap();
     let k = Kit::start(dir.path());
     let now = now_ms();
     let today = local_date(now);
     // The start of today in UTC+8, and a minute before it: yesterday.
-    let start_today = cardgate_domain::clock::parse_local_date(&today, 480).unwrap();
+    let start_today = cardgate_domain::clock::parse_local_date(&today, TZ_OFFSET_MINUTES).unwrap();
     let yesterday = local_date(start_today - 60_000);
     // Terminals 1 and 51 belong to different demo merchants (50 terminals each).
     let mut a = sign_on(&k.d, 1).await;

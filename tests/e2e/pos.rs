@@ -106,6 +106,8 @@ async fn sign_on_with_a_wrong_key_is_refused() {
 
 #[tokio::test]
 async fn declines_carry_their_reason_and_move_no_money() {
+    // The daily limit and spent-today are the business day's.
+    crate::business_day::today_lasts_the_test();
     let dir = tempfile::tempdir().unwrap();
     let d = Daemon::start(dir.path());
     let mut t = d.terminal(1).await;

@@ -487,6 +487,8 @@ async fn a_retried_desk_call_with_its_key_is_applied_once() {
 /// inside batches; item 6: a card already expired is not issued, nothing is charged.
 #[tokio::test]
 async fn every_record_a_call_changes_finds_its_audit_record() {
+    // A card that expired yesterday.
+    crate::business_day::today_lasts_the_test();
     const OLD: u64 = 62_220_000_330_001;
     const NEW: u64 = 62_220_000_330_002;
     const GRAD: u64 = 62_220_000_330_003;
@@ -559,11 +561,7 @@ async fn every_record_a_call_changes_finds_its_audit_record() {
 
     // Item 6: a temporary card that expired yesterday (business time) is refused, and
     // its fee is not taken.
-    let yesterday = {
-        let now = cardgate_loadtest::client::now_ms() + 8 * 3_600_000;
-        let (y, m, d) = cardgate_domain::clock::civil_from_days(now.div_euclid(86_400_000) - 1);
-        format!("{y:04}-{m:02}-{d:02}")
-    };
+    let yesterday = crate::business_day::local_date(cardgate_loadtest::client::now_ms() - 86_400_000);
     let before = k.balance(account);
     let (st, e) = k.call(
         &k.desk,
