@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use cardgate_domain::access::{
     AccessRecord, AntiPassback, CacheChange, CacheLine, ControllerEvents, Door, GroupAccess, Holidays, PassbackState,
-    Permission, Schedule,
+    Permission, RememberedAnswer, Schedule,
 };
 use cardgate_domain::rules::sequence::SeqSet;
 use parking_lot::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -67,24 +67,43 @@ pub(crate) struct Controller {
     pub(crate) drift_ms: i64,
     /// The cache version it last said it holds (live state).
     pub(crate) cache_acked: u64,
-    /// The answers of its last online checks, so that a retry gets the answer recorded
-    /// the first time (live state: after a restart a retry is decided again).
-    pub(crate) recent: VecDeque<(u64, u16)>,
+    /// The answers of its online checks and punches by `event_seq` mod
+    /// `RECENT_ANSWERS_MAX` (0: none; event numbers start at 1), so that a retry gets the
+    /// answer recorded the first time. Durable as `AccessRecord::Answer`, one per slot:
+    /// a retry after a restart gets it too. Empty until the controller's first answer.
+    recent: Vec<(u64, u16)>,
 }
 
 /// Online answers remembered per controller: more than its pipeline holds.
 pub const RECENT_ANSWERS_MAX: usize = 64;
 
+fn answer_slot(seq: u64) -> usize {
+    (seq % RECENT_ANSWERS_MAX as u64) as usize
+}
+
 impl Controller {
-    pub(crate) fn remember(&mut self, seq: u64, reason: u16) {
-        self.recent.push_back((seq, reason));
-        while self.recent.len() > RECENT_ANSWERS_MAX {
-            self.recent.pop_front();
+    /// Remembers the answer to `seq` unless its slot holds a newer number, and returns
+    /// the record that makes it durable.
+    pub(crate) fn remember(&mut self, terminal: u64, seq: u64, answer: u16) -> RememberedAnswer {
+        if self.recent.is_empty() {
+            self.recent = vec![(0, 0); RECENT_ANSWERS_MAX];
+        }
+        let slot = &mut self.recent[answer_slot(seq)];
+        if slot.0 <= seq {
+            *slot = (seq, answer);
+        }
+        RememberedAnswer {
+            terminal,
+            event_seq: seq,
+            answer,
         }
     }
 
     pub(crate) fn answered(&self, seq: u64) -> Option<u16> {
-        self.recent.iter().rev().find(|(s, _)| *s == seq).map(|(_, r)| *r)
+        self.recent
+            .get(answer_slot(seq))
+            .filter(|(s, _)| *s == seq && seq != 0)
+            .map(|(_, a)| *a)
     }
 }
 
@@ -99,17 +118,15 @@ impl Controller {
         }
     }
 
-    fn load(r: &ControllerEvents) -> Controller {
-        Controller {
-            seen: SeqSet {
-                last: r.last,
-                gaps: r.gaps.clone(),
-                abandoned: r.abandoned,
-            },
-            drift_ms: r.drift_ms,
-            cache_acked: 0,
-            recent: VecDeque::new(),
-        }
+    /// The accounting a checkpoint or an entry left (remembered answers are records of
+    /// their own and stay as they are).
+    pub(crate) fn load(&mut self, r: &ControllerEvents) {
+        self.seen = SeqSet {
+            last: r.last,
+            gaps: r.gaps.clone(),
+            abandoned: r.abandoned,
+        };
+        self.drift_ms = r.drift_ms;
     }
 }
 
@@ -289,11 +306,16 @@ impl AccessBook {
                     config.groups.insert(g.group, g);
                 }
                 AccessRecord::Change(c) => changes.push(c),
-                AccessRecord::Controller(c) => {
-                    events.controllers.insert(c.terminal, Controller::load(&c));
-                }
+                AccessRecord::Controller(c) => events.controllers.entry(c.terminal).or_default().load(&c),
                 AccessRecord::Passback(p) => {
                     events.passback.insert((p.account, p.group), p);
+                }
+                AccessRecord::Answer(a) => {
+                    events
+                        .controllers
+                        .entry(a.terminal)
+                        .or_default()
+                        .remember(a.terminal, a.event_seq, a.answer);
                 }
             }
         }
@@ -364,6 +386,7 @@ pub(crate) fn access_key(r: &AccessRecord) -> (u8, u64, u64) {
         AccessRecord::Change(c) => (b'l', c.group, c.version % CACHE_LOG_PER_GROUP_MAX),
         AccessRecord::Controller(c) => (b'c', c.terminal, 0),
         AccessRecord::Passback(p) => (b'a', p.account, p.group),
+        AccessRecord::Answer(a) => (b'r', a.terminal, answer_slot(a.event_seq) as u64),
     }
 }
 

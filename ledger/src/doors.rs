@@ -197,13 +197,13 @@ pub(crate) fn apply_record(state: &State, r: &AccessRecord) {
             c.groups.insert(g.group, now);
         }
         AccessRecord::Change(ch) => book.write().log_change(ch.clone()),
-        AccessRecord::Controller(c) => {
-            let mut ev = book.events();
-            let e = ev.controllers.entry(c.terminal).or_default();
-            e.seen.last = c.last;
-            e.seen.gaps = c.gaps.clone();
-            e.seen.abandoned = c.abandoned;
-            e.drift_ms = c.drift_ms;
+        AccessRecord::Controller(c) => book.events().controllers.entry(c.terminal).or_default().load(c),
+        AccessRecord::Answer(a) => {
+            book.events()
+                .controllers
+                .entry(a.terminal)
+                .or_default()
+                .remember(a.terminal, a.event_seq, a.answer);
         }
         AccessRecord::Passback(p) => {
             book.events().passback.insert((p.account, p.group), *p);
@@ -975,7 +975,7 @@ impl Ledger {
                 .unwrap_or(answer.reason);
             return Ok(txn.barrier(AccessAnswer { reason, ..answer }));
         }
-        c.remember(req.event_seq, verdict.reason.code());
+        let remembered = c.remember(terminal, req.event_seq, verdict.reason.code());
         let controller = c.record(terminal);
         if verdict.granted() {
             metrics::counter!("cardgate_door_checks_total", "result" => "granted").increment(1);
@@ -1002,6 +1002,7 @@ impl Ledger {
         };
         let mut writes = Writes::new();
         writes.push(write(AccessRecord::Controller(controller.clone())));
+        writes.push(write(AccessRecord::Answer(remembered)));
         if let Some(p) = verdict.passback {
             events.passback.insert((p.account, p.group), p);
             writes.push(write(AccessRecord::Passback(p)));
@@ -1052,7 +1053,7 @@ impl Ledger {
                 gateway_time_ms: now,
             }));
         }
-        c.remember(event_seq, u16::from(status));
+        let remembered = c.remember(terminal, event_seq, u16::from(status));
         let controller = c.record(terminal);
         let status_name = match status {
             punch_status::RECORDED => "recorded",
@@ -1062,6 +1063,7 @@ impl Ledger {
         metrics::counter!("cardgate_door_punches_total", "status" => status_name).increment(1);
         let mut writes = Writes::new();
         writes.push(write(AccessRecord::Controller(controller.clone())));
+        writes.push(write(AccessRecord::Answer(remembered)));
         let body = EntryBody::DoorEvents(Box::new(DoorEvents {
             events: Vec::new(),
             punches: vec![Punch {

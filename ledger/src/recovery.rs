@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
 use cardgate_codec::CardNo;
-use cardgate_domain::access::{AccessRecord, CacheChange};
+use cardgate_domain::access::{AccessRecord, CacheChange, EventSource, RememberedAnswer};
 use cardgate_domain::entry::{EntryBody, EntryRecord, ImportItem, MoneyKind, MoneyMove, StockEntry, TxEntry};
 use cardgate_domain::model::{GrantMark, Outcome, Params, SeqRecord, TxKind};
 use cardgate_domain::money::from_fen;
@@ -473,6 +473,19 @@ impl Replay<'_> {
                     self.access(AccessRecord::Passback(p));
                 }
                 self.access(AccessRecord::Controller(e.controller.clone()));
+                // What online checks and punches were answered: a retry after this
+                // restart gets the same answer.
+                let online = e.events.iter().filter(|ev| ev.source == EventSource::Online);
+                let answers = online
+                    .map(|ev| (ev.terminal, ev.event_seq, ev.reason))
+                    .chain(e.punches.iter().map(|p| (p.terminal, p.event_seq, u16::from(p.status))));
+                for (terminal, event_seq, answer) in answers {
+                    self.access(AccessRecord::Answer(RememberedAnswer {
+                        terminal,
+                        event_seq,
+                        answer,
+                    }));
+                }
             }
         }
         Ok(())

@@ -265,6 +265,19 @@ pub enum AccessRecord {
     Change(CacheChange),
     Controller(ControllerEvents),
     Passback(PassbackState),
+    /// Appended last: earlier variants keep their encoding.
+    Answer(RememberedAnswer),
+}
+
+/// The answer an online check or punch got, kept so that a retry of its `event_seq` gets
+/// the same answer after a restart too. One per (controller, `event_seq` mod the number
+/// remembered), so the newest numbers replace the oldest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RememberedAnswer {
+    pub terminal: u64,
+    pub event_seq: u64,
+    /// ACCESS_RESULT's reason code, or PUNCH_RESULT's status.
+    pub answer: u16,
 }
 
 /// A door controller's or attendance clock's event numbers seen (one sequence shared by
