@@ -20,6 +20,9 @@
 #              protocol, every request answered at once, no ledger, journal or central
 #              store), the transport's limit; its runs skip the conservation check (no
 #              money moves there) and the gateway's metrics
+#   CENTRAL    [central.db in the data directory]  the gateway's --central URL; `{run}`
+#              in it becomes the run's data directory name, e.g.
+#              CENTRAL='sqlite:///dev/shm/{run}.db' (a tmpfs: what the disk costs)
 #   RUST_LOG   [info,cardgate_journal=debug,cardgate_central=debug]  the gateway's log
 #              filter; the default logs each checkpoint and central-store batch with its
 #              time, which bench/timeline.py lines up with the load test's timeline
@@ -29,7 +32,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-}; shift || true
-case "$mode" in closed|open) ;; *) sed -n '2,29p' "$0" >&2; exit 2 ;; esac
+case "$mode" in closed|open) ;; *) sed -n '2,31p' "$0" >&2; exit 2 ;; esac
 [ $# -ge 1 ] || { echo "give the terminal count(s)" >&2; exit 2; }
 DURATION=${DURATION:-30}
 ACCOUNTS=${ACCOUNTS:-20000}
@@ -81,9 +84,11 @@ run_one() { # terminals rate(or "") name
         target/release/cardgate-null-gateway --listen 127.0.0.1:0 >"$log" 2>&1 &
     else
         dir=$(mktemp -d "$DATA_ROOT/cardgate-lunch.XXXXXX")
+        local central=()
+        [ -z "${CENTRAL:-}" ] || central=(--central "${CENTRAL//\{run\}/$(basename "$dir")}")
         "$gw" serve --demo --data-dir "$dir" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 \
             --demo-accounts "$ACCOUNTS" --demo-terminals "$(( terminals > 2000 ? terminals : 2000 ))" \
-            >"$log" 2>&1 &
+            "${central[@]}" >"$log" 2>&1 &
     fi
     pid=$!
     local addr="" maddr=""
