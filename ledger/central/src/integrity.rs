@@ -17,9 +17,9 @@
 use rust_decimal::Decimal;
 use sqlx::{Arguments, Postgres, Row, Sqlite, Transaction};
 
-use crate::postgres::CopyText;
+pub use crate::schema::DayCloseRow;
 use crate::schema::{Batch, id_of_sql, sql_id};
-use crate::sqlite::Shaped;
+use crate::statements::{CopyText, Shaped};
 use crate::{CentralError, CentralStore, classify, fen_of};
 use cardgate_domain::money::from_fen;
 
@@ -70,23 +70,6 @@ CREATE TABLE IF NOT EXISTS day_closes (
     PRIMARY KEY (gateway_id, business_day)
 );
 "#;
-
-/// One closed business day, as `day_closes` holds it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DayCloseRow {
-    /// `YYYY-MM-DD`, local business time.
-    pub day: String,
-    pub tz_offset_minutes: i32,
-    pub first_entry_id: u64,
-    pub last_entry_id: u64,
-    pub hash: [u8; 32],
-    pub transactions: u64,
-    pub transactions_fen: i64,
-    pub complete: bool,
-    /// The `DayClosed` entry.
-    pub entry_id: u64,
-    pub closed_ms: i64,
-}
 
 /// One business day's approved money movements in `transactions`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -32,6 +32,7 @@ pub mod protocol;
 pub mod reports;
 pub mod schema;
 pub mod sqlite;
+pub mod statements;
 
 use std::path::Path;
 

@@ -16,6 +16,7 @@ use sqlx::{Postgres, Row, Transaction};
 
 use super::protocol::Dialect;
 use super::schema::{Batch, SCHEMA_VERSION, id_of_sql, sql_id};
+use super::statements::CopyText;
 use super::{AccountTotal, CentralError, StoredTx, classify, fen_of};
 use cardgate_domain::money::from_fen;
 
@@ -555,120 +556,6 @@ impl Dialect for PgCentral {
     }
 }
 
-/// Rows in the text format of `COPY ... FROM STDIN`: columns separated by tabs, rows
-/// ended by newlines, `\N` for NULL, and a backslash before any backslash, tab, newline
-/// or carriage return inside a value. One buffer, reused from table to table.
-#[derive(Default)]
-pub(crate) struct CopyText {
-    buf: Vec<u8>,
-    /// Rows in `buf`.
-    rows: u64,
-    /// A column was written in the current row: the next one needs a tab first.
-    in_row: bool,
-}
-
-impl CopyText {
-    fn column(&mut self) {
-        if self.in_row {
-            self.buf.push(b'\t');
-        }
-        self.in_row = true;
-    }
-
-    pub(crate) fn id(&mut self, v: i64) {
-        self.column();
-        self.buf.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
-    }
-
-    fn opt_id(&mut self, v: Option<i64>) {
-        match v {
-            Some(v) => self.id(v),
-            None => self.null(),
-        }
-    }
-
-    /// Fen as the `NUMERIC` yuan the column holds, written by `Decimal` (two places).
-    fn money(&mut self, fen: i64) {
-        use std::io::Write;
-        self.column();
-        // Writing into a Vec cannot fail.
-        let _ = write!(self.buf, "{}", from_fen(fen));
-    }
-
-    fn text(&mut self, s: &str) {
-        self.column();
-        let mut rest = s.as_bytes();
-        // Runs without anything to escape are copied whole.
-        while let Some(at) = rest.iter().position(|c| matches!(c, b'\\' | b'\t' | b'\n' | b'\r' | 0)) {
-            self.buf.extend_from_slice(&rest[..at]);
-            match rest[at] {
-                b'\\' => self.buf.extend_from_slice(b"\\\\"),
-                b'\t' => self.buf.extend_from_slice(b"\\t"),
-                b'\n' => self.buf.extend_from_slice(b"\\n"),
-                b'\r' => self.buf.extend_from_slice(b"\\r"),
-                // PostgreSQL text cannot hold NUL (see `pg_text`).
-                _ => self.buf.extend_from_slice("\u{FFFD}".as_bytes()),
-            }
-            rest = &rest[at + 1..];
-        }
-        self.buf.extend_from_slice(rest);
-    }
-
-    /// A `BYTEA` in its hex form, `\x` and two digits a byte, with the backslash doubled
-    /// as the text format wants.
-    pub(crate) fn bytea(&mut self, v: &[u8]) {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        self.column();
-        self.buf.extend_from_slice(b"\\\\x");
-        for b in v {
-            self.buf.push(HEX[usize::from(b >> 4)]);
-            self.buf.push(HEX[usize::from(b & 0xf)]);
-        }
-    }
-
-    fn opt_text(&mut self, s: Option<&str>) {
-        match s {
-            Some(s) => self.text(s),
-            None => self.null(),
-        }
-    }
-
-    fn null(&mut self) {
-        self.column();
-        self.buf.extend_from_slice(b"\\N");
-    }
-
-    pub(crate) fn end_row(&mut self) {
-        self.buf.push(b'\n');
-        self.rows += 1;
-        self.in_row = false;
-    }
-
-    /// Sends the rows gathered with `statement` (a `COPY ... FROM STDIN`) and empties
-    /// the buffer; nothing when there are none.
-    pub(crate) async fn send(
-        &mut self,
-        tx: &mut Transaction<'static, Postgres>,
-        statement: &str,
-    ) -> Result<(), CentralError> {
-        if self.rows == 0 {
-            return Ok(());
-        }
-        let mut copy = tx.copy_in_raw(statement).await.map_err(classify)?;
-        copy.send(self.buf.as_slice()).await.map_err(classify)?;
-        let written = copy.finish().await.map_err(classify)?;
-        if written != self.rows {
-            return Err(CentralError::Data(format!(
-                "COPY wrote {written} rows of {}",
-                self.rows
-            )));
-        }
-        self.buf.clear();
-        self.rows = 0;
-        Ok(())
-    }
-}
-
 /// PostgreSQL text cannot hold NUL; an operator-typed name with one must not stall the
 /// flusher forever, so it is stored with U+FFFD in its place.
 fn pg_text(s: &str) -> String {
@@ -715,25 +602,5 @@ mod tests {
             "the typed text `\\u0000` is kept"
         );
         assert!(matches!(jsonb_safe("{\"a\":1}"), Cow::Borrowed(_)));
-    }
-
-    #[test]
-    fn copy_rows_escape_what_the_text_format_gives_meaning_to() {
-        let mut c = CopyText::default();
-        c.id(-7);
-        c.opt_id(None);
-        c.money(-12_50);
-        c.money(5);
-        c.text("tab\there\nnew\\back\rcr\0nul");
-        c.opt_text(None);
-        c.end_row();
-        c.id(1);
-        c.bytea(&[0x00, 0x5c, 0xff]);
-        c.end_row();
-        assert_eq!(
-            String::from_utf8(c.buf.clone()).unwrap(),
-            "-7\t\\N\t-12.50\t0.05\ttab\\there\\nnew\\\\back\\rcr\u{FFFD}nul\t\\N\n1\t\\\\x005cff\n"
-        );
-        assert_eq!(c.rows, 2);
     }
 }

@@ -40,8 +40,6 @@ use cardgate_domain::model::{Account, Card, Outcome, Terminal};
 use cardgate_domain::money::to_fen;
 use cardgate_domain::operator::Actor;
 
-use crate::integrity::DayCloseRow;
-
 /// A journal entry as the flusher reads it.
 pub type JournalEntry = cardgate_journal::JournalEntry<EntryRecord>;
 
@@ -175,6 +173,23 @@ pub struct TerminalRow {
 enum AccountChange {
     Record(AccountRow),
     Balance(BalanceRow),
+}
+
+/// One closed business day, as `day_closes` holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DayCloseRow {
+    /// `YYYY-MM-DD`, local business time.
+    pub day: String,
+    pub tz_offset_minutes: i32,
+    pub first_entry_id: u64,
+    pub last_entry_id: u64,
+    pub hash: [u8; 32],
+    pub transactions: u64,
+    pub transactions_fen: i64,
+    pub complete: bool,
+    /// The `DayClosed` entry.
+    pub entry_id: u64,
+    pub closed_ms: i64,
 }
 
 /// Everything one SQL transaction writes: the rows of the entries `first_entry_id..=

@@ -12,14 +12,13 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-use sqlx::error::BoxDynError;
-use sqlx::sqlite::SqliteArguments;
 use sqlx::{Arguments, Row, Sqlite, Transaction};
 
 use super::protocol::Dialect;
 use super::schema::{Batch, SCHEMA_VERSION, id_of_sql, sql_id};
+use super::statements::Shaped;
 use super::{AccountTotal, CentralError, StoredTx, classify};
 
 /// How long a write waits for another process's lock on the file before it fails and
@@ -40,94 +39,6 @@ const CACHE_KIB_PRAGMA: &str = "-65536";
 /// pages, 4 MiB) made one batch in every two or three pay for a checkpoint; 16,000
 /// (64 MiB) spreads that over many batches. Readers see everything either way.
 const WAL_AUTOCHECKPOINT_PAGES_PRAGMA: &str = "16000";
-
-/// Rows per multi-row statement, largest first. Every statement the flusher runs has
-/// one of these shapes, so that each is prepared once per connection and reused (sqlx
-/// keeps prepared statements by their text, and the text is built once: `Shaped`); a batch of n rows takes n / 256 statements
-/// of the largest shape and at most 7 of each smaller one. One statement per row would
-/// cost a round trip to sqlx's SQLite worker thread per row; one statement per batch, a
-/// new statement to parse and plan every time.
-const SHAPES: [usize; 4] = [256, 32, 4, 1];
-
-/// SQLite's limit on bound parameters per statement (SQLITE_MAX_VARIABLE_NUMBER, since
-/// 3.32; the bundled library is newer): the widest row (15 columns) in the largest shape,
-/// plus the balance update's trailing gateway id, must stay under it.
-const BINDS_MAX: usize = 32_766;
-
-const _: () = assert!(SHAPES[0] * 15 < BINDS_MAX);
-
-/// `rows` cut into statements of the shapes above.
-fn shaped<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
-    std::iter::from_fn(move || {
-        let n = SHAPES.into_iter().find(|&s| s <= rows.len())?;
-        let (head, tail) = rows.split_at(n);
-        rows = tail;
-        Some(head)
-    })
-}
-
-/// One multi-row statement in each of the shapes: its text, built once per process (not
-/// per batch: building it was a tenth of the flusher's work), and how to bind a row.
-pub(crate) struct Shaped {
-    texts: OnceLock<[String; SHAPES.len()]>,
-    /// Up to `VALUES`.
-    head: &'static str,
-    columns: usize,
-    /// After the rows; its placeholders are bound after them (`trailing`).
-    tail: &'static str,
-}
-
-impl Shaped {
-    pub(crate) const fn new(head: &'static str, columns: usize, tail: &'static str) -> Shaped {
-        Shaped {
-            texts: OnceLock::new(),
-            head,
-            columns,
-            tail,
-        }
-    }
-
-    fn text(&'static self, rows: usize) -> &'static str {
-        let texts = self.texts.get_or_init(|| {
-            SHAPES.map(|n| {
-                let row = format!("({})", vec!["?"; self.columns].join(", "));
-                format!("{} VALUES {}{}", self.head, vec![row; n].join(", "), self.tail)
-            })
-        });
-        let at = SHAPES
-            .iter()
-            .position(|&s| s == rows)
-            .expect("rows come cut by `shaped`");
-        &texts[at]
-    }
-
-    /// Writes `rows`, cut into shapes, binding each row with `bind` and then `trailing`.
-    pub(crate) async fn write<T>(
-        &'static self,
-        tx: &mut Transaction<'static, Sqlite>,
-        rows: &[T],
-        trailing: &[i64],
-        mut bind: impl FnMut(&mut SqliteArguments, &T) -> Result<(), BoxDynError>,
-    ) -> Result<(), CentralError> {
-        for chunk in shaped(rows) {
-            // Sized up front: grown value by value, the argument list of a 256-row
-            // statement was reallocated a dozen times, its thousands of values copied
-            // each time.
-            let mut args = SqliteArguments::default();
-            args.reserve(chunk.len() * self.columns + trailing.len(), 0);
-            let bound: Result<(), BoxDynError> = chunk
-                .iter()
-                .try_for_each(|row| bind(&mut args, row))
-                .and_then(|()| trailing.iter().try_for_each(|v| args.add(*v)));
-            bound.map_err(|e| CentralError::Data(format!("binding a row: {e}")))?;
-            sqlx::query_with(self.text(chunk.len()), args)
-                .execute(&mut **tx)
-                .await
-                .map_err(classify)?;
-        }
-        Ok(())
-    }
-}
 
 /// The few distinct `&'static str` values rows carry (kinds, statuses, decline
 /// reasons), each bound as one shared `Arc<str>`: sqlx binds a `&str` by copying it into
@@ -654,22 +565,5 @@ impl Dialect for SqliteCentral {
         .await
         .map_err(classify)?;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_statement_has_one_of_the_few_shapes_and_all_rows_are_covered() {
-        for n in [0usize, 1, 3, 4, 31, 255, 256, 257, 16_000, 16_383] {
-            let rows: Vec<usize> = (0..n).collect();
-            let chunks: Vec<&[usize]> = shaped(&rows).collect();
-            assert!(chunks.iter().all(|c| SHAPES.contains(&c.len())), "{n}");
-            assert_eq!(chunks.concat(), rows, "{n}: every row once, in order");
-            let smaller = chunks.iter().filter(|c| c.len() < SHAPES[0]).count();
-            assert!(smaller <= 3 * 7, "{n}: {smaller} statements below the largest shape");
-        }
     }
 }
