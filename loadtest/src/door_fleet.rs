@@ -9,8 +9,8 @@
 //! batch a second time, which must store nothing twice.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cardgate_codec::{
@@ -24,16 +24,13 @@ use rand::{RngExt, SeedableRng};
 use tokio::sync::watch;
 
 use crate::client::{DoorSyncError, TerminalClient, now_ms};
-use crate::desk::HttpDoorAdmin;
-use crate::doors::{
-    CacheChangeReport, DOOR_TERMINAL_BASE, DoorCache, DoorOfflineReport, DoorReport, Passages, unexpected_reason,
+use crate::doors::{CacheChangeReport, DoorCache, DoorOfflineReport, DoorReport, Passages, unexpected_reason};
+use crate::fleet::{
+    DOOR_SHARDS, DoorShared, Shared, TIMER_TICK, Timing, connect, exp_gap, failure_name, histogram, sleep_until,
 };
+pub use crate::fleet::{DoorConfig, RevokePlan};
 use crate::offline::goes_offline;
 use crate::percentiles::Percentiles;
-use crate::run::{Shared, TIMER_TICK, Timing, connect, exp_gap, failure_name, histogram, micros, sleep_until};
-
-/// Latency histograms are sharded like the POS ones.
-const SHARDS: usize = 16;
 
 /// Attempts at one batch of offline events (a system error or a cut connection is
 /// retried) before the controller gives up on it.
@@ -43,110 +40,6 @@ const UPLOAD_ATTEMPTS: u32 = 5;
 const OFFLINE_AT_MIN: f64 = 0.25;
 /// ...plus a random part of this.
 const OFFLINE_AT_SPAN: f64 = 0.5;
-
-/// What the door part of a run is asked to do.
-#[derive(Clone, Debug)]
-pub struct DoorConfig {
-    /// Door controllers (0: none).
-    pub controllers: u64,
-    /// The first controller's number: terminal id 100,000 + it, door it.
-    pub first_controller: u64,
-    /// Open loop: access checks per second across the controllers; `None` is a closed
-    /// loop (each controller checks the next card when the last is answered).
-    pub rate: Option<f64>,
-    /// Keep every cache entry (as a controller that decides offline must) instead of
-    /// counting them: about 1 MB per controller with the demo's 20,000 cards.
-    pub keep_cache: bool,
-    pub revoke: Option<RevokePlan>,
-    /// Percent of controllers (rounded up) that lose the gateway once, between a quarter
-    /// and three quarters of the run, and decide `offline_events` checks from their
-    /// cache (these keep their cache whatever `keep_cache` says).
-    pub offline_pct: u8,
-    pub offline_events: u32,
-}
-
-/// Revoke one permission this long into the measured window.
-#[derive(Clone, Debug)]
-pub struct RevokePlan {
-    pub after: Duration,
-    pub permission: u64,
-    pub admin: HttpDoorAdmin,
-}
-
-impl DoorConfig {
-    pub fn none() -> DoorConfig {
-        DoorConfig {
-            controllers: 0,
-            first_controller: 1,
-            rate: None,
-            keep_cache: false,
-            revoke: None,
-            offline_pct: 0,
-            offline_events: 0,
-        }
-    }
-
-    pub fn validate(&self) -> Result<(), String> {
-        if self.first_controller == 0 {
-            return Err("door controllers are numbered from 1".into());
-        }
-        if let Some(r) = self.rate
-            && !(r.is_finite() && r > 0.0)
-        {
-            return Err("--door-rate must be a positive number of checks per second".into());
-        }
-        if self.controllers == 0 && (self.rate.is_some() || self.revoke.is_some() || self.offline_pct > 0) {
-            return Err("--door-rate, --door-revoke-after and --door-offline-pct need --doors".into());
-        }
-        if self.offline_pct > 100 {
-            return Err("--door-offline-pct must not exceed 100".into());
-        }
-        if (self.offline_pct > 0) != (self.offline_events > 0) {
-            return Err("--door-offline-pct and --door-offline-events go together (both above 0)".into());
-        }
-        Ok(())
-    }
-
-    pub fn terminal_id(&self, n: u64) -> u64 {
-        DOOR_TERMINAL_BASE + self.first_controller + n
-    }
-}
-
-/// What the controllers share.
-pub(crate) struct DoorShared {
-    pub cfg: DoorConfig,
-    latency_us: Vec<Mutex<Histogram<u64>>>,
-    sign_on_us: Mutex<Histogram<u64>>,
-    sync_us: Mutex<Histogram<u64>>,
-    change_ack_us: Mutex<Histogram<u64>>,
-    /// Controllers done with sign-on and the first sync (or failed at it).
-    pub done: AtomicU64,
-    /// When the operator change the controllers are timed against was sent.
-    change_mark: OnceLock<Instant>,
-}
-
-impl DoorShared {
-    pub fn new(cfg: DoorConfig) -> DoorShared {
-        DoorShared {
-            cfg,
-            latency_us: (0..SHARDS).map(|_| Mutex::new(histogram())).collect(),
-            sign_on_us: Mutex::new(histogram()),
-            sync_us: Mutex::new(histogram()),
-            change_ack_us: Mutex::new(histogram()),
-            done: AtomicU64::new(0),
-            change_mark: OnceLock::new(),
-        }
-    }
-
-    /// Times the controllers' syncs from `at`, unless an earlier change is being timed.
-    pub fn mark_change(&self, at: Instant) -> bool {
-        self.change_mark.set(at).is_ok()
-    }
-
-    fn record(h: &Mutex<Histogram<u64>>, d: Duration) {
-        let _ = h.lock().unwrap_or_else(|p| p.into_inner()).record(micros(d));
-    }
-}
 
 /// What one controller saw.
 #[derive(Default)]
@@ -678,7 +571,7 @@ impl Controller<'_> {
         if measured {
             tally.checks += 1;
             *tally.by_reason.entry(r.reason.as_str()).or_default() += 1;
-            let shard = &shared.doors.latency_us[(self.n % SHARDS as u64) as usize];
+            let shard = &shared.doors.latency_us[(self.n % DOOR_SHARDS as u64) as usize];
             DoorShared::record(shard, now - scheduled.min(sent));
         } else {
             tally.warmup += 1;

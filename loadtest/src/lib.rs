@@ -11,7 +11,8 @@
 //! terminals can skip sequence numbers on purpose (`offline`), so that the gateway's
 //! completeness report can be checked against what the run knows it did. Door
 //! controllers check cards beside the POS terminals (`doors`, `door_fleet`), with their
-//! latency reported apart.
+//! latency reported apart; what the two fleets share (configuration, clock, counters,
+//! histograms, connecting) is `fleet`, beneath both.
 #![forbid(unsafe_code)]
 
 pub mod client;
@@ -19,6 +20,7 @@ pub mod conservation;
 pub mod desk;
 pub mod door_fleet;
 pub mod doors;
+pub mod fleet;
 pub mod mix;
 pub mod offline;
 pub mod percentiles;

@@ -22,13 +22,13 @@
 //! the end.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cardgate_codec::{BalanceInquiry, CardNo, Heartbeat, Message, OfflineResult, OfflineSale, Purchase, Reversal};
-use cardgate_ledger::demo::{demo_card, demo_secret};
+use cardgate_ledger::demo::demo_card;
 use cardgate_ledger::records::SEQ_SLOTS;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -39,9 +39,14 @@ use tokio::sync::{Notify, Semaphore, watch};
 use crate::client::{ClientError, TerminalClient, now_ms};
 use crate::conservation::{BalanceSum, ScanError, ScanPlan, sum_balances};
 use crate::desk::CardDesk;
-use crate::door_fleet::{DoorConfig, DoorShared, DoorTally, controller, door_report, revoke_step};
+use crate::door_fleet::{DoorTally, controller, door_report, revoke_step};
 use crate::doors::{CacheChangeReport, DoorReport};
-use crate::mix::{AnswerCode, Kind, Mix, Sent, classify};
+use crate::fleet::{
+    DoorConfig, DoorShared, HISTOGRAM_SHARDS, Live, LostCards, PHASE_CONNECT, PHASE_DRAIN, PHASE_RUN, PHASE_SCAN_AFTER,
+    PHASE_SCAN_BEFORE, Shard, Shared, TIMER_TICK, Timing, connect, exp_gap, histogram, micros, sleep_until,
+};
+pub use crate::fleet::{RunConfig, failure_name};
+use crate::mix::{AnswerCode, Kind, Sent, classify};
 use crate::offline::{
     OfflineBudget, RetryPolicy, SeqCounter, Uplink, UploadTally, goes_offline, next_sale, reconnect, upload_all,
 };
@@ -51,19 +56,6 @@ use crate::report::{
 };
 use crate::source::SourceAddrs;
 use crate::timeline::Timeline;
-
-/// Latency histograms are sharded by terminal so that recording rarely waits on a lock;
-/// a few shards per core is plenty.
-const HISTOGRAM_SHARDS: usize = 16;
-
-/// The slowest latency a histogram holds (µs): two minutes, beyond any answer timeout.
-const LATENCY_US_MAX: u64 = 120_000_000;
-
-/// Significant digits kept by the histograms: 0.1 % resolution at every magnitude.
-const LATENCY_SIGFIG: u8 = 3;
-
-/// tokio's timer resolution.
-pub(crate) const TIMER_TICK: Duration = Duration::from_millis(1);
 
 /// How often the progress bar is redrawn.
 const PROGRESS_TICK: Duration = Duration::from_millis(200);
@@ -78,90 +70,6 @@ const OFFLINE_AT_MIN: f64 = 0.25;
 /// ...plus a random part of this, so that the fleet does not go offline in one moment.
 const OFFLINE_AT_SPAN: f64 = 0.5;
 
-/// Everything a run needs to know.
-#[derive(Clone, Debug)]
-pub struct RunConfig {
-    pub target: SocketAddr,
-    pub terminals: u64,
-    pub first_terminal: u64,
-    pub accounts: u64,
-    /// Measured window length; `None` runs until `requests` are sent.
-    pub duration: Option<Duration>,
-    /// Requests to send in total (ramp-up included).
-    pub requests: Option<u64>,
-    pub ramp_up: Duration,
-    /// Open loop at this many requests per second across the fleet; `None` is a closed
-    /// loop.
-    pub rate: Option<f64>,
-    /// Open loop: at most this many unanswered per connection (and never more than the
-    /// gateway's `pipeline_depth_max`).
-    pub pipeline_max: Option<u16>,
-    pub mix: Mix,
-    pub amount_min_fen: i64,
-    pub amount_max_fen: i64,
-    pub connect_concurrency: usize,
-    pub answer_timeout: Duration,
-    /// Explicit source addresses (round-robin); empty means automatic.
-    pub source_addrs: Vec<IpAddr>,
-    pub seed: u64,
-    /// Cards to report lost halfway through the measured window.
-    pub lost_cards: u64,
-    pub check_conservation: bool,
-    /// Connections the balance scans use.
-    pub scan_connections: u64,
-    pub progress: bool,
-    /// Percent of terminals (rounded up) that lose the gateway once during the run.
-    pub offline_pct: u8,
-    /// Sales each of them makes while offline (fewer if its offline limits stop it).
-    pub offline_sales: u32,
-    /// Leave one sequence number unused after every this many (0: never).
-    pub skip_every: u64,
-}
-
-impl RunConfig {
-    pub fn validate(&self) -> Result<(), String> {
-        self.validate_with(0)
-    }
-
-    /// As `validate`, for a run that also drives `doors` door controllers: then it may
-    /// have no POS terminal.
-    pub fn validate_with(&self, doors: u64) -> Result<(), String> {
-        if self.terminals == 0 && doors == 0 {
-            return Err("--terminals must be at least 1".into());
-        }
-        if self.accounts == 0 {
-            return Err("--accounts must be at least 1".into());
-        }
-        if self.first_terminal == 0 {
-            return Err("terminal ids start at 1".into());
-        }
-        if !(0 < self.amount_min_fen && self.amount_min_fen <= self.amount_max_fen) {
-            return Err("need 0 < --amount-min-fen <= --amount-max-fen".into());
-        }
-        if self.duration.is_none() && self.requests.is_none() {
-            return Err("give --duration or --requests".into());
-        }
-        if let Some(r) = self.rate
-            && !(r.is_finite() && r > 0.0)
-        {
-            return Err("--rate must be a positive number of requests per second".into());
-        }
-        if self.lost_cards > self.accounts {
-            return Err("--lost-cards cannot exceed --accounts".into());
-        }
-        if self.connect_concurrency == 0 {
-            return Err("--connect-concurrency must be at least 1".into());
-        }
-        if self.offline_pct > 100 {
-            return Err("--offline-pct must not exceed 100".into());
-        }
-        if (self.offline_pct > 0) != (self.offline_sales > 0) {
-            return Err("--offline-pct and --offline-sales go together (both above 0)".into());
-        }
-        self.mix.validate()
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("reading the balances before the run: {0}")]
@@ -170,141 +78,6 @@ pub enum RunError {
     ScanAfter(ScanError),
     #[error("{0}")]
     Config(String),
-}
-
-/// The run's clock, published to every terminal.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Timing {
-    /// Set when the last terminal has signed on (or failed to).
-    pub(crate) steady_start: Option<Instant>,
-    /// End of the measured window (runs by duration).
-    pub(crate) deadline: Option<Instant>,
-    /// Stop sending now (Ctrl-C).
-    pub(crate) stop: bool,
-}
-
-impl Timing {
-    pub(crate) fn measured(&self, due: Instant) -> bool {
-        self.steady_start.is_some_and(|s| due >= s) && self.deadline.is_none_or(|d| due < d)
-    }
-}
-
-/// Live counters for the progress bar.
-#[derive(Default)]
-pub(crate) struct Live {
-    phase: AtomicU8,
-    signed_on: AtomicU64,
-    sign_on_done: AtomicU64,
-    pub(crate) answers: AtomicU64,
-    pub(crate) problems: AtomicU64,
-    scanned: Arc<AtomicU64>,
-}
-
-const PHASE_SCAN_BEFORE: u8 = 0;
-const PHASE_CONNECT: u8 = 1;
-const PHASE_RUN: u8 = 2;
-const PHASE_DRAIN: u8 = 3;
-const PHASE_SCAN_AFTER: u8 = 4;
-
-/// Cards reported lost, and when the report was acknowledged.
-#[derive(Default)]
-struct LostCards {
-    any: AtomicBool,
-    inner: RwLock<(HashMap<CardNo, Instant>, Vec<CardNo>)>,
-}
-
-impl LostCards {
-    fn add(&self, card: CardNo, acked: Instant) {
-        let mut g = self.inner.write().unwrap_or_else(|p| p.into_inner());
-        g.0.insert(card, acked);
-        g.1.push(card);
-        self.any.store(true, Ordering::Release);
-    }
-
-    fn contains(&self, card: CardNo) -> bool {
-        self.acked_before(card, Instant::now())
-    }
-
-    fn acked_before(&self, card: CardNo, t: Instant) -> bool {
-        if !self.any.load(Ordering::Acquire) {
-            return false;
-        }
-        let g = self.inner.read().unwrap_or_else(|p| p.into_inner());
-        g.0.get(&card).is_some_and(|acked| *acked <= t)
-    }
-
-    fn pick(&self, rng: &mut StdRng) -> Option<CardNo> {
-        if !self.any.load(Ordering::Acquire) {
-            return None;
-        }
-        let g = self.inner.read().unwrap_or_else(|p| p.into_inner());
-        if g.1.is_empty() {
-            return None;
-        }
-        Some(g.1[rng.random_range(0..g.1.len())])
-    }
-}
-
-/// Latency histograms of one shard.
-struct Shard {
-    latency_us: Vec<Histogram<u64>>,
-    lag_us: Histogram<u64>,
-}
-
-pub(crate) fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, LATENCY_US_MAX, LATENCY_SIGFIG).expect("constant histogram bounds are valid")
-}
-
-impl Shard {
-    fn new() -> Shard {
-        Shard {
-            latency_us: (0..Kind::COUNT).map(|_| histogram()).collect(),
-            lag_us: histogram(),
-        }
-    }
-}
-
-pub(crate) fn micros(d: Duration) -> u64 {
-    (d.as_micros() as u64).clamp(1, LATENCY_US_MAX)
-}
-
-pub(crate) struct Shared {
-    pub(crate) cfg: RunConfig,
-    sources: Arc<SourceAddrs>,
-    pub(crate) connect_slots: Semaphore,
-    /// Requests left to send (runs by count); may go below zero.
-    budget: AtomicI64,
-    shards: Vec<Mutex<Shard>>,
-    sign_on_us: Mutex<Histogram<u64>>,
-    pub(crate) live: Live,
-    pub(crate) sign_on_notify: Notify,
-    lost: LostCards,
-    pub(crate) doors: DoorShared,
-    timeline: Timeline,
-}
-
-impl Shared {
-    /// How far along the run is, 0 to 1: by requests sent, or by time in the measured
-    /// window, whichever is further.
-    pub(crate) fn progress(&self, timing: &Timing) -> f64 {
-        let mut p: f64 = 0.0;
-        if let Some(n) = self.cfg.requests.filter(|n| *n > 0) {
-            let sent = (n as i64).saturating_sub(self.budget.load(Ordering::Relaxed)).max(0);
-            p = sent as f64 / n as f64;
-        }
-        if let (Some(s), Some(d)) = (timing.steady_start, timing.deadline)
-            && d > s
-        {
-            p = p.max(Instant::now().saturating_duration_since(s).as_secs_f64() / (d - s).as_secs_f64());
-        }
-        p
-    }
-
-    fn shard(&self, index: u64) -> std::sync::MutexGuard<'_, Shard> {
-        self.shards[(index % HISTOGRAM_SHARDS as u64) as usize]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-    }
 }
 
 /// What one terminal saw.
@@ -354,58 +127,6 @@ impl Tally {
         self.lost_approved += o.lost_approved;
         self.offline.merge(&o.offline);
         self.sequences.extend(o.sequences);
-    }
-}
-
-pub fn failure_name(e: &ClientError) -> String {
-    match e {
-        ClientError::Connect(e) => format!("connect:{:?}", e.kind()),
-        ClientError::Codec(_) => "protocol_error".into(),
-        ClientError::Refused(code) => format!("refused:{}", code.as_str()),
-        ClientError::Closed => "closed_by_gateway".into(),
-        ClientError::Unexpected(_) => "unexpected_message".into(),
-        ClientError::Timeout(_) => "timeout".into(),
-    }
-}
-
-/// A random exponential gap with the given mean: Poisson arrivals.
-pub(crate) fn exp_gap(rng: &mut StdRng, mean: Duration) -> Duration {
-    let u: f64 = rng.random();
-    mean.mul_f64(-(1.0 - u).ln())
-}
-
-pub(crate) async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Connects terminal `index`, moving to the next source address when one runs out of
-/// ports.
-pub(crate) async fn connect(shared: &Shared, index: u64, terminal_id: u64) -> Result<TerminalClient, ClientError> {
-    let secret = demo_secret(terminal_id);
-    let (mut at, mut source) = shared.sources.first(index);
-    let mut tries = 1;
-    loop {
-        match TerminalClient::connect_from(shared.cfg.target, source, terminal_id, &secret).await {
-            Err(ClientError::Connect(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::AddrNotAvailable | std::io::ErrorKind::AddrInUse
-                ) =>
-            {
-                match shared.sources.next_after(at, tries) {
-                    Some((next, s)) => {
-                        at = next;
-                        source = s;
-                        tries += 1;
-                    }
-                    None => return Err(ClientError::Connect(e)),
-                }
-            }
-            r => return r,
-        }
     }
 }
 
@@ -1376,6 +1097,7 @@ fn conservation(before: BalanceSum, after: BalanceSum, tally: &Tally) -> Conserv
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mix::Mix;
 
     #[test]
     fn the_window_measures_requests_due_inside_it() {
