@@ -5,42 +5,14 @@
 
 mod common;
 
-use cardgate_codec::{AccessCheck, AccessReason, Direction, ErrorCode, Message, Punch};
+use cardgate_codec::{AccessReason, ErrorCode, Message, Punch};
 use cardgate_journal::{FaultSwitch, FaultyStore};
-use cardgate_ledger::demo::{
-    DEMO_CLOCK_TERMINAL_BASE, DEMO_DOOR_TERMINAL_BASE, DemoCampus, demo_card, ensure_demo, ensure_demo_doors,
-};
+use cardgate_ledger::demo::{DEMO_CLOCK_TERMINAL_BASE, DemoCampus, demo_card, ensure_demo, ensure_demo_doors};
 use cardgate_ledger::keys::TerminalKey;
 use cardgate_ledger::{LedgerConfig, ManualClock};
 use common::*;
 
-const CONTROLLER: u64 = DEMO_DOOR_TERMINAL_BASE + 1;
 const CLOCK: u64 = DEMO_CLOCK_TERMINAL_BASE + 1;
-
-async fn check(f: &Fixture, seq: u64) -> AccessReason {
-    let m = f
-        .ledger
-        .access_check_frame(
-            CONTROLLER,
-            &AccessCheck {
-                event_seq: seq,
-                card: demo_card(1),
-                door: 1,
-                direction: Direction::In,
-                controller_time_ms: LUNCH_MS,
-            },
-        )
-        .await
-        .resolve()
-        .await;
-    match m {
-        Message::AccessResult(r) => {
-            assert_eq!(r.event_seq, seq);
-            r.reason
-        }
-        other => panic!("expected ACCESS_RESULT, got {other:?}"),
-    }
-}
 
 #[tokio::test]
 async fn a_failed_sync_answers_door_checks_system_error_never_granted() {
@@ -68,10 +40,10 @@ async fn a_failed_sync_answers_door_checks_system_error_never_granted() {
     };
     ensure_demo(&f.ledger, &campus).await.unwrap();
     ensure_demo_doors(&f.ledger, 1, 1).await.unwrap();
-    assert_eq!(check(&f, 1).await, AccessReason::Granted);
+    assert_eq!(f.demo_door_check(1).await, AccessReason::Granted);
 
     switch.set(FaultSwitch::FAIL_SYNC);
-    assert_eq!(check(&f, 2).await, AccessReason::SystemError);
+    assert_eq!(f.demo_door_check(2).await, AccessReason::SystemError);
     let punch = f
         .ledger
         .punch_frame(
@@ -91,13 +63,13 @@ async fn a_failed_sync_answers_door_checks_system_error_never_granted() {
     );
     // The journal stays refused after the disk "recovers": memory may be ahead of it.
     switch.set(FaultSwitch::NONE);
-    assert_eq!(check(&f, 3).await, AccessReason::SystemError);
+    assert_eq!(f.demo_door_check(3).await, AccessReason::SystemError);
 
     let f = f.restart_with(|s| Box::new(s));
     assert_eq!(
-        check(&f, 2).await,
+        f.demo_door_check(2).await,
         AccessReason::Granted,
         "the unanswered event is decided again after the restart"
     );
-    assert_eq!(check(&f, 4).await, AccessReason::Granted);
+    assert_eq!(f.demo_door_check(4).await, AccessReason::Granted);
 }

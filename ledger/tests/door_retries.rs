@@ -5,41 +5,16 @@
 
 mod common;
 
-use cardgate_codec::{AccessCheck, AccessReason, CardNo, Direction, Message, Punch, PunchStatus};
+use cardgate_codec::{AccessReason, CardNo, Message, Punch, PunchStatus};
 use cardgate_domain::operator::{Actor, Role};
 use cardgate_journal::CheckpointPolicy;
-use cardgate_ledger::demo::{
-    DEMO_CLOCK_TERMINAL_BASE, DEMO_DOOR_TERMINAL_BASE, DemoCampus, demo_card, ensure_demo, ensure_demo_doors,
-};
+use cardgate_ledger::demo::{DEMO_CLOCK_TERMINAL_BASE, DemoCampus, demo_card, ensure_demo, ensure_demo_doors};
 use cardgate_ledger::desk::By;
 use cardgate_ledger::keys::TerminalKey;
 use cardgate_ledger::{LedgerConfig, ManualClock};
 use common::*;
 
-const CONTROLLER: u64 = DEMO_DOOR_TERMINAL_BASE + 1;
 const CLOCK: u64 = DEMO_CLOCK_TERMINAL_BASE + 1;
-
-async fn check(f: &Fixture, seq: u64) -> AccessReason {
-    let m = f
-        .ledger
-        .access_check_frame(
-            CONTROLLER,
-            &AccessCheck {
-                event_seq: seq,
-                card: demo_card(1),
-                door: 1,
-                direction: Direction::In,
-                controller_time_ms: LUNCH_MS,
-            },
-        )
-        .await
-        .resolve()
-        .await;
-    match m {
-        Message::AccessResult(r) => r.reason,
-        other => panic!("expected ACCESS_RESULT, got {other:?}"),
-    }
-}
 
 async fn punch(f: &Fixture, seq: u64, card: CardNo) -> PunchStatus {
     let m = f
@@ -76,7 +51,7 @@ async fn first_answers_survive_a_restart(checkpoints: CheckpointPolicy) {
     ensure_demo(&f.ledger, &campus).await.unwrap();
     ensure_demo_doors(&f.ledger, 1, 1).await.unwrap();
 
-    assert_eq!(check(&f, 1).await, AccessReason::Granted);
+    assert_eq!(f.demo_door_check(1).await, AccessReason::Granted);
     assert_eq!(punch(&f, 1, demo_card(1)).await, PunchStatus::Recorded);
     assert_eq!(punch(&f, 2, CardNo(9_999_999_999_999)).await, PunchStatus::UnknownCard);
     // Then every permission goes: the same card is refused from now on.
@@ -88,17 +63,17 @@ async fn first_answers_survive_a_restart(checkpoints: CheckpointPolicy) {
     for p in f.ledger.permissions() {
         f.ledger.revoke_permission(&By::actor(&admin), p.id).await.unwrap();
     }
-    assert_eq!(check(&f, 2).await, AccessReason::NoPermission);
+    assert_eq!(f.demo_door_check(2).await, AccessReason::NoPermission);
 
     let f = f.restart();
     assert_eq!(
-        check(&f, 1).await,
+        f.demo_door_check(1).await,
         AccessReason::Granted,
         "the door opened the first time: the retry is told so, not decided again"
     );
-    assert_eq!(check(&f, 2).await, AccessReason::NoPermission);
+    assert_eq!(f.demo_door_check(2).await, AccessReason::NoPermission);
     assert_eq!(
-        check(&f, 4).await,
+        f.demo_door_check(4).await,
         AccessReason::NoPermission,
         "a new number is decided now"
     );
@@ -107,17 +82,25 @@ async fn first_answers_survive_a_restart(checkpoints: CheckpointPolicy) {
 
     // And once more: what the restart brought back is kept by the next one too.
     let f = f.restart();
-    assert_eq!(check(&f, 1).await, AccessReason::Granted);
-    assert_eq!(check(&f, 4).await, AccessReason::NoPermission);
+    assert_eq!(f.demo_door_check(1).await, AccessReason::Granted);
+    assert_eq!(f.demo_door_check(4).await, AccessReason::NoPermission);
 
     // The answers of the last 64 numbers are kept: once 65 is answered, 1 is no longer
     // remembered and a retry of it is decided again (PROTOCOL.md 6.22).
     for seq in 5..=64 {
-        assert_eq!(check(&f, seq).await, AccessReason::NoPermission);
+        assert_eq!(f.demo_door_check(seq).await, AccessReason::NoPermission);
     }
-    assert_eq!(check(&f, 1).await, AccessReason::Granted, "64 numbers, 1 among them");
-    assert_eq!(check(&f, 65).await, AccessReason::NoPermission);
-    assert_eq!(check(&f, 1).await, AccessReason::NoPermission, "1 is 65 numbers back");
+    assert_eq!(
+        f.demo_door_check(1).await,
+        AccessReason::Granted,
+        "64 numbers, 1 among them"
+    );
+    assert_eq!(f.demo_door_check(65).await, AccessReason::NoPermission);
+    assert_eq!(
+        f.demo_door_check(1).await,
+        AccessReason::NoPermission,
+        "1 is 65 numbers back"
+    );
 }
 
 #[tokio::test]

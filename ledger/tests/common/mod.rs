@@ -8,7 +8,7 @@ pub mod dump;
 use std::path::Path;
 use std::sync::Arc;
 
-use cardgate_codec::{CardNo, Message, Purchase, Reversal};
+use cardgate_codec::{AccessCheck, AccessReason, CardNo, Direction, Message, Purchase, Reversal};
 use cardgate_domain::model::{Account, AccountKind, AccountStatus, Card, CardStatus, Limits, Terminal, TerminalKind};
 use cardgate_domain::money::from_fen;
 use cardgate_journal::CommitterHandle;
@@ -192,6 +192,26 @@ impl Fixture {
             terminal_time_ms: 0,
         };
         self.ledger.reversal(terminal, &r).await.resolve().await
+    }
+
+    /// An access check by the demo campus's first door controller: demo card 1 at door 1,
+    /// going in, at lunch. Its reason.
+    pub async fn demo_door_check(&self, seq: u64) -> AccessReason {
+        let controller = cardgate_ledger::demo::DEMO_DOOR_TERMINAL_BASE + 1;
+        let check = AccessCheck {
+            event_seq: seq,
+            card: cardgate_ledger::demo::demo_card(1),
+            door: 1,
+            direction: Direction::In,
+            controller_time_ms: LUNCH_MS,
+        };
+        match self.ledger.access_check_frame(controller, &check).await.resolve().await {
+            Message::AccessResult(r) => {
+                assert_eq!(r.event_seq, seq);
+                r.reason
+            }
+            other => panic!("expected ACCESS_RESULT, got {other:?}"),
+        }
     }
 
     pub fn balance_fen(&self, account: u64) -> i64 {
