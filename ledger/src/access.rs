@@ -26,8 +26,6 @@ use cardgate_domain::rules::sequence::SeqSet;
 use parking_lot::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use tokio::sync::watch;
 
-use crate::records::{PREFIX_ACCESS, StateWrite};
-
 /// Changes one door group's log keeps for delta sync. A group changes a few times a day
 /// (a permission granted or revoked); a controller offline for weeks still gets a delta.
 pub const CACHE_LOG_PER_GROUP_MAX: u64 = 4096;
@@ -77,7 +75,7 @@ pub(crate) struct Controller {
 /// Online answers remembered per controller: more than its pipeline holds.
 pub const RECENT_ANSWERS_MAX: usize = 64;
 
-fn answer_slot(seq: u64) -> usize {
+pub(crate) fn answer_slot(seq: u64) -> usize {
     (seq % RECENT_ANSWERS_MAX as u64) as usize
 }
 
@@ -290,6 +288,38 @@ pub(crate) struct NextIds {
 }
 
 impl AccessBook {
+    /// Applies one access record to memory: the live path's setters, shared with replay.
+    pub(crate) fn apply(&self, r: &AccessRecord) {
+        match r {
+            AccessRecord::Door(d) => self.write().put_door(d.clone()),
+            AccessRecord::Schedule(s) => {
+                self.write().schedules.insert(s.id, s.clone());
+            }
+            AccessRecord::Holidays(h) => self.write().holidays = h.clone(),
+            AccessRecord::Permission(p) => self.write().put_permission(p.clone()),
+            AccessRecord::Group(g) => {
+                let mut c = self.write();
+                let mut now = c.group(g.group);
+                now.anti_passback = g.anti_passback;
+                now.cache_version = now.cache_version.max(g.cache_version);
+                c.groups.insert(g.group, now);
+            }
+            AccessRecord::Change(ch) => self.write().log_change(ch.clone()),
+            AccessRecord::Controller(c) => self.events().controllers.entry(c.terminal).or_default().load(c),
+            AccessRecord::Answer(a) => {
+                self.events()
+                    .controllers
+                    .entry(a.terminal)
+                    .or_default()
+                    .remember(a.terminal, a.event_seq, a.answer);
+            }
+            AccessRecord::Passback(p) => {
+                self.events().passback.insert((p.account, p.group), *p);
+            }
+        }
+        self.refresh_ids();
+    }
+
     pub(crate) fn new(records: Vec<AccessRecord>) -> AccessBook {
         let mut config = AccessConfig::default();
         let mut events = EventBook::default();
@@ -373,33 +403,4 @@ impl AccessBook {
     pub(crate) fn publish(&self) {
         self.published.send_modify(|v| *v += 1);
     }
-}
-
-/// Where an access record is stored: `'I'`, a kind byte, then its id(s).
-pub(crate) fn access_key(r: &AccessRecord) -> (u8, u64, u64) {
-    match r {
-        AccessRecord::Door(d) => (b'd', d.id, 0),
-        AccessRecord::Schedule(s) => (b's', s.id, 0),
-        AccessRecord::Holidays(_) => (b'h', 0, 0),
-        AccessRecord::Permission(p) => (b'p', p.id, 0),
-        AccessRecord::Group(g) => (b'g', g.group, 0),
-        AccessRecord::Change(c) => (b'l', c.group, c.version % CACHE_LOG_PER_GROUP_MAX),
-        AccessRecord::Controller(c) => (b'c', c.terminal, 0),
-        AccessRecord::Passback(p) => (b'a', p.account, p.group),
-        AccessRecord::Answer(a) => (b'r', a.terminal, answer_slot(a.event_seq) as u64),
-    }
-}
-
-pub(crate) fn access_key_bytes(r: &AccessRecord) -> Vec<u8> {
-    let (kind, a, b) = access_key(r);
-    let mut k = Vec::with_capacity(18);
-    k.push(PREFIX_ACCESS);
-    k.push(kind);
-    k.extend_from_slice(&a.to_be_bytes());
-    k.extend_from_slice(&b.to_be_bytes());
-    k
-}
-
-pub(crate) fn write(r: AccessRecord) -> StateWrite {
-    StateWrite::Access(Box::new(r))
 }

@@ -339,27 +339,6 @@ fn full_pages(listed: &BTreeSet<u64>, after_card: u64, version: u64) -> Vec<Blac
     pages
 }
 
-impl crate::ledger::Ledger {
-    /// The records a submission leaves for blacklist changes made at `now_ms`: each
-    /// change in its log slot, and when each card joined the list (what an offline sale
-    /// uploaded later is judged by). Sets the join times in memory too; called under the
-    /// list's lock, before the submission is sent.
-    pub(crate) fn listing_writes(
-        &self,
-        changes: &[BlacklistChange],
-        now_ms: i64,
-    ) -> impl Iterator<Item = crate::records::StateWrite> + use<> {
-        let mut out = Vec::with_capacity(changes.len() * 2);
-        for c in changes {
-            let since = c.listed.then_some(now_ms);
-            self.state.set_listed_since(c.card, since);
-            out.push(crate::records::StateWrite::Blacklist(*c));
-            out.push(crate::records::StateWrite::Listed(c.card, since));
-        }
-        out.into_iter()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

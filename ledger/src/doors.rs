@@ -33,13 +33,14 @@ use cardgate_journal::JournalError;
 use serde::Serialize;
 use smallvec::SmallVec;
 
-use crate::access::{AccessConfig, Controller, LineDiff, write};
+use crate::access::{AccessConfig, Controller, LineDiff};
 pub use crate::access::{CACHE_LOG_PER_GROUP_MAX, DoorCache, cache_version};
 use crate::desk::{By, Targets};
 use crate::error::LedgerError;
 use crate::history::HISTORY_ROWS_MAX;
 use crate::ledger::Ledger;
 use crate::records::Writes;
+use crate::records::access_write;
 use crate::state::State;
 use crate::txn::{Durable, Txn};
 
@@ -177,39 +178,6 @@ pub struct UploadResult {
     pub flagged: u16,
     /// The controller's highest event number now.
     pub last_event_seq: u64,
-}
-
-/// Applies one access record to memory: the live path's setters, shared with replay.
-pub(crate) fn apply_record(state: &State, r: &AccessRecord) {
-    let book = state.access();
-    match r {
-        AccessRecord::Door(d) => book.write().put_door(d.clone()),
-        AccessRecord::Schedule(s) => {
-            book.write().schedules.insert(s.id, s.clone());
-        }
-        AccessRecord::Holidays(h) => book.write().holidays = h.clone(),
-        AccessRecord::Permission(p) => book.write().put_permission(p.clone()),
-        AccessRecord::Group(g) => {
-            let mut c = book.write();
-            let mut now = c.group(g.group);
-            now.anti_passback = g.anti_passback;
-            now.cache_version = now.cache_version.max(g.cache_version);
-            c.groups.insert(g.group, now);
-        }
-        AccessRecord::Change(ch) => book.write().log_change(ch.clone()),
-        AccessRecord::Controller(c) => book.events().controllers.entry(c.terminal).or_default().load(c),
-        AccessRecord::Answer(a) => {
-            book.events()
-                .controllers
-                .entry(a.terminal)
-                .or_default()
-                .remember(a.terminal, a.event_seq, a.answer);
-        }
-        AccessRecord::Passback(p) => {
-            book.events().passback.insert((p.account, p.group), *p);
-        }
-    }
-    book.refresh_ids();
 }
 
 /// The cards of `account`.
@@ -536,8 +504,8 @@ impl Ledger {
     fn cache_writes(changes: &[(CacheChange, GroupAccess)], writes: &mut Writes) -> Vec<CacheChange> {
         let mut out = Vec::with_capacity(changes.len());
         for (c, g) in changes {
-            writes.push(write(AccessRecord::Change(c.clone())));
-            writes.push(write(AccessRecord::Group(*g)));
+            writes.push(access_write(AccessRecord::Change(c.clone())));
+            writes.push(access_write(AccessRecord::Group(*g)));
             out.push(c.clone());
         }
         out
@@ -606,7 +574,7 @@ impl Ledger {
                 moved.push(config.bump(g, Some(Default::default())));
             }
             let mut writes = Writes::new();
-            writes.push(write(AccessRecord::Door(door.clone())));
+            writes.push(access_write(AccessRecord::Door(door.clone())));
             let cache = Self::cache_writes(&moved, &mut writes);
             let body = EntryBody::DoorSet(Box::new(DoorEntry {
                 actor: by.actor.clone(),
@@ -654,7 +622,7 @@ impl Ledger {
             };
             let moved = config.bump_whole_lists(|p| p.schedule == id);
             let mut writes = Writes::new();
-            writes.push(write(AccessRecord::Schedule(schedule.clone())));
+            writes.push(access_write(AccessRecord::Schedule(schedule.clone())));
             let cache = Self::cache_writes(&moved, &mut writes);
             let body = EntryBody::ScheduleSet(Box::new(ScheduleEntry {
                 actor: by.actor.clone(),
@@ -680,7 +648,7 @@ impl Ledger {
             let now = self.now_ms();
             let moved = config.bump_whole_lists(|_| true);
             let mut writes = Writes::new();
-            writes.push(write(AccessRecord::Holidays(holidays.clone())));
+            writes.push(access_write(AccessRecord::Holidays(holidays.clone())));
             let cache = Self::cache_writes(&moved, &mut writes);
             let body = EntryBody::HolidaysSet(Box::new(HolidaysEntry {
                 actor: by.actor.clone(),
@@ -899,7 +867,7 @@ impl Ledger {
             }
             let moved: Vec<_> = by_group.into_iter().map(|(g, lines)| config.bump(g, lines)).collect();
             let mut writes = Writes::new();
-            writes.push(write(AccessRecord::Permission(permission.clone())));
+            writes.push(access_write(AccessRecord::Permission(permission.clone())));
             let cache = Self::cache_writes(&moved, &mut writes);
             let body = EntryBody::PermissionSet(Box::new(PermissionEntry {
                 actor: by.actor.clone(),
@@ -1001,11 +969,11 @@ impl Ledger {
             flagged: false,
         };
         let mut writes = Writes::new();
-        writes.push(write(AccessRecord::Controller(controller.clone())));
-        writes.push(write(AccessRecord::Answer(remembered)));
+        writes.push(access_write(AccessRecord::Controller(controller.clone())));
+        writes.push(access_write(AccessRecord::Answer(remembered)));
         if let Some(p) = verdict.passback {
             events.passback.insert((p.account, p.group), p);
-            writes.push(write(AccessRecord::Passback(p)));
+            writes.push(access_write(AccessRecord::Passback(p)));
         }
         let body = EntryBody::DoorEvents(Box::new(DoorEvents {
             events: vec![event],
@@ -1062,8 +1030,8 @@ impl Ledger {
         };
         metrics::counter!("cardgate_door_punches_total", "status" => status_name).increment(1);
         let mut writes = Writes::new();
-        writes.push(write(AccessRecord::Controller(controller.clone())));
-        writes.push(write(AccessRecord::Answer(remembered)));
+        writes.push(access_write(AccessRecord::Controller(controller.clone())));
+        writes.push(access_write(AccessRecord::Answer(remembered)));
         let body = EntryBody::DoorEvents(Box::new(DoorEvents {
             events: Vec::new(),
             punches: vec![Punch {
@@ -1145,7 +1113,7 @@ impl Ledger {
                         last_ms: u.event_time_ms,
                     };
                     events.passback.insert((account, group), p);
-                    writes.push(write(AccessRecord::Passback(p)));
+                    writes.push(access_write(AccessRecord::Passback(p)));
                     passback = Some(p);
                 }
             }
@@ -1180,7 +1148,7 @@ impl Ledger {
             return Ok(txn.barrier(result));
         }
         let controller = c.record(terminal);
-        writes.push(write(AccessRecord::Controller(controller.clone())));
+        writes.push(access_write(AccessRecord::Controller(controller.clone())));
         let entries: SmallVec<[EntryRecord; 1]> = stored
             .chunks(EVENTS_PER_ENTRY_MAX)
             .map(|chunk| EntryRecord {

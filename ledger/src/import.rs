@@ -70,7 +70,8 @@ use crate::desk::By;
 use crate::desk::new_account;
 use crate::error::LedgerError;
 use crate::ledger::Ledger;
-use crate::records::{PREFIX_STAGED, StateWrite, Writes};
+pub use crate::records::staged_key;
+use crate::records::{StateWrite, Writes};
 use crate::sheet::{Errors, declared_encoding, read_sheet};
 pub use crate::sheet::{IMPORT_ERRORS_LISTED_MAX, RowError};
 use crate::txn::Txn;
@@ -115,14 +116,6 @@ pub struct ImportReport {
     pub delimiter: Option<&'static str>,
     /// Blank lines and rows of only delimiters and spaces: skipped, counted here.
     pub empty_rows: usize,
-}
-
-pub fn staged_key(import_id: u64, index: u32) -> [u8; 13] {
-    let mut k = [0u8; 13];
-    k[0] = PREFIX_STAGED;
-    k[1..9].copy_from_slice(&import_id.to_be_bytes());
-    k[9..].copy_from_slice(&index.to_be_bytes());
-    k
 }
 
 struct Row {

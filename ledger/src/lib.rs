@@ -16,9 +16,11 @@
 
 mod access;
 pub mod audit;
+mod audit_log;
 pub mod backup;
 pub mod blacklist;
 pub mod completeness;
+mod config;
 pub mod days;
 pub mod demo;
 pub mod desk;

@@ -24,7 +24,8 @@ use cardgate_domain::rules::purchase::spent_today;
 use smallvec::{SmallVec, smallvec};
 
 use crate::ledger::Ledger;
-use crate::pay::{fen, seq_record_of};
+use crate::pay::fen;
+use crate::records::seq_record_of;
 use crate::records::{StateWrite, Writes};
 use crate::txn::{Pending, Txn};
 

@@ -24,6 +24,7 @@ use rust_decimal::Decimal;
 use smallvec::{SmallVec, smallvec};
 
 use crate::ledger::Ledger;
+pub use crate::records::seq_record_of;
 use crate::records::{StateWrite, Writes};
 use crate::state::TerminalState;
 use crate::txn::{Pending, Txn};
@@ -65,23 +66,6 @@ pub fn answer_of(rec: &SeqRecord) -> Message {
             balance_fen,
             time_ms: rec.time_ms,
         }),
-    }
-}
-
-/// The remembered outcome a journaled decision leaves; used both when deciding and when
-/// replaying, so the two cannot drift apart.
-pub fn seq_record_of(entry: &TxEntry, time_ms: i64) -> SeqRecord {
-    SeqRecord {
-        terminal: entry.terminal,
-        seq: entry.seq,
-        kind: entry.kind,
-        card: entry.card,
-        amount_fen: entry.amount_fen,
-        original_seq: entry.original_seq,
-        account: entry.account,
-        outcome: entry.outcome,
-        time_ms,
-        reversed_by: None,
     }
 }
 

@@ -55,7 +55,7 @@ use cardgate_journal::{Schema, StoreError, Write};
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
-use crate::audit::audit_slot;
+use crate::audit_log::audit_slot;
 use crate::blacklist::BLACKLIST_LOG_MAX;
 
 pub const PREFIX_ACCOUNT: u8 = b'A';
@@ -310,7 +310,7 @@ impl StateWrite {
                 key_u64(PREFIX_SETTLEMENT, day_key(d.day)).as_ref().into(),
                 encode_record(d.as_ref()),
             ),
-            StateWrite::Access(r) => (crate::access::access_key_bytes(r).into(), encode_record(r.as_ref())),
+            StateWrite::Access(r) => (access_key_bytes(r).into(), encode_record(r.as_ref())),
             StateWrite::Staged(k, v) => (k.as_slice().into(), v.clone().unwrap_or_default()),
         }
     }
@@ -361,7 +361,7 @@ impl Schema for LedgerSchema {
             StateWrite::Password(p) => StateKey::Password(p.operator_id),
             StateWrite::DayClosed(_) => StateKey::DayClosed,
             StateWrite::Access(r) => {
-                let (kind, a, b) = crate::access::access_key(r);
+                let (kind, a, b) = access_key(r);
                 StateKey::Access(kind, a, b)
             }
         })
@@ -412,5 +412,61 @@ impl Schema for LedgerSchema {
             out.push((key.as_ref().into(), Some(encode_record(&records))));
         }
         Ok(out)
+    }
+}
+
+/// Where an access record is stored: `'I'`, a kind byte, then its id(s).
+pub(crate) fn access_key(r: &AccessRecord) -> (u8, u64, u64) {
+    match r {
+        AccessRecord::Door(d) => (b'd', d.id, 0),
+        AccessRecord::Schedule(s) => (b's', s.id, 0),
+        AccessRecord::Holidays(_) => (b'h', 0, 0),
+        AccessRecord::Permission(p) => (b'p', p.id, 0),
+        AccessRecord::Group(g) => (b'g', g.group, 0),
+        AccessRecord::Change(c) => (b'l', c.group, c.version % crate::access::CACHE_LOG_PER_GROUP_MAX),
+        AccessRecord::Controller(c) => (b'c', c.terminal, 0),
+        AccessRecord::Passback(p) => (b'a', p.account, p.group),
+        AccessRecord::Answer(a) => (b'r', a.terminal, crate::access::answer_slot(a.event_seq) as u64),
+    }
+}
+
+pub(crate) fn access_key_bytes(r: &AccessRecord) -> Vec<u8> {
+    let (kind, a, b) = access_key(r);
+    let mut k = Vec::with_capacity(18);
+    k.push(PREFIX_ACCESS);
+    k.push(kind);
+    k.extend_from_slice(&a.to_be_bytes());
+    k.extend_from_slice(&b.to_be_bytes());
+    k
+}
+
+/// A door access record as the state write that stores it.
+pub(crate) fn access_write(r: AccessRecord) -> StateWrite {
+    StateWrite::Access(Box::new(r))
+}
+
+/// Where chunk `index` of staged import `import_id` is kept until it commits.
+pub fn staged_key(import_id: u64, index: u32) -> [u8; 13] {
+    let mut k = [0u8; 13];
+    k[0] = PREFIX_STAGED;
+    k[1..9].copy_from_slice(&import_id.to_be_bytes());
+    k[9..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
+/// The remembered outcome a journaled decision leaves; used both when deciding and when
+/// replaying, so the two cannot drift apart.
+pub fn seq_record_of(entry: &cardgate_domain::entry::TxEntry, time_ms: i64) -> SeqRecord {
+    SeqRecord {
+        terminal: entry.terminal,
+        seq: entry.seq,
+        kind: entry.kind,
+        card: entry.card,
+        amount_fen: entry.amount_fen,
+        original_seq: entry.original_seq,
+        account: entry.account,
+        outcome: entry.outcome,
+        time_ms,
+        reversed_by: None,
     }
 }

@@ -29,17 +29,17 @@ use cardgate_journal::record::decode_record;
 use cardgate_journal::store::{key_meta, meta as journal_meta};
 use cardgate_journal::{CommitterHandle, Db, SledStore, Store, StoreError, checkpoint};
 
+use crate::config::LedgerConfig;
 use crate::error::LedgerError;
-use crate::import::staged_key;
-use crate::ledger::LedgerConfig;
-use crate::pay::seq_record_of;
 use crate::records::{
     Journal, LedgerSchema, PREFIX_ACCOUNT, PREFIX_ANSWER, PREFIX_AUDIT, PREFIX_BLACKLIST, PREFIX_CARD,
     PREFIX_DOOR_GROUP, PREFIX_EXCEPTION, PREFIX_GRANT, PREFIX_HANDOUT, PREFIX_MERCHANT, PREFIX_OPERATOR,
     PREFIX_PASSWORD, PREFIX_PERSON, PREFIX_SEQ, PREFIX_STAGED, PREFIX_STOCK_BATCH, PREFIX_STOCK_COUNT,
     PREFIX_STOCK_REMOVED, PREFIX_TERMINAL, PREFIX_TERMINAL_RECORD, StateWrite, StockRemoved, meta,
 };
-use crate::records::{ListedSince, PREFIX_ACCESS, PREFIX_GAPS, PREFIX_LISTED, PREFIX_SETTLEMENT};
+use crate::records::{
+    ListedSince, PREFIX_ACCESS, PREFIX_GAPS, PREFIX_LISTED, PREFIX_SETTLEMENT, seq_record_of, staged_key,
+};
 use crate::state::{Loaded, State};
 
 /// Entries read per step of replay.
@@ -493,7 +493,7 @@ impl Replay<'_> {
 
     /// A door access record as an entry left it, through the live path's own setter.
     fn access(&mut self, r: AccessRecord) {
-        crate::doors::apply_record(self.state, &r);
+        self.state.access().apply(&r);
         self.touched.others.push(StateWrite::Access(Box::new(r)));
     }
 

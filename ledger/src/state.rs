@@ -29,7 +29,7 @@ use dashmap::DashMap;
 use dashmap::mapref::one::{Ref, RefMut};
 
 use crate::access::AccessBook;
-use crate::audit::AuditLog;
+use crate::audit_log::AuditLog;
 use crate::blacklist::Blacklist;
 use crate::error::LedgerError;
 use crate::keys::TerminalKey;
