@@ -1,6 +1,8 @@
 //! The card desk's operations on a real ledger (sled in a temp dir), and that a clean
 //! restart (checkpoint) and a crash (replay) both rebuild exactly what they left.
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 
@@ -15,28 +17,15 @@ use cardgate_journal::{FaultSwitch, FaultyStore};
 use cardgate_ledger::audit::AuditQuery;
 use cardgate_ledger::desk::{By, NewPerson};
 use cardgate_ledger::{Ledger, LedgerConfig, SystemClock};
-
-/// Opens, retrying while sled's I/O threads still hold the previous instance's file
-/// lock for a moment after it was dropped (as `tests/common` does).
-fn retry<T>(mut open: impl FnMut() -> Result<T, cardgate_ledger::LedgerError>) -> T {
-    for _ in 0..500 {
-        match open() {
-            Err(e) if e.to_string().contains("could not acquire lock") => {
-                std::thread::sleep(std::time::Duration::from_millis(10))
-            }
-            r => return r.unwrap(),
-        }
-    }
-    panic!("the data directory stayed locked")
-}
+use common::reopen;
 
 fn open(dir: &Path) -> (Arc<Ledger>, CommitterHandle) {
-    let (l, c, _) = retry(|| Ledger::open(dir, LedgerConfig::default(), Arc::new(SystemClock)));
+    let (l, c, _) = reopen(|| Ledger::open(dir, LedgerConfig::default(), Arc::new(SystemClock)));
     (l, c)
 }
 
 fn open_faulty(dir: &Path, switch: &FaultSwitch) -> (Arc<Ledger>, CommitterHandle) {
-    let (l, c, _) = retry(|| {
+    let (l, c, _) = reopen(|| {
         let s = switch.clone();
         Ledger::open_with_store(dir, LedgerConfig::default(), Arc::new(SystemClock), |st| {
             Box::new(FaultyStore { inner: st, switch: s })
@@ -340,7 +329,7 @@ async fn desk_operations_survive_a_crash_twice() {
     switch.set(FaultSwitch::FAIL_APPLY);
     assert!(l.top_up(&By::actor(&desk()), 1, 1_00).await.is_err());
     close(l, c).await;
-    let (l, c, stats) = retry(|| Ledger::open(dir.path(), LedgerConfig::default(), Arc::new(SystemClock)));
+    let (l, c, stats) = reopen(|| Ledger::open(dir.path(), LedgerConfig::default(), Arc::new(SystemClock)));
     assert!(stats.replayed > 20, "replayed {}", stats.replayed);
     assert_eq!(snapshot(&l, &persons), before);
     close(l, c).await;

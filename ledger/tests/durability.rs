@@ -87,7 +87,7 @@ fn open_db(dir: &Path) -> cardgate_journal::Db {
 }
 
 fn open_restored(dir: &Path) -> (Arc<Ledger>, cardgate_journal::CommitterHandle) {
-    let (l, c, _) = Ledger::open(dir, config(), Arc::new(ManualClock::new(LUNCH_MS))).expect("restored dir opens");
+    let (l, c, _) = reopen(|| Ledger::open(dir, config(), Arc::new(ManualClock::new(LUNCH_MS))));
     (l, c)
 }
 

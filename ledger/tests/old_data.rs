@@ -62,7 +62,7 @@ fn copy_of_old_data() -> tempfile::TempDir {
 fn open(path: &Path) -> (Arc<Ledger>, cardgate_journal::CommitterHandle, u64) {
     // The clock of the run that wrote it, an hour and more after its lunch.
     let clock = ManualClock::new(1_795_853_100_000 + 2 * 3_600_000);
-    let (l, c, stats) = Ledger::open(path, LedgerConfig::default(), Arc::new(clock)).expect("recovers");
+    let (l, c, stats) = common::reopen(|| Ledger::open(path, LedgerConfig::default(), Arc::new(clock.clone())));
     (l, c, stats.replayed)
 }
 

@@ -1,6 +1,8 @@
 //! Console passwords on a real ledger: set, checked, changed, refused when they should
 //! be, and the same after a clean restart (checkpoint) and after a crash (replay).
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 
@@ -8,22 +10,10 @@ use cardgate_domain::operator::{Actor, Role};
 use cardgate_journal::{CommitterHandle, FaultSwitch, FaultyStore};
 use cardgate_ledger::desk::{By, SignIn};
 use cardgate_ledger::{Ledger, LedgerConfig, LedgerError, SystemClock};
-
-/// Opens, retrying while sled's I/O threads still hold the previous instance's lock.
-fn retry<T>(mut open: impl FnMut() -> Result<T, LedgerError>) -> T {
-    for _ in 0..500 {
-        match open() {
-            Err(e) if e.to_string().contains("could not acquire lock") => {
-                std::thread::sleep(std::time::Duration::from_millis(10))
-            }
-            r => return r.unwrap(),
-        }
-    }
-    panic!("the data directory stayed locked")
-}
+use common::reopen;
 
 fn open(dir: &Path, switch: &FaultSwitch) -> (Arc<Ledger>, CommitterHandle) {
-    let (l, c, _) = retry(|| {
+    let (l, c, _) = reopen(|| {
         let s = switch.clone();
         Ledger::open_with_store(dir, LedgerConfig::default(), Arc::new(SystemClock), |st| {
             Box::new(FaultyStore { inner: st, switch: s })

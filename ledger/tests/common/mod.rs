@@ -24,6 +24,26 @@ pub const POS_2: u64 = 2;
 pub const DOOR: u64 = 10;
 pub const POS_DISABLED: u64 = 11;
 
+/// Runs `open` until the data directory's lock is free. After a ledger is dropped and its
+/// committer joined, sled's I/O threads may hold the directory's lock a moment longer, so
+/// a test that opens the same directory again in the same process waits (up to ten
+/// seconds) where a second process would rightly be refused at once.
+pub fn reopen<T>(mut open: impl FnMut() -> Result<T, cardgate_ledger::LedgerError>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match open() {
+            Err(e) if is_lock_error(&e) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            r => return r.unwrap_or_else(|e| panic!("open the ledger: {e}")),
+        }
+    }
+}
+
+pub fn is_lock_error(e: &cardgate_ledger::LedgerError) -> bool {
+    e.to_string().contains("could not acquire lock")
+}
+
 pub struct Fixture {
     pub dir: tempfile::TempDir,
     pub ledger: Arc<Ledger>,
@@ -99,11 +119,7 @@ impl Fixture {
             });
             match r {
                 Ok(x) => break x,
-                Err(e)
-                    if !used
-                        && e.to_string().contains("could not acquire lock")
-                        && std::time::Instant::now() < deadline =>
-                {
+                Err(e) if !used && is_lock_error(&e) && std::time::Instant::now() < deadline => {
                     wrap = w;
                     std::thread::sleep(std::time::Duration::from_millis(10));
                 }
