@@ -32,10 +32,10 @@ pub(crate) const DOOR_SHARDS: usize = 16;
 pub(crate) const HISTOGRAM_SHARDS: usize = 16;
 
 /// The slowest latency a histogram holds (µs): two minutes, beyond any answer timeout.
-pub(crate) const LATENCY_US_MAX: u64 = 120_000_000;
+const LATENCY_US_MAX: u64 = 120_000_000;
 
 /// Significant digits kept by the histograms: 0.1 % resolution at every magnitude.
-pub(crate) const LATENCY_SIGFIG: u8 = 3;
+const LATENCY_SIGFIG: u8 = 3;
 
 /// tokio's timer resolution.
 pub(crate) const TIMER_TICK: Duration = Duration::from_millis(1);
@@ -265,8 +265,8 @@ pub(crate) const PHASE_SCAN_AFTER: u8 = 4;
 /// Cards reported lost, and when the report was acknowledged.
 #[derive(Default)]
 pub(crate) struct LostCards {
-    pub(crate) any: AtomicBool,
-    pub(crate) inner: RwLock<(HashMap<CardNo, Instant>, Vec<CardNo>)>,
+    any: AtomicBool,
+    inner: RwLock<(HashMap<CardNo, Instant>, Vec<CardNo>)>,
 }
 
 impl LostCards {
