@@ -32,7 +32,8 @@
 //!                                                  } the calendar 'h', permissions 'p',
 //!                                                  } door groups 'g', cache changes 'l'
 //!                                                  } (group, version % log max), controllers
-//!                                                  } 'c', anti-passback 'a' (account, group)
+//!                                                  } 'c', anti-passback 'a' (account, group),
+//!                                                  } answers 'r' (controller, event % 64)
 //! 'Z' import(u64 BE) chunk(u32 BE)  staged import chunk, written with its commit
 //! 'M' params / demo / gateway_id    the ledger's meta values
 //! 'M' day_closed                    DayClose     checkpointed: the last business day closed
@@ -42,7 +43,7 @@ use std::collections::HashMap;
 
 use cardgate_codec::CardNo;
 use cardgate_domain::access::AccessRecord;
-use cardgate_domain::entry::{DayClose, EntryRecord, SettlementClose};
+use cardgate_domain::entry::{DayClose, EntryRecord, SettlementClose, TxEntry};
 use cardgate_domain::model::{
     Account, AuditRecord, BlacklistChange, Card, DoorGroup, Exception, GrantMark, IdempotentAnswer, KeyHandout,
     Merchant, Params, Person, SeqGaps, SeqRecord, StockBatch, StockCount, StockRemoval, Terminal, TerminalRecord,
@@ -55,6 +56,7 @@ use cardgate_journal::{Schema, StoreError, Write};
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
+use crate::access::{CACHE_LOG_PER_GROUP_MAX, answer_slot};
 use crate::audit_log::audit_slot;
 use crate::blacklist::BLACKLIST_LOG_MAX;
 
@@ -423,10 +425,10 @@ pub(crate) fn access_key(r: &AccessRecord) -> (u8, u64, u64) {
         AccessRecord::Holidays(_) => (b'h', 0, 0),
         AccessRecord::Permission(p) => (b'p', p.id, 0),
         AccessRecord::Group(g) => (b'g', g.group, 0),
-        AccessRecord::Change(c) => (b'l', c.group, c.version % crate::access::CACHE_LOG_PER_GROUP_MAX),
+        AccessRecord::Change(c) => (b'l', c.group, c.version % CACHE_LOG_PER_GROUP_MAX),
         AccessRecord::Controller(c) => (b'c', c.terminal, 0),
         AccessRecord::Passback(p) => (b'a', p.account, p.group),
-        AccessRecord::Answer(a) => (b'r', a.terminal, crate::access::answer_slot(a.event_seq) as u64),
+        AccessRecord::Answer(a) => (b'r', a.terminal, answer_slot(a.event_seq) as u64),
     }
 }
 
@@ -456,7 +458,7 @@ pub fn staged_key(import_id: u64, index: u32) -> [u8; 13] {
 
 /// The remembered outcome a journaled decision leaves; used both when deciding and when
 /// replaying, so the two cannot drift apart.
-pub fn seq_record_of(entry: &cardgate_domain::entry::TxEntry, time_ms: i64) -> SeqRecord {
+pub fn seq_record_of(entry: &TxEntry, time_ms: i64) -> SeqRecord {
     SeqRecord {
         terminal: entry.terminal,
         seq: entry.seq,
