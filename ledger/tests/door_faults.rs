@@ -5,14 +5,12 @@
 
 mod common;
 
-use cardgate_codec::{AccessReason, ErrorCode, Message, Punch};
+use cardgate_codec::{AccessReason, ErrorCode, Message};
 use cardgate_journal::{FaultSwitch, FaultyStore};
-use cardgate_ledger::demo::{DEMO_CLOCK_TERMINAL_BASE, DemoCampus, demo_card, ensure_demo, ensure_demo_doors};
+use cardgate_ledger::demo::demo_card;
 use cardgate_ledger::keys::TerminalKey;
 use cardgate_ledger::{LedgerConfig, ManualClock};
 use common::*;
-
-const CLOCK: u64 = DEMO_CLOCK_TERMINAL_BASE + 1;
 
 #[tokio::test]
 async fn a_failed_sync_answers_door_checks_system_error_never_granted() {
@@ -33,30 +31,12 @@ async fn a_failed_sync_answers_door_checks_system_error_never_granted() {
             })
         },
     );
-    let campus = DemoCampus {
-        accounts: 3,
-        pos_terminals: 1,
-        balance_fen: 100_00,
-    };
-    ensure_demo(&f.ledger, &campus).await.unwrap();
-    ensure_demo_doors(&f.ledger, 1, 1).await.unwrap();
+    f.demo_doors().await;
     assert_eq!(f.demo_door_check(1).await, AccessReason::Granted);
 
     switch.set(FaultSwitch::FAIL_SYNC);
     assert_eq!(f.demo_door_check(2).await, AccessReason::SystemError);
-    let punch = f
-        .ledger
-        .punch_frame(
-            CLOCK,
-            &Punch {
-                event_seq: 1,
-                card: demo_card(1),
-                controller_time_ms: LUNCH_MS,
-            },
-        )
-        .await
-        .resolve()
-        .await;
+    let punch = f.demo_punch(1, demo_card(1)).await;
     assert!(
         matches!(punch, Message::Error(ref e) if e.code == ErrorCode::ServerError),
         "a punch the journal could not keep is an ERROR: {punch:?}"

@@ -5,32 +5,17 @@
 
 mod common;
 
-use cardgate_codec::{AccessReason, CardNo, Message, Punch, PunchStatus};
+use cardgate_codec::{AccessReason, CardNo, Message, PunchStatus};
 use cardgate_domain::operator::{Actor, Role};
 use cardgate_journal::CheckpointPolicy;
-use cardgate_ledger::demo::{DEMO_CLOCK_TERMINAL_BASE, DemoCampus, demo_card, ensure_demo, ensure_demo_doors};
+use cardgate_ledger::demo::demo_card;
 use cardgate_ledger::desk::By;
 use cardgate_ledger::keys::TerminalKey;
 use cardgate_ledger::{LedgerConfig, ManualClock};
 use common::*;
 
-const CLOCK: u64 = DEMO_CLOCK_TERMINAL_BASE + 1;
-
 async fn punch(f: &Fixture, seq: u64, card: CardNo) -> PunchStatus {
-    let m = f
-        .ledger
-        .punch_frame(
-            CLOCK,
-            &Punch {
-                event_seq: seq,
-                card,
-                controller_time_ms: LUNCH_MS,
-            },
-        )
-        .await
-        .resolve()
-        .await;
-    match m {
+    match f.demo_punch(seq, card).await {
         Message::PunchResult(r) => r.status,
         other => panic!("expected PUNCH_RESULT, got {other:?}"),
     }
@@ -43,13 +28,7 @@ async fn first_answers_survive_a_restart(checkpoints: CheckpointPolicy) {
         ..LedgerConfig::default()
     };
     let f = Fixture::open(tempfile::tempdir().unwrap(), config, ManualClock::new(LUNCH_MS));
-    let campus = DemoCampus {
-        accounts: 3,
-        pos_terminals: 1,
-        balance_fen: 100_00,
-    };
-    ensure_demo(&f.ledger, &campus).await.unwrap();
-    ensure_demo_doors(&f.ledger, 1, 1).await.unwrap();
+    f.demo_doors().await;
 
     assert_eq!(f.demo_door_check(1).await, AccessReason::Granted);
     assert_eq!(punch(&f, 1, demo_card(1)).await, PunchStatus::Recorded);

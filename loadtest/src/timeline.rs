@@ -3,7 +3,7 @@
 //! wall-clock start lines them up with what the gateway logged at the same moment.
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -39,9 +39,7 @@ impl Timeline {
         let slots = || (0..SLOTS_MAX).map(|_| AtomicU32::new(0)).collect();
         Timeline {
             epoch: Instant::now(),
-            epoch_unix_ms: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
+            epoch_unix_ms: u64::try_from(crate::client::now_ms()).unwrap_or(0),
             answers: slots(),
             slow: slots(),
             max_us: slots(),

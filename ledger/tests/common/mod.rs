@@ -8,7 +8,7 @@ pub mod dump;
 use std::path::Path;
 use std::sync::Arc;
 
-use cardgate_codec::{AccessCheck, AccessReason, CardNo, Direction, Message, Purchase, Reversal};
+use cardgate_codec::{AccessCheck, AccessReason, CardNo, Direction, Message, Punch, Purchase, Reversal};
 use cardgate_domain::model::{Account, AccountKind, AccountStatus, Card, CardStatus, Limits, Terminal, TerminalKind};
 use cardgate_domain::money::from_fen;
 use cardgate_journal::CommitterHandle;
@@ -105,27 +105,14 @@ impl Fixture {
         clock: ManualClock,
         wrap: impl FnOnce(cardgate_journal::SledStore) -> Box<dyn Store>,
     ) -> Fixture {
-        // sled's I/O threads may hold the previous instance's file lock for a moment
-        // after its last handle is dropped.
+        // The store is wrapped once it has opened, so a lock error (which comes before)
+        // leaves `wrap` for the next attempt.
         let mut wrap = Some(wrap);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let (ledger, committer, _) = loop {
-            let w = wrap.take().expect("wrap is used once");
-            let mut used = false;
-            let mut w = Some(w);
-            let r = Ledger::open_with_store(dir.path(), config.clone(), Arc::new(clock.clone()), |s| {
-                used = true;
-                (w.take().expect("called once"))(s)
-            });
-            match r {
-                Ok(x) => break x,
-                Err(e) if !used && is_lock_error(&e) && std::time::Instant::now() < deadline => {
-                    wrap = w;
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-                Err(e) => panic!("open ledger: {e}"),
-            }
-        };
+        let (ledger, committer, _) = reopen(|| {
+            Ledger::open_with_store(dir.path(), config.clone(), Arc::new(clock.clone()), |s| {
+                (wrap.take().expect("a store that opened is not opened again"))(s)
+            })
+        });
         Fixture {
             dir,
             ledger,
@@ -208,6 +195,31 @@ impl Fixture {
             terminal_time_ms: 0,
         };
         self.ledger.reversal(terminal, &r).await.resolve().await
+    }
+
+    /// The demo campus the door tests use: three accounts, one POS terminal, one door
+    /// controller and one attendance clock (keys from `TerminalKey::demo`).
+    pub async fn demo_doors(&self) {
+        let campus = cardgate_ledger::demo::DemoCampus {
+            accounts: 3,
+            pos_terminals: 1,
+            balance_fen: 100_00,
+        };
+        cardgate_ledger::demo::ensure_demo(&self.ledger, &campus).await.unwrap();
+        cardgate_ledger::demo::ensure_demo_doors(&self.ledger, 1, 1)
+            .await
+            .unwrap();
+    }
+
+    /// A punch of `card` at the demo campus's first attendance clock, at lunch: the answer.
+    pub async fn demo_punch(&self, seq: u64, card: CardNo) -> Message {
+        let clock = cardgate_ledger::demo::DEMO_CLOCK_TERMINAL_BASE + 1;
+        let punch = Punch {
+            event_seq: seq,
+            card,
+            controller_time_ms: LUNCH_MS,
+        };
+        self.ledger.punch_frame(clock, &punch).await.resolve().await
     }
 
     /// An access check by the demo campus's first door controller: demo card 1 at door 1,
