@@ -18,8 +18,9 @@ from collections import defaultdict
 # thread alone). First match wins.
 THREADS = [
     ("sqlite worker", re.compile(r"^sqlite3VdbeExec$")),
-    ("committer", re.compile(r"^cardgate_journal::committer::Committer<.*>::run$")),
-    ("checkpointer", re.compile(r"^cardgate_journal::checkpoint::Checkpointer<.*>::run$")),
+    # `run` may be inlined into the thread's closure: what only its loop calls as well.
+    ("committer", re.compile(r"^cardgate_journal::committer::Committer<.*>::(run|hand_off)$")),
+    ("checkpointer", re.compile(r"^cardgate_journal::checkpoint::(Checkpointer<.*>::run|checkpoint_pace)$")),
     ("sled threads", re.compile(r"^sled::threadpool::")),
 ]
 # The flusher is a task on the runtime's threads, and reads the journal on the blocking

@@ -13,6 +13,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod durability_cli;
+mod gate;
 pub mod health;
 pub mod integrity;
 pub mod logging;

@@ -37,6 +37,7 @@ use tokio_util::sync::{CancellationToken, ReusableBoxFuture};
 
 use crate::admission::{Closer, Connection, SignOn};
 use crate::config::Limits;
+use crate::gate::Gate;
 use crate::metrics::RequestKind;
 
 /// Initial read and write buffer of a connection: a few frames. A terminal's frames are
@@ -127,14 +128,17 @@ pub(crate) async fn serve(
                 ledger.door_clock_drift(terminal_id, drift_ms);
             }
             tracing::debug!(terminal.id = terminal_id, %peer, "signed on");
+            // Closed by the gateway and still not done: drop what it owes.
+            let drain_cut = async {
+                let code = closer.closed().await;
+                tokio::time::sleep(CLOSING_DRAIN_TIMEOUT).await;
+                code
+            };
+            tokio::pin!(drain_cut);
+            let drain_gate = Gate::default();
             let end = tokio::select! {
                 end = session(&mut conn, terminal_id, &ledger, &limits, &shutdown, &closer, notices) => end,
-                // Closed by the gateway and still not done: drop what it owes.
-                code = async {
-                    let code = closer.closed().await;
-                    tokio::time::sleep(CLOSING_DRAIN_TIMEOUT).await;
-                    code
-                } => End::Refuse(code),
+                code = drain_gate.wait(drain_cut.as_mut()) => End::Refuse(code),
             };
             ledger.session_closed(terminal_id).await;
             (Some(terminal_id), end)
@@ -359,6 +363,9 @@ async fn session(
     tokio::pin!(cancelled);
     let closed = closer.closed();
     tokio::pin!(closed);
+    // The rare waits, each polled only after its own source woke it (gate.rs).
+    let gates: [Gate; 5] = Default::default();
+    let [blacklist_gate, door_gate, disabled_gate, cancelled_gate, closed_gate] = &gates;
 
     loop {
         if end.is_some() && inflight.is_empty() {
@@ -389,7 +396,7 @@ async fn session(
                     }
                 }
             }
-            (rx, version) = blacklist_changed.get_pin(), if end.is_none() && blacklist_open => {
+            (rx, version) = blacklist_gate.wait(blacklist_changed.get_pin()), if end.is_none() && blacklist_open => {
                 let Some(version) = version else {
                     blacklist_open = false;
                     continue;
@@ -417,7 +424,7 @@ async fn session(
                     pending: Pending::ready(Message::BlacklistPush(push)),
                 });
             }
-            (rx, changed) = door_changed.get_pin(), if end.is_none() && door_open => {
+            (rx, changed) = door_gate.wait(door_changed.get_pin()), if end.is_none() && door_open => {
                 if changed.is_none() {
                     door_open = false;
                     continue;
@@ -425,7 +432,7 @@ async fn session(
                 door_changed.set(next_version(rx));
                 door_push(ledger, terminal_id, &mut door_version, &mut inflight);
             }
-            (rx, notice) = disabled.get_pin(), if end.is_none() && notices_open => {
+            (rx, notice) = disabled_gate.wait(disabled.get_pin()), if end.is_none() && notices_open => {
                 match notice {
                     Notice::Disabled => end = Some(End::Refuse(ErrorCode::TerminalDisabled)),
                     Notice::Enabled => disabled.set(disabled_notice(rx, terminal_id, ledger)),
@@ -433,8 +440,8 @@ async fn session(
                 }
             }
             _ = &mut idle, if end.is_none() => end = Some(End::Refuse(ErrorCode::IdleTimeout)),
-            _ = &mut cancelled, if end.is_none() => end = Some(End::Refuse(ErrorCode::ShuttingDown)),
-            code = &mut closed, if end.is_none() => end = Some(End::Refuse(code)),
+            _ = cancelled_gate.wait(cancelled.as_mut()), if end.is_none() => end = Some(End::Refuse(ErrorCode::ShuttingDown)),
+            code = closed_gate.wait(closed.as_mut()), if end.is_none() => end = Some(End::Refuse(code)),
         }
     }
     end.unwrap_or(End::PeerClosed)
