@@ -96,6 +96,12 @@ def main():
     print(f"instructions per request: {whole / requests:,.0f}")
     for p in PARTS:
         print(f"  {p:<14} {parts[p] / requests:>9,.0f}")
+    # A thread no pattern names is counted as the sessions': say so rather than print a
+    # silent zero (an inlined `run` once moved the committer's work there unnoticed).
+    missing = [p for p, _ in THREADS if parts[p] == 0]
+    if missing:
+        print(f"warning: no thread matched {', '.join(missing)}; their work is in 'sessions'", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
