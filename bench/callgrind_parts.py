@@ -100,7 +100,7 @@ def main():
     # silent zero (an inlined `run` once moved the committer's work there unnoticed).
     missing = [p for p, _ in THREADS if parts[p] == 0]
     if missing:
-        print(f"warning: no thread matched {', '.join(missing)}; their work is in 'sessions'", file=sys.stderr)
+        print(f"error: no thread matched {', '.join(missing)}; their work is in 'sessions'", file=sys.stderr)
         sys.exit(1)
 
 

@@ -22,7 +22,8 @@ def read(path):
     with open(path) as f:
         for line in f:
             line = line.strip()
-            if not line.startswith("cardgate"):
+            # The process collector's CPU time too: CPU per answer (cpu_per_answer).
+            if not line.startswith(("cardgate", "process_cpu_seconds_total")):
                 continue
             key, value = line.rsplit(" ", 1)
             out[key] = float(value)
@@ -73,6 +74,17 @@ def commits(m):
     }
 
 
+def cpu_per_answer_us(m):
+    """The gateway process's CPU time over every request it answered, in microseconds,
+    over the whole life of the process (the demo campus's creation included; it is the
+    same in every run of bench/gateway.sh and bench/doors.sh). None without either."""
+    cpu = m.get("process_cpu_seconds_total")
+    answers = total(m, "cardgate_request_seconds_count")
+    if cpu is None or not answers:
+        return None
+    return 1e6 * cpu / answers
+
+
 def purchase_p99_le_ms(m):
     """The gateway's own purchase latency (frame decoded -> answer written), p99 bucket."""
     n = total(m, "cardgate_request_seconds_count", kind="purchase")
@@ -90,4 +102,5 @@ if __name__ == "__main__":
         p = purchase_p99_le_ms(m)
         print(f"{path}: {c['commits']} flushes, {c['decisions_per_flush']:.1f} decisions per flush, "
               f"flush + fdatasync mean {c['commit_mean_ms']:.2f} ms (fdatasync {c['sync_mean_ms']:.2f} ms), "
-              f"p99 <= {c['commit_p99_le_ms']:g} ms; gateway purchase p99 <= {p:g} ms")
+              f"p99 <= {c['commit_p99_le_ms']:g} ms; gateway purchase p99 <= {p:g} ms; "
+              f"CPU {m.get('process_cpu_seconds_total', 0):g} s, {cpu_per_answer_us(m) or 0:.2f} us per answer")

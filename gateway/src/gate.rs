@@ -96,7 +96,7 @@ mod tests {
 
     use super::*;
 
-    /// Counts its polls; ready once `ready` is set and it was woken through `notify`.
+    /// Counts its polls; ready once `notify` has woken it.
     struct Counted<'a> {
         polls: &'a AtomicUsize,
         notified: Pin<Box<tokio::sync::futures::Notified<'a>>>,
