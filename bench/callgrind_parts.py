@@ -98,7 +98,9 @@ def main():
         print(f"  {p:<14} {parts[p] / requests:>9,.0f}")
     # A thread no pattern names is counted as the sessions': say so rather than print a
     # silent zero (an inlined `run` once moved the committer's work there unnoticed).
-    missing = [p for p, _ in THREADS if parts[p] == 0]
+    # sled's pool threads may have nothing to do: the journal's own log writes run on the
+    # committer (ledger/vendor/README.md); only a pool thread that worked is named.
+    missing = [p for p, _ in THREADS if parts[p] == 0 and p != "sled threads"]
     if missing:
         print(f"error: no thread matched {', '.join(missing)}; their work is in 'sessions'", file=sys.stderr)
         sys.exit(1)
