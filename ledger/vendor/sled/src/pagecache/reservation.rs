@@ -108,9 +108,10 @@ impl<'a> Reservation<'a> {
             drop(intervals);
 
             // cardgate: the batch's writer writes the manifest's buffer itself (was: a
-            // job on the I/O pool). It flushes right after to make the batch stable and
-            // waits for this buffer either way; handing it over cost two thread
-            // wake-ups per batch, i.e. per group commit.
+            // job on the I/O pool). cardgate's callers of `apply_batch` (the journal's
+            // committer, start-up, a restore) flush right after it and so wait for this
+            // buffer either way; handing it over cost two thread wake-ups per batch,
+            // i.e. per group commit. cardgate uses no sled transactions.
             self.write_inline = true;
             self.complete()
         }
