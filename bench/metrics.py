@@ -85,6 +85,11 @@ def cpu_per_answer_us(m):
     return 1e6 * cpu / answers
 
 
+def cpu_us_text(m):
+    us = cpu_per_answer_us(m)
+    return "?" if us is None else f"{us:.2f}"
+
+
 def purchase_p99_le_ms(m):
     """The gateway's own purchase latency (frame decoded -> answer written), p99 bucket."""
     n = total(m, "cardgate_request_seconds_count", kind="purchase")
@@ -103,4 +108,4 @@ if __name__ == "__main__":
         print(f"{path}: {c['commits']} flushes, {c['decisions_per_flush']:.1f} decisions per flush, "
               f"flush + fdatasync mean {c['commit_mean_ms']:.2f} ms (fdatasync {c['sync_mean_ms']:.2f} ms), "
               f"p99 <= {c['commit_p99_le_ms']:g} ms; gateway purchase p99 <= {p:g} ms; "
-              f"CPU {m.get('process_cpu_seconds_total', 0):g} s, {cpu_per_answer_us(m) or 0:.2f} us per answer")
+              f"CPU {m.get('process_cpu_seconds_total', 0):g} s, {cpu_us_text(m)} us per answer")

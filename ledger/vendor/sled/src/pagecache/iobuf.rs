@@ -564,6 +564,24 @@ impl IoBufs {
         Ok(())
     }
 
+    /// cardgate: `write_to_log` on the calling thread instead of a pool job; on error,
+    /// what the pool job does (stored as the global error, waiters woken), and the error
+    /// returned to the caller as well.
+    pub(crate) fn write_inline(&self, iobuf: &IoBuf) -> Result<()> {
+        if let Err(e) = self.write_to_log(iobuf) {
+            error!(
+                "hit error while writing iobuf with lsn {}: {:?}",
+                iobuf.lsn, e
+            );
+            self.config.set_global_error(e.clone());
+            let intervals = self.intervals.lock();
+            drop(intervals);
+            let _notified = self.interval_updated.notify_all();
+            return Err(e);
+        }
+        Ok(())
+    }
+
     // Write an IO buffer's data to stable storage and set up the
     // next IO buffer for writing.
     pub(crate) fn write_to_log(&self, iobuf: &IoBuf) -> Result<()> {
@@ -1194,18 +1212,7 @@ fn seal_and_write(
             lsn
         );
         if inline {
-            if let Err(e) = iobufs.write_to_log(iobuf) {
-                error!(
-                    "hit error while writing iobuf with lsn {}: {:?}",
-                    lsn, e
-                );
-                iobufs.config.set_global_error(e.clone());
-                let intervals = iobufs.intervals.lock();
-                drop(intervals);
-                let _notified = iobufs.interval_updated.notify_all();
-                return Err(e);
-            }
-            return Ok(());
+            return iobufs.write_inline(iobuf);
         }
         let iobufs = iobufs.clone();
         let iobuf = iobuf.clone();

@@ -440,18 +440,7 @@ impl Log {
             );
             // cardgate: see `Reservation::write_inline`.
             if inline {
-                if let Err(e) = self.iobufs.write_to_log(iobuf) {
-                    error!(
-                        "hit error while writing iobuf with lsn {}: {:?}",
-                        lsn, e
-                    );
-                    self.config.set_global_error(e.clone());
-                    let intervals = self.iobufs.intervals.lock();
-                    drop(intervals);
-                    let _notified = self.iobufs.interval_updated.notify_all();
-                    return Err(e);
-                }
-                return Ok(());
+                return self.iobufs.write_inline(iobuf);
             }
             let iobufs = self.iobufs.clone();
             let iobuf = iobuf.clone();

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Two builds of the gateway alternated run by run, so that a drift in the machine's load
+# favours neither (docs/PERFORMANCE.md 5.7): each round runs A, then B, each as
+# `NO_BUILD=1 bench/gateway.sh MODE ARGS...` with the build copied over
+# target/release/cardgate, `bench/threads.sh 10` sampling the gateway's threads from the
+# run's THREADS_AFTER-th second, then `bench/metrics.py` on the run's metrics dump.
+#
+#   bench/ab.sh BUILD_A BUILD_B MODE ARGS...      e.g.
+#   cp target/release/cardgate /tmp/before; (change, build); cp target/release/cardgate /tmp/after
+#   bench/ab.sh /tmp/before /tmp/after open 1000 20000
+#
+# A build may be a script that execs a binary, to compare settings (e.g. a
+# CARDGATE_CONFIG file). target/release/cardgate is put back as it was at the end.
+# Per run: OUT/a-ROUND and OUT/b-ROUND hold bench/gateway.sh's files and threads.txt;
+# `bench/timeline.py OUT/a-1/open_1000_20000` tags its slow answers.
+#
+# Environment: ROUNDS [2], OUT [target/ab], THREADS_AFTER [20]; the rest as
+# bench/gateway.sh (ACCOUNTS, DURATION, MIX, ...).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ $# -ge 3 ] || { sed -n '2,19p' "$0" >&2; exit 2; }
+a=$1 b=$2; shift 2
+ROUNDS=${ROUNDS:-2}
+OUT=${OUT:-target/ab}
+THREADS_AFTER=${THREADS_AFTER:-20}
+gw=target/release/cardgate
+saved=$(mktemp)
+cp "$gw" "$saved"
+trap 'cp "$saved" "$gw"; rm -f "$saved"' EXIT
+for r in $(seq 1 "$ROUNDS"); do
+    for side in a b; do
+        build=$a; [ "$side" = b ] && build=$b
+        out="$OUT/$side-$r"
+        mkdir -p "$out"
+        cp "$build" "$gw"
+        NO_BUILD=1 OUT="$out" bench/gateway.sh "$@" >"$out/stdout" 2>&1 &
+        run=$!
+        sleep "$THREADS_AFTER"
+        bench/threads.sh 10 >"$out/threads.txt" 2>&1 || true
+        wait "$run"
+        echo "== $side ($build), round $r"
+        tail -1 "$out/summary.tsv"
+        python3 bench/metrics.py "$out"/*.metrics
+        sort -k4 -n -r "$out/threads.txt" | grep -v '^thread ' | head -8 || true
+    done
+done
