@@ -11,6 +11,9 @@
 #
 # A build may be a script that execs a binary, to compare settings (e.g. a
 # CARDGATE_CONFIG file). target/release/cardgate is put back as it was at the end.
+# MODE `doors` runs `bench/doors.sh` (POS alone, then POS and doors; SYNC=0) per side
+# instead, with each run's CPU by thread at its end instead of a sample (RUN.threads); its
+# other settings (RATE, DOOR_RATE, ...) come from the environment.
 # Per run: OUT/a-ROUND and OUT/b-ROUND hold bench/gateway.sh's files and threads.txt;
 # `bench/timeline.py OUT/a-1/open_1000_20000` tags its slow answers.
 #
@@ -18,7 +21,7 @@
 # bench/gateway.sh (ACCOUNTS, DURATION, MIX, ...).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ $# -ge 3 ] || { sed -n '2,19p' "$0" >&2; exit 2; }
+[ $# -ge 3 ] || { sed -n '2,20p' "$0" >&2; exit 2; }
 a=$1 b=$2; shift 2
 ROUNDS=${ROUNDS:-2}
 OUT=${OUT:-target/ab}
@@ -33,6 +36,14 @@ for r in $(seq 1 "$ROUNDS"); do
         out="$OUT/$side-$r"
         mkdir -p "$out"
         cp "$build" "$gw"
+        if [ "$1" = doors ]; then
+            NO_BUILD=1 OUT="$out" ROUNDS=1 SYNC=0 bench/doors.sh >"$out/stdout" 2>&1 || true
+            echo "== $side ($build), round $r"
+            grep '^| (' "$out/summary.txt" || tail -5 "$out/stdout"
+            python3 bench/metrics.py "$out"/*.metrics
+            head -6 "$out"/r1-pos_doors.threads || true
+            continue
+        fi
         NO_BUILD=1 OUT="$out" bench/gateway.sh "$@" >"$out/stdout" 2>&1 &
         run=$!
         sleep "$THREADS_AFTER"

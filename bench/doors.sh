@@ -24,7 +24,8 @@
 #
 # Environment (defaults in brackets): TERMINALS [1000], RATE [20000], DOORS [500],
 # DOOR_RATE [2000], DURATION [30] measured seconds per run, RAMP_UP [5], REVOKE_AFTER [5],
-# ROUNDS [1], ACCOUNTS [20000], OUT [target/doors], DATA_ROOT [/var/tmp], NO_BUILD.
+# ROUNDS [1], ACCOUNTS [20000], OUT [target/doors], DATA_ROOT [/var/tmp], NO_BUILD,
+# SYNC [1] (0: skip (c) and (d), as bench/ab.sh's `doors` mode does).
 # DOORS may not exceed the demo's `demo.door_controllers` (500 unless configured).
 # GATEWAY [cardgate] or `null`: the null gateway (cardgate-null-gateway: the same
 # protocol, every check granted from a cache of every demo card, no ledger), the
@@ -106,9 +107,24 @@ staff = [p for p in ps if "staff" in json.dumps(p.get("subject", ""))]
 print((staff or ps)[0]["id"])')
 }
 
-gateway_down() { # NAME: keeps the gateway's metrics and memory, stops it, removes its data
+gateway_down() { # NAME: keeps the gateway's metrics, memory and CPU by thread, stops it, removes its data
     [ -z "$maddr" ] || [ "$GATEWAY" = null ] || curl -s "http://$maddr/metrics" >"$OUT/$1.metrics" || true
     grep -E '^(VmRSS|VmHWM)' /proc/"$pid"/status >>"$OUT/$1.metrics" || true
+    # CPU seconds since start, by thread name (start-up's included: the same in every run).
+    python3 - "$pid" >"$OUT/$1.threads" <<'PY' || true
+import collections, os, sys
+pid, tick, cpu = sys.argv[1], os.sysconf("SC_CLK_TCK"), collections.Counter()
+for t in os.listdir(f"/proc/{pid}/task"):
+    try:
+        stat = open(f"/proc/{pid}/task/{t}/stat").read()
+        name = open(f"/proc/{pid}/task/{t}/comm").read().strip()
+    except OSError:
+        continue
+    fields = stat[stat.rindex(")") + 2:].split()
+    cpu[name] += (int(fields[11]) + int(fields[12])) / tick
+for name, s in cpu.most_common():
+    print(f"{s:8.2f} s  {name}")
+PY
     kill -TERM "$pid"; wait "$pid" || true; pid=""
     [ -z "$dir" ] || rm -rf "$dir"
     dir=""
@@ -144,7 +160,7 @@ for round in $(seq 1 "$ROUNDS"); do
         run "r$round-pos_doors" "${doors[@]}"; run "r$round-pos"
     fi
 done
-if [ "$GATEWAY" = cardgate ]; then
+if [ "$GATEWAY" = cardgate ] && [ "${SYNC:-1}" != 0 ]; then
     run revoke "${doors[@]}" --door-revoke-after "$REVOKE_AFTER" --door-revoke-permission @PERMISSION@ \
         --door-revoke-endpoint "http://@ADMIN@/api/v1/door-permissions/{id}/revoke"
     run lost_card "${doors[@]}" --lost-cards 1 --lost-probe-pct 0 \

@@ -67,8 +67,9 @@ pub(crate) struct Controller {
     pub(crate) cache_acked: u64,
     /// The answers of its online checks and punches by `event_seq` mod
     /// `RECENT_ANSWERS_MAX` (0: none; event numbers start at 1), so that a retry gets the
-    /// answer recorded the first time. Durable as `AccessRecord::Answer`, one per slot:
-    /// a retry after a restart gets it too. Empty until the controller's first answer.
+    /// answer recorded the first time. Durable as `AccessRecord::Answers`, one record
+    /// per controller: a retry after a restart gets it too. Empty until the
+    /// controller's first answer.
     recent: Vec<(u64, u16)>,
 }
 
@@ -313,6 +314,13 @@ impl AccessBook {
                     .or_default()
                     .remember(a.terminal, a.event_seq, a.answer);
             }
+            AccessRecord::Answers(a) => {
+                let mut events = self.events();
+                let c = events.controllers.entry(a.terminal).or_default();
+                for &(seq, answer) in &a.answers {
+                    c.remember(a.terminal, seq, answer);
+                }
+            }
             AccessRecord::Passback(p) => {
                 self.events().passback.insert((p.account, p.group), *p);
             }
@@ -346,6 +354,12 @@ impl AccessBook {
                         .entry(a.terminal)
                         .or_default()
                         .remember(a.terminal, a.event_seq, a.answer);
+                }
+                AccessRecord::Answers(a) => {
+                    let c = events.controllers.entry(a.terminal).or_default();
+                    for (seq, answer) in a.answers {
+                        c.remember(a.terminal, seq, answer);
+                    }
                 }
             }
         }

@@ -33,7 +33,10 @@
 //!                                                  } door groups 'g', cache changes 'l'
 //!                                                  } (group, version % log max), controllers
 //!                                                  } 'c', anti-passback 'a' (account, group),
-//!                                                  } answers 'r' (controller, event % 64)
+//!                                                  } answers 'R' (controller, 0), all of a
+//!                                                  } controller's; data written before
+//!                                                  } them has 'r' (controller, event % 64),
+//!                                                  } rewritten as 'R' at start-up
 //! 'Z' import(u64 BE) chunk(u32 BE)  staged import chunk, written with its commit
 //! 'M' params / demo / gateway_id    the ledger's meta values
 //! 'M' day_closed                    DayClose     checkpointed: the last business day closed
@@ -42,7 +45,7 @@
 use std::collections::HashMap;
 
 use cardgate_codec::CardNo;
-use cardgate_domain::access::AccessRecord;
+use cardgate_domain::access::{AccessRecord, ControllerAnswers, RememberedAnswer};
 use cardgate_domain::entry::{DayClose, EntryRecord, SettlementClose, TxEntry};
 use cardgate_domain::model::{
     Account, AuditRecord, BlacklistChange, Card, DoorGroup, Exception, GrantMark, IdempotentAnswer, KeyHandout,
@@ -56,7 +59,7 @@ use cardgate_journal::{Schema, StoreError, Write};
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
-use crate::access::{CACHE_LOG_PER_GROUP_MAX, answer_slot};
+use crate::access::{CACHE_LOG_PER_GROUP_MAX, RECENT_ANSWERS_MAX, answer_slot};
 use crate::audit_log::audit_slot;
 use crate::blacklist::BLACKLIST_LOG_MAX;
 
@@ -380,8 +383,9 @@ impl Schema for LedgerSchema {
     }
 
     /// Each record under its own key, except a terminal's remembered outcomes, which
-    /// are merged into one record per terminal (`'S' terminal`). One key per slot made a
-    /// checkpoint at 10,000 terminals some 300,000 sled inserts, most of the
+    /// are merged into one record per terminal (`'S' terminal`), and a door
+    /// controller's remembered answers, likewise (`'I' 'R' terminal`). One key per slot
+    /// made a checkpoint at 10,000 terminals some 300,000 sled inserts, most of the
     /// checkpointer's CPU; per terminal it is one read and one insert.
     fn checkpoint_writes<'a>(
         tree: &sled::Tree,
@@ -389,9 +393,15 @@ impl Schema for LedgerSchema {
     ) -> Result<Vec<Write>, StoreError> {
         let mut out = Vec::new();
         let mut slots: HashMap<u64, Vec<SeqRecord>, foldhash::fast::RandomState> = HashMap::default();
+        let mut answers: HashMap<u64, Vec<RememberedAnswer>, foldhash::fast::RandomState> = HashMap::default();
         for w in records {
             match w {
                 StateWrite::Seq(s) => slots.entry(s.terminal).or_default().push(*s),
+                StateWrite::Access(r) if matches!(**r, AccessRecord::Answer(_)) => {
+                    if let AccessRecord::Answer(a) = **r {
+                        answers.entry(a.terminal).or_default().push(a);
+                    }
+                }
                 StateWrite::Staged(key, None) => out.push((key.as_slice().into(), None)),
                 other => {
                     let (k, v) = other.encode();
@@ -413,8 +423,49 @@ impl Schema for LedgerSchema {
             let records: Vec<SeqRecord> = all.into_iter().flatten().collect();
             out.push((key.as_ref().into(), Some(encode_record(&records))));
         }
+        for (terminal, changed) in answers {
+            out.push(merged_answers(tree, terminal, &changed)?);
+        }
         Ok(out)
     }
+}
+
+/// A controller's stored answers with `changed` put in their slots: the write that
+/// replaces its `'I' 'R'` record.
+fn merged_answers(tree: &sled::Tree, terminal: u64, changed: &[RememberedAnswer]) -> Result<Write, StoreError> {
+    let merged = AccessRecord::Answers(ControllerAnswers {
+        terminal,
+        answers: Vec::new(),
+    });
+    let key = access_key_bytes(&merged);
+    let mut all: [Option<(u64, u16)>; RECENT_ANSWERS_MAX] = [None; RECENT_ANSWERS_MAX];
+    if let Some(old) = tree.get(&key)? {
+        match decode_record::<AccessRecord>(&key, &old)? {
+            AccessRecord::Answers(a) => {
+                for (seq, answer) in a.answers {
+                    all[answer_slot(seq)] = Some((seq, answer));
+                }
+            }
+            other => {
+                return Err(StoreError::Corrupt {
+                    key,
+                    reason: format!("a controller's answers hold {other:?}"),
+                });
+            }
+        }
+    }
+    // The newer number keeps a slot, as in memory (`Controller::remember`).
+    for a in changed {
+        let slot = &mut all[answer_slot(a.event_seq)];
+        if slot.is_none_or(|(seq, _)| seq <= a.event_seq) {
+            *slot = Some((a.event_seq, a.answer));
+        }
+    }
+    let record = AccessRecord::Answers(ControllerAnswers {
+        terminal,
+        answers: all.into_iter().flatten().collect(),
+    });
+    Ok((key.into(), Some(encode_record(&record))))
 }
 
 /// Where an access record is stored: `'I'`, a kind byte, then its id(s).
@@ -429,6 +480,7 @@ pub(crate) fn access_key(r: &AccessRecord) -> (u8, u64, u64) {
         AccessRecord::Controller(c) => (b'c', c.terminal, 0),
         AccessRecord::Passback(p) => (b'a', p.account, p.group),
         AccessRecord::Answer(a) => (b'r', a.terminal, answer_slot(a.event_seq) as u64),
+        AccessRecord::Answers(a) => (b'R', a.terminal, 0),
     }
 }
 

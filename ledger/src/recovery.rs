@@ -27,7 +27,7 @@ use cardgate_domain::model::{GrantMark, Outcome, Params, SeqRecord, TxKind};
 use cardgate_domain::money::from_fen;
 use cardgate_journal::record::decode_record;
 use cardgate_journal::store::{key_meta, meta as journal_meta};
-use cardgate_journal::{CommitterHandle, Db, SledStore, Store, StoreError, checkpoint};
+use cardgate_journal::{CommitterHandle, Db, Schema, SledStore, Store, StoreError, checkpoint};
 
 use crate::config::LedgerConfig;
 use crate::error::LedgerError;
@@ -144,6 +144,7 @@ pub(crate) fn recover(
     state.access().refresh_ids();
     stats.replay_millis = started.elapsed().as_millis() - stats.load_millis;
     let mut store = db.store()?;
+    rewrite_slot_answers(&db, &mut store)?;
     // What replay changed waits for the committer's next checkpoint, written off the
     // start-up path like any commit's records (a checkpoint here cost a second of
     // start-up with a million accounts after a crash). Except after an import's commit:
@@ -254,6 +255,49 @@ struct Touched {
     gaps: HashSet<u64>,
     params: bool,
     others: Vec<StateWrite>,
+}
+
+/// Data written before controllers' answers were stored one record per controller
+/// (`AccessRecord::Answers`) holds them one key per slot (`'I' 'r'`): rewritten as one
+/// record per controller and the old keys removed, in one atomic and durable batch, so
+/// that a checkpoint never finds both. Memory already holds them (`AccessBook::new`
+/// reads either form); this changes only how they are stored. Nothing to do after the
+/// first start of a build that has `Answers`.
+fn rewrite_slot_answers(db: &Db, store: &mut dyn Store) -> Result<(), LedgerError> {
+    let mut old_keys = Vec::new();
+    let mut answers = Vec::new();
+    for kv in db.tree.scan_prefix([PREFIX_ACCESS, b'r']) {
+        let (k, v) = kv.map_err(StoreError::from)?;
+        match decode_record::<AccessRecord>(&k, &v)? {
+            r @ AccessRecord::Answer(_) => answers.push(StateWrite::Access(Box::new(r))),
+            other => {
+                return Err(StoreError::Corrupt {
+                    key: k.to_vec(),
+                    reason: format!("a remembered answer's key holds {other:?}"),
+                }
+                .into());
+            }
+        }
+        old_keys.push(k);
+    }
+    if old_keys.is_empty() {
+        return Ok(());
+    }
+    let mut batch = sled::Batch::default();
+    let merged = LedgerSchema::checkpoint_writes(&db.tree, answers.iter())?;
+    let controllers = merged.len();
+    checkpoint::add_writes(&mut batch, merged);
+    for k in &old_keys {
+        batch.remove(k.clone());
+    }
+    store.apply(batch)?;
+    store.sync()?;
+    tracing::info!(
+        controllers,
+        answers = old_keys.len(),
+        "door controllers' remembered answers rewritten as one record per controller"
+    );
+    Ok(())
 }
 
 /// The state being rebuilt, and the one function that applies a journal entry to it.
