@@ -12,8 +12,8 @@
 # A build may be a script that execs a binary, to compare settings (e.g. a
 # CARDGATE_CONFIG file). target/release/cardgate is put back as it was at the end.
 # MODE `doors` runs `bench/doors.sh` (POS alone, then POS and doors; SYNC=0) per side
-# instead, with each run's CPU by thread at its end instead of a sample (RUN.threads); its
-# other settings (RATE, DOOR_RATE, ...) come from the environment.
+# instead, without the sample; its other settings (RATE, DOOR_RATE, ...) come from the
+# environment. Every run also keeps its CPU by thread over the whole run (RUN.threads).
 # Per run: OUT/a-ROUND and OUT/b-ROUND hold bench/gateway.sh's files and threads.txt;
 # `bench/timeline.py OUT/a-1/open_1000_20000` tags its slow answers.
 #
@@ -52,6 +52,8 @@ for r in $(seq 1 "$ROUNDS"); do
         echo "== $side ($build), round $r"
         tail -1 "$out/summary.tsv"
         python3 bench/metrics.py "$out"/*.metrics
+        echo "whole run, CPU by thread:"; head -5 "$out"/*.threads || true
+        echo "sampled from second $THREADS_AFTER for 10 s:"
         sort -k4 -n -r "$out/threads.txt" | grep -v '^thread ' | head -8 || true
     done
 done

@@ -111,20 +111,7 @@ gateway_down() { # NAME: keeps the gateway's metrics, memory and CPU by thread, 
     [ -z "$maddr" ] || [ "$GATEWAY" = null ] || curl -s "http://$maddr/metrics" >"$OUT/$1.metrics" || true
     grep -E '^(VmRSS|VmHWM)' /proc/"$pid"/status >>"$OUT/$1.metrics" || true
     # CPU seconds since start, by thread name (start-up's included: the same in every run).
-    python3 - "$pid" >"$OUT/$1.threads" <<'PY' || true
-import collections, os, sys
-pid, tick, cpu = sys.argv[1], os.sysconf("SC_CLK_TCK"), collections.Counter()
-for t in os.listdir(f"/proc/{pid}/task"):
-    try:
-        stat = open(f"/proc/{pid}/task/{t}/stat").read()
-        name = open(f"/proc/{pid}/task/{t}/comm").read().strip()
-    except OSError:
-        continue
-    fields = stat[stat.rindex(")") + 2:].split()
-    cpu[name] += (int(fields[11]) + int(fields[12])) / tick
-for name, s in cpu.most_common():
-    print(f"{s:8.2f} s  {name}")
-PY
+    python3 bench/thread_cpu.py "$pid" >"$OUT/$1.threads" || true
     kill -TERM "$pid"; wait "$pid" || true; pid=""
     [ -z "$dir" ] || rm -rf "$dir"
     dir=""

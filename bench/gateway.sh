@@ -108,6 +108,7 @@ run_one() { # terminals rate(or "") name
     : >"$OUT/$name.metrics"
     [ -z "$maddr" ] || curl -s "http://$maddr/metrics" >"$OUT/$name.metrics" || true
     grep -E '^(VmRSS|VmHWM)' /proc/"$pid"/status >>"$OUT/$name.metrics" || true
+    python3 bench/thread_cpu.py "$pid" >"$OUT/$name.threads" || true
     kill -TERM "$pid"; wait "$pid" || true; pid=""
     [ -z "$dir" ] || rm -rf "$dir"
     dir=""

@@ -127,6 +127,11 @@ pub enum StateWrite {
     Terminal(Box<Terminal>),
     /// A remembered outcome, stored in its terminal's slot `seq % SEQ_SLOTS`.
     Seq(SeqRecord),
+    /// Several of one terminal's remembered outcomes, one per slot: what `Seq` records
+    /// waiting for a checkpoint become (`LedgerSchema::absorb`), so that a terminal's
+    /// outcomes are one waiting record, not up to `SEQ_SLOTS`. Never sent by a
+    /// submitter.
+    Seqs(Vec<SeqRecord>),
     /// Boxed: at 192 bytes it would set the size of every record waiting for a
     /// checkpoint, and parameters change a few times a year.
     Params(Box<Params>),
@@ -167,7 +172,8 @@ pub enum StateKey {
     Account(u64),
     Card(u64),
     Terminal(u64),
-    Seq(u64, u8),
+    /// A terminal's remembered outcomes, all slots.
+    Seq(u64),
     Params,
     Person(u64),
     Operator(u64),
@@ -237,7 +243,9 @@ impl StateWrite {
                 key_u64(PREFIX_TERMINAL, t.id).as_ref().into(),
                 encode_record(t.as_ref()),
             ),
-            StateWrite::Seq(_) => unreachable!("remembered outcomes are merged per terminal by checkpoint_writes"),
+            StateWrite::Seq(_) | StateWrite::Seqs(_) => {
+                unreachable!("remembered outcomes are merged per terminal by checkpoint_writes")
+            }
             StateWrite::Params(p) => (key_meta(meta::PARAMS).into(), encode_record(p.as_ref())),
             StateWrite::Meta(name, v) => (key_meta(name).into(), v.clone()),
             StateWrite::Person(p) => (
@@ -335,7 +343,8 @@ impl Schema for LedgerSchema {
             StateWrite::Account(a) => StateKey::Account(a.id),
             StateWrite::Card(c) => StateKey::Card(c.no.0),
             StateWrite::Terminal(t) => StateKey::Terminal(t.id),
-            StateWrite::Seq(s) => StateKey::Seq(s.terminal, seq_slot(s.seq)),
+            StateWrite::Seq(s) => StateKey::Seq(s.terminal),
+            StateWrite::Seqs(all) => StateKey::Seq(all.first().map_or(0, |s| s.terminal)),
             StateWrite::Params(_) => StateKey::Params,
             StateWrite::Meta(..) | StateWrite::Staged(..) => return None,
             StateWrite::Person(p) => StateKey::Person(p.account),
@@ -382,6 +391,28 @@ impl Schema for LedgerSchema {
         }
     }
 
+    /// A terminal's remembered outcomes wait as one record, newest per slot; every
+    /// other record is replaced by a newer one under its key. One waiting record per
+    /// slot filled the bound on waiting records (`CHECKPOINT_RECORDS_MAX`) within
+    /// seconds at 10,000 terminals (32 slots each), and so checkpointed them every few
+    /// seconds instead of every 10.
+    fn absorb(waiting: &mut StateWrite, newer: StateWrite) {
+        let StateWrite::Seq(r) = newer else {
+            *waiting = newer;
+            return;
+        };
+        match waiting {
+            StateWrite::Seqs(all) => put_slot(all, r),
+            StateWrite::Seq(old) if seq_slot(old.seq) != seq_slot(r.seq) => {
+                let mut all = Vec::with_capacity(4);
+                all.push(*old);
+                all.push(r);
+                *waiting = StateWrite::Seqs(all);
+            }
+            other => *other = StateWrite::Seq(r),
+        }
+    }
+
     /// Each record under its own key, except a terminal's remembered outcomes, which
     /// are merged into one record per terminal (`'S' terminal`), and a door
     /// controller's remembered answers, likewise (`'I' 'R' terminal`). One key per slot
@@ -397,6 +428,11 @@ impl Schema for LedgerSchema {
         for w in records {
             match w {
                 StateWrite::Seq(s) => slots.entry(s.terminal).or_default().push(*s),
+                StateWrite::Seqs(all) => {
+                    for s in all {
+                        slots.entry(s.terminal).or_default().push(*s);
+                    }
+                }
                 StateWrite::Access(r) if matches!(**r, AccessRecord::Answer(_)) => {
                     if let AccessRecord::Answer(a) = **r {
                         answers.entry(a.terminal).or_default().push(a);
@@ -468,6 +504,14 @@ fn merged_answers(tree: &sled::Tree, terminal: u64, changed: &[RememberedAnswer]
     Ok((key.into(), Some(encode_record(&record))))
 }
 
+/// Puts `r` in its slot among one terminal's waiting outcomes, replacing an older one.
+fn put_slot(all: &mut Vec<SeqRecord>, r: SeqRecord) {
+    match all.iter_mut().find(|s| seq_slot(s.seq) == seq_slot(r.seq)) {
+        Some(s) => *s = r,
+        None => all.push(r),
+    }
+}
+
 /// Where an access record is stored: `'I'`, a kind byte, then its id(s).
 pub(crate) fn access_key(r: &AccessRecord) -> (u8, u64, u64) {
     match r {
@@ -522,5 +566,90 @@ pub fn seq_record_of(entry: &TxEntry, time_ms: i64) -> SeqRecord {
         outcome: entry.outcome,
         time_ms,
         reversed_by: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cardgate_domain::model::{Outcome, TxKind};
+
+    use super::*;
+
+    fn outcome(terminal: u64, seq: u64, tx_id: u64) -> StateWrite {
+        StateWrite::Seq(SeqRecord {
+            terminal,
+            seq,
+            kind: TxKind::Purchase,
+            card: CardNo(1),
+            amount_fen: 100,
+            original_seq: 0,
+            account: 1,
+            outcome: Outcome::Approved {
+                tx_id,
+                balance_after_fen: 0,
+            },
+            time_ms: 0,
+            reversed_by: None,
+        })
+    }
+
+    /// What a committer does with each committed record (`put_dirty`), by hand.
+    fn wait(waiting: &mut HashMap<StateKey, StateWrite>, w: StateWrite) {
+        let key = LedgerSchema::key(&w).expect("checkpointed");
+        match waiting.get_mut(&key) {
+            Some(old) => LedgerSchema::absorb(old, w),
+            None => {
+                waiting.insert(key, w);
+            }
+        }
+    }
+
+    #[test]
+    fn a_terminals_outcomes_wait_as_one_record_newest_per_slot_and_are_stored_as_one_value() {
+        let mut waiting = HashMap::new();
+        // Terminal 7: slots 1..=40 (1 and 33 share a slot, so do 2 and 34, ...),
+        // terminal 8: one outcome. A card's record beside them is replaced as before.
+        for seq in 1..=40 {
+            wait(&mut waiting, outcome(7, seq, 1_000 + seq));
+        }
+        wait(&mut waiting, outcome(8, 5, 99));
+        assert_eq!(waiting.len(), 2, "one waiting record per terminal, not per slot");
+        let Some(StateWrite::Seqs(all)) = waiting.get(&StateKey::Seq(7)) else {
+            panic!("terminal 7's outcomes wait merged");
+        };
+        assert_eq!(all.len(), SEQ_SLOTS);
+        let mut seqs: Vec<u64> = all.iter().map(|r| r.seq).collect();
+        seqs.sort_unstable();
+        assert_eq!(seqs, (9..=40).collect::<Vec<_>>(), "the newest number keeps each slot");
+        assert!(matches!(waiting.get(&StateKey::Seq(8)), Some(StateWrite::Seq(r)) if r.seq == 5));
+        // The same slot again: replaced in place, not added.
+        wait(&mut waiting, outcome(8, 5 + SEQ_SLOTS as u64, 100));
+        assert!(matches!(waiting.get(&StateKey::Seq(8)), Some(StateWrite::Seq(r)) if r.seq == 37));
+
+        // Stored: one value per terminal, merged with what the tree held.
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let tree = db.open_tree("t").unwrap();
+        let old = [outcome(8, 6, 50)];
+        for (k, v) in LedgerSchema::checkpoint_writes(&tree, old.iter()).unwrap() {
+            tree.insert(k, v.unwrap()).unwrap();
+        }
+        let writes = LedgerSchema::checkpoint_writes(&tree, waiting.values()).unwrap();
+        assert_eq!(writes.len(), 2);
+        for (k, v) in writes {
+            let stored: Vec<SeqRecord> = decode_record(&k, &v.unwrap()).unwrap();
+            let mut seqs: Vec<u64> = stored.iter().map(|r| r.seq).collect();
+            seqs.sort_unstable();
+            match id_of(&k) {
+                7 => assert_eq!(seqs, (9..=40).collect::<Vec<_>>()),
+                8 => assert_eq!(seqs, vec![6, 37], "slot 6 kept from the tree"),
+                other => panic!("terminal {other}"),
+            }
+        }
+    }
+
+    fn id_of(key: &[u8]) -> u64 {
+        assert_eq!(key[0], PREFIX_SEQ);
+        u64::from_be_bytes(key[1..9].try_into().unwrap())
     }
 }

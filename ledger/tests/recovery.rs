@@ -117,8 +117,9 @@ async fn enough_waiting_records_trigger_a_checkpoint() {
             .checkpoints
             .load(std::sync::atomic::Ordering::Acquire)
     };
-    // The fixture's campus is 14 records; each request below adds a remembered outcome
-    // (21 in all; the accounts they touch are already waiting).
+    // The fixture's campus is 14 records; the requests below add remembered outcomes,
+    // which wait as one record per terminal: 2 more (the accounts they touch are
+    // already waiting).
     let patient = Fixture::with_config(LedgerConfig {
         checkpoints: policy(1_000),
         ..LedgerConfig::default()
@@ -132,7 +133,7 @@ async fn enough_waiting_records_trigger_a_checkpoint() {
     );
 
     let f = Fixture::with_config(LedgerConfig {
-        checkpoints: policy(20),
+        checkpoints: policy(16),
         ..LedgerConfig::default()
     })
     .await;

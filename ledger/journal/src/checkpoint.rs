@@ -24,15 +24,16 @@ pub const CHECKPOINT_ENTRIES_MAX: u64 = 300_000;
 /// ...or once this many distinct records wait, which bounds the memory they take (~140
 /// bytes each, twice over while one checkpoint is written and the next collects). With
 /// a million accounts, purchases touch a new account nearly every time; a small campus
-/// never gets near it.
+/// never gets near it. A schema may merge several parts of one stored value into one
+/// waiting record (`Schema::absorb`): the ledger's terminal outcomes, up to 32 per
+/// terminal (~3 KiB), whose number the terminals bound rather than this.
 pub const CHECKPOINT_RECORDS_MAX: usize = 100_000;
 
 /// A checkpoint is written at most this many records a second, in chunks of
 /// `CHECKPOINT_CHUNK_RECORDS`, sleeping between chunks while ahead of that pace; and at
 /// least fast enough to finish within half the time its records took to collect, so
 /// that the checkpointer never falls behind the records arriving for the next one (a
-/// million accounts at full speed, or 10,000 terminals' remembered outcomes, reach
-/// `CHECKPOINT_RECORDS_MAX` in seconds). Written flat out, a checkpoint of ~75,000
+/// million accounts at full speed reach `CHECKPOINT_RECORDS_MAX` in seconds). Written flat out, a checkpoint of ~75,000
 /// records took a core for 150-550 ms on two cores shared with the sessions, and its
 /// slots held half of the answers slower than 5 ms (docs/PERFORMANCE.md 5.4). At 40,000
 /// a second, a campus's checkpoint every 10 s still took ~0.6 s, and the 100 ms slots in

@@ -35,8 +35,8 @@ use crate::chain::{self, ChainPoint, Hash};
 use crate::checkpoint::{Checkpoint, CheckpointPolicy, Checkpointer, add_checkpoint_id, add_writes};
 use crate::segment::{self, SEGMENT_BYTES_MAX};
 use crate::store::{Db, Store, StoreError, key_meta, key_segment, meta};
-use crate::submission::DirtyMap;
 pub use crate::submission::{CommitResult, JournalError, JournalStats, Submission};
+use crate::submission::{DirtyMap, put_dirty};
 
 /// Submissions that may wait for the committer. At ~30,000 decisions/s and a few ms per
 /// flush, one flush covers a few hundred; this leaves room for a slow disk's hiccup
@@ -133,7 +133,7 @@ impl<S: Schema> Journal<S> {
         let mut dirty = DirtyMap::<S>::with_capacity_and_hasher(pending.len(), Default::default());
         for r in pending {
             if let Some(key) = S::key(&r) {
-                dirty.insert(key, r);
+                put_dirty::<S>(&mut dirty, key, r);
             }
         }
         let mut committer = Committer::<S> {
@@ -252,7 +252,7 @@ impl<S: Schema> Committer<S> {
                 if result.is_ok() {
                     for r in sub.records.drain(..) {
                         if let Some(key) = S::key(&r) {
-                            self.dirty.insert(key, r);
+                            put_dirty::<S>(&mut self.dirty, key, r);
                         }
                     }
                 }

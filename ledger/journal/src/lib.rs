@@ -59,6 +59,15 @@ pub trait Schema: Send + Sync + 'static {
     /// The write of a record without a key, added to its commit's batch.
     fn commit_write(record: &Self::Record) -> Write;
 
+    /// A newer record under the key of one waiting for the checkpoint: by default it
+    /// replaces it. A schema whose key covers several parts of one stored value (a
+    /// terminal's remembered outcomes, slot by slot) merges the newer into the waiting
+    /// one instead, so that the waiting records, and the bound on them, count values
+    /// rather than parts.
+    fn absorb(waiting: &mut Self::Record, newer: Self::Record) {
+        *waiting = newer;
+    }
+
     /// The writes a checkpoint makes for `records` (one per key, newest). May read the
     /// tree, to merge records into what is stored.
     fn checkpoint_writes<'a>(

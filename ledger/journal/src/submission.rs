@@ -68,3 +68,14 @@ pub struct JournalStats {
 /// Records changed since the last checkpoint, newest wins; one insert per committed
 /// record on the committer's thread, hence foldhash rather than SipHash.
 pub(crate) type DirtyMap<S> = HashMap<<S as Schema>::Key, <S as Schema>::Record, foldhash::fast::RandomState>;
+
+/// Puts a committed record with the ones waiting for the checkpoint (`Schema::absorb`
+/// decides what a newer one under the same key does).
+pub(crate) fn put_dirty<S: Schema>(dirty: &mut DirtyMap<S>, key: S::Key, record: S::Record) {
+    match dirty.entry(key) {
+        std::collections::hash_map::Entry::Occupied(mut waiting) => S::absorb(waiting.get_mut(), record),
+        std::collections::hash_map::Entry::Vacant(slot) => {
+            slot.insert(record);
+        }
+    }
+}
