@@ -397,6 +397,12 @@ impl Schema for LedgerSchema {
     /// seconds at 10,000 terminals (32 slots each), and so checkpointed them every few
     /// seconds instead of every 10.
     fn absorb(waiting: &mut StateWrite, newer: StateWrite) {
+        if let (StateWrite::Access(w), StateWrite::Access(n)) = (&mut *waiting, &newer)
+            && let AccessRecord::Answer(a) = **n
+        {
+            absorb_answer(w, a);
+            return;
+        }
         let StateWrite::Seq(r) = newer else {
             *waiting = newer;
             return;
@@ -433,9 +439,20 @@ impl Schema for LedgerSchema {
                         slots.entry(s.terminal).or_default().push(*s);
                     }
                 }
-                StateWrite::Access(r) if matches!(**r, AccessRecord::Answer(_)) => {
-                    if let AccessRecord::Answer(a) = **r {
-                        answers.entry(a.terminal).or_default().push(a);
+                StateWrite::Access(r) if matches!(**r, AccessRecord::Answer(_) | AccessRecord::Answers(_)) => {
+                    match &**r {
+                        AccessRecord::Answer(a) => answers.entry(a.terminal).or_default().push(*a),
+                        AccessRecord::Answers(all) => {
+                            answers
+                                .entry(all.terminal)
+                                .or_default()
+                                .extend(all.answers.iter().map(|&(seq, answer)| RememberedAnswer {
+                                    terminal: all.terminal,
+                                    event_seq: seq,
+                                    answer,
+                                }))
+                        }
+                        _ => unreachable!("matched above"),
                     }
                 }
                 StateWrite::Staged(key, None) => out.push((key.as_slice().into(), None)),
@@ -504,6 +521,38 @@ fn merged_answers(tree: &sled::Tree, terminal: u64, changed: &[RememberedAnswer]
     Ok((key.into(), Some(encode_record(&record))))
 }
 
+/// A door controller's answer into the one record its answers wait as (the newer
+/// event number keeps a slot, as in memory).
+fn absorb_answer(waiting: &mut AccessRecord, a: RememberedAnswer) {
+    let all = match waiting {
+        AccessRecord::Answers(all) => all,
+        AccessRecord::Answer(old) => {
+            let old = *old;
+            *waiting = AccessRecord::Answers(ControllerAnswers {
+                terminal: old.terminal,
+                answers: vec![(old.event_seq, old.answer)],
+            });
+            let AccessRecord::Answers(all) = waiting else {
+                unreachable!("just set")
+            };
+            all
+        }
+        other => {
+            *other = AccessRecord::Answer(a);
+            return;
+        }
+    };
+    match all
+        .answers
+        .iter_mut()
+        .find(|(seq, _)| answer_slot(*seq) == answer_slot(a.event_seq))
+    {
+        Some(slot) if slot.0 <= a.event_seq => *slot = (a.event_seq, a.answer),
+        Some(_) => {}
+        None => all.answers.push((a.event_seq, a.answer)),
+    }
+}
+
 /// Puts `r` in its slot among one terminal's waiting outcomes, replacing an older one.
 fn put_slot(all: &mut Vec<SeqRecord>, r: SeqRecord) {
     match all.iter_mut().find(|s| seq_slot(s.seq) == seq_slot(r.seq)) {
@@ -523,7 +572,8 @@ pub(crate) fn access_key(r: &AccessRecord) -> (u8, u64, u64) {
         AccessRecord::Change(c) => (b'l', c.group, c.version % CACHE_LOG_PER_GROUP_MAX),
         AccessRecord::Controller(c) => (b'c', c.terminal, 0),
         AccessRecord::Passback(p) => (b'a', p.account, p.group),
-        AccessRecord::Answer(a) => (b'r', a.terminal, answer_slot(a.event_seq) as u64),
+        // A controller's answers wait, and are stored, as one record.
+        AccessRecord::Answer(a) => (b'R', a.terminal, 0),
         AccessRecord::Answers(a) => (b'R', a.terminal, 0),
     }
 }
@@ -646,6 +696,37 @@ mod tests {
                 other => panic!("terminal {other}"),
             }
         }
+    }
+
+    fn answer(terminal: u64, event_seq: u64, answer: u16) -> StateWrite {
+        access_write(AccessRecord::Answer(RememberedAnswer {
+            terminal,
+            event_seq,
+            answer,
+        }))
+    }
+
+    #[test]
+    fn a_controllers_answers_wait_as_one_record_the_newer_number_keeping_a_slot() {
+        let mut waiting = HashMap::new();
+        for seq in 1..=70 {
+            wait(&mut waiting, answer(9, seq, seq as u16));
+        }
+        // 3 arrives late (a retry decided again after 67 took its slot): 67 stays.
+        wait(&mut waiting, answer(9, 3, 999));
+        assert_eq!(waiting.len(), 1, "one waiting record per controller, not per slot");
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let tree = db.open_tree("t").unwrap();
+        let writes = LedgerSchema::checkpoint_writes(&tree, waiting.values()).unwrap();
+        assert_eq!(writes.len(), 1);
+        let (k, v) = writes.into_iter().next().unwrap();
+        let AccessRecord::Answers(stored) = decode_record(&k, &v.unwrap()).unwrap() else {
+            panic!("stored as one record");
+        };
+        let mut seqs: Vec<(u64, u16)> = stored.answers;
+        seqs.sort_unstable();
+        assert_eq!(seqs, (7..=70).map(|s| (s, s as u16)).collect::<Vec<_>>());
     }
 
     fn id_of(key: &[u8]) -> u64 {
