@@ -19,8 +19,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use cardgate_domain::access::{
-    AccessRecord, AntiPassback, CacheChange, CacheLine, ControllerEvents, Door, GroupAccess, Holidays, PassbackState,
-    Permission, RememberedAnswer, Schedule,
+    AccessRecord, AntiPassback, CacheChange, CacheLine, ControllerAnswers, ControllerEvents, Door, GroupAccess,
+    Holidays, PassbackState, Permission, RememberedAnswer, Schedule,
 };
 use cardgate_domain::rules::sequence::SeqSet;
 use parking_lot::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -95,6 +95,13 @@ impl Controller {
             terminal,
             event_seq: seq,
             answer,
+        }
+    }
+
+    /// The answers a checkpoint stored for it.
+    pub(crate) fn load_answers(&mut self, a: &ControllerAnswers) {
+        for &(seq, answer) in &a.answers {
+            self.remember(a.terminal, seq, answer);
         }
     }
 
@@ -314,13 +321,7 @@ impl AccessBook {
                     .or_default()
                     .remember(a.terminal, a.event_seq, a.answer);
             }
-            AccessRecord::Answers(a) => {
-                let mut events = self.events();
-                let c = events.controllers.entry(a.terminal).or_default();
-                for &(seq, answer) in &a.answers {
-                    c.remember(a.terminal, seq, answer);
-                }
-            }
+            AccessRecord::Answers(a) => self.events().controllers.entry(a.terminal).or_default().load_answers(a),
             AccessRecord::Passback(p) => {
                 self.events().passback.insert((p.account, p.group), *p);
             }
@@ -355,12 +356,7 @@ impl AccessBook {
                         .or_default()
                         .remember(a.terminal, a.event_seq, a.answer);
                 }
-                AccessRecord::Answers(a) => {
-                    let c = events.controllers.entry(a.terminal).or_default();
-                    for (seq, answer) in a.answers {
-                        c.remember(a.terminal, seq, answer);
-                    }
-                }
+                AccessRecord::Answers(a) => events.controllers.entry(a.terminal).or_default().load_answers(&a),
             }
         }
         changes.sort_by_key(|c| (c.group, c.version));

@@ -59,7 +59,7 @@ use cardgate_journal::{Schema, StoreError, Write};
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
-use crate::access::{CACHE_LOG_PER_GROUP_MAX, RECENT_ANSWERS_MAX, answer_slot};
+use crate::access::{CACHE_LOG_PER_GROUP_MAX, answer_slot};
 use crate::audit_log::audit_slot;
 use crate::blacklist::BLACKLIST_LOG_MAX;
 
@@ -235,6 +235,12 @@ pub type Submission = cardgate_journal::Submission<LedgerSchema>;
 pub type JournalEntry = cardgate_journal::JournalEntry<EntryRecord>;
 
 impl StateWrite {
+    /// The record under its key, as a write.
+    fn write(&self) -> Write {
+        let (k, v) = self.encode();
+        (k, Some(v))
+    }
+
     fn encode(&self) -> (sled::IVec, Vec<u8>) {
         match self {
             StateWrite::Account(a) => (key_u64(PREFIX_ACCOUNT, a.id).as_ref().into(), encode_record(a)),
@@ -384,15 +390,13 @@ impl Schema for LedgerSchema {
     fn commit_write(record: &StateWrite) -> Write {
         match record {
             StateWrite::Staged(key, None) => (key.as_slice().into(), None),
-            other => {
-                let (k, v) = other.encode();
-                (k, Some(v))
-            }
+            other => other.write(),
         }
     }
 
-    /// A terminal's remembered outcomes wait as one record, newest per slot; every
-    /// other record is replaced by a newer one under its key. One waiting record per
+    /// A terminal's remembered outcomes wait as one record, newest per slot, and so do a
+    /// door controller's answers (the newer event number keeping a slot, as in memory);
+    /// every other record is replaced by a newer one under its key. One waiting record per
     /// slot filled the bound on waiting records (`CHECKPOINT_RECORDS_MAX`) within
     /// seconds at 10,000 terminals (32 slots each), and so checkpointed them every few
     /// seconds instead of every 10.
@@ -430,7 +434,7 @@ impl Schema for LedgerSchema {
     ) -> Result<Vec<Write>, StoreError> {
         let mut out = Vec::new();
         let mut slots: HashMap<u64, Vec<SeqRecord>, foldhash::fast::RandomState> = HashMap::default();
-        let mut answers: HashMap<u64, Vec<RememberedAnswer>, foldhash::fast::RandomState> = HashMap::default();
+        let mut answers: HashMap<u64, Vec<(u64, u16)>, foldhash::fast::RandomState> = HashMap::default();
         for w in records {
             match w {
                 StateWrite::Seq(s) => slots.entry(s.terminal).or_default().push(*s),
@@ -439,27 +443,13 @@ impl Schema for LedgerSchema {
                         slots.entry(s.terminal).or_default().push(*s);
                     }
                 }
-                StateWrite::Access(r) if matches!(**r, AccessRecord::Answer(_) | AccessRecord::Answers(_)) => {
-                    match &**r {
-                        AccessRecord::Answer(a) => answers.entry(a.terminal).or_default().push(*a),
-                        AccessRecord::Answers(all) => {
-                            answers
-                                .entry(all.terminal)
-                                .or_default()
-                                .extend(all.answers.iter().map(|&(seq, answer)| RememberedAnswer {
-                                    terminal: all.terminal,
-                                    event_seq: seq,
-                                    answer,
-                                }))
-                        }
-                        _ => unreachable!("matched above"),
-                    }
-                }
+                StateWrite::Access(r) => match &**r {
+                    AccessRecord::Answer(a) => answers.entry(a.terminal).or_default().push((a.event_seq, a.answer)),
+                    AccessRecord::Answers(all) => answers.entry(all.terminal).or_default().extend(&all.answers),
+                    _ => out.push(w.write()),
+                },
                 StateWrite::Staged(key, None) => out.push((key.as_slice().into(), None)),
-                other => {
-                    let (k, v) = other.encode();
-                    out.push((k, Some(v)));
-                }
+                other => out.push(other.write()),
             }
         }
         for (terminal, changed) in slots {
@@ -485,20 +475,15 @@ impl Schema for LedgerSchema {
 
 /// A controller's stored answers with `changed` put in their slots: the write that
 /// replaces its `'I' 'R'` record.
-fn merged_answers(tree: &sled::Tree, terminal: u64, changed: &[RememberedAnswer]) -> Result<Write, StoreError> {
-    let merged = AccessRecord::Answers(ControllerAnswers {
+fn merged_answers(tree: &sled::Tree, terminal: u64, changed: &[(u64, u16)]) -> Result<Write, StoreError> {
+    let mut merged = ControllerAnswers {
         terminal,
         answers: Vec::new(),
-    });
-    let key = access_key_bytes(&merged);
-    let mut all: [Option<(u64, u16)>; RECENT_ANSWERS_MAX] = [None; RECENT_ANSWERS_MAX];
+    };
+    let key = access_key_bytes(&AccessRecord::Answers(merged.clone()));
     if let Some(old) = tree.get(&key)? {
         match decode_record::<AccessRecord>(&key, &old)? {
-            AccessRecord::Answers(a) => {
-                for (seq, answer) in a.answers {
-                    all[answer_slot(seq)] = Some((seq, answer));
-                }
-            }
+            AccessRecord::Answers(a) => merged.answers = a.answers,
             other => {
                 return Err(StoreError::Corrupt {
                     key,
@@ -507,49 +492,34 @@ fn merged_answers(tree: &sled::Tree, terminal: u64, changed: &[RememberedAnswer]
             }
         }
     }
-    // The newer number keeps a slot, as in memory (`Controller::remember`).
-    for a in changed {
-        let slot = &mut all[answer_slot(a.event_seq)];
-        if slot.is_none_or(|(seq, _)| seq <= a.event_seq) {
-            *slot = Some((a.event_seq, a.answer));
-        }
+    for &a in changed {
+        put_answer(&mut merged.answers, a);
     }
-    let record = AccessRecord::Answers(ControllerAnswers {
-        terminal,
-        answers: all.into_iter().flatten().collect(),
-    });
-    Ok((key.into(), Some(encode_record(&record))))
+    merged.answers.sort_unstable_by_key(|&(seq, _)| answer_slot(seq));
+    Ok((key.into(), Some(encode_record(&AccessRecord::Answers(merged)))))
 }
 
-/// A door controller's answer into the one record its answers wait as (the newer
-/// event number keeps a slot, as in memory).
+/// A door controller's answer into the one record its answers wait as.
 fn absorb_answer(waiting: &mut AccessRecord, a: RememberedAnswer) {
-    let all = match waiting {
-        AccessRecord::Answers(all) => all,
-        AccessRecord::Answer(old) => {
-            let old = *old;
-            *waiting = AccessRecord::Answers(ControllerAnswers {
-                terminal: old.terminal,
-                answers: vec![(old.event_seq, old.answer)],
-            });
-            let AccessRecord::Answers(all) = waiting else {
-                unreachable!("just set")
-            };
-            all
-        }
-        other => {
-            *other = AccessRecord::Answer(a);
-            return;
-        }
-    };
-    match all
-        .answers
-        .iter_mut()
-        .find(|(seq, _)| answer_slot(*seq) == answer_slot(a.event_seq))
-    {
-        Some(slot) if slot.0 <= a.event_seq => *slot = (a.event_seq, a.answer),
+    if let AccessRecord::Answer(old) = *waiting {
+        *waiting = AccessRecord::Answers(ControllerAnswers {
+            terminal: old.terminal,
+            answers: vec![(old.event_seq, old.answer)],
+        });
+    }
+    match waiting {
+        AccessRecord::Answers(all) => put_answer(&mut all.answers, (a.event_seq, a.answer)),
+        other => *other = AccessRecord::Answer(a),
+    }
+}
+
+/// Puts `(event_seq, answer)` in its slot among a controller's answers unless the slot
+/// holds a newer number, as memory does (`Controller::remember`).
+fn put_answer(answers: &mut Vec<(u64, u16)>, (seq, answer): (u64, u16)) {
+    match answers.iter_mut().find(|(s, _)| answer_slot(*s) == answer_slot(seq)) {
+        Some(slot) if slot.0 <= seq => *slot = (seq, answer),
         Some(_) => {}
-        None => all.answers.push((a.event_seq, a.answer)),
+        None => answers.push((seq, answer)),
     }
 }
 

@@ -25,19 +25,16 @@ async fn punch(f: &Fixture, seq: u64, card: CardNo) -> PunchStatus {
     }
 }
 
-async fn first_answers_survive_a_restart(checkpoints: CheckpointPolicy) {
-    let config = LedgerConfig {
+fn demo_config(checkpoints: CheckpointPolicy) -> LedgerConfig {
+    LedgerConfig {
         terminal_key: Some(TerminalKey::demo()),
         checkpoints,
         ..LedgerConfig::default()
-    };
-    let f = Fixture::open(tempfile::tempdir().unwrap(), config, ManualClock::new(LUNCH_MS));
-    f.demo_doors().await;
+    }
+}
 
-    assert_eq!(f.demo_door_check(1).await, AccessReason::Granted);
-    assert_eq!(punch(&f, 1, demo_card(1)).await, PunchStatus::Recorded);
-    assert_eq!(punch(&f, 2, CardNo(9_999_999_999_999)).await, PunchStatus::UnknownCard);
-    // Then every permission goes: the same card is refused from now on.
+/// The door admin revokes every permission: every card is refused from now on.
+async fn revoke_every_permission(f: &Fixture) {
     let admin = Actor {
         operator_id: 7,
         name: "wang".into(),
@@ -46,6 +43,18 @@ async fn first_answers_survive_a_restart(checkpoints: CheckpointPolicy) {
     for p in f.ledger.permissions() {
         f.ledger.revoke_permission(&By::actor(&admin), p.id).await.unwrap();
     }
+}
+
+async fn first_answers_survive_a_restart(checkpoints: CheckpointPolicy) {
+    let config = demo_config(checkpoints);
+    let f = Fixture::open(tempfile::tempdir().unwrap(), config, ManualClock::new(LUNCH_MS));
+    f.demo_doors().await;
+
+    assert_eq!(f.demo_door_check(1).await, AccessReason::Granted);
+    assert_eq!(punch(&f, 1, demo_card(1)).await, PunchStatus::Recorded);
+    assert_eq!(punch(&f, 2, CardNo(9_999_999_999_999)).await, PunchStatus::UnknownCard);
+    // Then every permission goes: the same card is refused from now on.
+    revoke_every_permission(&f).await;
     assert_eq!(f.demo_door_check(2).await, AccessReason::NoPermission);
 
     let f = f.restart();
@@ -130,23 +139,13 @@ fn stored_answers(dir: &std::path::Path) -> (BTreeMap<u64, Vec<(u64, u16)>>, usi
 
 #[tokio::test]
 async fn answers_are_stored_one_record_per_controller_and_an_older_builds_slots_are_rewritten() {
-    let config = LedgerConfig {
-        terminal_key: Some(TerminalKey::demo()),
-        ..LedgerConfig::default()
-    };
+    let config = demo_config(CheckpointPolicy::default());
     let clock = ManualClock::new(LUNCH_MS);
     let f = Fixture::open(tempfile::tempdir().unwrap(), config.clone(), clock.clone());
     f.demo_doors().await;
     assert_eq!(f.demo_door_check(1).await, AccessReason::Granted);
     assert_eq!(punch(&f, 1, demo_card(1)).await, PunchStatus::Recorded);
-    let admin = Actor {
-        operator_id: 7,
-        name: "wang".into(),
-        role: Role::DoorAdmin,
-    };
-    for p in f.ledger.permissions() {
-        f.ledger.revoke_permission(&By::actor(&admin), p.id).await.unwrap();
-    }
+    revoke_every_permission(&f).await;
     assert_eq!(f.demo_door_check(2).await, AccessReason::NoPermission);
     // 66 is in 2's slot and newer: it keeps the slot.
     assert_eq!(f.demo_door_check(66).await, AccessReason::NoPermission);
