@@ -17,6 +17,10 @@
 # Per run: OUT/a-ROUND and OUT/b-ROUND hold bench/gateway.sh's files and threads.txt;
 # `bench/timeline.py OUT/a-1/open_1000_20000` tags its slow answers.
 #
+# Each run also prints the disk's write and flush requests per group commit, from the
+# block device's counters (/sys/class/block/DEV/stat) around the run, campus creation
+# included; anything else writing to that disk meanwhile counts too.
+#
 # Environment: ROUNDS [2], OUT [target/ab], THREADS_AFTER [20]; the rest as
 # bench/gateway.sh (ACCOUNTS, DURATION, MIX, ...).
 set -euo pipefail
@@ -27,6 +31,9 @@ ROUNDS=${ROUNDS:-2}
 OUT=${OUT:-target/ab}
 THREADS_AFTER=${THREADS_AFTER:-20}
 gw=target/release/cardgate
+# The disk under the runs' data directories (bench/gateway.sh's DATA_ROOT).
+dev=$(basename "$(df --output=source "${DATA_ROOT:-/var/tmp}" | tail -1)")
+devstat=/sys/class/block/$dev/stat
 saved=$(mktemp)
 cp "$gw" "$saved"
 trap 'cp "$saved" "$gw"; rm -f "$saved"' EXIT
@@ -44,14 +51,23 @@ for r in $(seq 1 "$ROUNDS"); do
             head -6 "$out"/r1-pos_doors.threads || true
             continue
         fi
+        [ -r "$devstat" ] && cp "$devstat" "$out/disk.before"
         NO_BUILD=1 OUT="$out" bench/gateway.sh "$@" >"$out/stdout" 2>&1 &
         run=$!
         sleep "$THREADS_AFTER"
         bench/threads.sh 10 >"$out/threads.txt" 2>&1 || true
         wait "$run"
+        [ -r "$devstat" ] && cp "$devstat" "$out/disk.after"
         echo "== $side ($build), round $r"
         tail -1 "$out/summary.tsv"
         python3 bench/metrics.py "$out"/*.metrics
+        if [ -r "$out/disk.before" ]; then
+            # Fields 5 and 16 of the block device's stat: write and flush requests completed.
+            commits=$(grep -h '^cardgate_journal_commits_total ' "$out"/*.metrics | awk '{s += $2} END {print s + 0}')
+            paste "$out/disk.before" "$out/disk.after" | awk -v c="$commits" -v dev="$dev" '{
+                n = NF / 2; w = $(n + 5) - $5; f = $(n + 16) - $16
+                if (c > 0) printf "disk %s: %d writes, %d flushes, %d commits: %.2f writes and %.2f flushes per commit\n", dev, w, f, c, w / c, f / c }'
+        fi
         echo "whole run, CPU by thread:"; head -5 "$out"/*.threads || true
         echo "sampled from second $THREADS_AFTER for 10 s:"
         sort -k4 -n -r "$out/threads.txt" | grep -v '^thread ' | head -8 || true

@@ -440,7 +440,7 @@ impl Log {
             );
             // cardgate: see `Reservation::write_inline`.
             if inline {
-                return self.iobufs.write_inline(iobuf);
+                return self.iobufs.write_manifest_inline(iobuf);
             }
             let iobufs = self.iobufs.clone();
             let iobuf = iobuf.clone();
