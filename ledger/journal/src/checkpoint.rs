@@ -33,9 +33,10 @@ pub const CHECKPOINT_RECORDS_MAX: usize = 100_000;
 /// `CHECKPOINT_CHUNK_RECORDS`, sleeping between chunks while ahead of that pace; and at
 /// least fast enough to finish within half the time its records took to collect, so
 /// that the checkpointer never falls behind the records arriving for the next one (a
-/// million accounts at full speed reach `CHECKPOINT_RECORDS_MAX` in seconds). Written flat out, a checkpoint of ~75,000
-/// records took a core for 150-550 ms on two cores shared with the sessions, and its
-/// slots held half of the answers slower than 5 ms (docs/PERFORMANCE.md 5.4). At 40,000
+/// million accounts at full speed reach `CHECKPOINT_RECORDS_MAX` in seconds). Written
+/// flat out, a checkpoint of ~75,000 records took a core for 150-550 ms on two cores
+/// shared with the sessions, and its slots held half of the answers slower than 5 ms
+/// (docs/PERFORMANCE.md 5.4). At 40,000
 /// a second, a campus's checkpoint every 10 s still took ~0.6 s, and the 100 ms slots in
 /// which it overlapped a central-store batch had a third of their answers slower than
 /// 5 ms; at 10,000 a second it is spread over the ~2 s it may take (5.7). The

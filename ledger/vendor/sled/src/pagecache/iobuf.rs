@@ -597,18 +597,25 @@ impl IoBufs {
     }
 
     fn write_inline_as(&self, iobuf: &IoBuf, defer_sync: bool) -> Result<()> {
-        if let Err(e) = self.write_to_log_as(iobuf, defer_sync) {
+        self.write_to_log_as(iobuf, defer_sync).map_err(|e| {
             error!(
                 "hit error while writing iobuf with lsn {}: {:?}",
                 iobuf.lsn, e
             );
-            self.config.set_global_error(e.clone());
-            let intervals = self.intervals.lock();
-            drop(intervals);
-            let _notified = self.interval_updated.notify_all();
-            return Err(e);
-        }
-        Ok(())
+            self.fail_writes(e)
+        })
+    }
+
+    /// cardgate: what the pool's write job does on error, for a write made on the
+    /// calling thread: the error stored as sled's global error, waiters woken, and
+    /// handed back to the caller as well.
+    fn fail_writes(&self, e: Error) -> Error {
+        self.config.set_global_error(e.clone());
+        let intervals = self.intervals.lock();
+        // having held the mutex makes this linearized with the notify below.
+        drop(intervals);
+        let _notified = self.interval_updated.notify_all();
+        e
     }
 
     // Write an IO buffer's data to stable storage and set up the
@@ -910,16 +917,13 @@ impl IoBufs {
         };
         #[cfg(not(feature = "io_uring"))]
         let synced = self.sync_range(earlier.offset, earlier.len);
+        // With io_uring every write is synced where it is made: nothing is ever left here.
         #[cfg(feature = "io_uring")]
-        let synced: Result<()> = Ok(());
-        if let Err(e) = synced.and_then(|()| self.mark_written(earlier)) {
+        let synced: Result<()> = unreachable!("io_uring writes never leave a buffer unsynced");
+        synced.and_then(|()| self.mark_written(earlier)).map_err(|e| {
             error!("hit error while syncing a batch manifest's buffer: {:?}", e);
-            self.config.set_global_error(e.clone());
-            let intervals = self.intervals.lock();
-            drop(intervals);
-            let _notified = self.interval_updated.notify_all();
-            return Err(e);
-        }
+            self.fail_writes(e)
+        })?;
         Ok(true)
     }
 
