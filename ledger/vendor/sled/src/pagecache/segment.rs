@@ -995,6 +995,22 @@ impl SegmentAccountant {
 
         self.tip += self.config.segment_size as LogOffset;
 
+        // cardgate: the new segment is written with zeros in full before any message goes
+        // into it, the same bytes recovery writes over a garbage segment
+        // (`initialize_from_snapshot`). Otherwise every flush that appends to the tip
+        // segment grows the file, and the `fdatasync` after it must also write the file
+        // system's metadata for the new size and blocks: a second disk write per group
+        // commit. Now the file grows once per segment. A reader cannot tell these zeros
+        // from the end of the file (`read_message` pads a short read with zeros, and a
+        // zero header is `Corrupted`: the log's tail), and a crash that leaves the whole
+        // segment zero leaves a segment recovery finds free, as it finds one it zeroed.
+        io_fail!(self.config, "zero new tip segment");
+        pwrite_all(
+            &self.config.file,
+            &vec![MessageKind::Corrupted.into(); self.config.segment_size],
+            lid,
+        )?;
+
         trace!("advancing file tip from {} to {}", lid, self.tip);
 
         Ok(lid)
