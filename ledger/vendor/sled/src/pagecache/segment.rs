@@ -993,8 +993,6 @@ impl SegmentAccountant {
             }
         }
 
-        self.tip += self.config.segment_size as LogOffset;
-
         // cardgate: the new segment is written with zeros in full before any message goes
         // into it, the same bytes recovery writes over a garbage segment
         // (`initialize_from_snapshot`). Otherwise every flush that appends to the tip
@@ -1004,12 +1002,15 @@ impl SegmentAccountant {
         // from the end of the file (`read_message` pads a short read with zeros, and a
         // zero header is `Corrupted`: the log's tail), and a crash that leaves the whole
         // segment zero leaves a segment recovery finds free, as it finds one it zeroed.
+        // Before the tip moves: a failed write leaves the accountant as it was.
         io_fail!(self.config, "zero new tip segment");
         pwrite_all(
             &self.config.file,
             &vec![MessageKind::Corrupted.into(); self.config.segment_size],
             lid,
         )?;
+
+        self.tip += self.config.segment_size as LogOffset;
 
         trace!("advancing file tip from {} to {}", lid, self.tip);
 
