@@ -36,9 +36,14 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 const CACHE_KIB_PRAGMA: &str = "-65536";
 
 /// WAL pages before SQLite copies them back into the database file. The default (1,000
-/// pages, 4 MiB) made one batch in every two or three pay for a checkpoint; 16,000
-/// (64 MiB) spreads that over many batches. Readers see everything either way.
-const WAL_AUTOCHECKPOINT_PAGES_PRAGMA: &str = "16000";
+/// pages, 4 MiB) made one batch in every two or three pay for a checkpoint. 16,000
+/// (64 MiB) spread that over many batches, but each checkpoint then wrote 35-45 MB to the
+/// database file and `fsync`ed it, and on the data directory's disk that burst stalled
+/// the journal's flushes, which every answer waits for, by 80-140 ms every ~11 s at
+/// 20,000 purchases/s. 2,000 (8 MiB) makes it one checkpoint a second of ~8 MB: flushes
+/// over 50 ms fell from 58 to 6 in nine alternated runs, at ~7 % of the idle drain rate
+/// (docs/PERFORMANCE.md 5.10). Readers see everything either way.
+const WAL_AUTOCHECKPOINT_PAGES_PRAGMA: &str = "2000";
 
 /// The few distinct `&'static str` values rows carry (kinds, statuses, decline
 /// reasons), each bound as one shared `Arc<str>`: sqlx binds a `&str` by copying it into
