@@ -41,7 +41,7 @@ const CACHE_KIB_PRAGMA: &str = "-65536";
 /// database file and `fsync`ed it, and on the data directory's disk that burst stalled
 /// the journal's flushes, which every answer waits for, by 80-140 ms every ~11 s at
 /// 20,000 purchases/s. 2,000 (8 MiB) makes it one checkpoint a second of ~8 MB: flushes
-/// over 50 ms fell from 58 to 6 in nine alternated runs, at ~7 % of the idle drain rate
+/// over 50 ms fell from 58 to 6 in nine alternated runs, for ~7 % less idle drain rate
 /// (docs/PERFORMANCE.md 5.10). Readers see everything either way.
 const WAL_AUTOCHECKPOINT_PAGES_PRAGMA: &str = "2000";
 
