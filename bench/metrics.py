@@ -5,7 +5,8 @@ Usage: bench/metrics.py FILE...  One line per file.
 
 Decisions per flush is cardgate_journal_batch_submissions_sum / _count; "p99 ≤" is the
 upper bound of the histogram bucket the 99th percentile falls in (the gateway exports
-buckets, not exact percentiles).
+buckets, not exact percentiles). "over 25/50/100 ms" counts the flush + fdatasync calls
+(cardgate_journal_sync_seconds) slower than each bound.
 
 cardgate_request_seconds is labelled {kind, result} since the observability work
 (result: approved, declined, error, ok); dumps from before it have {kind} only. Both
@@ -74,6 +75,23 @@ def commits(m):
     }
 
 
+def over(m, name, seconds):
+    """How many observations of histogram `name` exceeded `seconds`, which must be one
+    of its bucket bounds (None when it is not)."""
+    count = total(m, name + "_count")
+    for labels, v in series(m, name + "_bucket"):
+        if labels["le"] != "+Inf" and float(labels["le"]) == seconds:
+            return int(count - v)
+    return None
+
+
+def slow_syncs_text(m):
+    """The journal's flush + fdatasync calls over 25, 50 and 100 ms: the disk's stalls
+    that every answer in the commit, and every one queued behind it, waits out."""
+    counts = [over(m, "cardgate_journal_sync_seconds", s) for s in (0.025, 0.05, 0.1)]
+    return "/".join("?" if c is None else str(c) for c in counts)
+
+
 def cpu_per_answer_us(m):
     """The gateway process's CPU time over every request it answered, in microseconds,
     over the whole life of the process (the demo campus's creation included; it is the
@@ -107,5 +125,6 @@ if __name__ == "__main__":
         p = purchase_p99_le_ms(m)
         print(f"{path}: {c['commits']} flushes, {c['decisions_per_flush']:.1f} decisions per flush, "
               f"flush + fdatasync mean {c['commit_mean_ms']:.2f} ms (fdatasync {c['sync_mean_ms']:.2f} ms), "
-              f"p99 <= {c['commit_p99_le_ms']:g} ms; gateway purchase p99 <= {p:g} ms; "
+              f"p99 <= {c['commit_p99_le_ms']:g} ms, over 25/50/100 ms {slow_syncs_text(m)}; "
+              f"gateway purchase p99 <= {p:g} ms; "
               f"CPU {m.get('process_cpu_seconds_total', 0):g} s, {cpu_us_text(m)} us per answer")
