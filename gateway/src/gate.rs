@@ -66,13 +66,21 @@ impl Gate {
     /// and answers pending. Use one gate per future: after the future completed, the
     /// caller may replace it (re-arm a wait) and the next poll polls the new one.
     pub(crate) fn poll<F: Future + ?Sized>(&self, fut: Pin<&mut F>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.poll_with(cx, |cx| fut.poll(cx))
+    }
+
+    /// As [`Gate::poll`], for a poll function: `poll` gets the gate's context, and may
+    /// poll several rare futures with it (a session's rare waits share one gate, so that
+    /// each turn of the session registers its waker once, not once per wait).
+    pub(crate) fn poll_with<T>(&self, cx: &mut Context<'_>, poll: impl FnOnce(&mut Context<'_>) -> Poll<T>) -> Poll<T> {
         self.bell.task.register(cx.waker());
         if !self.bell.rung.swap(false, Ordering::AcqRel) {
             return Poll::Pending;
         }
-        let out = fut.poll(&mut Context::from_waker(&self.waker));
+        let out = poll(&mut Context::from_waker(&self.waker));
         if out.is_ready() {
-            // Whatever replaces it has registered nothing yet.
+            // Whatever replaces it has registered nothing yet, and a poll function that
+            // answered one of its waits may have others ready too.
             self.bell.rung.store(true, Ordering::Release);
         }
         out
@@ -84,6 +92,14 @@ impl Gate {
         mut fut: Pin<&'a mut F>,
     ) -> impl Future<Output = F::Output> + 'a {
         std::future::poll_fn(move |cx| self.poll(fut.as_mut(), cx))
+    }
+
+    /// `poll` as a future polled through this gate ([`Gate::poll_with`]).
+    pub(crate) fn wait_with<'a, T>(
+        &'a self,
+        mut poll: impl FnMut(&mut Context<'_>) -> Poll<T> + 'a,
+    ) -> impl Future<Output = T> + 'a {
+        std::future::poll_fn(move |cx| self.poll_with(cx, &mut poll))
     }
 }
 

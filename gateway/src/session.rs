@@ -19,6 +19,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use cardgate_codec::codec::Frame;
@@ -363,14 +364,16 @@ async fn session(
     tokio::pin!(cancelled);
     let closed = closer.closed();
     tokio::pin!(closed);
-    // The rare waits, each polled only after its own source woke it (gate.rs).
-    let gates: [Gate; 5] = Default::default();
-    let [blacklist_gate, door_gate, disabled_gate, cancelled_gate, closed_gate] = &gates;
+    // The rare waits, polled only after one of their own sources woke them (gate.rs).
+    // They share one gate: a session's task is polled for every frame and every answer,
+    // and each gate registers the task's waker at each poll.
+    let rare_gate = Gate::default();
 
     loop {
         if end.is_some() && inflight.is_empty() {
             break;
         }
+        let (blacklist_on, door_on, notices_on) = (blacklist_open, door_open, notices_open);
         tokio::select! {
             biased;
             answer = oldest(&mut inflight), if !inflight.is_empty() => {
@@ -396,55 +399,72 @@ async fn session(
                     }
                 }
             }
-            (rx, version) = blacklist_gate.wait(blacklist_changed.get_pin()), if end.is_none() && blacklist_open => {
-                let Some(version) = version else {
-                    blacklist_open = false;
-                    continue;
-                };
-                blacklist_changed.set(next_version(rx));
-                match kind {
-                    // A card lost or found moves every door group's cache version.
-                    TerminalKind::Door => {
-                        door_push(ledger, terminal_id, &mut door_version, &mut inflight);
-                        continue;
+            rare = rare_gate.wait_with(|cx| {
+                if blacklist_on && let Poll::Ready((rx, version)) = blacklist_changed.get_pin().poll(cx) {
+                    return Poll::Ready(Rare::Blacklist(rx, version));
+                }
+                if door_on && let Poll::Ready((rx, changed)) = door_changed.get_pin().poll(cx) {
+                    return Poll::Ready(Rare::DoorCache(rx, changed));
+                }
+                if notices_on && let Poll::Ready((rx, notice)) = disabled.get_pin().poll(cx) {
+                    return Poll::Ready(Rare::Notice(rx, notice));
+                }
+                if cancelled.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Rare::ShuttingDown);
+                }
+                closed.as_mut().poll(cx).map(Rare::Closed)
+            }), if end.is_none() => match rare {
+                Rare::Blacklist(_, None) => blacklist_open = false,
+                Rare::Blacklist(rx, Some(version)) => {
+                    blacklist_changed.set(next_version(rx));
+                    match kind {
+                        // A card lost or found moves every door group's cache version.
+                        TerminalKind::Door => door_push(ledger, terminal_id, &mut door_version, &mut inflight),
+                        TerminalKind::Attendance => {}
+                        TerminalKind::Pos | TerminalKind::Kiosk => {
+                            metrics::counter!("cardgate_blacklist_pushes_total").increment(1);
+                            let push = BlacklistPush {
+                                version,
+                                server_time_ms: ledger.now_ms(),
+                            };
+                            // Unsolicited: request id 0, queued behind the answers already owed.
+                            inflight.push_back(InFlight {
+                                request_id: 0,
+                                received: Instant::now(),
+                                kind: RequestKind::BlacklistPush,
+                                pending: Pending::ready(Message::BlacklistPush(push)),
+                            });
+                        }
                     }
-                    TerminalKind::Attendance => continue,
-                    TerminalKind::Pos | TerminalKind::Kiosk => {}
                 }
-                metrics::counter!("cardgate_blacklist_pushes_total").increment(1);
-                let push = BlacklistPush {
-                    version,
-                    server_time_ms: ledger.now_ms(),
-                };
-                // Unsolicited: request id 0, queued behind the answers already owed.
-                inflight.push_back(InFlight {
-                    request_id: 0,
-                    received: Instant::now(),
-                    kind: RequestKind::BlacklistPush,
-                    pending: Pending::ready(Message::BlacklistPush(push)),
-                });
-            }
-            (rx, changed) = door_gate.wait(door_changed.get_pin()), if end.is_none() && door_open => {
-                if changed.is_none() {
-                    door_open = false;
-                    continue;
+                Rare::DoorCache(_, None) => door_open = false,
+                Rare::DoorCache(rx, Some(_)) => {
+                    door_changed.set(next_version(rx));
+                    door_push(ledger, terminal_id, &mut door_version, &mut inflight);
                 }
-                door_changed.set(next_version(rx));
-                door_push(ledger, terminal_id, &mut door_version, &mut inflight);
-            }
-            (rx, notice) = disabled_gate.wait(disabled.get_pin()), if end.is_none() && notices_open => {
-                match notice {
+                Rare::Notice(rx, notice) => match notice {
                     Notice::Disabled => end = Some(End::Refuse(ErrorCode::TerminalDisabled)),
                     Notice::Enabled => disabled.set(disabled_notice(rx, terminal_id, ledger)),
                     Notice::Gone => notices_open = false,
-                }
-            }
+                },
+                Rare::ShuttingDown => end = Some(End::Refuse(ErrorCode::ShuttingDown)),
+                Rare::Closed(code) => end = Some(End::Refuse(code)),
+            },
             _ = &mut idle, if end.is_none() => end = Some(End::Refuse(ErrorCode::IdleTimeout)),
-            _ = cancelled_gate.wait(cancelled.as_mut()), if end.is_none() => end = Some(End::Refuse(ErrorCode::ShuttingDown)),
-            code = closed_gate.wait(closed.as_mut()), if end.is_none() => end = Some(End::Refuse(code)),
         }
     }
     end.unwrap_or(End::PeerClosed)
+}
+
+/// What woke a session's rare waits: a durable blacklist or door cache version (`None`:
+/// the ledger is gone), a terminal notice, shutdown, or its closer. Each wait's receiver
+/// comes back with it, to re-arm the wait.
+enum Rare {
+    Blacklist(watch::Receiver<u64>, Option<u64>),
+    DoorCache(watch::Receiver<u64>, Option<u64>),
+    Notice(broadcast::Receiver<u64>, Notice),
+    ShuttingDown,
+    Closed(ErrorCode),
 }
 
 enum Notice {
