@@ -8,6 +8,9 @@
 #
 #   bench/profile.sh [TERMINALS [RATE]]      defaults: 10000 34000
 #
+# RATE `closed` runs the load test closed loop (every terminal sends its next request
+# when answered: the gateway at its maximum, as bench/vs_null.sh's throughput runs).
+#
 # Environment: DURATION [20] measured seconds, PERF_S [6] seconds recorded (starting 5 s
 # into the measured window), SCHED=1 to record `perf sched` instead of `perf record`
 # (scheduling delays; a separate run, since both at once distort each other),
@@ -48,7 +51,9 @@ for _ in $(seq 1 600); do
 done
 maddr=$(sed -n 's/.*kind="metrics" addr=\([0-9.:]*\).*/\1/p' "$log")
 
-target/release/cardgate-loadtest --target "$addr" --terminals "$terminals" --rate "$rate" \
+rate_arg=(--rate "$rate")
+[ "$rate" = closed ] && rate_arg=()
+target/release/cardgate-loadtest --target "$addr" --terminals "$terminals" "${rate_arg[@]}" \
     --ramp-up "$RAMP_UP" --duration "$DURATION" >"$OUT/loadtest.txt" 2>"$OUT/loadtest.err" &
 lt_pid=$!
 # Sign-on takes the ramp-up and a little more; start 5 s into the measured window.
