@@ -302,6 +302,10 @@ pub struct Central {
     /// The oldest unshipped entry older than this: the central store is behind (a
     /// warning once a minute, `cardgate_central_keeping_up` 0).
     pub lag_warn_s: u64,
+    /// While the central store keeps within this (the oldest entry of each batch younger
+    /// than it), a SQLite store's writer thread runs at a background CPU priority, below
+    /// the terminals' threads. 0: always at the normal priority.
+    pub yield_below_ms: u64,
 }
 
 /// The demo campus `serve --demo` creates on first start.
@@ -370,6 +374,7 @@ impl Default for Central {
             journal_retention_s: f.journal_retention.as_secs(),
             shutdown_flush_ms: 5_000,
             lag_warn_s: f.lag_warn.as_secs(),
+            yield_below_ms: f.yield_below.as_millis() as u64,
         }
     }
 }
@@ -383,6 +388,7 @@ impl Central {
             batch_timeout: Duration::from_millis(self.batch_timeout_ms),
             journal_retention: Duration::from_secs(self.journal_retention_s),
             lag_warn: Duration::from_secs(self.lag_warn_s),
+            yield_below: Duration::from_millis(self.yield_below_ms),
             ..cardgate_central::FlusherConfig::default()
         }
     }

@@ -164,6 +164,7 @@ pub const FAMILIES: &[Family] = &[
     family("cardgate_central_shipped_entry_id", G, Unit::Count, "The last journal entry id the central store holds."),
     family("cardgate_central_up", G, Unit::Count, "1 while the central store's last attempt succeeded."),
     family("cardgate_central_keeping_up", G, Unit::Count, "1 when the central store is reachable, refuses nothing and lags less than central.lag_warn_s, else 0."),
+    family("cardgate_central_writer_yielding", G, Unit::Count, "1 while a SQLite central store's writer thread runs at the background CPU priority (central.yield_below_ms), 0 after it was given the normal one."),
     family("cardgate_integrity_mismatches", G, Unit::Count, "Mismatches the last integrity check found, by check (chain, checkpoint, balance, memory, central_*, day_close); 0 when clean."),
     family("cardgate_integrity_last_run_timestamp_seconds", G, Unit::Seconds, "Unix time the last integrity check started."),
     family("cardgate_integrity_last_run_ok", G, Unit::Count, "1 if the last integrity check found nothing, else 0."),

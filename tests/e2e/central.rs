@@ -85,17 +85,29 @@ fn metric_sum(d: &Daemon, name: &str) -> f64 {
         .sum()
 }
 
-/// Waits until the flusher has shipped everything durable (the gauges are sampled once
-/// a second, so this also waits for a fresh sample).
+/// Waits until the flusher has shipped everything durable. The gauges are sampled once
+/// a second, so a sample taken before the caller's last request (the store caught up for
+/// a moment under load) can show it caught up: it must show so, unchanged, in samples
+/// over more than a second.
 async fn wait_caught_up(d: &Daemon) {
     let deadline = Instant::now() + Duration::from_secs(120);
+    let mut since: Option<(Option<f64>, Instant)> = None;
     loop {
         let up = d.metric("cardgate_central_up") == Some(1.0);
         let backlog = d.metric("cardgate_central_backlog_entries");
         let durable = d.metric("cardgate_journal_durable_entry_id");
         let shipped = d.metric("cardgate_central_shipped_entry_id");
         if up && backlog == Some(0.0) && durable.is_some() && durable == shipped {
-            return;
+            match since {
+                Some((seen, at)) if seen == durable => {
+                    if at.elapsed() > Duration::from_millis(1500) {
+                        return;
+                    }
+                }
+                _ => since = Some((durable, Instant::now())),
+            }
+        } else {
+            since = None;
         }
         assert!(
             Instant::now() < deadline,

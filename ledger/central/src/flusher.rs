@@ -101,6 +101,11 @@ const OUTAGE_LOG_INTERVAL: Duration = Duration::from_secs(60);
 /// (a warning once a minute, `FlusherHealth::keeping_up` false). A healthy flusher ships
 /// within `batch_wait` plus one batch's write: well under a second.
 pub const LAG_WARN_DEFAULT: Duration = Duration::from_secs(10);
+/// Default age of the oldest entry of a batch below which a SQLite store's writer yields
+/// the CPU to the terminals (`CentralStore::set_background`). A store that keeps up
+/// ships an entry within `batch_wait` plus one batch's write; one a second older is
+/// falling behind, and gets the normal priority until it is back within half of this.
+pub const YIELD_BELOW_DEFAULT: Duration = Duration::from_secs(1);
 
 const _: () = assert!(BATCH_ENTRIES_DEFAULT <= BATCH_ENTRIES_LIMIT);
 const _: () = assert!(RETRY_BACKOFF_MIN.as_millis() <= RETRY_BACKOFF_MAX_DEFAULT.as_millis());
@@ -116,6 +121,9 @@ pub struct FlusherConfig {
     pub prune_interval: Duration,
     /// The oldest unshipped entry older than this: the flusher is behind.
     pub lag_warn: Duration,
+    /// While the batches' oldest entries are younger than this, a SQLite store's writer
+    /// runs at a background priority (zero: never).
+    pub yield_below: Duration,
 }
 
 impl Default for FlusherConfig {
@@ -128,6 +136,7 @@ impl Default for FlusherConfig {
             journal_retention: JOURNAL_RETENTION_DEFAULT,
             prune_interval: PRUNE_INTERVAL,
             lag_warn: LAG_WARN_DEFAULT,
+            yield_below: YIELD_BELOW_DEFAULT,
         }
     }
 }
@@ -387,6 +396,8 @@ pub struct Flusher {
     behind_since: Option<Instant>,
     last_behind_log: Option<Instant>,
     shipped_at_behind_log: u64,
+    /// Whether the store's writer runs at the background priority (`yield_below`).
+    yielding: bool,
 }
 
 impl Flusher {
@@ -418,6 +429,7 @@ impl Flusher {
             behind_since: None,
             last_behind_log: None,
             shipped_at_behind_log: 0,
+            yielding: false,
         };
         let task = tokio::spawn(flusher.run(stopped));
         Ok(FlusherHandle {
@@ -603,6 +615,24 @@ impl Flusher {
     }
 
     /// Ships the next batch of entries up to `durable`.
+    /// The store's writer yields the CPU to the terminals while it keeps up (the batch's
+    /// oldest entry younger than `yield_below`), and stops yielding until it is back
+    /// within half of that: a store that yielded under a machine kept busy by other work
+    /// would fall further behind for every second of it.
+    async fn choose_priority(&mut self, oldest_ms: i64) {
+        if self.config.yield_below.is_zero() {
+            return;
+        }
+        let age = Duration::from_millis(u64::try_from(self.source.clock.now_ms() - oldest_ms).unwrap_or(0));
+        let yielding = if self.yielding {
+            age < self.config.yield_below
+        } else {
+            age < self.config.yield_below / 2
+        };
+        self.yielding = yielding;
+        self.store.set_background(yielding).await;
+    }
+
     async fn ship_one(&mut self, durable: u64) -> Result<(), FlushError> {
         let preparing = Instant::now();
         let size = self.probe.unwrap_or(self.config.batch_entries_max);
@@ -623,11 +653,12 @@ impl Flusher {
                 })
             })??;
         entries.retain(|e| e.id <= durable);
-        match entries.first() {
+        let oldest_ms = match entries.first() {
             Some(e) if e.id == after + 1 => {
                 self.status
                     .oldest_unshipped_ms
                     .store(e.record.time_ms, Ordering::Release);
+                e.record.time_ms
             }
             first => {
                 return Err(FlushError::JournalGap {
@@ -635,7 +666,7 @@ impl Flusher {
                     found: first.map(|e| e.id),
                 });
             }
-        }
+        };
         // An import's commit applies chunks journaled before it, maybe in an earlier
         // batch: read them back (off the runtime: it is a journal scan).
         let commits: Vec<(u64, ImportCommitted)> = entries
@@ -669,6 +700,7 @@ impl Flusher {
         batch.prev_hash = prev_hash;
         let first_kind = entries.first().map(|e| e.record.body.kind_str()).unwrap_or("none");
         drop(entries);
+        self.choose_priority(oldest_ms).await;
         metrics::histogram!("cardgate_central_prepare_seconds").record(preparing.elapsed().as_secs_f64());
         let started = Instant::now();
         let written = tokio::time::timeout(

@@ -235,6 +235,16 @@ impl CentralStore {
         }
     }
 
+    /// A SQLite store's writer thread at a background CPU priority or the normal one
+    /// (`SqliteCentral::set_background`); PostgreSQL's work is in its server's processes,
+    /// which the gateway does not schedule.
+    pub async fn set_background(&self, background: bool) {
+        match self {
+            CentralStore::Sqlite(s) => s.set_background(background).await,
+            CentralStore::Postgres(_) => {}
+        }
+    }
+
     /// Creates or upgrades the schema to `SCHEMA_VERSION`; returns the version found.
     pub async fn migrate(&self) -> Result<i64, CentralError> {
         match self {
