@@ -278,8 +278,8 @@ pub struct SqliteCentral {
 /// The nice value of the SQLite worker thread while the store keeps up: below the
 /// terminals' runtime workers and the committer (0), so that a batch's CPU (tens of ms
 /// at the POS peak) goes where they leave it instead of queueing their answers. In
-/// alternated runs at 20,000 purchases/s the purchase p99 fell by 10-20 %
-/// (docs/PERFORMANCE.md 5.11).
+/// alternated runs at 20,000 purchases/s the purchase p99 fell from 3.4-3.7 ms to
+/// 2.7-2.8 ms (docs/PERFORMANCE.md 5.11).
 pub const BACKGROUND_NICE: i32 = 10;
 
 /// The SQLite connection's worker thread (sqlx runs each connection on a thread of its
