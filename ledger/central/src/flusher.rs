@@ -617,7 +617,6 @@ impl Flusher {
         }
     }
 
-    /// Ships the next batch of entries up to `durable`.
     /// The store's writer yields the CPU to the terminals while it keeps up (the batch's
     /// oldest entry younger than `yield_below`), and stops yielding until it is back
     /// within half of that: a store that yielded under a machine kept busy by other work
@@ -636,6 +635,7 @@ impl Flusher {
         self.store.set_background(yielding).await;
     }
 
+    /// Ships the next batch of entries up to `durable`.
     async fn ship_one(&mut self, durable: u64) -> Result<(), FlushError> {
         let preparing = Instant::now();
         let size = self.probe.unwrap_or(self.config.batch_entries_max);

@@ -288,8 +288,10 @@ pub const BACKGROUND_NICE: i32 = 10;
 struct Writer {
     /// The name of the newest worker thread, set as sqlx spawns it.
     thread: Option<String>,
-    /// The worker thread that was given `BACKGROUND_NICE`.
-    lowered: Option<String>,
+    /// The worker thread last given `BACKGROUND_NICE` (or tried: once per thread).
+    tried: Option<String>,
+    /// Whether that worked: only then does the normal priority need a new connection.
+    lowered: bool,
 }
 
 impl SqliteCentral {
@@ -336,35 +338,38 @@ impl SqliteCentral {
     /// runtime, never lowered). Best effort: where the thread cannot be found or
     /// reniced, it keeps the priority it has.
     pub async fn set_background(&self, background: bool) {
-        let (thread, lowered) = {
+        let (thread, tried, lowered) = {
             let w = lock(&self.writer);
-            (w.thread.clone(), w.lowered.clone())
+            (w.thread.clone(), w.tried.clone(), w.lowered)
         };
         if background {
+            // No connection yet, or this one's thread was done (a closed connection's
+            // name stays until the next opens).
             let Some(thread) = thread else { return };
-            if lowered.as_deref() == Some(thread.as_str()) {
+            if tried.as_deref() == Some(thread.as_str()) {
                 return;
             }
-            match lower_thread(&thread) {
+            let result = lower_thread(&thread);
+            match &result {
                 Ok(()) => {
                     tracing::debug!(thread = %thread, nice = BACKGROUND_NICE, "central store: SQLite writer yields to the terminals");
-                    lock(&self.writer).lowered = Some(thread);
                     metrics::gauge!("cardgate_central_writer_yielding").set(1.0);
                 }
                 Err(e) => {
                     tracing::debug!(thread = %thread, error = %e, "central store: cannot lower the SQLite writer's priority");
-                    // Not tried again for this thread.
-                    lock(&self.writer).lowered = Some(thread);
                 }
             }
-        } else if lowered.is_some()
-            && lowered == thread
+            let mut w = lock(&self.writer);
+            w.tried = Some(thread);
+            w.lowered = result.is_ok();
+        } else if lowered
+            && tried == thread
             // In use elsewhere (a report): tried again at the next batch.
             && let Some(conn) = self.pool.try_acquire()
         {
             // Closed rather than returned: the pool opens a new one on next use.
             let _ = conn.close().await;
-            lock(&self.writer).lowered = None;
+            lock(&self.writer).lowered = false;
             tracing::debug!("central store: SQLite writer back at normal priority (new connection)");
             metrics::gauge!("cardgate_central_writer_yielding").set(0.0);
         }
