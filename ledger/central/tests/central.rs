@@ -95,16 +95,6 @@ fn quick() -> FlusherConfig {
     }
 }
 
-/// Polls `cond` until it holds; fails the test after a generous deadline (this waits for
-/// work to happen, it does not measure how fast).
-async fn until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !cond() {
-        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 async fn caught_up(f: &Fixture, h: &FlusherHandle) {
     until("the flusher to catch up", || {
         h.status.confirmed.load(Ordering::Acquire) && h.backlog() == 0
@@ -318,8 +308,7 @@ async fn pruning_waits_for_the_central_store_the_checkpoint_and_the_retention() 
     assert_eq!(f.entries().len() as u64, last);
 
     // Reachable: everything ships; entries younger than the retention stay.
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("central.db").display());
+    let (_dir, url) = temp_sqlite();
     f.clock.set(LUNCH_MS);
     let h = Flusher::start(f.source(), CentralStore::open(&url).unwrap(), config.clone()).unwrap();
     caught_up(&f, &h).await;
@@ -866,8 +855,7 @@ async fn a_flusher_behind_says_so_once_a_minute_and_its_health_shows_it() {
         .with_ansi(false)
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("central.db").display());
+    let (_dir, url) = temp_sqlite();
     let mut f = Fixture::new().await;
     let config = FlusherConfig {
         batch_entries_max: 50,

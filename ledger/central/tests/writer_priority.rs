@@ -45,14 +45,6 @@ fn own_nice() -> i32 {
     rustix::process::getpriority_process(None).unwrap()
 }
 
-async fn until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !cond() {
-        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 // One test: the threads each part looks at must be its own.
 #[tokio::test]
 async fn the_writer_yields_while_the_store_keeps_up_and_stops_when_it_falls_behind() {
@@ -62,8 +54,7 @@ async fn the_writer_yields_while_the_store_keeps_up_and_stops_when_it_falls_behi
         base < BACKGROUND_NICE,
         "the test runs below the background priority already"
     );
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("central.db").display());
+    let (_dir, url) = temp_sqlite();
     let mut f = Fixture::new().await;
     let config = FlusherConfig {
         batch_entries_max: 50,
@@ -110,8 +101,7 @@ async fn the_writer_yields_while_the_store_keeps_up_and_stops_when_it_falls_behi
 /// With `yield_below` zero the writer keeps the normal priority.
 async fn never_yields_when_yield_below_is_zero() {
     let base = own_nice();
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("central.db").display());
+    let (_dir, url) = temp_sqlite();
     let mut f = Fixture::new().await;
     let config = FlusherConfig {
         batch_entries_max: 10,

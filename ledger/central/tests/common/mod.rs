@@ -329,3 +329,20 @@ pub fn tx(kind: TxKind, seq: u64, original_seq: u64, account: u64, amount_fen: i
         blacklist_version: 0,
     }
 }
+
+/// A SQLite central store's URL in a new temporary directory, which the caller keeps.
+pub fn temp_sqlite() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("central.db").display());
+    (dir, url)
+}
+
+/// Polls `cond` until it holds; fails the test after a generous deadline (this waits for
+/// work to happen, it does not measure how fast).
+pub async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
