@@ -222,11 +222,17 @@ impl FlusherStatus {
     fn oldest_age(&self, backlog: u64, now_ms: i64) -> Duration {
         let oldest = self.oldest_unshipped_ms.load(Ordering::Acquire);
         if backlog > 0 && oldest > 0 {
-            Duration::from_millis(u64::try_from(now_ms - oldest).unwrap_or(0))
+            age(oldest, now_ms)
         } else {
             Duration::ZERO
         }
     }
+}
+
+/// How long an entry decided at `decided_ms` has waited at `now_ms` (zero if the clock
+/// reads earlier).
+fn age(decided_ms: i64, now_ms: i64) -> Duration {
+    Duration::from_millis(u64::try_from(now_ms - decided_ms).unwrap_or(0))
 }
 
 /// The flusher's state as the daemon's readiness check, an operator or a test reads it.
@@ -625,14 +631,14 @@ impl Flusher {
         if self.config.yield_below.is_zero() {
             return;
         }
-        let age = Duration::from_millis(u64::try_from(self.source.clock.now_ms() - oldest_ms).unwrap_or(0));
-        let yielding = if self.yielding {
-            age < self.config.yield_below
+        let waited = age(oldest_ms, self.source.clock.now_ms());
+        let bound = if self.yielding {
+            self.config.yield_below
         } else {
-            age < self.config.yield_below / 2
+            self.config.yield_below / 2
         };
-        self.yielding = yielding;
-        self.store.set_background(yielding).await;
+        self.yielding = waited < bound;
+        self.store.set_background(self.yielding).await;
     }
 
     /// Ships the next batch of entries up to `durable`.
