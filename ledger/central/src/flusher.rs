@@ -37,6 +37,7 @@ use cardgate_domain::Clock;
 use cardgate_domain::entry::{EntryBody, EntryRecord, ImportCommitted, ImportItem};
 use cardgate_journal::{Db, JournalStats, StoreError};
 
+use super::priority::BackgroundRuntime;
 use super::schema::{Batch, BatchError, JournalEntry};
 use super::{CentralError, CentralStore};
 
@@ -101,8 +102,10 @@ const OUTAGE_LOG_INTERVAL: Duration = Duration::from_secs(60);
 /// (a warning once a minute, `FlusherHealth::keeping_up` false). A healthy flusher ships
 /// within `batch_wait` plus one batch's write: well under a second.
 pub const LAG_WARN_DEFAULT: Duration = Duration::from_secs(10);
-/// Default age of the oldest entry of a batch below which a SQLite store's writer yields
-/// the CPU to the terminals (`CentralStore::set_background`). A store that keeps up
+/// Default age of the oldest entry of a batch below which the store's work yields the CPU
+/// to the terminals (`priority.rs`): the batch is read, built and written on a runtime
+/// at a background priority, and a SQLite store's writer thread runs there too
+/// (`CentralStore::set_background`). A store that keeps up
 /// ships an entry within `batch_wait` plus one batch's write; one older than this is
 /// falling behind, and gets the normal priority until it is back within half of this.
 /// At 1 s, a 60 s full-speed load beside a process keeping one core busy saw the
@@ -124,8 +127,8 @@ pub struct FlusherConfig {
     pub prune_interval: Duration,
     /// The oldest unshipped entry older than this: the flusher is behind.
     pub lag_warn: Duration,
-    /// While the batches' oldest entries are younger than this, a SQLite store's writer
-    /// runs at a background priority (zero: never).
+    /// While the batches' oldest entries are younger than this, the batches' work (and a
+    /// SQLite store's writer) runs at a background priority (zero: never).
     pub yield_below: Duration,
 }
 
@@ -325,6 +328,9 @@ pub enum FlushError {
     JournalGap { wanted: u64, found: Option<u64> },
     #[error(transparent)]
     Batch(#[from] BatchError),
+    /// A batch's work on the background runtime panicked or was cancelled.
+    #[error("the batch's work ended without a result: {0}")]
+    Task(String),
 }
 
 impl FlushError {
@@ -336,6 +342,7 @@ impl FlushError {
             FlushError::Journal(_) => "journal",
             FlushError::JournalGap { .. } => "journal_gap",
             FlushError::Batch(_) => "batch",
+            FlushError::Task(_) => "task",
         }
     }
 
@@ -386,7 +393,7 @@ impl FlusherHandle {
 
 pub struct Flusher {
     source: JournalSource,
-    store: CentralStore,
+    store: Arc<CentralStore>,
     config: FlusherConfig,
     status: Arc<FlusherStatus>,
     cursor: u64,
@@ -405,8 +412,10 @@ pub struct Flusher {
     behind_since: Option<Instant>,
     last_behind_log: Option<Instant>,
     shipped_at_behind_log: u64,
-    /// Whether the store's writer runs at the background priority (`yield_below`).
+    /// Whether the batches' work runs at the background priority (`yield_below`), and
+    /// where: none when `yield_below` is zero or its threads could not be started.
     yielding: bool,
+    background: Option<BackgroundRuntime>,
 }
 
 impl Flusher {
@@ -423,9 +432,20 @@ impl Flusher {
         let journal = source.stats.clone();
         let monitor = FlusherMonitor::new(status.clone(), journal.clone(), source.clock.clone(), config.lag_warn);
         let (stop, stopped) = watch::channel(false);
+        let background = if config.yield_below.is_zero() {
+            None
+        } else {
+            match BackgroundRuntime::start() {
+                Ok(rt) => Some(rt),
+                Err(e) => {
+                    tracing::warn!(error = %e, "central store: no background threads; batches run at the normal priority");
+                    None
+                }
+            }
+        };
         let flusher = Flusher {
             source,
-            store,
+            store: Arc::new(store),
             config,
             status: status.clone(),
             cursor,
@@ -439,6 +459,7 @@ impl Flusher {
             last_behind_log: None,
             shipped_at_behind_log: 0,
             yielding: false,
+            background,
         };
         let task = tokio::spawn(flusher.run(stopped));
         Ok(FlusherHandle {
@@ -641,83 +662,51 @@ impl Flusher {
         self.store.set_background(self.yielding).await;
     }
 
-    /// Ships the next batch of entries up to `durable`.
+    /// Runs `work` where the batches' work runs now: on the background runtime while
+    /// yielding, here otherwise.
+    async fn placed<T: Send + 'static>(
+        &self,
+        work: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> Result<T, FlushError> {
+        match &self.background {
+            Some(rt) if self.yielding => rt.run(work).await.map_err(|e| FlushError::Task(e.to_string())),
+            _ => Ok(work.await),
+        }
+    }
+
+    /// Ships the next batch of entries up to `durable`. It is read and built where the
+    /// last batch's priority put it, and written where this batch's age puts it.
     async fn ship_one(&mut self, durable: u64) -> Result<(), FlushError> {
         let preparing = Instant::now();
         let size = self.probe.unwrap_or(self.config.batch_entries_max);
         let limit = (durable - self.cursor).min(size as u64) as usize;
-        let db = self.source.db.clone();
-        let after = self.cursor;
-        let (mut entries, prev_hash): (Vec<JournalEntry>, _) =
-            tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
-                // The hash the store must hold for our cursor's entry (`integrity.rs`).
-                let prev = db.entry_hash(after)?;
-                Ok((db.read_entries(after, limit, EntryRecord::decode)?, prev))
-            })
-            .await
-            .map_err(|e| {
-                FlushError::Journal(StoreError::Corrupt {
-                    key: Vec::new(),
-                    reason: format!("journal reader panicked: {e}"),
-                })
-            })??;
-        entries.retain(|e| e.id <= durable);
-        let oldest_ms = match entries.first() {
-            Some(e) if e.id == after + 1 => {
-                self.status
-                    .oldest_unshipped_ms
-                    .store(e.record.time_ms, Ordering::Release);
-                e.record.time_ms
-            }
-            first => {
-                return Err(FlushError::JournalGap {
-                    wanted: after + 1,
-                    found: first.map(|e| e.id),
-                });
-            }
-        };
-        // An import's commit applies chunks journaled before it, maybe in an earlier
-        // batch: read them back (off the runtime: it is a journal scan).
-        let commits: Vec<(u64, ImportCommitted)> = entries
-            .iter()
-            .filter_map(|e| match &e.record.body {
-                EntryBody::ImportCommitted(c) => Some((e.id, (**c).clone())),
-                _ => None,
-            })
-            .collect();
-        let mut staged: HashMap<u64, Vec<ImportItem>> = HashMap::new();
-        if !commits.is_empty() {
-            let db = self.source.db.clone();
-            staged = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
-                let mut out = HashMap::new();
-                for (id, c) in &commits {
-                    if let Some(items) = staged_items_in_journal(&db, *id, c)? {
-                        out.insert(c.import_id, items);
-                    }
-                }
-                Ok(out)
-            })
-            .await
-            .map_err(|e| {
-                FlushError::Journal(StoreError::Corrupt {
-                    key: Vec::new(),
-                    reason: format!("journal reader panicked: {e}"),
-                })
-            })??;
-        }
-        let mut batch = Batch::build_with(self.source.gateway_id, &entries, |c| staged.remove(&c.import_id))?;
-        batch.prev_hash = prev_hash;
-        let first_kind = entries.first().map(|e| e.record.body.kind_str()).unwrap_or("none");
-        drop(entries);
+        let prepare = prepare_batch(
+            self.source.db.clone(),
+            self.source.gateway_id,
+            self.cursor,
+            limit,
+            durable,
+        );
+        let Prepared {
+            batch,
+            oldest_ms,
+            first_kind,
+        } = self.placed(prepare).await??;
+        self.status.oldest_unshipped_ms.store(oldest_ms, Ordering::Release);
         self.choose_priority(oldest_ms).await;
         metrics::histogram!("cardgate_central_prepare_seconds").record(preparing.elapsed().as_secs_f64());
         let started = Instant::now();
-        let written = tokio::time::timeout(
+        let store = self.store.clone();
+        let now_ms = self.source.clock.now_ms();
+        let (batch, written) = tokio::time::timeout(
             self.config.batch_timeout,
-            self.store.write(&batch, self.source.clock.now_ms()),
+            self.placed(async move {
+                let written = store.write(&batch, now_ms).await;
+                (batch, written)
+            }),
         )
         .await
-        .map_err(|_| FlushError::Timeout(self.config.batch_timeout))?;
+        .map_err(|_| FlushError::Timeout(self.config.batch_timeout))??;
         let written = match written {
             Err(CentralError::Refused(e)) => {
                 let n = batch.entries() as usize;
@@ -934,6 +923,81 @@ impl Flusher {
 }
 
 /// Sleeps for `d` or until told to stop; true when stopping.
+/// A batch ready to write, and what the flusher needs of its entries afterwards.
+struct Prepared {
+    batch: Batch,
+    oldest_ms: i64,
+    first_kind: &'static str,
+}
+
+/// Reads the entries after `after` (up to `limit`, none beyond `durable`) and turns them
+/// into a batch. Owns everything it uses, so that it can run on the background runtime.
+async fn prepare_batch(
+    db: Db,
+    gateway_id: u64,
+    after: u64,
+    limit: usize,
+    durable: u64,
+) -> Result<Prepared, FlushError> {
+    let reader = db.clone();
+    let (mut entries, prev_hash): (Vec<JournalEntry>, _) =
+        tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+            // The hash the store must hold for our cursor's entry (`integrity.rs`).
+            let prev = reader.entry_hash(after)?;
+            Ok((reader.read_entries(after, limit, EntryRecord::decode)?, prev))
+        })
+        .await
+        .map_err(reader_panicked)??;
+    entries.retain(|e| e.id <= durable);
+    let oldest_ms = match entries.first() {
+        Some(e) if e.id == after + 1 => e.record.time_ms,
+        first => {
+            return Err(FlushError::JournalGap {
+                wanted: after + 1,
+                found: first.map(|e| e.id),
+            });
+        }
+    };
+    // An import's commit applies chunks journaled before it, maybe in an earlier batch:
+    // read them back (off the runtime: it is a journal scan).
+    let commits: Vec<(u64, ImportCommitted)> = entries
+        .iter()
+        .filter_map(|e| match &e.record.body {
+            EntryBody::ImportCommitted(c) => Some((e.id, (**c).clone())),
+            _ => None,
+        })
+        .collect();
+    let mut staged: HashMap<u64, Vec<ImportItem>> = HashMap::new();
+    if !commits.is_empty() {
+        staged = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+            let mut out = HashMap::new();
+            for (id, c) in &commits {
+                if let Some(items) = staged_items_in_journal(&db, *id, c)? {
+                    out.insert(c.import_id, items);
+                }
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(reader_panicked)??;
+    }
+    let mut batch = Batch::build_with(gateway_id, &entries, |c| staged.remove(&c.import_id))?;
+    batch.prev_hash = prev_hash;
+    let first_kind = entries.first().map(|e| e.record.body.kind_str()).unwrap_or("none");
+    Ok(Prepared {
+        batch,
+        oldest_ms,
+        first_kind,
+    })
+}
+
+fn reader_panicked(e: tokio::task::JoinError) -> FlushError {
+    FlushError::Journal(StoreError::Corrupt {
+        key: Vec::new(),
+        reason: format!("journal reader panicked: {e}"),
+    })
+}
+
 async fn pause(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
     if *stop.borrow() {
         return true;

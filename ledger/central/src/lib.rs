@@ -28,6 +28,7 @@
 pub mod flusher;
 pub mod integrity;
 pub mod postgres;
+pub mod priority;
 pub mod protocol;
 pub mod reports;
 pub mod schema;

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use sqlx::{Arguments, Row, Sqlite, Transaction};
 
+use super::priority::{BACKGROUND_NICE, lower_thread};
 use super::protocol::Dialect;
 use super::schema::{Batch, SCHEMA_VERSION, id_of_sql, sql_id};
 use super::statements::Shaped;
@@ -232,37 +233,6 @@ fn lock(w: &Mutex<Writer>) -> std::sync::MutexGuard<'_, Writer> {
     w.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Sets `BACKGROUND_NICE` on the process's thread named `name` (Linux keeps nice values
-/// per thread).
-#[cfg(target_os = "linux")]
-fn lower_thread(name: &str) -> std::io::Result<()> {
-    for task in std::fs::read_dir("/proc/self/task")? {
-        let task = task?;
-        let Ok(comm) = std::fs::read_to_string(task.path().join("comm")) else {
-            continue;
-        };
-        if comm.trim_end() != name {
-            continue;
-        }
-        let tid = task
-            .file_name()
-            .to_str()
-            .and_then(|t| t.parse::<i32>().ok())
-            .and_then(rustix::process::Pid::from_raw);
-        let Some(tid) = tid else { continue };
-        return rustix::process::setpriority_process(Some(tid), BACKGROUND_NICE).map_err(std::io::Error::from);
-    }
-    Err(std::io::Error::new(std::io::ErrorKind::NotFound, "no such thread"))
-}
-
-#[cfg(not(target_os = "linux"))]
-fn lower_thread(_name: &str) -> std::io::Result<()> {
-    Err(std::io::Error::new(
-        std::io::ErrorKind::Unsupported,
-        "per-thread priority is Linux only",
-    ))
-}
-
 /// Migrations in order: (version, script). Append only.
 const MIGRATIONS: &[(i64, &str)] = &[(1, SCHEMA_V1), (2, super::integrity::SQLITE_V2)];
 
@@ -274,13 +244,6 @@ pub struct SqliteCentral {
     /// The connection's worker thread, and whether it was given the background priority.
     writer: Arc<Mutex<Writer>>,
 }
-
-/// The nice value of the SQLite worker thread while the store keeps up: below the
-/// terminals' runtime workers and the committer (0), so that a batch's CPU (tens of ms
-/// at the POS peak) goes where they leave it instead of queueing their answers. In
-/// alternated runs at 20,000 purchases/s the purchase p99 fell from 3.4-3.7 ms to
-/// 2.7-2.8 ms (docs/PERFORMANCE.md 5.11).
-pub const BACKGROUND_NICE: i32 = 10;
 
 /// The SQLite connection's worker thread (sqlx runs each connection on a thread of its
 /// own, named by us so that it can be found among the process's threads).
@@ -330,22 +293,26 @@ impl SqliteCentral {
         SqliteCentral { pool, describe, writer }
     }
 
-    /// Gives the connection's worker thread the background priority (`background`,
-    /// nice `BACKGROUND_NICE`) or the normal one. An unprivileged process may lower a
-    /// thread's priority but never raise it again, so the normal priority comes with a
-    /// new connection: the lowered one is closed, and the next statement opens another
-    /// whose worker thread starts at the priority of the thread opening it (the flusher's
-    /// runtime, never lowered). Best effort: where the thread cannot be found or
-    /// reniced, it keeps the priority it has.
+    /// Readies the writer for the next batch at the background priority (`background`,
+    /// nice `BACKGROUND_NICE`) or the normal one. Called on the flusher's own thread,
+    /// which is never lowered, before the batch's write, which may run on a lowered one
+    /// (`priority.rs`): a connection opened there would start its worker thread lowered
+    /// for good, since a thread inherits its starter's nice value and an unprivileged
+    /// process cannot raise a thread's priority again. So the connection is opened here,
+    /// before the batch takes it, and the normal priority comes with a new one: the
+    /// lowered connection is closed and another opened from this thread. Best effort:
+    /// where the thread cannot be found or reniced it keeps the priority it has, and where
+    /// the store cannot be opened the batch's write reports why.
     pub async fn set_background(&self, background: bool) {
+        // Opens the connection if there is none (sqlx also replaces one past its
+        // lifetime at acquire); dropped at the end, it goes back to the pool for the batch.
+        let Ok(conn) = self.pool.acquire().await else { return };
         let (thread, tried, lowered) = {
             let w = lock(&self.writer);
             (w.thread.clone(), w.tried.clone(), w.lowered)
         };
+        let Some(thread) = thread else { return };
         if background {
-            // No connection yet, or this one's thread was done (a closed connection's
-            // name stays until the next opens).
-            let Some(thread) = thread else { return };
             if tried.as_deref() == Some(thread.as_str()) {
                 return;
             }
@@ -362,16 +329,14 @@ impl SqliteCentral {
             let mut w = lock(&self.writer);
             w.tried = Some(thread);
             w.lowered = result.is_ok();
-        } else if lowered
-            && tried == thread
-            // In use elsewhere (a report): tried again at the next batch.
-            && let Some(conn) = self.pool.try_acquire()
-        {
-            // Closed rather than returned: the pool opens a new one on next use.
+        } else if lowered && tried.as_deref() == Some(thread.as_str()) {
             let _ = conn.close().await;
             lock(&self.writer).lowered = false;
-            tracing::debug!("central store: SQLite writer back at normal priority (new connection)");
             metrics::gauge!("cardgate_central_writer_yielding").set(0.0);
+            if let Ok(fresh) = self.pool.acquire().await {
+                drop(fresh);
+                tracing::debug!("central store: SQLite writer back at normal priority (new connection)");
+            }
         }
     }
 

@@ -1,6 +1,7 @@
-//! A SQLite store's writer thread yields the CPU while the store keeps up and gets the
-//! normal priority back when it falls behind (`central.yield_below_ms`). A test binary of
-//! its own: the threads it looks at must be this test's alone.
+//! The central store's work yields the CPU while the store keeps up and gets the normal
+//! priority back when it falls behind (`central.yield_below_ms`): the batches' reading
+//! and building on the flusher's background threads, and a SQLite store's writer thread.
+//! A test binary of its own: the threads it looks at must be this test's alone.
 
 #![cfg(target_os = "linux")]
 
@@ -9,19 +10,24 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use cardgate_central::sqlite::BACKGROUND_NICE;
+use cardgate_central::priority::{BACKGROUND_NICE, BACKGROUND_THREAD};
 use cardgate_central::{CentralStore, Flusher, FlusherConfig};
 use common::*;
 
 /// The SQLite connections' worker threads alive now: (name, nice).
 fn writers() -> Vec<(String, i32)> {
+    threads("cg-sqlite-")
+}
+
+/// The threads alive now whose names start with `prefix`: (name, nice).
+fn threads(prefix: &str) -> Vec<(String, i32)> {
     let mut out = Vec::new();
     for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
         let Ok(comm) = std::fs::read_to_string(task.path().join("comm")) else {
             continue;
         };
         let comm = comm.trim_end();
-        if !comm.starts_with("cg-sqlite-") {
+        if !comm.starts_with(prefix) {
             continue;
         }
         let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
@@ -49,6 +55,7 @@ fn own_nice() -> i32 {
 #[tokio::test]
 async fn the_writer_yields_while_the_store_keeps_up_and_stops_when_it_falls_behind() {
     never_yields_when_yield_below_is_zero().await;
+    the_connection_is_opened_by_its_caller().await;
     let base = own_nice();
     assert!(
         base < BACKGROUND_NICE,
@@ -85,6 +92,17 @@ async fn the_writer_yields_while_the_store_keeps_up_and_stops_when_it_falls_behi
     assert_eq!(behind.len(), 1, "the yielding connection was closed: {behind:?}");
     assert_ne!(behind[0].0, first[0].0, "a new writer thread");
     assert_eq!(behind[0].1, base, "at the priority of the flusher's thread: {behind:?}");
+    // The late batch was read where the first batch's age put it: on the background
+    // runtime, whose worker and blocking threads all run lowered.
+    let background = threads(BACKGROUND_THREAD);
+    assert!(
+        background.len() >= 2,
+        "a blocking thread of the background runtime read the journal: {background:?}"
+    );
+    assert!(
+        background.iter().all(|(_, nice)| *nice == BACKGROUND_NICE),
+        "{background:?}"
+    );
 
     // Back within half of yield_below: it yields again.
     for _ in 0..50 {
@@ -117,6 +135,31 @@ async fn never_yields_when_yield_below_is_zero() {
     until("every batch", || h.status.cursor.load(Ordering::Acquire) == durable).await;
     let w = writers();
     assert!(!w.is_empty() && w.iter().all(|(_, nice)| *nice == base), "{w:?}");
+    assert_eq!(threads(BACKGROUND_THREAD), vec![], "no background threads");
     h.shutdown(Duration::from_secs(10)).await;
+    until("its writer thread to end", || writers().is_empty()).await;
+}
+
+/// `set_background` opens the connection itself, from the flusher's thread, before a
+/// batch on the lowered runtime could: a connection opened there would be lowered for
+/// good. Closing a lowered one opens the next at once, at the caller's priority.
+async fn the_connection_is_opened_by_its_caller() {
+    let base = own_nice();
+    let (_dir, url) = temp_sqlite();
+    let store = CentralStore::open(&url).unwrap();
+    assert_eq!(writers(), vec![], "opening the store does not connect");
+    store.set_background(true).await;
+    let lowered = writers();
+    assert_eq!(lowered.len(), 1, "{lowered:?}");
+    assert_eq!(lowered[0].1, BACKGROUND_NICE, "{lowered:?}");
+    store.set_background(false).await;
+    until("the lowered writer thread to end", || {
+        !writers().iter().any(|(name, _)| *name == lowered[0].0)
+    })
+    .await;
+    let normal = writers();
+    assert_eq!(normal.len(), 1, "the next connection is open already: {normal:?}");
+    assert_eq!(normal[0].1, base, "{normal:?}");
+    store.close().await;
     until("its writer thread to end", || writers().is_empty()).await;
 }
