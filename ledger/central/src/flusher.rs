@@ -102,12 +102,12 @@ const OUTAGE_LOG_INTERVAL: Duration = Duration::from_secs(60);
 /// (a warning once a minute, `FlusherHealth::keeping_up` false). A healthy flusher ships
 /// within `batch_wait` plus one batch's write: well under a second.
 pub const LAG_WARN_DEFAULT: Duration = Duration::from_secs(10);
-/// Default age of the oldest entry of a batch below which the store's work yields the CPU
-/// to the terminals (`priority.rs`): the batch is read, built and written on a runtime
-/// at a background priority, and a SQLite store's writer thread runs there too
-/// (`CentralStore::set_background`). A store that keeps up
-/// ships an entry within `batch_wait` plus one batch's write; one older than this is
-/// falling behind, and gets the normal priority until it is back within half of this.
+/// Default age of the oldest entry of a batch below which a SQLite store's work yields
+/// the CPU to the terminals (`priority.rs`): the batch is read, built and written on a
+/// runtime at a background priority, and the store's writer thread is lowered too
+/// (`CentralStore::set_background`). A store that keeps up ships an entry within
+/// `batch_wait` plus one batch's write; one older than this is falling behind, and gets
+/// the normal priority until it is back within half of this.
 /// At 1 s, a 60 s full-speed load beside a process keeping one core busy saw the
 /// oldest unshipped entry reach 2.56 s (section 2.2's bound is 2 s); at 500 ms, 1.14 s,
 /// for the same p99 at 20,000/s (docs/PERFORMANCE.md 5.11).
@@ -127,8 +127,9 @@ pub struct FlusherConfig {
     pub prune_interval: Duration,
     /// The oldest unshipped entry older than this: the flusher is behind.
     pub lag_warn: Duration,
-    /// While the batches' oldest entries are younger than this, the batches' work (and a
-    /// SQLite store's writer) runs at a background priority (zero: never).
+    /// While the batches' oldest entries are younger than this, a SQLite store's batches
+    /// (the flusher's work and the writer thread) run at a background priority (zero:
+    /// never).
     pub yield_below: Duration,
 }
 
@@ -412,9 +413,10 @@ pub struct Flusher {
     behind_since: Option<Instant>,
     last_behind_log: Option<Instant>,
     shipped_at_behind_log: u64,
-    /// Whether the batches' work runs at the background priority (`yield_below`), and
-    /// where: none when `yield_below` is zero or its threads could not be started.
+    /// Whether the batches' work runs at the background priority (`yield_below`).
     yielding: bool,
+    /// Where it runs then: none when `yield_below` is zero, the store is not SQLite, or
+    /// the threads could not be started (the batches then stay on this task's thread).
     background: Option<BackgroundRuntime>,
 }
 
@@ -432,7 +434,11 @@ impl Flusher {
         let journal = source.stats.clone();
         let monitor = FlusherMonitor::new(status.clone(), journal.clone(), source.clock.clone(), config.lag_warn);
         let (stop, stopped) = watch::channel(false);
-        let background = if config.yield_below.is_zero() {
+        // Only where the store's own work runs in this process (SQLite): with PostgreSQL
+        // the flusher's part is small, and a batch begun at the background priority under
+        // a competing load could not change it halfway (2 of 4 runs saw the oldest entry
+        // 2.2 s behind in the load's second second; docs/PERFORMANCE.md 5.12).
+        let background = if config.yield_below.is_zero() || !store.yields() {
             None
         } else {
             match BackgroundRuntime::start() {
@@ -922,7 +928,6 @@ impl Flusher {
     }
 }
 
-/// Sleeps for `d` or until told to stop; true when stopping.
 /// A batch ready to write, and what the flusher needs of its entries afterwards.
 struct Prepared {
     batch: Batch,
@@ -998,6 +1003,7 @@ fn reader_panicked(e: tokio::task::JoinError) -> FlushError {
     })
 }
 
+/// Sleeps for `d` or until told to stop; true when stopping.
 async fn pause(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
     if *stop.borrow() {
         return true;

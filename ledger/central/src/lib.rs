@@ -236,9 +236,15 @@ impl CentralStore {
         }
     }
 
-    /// A SQLite store's writer thread at a background CPU priority or the normal one
-    /// (`SqliteCentral::set_background`); PostgreSQL's work is in its server's processes,
+    /// Whether the store's work yields the CPU while it keeps up (`priority.rs`): only
+    /// SQLite's, which runs in this process; PostgreSQL's is in its server's processes,
     /// which the gateway does not schedule.
+    pub fn yields(&self) -> bool {
+        matches!(self, CentralStore::Sqlite(_))
+    }
+
+    /// A SQLite store's writer thread at a background CPU priority or the normal one
+    /// (`SqliteCentral::set_background`).
     pub async fn set_background(&self, background: bool) {
         match self {
             CentralStore::Sqlite(s) => s.set_background(background).await,

@@ -1,5 +1,5 @@
-//! Where the central store's CPU runs while it keeps up: below the terminals. A batch is
-//! tens of milliseconds of CPU at the POS peak (reading the journal, building rows,
+//! Where a SQLite central store's CPU runs while it keeps up: below the terminals. A batch
+//! is tens of milliseconds of CPU at the POS peak (reading the journal, building rows,
 //! binding them, SQLite's own work); on two cores shared with the terminals' runtime it
 //! queued their answers behind it. While the store is within `central.yield_below_ms`
 //! that work runs at nice `BACKGROUND_NICE`, and the kernel gives the terminals the CPU
@@ -22,8 +22,9 @@ use tokio_util::task::AbortOnDropHandle;
 /// The nice value of the central store's work while the store keeps up: below the
 /// terminals' runtime workers and the committer (0). In alternated runs at 20,000
 /// purchases/s, lowering the SQLite writer took the purchase p99 from 3.4-3.7 ms to
-/// 2.7-2.8 ms (docs/PERFORMANCE.md 5.11), and the flusher's own work with it, at 10,000
-/// terminals, from 4.7-5.1 ms to 3.4-3.6 ms (5.12).
+/// 2.7-2.8 ms (docs/PERFORMANCE.md 5.11); lowering the flusher's own thread as well took
+/// it at 10,000 terminals from 4.7-5.1 ms to 3.4-3.6 ms (5.11, from outside; 5.12's
+/// slower host was too noisy at 10,000 terminals to confirm or refute it).
 pub const BACKGROUND_NICE: i32 = 10;
 
 /// The name of the background runtime's threads (within Linux's 15 bytes).

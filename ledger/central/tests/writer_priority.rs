@@ -56,6 +56,7 @@ fn own_nice() -> i32 {
 async fn the_writer_yields_while_the_store_keeps_up_and_stops_when_it_falls_behind() {
     never_yields_when_yield_below_is_zero().await;
     the_connection_is_opened_by_its_caller().await;
+    postgres_never_yields().await;
     let base = own_nice();
     assert!(
         base < BACKGROUND_NICE,
@@ -162,4 +163,23 @@ async fn the_connection_is_opened_by_its_caller() {
     assert_eq!(normal[0].1, base, "{normal:?}");
     store.close().await;
     until("its writer thread to end", || writers().is_empty()).await;
+}
+
+/// A PostgreSQL store's work is in its server: its flusher starts no background threads
+/// and keeps its batches on its own thread.
+async fn postgres_never_yields() {
+    let f = Fixture::new().await;
+    // Never reached: the store is opened lazily, and the flusher only retries.
+    let store = CentralStore::open("postgres://cardgate@127.0.0.1:1/none").unwrap();
+    assert!(!store.yields());
+    let config = FlusherConfig {
+        yield_below: Duration::from_secs(1),
+        ..FlusherConfig::default()
+    };
+    let h = Flusher::start(f.source(), store, config).unwrap();
+    // A runtime's threads start just after `build` returns; 300 ms is ample for them to
+    // appear (waiting for the first failed attempt to reach the store would take 10 s).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(threads(BACKGROUND_THREAD), vec![], "no background threads");
+    h.shutdown(Duration::from_secs(1)).await;
 }
