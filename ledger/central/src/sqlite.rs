@@ -289,6 +289,10 @@ impl SqliteCentral {
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(ACQUIRE_TIMEOUT)
+            // Never replaced for its age: a replacement opened by a batch on the lowered
+            // runtime would start lowered (`set_background`), and one embedded file
+            // gains nothing from a fresh connection.
+            .max_lifetime(None)
             .connect_lazy_with(options);
         SqliteCentral { pool, describe, writer }
     }
@@ -304,8 +308,8 @@ impl SqliteCentral {
     /// where the thread cannot be found or reniced it keeps the priority it has, and where
     /// the store cannot be opened the batch's write reports why.
     pub async fn set_background(&self, background: bool) {
-        // Opens the connection if there is none (sqlx also replaces one past its
-        // lifetime at acquire); dropped at the end, it goes back to the pool for the batch.
+        // Opens the connection if there is none (or sqlx found it broken); dropped at the
+        // end, it goes back to the pool for the batch.
         let Ok(conn) = self.pool.acquire().await else { return };
         let (thread, tried, lowered) = {
             let w = lock(&self.writer);
