@@ -302,9 +302,10 @@ pub struct Central {
     /// The oldest unshipped entry older than this: the central store is behind (a
     /// warning once a minute, `cardgate_central_keeping_up` 0).
     pub lag_warn_s: u64,
-    /// While the central store keeps within this (the oldest entry of each batch younger
-    /// than it), a SQLite store's writer thread runs at a background CPU priority, below
-    /// the terminals' threads. 0: always at the normal priority.
+    /// While a SQLite central store keeps within this (the oldest entry of each batch
+    /// younger than it), its batches (the flusher's work and the writer thread) run at a
+    /// background CPU priority, below the terminals' threads. 0: always at the normal
+    /// priority.
     pub yield_below_ms: u64,
 }
 

@@ -599,12 +599,7 @@ impl Flusher {
         let db = self.source.db.clone();
         let ours = tokio::task::spawn_blocking(move || db.entry_hash(central))
             .await
-            .map_err(|e| {
-                FlushError::Journal(StoreError::Corrupt {
-                    key: Vec::new(),
-                    reason: format!("journal reader panicked: {e}"),
-                })
-            })??;
+            .map_err(reader_panicked)??;
         if let Some(ours) = ours
             && let Some(theirs) = self.store.entry_hash(self.source.gateway_id, central).await?
             && theirs != ours
@@ -650,12 +645,13 @@ impl Flusher {
         }
     }
 
-    /// The store's writer yields the CPU to the terminals while it keeps up (the batch's
-    /// oldest entry younger than `yield_below`), and stops yielding until it is back
-    /// within half of that: a store that yielded under a machine kept busy by other work
-    /// would fall further behind for every second of it.
+    /// A SQLite store's work (the batches here, its writer thread) yields the CPU to the
+    /// terminals while the store keeps up (the batch's oldest entry younger than
+    /// `yield_below`), and stops yielding until it is back within half of that: a store
+    /// that yielded under a machine kept busy by other work would fall further behind
+    /// for every second of it.
     async fn choose_priority(&mut self, oldest_ms: i64) {
-        if self.config.yield_below.is_zero() {
+        if self.config.yield_below.is_zero() || !self.store.yields() {
             return;
         }
         let waited = age(oldest_ms, self.source.clock.now_ms());

@@ -15,7 +15,7 @@
 
 use std::future::Future;
 
-use tokio::runtime::{Builder, Runtime};
+use tokio::runtime::{Builder, Handle, Runtime};
 use tokio::task::JoinError;
 use tokio_util::task::AbortOnDropHandle;
 
@@ -78,7 +78,11 @@ fn unsupported() -> std::io::Error {
 /// A one-worker runtime whose threads (its worker and its blocking pool) run at
 /// `BACKGROUND_NICE`. Shut down without blocking when dropped: the flusher that owns it
 /// ends inside another runtime, where a blocking drop would panic.
-pub struct BackgroundRuntime(Option<Runtime>);
+pub struct BackgroundRuntime {
+    handle: Handle,
+    /// Taken only by `drop`.
+    runtime: Option<Runtime>,
+}
 
 impl BackgroundRuntime {
     pub fn start() -> std::io::Result<BackgroundRuntime> {
@@ -93,22 +97,22 @@ impl BackgroundRuntime {
             })
             .enable_all()
             .build()
-            .map(|rt| BackgroundRuntime(Some(rt)))
+            .map(|rt| BackgroundRuntime {
+                handle: rt.handle().clone(),
+                runtime: Some(rt),
+            })
     }
 
     /// Runs `work` on this runtime and waits for it; dropping the returned future (the
     /// flusher's batch timeout) cancels the work, as dropping `work` itself would.
     pub async fn run<T: Send + 'static>(&self, work: impl Future<Output = T> + Send + 'static) -> Result<T, JoinError> {
-        match &self.0 {
-            Some(rt) => AbortOnDropHandle::new(rt.spawn(work)).await,
-            None => Ok(work.await),
-        }
+        AbortOnDropHandle::new(self.handle.spawn(work)).await
     }
 }
 
 impl Drop for BackgroundRuntime {
     fn drop(&mut self) {
-        if let Some(rt) = self.0.take() {
+        if let Some(rt) = self.runtime.take() {
             rt.shutdown_background();
         }
     }
