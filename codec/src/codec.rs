@@ -24,7 +24,7 @@ pub enum Side {
 }
 
 /// A decoded, verified frame.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frame {
     pub request_id: u32,
     pub counter: u64,
@@ -128,8 +128,9 @@ impl Side {
 
 impl TerminalCodec {
     /// Checks a frame's header before anything of its body is buffered, and returns the
-    /// length of the MAC it ends with. Every message type has one body length, so the
-    /// header alone says whether the length prefix can be right: a length that no frame
+    /// length of the MAC it ends with. Every message type has one body length (or, for
+    /// DOOR_CACHE_BULK, a head and whole entries up to a bound), so the header alone says
+    /// whether the length prefix can be right: a length that no frame
     /// acceptable in this state can have is refused here, without waiting for (or
     /// reserving room for) bytes that could never make a valid frame.
     fn check_header(&self, len: usize, header: &Header) -> Result<usize, CodecError> {
@@ -161,16 +162,8 @@ impl TerminalCodec {
         if len < HEADER_LEN + mac_len {
             return Err(CodecError::Malformed("length shorter than header and MAC"));
         }
-        let expected = Message::body_len(header.msg_type).ok_or(BodyError::UnknownType(header.msg_type))?;
-        let got = len - HEADER_LEN - mac_len;
-        if got != expected {
-            return Err(BodyError::Length {
-                msg_type: header.msg_type,
-                expected,
-                got,
-            }
-            .into());
-        }
+        let shape = Message::body_shape(header.msg_type).ok_or(BodyError::UnknownType(header.msg_type))?;
+        shape.check(header.msg_type, len - HEADER_LEN - mac_len)?;
         Ok(mac_len)
     }
 }
@@ -250,7 +243,7 @@ impl Encoder<(u32, Message)> for TerminalCodec {
 /// Appends one complete frame to `dst`. With a key the frame is MACed; without, it is
 /// sent in the clear (sign-on steps and a pre-session ERROR only).
 pub fn encode_frame(key: Option<&MacKey>, counter: u64, request_id: u32, message: &Message, dst: &mut BytesMut) {
-    let body_len = Message::body_len(message.msg_type()).expect("every Message variant has a body length");
+    let body_len = message.encoded_body_len();
     let mac_len = if key.is_some() { MAC_LEN } else { 0 };
     let len = HEADER_LEN + body_len + mac_len;
     debug_assert!(len <= FRAME_LEN_MAX);

@@ -9,6 +9,7 @@
 //! 8       4     request id: u32 LE, chosen by the terminal, echoed by the answer
 //! 12      8     counter: u64 LE, strictly increasing per direction within a session
 //! 20      n     body: fixed-width little-endian fields, n fixed per message type
+//!                   (DOOR_CACHE_BULK: a fixed head, then as many entries as it counts)
 //! 20+n    16    MAC (when flag bit 0 is set)
 //! ```
 
@@ -22,10 +23,10 @@ pub const HEADER_LEN: usize = 16;
 /// Bytes of the truncated HMAC-SHA256 that ends an authenticated frame.
 pub const MAC_LEN: usize = 16;
 
-/// The largest value the length prefix may hold. Every message today is under 160 bytes;
-/// the limit leaves room for larger pages later while keeping what one connection can
-/// make us buffer small: it is checked before any byte of the frame is buffered beyond
-/// the prefix.
+/// The largest value the length prefix may hold. Every message but DOOR_CACHE_BULK (at
+/// most 10,304 bytes, sent only by the gateway) is under 160 bytes; the limit keeps what
+/// one connection can make us buffer small: it is checked before any byte of the frame
+/// is buffered beyond the prefix, and the header's type bounds it further.
 pub const FRAME_LEN_MAX: usize = 16 * 1024;
 
 /// Flag bit 0: the frame ends with a MAC.
@@ -90,9 +91,11 @@ pub mod msg_type {
     pub const DOOR_EVENT: u8 = 0x4B;
     /// G→T: the answer to a DOOR_EVENTS_BATCH, once its events are durable.
     pub const DOOR_EVENTS_RESULT: u8 = 0x4C;
+    /// G→T: a DOOR_CACHE_PAGE as long as its entries, to a controller that asked for it.
+    pub const DOOR_CACHE_BULK: u8 = 0x4D;
     /// 0x30..=0x3F: blacklist push and delta sync (0x34..=0x3F still free).
     pub const RESERVED_BLACKLIST: std::ops::RangeInclusive<u8> = 0x30..=0x3F;
-    /// 0x40..=0x4F: door access and attendance punches (0x4D..=0x4F still free).
+    /// 0x40..=0x4F: door access and attendance punches (0x4E..=0x4F still free).
     pub const RESERVED_DOOR: std::ops::RangeInclusive<u8> = 0x40..=0x4F;
     /// 0x50..=0x5F: attendance (still free: PUNCH and PUNCH_RESULT took 0x42 and 0x43
     /// beside the door messages, whose event sequence numbers they share).

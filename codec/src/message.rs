@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use bytes::BufMut;
+use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::frame::msg_type;
 
@@ -355,8 +355,10 @@ pub struct BlacklistSync {
 }
 
 /// Cards one BLACKLIST_PAGE carries at most. Small on purpose: messages are fixed-width
-/// and `Copy`, so every `Message` value is as large as its largest variant; 8 cards
+/// and held inline, so every `Message` value is as large as its largest variant; 8 cards
 /// keep that under 100 bytes while a run of pages still moves 256 cards per round trip.
+/// (DOOR_CACHE_BULK holds its entries out of line instead: door lists are 100 times
+/// longer than the blacklist.)
 pub const BLACKLIST_PAGE_CARDS_MAX: usize = 8;
 
 /// What a BLACKLIST_PAGE holds.
@@ -739,6 +741,11 @@ pub struct DoorCacheSync {
     /// The last entry of the previous run of a full list. On the wire, a card of 0
     /// means none.
     pub after: Option<DoorCacheEntry>,
+    /// 0: answer with DOOR_CACHE_PAGEs (4 entries each). Above 0: the controller takes
+    /// DOOR_CACHE_BULK frames of up to this many entries (the gateway sends at most
+    /// `DOOR_CACHE_BULK_ENTRIES_MAX`), so that a first sync of thousands of entries
+    /// costs tens of frames instead of thousands.
+    pub page_entries_max: u16,
 }
 
 /// One cache entry: `card` may pass the controller's doors in the minutes
@@ -764,7 +771,8 @@ pub const DOOR_SCHEDULE_ALWAYS: u32 = 0;
 pub const DOOR_VALID_FOREVER: u32 = u32::MAX;
 
 /// Entries one DOOR_CACHE_PAGE carries at most. Small for the reason of
-/// `BLACKLIST_PAGE_CARDS_MAX`: every `Message` is as large as its largest variant.
+/// `BLACKLIST_PAGE_CARDS_MAX`: every `Message` is as large as its largest variant. A
+/// controller that can take more asks for DOOR_CACHE_BULK.
 pub const DOOR_CACHE_PAGE_ENTRIES_MAX: usize = 4;
 
 /// What a DOOR_CACHE_PAGE holds.
@@ -911,6 +919,104 @@ impl DoorCachePage {
         self.passback = passback;
         self.passback_min = passback_min;
         self
+    }
+}
+
+/// Entries one DOOR_CACHE_BULK carries at most: its body is then 10,272 bytes, well
+/// inside `FRAME_LEN_MAX`, and a run of 32 frames carries 16,384 entries.
+pub const DOOR_CACHE_BULK_ENTRIES_MAX: usize = 512;
+/// Bytes of a DOOR_CACHE_BULK body before its entries.
+pub const DOOR_CACHE_BULK_HEAD_LEN: usize = 32;
+/// Bytes of one cache entry on the wire.
+pub const DOOR_CACHE_ENTRY_LEN: usize = 20;
+
+/// G→T: a DOOR_CACHE_PAGE with as many entries as the controller asked for in its
+/// DOOR_CACHE_SYNC (`page_entries_max`), the body as long as its entries. The entries
+/// stay in their wire form, so that the `Message` stays small (every variant is as large
+/// as the largest) and a decoded page is one copy of the frame. Build one with
+/// [`DoorCacheBulk::new`]; read it with [`DoorCacheBulk::added_entries`] and
+/// [`DoorCacheBulk::removed_entries`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DoorCacheBulk {
+    pub kind: DoorCachePageKind,
+    pub flags: u8,
+    pub passback: Passback,
+    pub passback_min: u16,
+    pub from_version: u64,
+    pub to_version: u64,
+    added: u16,
+    removed: u16,
+    /// `added + removed` entries of `DOOR_CACHE_ENTRY_LEN` bytes each, as on the wire.
+    entries: Bytes,
+}
+
+impl DoorCacheBulk {
+    /// A page adding `added` then removing `removed`; `None` when they are more than
+    /// `DOOR_CACHE_BULK_ENTRIES_MAX` or a full page would remove.
+    pub fn new(
+        kind: DoorCachePageKind,
+        flags: u8,
+        from_version: u64,
+        to_version: u64,
+        added: &[DoorCacheEntry],
+        removed: &[DoorCacheEntry],
+    ) -> Option<DoorCacheBulk> {
+        let n = added.len() + removed.len();
+        if n > DOOR_CACHE_BULK_ENTRIES_MAX || (kind == DoorCachePageKind::Full && !removed.is_empty()) {
+            return None;
+        }
+        let mut entries = BytesMut::with_capacity(n * DOOR_CACHE_ENTRY_LEN);
+        for e in added.iter().chain(removed) {
+            put_entry(&mut entries, e);
+        }
+        Some(DoorCacheBulk {
+            kind,
+            flags,
+            passback: Passback::Off,
+            passback_min: 0,
+            from_version,
+            to_version,
+            added: added.len() as u16,
+            removed: removed.len() as u16,
+            entries: entries.freeze(),
+        })
+    }
+
+    /// The same page carrying the group's anti-passback rule.
+    pub fn with_passback(mut self, passback: Passback, passback_min: u16) -> DoorCacheBulk {
+        self.passback = passback;
+        self.passback_min = passback_min;
+        self
+    }
+
+    pub fn added(&self) -> u16 {
+        self.added
+    }
+
+    pub fn removed(&self) -> u16 {
+        self.removed
+    }
+
+    fn entry(&self, i: usize) -> DoorCacheEntry {
+        let at = i * DOOR_CACHE_ENTRY_LEN;
+        read_entry(&mut Reader(&self.entries[at..at + DOOR_CACHE_ENTRY_LEN]))
+    }
+
+    pub fn added_entries(&self) -> impl Iterator<Item = DoorCacheEntry> + '_ {
+        (0..usize::from(self.added)).map(|i| self.entry(i))
+    }
+
+    pub fn removed_entries(&self) -> impl Iterator<Item = DoorCacheEntry> + '_ {
+        let a = usize::from(self.added);
+        (a..a + usize::from(self.removed)).map(|i| self.entry(i))
+    }
+
+    pub fn has(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
+
+    fn body_len(&self) -> usize {
+        DOOR_CACHE_BULK_HEAD_LEN + self.entries.len()
     }
 }
 
@@ -1093,7 +1199,7 @@ pub struct DoorEventsResult {
 }
 
 /// Every message of protocol version 1.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
     Hello(Hello),
     Challenge(Challenge),
@@ -1122,6 +1228,7 @@ pub enum Message {
     PunchResult(PunchResult),
     DoorCacheSync(DoorCacheSync),
     DoorCachePage(DoorCachePage),
+    DoorCacheBulk(DoorCacheBulk),
     DoorSchedule(DoorSchedule),
     DoorHolidays(DoorHolidays),
     DoorCacheAck(DoorCacheAck),
@@ -1131,6 +1238,53 @@ pub enum Message {
     DoorEventsResult(DoorEventsResult),
 }
 
+/// The body lengths a message type may have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyLen {
+    /// Always this many bytes.
+    Fixed(usize),
+    /// A head of `head` bytes, then 0 to `max` items of `item` bytes each.
+    Items { head: usize, item: usize, max: usize },
+}
+
+impl BodyLen {
+    pub fn accepts(self, n: usize) -> bool {
+        match self {
+            BodyLen::Fixed(len) => n == len,
+            BodyLen::Items { head, item, max } => {
+                n >= head && (n - head).is_multiple_of(item) && (n - head) / item <= max
+            }
+        }
+    }
+
+    /// The longest body of this shape.
+    pub fn max(self) -> usize {
+        match self {
+            BodyLen::Fixed(len) => len,
+            BodyLen::Items { head, item, max } => head + item * max,
+        }
+    }
+
+    /// `Ok` when a body of `got` bytes has this shape, else the error naming it.
+    pub fn check(self, msg_type: u8, got: usize) -> Result<(), BodyError> {
+        match self {
+            _ if self.accepts(got) => Ok(()),
+            BodyLen::Fixed(expected) => Err(BodyError::Length {
+                msg_type,
+                expected,
+                got,
+            }),
+            BodyLen::Items { head, item, max } => Err(BodyError::ItemsLength {
+                msg_type,
+                head,
+                item,
+                max,
+                got,
+            }),
+        }
+    }
+}
+
 /// Why a body could not be decoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum BodyError {
@@ -1138,6 +1292,16 @@ pub enum BodyError {
     UnknownType(u8),
     #[error("message type {msg_type:#04x} needs a {expected}-byte body, got {got}")]
     Length { msg_type: u8, expected: usize, got: usize },
+    #[error(
+        "message type {msg_type:#04x} needs a body of {head} bytes and up to {max} items of {item} bytes, got {got} bytes"
+    )]
+    ItemsLength {
+        msg_type: u8,
+        head: usize,
+        item: usize,
+        max: usize,
+        got: usize,
+    },
     #[error("field {0} holds a value outside its domain")]
     BadField(&'static str),
 }
@@ -1203,6 +1367,7 @@ impl Message {
             Message::PunchResult(_) => msg_type::PUNCH_RESULT,
             Message::DoorCacheSync(_) => msg_type::DOOR_CACHE_SYNC,
             Message::DoorCachePage(_) => msg_type::DOOR_CACHE_PAGE,
+            Message::DoorCacheBulk(_) => msg_type::DOOR_CACHE_BULK,
             Message::DoorSchedule(_) => msg_type::DOOR_SCHEDULE,
             Message::DoorHolidays(_) => msg_type::DOOR_HOLIDAYS,
             Message::DoorCacheAck(_) => msg_type::DOOR_CACHE_ACK,
@@ -1213,9 +1378,25 @@ impl Message {
         }
     }
 
-    /// The body length of a message type, or `None` for a type this version lacks.
+    /// The body length of a message type whose bodies all have one length; `None` for
+    /// a type this version lacks or one whose length varies (`body_shape` says which).
     pub fn body_len(msg_type: u8) -> Option<usize> {
-        Some(match msg_type {
+        match Message::body_shape(msg_type)? {
+            BodyLen::Fixed(n) => Some(n),
+            BodyLen::Items { .. } => None,
+        }
+    }
+
+    /// The body lengths a message type may have, or `None` for a type this version lacks.
+    pub fn body_shape(msg_type: u8) -> Option<BodyLen> {
+        if msg_type == msg_type::DOOR_CACHE_BULK {
+            return Some(BodyLen::Items {
+                head: DOOR_CACHE_BULK_HEAD_LEN,
+                item: DOOR_CACHE_ENTRY_LEN,
+                max: DOOR_CACHE_BULK_ENTRIES_MAX,
+            });
+        }
+        Some(BodyLen::Fixed(match msg_type {
             msg_type::HELLO => 32,
             msg_type::CHALLENGE => 24,
             msg_type::PROOF => 32,
@@ -1251,7 +1432,25 @@ impl Message {
             msg_type::DOOR_EVENT => 48,
             msg_type::DOOR_EVENTS_RESULT => 40,
             _ => return None,
-        })
+        }))
+    }
+
+    /// The flags of a door cache page (DOOR_CACHE_PAGE or DOOR_CACHE_BULK); `None` for
+    /// any other message.
+    pub fn door_page_flags(&self) -> Option<u8> {
+        match self {
+            Message::DoorCachePage(p) => Some(p.flags),
+            Message::DoorCacheBulk(p) => Some(p.flags),
+            _ => None,
+        }
+    }
+
+    /// The length of this message's body as `encode_body` writes it.
+    pub fn encoded_body_len(&self) -> usize {
+        match self {
+            Message::DoorCacheBulk(b) => b.body_len(),
+            m => Message::body_len(m.msg_type()).expect("every fixed-length Message variant has a body length"),
+        }
     }
 
     /// Whether this message may travel before a session key exists, in its own direction.
@@ -1265,14 +1464,8 @@ impl Message {
     }
 
     pub fn decode_body(msg_type: u8, body: &[u8]) -> Result<Message, BodyError> {
-        let expected = Message::body_len(msg_type).ok_or(BodyError::UnknownType(msg_type))?;
-        if body.len() != expected {
-            return Err(BodyError::Length {
-                msg_type,
-                expected,
-                got: body.len(),
-            });
-        }
+        let shape = Message::body_shape(msg_type).ok_or(BodyError::UnknownType(msg_type))?;
+        shape.check(msg_type, body.len())?;
         let mut r = Reader(body);
         Ok(match msg_type {
             msg_type::HELLO => Message::Hello(Hello {
@@ -1491,13 +1684,9 @@ impl Message {
             }
             msg_type::DOOR_CACHE_SYNC => {
                 let have_version = r.u64();
-                let entry = DoorCacheEntry {
-                    card: r.card(),
-                    schedule: r.u32(),
-                    valid_from_min: r.u32(),
-                    valid_to_min: r.u32(),
-                };
-                let _reserved = r.u32();
+                let entry = read_entry(&mut r);
+                let page_entries_max = r.u16();
+                let _reserved = r.u16();
                 let after = if entry.card.0 == 0 {
                     if entry != DoorCacheEntry::default() {
                         return Err(BodyError::BadField("after"));
@@ -1506,7 +1695,11 @@ impl Message {
                 } else {
                     Some(entry)
                 };
-                Message::DoorCacheSync(DoorCacheSync { have_version, after })
+                Message::DoorCacheSync(DoorCacheSync {
+                    have_version,
+                    after,
+                    page_entries_max,
+                })
             }
             msg_type::DOOR_CACHE_PAGE => {
                 let kind = match r.u8() {
@@ -1532,18 +1725,50 @@ impl Message {
                 let to_version = r.u64();
                 let mut entries = [DoorCacheEntry::default(); DOOR_CACHE_PAGE_ENTRIES_MAX];
                 for e in &mut entries {
-                    *e = DoorCacheEntry {
-                        card: r.card(),
-                        schedule: r.u32(),
-                        valid_from_min: r.u32(),
-                        valid_to_min: r.u32(),
-                    };
+                    *e = read_entry(&mut r);
                 }
                 let used = usize::from(added) + usize::from(removed);
                 let (added_entries, removed_entries) = entries[..used].split_at(usize::from(added));
                 let page = DoorCachePage::new(kind, flags, from_version, to_version, added_entries, removed_entries)
                     .ok_or(BodyError::BadField("count"))?;
                 Message::DoorCachePage(page.with_passback(passback, passback_min))
+            }
+            msg_type::DOOR_CACHE_BULK => {
+                let kind = match r.u8() {
+                    0 => DoorCachePageKind::Delta,
+                    1 => DoorCachePageKind::Full,
+                    _ => return Err(BodyError::BadField("kind")),
+                };
+                let flags = r.u8();
+                if flags & !(DOOR_PAGE_MORE | DOOR_PAGE_FIRST | DOOR_PAGE_LAST_IN_RUN) != 0 {
+                    return Err(BodyError::BadField("flags"));
+                }
+                let passback = Passback::from_code(r.u8()).ok_or(BodyError::BadField("passback"))?;
+                let _reserved = r.u8();
+                let added = r.u16();
+                let removed = r.u16();
+                let passback_min = r.u16();
+                let _reserved: [u8; 6] = r.take();
+                let from_version = r.u64();
+                let to_version = r.u64();
+                // The length was checked against the shape; the counts must name exactly
+                // the entries that follow.
+                if (usize::from(added) + usize::from(removed)) * DOOR_CACHE_ENTRY_LEN != r.0.len()
+                    || (kind == DoorCachePageKind::Full && removed != 0)
+                {
+                    return Err(BodyError::BadField("count"));
+                }
+                Message::DoorCacheBulk(DoorCacheBulk {
+                    kind,
+                    flags,
+                    passback,
+                    passback_min,
+                    from_version,
+                    to_version,
+                    added,
+                    removed,
+                    entries: Bytes::copy_from_slice(r.0),
+                })
             }
             msg_type::DOOR_SCHEDULE => {
                 let schedule = r.u32();
@@ -1669,7 +1894,7 @@ impl Message {
         })
     }
 
-    /// Writes the body; exactly `body_len(self.msg_type())` bytes.
+    /// Writes the body; exactly `encoded_body_len()` bytes.
     pub fn encode_body(&self, out: &mut impl BufMut) {
         match self {
             Message::Hello(m) => {
@@ -1830,7 +2055,8 @@ impl Message {
             Message::DoorCacheSync(m) => {
                 out.put_u64_le(m.have_version);
                 put_entry(out, &m.after.unwrap_or_default());
-                out.put_u32_le(0);
+                out.put_u16_le(m.page_entries_max);
+                out.put_u16_le(0);
             }
             Message::DoorCachePage(m) => {
                 out.put_u8(m.kind as u8);
@@ -1854,6 +2080,19 @@ impl Message {
                         },
                     );
                 }
+            }
+            Message::DoorCacheBulk(m) => {
+                out.put_u8(m.kind as u8);
+                out.put_u8(m.flags);
+                out.put_u8(m.passback as u8);
+                out.put_u8(0);
+                out.put_u16_le(m.added);
+                out.put_u16_le(m.removed);
+                out.put_u16_le(m.passback_min);
+                out.put_slice(&[0u8; 6]);
+                out.put_u64_le(m.from_version);
+                out.put_u64_le(m.to_version);
+                out.put_slice(&m.entries);
             }
             Message::DoorSchedule(m) => {
                 out.put_u32_le(m.schedule);
@@ -1925,6 +2164,15 @@ fn decode_decision(granted: u8, reason: u16) -> Result<AccessReason, BodyError> 
     match (granted, reason.is_granted()) {
         (1, true) | (0, false) => Ok(reason),
         _ => Err(BodyError::BadField("granted")),
+    }
+}
+
+fn read_entry(r: &mut Reader<'_>) -> DoorCacheEntry {
+    DoorCacheEntry {
+        card: r.card(),
+        schedule: r.u32(),
+        valid_from_min: r.u32(),
+        valid_to_min: r.u32(),
     }
 }
 
@@ -2028,7 +2276,7 @@ mod tests {
                 daily_limit_fen: 3,
             }),
         ];
-        for m in all {
+        for m in all.iter().cloned() {
             let mut buf = Vec::new();
             m.encode_body(&mut buf);
             assert_eq!(Some(buf.len()), Message::body_len(m.msg_type()), "{m:?}");
@@ -2069,7 +2317,7 @@ mod tests {
                 last_tx_seq: 100,
             }),
         ];
-        for m in all {
+        for m in all.iter().cloned() {
             let mut buf = Vec::new();
             m.encode_body(&mut buf);
             assert_eq!(Some(buf.len()), Message::body_len(m.msg_type()), "{m:?}");
@@ -2109,7 +2357,7 @@ mod tests {
             }),
             Message::BlacklistAck(BlacklistAck { version: 9 }),
         ];
-        for m in all {
+        for m in all.iter().cloned() {
             let mut buf = Vec::new();
             m.encode_body(&mut buf);
             assert_eq!(Some(buf.len()), Message::body_len(m.msg_type()), "{m:?}");
@@ -2215,10 +2463,12 @@ mod tests {
             Message::DoorCacheSync(DoorCacheSync {
                 have_version: 0,
                 after: None,
+                page_entries_max: 0,
             }),
             Message::DoorCacheSync(DoorCacheSync {
                 have_version: 4,
                 after: Some(entry(9, 2)),
+                page_entries_max: 512,
             }),
             Message::DoorCachePage(
                 DoorCachePage::new(
@@ -2357,7 +2607,7 @@ mod tests {
             (15, 10, 4, "status"),
         ];
         for &(i, at, value, field) in cases {
-            let m = examples[i];
+            let m = examples[i].clone();
             let mut buf = Vec::new();
             m.encode_body(&mut buf);
             buf[at] = value;
@@ -2437,11 +2687,82 @@ mod tests {
     }
 
     #[test]
+    fn a_bulk_page_is_as_long_as_its_entries_and_refuses_counts_that_are_not() {
+        let entries: Vec<DoorCacheEntry> = (1..=7)
+            .map(|i| DoorCacheEntry {
+                card: CardNo(1_000_000_000 + i),
+                schedule: i as u32,
+                valid_from_min: 0,
+                valid_to_min: DOOR_VALID_FOREVER,
+            })
+            .collect();
+        let page = DoorCacheBulk::new(
+            DoorCachePageKind::Delta,
+            DOOR_PAGE_LAST_IN_RUN,
+            3,
+            4,
+            &entries[..5],
+            &entries[5..],
+        )
+        .expect("fits");
+        let m = Message::DoorCacheBulk(page.with_passback(Passback::Strict, 0));
+        let mut body = Vec::new();
+        m.encode_body(&mut body);
+        assert_eq!(body.len(), DOOR_CACHE_BULK_HEAD_LEN + 7 * DOOR_CACHE_ENTRY_LEN);
+        assert_eq!(body.len(), m.encoded_body_len());
+        let Ok(Message::DoorCacheBulk(back)) = Message::decode_body(msg_type::DOOR_CACHE_BULK, &body) else {
+            panic!("decodes")
+        };
+        assert_eq!(back.added_entries().collect::<Vec<_>>(), &entries[..5]);
+        assert_eq!(back.removed_entries().collect::<Vec<_>>(), &entries[5..]);
+        assert_eq!((back.added(), back.removed(), back.passback), (5, 2, Passback::Strict));
+        // Counts that name more or fewer entries than follow.
+        for (at, value) in [(4usize, 6u8), (4, 4), (6, 3), (6, 0)] {
+            let mut bad = body.clone();
+            bad[at] = value;
+            assert_eq!(
+                Message::decode_body(msg_type::DOOR_CACHE_BULK, &bad),
+                Err(BodyError::BadField("count")),
+                "byte {at} = {value}"
+            );
+        }
+        // A length that is not the head and whole entries; an entry past the bound.
+        assert!(matches!(
+            Message::decode_body(msg_type::DOOR_CACHE_BULK, &body[..body.len() - 1]),
+            Err(BodyError::ItemsLength { .. })
+        ));
+        assert!(matches!(
+            Message::decode_body(msg_type::DOOR_CACHE_BULK, &body[..DOOR_CACHE_BULK_HEAD_LEN - 1]),
+            Err(BodyError::ItemsLength { .. })
+        ));
+        let shape = Message::body_shape(msg_type::DOOR_CACHE_BULK).expect("defined");
+        assert!(shape.accepts(DOOR_CACHE_BULK_HEAD_LEN + DOOR_CACHE_BULK_ENTRIES_MAX * DOOR_CACHE_ENTRY_LEN));
+        assert!(!shape.accepts(DOOR_CACHE_BULK_HEAD_LEN + (DOOR_CACHE_BULK_ENTRIES_MAX + 1) * DOOR_CACHE_ENTRY_LEN));
+        assert!(shape.max() + crate::frame::HEADER_LEN + crate::frame::MAC_LEN <= crate::frame::FRAME_LEN_MAX);
+        // A full page that removes, an unknown flag, too many entries to build.
+        let mut bad = body.clone();
+        bad[0] = DoorCachePageKind::Full as u8;
+        assert_eq!(
+            Message::decode_body(msg_type::DOOR_CACHE_BULK, &bad),
+            Err(BodyError::BadField("count"))
+        );
+        let mut bad = body.clone();
+        bad[1] = 0x08;
+        assert_eq!(
+            Message::decode_body(msg_type::DOOR_CACHE_BULK, &bad),
+            Err(BodyError::BadField("flags"))
+        );
+        let many = vec![entries[0]; DOOR_CACHE_BULK_ENTRIES_MAX + 1];
+        assert!(DoorCacheBulk::new(DoorCachePageKind::Full, 0, 0, 1, &many, &[]).is_none());
+        assert!(DoorCacheBulk::new(DoorCachePageKind::Full, 0, 0, 1, &many[1..], &[]).is_some());
+    }
+
+    #[test]
     fn reserved_ranges_hold_no_defined_type() {
         let defined_offline = msg_type::OFFLINE_LIMITS..=msg_type::OFFLINE_RESULT;
-        let defined_door = msg_type::ACCESS_CHECK..=msg_type::DOOR_EVENTS_RESULT;
+        let defined_door = msg_type::ACCESS_CHECK..=msg_type::DOOR_CACHE_BULK;
         for t in (0x34u8..=0x6F).filter(|t| !defined_offline.contains(t) && !defined_door.contains(t)) {
-            assert_eq!(Message::body_len(t), None, "type {t:#04x} is reserved");
+            assert_eq!(Message::body_shape(t), None, "type {t:#04x} is reserved");
         }
     }
 }

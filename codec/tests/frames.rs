@@ -7,8 +7,8 @@ mod common;
 use bytes::BytesMut;
 use cardgate_codec::frame::{FLAG_MAC, msg_type};
 use cardgate_codec::{
-    CodecError, DeclineReason, ErrorCode, ErrorFrame, FRAME_LEN_MAX, HEADER_LEN, Message, PROTOCOL_VERSION, Side,
-    SignOnOk, TerminalCodec,
+    BodyLen, CodecError, DeclineReason, ErrorCode, ErrorFrame, FRAME_LEN_MAX, HEADER_LEN, Message, PROTOCOL_VERSION,
+    Side, SignOnOk, TerminalCodec,
 };
 use common::*;
 use tokio_util::codec::Decoder;
@@ -86,11 +86,17 @@ fn header_only(len: u32, msg_type: u8, flags: u16, counter: u64) -> Vec<u8> {
     b
 }
 
+/// The lengths `lengths_let_through` tries: every short one, and around the largest
+/// DOOR_CACHE_BULK (512 entries: 10,304 bytes after the prefix).
+fn tried_lengths() -> impl Iterator<Item = usize> + Clone {
+    (0..=300usize).chain([1024, 8192, 10_284, 10_304, 10_324, FRAME_LEN_MAX - 1, FRAME_LEN_MAX])
+}
+
 /// The frame lengths the decoder lets through its header check (it then waits for the
 /// body), by type, when fed headers alone; every other length must be refused from the
 /// header, with nothing reserved for the body.
 fn lengths_let_through(codec: &TerminalCodec, flags: u16) -> Vec<(u8, usize)> {
-    let lengths = (0..=300usize).chain([1024, 8192, FRAME_LEN_MAX - 1, FRAME_LEN_MAX]);
+    let lengths = tried_lengths();
     let keys = input(1, 2).session_keys(&secret());
     let mut through = Vec::new();
     for t in 0..=u8::MAX {
@@ -138,11 +144,24 @@ fn a_length_no_message_of_the_state_can_have_is_refused_from_the_header() {
         vec![(msg_type::HELLO, 48), (msg_type::PROOF, 48)]
     );
     assert_eq!(lengths_let_through(&fresh, FLAG_MAC), vec![]);
-    // In a session every defined type has exactly one length, header + body + MAC.
+    // In a session every defined type has exactly one length, header + body + MAC, but
+    // DOOR_CACHE_BULK: its head and 0 to 512 whole entries.
     let (_, session) = signed_on_pair(&input(1, 2));
     let want: Vec<(u8, usize)> = (0..=u8::MAX)
-        .filter_map(|t| Message::body_len(t).map(|n| (t, HEADER_LEN + n + 16)))
+        .flat_map(|t| {
+            let bodies: Vec<usize> = match Message::body_shape(t) {
+                None => vec![],
+                Some(BodyLen::Fixed(n)) => vec![n],
+                Some(BodyLen::Items { head, item, max }) => (0..=max).map(|k| head + k * item).collect(),
+            };
+            bodies.into_iter().map(move |n| (t, HEADER_LEN + n + 16))
+        })
+        .filter(|(_, len)| tried_lengths().any(|l| l == *len))
         .collect();
+    // 511 and 512 entries pass; 513 does not.
+    assert!(want.contains(&(msg_type::DOOR_CACHE_BULK, 10_284)));
+    assert!(want.contains(&(msg_type::DOOR_CACHE_BULK, 10_304)));
+    assert!(!want.iter().any(|&(_, len)| len == 10_324));
     assert_eq!(lengths_let_through(&session, FLAG_MAC), want);
     assert_eq!(lengths_let_through(&session, 0), vec![], "no MAC: refused as bad_mac");
 }
@@ -258,10 +277,10 @@ fn any_reserved_flag_bit_is_malformed() {
 fn an_unknown_type_is_malformed_in_a_session_and_unexpected_before_one() {
     let key = raw_keys(&input(1, 2), &secret()).0;
     let unknown = [
-        0x00u8, 0x07, 0x0e, 0x13, 0x23, 0x34, 0x3f, 0x4d, 0x4f, 0x50, 0x5f, 0x64, 0x6f, 0x70, 0xff,
+        0x00u8, 0x07, 0x0e, 0x13, 0x23, 0x34, 0x3f, 0x4e, 0x4f, 0x50, 0x5f, 0x64, 0x6f, 0x70, 0xff,
     ];
     for t in unknown {
-        assert_eq!(Message::body_len(t), None);
+        assert_eq!(Message::body_shape(t), None);
         let raw = RawFrame::new(t, vec![0; 8]).counter(1);
         let (_, mut g) = signed_on_pair(&input(1, 2));
         let e = decode_one(&mut g, &raw.bytes(Some(&key))).unwrap_err();

@@ -22,7 +22,7 @@ use cardgate_codec::codec::Frame;
 use cardgate_codec::crypto::{MacKey, SignOnInput};
 use cardgate_codec::frame::msg_type;
 use cardgate_codec::{
-    CardStatusCode, Challenge, DeclineReason, ErrorCode, FRAME_LEN_MAX, HEADER_LEN, Hello, MAC_LEN, Message,
+    BodyLen, CardStatusCode, Challenge, DeclineReason, ErrorCode, FRAME_LEN_MAX, HEADER_LEN, Hello, MAC_LEN, Message,
     PROTOCOL_VERSION, Side, TerminalCodec, TerminalSecret,
 };
 use common::hmac_sha256;
@@ -180,6 +180,7 @@ fn type_name(t: u8) -> Option<&'static str> {
         msg_type::DOOR_EVENTS_BATCH => "DOOR_EVENTS_BATCH",
         msg_type::DOOR_EVENT => "DOOR_EVENT",
         msg_type::DOOR_EVENTS_RESULT => "DOOR_EVENTS_RESULT",
+        msg_type::DOOR_CACHE_BULK => "DOOR_CACHE_BULK",
         _ => return None,
     })
 }
@@ -274,7 +275,7 @@ impl Conversation {
         );
         let mut again = BytesMut::new();
         sender
-            .encode((frame.request_id, frame.message), &mut again)
+            .encode((frame.request_id, frame.message.clone()), &mut again)
             .expect("encoding never fails");
         assert_eq!(
             hex::encode(&again),
@@ -283,9 +284,9 @@ impl Conversation {
             block.line
         );
 
-        match frame.message {
-            Message::Hello(h) => self.hello = Some(h),
-            Message::Challenge(c) => self.challenge = Some(c),
+        match &frame.message {
+            Message::Hello(h) => self.hello = Some(*h),
+            Message::Challenge(c) => self.challenge = Some(*c),
             Message::Proof(p) => {
                 let input = self.input();
                 let secret = TerminalSecret::derive_demo(MASTER, input.terminal_id);
@@ -340,7 +341,7 @@ fn every_hex_frame_decodes_and_re_encodes_byte_for_byte() {
     // Every message type of the version has at least one example.
     let shown: BTreeSet<u8> = all.iter().map(|(_, f, _)| f.message.msg_type()).collect();
     for t in 0..=u8::MAX {
-        if Message::body_len(t).is_some() {
+        if Message::body_shape(t).is_some() {
             assert!(shown.contains(&t), "no example of type {t:#04x}");
         }
     }
@@ -371,7 +372,7 @@ fn the_main_conversation_signs_on_and_counts_as_documented() {
             assert_eq!(f.counter, *c, "`{name}`: counters go 1, 2, 3 per direction");
         }
         // Answers echo the request id of the request before them; ERROR carries 0.
-        match f.message {
+        match &f.message {
             Message::Error(_) => assert_eq!(f.request_id, 0, "`{name}`"),
             m if is_up(m.msg_type()) => {
                 assert!(requests.insert(f.request_id, name).is_none(), "request id reused");
@@ -540,7 +541,10 @@ fn the_message_type_table_matches_the_code() {
         assert!(listed.insert(t), "type {t:#04x} twice");
         assert_eq!(Some(r[1].as_str()), type_name(t), "type {t:#04x}");
         assert_eq!(r[2], if is_up(t) { "T→G" } else { "G→T" }, "{}", r[1]);
-        assert_eq!(r[3].parse::<usize>().ok(), Message::body_len(t), "{}", r[1]);
+        match Message::body_shape(t).expect("a defined type") {
+            BodyLen::Fixed(n) => assert_eq!(r[3].parse::<usize>().ok(), Some(n), "{}", r[1]),
+            BodyLen::Items { head, item, .. } => assert_eq!(r[3], format!("{head} + {item} × n"), "{}", r[1]),
+        }
         let clear = match r[4].as_str() {
             "yes" => true,
             "no" => false,
@@ -548,7 +552,7 @@ fn the_message_type_table_matches_the_code() {
         };
         assert_eq!(clear, Message::allowed_unauthenticated(t), "{}", r[1]);
     }
-    let defined: BTreeSet<u8> = (0..=u8::MAX).filter(|t| Message::body_len(*t).is_some()).collect();
+    let defined: BTreeSet<u8> = (0..=u8::MAX).filter(|t| Message::body_shape(*t).is_some()).collect();
     assert_eq!(listed, defined);
 }
 
@@ -784,7 +788,20 @@ fn sample(t: u8) -> Message {
         msg_type::DOOR_CACHE_SYNC => Message::DoorCacheSync(DoorCacheSync {
             have_version: 0x4142_4344_4546_4748,
             after: Some(door_entry(0)),
+            page_entries_max: 0x5152,
         }),
+        msg_type::DOOR_CACHE_BULK => Message::DoorCacheBulk(
+            DoorCacheBulk::new(
+                DoorCachePageKind::Delta,
+                DOOR_PAGE_LAST_IN_RUN | DOOR_PAGE_MORE,
+                0x4142_4344_4546_4748,
+                0x5152_5354_5556_5758,
+                &[door_entry(1), door_entry(2), door_entry(3)],
+                &[door_entry(4), door_entry(5)],
+            )
+            .expect("fits a bulk page")
+            .with_passback(Passback::Timed, 0x6162),
+        ),
         msg_type::DOOR_CACHE_PAGE => Message::DoorCachePage(
             DoorCachePage::new(
                 DoorCachePageKind::Delta,
@@ -972,6 +989,20 @@ fn field_bytes(m: &Message, name: &str) -> Vec<u8> {
         (Message::PunchResult(p), "gateway_time_ms") => i(p.gateway_time_ms),
         (Message::DoorCacheSync(q), "have_version") => le(q.have_version),
         (Message::DoorCacheSync(q), "after") => entry_bytes(&q.after.unwrap_or_default()),
+        (Message::DoorCacheSync(q), "page_entries_max") => q.page_entries_max.to_le_bytes().to_vec(),
+        (Message::DoorCacheBulk(p), "kind") => vec![p.kind as u8],
+        (Message::DoorCacheBulk(p), "flags") => vec![p.flags],
+        (Message::DoorCacheBulk(p), "passback") => vec![p.passback as u8],
+        (Message::DoorCacheBulk(p), "added") => p.added().to_le_bytes().to_vec(),
+        (Message::DoorCacheBulk(p), "removed") => p.removed().to_le_bytes().to_vec(),
+        (Message::DoorCacheBulk(p), "passback_min") => p.passback_min.to_le_bytes().to_vec(),
+        (Message::DoorCacheBulk(p), "from_version") => le(p.from_version),
+        (Message::DoorCacheBulk(p), "to_version") => le(p.to_version),
+        (Message::DoorCacheBulk(p), "entries") => p
+            .added_entries()
+            .chain(p.removed_entries())
+            .flat_map(|e| entry_bytes(&e))
+            .collect(),
         (Message::DoorCachePage(p), "kind") => vec![p.kind as u8],
         (Message::DoorCachePage(p), "flags") => vec![p.flags],
         (Message::DoorCachePage(p), "added") => vec![p.added],
@@ -1047,8 +1078,15 @@ fn every_field_table_matches_the_encoder() {
         let m = sample(t);
         let mut body = Vec::new();
         m.encode_body(&mut body);
+        let length = match Message::body_shape(t).expect("a defined type") {
+            BodyLen::Fixed(len) => {
+                assert_eq!(len, body.len());
+                len.to_string()
+            }
+            BodyLen::Items { head, item, .. } => format!("{head} + {item} × n"),
+        };
         assert!(
-            line.contains(&format!(", {} bytes,", body.len())),
+            line.contains(&format!(", {length} bytes,")),
             "line {}: body length",
             n + 1
         );
@@ -1062,7 +1100,16 @@ fn every_field_table_matches_the_encoder() {
             .collect();
         let mut at = 0;
         for r in &rows {
-            let (offset, size, field) = (r[0].parse::<usize>().unwrap(), r[1].parse::<usize>().unwrap(), &r[3]);
+            // "20 × n": the rest of the body, whole entries (the last field of a bulk page).
+            let size = match r[1].strip_suffix(" × n") {
+                Some(item) => {
+                    let item: usize = item.parse().unwrap();
+                    assert_eq!((body.len() - at) % item, 0, "type {t:#04x}: whole items");
+                    body.len() - at
+                }
+                None => r[1].parse::<usize>().unwrap(),
+            };
+            let (offset, field) = (r[0].parse::<usize>().unwrap(), &r[3]);
             assert_eq!(
                 offset, at,
                 "type {t:#04x} field `{field}`: offsets must follow each other"
@@ -1078,7 +1125,7 @@ fn every_field_table_matches_the_encoder() {
         }
         assert_eq!(at, body.len(), "type {t:#04x}: the fields must cover the body");
     }
-    let defined: BTreeSet<u8> = (0..=u8::MAX).filter(|t| Message::body_len(*t).is_some()).collect();
+    let defined: BTreeSet<u8> = (0..=u8::MAX).filter(|t| Message::body_shape(*t).is_some()).collect();
     assert_eq!(documented, defined, "every message type has a field table");
 }
 

@@ -25,7 +25,7 @@ fn terminal_stream(input: &SignOnInput) -> (Vec<u8>, Vec<(u32, Message)>, Vec<us
     let proof = Message::Proof(Proof {
         proof: input.proof(&secret()),
     });
-    let mut sent = vec![(1, hello), (2, proof)];
+    let mut sent = vec![(1, hello.clone()), (2, proof.clone())];
     let mut bytes = encode(&mut t, 1, hello).to_vec();
     let mut ends = vec![bytes.len()];
     bytes.extend_from_slice(&encode(&mut t, 2, proof));
@@ -36,7 +36,7 @@ fn terminal_stream(input: &SignOnInput) -> (Vec<u8>, Vec<(u32, Message)>, Vec<us
         .enumerate()
     {
         let id = 3 + i as u32;
-        bytes.extend_from_slice(&encode(&mut t, id, m));
+        bytes.extend_from_slice(&encode(&mut t, id, m.clone()));
         sent.push((id, m));
         ends.push(bytes.len());
     }
@@ -64,7 +64,7 @@ async fn read_as_gateway(reader: ChunkedRead, input: &SignOnInput) -> (Vec<Frame
 }
 
 fn assert_frames(got: &[Frame], sent: &[(u32, Message)]) {
-    let got: Vec<(u32, Message)> = got.iter().map(|f| (f.request_id, f.message)).collect();
+    let got: Vec<(u32, Message)> = got.iter().map(|f| (f.request_id, f.message.clone())).collect();
     assert_eq!(got, sent);
 }
 
@@ -213,7 +213,7 @@ async fn the_terminal_reads_the_gateway_stream_the_same_way() {
         gateway_nonce: input.gateway_nonce,
         server_time_ms: 5,
     });
-    let mut bytes = encode(&mut g, 1, challenge).to_vec();
+    let mut bytes = encode(&mut g, 1, challenge.clone()).to_vec();
     g.install_session(input.session_keys(&secret()));
     let answers = [
         Message::SignOnOk(cardgate_codec::SignOnOk {
@@ -227,7 +227,7 @@ async fn the_terminal_reads_the_gateway_stream_the_same_way() {
         heartbeat_ack(),
     ];
     for (i, m) in answers.iter().enumerate() {
-        bytes.extend_from_slice(&encode(&mut g, 2 + i as u32, *m));
+        bytes.extend_from_slice(&encode(&mut g, 2 + i as u32, m.clone()));
     }
     let mut framed = FramedRead::new(
         ChunkedRead::split(&bytes, &[1], Then::Eof),
@@ -239,7 +239,7 @@ async fn the_terminal_reads_the_gateway_stream_the_same_way() {
     framed.decoder_mut().install_session(input.session_keys(&secret()));
     for (i, m) in answers.iter().enumerate() {
         let f = framed.next().await.expect("a frame").expect("valid");
-        assert_eq!((f.request_id, f.counter, f.message), (2 + i as u32, 1 + i as u64, *m));
+        assert_eq!((f.request_id, f.counter, &f.message), (2 + i as u32, 1 + i as u64, m));
     }
     assert!(framed.next().await.is_none());
 }

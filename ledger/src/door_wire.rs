@@ -4,11 +4,12 @@
 
 use cardgate_codec::crypto::{DoorEventFields, verify_door_event_mac};
 use cardgate_codec::{
-    AccessCheck, AccessReason, AccessResult, DOOR_CACHE_PAGE_ENTRIES_MAX, DOOR_HOLIDAYS_FIRST, DOOR_HOLIDAYS_MAX,
-    DOOR_PAGE_FIRST, DOOR_PAGE_LAST_IN_RUN, DOOR_PAGE_MORE, DOOR_SCHEDULE_FIRST, DOOR_SCHEDULE_WINDOWS_MAX,
-    DOOR_WINDOW_HOLIDAY, DoorCacheEntry, DoorCachePage, DoorCachePageKind, DoorCacheSync, DoorEvent, DoorEventsBatch,
-    DoorEventsResult, DoorEventsStatus, DoorHolidays, DoorSchedule, DoorWindow, ErrorCode, ErrorFrame,
-    HolidayRule as WireHolidayRule, Message, Passback, Punch, PunchResult, PunchStatus, TerminalSecret,
+    AccessCheck, AccessReason, AccessResult, DOOR_CACHE_BULK_ENTRIES_MAX, DOOR_CACHE_PAGE_ENTRIES_MAX,
+    DOOR_HOLIDAYS_FIRST, DOOR_HOLIDAYS_MAX, DOOR_PAGE_FIRST, DOOR_PAGE_LAST_IN_RUN, DOOR_PAGE_MORE,
+    DOOR_SCHEDULE_FIRST, DOOR_SCHEDULE_WINDOWS_MAX, DOOR_WINDOW_HOLIDAY, DoorCacheBulk, DoorCacheEntry, DoorCachePage,
+    DoorCachePageKind, DoorCacheSync, DoorEvent, DoorEventsBatch, DoorEventsResult, DoorEventsStatus, DoorHolidays,
+    DoorSchedule, DoorWindow, ErrorCode, ErrorFrame, HolidayRule as WireHolidayRule, Message, Passback, Punch,
+    PunchResult, PunchStatus, TerminalSecret,
 };
 use cardgate_domain::access::{AntiPassback, CacheLine, HolidayRule, Schedule, Window};
 use cardgate_domain::model::TerminalKind;
@@ -18,7 +19,8 @@ use crate::ledger::Ledger;
 use crate::txn::Pending;
 
 /// Pages one sync run carries at most (like the blacklist's): bounds the frames one
-/// request costs; a longer full list takes more runs.
+/// request costs; a longer full list takes more runs. With DOOR_CACHE_BULK frames a run
+/// carries up to 32 × 512 entries, so a campus-sized list takes one or two runs.
 pub const DOOR_SYNC_PAGES_MAX: usize = 32;
 
 /// The answer a session writes when the ledger cannot make a door request durable.
@@ -112,20 +114,62 @@ fn passback_of(rule: AntiPassback) -> (Passback, u16) {
     }
 }
 
-/// The DOOR_CACHE_PAGEs of one run: a delta (adds, then removes, four entries a page),
-/// or a slice of the full list after `after`.
-fn pages(cache: &DoorCache, have_version: u64, after: Option<DoorCacheEntry>) -> Vec<Message> {
+/// A page of `kind` as the controller asked for it: a DOOR_CACHE_BULK when it takes
+/// them (`bulk` entries at most), else a DOOR_CACHE_PAGE.
+struct PageMaker {
+    bulk: usize,
+    passback: Passback,
+    passback_min: u16,
+}
+
+impl PageMaker {
+    fn entries_per_page(&self) -> usize {
+        if self.bulk == 0 {
+            DOOR_CACHE_PAGE_ENTRIES_MAX
+        } else {
+            self.bulk
+        }
+    }
+
+    fn page(
+        &self,
+        kind: DoorCachePageKind,
+        flags: u8,
+        from: u64,
+        to: u64,
+        added: &[DoorCacheEntry],
+        removed: &[DoorCacheEntry],
+    ) -> Option<Message> {
+        let (passback, minutes) = (self.passback, self.passback_min);
+        if self.bulk == 0 {
+            DoorCachePage::new(kind, flags, from, to, added, removed)
+                .map(|p| Message::DoorCachePage(p.with_passback(passback, minutes)))
+        } else {
+            DoorCacheBulk::new(kind, flags, from, to, added, removed)
+                .map(|p| Message::DoorCacheBulk(p.with_passback(passback, minutes)))
+        }
+    }
+}
+
+/// The pages of one run: a delta (adds, then removes), or a slice of the full list after
+/// `after`; DOOR_CACHE_PAGEs of four entries, or DOOR_CACHE_BULKs of up to
+/// `page_entries_max` when the controller asked for them.
+fn pages(cache: &DoorCache, have_version: u64, after: Option<DoorCacheEntry>, page_entries_max: u16) -> Vec<Message> {
     let (passback, passback_min) = passback_of(cache.anti_passback);
+    let maker = PageMaker {
+        bulk: usize::from(page_entries_max).min(DOOR_CACHE_BULK_ENTRIES_MAX),
+        passback,
+        passback_min,
+    };
+    let per_page = maker.entries_per_page();
     let mut out = Vec::new();
     if !cache.full {
-        let adds: Vec<DoorCacheEntry> = cache.added.iter().map(wire_line).collect();
-        let removes: Vec<DoorCacheEntry> = cache.removed.iter().map(wire_line).collect();
-        let mut items: Vec<(bool, DoorCacheEntry)> = adds.into_iter().map(|e| (true, e)).collect();
-        items.extend(removes.into_iter().map(|e| (false, e)));
+        let mut items: Vec<(bool, DoorCacheEntry)> = cache.added.iter().map(|l| (true, wire_line(l))).collect();
+        items.extend(cache.removed.iter().map(|l| (false, wire_line(l))));
         let chunks: Vec<&[(bool, DoorCacheEntry)]> = if items.is_empty() {
             vec![&[]]
         } else {
-            items.chunks(DOOR_CACHE_PAGE_ENTRIES_MAX).collect()
+            items.chunks(per_page).collect()
         };
         let n = chunks.len();
         for (i, chunk) in chunks.into_iter().enumerate() {
@@ -133,10 +177,7 @@ fn pages(cache: &DoorCache, have_version: u64, after: Option<DoorCacheEntry>) ->
             let removed: Vec<DoorCacheEntry> = chunk.iter().filter(|(a, _)| !*a).map(|(_, e)| *e).collect();
             let from = if i == 0 { have_version } else { cache.version };
             let flags = if i + 1 == n { DOOR_PAGE_LAST_IN_RUN } else { 0 };
-            if let Some(p) = DoorCachePage::new(DoorCachePageKind::Delta, flags, from, cache.version, &added, &removed)
-            {
-                out.push(Message::DoorCachePage(p.with_passback(passback, passback_min)));
-            }
+            out.extend(maker.page(DoorCachePageKind::Delta, flags, from, cache.version, &added, &removed));
         }
         return out;
     }
@@ -145,17 +186,19 @@ fn pages(cache: &DoorCache, have_version: u64, after: Option<DoorCacheEntry>) ->
         Some(a) => cache.added.partition_point(|l| wire_line(l) <= a),
     };
     let rest = &cache.added[start.min(cache.added.len())..];
-    let per_run = DOOR_SYNC_PAGES_MAX * DOOR_CACHE_PAGE_ENTRIES_MAX;
+    let per_run = DOOR_SYNC_PAGES_MAX * per_page;
     let this_run = &rest[..rest.len().min(per_run)];
     let more = rest.len() > per_run;
     let chunks: Vec<&[CacheLine]> = if this_run.is_empty() {
         vec![&[]]
     } else {
-        this_run.chunks(DOOR_CACHE_PAGE_ENTRIES_MAX).collect()
+        this_run.chunks(per_page).collect()
     };
     let n = chunks.len();
+    let mut entries = Vec::with_capacity(per_page);
     for (i, chunk) in chunks.into_iter().enumerate() {
-        let entries: Vec<DoorCacheEntry> = chunk.iter().map(wire_line).collect();
+        entries.clear();
+        entries.extend(chunk.iter().map(wire_line));
         let mut flags = 0;
         if i == 0 && after.is_none() {
             flags |= DOOR_PAGE_FIRST;
@@ -166,9 +209,7 @@ fn pages(cache: &DoorCache, have_version: u64, after: Option<DoorCacheEntry>) ->
                 flags |= DOOR_PAGE_MORE;
             }
         }
-        if let Some(p) = DoorCachePage::new(DoorCachePageKind::Full, flags, 0, cache.version, &entries, &[]) {
-            out.push(Message::DoorCachePage(p.with_passback(passback, passback_min)));
-        }
+        out.extend(maker.page(DoorCachePageKind::Full, flags, 0, cache.version, &entries, &[]));
     }
     out
 }
@@ -258,6 +299,7 @@ impl Ledger {
         let tz = self.tz_offset_minutes();
         let after = s.after;
         let have = s.have_version;
+        let page_entries_max = s.page_entries_max;
         let frames = durable.map(move |cache| {
             let mut frames = Vec::new();
             if after.is_none() {
@@ -266,7 +308,7 @@ impl Ledger {
                 }
                 frames.extend(holiday_frames(&cache.holidays.days, tz));
             }
-            frames.extend(pages(&cache, have, after));
+            frames.extend(pages(&cache, have, after, page_entries_max));
             frames
         });
         Pending::run(frames, server_error())

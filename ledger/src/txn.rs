@@ -157,8 +157,8 @@ impl Pending {
     }
 
     /// The answer it will give once durable (not to be sent before: for counting).
-    pub fn peek(&self) -> Message {
-        self.answer
+    pub fn peek(&self) -> &Message {
+        &self.answer
     }
 
     /// The answer, once durable.
@@ -184,18 +184,20 @@ impl Future for Pending {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Message> {
         let this = &mut *self;
-        let answer = this.answer;
+        // The answer is handed out once; a `Pending` is not polled after it is ready, and
+        // one that were would give a "system error" rather than a frame twice.
+        let take = |answer: &mut Message| std::mem::replace(answer, system_error_for(answer));
         match &mut this.wait {
-            None => Poll::Ready(answer),
+            None => Poll::Ready(take(&mut this.answer)),
             Some(wait) => match Pin::new(wait).poll(cx) {
                 Poll::Ready(Ok(Ok(_))) => {
                     this.wait = None;
-                    Poll::Ready(answer)
+                    Poll::Ready(take(&mut this.answer))
                 }
                 Poll::Ready(_) => {
                     this.wait = None;
-                    this.answer = this.failed.unwrap_or_else(|| system_error_for(&answer));
-                    Poll::Ready(this.answer)
+                    let failed = this.failed.take().unwrap_or_else(|| system_error_for(&this.answer));
+                    Poll::Ready(failed)
                 }
                 Poll::Pending => Poll::Pending,
             },

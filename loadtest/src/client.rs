@@ -218,11 +218,15 @@ impl TerminalClient {
             if frame.request_id != id {
                 return Err(ClientError::Unexpected(Box::new(frame.message)));
             }
-            let last = matches!(frame.message, Message::DoorCachePage(p) if p.has(DOOR_PAGE_LAST_IN_RUN));
+            let last = frame
+                .message
+                .door_page_flags()
+                .is_some_and(|f| f & DOOR_PAGE_LAST_IN_RUN != 0);
             match frame.message {
-                Message::DoorSchedule(_) | Message::DoorHolidays(_) | Message::DoorCachePage(_) => {
-                    run.push(frame.message)
-                }
+                Message::DoorSchedule(_)
+                | Message::DoorHolidays(_)
+                | Message::DoorCachePage(_)
+                | Message::DoorCacheBulk(_) => run.push(frame.message),
                 other => return Err(ClientError::Unexpected(Box::new(other))),
             }
             if last {
@@ -434,7 +438,7 @@ impl TerminalClient {
         while runs < DOOR_SYNC_RUNS_MAX {
             let run = self.door_cache_run(cache.next_sync()).await?;
             runs += 1;
-            pages += run.iter().filter(|m| matches!(m, Message::DoorCachePage(_))).count() as u64;
+            pages += run.iter().filter(|m| m.door_page_flags().is_some()).count() as u64;
             match cache.apply_run(&run) {
                 Ok(out) => {
                     if let Some(version) = out.ack {

@@ -25,10 +25,10 @@ use tokio::sync::watch;
 
 use crate::client::{DoorSyncError, TerminalClient, now_ms};
 use crate::doors::{CacheChangeReport, DoorCache, DoorOfflineReport, DoorReport, Passages, unexpected_reason};
+pub use crate::fleet::{DEFAULT_DOOR_PAGE_ENTRIES, DoorConfig, RevokePlan};
 use crate::fleet::{
     DOOR_SHARDS, DoorShared, Shared, TIMER_TICK, Timing, connect, exp_gap, failure_name, histogram, sleep_until,
 };
-pub use crate::fleet::{DoorConfig, RevokePlan};
 use crate::offline::goes_offline;
 use crate::percentiles::Percentiles;
 
@@ -199,7 +199,8 @@ pub(crate) async fn controller(
         DoorCache::keeping()
     } else {
         DoorCache::counting()
-    };
+    }
+    .with_page_entries(cfg.page_entries);
     let connected = {
         let _slot = shared.connect_slots.acquire().await;
         let started = Instant::now();
@@ -447,10 +448,10 @@ impl Controller<'_> {
                         match &mut outstanding[pos] {
                             Pending::Sync { run, progress, .. } => {
                                 *progress = now;
-                                let last = matches!(
-                                    frame.message,
-                                    Message::DoorCachePage(p) if p.has(cardgate_codec::DOOR_PAGE_LAST_IN_RUN)
-                                );
+                                let last = frame
+                                    .message
+                                    .door_page_flags()
+                                    .is_some_and(|f| f & cardgate_codec::DOOR_PAGE_LAST_IN_RUN != 0);
                                 run.push(frame.message);
                                 if !last {
                                     continue;
@@ -587,7 +588,7 @@ impl Controller<'_> {
         tally: &mut DoorTally,
     ) -> Result<(), String> {
         tally.runs += 1;
-        tally.pages += run.iter().filter(|m| matches!(m, Message::DoorCachePage(_))).count() as u64;
+        tally.pages += run.iter().filter(|m| m.door_page_flags().is_some()).count() as u64;
         match self.cache.apply_run(run) {
             Ok(out) => {
                 if let Some(version) = out.ack {

@@ -16,8 +16,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use cardgate_codec::{
     AccessReason, CardNo, DOOR_HOLIDAYS_FIRST, DOOR_PAGE_FIRST, DOOR_PAGE_LAST_IN_RUN, DOOR_PAGE_MORE,
-    DOOR_SCHEDULE_ALWAYS, DOOR_SCHEDULE_FIRST, DOOR_WINDOW_HOLIDAY, Direction, DoorCacheEntry, DoorCachePage,
-    DoorCachePageKind, DoorCacheSync, DoorWindow, HolidayRule, Message, Passback,
+    DOOR_SCHEDULE_ALWAYS, DOOR_SCHEDULE_FIRST, DOOR_WINDOW_HOLIDAY, Direction, DoorCacheEntry, DoorCachePageKind,
+    DoorCacheSync, DoorWindow, HolidayRule, Message, Passback,
 };
 use serde::Serialize;
 
@@ -89,6 +89,55 @@ pub struct DoorCache {
     pub passback: Passback,
     pub passback_min: u16,
     listing: Option<Listing>,
+    /// What DOOR_CACHE_SYNC asks for: 0 for DOOR_CACHE_PAGEs, else DOOR_CACHE_BULK
+    /// frames of up to this many entries.
+    pub page_entries_max: u16,
+}
+
+/// One page of a run, a DOOR_CACHE_PAGE or a DOOR_CACHE_BULK: the two differ only in how
+/// many entries they carry, and a run may hold either (an older gateway ignores
+/// `page_entries_max`).
+struct Page {
+    kind: DoorCachePageKind,
+    flags: u8,
+    passback: Passback,
+    passback_min: u16,
+    from_version: u64,
+    to_version: u64,
+    added: Vec<DoorCacheEntry>,
+    removed: Vec<DoorCacheEntry>,
+}
+
+impl Page {
+    fn of(m: &Message) -> Option<Page> {
+        Some(match m {
+            Message::DoorCachePage(p) => Page {
+                kind: p.kind,
+                flags: p.flags,
+                passback: p.passback,
+                passback_min: p.passback_min,
+                from_version: p.from_version,
+                to_version: p.to_version,
+                added: p.added_entries().collect(),
+                removed: p.removed_entries().collect(),
+            },
+            Message::DoorCacheBulk(p) => Page {
+                kind: p.kind,
+                flags: p.flags,
+                passback: p.passback,
+                passback_min: p.passback_min,
+                from_version: p.from_version,
+                to_version: p.to_version,
+                added: p.added_entries().collect(),
+                removed: p.removed_entries().collect(),
+            },
+            _ => return None,
+        })
+    }
+
+    fn has(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
 }
 
 impl DoorCache {
@@ -104,6 +153,7 @@ impl DoorCache {
             passback: Passback::Off,
             passback_min: 0,
             listing: None,
+            page_entries_max: 0,
         }
     }
 
@@ -115,6 +165,13 @@ impl DoorCache {
         }
     }
 
+    /// The same cache, asking for DOOR_CACHE_BULK frames of up to `n` entries (0:
+    /// DOOR_CACHE_PAGEs).
+    pub fn with_page_entries(mut self, n: u16) -> DoorCache {
+        self.page_entries_max = n;
+        self
+    }
+
     pub fn entries(&self) -> Option<&BTreeSet<DoorCacheEntry>> {
         self.entries.as_ref()
     }
@@ -124,6 +181,7 @@ impl DoorCache {
         DoorCacheSync {
             have_version: self.version,
             after: self.listing.as_ref().and_then(|l| l.after),
+            page_entries_max: self.page_entries_max,
         }
     }
 
@@ -148,7 +206,7 @@ impl DoorCache {
         let continuation = self.listing.as_ref().is_some_and(|l| l.after.is_some());
         let mut schedules: Vec<(u32, Schedule, bool)> = Vec::new();
         let mut holidays: Option<(BTreeSet<u32>, i16)> = None;
-        let mut pages: Vec<&DoorCachePage> = Vec::new();
+        let mut pages: Vec<Page> = Vec::new();
         for m in frames {
             match m {
                 Message::DoorSchedule(s) => {
@@ -180,19 +238,21 @@ impl DoorCache {
                         _ => holidays = Some((h.days().iter().copied().collect(), h.utc_offset_min)),
                     }
                 }
-                Message::DoorCachePage(p) => pages.push(p),
-                other => return Err(CacheError::Foreign(other.msg_type())),
+                other => pages.push(Page::of(other).ok_or(CacheError::Foreign(other.msg_type()))?),
             }
         }
-        let last = **pages.last().ok_or(CacheError::NoPage)?;
-        if pages.iter().any(|p| p.kind != last.kind) {
+        let last = pages.last().ok_or(CacheError::NoPage)?;
+        let (last_kind, last_more, last_in_run) =
+            (last.kind, last.has(DOOR_PAGE_MORE), last.has(DOOR_PAGE_LAST_IN_RUN));
+        let (passback, passback_min) = (last.passback, last.passback_min);
+        if pages.iter().any(|p| p.kind != last_kind) {
             return Err(CacheError::MixedKinds);
         }
         let mut outcome = RunOutcome {
             ack: None,
-            again: last.has(DOOR_PAGE_MORE),
+            again: last_more,
         };
-        match last.kind {
+        match last_kind {
             DoorCachePageKind::Delta => {
                 // Check the chain first, so that a gap changes nothing.
                 let mut at = self.version;
@@ -224,8 +284,8 @@ impl DoorCache {
                     (Some(l), false) => l,
                     (None, false) => return Err(CacheError::NoFirst),
                 };
-                for p in &pages {
-                    if p.has(DOOR_PAGE_FIRST) && !std::ptr::eq(*p, pages[0]) {
+                for (i, p) in pages.iter().enumerate() {
+                    if p.has(DOOR_PAGE_FIRST) && i > 0 {
                         // A listing restarted within the run: start over from it.
                         listing = Listing {
                             version: p.to_version,
@@ -235,7 +295,7 @@ impl DoorCache {
                             runs: 0,
                         };
                     }
-                    for e in p.added_entries() {
+                    for &e in &p.added {
                         match &mut listing.entries {
                             Some(set) => {
                                 set.insert(e);
@@ -247,7 +307,7 @@ impl DoorCache {
                     }
                 }
                 listing.runs += 1;
-                if last.has(DOOR_PAGE_MORE) {
+                if last_more {
                     self.listing = Some(listing);
                 } else {
                     // The listing is whole: switch, then catch up from its version if later
@@ -273,9 +333,9 @@ impl DoorCache {
             self.holidays = days;
             self.utc_offset_min = offset;
         }
-        self.passback = last.passback;
-        self.passback_min = last.passback_min;
-        debug_assert!(last.has(DOOR_PAGE_LAST_IN_RUN));
+        self.passback = passback;
+        self.passback_min = passback_min;
+        debug_assert!(last_in_run);
         Ok(outcome)
     }
 
@@ -375,17 +435,17 @@ impl DoorCache {
         s.windows.iter().filter(|w| w.day == want).copied().collect()
     }
 
-    fn apply_delta(&mut self, p: &DoorCachePage) {
+    fn apply_delta(&mut self, p: &Page) {
         match &mut self.entries {
             Some(set) => {
-                set.extend(p.added_entries());
-                for e in p.removed_entries() {
-                    set.remove(&e);
+                set.extend(p.added.iter().copied());
+                for e in &p.removed {
+                    set.remove(e);
                 }
                 self.count = set.len() as u64;
             }
             None => {
-                self.count = (self.count + u64::from(p.added)).saturating_sub(u64::from(p.removed));
+                self.count = (self.count + p.added.len() as u64).saturating_sub(p.removed.len() as u64);
             }
         }
     }
@@ -613,7 +673,7 @@ pub fn unexpected_reason(reason: cardgate_codec::AccessReason) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use cardgate_codec::{DOOR_SCHEDULE_WINDOWS_MAX, DoorHolidays, DoorSchedule};
+    use cardgate_codec::{DOOR_SCHEDULE_WINDOWS_MAX, DoorCacheBulk, DoorCachePage, DoorHolidays, DoorSchedule};
 
     use super::*;
 
@@ -672,6 +732,54 @@ mod tests {
         ]
     }
 
+    /// `m` as a DOOR_CACHE_BULK with the same fields and entries.
+    fn bulk(m: Message) -> Message {
+        let Message::DoorCachePage(p) = m else {
+            return m;
+        };
+        let add: Vec<_> = p.added_entries().collect();
+        let remove: Vec<_> = p.removed_entries().collect();
+        let b = DoorCacheBulk::new(p.kind, p.flags, p.from_version, p.to_version, &add, &remove).expect("fits");
+        Message::DoorCacheBulk(b.with_passback(p.passback, p.passback_min))
+    }
+
+    #[test]
+    fn bulk_pages_apply_as_the_pages_they_stand_for() {
+        // A full list over two runs, then a delta; once in pages, once in bulk frames,
+        // once mixed (an older gateway ignores `page_entries_max`).
+        let runs = vec![
+            {
+                let mut run = calendar();
+                run.push(full(DOOR_PAGE_FIRST, 7, &[1, 2, 3, 4]));
+                run.push(full(LAST | DOOR_PAGE_MORE, 7, &[5, 6]));
+                run
+            },
+            vec![full(LAST, 9, &[7])],
+            vec![
+                delta(0, 7, 10, &[8], &[1]),
+                match page(DoorCachePageKind::Delta, LAST, 10, 11, &[], &[2]) {
+                    Message::DoorCachePage(p) => Message::DoorCachePage(p.with_passback(Passback::Timed, 30)),
+                    _ => unreachable!("page() makes pages"),
+                },
+            ],
+        ];
+        let apply = |convert: &dyn Fn(usize, Message) -> Message| {
+            let mut c = DoorCache::keeping().with_page_entries(512);
+            let mut outcomes = Vec::new();
+            for run in &runs {
+                let run: Vec<Message> = run.iter().cloned().enumerate().map(|(i, m)| convert(i, m)).collect();
+                outcomes.push(c.apply_run(&run).unwrap());
+            }
+            (outcomes, held(&c), c.version, c.passback, c.passback_min, c.next_sync())
+        };
+        let pages = apply(&|_, m| m);
+        assert_eq!(pages.1, [3, 4, 5, 6, 7, 8]);
+        assert_eq!((pages.2, pages.3, pages.4), (11, Passback::Timed, 30));
+        assert_eq!(pages.5.page_entries_max, 512);
+        assert_eq!(apply(&|_, m| bulk(m)), pages);
+        assert_eq!(apply(&|i, m| if i % 2 == 0 { bulk(m) } else { m }), pages);
+    }
+
     #[test]
     fn a_full_list_over_two_runs_switches_in_at_its_first_version_then_catches_up() {
         let mut c = DoorCache::keeping();
@@ -688,7 +796,8 @@ mod tests {
             c.next_sync(),
             DoorCacheSync {
                 have_version: 0,
-                after: Some(e(6))
+                after: Some(e(6)),
+                page_entries_max: 0,
             }
         );
         assert_eq!(c.schedules.len(), 1);
@@ -707,7 +816,8 @@ mod tests {
             c.next_sync(),
             DoorCacheSync {
                 have_version: 7,
-                after: None
+                after: None,
+                page_entries_max: 0,
             }
         );
         // The delta from 7 brings what changed meanwhile; 7 again is kept once.
@@ -783,7 +893,8 @@ mod tests {
             c.next_sync(),
             DoorCacheSync {
                 have_version: 0,
-                after: None
+                after: None,
+                page_entries_max: 0,
             }
         );
     }

@@ -137,6 +137,9 @@ pub struct DoorConfig {
     /// Keep every cache entry (as a controller that decides offline must) instead of
     /// counting them: about 1 MB per controller with the demo's 20,000 cards.
     pub keep_cache: bool,
+    /// What the controllers ask for in DOOR_CACHE_SYNC: 0 for DOOR_CACHE_PAGEs of four
+    /// entries, else DOOR_CACHE_BULK frames of up to this many.
+    pub page_entries: u16,
     pub revoke: Option<RevokePlan>,
     /// Percent of controllers (rounded up) that lose the gateway once, between a quarter
     /// and three quarters of the run, and decide `offline_events` checks from their
@@ -144,6 +147,10 @@ pub struct DoorConfig {
     pub offline_pct: u8,
     pub offline_events: u32,
 }
+
+/// What a simulated controller asks for unless told otherwise: the gateway's largest
+/// pages, as a controller with the memory for a 10 KB frame would.
+pub const DEFAULT_DOOR_PAGE_ENTRIES: u16 = cardgate_codec::DOOR_CACHE_BULK_ENTRIES_MAX as u16;
 
 /// Revoke one permission this long into the measured window.
 #[derive(Clone, Debug)]
@@ -160,6 +167,7 @@ impl DoorConfig {
             first_controller: 1,
             rate: None,
             keep_cache: false,
+            page_entries: DEFAULT_DOOR_PAGE_ENTRIES,
             revoke: None,
             offline_pct: 0,
             offline_events: 0,

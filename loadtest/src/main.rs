@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use cardgate_loadtest::desk::{HttpCardDesk, HttpDoorAdmin, LOST_CARD_ENDPOINT_EXAMPLE, REVOKE_ENDPOINT_EXAMPLE};
-use cardgate_loadtest::door_fleet::{DoorConfig, RevokePlan};
+use cardgate_loadtest::door_fleet::{DEFAULT_DOOR_PAGE_ENTRIES, DoorConfig, RevokePlan};
 use cardgate_loadtest::mix::Mix;
 use cardgate_loadtest::run::{RunConfig, run_with_doors};
 use cardgate_loadtest::source::parse_source_addrs;
@@ -162,6 +162,11 @@ struct Args {
     /// instead of counting them.
     #[arg(long)]
     door_keep_cache: bool,
+    /// The largest cache page the controllers ask for (DOOR_CACHE_SYNC's
+    /// page_entries_max): 0 for the four-entry DOOR_CACHE_PAGE, else DOOR_CACHE_BULK
+    /// frames of up to this many entries (the gateway sends at most 512).
+    #[arg(long, default_value_t = DEFAULT_DOOR_PAGE_ENTRIES)]
+    door_page_entries: u16,
     /// Seconds into the measured window at which the door admin revokes
     /// --door-revoke-permission; the report times how long until the controllers
     /// acknowledged the new cache version. Without it, the first --lost-cards report is
@@ -282,6 +287,7 @@ async fn main() -> anyhow::Result<()> {
         first_controller: args.first_door,
         rate: args.door_rate,
         keep_cache: args.door_keep_cache,
+        page_entries: args.door_page_entries,
         revoke,
         offline_pct: args.door_offline_pct,
         offline_events: args.door_offline_events,

@@ -16,8 +16,9 @@ use cardgate::admin::AdminState;
 use cardgate::config::Limits;
 use cardgate_codec::crypto::{DoorEventFields, door_event_mac};
 use cardgate_codec::{
-    AccessCheck, AccessReason, AccessResult, CardNo, DOOR_PAGE_FIRST, Direction, DoorCachePageKind, DoorCacheSync,
-    DoorEvent, DoorEventsBatch, DoorEventsStatus, ErrorCode, Message, Punch, PunchStatus,
+    AccessCheck, AccessReason, AccessResult, CardNo, DOOR_CACHE_BULK_ENTRIES_MAX, DOOR_CACHE_PAGE_ENTRIES_MAX,
+    DOOR_PAGE_FIRST, Direction, DoorCachePageKind, DoorCacheSync, DoorEvent, DoorEventsBatch, DoorEventsStatus,
+    ErrorCode, Message, Punch, PunchStatus,
 };
 use cardgate_domain::clock::days_from_civil;
 use cardgate_domain::entry::CardAction;
@@ -29,6 +30,7 @@ use cardgate_ledger::desk::{By, NewPerson};
 use cardgate_ledger::keys::TerminalKey;
 use cardgate_ledger::{Ledger, LedgerConfig, ManualClock};
 use cardgate_loadtest::client::{ClientError, TerminalClient};
+use cardgate_loadtest::doors::DoorCache;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -171,6 +173,7 @@ impl Controller {
             .door_cache_run(DoorCacheSync {
                 have_version: have,
                 after: None,
+                page_entries_max: 0,
             })
             .await
             .unwrap();
@@ -446,6 +449,7 @@ async fn door_access_over_the_protocol() {
         .door_cache_run(DoorCacheSync {
             have_version: 0,
             after: None,
+            page_entries_max: 0,
         })
         .await
         .unwrap();
@@ -702,6 +706,98 @@ async fn the_door_admin_reads_what_the_docs_name(c: &Campus) {
             .0,
         404
     );
+}
+
+/// DOOR_CACHE_BULK (docs/PROTOCOL.md 6.35): a controller that asks for large pages ends
+/// with the same cache as one that takes DOOR_CACHE_PAGEs, in fewer frames: a full list
+/// in one run or over several (with the catch-up delta), and the delta after a revocation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_pages_bring_the_same_cache_in_fewer_frames() {
+    let c = Campus::start().await;
+    // Ten more entries on group 1 (a second permission each, from April), so that the
+    // list needs several runs at one entry a page.
+    let mut grants = Vec::new();
+    for i in 1..=10 {
+        let grant = c.doors(
+            "POST",
+            "/api/v1/door-permissions",
+            &format!(
+                r#"{{"card":"{}","door_group":1,"schedule":1,"valid_from":"2026-04-01"}}"#,
+                demo_card(i).0
+            ),
+        );
+        grants.push(grant["permission"]["id"].clone());
+    }
+    let mut client = c.terminal(GROUP_1_CONTROLLER).await;
+    let sizes = [0u16, 1, 3, 512, u16::MAX];
+    let mut caches = Vec::new();
+    for n in sizes {
+        let mut cache = DoorCache::keeping().with_page_entries(n);
+        let (runs, pages) = client.door_sync(&mut cache).await.unwrap();
+        caches.push((cache, runs, pages));
+    }
+    let reference = caches[0].0.clone();
+    let entries = reference.entries().expect("kept").len() as u64;
+    // One entry a page makes 32 a run: the list must need more than one.
+    assert!(entries > 32, "group 1 has {entries} entries");
+    for ((cache, runs, pages), n) in caches.iter().zip(sizes) {
+        assert_eq!(cache.entries(), reference.entries(), "page_entries_max {n}");
+        assert_eq!(
+            (cache.version, &cache.schedules, &cache.holidays, cache.passback),
+            (
+                reference.version,
+                &reference.schedules,
+                &reference.holidays,
+                reference.passback
+            ),
+            "page_entries_max {n}"
+        );
+        // A listing over several runs ends with a one-page catch-up delta.
+        let per_page = match n {
+            0 => DOOR_CACHE_PAGE_ENTRIES_MAX as u64,
+            n => u64::from(n).min(DOOR_CACHE_BULK_ENTRIES_MAX as u64),
+        };
+        let listing_runs = entries.div_ceil(32 * per_page);
+        let catch_up = u64::from(listing_runs > 1);
+        assert_eq!(
+            (*runs, *pages),
+            (listing_runs + catch_up, entries.div_ceil(per_page) + catch_up),
+            "page_entries_max {n}: runs and pages for {entries} entries"
+        );
+    }
+    // Asked for, the gateway sends only bulk frames; not asked for, only pages.
+    for (n, bulk) in [(0u16, false), (512, true)] {
+        let run = client
+            .door_cache_run(DoorCacheSync {
+                have_version: 0,
+                after: None,
+                page_entries_max: n,
+            })
+            .await
+            .unwrap();
+        let (pages, bulks) = run.iter().fold((0, 0), |(p, b), m| match m {
+            Message::DoorCachePage(_) => (p + 1, b),
+            Message::DoorCacheBulk(_) => (p, b + 1),
+            _ => (p, b),
+        });
+        assert_eq!((pages > 0, bulks > 0), (!bulk, bulk), "page_entries_max {n}: {run:?}");
+    }
+
+    // A revocation: the delta, in pages and in one bulk frame, leaves the same cache.
+    c.doors("POST", &format!("/api/v1/door-permissions/{}/revoke", grants[0]), "");
+    let (mut by_pages, mut by_bulk) = (caches[0].0.clone(), caches[3].0.clone());
+    let (_, pages) = client.door_sync(&mut by_pages).await.unwrap();
+    let (_, bulks) = client.door_sync(&mut by_bulk).await.unwrap();
+    assert!(by_pages.version > reference.version, "the revocation moved the version");
+    assert_eq!(by_bulk.version, by_pages.version);
+    assert_eq!(by_bulk.entries(), by_pages.entries());
+    assert_ne!(
+        by_bulk.entries(),
+        reference.entries(),
+        "the revocation changed the list"
+    );
+    assert!(bulks <= pages, "bulk {bulks} frames, pages {pages}");
+    c.stop.cancel();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

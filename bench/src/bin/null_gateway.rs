@@ -32,9 +32,9 @@ use cardgate_codec::crypto::SignOnInput;
 use cardgate_codec::{
     AccessReason, AccessResult, Approved, Balance, CardStatusCode, Challenge, DOOR_EVENTS_BATCH_MAX,
     DOOR_HOLIDAYS_FIRST, DOOR_HOLIDAYS_MAX, DOOR_PAGE_FIRST, DOOR_PAGE_LAST_IN_RUN, DOOR_PAGE_MORE,
-    DOOR_SCHEDULE_ALWAYS, DOOR_VALID_FOREVER, DoorCacheEntry, DoorCachePage, DoorCachePageKind, DoorCacheSync,
-    DoorEventsBatch, DoorEventsResult, DoorEventsStatus, DoorHolidays, ErrorCode, ErrorFrame, HeartbeatAck, Message,
-    PunchResult, PunchStatus, Side, SignOnOk, TerminalCodec, TerminalSecret,
+    DOOR_SCHEDULE_ALWAYS, DOOR_VALID_FOREVER, DoorCacheBulk, DoorCacheEntry, DoorCachePage, DoorCachePageKind,
+    DoorCacheSync, DoorEventsBatch, DoorEventsResult, DoorEventsStatus, DoorHolidays, ErrorCode, ErrorFrame,
+    HeartbeatAck, Message, PunchResult, PunchStatus, Side, SignOnOk, TerminalCodec, TerminalSecret,
 };
 use cardgate_ledger::demo::{demo_card, demo_secret};
 use futures::{FutureExt, SinkExt, StreamExt};
@@ -381,9 +381,23 @@ fn door_run(sync: DoorCacheSync) -> Vec<Message> {
     }
     // Demo card numbers are 1000000000 + account, so the cursor names the next account.
     let mut account = sync.after.map_or(1, |e| e.card.0.saturating_sub(demo_card(0).0) + 1);
+    // Pages as large as the controller takes, as cardgate sends them.
+    let per_page = match usize::from(sync.page_entries_max) {
+        0 => cardgate_codec::DOOR_CACHE_PAGE_ENTRIES_MAX,
+        n => n.min(cardgate_codec::DOOR_CACHE_BULK_ENTRIES_MAX),
+    };
+    let page = |flags, entries: &[DoorCacheEntry]| {
+        if sync.page_entries_max == 0 {
+            DoorCachePage::new(DoorCachePageKind::Full, flags, 0, DOOR_CACHE_VERSION, entries, &[])
+                .map(Message::DoorCachePage)
+        } else {
+            DoorCacheBulk::new(DoorCachePageKind::Full, flags, 0, DOOR_CACHE_VERSION, entries, &[])
+                .map(Message::DoorCacheBulk)
+        }
+    };
     for i in 0..DOOR_RUN_PAGES {
         let entries: Vec<DoorCacheEntry> = (account..=accounts)
-            .take(cardgate_codec::DOOR_CACHE_PAGE_ENTRIES_MAX)
+            .take(per_page)
             .map(|a| DoorCacheEntry {
                 card: demo_card(a),
                 schedule: DOOR_SCHEDULE_ALWAYS,
@@ -403,8 +417,7 @@ fn door_run(sync: DoorCacheSync) -> Vec<Message> {
                 flags |= DOOR_PAGE_MORE;
             }
         }
-        let page = DoorCachePage::new(DoorCachePageKind::Full, flags, 0, DOOR_CACHE_VERSION, &entries, &[]);
-        run.extend(page.map(Message::DoorCachePage));
+        run.extend(page(flags, &entries));
         if flags & DOOR_PAGE_LAST_IN_RUN != 0 {
             break;
         }

@@ -91,7 +91,7 @@ fuzz_target!(|data: &[u8]| {
         }
         let mut body = Vec::new();
         frame.message.encode_body(&mut body);
-        assert_eq!(Some(body.len()), Message::body_len(frame.message.msg_type()));
+        assert_eq!(body.len(), frame.message.encoded_body_len());
         assert_eq!(Message::decode_body(frame.message.msg_type(), &body), Ok(frame.message));
         index += 1;
     }
