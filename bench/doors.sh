@@ -25,7 +25,9 @@
 # Environment (defaults in brackets): TERMINALS [1000], RATE [20000], DOORS [500],
 # DOOR_RATE [2000], DURATION [30] measured seconds per run, RAMP_UP [5], REVOKE_AFTER [5],
 # ROUNDS [1], ACCOUNTS [20000], OUT [target/doors], DATA_ROOT [/var/tmp], NO_BUILD,
-# SYNC [1] (0: skip (c) and (d), as bench/ab.sh's `doors` mode does).
+# SYNC [1] (0: skip (c) and (d), as bench/ab.sh's `doors` mode does),
+# PAGE_ENTRIES [512]: the door cache page the controllers ask for (0: four-entry
+# DOOR_CACHE_PAGEs, as before DOOR_CACHE_BULK; docs/PROTOCOL.md 6.35).
 # DOORS may not exceed the demo's `demo.door_controllers` (500 unless configured).
 # GATEWAY [cardgate] or `null`: the null gateway (cardgate-null-gateway: the same
 # protocol, every check granted from a cache of every demo card, no ledger), the
@@ -117,7 +119,7 @@ gateway_down() { # NAME: keeps the gateway's metrics, memory and CPU by thread, 
     dir=""
 }
 
-doors=(--doors "$DOORS" --door-rate "$DOOR_RATE")
+doors=(--doors "$DOORS" --door-rate "$DOOR_RATE" --door-page-entries "${PAGE_ENTRIES:-512}")
 run() { # NAME, extra loadtest flags (@ADMIN@ and @PERMISSION@ become this gateway's)...
     local name=$1; shift
     gateway_up "$name"

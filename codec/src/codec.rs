@@ -47,6 +47,8 @@ pub enum CodecError {
     Body(#[from] BodyError),
     #[error("message type {msg_type:#04x} requires a signed-on session")]
     Unauthenticated { msg_type: u8 },
+    #[error("message type {msg_type:#04x} is sent by the gateway, not to it")]
+    WrongDirection { msg_type: u8 },
     #[error("frame MAC does not verify")]
     BadMac,
     #[error("frame counter {counter} is not above the last accepted {last}: replay")]
@@ -60,7 +62,7 @@ impl CodecError {
             CodecError::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
             CodecError::Malformed(_) | CodecError::Body(_) => ErrorCode::Malformed,
             CodecError::UnsupportedVersion(_) => ErrorCode::UnsupportedVersion,
-            CodecError::Unauthenticated { .. } => ErrorCode::UnexpectedMessage,
+            CodecError::Unauthenticated { .. } | CodecError::WrongDirection { .. } => ErrorCode::UnexpectedMessage,
             CodecError::BadMac => ErrorCode::BadMac,
             CodecError::Replay { .. } => ErrorCode::Replay,
         }
@@ -157,6 +159,14 @@ impl TerminalCodec {
                     msg_type: header.msg_type,
                 });
             }
+        }
+        // The one type whose frames run to 10 KB is the gateway's to send: a terminal
+        // claiming it is refused here, so that no connection makes the gateway buffer
+        // more than its largest request (under 200 bytes).
+        if self.side == Side::Gateway && header.msg_type == msg_type::DOOR_CACHE_BULK {
+            return Err(CodecError::WrongDirection {
+                msg_type: header.msg_type,
+            });
         }
         let mac_len = if header.has_mac() { MAC_LEN } else { 0 };
         if len < HEADER_LEN + mac_len {

@@ -96,6 +96,11 @@ fn tried_lengths() -> impl Iterator<Item = usize> + Clone {
 /// body), by type, when fed headers alone; every other length must be refused from the
 /// header, with nothing reserved for the body.
 fn lengths_let_through(codec: &TerminalCodec, flags: u16) -> Vec<(u8, usize)> {
+    lengths_let_through_at(Side::Gateway, codec, flags)
+}
+
+/// As `lengths_let_through`, at either end.
+fn lengths_let_through_at(side: Side, codec: &TerminalCodec, flags: u16) -> Vec<(u8, usize)> {
     let lengths = tried_lengths();
     let keys = input(1, 2).session_keys(&secret());
     let mut through = Vec::new();
@@ -105,7 +110,7 @@ fn lengths_let_through(codec: &TerminalCodec, flags: u16) -> Vec<(u8, usize)> {
             let mut buf = BytesMut::with_capacity(bytes.len());
             buf.extend_from_slice(&bytes);
             let cap = buf.capacity();
-            let mut c = TerminalCodec::new(Side::Gateway);
+            let mut c = TerminalCodec::new(side);
             if codec.has_session() {
                 c.install_session(keys.clone());
             }
@@ -145,7 +150,8 @@ fn a_length_no_message_of_the_state_can_have_is_refused_from_the_header() {
     );
     assert_eq!(lengths_let_through(&fresh, FLAG_MAC), vec![]);
     // In a session every defined type has exactly one length, header + body + MAC, but
-    // DOOR_CACHE_BULK: its head and 0 to 512 whole entries.
+    // DOOR_CACHE_BULK: its head and 0 to 512 whole entries, and only at a terminal (the
+    // gateway sends it; a terminal claiming one is refused before its 10 KB are read).
     let (_, session) = signed_on_pair(&input(1, 2));
     let want: Vec<(u8, usize)> = (0..=u8::MAX)
         .flat_map(|t| {
@@ -162,7 +168,13 @@ fn a_length_no_message_of_the_state_can_have_is_refused_from_the_header() {
     assert!(want.contains(&(msg_type::DOOR_CACHE_BULK, 10_284)));
     assert!(want.contains(&(msg_type::DOOR_CACHE_BULK, 10_304)));
     assert!(!want.iter().any(|&(_, len)| len == 10_324));
-    assert_eq!(lengths_let_through(&session, FLAG_MAC), want);
+    assert_eq!(lengths_let_through_at(Side::Terminal, &session, FLAG_MAC), want);
+    let at_gateway: Vec<(u8, usize)> = want
+        .iter()
+        .copied()
+        .filter(|&(t, _)| t != msg_type::DOOR_CACHE_BULK)
+        .collect();
+    assert_eq!(lengths_let_through(&session, FLAG_MAC), at_gateway);
     assert_eq!(lengths_let_through(&session, 0), vec![], "no MAC: refused as bad_mac");
 }
 
@@ -627,13 +639,17 @@ fn an_authenticated_error_follows_the_counter_like_any_frame() {
 
 #[test]
 fn every_codec_error_maps_to_the_documented_error_code() {
-    let cases: [(CodecError, ErrorCode); 7] = [
+    let cases: [(CodecError, ErrorCode); 8] = [
         (std::io::Error::other("x").into(), ErrorCode::ServerError),
         (CodecError::FrameTooLarge { len: 1 << 20 }, ErrorCode::FrameTooLarge),
         (CodecError::Malformed("x"), ErrorCode::Malformed),
         (CodecError::UnsupportedVersion(2), ErrorCode::UnsupportedVersion),
         (
             CodecError::Unauthenticated { msg_type: 0x10 },
+            ErrorCode::UnexpectedMessage,
+        ),
+        (
+            CodecError::WrongDirection { msg_type: 0x4d },
             ErrorCode::UnexpectedMessage,
         ),
         (CodecError::BadMac, ErrorCode::BadMac),

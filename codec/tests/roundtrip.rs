@@ -401,6 +401,11 @@ proptest! {
     ) {
         let secret = TerminalSecret(secret);
         for (sender, receiver) in [(Side::Terminal, Side::Gateway), (Side::Gateway, Side::Terminal)] {
+            // A gateway refuses DOOR_CACHE_BULK from its header (it only sends them).
+            let messages: Vec<&(u32, Message)> = messages
+                .iter()
+                .filter(|(_, m)| receiver == Side::Terminal || !matches!(m, Message::DoorCacheBulk(_)))
+                .collect();
             let mut tx = TerminalCodec::new(sender);
             let mut rx = TerminalCodec::new(receiver);
             tx.install_session(input.session_keys(&secret));
@@ -411,7 +416,7 @@ proptest! {
             }
             let got = decode_all(&mut rx, &bytes, &cuts);
             prop_assert_eq!(got.len(), messages.len());
-            for (i, (f, (id, m))) in got.iter().zip(&messages).enumerate() {
+            for (i, (f, (id, m))) in got.iter().zip(messages.iter().copied()).enumerate() {
                 prop_assert_eq!(f.request_id, *id);
                 prop_assert_eq!(f.counter, i as u64 + 1);
                 prop_assert_eq!(&f.message, m);

@@ -17,8 +17,8 @@ use cardgate::config::Limits;
 use cardgate_codec::crypto::{DoorEventFields, door_event_mac};
 use cardgate_codec::{
     AccessCheck, AccessReason, AccessResult, CardNo, DOOR_CACHE_BULK_ENTRIES_MAX, DOOR_CACHE_PAGE_ENTRIES_MAX,
-    DOOR_PAGE_FIRST, Direction, DoorCachePageKind, DoorCacheSync, DoorEvent, DoorEventsBatch, DoorEventsStatus,
-    ErrorCode, Message, Punch, PunchStatus,
+    DOOR_PAGE_FIRST, DOOR_PAGE_LAST_IN_RUN, Direction, DoorCacheBulk, DoorCachePageKind, DoorCacheSync, DoorEvent,
+    DoorEventsBatch, DoorEventsStatus, ErrorCode, Message, Punch, PunchStatus,
 };
 use cardgate_domain::clock::days_from_civil;
 use cardgate_domain::entry::CardAction;
@@ -797,6 +797,14 @@ async fn bulk_pages_bring_the_same_cache_in_fewer_frames() {
         "the revocation changed the list"
     );
     assert!(bulks <= pages, "bulk {bulks} frames, pages {pages}");
+
+    // The gateway sends bulk pages; a controller sending one is refused.
+    let bulk = DoorCacheBulk::new(DoorCachePageKind::Full, DOOR_PAGE_LAST_IN_RUN, 0, 1, &[], &[]).expect("empty");
+    client.send(Message::DoorCacheBulk(bulk)).await.unwrap();
+    match client.recv().await {
+        Err(ClientError::Refused(ErrorCode::UnexpectedMessage)) => {}
+        other => panic!("expected ERROR unexpected_message, got {other:?}"),
+    }
     c.stop.cancel();
 }
 
