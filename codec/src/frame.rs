@@ -23,8 +23,8 @@ pub const HEADER_LEN: usize = 16;
 /// Bytes of the truncated HMAC-SHA256 that ends an authenticated frame.
 pub const MAC_LEN: usize = 16;
 
-/// The largest value the length prefix may hold. Every message but DOOR_CACHE_BULK (at
-/// most 10,304 bytes, sent only by the gateway) is under 160 bytes; the limit keeps what
+/// The largest value the length prefix may hold. Every message but DOOR_CACHE_BULK (a
+/// length of at most 10,304, sent only by the gateway) is under 160 bytes; the limit keeps what
 /// one connection can make us buffer small: it is checked before any byte of the frame
 /// is buffered beyond the prefix, and the header's type bounds it further.
 pub const FRAME_LEN_MAX: usize = 16 * 1024;

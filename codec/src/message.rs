@@ -1020,6 +1020,18 @@ impl DoorCacheBulk {
     }
 }
 
+/// A DOOR_CACHE_PAGE as the bulk page it stands for (the same fields and entries), so
+/// that a controller applies either kind of run with one code path.
+impl From<&DoorCachePage> for DoorCacheBulk {
+    fn from(p: &DoorCachePage) -> DoorCacheBulk {
+        let added: Vec<DoorCacheEntry> = p.added_entries().collect();
+        let removed: Vec<DoorCacheEntry> = p.removed_entries().collect();
+        DoorCacheBulk::new(p.kind, p.flags, p.from_version, p.to_version, &added, &removed)
+            .expect("a page's entries fit a bulk page")
+            .with_passback(p.passback, p.passback_min)
+    }
+}
+
 /// One weekly window of a schedule, in the business time zone's local time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct DoorWindow {

@@ -16,8 +16,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use cardgate_codec::{
     AccessReason, CardNo, DOOR_HOLIDAYS_FIRST, DOOR_PAGE_FIRST, DOOR_PAGE_LAST_IN_RUN, DOOR_PAGE_MORE,
-    DOOR_SCHEDULE_ALWAYS, DOOR_SCHEDULE_FIRST, DOOR_WINDOW_HOLIDAY, Direction, DoorCacheEntry, DoorCachePageKind,
-    DoorCacheSync, DoorWindow, HolidayRule, Message, Passback,
+    DOOR_SCHEDULE_ALWAYS, DOOR_SCHEDULE_FIRST, DOOR_WINDOW_HOLIDAY, Direction, DoorCacheBulk, DoorCacheEntry,
+    DoorCachePageKind, DoorCacheSync, DoorWindow, HolidayRule, Message, Passback,
 };
 use serde::Serialize;
 
@@ -94,49 +94,14 @@ pub struct DoorCache {
     pub page_entries_max: u16,
 }
 
-/// One page of a run, a DOOR_CACHE_PAGE or a DOOR_CACHE_BULK: the two differ only in how
-/// many entries they carry, and a run may hold either (an older gateway ignores
+/// One page of a run as a DOOR_CACHE_BULK: a DOOR_CACHE_PAGE is read as the bulk page
+/// it stands for, since a run may hold either (an older gateway ignores
 /// `page_entries_max`).
-struct Page {
-    kind: DoorCachePageKind,
-    flags: u8,
-    passback: Passback,
-    passback_min: u16,
-    from_version: u64,
-    to_version: u64,
-    added: Vec<DoorCacheEntry>,
-    removed: Vec<DoorCacheEntry>,
-}
-
-impl Page {
-    fn of(m: &Message) -> Option<Page> {
-        Some(match m {
-            Message::DoorCachePage(p) => Page {
-                kind: p.kind,
-                flags: p.flags,
-                passback: p.passback,
-                passback_min: p.passback_min,
-                from_version: p.from_version,
-                to_version: p.to_version,
-                added: p.added_entries().collect(),
-                removed: p.removed_entries().collect(),
-            },
-            Message::DoorCacheBulk(p) => Page {
-                kind: p.kind,
-                flags: p.flags,
-                passback: p.passback,
-                passback_min: p.passback_min,
-                from_version: p.from_version,
-                to_version: p.to_version,
-                added: p.added_entries().collect(),
-                removed: p.removed_entries().collect(),
-            },
-            _ => return None,
-        })
-    }
-
-    fn has(&self, flag: u8) -> bool {
-        self.flags & flag != 0
+fn page_of(m: &Message) -> Option<DoorCacheBulk> {
+    match m {
+        Message::DoorCachePage(p) => Some(DoorCacheBulk::from(p)),
+        Message::DoorCacheBulk(p) => Some(p.clone()),
+        _ => None,
     }
 }
 
@@ -206,7 +171,7 @@ impl DoorCache {
         let continuation = self.listing.as_ref().is_some_and(|l| l.after.is_some());
         let mut schedules: Vec<(u32, Schedule, bool)> = Vec::new();
         let mut holidays: Option<(BTreeSet<u32>, i16)> = None;
-        let mut pages: Vec<Page> = Vec::new();
+        let mut pages: Vec<DoorCacheBulk> = Vec::new();
         for m in frames {
             match m {
                 Message::DoorSchedule(s) => {
@@ -238,7 +203,7 @@ impl DoorCache {
                         _ => holidays = Some((h.days().iter().copied().collect(), h.utc_offset_min)),
                     }
                 }
-                other => pages.push(Page::of(other).ok_or(CacheError::Foreign(other.msg_type()))?),
+                other => pages.push(page_of(other).ok_or(CacheError::Foreign(other.msg_type()))?),
             }
         }
         let last = pages.last().ok_or(CacheError::NoPage)?;
@@ -295,7 +260,7 @@ impl DoorCache {
                             runs: 0,
                         };
                     }
-                    for &e in &p.added {
+                    for e in p.added_entries() {
                         match &mut listing.entries {
                             Some(set) => {
                                 set.insert(e);
@@ -435,17 +400,17 @@ impl DoorCache {
         s.windows.iter().filter(|w| w.day == want).copied().collect()
     }
 
-    fn apply_delta(&mut self, p: &Page) {
+    fn apply_delta(&mut self, p: &DoorCacheBulk) {
         match &mut self.entries {
             Some(set) => {
-                set.extend(p.added.iter().copied());
-                for e in &p.removed {
-                    set.remove(e);
+                set.extend(p.added_entries());
+                for e in p.removed_entries() {
+                    set.remove(&e);
                 }
                 self.count = set.len() as u64;
             }
             None => {
-                self.count = (self.count + p.added.len() as u64).saturating_sub(p.removed.len() as u64);
+                self.count = (self.count + u64::from(p.added())).saturating_sub(u64::from(p.removed()));
             }
         }
     }
@@ -673,7 +638,7 @@ pub fn unexpected_reason(reason: cardgate_codec::AccessReason) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use cardgate_codec::{DOOR_SCHEDULE_WINDOWS_MAX, DoorCacheBulk, DoorCachePage, DoorHolidays, DoorSchedule};
+    use cardgate_codec::{DOOR_SCHEDULE_WINDOWS_MAX, DoorCachePage, DoorHolidays, DoorSchedule};
 
     use super::*;
 
@@ -734,13 +699,10 @@ mod tests {
 
     /// `m` as a DOOR_CACHE_BULK with the same fields and entries.
     fn bulk(m: Message) -> Message {
-        let Message::DoorCachePage(p) = m else {
-            return m;
-        };
-        let add: Vec<_> = p.added_entries().collect();
-        let remove: Vec<_> = p.removed_entries().collect();
-        let b = DoorCacheBulk::new(p.kind, p.flags, p.from_version, p.to_version, &add, &remove).expect("fits");
-        Message::DoorCacheBulk(b.with_passback(p.passback, p.passback_min))
+        match m {
+            Message::DoorCachePage(p) => Message::DoorCacheBulk(DoorCacheBulk::from(&p)),
+            m => m,
+        }
     }
 
     #[test]
