@@ -19,9 +19,15 @@ use crate::ledger::Ledger;
 use crate::txn::Pending;
 
 /// Pages one sync run carries at most (like the blacklist's): bounds the frames one
-/// request costs; a longer full list takes more runs. With DOOR_CACHE_BULK frames a run
-/// carries up to 32 × 512 entries, so a campus-sized list takes one or two runs.
+/// request costs; a longer full list takes more runs.
 pub const DOOR_SYNC_PAGES_MAX: usize = 32;
+
+/// Entries one sync run of a full list carries at most, whatever the page size: a run is
+/// held whole until the session writes it (20 bytes an entry in DOOR_CACHE_BULKs), so
+/// this bounds what each syncing controller costs the gateway's memory (80 KB) and what
+/// a controller must buffer before it may switch. 4,096 entries is eight bulk pages of
+/// 512: a 20,000-entry group in five runs.
+pub const DOOR_SYNC_RUN_ENTRIES_MAX: usize = 4_096;
 
 /// The answer a session writes when the ledger cannot make a door request durable.
 fn server_error() -> Message {
@@ -186,7 +192,7 @@ fn pages(cache: &DoorCache, have_version: u64, after: Option<DoorCacheEntry>, pa
         Some(a) => cache.added.partition_point(|l| wire_line(l) <= a),
     };
     let rest = &cache.added[start.min(cache.added.len())..];
-    let per_run = DOOR_SYNC_PAGES_MAX * per_page;
+    let per_run = (DOOR_SYNC_PAGES_MAX * per_page).min(DOOR_SYNC_RUN_ENTRIES_MAX);
     let this_run = &rest[..rest.len().min(per_run)];
     let more = rest.len() > per_run;
     let chunks: Vec<&[CacheLine]> = if this_run.is_empty() {
@@ -392,6 +398,94 @@ impl Ledger {
                 Message::DoorEventsResult(failed),
             ),
             Err(_) => Pending::ready(Message::DoorEventsResult(failed)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use cardgate_codec::CardNo;
+    use cardgate_domain::access::Holidays;
+
+    use super::*;
+
+    fn full_list(lines: usize) -> DoorCache {
+        let added: Vec<CacheLine> = (1..=lines as u64)
+            .map(|i| CacheLine {
+                card: CardNo(1_000_000_000 + i),
+                schedule: 1,
+                valid_from_min: 0,
+                valid_to_min: u32::MAX,
+            })
+            .collect();
+        DoorCache {
+            group: 1,
+            version: 7,
+            full: true,
+            added: Arc::new(added),
+            removed: Vec::new(),
+            anti_passback: AntiPassback::Off,
+            schedules: Vec::new(),
+            holidays: Holidays::default(),
+        }
+    }
+
+    /// The entries of a run and whether it ends with `MORE`.
+    fn run(
+        cache: &DoorCache,
+        after: Option<DoorCacheEntry>,
+        page_entries_max: u16,
+    ) -> (Vec<DoorCacheEntry>, usize, bool) {
+        let frames = pages(cache, 0, after, page_entries_max);
+        let mut entries = Vec::new();
+        let mut more = false;
+        for (i, m) in frames.iter().enumerate() {
+            let flags = m.door_page_flags().expect("pages only");
+            assert_eq!(flags & DOOR_PAGE_LAST_IN_RUN != 0, i + 1 == frames.len());
+            more = flags & DOOR_PAGE_MORE != 0;
+            match m {
+                Message::DoorCacheBulk(p) => entries.extend(p.added_entries()),
+                Message::DoorCachePage(p) => entries.extend(p.added_entries()),
+                other => panic!("{other:?}"),
+            }
+        }
+        (entries, frames.len(), more)
+    }
+
+    #[test]
+    fn a_full_list_comes_in_runs_of_at_most_32_pages_and_4096_entries() {
+        let cache = full_list(10_000);
+        for (asked, per_page, per_run) in [
+            (0u16, 4usize, 128usize),
+            (1, 1, 32),
+            (100, 100, 3_200),
+            (512, 512, 4_096),
+            (u16::MAX, 512, 4_096),
+        ] {
+            let mut got = Vec::new();
+            let mut after = None;
+            let mut runs = 0;
+            loop {
+                let (entries, frames, more) = run(&cache, after, asked);
+                assert!(
+                    entries.len() <= per_run,
+                    "asked {asked}: {} entries in a run",
+                    entries.len()
+                );
+                assert!(frames <= DOOR_SYNC_PAGES_MAX);
+                assert_eq!(frames, entries.len().div_ceil(per_page), "asked {asked}");
+                runs += 1;
+                after = entries.last().copied();
+                got.extend(entries);
+                if !more {
+                    break;
+                }
+            }
+            assert_eq!(runs, 10_000usize.div_ceil(per_run), "asked {asked}");
+            let want: Vec<DoorCacheEntry> = cache.added.iter().map(wire_line).collect();
+            assert_eq!(got, want, "asked {asked}: every entry once, in order");
         }
     }
 }

@@ -64,6 +64,9 @@ struct Listing {
     after: Option<DoorCacheEntry>,
     /// Runs it took so far: one read at one version needs no catch-up.
     runs: u32,
+    /// A page came at another version than the FIRST page's: something changed while
+    /// the runs were read, and a catch-up delta is needed even if each page was read whole.
+    moved: bool,
 }
 
 /// One schedule as a controller holds it.
@@ -245,6 +248,7 @@ impl DoorCache {
                         count: 0,
                         after: None,
                         runs: 0,
+                        moved: false,
                     },
                     (Some(l), false) => l,
                     (None, false) => return Err(CacheError::NoFirst),
@@ -258,8 +262,10 @@ impl DoorCache {
                             count: 0,
                             after: None,
                             runs: 0,
+                            moved: false,
                         };
                     }
+                    listing.moved |= p.to_version != listing.version;
                     for e in p.added_entries() {
                         match &mut listing.entries {
                             Some(set) => {
@@ -276,13 +282,13 @@ impl DoorCache {
                     self.listing = Some(listing);
                 } else {
                     // The listing is whole: switch, then catch up from its version if later
-                    // runs were read at later versions.
+                    // runs were read at later versions (docs/PROTOCOL.md 11.3).
                     self.version = listing.version;
                     self.entries = listing.entries;
                     self.count = listing.count;
                     self.listing = None;
                     outcome.ack = Some(self.version);
-                    outcome.again = listing.runs > 1;
+                    outcome.again = listing.runs > 1 && listing.moved;
                 }
             }
         }
@@ -740,6 +746,24 @@ mod tests {
         assert_eq!(pages.5.page_entries_max, 512);
         assert_eq!(apply(&|_, m| bulk(m)), pages);
         assert_eq!(apply(&|i, m| if i % 2 == 0 { bulk(m) } else { m }), pages);
+    }
+
+    #[test]
+    fn a_full_list_read_at_one_version_over_two_runs_needs_no_catch_up() {
+        let mut c = DoorCache::keeping();
+        let mut run = calendar();
+        run.push(full(DOOR_PAGE_FIRST, 7, &[1, 2]));
+        run.push(full(LAST | DOOR_PAGE_MORE, 7, &[3]));
+        assert_eq!(c.apply_run(&run).unwrap(), RunOutcome { ack: None, again: true });
+        let out = c.apply_run(&[full(LAST, 7, &[4])]).unwrap();
+        assert_eq!(
+            out,
+            RunOutcome {
+                ack: Some(7),
+                again: false
+            }
+        );
+        assert_eq!(held(&c), [1, 2, 3, 4]);
     }
 
     #[test]
