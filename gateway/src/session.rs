@@ -621,7 +621,7 @@ async fn handle(
     match frame.message {
         Message::AccessCheck(c) => {
             let pending = ledger.access_check_frame(terminal_id, &c).await;
-            if let Message::AccessResult(r) = &pending.peek()
+            if let Message::AccessResult(r) = pending.peek()
                 && r.reason == cardgate_codec::AccessReason::WrongGroup
             {
                 metrics::counter!("cardgate_door_wrong_group_total").increment(1);

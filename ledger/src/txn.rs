@@ -184,8 +184,9 @@ impl Future for Pending {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Message> {
         let this = &mut *self;
-        // The answer is handed out once; a `Pending` is not polled after it is ready, and
-        // one that were would give a "system error" rather than a frame twice.
+        // The answer is handed out once, and what stays behind is a "system error": a
+        // `Pending` polled again after it was ready gives that, never the answer twice
+        // and never an answer whose commit failed.
         let take = |answer: &mut Message| std::mem::replace(answer, system_error_for(answer));
         match &mut this.wait {
             None => Poll::Ready(take(&mut this.answer)),
@@ -196,8 +197,8 @@ impl Future for Pending {
                 }
                 Poll::Ready(_) => {
                     this.wait = None;
-                    let failed = this.failed.take().unwrap_or_else(|| system_error_for(&this.answer));
-                    Poll::Ready(failed)
+                    let undurable = take(&mut this.answer);
+                    Poll::Ready(this.failed.take().unwrap_or_else(|| system_error_for(&undurable)))
                 }
                 Poll::Pending => Poll::Pending,
             },
@@ -219,4 +220,77 @@ fn system_error_for(answer: &Message) -> Message {
         balance_fen: 0,
         time_ms,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+
+    use cardgate_codec::{Approved, CardNo, DeclineReason, HeartbeatAck, Message};
+
+    use super::*;
+
+    fn approved() -> Message {
+        Message::Approved(Approved {
+            tx_seq: 9,
+            tx_id: 1,
+            card: CardNo(7),
+            amount_fen: 100,
+            balance_fen: 900,
+            time_ms: 5,
+        })
+    }
+
+    fn poll(p: &mut Pending) -> Poll<Message> {
+        Pin::new(p).poll(&mut Context::from_waker(Waker::noop()))
+    }
+
+    fn declined_for_system_error(m: &Message) -> bool {
+        matches!(m, Message::Declined(d) if d.reason == DeclineReason::SystemError)
+    }
+
+    #[test]
+    fn an_answer_is_handed_out_once_and_never_after_its_commit_failed() {
+        // Durable: the answer, then (polled again) a system error, not the answer twice.
+        let (tx, rx) = oneshot::channel();
+        let mut p = Pending::from(Durable {
+            value: approved(),
+            wait: rx,
+        });
+        assert!(poll(&mut p).is_pending());
+        tx.send(Ok(1)).unwrap();
+        assert_eq!(poll(&mut p), Poll::Ready(approved()));
+        assert!(matches!(poll(&mut p), Poll::Ready(m) if declined_for_system_error(&m)));
+
+        // The commit failed: the failure answer, and polled again never the undurable one.
+        let (tx, rx) = oneshot::channel();
+        let failed = Message::HeartbeatAck(HeartbeatAck {
+            server_time_ms: 2,
+            blacklist_version: 1,
+        });
+        let mut p = Pending::from_durable(
+            Durable {
+                value: approved(),
+                wait: rx,
+            },
+            failed.clone(),
+        );
+        tx.send(Err(JournalError::Closed)).unwrap();
+        assert_eq!(poll(&mut p), Poll::Ready(failed));
+        assert!(matches!(poll(&mut p), Poll::Ready(m) if declined_for_system_error(&m)));
+
+        // Without a failure answer of its own, a money answer fails as a declined
+        // system error for the same request.
+        let (tx, rx) = oneshot::channel();
+        let mut p = Pending::from(Durable {
+            value: approved(),
+            wait: rx,
+        });
+        drop(tx);
+        let Poll::Ready(Message::Declined(d)) = poll(&mut p) else {
+            panic!("a declined system error")
+        };
+        assert_eq!((d.tx_seq, d.card, d.reason), (9, CardNo(7), DeclineReason::SystemError));
+    }
 }
