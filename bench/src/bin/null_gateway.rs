@@ -63,6 +63,8 @@ static EVENT_SEQS: LazyLock<Mutex<HashMap<u64, u64>>> = LazyLock::new(|| Mutex::
 const DOOR_CACHE_VERSION: u64 = 1;
 /// Pages per sync run, as `cardgate`'s.
 const DOOR_RUN_PAGES: usize = 32;
+/// Entries per sync run of a full list, as `cardgate`'s (`DOOR_SYNC_RUN_ENTRIES_MAX`).
+const DOOR_RUN_ENTRIES: usize = 4_096;
 /// UTC+8, the demo's business time zone.
 const UTC_OFFSET_MIN: i16 = 480;
 
@@ -367,37 +369,33 @@ fn door_run(sync: DoorCacheSync) -> Vec<Message> {
             days: [0; DOOR_HOLIDAYS_MAX],
         }));
     }
-    if sync.after.is_none() && sync.have_version == DOOR_CACHE_VERSION {
-        let page = DoorCachePage::new(
-            DoorCachePageKind::Delta,
-            DOOR_PAGE_LAST_IN_RUN,
-            DOOR_CACHE_VERSION,
-            DOOR_CACHE_VERSION,
-            &[],
-            &[],
-        );
-        run.extend(page.map(Message::DoorCachePage));
-        return run;
-    }
-    // Demo card numbers are 1000000000 + account, so the cursor names the next account.
-    let mut account = sync.after.map_or(1, |e| e.card.0.saturating_sub(demo_card(0).0) + 1);
     // Pages as large as the controller takes, as cardgate sends them.
     let per_page = match usize::from(sync.page_entries_max) {
         0 => cardgate_codec::DOOR_CACHE_PAGE_ENTRIES_MAX,
         n => n.min(cardgate_codec::DOOR_CACHE_BULK_ENTRIES_MAX),
     };
-    let page = |flags, entries: &[DoorCacheEntry]| {
+    let page = |kind, flags, from, entries: &[DoorCacheEntry]| {
         if sync.page_entries_max == 0 {
-            DoorCachePage::new(DoorCachePageKind::Full, flags, 0, DOOR_CACHE_VERSION, entries, &[])
-                .map(Message::DoorCachePage)
+            DoorCachePage::new(kind, flags, from, DOOR_CACHE_VERSION, entries, &[]).map(Message::DoorCachePage)
         } else {
-            DoorCacheBulk::new(DoorCachePageKind::Full, flags, 0, DOOR_CACHE_VERSION, entries, &[])
-                .map(Message::DoorCacheBulk)
+            DoorCacheBulk::new(kind, flags, from, DOOR_CACHE_VERSION, entries, &[]).map(Message::DoorCacheBulk)
         }
     };
+    if sync.after.is_none() && sync.have_version == DOOR_CACHE_VERSION {
+        run.extend(page(
+            DoorCachePageKind::Delta,
+            DOOR_PAGE_LAST_IN_RUN,
+            DOOR_CACHE_VERSION,
+            &[],
+        ));
+        return run;
+    }
+    // Demo card numbers are 1000000000 + account, so the cursor names the next account.
+    let mut account = sync.after.map_or(1, |e| e.card.0.saturating_sub(demo_card(0).0) + 1);
+    let mut in_run = 0;
     for i in 0..DOOR_RUN_PAGES {
         let entries: Vec<DoorCacheEntry> = (account..=accounts)
-            .take(per_page)
+            .take(per_page.min(DOOR_RUN_ENTRIES - in_run))
             .map(|a| DoorCacheEntry {
                 card: demo_card(a),
                 schedule: DOOR_SCHEDULE_ALWAYS,
@@ -406,18 +404,19 @@ fn door_run(sync: DoorCacheSync) -> Vec<Message> {
             })
             .collect();
         account += entries.len() as u64;
+        in_run += entries.len();
         let done = account > accounts;
         let mut flags = 0;
         if i == 0 && sync.after.is_none() {
             flags |= DOOR_PAGE_FIRST;
         }
-        if done || i + 1 == DOOR_RUN_PAGES {
+        if done || i + 1 == DOOR_RUN_PAGES || in_run == DOOR_RUN_ENTRIES {
             flags |= DOOR_PAGE_LAST_IN_RUN;
             if !done {
                 flags |= DOOR_PAGE_MORE;
             }
         }
-        run.extend(page(flags, &entries));
+        run.extend(page(DoorCachePageKind::Full, flags, 0, &entries));
         if flags & DOOR_PAGE_LAST_IN_RUN != 0 {
             break;
         }
@@ -474,4 +473,63 @@ fn answer(frame: Frame) -> Result<Reply, ErrorCode> {
         _ => return Err(ErrorCode::UnexpectedMessage),
     };
     Ok(Reply::One((id, message)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The entries of a whole listing, run by run, as a controller asking for
+    /// `page_entries_max` reads them; and the runs' sizes.
+    fn listing(page_entries_max: u16) -> (Vec<u64>, Vec<usize>) {
+        let mut cards = Vec::new();
+        let mut runs = Vec::new();
+        let mut after = None;
+        loop {
+            let run = door_run(DoorCacheSync {
+                have_version: 0,
+                after,
+                page_entries_max,
+            });
+            let mut in_run = 0;
+            let mut more = false;
+            for m in &run {
+                let entries: Vec<DoorCacheEntry> = match m {
+                    Message::DoorCachePage(p) if page_entries_max == 0 => p.added_entries().collect(),
+                    Message::DoorCacheBulk(p) if page_entries_max > 0 => p.added_entries().collect(),
+                    Message::DoorHolidays(_) => continue,
+                    other => panic!("asked for {page_entries_max}, got {other:?}"),
+                };
+                in_run += entries.len();
+                cards.extend(entries.iter().map(|e| e.card.0));
+                after = entries.last().copied().or(after);
+                more = m.door_page_flags().is_some_and(|f| f & DOOR_PAGE_MORE != 0);
+            }
+            runs.push(in_run);
+            if !more {
+                return (cards, runs);
+            }
+        }
+    }
+
+    #[test]
+    fn a_listing_comes_as_asked_in_runs_as_cardgate_bounds_them() {
+        ACCOUNTS.store(10_000, Ordering::Relaxed);
+        let all: Vec<u64> = (1..=10_000).map(|a| demo_card(a).0).collect();
+        for (asked, per_run) in [(0u16, 128usize), (512, 4_096), (300, 4_096), (3, 96)] {
+            let (cards, runs) = listing(asked);
+            assert_eq!(cards, all, "asked {asked}: every card once, in order");
+            assert!(runs.iter().all(|&n| n <= per_run), "asked {asked}: {runs:?}");
+            assert_eq!(runs.len(), 10_000usize.div_ceil(per_run), "asked {asked}");
+        }
+        // A current controller gets one empty delta page of the kind it asked for.
+        for (asked, bulk) in [(0u16, false), (512, true)] {
+            let run = door_run(DoorCacheSync {
+                have_version: DOOR_CACHE_VERSION,
+                after: None,
+                page_entries_max: asked,
+            });
+            assert_eq!(matches!(run.last(), Some(Message::DoorCacheBulk(_))), bulk, "{run:?}");
+        }
+    }
 }
