@@ -1714,15 +1714,7 @@ impl Message {
                 })
             }
             msg_type::DOOR_CACHE_PAGE => {
-                let kind = match r.u8() {
-                    0 => DoorCachePageKind::Delta,
-                    1 => DoorCachePageKind::Full,
-                    _ => return Err(BodyError::BadField("kind")),
-                };
-                let flags = r.u8();
-                if flags & !(DOOR_PAGE_MORE | DOOR_PAGE_FIRST | DOOR_PAGE_LAST_IN_RUN) != 0 {
-                    return Err(BodyError::BadField("flags"));
-                }
+                let (kind, flags) = read_page_kind_and_flags(&mut r)?;
                 let added = r.u8();
                 let removed = r.u8();
                 if usize::from(added) + usize::from(removed) > DOOR_CACHE_PAGE_ENTRIES_MAX
@@ -1746,15 +1738,7 @@ impl Message {
                 Message::DoorCachePage(page.with_passback(passback, passback_min))
             }
             msg_type::DOOR_CACHE_BULK => {
-                let kind = match r.u8() {
-                    0 => DoorCachePageKind::Delta,
-                    1 => DoorCachePageKind::Full,
-                    _ => return Err(BodyError::BadField("kind")),
-                };
-                let flags = r.u8();
-                if flags & !(DOOR_PAGE_MORE | DOOR_PAGE_FIRST | DOOR_PAGE_LAST_IN_RUN) != 0 {
-                    return Err(BodyError::BadField("flags"));
-                }
+                let (kind, flags) = read_page_kind_and_flags(&mut r)?;
                 let passback = Passback::from_code(r.u8()).ok_or(BodyError::BadField("passback"))?;
                 let _reserved = r.u8();
                 let added = r.u16();
@@ -2177,6 +2161,20 @@ fn decode_decision(granted: u8, reason: u16) -> Result<AccessReason, BodyError> 
         (1, true) | (0, false) => Ok(reason),
         _ => Err(BodyError::BadField("granted")),
     }
+}
+
+/// The first two bytes of a DOOR_CACHE_PAGE or DOOR_CACHE_BULK.
+fn read_page_kind_and_flags(r: &mut Reader<'_>) -> Result<(DoorCachePageKind, u8), BodyError> {
+    let kind = match r.u8() {
+        0 => DoorCachePageKind::Delta,
+        1 => DoorCachePageKind::Full,
+        _ => return Err(BodyError::BadField("kind")),
+    };
+    let flags = r.u8();
+    if flags & !(DOOR_PAGE_MORE | DOOR_PAGE_FIRST | DOOR_PAGE_LAST_IN_RUN) != 0 {
+        return Err(BodyError::BadField("flags"));
+    }
+    Ok((kind, flags))
 }
 
 fn read_entry(r: &mut Reader<'_>) -> DoorCacheEntry {

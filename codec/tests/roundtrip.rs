@@ -50,6 +50,51 @@ fn door_window() -> impl Strategy<Value = DoorWindow> {
     })
 }
 
+/// The fields of a door cache page of up to `max` entries (a full page only adds).
+#[derive(Clone, Debug)]
+struct PageFields {
+    kind: DoorCachePageKind,
+    flags: u8,
+    from_version: u64,
+    to_version: u64,
+    added: Vec<DoorCacheEntry>,
+    removed: Vec<DoorCacheEntry>,
+    passback: Passback,
+    passback_min: u16,
+}
+
+fn door_page(max: usize) -> impl Strategy<Value = PageFields> {
+    (
+        any::<bool>(),
+        0u8..8,
+        any::<u64>(),
+        any::<u64>(),
+        proptest::collection::vec(door_entry(), 0..=max),
+        0..=max,
+        (0u8..3, any::<u16>()),
+    )
+        .prop_map(
+            move |(full, flags, from_version, to_version, mut added, split, (passback, passback_min))| {
+                let (kind, split) = if full {
+                    (DoorCachePageKind::Full, added.len())
+                } else {
+                    (DoorCachePageKind::Delta, split.min(added.len()))
+                };
+                let removed = added.split_off(split);
+                PageFields {
+                    kind,
+                    flags,
+                    from_version,
+                    to_version,
+                    added,
+                    removed,
+                    passback: Passback::from_code(passback).expect("0..3"),
+                    passback_min,
+                }
+            },
+        )
+}
+
 /// The door access and attendance messages, every field arbitrary within its domain.
 fn door_message() -> impl Strategy<Value = Message> {
     prop_oneof![
@@ -111,55 +156,21 @@ fn door_message() -> impl Strategy<Value = Message> {
                     page_entries_max
                 })
             ),
-        (
-            any::<bool>(),
-            0u8..8,
-            any::<u64>(),
-            any::<u64>(),
-            proptest::collection::vec(door_entry(), 0..=DOOR_CACHE_BULK_ENTRIES_MAX),
-            0..=DOOR_CACHE_BULK_ENTRIES_MAX,
-            (0u8..3, any::<u16>()),
-        )
-            .prop_map(
-                |(full, flags, from_version, to_version, entries, split, (passback, passback_min))| {
-                    let (kind, split) = if full {
-                        (DoorCachePageKind::Full, entries.len())
-                    } else {
-                        (DoorCachePageKind::Delta, split.min(entries.len()))
-                    };
-                    let (added, removed) = entries.split_at(split);
-                    let page = DoorCacheBulk::new(kind, flags, from_version, to_version, added, removed)
-                        .expect("fits a bulk page")
-                        .with_passback(Passback::from_code(passback).expect("0..3"), passback_min);
-                    assert_eq!(page.added_entries().collect::<Vec<_>>(), added);
-                    assert_eq!(page.removed_entries().collect::<Vec<_>>(), removed);
-                    Message::DoorCacheBulk(page)
-                }
-            ),
-        (
-            any::<bool>(),
-            0u8..8,
-            any::<u64>(),
-            any::<u64>(),
-            proptest::collection::vec(door_entry(), 0..=DOOR_CACHE_PAGE_ENTRIES_MAX),
-            0..=DOOR_CACHE_PAGE_ENTRIES_MAX,
-            (0u8..3, any::<u16>()),
-        )
-            .prop_map(
-                |(full, flags, from_version, to_version, entries, split, (passback, passback_min))| {
-                    let (kind, split) = if full {
-                        (DoorCachePageKind::Full, entries.len())
-                    } else {
-                        (DoorCachePageKind::Delta, split.min(entries.len()))
-                    };
-                    let (added, removed) = entries.split_at(split);
-                    Message::DoorCachePage(
-                        DoorCachePage::new(kind, flags, from_version, to_version, added, removed)
-                            .expect("fits a page")
-                            .with_passback(Passback::from_code(passback).expect("0..3"), passback_min),
-                    )
-                }
-            ),
+        door_page(DOOR_CACHE_BULK_ENTRIES_MAX).prop_map(|p| {
+            let page = DoorCacheBulk::new(p.kind, p.flags, p.from_version, p.to_version, &p.added, &p.removed)
+                .expect("fits a bulk page")
+                .with_passback(p.passback, p.passback_min);
+            assert_eq!(page.added_entries().collect::<Vec<_>>(), p.added);
+            assert_eq!(page.removed_entries().collect::<Vec<_>>(), p.removed);
+            Message::DoorCacheBulk(page)
+        }),
+        door_page(DOOR_CACHE_PAGE_ENTRIES_MAX).prop_map(|p| {
+            Message::DoorCachePage(
+                DoorCachePage::new(p.kind, p.flags, p.from_version, p.to_version, &p.added, &p.removed)
+                    .expect("fits a page")
+                    .with_passback(p.passback, p.passback_min),
+            )
+        }),
         (
             1u32..,
             0u8..2,
