@@ -748,6 +748,37 @@ pub struct DoorCacheSync {
     pub page_entries_max: u16,
 }
 
+impl DoorCacheSync {
+    /// Entries one page of the answer carries at most: 4 in DOOR_CACHE_PAGEs when
+    /// `page_entries_max` is 0, else up to min(`page_entries_max`, 512) in DOOR_CACHE_BULKs.
+    pub fn entries_per_page(&self) -> usize {
+        match usize::from(self.page_entries_max) {
+            0 => DOOR_CACHE_PAGE_ENTRIES_MAX,
+            n => n.min(DOOR_CACHE_BULK_ENTRIES_MAX),
+        }
+    }
+
+    /// `page` as this sync asked for it: itself, or the DOOR_CACHE_PAGE it stands for
+    /// when `page_entries_max` is 0 (`None` if it holds more than a page does). A
+    /// gateway builds every page one way and answers each controller in its kind.
+    pub fn answer(&self, page: DoorCacheBulk) -> Option<Message> {
+        if self.page_entries_max > 0 {
+            return Some(Message::DoorCacheBulk(page));
+        }
+        let added: Vec<DoorCacheEntry> = page.added_entries().collect();
+        let removed: Vec<DoorCacheEntry> = page.removed_entries().collect();
+        DoorCachePage::new(
+            page.kind,
+            page.flags,
+            page.from_version,
+            page.to_version,
+            &added,
+            &removed,
+        )
+        .map(|p| Message::DoorCachePage(p.with_passback(page.passback, page.passback_min)))
+    }
+}
+
 /// One cache entry: `card` may pass the controller's doors in the minutes
 /// `valid_from_min..valid_to_min` (unix minutes, UTC, end exclusive) within the windows
 /// of `schedule`. A card may have several entries (several permissions); it passes when

@@ -4,12 +4,11 @@
 
 use cardgate_codec::crypto::{DoorEventFields, verify_door_event_mac};
 use cardgate_codec::{
-    AccessCheck, AccessReason, AccessResult, DOOR_CACHE_BULK_ENTRIES_MAX, DOOR_CACHE_PAGE_ENTRIES_MAX,
-    DOOR_HOLIDAYS_FIRST, DOOR_HOLIDAYS_MAX, DOOR_PAGE_FIRST, DOOR_PAGE_LAST_IN_RUN, DOOR_PAGE_MORE,
-    DOOR_SCHEDULE_FIRST, DOOR_SCHEDULE_WINDOWS_MAX, DOOR_WINDOW_HOLIDAY, DoorCacheBulk, DoorCacheEntry, DoorCachePage,
-    DoorCachePageKind, DoorCacheSync, DoorEvent, DoorEventsBatch, DoorEventsResult, DoorEventsStatus, DoorHolidays,
-    DoorSchedule, DoorWindow, ErrorCode, ErrorFrame, HolidayRule as WireHolidayRule, Message, Passback, Punch,
-    PunchResult, PunchStatus, TerminalSecret,
+    AccessCheck, AccessReason, AccessResult, DOOR_HOLIDAYS_FIRST, DOOR_HOLIDAYS_MAX, DOOR_PAGE_FIRST,
+    DOOR_PAGE_LAST_IN_RUN, DOOR_PAGE_MORE, DOOR_SCHEDULE_FIRST, DOOR_SCHEDULE_WINDOWS_MAX, DOOR_WINDOW_HOLIDAY,
+    DoorCacheBulk, DoorCacheEntry, DoorCachePageKind, DoorCacheSync, DoorEvent, DoorEventsBatch, DoorEventsResult,
+    DoorEventsStatus, DoorHolidays, DoorSchedule, DoorWindow, ErrorCode, ErrorFrame, HolidayRule as WireHolidayRule,
+    Message, Passback, Punch, PunchResult, PunchStatus, TerminalSecret,
 };
 use cardgate_domain::access::{AntiPassback, CacheLine, HolidayRule, Schedule, Window};
 use cardgate_domain::model::TerminalKind;
@@ -120,54 +119,15 @@ fn passback_of(rule: AntiPassback) -> (Passback, u16) {
     }
 }
 
-/// A page of `kind` as the controller asked for it: a DOOR_CACHE_BULK when it takes
-/// them (`bulk` entries at most), else a DOOR_CACHE_PAGE.
-struct PageMaker {
-    bulk: usize,
-    passback: Passback,
-    passback_min: u16,
-}
-
-impl PageMaker {
-    fn entries_per_page(&self) -> usize {
-        if self.bulk == 0 {
-            DOOR_CACHE_PAGE_ENTRIES_MAX
-        } else {
-            self.bulk
-        }
-    }
-
-    fn page(
-        &self,
-        kind: DoorCachePageKind,
-        flags: u8,
-        from: u64,
-        to: u64,
-        added: &[DoorCacheEntry],
-        removed: &[DoorCacheEntry],
-    ) -> Option<Message> {
-        let (passback, minutes) = (self.passback, self.passback_min);
-        if self.bulk == 0 {
-            DoorCachePage::new(kind, flags, from, to, added, removed)
-                .map(|p| Message::DoorCachePage(p.with_passback(passback, minutes)))
-        } else {
-            DoorCacheBulk::new(kind, flags, from, to, added, removed)
-                .map(|p| Message::DoorCacheBulk(p.with_passback(passback, minutes)))
-        }
-    }
-}
-
 /// The pages of one run: a delta (adds, then removes), or a slice of the full list after
-/// `after`; DOOR_CACHE_PAGEs of four entries, or DOOR_CACHE_BULKs of up to
-/// `page_entries_max` when the controller asked for them.
-fn pages(cache: &DoorCache, have_version: u64, after: Option<DoorCacheEntry>, page_entries_max: u16) -> Vec<Message> {
+/// `s.after`; in the kind and size `s` asked for (`DoorCacheSync::answer`).
+fn pages(cache: &DoorCache, s: &DoorCacheSync) -> Vec<Message> {
     let (passback, passback_min) = passback_of(cache.anti_passback);
-    let maker = PageMaker {
-        bulk: usize::from(page_entries_max).min(DOOR_CACHE_BULK_ENTRIES_MAX),
-        passback,
-        passback_min,
+    let per_page = s.entries_per_page();
+    let page = |kind, flags, from, added: &[DoorCacheEntry], removed: &[DoorCacheEntry]| {
+        DoorCacheBulk::new(kind, flags, from, cache.version, added, removed)
+            .and_then(|p| s.answer(p.with_passback(passback, passback_min)))
     };
-    let per_page = maker.entries_per_page();
     let mut out = Vec::new();
     if !cache.full {
         let mut items: Vec<(bool, DoorCacheEntry)> = cache.added.iter().map(|l| (true, wire_line(l))).collect();
@@ -181,13 +141,13 @@ fn pages(cache: &DoorCache, have_version: u64, after: Option<DoorCacheEntry>, pa
         for (i, chunk) in chunks.into_iter().enumerate() {
             let added: Vec<DoorCacheEntry> = chunk.iter().filter(|(a, _)| *a).map(|(_, e)| *e).collect();
             let removed: Vec<DoorCacheEntry> = chunk.iter().filter(|(a, _)| !*a).map(|(_, e)| *e).collect();
-            let from = if i == 0 { have_version } else { cache.version };
+            let from = if i == 0 { s.have_version } else { cache.version };
             let flags = if i + 1 == n { DOOR_PAGE_LAST_IN_RUN } else { 0 };
-            out.extend(maker.page(DoorCachePageKind::Delta, flags, from, cache.version, &added, &removed));
+            out.extend(page(DoorCachePageKind::Delta, flags, from, &added, &removed));
         }
         return out;
     }
-    let start = match after {
+    let start = match s.after {
         None => 0,
         Some(a) => cache.added.partition_point(|l| wire_line(l) <= a),
     };
@@ -206,7 +166,7 @@ fn pages(cache: &DoorCache, have_version: u64, after: Option<DoorCacheEntry>, pa
         entries.clear();
         entries.extend(chunk.iter().map(wire_line));
         let mut flags = 0;
-        if i == 0 && after.is_none() {
+        if i == 0 && s.after.is_none() {
             flags |= DOOR_PAGE_FIRST;
         }
         if i + 1 == n {
@@ -215,7 +175,7 @@ fn pages(cache: &DoorCache, have_version: u64, after: Option<DoorCacheEntry>, pa
                 flags |= DOOR_PAGE_MORE;
             }
         }
-        out.extend(maker.page(DoorCachePageKind::Full, flags, 0, cache.version, &entries, &[]));
+        out.extend(page(DoorCachePageKind::Full, flags, 0, &entries, &[]));
     }
     out
 }
@@ -303,18 +263,16 @@ impl Ledger {
             Err(_) => return vec![Pending::ready(server_error())],
         };
         let tz = self.tz_offset_minutes();
-        let after = s.after;
-        let have = s.have_version;
-        let page_entries_max = s.page_entries_max;
+        let s = *s;
         let frames = durable.map(move |cache| {
             let mut frames = Vec::new();
-            if after.is_none() {
+            if s.after.is_none() {
                 for sch in &cache.schedules {
                     frames.extend(schedule_frames(sch));
                 }
                 frames.extend(holiday_frames(&cache.holidays.days, tz));
             }
-            frames.extend(pages(&cache, have, after, page_entries_max));
+            frames.extend(pages(&cache, &s));
             frames
         });
         Pending::run(frames, server_error())
@@ -438,7 +396,14 @@ mod tests {
         after: Option<DoorCacheEntry>,
         page_entries_max: u16,
     ) -> (Vec<DoorCacheEntry>, usize, bool) {
-        let frames = pages(cache, 0, after, page_entries_max);
+        let frames = pages(
+            cache,
+            &DoorCacheSync {
+                have_version: 0,
+                after,
+                page_entries_max,
+            },
+        );
         let mut entries = Vec::new();
         let mut more = false;
         for (i, m) in frames.iter().enumerate() {

@@ -755,9 +755,9 @@ async fn bulk_pages_bring_the_same_cache_in_fewer_frames() {
         // Nothing changes while it is read, so a listing over several runs needs no
         // catch-up delta (every page carries the FIRST page's version).
         let per_page = match n {
-            0 => DOOR_CACHE_PAGE_ENTRIES_MAX as u64,
-            n => u64::from(n).min(DOOR_CACHE_BULK_ENTRIES_MAX as u64),
-        };
+            0 => DOOR_CACHE_PAGE_ENTRIES_MAX,
+            n => usize::from(n).min(DOOR_CACHE_BULK_ENTRIES_MAX),
+        } as u64;
         let per_run = (32 * per_page).min(cardgate_ledger::door_wire::DOOR_SYNC_RUN_ENTRIES_MAX as u64);
         assert_eq!(
             (*runs, *pages),

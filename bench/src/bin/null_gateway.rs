@@ -32,9 +32,9 @@ use cardgate_codec::crypto::SignOnInput;
 use cardgate_codec::{
     AccessReason, AccessResult, Approved, Balance, CardStatusCode, Challenge, DOOR_EVENTS_BATCH_MAX,
     DOOR_HOLIDAYS_FIRST, DOOR_HOLIDAYS_MAX, DOOR_PAGE_FIRST, DOOR_PAGE_LAST_IN_RUN, DOOR_PAGE_MORE,
-    DOOR_SCHEDULE_ALWAYS, DOOR_VALID_FOREVER, DoorCacheBulk, DoorCacheEntry, DoorCachePage, DoorCachePageKind,
-    DoorCacheSync, DoorEventsBatch, DoorEventsResult, DoorEventsStatus, DoorHolidays, ErrorCode, ErrorFrame,
-    HeartbeatAck, Message, PunchResult, PunchStatus, Side, SignOnOk, TerminalCodec, TerminalSecret,
+    DOOR_SCHEDULE_ALWAYS, DOOR_VALID_FOREVER, DoorCacheBulk, DoorCacheEntry, DoorCachePageKind, DoorCacheSync,
+    DoorEventsBatch, DoorEventsResult, DoorEventsStatus, DoorHolidays, ErrorCode, ErrorFrame, HeartbeatAck, Message,
+    PunchResult, PunchStatus, Side, SignOnOk, TerminalCodec, TerminalSecret,
 };
 use cardgate_ledger::demo::{demo_card, demo_secret};
 use futures::{FutureExt, SinkExt, StreamExt};
@@ -369,17 +369,10 @@ fn door_run(sync: DoorCacheSync) -> Vec<Message> {
             days: [0; DOOR_HOLIDAYS_MAX],
         }));
     }
-    // Pages as large as the controller takes, as cardgate sends them.
-    let per_page = match usize::from(sync.page_entries_max) {
-        0 => cardgate_codec::DOOR_CACHE_PAGE_ENTRIES_MAX,
-        n => n.min(cardgate_codec::DOOR_CACHE_BULK_ENTRIES_MAX),
-    };
+    // Pages of the kind and size the controller asked for, as cardgate sends them.
+    let per_page = sync.entries_per_page();
     let page = |kind, flags, from, entries: &[DoorCacheEntry]| {
-        if sync.page_entries_max == 0 {
-            DoorCachePage::new(kind, flags, from, DOOR_CACHE_VERSION, entries, &[]).map(Message::DoorCachePage)
-        } else {
-            DoorCacheBulk::new(kind, flags, from, DOOR_CACHE_VERSION, entries, &[]).map(Message::DoorCacheBulk)
-        }
+        DoorCacheBulk::new(kind, flags, from, DOOR_CACHE_VERSION, entries, &[]).and_then(|p| sync.answer(p))
     };
     if sync.after.is_none() && sync.have_version == DOOR_CACHE_VERSION {
         run.extend(page(
