@@ -108,11 +108,24 @@ def cpu_us_text(m):
     return "?" if us is None else f"{us:.2f}"
 
 
-def purchase_p99_le_ms(m):
-    """The gateway's own purchase latency (frame decoded -> answer written), p99 bucket."""
-    n = total(m, "cardgate_request_seconds_count", kind="purchase")
-    le = bucket_p99(m, "cardgate_request_seconds", n, kind="purchase")
+def p99_le_ms(m, kind):
+    """The gateway's own latency for one kind of request (frame decoded -> answer
+    written), p99 bucket; None when the run had none of that kind."""
+    n = total(m, "cardgate_request_seconds_count", kind=kind)
+    le = bucket_p99(m, "cardgate_request_seconds", n, kind=kind)
     return None if le is None else 1000 * le
+
+
+def purchase_p99_le_ms(m):
+    return p99_le_ms(m, "purchase")
+
+
+def p99_text(m):
+    """The p99 buckets of the kinds a run had: purchases, door checks or both (a run of
+    door controllers alone has no purchases)."""
+    parts = [f"{name} p99 <= {le:g} ms" for name, kind in (("purchase", "purchase"), ("door check", "access_check"))
+             if (le := p99_le_ms(m, kind)) is not None]
+    return "; ".join(f"gateway {p}" for p in parts) or "no purchases or door checks"
 
 
 if __name__ == "__main__":
@@ -122,9 +135,8 @@ if __name__ == "__main__":
         if c is None:
             print(f"{path}: no commits")
             continue
-        p = purchase_p99_le_ms(m)
         print(f"{path}: {c['commits']} flushes, {c['decisions_per_flush']:.1f} decisions per flush, "
               f"flush + fdatasync mean {c['commit_mean_ms']:.2f} ms (fdatasync {c['sync_mean_ms']:.2f} ms), "
               f"p99 <= {c['commit_p99_le_ms']:g} ms, over 25/50/100 ms {slow_syncs_text(m)}; "
-              f"gateway purchase p99 <= {p:g} ms; "
+              f"{p99_text(m)}; "
               f"CPU {m.get('process_cpu_seconds_total', 0):g} s, {cpu_us_text(m)} us per answer")
