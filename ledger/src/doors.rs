@@ -25,7 +25,7 @@ use cardgate_domain::entry::{EntryBody, EntryRecord};
 use cardgate_domain::model::{Account, AccountStatus, Card, CardStatus, Person, TerminalKind};
 use cardgate_domain::rules::access::{
     AccessCheck, AccessReason, card_refusal, check_anti_passback, check_door, check_holidays, check_schedule,
-    check_validity, day_start_ms, decide, local_day_minute, subject_matches,
+    check_validity, day_start_ms, decide, subject_matches,
 };
 use cardgate_domain::rules::attendance::{DaySheet, WorkHours, day_sheet};
 use cardgate_domain::rules::sequence::Seen;
@@ -366,8 +366,18 @@ impl Ledger {
     pub fn controller_cache_version(&self, terminal: u64) -> u64 {
         match self.controller_group(terminal) {
             0 => 0,
-            g => cache_version(self.group_access(g).cache_version, self.state.blacklist().published()),
+            g => self.group_cache_version(g),
         }
+    }
+
+    /// The cache version a door group's controllers are brought to, as they hold it (the
+    /// group's own count in the high 32 bits, the published blacklist version in the low
+    /// 32): what the operator API shows beside the controllers' acknowledged versions.
+    pub fn group_cache_version(&self, group: u64) -> u64 {
+        cache_version(
+            self.group_access(group).cache_version,
+            self.state.blacklist().published(),
+        )
     }
 
     /// The door group a door controller serves (0: none, or not a controller).
@@ -1276,6 +1286,10 @@ pub struct AccessQuery {
     pub door_group: Option<u64>,
     pub account: Option<u64>,
     pub card: Option<CardNo>,
+    /// Only granted (true) or only refused (false) events.
+    pub granted: Option<bool>,
+    /// Only the offline decisions flagged for security (true), or only the others.
+    pub flagged: Option<bool>,
     pub from_ms: i64,
     pub to_ms: i64,
 }
@@ -1298,6 +1312,12 @@ pub struct AccessEventRow {
     pub granted: bool,
     pub reason: &'static str,
     pub source: &'static str,
+    /// An offline decision the gateway's rules would have made otherwise (a grant to a
+    /// card blocked by then, an anti-passback conflict, a door of another group).
+    pub flagged: bool,
+    /// An online check's controller clock minus the gateway's at the check; 0 for an
+    /// offline event (the controller's drift at its next sign-on is in the inventory).
+    pub drift_ms: i64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -1360,7 +1380,9 @@ impl Ledger {
                     && q.door.is_none_or(|x| x == ev.door)
                     && q.door_group.is_none_or(|x| x == ev.door_group)
                     && q.account.is_none_or(|x| x == ev.account)
-                    && q.card.is_none_or(|x| x == ev.card);
+                    && q.card.is_none_or(|x| x == ev.card)
+                    && q.granted.is_none_or(|x| x == ev.granted)
+                    && q.flagged.is_none_or(|x| x == ev.flagged);
                 if !hit {
                     continue;
                 }
@@ -1386,6 +1408,8 @@ impl Ledger {
                     granted: ev.granted,
                     reason: AccessReason::from_code(ev.reason).map_or("unknown", |r| r.as_str()),
                     source: ev.source.as_str(),
+                    flagged: ev.flagged,
+                    drift_ms: ev.drift_ms,
                 });
             }
             true
@@ -1399,7 +1423,8 @@ impl Ledger {
 
     /// The attendance sheet of local day `day` for one person or a department: every
     /// person in it, with their first and last punch, count, late and early minutes and
-    /// status against `hours`. Blocks on sled reads.
+    /// status against `hours`, and whether the sheet is final (the day is over and the
+    /// journal still reaches back to its start). Blocks on sled reads.
     pub fn attendance_sheet(
         &self,
         of: &SheetOf,
@@ -1434,14 +1459,14 @@ impl Ledger {
             true
         })?;
         let holiday = self.state.access().read().holidays.contains(day);
-        let today = local_day_minute(self.now_ms(), tz).0;
+        let now = self.now_ms();
         let (y, m, d) = cardgate_domain::clock::civil_from_days(i64::from(day));
         let date = format!("{y:04}-{m:02}-{d:02}");
         let rows = persons
             .into_iter()
             .map(|p| {
                 let list = punches.remove(&p.account).unwrap_or_default();
-                let s: DaySheet = day_sheet(day, today, &list, hours, holiday, tz);
+                let s: DaySheet = day_sheet(day, now, &list, hours, holiday, tz);
                 AttendanceRow {
                     date: date.clone(),
                     account: p.account,
@@ -1457,6 +1482,7 @@ impl Ledger {
                 }
             })
             .collect();
-        Ok((rows, complete && first_time <= from))
+        // Like a search whose range ends in the future: not final until the day is over.
+        Ok((rows, complete && first_time <= from && to <= now))
     }
 }

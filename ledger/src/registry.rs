@@ -9,6 +9,8 @@
 //! are told to close (`terminal_notices`) and it cannot sign on again until enabled.
 //! Disabling a merchant disables its POS terminals in the same submission.
 
+use std::collections::HashMap;
+
 use cardgate_domain::entry::{DoorGroupEntry, EntryBody, EntryRecord, MerchantEntry, TerminalAction, TerminalEntry};
 use cardgate_domain::model::{
     DoorGroup, InventoryStatus, KeyHandout, Merchant, MerchantKind, TerminalKind, TerminalRecord,
@@ -110,6 +112,10 @@ pub struct TerminalView {
     pub offline_since_ms: Option<i64>,
     pub last_seen_ms: i64,
     pub blacklist_version: u64,
+    /// A door controller's door cache: the version it acknowledged last (0: none since
+    /// this data directory began), the version its group is at now, and whether it is
+    /// behind; `None` for any other terminal.
+    pub door_cache: Option<DoorCacheView>,
     /// Its clock minus the gateway's at its last sign-on.
     pub drift_ms: i64,
     pub last_tx_seq: u64,
@@ -117,6 +123,14 @@ pub struct TerminalView {
     /// numbers they hold.
     pub open_gaps: Vec<(u64, u64)>,
     pub missing: u64,
+}
+
+/// Where a door controller's cache stands (the composite versions of PROTOCOL.md 11.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct DoorCacheView {
+    pub acknowledged: u64,
+    pub current: u64,
+    pub behind: bool,
 }
 
 /// A registration or rekey: the record, and the secret, shown once.
@@ -351,6 +365,7 @@ impl Ledger {
                 offline_since_ms: t.offline_since_ms,
                 last_seen_ms: t.last_seen_ms,
                 blacklist_version: t.blacklist_acked,
+                door_cache: None,
                 drift_ms: t.drift_ms,
                 last_tx_seq: t.last_seq(),
                 // At most a few listed here; the completeness report has them all.
@@ -359,6 +374,28 @@ impl Ledger {
             });
         });
         out.sort_by_key(|t| t.id);
+        // After the walk over the terminals, so that no two of the state's locks are held
+        // at once.
+        let acked: HashMap<u64, u64> = self
+            .state
+            .access()
+            .events()
+            .controllers
+            .iter()
+            .map(|(t, c)| (*t, c.cache_acked))
+            .collect();
+        for t in out
+            .iter_mut()
+            .filter(|t| t.kind == TerminalKind::Door.as_str() && t.door_group != 0)
+        {
+            let acknowledged = acked.get(&t.id).copied().unwrap_or(0);
+            let current = self.group_cache_version(t.door_group);
+            t.door_cache = Some(DoorCacheView {
+                acknowledged,
+                current,
+                behind: acknowledged < current,
+            });
+        }
         out
     }
 

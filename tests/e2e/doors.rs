@@ -34,7 +34,7 @@ use cardgate_loadtest::doors::DoorCache;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::api_request;
+use crate::harness::{api_exchange, api_request};
 
 const TZ: i32 = 480;
 const GROUP_1_CONTROLLER: u64 = 100_001;
@@ -331,10 +331,39 @@ async fn door_access_over_the_protocol() {
     let before = g2.check(a, 11, Direction::In).await;
     assert_eq!(before.reason, AccessReason::Granted);
     let version_before = before.cache_version;
-    c.doors("POST", &format!("/api/v1/door-permissions/{permission}/revoke"), "");
+    let revoked = c.doors("POST", &format!("/api/v1/door-permissions/{permission}/revoke"), "");
     let after = g2.check(a, 11, Direction::In).await;
     assert_eq!(after.reason, AccessReason::NoPermission);
     assert!(after.cache_version > version_before, "the cache version moved");
+    assert_eq!(
+        revoked["cache_version"], after.cache_version,
+        "the API answers the version the controllers are brought to: {revoked}"
+    );
+    assert_eq!(revoked["group_version"], after.cache_version >> 32, "{revoked}");
+    // The inventory says which controller is behind, and stops saying so once it
+    // acknowledged the version.
+    let inventory = |c: &Campus| {
+        c.doors("GET", &format!("/api/v1/terminals/{GROUP_2_CONTROLLER}"), "")["terminal"]["door_cache"].clone()
+    };
+    let cache = inventory(&c);
+    assert_eq!(
+        (&cache["current"], &cache["behind"]),
+        (&Value::from(after.cache_version), &Value::from(true)),
+        "{cache}"
+    );
+    g2.client
+        .send(Message::DoorCacheAck(cardgate_codec::DoorCacheAck {
+            version: after.cache_version,
+        }))
+        .await
+        .unwrap();
+    g2.check(a, 11, Direction::In).await; // the acknowledgement is read before this
+    let cache = inventory(&c);
+    assert_eq!(
+        (&cache["acknowledged"], &cache["behind"]),
+        (&Value::from(after.cache_version), &Value::from(false)),
+        "{cache}"
+    );
     assert!(
         g2.client.door_pushed_version.is_some_and(|v| v > version_before),
         "DOOR_CACHE_PUSH arrived before the next answer"
@@ -557,6 +586,92 @@ async fn door_access_over_the_protocol() {
     );
     assert!(csv.lines().any(|l| l.contains(",no_permission,online,")), "{csv}");
     assert!(csv.lines().any(|l| l.contains(",outside_window,online,")), "{csv}");
+    let (status, head, csv) = tokio::task::block_in_place(|| {
+        api_exchange(
+            c.admin,
+            "GET",
+            "/api/v1/access-events?door=11&granted=false&from=2026-02-01&to=2026-04-30&format=csv",
+            &c.door_admin,
+            None,
+            "",
+        )
+    });
+    assert_eq!(status, 200, "{csv}");
+    // The range reaches past the test's clock, so neither answer is whole, and the CSV
+    // says so in the header where the JSON has `complete`.
+    let (_, json_answer) = c.api(
+        "GET",
+        "/api/v1/access-events?door=11&granted=false&from=2026-02-01&to=2026-04-30",
+        &c.door_admin,
+        "",
+    );
+    assert_eq!(json_answer["complete"], false, "{json_answer}");
+    assert!(
+        head.to_ascii_lowercase().contains("\r\nx-cardgate-complete: false"),
+        "a CSV search says whether it is whole: {head}"
+    );
+    assert!(
+        csv.lines().next().unwrap().ends_with(",recorded,flagged,drift_ms"),
+        "{csv}"
+    );
+    let denied: Vec<&str> = csv.lines().skip(1).collect();
+    assert!(
+        !denied.is_empty() && denied.iter().all(|l| l.contains(",false,")),
+        "{csv}"
+    );
+    assert!(!denied.iter().any(|l| l.contains(",granted,")), "granted=false: {csv}");
+
+    // A grant decided offline at a door of another group is stored as decided and
+    // flagged for security, who find it by the flag.
+    g1.seq += 1;
+    let mut other_group = DoorEvent {
+        event_seq: g1.seq,
+        card: demo_card(12),
+        door: 11,
+        direction: Direction::In,
+        reason: AccessReason::Granted,
+        event_time_ms: at(2026, 4, 2, 9, 30),
+        mac: [0; 16],
+    };
+    other_group.mac = door_event_mac(
+        &demo_secret(GROUP_1_CONTROLLER),
+        &DoorEventFields::of(GROUP_1_CONTROLLER, &other_group),
+    );
+    let r = self::upload(&mut g1.client, &[other_group]).await;
+    assert_eq!((r.status, r.stored, r.flagged), (DoorEventsStatus::Accepted, 1, 1));
+    let day = |filter: &str| -> Vec<Value> {
+        let (status, found) = c.api(
+            "GET",
+            &format!("/api/v1/access-events?{filter}from=2026-04-02&to=2026-04-02"),
+            &c.door_admin,
+            "",
+        );
+        assert_eq!(status, 200, "{found}");
+        found["events"].as_array().unwrap().clone()
+    };
+    let (all, flagged, unflagged) = (day(""), day("flagged=true&"), day("flagged=false&"));
+    assert_eq!(flagged.len() + unflagged.len(), all.len());
+    assert!(flagged.iter().all(|e| e["flagged"] == true), "{flagged:?}");
+    assert!(unflagged.iter().all(|e| e["flagged"] == false), "{unflagged:?}");
+    let e = flagged
+        .iter()
+        .find(|e| e["door"] == 11)
+        .expect("the other group's door is flagged");
+    assert_eq!(
+        (&e["source"], &e["drift_ms"]),
+        (&Value::from("offline"), &Value::from(0))
+    );
+    // A filter the search does not take, or a flag that is neither true nor false, is
+    // refused: ignored, it would export more than was asked for.
+    for bad in ["flaged=true", "granted=yes", "flagged=1"] {
+        let (status, v) = c.api(
+            "GET",
+            &format!("/api/v1/access-events?{bad}&from=2026-04-02"),
+            &c.door_admin,
+            "",
+        );
+        assert_eq!(status, 400, "{bad}: {v}");
+    }
     let audit = c.ledger.audit_list(&cardgate_ledger::audit::AuditQuery {
         target: Some(format!("card:{}", demo_card(10).0)),
         limit: 100,
@@ -841,9 +956,37 @@ async fn an_attendance_sheet_from_punches() {
     let card = CardNo(4_000_000_000 + li);
     let mut clock = c.terminal(CLOCK).await;
     let mut seq = 0;
-    // Tuesday 2026-03-10: in at 08:20 (late), out at 17:30.
+    // Tuesday 2026-03-10's sheet as the day goes: each person's status, and whether the
+    // sheet is final.
+    let tuesday = |c: &Campus| -> (Value, Value, Value) {
+        let (status, sheet) = c.api(
+            "GET",
+            "/api/v1/attendance?department=Physics&date=2026-03-10",
+            &c.attendance_admin,
+            "",
+        );
+        assert_eq!(status, 200, "{sheet}");
+        let rows = sheet["rows"].as_array().unwrap();
+        let of = |id: &str| rows.iter().find(|r| r["person_id"] == id).unwrap()["status"].clone();
+        (of("P1"), of("P2"), sheet["complete"].clone())
+    };
+    // Before the start nobody is absent yet.
+    c.clock.set(at(2026, 3, 10, 7, 30));
+    assert_eq!(
+        tuesday(&c),
+        (Value::from("not_yet"), Value::from("not_yet"), Value::from(false))
+    );
+    // In at 08:20 (late), out at 17:30. At noon the arrival is not a departure yet, and
+    // the one who has not come is absent.
     for (hh, mm) in [(8, 20), (12, 0), (17, 30)] {
         c.clock.set(at(2026, 3, 10, hh, mm));
+        if (hh, mm) == (12, 0) {
+            assert_eq!(
+                tuesday(&c),
+                (Value::from("late"), Value::from("absent"), Value::from(false)),
+                "at noon"
+            );
+        }
         seq += 1;
         let m = Message::Punch(Punch {
             event_seq: seq,
@@ -909,6 +1052,22 @@ async fn an_attendance_sheet_from_punches() {
     let rows = tomorrow["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 2, "{tomorrow}");
     assert!(rows.iter().all(|r| r["status"] == "not_yet"), "{tomorrow}");
+    assert_eq!(tomorrow["complete"], false, "a day to come is not final: {tomorrow}");
+    // Once that day is over (and the journal holds all of it), nobody came: the sheet
+    // is final and both are absent.
+    c.clock.set(at(2026, 3, 12, 0, 0));
+    let (_, over) = c.api(
+        "GET",
+        "/api/v1/attendance?department=Physics&date=2026-03-11",
+        &c.attendance_admin,
+        "",
+    );
+    assert_eq!(over["complete"], true, "{over}");
+    let rows = over["rows"].as_array().unwrap();
+    assert!(
+        rows.len() == 2 && rows.iter().all(|r| r["status"] == "absent"),
+        "{over}"
+    );
     let (status, csv) = c.api_text(
         "/api/v1/attendance?person=P1&date=2026-03-10&format=csv",
         &c.attendance_admin,

@@ -379,6 +379,19 @@ pub fn api_request(
     key: Option<&str>,
     body: &str,
 ) -> (u16, String) {
+    let (status, _, body) = api_exchange(addr, method, path, token, key, body);
+    (status, body)
+}
+
+/// As `api_request`, with the response's head (status line and headers) as well.
+pub fn api_exchange(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: &str,
+    key: Option<&str>,
+    body: &str,
+) -> (u16, String, String) {
     let mut s = TcpStream::connect(addr).expect("connect for HTTP");
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let mut req = format!(
@@ -396,5 +409,5 @@ pub fn api_request(
     s.read_to_string(&mut raw).unwrap();
     let (head, rest) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
     let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (status, rest.to_string())
+    (status, head.to_string(), rest.to_string())
 }

@@ -25,7 +25,9 @@ use cardgate_ledger::doors::{AccessQuery, DoorInput, PermissionInput, ScheduleIn
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::http::{csv_field, csv_response, json_body, parse_card, parse_id, wants_csv};
+use super::http::{
+    csv_field, csv_search_response, json_body, only_params, parse_card, parse_flag, parse_id, wants_csv,
+};
 use super::{AdminState, ApiError, Done, idempotency_key};
 
 pub fn api() -> Router<AdminState> {
@@ -127,7 +129,9 @@ fn permission_json(p: &Permission) -> Value {
     })
 }
 
-fn group_access_json(g: &GroupAccess) -> Value {
+/// `cache_version` is what the group's controllers hold once synced (the composite of
+/// PROTOCOL.md 11.3, `blacklist` its low half); `group_version` the group's own count.
+fn group_access_json(g: &GroupAccess, blacklist: u64) -> Value {
     let minutes = match g.anti_passback {
         AntiPassback::Timed { minutes } => Some(minutes),
         _ => None,
@@ -136,7 +140,18 @@ fn group_access_json(g: &GroupAccess) -> Value {
         "door_group": g.group,
         "anti_passback": g.anti_passback.as_str(),
         "anti_passback_minutes": minutes,
-        "cache_version": g.cache_version,
+        "cache_version": cardgate_ledger::doors::cache_version(g.cache_version, blacklist),
+        "group_version": g.cache_version,
+    })
+}
+
+/// A permission change's answer: the permission, and the cache version its group's
+/// controllers are now brought to.
+fn permission_answer(l: &cardgate_ledger::Ledger, p: &Permission) -> Value {
+    json!({
+        "permission": permission_json(p),
+        "cache_version": l.group_cache_version(p.door_group),
+        "group_version": l.group_access(p.door_group).cache_version,
     })
 }
 
@@ -642,10 +657,7 @@ async fn put_permission(s: AdminState, headers: HeaderMap, body: Bytes, id: Opti
             status,
             before,
             after: Value::Null,
-            body: json!({
-                "permission": permission_json(&p),
-                "cache_version": l.group_access(p.door_group).cache_version,
-            }),
+            body: permission_answer(&l, &p),
         })
     })
     .await
@@ -670,10 +682,7 @@ async fn revoke(State(s): State<AdminState>, headers: HeaderMap, Path(id): Path<
             status: StatusCode::OK,
             before: Value::Null,
             after: Value::Null,
-            body: json!({
-                "permission": permission_json(&p),
-                "cache_version": l.group_access(p.door_group).cache_version,
-            }),
+            body: permission_answer(&l, &p),
         })
     })
     .await
@@ -693,7 +702,8 @@ async fn get_group_access(State(s): State<AdminState>, headers: HeaderMap, Path(
     if !s.ledger.door_groups().iter().any(|g| g.id == id) {
         return ApiError::new(StatusCode::NOT_FOUND, format!("door group {id} not found")).into_response();
     }
-    axum::Json(json!({ "access": group_access_json(&s.ledger.group_access(id)) })).into_response()
+    let published = s.ledger.blacklist().published();
+    axum::Json(json!({ "access": group_access_json(&s.ledger.group_access(id), published) })).into_response()
 }
 
 #[derive(Deserialize)]
@@ -727,9 +737,10 @@ async fn put_group_access(
                 ));
             }
         };
-        let before_s = group_access_json(&l.group_access(id)).to_string();
-        let describe = move |g: &GroupAccess| (before_s.clone(), group_access_json(g).to_string());
-        let answer = |g: &GroupAccess| json!({ "access": group_access_json(g) }).to_string();
+        let published = l.blacklist().published();
+        let before_s = group_access_json(&l.group_access(id), published).to_string();
+        let describe = move |g: &GroupAccess| (before_s.clone(), group_access_json(g, published).to_string());
+        let answer = |g: &GroupAccess| json!({ "access": group_access_json(g, published) }).to_string();
         let g = l
             .set_anti_passback(&call.by(StatusCode::OK, &describe, &answer), id, rule)
             .await?;
@@ -737,7 +748,7 @@ async fn put_group_access(
             status: StatusCode::OK,
             before: Value::Null,
             after: Value::Null,
-            body: json!({ "access": group_access_json(&g) }),
+            body: json!({ "access": group_access_json(&g, l.blacklist().published()) }),
         })
     })
     .await
@@ -766,7 +777,21 @@ fn range(s: &AdminState, q: &HashMap<String, String>) -> Result<(i64, i64), ApiE
     Ok((from, to))
 }
 
-/// Access events by `door`, `door_group`, `person`, `card` and time; JSON or CSV. Every
+/// What security's search takes; anything else is refused.
+const ACCESS_EVENT_PARAMS: [&str; 9] = [
+    "door",
+    "door_group",
+    "person",
+    "card",
+    "from",
+    "to",
+    "granted",
+    "flagged",
+    "format",
+];
+
+/// Access events by `door`, `door_group`, `person`, `card`, time, result and whether an
+/// offline decision was flagged; JSON or CSV. Every
 /// search is audited with whom it looked at (the person, card, door or group asked for)
 /// and how many events it returned.
 async fn access_events(
@@ -786,7 +811,10 @@ async fn access_events(
         targets.join(" ")
     };
     let actor = auth!(s, headers, ApiPermission::Doors, "access_events.search", target);
+    tryr!(only_params(&q, &ACCESS_EVENT_PARAMS));
     let csv = tryr!(wants_csv(&q, &headers));
+    let granted = tryr!(parse_flag(&q, "granted"));
+    let flagged = tryr!(parse_flag(&q, "flagged"));
     let (from, to) = tryr!(range(&s, &q));
     let num = |k: &str| q.get(k).map(|v| parse_id(v, k)).transpose();
     let door = tryr!(num("door"));
@@ -804,6 +832,8 @@ async fn access_events(
         door_group,
         account,
         card,
+        granted,
+        flagged,
         from_ms: from,
         to_ms: to,
     };
@@ -835,11 +865,11 @@ async fn access_events(
     }
     if csv {
         let mut out = String::from(
-            "time,door,door_name,door_group,direction,card,person_id,person_name,account,granted,reason,source,terminal,event_seq,recorded\n",
+            "time,door,door_name,door_group,direction,card,person_id,person_name,account,granted,reason,source,terminal,event_seq,recorded,flagged,drift_ms\n",
         );
         for r in &found.rows {
             out.push_str(&format!(
-                "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+                "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
                 format_local(r.event_time_ms, tz),
                 r.door,
                 csv_field(&r.door_name),
@@ -855,9 +885,11 @@ async fn access_events(
                 r.terminal,
                 r.event_seq,
                 format_local(r.recorded_ms, tz),
+                r.flagged,
+                r.drift_ms,
             ));
         }
-        return csv_response(out);
+        return csv_search_response(out, found.complete);
     }
     axum::Json(json!({
         "events": found.rows,
@@ -881,6 +913,7 @@ async fn attendance(
         _ => "attendance".to_string(),
     };
     auth!(s, headers, ApiPermission::Attendance, "attendance.sheet", target);
+    tryr!(only_params(&q, &["person", "department", "date", "format"]));
     let csv = tryr!(wants_csv(&q, &headers));
     let tz = s.tz_offset_minutes;
     let day = match q.get("date") {
@@ -920,7 +953,7 @@ async fn attendance(
                 r.status,
             ));
         }
-        return csv_response(out);
+        return csv_search_response(out, complete);
     }
     axum::Json(json!({ "date": fmt_day(day), "rows": rows, "complete": complete })).into_response()
 }

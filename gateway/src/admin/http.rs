@@ -50,6 +50,51 @@ pub(crate) fn csv_response(text: String) -> Response {
     ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], text).into_response()
 }
 
+/// The header a CSV search answer carries with its JSON's `complete`: a CSV has no place
+/// for it, and an export cut at its row bound, or reaching past what the journal holds,
+/// must not pass for the whole record.
+pub(crate) const COMPLETE_HEADER: &str = "x-cardgate-complete";
+
+/// A CSV search answer, with whether it is the whole of what was asked for.
+pub(crate) fn csv_search_response(text: String, complete: bool) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+            (
+                header::HeaderName::from_static(COMPLETE_HEADER),
+                if complete { "true" } else { "false" },
+            ),
+        ],
+        text,
+    )
+        .into_response()
+}
+
+/// Refuses a search parameter the endpoint does not take: a misspelt or unsupported
+/// filter silently ignored would answer, and export, more than was asked for.
+pub(crate) fn only_params(q: &HashMap<String, String>, known: &[&str]) -> Result<(), ApiError> {
+    let mut unknown: Vec<&str> = q.keys().map(String::as_str).filter(|k| !known.contains(k)).collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    unknown.sort_unstable();
+    Err(ApiError::bad_request(format!(
+        "unknown parameter {}: this search takes {}",
+        unknown.join(", "),
+        known.join(", ")
+    )))
+}
+
+/// A `true`/`false` search parameter, absent for either.
+pub(crate) fn parse_flag(q: &HashMap<String, String>, key: &str) -> Result<Option<bool>, ApiError> {
+    match q.get(key).map(String::as_str) {
+        None => Ok(None),
+        Some("true") => Ok(Some(true)),
+        Some("false") => Ok(Some(false)),
+        Some(other) => Err(ApiError::bad_request(format!("{key}={other:?}: true or false"))),
+    }
+}
+
 pub(crate) fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))

@@ -510,7 +510,7 @@ impl InventoryFilter {
 fn inventory_csv(list: &[TerminalView], tz: i32) -> String {
     let mut out = String::from(
         "id,kind,merchant,door_group,name,place,serial,responsible,installed,status,enabled,key_generation,\
-         connected,last_seen,blacklist_version\n",
+         connected,last_seen,blacklist_version,door_cache_acknowledged,door_cache_current,door_cache_behind,drift_ms\n",
     );
     for t in list {
         let last_seen = if t.last_seen_ms > 0 {
@@ -534,6 +534,10 @@ fn inventory_csv(list: &[TerminalView], tz: i32) -> String {
             t.connected.to_string(),
             last_seen,
             t.blacklist_version.to_string(),
+            t.door_cache.map_or_else(String::new, |c| c.acknowledged.to_string()),
+            t.door_cache.map_or_else(String::new, |c| c.current.to_string()),
+            t.door_cache.map_or_else(String::new, |c| c.behind.to_string()),
+            t.drift_ms.to_string(),
         ];
         out.push_str(&fields.join(","));
         out.push('\n');

@@ -25,7 +25,7 @@ use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::http::{csv_field, csv_response, json_body, parse_card, parse_id, wants_csv, yuan};
+use super::http::{csv_field, csv_search_response, json_body, only_params, parse_card, parse_id, wants_csv, yuan};
 use super::{ADMIN_BODY_BYTES_MAX, AdminState, ApiError, BULK_BODY_BYTES_MAX, Done, idempotency_key, with_body_limit};
 
 pub fn router(state: AdminState) -> Router {
@@ -695,6 +695,7 @@ async fn fee_list(
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     auth!(s, headers, Permission::Fees, "fees.list", String::from("fees"));
+    tryr!(only_params(&q, &["day", "format"]));
     let csv = tryr!(wants_csv(&q, &headers));
     let tz = s.tz_offset_minutes;
     let from = match q.get("day") {
@@ -732,7 +733,7 @@ async fn fee_list(
             ));
         }
         out.push_str(&format!("total,,,,,,{},,\n", yuan(total)));
-        return csv_response(out);
+        return csv_search_response(out, complete);
     }
     let rows: Vec<Value> = rows
         .iter()
@@ -760,6 +761,7 @@ async fn history(
     target: String,
 ) -> Response {
     auth!(s, headers, Permission::History, "history.get", target);
+    tryr!(only_params(&q, &["from", "to", "format"]));
     let csv = tryr!(wants_csv(&q, &headers));
     match (query.account, query.card) {
         (Some(a), _) if s.ledger.account(a).is_none() => {
@@ -817,7 +819,7 @@ async fn history(
                 csv_field(&r.reason)
             ));
         }
-        return csv_response(out);
+        return csv_search_response(out, h.complete);
     }
     let rows: Vec<Value> = h
         .rows

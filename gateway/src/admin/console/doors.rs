@@ -620,7 +620,16 @@ async fn revoke_post(State(c): State<Console>, signed: Signed, Path(id): Path<St
 
 // ---- access events --------------------------------------------------------------------------
 
-const EVENT_KEYS: [&str; 6] = ["door", "door_group", "person", "card", "from", "to"];
+const EVENT_KEYS: [&str; 8] = [
+    "door",
+    "door_group",
+    "person",
+    "card",
+    "granted",
+    "flagged",
+    "from",
+    "to",
+];
 
 fn events_uri(q: &HashMap<String, String>, csv: bool) -> String {
     let mut query = api_query(q, &EVENT_KEYS);
@@ -648,6 +657,15 @@ async fn events_page(
             label { (ctx.t("卡号", "Card")) " " input type="text" name="card" value=(field("card")) size="16"; }
             label { (ctx.t("从", "From")) " " input type="date" name="from" value=(field("from")); }
             label { (ctx.t("到", "To")) " " input type="date" name="to" value=(field("to")); }
+            label { (ctx.t("结果", "Result")) " "
+                select name="granted" {
+                    option value="" selected[field("granted").is_empty()] { (ctx.t("全部", "any")) }
+                    option value="true" selected[field("granted") == "true"] { (ctx.t("通过", "granted")) }
+                    option value="false" selected[field("granted") == "false"] { (ctx.t("拒绝", "denied")) }
+                }
+            }
+            label { input type="checkbox" name="flagged" value="true" checked[field("flagged") == "true"];
+                " " (ctx.t("仅离线可疑记录", "flagged offline decisions only")) }
             button type="submit" { (ctx.t("查询", "Search")) }
         }
         p.muted { (ctx.t(
@@ -698,7 +716,8 @@ async fn events_page(
                     td { (e["person_name"].as_str().unwrap_or("")) }
                     td { @if e["granted"] == true { span.status-active { (ctx.t("通过", "granted")) } } @else { span.status-frozen { (ctx.t("拒绝", "denied")) } } }
                     td.mono { (e["reason"].as_str().unwrap_or("")) }
-                    td { (e["source"].as_str().unwrap_or("")) }
+                    td { (e["source"].as_str().unwrap_or(""))
+                        @if e["flagged"] == true { " " span.status-frozen title=(ctx.t("离线决定与网关规则不符", "decided offline against the gateway's rules")) { (ctx.t("可疑", "flagged")) } } }
                     td.num { (e["terminal"]) }
                 }
             }

@@ -2,7 +2,9 @@
 //! working hours the configuration gives: the first punch is the arrival, the last the
 //! departure (a single punch is an arrival without a departure); late past the grace
 //! minutes, early before the end, absent on a working day without a punch. Holidays
-//! and days off are not working days.
+//! and days off are not working days. Today is judged only as far as it has gone: nobody
+//! is absent before the grace has passed, and nobody has left early (or failed to punch
+//! out) before the end of the working hours.
 
 use serde::Serialize;
 
@@ -39,9 +41,10 @@ pub enum DayStatus {
     /// Left before the end (or punched only once).
     EarlyLeave,
     LateAndEarlyLeave,
-    /// A working day without a punch.
+    /// A working day without a punch (today: none by the end of the grace).
     Absent,
-    /// A working day that has not come yet: nobody can be absent from it.
+    /// A working day that has not come yet, or today before the grace has passed
+    /// without a punch: nobody can be absent from it yet.
     NotYet,
     /// Not a working day (a weekend, a holiday); punches are still listed.
     DayOff,
@@ -73,15 +76,22 @@ pub struct DaySheet {
 }
 
 /// The sheet of local day `day` from the punches (unix ms, any order) made on it, as
-/// seen on local day `today`: a working day after today is `NotYet`, never absent.
+/// seen at `now_ms`: a working day after today is `NotYet`, never absent; today without
+/// a punch is `NotYet` until the grace after the start has passed; and today's early
+/// leave (a last punch before the end, or a single punch) is judged only once the end
+/// has passed, since a lunchtime punch or an arrival is not a departure yet.
 pub fn day_sheet(
     day: i32,
-    today: i32,
+    now_ms: i64,
     punches_ms: &[i64],
     hours: &WorkHours,
     holiday: bool,
     tz_offset_minutes: i32,
 ) -> DaySheet {
+    let (today, now_min) = local_day_minute(now_ms, tz_offset_minutes);
+    // Where the day stands: a past day is over, a future one not begun.
+    let grace_passed = day < today || (day == today && now_min > hours.start_min + hours.late_grace_min);
+    let ended = day < today || (day == today && now_min >= hours.end_min);
     let first = punches_ms.iter().copied().min();
     let last = if punches_ms.len() > 1 {
         punches_ms.iter().copied().max()
@@ -97,14 +107,13 @@ pub fn day_sheet(
         _ => 0,
     };
     let early_min = match (first, last) {
-        (Some(_), Some(l)) if working && minute(l) < hours.end_min => u32::from(hours.end_min - minute(l)),
-        (Some(_), None) if working => 0,
+        (Some(_), Some(l)) if working && ended && minute(l) < hours.end_min => u32::from(hours.end_min - minute(l)),
         _ => 0,
     };
-    let no_departure = working && first.is_some() && last.is_none();
+    let no_departure = working && ended && first.is_some() && last.is_none();
     let status = if !working {
         DayStatus::DayOff
-    } else if first.is_none() && day > today {
+    } else if first.is_none() && !grace_passed {
         DayStatus::NotYet
     } else if first.is_none() {
         DayStatus::Absent
@@ -141,9 +150,11 @@ mod tests {
     fn a_working_day_from_its_punches() {
         let day = days_from_civil(2026, 3, 10) as i32; // a Tuesday
         let h = WorkHours::default();
+        // Seen the next morning: the day is over.
+        let later = at(day + 1, 9, 0);
         let s = day_sheet(
             day,
-            day,
+            later,
             &[at(day, 17, 30), at(day, 7, 55), at(day, 12, 0)],
             &h,
             false,
@@ -154,28 +165,57 @@ mod tests {
         assert_eq!(s.last_out_ms, Some(at(day, 17, 30)));
         assert_eq!(s.punches, 3);
 
-        let s = day_sheet(day, day, &[at(day, 8, 20), at(day, 16, 0)], &h, false, TZ);
+        let s = day_sheet(day, later, &[at(day, 8, 20), at(day, 16, 0)], &h, false, TZ);
         assert_eq!(s.status, DayStatus::LateAndEarlyLeave);
         assert_eq!((s.late_min, s.early_min), (20, 60));
         assert_eq!(
-            day_sheet(day, day, &[at(day, 8, 5), at(day, 17, 0)], &h, false, TZ).status,
+            day_sheet(day, later, &[at(day, 8, 5), at(day, 17, 0)], &h, false, TZ).status,
             DayStatus::Present,
             "within the grace"
         );
-        assert_eq!(day_sheet(day, day, &[], &h, false, TZ).status, DayStatus::Absent);
+        assert_eq!(day_sheet(day, later, &[], &h, false, TZ).status, DayStatus::Absent);
         // Seen the day before, the same day is not absent but still to come.
-        assert_eq!(day_sheet(day, day - 1, &[], &h, false, TZ).status, DayStatus::NotYet);
-        assert_eq!(day_sheet(day, day + 1, &[], &h, false, TZ).status, DayStatus::Absent);
-        assert_eq!(day_sheet(day, day, &[], &h, true, TZ).status, DayStatus::DayOff);
         assert_eq!(
-            day_sheet(day, day, &[at(day, 7, 0)], &h, false, TZ).status,
+            day_sheet(day, at(day - 1, 12, 0), &[], &h, false, TZ).status,
+            DayStatus::NotYet
+        );
+        assert_eq!(day_sheet(day, later, &[], &h, true, TZ).status, DayStatus::DayOff);
+        assert_eq!(
+            day_sheet(day, later, &[at(day, 7, 0)], &h, false, TZ).status,
             DayStatus::EarlyLeave,
             "no departure"
         );
         let saturday = day + 4;
         assert_eq!(
-            day_sheet(saturday, saturday, &[], &h, false, TZ).status,
+            day_sheet(saturday, at(saturday, 12, 0), &[], &h, false, TZ).status,
             DayStatus::DayOff
+        );
+    }
+
+    #[test]
+    fn today_is_judged_as_far_as_it_has_gone() {
+        let day = days_from_civil(2026, 3, 10) as i32; // a Tuesday, 08:00-17:00, 5 minutes' grace
+        let h = WorkHours::default();
+        let sheet = |now: i64, punches: &[i64]| day_sheet(day, now, punches, &h, false, TZ);
+        // Nobody is absent before the grace has passed; at 08:06 without a punch, they are.
+        assert_eq!(sheet(at(day, 5, 44), &[]).status, DayStatus::NotYet);
+        assert_eq!(sheet(at(day, 8, 5), &[]).status, DayStatus::NotYet);
+        assert_eq!(sheet(at(day, 8, 6), &[]).status, DayStatus::Absent);
+        // An arrival is not a departure until the end has passed.
+        assert_eq!(sheet(at(day, 10, 0), &[at(day, 7, 50)]).status, DayStatus::Present);
+        assert_eq!(sheet(at(day, 10, 0), &[at(day, 8, 30)]).status, DayStatus::Late);
+        assert_eq!(sheet(at(day, 16, 59), &[at(day, 7, 50)]).status, DayStatus::Present);
+        assert_eq!(sheet(at(day, 17, 0), &[at(day, 7, 50)]).status, DayStatus::EarlyLeave);
+        // A lunchtime punch is not an early leave while the day goes on; at the end it is
+        // the last punch, and it was early.
+        let lunch = [at(day, 7, 50), at(day, 12, 0)];
+        let s = sheet(at(day, 13, 0), &lunch);
+        assert_eq!((s.status, s.early_min), (DayStatus::Present, 0));
+        let s = sheet(at(day, 17, 0), &lunch);
+        assert_eq!((s.status, s.early_min), (DayStatus::EarlyLeave, 300));
+        assert_eq!(
+            sheet(at(day, 17, 0), &[at(day, 7, 50), at(day, 17, 0)]).status,
+            DayStatus::Present
         );
     }
 }
