@@ -169,8 +169,44 @@ fn print_report(r: &Value) {
     println!("{}", serde_json::to_string_pretty(r).unwrap_or_default());
 }
 
-/// `cardgate check`: returns whether the check was clean.
-pub async fn check(target: Target) -> anyhow::Result<bool> {
+/// What `cardgate check` found, and the exit code that says it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckOutcome {
+    /// Every part checked, nothing disagrees: exit 0.
+    Clean,
+    /// Records that disagree: exit 1.
+    Mismatches,
+    /// Nothing disagrees in what was checked, but the central store could not be read:
+    /// exit 2 (check again when it answers).
+    Incomplete,
+}
+
+impl CheckOutcome {
+    /// From a report's JSON, as the API answers it and the stopped check prints it.
+    pub fn of(report: &Value) -> CheckOutcome {
+        let mismatches: u64 = report["counts"]
+            .as_object()
+            .map_or(0, |c| c.values().filter_map(Value::as_u64).sum());
+        if mismatches > 0 {
+            CheckOutcome::Mismatches
+        } else if !report["central_unchecked"].is_null() || report["ok"] != true {
+            CheckOutcome::Incomplete
+        } else {
+            CheckOutcome::Clean
+        }
+    }
+
+    pub fn exit_code(self) -> i32 {
+        match self {
+            CheckOutcome::Clean => 0,
+            CheckOutcome::Mismatches => 1,
+            CheckOutcome::Incomplete => 2,
+        }
+    }
+}
+
+/// `cardgate check`: prints the report and says what it found.
+pub async fn check(target: Target) -> anyhow::Result<CheckOutcome> {
     match target {
         Target::Api { url, token } => {
             let (status, answer) = call(&url, &token, "POST", "/api/v1/integrity/checks", "").await?;
@@ -178,7 +214,7 @@ pub async fn check(target: Target) -> anyhow::Result<bool> {
                 return Err(api_error(status, &answer));
             }
             print_report(&answer);
-            Ok(answer["ok"].as_bool().unwrap_or(false))
+            Ok(CheckOutcome::of(&answer))
         }
         Target::Stopped { config } => {
             let db = open_stopped(&config.data_dir)?;
@@ -199,8 +235,9 @@ pub async fn check(target: Target) -> anyhow::Result<bool> {
             .await?;
             central.close().await;
             eprintln!("{}", report.summary());
-            print_report(&report.json());
-            Ok(report.ok)
+            let json = report.json();
+            print_report(&json);
+            Ok(CheckOutcome::of(&json))
         }
     }
 }

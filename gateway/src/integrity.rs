@@ -45,8 +45,10 @@ impl Durability {
     }
 }
 
-/// Every check's name: the `check` label's whole set.
-pub const CHECKS: [&str; 10] = [
+/// Every check's name: the `check` label's whole set. A central store that could not be
+/// read is not among them: it is a check not made (`Report::central_unchecked`), not
+/// records that disagree, and must not page as tampering does.
+pub const CHECKS: [&str; 9] = [
     "chain",
     "checkpoint",
     "balance",
@@ -56,7 +58,6 @@ pub const CHECKS: [&str; 10] = [
     "central_day",
     "central_internal",
     "day_close",
-    "central_unreachable",
 ];
 
 /// Entry hashes read from the central store per query.
@@ -65,7 +66,10 @@ const HASH_PAGE: usize = 50_000;
 /// One run's findings.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
+    /// No mismatch, and every part checked.
     pub ok: bool,
+    /// Why the central half was not checked (the store could not be read), if it was not.
+    pub central_unchecked: Option<String>,
     pub started_ms: i64,
     pub took_ms: u64,
     pub gateway_id: u64,
@@ -94,6 +98,13 @@ impl Report {
 
     /// One line for the audit trail and the log.
     pub fn summary(&self) -> String {
+        if let (Some(why), 0) = (&self.central_unchecked, self.mismatches_total()) {
+            return format!(
+                "INCOMPLETE: no mismatch in the journal through entry {} ({} accounts, {} movements), \
+                 but the central store was not checked: {why}",
+                self.through_entry_id, self.accounts_checked, self.movements_checked
+            );
+        }
         if self.ok {
             format!(
                 "clean: chain through entry {}, {} accounts, {} movements, {} central hashes, {} days",
@@ -110,8 +121,12 @@ impl Report {
                 .filter(|(_, n)| **n > 0)
                 .map(|(c, n)| format!("{c}: {n}"))
                 .collect();
+            let unchecked = match &self.central_unchecked {
+                Some(why) => format!("; the central store was not checked: {why}"),
+                None => String::new(),
+            };
             format!(
-                "MISMATCHES through entry {}: {}",
+                "MISMATCHES through entry {}: {}{unchecked}",
                 self.through_entry_id,
                 found.join(", ")
             )
@@ -126,9 +141,22 @@ impl Report {
         }
         metrics::gauge!("cardgate_integrity_last_run_timestamp_seconds").set(self.started_ms as f64 / 1000.0);
         metrics::gauge!("cardgate_integrity_last_run_ok").set(if self.ok { 1.0 } else { 0.0 });
+        metrics::gauge!("cardgate_integrity_central_unchecked").set(if self.central_unchecked.is_some() {
+            1.0
+        } else {
+            0.0
+        });
         metrics::histogram!("cardgate_integrity_run_seconds").record(self.took_ms as f64 / 1000.0);
-        metrics::counter!("cardgate_integrity_runs_total", "result" => if self.ok { "ok" } else { "mismatch" })
-            .increment(1);
+        metrics::counter!("cardgate_integrity_runs_total", "result" => self.result()).increment(1);
+    }
+
+    /// `cardgate_integrity_runs_total`'s `result`: `mismatch` over `incomplete` over `ok`.
+    pub fn result(&self) -> &'static str {
+        match (self.mismatches_total(), &self.central_unchecked) {
+            (1.., _) => "mismatch",
+            (0, Some(_)) => "incomplete",
+            (0, None) => "ok",
+        }
     }
 }
 
@@ -139,9 +167,10 @@ pub fn register_metrics() {
     for check in CHECKS {
         metrics::gauge!("cardgate_integrity_mismatches", "check" => check).set(0.0);
     }
-    for result in ["ok", "mismatch", "error"] {
+    for result in ["ok", "mismatch", "incomplete", "error"] {
         metrics::counter!("cardgate_integrity_runs_total", "result" => result).increment(0);
     }
+    metrics::gauge!("cardgate_integrity_central_unchecked").set(0.0);
     for result in ["ok", "error"] {
         metrics::counter!("cardgate_backups_total", "result" => result).increment(0);
     }
@@ -235,15 +264,7 @@ pub async fn run(source: Source<'_>, central: Option<&CentralStore>, now_ms: i64
     let mut hashes_checked = 0u64;
     let mut days_checked = 0u64;
     let mut central_json = None;
-    if let Some(e) = &central_error {
-        push(
-            &mut check,
-            "central_unreachable",
-            (None, None, None),
-            (String::new(), String::new()),
-            format!("the central store could not be read: {e}"),
-        );
-    }
+    let mut central_unchecked = central_error.map(|e| format!("the central store could not be read: {e}"));
     if let (Some(store), Some(at)) = (central, check.at_cursor.clone()) {
         let k = at.cursor;
         central_json = Some(json!({ "store": store.describe(), "cursor": k }));
@@ -253,13 +274,8 @@ pub async fn run(source: Source<'_>, central: Option<&CentralStore>, now_ms: i64
                 hashes_checked = h;
                 days_checked = d;
             }
-            Err(e) => push(
-                &mut check,
-                "central_unreachable",
-                (Some(k), None, None),
-                (String::new(), String::new()),
-                format!("the central store could not be read: {e}"),
-            ),
+            // What it found before the store stopped answering stands.
+            Err(e) => central_unchecked = Some(format!("the central store could not be read (at cursor {k}): {e}")),
         }
     } else if let (Some(store), None, Some(c)) = (central, &check.at_cursor, cursor) {
         // The store holds more of this gateway than its journal: restored from an older
@@ -279,10 +295,11 @@ pub async fn run(source: Source<'_>, central: Option<&CentralStore>, now_ms: i64
         .iter()
         .map(|c| (*c, check.counts.get(c).copied().unwrap_or(0)))
         .collect();
-    let ok = counts.values().all(|n| *n == 0);
+    let ok = counts.values().all(|n| *n == 0) && central_unchecked.is_none();
     let chain = &check.chain;
     Ok(Report {
         ok,
+        central_unchecked,
         started_ms: now_ms,
         took_ms: started.elapsed().as_millis() as u64,
         gateway_id,
@@ -505,10 +522,10 @@ pub async fn run_live(ledger: &Ledger, central: Option<&CentralStore>) -> Result
     match &r {
         Ok(report) => {
             report.record_metrics();
-            if report.ok {
-                tracing::info!(summary = %report.summary(), "integrity check");
-            } else {
-                tracing::error!(summary = %report.summary(), "integrity check found mismatches");
+            match report.result() {
+                "ok" => tracing::info!(summary = %report.summary(), "integrity check"),
+                "incomplete" => tracing::warn!(summary = %report.summary(), "integrity check incomplete"),
+                _ => tracing::error!(summary = %report.summary(), "integrity check found mismatches"),
             }
         }
         Err(e) => {

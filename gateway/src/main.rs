@@ -48,8 +48,9 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Run the integrity check (exits 1 if it finds mismatches): through a running
-    /// gateway's admin API, or on a stopped gateway's --data-dir and its central store.
+    /// Run the integrity check (exits 1 if it finds mismatches, 2 if it could not read the
+    /// central store and found none in the journal): through a running gateway's admin
+    /// API, or on a stopped gateway's --data-dir and its central store.
     Check {
         #[command(flatten)]
         at: TargetArgs,
@@ -230,11 +231,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Check { at } => {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            let clean = runtime.block_on(cardgate::durability_cli::check(at.target()?))?;
-            if !clean {
-                std::process::exit(1);
+            let outcome = runtime.block_on(cardgate::durability_cli::check(at.target()?))?;
+            match outcome.exit_code() {
+                0 => Ok(()),
+                code => std::process::exit(code),
             }
-            Ok(())
         }
         Command::Operator(cmd) => {
             let defaults = Config::default();

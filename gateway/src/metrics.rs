@@ -88,7 +88,7 @@ pub const FAMILIES: &[Family] = &[
     family("cardgate_connections_accepted_total", C, Unit::Count, "Terminal TCP connections accepted."),
     family("cardgate_accept_errors_total", C, Unit::Count, "Failed accepts on the terminal listener, by errno kind (emfile: out of file descriptors)."),
     family("cardgate_connections_refused_total", C, Unit::Count, "Terminal connections the gateway closed with an ERROR frame, by error code (bad_mac, replay, auth_failed, idle_timeout, ...)."),
-    family("cardgate_sign_ons_total", C, Unit::Count, "Terminal sign-ons by result: ok, auth_failed (wrong key or unknown terminal), timeout, overloaded, aborted."),
+    family("cardgate_sign_ons_total", C, Unit::Count, "Terminal sign-ons by result: ok, auth_failed (wrong key or unknown terminal), disabled (a terminal the system admin stopped), timeout, overloaded, aborted (the connection ended during sign-on)."),
     family("cardgate_sessions_superseded_total", C, Unit::Count, "Sessions closed because their terminal signed on again on a new connection."),
     family("cardgate_offline_batches_total", C, Unit::Count, "Offline upload batches by status: accepted, bad_mac (nothing posted), bad_batch (nothing posted), system_error."),
     family("cardgate_offline_sales_total", C, Unit::Count, "Offline sales uploaded, by result: posted, duplicate (held already: not posted again)."),
@@ -162,13 +162,14 @@ pub const FAMILIES: &[Family] = &[
     family("cardgate_central_backlog_entries", G, Unit::Count, "Durable journal entries not yet in the central store."),
     family("cardgate_central_oldest_unshipped_seconds", G, Unit::Seconds, "Age of the oldest entry not yet in the central store (0 when none): how far the central store lags."),
     family("cardgate_central_shipped_entry_id", G, Unit::Count, "The last journal entry id the central store holds."),
-    family("cardgate_central_up", G, Unit::Count, "1 while the central store's last attempt succeeded."),
+    family("cardgate_central_up", G, Unit::Count, "1 while the central store answers (it took the last attempt, or refused what it was given); 0 while it cannot be reached, is locked, or does not answer in time."),
     family("cardgate_central_keeping_up", G, Unit::Count, "1 when the central store is reachable, refuses nothing and lags less than central.lag_warn_s, else 0."),
     family("cardgate_central_writer_yielding", G, Unit::Count, "1 while a SQLite central store's writer thread runs at the background CPU priority (central.yield_below_ms), 0 after it was given the normal one."),
     family("cardgate_integrity_mismatches", G, Unit::Count, "Mismatches the last integrity check found, by check (chain, checkpoint, balance, memory, central_*, day_close); 0 when clean."),
     family("cardgate_integrity_last_run_timestamp_seconds", G, Unit::Seconds, "Unix time the last integrity check started."),
-    family("cardgate_integrity_last_run_ok", G, Unit::Count, "1 if the last integrity check found nothing, else 0."),
-    family("cardgate_integrity_runs_total", C, Unit::Count, "Integrity checks run, by result: ok, mismatch, error."),
+    family("cardgate_integrity_last_run_ok", G, Unit::Count, "1 if the last integrity check checked everything and found nothing, else 0."),
+    family("cardgate_integrity_central_unchecked", G, Unit::Count, "1 if the last integrity check could not read the central store (its half was not checked), else 0."),
+    family("cardgate_integrity_runs_total", C, Unit::Count, "Integrity checks run, by result: ok, mismatch, incomplete (the central store could not be read), error."),
     family("cardgate_integrity_run_seconds", H, Unit::Seconds, "How long an integrity check took."),
     family("cardgate_backups_total", C, Unit::Count, "Backups written, by result: ok, error."),
     family("cardgate_backup_last_success_timestamp_seconds", G, Unit::Seconds, "Unix time of the last backup that completed."),
@@ -231,7 +232,7 @@ fn describe() {
 }
 
 /// The label values a counter may take, each registered at 0.
-const SIGN_ON_RESULTS: &[&str] = &["ok", "auth_failed", "timeout", "overloaded", "aborted"];
+const SIGN_ON_RESULTS: &[&str] = &["ok", "auth_failed", "disabled", "timeout", "overloaded", "aborted"];
 const ACCEPT_ERROR_KINDS: &[&str] = &["emfile", "enfile", "enobufs", "enomem", "econnaborted", "other"];
 const JOURNAL_FAILURE_STEPS: &[&str] = &["apply", "sync"];
 /// `CentralError::kind` and `FlushError::kind`, and the flusher's own steps.

@@ -147,6 +147,7 @@ pub(crate) async fn serve(
         Err(end) => {
             let result = match &end {
                 End::Refuse(ErrorCode::AuthFailed) => "auth_failed",
+                End::Refuse(ErrorCode::TerminalDisabled) => "disabled",
                 End::Refuse(ErrorCode::SignOnTimeout) => "timeout",
                 End::Refuse(ErrorCode::Overloaded) => "overloaded",
                 _ => "aborted",

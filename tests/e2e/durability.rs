@@ -516,6 +516,35 @@ async fn the_integrity_check(test: &str, pg: Option<&PgSchema>) {
     let (_, report) = check_stopped(&data, central_url.as_deref());
     assert_eq!(report["counts"]["chain"], 0, "{test}: {report:#}");
 
+    // The central store not answering is a check not made, not a mismatch: nothing is
+    // counted against the records (no page as for tampering), the report says what was
+    // not checked, and the command exits 2, not 1.
+    let out = Command::new(env!("CARGO_BIN_EXE_cardgate"))
+        .args(["check", "--data-dir", data.to_str().unwrap()])
+        .args(["--central", "postgres://postgres@127.0.0.1:1/nowhere"])
+        .env("CARDGATE_TERMINAL_KEY", demo_key_hex())
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run cardgate");
+    let report = v(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(out.status.code(), Some(2), "{test}: {report:#}");
+    assert_eq!(report["ok"], false, "{report:#}");
+    assert!(
+        report["counts"].as_object().unwrap().values().all(|n| n == 0),
+        "{test}: {report:#}"
+    );
+    assert!(
+        report["central_unchecked"]
+            .as_str()
+            .unwrap()
+            .contains("could not be read"),
+        "{report:#}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("INCOMPLETE"),
+        "the summary says so"
+    );
+
     // One deleted entry: the last of a segment in the middle.
     let deleted = {
         let db = open_db(&data);

@@ -231,6 +231,11 @@ async fn a_registered_terminal_signs_on_with_its_key_buys_and_a_disable_closes_i
     assert_eq!(r["terminal"]["enabled"], false);
     closed_with(&mut t, ErrorCode::TerminalDisabled).await;
     refused_with(sign_on(&k.d, POS, &secret).await, ErrorCode::TerminalDisabled);
+    assert_eq!(
+        k.d.metric("cardgate_sign_ons_total{result=\"disabled\"}"),
+        Some(1.0),
+        "a stopped terminal's sign-on is counted as such, not as a broken connection"
+    );
     let (st, _) = k.call(
         &k.admin,
         "POST",

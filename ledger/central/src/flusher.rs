@@ -173,7 +173,10 @@ pub struct FlusherStatus {
     pub cursor: AtomicU64,
     /// True once the central store's own cursor was read in this run.
     pub confirmed: AtomicBool,
-    /// True while the last attempt succeeded.
+    /// True while the store answers: its last attempt succeeded, or the store itself
+    /// refused it (an entry it will not take, a schema or history that does not fit). A
+    /// store that could not be reached, was locked by another writer, or did not answer
+    /// in time, is down.
     pub up: AtomicBool,
     /// Decision time of the oldest entry not yet shipped (0: none known).
     pub oldest_unshipped_ms: AtomicI64,
@@ -247,7 +250,8 @@ pub struct FlusherHealth {
     /// How long the oldest of them has waited (zero when there are none). The lag the
     /// university's reports see: alert on this, not on the count.
     pub oldest_age: Duration,
-    /// The store took the flusher's last attempt (false from start-up until it did).
+    /// The store answered the flusher's last attempt, taking it or refusing what it was
+    /// given (false from start-up until it answered; false while it cannot be reached).
     pub reachable: bool,
     /// The entry the store refuses, if one does: nothing after it ships until it does.
     pub stuck: Option<StuckEntry>,
@@ -344,6 +348,17 @@ impl FlushError {
             FlushError::JournalGap { .. } => "journal_gap",
             FlushError::Batch(_) => "batch",
             FlushError::Task(_) => "task",
+        }
+    }
+
+    /// Whether the store answered the attempt that failed: `Some(false)` when it could not
+    /// be reached or did not answer in time, `Some(true)` when it answered and refused,
+    /// `None` when the attempt failed on the gateway's side before the store was asked.
+    fn store_answered(&self) -> Option<bool> {
+        match self {
+            FlushError::Central(e) => Some(e.store_answered()),
+            FlushError::Timeout(_) => Some(false),
+            FlushError::Journal(_) | FlushError::JournalGap { .. } | FlushError::Batch(_) | FlushError::Task(_) => None,
         }
     }
 
@@ -865,7 +880,11 @@ impl Flusher {
     }
 
     fn failed(&mut self, e: &FlushError) {
-        self.status.up.store(false, Ordering::Release);
+        // `cardgate_central_up` and its alert say "cannot reach the store": a store that
+        // answers with a refusal is up, and the stuck-entry gauge says what it refuses.
+        if let Some(answered) = e.store_answered() {
+            self.status.up.store(answered, Ordering::Release);
+        }
         self.status.errors.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("cardgate_central_errors_total", "kind" => e.kind()).increment(1);
         let now = Instant::now();
@@ -914,6 +933,13 @@ impl Flusher {
             );
             self.last_outage_log = None;
             self.last_failure_kind = None;
+            // The store has been behind since the outage began, and this line said so
+            // with the backlog: the drain is reported from here (`watch_lag`), a minute
+            // on with the rate it ships at and once it has caught up, not at once with a
+            // rate it has had no time to show.
+            self.behind_since = Some(since);
+            self.last_behind_log = Some(Instant::now());
+            self.shipped_at_behind_log = self.status.shipped_entries.load(Ordering::Relaxed);
         }
     }
 

@@ -112,6 +112,16 @@ impl CentralError {
         }
     }
 
+    /// Whether the store answered what it was asked (with a refusal or an error): false
+    /// when it could not be reached, its file is locked by another writer, or the URL
+    /// leads nowhere.
+    pub fn store_answered(&self) -> bool {
+        !matches!(
+            self,
+            CentralError::Unavailable(_) | CentralError::Busy(_) | CentralError::Config(_)
+        )
+    }
+
     /// True when the outage is the store's or the network's, expected to pass by itself.
     pub fn is_transient(&self) -> bool {
         matches!(

@@ -751,6 +751,16 @@ async fn an_entry_the_store_refuses_is_found_and_named() {
             "{}: everything before it shipped",
             target.name
         );
+        // The store answers, with a refusal: it is up (its unreachable alert stays quiet)
+        // and not keeping up (the stuck entry says why), through the retries that follow.
+        let errors = h.status.errors.load(Ordering::Acquire);
+        until("the refused entry to be tried again", || {
+            h.status.errors.load(Ordering::Acquire) > errors
+        })
+        .await;
+        let health = h.health();
+        assert!(health.reachable, "{}: a refusing store is reachable", target.name);
+        assert!(!health.keeping_up(), "{}", target.name);
         admin_sql(&target, drop).await;
         caught_up(&f, &h).await;
         assert!(h.status.stuck().is_none());
