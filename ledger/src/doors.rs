@@ -400,18 +400,24 @@ impl Ledger {
         c.cache_acked = version;
     }
 
-    /// Door controllers (that ever sent an event or an acknowledgement) whose
-    /// acknowledged cache version is behind their group's announced one, and how many
-    /// there are.
-    pub fn door_cache_lag(&self) -> (u64, u64) {
-        let acked: Vec<(u64, u64)> = self
-            .state
+    /// The cache version each door controller acknowledged last (those that ever sent
+    /// an event or an acknowledgement), read at once so that no other lock is held with
+    /// the events'.
+    pub(crate) fn door_cache_acks(&self) -> HashMap<u64, u64> {
+        self.state
             .access()
             .events()
             .controllers
             .iter()
             .map(|(t, c)| (*t, c.cache_acked))
-            .collect();
+            .collect()
+    }
+
+    /// Door controllers (that ever sent an event or an acknowledgement) whose
+    /// acknowledged cache version is behind their group's announced one, and how many
+    /// there are.
+    pub fn door_cache_lag(&self) -> (u64, u64) {
+        let acked = self.door_cache_acks();
         let mut behind = 0;
         let mut known = 0;
         for (t, v) in acked {

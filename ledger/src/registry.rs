@@ -9,8 +9,6 @@
 //! are told to close (`terminal_notices`) and it cannot sign on again until enabled.
 //! Disabling a merchant disables its POS terminals in the same submission.
 
-use std::collections::HashMap;
-
 use cardgate_domain::entry::{DoorGroupEntry, EntryBody, EntryRecord, MerchantEntry, TerminalAction, TerminalEntry};
 use cardgate_domain::model::{
     DoorGroup, InventoryStatus, KeyHandout, Merchant, MerchantKind, TerminalKind, TerminalRecord,
@@ -376,14 +374,7 @@ impl Ledger {
         out.sort_by_key(|t| t.id);
         // After the walk over the terminals, so that no two of the state's locks are held
         // at once.
-        let acked: HashMap<u64, u64> = self
-            .state
-            .access()
-            .events()
-            .controllers
-            .iter()
-            .map(|(t, c)| (*t, c.cache_acked))
-            .collect();
+        let acked = self.door_cache_acks();
         for t in out
             .iter_mut()
             .filter(|t| t.kind == TerminalKind::Door.as_str() && t.door_group != 0)

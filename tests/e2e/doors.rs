@@ -956,16 +956,21 @@ async fn an_attendance_sheet_from_punches() {
     let card = CardNo(4_000_000_000 + li);
     let mut clock = c.terminal(CLOCK).await;
     let mut seq = 0;
-    // Tuesday 2026-03-10's sheet as the day goes: each person's status, and whether the
-    // sheet is final.
-    let tuesday = |c: &Campus| -> (Value, Value, Value) {
+    // The department's sheet of one day.
+    let sheet_of = |c: &Campus, date: &str| -> Value {
         let (status, sheet) = c.api(
             "GET",
-            "/api/v1/attendance?department=Physics&date=2026-03-10",
+            &format!("/api/v1/attendance?department=Physics&date={date}"),
             &c.attendance_admin,
             "",
         );
         assert_eq!(status, 200, "{sheet}");
+        sheet
+    };
+    // Tuesday 2026-03-10's sheet as the day goes: each person's status, and whether the
+    // sheet is final.
+    let tuesday = |c: &Campus| -> (Value, Value, Value) {
+        let sheet = sheet_of(c, "2026-03-10");
         let rows = sheet["rows"].as_array().unwrap();
         let of = |id: &str| rows.iter().find(|r| r["person_id"] == id).unwrap()["status"].clone();
         (of("P1"), of("P2"), sheet["complete"].clone())
@@ -1024,13 +1029,7 @@ async fn an_attendance_sheet_from_punches() {
         other => panic!("expected ERROR unexpected_message, got {other:?}"),
     }
 
-    let (status, sheet) = c.api(
-        "GET",
-        "/api/v1/attendance?department=Physics&date=2026-03-10",
-        &c.attendance_admin,
-        "",
-    );
-    assert_eq!(status, 200, "{sheet}");
+    let sheet = sheet_of(&c, "2026-03-10");
     let rows = sheet["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 2);
     let li_row = rows.iter().find(|r| r["person_id"] == "P1").unwrap();
@@ -1042,13 +1041,7 @@ async fn an_attendance_sheet_from_punches() {
     let han = rows.iter().find(|r| r["person_id"] == "P2").unwrap();
     assert_eq!(han["status"], "absent");
     // Tomorrow, a working day, has not come: nobody is absent from it yet.
-    let (status, tomorrow) = c.api(
-        "GET",
-        "/api/v1/attendance?department=Physics&date=2026-03-11",
-        &c.attendance_admin,
-        "",
-    );
-    assert_eq!(status, 200, "{tomorrow}");
+    let tomorrow = sheet_of(&c, "2026-03-11");
     let rows = tomorrow["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 2, "{tomorrow}");
     assert!(rows.iter().all(|r| r["status"] == "not_yet"), "{tomorrow}");
@@ -1056,12 +1049,7 @@ async fn an_attendance_sheet_from_punches() {
     // Once that day is over (and the journal holds all of it), nobody came: the sheet
     // is final and both are absent.
     c.clock.set(at(2026, 3, 12, 0, 0));
-    let (_, over) = c.api(
-        "GET",
-        "/api/v1/attendance?department=Physics&date=2026-03-11",
-        &c.attendance_admin,
-        "",
-    );
+    let over = sheet_of(&c, "2026-03-11");
     assert_eq!(over["complete"], true, "{over}");
     let rows = over["rows"].as_array().unwrap();
     assert!(
