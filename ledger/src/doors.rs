@@ -400,37 +400,52 @@ impl Ledger {
         c.cache_acked = version;
     }
 
-    /// The cache version each door controller acknowledged last (those that ever sent
-    /// an event or an acknowledgement), read at once so that no other lock is held with
-    /// the events'.
-    pub(crate) fn door_cache_acks(&self) -> HashMap<u64, u64> {
-        self.state
+    /// Where each door controller's cache stands (every door terminal with a group,
+    /// whether or not it has connected): the one rule the inventory and
+    /// `cardgate_door_controllers_behind` both show. An acknowledgement is live state, so
+    /// after a restart a controller is behind until it signs on and syncs again.
+    pub fn door_cache_views(&self) -> HashMap<u64, DoorCacheView> {
+        let mut controllers = Vec::new();
+        self.state.for_each_terminal(|t| {
+            if t.info.kind == TerminalKind::Door
+                && let Some(group) = t.record.as_ref().map(|r| r.door_group).filter(|g| *g != 0)
+            {
+                controllers.push((t.info.id, group));
+            }
+        });
+        // Read after the walk over the terminals, so that no two of the state's locks are
+        // held at once.
+        let acked: HashMap<u64, u64> = self
+            .state
             .access()
             .events()
             .controllers
             .iter()
             .map(|(t, c)| (*t, c.cache_acked))
+            .collect();
+        let mut current_of: HashMap<u64, u64> = HashMap::new();
+        controllers
+            .into_iter()
+            .map(|(id, group)| {
+                let current = *current_of
+                    .entry(group)
+                    .or_insert_with(|| self.group_cache_version(group));
+                let acknowledged = acked.get(&id).copied().unwrap_or(0);
+                let view = DoorCacheView {
+                    acknowledged,
+                    current,
+                    behind: acknowledged < current,
+                };
+                (id, view)
+            })
             .collect()
     }
 
-    /// Door controllers (that ever sent an event or an acknowledgement) whose
-    /// acknowledged cache version is behind their group's announced one, and how many
-    /// there are.
+    /// How many door controllers are behind (`door_cache_views`), and of how many.
     pub fn door_cache_lag(&self) -> (u64, u64) {
-        let acked = self.door_cache_acks();
-        let mut behind = 0;
-        let mut known = 0;
-        for (t, v) in acked {
-            let current = self.controller_cache_version(t);
-            if current == 0 {
-                continue;
-            }
-            known += 1;
-            if v < current {
-                behind += 1;
-            }
-        }
-        (behind, known)
+        let views = self.door_cache_views();
+        let behind = views.values().filter(|v| v.behind).count() as u64;
+        (behind, views.len() as u64)
     }
 
     /// A controller's recorded clock drift (its clock minus the gateway's).
@@ -1300,6 +1315,16 @@ pub struct AccessQuery {
     pub to_ms: i64,
 }
 
+/// Where a door controller's cache stands (the composite versions of PROTOCOL.md 11.3):
+/// the version it acknowledged last since this gateway started (0: none), its group's
+/// current one, and whether it is behind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct DoorCacheView {
+    pub acknowledged: u64,
+    pub current: u64,
+    pub behind: bool,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct AccessEventRow {
     pub entry_id: u64,
@@ -1427,6 +1452,11 @@ impl Ledger {
         })
     }
 
+    /// Whether local day `day` is on the holiday calendar.
+    pub fn is_holiday(&self, day: i32) -> bool {
+        self.state.access().read().holidays.contains(day)
+    }
+
     /// The attendance sheet of local day `day` for one person or a department: every
     /// person in it, with their first and last punch, count, late and early minutes and
     /// status against `hours`, and whether the sheet is final (the day is over and the
@@ -1464,7 +1494,7 @@ impl Ledger {
             }
             true
         })?;
-        let holiday = self.state.access().read().holidays.contains(day);
+        let holiday = self.is_holiday(day);
         let now = self.now_ms();
         let (y, m, d) = cardgate_domain::clock::civil_from_days(i64::from(day));
         let date = format!("{y:04}-{m:02}-{d:02}");

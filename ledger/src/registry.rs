@@ -21,6 +21,7 @@ use serde::Serialize;
 use smallvec::SmallVec;
 
 use crate::desk::{By, Targets};
+use crate::doors::DoorCacheView;
 use crate::error::LedgerError;
 use crate::keys::{TerminalKey, new_secret};
 use crate::ledger::Ledger;
@@ -121,14 +122,6 @@ pub struct TerminalView {
     /// numbers they hold.
     pub open_gaps: Vec<(u64, u64)>,
     pub missing: u64,
-}
-
-/// Where a door controller's cache stands (the composite versions of PROTOCOL.md 11.3).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub struct DoorCacheView {
-    pub acknowledged: u64,
-    pub current: u64,
-    pub behind: bool,
 }
 
 /// A registration or rekey: the record, and the secret, shown once.
@@ -374,18 +367,9 @@ impl Ledger {
         out.sort_by_key(|t| t.id);
         // After the walk over the terminals, so that no two of the state's locks are held
         // at once.
-        let acked = self.door_cache_acks();
-        for t in out
-            .iter_mut()
-            .filter(|t| t.kind == TerminalKind::Door.as_str() && t.door_group != 0)
-        {
-            let acknowledged = acked.get(&t.id).copied().unwrap_or(0);
-            let current = self.group_cache_version(t.door_group);
-            t.door_cache = Some(DoorCacheView {
-                acknowledged,
-                current,
-                behind: acknowledged < current,
-            });
+        let caches = self.door_cache_views();
+        for t in &mut out {
+            t.door_cache = caches.get(&t.id).copied();
         }
         out
     }

@@ -346,6 +346,7 @@ async fn door_access_over_the_protocol() {
         c.doors("GET", &format!("/api/v1/terminals/{GROUP_2_CONTROLLER}"), "")["terminal"]["door_cache"].clone()
     };
     let cache = inventory(&c);
+    let (behind_before, controllers) = c.ledger.door_cache_lag();
     assert_eq!(
         (&cache["current"], &cache["behind"]),
         (&Value::from(after.cache_version), &Value::from(true)),
@@ -364,6 +365,14 @@ async fn door_access_over_the_protocol() {
         (&Value::from(after.cache_version), &Value::from(false)),
         "{cache}"
     );
+    // The gauge counts what the inventory shows: one fewer behind, of every controller.
+    let (behind_after, all) = c.ledger.door_cache_lag();
+    assert_eq!((behind_after, all), (behind_before - 1, controllers));
+    let listed = c.doors("GET", "/api/v1/terminals?kind=door&behind=true", "");
+    let shown = listed["terminals"].as_array().unwrap();
+    assert!(shown.iter().all(|t| t["door_cache"]["behind"] == true), "{listed}");
+    assert_eq!(shown.len() as u64, behind_after, "the inventory and the gauge agree");
+    assert!(!shown.iter().any(|t| t["id"] == GROUP_2_CONTROLLER), "{listed}");
     assert!(
         g2.client.door_pushed_version.is_some_and(|v| v > version_before),
         "DOOR_CACHE_PUSH arrived before the next answer"
@@ -816,6 +825,10 @@ async fn the_door_admin_reads_what_the_docs_name(c: &Campus) {
             .0,
         400
     );
+    // A misspelt filter is refused, not dropped (the whole list would answer).
+    for path in ["/api/v1/door-permissions?persn=D1", "/api/v1/doors?group=2"] {
+        assert_eq!(c.api("GET", path, &c.door_admin, "").0, 400, "{path}");
+    }
     assert_eq!(
         c.api("GET", "/api/v1/door-permissions?person=NOPE", &c.door_admin, "")
             .0,
@@ -1046,6 +1059,20 @@ async fn an_attendance_sheet_from_punches() {
     assert_eq!(rows.len(), 2, "{tomorrow}");
     assert!(rows.iter().all(|r| r["status"] == "not_yet"), "{tomorrow}");
     assert_eq!(tomorrow["complete"], false, "a day to come is not final: {tomorrow}");
+    // What it is judged against, for an attendance admin who cannot read either.
+    assert_eq!(
+        (
+            &tomorrow["work_hours"]["work_start"],
+            &tomorrow["work_hours"]["workdays"],
+            &tomorrow["holiday"]
+        ),
+        (
+            &Value::from("08:00"),
+            &serde_json::json!([1, 2, 3, 4, 5]),
+            &Value::from(false)
+        ),
+        "{tomorrow}"
+    );
     // Once that day is over (and the journal holds all of it), nobody came: the sheet
     // is final and both are absent.
     c.clock.set(at(2026, 3, 12, 0, 0));

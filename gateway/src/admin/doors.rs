@@ -164,6 +164,7 @@ async fn list_doors(
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     auth!(s, headers, ApiPermission::Doors, "doors.list", String::from("doors"));
+    tryr!(only_params(&q, &["door_group"]));
     let group = tryr!(q.get("door_group").map(|g| parse_id(g, "door_group")).transpose());
     let list: Vec<Value> = s
         .ledger
@@ -503,6 +504,7 @@ async fn list_permissions(
         "door_permissions.list",
         String::from("door_permissions")
     );
+    tryr!(only_params(&q, &["door_group", "person", "revoked"]));
     let group = tryr!(q.get("door_group").map(|g| parse_id(g, "door_group")).transpose());
     // Absent or `false`: the live ones (what a door admin works with, and what the list
     // always gave); `true` only the revoked; `all` both.
@@ -853,7 +855,7 @@ async fn access_events(
         before: String::new(),
         after: String::new(),
         detail: format!(
-            "{} events from {} to {}{}",
+            "{} events from {} to before {}{}",
             found.rows.len(),
             format_local(from, tz),
             format_local(to, tz),
@@ -955,5 +957,21 @@ async fn attendance(
         }
         return csv_search_response(out, complete);
     }
-    axum::Json(json!({ "date": fmt_day(day), "rows": rows, "complete": complete })).into_response()
+    // What the statuses were judged against: the attendance admin cannot read the
+    // configuration or the door calendar.
+    let hm = |min: u16| format!("{:02}:{:02}", min / 60, min % 60);
+    let workdays: Vec<usize> = (0..7).filter(|d| hours.workdays[*d]).map(|d| d + 1).collect();
+    axum::Json(json!({
+        "date": fmt_day(day),
+        "rows": rows,
+        "complete": complete,
+        "work_hours": {
+            "work_start": hm(hours.start_min),
+            "work_end": hm(hours.end_min),
+            "late_grace_min": hours.late_grace_min,
+            "workdays": workdays,
+        },
+        "holiday": s.ledger.is_holiday(day),
+    }))
+    .into_response()
 }

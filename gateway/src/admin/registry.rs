@@ -452,6 +452,8 @@ struct InventoryFilter {
     status: Option<InventoryStatus>,
     enabled: Option<bool>,
     connected: Option<bool>,
+    /// Door controllers whose cache is (or is not) behind their group's.
+    behind: Option<bool>,
 }
 
 impl InventoryFilter {
@@ -474,21 +476,21 @@ impl InventoryFilter {
                         ApiError::bad_request(format!("status={v:?}: in_stock, installed, under_repair or retired"))
                     })?)
                 }
-                "enabled" | "connected" => {
+                "enabled" | "connected" | "behind" => {
                     let b = match v.as_str() {
                         "true" | "1" => true,
                         "false" | "0" => false,
                         _ => return Err(ApiError::bad_request(format!("{k}={v:?}: true or false"))),
                     };
-                    if k == "enabled" {
-                        f.enabled = Some(b);
-                    } else {
-                        f.connected = Some(b);
+                    match k.as_str() {
+                        "enabled" => f.enabled = Some(b),
+                        "connected" => f.connected = Some(b),
+                        _ => f.behind = Some(b),
                     }
                 }
                 other => {
                     return Err(ApiError::bad_request(format!(
-                        "unknown filter {other:?}: kind, place, merchant, door_group, status, enabled, connected, format"
+                        "unknown filter {other:?}: kind, place, merchant, door_group, status, enabled, connected, behind, format"
                     )));
                 }
             }
@@ -504,6 +506,7 @@ impl InventoryFilter {
             && self.status.is_none_or(|s| s.as_str() == t.status)
             && self.enabled.is_none_or(|e| e == t.enabled)
             && self.connected.is_none_or(|c| c == t.connected)
+            && self.behind.is_none_or(|b| t.door_cache.is_some_and(|d| d.behind == b))
     }
 }
 

@@ -1158,6 +1158,7 @@ async fn set_password(
 
 async fn audit(State(s): State<AdminState>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
     auth!(s, headers, Permission::Audit, "audit.list", String::from("audit"));
+    tryr!(only_params(&q, &["from", "to", "operator", "target", "limit"]));
     let tz = s.tz_offset_minutes;
     let query = AuditQuery {
         from_ms: tryr!(time_bound(&q, "from", tz, false)),

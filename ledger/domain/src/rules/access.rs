@@ -368,11 +368,12 @@ pub fn check_windows(windows: &[Window]) -> Result<(), Refusal> {
         let (a, b) = (pair[0], pair[1]);
         if b.0 < a.1 && a.2 != b.2 {
             let (wa, wb) = (&windows[a.2], &windows[b.2]);
+            // Weekdays as the operator sends them: 1 (Monday) to 7 (Sunday).
             return Err(Refusal(format!(
-                "windows overlap: day {} {} and day {} {}",
-                wa.weekday,
+                "windows overlap: weekday {} {} and weekday {} {}",
+                wa.weekday + 1,
                 fmt_window(wa),
-                wb.weekday,
+                wb.weekday + 1,
                 fmt_window(wb)
             )));
         }
@@ -773,6 +774,12 @@ mod tests {
         assert!(check_windows(&[w(0, 1320, 360), w(1, 360, 600)]).is_ok());
         // Sunday night runs into Monday morning.
         assert!(check_windows(&[w(6, 1320, 360), w(0, 0, 60)]).is_err());
+        // Named as the operator sent them: Sunday night into Monday morning is 7 and 1.
+        let refusal = check_windows(&[w(6, 1320, 360), w(0, 300, 420)]).unwrap_err().0;
+        assert!(
+            refusal.contains("weekday 7 22:00") && refusal.contains("weekday 1 05:00"),
+            "{refusal}"
+        );
         let all_week: Vec<Window> = (0..7).map(|d| w(d, 0, 0)).collect();
         assert!(check_windows(&all_week).is_ok());
 
