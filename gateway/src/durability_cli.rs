@@ -220,7 +220,17 @@ pub async fn check(target: Target) -> anyhow::Result<CheckOutcome> {
             let db = open_stopped(&config.data_dir)?;
             let central = match &config.central.url {
                 Some(url) => CentralStore::open(url)?,
-                None => CentralStore::open_sqlite_file(&config.data_dir.join("central.db")),
+                None => {
+                    // Opening it would create an empty one, and then compare with that.
+                    let file = config.data_dir.join("central.db");
+                    anyhow::ensure!(
+                        file.exists(),
+                        "no central store to compare with: {} does not exist; give the gateway's store with \
+                         --central URL (or CARDGATE_CENTRAL, or central.url in --config)",
+                        file.display()
+                    );
+                    CentralStore::open_sqlite_file(&file)
+                }
             };
             let central = Arc::new(central);
             let now = cardgate_domain::Clock::now_ms(&cardgate_domain::SystemClock);

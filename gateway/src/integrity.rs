@@ -277,11 +277,13 @@ pub async fn run(source: Source<'_>, central: Option<&CentralStore>, now_ms: i64
             // What it found before the store stopped answering stands.
             Err(e) => central_unchecked = Some(format!("the central store could not be read (at cursor {k}): {e}")),
         }
-    } else if let (Some(store), None, Some(c)) = (central, &check.at_cursor, cursor) {
-        // The store holds more of this gateway than its journal: restored from an older
-        // backup, or another gateway with its id.
-        central_json = Some(json!({ "store": store.describe(), "cursor": c }));
+    }
+    // The store holds more of this gateway than its journal (restored from an older
+    // backup, or another gateway with its id): the journal reaches only so far, so the
+    // comparison above stopped at its last entry, and the rest is a finding of its own.
+    if let (Some(store), Some(c)) = (central, cursor.filter(|c| *c > check.through)) {
         let through = check.through;
+        central_json = Some(json!({ "store": store.describe(), "cursor": c, "compared_through": through }));
         push(
             &mut check,
             "central_hash",

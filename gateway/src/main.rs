@@ -72,7 +72,7 @@ struct TargetArgs {
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// The central store to compare with (default: the config's, else DATA_DIR/central.db).
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", env = "CARDGATE_CENTRAL")]
     central: Option<String>,
 }
 
@@ -231,7 +231,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Check { at } => {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            let outcome = runtime.block_on(cardgate::durability_cli::check(at.target()?))?;
+            // A check that could not run checked nothing: 2, as for a store it could not
+            // read, never 1, which says records disagree.
+            let outcome = match at
+                .target()
+                .and_then(|t| runtime.block_on(cardgate::durability_cli::check(t)))
+            {
+                Ok(outcome) => outcome,
+                Err(e) => {
+                    eprintln!("Error: {e:#}");
+                    std::process::exit(2);
+                }
+            };
             match outcome.exit_code() {
                 0 => Ok(()),
                 code => std::process::exit(code),

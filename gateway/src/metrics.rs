@@ -251,6 +251,7 @@ const CENTRAL_ERROR_KINDS: &[&str] = &[
     "journal",
     "journal_gap",
     "batch",
+    "task",
     "cursor_save",
     "prune",
 ];

@@ -545,6 +545,62 @@ async fn the_integrity_check(test: &str, pg: Option<&PgSchema>) {
         "the summary says so"
     );
 
+    // A store that holds more of this gateway than its journal (as after a restore of
+    // the data directory from an older backup) is a finding, not a clean run.
+    let move_cursor = async |by: i64| match &central_url {
+        Some(u) => {
+            use sqlx::Connection;
+            let mut c = sqlx::PgConnection::connect(u).await.unwrap();
+            sqlx::query("UPDATE gateways SET shipped_entry_id = shipped_entry_id + $1")
+                .bind(by)
+                .execute(&mut c)
+                .await
+                .unwrap();
+            c.close().await.unwrap();
+        }
+        None => {
+            use sqlx::Connection;
+            let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", data.join("central.db").display()))
+                .await
+                .unwrap();
+            sqlx::query("UPDATE gateways SET shipped_entry_id = shipped_entry_id + ?")
+                .bind(by)
+                .execute(&mut c)
+                .await
+                .unwrap();
+            c.close().await.unwrap();
+        }
+    };
+    move_cursor(3).await;
+    let (clean, report) = check_stopped(&data, central_url.as_deref());
+    assert!(!clean, "{test}: {report:#}");
+    assert!(
+        findings(&report, "central_hash")
+            .iter()
+            .any(|m| m["detail"].as_str().unwrap().contains("beyond this journal")),
+        "{test}: the store ahead of the journal is reported: {report:#}"
+    );
+    move_cursor(-3).await;
+
+    // A gateway whose store is PostgreSQL, checked without saying so: nothing to compare
+    // with, said plainly (exit 2), and no empty SQLite store made in its data directory.
+    if central_url.is_some() {
+        let out = Command::new(env!("CARGO_BIN_EXE_cardgate"))
+            .args(["check", "--data-dir", data.to_str().unwrap()])
+            .env("CARDGATE_TERMINAL_KEY", demo_key_hex())
+            .env_remove("CARDGATE_CENTRAL")
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run cardgate");
+        assert_eq!(out.status.code(), Some(2), "{test}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("no central store to compare with"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!data.join("central.db").exists(), "{test}: nothing created");
+    }
+
     // One deleted entry: the last of a segment in the middle.
     let deleted = {
         let db = open_db(&data);

@@ -733,14 +733,8 @@ impl Flusher {
                         kind: first_kind,
                         error: e.to_string(),
                     };
+                    // Logged by `failed`, with the backlog: once now, then once a minute.
                     if self.status.stuck().is_none_or(|s| s.entry_id != found.entry_id) {
-                        tracing::error!(
-                            entry_id = found.entry_id,
-                            kind = found.kind,
-                            error = %found.error,
-                            "central store refuses an entry; nothing after it is shipped until the store accepts \
-                             it (see OPERATIONS.md, \"The central store refuses an entry\")"
-                        );
                         metrics::counter!("cardgate_central_refused_entries_total").increment(1);
                     }
                     self.status.set_stuck(Some(found));
@@ -846,7 +840,8 @@ impl Flusher {
         let backlog = self.durable().saturating_sub(self.cursor);
         let age = self.status.oldest_age(backlog, self.source.clock.now_ms());
         let now = Instant::now();
-        if age > self.config.lag_warn && self.failing_since.is_none() {
+        // While the store is down or refuses an entry, its own line says so once a minute.
+        if age > self.config.lag_warn && self.failing_since.is_none() && self.status.stuck().is_none() {
             let since = *self.behind_since.get_or_insert(now);
             if self
                 .last_behind_log
@@ -887,6 +882,13 @@ impl Flusher {
         }
         self.status.errors.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("cardgate_central_errors_total", "kind" => e.kind()).increment(1);
+        // A refusal while the one refused entry is still being looked for is a step of
+        // that search (halving batches, each half shipped or refused within moments),
+        // not an outage: the entry, once found, is logged and repeated as stuck.
+        if matches!(e, FlushError::Central(CentralError::Refused(_))) && self.status.stuck().is_none() {
+            tracing::debug!(error = %e, "central store refused a batch; looking for the entry");
+            return;
+        }
         let now = Instant::now();
         let first = self.failing_since.is_none();
         let since = *self.failing_since.get_or_insert(now);
@@ -926,20 +928,27 @@ impl Flusher {
         self.status.up.store(true, Ordering::Release);
         self.backoff = RETRY_BACKOFF_MIN;
         if let Some(since) = self.failing_since.take() {
-            tracing::info!(
-                outage_s = since.elapsed().as_secs(),
-                backlog = self.durable().saturating_sub(self.cursor),
-                "central store flushing again"
-            );
+            let backlog = self.durable().saturating_sub(self.cursor);
+            // After a refused entry its own line ("the refused entry is shipped") has
+            // said it: the store was answering all along.
+            if self.last_failure_kind != Some("refused") {
+                tracing::info!(
+                    outage_s = since.elapsed().as_secs(),
+                    backlog,
+                    "central store flushing again"
+                );
+            }
             self.last_outage_log = None;
             self.last_failure_kind = None;
-            // The store has been behind since the outage began, and this line said so
-            // with the backlog: the drain is reported from here (`watch_lag`), a minute
-            // on with the rate it ships at and once it has caught up, not at once with a
-            // rate it has had no time to show.
-            self.behind_since = Some(since);
-            self.last_behind_log = Some(Instant::now());
-            self.shipped_at_behind_log = self.status.shipped_entries.load(Ordering::Relaxed);
+            // A store left behind has been behind since the failure began, and the line
+            // above said so with the backlog: the drain is reported from here
+            // (`watch_lag`), a minute on with the rate it ships at and once it has caught
+            // up, not at once with a rate it has had no time to show.
+            if self.status.oldest_age(backlog, self.source.clock.now_ms()) > self.config.lag_warn {
+                self.behind_since = Some(since);
+                self.last_behind_log = Some(Instant::now());
+                self.shipped_at_behind_log = self.status.shipped_entries.load(Ordering::Relaxed);
+            }
         }
     }
 

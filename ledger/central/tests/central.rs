@@ -706,7 +706,20 @@ async fn door_events_reach_the_central_store() {
 /// and the store's error; once the store accepts it, shipping goes on, nothing lost.
 #[tokio::test]
 async fn an_entry_the_store_refuses_is_found_and_named() {
+    let log = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(log.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
     for target in targets("refused").await {
+        let lines = |needle: &str| log.count(needle);
+        let (refuses, again, caught_up_lines, failing) = (
+            lines("central store refuses an entry"),
+            lines("central store flushing again"),
+            lines("central store caught up"),
+            lines("central store flush failing"),
+        );
         let mut f = Fixture::new().await;
         let mut approved = f.business().await;
         // The refused one, somewhere in the middle of a batch.
@@ -761,9 +774,27 @@ async fn an_entry_the_store_refuses_is_found_and_named() {
         let health = h.health();
         assert!(health.reachable, "{}: a refusing store is reachable", target.name);
         assert!(!health.keeping_up(), "{}", target.name);
+        // The search for the entry is not an outage: one line names the entry, and
+        // nothing says the store is flushing again or caught up while it refuses.
+        assert_eq!(lines("central store refuses an entry") - refuses, 1, "{}", target.name);
+        assert_eq!(lines("central store flush failing") - failing, 0, "{}", target.name);
+        assert_eq!(lines("central store flushing again") - again, 0, "{}", target.name);
+        assert_eq!(lines("central store caught up") - caught_up_lines, 0, "{}", target.name);
         admin_sql(&target, drop).await;
         caught_up(&f, &h).await;
         assert!(h.status.stuck().is_none());
+        assert_eq!(
+            lines("the refused entry is shipped"),
+            1 + usize::from(target.name != "sqlite"),
+            "{}",
+            target.name
+        );
+        assert_eq!(
+            lines("central store flushing again") - again,
+            0,
+            "{}: the store answered all along",
+            target.name
+        );
         assert_mirrors(&f, &target.store(), &approved).await;
         h.shutdown(Duration::from_secs(10)).await;
         store.close().await;
