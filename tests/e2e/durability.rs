@@ -421,32 +421,14 @@ async fn the_integrity_check(test: &str, pg: Option<&PgSchema>) {
         .find(|t| t.kind == "purchase")
         .expect("a purchase");
     store.close().await;
-    match &central_url {
-        Some(u) => {
-            use sqlx::Connection;
-            let mut c = sqlx::PgConnection::connect(u).await.unwrap();
-            sqlx::query("UPDATE transactions SET amount = amount + 0.01 WHERE gateway_id = $1 AND entry_id = $2")
-                .bind(gateway as i64)
-                .bind(victim.entry_id as i64)
-                .execute(&mut c)
-                .await
-                .unwrap();
-            c.close().await.unwrap();
-        }
-        None => {
-            use sqlx::Connection;
-            let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", data.join("central.db").display()))
-                .await
-                .unwrap();
-            sqlx::query("UPDATE transactions SET amount_fen = amount_fen + 1 WHERE gateway_id = ? AND entry_id = ?")
-                .bind(gateway as i64)
-                .bind(victim.entry_id as i64)
-                .execute(&mut c)
-                .await
-                .unwrap();
-            c.close().await.unwrap();
-        }
-    }
+    store_sql(
+        central_url.as_deref(),
+        &data,
+        "UPDATE transactions SET amount = amount + 0.01 WHERE gateway_id = $1 AND entry_id = $2",
+        "UPDATE transactions SET amount_fen = amount_fen + 1 WHERE gateway_id = ? AND entry_id = ?",
+        &[gateway as i64, victim.entry_id as i64],
+    )
+    .await;
     let (st, body) = d.api("POST", "/api/v1/integrity/checks", Some(&admin), None);
     assert_eq!(st, 200, "{body}");
     let report = v(&body);
@@ -547,29 +529,15 @@ async fn the_integrity_check(test: &str, pg: Option<&PgSchema>) {
 
     // A store that holds more of this gateway than its journal (as after a restore of
     // the data directory from an older backup) is a finding, not a clean run.
-    let move_cursor = async |by: i64| match &central_url {
-        Some(u) => {
-            use sqlx::Connection;
-            let mut c = sqlx::PgConnection::connect(u).await.unwrap();
-            sqlx::query("UPDATE gateways SET shipped_entry_id = shipped_entry_id + $1")
-                .bind(by)
-                .execute(&mut c)
-                .await
-                .unwrap();
-            c.close().await.unwrap();
-        }
-        None => {
-            use sqlx::Connection;
-            let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", data.join("central.db").display()))
-                .await
-                .unwrap();
-            sqlx::query("UPDATE gateways SET shipped_entry_id = shipped_entry_id + ?")
-                .bind(by)
-                .execute(&mut c)
-                .await
-                .unwrap();
-            c.close().await.unwrap();
-        }
+    let move_cursor = async |by: i64| {
+        store_sql(
+            central_url.as_deref(),
+            &data,
+            "UPDATE gateways SET shipped_entry_id = shipped_entry_id + $1",
+            "UPDATE gateways SET shipped_entry_id = shipped_entry_id + ?",
+            &[by],
+        )
+        .await
     };
     move_cursor(3).await;
     let (clean, report) = check_stopped(&data, central_url.as_deref());
@@ -629,6 +597,33 @@ async fn the_integrity_check(test: &str, pg: Option<&PgSchema>) {
         "{test}: {:#}",
         chain[0]
     );
+}
+
+/// Changes the central store behind the gateway's back, as someone with access to it
+/// would: `pg` on PostgreSQL (`central`), else `sqlite` on the data directory's file.
+async fn store_sql(central: Option<&str>, data: &Path, pg: &str, sqlite: &str, args: &[i64]) {
+    use sqlx::Connection;
+    match central {
+        Some(u) => {
+            let mut c = sqlx::PgConnection::connect(u).await.unwrap();
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(pg.to_string()));
+            for a in args {
+                q = q.bind(*a);
+            }
+            q.execute(&mut c).await.unwrap();
+            c.close().await.unwrap();
+        }
+        None => {
+            let url = format!("sqlite://{}", data.join("central.db").display());
+            let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sqlite.to_string()));
+            for a in args {
+                q = q.bind(*a);
+            }
+            q.execute(&mut c).await.unwrap();
+            c.close().await.unwrap();
+        }
+    }
 }
 
 /// expected − found of a mismatch in fen.

@@ -706,12 +706,7 @@ async fn door_events_reach_the_central_store() {
 /// and the store's error; once the store accepts it, shipping goes on, nothing lost.
 #[tokio::test]
 async fn an_entry_the_store_refuses_is_found_and_named() {
-    let log = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(log.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (log, _guard) = capture_log();
     for target in targets("refused").await {
         let lines = |needle: &str| log.count(needle);
         let (refuses, again, caught_up_lines, failing) = (
@@ -853,6 +848,16 @@ async fn a_row_already_beyond_the_cursor_is_refused_not_skipped() {
     }
 }
 
+/// This test's log lines, captured for as long as the guard lives.
+fn capture_log() -> (Captured, tracing::subscriber::DefaultGuard) {
+    let log = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(log.clone())
+        .with_ansi(false)
+        .finish();
+    (log, tracing::subscriber::set_default(subscriber))
+}
+
 /// A lines-of-log sink for one test.
 #[derive(Clone, Default)]
 struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
@@ -890,12 +895,7 @@ impl Captured {
 /// per look, then once that it caught up.
 #[tokio::test]
 async fn a_flusher_behind_says_so_once_a_minute_and_its_health_shows_it() {
-    let log = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(log.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (log, _guard) = capture_log();
     let (_dir, url) = temp_sqlite();
     let mut f = Fixture::new().await;
     let config = FlusherConfig {
