@@ -83,6 +83,10 @@ def parse(path):
 def main():
     report = json.load(open(sys.argv[1]))
     requests = sum(k.get("answers", 0) for k in report["by_kind"].values())
+    # Door controllers' access checks, warm-up included: instrumentation counts the whole
+    # run (a doors-only run, `--terminals 0 --doors N`, answers no POS request).
+    doors = report.get("doors") or {}
+    requests += doors.get("checks", 0) + doors.get("warmup_checks", 0)
     parts = defaultdict(int)
     for path in sys.argv[2:]:
         total, incl = parse(path)

@@ -182,17 +182,13 @@ pub enum CheckOutcome {
 }
 
 impl CheckOutcome {
-    /// From a report's JSON, as the API answers it and the stopped check prints it.
+    /// From a report's JSON (`Report::json`), as the API answers it and the stopped
+    /// check prints it: its `result`. Anything else is not a clean run.
     pub fn of(report: &Value) -> CheckOutcome {
-        let mismatches: u64 = report["counts"]
-            .as_object()
-            .map_or(0, |c| c.values().filter_map(Value::as_u64).sum());
-        if mismatches > 0 {
-            CheckOutcome::Mismatches
-        } else if !report["central_unchecked"].is_null() || report["ok"] != true {
-            CheckOutcome::Incomplete
-        } else {
-            CheckOutcome::Clean
+        match report["result"].as_str() {
+            Some("ok") => CheckOutcome::Clean,
+            Some("mismatch") => CheckOutcome::Mismatches,
+            _ => CheckOutcome::Incomplete,
         }
     }
 

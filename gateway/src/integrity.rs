@@ -92,8 +92,14 @@ impl Report {
         self.counts.values().sum()
     }
 
+    /// The report as the API answers it and `cardgate check` prints it, with its
+    /// `result`, so that whoever reads it (the CLI's exit code) does not judge it again.
     pub fn json(&self) -> Value {
-        serde_json::to_value(self).unwrap_or(Value::Null)
+        let mut v = serde_json::to_value(self).unwrap_or(Value::Null);
+        if let Some(o) = v.as_object_mut() {
+            o.insert("result".into(), Value::from(self.result()));
+        }
+        v
     }
 
     /// One line for the audit trail and the log.

@@ -111,9 +111,9 @@ pub struct TerminalView {
     pub offline_since_ms: Option<i64>,
     pub last_seen_ms: i64,
     pub blacklist_version: u64,
-    /// A door controller's door cache: the version it acknowledged last (0: none since
-    /// this data directory began), the version its group is at now, and whether it is
-    /// behind; `None` for any other terminal.
+    /// A door controller's door cache (`Ledger::door_cache_views`: its acknowledgement
+    /// is live state, 0 until it acknowledges after this gateway started); `None` for
+    /// any other terminal.
     pub door_cache: Option<DoorCacheView>,
     /// Its clock minus the gateway's at its last sign-on.
     pub drift_ms: i64,

@@ -148,10 +148,11 @@ fn group_access_json(g: &GroupAccess, blacklist: u64) -> Value {
 /// A permission change's answer: the permission, and the cache version its group's
 /// controllers are now brought to.
 fn permission_answer(l: &cardgate_ledger::Ledger, p: &Permission) -> Value {
+    let g = l.group_access(p.door_group);
     json!({
         "permission": permission_json(p),
-        "cache_version": l.group_cache_version(p.door_group),
-        "group_version": l.group_access(p.door_group).cache_version,
+        "cache_version": cardgate_ledger::doors::cache_version(g.cache_version, l.blacklist().published()),
+        "group_version": g.cache_version,
     })
 }
 
@@ -750,7 +751,7 @@ async fn put_group_access(
             status: StatusCode::OK,
             before: Value::Null,
             after: Value::Null,
-            body: json!({ "access": group_access_json(&g, l.blacklist().published()) }),
+            body: json!({ "access": group_access_json(&g, published) }),
         })
     })
     .await

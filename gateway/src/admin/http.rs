@@ -57,17 +57,12 @@ pub(crate) const COMPLETE_HEADER: &str = "x-cardgate-complete";
 
 /// A CSV search answer, with whether it is the whole of what was asked for.
 pub(crate) fn csv_search_response(text: String, complete: bool) -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
-            (
-                header::HeaderName::from_static(COMPLETE_HEADER),
-                if complete { "true" } else { "false" },
-            ),
-        ],
-        text,
-    )
-        .into_response()
+    let mut r = csv_response(text);
+    r.headers_mut().insert(
+        header::HeaderName::from_static(COMPLETE_HEADER),
+        header::HeaderValue::from_static(if complete { "true" } else { "false" }),
+    );
+    r
 }
 
 /// Refuses a search parameter the endpoint does not take: a misspelt or unsupported
