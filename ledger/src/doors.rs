@@ -579,13 +579,13 @@ impl Ledger {
                 None => {
                     let mut ids = self.state.access().next_ids();
                     let id = ids.door.max(config.doors.keys().next_back().map_or(1, |k| k + 1));
+                    if id > DOOR_ID_MAX {
+                        return Err(invalid("no door id left"));
+                    }
                     ids.door = id + 1;
                     id
                 }
             };
-            if id > DOOR_ID_MAX {
-                return Err(invalid("no door id left"));
-            }
             let now = self.now_ms();
             let old_group = config.doors.get(&id).map(|d| d.group);
             let door = Door {
@@ -626,6 +626,15 @@ impl Ledger {
         let sent = {
             let _desk = self.state.desk_lock();
             let mut config = self.state.access().write();
+            // Every refusal comes before an id is taken: a refused create leaves the next
+            // id where it was.
+            if config
+                .schedules
+                .values()
+                .any(|s| s.name == input.name && Some(s.id) != input.id)
+            {
+                return Err(invalid(format!("a schedule named {:?} exists", input.name)));
+            }
             let id = match input.id {
                 Some(id) => id,
                 None => {
@@ -633,15 +642,15 @@ impl Ledger {
                     let id = ids
                         .schedule
                         .max(config.schedules.keys().next_back().map_or(1, |k| k + 1));
+                    if id > u64::from(u32::MAX) {
+                        return Err(invalid("no schedule id left"));
+                    }
                     ids.schedule = id + 1;
                     id
                 }
             };
             if id == 0 || id > u64::from(u32::MAX) {
                 return Err(invalid("schedule ids are 1..=4294967295 (a u32 on the wire)"));
-            }
-            if config.schedules.values().any(|s| s.name == input.name && s.id != id) {
-                return Err(invalid(format!("a schedule named {:?} exists", input.name)));
             }
             let now = self.now_ms();
             let schedule = Schedule {

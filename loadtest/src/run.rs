@@ -947,6 +947,8 @@ where
         None if lost_cards.reported > 0 && door_count > 0 => CacheChangeReport {
             status: "done".into(),
             trigger: "card reported lost".into(),
+            // The slowest report's answer: with one lost card, that report's.
+            api_ms: lost_cards.report_max_ms,
             ..CacheChangeReport::default()
         },
         None => CacheChangeReport {

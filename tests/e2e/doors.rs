@@ -215,6 +215,22 @@ async fn door_access_over_the_protocol() {
         r#"{"name":"night","windows":[{"weekdays":[1,2,3,4,5,6,7],"start":"22:00","end":"06:00","overnight":true}],"holidays":"closed"}"#,
     );
     let night_id = night["schedule"]["id"].as_u64().unwrap();
+    // A second schedule of the same name is refused and takes no id: the next one
+    // created gets the id after "night".
+    let (status, body) = c.api(
+        "POST",
+        "/api/v1/door-schedules",
+        &c.door_admin,
+        r#"{"name":"night","windows":[{"weekdays":[1],"start":"08:00","end":"09:00"}],"holidays":"closed"}"#,
+    );
+    assert_eq!(status, 422, "{body}");
+    assert!(body.to_string().contains("night"), "{body}");
+    let early = c.doors(
+        "POST",
+        "/api/v1/door-schedules",
+        r#"{"name":"early","windows":[{"weekdays":[1],"start":"06:00","end":"07:00"}],"holidays":"closed"}"#,
+    );
+    assert_eq!(early["schedule"]["id"].as_u64(), Some(night_id + 1), "{early}");
     let grant = c.doors(
         "POST",
         "/api/v1/door-permissions",
