@@ -33,7 +33,7 @@ use crate::audit_log::AuditLog;
 use crate::blacklist::Blacklist;
 use crate::error::LedgerError;
 use crate::keys::TerminalKey;
-use crate::records::{SEQ_SLOTS, StockRemoved, seq_slot};
+use crate::records::{PREFIX_GAPS, PREFIX_SEQ, SEQ_SLOTS, StockRemoved, seq_slot};
 
 /// Shards of the hot maps: far more than cores, so that two connections rarely wait on
 /// the same shard lock.
@@ -43,6 +43,14 @@ const MAP_SHARDS: usize = 256;
 /// were 8% of the gateway's CPU under load, and foldhash is still seeded per process,
 /// so card numbers a terminal chooses cannot be aimed at one bucket.
 pub(crate) type Map<K, V> = DashMap<K, V, foldhash::fast::RandomState>;
+
+/// A terminal's sequence record in a checkpoint that has no such terminal.
+fn orphaned(prefix: u8, terminal: u64) -> LedgerError {
+    LedgerError::Store(cardgate_journal::StoreError::Corrupt {
+        key: cardgate_journal::layout::key_u64(prefix, terminal).to_vec(),
+        reason: format!("sequence memory of terminal {terminal}, which the checkpoint does not hold"),
+    })
+}
 
 fn new_map<K: Eq + std::hash::Hash, V>() -> Map<K, V> {
     DashMap::with_hasher_and_shard_amount(foldhash::fast::RandomState::default(), MAP_SHARDS)
@@ -295,16 +303,6 @@ impl State {
         for t in load.terminals {
             terminals.insert(t.id, TerminalState::new(t));
         }
-        for r in load.seqs {
-            if let Some(mut t) = terminals.get_mut(&r.terminal) {
-                t.load_slot(r);
-            }
-        }
-        for g in &load.gaps {
-            if let Some(mut t) = terminals.get_mut(&g.terminal) {
-                t.load_gaps(g);
-            }
-        }
         let state = State {
             accounts,
             cards,
@@ -370,6 +368,23 @@ impl State {
         }
         for r in load.terminal_records {
             state.put_terminal_record(r)?;
+        }
+        // A terminal's remembered outcomes only once every terminal is in place: a
+        // terminal registered through the registry exists only from its record above,
+        // and outcomes loaded before it were dropped, so that a clean restart forgot
+        // what it had answered and a retry moved money again. One with no terminal is a
+        // broken checkpoint, not something to skip.
+        for r in load.seqs {
+            let Some(mut t) = state.terminals.get_mut(&r.terminal) else {
+                return Err(orphaned(PREFIX_SEQ, r.terminal));
+            };
+            t.load_slot(r);
+        }
+        for g in &load.gaps {
+            let Some(mut t) = state.terminals.get_mut(&g.terminal) else {
+                return Err(orphaned(PREFIX_GAPS, g.terminal));
+            };
+            t.load_gaps(g);
         }
         state.handouts.lock().extend(load.handouts);
         {

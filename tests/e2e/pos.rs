@@ -165,15 +165,26 @@ async fn a_retry_on_a_new_connection_and_after_a_restart_gets_the_first_answer()
         DeclineReason::Duplicate
     );
     drop(t);
+    // After a crash (the journal replayed) and after a clean stop (the final checkpoint
+    // alone): the same memory of what was answered.
     d.kill9();
     let d = Daemon::start(dir.path());
     let mut t = d.terminal(3).await;
     assert_eq!(t.sign_on.last_tx_seq, 1);
     assert_eq!(t.purchase(1, card(3), 45_00).await.unwrap(), first);
+    let second = t.purchase(2, card(3), 5_00).await.unwrap();
+    approved(&second);
+    drop(t);
+    assert!(d.terminate().success());
+    let d = Daemon::start(dir.path());
+    let mut t = d.terminal(3).await;
+    assert_eq!(t.sign_on.last_tx_seq, 2, "a clean stop forgot the terminal's numbers");
+    assert_eq!(t.purchase(1, card(3), 45_00).await.unwrap(), first);
+    assert_eq!(t.purchase(2, card(3), 5_00).await.unwrap(), second);
     let Message::Balance(b) = t.balance(card(3)).await.unwrap() else {
         panic!()
     };
-    assert_eq!(b.balance_fen, DEMO_BALANCE_FEN - 45_00, "debited once");
+    assert_eq!(b.balance_fen, DEMO_BALANCE_FEN - 50_00, "debited once each");
 }
 
 #[tokio::test]
