@@ -370,6 +370,11 @@ impl Ledger {
         let caches = self.door_cache_views();
         for t in &mut out {
             t.door_cache = caches.get(&t.id).copied();
+            // A controller's or clock's numbers are its events' (what its SIGN_ON_OK
+            // says), not the sales' memory, which it never uses.
+            if t.kind == TerminalKind::Door.as_str() || t.kind == TerminalKind::Attendance.as_str() {
+                t.last_tx_seq = self.controller_last_event(t.id);
+            }
         }
         out
     }

@@ -364,6 +364,25 @@ async fn desk_money_grants_history_and_fee_lists() {
         json!({"amount": 1}),
     );
     assert_eq!(st, 400, "a JSON number is not money");
+    // Only digits with at most two decimals: what a general decimal parser also takes
+    // ("1e2" would be a hundred yuan) is refused as unreadable.
+    for amount in ["1e2", "1_0.00", " 5.00", "+5.00", "5.", ".5"] {
+        let (st, body) = k.call(
+            &k.desk,
+            "POST",
+            &format!("/api/v1/accounts/{b}/topup"),
+            json!({ "amount": amount }),
+        );
+        assert_eq!(st, 400, "{amount:?}: {body}");
+    }
+    let (st, body) = k.call(
+        &k.desk,
+        "POST",
+        &format!("/api/v1/accounts/{b}/adjustments"),
+        json!({"amount": "0.00", "reason": "nothing"}),
+    );
+    assert_eq!(st, 422, "{body}");
+    assert!(body.to_string().contains("changes nothing"), "{body}");
     let (st, _) = k.call(
         &k.desk,
         "POST",

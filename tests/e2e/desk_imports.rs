@@ -104,6 +104,15 @@ async fn desk_imports_read_the_files_chinese_excel_saves() {
     assert_eq!(st, 200, "{r}");
     assert_eq!(name_of(&d, &director, "W1"), "José");
 
+    // A dry run is asked for as `true` (or `1`); any other value, or a misspelt
+    // parameter, is refused before the file is read, never taken as "import for real".
+    for query in ["?dry_run=yes", "?dry_run=TRUE", "?dryrun=true"] {
+        let (st, r) = post(&d, &director, query, &gbk_file("GB9", 62_220_000_900_091));
+        assert_eq!(st, 400, "{query}: {r}");
+    }
+    let (st, _) = d.api("GET", "/api/v1/persons/GB9", Some(&director), None);
+    assert_eq!(st, 404, "a refused dry run imported nothing");
+
     // A charset the import does not know: refused before the file is read.
     let (st, r) = post(&d, &director, "?charset=klingon", &gbk_file("GB3", 62_220_000_900_031));
     assert_eq!(st, 422, "{r}");

@@ -1206,6 +1206,20 @@ async fn door_state_survives_kill_9() {
     assert_eq!(status, 200, "{body}");
     let found: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(found["events"].as_array().unwrap().len(), 3, "{found}");
+    // The inventory shows the controller's own numbers, as its SIGN_ON_OK does.
+    let (status, body) = tokio::task::block_in_place(|| {
+        api_request(
+            admin,
+            "GET",
+            &format!("/api/v1/terminals/{GROUP_2_CONTROLLER}"),
+            &token,
+            None,
+            "",
+        )
+    });
+    assert_eq!(status, 200, "{body}");
+    let view: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(view["terminal"]["last_tx_seq"], 6, "{view}");
 }
 
 async fn upload(c: &mut TerminalClient, events: &[DoorEvent]) -> cardgate_codec::DoorEventsResult {

@@ -80,12 +80,13 @@ pub(crate) fn only_params(q: &HashMap<String, String>, known: &[&str]) -> Result
     )))
 }
 
-/// A `true`/`false` search parameter, absent for either.
+/// A `true`/`false` (or `1`/`0`) parameter, `None` when absent. Anything else is 400:
+/// `dry_run=yes` read as "not a dry run" would import for real.
 pub(crate) fn parse_flag(q: &HashMap<String, String>, key: &str) -> Result<Option<bool>, ApiError> {
     match q.get(key).map(String::as_str) {
         None => Ok(None),
-        Some("true") => Ok(Some(true)),
-        Some("false") => Ok(Some(false)),
+        Some("true" | "1") => Ok(Some(true)),
+        Some("false" | "0") => Ok(Some(false)),
         Some(other) => Err(ApiError::bad_request(format!("{key}={other:?}: true or false"))),
     }
 }

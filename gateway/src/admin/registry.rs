@@ -29,7 +29,7 @@ use cardgate_ledger::stock::{CountResult, StockReport};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::http::{csv_field, csv_response, json_body, parse_card, parse_id, wants_csv};
+use super::http::{csv_field, csv_response, json_body, only_params, parse_card, parse_flag, parse_id, wants_csv};
 use super::{AdminState, ApiError, Done, idempotency_key};
 
 /// The registry's routes with small bodies.
@@ -477,11 +477,7 @@ impl InventoryFilter {
                     })?)
                 }
                 "enabled" | "connected" | "behind" => {
-                    let b = match v.as_str() {
-                        "true" | "1" => true,
-                        "false" | "0" => false,
-                        _ => return Err(ApiError::bad_request(format!("{k}={v:?}: true or false"))),
-                    };
+                    let b = parse_flag(q, k)?.unwrap_or_default();
                     match k.as_str() {
                         "enabled" => f.enabled = Some(b),
                         "connected" => f.connected = Some(b),
@@ -831,7 +827,9 @@ async fn import_inventory(
         "terminals.import",
         String::from("terminals")
     );
-    let dry_run = q.get("dry_run").is_some_and(|v| v == "true" || v == "1");
+    // A misspelt `dry_run` ignored would import for real.
+    tryr!(only_params(&q, &["dry_run", "charset"]));
+    let dry_run = tryr!(parse_flag(&q, "dry_run")).unwrap_or(false);
     let charset = q.get("charset").cloned();
     let extra = format!("dry_run={dry_run} charset={}", charset.as_deref().unwrap_or(""));
     let key = key!(headers, "terminals.import", "terminals", &extra, body);

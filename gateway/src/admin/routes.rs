@@ -4,7 +4,6 @@
 //! never a JSON number, so nothing between the desk and the ledger rounds it.
 
 use std::collections::HashMap;
-use std::str::FromStr;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -17,6 +16,7 @@ use cardgate_domain::entry::{CardAction, FeeKind, MoneyMove, PayMethod};
 use cardgate_domain::model::{Account, AccountKind, Card, KindParams, Limits, Params, Person};
 use cardgate_domain::money::{from_fen, to_fen};
 use cardgate_domain::operator::{Operator, Permission, Role};
+use cardgate_domain::rules::input::YuanRefusal;
 use cardgate_ledger::audit::AuditQuery;
 use cardgate_ledger::desk::{CardResult, MoneyResult, NewPerson, PasswordChanged, SignIn};
 use cardgate_ledger::history::HistoryQuery;
@@ -25,7 +25,9 @@ use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::http::{csv_field, csv_search_response, json_body, only_params, parse_card, parse_id, wants_csv, yuan};
+use super::http::{
+    csv_field, csv_search_response, json_body, only_params, parse_card, parse_flag, parse_id, wants_csv, yuan,
+};
 use super::{ADMIN_BODY_BYTES_MAX, AdminState, ApiError, BULK_BODY_BYTES_MAX, Done, idempotency_key, with_body_limit};
 
 pub fn router(state: AdminState) -> Router {
@@ -79,11 +81,13 @@ fn dec(v: Decimal) -> String {
     to_fen(v).map(yuan).unwrap_or_else(|| v.to_string())
 }
 
-/// `"12.50"` → 1250 fen; more than two places, or not a number, is refused.
+/// `"12.50"` → 1250 fen (`input::parse_yuan`): not of that form is 400, a third decimal
+/// or beyond the largest amount 422.
 fn parse_amount(s: &str) -> Result<i64, ApiError> {
-    let d = Decimal::from_str(s.trim())
-        .map_err(|_| ApiError::bad_request(format!("amount {s:?} is not a decimal number of yuan")))?;
-    to_fen(d).ok_or_else(|| ApiError::unprocessable(format!("amount {s:?} has more than two decimal places")))
+    cardgate_domain::rules::input::parse_yuan(s).map_err(|e| match e {
+        YuanRefusal::Unreadable(r) => ApiError::bad_request(r.0),
+        YuanRefusal::OutOfBounds(r) => ApiError::unprocessable(r.0),
+    })
 }
 
 fn card_json(c: &Card) -> Value {
@@ -641,7 +645,9 @@ async fn import(
     body: Bytes,
 ) -> Response {
     let actor = auth!(s, headers, Permission::Import, "import.csv", String::from("imports"));
-    let dry_run = q.get("dry_run").is_some_and(|v| v == "true" || v == "1");
+    // A misspelt `dry_run` ignored would import for real.
+    tryr!(only_params(&q, &["dry_run", "charset"]));
+    let dry_run = tryr!(parse_flag(&q, "dry_run")).unwrap_or(false);
     // The file's encoding, for files with no byte order mark that are not UTF-8
     // (e.g. charset=gb18030); an unknown one is refused with 422.
     let charset = q.get("charset").cloned();

@@ -151,7 +151,7 @@ impl Ledger {
             PayMethod::Balance => {
                 if acct.balance < amount {
                     return Err(invalid(format!(
-                        "the balance {} does not cover the {} fee of {}; take it in cash",
+                        "the balance {:.2} does not cover the {} fee of {:.2}; take it in cash",
                         acct.balance,
                         kind.as_str(),
                         amount

@@ -74,7 +74,7 @@ impl Ledger {
             .ok_or_else(|| invalid("the balance would overflow"))?;
         if after < Decimal::ZERO {
             return Err(invalid(format!(
-                "the balance {} does not cover {}",
+                "the balance {:.2} does not cover {:.2}",
                 acct.balance,
                 from_fen(m.amount_fen)
             )));
@@ -216,6 +216,12 @@ impl Ledger {
         delta_fen: i64,
         reason: &str,
     ) -> Result<MoneyResult, LedgerError> {
+        // Signed: the bound is on its size, and zero moves nothing.
+        if delta_fen == 0 {
+            return Err(invalid(
+                "an adjustment of 0.00 changes nothing: give a positive or negative amount",
+            ));
+        }
         check_amount(delta_fen.checked_abs().unwrap_or(0))?;
         check_text("reason", reason, REASON_BYTES_MAX, true)?;
         self.money(

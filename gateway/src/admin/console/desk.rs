@@ -6,7 +6,6 @@
 //! answer is shown (the new balance, the tx id, the blacklist version).
 
 use std::collections::HashMap;
-use std::str::FromStr;
 
 use axum::Router;
 use axum::extract::{Path, Query, State};
@@ -15,7 +14,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use cardgate_domain::entry::CardAction;
 use cardgate_domain::model::{Account, Card, Person};
-use cardgate_domain::money::{from_fen, to_fen};
+use cardgate_domain::money::from_fen;
 use cardgate_domain::operator::Permission;
 use cardgate_domain::rules::card::transition;
 use maud::{Markup, html};
@@ -463,10 +462,10 @@ fn money_texts(op: &str) -> Option<(&'static str, &'static str, &'static str)> {
     })
 }
 
-/// `"12.5"` → 12.50 yuan; more than two places, or not a number, is refused.
+/// `"12.5"` → 12.50 yuan, by the API's rule (`input::parse_yuan`); a form field's
+/// surrounding spaces are the browser's, not the operator's.
 fn parse_yuan(s: &str) -> Option<Decimal> {
-    let d = Decimal::from_str(s.trim()).ok()?;
-    to_fen(d).map(from_fen)
+    cardgate_domain::rules::input::parse_yuan(s.trim()).ok().map(from_fen)
 }
 
 async fn money_post(

@@ -45,6 +45,78 @@ pub fn check_amount(amount_fen: i64) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// Why a money string was refused: unreadable (not the form `12.50`) or readable but
+/// out of bounds (a third decimal, more than `AMOUNT_FEN_MAX`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum YuanRefusal {
+    Unreadable(Refusal),
+    OutOfBounds(Refusal),
+}
+
+impl YuanRefusal {
+    pub fn into_refusal(self) -> Refusal {
+        match self {
+            YuanRefusal::Unreadable(r) | YuanRefusal::OutOfBounds(r) => r,
+        }
+    }
+}
+
+/// A money string as operators send it, in fen: digits, optionally a point and one or
+/// two decimals, optionally a leading minus (signed adjustments; callers that need a
+/// positive amount say so with `check_amount`). Nothing else: no exponent, sign `+`,
+/// spaces, digit separators or bare point, which a general decimal parser takes and an
+/// operator did not mean (`"1e2"` is not one yuan and two).
+pub fn parse_yuan(s: &str) -> Result<i64, YuanRefusal> {
+    let unreadable = || {
+        YuanRefusal::Unreadable(Refusal(format!(
+            "amount {s:?} is not a number of yuan: digits with at most two decimals, e.g. \"12.50\""
+        )))
+    };
+    let (negative, unsigned) = match s.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, s),
+    };
+    let (whole, places) = match unsigned.split_once('.') {
+        Some((w, p)) => (w, p),
+        None => (unsigned, ""),
+    };
+    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+    if !digits(whole) || (unsigned.contains('.') && !digits(places)) {
+        return Err(unreadable());
+    }
+    if places.len() > 2 {
+        return Err(YuanRefusal::OutOfBounds(Refusal(format!(
+            "amount {s:?} has more than two decimal places"
+        ))));
+    }
+    let too_large = || {
+        YuanRefusal::OutOfBounds(Refusal(format!(
+            "amount {s:?} is more than {} yuan",
+            from_fen(AMOUNT_FEN_MAX)
+        )))
+    };
+    // Leading zeros carry no value; the rest is bounded before it is summed.
+    let whole = whole.trim_start_matches('0');
+    if whole.len() > 10 {
+        return Err(too_large());
+    }
+    let yuan: i64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().map_err(|_| unreadable())?
+    };
+    let cents: i64 = match places.len() {
+        0 => 0,
+        1 => places.parse::<i64>().map_err(|_| unreadable())? * 10,
+        _ => places.parse().map_err(|_| unreadable())?,
+    };
+    let fen = yuan * 100 + cents;
+    if fen > AMOUNT_FEN_MAX {
+        return Err(too_large());
+    }
+    Ok(if negative { -fen } else { fen })
+}
+
 pub fn check_text(what: &str, value: &str, max: usize, required: bool) -> Result<(), Refusal> {
     if required && value.trim().is_empty() {
         return Err(Refusal(format!("{what} is required")));
@@ -319,6 +391,40 @@ mod tests {
         assert!(zeros.contains(&"0".to_string()) && !zeros.contains(&String::new()));
         let max: Vec<String> = ids_differing_by_leading_zeros(&"9".repeat(PERSON_ID_BYTES_MAX)).collect();
         assert!(max.is_empty());
+    }
+
+    #[test]
+    fn money_strings_are_digits_and_two_places_at_most() {
+        for (s, fen) in [
+            ("12.50", 1250),
+            ("12.5", 1250),
+            ("12", 1200),
+            ("0.01", 1),
+            ("0", 0),
+            ("007.00", 700),
+            ("-5.00", -500),
+            ("10000000.00", AMOUNT_FEN_MAX),
+        ] {
+            assert_eq!(parse_yuan(s), Ok(fen), "{s}");
+        }
+        for s in [
+            "1e2", "1E2", "1.2345e2", "1e-2", "1_0.00", " 5.00", "5.00 ", "+5.00", "5.", ".5", "", "-", "--5", "5.0.0",
+            "1,000.00", "¥5", "５", "NaN", "inf", "0x10",
+        ] {
+            assert!(matches!(parse_yuan(s), Err(YuanRefusal::Unreadable(_))), "{s:?}");
+        }
+        for s in [
+            "1.234",
+            "10000000.01",
+            "99999999999999999.00",
+            "99999999999999999999999999999",
+        ] {
+            assert!(matches!(parse_yuan(s), Err(YuanRefusal::OutOfBounds(_))), "{s:?}");
+        }
+        let Err(YuanRefusal::OutOfBounds(r)) = parse_yuan("99999999999999999.00") else {
+            panic!("too large");
+        };
+        assert!(r.0.contains("more than 10000000.00 yuan"), "{}", r.0);
     }
 
     #[test]
