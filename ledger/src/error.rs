@@ -20,6 +20,9 @@ pub enum LedgerError {
     /// The caller named something that does not exist: theirs.
     #[error("{what} {id} not found")]
     NotFound { what: &'static str, id: u64 },
+    /// The caller named something by a name (a person id) that does not exist: theirs.
+    #[error("{what} {name} not found")]
+    NotFoundNamed { what: &'static str, name: String },
     /// The request breaks a rule (a negative amount, a state change not allowed): theirs.
     #[error("{0}")]
     Invalid(String),
@@ -44,7 +47,10 @@ impl LedgerError {
     pub fn is_caller_fault(&self) -> bool {
         matches!(
             self,
-            LedgerError::Exists { .. } | LedgerError::NotFound { .. } | LedgerError::Invalid(_)
+            LedgerError::Exists { .. }
+                | LedgerError::NotFound { .. }
+                | LedgerError::NotFoundNamed { .. }
+                | LedgerError::Invalid(_)
         )
     }
 }

@@ -203,6 +203,11 @@ async fn card_lifecycle_through_the_api_and_on_every_terminal() {
         declined(&t1.purchase(5, CardNo(CARD_A2), 1_00).await.unwrap()),
         Some(DeclineReason::CardCancelled)
     );
+    // A search that cannot mean anything is refused, not answered with nothing.
+    for query in ["limit=0", "from=2026-12-02&to=2026-12-01", "limit=ten"] {
+        let (st, body) = k.call(&k.director, "GET", &format!("/api/v1/audit?{query}"), Value::Null);
+        assert_eq!(st, 400, "{query}: {body}");
+    }
     // The audit trail names the operator, the target, before and after.
     let a = k.ok(
         &k.director,
@@ -402,6 +407,22 @@ async fn desk_money_grants_history_and_fee_lists() {
         "POST",
         &format!("/api/v1/accounts/{b}/adjustments"),
         json!({"amount": "-1.00", "reason": "double top-up"}),
+    );
+    // The trail alone says what was paid and why.
+    let trail = k.ok(
+        &k.director,
+        "GET",
+        &format!("/api/v1/audit?target=account:{b}"),
+        Value::Null,
+    );
+    let adjusted = &trail["records"]
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["action"] == "money.adjust" && r["status"] == 200))
+        .expect("the adjustment audited")["after"];
+    assert_eq!(
+        (&adjusted["amount"], &adjusted["balance_delta"], &adjusted["reason"]),
+        (&json!("1.00"), &json!("-1.00"), &json!("double top-up")),
+        "{trail}"
     );
     k.ok(
         &k.desk,
@@ -630,6 +651,16 @@ async fn csv_import_is_all_or_nothing_idempotent_and_reports_changes() {
     );
     assert_eq!(st, 422, "{body}");
     assert_eq!(k.card_status(62_220_000_200_001), "active");
+    // A department and ids at once is refused, not the union of both.
+    let (st, body) = k.call(
+        &k.desk,
+        "POST",
+        "/api/v1/cancellations",
+        json!({"batch_id": "grad-2025", "department": "GRAD-2025", "person_ids": ["G001"]}),
+    );
+    assert_eq!(st, 422, "{body}");
+    assert!(body.to_string().contains("not both"), "{body}");
+    assert_eq!(k.card_status(62_220_000_200_001), "active");
     let r = k.ok(
         &k.desk,
         "POST",
@@ -674,6 +705,17 @@ async fn parameters_change_at_once_for_the_allowed_roles_only() {
     bad["staff"]["daily_max"] = json!("0.00");
     let (st, _) = k.call(&k.admin, "PUT", "/api/v1/params", bad);
     assert_eq!(st, 422);
+    let mut above = p.clone();
+    above["student"]["single_payment_max"] = json!("900.00");
+    above["student"]["daily_max"] = json!("600.00");
+    let (st, body) = k.call(&k.admin, "PUT", "/api/v1/params", above);
+    assert_eq!(st, 422, "a single payment above the day's limit: {body}");
+    assert!(body.to_string().contains("daily_max"), "{body}");
+    assert_eq!(
+        k.ok(&k.sysadmin, "GET", "/api/v1/params", Value::Null)["student"]["single_payment_max"],
+        "3.00",
+        "refused, changed nothing"
+    );
     let a = k.ok(&k.director, "GET", "/api/v1/audit?target=params", Value::Null);
     let r = &a["records"].as_array().unwrap();
     assert!(r.iter().any(|r| r["status"] == 200
@@ -837,6 +879,17 @@ async fn every_endpoint_group_answers_401_without_a_token_and_403_to_the_wrong_r
     assert_eq!(st, 422);
     let (st, _) = k.call(&k.desk, "GET", "/api/v1/persons/S9", Value::Null);
     assert_eq!(st, 404);
+    // A person nobody opened is 404 to a change too; a kind in capitals is a kind, as
+    // in the import.
+    let (st, body) = k.call(&k.desk, "PATCH", "/api/v1/persons/NOBODY", json!({"name": "x"}));
+    assert_eq!(st, 404, "{body}");
+    let p = k.ok(
+        &k.desk,
+        "POST",
+        "/api/v1/persons",
+        json!({"person_id": "S10", "name": "x", "kind": "STAFF"}),
+    );
+    assert_eq!(p["account"]["kind"], "staff", "{p}");
 }
 
 /// What the desk did, read back through the API.

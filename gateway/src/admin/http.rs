@@ -91,10 +91,38 @@ pub(crate) fn parse_flag(q: &HashMap<String, String>, key: &str) -> Result<Optio
     }
 }
 
+/// A text cell of an exported CSV: quoted where the format needs it, and a cell a
+/// spreadsheet would run as a formula (`=`, `+`, `-`, `@`, a tab or carriage return
+/// first, e.g. a person named `=HYPERLINK(...)`) led by an apostrophe, which
+/// spreadsheets show as text. A number (`-12.50`) stays a number.
 pub(crate) fn csv_field(s: &str) -> String {
+    let formula = s.starts_with(['=', '+', '-', '@', '\t', '\r']) && s.parse::<f64>().is_err();
+    let s = if formula { format!("'{s}") } else { s.to_string() };
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
-        s.to_string()
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::csv_field;
+
+    #[test]
+    fn exported_cells_never_run_as_formulas() {
+        assert_eq!(csv_field("张三"), "张三");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(
+            csv_field("=HYPERLINK(\"http://evil\",\"x\")"),
+            "\"'=HYPERLINK(\"\"http://evil\"\",\"\"x\"\")\""
+        );
+        assert_eq!(csv_field("+1+1"), "'+1+1");
+        assert_eq!(csv_field("@SUM(A1)"), "'@SUM(A1)");
+        assert_eq!(csv_field("-2+3"), "'-2+3");
+        assert_eq!(csv_field("\tx"), "'\tx");
+        assert_eq!(csv_field("-12.50"), "-12.50");
+        assert_eq!(csv_field("+86"), "+86");
     }
 }

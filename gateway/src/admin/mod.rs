@@ -227,7 +227,7 @@ impl ApiError {
 impl From<LedgerError> for ApiError {
     fn from(e: LedgerError) -> ApiError {
         let status = match &e {
-            LedgerError::NotFound { .. } => StatusCode::NOT_FOUND,
+            LedgerError::NotFound { .. } | LedgerError::NotFoundNamed { .. } => StatusCode::NOT_FOUND,
             LedgerError::Exists { .. } => StatusCode::CONFLICT,
             LedgerError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             LedgerError::Journal(_) => StatusCode::SERVICE_UNAVAILABLE,

@@ -179,10 +179,22 @@ fn card_done(r: CardResult) -> Done {
     Done::ok(Value::Null, Value::Null, card_result_json(&r))
 }
 
+/// The audit record of a money move: the balance before, and after it the whole move
+/// (kind, amount, method, reason), so that the trail alone says what was paid and why.
 fn money_audit(r: &MoneyResult) -> (String, String) {
+    let m = &r.movement;
     (
         json!({ "balance": dec(r.before.balance) }).to_string(),
-        json!({ "balance": yuan(r.movement.balance_after_fen), "tx_id": r.movement.tx_id }).to_string(),
+        json!({
+            "balance": yuan(m.balance_after_fen),
+            "tx_id": m.tx_id,
+            "kind": m.kind.as_str(),
+            "amount": yuan(m.amount_fen),
+            "balance_delta": yuan(m.balance_delta_fen),
+            "method": m.method.as_str(),
+            "reason": m.reason,
+        })
+        .to_string(),
     )
 }
 
@@ -232,8 +244,9 @@ struct PersonBody {
     kind: String,
 }
 
+/// Any capitalisation, as the import takes it ("Student" from a spreadsheet).
 fn parse_kind(k: &str) -> Result<AccountKind, ApiError> {
-    AccountKind::parse(k)
+    AccountKind::parse(&k.trim().to_ascii_lowercase())
         .ok_or_else(|| ApiError::unprocessable(format!("kind {k:?} is not one of student, staff, temporary")))
 }
 
@@ -557,10 +570,17 @@ async fn cancel_batch(State(s): State<AdminState>, headers: HeaderMap, body: Byt
         key,
         move |l, call| async move {
             let b: CancelBatchBody = json_body(&body)?;
-            let mut ids = b.person_ids;
-            if let Some(d) = &b.department {
-                ids.extend(l.persons_in_department(d).into_iter().map(|p| p.id));
-            }
+            // One or the other: a department beside a list of ids closes every account
+            // of both, which is never what a desk that typed both meant.
+            let ids = match (b.department, b.person_ids.is_empty()) {
+                (Some(_), false) => {
+                    return Err(ApiError::unprocessable(
+                        "name either person_ids or a department, not both",
+                    ));
+                }
+                (Some(d), true) => l.persons_in_department(&d).into_iter().map(|p| p.id).collect(),
+                (None, _) => b.person_ids,
+            };
             if ids.is_empty() {
                 return Err(ApiError::unprocessable("name person_ids or a department with persons"));
             }
@@ -1174,11 +1194,19 @@ async fn audit(State(s): State<AdminState>, headers: HeaderMap, Query(q): Query<
         limit: match q.get("limit") {
             Some(v) => tryr!(
                 v.parse::<usize>()
-                    .map_err(|_| ApiError::bad_request("limit is not a number"))
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| ApiError::bad_request(format!("limit={v:?}: a number of records, 1 or more")))
             ),
             None => 1000,
         },
     };
+    // An empty answer to a reversed range would read as "nothing happened then".
+    if let (Some(from), Some(to)) = (query.from_ms, query.to_ms)
+        && from >= to
+    {
+        return ApiError::bad_request("to must be after from").into_response();
+    }
     let records: Vec<Value> = s
         .ledger
         .audit_list(&query)

@@ -123,6 +123,14 @@ impl Ledger {
                     )));
                 }
             }
+            // A single payment above the day's limit could never be made whole: the
+            // smaller limit would decide, and the larger one only misleads.
+            if p.limits.single_payment_max > p.limits.daily_max {
+                return Err(invalid(format!(
+                    "{k}.single_payment_max {:.2} is above {k}.daily_max {:.2}",
+                    p.limits.single_payment_max, p.limits.daily_max
+                )));
+            }
         }
         let txn = Txn::begin(self.journal()).await?;
         let sent = {

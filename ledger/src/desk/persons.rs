@@ -146,10 +146,10 @@ impl Ledger {
         let txn = Txn::begin(self.journal()).await?;
         let (sent, moved) = {
             let _desk = self.state.desk_lock();
-            let before = self
-                .state
-                .person(person_id)
-                .ok_or_else(|| LedgerError::Invalid(format!("person {person_id} not found")))?;
+            let before = self.state.person(person_id).ok_or_else(|| LedgerError::NotFoundNamed {
+                what: "person",
+                name: person_id.to_string(),
+            })?;
             let mut after = before.clone();
             if let Some(n) = name {
                 after.name = n;
