@@ -130,12 +130,34 @@ impl Ledger {
     ) -> Result<StockBatch, LedgerError> {
         check_stock_batch(first, last)?;
         check_text("supplier", supplier, NAME_BYTES_MAX, true)?;
-        if cardgate_domain::clock::parse_local_date(received, 0).is_none() {
-            return Err(invalid(format!("received {received:?} is not a date YYYY-MM-DD")));
-        }
+        self.check_not_future("received", received)?;
         let txn = Txn::begin(self.journal()).await?;
         let sent = {
             let _desk = self.state.desk_lock();
+            // Blank cards: a number already issued is in someone's hand, not in a box. The
+            // smaller side is walked (the range or the issued cards), before the stock's
+            // lock is taken.
+            let mut issued: Vec<u64> = Vec::new();
+            if last.0 - first.0 < self.state.cards_len() as u64 {
+                issued.extend((first.0..=last.0).filter(|n| self.state.has_card(CardNo(*n))).take(3));
+            } else {
+                self.state.for_each_card(|c| {
+                    if (first.0..=last.0).contains(&c.no.0) {
+                        issued.push(c.no.0);
+                    }
+                });
+                issued.sort_unstable();
+                issued.truncate(3);
+            }
+            if let Some(n) = issued.first() {
+                let shown: Vec<String> = issued.iter().map(u64::to_string).collect();
+                return Err(invalid(format!(
+                    "card {n} is already issued (of {first}..={last}: {}): a delivery holds blank cards",
+                    shown.join(", "),
+                    first = first.0,
+                    last = last.0,
+                )));
+            }
             let mut stock = self.state.stock();
             if let Some(b) = stock
                 .batches
@@ -242,8 +264,19 @@ impl Ledger {
         counted: u64,
         counted_cards: &[CardNo],
     ) -> Result<CountResult, LedgerError> {
-        if cardgate_domain::clock::parse_local_date(date, 0).is_none() {
-            return Err(invalid(format!("date {date:?} is not a date YYYY-MM-DD")));
+        // What is on hand is compared with what the records expect now: a count is of
+        // today. One dated another day would be judged against today's figure.
+        let tz = self.tz_offset_minutes();
+        let today = cardgate_domain::clock::business_day(self.now_ms(), tz);
+        match cardgate_domain::clock::parse_local_date(date, tz) {
+            None => return Err(invalid(format!("date {date:?} is not a date YYYY-MM-DD"))),
+            Some(ms) if cardgate_domain::clock::business_day(ms, tz) != today => {
+                return Err(invalid(format!(
+                    "date {date:?}: a count is of the cards on hand now, dated today ({})",
+                    local_date(today)
+                )));
+            }
+            Some(_) => {}
         }
         if counted_cards.len() > STOCK_LIST_CARDS_MAX {
             return Err(invalid(format!("a count lists at most {STOCK_LIST_CARDS_MAX} cards")));
@@ -296,6 +329,20 @@ impl Ledger {
         Ok(sent.durable().await?.0)
     }
 
+    /// A local date that is today or earlier.
+    fn check_not_future(&self, what: &str, date: &str) -> Result<(), LedgerError> {
+        let tz = self.tz_offset_minutes();
+        let today = cardgate_domain::clock::business_day(self.now_ms(), tz);
+        match cardgate_domain::clock::parse_local_date(date, tz) {
+            None => Err(invalid(format!("{what} {date:?} is not a date YYYY-MM-DD"))),
+            Some(ms) if cardgate_domain::clock::business_day(ms, tz) > today => Err(invalid(format!(
+                "{what} {date:?} is after today ({})",
+                local_date(today)
+            ))),
+            Some(_) => Ok(()),
+        }
+    }
+
     /// Cards on hand by the records and not counted, and counted but not on hand.
     fn compare_count(&self, counted: &[CardNo]) -> (Vec<String>, Vec<String>) {
         let stock = self.state.stock();
@@ -330,4 +377,10 @@ impl Ledger {
             })
             .collect()
     }
+}
+
+/// A business day as `YYYY-MM-DD`.
+fn local_date(day: i32) -> String {
+    let (y, m, d) = cardgate_domain::clock::civil_from_days(i64::from(day));
+    format!("{y:04}-{m:02}-{d:02}")
 }

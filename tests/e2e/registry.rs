@@ -773,11 +773,48 @@ async fn the_weekly_stock_count_is_compared_with_the_records() {
     );
     assert_eq!(st, 422);
 
+    // A count is of today (the default business time zone, UTC+8); another day, or a
+    // delivery received after today, is refused.
+    let day = |offset: i64| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        let d = cardgate_domain::clock::business_day(now, 480);
+        let (y, m, dd) = cardgate_domain::clock::civil_from_days(i64::from(d) + offset);
+        format!("{y:04}-{m:02}-{dd:02}")
+    };
+    let today = day(0);
+    for date in [day(-2), day(1)] {
+        let (st, body) = k.call(
+            &k.desk,
+            "POST",
+            "/api/v1/stock/counts",
+            json!({"date": date, "counted": 95}),
+        );
+        assert_eq!(st, 422, "{date}: {body}");
+    }
+    let (st, body) = k.call(
+        &k.desk,
+        "POST",
+        "/api/v1/stock/batches",
+        json!({"first": (FIRST + 1000).to_string(), "last": (FIRST + 1099).to_string(), "received": day(1), "supplier": "卡厂"}),
+    );
+    assert_eq!(st, 422, "received tomorrow: {body}");
+    // Blank cards: a delivery of numbers already issued (the demo's) is refused.
+    let (st, body) = k.call(
+        &k.desk,
+        "POST",
+        "/api/v1/stock/batches",
+        json!({"first": "1000000001", "last": "1000000010", "received": "2026-11-23", "supplier": "卡厂"}),
+    );
+    assert_eq!(st, 422, "{body}");
+    assert!(body.to_string().contains("already issued"), "{body}");
     let c = k.ok(
         &k.desk,
         "POST",
         "/api/v1/stock/counts",
-        json!({"date": "2026-11-30", "counted": 95}),
+        json!({"date": today, "counted": 95}),
     );
     assert_eq!(c["report"]["received"], 100);
     assert_eq!(c["report"]["issued"], 3);
@@ -798,7 +835,7 @@ async fn the_weekly_stock_count_is_compared_with_the_records() {
         &k.desk,
         "POST",
         "/api/v1/stock/counts",
-        json!({"date": "2026-11-30", "counted": on_hand.len(), "cards": on_hand}),
+        json!({"date": today, "counted": on_hand.len(), "cards": on_hand}),
     );
     assert_eq!(c["discrepancy"], 1);
     assert_eq!(c["missing"], json!([(FIRST + 77).to_string()]));
