@@ -406,17 +406,12 @@ impl Ledger {
             if let Err(e) = self.check_record(&after) {
                 let column = match &e {
                     LedgerError::NotFound { what, .. } if *what == "merchant" => Some("merchant"),
+                    _ if e.to_string().starts_with("merchant ") => Some("merchant"),
                     LedgerError::NotFound { what, .. } if *what == "door group" => Some("door_group"),
                     _ if e.to_string().contains("serial") => Some("serial"),
                     _ => None,
                 };
                 errors.push(line, column, e.to_string());
-            }
-            if existing.is_none()
-                && let Some(m) = self.state.merchant(merchant)
-                && !m.enabled
-            {
-                errors.push(line, Some("merchant"), format!("merchant {} is disabled", m.id));
             }
             if errors.count > before {
                 return;

@@ -430,8 +430,19 @@ impl Ledger {
         if !r.installed.is_empty() && cardgate_domain::clock::parse_local_date(&r.installed, 0).is_none() {
             return Err(invalid(format!("installed {:?} is not a date YYYY-MM-DD", r.installed)));
         }
-        if r.merchant_id != 0 && self.state.merchant(r.merchant_id).is_none() {
-            return Err(LedgerError::not_found("merchant", r.merchant_id));
+        if r.merchant_id != 0 {
+            let m = self
+                .state
+                .merchant(r.merchant_id)
+                .ok_or_else(|| LedgerError::not_found("merchant", r.merchant_id))?;
+            // One rule for every way a terminal gets its merchant (registered, moved,
+            // imported, enabled): an enabled terminal never sells for a disabled merchant.
+            if r.enabled && !m.enabled {
+                return Err(invalid(format!(
+                    "merchant {} is disabled: enable the merchant first, or disable the terminal",
+                    m.id
+                )));
+            }
         }
         if r.door_group != 0 && self.state.door_group(r.door_group).is_none() {
             return Err(LedgerError::not_found("door group", r.door_group));
@@ -490,11 +501,6 @@ impl Ledger {
                 }
                 if !serials.insert(t.serial.clone()) {
                     return Err(invalid(format!("serial {:?} is named twice", t.serial)));
-                }
-                if let Some(m) = self.state.merchant(t.merchant_id)
-                    && !m.enabled
-                {
-                    return Err(invalid(format!("merchant {} is disabled", m.id)));
                 }
                 let record = TerminalRecord {
                     id: t.id,

@@ -272,6 +272,16 @@ async fn a_registered_terminal_signs_on_with_its_key_buys_and_a_disable_closes_i
         Value::Null,
     );
     assert_eq!(st, 422, "a terminal of a disabled merchant stays disabled: {body}");
+    // Nor does an enabled terminal move to it, through the API or an inventory sheet.
+    let (st, body) = k.call(
+        &k.admin,
+        "PATCH",
+        "/api/v1/terminals/5",
+        json!({"merchant_id": merchant}),
+    );
+    assert_eq!(st, 422, "moved to a disabled merchant: {body}");
+    let t5 = k.ok(&k.admin, "GET", "/api/v1/terminals/5", Value::Null);
+    assert_ne!(t5["terminal"]["merchant_id"], json!(merchant), "{t5}");
     k.ok(
         &k.admin,
         "PATCH",
