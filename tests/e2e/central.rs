@@ -407,6 +407,40 @@ async fn postgres_cut_off_under_load_then_back_holds_exactly_the_acknowledged() 
     pg.drop().await;
 }
 
+/// A PostgreSQL that answers but lets nothing be stored (no such database, no such
+/// role) is down to the operator: `cardgate_central_up` 0, as for a wrong port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_that_refuses_the_login_counts_as_down() {
+    let Ok(admin_url) = std::env::var("CARDGATE_TEST_PG") else {
+        eprintln!("a_postgres_that_refuses_the_login_counts_as_down: CARDGATE_TEST_PG is not set; skipped");
+        return;
+    };
+    let (scheme, rest) = admin_url.split_once("://").expect("a URL");
+    let host = rest.split(['/', '?']).next().unwrap_or(rest);
+    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+    let db = rest[rest.find('/').expect("a database in CARDGATE_TEST_PG") + 1..]
+        .split('?')
+        .next()
+        .unwrap_or("");
+    for url in [
+        format!("{scheme}://postgres@{host}/cg_no_such_database_{}", std::process::id()),
+        format!("{scheme}://cg_no_such_role@{host}/{db}"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let d = Daemon::start_with(dir.path(), &["--central", &url]);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while d.metric("cardgate_central_up") != Some(0.0) {
+            assert!(
+                Instant::now() < deadline,
+                "{url}: cardgate_central_up {:?}",
+                d.metric("cardgate_central_up")
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        drop(d);
+    }
+}
+
 /// Kills the gateway with SIGKILL while it ships small batches under load, three times,
 /// then lets it catch up: nothing doubled, nothing missing, every acknowledged purchase
 /// there, sums equal to the gateway's balances.

@@ -147,11 +147,16 @@ pub(crate) fn classify(e: sqlx::Error) -> CentralError {
                 .as_deref()
                 .and_then(|c| c.parse::<i64>().ok())
                 .is_some_and(|c| c & 0xff == 5 || c & 0xff == 6);
-            // PostgreSQL class 08 (connection exception) and 57P (operator intervention:
-            // shutdown, crash, cannot connect now).
-            let gone = code
-                .as_deref()
-                .is_some_and(|c| c.starts_with("08") || c.starts_with("57P"));
+            // PostgreSQL class 08 (connection exception), 57P (operator intervention:
+            // shutdown, crash, cannot connect now), 28 (the login refused: no such role,
+            // wrong password), 3D000 (no such database) and 53 (insufficient resources,
+            // e.g. too many connections): the server answered, but nothing can be
+            // stored there, which is what an operator means by "unreachable".
+            let gone = code.as_deref().is_some_and(|c| {
+                ["08", "57P", "28", "3D000", "53"]
+                    .iter()
+                    .any(|class| c.starts_with(class))
+            });
             // What the data itself was refused for: PostgreSQL classes 22 (data
             // exception), 23 (integrity constraint), 42 (syntax or access rule), 44
             // (check option), P0 (raised by a trigger or function); SQLite's
