@@ -1679,7 +1679,7 @@ impl Message {
                 })
             }
             msg_type::ACCESS_CHECK => {
-                let event_seq = r.u64();
+                let event_seq = nonzero_event_seq(r.u64())?;
                 let card = r.card();
                 let door = r.u32();
                 let direction = Direction::from_code(r.u8()).ok_or(BodyError::BadField("direction"))?;
@@ -1709,7 +1709,7 @@ impl Message {
                 })
             }
             msg_type::PUNCH => Message::Punch(Punch {
-                event_seq: r.u64(),
+                event_seq: nonzero_event_seq(r.u64())?,
                 card: r.card(),
                 controller_time_ms: r.i64(),
             }),
@@ -2186,6 +2186,16 @@ impl Message {
 
 /// A decision's `granted` byte and reason: `granted` is 1 exactly for `Granted`, so that
 /// a controller that reads only the byte and one that reads only the reason agree.
+/// An online check's or a punch's `event_seq`: 0 is no event number (PROTOCOL.md 11.2),
+/// and a request the gateway could neither record nor tell from a retry is malformed.
+fn nonzero_event_seq(seq: u64) -> Result<u64, BodyError> {
+    if seq == 0 {
+        Err(BodyError::BadField("event_seq"))
+    } else {
+        Ok(seq)
+    }
+}
+
 fn decode_decision(granted: u8, reason: u16) -> Result<AccessReason, BodyError> {
     let reason = AccessReason::from_code(reason).ok_or(BodyError::BadField("reason"))?;
     match (granted, reason.is_granted()) {

@@ -350,11 +350,19 @@ fn codes_outside_their_domain_are_malformed() {
         cases.push((msg_type::DOOR_EVENT, b));
     }
     for direction in [0u8, 3, 0xff] {
-        let mut b = vec![0; 20];
+        let mut b = 1u64.to_le_bytes().to_vec();
+        b.resize(20, 0);
         b.push(direction);
         b.resize(32, 0);
         cases.push((msg_type::ACCESS_CHECK, b));
     }
+    // ACCESS_CHECK and PUNCH: an `event_seq` of 0, which no event has (a check under it
+    // could be neither recorded nor told from a retry).
+    let mut b = vec![0; 20];
+    b.push(1);
+    b.resize(32, 0);
+    cases.push((msg_type::ACCESS_CHECK, b));
+    cases.push((msg_type::PUNCH, vec![0; 24]));
     for status in [4u8, 0xff] {
         let mut b = vec![0; 16];
         b.push(status);

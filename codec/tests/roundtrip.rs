@@ -98,7 +98,7 @@ fn door_page(max: usize) -> impl Strategy<Value = PageFields> {
 /// The door access and attendance messages, every field arbitrary within its domain.
 fn door_message() -> impl Strategy<Value = Message> {
     prop_oneof![
-        (any::<u64>(), card(), any::<u32>(), direction(), any::<i64>()).prop_map(
+        (1u64.., card(), any::<u32>(), direction(), any::<i64>()).prop_map(
             |(event_seq, card, door, direction, controller_time_ms)| Message::AccessCheck(AccessCheck {
                 event_seq,
                 card,
@@ -125,7 +125,7 @@ fn door_message() -> impl Strategy<Value = Message> {
                     gateway_time_ms,
                 })
             ),
-        (any::<u64>(), card(), any::<i64>()).prop_map(|(event_seq, card, controller_time_ms)| Message::Punch(Punch {
+        (1u64.., card(), any::<i64>()).prop_map(|(event_seq, card, controller_time_ms)| Message::Punch(Punch {
             event_seq,
             card,
             controller_time_ms,

@@ -118,6 +118,21 @@ impl Targets for Permission {
     }
 }
 
+/// A permission as a change left it, with its door group's access as of the same change
+/// (the cache version the group's controllers are brought to): the answer to the change,
+/// kept under its idempotency key inside the change, needs both.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PermissionChange {
+    pub permission: Permission,
+    pub access: GroupAccess,
+}
+
+impl Targets for PermissionChange {
+    fn targets(&self) -> Vec<String> {
+        self.permission.targets()
+    }
+}
+
 impl Targets for GroupAccess {
     fn targets(&self) -> Vec<String> {
         vec![format!("door_group:{}", self.group)]
@@ -324,6 +339,25 @@ fn diff_lines(state: &State, before: &[Permission], after: &[Permission], cards:
         new.difference(&old).copied().collect(),
         old.difference(&new).copied().collect(),
     )
+}
+
+/// The id a new record gets: after the counter and after every id in use, as ids have
+/// always been given; when that passes `max` (a record made with the highest id by
+/// hand), the lowest id still free. None only when every id up to `max` is taken.
+fn next_free_id<V>(counter: u64, taken: &BTreeMap<u64, V>, max: u64) -> Option<u64> {
+    let after = counter.max(taken.keys().next_back().map_or(1, |k| k.saturating_add(1)));
+    if (1..=max).contains(&after) {
+        return Some(after);
+    }
+    // Ids in use, ascending: the first gap below `max` is the lowest free id.
+    let mut want = 1u64;
+    for &k in taken.keys() {
+        if k > want {
+            break;
+        }
+        want = k.saturating_add(1);
+    }
+    (want <= max).then_some(want)
 }
 
 fn minutes(ms: i64) -> u32 {
@@ -578,10 +612,8 @@ impl Ledger {
                 Some(id) => id,
                 None => {
                     let mut ids = self.state.access().next_ids();
-                    let id = ids.door.max(config.doors.keys().next_back().map_or(1, |k| k + 1));
-                    if id > DOOR_ID_MAX {
-                        return Err(invalid("no door id left"));
-                    }
+                    let id =
+                        next_free_id(ids.door, &config.doors, DOOR_ID_MAX).ok_or_else(|| invalid("no door id left"))?;
                     ids.door = id + 1;
                     id
                 }
@@ -639,12 +671,8 @@ impl Ledger {
                 Some(id) => id,
                 None => {
                     let mut ids = self.state.access().next_ids();
-                    let id = ids
-                        .schedule
-                        .max(config.schedules.keys().next_back().map_or(1, |k| k + 1));
-                    if id > u64::from(u32::MAX) {
-                        return Err(invalid("no schedule id left"));
-                    }
+                    let id = next_free_id(ids.schedule, &config.schedules, u64::from(u32::MAX))
+                        .ok_or_else(|| invalid("no schedule id left"))?;
                     ids.schedule = id + 1;
                     id
                 }
@@ -685,6 +713,10 @@ impl Ledger {
         let sent = {
             let _desk = self.state.desk_lock();
             let mut config = self.state.access().write();
+            if config.holidays == holidays {
+                // Nothing to change: no group's controllers fetch their lists again.
+                return Ok(holidays);
+            }
             let now = self.now_ms();
             let moved = config.bump_whole_lists(|_| true);
             let mut writes = Writes::new();
@@ -788,23 +820,27 @@ impl Ledger {
 
     pub async fn grant_permission(
         &self,
-        by: &By<'_, Permission>,
+        by: &By<'_, PermissionChange>,
         input: PermissionInput,
-    ) -> Result<Permission, LedgerError> {
+    ) -> Result<PermissionChange, LedgerError> {
         self.put_permission(by, None, input, PermissionAction::Granted).await
     }
 
     pub async fn change_permission(
         &self,
-        by: &By<'_, Permission>,
+        by: &By<'_, PermissionChange>,
         id: u64,
         input: PermissionInput,
-    ) -> Result<Permission, LedgerError> {
+    ) -> Result<PermissionChange, LedgerError> {
         self.put_permission(by, Some(id), input, PermissionAction::Changed)
             .await
     }
 
-    pub async fn revoke_permission(&self, by: &By<'_, Permission>, id: u64) -> Result<Permission, LedgerError> {
+    pub async fn revoke_permission(
+        &self,
+        by: &By<'_, PermissionChange>,
+        id: u64,
+    ) -> Result<PermissionChange, LedgerError> {
         let p = self
             .permission(id)
             .ok_or_else(|| LedgerError::not_found("permission", id))?;
@@ -825,11 +861,11 @@ impl Ledger {
 
     async fn put_permission(
         &self,
-        by: &By<'_, Permission>,
+        by: &By<'_, PermissionChange>,
         id: Option<u64>,
         input: PermissionInput,
         action: PermissionAction,
-    ) -> Result<Permission, LedgerError> {
+    ) -> Result<PermissionChange, LedgerError> {
         let txn = Txn::begin(self.journal()).await?;
         let sent = {
             let _desk = self.state.desk_lock();
@@ -915,7 +951,16 @@ impl Ledger {
                 permission: permission.clone(),
                 cache,
             }));
-            let sent = self.send_desk(txn, by, permission.clone(), now, body, writes, 0);
+            let access = moved
+                .iter()
+                .map(|(_, g)| *g)
+                .find(|g| g.group == permission.door_group)
+                .unwrap_or_else(|| config.group(permission.door_group));
+            let change = PermissionChange {
+                permission: permission.clone(),
+                access,
+            };
+            let sent = self.send_desk(txn, by, change, now, body, writes, 0);
             config.put_permission(permission);
             sent
         };
@@ -930,6 +975,16 @@ impl Ledger {
     pub async fn access_check(&self, terminal: u64, req: AccessRequest) -> Result<Durable<AccessAnswer>, JournalError> {
         let txn = Txn::begin(self.journal()).await?;
         let now = self.now_ms();
+        if req.event_seq == 0 {
+            // No event has number 0 (the decoder refuses it): a check under it could be
+            // neither recorded nor told from a retry, so it never opens a door.
+            return Ok(txn.barrier(AccessAnswer {
+                event_seq: 0,
+                reason: AccessReason::SystemError,
+                cache_version: 0,
+                gateway_time_ms: now,
+            }));
+        }
         self.door_clock_drift(terminal, req.controller_time_ms.saturating_sub(now));
         let tz = self.tz_offset_minutes();
         let controller_group = self.controller_group(terminal);
@@ -1024,7 +1079,8 @@ impl Ledger {
     }
 
     /// An attendance punch: recorded (an unknown or blocked card is recorded with its
-    /// status, so the sheet's reader can see who tried), or a duplicate.
+    /// status, so the sheet's reader can see who tried), or a duplicate. It is filed at
+    /// the clock's time (`punch_filed_at`); its drift is kept beside it either way.
     pub async fn punch(
         &self,
         terminal: u64,
@@ -1080,7 +1136,7 @@ impl Ledger {
                 card: card_no,
                 account: card.map_or(0, |c| c.account),
                 status,
-                punch_time_ms: now,
+                punch_time_ms: self.punch_filed_at(clock_time_ms, now),
                 drift_ms: drift,
             }],
             controller,
@@ -1091,6 +1147,26 @@ impl Ledger {
             gateway_time_ms: now,
         };
         Ok(txn.send(answer, now, body, writes, 0))
+    }
+
+    /// The time a punch is filed at: the clock's (PROTOCOL.md 11.8), as far as a sheet can
+    /// find it. A time more than the drift bound ahead of the gateway's would put a
+    /// punch on a day that has not come, and one more than `UPLOAD_SLACK_MS` behind on a
+    /// day whose sheet no longer looks for it: either is filed at arrival, and the
+    /// clock's own time stays in the punch's drift (arrival + drift).
+    fn punch_filed_at(&self, clock_time_ms: i64, now: i64) -> i64 {
+        let ahead_max = self
+            .state
+            .access()
+            .drift_max_ms
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .abs();
+        if clock_time_ms > now.saturating_add(ahead_max) || clock_time_ms < now.saturating_sub(UPLOAD_SLACK_MS) {
+            // Also a drift alarm (`door_clock_drift`), unless the bound is set above a week.
+            now
+        } else {
+            clock_time_ms
+        }
     }
 
     /// Events a controller decided offline: each stored once by its event number
@@ -1493,10 +1569,26 @@ impl Ledger {
         let from = day_start_ms(day, tz);
         let to = day_start_ms(day + 1, tz);
         let mut punches: HashMap<u64, Vec<i64>> = HashMap::new();
-        let (_, complete, first_time) = self.scan_time_range(from, to, |e| {
+        let now = self.now_ms();
+        // Punches are filed at the clock's time: one of this day may arrive up to
+        // `UPLOAD_SLACK_MS` after it, or (a clock ahead within the drift bound) just
+        // before it starts.
+        let ahead_max = self
+            .state
+            .access()
+            .drift_max_ms
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .abs();
+        let scan_from = from.saturating_sub(ahead_max);
+        let scan_to = to.saturating_add(UPLOAD_SLACK_MS).min(now.saturating_add(1)).max(to);
+        let (_, complete, first_time) = self.scan_time_range(scan_from, scan_to, |e| {
             if let EntryBody::DoorEvents(d) = &e.record.body {
                 for p in &d.punches {
-                    if p.status == punch_status::RECORDED && accounts.contains(&p.account) {
+                    if p.status == punch_status::RECORDED
+                        && p.punch_time_ms >= from
+                        && p.punch_time_ms < to
+                        && accounts.contains(&p.account)
+                    {
                         punches.entry(p.account).or_default().push(p.punch_time_ms);
                     }
                 }
@@ -1504,7 +1596,6 @@ impl Ledger {
             true
         })?;
         let holiday = self.is_holiday(day);
-        let now = self.now_ms();
         let (y, m, d) = cardgate_domain::clock::civil_from_days(i64::from(day));
         let date = format!("{y:04}-{m:02}-{d:02}");
         let rows = persons
@@ -1528,6 +1619,6 @@ impl Ledger {
             })
             .collect();
         // Like a search whose range ends in the future: not final until the day is over.
-        Ok((rows, complete && first_time <= from && to <= now))
+        Ok((rows, complete && first_time <= scan_from && to <= now))
     }
 }

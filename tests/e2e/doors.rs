@@ -1238,3 +1238,367 @@ async fn upload(c: &mut TerminalClient, events: &[DoorEvent]) -> cardgate_codec:
         other => panic!("expected DOOR_EVENTS_RESULT, got {other:?}"),
     }
 }
+
+/// Opens person `id` in department Physics with one card; returns the card.
+async fn person_with_card(c: &Campus, id: &str) -> CardNo {
+    let cli = Actor::cli();
+    let (_, account) = c
+        .ledger
+        .open_person(
+            &By::actor(&cli),
+            NewPerson {
+                id: id.into(),
+                name: id.into(),
+                department: "Physics".into(),
+                kind: AccountKind::Staff,
+            },
+        )
+        .await
+        .unwrap();
+    let card = CardNo(4_000_000_000 + account.id);
+    c.ledger
+        .issue_card_desk(&By::actor(&cli), account.id, card, None, None)
+        .await
+        .unwrap();
+    card
+}
+
+async fn punch(clock: &mut TerminalClient, event_seq: u64, card: CardNo, controller_time_ms: i64) -> PunchStatus {
+    let m = Message::Punch(Punch {
+        event_seq,
+        card,
+        controller_time_ms,
+    });
+    match clock.request(m).await.unwrap() {
+        Message::PunchResult(r) => r.status,
+        other => panic!("expected PUNCH_RESULT, got {other:?}"),
+    }
+}
+
+/// PROTOCOL.md 11.8: a punch is recorded at the clock's time, so a punch of an earlier
+/// day is on that day's sheet, and one made 50 s before it arrived is at its own time;
+/// a time further ahead than the drift bound is filed at arrival, never on a day to come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_punch_is_filed_at_the_clocks_time() {
+    let c = Campus::start().await;
+    let card = person_with_card(&c, "P1").await;
+    let mut clock = c.terminal(CLOCK).await;
+    let now = at(2026, 3, 11, 9, 0);
+    c.clock.set(now);
+    assert_eq!(
+        punch(&mut clock, 1, card, at(2026, 3, 10, 8, 5)).await,
+        PunchStatus::Recorded
+    );
+    assert_eq!(punch(&mut clock, 2, card, now - 50_000).await, PunchStatus::Recorded);
+    // Two hours ahead: beyond the drift bound (60 s).
+    assert_eq!(
+        punch(&mut clock, 3, card, now + 2 * 3_600_000).await,
+        PunchStatus::Recorded
+    );
+    let row = |date: &str| -> Value {
+        let (status, sheet) = c.api(
+            "GET",
+            &format!("/api/v1/attendance?person=P1&date={date}"),
+            &c.attendance_admin,
+            "",
+        );
+        assert_eq!(status, 200, "{date}: {sheet}");
+        sheet["rows"][0].clone()
+    };
+    let tuesday = row("2026-03-10");
+    assert_eq!(
+        tuesday["punches"], 1,
+        "the earlier day's punch is on its sheet: {tuesday}"
+    );
+    assert_eq!(tuesday["first_in_ms"], at(2026, 3, 10, 8, 5), "{tuesday}");
+    let wednesday = row("2026-03-11");
+    assert_eq!(wednesday["punches"], 2, "{wednesday}");
+    assert_eq!(
+        wednesday["first_in_ms"],
+        now - 50_000,
+        "at the clock's time: {wednesday}"
+    );
+    assert_eq!(
+        wednesday["last_out_ms"], now,
+        "too far ahead: filed at arrival: {wednesday}"
+    );
+    // A date in unix ms names the local day it falls on, as in the access search.
+    let by_ms = row(&at(2026, 3, 10, 23, 59).to_string());
+    assert_eq!(by_ms, tuesday, "date=ms is the same sheet");
+    c.stop.cancel();
+}
+
+/// No event has number 0 (PROTOCOL.md 11.2): an ACCESS_CHECK or PUNCH under it is
+/// malformed (ERROR, connection closed) and records nothing, and opens no door; an
+/// upload whose batch or events start at 0 is `bad_batch` and stores nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_number_zero_is_refused_and_recorded_nowhere() {
+    let c = Campus::start().await;
+    let card = person_with_card(&c, "P1").await;
+    // Group 2 lets every account kind through at all times in the demo.
+    let mut g2 = c.terminal(GROUP_2_CONTROLLER).await;
+    g2.send(Message::AccessCheck(AccessCheck {
+        event_seq: 0,
+        card: demo_card(1),
+        door: 11,
+        direction: Direction::In,
+        controller_time_ms: c.ledger.now_ms(),
+    }))
+    .await
+    .unwrap();
+    match g2.recv().await {
+        Err(ClientError::Refused(ErrorCode::Malformed)) => {}
+        other => panic!("expected ERROR malformed, got {other:?}"),
+    }
+    let mut clock = c.terminal(CLOCK).await;
+    clock
+        .send(Message::Punch(Punch {
+            event_seq: 0,
+            card,
+            controller_time_ms: c.ledger.now_ms(),
+        }))
+        .await
+        .unwrap();
+    match clock.recv().await {
+        Err(ClientError::Refused(ErrorCode::Malformed)) => {}
+        other => panic!("expected ERROR malformed, got {other:?}"),
+    }
+    // An upload starting at 0: refused whole.
+    let mut g2 = c.terminal(GROUP_2_CONTROLLER).await;
+    assert_eq!(g2.sign_on.last_tx_seq, 0, "nothing was recorded under 0");
+    let mut e = DoorEvent {
+        event_seq: 0,
+        card: demo_card(1),
+        door: 11,
+        direction: Direction::In,
+        reason: AccessReason::Granted,
+        event_time_ms: c.ledger.now_ms() - 60_000,
+        mac: [0; 16],
+    };
+    e.mac = door_event_mac(
+        &demo_secret(GROUP_2_CONTROLLER),
+        &DoorEventFields::of(GROUP_2_CONTROLLER, &e),
+    );
+    let r = upload(&mut g2, &[e]).await;
+    assert_eq!((r.status, r.stored), (DoorEventsStatus::BadBatch, 0));
+    let found = c.doors("GET", "/api/v1/access-events?door=11", "");
+    assert_eq!(found["events"].as_array().unwrap().len(), 0, "{found}");
+    let mut clock = c.terminal(CLOCK).await;
+    assert_eq!(clock.sign_on.last_tx_seq, 0, "no punch was recorded under 0");
+    let (status, sheet) = c.api("GET", "/api/v1/attendance?person=P1", &c.attendance_admin, "");
+    assert_eq!(
+        (status, &sheet["rows"][0]["punches"]),
+        (200, &Value::from(0)),
+        "{sheet}"
+    );
+    // The same connection still works with a number above 0.
+    assert_eq!(
+        punch(&mut clock, 1, card, c.ledger.now_ms()).await,
+        PunchStatus::Recorded
+    );
+    c.stop.cancel();
+}
+
+/// The door admin's API refuses what it would otherwise take and ignore, keeps whole
+/// answers under idempotency keys, and audits every filter of a search.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_door_api_refuses_what_it_would_ignore() {
+    let c = Campus::start().await;
+    let status_of = |method: &str, path: &str, token: &str, body: &str| {
+        let (status, v) = c.api(method, path, token, body);
+        (status, v.to_string())
+    };
+    let door = |id: &str| format!(r#"{{{id}"name":"D","door_group":1}}"#);
+
+    // A door with the highest id does not use up the ids: the next free one is taken.
+    c.doors("POST", "/api/v1/doors", &door(r#""id":4294967295,"#));
+    let next = c.doors("POST", "/api/v1/doors", &door(""));
+    let after = c.doors("POST", "/api/v1/doors", &door(""));
+    let (a, b) = (
+        next["door"]["id"].as_u64().unwrap(),
+        after["door"]["id"].as_u64().unwrap(),
+    );
+    assert!(a < 4_294_967_295 && b == a + 1, "{next} {after}");
+    assert!(c.ledger.door(a - 1).is_some(), "the lowest free id: {a}");
+
+    // Unknown and repeated parameters, on every read of the section and beyond it.
+    for path in [
+        "/api/v1/door-schedules?id=3",
+        "/api/v1/holidays?bogus=1",
+        "/api/v1/door-groups?bogus=1",
+        "/api/v1/door-groups/1/access?bogus=1",
+        "/api/v1/doors/1?bogus=1",
+        "/api/v1/door-permissions/1?bogus=1",
+        "/api/v1/terminals/100001?bogus=1",
+    ] {
+        let (status, v) = status_of("GET", path, &c.door_admin, "");
+        assert_eq!(status, 400, "{path}: {v}");
+        assert!(v.contains("bogus") || v.contains("id"), "{path}: {v}");
+    }
+    for (path, name) in [
+        ("/api/v1/access-events?door=1&door=2", "door"),
+        ("/api/v1/access-events?person=A&from=2026-03-01&person=B", "person"),
+        ("/api/v1/terminals?kind=door&kind=pos", "kind"),
+        ("/api/v1/doors?door_group=1&door_group=2", "door_group"),
+    ] {
+        let (status, v) = c.api("GET", path, &c.door_admin, "");
+        assert_eq!(status, 400, "{path}: {v}");
+        let message = v["error"].as_str().unwrap_or_default();
+        assert!(message.contains(&format!("{name:?}")), "the refusal names it: {v}");
+    }
+    let (status, v) = status_of("GET", "/api/v1/attendance?person=A&person=B", &c.attendance_admin, "");
+    assert_eq!(status, 400, "{v}");
+    // Without a valid token it is still 401, as every call without one.
+    assert_eq!(
+        status_of("GET", "/api/v1/access-events?door=1&door=2", "nobody", "").0,
+        401
+    );
+    assert!(
+        !c.ledger
+            .audit_list(&cardgate_ledger::audit::AuditQuery {
+                limit: 1000,
+                ..Default::default()
+            })
+            .iter()
+            .any(|r| r.action == "access_events.search" && r.target.contains("door:2")),
+        "a refused search is not a search of door 2"
+    );
+
+    // An unknown door group is 404, as every unknown id.
+    for path in [
+        "/api/v1/doors?door_group=999",
+        "/api/v1/door-permissions?door_group=999",
+    ] {
+        assert_eq!(status_of("GET", path, &c.door_admin, "").0, 404, "{path}");
+    }
+
+    // A replay is the first answer, whole.
+    let grant = r#"{"account_kind":"staff","door_group":1,"schedule":1,"valid_from":"2026-03-01"}"#;
+    let call = |method: &str, path: &str, key: &str, body: &str| -> (u16, Value) {
+        let (status, text) =
+            tokio::task::block_in_place(|| api_request(c.admin, method, path, &c.door_admin, Some(key), body));
+        (status, serde_json::from_str(&text).unwrap())
+    };
+    let first = call("POST", "/api/v1/door-permissions", "grant-1", grant);
+    assert_eq!(first.0, 201, "{}", first.1);
+    assert!(first.1["cache_version"].as_u64().is_some(), "{}", first.1);
+    assert_eq!(call("POST", "/api/v1/door-permissions", "grant-1", grant), first);
+    let id = first.1["permission"]["id"].as_u64().unwrap();
+    let revoke = format!("/api/v1/door-permissions/{id}/revoke");
+    let first = call("POST", &revoke, "revoke-1", r#"{"reason":"left"}"#);
+    assert_eq!(first.0, 200, "{}", first.1);
+    assert!(first.1["group_version"].as_u64().is_some(), "{}", first.1);
+    assert_eq!(call("POST", &revoke, "revoke-1", r#"{"reason":"left"}"#), first);
+    // The reason is in the revocation's audit record; an unknown field is refused.
+    let audit = c.ledger.audit_list(&cardgate_ledger::audit::AuditQuery {
+        target: Some(format!("permission:{id}")),
+        limit: 100,
+        ..Default::default()
+    });
+    let rec = audit
+        .iter()
+        .find(|r| r.action == "door_permission.revoke" && r.status == 200)
+        .expect("the revocation is audited");
+    assert!(rec.after.contains(r#""revoke_reason":"left""#), "{}", rec.after);
+    let (status, v) = status_of(
+        "POST",
+        "/api/v1/door-permissions/1/revoke",
+        &c.door_admin,
+        r#"{"why":"left"}"#,
+    );
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        !c.ledger.permission(1).unwrap().revoked,
+        "a refused revocation changes nothing"
+    );
+
+    // A body's id that is not the path's door.
+    let before = c.ledger.door(1).unwrap();
+    let (status, v) = status_of("PUT", "/api/v1/doors/1", &c.door_admin, &door(r#""id":3,"#));
+    assert_eq!(status, 422, "{v}");
+    assert_eq!(c.ledger.door(1).unwrap(), before, "door 1 unchanged");
+    assert_eq!(
+        status_of("PUT", "/api/v1/doors/1", &c.door_admin, &door(r#""id":1,"#)).0,
+        200
+    );
+
+    // Schedules: what would be merged, dropped or misnamed is refused, in the operator's
+    // own words.
+    let schedule = |name: &str, windows: &str, holidays: &str| {
+        status_of(
+            "POST",
+            "/api/v1/door-schedules",
+            &c.door_admin,
+            &format!(r#"{{"name":"{name}","windows":[{windows}]{holidays}}}"#),
+        )
+    };
+    let ok = r#"{"weekday":1,"start":"08:00","end":"09:00"}"#;
+    for (name, windows, holidays, status, says) in [
+        (
+            "a",
+            r#"{"weekday":1,"weekdays":[2],"start":"08:00","end":"09:00"}"#,
+            "",
+            400,
+            "not both",
+        ),
+        (
+            "b",
+            r#"{"weekday":1,"start":"24:00","end":"06:00","overnight":true}"#,
+            "",
+            422,
+            "24:00",
+        ),
+        ("  office hours ", ok, "", 422, "space"),
+        (
+            "c",
+            ok,
+            r#","holidays":"closed","holiday_windows":[{"start":"09:00","end":"08:00"}]"#,
+            422,
+            "holiday_windows",
+        ),
+        (
+            "d",
+            ok,
+            r#","holidays":"windows","holiday_windows":[{"start":"22:00","end":"06:00","overnight":true},{"start":"05:00","end":"07:00"}]"#,
+            422,
+            "consecutive holidays",
+        ),
+    ] {
+        let (got, v) = schedule(name, windows, holidays);
+        assert_eq!(got, status, "{name}: {v}");
+        assert!(v.contains(says), "{name}: {v}");
+    }
+    // 22:00–24:00 ends after it starts.
+    assert_eq!(
+        schedule("evening", r#"{"weekday":1,"start":"22:00","end":"24:00"}"#, "").0,
+        201
+    );
+
+    // An unchanged calendar changes nothing; a changed one moves the versions.
+    c.doors("PUT", "/api/v1/holidays", r#"{"dates":["2026-10-01"]}"#);
+    let version = |c: &Campus| c.doors("GET", "/api/v1/door-groups/1/access", "")["access"]["cache_version"].clone();
+    let v1 = version(&c);
+    let same = c.doors("PUT", "/api/v1/holidays", r#"{"dates":["2026-10-01"]}"#);
+    assert_eq!(same["dates"], serde_json::json!(["2026-10-01"]));
+    assert_eq!(version(&c), v1, "an unchanged calendar moves no version");
+    c.doors("PUT", "/api/v1/holidays", r#"{"dates":["2026-10-02"]}"#);
+    assert_ne!(version(&c), v1);
+
+    // Every filter of a search is in its audit record.
+    c.doors("GET", "/api/v1/access-events?granted=false&flagged=true", "");
+    let audit = c.ledger.audit_list(&cardgate_ledger::audit::AuditQuery {
+        target: Some("access_events".into()),
+        limit: 100,
+        ..Default::default()
+    });
+    let rec = audit
+        .iter()
+        .find(|r| r.action == "access_events.search" && r.status == 200)
+        .expect("the search is audited");
+    assert!(
+        rec.detail.contains("granted=false") && rec.detail.contains("flagged=true"),
+        "{}",
+        rec.detail
+    );
+    c.stop.cancel();
+}

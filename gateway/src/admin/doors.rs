@@ -17,11 +17,11 @@ use axum::routing::{get, post, put};
 use cardgate_domain::access::{
     AntiPassback, Door, DoorDirection, GroupAccess, HolidayRule, Holidays, Permission, Schedule, Subject, Window,
 };
-use cardgate_domain::clock::{civil_from_days, format_local, parse_local_date};
+use cardgate_domain::clock::{business_day, civil_from_days, format_local, parse_local_date};
 use cardgate_domain::model::{AccountKind, AuditRecord};
 use cardgate_domain::operator::Permission as ApiPermission;
 use cardgate_domain::rules::access::{fmt_window, window};
-use cardgate_ledger::doors::{AccessQuery, DoorInput, PermissionInput, ScheduleInput, SheetOf};
+use cardgate_ledger::doors::{AccessQuery, DoorInput, PermissionChange, PermissionInput, ScheduleInput, SheetOf};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -53,6 +53,46 @@ fn parse_day(s: &str, what: &str) -> Result<i32, ApiError> {
     parse_local_date(s, 0)
         .map(|ms| (ms / 86_400_000) as i32)
         .ok_or_else(|| ApiError::bad_request(format!("{what} {s:?} is not a date (YYYY-MM-DD)")))
+}
+
+/// A date in a query, as every search and sheet of this section takes it: a local
+/// `YYYY-MM-DD` (`Day`, its start in unix ms) or unix ms (`Ms`).
+enum QueryDate {
+    Day(i64),
+    Ms(i64),
+}
+
+fn query_date(q: &HashMap<String, String>, key: &str, tz: i32) -> Result<Option<QueryDate>, ApiError> {
+    let Some(v) = q.get(key) else { return Ok(None) };
+    if let Ok(ms) = v.parse::<i64>() {
+        return Ok(Some(QueryDate::Ms(ms)));
+    }
+    parse_local_date(v, tz)
+        .map(|start| Some(QueryDate::Day(start)))
+        .ok_or_else(|| ApiError::bad_request(format!("{key}={v:?} is neither YYYY-MM-DD nor unix ms")))
+}
+
+/// A name of this section (a schedule's, a door's): spaces around it would make two
+/// names that read alike, so they are refused rather than trimmed unseen.
+fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
+    if name.trim() != name {
+        return Err(ApiError::unprocessable(format!(
+            "{what} {name:?} begins or ends with a space: send it without"
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a door group that does not exist (404), as every unknown id of this section.
+fn known_group(s: &AdminState, group: u64) -> Result<(), ApiError> {
+    if s.ledger.door_groups().iter().any(|g| g.id == group) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("door group {group} not found"),
+        ))
+    }
 }
 
 fn fmt_day(day: i32) -> String {
@@ -146,13 +186,14 @@ fn group_access_json(g: &GroupAccess, blacklist: u64) -> Value {
 }
 
 /// A permission change's answer: the permission, and the cache version its group's
-/// controllers are now brought to.
-fn permission_answer(l: &cardgate_ledger::Ledger, p: &Permission) -> Value {
-    let g = l.group_access(p.door_group);
+/// controllers are brought to by this change (`blacklist`: the published blacklist
+/// version, read once per call so that the answer kept under an idempotency key and the
+/// one sent are the same).
+fn permission_answer(c: &PermissionChange, blacklist: u64) -> Value {
     json!({
-        "permission": permission_json(p),
-        "cache_version": cardgate_ledger::doors::cache_version(g.cache_version, l.blacklist().published()),
-        "group_version": g.cache_version,
+        "permission": permission_json(&c.permission),
+        "cache_version": cardgate_ledger::doors::cache_version(c.access.cache_version, blacklist),
+        "group_version": c.access.cache_version,
     })
 }
 
@@ -167,6 +208,9 @@ async fn list_doors(
     auth!(s, headers, ApiPermission::Doors, "doors.list", String::from("doors"));
     tryr!(only_params(&q, &["door_group"]));
     let group = tryr!(q.get("door_group").map(|g| parse_id(g, "door_group")).transpose());
+    if let Some(g) = group {
+        tryr!(known_group(&s, g));
+    }
     let list: Vec<Value> = s
         .ledger
         .doors()
@@ -177,8 +221,14 @@ async fn list_doors(
     axum::Json(json!({ "doors": list })).into_response()
 }
 
-async fn get_door(State(s): State<AdminState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+async fn get_door(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     auth!(s, headers, ApiPermission::Doors, "doors.get", format!("door:{id}"));
+    tryr!(only_params(&q, &[]));
     let id = tryr!(parse_id(&id, "door"));
     match s.ledger.door(id) {
         Some(d) => axum::Json(json!({ "door": door_json(&d) })).into_response(),
@@ -213,6 +263,15 @@ fn yes() -> bool {
 
 impl DoorBody {
     fn input(self, id: Option<u64>) -> Result<DoorInput, ApiError> {
+        if let (Some(path), Some(body)) = (id, self.id)
+            && path != body
+        {
+            // Taking either would change a door the operator did not mean.
+            return Err(ApiError::unprocessable(format!(
+                "the body's id {body} is not the door of the path ({path}): a door's id is not changed"
+            )));
+        }
+        check_name("name", &self.name)?;
         let direction = DoorDirection::parse(&self.direction)
             .ok_or_else(|| ApiError::bad_request(format!("direction {:?}: in, out or both", self.direction)))?;
         Ok(DoorInput {
@@ -298,7 +357,11 @@ fn audit_before(before: &Value) -> String {
 
 // ---- schedules and the calendar ------------------------------------------------------------
 
-async fn list_schedules(State(s): State<AdminState>, headers: HeaderMap) -> Response {
+async fn list_schedules(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     auth!(
         s,
         headers,
@@ -306,6 +369,7 @@ async fn list_schedules(State(s): State<AdminState>, headers: HeaderMap) -> Resp
         "door_schedules.list",
         String::from("door_schedules")
     );
+    tryr!(only_params(&q, &[]));
     let list: Vec<Value> = s.ledger.schedules().iter().map(schedule_json).collect();
     axum::Json(json!({ "schedules": list })).into_response()
 }
@@ -341,6 +405,19 @@ fn windows_of(list: Vec<WindowBody>, holiday: bool) -> Result<Vec<Window>, ApiEr
     let mut out = Vec::new();
     for w in list {
         let (start, end) = (parse_hhmm(&w.start)?, parse_hhmm(&w.end)?);
+        if start == 24 * 60 {
+            return Err(ApiError::unprocessable(format!(
+                "window {}–{}: a window starts at 00:00 to 23:59 (24:00 is only an end)",
+                w.start, w.end
+            )));
+        }
+        if w.weekday.is_some() && !w.weekdays.is_empty() {
+            // Merging the two would open days the operator may not have meant.
+            return Err(ApiError::bad_request(format!(
+                "window {}–{}: give weekday or weekdays, not both",
+                w.start, w.end
+            )));
+        }
         let mut days = w.weekdays.clone();
         days.extend(w.weekday);
         if holiday {
@@ -363,8 +440,16 @@ fn windows_of(list: Vec<WindowBody>, holiday: bool) -> Result<Vec<Window>, ApiEr
 
 impl ScheduleBody {
     fn input(self, id: Option<u64>) -> Result<ScheduleInput, ApiError> {
+        check_name("name", &self.name)?;
         let windows = windows_of(self.windows, false)?;
-        let holidays = match self.holidays.as_deref().unwrap_or("closed") {
+        let rule = self.holidays.as_deref().unwrap_or("closed");
+        if rule != "windows" && !self.holiday_windows.is_empty() {
+            // They would be dropped unread: refused, so that nobody believes them in force.
+            return Err(ApiError::unprocessable(format!(
+                "holiday_windows are used only with \"holidays\": \"windows\" (this schedule's holidays are {rule:?})"
+            )));
+        }
+        let holidays = match rule {
             "ignore" => HolidayRule::Ignore,
             "closed" => HolidayRule::Closed,
             "windows" => HolidayRule::Windows(windows_of(self.holiday_windows, true)?),
@@ -444,7 +529,11 @@ async fn set_schedule(s: AdminState, headers: HeaderMap, body: Bytes, id: Option
     .await
 }
 
-async fn get_holidays(State(s): State<AdminState>, headers: HeaderMap) -> Response {
+async fn get_holidays(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     auth!(
         s,
         headers,
@@ -452,6 +541,7 @@ async fn get_holidays(State(s): State<AdminState>, headers: HeaderMap) -> Respon
         "holidays.get",
         String::from("holidays")
     );
+    tryr!(only_params(&q, &[]));
     let h = s.ledger.holidays();
     axum::Json(json!({ "dates": h.days.iter().map(|d| fmt_day(*d)).collect::<Vec<_>>() })).into_response()
 }
@@ -507,6 +597,9 @@ async fn list_permissions(
     );
     tryr!(only_params(&q, &["door_group", "person", "revoked"]));
     let group = tryr!(q.get("door_group").map(|g| parse_id(g, "door_group")).transpose());
+    if let Some(g) = group {
+        tryr!(known_group(&s, g));
+    }
     // Absent or `false`: the live ones (what a door admin works with, and what the list
     // always gave); `true` only the revoked; `all` both.
     let revoked = match q.get("revoked").map(String::as_str) {
@@ -536,7 +629,12 @@ async fn list_permissions(
     axum::Json(json!({ "permissions": list })).into_response()
 }
 
-async fn get_permission(State(s): State<AdminState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+async fn get_permission(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     auth!(
         s,
         headers,
@@ -544,6 +642,7 @@ async fn get_permission(State(s): State<AdminState>, headers: HeaderMap, Path(id
         "door_permission.get",
         format!("permission:{id}")
     );
+    tryr!(only_params(&q, &[]));
     let id = tryr!(parse_id(&id, "permission"));
     match s.ledger.permission(id) {
         Some(p) => axum::Json(json!({ "permission": permission_json(&p) })).into_response(),
@@ -649,10 +748,11 @@ async fn put_permission(s: AdminState, headers: HeaderMap, body: Bytes, id: Opti
             .and_then(|i| l.permission(i))
             .map_or(Value::Null, |p| permission_json(&p));
         let before_s = audit_before(&before);
-        let describe = move |p: &Permission| (before_s.clone(), permission_json(p).to_string());
-        let answer = |p: &Permission| json!({ "permission": permission_json(p) }).to_string();
+        let describe = move |c: &PermissionChange| (before_s.clone(), permission_json(&c.permission).to_string());
+        let blacklist = l.blacklist().published();
+        let answer = |c: &PermissionChange| permission_answer(c, blacklist).to_string();
         let by = call.by(status, &describe, &answer);
-        let p = match id {
+        let c = match id {
             None => l.grant_permission(&by, input).await?,
             Some(id) => l.change_permission(&by, id, input).await?,
         };
@@ -660,11 +760,22 @@ async fn put_permission(s: AdminState, headers: HeaderMap, body: Bytes, id: Opti
             status,
             before,
             after: Value::Null,
-            body: permission_answer(&l, &p),
+            body: permission_answer(&c, blacklist),
         })
     })
     .await
 }
+
+/// A revocation's body, which may be empty: why, kept in its audit record.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeBody {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// Longest revocation reason kept, in bytes.
+const REVOKE_REASON_BYTES_MAX: usize = 256;
 
 async fn revoke(State(s): State<AdminState>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Response {
     let action = "door_permission.revoke";
@@ -673,19 +784,38 @@ async fn revoke(State(s): State<AdminState>, headers: HeaderMap, Path(id): Path<
     let id = tryr!(parse_id(&id, "permission"));
     let key = key!(headers, action, target, "", body);
     s.mutate(actor, action, target, key, move |l, call| async move {
+        let b: RevokeBody = if body.iter().all(u8::is_ascii_whitespace) {
+            RevokeBody::default()
+        } else {
+            json_body(&body)?
+        };
+        if let Some(r) = &b.reason {
+            cardgate_domain::rules::input::check_text("reason", r, REVOKE_REASON_BYTES_MAX, true)
+                .map_err(|e| ApiError::unprocessable(e.0))?;
+        }
         let before_s = l
             .permission(id)
             .map_or(String::new(), |p| permission_json(&p).to_string());
-        let describe = move |p: &Permission| (before_s.clone(), permission_json(p).to_string());
-        let answer = |p: &Permission| json!({ "permission": permission_json(p) }).to_string();
-        let p = l
+        // The audit record's after: the permission as revoked, and why when the
+        // operator said so.
+        let reason = b.reason;
+        let describe = move |c: &PermissionChange| {
+            let mut after = permission_json(&c.permission);
+            if let (Some(r), Some(o)) = (&reason, after.as_object_mut()) {
+                o.insert("revoke_reason".into(), Value::from(r.as_str()));
+            }
+            (before_s.clone(), after.to_string())
+        };
+        let blacklist = l.blacklist().published();
+        let answer = |c: &PermissionChange| permission_answer(c, blacklist).to_string();
+        let c = l
             .revoke_permission(&call.by(StatusCode::OK, &describe, &answer), id)
             .await?;
         Ok(Done {
             status: StatusCode::OK,
             before: Value::Null,
             after: Value::Null,
-            body: permission_answer(&l, &p),
+            body: permission_answer(&c, blacklist),
         })
     })
     .await
@@ -693,7 +823,12 @@ async fn revoke(State(s): State<AdminState>, headers: HeaderMap, Path(id): Path<
 
 // ---- anti-passback --------------------------------------------------------------------------
 
-async fn get_group_access(State(s): State<AdminState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+async fn get_group_access(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     auth!(
         s,
         headers,
@@ -701,6 +836,7 @@ async fn get_group_access(State(s): State<AdminState>, headers: HeaderMap, Path(
         "door_group_access.get",
         format!("door_group:{id}")
     );
+    tryr!(only_params(&q, &[]));
     let id = tryr!(parse_id(&id, "door group"));
     if !s.ledger.door_groups().iter().any(|g| g.id == id) {
         return ApiError::new(StatusCode::NOT_FOUND, format!("door group {id} not found")).into_response();
@@ -763,13 +899,11 @@ async fn put_group_access(
 fn range(s: &AdminState, q: &HashMap<String, String>) -> Result<(i64, i64), ApiError> {
     let tz = s.tz_offset_minutes;
     let bound = |key: &str, end: bool| -> Result<Option<i64>, ApiError> {
-        let Some(v) = q.get(key) else { return Ok(None) };
-        if let Ok(ms) = v.parse::<i64>() {
-            return Ok(Some(ms));
-        }
-        let start = parse_local_date(v, tz)
-            .ok_or_else(|| ApiError::bad_request(format!("{key}={v:?} is neither YYYY-MM-DD nor unix ms")))?;
-        Ok(Some(if end { start + 86_400_000 } else { start }))
+        Ok(query_date(q, key, tz)?.map(|d| match d {
+            QueryDate::Ms(ms) => ms,
+            QueryDate::Day(start) if end => start + 86_400_000,
+            QueryDate::Day(start) => start,
+        }))
     };
     let now = s.ledger.now_ms();
     let from = bound("from", false)?.unwrap_or(now - 86_400_000);
@@ -816,6 +950,15 @@ async fn access_events(
     let actor = auth!(s, headers, ApiPermission::Doors, "access_events.search", target);
     tryr!(only_params(&q, &ACCESS_EVENT_PARAMS));
     let csv = tryr!(wants_csv(&q, &headers));
+    // Every filter as asked, for the audit record: what was looked at, not only at whom.
+    let mut filters: Vec<String> = ACCESS_EVENT_PARAMS
+        .iter()
+        .filter(|k| !matches!(**k, "from" | "to" | "format"))
+        .filter_map(|k| q.get(*k).map(|v| format!("{k}={v}")))
+        .collect();
+    if filters.is_empty() {
+        filters.push("none".into());
+    }
     let granted = tryr!(parse_flag(&q, "granted"));
     let flagged = tryr!(parse_flag(&q, "flagged"));
     let (from, to) = tryr!(range(&s, &q));
@@ -856,10 +999,11 @@ async fn access_events(
         before: String::new(),
         after: String::new(),
         detail: format!(
-            "{} events from {} to before {}{}",
+            "{} events from {} to before {}; filters: {}{}",
             found.rows.len(),
             format_local(from, tz),
             format_local(to, tz),
+            filters.join(" "),
             if csv { " (csv)" } else { "" }
         ),
     };
@@ -919,9 +1063,10 @@ async fn attendance(
     tryr!(only_params(&q, &["person", "department", "date", "format"]));
     let csv = tryr!(wants_csv(&q, &headers));
     let tz = s.tz_offset_minutes;
-    let day = match q.get("date") {
-        Some(d) => tryr!(parse_day(d, "date")),
-        None => cardgate_domain::clock::business_day(s.ledger.now_ms(), tz),
+    let day = match tryr!(query_date(&q, "date", tz)) {
+        Some(QueryDate::Ms(ms)) => business_day(ms, tz),
+        Some(QueryDate::Day(start)) => business_day(start, tz),
+        None => business_day(s.ledger.now_ms(), tz),
     };
     let of = match (q.get("person"), q.get("department")) {
         (Some(p), None) => match s.ledger.person(p) {

@@ -73,11 +73,25 @@ pub(crate) fn only_params(q: &HashMap<String, String>, known: &[&str]) -> Result
         return Ok(());
     }
     unknown.sort_unstable();
+    let takes = if known.is_empty() {
+        "this endpoint takes no parameters".to_string()
+    } else {
+        format!("this search takes {}", known.join(", "))
+    };
     Err(ApiError::bad_request(format!(
-        "unknown parameter {}: this search takes {}",
-        unknown.join(", "),
-        known.join(", ")
+        "unknown parameter {}: {takes}",
+        unknown.join(", ")
     )))
+}
+
+/// The first parameter a query string names more than once, if any. Every endpoint
+/// reads its parameters into a map that keeps one value per name: a repeated one would
+/// silently keep the last (`door=1&door=2` searching door 2 only, and audited so).
+pub(crate) fn repeated_param(query: &str) -> Option<String> {
+    let mut seen = std::collections::HashSet::new();
+    form_urlencoded::parse(query.as_bytes())
+        .map(|(k, _)| k.into_owned())
+        .find(|k| !seen.insert(k.clone()))
 }
 
 /// A `true`/`false` (or `1`/`0`) parameter, `None` when absent. Anything else is 400:
@@ -107,7 +121,7 @@ pub(crate) fn csv_field(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::csv_field;
+    use super::{csv_field, repeated_param};
 
     #[test]
     fn exported_cells_never_run_as_formulas() {
@@ -124,5 +138,15 @@ mod tests {
         assert_eq!(csv_field("\tx"), "'\tx");
         assert_eq!(csv_field("-12.50"), "-12.50");
         assert_eq!(csv_field("+86"), "+86");
+    }
+
+    #[test]
+    fn a_parameter_named_twice_is_found_whatever_its_values_or_spelling() {
+        assert_eq!(repeated_param("door=1&door=2").as_deref(), Some("door"));
+        assert_eq!(repeated_param("person=A&from=1&person=A").as_deref(), Some("person"));
+        // Percent-encoded, it is still the same name.
+        assert_eq!(repeated_param("door=1&d%6For=2").as_deref(), Some("door"));
+        assert_eq!(repeated_param("door=1&door_group=2&format=csv"), None);
+        assert_eq!(repeated_param(""), None);
     }
 }

@@ -588,6 +588,31 @@ pub async fn guard(State(state): State<AdminState>, req: Request, next: Next) ->
     next.run(Request::from_parts(parts, Body::empty())).await
 }
 
+/// Refuses, for every endpoint on the listener, a query that names a parameter twice: 400
+/// naming it. Handlers read a map with one value per name, and a repeated filter would
+/// silently keep its last value (an export of door 2 asked for as doors 1 and 2). A
+/// request to the API without a valid token goes on to its handler's 401, which is
+/// counted and audited, without its query: the refusal's record names none of it.
+pub async fn single_params(State(state): State<AdminState>, mut req: Request, next: Next) -> Response {
+    let repeated = req.uri().query().and_then(self::http::repeated_param);
+    let Some(name) = repeated else {
+        return next.run(req).await;
+    };
+    let api = req.uri().path().starts_with("/api/");
+    let known = bearer_token(req.headers()).is_some_and(|t| state.operator_of(t).is_some());
+    if api
+        && !known
+        && let Ok(bare) = req.uri().path().parse()
+    {
+        *req.uri_mut() = bare;
+        return next.run(req).await;
+    }
+    ApiError::bad_request(format!(
+        "parameter {name:?} is given more than once: give each parameter once"
+    ))
+    .into_response()
+}
+
 /// `router`'s routes accept bodies of at most `max` bytes: a declared length above it is
 /// refused before anything is read, a streamed body when it passes `max`; both 413 with
 /// a JSON error.
@@ -740,7 +765,8 @@ impl AsyncWrite for CappedStream {
 /// on shutdown it stops accepting and waits for the calls in flight.
 pub async fn serve(listener: TcpListener, state: AdminState, connections_max: usize, shutdown: CancellationToken) {
     let app = routes::router(state.clone())
-        .merge(console::router(state))
+        .merge(console::router(state.clone()))
+        .layer(axum::middleware::from_fn_with_state(state, single_params))
         .layer(axum::middleware::from_fn(crate::metrics::track_admin_http));
     let listener = CappedListener::new(listener, connections_max);
     let served = axum::serve(listener, app.into_make_service())

@@ -342,11 +342,18 @@ struct DoorGroupBody {
 }
 
 /// The door admin reads the groups too: permissions and doors name them.
-async fn list_door_groups(State(s): State<AdminState>, headers: HeaderMap) -> Response {
+async fn list_door_groups(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     if let Err(e) = s
         .auth_any(&headers, &READ_DOORS, "door_groups.list", "door_groups")
         .await
     {
+        return e.into_response();
+    }
+    if let Err(e) = only_params(&q, &[]) {
         return e.into_response();
     }
     let list: Vec<Value> = s.ledger.door_groups().iter().map(door_group_json).collect();
@@ -544,12 +551,20 @@ fn inventory_csv(list: &[TerminalView], tz: i32) -> String {
     out
 }
 
-async fn get_terminal(State(s): State<AdminState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+async fn get_terminal(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let target = format!("terminal:{id}");
     let group = match s.auth_any(&headers, &READ_DOORS, "terminal.get", &target).await {
         Ok(a) => a.group,
         Err(e) => return e.into_response(),
     };
+    if let Err(e) = only_params(&q, &[]) {
+        return e.into_response();
+    }
     let id = match parse_id(&id, "terminal") {
         Ok(id) => id,
         Err(e) => return e.into_response(),

@@ -312,14 +312,16 @@ pub fn window(weekday: u8, start_min: u16, end_min: u16, overnight: bool) -> Res
             "window {start_min}..{end_min}: minutes are 0..1440 (00:00 to 24:00)"
         )));
     }
+    // An end of 24:00 is midnight, kept as 0: such a window ends after it starts and
+    // needs no `overnight` (22:00–24:00 is the evening, 00:00–24:00 the whole day).
+    let ends_at_midnight = end_min == MINUTES_PER_DAY || (start_min == 0 && end_min == 0);
     let end_min = if end_min == MINUTES_PER_DAY { 0 } else { end_min };
     let w = Window {
         weekday,
         start_min,
         end_min,
     };
-    let whole_day = start_min == 0 && end_min == 0;
-    if w.crosses_midnight() && !overnight && !whole_day {
+    if w.crosses_midnight() && !overnight && !ends_at_midnight {
         return Err(Refusal(format!(
             "window {} ends at or before it starts: inverted (say overnight for a window past midnight)",
             fmt_window(&w)
@@ -389,6 +391,21 @@ pub fn check_schedule(name: &str, windows: &[Window], holidays: &HolidayRule) ->
         // Holiday windows apply to any holiday: compare them as one day's.
         let same_day: Vec<Window> = ws.iter().map(|w| Window { weekday: 0, ..*w }).collect();
         check_windows(&same_day).map_err(|r| Refusal(format!("holiday {}", r.0)))?;
+        // And as two holidays in a row (a holiday weekend), as the weekly windows are
+        // compared with the next day's: a night window runs into the next holiday's.
+        for a in ws
+            .iter()
+            .filter(|w| w.len_min() > u32::from(MINUTES_PER_DAY - w.start_min))
+        {
+            let spill_end = a.end_min;
+            if let Some(b) = ws.iter().find(|b| b.start_min < spill_end) {
+                return Err(Refusal(format!(
+                    "holiday windows overlap on consecutive holidays: {} runs into the next holiday's {}",
+                    fmt_window(a),
+                    fmt_window(b)
+                )));
+            }
+        }
     }
     Ok(())
 }
@@ -761,6 +778,8 @@ mod tests {
         assert!(window(0, 0, 1440, false).is_ok(), "the whole day");
         assert!(window(7, 0, 60, false).is_err());
         assert!(window(0, 1440, 60, false).is_err());
+        // Ending at 24:00 is ending after the start: no `overnight` needed.
+        assert!(window(0, 22 * 60, 1440, false).is_ok(), "the evening");
 
         let w = |d, s, e| Window {
             weekday: d,
@@ -786,5 +805,23 @@ mod tests {
         assert!(check_validity(10, Some(9)).is_err());
         assert!(check_validity(10, Some(10)).is_ok());
         assert!(check_anti_passback(AntiPassback::Timed { minutes: 0 }).is_err());
+    }
+
+    #[test]
+    fn holiday_windows_are_checked_across_consecutive_holidays() {
+        let w = |s, e| Window {
+            weekday: 0,
+            start_min: s,
+            end_min: e,
+        };
+        let rule = |ws: Vec<Window>| check_schedule("s", &[], &HolidayRule::Windows(ws));
+        // 22:00–06:00 runs into the next holiday's 05:00–07:00.
+        let e = rule(vec![w(1320, 360), w(300, 420)]).unwrap_err();
+        assert!(e.0.contains("22:00-06:00") && e.0.contains("05:00-07:00"), "{}", e.0);
+        // Touching is allowed, as it is for weekly windows.
+        assert!(rule(vec![w(1320, 360), w(360, 420)]).is_ok());
+        // A window that ends at midnight runs into nothing.
+        assert!(rule(vec![w(1320, 0), w(0, 60)]).is_ok());
+        assert!(rule(vec![w(0, 0)]).is_ok(), "the whole day");
     }
 }
