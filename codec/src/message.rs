@@ -556,10 +556,15 @@ pub enum AccessReason {
     AccountBlocked = 17,
     /// The gateway could not make the decision durable: the door stays shut.
     SystemError = 18,
+    /// The `event_seq` was used before by this controller for another check (another
+    /// card, door or direction), or so long ago that its answer is no longer held:
+    /// nothing is decided or recorded, and the door stays shut. A controller takes a
+    /// new number for a new check; only a resend of the same check repeats its answer.
+    EventReused = 19,
 }
 
 impl AccessReason {
-    pub const ALL: [AccessReason; 19] = [
+    pub const ALL: [AccessReason; 20] = [
         AccessReason::Granted,
         AccessReason::NoPermission,
         AccessReason::OutsideWindow,
@@ -579,6 +584,7 @@ impl AccessReason {
         AccessReason::CardBad,
         AccessReason::AccountBlocked,
         AccessReason::SystemError,
+        AccessReason::EventReused,
     ];
 
     pub fn code(self) -> u16 {
@@ -615,6 +621,7 @@ impl AccessReason {
             AccessReason::CardBad => "card_bad",
             AccessReason::AccountBlocked => "account_blocked",
             AccessReason::SystemError => "system_error",
+            AccessReason::EventReused => "event_reused",
         }
     }
 }
@@ -699,14 +706,19 @@ pub enum PunchStatus {
     /// The card is lost, frozen, cancelled, expired, replaced or bad: nothing recorded
     /// as a punch.
     CardBlocked = 3,
+    /// The `event_seq` was used before by this clock for another card, or so long ago
+    /// that its answer is no longer held: nothing recorded. A clock takes a new number
+    /// for a new punch; only a resend of the same punch is `duplicate`.
+    EventReused = 4,
 }
 
 impl PunchStatus {
-    pub const ALL: [PunchStatus; 4] = [
+    pub const ALL: [PunchStatus; 5] = [
         PunchStatus::Recorded,
         PunchStatus::Duplicate,
         PunchStatus::UnknownCard,
         PunchStatus::CardBlocked,
+        PunchStatus::EventReused,
     ];
 
     pub fn from_code(code: u8) -> Option<PunchStatus> {
@@ -719,6 +731,7 @@ impl PunchStatus {
             PunchStatus::Duplicate => "duplicate",
             PunchStatus::UnknownCard => "unknown_card",
             PunchStatus::CardBlocked => "card_blocked",
+            PunchStatus::EventReused => "event_reused",
         }
     }
 }
@@ -2632,9 +2645,9 @@ mod tests {
             (1, 20, 1, "granted"),
             (2, 20, 0, "granted"),
             (1, 20, 2, "granted"),
-            (1, 22, 19, "reason"),
+            (1, 22, 20, "reason"),
             (1, 23, 1, "reason"),
-            (4, 16, 4, "status"),
+            (4, 16, 5, "status"),
             (6, 8, 0, "after"),
             (7, 0, 2, "kind"),
             (7, 1, 0x08, "flags"),
@@ -2653,9 +2666,9 @@ mod tests {
             (10, 3, 0x7f, "utc_offset_min"),
             (14, 20, 0, "direction"),
             (14, 21, 0, "granted"),
-            (14, 22, 19, "reason"),
+            (14, 22, 20, "reason"),
             (14, 22, 18, "granted"),
-            (15, 10, 4, "status"),
+            (15, 10, 5, "status"),
         ];
         for &(i, at, value, field) in cases {
             let m = examples[i].clone();

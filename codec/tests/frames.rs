@@ -336,7 +336,7 @@ fn codes_outside_their_domain_are_malformed() {
     // ACCESS_RESULT and DOOR_EVENT: a reason outside the table, or `granted` that
     // contradicts the reason; ACCESS_CHECK and DOOR_EVENT: a direction other than 1 or 2;
     // PUNCH_RESULT and DOOR_EVENTS_RESULT: a status outside the table.
-    for (granted, reason) in [(0u8, 19u16), (0, 0xffff), (1, 1), (0, 0), (2, 0)] {
+    for (granted, reason) in [(0u8, 20u16), (0, 0xffff), (1, 1), (0, 0), (2, 0)] {
         let mut b = vec![0; 16];
         b.extend_from_slice(&1u32.to_le_bytes());
         b.push(granted);
@@ -363,7 +363,7 @@ fn codes_outside_their_domain_are_malformed() {
     b.resize(32, 0);
     cases.push((msg_type::ACCESS_CHECK, b));
     cases.push((msg_type::PUNCH, vec![0; 24]));
-    for status in [4u8, 0xff] {
+    for status in [5u8, 0xff] {
         let mut b = vec![0; 16];
         b.push(status);
         b.resize(32, 0);

@@ -19,8 +19,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use cardgate_domain::access::{
-    AccessRecord, AntiPassback, CacheChange, CacheLine, ControllerAnswers, ControllerEvents, Door, GroupAccess,
-    Holidays, PassbackState, Permission, RememberedAnswer, Schedule,
+    AccessRecord, AnswerSubject, AntiPassback, CacheChange, CacheLine, CheckedAnswer, ControllerCheckedAnswers,
+    ControllerEvents, Door, GroupAccess, Holidays, PassbackState, Permission, Schedule,
 };
 use cardgate_domain::rules::sequence::SeqSet;
 use parking_lot::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -70,7 +70,17 @@ pub(crate) struct Controller {
     /// answer recorded the first time. Durable as `AccessRecord::Answers`, one record
     /// per controller: a retry after a restart gets it too. Empty until the
     /// controller's first answer.
-    recent: Vec<(u64, u16)>,
+    recent: Vec<(u64, u16, Option<AnswerSubject>)>,
+}
+
+/// What a controller's earlier use of an `event_seq` says about a check or punch sent
+/// with it again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Earlier {
+    /// The same check or punch sent again: its answer, as recorded.
+    Resent(u16),
+    /// The number answered something else, or its answer is no longer held.
+    Reused,
 }
 
 /// Online answers remembered per controller: more than its pipeline holds.
@@ -81,35 +91,52 @@ pub(crate) fn answer_slot(seq: u64) -> usize {
 }
 
 impl Controller {
-    /// Remembers the answer to `seq` unless its slot holds a newer number, and returns
-    /// the record that makes it durable.
-    pub(crate) fn remember(&mut self, terminal: u64, seq: u64, answer: u16) -> RememberedAnswer {
-        if self.recent.is_empty() {
-            self.recent = vec![(0, 0); RECENT_ANSWERS_MAX];
-        }
-        let slot = &mut self.recent[answer_slot(seq)];
-        if slot.0 <= seq {
-            *slot = (seq, answer);
-        }
-        RememberedAnswer {
+    /// Remembers the answer to `seq` and what it answered, unless its slot holds a newer
+    /// number, and returns the record that makes it durable.
+    pub(crate) fn remember(&mut self, terminal: u64, seq: u64, answer: u16, subject: AnswerSubject) -> CheckedAnswer {
+        let a = CheckedAnswer {
             terminal,
             event_seq: seq,
             answer,
+            subject: Some(subject),
+        };
+        self.keep(&a);
+        a
+    }
+
+    /// Puts a stored answer in its slot unless the slot holds a newer number.
+    pub(crate) fn keep(&mut self, a: &CheckedAnswer) {
+        if self.recent.is_empty() {
+            self.recent = vec![(0, 0, None); RECENT_ANSWERS_MAX];
+        }
+        let slot = &mut self.recent[answer_slot(a.event_seq)];
+        if slot.0 <= a.event_seq {
+            *slot = (a.event_seq, a.answer, a.subject);
         }
     }
 
     /// The answers a checkpoint stored for it.
-    pub(crate) fn load_answers(&mut self, a: &ControllerAnswers) {
-        for &(seq, answer) in &a.answers {
-            self.remember(a.terminal, seq, answer);
+    pub(crate) fn load_answers(&mut self, a: &ControllerCheckedAnswers) {
+        for &(event_seq, answer, subject) in &a.answers {
+            self.keep(&CheckedAnswer {
+                terminal: a.terminal,
+                event_seq,
+                answer,
+                subject,
+            });
         }
     }
 
-    pub(crate) fn answered(&self, seq: u64) -> Option<u16> {
-        self.recent
-            .get(answer_slot(seq))
-            .filter(|(s, _)| *s == seq && seq != 0)
-            .map(|(_, a)| *a)
+    /// What the earlier use of `seq` (a number already seen) answered, for a check or
+    /// punch about `subject`. An answer read from a directory older than subjects has
+    /// none, and is repeated as before.
+    pub(crate) fn earlier(&self, seq: u64, subject: AnswerSubject) -> Earlier {
+        match self.recent.get(answer_slot(seq)) {
+            Some(&(s, answer, held)) if s == seq && seq != 0 && held.is_none_or(|h| h == subject) => {
+                Earlier::Resent(answer)
+            }
+            _ => Earlier::Reused,
+        }
     }
 }
 
@@ -315,13 +342,19 @@ impl AccessBook {
             AccessRecord::Change(ch) => self.write().log_change(ch.clone()),
             AccessRecord::Controller(c) => self.events().controllers.entry(c.terminal).or_default().load(c),
             AccessRecord::Answer(a) => {
+                let a = CheckedAnswer::from(*a);
+                self.events().controllers.entry(a.terminal).or_default().keep(&a);
+            }
+            AccessRecord::CheckedAnswer(a) => self.events().controllers.entry(a.terminal).or_default().keep(a),
+            AccessRecord::Answers(a) => {
+                let a = ControllerCheckedAnswers::from(a.clone());
                 self.events()
                     .controllers
                     .entry(a.terminal)
                     .or_default()
-                    .remember(a.terminal, a.event_seq, a.answer);
+                    .load_answers(&a);
             }
-            AccessRecord::Answers(a) => self.events().controllers.entry(a.terminal).or_default().load_answers(a),
+            AccessRecord::CheckedAnswers(a) => self.events().controllers.entry(a.terminal).or_default().load_answers(a),
             AccessRecord::Passback(p) => {
                 self.events().passback.insert((p.account, p.group), *p);
             }
@@ -350,13 +383,15 @@ impl AccessBook {
                     events.passback.insert((p.account, p.group), p);
                 }
                 AccessRecord::Answer(a) => {
-                    events
-                        .controllers
-                        .entry(a.terminal)
-                        .or_default()
-                        .remember(a.terminal, a.event_seq, a.answer);
+                    let a = CheckedAnswer::from(a);
+                    events.controllers.entry(a.terminal).or_default().keep(&a);
                 }
-                AccessRecord::Answers(a) => events.controllers.entry(a.terminal).or_default().load_answers(&a),
+                AccessRecord::CheckedAnswer(a) => events.controllers.entry(a.terminal).or_default().keep(&a),
+                AccessRecord::Answers(a) => {
+                    let a = ControllerCheckedAnswers::from(a);
+                    events.controllers.entry(a.terminal).or_default().load_answers(&a);
+                }
+                AccessRecord::CheckedAnswers(a) => events.controllers.entry(a.terminal).or_default().load_answers(&a),
             }
         }
         changes.sort_by_key(|c| (c.group, c.version));

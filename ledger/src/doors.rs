@@ -17,9 +17,10 @@ use std::sync::Arc;
 
 use cardgate_codec::CardNo;
 use cardgate_domain::access::{
-    AccessEvent, AccessRecord, AntiPassback, CacheCause, CacheChange, CacheLine, CacheMovedEntry, Door, DoorDirection,
-    DoorEntry, DoorEvents, EventSource, GroupAccess, GroupAccessEntry, HolidayRule, Holidays, HolidaysEntry, Passage,
-    PassbackState, Permission, PermissionAction, PermissionEntry, Punch, Schedule, ScheduleEntry, Subject, Window,
+    AccessEvent, AccessRecord, AnswerSubject, AntiPassback, CacheCause, CacheChange, CacheLine, CacheMovedEntry, Door,
+    DoorDirection, DoorEntry, DoorEvents, EventSource, GroupAccess, GroupAccessEntry, HolidayRule, Holidays,
+    HolidaysEntry, Passage, PassbackState, Permission, PermissionAction, PermissionEntry, Punch, Schedule,
+    ScheduleEntry, Subject, Window,
 };
 use cardgate_domain::entry::{EntryBody, EntryRecord};
 use cardgate_domain::model::{Account, AccountStatus, Card, CardStatus, Person, TerminalKind};
@@ -33,7 +34,7 @@ use cardgate_journal::JournalError;
 use serde::Serialize;
 use smallvec::SmallVec;
 
-use crate::access::{AccessConfig, Controller, LineDiff};
+use crate::access::{AccessConfig, Controller, Earlier, LineDiff};
 pub use crate::access::{CACHE_LOG_PER_GROUP_MAX, DoorCache, cache_version};
 use crate::desk::{By, Targets};
 use crate::error::LedgerError;
@@ -164,6 +165,7 @@ pub mod punch_status {
     pub const DUPLICATE: u8 = 1;
     pub const UNKNOWN_CARD: u8 = 2;
     pub const CARD_BLOCKED: u8 = 3;
+    pub const EVENT_REUSED: u8 = 4;
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1028,17 +1030,27 @@ impl Ledger {
             gateway_time_ms: now,
         };
         let drift = req.controller_time_ms.saturating_sub(now);
+        let passage = door.map_or(direction, |d| cardgate_domain::rules::access::passage_at(d, direction));
+        let subject = AnswerSubject::check(req.card.0, req.door, passage);
         let c = events.controllers.entry(terminal).or_default();
         c.drift_ms = drift;
         if c.seen.mark(req.event_seq) == Seen::Duplicate {
-            // A retry: the answer recorded the first time, when it is still remembered.
-            let reason = c
-                .answered(req.event_seq)
-                .and_then(AccessReason::from_code)
-                .unwrap_or(answer.reason);
+            // A resend of the same check gets the answer recorded the first time. The
+            // number used for another card or door, or too long ago to know, decides
+            // nothing: answered with today's verdict it would open the door with no
+            // record of it.
+            let reason = match c.earlier(req.event_seq, subject) {
+                Earlier::Resent(code) => AccessReason::from_code(code).unwrap_or(AccessReason::SystemError),
+                Earlier::Reused => {
+                    metrics::counter!("cardgate_door_checks_total", "result" => "denied").increment(1);
+                    metrics::counter!("cardgate_door_denials_total", "reason" => AccessReason::EventReused.as_str())
+                        .increment(1);
+                    AccessReason::EventReused
+                }
+            };
             return Ok(txn.barrier(AccessAnswer { reason, ..answer }));
         }
-        let remembered = c.remember(terminal, req.event_seq, verdict.reason.code());
+        let remembered = c.remember(terminal, req.event_seq, verdict.reason.code(), subject);
         let controller = c.record(terminal);
         if verdict.granted() {
             metrics::counter!("cardgate_door_checks_total", "result" => "granted").increment(1);
@@ -1053,7 +1065,7 @@ impl Ledger {
             account: account.map_or(0, |a| a.id),
             door: req.door,
             door_group: group,
-            direction: door.map_or(direction, |d| cardgate_domain::rules::access::passage_at(d, direction)),
+            direction: passage,
             granted: verdict.granted(),
             reason: verdict.reason.code(),
             source: EventSource::Online,
@@ -1065,7 +1077,7 @@ impl Ledger {
         };
         let mut writes = Writes::new();
         writes.push(access_write(AccessRecord::Controller(controller.clone())));
-        writes.push(access_write(AccessRecord::Answer(remembered)));
+        writes.push(access_write(AccessRecord::CheckedAnswer(remembered)));
         if let Some(p) = verdict.passback {
             events.passback.insert((p.account, p.group), p);
             writes.push(access_write(AccessRecord::Passback(p)));
@@ -1105,19 +1117,27 @@ impl Ledger {
         let c = events.controllers.entry(terminal).or_default();
         c.drift_ms = drift;
         if c.seen.mark(event_seq) == Seen::Duplicate {
-            metrics::counter!("cardgate_door_punches_total", "status" => "duplicate").increment(1);
             // A refused punch sent again is refused again; a recorded one is a duplicate.
-            let status = match c.answered(event_seq).map(|s| s as u8) {
-                Some(s) if s != punch_status::RECORDED => s,
-                _ => punch_status::DUPLICATE,
+            // The number used for another card, or too long ago to know, records nothing:
+            // "duplicate" would tell the clock's holder their punch was kept.
+            let status = match c.earlier(event_seq, AnswerSubject::punch(card_no.0)) {
+                Earlier::Resent(s) if s as u8 != punch_status::RECORDED => s as u8,
+                Earlier::Resent(_) => punch_status::DUPLICATE,
+                Earlier::Reused => punch_status::EVENT_REUSED,
             };
+            let name = if status == punch_status::EVENT_REUSED {
+                "event_reused"
+            } else {
+                "duplicate"
+            };
+            metrics::counter!("cardgate_door_punches_total", "status" => name).increment(1);
             return Ok(txn.barrier(PunchAnswer {
                 event_seq,
                 status,
                 gateway_time_ms: now,
             }));
         }
-        let remembered = c.remember(terminal, event_seq, u16::from(status));
+        let remembered = c.remember(terminal, event_seq, u16::from(status), AnswerSubject::punch(card_no.0));
         let controller = c.record(terminal);
         let status_name = match status {
             punch_status::RECORDED => "recorded",
@@ -1127,7 +1147,7 @@ impl Ledger {
         metrics::counter!("cardgate_door_punches_total", "status" => status_name).increment(1);
         let mut writes = Writes::new();
         writes.push(access_write(AccessRecord::Controller(controller.clone())));
-        writes.push(access_write(AccessRecord::Answer(remembered)));
+        writes.push(access_write(AccessRecord::CheckedAnswer(remembered)));
         let body = EntryBody::DoorEvents(Box::new(DoorEvents {
             events: Vec::new(),
             punches: vec![Punch {

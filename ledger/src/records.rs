@@ -45,7 +45,7 @@
 use std::collections::HashMap;
 
 use cardgate_codec::CardNo;
-use cardgate_domain::access::{AccessRecord, ControllerAnswers, RememberedAnswer};
+use cardgate_domain::access::{AccessRecord, AnswerSubject, CheckedAnswer, ControllerCheckedAnswers};
 use cardgate_domain::entry::{DayClose, EntryRecord, SettlementClose, TxEntry};
 use cardgate_domain::model::{
     Account, AuditRecord, BlacklistChange, Card, DoorGroup, Exception, GrantMark, IdempotentAnswer, KeyHandout,
@@ -401,11 +401,16 @@ impl Schema for LedgerSchema {
     /// seconds at 10,000 terminals (32 slots each), and so checkpointed them every few
     /// seconds instead of every 10.
     fn absorb(waiting: &mut StateWrite, newer: StateWrite) {
-        if let (StateWrite::Access(w), StateWrite::Access(n)) = (&mut *waiting, &newer)
-            && let AccessRecord::Answer(a) = **n
-        {
-            absorb_answer(w, a);
-            return;
+        if let (StateWrite::Access(w), StateWrite::Access(n)) = (&mut *waiting, &newer) {
+            let answer = match **n {
+                AccessRecord::Answer(a) => Some(CheckedAnswer::from(a)),
+                AccessRecord::CheckedAnswer(a) => Some(a),
+                _ => None,
+            };
+            if let Some(a) = answer {
+                absorb_answer(w, a);
+                return;
+            }
         }
         let StateWrite::Seq(r) = newer else {
             *waiting = newer;
@@ -434,7 +439,7 @@ impl Schema for LedgerSchema {
     ) -> Result<Vec<Write>, StoreError> {
         let mut out = Vec::new();
         let mut slots: HashMap<u64, Vec<SeqRecord>, foldhash::fast::RandomState> = HashMap::default();
-        let mut answers: HashMap<u64, Vec<(u64, u16)>, foldhash::fast::RandomState> = HashMap::default();
+        let mut answers: HashMap<u64, Vec<SlotAnswer>, foldhash::fast::RandomState> = HashMap::default();
         for w in records {
             match w {
                 StateWrite::Seq(s) => slots.entry(s.terminal).or_default().push(*s),
@@ -444,8 +449,23 @@ impl Schema for LedgerSchema {
                     }
                 }
                 StateWrite::Access(r) => match &**r {
-                    AccessRecord::Answer(a) => answers.entry(a.terminal).or_default().push((a.event_seq, a.answer)),
-                    AccessRecord::Answers(all) => answers.entry(all.terminal).or_default().extend(&all.answers),
+                    AccessRecord::Answer(a) => {
+                        answers
+                            .entry(a.terminal)
+                            .or_default()
+                            .push((a.event_seq, a.answer, None))
+                    }
+                    AccessRecord::Answers(all) => answers
+                        .entry(all.terminal)
+                        .or_default()
+                        .extend(all.answers.iter().map(|&(s, a)| (s, a, None))),
+                    AccessRecord::CheckedAnswer(a) => {
+                        answers
+                            .entry(a.terminal)
+                            .or_default()
+                            .push((a.event_seq, a.answer, a.subject))
+                    }
+                    AccessRecord::CheckedAnswers(all) => answers.entry(all.terminal).or_default().extend(&all.answers),
                     _ => out.push(w.write()),
                 },
                 StateWrite::Staged(key, None) => out.push((key.as_slice().into(), None)),
@@ -473,17 +493,22 @@ impl Schema for LedgerSchema {
     }
 }
 
+/// One slot of a controller's answers: (`event_seq`, answer, what it answered).
+type SlotAnswer = (u64, u16, Option<AnswerSubject>);
+
 /// A controller's stored answers with `changed` put in their slots: the write that
-/// replaces its `'I' 'R'` record.
-fn merged_answers(tree: &sled::Tree, terminal: u64, changed: &[(u64, u16)]) -> Result<Write, StoreError> {
-    let mut merged = ControllerAnswers {
+/// replaces its `'I' 'R'` record, always in the form with subjects (a record of an
+/// older directory, without them, is read and rewritten).
+fn merged_answers(tree: &sled::Tree, terminal: u64, changed: &[SlotAnswer]) -> Result<Write, StoreError> {
+    let mut merged = ControllerCheckedAnswers {
         terminal,
         answers: Vec::new(),
     };
-    let key = access_key_bytes(&AccessRecord::Answers(merged.clone()));
+    let key = access_key_bytes(&AccessRecord::CheckedAnswers(merged.clone()));
     if let Some(old) = tree.get(&key)? {
         match decode_record::<AccessRecord>(&key, &old)? {
-            AccessRecord::Answers(a) => merged.answers = a.answers,
+            AccessRecord::CheckedAnswers(a) => merged.answers = a.answers,
+            AccessRecord::Answers(a) => merged.answers = ControllerCheckedAnswers::from(a).answers,
             other => {
                 return Err(StoreError::Corrupt {
                     key,
@@ -495,31 +520,41 @@ fn merged_answers(tree: &sled::Tree, terminal: u64, changed: &[(u64, u16)]) -> R
     for &a in changed {
         put_answer(&mut merged.answers, a);
     }
-    merged.answers.sort_unstable_by_key(|&(seq, _)| answer_slot(seq));
-    Ok((key.into(), Some(encode_record(&AccessRecord::Answers(merged)))))
+    merged.answers.sort_unstable_by_key(|&(seq, _, _)| answer_slot(seq));
+    Ok((key.into(), Some(encode_record(&AccessRecord::CheckedAnswers(merged)))))
 }
 
 /// A door controller's answer into the one record its answers wait as.
-fn absorb_answer(waiting: &mut AccessRecord, a: RememberedAnswer) {
-    if let AccessRecord::Answer(old) = *waiting {
-        *waiting = AccessRecord::Answers(ControllerAnswers {
-            terminal: old.terminal,
-            answers: vec![(old.event_seq, old.answer)],
-        });
+fn absorb_answer(waiting: &mut AccessRecord, a: CheckedAnswer) {
+    match waiting {
+        AccessRecord::Answer(old) => {
+            *waiting = AccessRecord::CheckedAnswers(ControllerCheckedAnswers {
+                terminal: old.terminal,
+                answers: vec![(old.event_seq, old.answer, None)],
+            });
+        }
+        AccessRecord::CheckedAnswer(old) => {
+            *waiting = AccessRecord::CheckedAnswers(ControllerCheckedAnswers {
+                terminal: old.terminal,
+                answers: vec![(old.event_seq, old.answer, old.subject)],
+            });
+        }
+        AccessRecord::Answers(all) => *waiting = AccessRecord::CheckedAnswers(all.clone().into()),
+        _ => {}
     }
     match waiting {
-        AccessRecord::Answers(all) => put_answer(&mut all.answers, (a.event_seq, a.answer)),
-        other => *other = AccessRecord::Answer(a),
+        AccessRecord::CheckedAnswers(all) => put_answer(&mut all.answers, (a.event_seq, a.answer, a.subject)),
+        other => *other = AccessRecord::CheckedAnswer(a),
     }
 }
 
-/// Puts `(event_seq, answer)` in its slot among a controller's answers unless the slot
-/// holds a newer number, as memory does (`Controller::remember`).
-fn put_answer(answers: &mut Vec<(u64, u16)>, (seq, answer): (u64, u16)) {
-    match answers.iter_mut().find(|(s, _)| answer_slot(*s) == answer_slot(seq)) {
-        Some(slot) if slot.0 <= seq => *slot = (seq, answer),
+/// Puts an answer in its slot among a controller's answers unless the slot holds a
+/// newer number, as memory does (`Controller::keep`).
+fn put_answer(answers: &mut Vec<SlotAnswer>, a: SlotAnswer) {
+    match answers.iter_mut().find(|(s, _, _)| answer_slot(*s) == answer_slot(a.0)) {
+        Some(slot) if slot.0 <= a.0 => *slot = a,
         Some(_) => {}
-        None => answers.push((seq, answer)),
+        None => answers.push(a),
     }
 }
 
@@ -545,6 +580,8 @@ pub(crate) fn access_key(r: &AccessRecord) -> (u8, u64, u64) {
         // A controller's answers wait, and are stored, as one record.
         AccessRecord::Answer(a) => (b'R', a.terminal, 0),
         AccessRecord::Answers(a) => (b'R', a.terminal, 0),
+        AccessRecord::CheckedAnswer(a) => (b'R', a.terminal, 0),
+        AccessRecord::CheckedAnswers(a) => (b'R', a.terminal, 0),
     }
 }
 
@@ -669,10 +706,11 @@ mod tests {
     }
 
     fn answer(terminal: u64, event_seq: u64, answer: u16) -> StateWrite {
-        access_write(AccessRecord::Answer(RememberedAnswer {
+        access_write(AccessRecord::CheckedAnswer(CheckedAnswer {
             terminal,
             event_seq,
             answer,
+            subject: Some(AnswerSubject::punch(event_seq + 1_000_000_000)),
         }))
     }
 
@@ -691,12 +729,43 @@ mod tests {
         let writes = LedgerSchema::checkpoint_writes(&tree, waiting.values()).unwrap();
         assert_eq!(writes.len(), 1);
         let (k, v) = writes.into_iter().next().unwrap();
-        let AccessRecord::Answers(stored) = decode_record(&k, &v.unwrap()).unwrap() else {
+        let AccessRecord::CheckedAnswers(stored) = decode_record(&k, &v.unwrap()).unwrap() else {
             panic!("stored as one record");
         };
-        let mut seqs: Vec<(u64, u16)> = stored.answers;
-        seqs.sort_unstable();
-        assert_eq!(seqs, (7..=70).map(|s| (s, s as u16)).collect::<Vec<_>>());
+        let mut seqs: Vec<SlotAnswer> = stored.answers;
+        seqs.sort_unstable_by_key(|a| a.0);
+        assert_eq!(
+            seqs,
+            (7..=70)
+                .map(|s| (s, s as u16, Some(AnswerSubject::punch(s + 1_000_000_000))))
+                .collect::<Vec<_>>()
+        );
+    }
+
+    /// A directory written before answers had subjects: its record is read, kept for the
+    /// slots nothing newer took, and rewritten with subjects where they are known.
+    #[test]
+    fn answers_of_an_older_directory_are_merged_without_subjects() {
+        use cardgate_domain::access::ControllerAnswers;
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let tree = db.open_tree("t").unwrap();
+        let old = AccessRecord::Answers(ControllerAnswers {
+            terminal: 9,
+            answers: vec![(1, 0), (2, 13)],
+        });
+        tree.insert(access_key_bytes(&old), encode_record(&old)).unwrap();
+        let mut waiting = HashMap::new();
+        wait(&mut waiting, answer(9, 2, 0));
+        let writes = LedgerSchema::checkpoint_writes(&tree, waiting.values()).unwrap();
+        let (k, v) = writes.into_iter().next().unwrap();
+        let AccessRecord::CheckedAnswers(stored) = decode_record(&k, &v.unwrap()).unwrap() else {
+            panic!("rewritten with subjects");
+        };
+        assert_eq!(
+            stored.answers,
+            vec![(1, 0, None), (2, 0, Some(AnswerSubject::punch(1_000_000_002)))]
+        );
     }
 
     fn id_of(key: &[u8]) -> u64 {

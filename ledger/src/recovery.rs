@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
 use cardgate_codec::CardNo;
-use cardgate_domain::access::{AccessRecord, CacheChange, EventSource, RememberedAnswer};
+use cardgate_domain::access::{AccessRecord, AnswerSubject, CacheChange, CheckedAnswer, EventSource};
 use cardgate_domain::entry::{EntryBody, EntryRecord, ImportItem, MoneyKind, MoneyMove, StockEntry, TxEntry};
 use cardgate_domain::model::{GrantMark, Outcome, Params, SeqRecord, TxKind};
 use cardgate_domain::money::from_fen;
@@ -521,13 +521,20 @@ impl Replay<'_> {
                 // restart gets the same answer.
                 let online = e.events.iter().filter(|ev| ev.source == EventSource::Online);
                 let answers = online
-                    .map(|ev| (ev.terminal, ev.event_seq, ev.reason))
-                    .chain(e.punches.iter().map(|p| (p.terminal, p.event_seq, u16::from(p.status))));
-                for (terminal, event_seq, answer) in answers {
-                    self.access(AccessRecord::Answer(RememberedAnswer {
+                    .map(|ev| {
+                        let subject = AnswerSubject::check(ev.card.0, ev.door, ev.direction);
+                        (ev.terminal, ev.event_seq, ev.reason, subject)
+                    })
+                    .chain(e.punches.iter().map(|p| {
+                        let subject = AnswerSubject::punch(p.card.0);
+                        (p.terminal, p.event_seq, u16::from(p.status), subject)
+                    }));
+                for (terminal, event_seq, answer, subject) in answers {
+                    self.access(AccessRecord::CheckedAnswer(CheckedAnswer {
                         terminal,
                         event_seq,
                         answer,
+                        subject: Some(subject),
                     }));
                 }
             }

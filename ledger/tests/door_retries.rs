@@ -65,6 +65,16 @@ async fn first_answers_survive_a_restart(checkpoints: CheckpointPolicy) {
     );
     assert_eq!(f.demo_door_check(2).await, AccessReason::NoPermission);
     assert_eq!(
+        f.demo_door_check_of(1, demo_card(2)).await,
+        AccessReason::EventReused,
+        "the restart kept what 1 answered: another card under it is no retry"
+    );
+    assert_eq!(
+        punch(&f, 1, demo_card(3)).await,
+        PunchStatus::EventReused,
+        "nor another card under a recorded punch's number"
+    );
+    assert_eq!(
         f.demo_door_check(4).await,
         AccessReason::NoPermission,
         "a new number is decided now"
@@ -78,7 +88,8 @@ async fn first_answers_survive_a_restart(checkpoints: CheckpointPolicy) {
     assert_eq!(f.demo_door_check(4).await, AccessReason::NoPermission);
 
     // The answers of the last 64 numbers are kept: once 65 is answered, 1 is no longer
-    // remembered and a retry of it is decided again (PROTOCOL.md 6.22).
+    // remembered, and a check sent under it again is decided nowhere (PROTOCOL.md 11.2):
+    // decided afresh, a grant would open the door with no record.
     for seq in 5..=64 {
         assert_eq!(f.demo_door_check(seq).await, AccessReason::NoPermission);
     }
@@ -90,7 +101,7 @@ async fn first_answers_survive_a_restart(checkpoints: CheckpointPolicy) {
     assert_eq!(f.demo_door_check(65).await, AccessReason::NoPermission);
     assert_eq!(
         f.demo_door_check(1).await,
-        AccessReason::NoPermission,
+        AccessReason::EventReused,
         "1 is 65 numbers back"
     );
 }
@@ -127,9 +138,10 @@ fn stored_answers(dir: &std::path::Path) -> (BTreeMap<u64, Vec<(u64, u16)>>, usi
     for kv in db.tree.scan_prefix(b"IR") {
         let (k, v) = kv.unwrap();
         match decode_record::<AccessRecord>(&k, &v).unwrap() {
-            AccessRecord::Answers(a) => {
+            AccessRecord::CheckedAnswers(a) => {
                 assert_eq!(k[2..10], a.terminal.to_be_bytes(), "keyed by its controller");
-                assert!(merged.insert(a.terminal, a.answers).is_none());
+                let answers = a.answers.iter().map(|&(s, r, _)| (s, r)).collect();
+                assert!(merged.insert(a.terminal, answers).is_none());
             }
             other => panic!("'I' 'R' holds {other:?}"),
         }

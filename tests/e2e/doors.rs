@@ -341,6 +341,47 @@ async fn door_access_over_the_protocol() {
     let first = g2.check(a, 11, Direction::In).await;
     let again = g2.check_seq(first.event_seq, a, 11, Direction::In).await;
     assert_eq!(again.reason, first.reason);
+    // The same number for another card, door or direction is no retry: answered with the
+    // first decision it would open the door for a card nobody checked, unrecorded.
+    assert_eq!(first.reason, AccessReason::Granted);
+    let recorded = |c: &Campus| {
+        let now = cardgate_domain::Clock::now_ms(&c.clock);
+        let found = tokio::task::block_in_place(|| {
+            c.ledger.access_events(cardgate_ledger::doors::AccessQuery {
+                door: None,
+                door_group: Some(2),
+                account: None,
+                card: None,
+                granted: None,
+                flagged: None,
+                from_ms: now - 86_400_000,
+                to_ms: now + 86_400_000,
+            })
+        })
+        .unwrap();
+        found.rows.len()
+    };
+    let before = recorded(&c);
+    for (card, door, direction) in [
+        (CardNo(77), 11, Direction::In),
+        (demo_card(2), 11, Direction::In),
+        (a, 12, Direction::In),
+        (a, 11, Direction::Out),
+    ] {
+        let reused = g2.check_seq(first.event_seq, card, door, direction).await;
+        assert_eq!(
+            reused.reason,
+            AccessReason::EventReused,
+            "{card:?} {door} {direction:?}"
+        );
+    }
+    // A number more than 64 back is no longer held: not decided again either.
+    for _ in 0..64 {
+        g2.check(a, 11, Direction::In).await;
+    }
+    let old = g2.check_seq(first.event_seq, a, 11, Direction::In).await;
+    assert_eq!(old.reason, AccessReason::EventReused);
+    assert_eq!(recorded(&c), before + 64, "only the 64 new checks were recorded");
 
     // Revoked while the controller is connected: denied from then on, the version
     // moves, and the controller is told.
@@ -688,7 +729,7 @@ async fn door_access_over_the_protocol() {
     );
     // A filter the search does not take, or a flag that is neither true nor false, is
     // refused: ignored, it would export more than was asked for.
-    for bad in ["flaged=true", "granted=yes", "flagged=1"] {
+    for bad in ["flaged=true", "granted=yes", "flagged=on"] {
         let (status, v) = c.api(
             "GET",
             &format!("/api/v1/access-events?{bad}&from=2026-04-02"),
@@ -1042,6 +1083,12 @@ async fn an_attendance_sheet_from_punches() {
         Message::PunchResult(r) => assert_eq!(r.status, PunchStatus::Duplicate),
         other => panic!("expected PUNCH_RESULT, got {other:?}"),
     }
+    // The same number for another card is no retry: "duplicate" would tell that holder
+    // their punch was kept, and it is not.
+    assert_eq!(
+        punch(&mut clock, seq, demo_card(2), at(2026, 3, 10, 17, 31)).await,
+        PunchStatus::EventReused
+    );
     // A clock may not check doors.
     clock
         .send(Message::AccessCheck(AccessCheck {

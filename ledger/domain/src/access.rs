@@ -273,6 +273,72 @@ pub enum AccessRecord {
     /// per controller rather than per slot (a checkpoint at 500 controllers checking at
     /// 2,000/s was ~20,000 sled inserts for the answers alone; now it is 500).
     Answers(ControllerAnswers),
+    /// Appended last. One slot's answer with what it answered, so that only a resend of
+    /// the same check or punch repeats it and a number used again for another card or
+    /// door is refused (`event_reused`). Written since; `Answer` and `Answers` are read
+    /// from older directories (their answers have no subject).
+    CheckedAnswer(CheckedAnswer),
+    /// Every answer of one controller with its subject, as a checkpoint stores them
+    /// (under the same key as `Answers`, which it replaces).
+    CheckedAnswers(ControllerCheckedAnswers),
+}
+
+/// What a check or punch asked about: the card, and for a check the door and the way it
+/// was passed (`door << 8 | passage`, the passage as recorded); 0 for a punch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct AnswerSubject {
+    pub card: u64,
+    pub place: u64,
+}
+
+impl AnswerSubject {
+    pub fn check(card: u64, door: u64, passage: Passage) -> AnswerSubject {
+        AnswerSubject {
+            card,
+            place: door << 8 | u64::from(passage.wire()),
+        }
+    }
+
+    pub fn punch(card: u64) -> AnswerSubject {
+        AnswerSubject { card, place: 0 }
+    }
+}
+
+/// `RememberedAnswer` with its subject (`None` only for one read from an older record).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckedAnswer {
+    pub terminal: u64,
+    pub event_seq: u64,
+    pub answer: u16,
+    pub subject: Option<AnswerSubject>,
+}
+
+impl From<RememberedAnswer> for CheckedAnswer {
+    fn from(a: RememberedAnswer) -> CheckedAnswer {
+        CheckedAnswer {
+            terminal: a.terminal,
+            event_seq: a.event_seq,
+            answer: a.answer,
+            subject: None,
+        }
+    }
+}
+
+/// A controller's answers with their subjects under one key: (`event_seq`, answer,
+/// subject), at most one per slot, in slot order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControllerCheckedAnswers {
+    pub terminal: u64,
+    pub answers: Vec<(u64, u16, Option<AnswerSubject>)>,
+}
+
+impl From<ControllerAnswers> for ControllerCheckedAnswers {
+    fn from(a: ControllerAnswers) -> ControllerCheckedAnswers {
+        ControllerCheckedAnswers {
+            terminal: a.terminal,
+            answers: a.answers.into_iter().map(|(s, r)| (s, r, None)).collect(),
+        }
+    }
 }
 
 /// A controller's remembered answers under one key.

@@ -225,10 +225,15 @@ impl Fixture {
     /// An access check by the demo campus's first door controller: demo card 1 at door 1,
     /// going in, at lunch. Its reason.
     pub async fn demo_door_check(&self, seq: u64) -> AccessReason {
+        self.demo_door_check_of(seq, cardgate_ledger::demo::demo_card(1)).await
+    }
+
+    /// A check at the first demo controller's door of `card`.
+    pub async fn demo_door_check_of(&self, seq: u64, card: cardgate_codec::CardNo) -> AccessReason {
         let controller = cardgate_ledger::demo::DEMO_DOOR_TERMINAL_BASE + 1;
         let check = AccessCheck {
             event_seq: seq,
-            card: cardgate_ledger::demo::demo_card(1),
+            card,
             door: 1,
             direction: Direction::In,
             controller_time_ms: LUNCH_MS,
