@@ -90,9 +90,18 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), ServeError>
     let opened = tokio::task::spawn_blocking(move || Ledger::open(&data_dir, ledger_config, Arc::new(SystemClock)))
         .await
         .map_err(|e| StartError::Other(format!("recovery task: {e}")))?;
-    let (ledger, committer, stats) = opened.map_err(|e| StartError::Ledger {
-        path: config.data_dir.clone(),
-        reason: e.to_string(),
+    let (ledger, committer, stats) = opened.map_err(|e| {
+        // sled's own words ("could not acquire lock ... WouldBlock") say nothing to an
+        // operator who started a second gateway on the same directory.
+        let reason = if e.to_string().contains("could not acquire lock") {
+            "it is in use by a running cardgate (one gateway per data directory): stop that one first".to_string()
+        } else {
+            e.to_string()
+        };
+        StartError::Ledger {
+            path: config.data_dir.clone(),
+            reason,
+        }
     })?;
     let locked = ledger.locked_terminals();
     if locked > 0 {

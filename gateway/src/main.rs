@@ -119,6 +119,22 @@ enum OperatorCommand {
     },
 }
 
+/// A listener that may be switched off: `""` as in the file's `admin_listen = ""`, so
+/// that the flag and the environment variable can say what the file can.
+#[derive(Clone, Debug)]
+struct SwitchableListen(Option<ListenAddr>);
+
+impl std::str::FromStr for SwitchableListen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<SwitchableListen, String> {
+        if s.trim().is_empty() {
+            return Ok(SwitchableListen(None));
+        }
+        s.parse().map(|a| SwitchableListen(Some(a)))
+    }
+}
+
 /// Flags override environment variables, which override the file (docs/CONFIGURATION.md).
 #[derive(clap::Args)]
 struct ServeArgs {
@@ -128,12 +144,12 @@ struct ServeArgs {
     /// Terminal listener, HOST:PORT (default 127.0.0.1:7700; port 0 picks a free one).
     #[arg(long, env = "CARDGATE_LISTEN")]
     listen: Option<ListenAddr>,
-    /// Prometheus listener, HOST:PORT (default 127.0.0.1:9700).
+    /// Prometheus listener, HOST:PORT (default 127.0.0.1:9700; "" switches it off).
     #[arg(long, env = "CARDGATE_METRICS_LISTEN")]
-    metrics_listen: Option<ListenAddr>,
-    /// Admin API listener, HOST:PORT (default 127.0.0.1:7780).
+    metrics_listen: Option<SwitchableListen>,
+    /// Admin API listener, HOST:PORT (default 127.0.0.1:7780; "" switches it off).
     #[arg(long, env = "CARDGATE_ADMIN_LISTEN")]
-    admin_listen: Option<ListenAddr>,
+    admin_listen: Option<SwitchableListen>,
     /// sled data directory (default ./data).
     #[arg(long, env = "CARDGATE_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -164,10 +180,10 @@ impl ServeArgs {
             config.listen = v;
         }
         if let Some(v) = self.metrics_listen {
-            config.metrics_listen = Some(v);
+            config.metrics_listen = v.0;
         }
         if let Some(v) = self.admin_listen {
-            config.admin_listen = Some(v);
+            config.admin_listen = v.0;
         }
         if let Some(v) = self.data_dir {
             config.data_dir = v;
@@ -321,5 +337,30 @@ mod tests {
         assert_eq!(one_line(&e), "outer: disk on fire");
         let e = anyhow::Error::new(std::io::Error::other("a\nb")).context("reading x");
         assert_eq!(one_line(&e), "reading x: a b");
+    }
+
+    #[test]
+    fn a_listener_flag_or_variable_of_nothing_switches_it_off() {
+        use clap::Parser;
+        let cli = Cli::try_parse_from([
+            "cardgate",
+            "serve",
+            "--admin-listen",
+            "",
+            "--metrics-listen",
+            "127.0.0.1:1",
+        ])
+        .expect("parses");
+        let Command::Serve(args) = cli.command else {
+            panic!("serve");
+        };
+        let mut config = Config::default();
+        args.apply(&mut config);
+        assert!(config.admin_listen.is_none());
+        assert_eq!(
+            config.metrics_listen.map(|a| a.to_string()).as_deref(),
+            Some("127.0.0.1:1")
+        );
+        assert!("nowhere".parse::<SwitchableListen>().is_err());
     }
 }

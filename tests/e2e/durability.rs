@@ -135,6 +135,16 @@ async fn a_backup_under_load_restores_to_exactly_its_state_and_the_central_store
     let (d, admin) = start(&data, &[]);
     let load = Load::start(d.terminal_addr());
     tokio::time::sleep(Duration::from_millis(400)).await;
+    // A directory named in the call must exist: a typo is refused, not created.
+    let (st, body) = d.api(
+        "POST",
+        "/api/v1/backups",
+        Some(&admin),
+        Some(&json!({ "dir": backups.display().to_string() }).to_string()),
+    );
+    assert_eq!(st, 422, "{body}");
+    assert!(!backups.exists(), "nothing made for a refused call");
+    std::fs::create_dir_all(&backups).unwrap();
     let (st, body) = d.api(
         "POST",
         "/api/v1/backups",

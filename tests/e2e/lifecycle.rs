@@ -80,6 +80,17 @@ fn a_busy_port_is_one_line_naming_the_listener_and_address_and_creates_nothing()
     }
 }
 
+/// A second gateway on a data directory in use says so, in an operator's words.
+#[test]
+fn a_data_directory_in_use_is_one_line_saying_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let running = Daemon::start(tmp.path());
+    let line = fails(cardgate().args(serve_args(tmp.path(), &[])));
+    assert!(line.contains("in use by a running cardgate"), "{line}");
+    assert!(!line.contains("WouldBlock"), "{line}");
+    drop(running);
+}
+
 #[test]
 fn each_bad_start_is_one_clear_line_said_once() {
     let tmp = tempfile::tempdir().unwrap();

@@ -1410,6 +1410,7 @@ async fn create_backup(State(s): State<AdminState>, headers: HeaderMap, body: By
             } else {
                 json_body(&body)?
             };
+            let named = b.dir.is_some();
             let dir = match (b.dir, &durability.backup_dir) {
                 (Some(d), _) => std::path::PathBuf::from(d),
                 (None, Some(d)) => d.clone(),
@@ -1422,6 +1423,15 @@ async fn create_backup(State(s): State<AdminState>, headers: HeaderMap, body: By
             if !dir.is_absolute() {
                 return Err(ApiError::unprocessable(format!(
                     "{} is not an absolute path on the gateway's machine",
+                    dir.display()
+                )));
+            }
+            // A directory named in the call must be there: a typo would otherwise become
+            // a new tree no one looks in, or a 500 from deep in the copy. (`backup.dir` is
+            // made on first use, as the scheduled backups do.)
+            if named && !dir.is_dir() {
+                return Err(ApiError::unprocessable(format!(
+                    "{} is not a directory on the gateway's machine: make it (mounted, writable) first",
                     dir.display()
                 )));
             }
