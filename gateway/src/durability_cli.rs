@@ -106,6 +106,14 @@ pub async fn backup(dir: &Path, target: Target) -> anyhow::Result<()> {
             println!("{}", b["path"].as_str().unwrap_or(""));
         }
         Target::Stopped { config } => {
+            // As through the API: the directory named must be there (a typo is not made
+            // into a new tree).
+            if !dir.is_dir() {
+                bail!(
+                    "{} is not a directory: make it (mounted, writable) first",
+                    dir.display()
+                );
+            }
             let db = open_stopped(&config.data_dir)?;
             let key = config.terminal_key(false)?;
             let gateway_id = db
@@ -208,6 +216,11 @@ pub async fn check(target: Target) -> anyhow::Result<CheckOutcome> {
             let (status, answer) = call(&url, &token, "POST", "/api/v1/integrity/checks", "").await?;
             if status != 200 {
                 return Err(api_error(status, &answer));
+            }
+            // The same line on stderr as a stopped check prints: an exit status 2 with
+            // nothing said is a riddle at 3 a.m.
+            if let Some(summary) = answer["summary"].as_str() {
+                eprintln!("{summary}");
             }
             print_report(&answer);
             Ok(CheckOutcome::of(&answer))

@@ -98,6 +98,7 @@ impl Report {
         let mut v = serde_json::to_value(self).unwrap_or(Value::Null);
         if let Some(o) = v.as_object_mut() {
             o.insert("result".into(), Value::from(self.result()));
+            o.insert("summary".into(), Value::from(self.summary()));
         }
         v
     }

@@ -175,7 +175,12 @@ pub async fn completeness(ledger: &std::sync::Arc<Ledger>, central: Option<&Cent
     } else {
         problems.push("no central store is configured".into());
     }
-    if !journal.covered {
+    if journal.before_first_entry {
+        problems.push(format!(
+            "the gateway's journal begins after {}: it has no record of that day",
+            date_of(day)
+        ));
+    } else if !journal.covered {
         problems.push(format!(
             "the journal no longer holds the whole day (central.journal_retention_s): the gateway's side is partial for {}",
             date_of(day)
@@ -286,7 +291,7 @@ pub async fn completeness(ledger: &std::sync::Arc<Ledger>, central: Option<&Cent
         day,
         status,
         problems,
-        journal_covers_day: journal.covered,
+        journal_covers_day: journal.covered && !journal.before_first_entry,
         journal_through_entry: journal.through_entry,
         central_reachable: central_ok,
         central_through_entry: central_cursor,

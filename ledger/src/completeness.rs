@@ -67,6 +67,9 @@ pub struct JournalDay {
     pub end_ms: i64,
     /// The journal still holds the whole day (not pruned past its start).
     pub covered: bool,
+    /// The gateway's first entry is after the day: it has no record of the day at all
+    /// (a date before it was installed), which is not a complete day.
+    pub before_first_entry: bool,
     /// The durable journal was read through this entry.
     pub through_entry: u64,
     pub terminals: BTreeMap<u64, TerminalDay>,
@@ -74,7 +77,9 @@ pub struct JournalDay {
 
 impl Targets for SettlementClose {
     fn targets(&self) -> Vec<String> {
-        vec![format!("day:{}", self.day)]
+        // As the day close's and every search's: the date, not the day's number.
+        let (y, m, d) = cardgate_domain::clock::civil_from_days(i64::from(self.day));
+        vec![format!("day:{y:04}-{m:02}-{d:02}")]
     }
 }
 
@@ -99,11 +104,17 @@ impl Ledger {
         let first = db.first_entry_id()?.unwrap_or(1);
         let from = self.first_entry_at(first, through, start_ms - SCAN_MARGIN_MS)?;
         let covered = first <= 1 || (from > first);
+        let before_first_entry = first <= 1
+            && db
+                .read_entries(0, 1, EntryRecord::decode)?
+                .first()
+                .is_some_and(|e| e.record.time_ms >= end_ms);
         let mut out = JournalDay {
             day,
             start_ms,
             end_ms,
             covered,
+            before_first_entry,
             through_entry: through,
             terminals: BTreeMap::new(),
         };
@@ -286,10 +297,18 @@ impl Ledger {
         let sent = {
             let _desk = self.state.desk_lock();
             if let Some(c) = self.state.settlements().get(&close.day) {
+                // The close's time is kept with each merchant's figures; a day without
+                // sales has none to keep it with.
+                let when = match c.merchants.first() {
+                    Some(m) => format!(
+                        "at {}",
+                        cardgate_domain::clock::format_local(m.closed_ms, self.config.tz_offset_minutes)
+                    ),
+                    None => "(a day without sales)".to_string(),
+                };
                 return Err(LedgerError::Invalid(format!(
-                    "the day was closed by {} at {}; a closed day does not change",
-                    c.actor.name,
-                    c.merchants.first().map_or(0, |m| m.closed_ms)
+                    "the day was closed by {} {when}; a closed day does not change",
+                    c.actor.name
                 )));
             }
             let now = self.now_ms();

@@ -265,10 +265,18 @@ async fn a_damaged_backup_is_refused_by_restore_and_nothing_changes() {
         }
     }
     let url = format!("http://{}", d.admin_addr());
-    let (ok, out, err) = cli(
-        &["backup", backups.to_str().unwrap(), "--admin-url", &url],
-        &[("CARDGATE_TOKEN", &admin)],
-    );
+    let backup = || {
+        cli(
+            &["backup", backups.to_str().unwrap(), "--admin-url", &url],
+            &[("CARDGATE_TOKEN", &admin)],
+        )
+    };
+    // A directory that is not there is refused, one line saying so, nothing made.
+    let (ok, _, err) = backup();
+    assert!(!ok && err.contains("is not a directory"), "{err}");
+    assert!(!backups.exists());
+    std::fs::create_dir_all(&backups).unwrap();
+    let (ok, out, err) = backup();
     assert!(ok, "{err}");
     let good = std::path::PathBuf::from(out.trim());
     assert!(good.join("manifest.json").is_file(), "{out}");
@@ -403,6 +411,13 @@ async fn the_integrity_check(test: &str, pg: Option<&PgSchema>) {
     assert_eq!(st, 200, "{body}");
     let report = v(&body);
     assert_eq!(report["ok"], true, "{test}: a clean run is clean: {report:#}");
+    // The one line the CLI prints on stderr, in either mode.
+    assert!(
+        report["summary"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("clean: chain through entry")),
+        "{report:#}"
+    );
     assert!(report["hashes_checked"].as_u64().unwrap() > 20, "{report:#}");
     assert!(report["movements_checked"].as_u64().unwrap() > 20, "{report:#}");
     assert_eq!(metric(&d, "cardgate_integrity_runs_total{result=\"ok\"}"), 1.0);

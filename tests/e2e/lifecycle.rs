@@ -85,9 +85,17 @@ fn a_busy_port_is_one_line_naming_the_listener_and_address_and_creates_nothing()
 fn a_data_directory_in_use_is_one_line_saying_so() {
     let tmp = tempfile::tempdir().unwrap();
     let running = Daemon::start(tmp.path());
-    let line = fails(cardgate().args(serve_args(tmp.path(), &[])));
-    assert!(line.contains("in use by a running cardgate"), "{line}");
-    assert!(!line.contains("WouldBlock"), "{line}");
+    // The log has begun by then (the listeners are bound first): the failure is the
+    // last line, and the exit status says it.
+    let out = cardgate()
+        .args(serve_args(tmp.path(), &[]))
+        .output()
+        .expect("run cardgate");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or("");
+    assert!(line.contains("in use by a running cardgate"), "{stderr}");
+    assert!(!stderr.contains("WouldBlock"), "{stderr}");
     drop(running);
 }
 

@@ -281,6 +281,17 @@ async fn skipped_numbers_show_as_exact_ranges_until_their_sales_arrive() {
     assert_eq!(line["gateway"]["offline_count"], 3);
     assert_eq!(line["gateway"]["offline_fen"], 6_00);
     assert_eq!(line["matches"], true, "{line}");
+    // A day before this gateway's first entry is not "complete": it has no record of it.
+    let before = k.report("2020-01-01");
+    assert_eq!(
+        (&before["status"], &before["journal_covers_day"]),
+        (&json!("incomplete"), &json!(false)),
+        "{before}"
+    );
+    assert!(
+        before["problems"].to_string().contains("no record of that day"),
+        "{before}"
+    );
 
     // A terminal that may still hold offline sales is not retired by accident.
     let (st, body) = k.call(
