@@ -12,11 +12,12 @@ use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use cardgate_domain::operator::{Actor, Operator, Role};
 use cardgate_ledger::Ledger;
-use cardgate_ledger::desk::By;
+use cardgate_ledger::desk::{Audit, By, PasswordChanged};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -123,19 +124,58 @@ pub async fn add_operator(
         cardgate_domain::operator::validate_password(p).map_err(|e| format!("{}; nothing changed", e.0))?;
     }
     let cli = Actor::cli();
+    // Audited as the API's calls are, by `cli` (the gateway machine's command line): a
+    // director added there must be on the director's trail like any other.
+    let describe = |o: &Operator| (String::new(), crate::admin::routes::operator_json(o).to_string());
+    let no_answer = |_: &Operator| String::new();
+    let written = AtomicBool::new(false);
+    let audit = Audit {
+        action: "operator.add",
+        target: "operators",
+        status: 201,
+        describe: &describe,
+        written: &written,
+        answer: &no_answer,
+        idempotency: None,
+    };
     let (op, token) = ledger
-        .add_operator(&By::actor(&cli), name, role)
+        .add_operator(&By::audited(&cli, audit), name, role)
         .await
         .map_err(|e| e.to_string())?;
     if let Some(p) = password {
         // Chosen by whoever set the operator up: its owner picks their own at the
         // first sign-in.
-        ledger
-            .set_password(&By::actor(&cli), op.id, p, true)
-            .await
-            .map_err(|e| e.to_string())?;
+        set_password_of(ledger, &op, p).await?;
     }
     Ok((op, token))
+}
+
+/// An operator's console password set from the command line, audited as a reset.
+async fn set_password_of(ledger: &Ledger, op: &Operator, password: &str) -> Result<Operator, String> {
+    let cli = Actor::cli();
+    let describe = |r: &PasswordChanged| {
+        (
+            serde_json::json!({ "password": if r.first { "none" } else { "set" } }).to_string(),
+            serde_json::json!({ "password": "set", "must_change": r.must_change }).to_string(),
+        )
+    };
+    let no_answer = |_: &PasswordChanged| String::new();
+    let written = AtomicBool::new(false);
+    let target = format!("operator:{}", op.id);
+    let audit = Audit {
+        action: "operator.password_reset",
+        target: &target,
+        status: 200,
+        describe: &describe,
+        written: &written,
+        answer: &no_answer,
+        idempotency: None,
+    };
+    ledger
+        .set_password(&By::audited(&cli, audit), op.id, password, true)
+        .await
+        .map(|r| r.operator)
+        .map_err(|e| e.to_string())
 }
 
 /// Sets an operator's console password on behalf of the command line; its owner
@@ -146,11 +186,7 @@ pub async fn set_password(ledger: &Ledger, name: &str, password: &str) -> Result
         .into_iter()
         .find(|o| o.name == name)
         .ok_or_else(|| format!("no operator named {name}"))?;
-    ledger
-        .set_password(&By::actor(&Actor::cli()), op.id, password, true)
-        .await
-        .map(|r| r.operator)
-        .map_err(|e| e.to_string())
+    set_password_of(ledger, &op, password).await
 }
 
 /// A role by name, or a message listing them all.

@@ -685,6 +685,33 @@ async fn csv_import_is_all_or_nothing_idempotent_and_reports_changes() {
     );
 }
 
+/// Operators added on the gateway machine's command line, stopped or running, are on
+/// the director's trail like the API's, by `cli`.
+#[tokio::test]
+async fn operators_added_on_the_command_line_are_on_the_trail() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = start(dir.path());
+    operator_add_with_password(dir.path(), "sun", "card_desk", "a long enough password 1").expect("while running");
+    let trail = k.ok(&k.director, "GET", "/api/v1/audit?operator=cli", Value::Null);
+    let records = trail["records"].as_array().unwrap();
+    let added: Vec<&str> = records
+        .iter()
+        .filter(|r| r["action"] == "operator.add")
+        .filter_map(|r| r["after"]["name"].as_str())
+        .collect();
+    assert_eq!(added, ["zhao", "sun"], "{trail}");
+    assert!(
+        records
+            .iter()
+            .any(|r| r["action"] == "operator.password_reset" && r["after"]["password"] == "set"),
+        "{trail}"
+    );
+    assert!(
+        !trail.to_string().contains("a long enough password"),
+        "never the password"
+    );
+}
+
 #[tokio::test]
 async fn parameters_change_at_once_for_the_allowed_roles_only() {
     let dir = tempfile::tempdir().unwrap();

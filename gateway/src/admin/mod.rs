@@ -49,7 +49,7 @@ mod doors;
 mod http;
 mod registry;
 mod reports;
-mod routes;
+pub(crate) mod routes;
 
 use std::io;
 use std::net::SocketAddr;

@@ -124,7 +124,7 @@ fn person_json(p: &Person) -> Value {
     })
 }
 
-fn operator_json(o: &Operator) -> Value {
+pub(crate) fn operator_json(o: &Operator) -> Value {
     json!({
         "id": o.id,
         "name": o.name,
