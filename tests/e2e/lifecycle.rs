@@ -93,7 +93,7 @@ fn a_data_directory_in_use_is_one_line_saying_so() {
         .expect("run cardgate");
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let line = stderr.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or("");
+    let line = stderr.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");
     assert!(line.contains("in use by a running cardgate"), "{stderr}");
     assert!(!stderr.contains("WouldBlock"), "{stderr}");
     drop(running);
