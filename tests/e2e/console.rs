@@ -918,6 +918,20 @@ fn the_command_line_sets_and_resets_console_passwords() {
 
 /// Signs `name` in and replaces the password the command line set: a console ready to
 /// use.
+/// The data admin may look people up at the card desk window (no actions): the menu
+/// shows it to them, as the page lets them in.
+#[test]
+fn the_data_admins_menu_has_the_card_desk_window_to_look_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (k, _) = start(dir.path());
+    operator_add_with_password(dir.path(), "qian", "data_admin", "qian-first-1").expect("operator add");
+    let mut qian = signed_in(&k, "qian", "qian-first-1", "qian-own-22");
+    let home = qian.get("/console/import");
+    assert_eq!(home.status, 200);
+    assert!(home.body.contains("href=\"/console/desk\""), "the menu links the window");
+    assert_eq!(qian.get("/console/desk").status, 200);
+}
+
 fn signed_in(k: &Console, name: &str, first: &str, own: &str) -> Jar {
     let mut b = Jar::new(k.d.admin_addr());
     let r = b.sign_in(name, first);
