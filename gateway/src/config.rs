@@ -436,6 +436,28 @@ impl ListenAddr {
     }
 }
 
+/// The key whose value starts at byte `at` of a TOML text, with its section: the text
+/// before `=` on that line, after the last `[section]` line above it.
+fn key_at(text: &str, at: usize) -> Option<String> {
+    let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[at..].find('\n').map_or(text.len(), |i| at + i);
+    let (key, _) = text[line_start..line_end].split_once('=')?;
+    let key = key.trim();
+    if key.is_empty() || key.starts_with('#') {
+        return None;
+    }
+    let section = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('[') && l.ends_with(']'))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    Some(match section {
+        Some(s) => format!("{s}.{key}"),
+        None => key.to_string(),
+    })
+}
+
 impl FromStr for ListenAddr {
     type Err = String;
 
@@ -515,9 +537,9 @@ impl Config {
                 .map_err(|e| ConfigError::Invalid(format!("{TERMINAL_KEY_ENV}: {e}")));
         }
         if let Some(path) = &self.terminal_key_file {
-            let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
-                path: path.clone(),
-                error,
+            // Not "the configuration file": the key file it names.
+            let text = std::fs::read_to_string(path).map_err(|error| {
+                ConfigError::Invalid(format!("cannot read terminal_key_file {}: {error}", path.display()))
             })?;
             return TerminalKey::from_hex(&text)
                 .map(Some)
@@ -544,14 +566,22 @@ impl Config {
     /// message draws the offending line under it, which a log cannot show well).
     pub fn parse(text: &str) -> Result<Config, String> {
         toml::from_str(text).map_err(|e: toml::de::Error| {
+            let message = e.message();
             let at = e
                 .span()
                 .map(|span| {
-                    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-                    format!("line {line}: ")
+                    let start = span.start.min(text.len());
+                    let line = text[..start].matches('\n').count() + 1;
+                    // The parser's message for a wrong type names no key ("invalid type:
+                    // string, expected usize"): the key is the one on that line, in the
+                    // section above it.
+                    match key_at(text, start) {
+                        Some(key) if !message.contains(&key) => format!("line {line}: `{key}`: "),
+                        _ => format!("line {line}: "),
+                    }
                 })
                 .unwrap_or_default();
-            format!("{at}{}", e.message())
+            format!("{at}{message}")
         })
     }
 
@@ -577,8 +607,11 @@ impl Config {
             // Retries after a reconnect must find their answers in memory.
             return bad("limits.pipeline_depth_max must be 1..=32 (the remembered outcomes per terminal)");
         }
-        if l.sign_on_timeout_ms == 0 || l.idle_timeout_ms == 0 {
-            return bad("timeouts must be above 0");
+        if l.sign_on_timeout_ms == 0 {
+            return bad("limits.sign_on_timeout_ms must be above 0");
+        }
+        if l.idle_timeout_ms == 0 {
+            return bad("limits.idle_timeout_ms must be above 0");
         }
         if u64::from(l.heartbeat_interval_s) * 1000 >= l.idle_timeout_ms {
             return bad("limits.heartbeat_interval_s must be below limits.idle_timeout_ms");
@@ -595,6 +628,23 @@ impl Config {
         }
         if self.health.terminal_offline_after_s == 0 {
             return bad("health.terminal_offline_after_s must be above 0");
+        }
+        // The flusher's own rules, in the configuration's names (its message names its
+        // fields, which are not keys an operator can find).
+        let c = &self.central;
+        let entries_limit = cardgate_central::flusher::BATCH_ENTRIES_LIMIT;
+        if !(1..=entries_limit).contains(&c.batch_entries_max) {
+            return bad(&format!("central.batch_entries_max must be 1..={entries_limit}"));
+        }
+        let backoff_min = cardgate_central::flusher::RETRY_BACKOFF_MIN.as_millis();
+        if u128::from(c.retry_backoff_max_ms) < backoff_min {
+            return bad(&format!("central.retry_backoff_max_ms must be at least {backoff_min}"));
+        }
+        if c.batch_timeout_ms == 0 {
+            return bad("central.batch_timeout_ms must be above 0");
+        }
+        if c.lag_warn_s == 0 {
+            return bad("central.lag_warn_s must be above 0");
         }
         if let Err(e) = self.central.flusher().validate() {
             return Err(ConfigError::Invalid(format!("central: {e}")));
@@ -660,12 +710,26 @@ mod tests {
         assert!(c.validate().is_err());
         assert!(toml::from_str::<Config>("[central]\nbatch_size = 3").is_err());
         let c: Config = toml::from_str("[central]\nlag_warn_s = 0").unwrap();
-        assert!(
-            c.validate().is_err(),
-            "a zero lag threshold would call every batch late"
-        );
+        let e = c
+            .validate()
+            .expect_err("a zero lag threshold would call every batch late");
+        assert!(e.to_string().contains("central.lag_warn_s"), "named as configured: {e}");
         let c: Config = toml::from_str("[central]\nlag_warn_s = 30").unwrap();
         assert_eq!(c.central.flusher().lag_warn, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_names_its_key_and_line() {
+        let e = Config::parse("tz_offset_minutes = 480\n\n[limits]\n# many\nconnections_max = \"many\"\n")
+            .expect_err("a string is no count");
+        assert!(e.starts_with("line 5: `limits.connections_max`: "), "{e}");
+        let e = Config::parse("tz_offset_minutes = \"east\"\n").expect_err("not a number");
+        assert!(e.starts_with("line 1: `tz_offset_minutes`: "), "{e}");
+        let e = Config::parse("[limits]\nsign_on_timeout_ms = 0\n")
+            .unwrap()
+            .validate()
+            .expect_err("zero");
+        assert!(e.to_string().contains("limits.sign_on_timeout_ms"), "{e}");
     }
 
     /// Every key of the configuration as `section.key` (top-level keys bare).

@@ -928,7 +928,10 @@ fn the_data_admins_menu_has_the_card_desk_window_to_look_up() {
     let mut qian = signed_in(&k, "qian", "qian-first-1", "qian-own-22");
     let home = qian.get("/console/import");
     assert_eq!(home.status, 200);
-    assert!(home.body.contains("href=\"/console/desk\""), "the menu links the window");
+    assert!(
+        home.body.contains("href=\"/console/desk\""),
+        "the menu links the window"
+    );
     assert_eq!(qian.get("/console/desk").status, 200);
 }
 
