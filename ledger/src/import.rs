@@ -116,6 +116,24 @@ pub struct ImportReport {
     pub delimiter: Option<&'static str>,
     /// Blank lines and rows of only delimiters and spaces: skipped, counted here.
     pub empty_rows: usize,
+    /// The first rows without errors as read (`SAMPLE_ROWS` of them), so that whoever
+    /// checks the dry run sees the names as decoded: a wrong encoding shows as mojibake
+    /// here, where no rule can tell it.
+    pub sample: Vec<SampleRow>,
+}
+
+/// Rows shown in `ImportReport::sample`.
+pub const SAMPLE_ROWS: usize = 5;
+
+/// One row of the file as the import read it.
+#[derive(Clone, Debug, Serialize)]
+pub struct SampleRow {
+    pub line: u64,
+    pub person_id: String,
+    pub name: String,
+    pub department: String,
+    pub kind: &'static str,
+    pub card_no: String,
 }
 
 struct Row {
@@ -591,6 +609,16 @@ impl Ledger {
             };
             if errors.count > errors_before {
                 return;
+            }
+            if report.sample.len() < SAMPLE_ROWS {
+                report.sample.push(SampleRow {
+                    line,
+                    person_id: person_id.clone(),
+                    name: name.clone(),
+                    department: department.clone(),
+                    kind: kind.as_str(),
+                    card_no: card.0.to_string(),
+                });
             }
             match existing {
                 None => {

@@ -699,6 +699,11 @@ fn desk_and_data_forms_review_then_act_through_the_api() {
     assert_eq!(r.status, 403, "the upload's token is checked before the file is used");
     let r = b.send("POST", "/console/import", &ct, multipart(&csrf).as_bytes(), &[]);
     assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.body.contains("id=\"report-sample\"") && r.body.contains("张三"),
+        "the check shows the names as read: {}",
+        r.body
+    );
     let pending = r.field("pending").expect("a clean file waits for its go-ahead");
     let (st, _) = k.d.api("GET", "/api/v1/persons/2025001", Some(&k.director), None);
     assert_eq!(st, 404, "checked, not imported");

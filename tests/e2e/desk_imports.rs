@@ -65,6 +65,16 @@ async fn desk_imports_read_the_files_chinese_excel_saves() {
         "{r}"
     );
     assert_eq!(name_of(&d, &director, "GB2"), "张三");
+    // The answer shows the first rows as read, to look at the names (OPERATIONS.md).
+    assert_eq!(
+        (
+            &r["sample"][0]["person_id"],
+            &r["sample"][0]["name"],
+            &r["sample"][0]["line"]
+        ),
+        (&Value::from("GB2"), &Value::from("张三"), &Value::from(2)),
+        "{r}"
+    );
 
     // Excel's "Unicode text": UTF-16LE with a byte order mark, tab-separated.
     let text = "person_id\tname\tdepartment\tkind\tcard_no\r\nU1\t李四\t物理学院\tstaff\t62220000900003\r\n";

@@ -111,6 +111,23 @@ fn report_facts(ctx: &Ctx, r: &Value) -> Markup {
             dt { (ctx.t("编码", "Encoding")) } dd { (r["encoding"].as_str().unwrap_or("")) " — " span.muted { (r["encoding_reason"].as_str().unwrap_or("")) } }
             dt { (ctx.t("错误", "Errors")) } dd #report-errors { (r["error_count"]) }
         }
+        // The first rows as read: a wrong encoding shows here as mojibake.
+        @if let Some(rows) = r["sample"].as_array().filter(|rows| !rows.is_empty()) {
+            table #report-sample {
+                caption { (ctx.t("前几行（按读入的编码）", "The first rows, as read")) }
+                tr {
+                    th { (ctx.t("行", "Line")) } th { (ctx.t("学工号", "Person id")) } th { (ctx.t("姓名", "Name")) }
+                    th { (ctx.t("部门", "Department")) } th { (ctx.t("类别", "Kind")) } th { (ctx.t("卡号", "Card")) }
+                }
+                @for row in rows {
+                    tr {
+                        td { (row["line"]) } td { (row["person_id"].as_str().unwrap_or("")) }
+                        td { (row["name"].as_str().unwrap_or("")) } td { (row["department"].as_str().unwrap_or("")) }
+                        td { (row["kind"].as_str().unwrap_or("")) } td { (row["card_no"].as_str().unwrap_or("")) }
+                    }
+                }
+            }
+        }
     }
 }
 
