@@ -371,9 +371,10 @@ fn the_main_conversation_signs_on_and_counts_as_documented() {
             *c += 1;
             assert_eq!(f.counter, *c, "`{name}`: counters go 1, 2, 3 per direction");
         }
-        // Answers echo the request id of the request before them; ERROR carries 0.
+        // Answers echo the request id of the request before them; ERROR and the
+        // unsolicited OFFLINE_LIMITS carry 0.
         match &f.message {
-            Message::Error(_) => assert_eq!(f.request_id, 0, "`{name}`"),
+            Message::Error(_) | Message::OfflineLimits(_) => assert_eq!(f.request_id, 0, "`{name}`"),
             m if is_up(m.msg_type()) => {
                 assert!(requests.insert(f.request_id, name).is_none(), "request id reused");
             }
@@ -382,6 +383,94 @@ fn the_main_conversation_signs_on_and_counts_as_documented() {
     }
     let (_, ok, _) = main.frame("sign_on_ok");
     assert_eq!(ok.counter, 1, "SIGN_ON_OK is the first authenticated frame");
+}
+
+/// Every conversation counts 1, 2, 3 … in each direction, as the gateway and a terminal
+/// do: no frame of a run or an unsolicited frame is left out of an example.
+#[test]
+fn every_conversation_counts_without_gaps() {
+    for (conv, c) in &conversations() {
+        let (mut up, mut down) = (0, 0);
+        for (name, f, _) in &c.frames {
+            if f.counter == 0 {
+                continue;
+            }
+            let n = if is_up(f.message.msg_type()) {
+                &mut up
+            } else {
+                &mut down
+            };
+            *n += 1;
+            assert_eq!(
+                f.counter, *n,
+                "conversation `{conv}`, frame `{name}`: counters go 1, 2, 3"
+            );
+        }
+    }
+}
+
+/// A SIGN_ON_OK whose `flags` bit 0 is set is followed by an OFFLINE_LIMITS (request id
+/// 0), and one without it by none; and a DOOR_CACHE_SYNC with `after` all zero is
+/// answered, as the gateway answers it (`ledger/src/door_wire.rs`), by DOOR_SCHEDULEs,
+/// then DOOR_HOLIDAYS, then pages, the last with `LAST_IN_RUN`, all under its request
+/// id and with nothing between them.
+#[test]
+fn sign_on_and_door_sync_runs_come_whole_and_in_order() {
+    use cardgate_codec::{DOOR_PAGE_LAST_IN_RUN, SIGN_ON_OFFLINE_LIMITS};
+    for (conv, c) in &conversations() {
+        let down: Vec<&(String, Frame, Vec<u8>)> = c
+            .frames
+            .iter()
+            .filter(|(_, f, _)| !is_up(f.message.msg_type()))
+            .collect();
+        for (k, (name, f, _)) in down.iter().enumerate() {
+            let Message::SignOnOk(ok) = &f.message else {
+                continue;
+            };
+            let next = down.get(k + 1).map(|(_, n, _)| n);
+            let limits_next = next.is_some_and(|n| matches!(n.message, Message::OfflineLimits(_)) && n.request_id == 0);
+            assert_eq!(
+                ok.flags & SIGN_ON_OFFLINE_LIMITS != 0,
+                limits_next,
+                "`{conv}`/`{name}`: OFFLINE_LIMITS follows exactly when flags bit 0 is set"
+            );
+        }
+        for (k, (name, f, _)) in c.frames.iter().enumerate() {
+            let Message::DoorCacheSync(sync) = &f.message else {
+                continue;
+            };
+            // The answer's frames, in order: the down frames after the sync under its id.
+            let run: Vec<&Frame> = c.frames[k + 1..]
+                .iter()
+                .map(|(_, g, _)| g)
+                .filter(|g| !is_up(g.message.msg_type()))
+                .take_while(|g| g.request_id == f.request_id)
+                .collect();
+            let stage = |m: &Message| match m {
+                Message::DoorSchedule(_) => 0,
+                Message::DoorHolidays(_) => 1,
+                Message::DoorCachePage(_) | Message::DoorCacheBulk(_) => 2,
+                other => panic!("`{conv}`/`{name}`: {other:?} inside a door cache run"),
+            };
+            let stages: Vec<u8> = run.iter().map(|g| stage(&g.message)).collect();
+            if sync.after.is_none() {
+                assert!(
+                    stages.first() == Some(&0) && stages.contains(&1),
+                    "`{conv}`/`{name}`: a sync with `after` all zero starts with DOOR_SCHEDULE and DOOR_HOLIDAYS"
+                );
+            }
+            assert!(stages.windows(2).all(|w| w[0] <= w[1]), "`{conv}`/`{name}`: run order");
+            let flags: Vec<u8> = run.iter().filter_map(|g| g.message.door_page_flags()).collect();
+            assert!(!flags.is_empty(), "`{conv}`/`{name}`: a run has pages");
+            assert!(
+                flags
+                    .iter()
+                    .enumerate()
+                    .all(|(i, fl)| (fl & DOOR_PAGE_LAST_IN_RUN != 0) == (i + 1 == flags.len())),
+                "`{conv}`/`{name}`: only the last page has LAST_IN_RUN"
+            );
+        }
+    }
 }
 
 #[test]
@@ -445,7 +534,7 @@ fn every_derived_value_is_recomputed_from_the_specification() {
         assert_eq!(&bytes[n..], &hmac_sha256(key, &[&bytes[..n]])[..MAC_LEN], "`{name}`");
     }
 
-    // The first offline door event's MAC, by hand from section 14.4's formula, and by
+    // The first offline door event's MAC, by hand from section 11.5's formula, and by
     // the codec; and every DOOR_EVENT of the doc carries the MAC of its fields.
     let offline = &convs["door_offline"];
     let controller = offline.input().terminal_id;
