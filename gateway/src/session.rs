@@ -522,6 +522,15 @@ async fn write_answers(conn: &mut Conn, inflight: &mut VecDeque<InFlight>, first
     loop {
         let f = inflight.pop_front().expect("an answer came from the queue");
         crate::metrics::request_seconds(f.kind, &answer).record(f.received.elapsed().as_secs_f64());
+        // An answer that is an ERROR (the journal failed under a door cache sync or a
+        // punch) is not an answer: ERROR carries request id 0 and closes the connection
+        // (PROTOCOL.md 6.7), after what was already answered; the rest of a run is not
+        // sent after it.
+        if let Message::Error(e) = answer {
+            conn.flush().await.map_err(End::from_codec)?;
+            inflight.clear();
+            return Err(End::Refuse(e.code));
+        }
         conn.feed((f.request_id, answer)).await.map_err(End::from_codec)?;
         match inflight.front_mut().and_then(|next| (&mut next.pending).now_or_never()) {
             Some(next) => answer = next,

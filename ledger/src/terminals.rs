@@ -100,7 +100,12 @@ impl Ledger {
     /// that no version is sent before it is durable (the rest follow it in order).
     pub async fn blacklist_sync(&self, since_version: u64, after_card: u64) -> Vec<Pending> {
         let Ok(txn) = Txn::begin(self.journal()).await else {
-            return Vec::new();
+            // A refusing journal is ERROR server_error (request id 0, the connection
+            // closed), not silence the terminal would wait on.
+            return vec![Pending::ready(Message::Error(cardgate_codec::ErrorFrame {
+                code: cardgate_codec::ErrorCode::ServerError,
+                detail: 0,
+            }))];
         };
         let mut pages = self.state.blacklist().sync(since_version, after_card).into_iter();
         let mut out = Vec::with_capacity(pages.len());

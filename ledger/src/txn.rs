@@ -11,7 +11,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use cardgate_codec::{CardNo, DeclineReason, Declined, Message};
+use cardgate_codec::{DeclineReason, Declined, Message};
 use cardgate_domain::entry::{EntryBody, EntryRecord};
 use cardgate_journal::{CommitResult, JournalError};
 use smallvec::{SmallVec, smallvec};
@@ -211,7 +211,15 @@ fn system_error_for(answer: &Message) -> Message {
         Message::Approved(a) => (a.tx_seq, a.card, a.time_ms),
         Message::Declined(d) => (d.tx_seq, d.card, d.time_ms),
         Message::Balance(b) => (0, b.card, 0),
-        _ => (0, CardNo(0), 0),
+        // Not a money answer (a blacklist page, ...): a DECLINED of no sale would be
+        // read as a page. The protocol's word for the gateway failing is ERROR
+        // `server_error`, which the session sends with request id 0 and closes on.
+        _ => {
+            return Message::Error(cardgate_codec::ErrorFrame {
+                code: cardgate_codec::ErrorCode::ServerError,
+                detail: 0,
+            });
+        }
     };
     Message::Declined(Declined {
         tx_seq,

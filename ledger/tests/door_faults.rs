@@ -41,6 +41,15 @@ async fn a_failed_sync_answers_door_checks_system_error_never_granted() {
         matches!(punch, Message::Error(ref e) if e.code == ErrorCode::ServerError),
         "a punch the journal could not keep is an ERROR: {punch:?}"
     );
+    // A blacklist sync then is ERROR server_error too, never a page of no version or a
+    // DECLINED read as one, and never nothing to wait on.
+    let pages = f.ledger.blacklist_sync(0, 0).await;
+    assert_eq!(pages.len(), 1);
+    let first = pages.into_iter().next().unwrap().resolve().await;
+    assert!(
+        matches!(first, Message::Error(ref e) if e.code == ErrorCode::ServerError),
+        "{first:?}"
+    );
     // The journal stays refused after the disk "recovers": memory may be ahead of it.
     switch.set(FaultSwitch::NONE);
     assert_eq!(f.demo_door_check(3).await, AccessReason::SystemError);

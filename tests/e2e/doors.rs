@@ -1649,3 +1649,94 @@ async fn the_door_api_refuses_what_it_would_ignore() {
     );
     c.stop.cancel();
 }
+
+/// The journal fails under a sync: the terminal gets ERROR `server_error` and the
+/// connection closes (PROTOCOL.md 6.7), never a DECLINED read as a page, a run cut
+/// after an ERROR, or silence to wait on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_the_journal_cannot_serve_is_an_error_that_closes() {
+    use cardgate_journal::{FaultSwitch, FaultyStore};
+    let dir = tempfile::tempdir().unwrap();
+    let switch = FaultSwitch::default();
+    let s = switch.clone();
+    let config = LedgerConfig {
+        tz_offset_minutes: TZ,
+        terminal_key: Some(TerminalKey::demo()),
+        ..LedgerConfig::default()
+    };
+    let (ledger, committer, _) = Ledger::open_with_store(
+        dir.path(),
+        config,
+        Arc::new(ManualClock::new(at(2026, 3, 10, 12, 0))),
+        move |store| {
+            Box::new(FaultyStore {
+                inner: store,
+                switch: s,
+            })
+        },
+    )
+    .unwrap();
+    std::mem::forget(committer);
+    ensure_demo(
+        &ledger,
+        &DemoCampus {
+            accounts: 30,
+            pos_terminals: 1,
+            balance_fen: 100_00,
+        },
+    )
+    .await
+    .unwrap();
+    ensure_demo_doors(&ledger, 20, 1).await.unwrap();
+    let stop = CancellationToken::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(cardgate::server::run(
+        listener,
+        ledger.clone(),
+        Arc::new(Limits::default()),
+        stop.clone(),
+    ));
+    let mut pos = TerminalClient::connect(addr, 1, &demo_secret(1)).await.unwrap();
+    let mut door = TerminalClient::connect(addr, GROUP_1_CONTROLLER, &demo_secret(GROUP_1_CONTROLLER))
+        .await
+        .unwrap();
+    switch.set(FaultSwitch::FAIL_SYNC);
+    // A purchase's commit fails: its answer is DECLINED system_error, and the journal
+    // refuses everything after it until a restart.
+    let bought = pos.purchase(1, demo_card(1), 1_00).await.unwrap();
+    assert!(
+        matches!(bought, Message::Declined(ref d) if d.reason == cardgate_codec::DeclineReason::SystemError),
+        "{bought:?}"
+    );
+    pos.send(Message::BlacklistSync(cardgate_codec::BlacklistSync {
+        since_version: 0,
+        after_card: 0,
+    }))
+    .await
+    .unwrap();
+    let within = std::time::Duration::from_secs(5);
+    let answer = tokio::time::timeout(within, pos.recv())
+        .await
+        .expect("an answer, not silence");
+    assert!(
+        matches!(answer, Err(ClientError::Refused(ErrorCode::ServerError))),
+        "{answer:?}"
+    );
+    let closed = tokio::time::timeout(within, pos.recv()).await;
+    assert!(matches!(closed, Ok(Err(_))), "closed after the ERROR: {closed:?}");
+    let run = door
+        .door_cache_run(DoorCacheSync {
+            have_version: 0,
+            after: None,
+            page_entries_max: 0,
+        })
+        .await;
+    assert!(
+        matches!(run, Err(ClientError::Refused(ErrorCode::ServerError))),
+        "{run:?}"
+    );
+    let closed = tokio::time::timeout(within, door.recv()).await;
+    assert!(matches!(closed, Ok(Err(_))), "closed after the ERROR: {closed:?}");
+    stop.cancel();
+}
