@@ -576,7 +576,11 @@ impl Config {
                     // string, expected usize"): the key is the one on that line, in the
                     // section above it.
                     match key_at(text, start) {
-                        Some(key) if !message.contains(&key) => format!("line {line}: `{key}`: "),
+                        // Messages that name the key already (an unknown field) keep
+                        // theirs: the key said twice reads as two faults.
+                        Some(key) if !message.contains(key.rsplit('.').next().unwrap_or(&key)) => {
+                            format!("line {line}: `{key}`: ")
+                        }
                         _ => format!("line {line}: "),
                     }
                 })
@@ -725,6 +729,8 @@ mod tests {
         assert!(e.starts_with("line 5: `limits.connections_max`: "), "{e}");
         let e = Config::parse("tz_offset_minutes = \"east\"\n").expect_err("not a number");
         assert!(e.starts_with("line 1: `tz_offset_minutes`: "), "{e}");
+        let e = Config::parse("[limits]\nconnection_max = 1\n").expect_err("misspelt");
+        assert_eq!(e.matches("connection_max").count(), 1, "named once: {e}");
         let e = Config::parse("[limits]\nsign_on_timeout_ms = 0\n")
             .unwrap()
             .validate()

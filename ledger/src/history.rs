@@ -14,7 +14,7 @@
 use cardgate_codec::{CardNo, DeclineReason};
 use serde::Serialize;
 
-use cardgate_domain::entry::{CardAction, EntryBody, EntryRecord, MoneyKind, MoneyMove};
+use cardgate_domain::entry::{CardAction, EntryBody, EntryRecord, MoneyKind, MoneyMove, PayMethod};
 use cardgate_domain::model::Outcome;
 
 use crate::error::LedgerError;
@@ -92,6 +92,20 @@ pub struct FeeRow {
     pub fee: &'static str,
     pub amount_fen: i64,
     pub method: &'static str,
+    pub operator: String,
+}
+
+/// One movement of cash at the desk: paid in (a top-up, a fee taken in cash) or paid
+/// out (a refund, a cancelled account's balance), signed from the drawer's side.
+#[derive(Clone, Debug, Serialize)]
+pub struct CashRow {
+    pub time_ms: i64,
+    pub tx_id: u64,
+    pub account: u64,
+    /// `topup`, `fee_replacement`, `fee_temporary_card`, `refund` or `cancel_refund`.
+    pub kind: &'static str,
+    /// Into the drawer positive, out of it negative.
+    pub cash_fen: i64,
     pub operator: String,
 }
 
@@ -306,6 +320,37 @@ impl Ledger {
             journal_starts_ms: first_time,
             scanned,
         })
+    }
+
+    /// The desk's cash in `[from_ms, to_ms)`: every money move that put cash into a
+    /// drawer or took it out, with the operator at the drawer, for the day's count.
+    /// Grants, adjustments and fees taken from the balance move no cash and are not here.
+    pub fn cash_book(&self, from_ms: i64, to_ms: i64) -> Result<(Vec<CashRow>, bool), LedgerError> {
+        let mut rows = Vec::new();
+        let (_, complete, first_time) = self.scan_time_range(from_ms, to_ms, |e| {
+            let (mv, actor) = match &e.record.body {
+                EntryBody::Money(m) => (Some(&m.movement), &m.actor),
+                EntryBody::CardChanged(c) => (c.money.as_ref(), &c.actor),
+                _ => return true,
+            };
+            let Some(mv) = mv else { return true };
+            let cash_fen = match mv.kind {
+                MoneyKind::TopUp => mv.amount_fen,
+                MoneyKind::Fee(_) if mv.method == PayMethod::Cash => mv.amount_fen,
+                MoneyKind::Refund | MoneyKind::CancelRefund => -mv.amount_fen,
+                _ => return true,
+            };
+            rows.push(CashRow {
+                time_ms: e.record.time_ms,
+                tx_id: mv.tx_id,
+                account: mv.account,
+                kind: mv.kind.as_str(),
+                cash_fen,
+                operator: actor.name.clone(),
+            });
+            rows.len() < HISTORY_ROWS_MAX
+        })?;
+        Ok((rows, complete && first_time <= from_ms))
     }
 
     /// Fees collected in `[from_ms, to_ms)` (a business day for the daily list).

@@ -533,6 +533,36 @@ async fn desk_money_grants_history_and_fee_lists() {
     assert_eq!(st, 200);
     assert!(csv.contains(",temporary_card,10.00,cash,wang"), "{csv}");
     assert!(csv.trim_end().ends_with("total,,,,,,30.00,,"), "{csv}");
+
+    // The day's cash: what went into and out of the drawers, and nothing that moved no
+    // cash (grants, adjustments, fees from the balance).
+    let cash = k.ok(&k.admin, "GET", "/api/v1/cash", Value::Null);
+    let moves = cash["moves"].as_array().unwrap();
+    let has = |kind: &str, amount: &str| moves.iter().any(|m| m["kind"] == kind && m["cash"] == amount);
+    assert!(has("topup", "50.00") && has("topup", "5.00"), "{cash}");
+    assert!(has("refund", "-2.00"), "{cash}");
+    assert!(has("fee_temporary_card", "10.00"), "{cash}");
+    assert!(
+        !moves.iter().any(|m| m["kind"] == "grant" || m["kind"] == "adjustment"),
+        "{cash}"
+    );
+    let fen = |v: &Value| -> i64 {
+        let d: rust_decimal::Decimal = v.as_str().unwrap().parse().unwrap();
+        cardgate_domain::money::to_fen(d).unwrap()
+    };
+    let sum_in: i64 = moves.iter().map(|m| fen(&m["cash"]).max(0)).sum();
+    let sum_out: i64 = moves.iter().map(|m| (-fen(&m["cash"])).max(0)).sum();
+    assert_eq!((fen(&cash["in"]), fen(&cash["out"])), (sum_in, sum_out), "{cash}");
+    assert_eq!(fen(&cash["net"]), sum_in - sum_out);
+    let by_operator: i64 = cash["operators"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| fen(&o["net"]))
+        .sum();
+    assert_eq!(by_operator, sum_in - sum_out, "the drawers add up to the day");
+    let (st, _) = k.call(&k.sysadmin, "GET", "/api/v1/cash", Value::Null);
+    assert_eq!(st, 403, "the cash is the desk's");
 }
 
 const IMPORT_OK: &str = "person_id,name,department,kind,card_no\n\

@@ -65,6 +65,8 @@ async fn desk_imports_read_the_files_chinese_excel_saves() {
         "{r}"
     );
     assert_eq!(name_of(&d, &director, "GB2"), "张三");
+    // Its id is a number JSON readers keep exactly (below 2^53).
+    assert!(r["import_id"].as_u64().is_some_and(|id| id < 1 << 53), "{r}");
     // The answer shows the first rows as read, to look at the names (OPERATIONS.md).
     assert_eq!(
         (

@@ -52,6 +52,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/cards/{no}/transactions", get(card_history))
         .route("/api/v1/cards/{no}/{action}", post(card_action))
         .route("/api/v1/fees", get(fee_list))
+        .route("/api/v1/cash", get(cash_book))
         .route("/api/v1/params", get(get_params).put(put_params))
         .route("/api/v1/operators", get(list_operators).post(add_operator))
         .route("/api/v1/operators/{id}/disable", post(disable_operator))
@@ -715,6 +716,107 @@ fn import_summary(r: &ImportReport) -> Value {
     })
 }
 
+/// The business day a desk list covers: `day` (YYYY-MM-DD), or today.
+fn desk_day(s: &AdminState, q: &HashMap<String, String>) -> Result<(i64, i64), ApiError> {
+    let tz = s.tz_offset_minutes;
+    let from = match q.get("day") {
+        Some(d) => {
+            parse_local_date(d, tz).ok_or_else(|| ApiError::bad_request(format!("day {d:?} is not YYYY-MM-DD")))?
+        }
+        None => i64::from(s.ledger.today()) * 86_400_000 - i64::from(tz) * 60_000,
+    };
+    Ok((from, from + 86_400_000))
+}
+
+/// `GET /cash?day=`: the day's cash at the desk, for counting the drawers: every top-up,
+/// fee taken in cash, refund and cancellation payout, and the totals in, out and net,
+/// per operator (each counts their own drawer) and in all.
+async fn cash_book(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    auth!(s, headers, Permission::Fees, "cash.list", String::from("cash"));
+    tryr!(only_params(&q, &["day", "format"]));
+    let csv = tryr!(wants_csv(&q, &headers));
+    let tz = s.tz_offset_minutes;
+    let (from, to) = tryr!(desk_day(&s, &q));
+    let l = s.ledger.clone();
+    let result = tokio::task::spawn_blocking(move || l.cash_book(from, to)).await;
+    let (rows, complete) = match result {
+        Ok(r) => tryr!(r),
+        Err(_) => return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "cash book failed").into_response(),
+    };
+    let cash_in: i64 = rows.iter().map(|r| r.cash_fen.max(0)).sum();
+    let cash_out: i64 = rows.iter().map(|r| (-r.cash_fen).max(0)).sum();
+    let mut by_operator: std::collections::BTreeMap<&str, (i64, i64)> = std::collections::BTreeMap::new();
+    for r in &rows {
+        let t = by_operator.entry(r.operator.as_str()).or_default();
+        t.0 += r.cash_fen.max(0);
+        t.1 += (-r.cash_fen).max(0);
+    }
+    if csv {
+        let mut out = String::from("time,tx_id,account,person_id,name,kind,cash_in,cash_out,operator\n");
+        for r in &rows {
+            let p = s.ledger.person_of_account(r.account);
+            out.push_str(&format!(
+                "{},{},{},{},{},{},{},{},{}\n",
+                format_local(r.time_ms, tz),
+                r.tx_id,
+                r.account,
+                csv_field(p.as_ref().map(|p| p.id.as_str()).unwrap_or("")),
+                csv_field(p.as_ref().map(|p| p.name.as_str()).unwrap_or("")),
+                r.kind,
+                if r.cash_fen > 0 {
+                    yuan(r.cash_fen)
+                } else {
+                    String::new()
+                },
+                if r.cash_fen < 0 {
+                    yuan(-r.cash_fen)
+                } else {
+                    String::new()
+                },
+                csv_field(&r.operator)
+            ));
+        }
+        for (operator, (i, o)) in &by_operator {
+            out.push_str(&format!(
+                "total {},,,,,,{},{},{}\n",
+                csv_field(operator),
+                yuan(*i),
+                yuan(*o),
+                csv_field(operator)
+            ));
+        }
+        out.push_str(&format!("total,,,,,,{},{},\n", yuan(cash_in), yuan(cash_out)));
+        return csv_search_response(out, complete);
+    }
+    let list: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            let p = s.ledger.person_of_account(r.account);
+            json!({
+                "time": format_local(r.time_ms, tz), "time_ms": r.time_ms, "tx_id": r.tx_id,
+                "account": r.account,
+                "person_id": p.as_ref().map(|p| p.id.clone()),
+                "name": p.as_ref().map(|p| p.name.clone()),
+                "kind": r.kind, "cash": yuan(r.cash_fen), "operator": r.operator,
+            })
+        })
+        .collect();
+    let operators: Vec<Value> = by_operator
+        .iter()
+        .map(|(o, (i, out))| json!({ "operator": o, "in": yuan(*i), "out": yuan(*out), "net": yuan(i - out) }))
+        .collect();
+    axum::Json(json!({
+        "from_ms": from, "to_ms": to, "complete": complete,
+        "in": yuan(cash_in), "out": yuan(cash_out), "net": yuan(cash_in - cash_out),
+        "operators": operators, "moves": list,
+    }))
+    .into_response()
+}
+
 async fn fee_list(
     State(s): State<AdminState>,
     headers: HeaderMap,
@@ -724,16 +826,7 @@ async fn fee_list(
     tryr!(only_params(&q, &["day", "format"]));
     let csv = tryr!(wants_csv(&q, &headers));
     let tz = s.tz_offset_minutes;
-    let from = match q.get("day") {
-        Some(d) => {
-            tryr!(parse_local_date(d, tz).ok_or_else(|| ApiError::bad_request(format!("day {d:?} is not YYYY-MM-DD"))))
-        }
-        None => {
-            let today = s.ledger.today();
-            i64::from(today) * 86_400_000 - i64::from(tz) * 60_000
-        }
-    };
-    let to = from + 86_400_000;
+    let (from, to) = tryr!(desk_day(&s, &q));
     let l = s.ledger.clone();
     let result = tokio::task::spawn_blocking(move || l.fee_list(from, to)).await;
     let (rows, complete) = match result {
