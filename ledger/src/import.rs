@@ -120,7 +120,19 @@ pub struct ImportReport {
     /// checks the dry run sees the names as decoded: a wrong encoding shows as mojibake
     /// here, where no rule can tell it.
     pub sample: Vec<SampleRow>,
+    /// What the import changed, as audit targets (`person:ID`, `account:N`, `card:N`),
+    /// so that "who changed this account" finds the import too; for at most
+    /// `AUDIT_TARGET_PERSONS_MAX` persons (a whole campus would make one audit record of
+    /// megabytes): beyond, the record names the import alone, and says so.
+    #[serde(skip)]
+    pub touched: Vec<String>,
+    /// Persons changed beyond those named in `touched`.
+    #[serde(skip)]
+    pub touched_beyond: usize,
 }
+
+/// Persons an import's audit record names one by one.
+pub const AUDIT_TARGET_PERSONS_MAX: usize = 1_000;
 
 /// Rows shown in `ImportReport::sample`.
 pub const SAMPLE_ROWS: usize = 5;
@@ -224,6 +236,33 @@ impl Ledger {
             });
         }
         items.extend(plan.updates.iter().cloned().map(|person| ImportItem::Update { person }));
+        // Every person the import adds or changes (fields or kind), for the audit trail.
+        let mut named = HashSet::new();
+        let changed = items
+            .iter()
+            .filter_map(|item| match item {
+                ImportItem::Add { person, card, .. } => Some((person.id.clone(), person.account, Some(card.no))),
+                ImportItem::Update { person } => Some((person.id.clone(), person.account, None)),
+            })
+            .chain(
+                plan.kind_changes
+                    .iter()
+                    .map(|(account, _, person)| (person.id.clone(), *account, None)),
+            );
+        for (person, account, card) in changed {
+            if !named.insert(person.clone()) {
+                continue;
+            }
+            if named.len() > AUDIT_TARGET_PERSONS_MAX {
+                report.touched_beyond += 1;
+                continue;
+            }
+            report.touched.push(format!("person:{person}"));
+            report.touched.push(format!("account:{account}"));
+            if let Some(card) = card {
+                report.touched.push(format!("card:{}", card.0));
+            }
+        }
 
         // 1. Stage.
         let mut chunks: Vec<Vec<ImportItem>> = Vec::new();
@@ -710,7 +749,9 @@ fn kind_value(raw: &str) -> Result<AccountKind, String> {
 
 impl crate::desk::Targets for ImportReport {
     fn targets(&self) -> Vec<String> {
-        vec![format!("import:{}", self.import_id)]
+        let mut t = vec![format!("import:{}", self.import_id)];
+        t.extend(self.touched.iter().cloned());
+        t
     }
 }
 

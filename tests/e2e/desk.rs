@@ -657,6 +657,29 @@ async fn csv_import_is_all_or_nothing_idempotent_and_reports_changes() {
     );
     let p = k.ok(&k.desk, "GET", "/api/v1/persons/G003", Value::Null);
     assert_eq!(p["account"]["kind"], "staff");
+    // The director finds the import under the account whose kind it changed.
+    let account = p["account"]["id"].as_u64().unwrap();
+    let trail = k.ok(
+        &k.director,
+        "GET",
+        &format!("/api/v1/audit?target=account:{account}"),
+        Value::Null,
+    );
+    let imports: Vec<&Value> = trail["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["action"] == "import.csv" && r["status"] == 200)
+        .collect();
+    assert_eq!(
+        imports.len(),
+        2,
+        "added by one import, its kind changed by another: {trail}"
+    );
+    assert!(
+        imports.iter().all(|r| r["after"]["persons_not_named_in_targets"] == 0),
+        "{trail}"
+    );
 
     // A new card from the import works on a terminal once topped up.
     let acct = p["account"]["id"].as_u64().unwrap();

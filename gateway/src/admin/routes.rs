@@ -709,10 +709,13 @@ fn import_body(r: &ImportReport, dry_run: bool) -> Value {
     body
 }
 
+/// The import's audit record: its counts, and how many changed persons its targets do
+/// not name (beyond `AUDIT_TARGET_PERSONS_MAX`; found by the import's id instead).
 fn import_summary(r: &ImportReport) -> Value {
     json!({
         "import_id": r.import_id, "rows": r.rows, "added": r.added,
-        "updated": r.updated, "unchanged": r.unchanged, "applied": r.applied,
+        "updated": r.updated, "kind_changed": r.kind_changed, "unchanged": r.unchanged,
+        "applied": r.applied, "persons_not_named_in_targets": r.touched_beyond,
     })
 }
 
