@@ -240,9 +240,9 @@ impl Ledger {
         let mut named = HashSet::new();
         let changed = items
             .iter()
-            .filter_map(|item| match item {
-                ImportItem::Add { person, card, .. } => Some((person.id.clone(), person.account, Some(card.no))),
-                ImportItem::Update { person } => Some((person.id.clone(), person.account, None)),
+            .map(|item| match item {
+                ImportItem::Add { person, card, .. } => (person.id.clone(), person.account, Some(card.no)),
+                ImportItem::Update { person } => (person.id.clone(), person.account, None),
             })
             .chain(
                 plan.kind_changes
