@@ -502,14 +502,19 @@ impl Ledger {
             .store(ms, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// The bound on a controller's or clock's drift (`doors.clock_drift_max_ms`).
+    fn door_clock_drift_max_ms(&self) -> i64 {
+        self.state
+            .access()
+            .drift_max_ms
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .abs()
+    }
+
     /// Records a controller's or clock's drift seen now (its clock minus the gateway's)
     /// and counts an alarm when it is above the bound; returns whether it was.
     pub fn door_clock_drift(&self, terminal: u64, drift_ms: i64) -> bool {
-        let max = self
-            .state
-            .access()
-            .drift_max_ms
-            .load(std::sync::atomic::Ordering::Relaxed);
+        let max = self.door_clock_drift_max_ms();
         self.state
             .access()
             .events()
@@ -1175,12 +1180,7 @@ impl Ledger {
     /// day whose sheet no longer looks for it: either is filed at arrival, and the
     /// clock's own time stays in the punch's drift (arrival + drift).
     fn punch_filed_at(&self, clock_time_ms: i64, now: i64) -> i64 {
-        let ahead_max = self
-            .state
-            .access()
-            .drift_max_ms
-            .load(std::sync::atomic::Ordering::Relaxed)
-            .abs();
+        let ahead_max = self.door_clock_drift_max_ms();
         if clock_time_ms > now.saturating_add(ahead_max) || clock_time_ms < now.saturating_sub(UPLOAD_SLACK_MS) {
             // Also a drift alarm (`door_clock_drift`), unless the bound is set above a week.
             now
@@ -1593,12 +1593,7 @@ impl Ledger {
         // Punches are filed at the clock's time: one of this day may arrive up to
         // `UPLOAD_SLACK_MS` after it, or (a clock ahead within the drift bound) just
         // before it starts.
-        let ahead_max = self
-            .state
-            .access()
-            .drift_max_ms
-            .load(std::sync::atomic::Ordering::Relaxed)
-            .abs();
+        let ahead_max = self.door_clock_drift_max_ms();
         let scan_from = from.saturating_sub(ahead_max);
         let scan_to = to.saturating_add(UPLOAD_SLACK_MS).min(now.saturating_add(1)).max(to);
         let (_, complete, first_time) = self.scan_time_range(scan_from, scan_to, |e| {

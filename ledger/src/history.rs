@@ -109,6 +109,16 @@ pub struct CashRow {
     pub operator: String,
 }
 
+/// The money a desk entry moved, and who moved it: a money call's, or a card change's
+/// (a replacement's fee, a cancellation's payout).
+fn desk_move(e: &JournalEntry) -> Option<(&MoneyMove, &cardgate_domain::operator::Actor)> {
+    match &e.record.body {
+        EntryBody::Money(m) => Some((&m.movement, &m.actor)),
+        EntryBody::CardChanged(c) => c.money.as_ref().map(|mv| (mv, &c.actor)),
+        _ => None,
+    }
+}
+
 fn blank(entry_id: u64, time_ms: i64, kind: String) -> HistoryRow {
     HistoryRow {
         entry_id,
@@ -328,12 +338,7 @@ impl Ledger {
     pub fn cash_book(&self, from_ms: i64, to_ms: i64) -> Result<(Vec<CashRow>, bool), LedgerError> {
         let mut rows = Vec::new();
         let (_, complete, first_time) = self.scan_time_range(from_ms, to_ms, |e| {
-            let (mv, actor) = match &e.record.body {
-                EntryBody::Money(m) => (Some(&m.movement), &m.actor),
-                EntryBody::CardChanged(c) => (c.money.as_ref(), &c.actor),
-                _ => return true,
-            };
-            let Some(mv) = mv else { return true };
+            let Some((mv, actor)) = desk_move(e) else { return true };
             let cash_fen = match mv.kind {
                 MoneyKind::TopUp => mv.amount_fen,
                 MoneyKind::Fee(_) if mv.method == PayMethod::Cash => mv.amount_fen,
@@ -357,12 +362,7 @@ impl Ledger {
     pub fn fee_list(&self, from_ms: i64, to_ms: i64) -> Result<(Vec<FeeRow>, bool), LedgerError> {
         let mut rows = Vec::new();
         let (_, complete, first_time) = self.scan_time_range(from_ms, to_ms, |e| {
-            let (mv, actor) = match &e.record.body {
-                EntryBody::Money(m) => (Some(&m.movement), &m.actor),
-                EntryBody::CardChanged(c) => (c.money.as_ref(), &c.actor),
-                _ => return true,
-            };
-            if let Some(mv) = mv
+            if let Some((mv, actor)) = desk_move(e)
                 && let MoneyKind::Fee(kind) = mv.kind
             {
                 rows.push(FeeRow {

@@ -59,6 +59,11 @@ struct Campus {
 
 impl Campus {
     async fn start() -> Campus {
+        Campus::start_with(|s| Box::new(s)).await
+    }
+
+    /// With the journal's store wrapped (fault injection).
+    async fn start_with(wrap: impl FnOnce(cardgate_journal::SledStore) -> Box<dyn cardgate_journal::Store>) -> Campus {
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::new(at(2026, 3, 10, 12, 0));
         let config = LedgerConfig {
@@ -66,7 +71,8 @@ impl Campus {
             terminal_key: Some(TerminalKey::demo()),
             ..LedgerConfig::default()
         };
-        let (ledger, committer, _) = Ledger::open(dir.path(), config, Arc::new(clock.clone())).unwrap();
+        let (ledger, committer, _) =
+            Ledger::open_with_store(dir.path(), config, Arc::new(clock.clone()), wrap).unwrap();
         // The committer lives as long as the ledger; the test ends with the process.
         std::mem::forget(committer);
         ensure_demo(
@@ -1656,51 +1662,17 @@ async fn the_door_api_refuses_what_it_would_ignore() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sync_the_journal_cannot_serve_is_an_error_that_closes() {
     use cardgate_journal::{FaultSwitch, FaultyStore};
-    let dir = tempfile::tempdir().unwrap();
     let switch = FaultSwitch::default();
     let s = switch.clone();
-    let config = LedgerConfig {
-        tz_offset_minutes: TZ,
-        terminal_key: Some(TerminalKey::demo()),
-        ..LedgerConfig::default()
-    };
-    let (ledger, committer, _) = Ledger::open_with_store(
-        dir.path(),
-        config,
-        Arc::new(ManualClock::new(at(2026, 3, 10, 12, 0))),
-        move |store| {
-            Box::new(FaultyStore {
-                inner: store,
-                switch: s,
-            })
-        },
-    )
-    .unwrap();
-    std::mem::forget(committer);
-    ensure_demo(
-        &ledger,
-        &DemoCampus {
-            accounts: 30,
-            pos_terminals: 1,
-            balance_fen: 100_00,
-        },
-    )
-    .await
-    .unwrap();
-    ensure_demo_doors(&ledger, 20, 1).await.unwrap();
-    let stop = CancellationToken::new();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(cardgate::server::run(
-        listener,
-        ledger.clone(),
-        Arc::new(Limits::default()),
-        stop.clone(),
-    ));
-    let mut pos = TerminalClient::connect(addr, 1, &demo_secret(1)).await.unwrap();
-    let mut door = TerminalClient::connect(addr, GROUP_1_CONTROLLER, &demo_secret(GROUP_1_CONTROLLER))
-        .await
-        .unwrap();
+    let c = Campus::start_with(move |store| {
+        Box::new(FaultyStore {
+            inner: store,
+            switch: s,
+        })
+    })
+    .await;
+    let mut pos = c.terminal(1).await;
+    let mut door = c.terminal(GROUP_1_CONTROLLER).await;
     switch.set(FaultSwitch::FAIL_SYNC);
     // A purchase's commit fails: its answer is DECLINED system_error, and the journal
     // refuses everything after it until a restart.
@@ -1738,5 +1710,4 @@ async fn a_sync_the_journal_cannot_serve_is_an_error_that_closes() {
     );
     let closed = tokio::time::timeout(within, door.recv()).await;
     assert!(matches!(closed, Ok(Err(_))), "closed after the ERROR: {closed:?}");
-    stop.cancel();
 }

@@ -719,6 +719,19 @@ fn import_summary(r: &ImportReport) -> Value {
     })
 }
 
+/// The first columns of a desk list's CSV row: `time,tx_id,account,person_id,name`.
+fn desk_csv_row(s: &AdminState, time_ms: i64, tx_id: u64, account: u64) -> String {
+    let p = s.ledger.person_of_account(account);
+    format!(
+        "{},{},{},{},{}",
+        format_local(time_ms, s.tz_offset_minutes),
+        tx_id,
+        account,
+        csv_field(p.as_ref().map(|p| p.id.as_str()).unwrap_or("")),
+        csv_field(p.as_ref().map(|p| p.name.as_str()).unwrap_or(""))
+    )
+}
+
 /// The business day a desk list covers: `day` (YYYY-MM-DD), or today.
 fn desk_day(s: &AdminState, q: &HashMap<String, String>) -> Result<(i64, i64), ApiError> {
     let tz = s.tz_offset_minutes;
@@ -761,14 +774,9 @@ async fn cash_book(
     if csv {
         let mut out = String::from("time,tx_id,account,person_id,name,kind,cash_in,cash_out,operator\n");
         for r in &rows {
-            let p = s.ledger.person_of_account(r.account);
             out.push_str(&format!(
-                "{},{},{},{},{},{},{},{},{}\n",
-                format_local(r.time_ms, tz),
-                r.tx_id,
-                r.account,
-                csv_field(p.as_ref().map(|p| p.id.as_str()).unwrap_or("")),
-                csv_field(p.as_ref().map(|p| p.name.as_str()).unwrap_or("")),
+                "{},{},{},{},{}\n",
+                desk_csv_row(&s, r.time_ms, r.tx_id, r.account),
                 r.kind,
                 if r.cash_fen > 0 {
                     yuan(r.cash_fen)
@@ -840,14 +848,9 @@ async fn fee_list(
     if csv {
         let mut out = String::from("time,tx_id,account,person_id,name,fee,amount,method,operator\n");
         for r in &rows {
-            let p = s.ledger.person_of_account(r.account);
             out.push_str(&format!(
-                "{},{},{},{},{},{},{},{},{}\n",
-                format_local(r.time_ms, tz),
-                r.tx_id,
-                r.account,
-                csv_field(p.as_ref().map(|p| p.id.as_str()).unwrap_or("")),
-                csv_field(p.as_ref().map(|p| p.name.as_str()).unwrap_or("")),
+                "{},{},{},{},{}\n",
+                desk_csv_row(&s, r.time_ms, r.tx_id, r.account),
                 r.fee,
                 yuan(r.amount_fen),
                 r.method,
