@@ -732,6 +732,17 @@ fn desk_csv_row(s: &AdminState, time_ms: i64, tx_id: u64, account: u64) -> Strin
     )
 }
 
+/// The same, as the start of a JSON row.
+fn desk_json_row(s: &AdminState, time_ms: i64, tx_id: u64, account: u64) -> Value {
+    let p = s.ledger.person_of_account(account);
+    json!({
+        "time": format_local(time_ms, s.tz_offset_minutes), "time_ms": time_ms, "tx_id": tx_id,
+        "account": account,
+        "person_id": p.as_ref().map(|p| p.id.clone()),
+        "name": p.as_ref().map(|p| p.name.clone()),
+    })
+}
+
 /// The business day a desk list covers: `day` (YYYY-MM-DD), or today.
 fn desk_day(s: &AdminState, q: &HashMap<String, String>) -> Result<(i64, i64), ApiError> {
     let tz = s.tz_offset_minutes;
@@ -755,7 +766,6 @@ async fn cash_book(
     auth!(s, headers, Permission::Fees, "cash.list", String::from("cash"));
     tryr!(only_params(&q, &["day", "format"]));
     let csv = tryr!(wants_csv(&q, &headers));
-    let tz = s.tz_offset_minutes;
     let (from, to) = tryr!(desk_day(&s, &q));
     let l = s.ledger.clone();
     let result = tokio::task::spawn_blocking(move || l.cash_book(from, to)).await;
@@ -806,14 +816,11 @@ async fn cash_book(
     let list: Vec<Value> = rows
         .iter()
         .map(|r| {
-            let p = s.ledger.person_of_account(r.account);
-            json!({
-                "time": format_local(r.time_ms, tz), "time_ms": r.time_ms, "tx_id": r.tx_id,
-                "account": r.account,
-                "person_id": p.as_ref().map(|p| p.id.clone()),
-                "name": p.as_ref().map(|p| p.name.clone()),
-                "kind": r.kind, "cash": yuan(r.cash_fen), "operator": r.operator,
-            })
+            let mut v = desk_json_row(&s, r.time_ms, r.tx_id, r.account);
+            v["kind"] = json!(r.kind);
+            v["cash"] = json!(yuan(r.cash_fen));
+            v["operator"] = json!(r.operator);
+            v
         })
         .collect();
     let operators: Vec<Value> = by_operator
@@ -836,7 +843,6 @@ async fn fee_list(
     auth!(s, headers, Permission::Fees, "fees.list", String::from("fees"));
     tryr!(only_params(&q, &["day", "format"]));
     let csv = tryr!(wants_csv(&q, &headers));
-    let tz = s.tz_offset_minutes;
     let (from, to) = tryr!(desk_day(&s, &q));
     let l = s.ledger.clone();
     let result = tokio::task::spawn_blocking(move || l.fee_list(from, to)).await;
@@ -863,15 +869,12 @@ async fn fee_list(
     let rows: Vec<Value> = rows
         .iter()
         .map(|r| {
-            let p = s.ledger.person_of_account(r.account);
-            json!({
-                "time": format_local(r.time_ms, tz), "time_ms": r.time_ms, "tx_id": r.tx_id,
-                "account": r.account,
-                "person_id": p.as_ref().map(|p| p.id.clone()),
-                "name": p.as_ref().map(|p| p.name.clone()),
-                "fee": r.fee, "amount": yuan(r.amount_fen),
-                "method": r.method, "operator": r.operator,
-            })
+            let mut v = desk_json_row(&s, r.time_ms, r.tx_id, r.account);
+            v["fee"] = json!(r.fee);
+            v["amount"] = json!(yuan(r.amount_fen));
+            v["method"] = json!(r.method);
+            v["operator"] = json!(r.operator);
+            v
         })
         .collect();
     axum::Json(json!({ "from_ms": from, "to_ms": to, "complete": complete, "total": yuan(total), "fees": rows }))
