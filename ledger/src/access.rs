@@ -67,8 +67,9 @@ pub(crate) struct Controller {
     pub(crate) cache_acked: u64,
     /// The answers of its online checks and punches by `event_seq` mod
     /// `RECENT_ANSWERS_MAX` (0: none; event numbers start at 1), so that a retry gets the
-    /// answer recorded the first time. Durable as `AccessRecord::Answers`, one record
-    /// per controller: a retry after a restart gets it too. Empty until the
+    /// answer recorded the first time, each with what it answered (`None`: read from a
+    /// directory older than subjects). Durable as `AccessRecord::CheckedAnswers`, one
+    /// record per controller: a retry after a restart gets it too. Empty until the
     /// controller's first answer.
     recent: Vec<(u64, u16, Option<AnswerSubject>)>,
 }
