@@ -457,6 +457,13 @@ async fn desk_money_grants_history_and_fee_lists() {
         json!({"batch_id": "2025-07", "items": [{"account": a, "amount": "1.00"}, {"account": 999_999, "amount": "1.00"}]}),
     );
     assert_eq!(st, 404);
+    let (st, _) = k.call(
+        &k.admin,
+        "POST",
+        "/api/v1/grants",
+        json!({"batch_id": "2025-07", "items": [{"account": a, "amount": "1.00"}, {"person_id": "NOBODY", "amount": "1.00"}]}),
+    );
+    assert_eq!(st, 404, "an unknown person is as an unknown account");
     assert_eq!(k.balance(a), "47.50", "nothing of a refused batch");
 
     // Consumption details with the evidence behind each answer.
@@ -702,7 +709,8 @@ async fn csv_import_is_all_or_nothing_idempotent_and_reports_changes() {
         "/api/v1/cancellations",
         json!({"batch_id": "grad-2025", "person_ids": ["G001", "NOBODY"]}),
     );
-    assert_eq!(st, 422, "{body}");
+    assert_eq!(st, 404, "an id that names nothing: {body}");
+    assert!(body.to_string().contains("NOBODY"), "{body}");
     assert_eq!(k.card_status(62_220_000_200_001), "active");
     // A department and ids at once is refused, not the union of both.
     let (st, body) = k.call(

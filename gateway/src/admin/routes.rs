@@ -633,7 +633,10 @@ async fn grants(State(s): State<AdminState>, headers: HeaderMap, body: Bytes) ->
                 (Some(a), None) => a,
                 (None, Some(p)) => {
                     l.person(p)
-                        .ok_or_else(|| ApiError::unprocessable(format!("item {i}: person {p} not found")))?
+                        .ok_or_else(|| {
+                            // As an unknown account is: an id that names nothing is 404.
+                            ApiError::new(StatusCode::NOT_FOUND, format!("item {i}: person {p} not found"))
+                        })?
                         .account
                 }
                 _ => {

@@ -477,8 +477,18 @@ impl Ledger {
             }
         }
         if !unknown.is_empty() {
+            // Ids that name nothing are 404, as a single unknown id is (nothing applied).
+            let count = unknown.len();
             unknown.truncate(20);
-            return Err(invalid(format!("unknown persons: {}", unknown.join(", "))));
+            let listed = unknown.join(", ");
+            return Err(LedgerError::NotFoundNamed {
+                what: if count == 1 { "person" } else { "persons" },
+                name: if count > 20 {
+                    format!("{listed}, ... ({count} in all)")
+                } else {
+                    listed
+                },
+            });
         }
         let mut by_account: HashMap<u64, Vec<CardNo>> = HashMap::new();
         self.state
