@@ -188,7 +188,9 @@ impl Ledger {
                 };
                 entry.spent_today_after_fen = fen(spent);
                 writes.push(StateWrite::Account(**acct));
-                *term.offline_card_day.entry((sale.card.0, sale_day)).or_insert(0) += sale.amount_fen;
+                term.add_offline_spending(sale.card.0, sale_day, sale.amount_fen);
+                // Durable with the sale: a restart does not start the per-card sums again.
+                writes.push(StateWrite::OfflineDays(Box::new(term.offline_days_record(today))));
                 flags
             }
             SaleVerdict::Refuse(kind) => {

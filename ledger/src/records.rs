@@ -87,6 +87,8 @@ pub const PREFIX_GAPS: u8 = b'X';
 pub const PREFIX_LISTED: u8 = b'L';
 pub const PREFIX_SETTLEMENT: u8 = b'F';
 pub const PREFIX_ACCESS: u8 = b'I';
+/// A POS terminal's offline spending per card and day (`OfflineCardDays`).
+pub const PREFIX_OFFLINE_DAYS: u8 = b'o';
 
 /// A business day as a key: days since 1970 biased so that they sort as unsigned.
 pub fn day_key(day: i32) -> u64 {
@@ -161,6 +163,9 @@ pub enum StateWrite {
     DayClosed(Box<DayClose>),
     /// A door access record (`access.rs`).
     Access(Box<AccessRecord>),
+    /// A terminal's offline spending per card and day, as it stands (each write the
+    /// whole of its recent days).
+    OfflineDays(Box<OfflineCardDays>),
     /// Written with its commit like `Meta`, never by a checkpoint; `None` removes the
     /// key. Holds data replay may need whatever the checkpoint (staged imports).
     Staged(Vec<u8>, Option<Vec<u8>>),
@@ -196,7 +201,24 @@ pub enum StateKey {
     Listed(u64),
     Settlement(i32),
     Access(u8, u64, u64),
+    OfflineDays(u64),
 }
+
+/// What one POS terminal's posted offline sales spent per card and business day, for the
+/// per-card offline limit's flag (`offline_over_limit`), so that a restart does not
+/// start the sums again. Only the days a sale can still be judged on are kept
+/// (`OFFLINE_DAYS_KEPT`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OfflineCardDays {
+    pub terminal: u64,
+    /// (card, business day, fen), in no particular order.
+    pub days: Vec<(u64, i32, i64)>,
+}
+
+/// Business days of offline spending kept per terminal: today and the week before. A
+/// sale is judged on the day of its (plausible) time, at most `offline_minutes_max`
+/// before its upload; beyond a week a terminal's clock is not believed anyway.
+pub const OFFLINE_DAYS_KEPT: i32 = 8;
 
 /// A blank card that left the stock other than by being issued.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -321,6 +343,10 @@ impl StateWrite {
                 key_u64(PREFIX_GAPS, g.terminal).as_ref().into(),
                 encode_record(g.as_ref()),
             ),
+            StateWrite::OfflineDays(d) => (
+                key_u64(PREFIX_OFFLINE_DAYS, d.terminal).as_ref().into(),
+                encode_record(d.as_ref()),
+            ),
             StateWrite::Listed(c, since) => (
                 key_u64(PREFIX_LISTED, c.0).as_ref().into(),
                 encode_record(&ListedSince { since_ms: *since }),
@@ -375,6 +401,7 @@ impl Schema for LedgerSchema {
             StateWrite::StockBatch(b) => StateKey::StockBatch(b.id),
             StateWrite::StockRemoved(r) => StateKey::StockRemoved(r.card.0),
             StateWrite::Gaps(g) => StateKey::Gaps(g.terminal),
+            StateWrite::OfflineDays(d) => StateKey::OfflineDays(d.terminal),
             StateWrite::Listed(c, _) => StateKey::Listed(c.0),
             StateWrite::Settlement(d) => StateKey::Settlement(d.day),
             StateWrite::StockCount(c) => StateKey::StockCount(c.id),

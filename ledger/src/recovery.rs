@@ -38,7 +38,8 @@ use crate::records::{
     PREFIX_STOCK_REMOVED, PREFIX_TERMINAL, PREFIX_TERMINAL_RECORD, StateWrite, StockRemoved, meta,
 };
 use crate::records::{
-    ListedSince, PREFIX_ACCESS, PREFIX_GAPS, PREFIX_LISTED, PREFIX_SETTLEMENT, seq_record_of, staged_key,
+    ListedSince, PREFIX_ACCESS, PREFIX_GAPS, PREFIX_LISTED, PREFIX_OFFLINE_DAYS, PREFIX_SETTLEMENT, seq_record_of,
+    staged_key,
 };
 use crate::state::{Loaded, State};
 
@@ -110,6 +111,7 @@ pub(crate) fn recover(
             stock_counts: db.scan(&[PREFIX_STOCK_COUNT]).collect::<Result<_, _>>()?,
             passwords: db.scan(&[PREFIX_PASSWORD]).collect::<Result<_, _>>()?,
             gaps: db.scan(&[PREFIX_GAPS]).collect::<Result<_, _>>()?,
+            offline_days: db.scan(&[PREFIX_OFFLINE_DAYS]).collect::<Result<_, _>>()?,
             listed_since: listed_since(&db)?,
             settlements: db.scan(&[PREFIX_SETTLEMENT]).collect::<Result<_, _>>()?,
             tx_id_mark: db.get_meta_u64(journal_meta::MARK)?.unwrap_or(0),
@@ -253,6 +255,8 @@ struct Touched {
     slots: HashSet<(u64, u64)>,
     /// Terminals whose gaps replay changed.
     gaps: HashSet<u64>,
+    /// Terminals whose offline spending replay changed, with the latest day it saw.
+    offline_days: HashMap<u64, i32>,
     params: bool,
     others: Vec<StateWrite>,
 }
@@ -573,6 +577,19 @@ impl Replay<'_> {
             if term.remember(seq_record_of(t, time_ms)) {
                 self.touched.gaps.insert(t.terminal);
             }
+            // A posted offline sale counts on the day of the time it was judged on (the
+            // entry keeps it), as it did live.
+            if t.kind == TxKind::OfflinePurchase && matches!(t.outcome, Outcome::Approved { .. }) {
+                let tz = self.tz_offset_minutes;
+                term.add_offline_spending(
+                    t.card.0,
+                    cardgate_domain::clock::business_day(t.terminal_time_ms, tz),
+                    t.amount_fen,
+                );
+                let today = cardgate_domain::clock::business_day(time_ms, tz);
+                let latest = self.touched.offline_days.entry(t.terminal).or_insert(today);
+                *latest = (*latest).max(today);
+            }
             self.touched.slots.insert((t.terminal, t.seq));
             if t.kind == TxKind::Reversal
                 && matches!(t.outcome, Outcome::Approved { .. })
@@ -665,6 +682,10 @@ impl Replay<'_> {
                 .iter()
                 .filter_map(|id| s.terminal(*id).map(|t| StateWrite::Gaps(Box::new(t.gaps_record())))),
         );
+        out.extend(t.offline_days.iter().filter_map(|(id, today)| {
+            s.terminal_mut(*id)
+                .map(|mut t| StateWrite::OfflineDays(Box::new(t.offline_days_record(*today))))
+        }));
         if t.params {
             out.push(StateWrite::Params(Box::new(**s.params())));
         }

@@ -33,7 +33,9 @@ use crate::audit_log::AuditLog;
 use crate::blacklist::Blacklist;
 use crate::error::LedgerError;
 use crate::keys::TerminalKey;
-use crate::records::{PREFIX_GAPS, PREFIX_SEQ, SEQ_SLOTS, StockRemoved, seq_slot};
+use crate::records::{
+    OFFLINE_DAYS_KEPT, OfflineCardDays, PREFIX_GAPS, PREFIX_OFFLINE_DAYS, PREFIX_SEQ, SEQ_SLOTS, StockRemoved, seq_slot,
+};
 
 /// Shards of the hot maps: far more than cores, so that two connections rarely wait on
 /// the same shard lock.
@@ -92,8 +94,9 @@ pub(crate) struct TerminalState {
     pub(crate) offline_since_ms: Option<i64>,
     /// Its clock minus the gateway's at its last sign-on.
     pub(crate) drift_ms: i64,
-    /// Offline spending per (card, business day) in the uploads this gateway has seen
-    /// since it started (live state; for the per-card offline limit's flag).
+    /// Offline spending per (card, business day) of its posted offline sales (for the
+    /// per-card offline limit's flag), durable as `OfflineCardDays` for the last
+    /// `OFFLINE_DAYS_KEPT` days.
     pub(crate) offline_card_day: std::collections::HashMap<(u64, i32), i64>,
 }
 
@@ -128,6 +131,26 @@ impl TerminalState {
             ranges: self.seen.gaps.clone(),
             abandoned: self.seen.abandoned,
         }
+    }
+
+    /// Its offline spending per card and day as a record, the days no sale can be judged
+    /// on any more (before `today - OFFLINE_DAYS_KEPT`) dropped, from memory too.
+    pub(crate) fn offline_days_record(&mut self, today: i32) -> OfflineCardDays {
+        self.offline_card_day
+            .retain(|&(_, day), _| day > today - OFFLINE_DAYS_KEPT);
+        OfflineCardDays {
+            terminal: self.info.id,
+            days: self
+                .offline_card_day
+                .iter()
+                .map(|(&(card, day), &fen)| (card, day, fen))
+                .collect(),
+        }
+    }
+
+    /// A posted offline sale of `card` on `day`, in the per-card sums.
+    pub(crate) fn add_offline_spending(&mut self, card: u64, day: i32, fen: i64) {
+        *self.offline_card_day.entry((card, day)).or_insert(0) += fen;
     }
 
     /// The outcome of `seq` as the protocol promises it to a request numbered `at`:
@@ -212,6 +235,7 @@ pub(crate) struct Loaded {
     pub(crate) stock_counts: Vec<StockCount>,
     pub(crate) passwords: Vec<PasswordRecord>,
     pub(crate) gaps: Vec<SeqGaps>,
+    pub(crate) offline_days: Vec<OfflineCardDays>,
     /// (card, when it joined the blacklist).
     pub(crate) listed_since: Vec<(u64, i64)>,
     pub(crate) settlements: Vec<SettlementClose>,
@@ -385,6 +409,14 @@ impl State {
                 return Err(orphaned(PREFIX_GAPS, g.terminal));
             };
             t.load_gaps(g);
+        }
+        for r in &load.offline_days {
+            let Some(mut t) = state.terminals.get_mut(&r.terminal) else {
+                return Err(orphaned(PREFIX_OFFLINE_DAYS, r.terminal));
+            };
+            for &(card, day, fen) in &r.days {
+                t.offline_card_day.insert((card, day), fen);
+            }
         }
         state.handouts.lock().extend(load.handouts);
         {

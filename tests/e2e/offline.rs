@@ -536,3 +536,63 @@ async fn settlement_equals_the_transactions_and_a_closed_day_stays_closed() {
     let y3 = k.ok(&k.data, "GET", &format!("/api/v1/settlements/{yesterday}"), Value::Null);
     assert_eq!(y3["merchants"], closed["merchants"]);
 }
+
+/// The per-card offline sum behind `offline_over_limit` survives a restart, clean or
+/// not: a card's offline spending on one terminal split across a restart is judged as
+/// one day's (PROTOCOL.md 8.6, `card_day_max_fen`, 100.00 by default).
+#[tokio::test]
+async fn the_per_card_offline_sum_survives_a_restart_either_way() {
+    const POS: u64 = 14;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let director = operator_add(&data_dir, "zhao", "director").expect("operator add");
+    let over_limit = |d: &Daemon| -> Vec<i64> {
+        let (st, text) = api_request(d.admin_addr(), "GET", "/api/v1/exceptions", &director, None, "");
+        assert_eq!(st, 200, "{text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        v["exceptions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["terminal"] == POS && e["kind"] == "offline_over_limit")
+            .map(|e| e["tx_id"].as_i64().unwrap_or(0))
+            .collect()
+    };
+    // The offline limits every sign-on here is checked for (`sign_on`).
+    let config = dir.path().join("cardgate.toml");
+    std::fs::write(&config, "[offline]\noffline_minutes_max = 4320\n").unwrap();
+    let start = || Daemon::start_with(&data_dir, &["--config", config.to_str().unwrap()]);
+    today_lasts_the_test();
+    let sold = now_ms() - 60_000;
+    let d = start();
+    let mut t = sign_on(&d, POS).await;
+    let n = t.sign_on.last_tx_seq;
+    let sales = [
+        t.offline_sale(n + 1, card(50), 40_00, sold),
+        t.offline_sale(n + 2, card(50), 40_00, sold + 500),
+    ];
+    let r = t.upload(&sales).await.unwrap();
+    assert_eq!((r.posted, r.flagged), (2, 0), "80.00 of 100.00");
+    drop(t);
+    assert!(d.terminate().success());
+
+    let d = start();
+    let mut t = sign_on(&d, POS).await;
+    let r = t
+        .upload(&[t.offline_sale(n + 3, card(50), 30_00, sold + 1_000)])
+        .await
+        .unwrap();
+    assert_eq!((r.posted, r.flagged), (1, 1), "110.00 of 100.00 across a clean restart");
+    assert_eq!(over_limit(&d).len(), 1);
+    drop(t);
+    d.kill9();
+
+    let d = start();
+    let mut t = sign_on(&d, POS).await;
+    let r = t
+        .upload(&[t.offline_sale(n + 4, card(50), 1_00, sold + 2_000)])
+        .await
+        .unwrap();
+    assert_eq!((r.posted, r.flagged), (1, 1), "still over after a crash");
+    assert_eq!(over_limit(&d).len(), 2);
+}
