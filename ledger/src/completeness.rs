@@ -281,6 +281,18 @@ impl Ledger {
         self.state.settlements().get(&day).cloned()
     }
 
+    /// When `day` was closed for settlement: kept since closes carry their own time,
+    /// else (a close of an older build) the time kept with its merchants' figures.
+    pub fn settlement_closed_ms(&self, day: i32) -> Option<i64> {
+        let kept = self.state.settlement_times().get(&day).copied();
+        kept.or_else(|| {
+            self.state
+                .settlements()
+                .get(&day)
+                .and_then(|c| c.merchants.first().map(|m| m.closed_ms))
+        })
+    }
+
     /// Every settled day's close, oldest first.
     pub fn settlements(&self) -> Vec<SettlementClose> {
         self.state.settlements().values().cloned().collect()
@@ -296,24 +308,27 @@ impl Ledger {
         let txn = Txn::begin(self.journal()).await?;
         let sent = {
             let _desk = self.state.desk_lock();
-            if let Some(c) = self.state.settlements().get(&close.day) {
-                // The close's time is kept with each merchant's figures; a day without
-                // sales has none to keep it with.
-                let when = match c.merchants.first() {
-                    Some(m) => format!(
+            let closed_by = self.state.settlements().get(&close.day).map(|c| c.actor.name.clone());
+            if let Some(by) = closed_by {
+                let when = match self.settlement_closed_ms(close.day) {
+                    Some(ms) => format!(
                         "at {}",
-                        cardgate_domain::clock::format_local(m.closed_ms, self.config.tz_offset_minutes)
+                        cardgate_domain::clock::format_local(ms, self.config.tz_offset_minutes)
                     ),
-                    None => "(a day without sales)".to_string(),
+                    None => "(a day without sales, closed by an older build)".to_string(),
                 };
                 return Err(LedgerError::Invalid(format!(
-                    "the day was closed by {} {when}; a closed day does not change",
-                    c.actor.name
+                    "the day was closed by {by} {when}; a closed day does not change"
                 )));
             }
             let now = self.now_ms();
             let mut writes = Writes::new();
             writes.push(StateWrite::Settlement(Box::new(close.clone())));
+            writes.push(StateWrite::SettlementTime(crate::records::SettlementTime {
+                day: close.day,
+                closed_ms: now,
+            }));
+            self.state.settlement_times().insert(close.day, now);
             let body = EntryBody::SettlementClosed(Box::new(close.clone()));
             let sent = self.send_desk(txn, by, close.clone(), now, body, writes, 0);
             self.state.settlements().insert(close.day, close);

@@ -89,6 +89,8 @@ pub const PREFIX_SETTLEMENT: u8 = b'F';
 pub const PREFIX_ACCESS: u8 = b'I';
 /// A POS terminal's offline spending per card and day (`OfflineCardDays`).
 pub const PREFIX_OFFLINE_DAYS: u8 = b'o';
+/// When a business day was closed for settlement (`SettlementTime`).
+pub const PREFIX_SETTLEMENT_TIME: u8 = b'f';
 
 /// A business day as a key: days since 1970 biased so that they sort as unsigned.
 pub fn day_key(day: i32) -> u64 {
@@ -166,6 +168,9 @@ pub enum StateWrite {
     /// A terminal's offline spending per card and day, as it stands (each write the
     /// whole of its recent days).
     OfflineDays(Box<OfflineCardDays>),
+    /// When a day was closed for settlement: kept apart from the close's figures, which
+    /// carry it only per merchant (a day without sales had none).
+    SettlementTime(SettlementTime),
     /// Written with its commit like `Meta`, never by a checkpoint; `None` removes the
     /// key. Holds data replay may need whatever the checkpoint (staged imports).
     Staged(Vec<u8>, Option<Vec<u8>>),
@@ -202,6 +207,14 @@ pub enum StateKey {
     Settlement(i32),
     Access(u8, u64, u64),
     OfflineDays(u64),
+    SettlementTime(i32),
+}
+
+/// A settlement close's time, by business day.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettlementTime {
+    pub day: i32,
+    pub closed_ms: i64,
 }
 
 /// What one POS terminal's posted offline sales spent per card and business day, for the
@@ -347,6 +360,10 @@ impl StateWrite {
                 key_u64(PREFIX_OFFLINE_DAYS, d.terminal).as_ref().into(),
                 encode_record(d.as_ref()),
             ),
+            StateWrite::SettlementTime(t) => (
+                key_u64(PREFIX_SETTLEMENT_TIME, day_key(t.day)).as_ref().into(),
+                encode_record(t),
+            ),
             StateWrite::Listed(c, since) => (
                 key_u64(PREFIX_LISTED, c.0).as_ref().into(),
                 encode_record(&ListedSince { since_ms: *since }),
@@ -402,6 +419,7 @@ impl Schema for LedgerSchema {
             StateWrite::StockRemoved(r) => StateKey::StockRemoved(r.card.0),
             StateWrite::Gaps(g) => StateKey::Gaps(g.terminal),
             StateWrite::OfflineDays(d) => StateKey::OfflineDays(d.terminal),
+            StateWrite::SettlementTime(t) => StateKey::SettlementTime(t.day),
             StateWrite::Listed(c, _) => StateKey::Listed(c.0),
             StateWrite::Settlement(d) => StateKey::Settlement(d.day),
             StateWrite::StockCount(c) => StateKey::StockCount(c.id),

@@ -38,8 +38,8 @@ use crate::records::{
     PREFIX_STOCK_REMOVED, PREFIX_TERMINAL, PREFIX_TERMINAL_RECORD, StateWrite, StockRemoved, meta,
 };
 use crate::records::{
-    ListedSince, PREFIX_ACCESS, PREFIX_GAPS, PREFIX_LISTED, PREFIX_OFFLINE_DAYS, PREFIX_SETTLEMENT, seq_record_of,
-    staged_key,
+    ListedSince, PREFIX_ACCESS, PREFIX_GAPS, PREFIX_LISTED, PREFIX_OFFLINE_DAYS, PREFIX_SETTLEMENT,
+    PREFIX_SETTLEMENT_TIME, SettlementTime, seq_record_of, staged_key,
 };
 use crate::state::{Loaded, State};
 
@@ -114,6 +114,7 @@ pub(crate) fn recover(
             offline_days: db.scan(&[PREFIX_OFFLINE_DAYS]).collect::<Result<_, _>>()?,
             listed_since: listed_since(&db)?,
             settlements: db.scan(&[PREFIX_SETTLEMENT]).collect::<Result<_, _>>()?,
+            settlement_times: db.scan(&[PREFIX_SETTLEMENT_TIME]).collect::<Result<_, _>>()?,
             tx_id_mark: db.get_meta_u64(journal_meta::MARK)?.unwrap_or(0),
             day_close: db.get_record(&key_meta(meta::DAY_CLOSED))?,
             access: db.scan(&[PREFIX_ACCESS]).collect::<Result<_, _>>()?,
@@ -494,6 +495,12 @@ impl Replay<'_> {
             EntryBody::SettlementClosed(d) => {
                 s.settlements().insert(d.day, d.as_ref().clone());
                 self.touched.others.push(StateWrite::Settlement(d.clone()));
+                // The close's own entry says when it was made.
+                s.settlement_times().insert(d.day, rec.time_ms);
+                self.touched.others.push(StateWrite::SettlementTime(SettlementTime {
+                    day: d.day,
+                    closed_ms: rec.time_ms,
+                }));
             }
             EntryBody::DoorSet(e) => {
                 self.access(AccessRecord::Door(e.door.clone()));

@@ -34,7 +34,8 @@ use crate::blacklist::Blacklist;
 use crate::error::LedgerError;
 use crate::keys::TerminalKey;
 use crate::records::{
-    OFFLINE_DAYS_KEPT, OfflineCardDays, PREFIX_GAPS, PREFIX_OFFLINE_DAYS, PREFIX_SEQ, SEQ_SLOTS, StockRemoved, seq_slot,
+    OFFLINE_DAYS_KEPT, OfflineCardDays, PREFIX_GAPS, PREFIX_OFFLINE_DAYS, PREFIX_SEQ, SEQ_SLOTS, SettlementTime,
+    StockRemoved, seq_slot,
 };
 
 /// Shards of the hot maps: far more than cores, so that two connections rarely wait on
@@ -239,6 +240,7 @@ pub(crate) struct Loaded {
     /// (card, when it joined the blacklist).
     pub(crate) listed_since: Vec<(u64, i64)>,
     pub(crate) settlements: Vec<SettlementClose>,
+    pub(crate) settlement_times: Vec<SettlementTime>,
     /// The highest tx id any committed entry used.
     pub(crate) tx_id_mark: u64,
     /// The last business day closed.
@@ -295,6 +297,8 @@ pub(crate) struct State {
     listed_since: DashMap<u64, i64>,
     /// Business days closed for settlement, by day.
     settlements: parking_lot::Mutex<std::collections::BTreeMap<i32, SettlementClose>>,
+    /// When each settled day was closed.
+    settlement_times: parking_lot::Mutex<std::collections::BTreeMap<i32, i64>>,
     /// Door access and attendance (`access.rs`).
     access: AccessBook,
 }
@@ -363,6 +367,12 @@ impl State {
             day_closing: tokio::sync::Mutex::new(()),
             listed_since: load.listed_since.into_iter().collect(),
             settlements: parking_lot::Mutex::new(load.settlements.into_iter().map(|d| (d.day, d)).collect()),
+            settlement_times: parking_lot::Mutex::new(
+                load.settlement_times
+                    .into_iter()
+                    .map(|t| (t.day, t.closed_ms))
+                    .collect(),
+            ),
             access: AccessBook::new(load.access),
         };
         state.next_audit_id.store(state.audit.last_id() + 1, Ordering::Release);
@@ -779,6 +789,10 @@ impl State {
                 self.listed_since.remove(&card.0);
             }
         }
+    }
+
+    pub(crate) fn settlement_times(&self) -> parking_lot::MutexGuard<'_, std::collections::BTreeMap<i32, i64>> {
+        self.settlement_times.lock()
     }
 
     pub(crate) fn settlements(&self) -> parking_lot::MutexGuard<'_, std::collections::BTreeMap<i32, SettlementClose>> {

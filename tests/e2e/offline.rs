@@ -515,6 +515,30 @@ async fn settlement_equals_the_transactions_and_a_closed_day_stays_closed() {
     assert_eq!(merchant(&t2, ma)["adjustments"], "3.30");
     assert_eq!(merchant(&t2, ma)["net"], "3.30");
 
+    // A day without a sale closes too, and keeps when (its figures have no merchant to
+    // keep the time with).
+    let quiet = local_date(start_today - 3 * 86_400_000);
+    let q = k.ok(
+        &k.data,
+        "POST",
+        &format!("/api/v1/settlements/{quiet}/close"),
+        Value::Null,
+    );
+    assert_eq!(q["merchants"], json!([]), "{q}");
+    assert!(q["closed_at"].is_string(), "{q}");
+    let (st, body) = k.call(
+        &k.data,
+        "POST",
+        &format!("/api/v1/settlements/{quiet}/close"),
+        Value::Null,
+    );
+    assert_eq!(st, 422, "{body}");
+    assert!(
+        body.to_string()
+            .contains(&format!("closed by qian at {}", q["closed_at"].as_str().unwrap())),
+        "{body}"
+    );
+
     // The closed day survives a restart as it was.
     let Kit {
         d,
@@ -535,6 +559,9 @@ async fn settlement_equals_the_transactions_and_a_closed_day_stays_closed() {
     };
     let y3 = k.ok(&k.data, "GET", &format!("/api/v1/settlements/{yesterday}"), Value::Null);
     assert_eq!(y3["merchants"], closed["merchants"]);
+    assert_eq!(y3["closed_at"], y2["closed_at"], "{y3}");
+    let q3 = k.ok(&k.data, "GET", &format!("/api/v1/settlements/{quiet}"), Value::Null);
+    assert_eq!(q3["closed_at"], q["closed_at"], "{q3}");
 }
 
 /// The per-card offline sum behind `offline_over_limit` survives a restart, clean or

@@ -69,7 +69,9 @@ async fn completeness_report(
     axum::Json(report).into_response()
 }
 
-fn settlement_json(c: &SettlementClose, closed: bool, tz: i32) -> Value {
+/// A settlement as JSON; `closed_ms` the close's time (`None` while open).
+fn settlement_json(c: &SettlementClose, closed_ms: Option<i64>, tz: i32) -> Value {
+    let closed = closed_ms.is_some();
     let merchants: Vec<Value> = c
         .merchants
         .iter()
@@ -95,7 +97,7 @@ fn settlement_json(c: &SettlementClose, closed: bool, tz: i32) -> Value {
         "date": format!("{y:04}-{mo:02}-{d:02}"),
         "closed": closed,
         "closed_by": if closed { Some(c.actor.name.clone()) } else { None },
-        "closed_at": c.merchants.first().filter(|_| closed).map(|m| format_local(m.closed_ms, tz)),
+        "closed_at": closed_ms.map(|ms| format_local(ms, tz)),
         "through_entry": c.through_entry,
         "merchants": merchants,
         "totals": {
@@ -164,7 +166,12 @@ async fn get_settlement(
     if csv {
         return csv_response(settlement_csv(&close, closed));
     }
-    let mut body = settlement_json(&close, closed, tz);
+    let closed_ms = if closed {
+        s.ledger.settlement_closed_ms(day)
+    } else {
+        None
+    };
+    let mut body = settlement_json(&close, closed_ms, tz);
     let (from, to) = s.ledger.day_bounds(day);
     let l = s.ledger.clone();
     if let Ok(Ok((rows, complete))) = tokio::task::spawn_blocking(move || l.fee_list(from, to)).await {
@@ -191,8 +198,10 @@ async fn close_settlement(State(s): State<AdminState>, headers: HeaderMap, Path(
         let central = central.ok_or(SettlementError::NoCentral)?;
         may_close(&l, &central, day).await?;
         let close = settlement(&l, &central, day, &call.actor).await?;
-        let describe = |c: &SettlementClose| (String::new(), settlement_json(c, true, tz).to_string());
-        let answer = |c: &SettlementClose| settlement_json(c, true, tz).to_string();
+        // Built inside the close, once its time is kept: the answer names it.
+        let at = |c: &SettlementClose| l.settlement_closed_ms(c.day);
+        let describe = |c: &SettlementClose| (String::new(), settlement_json(c, at(c), tz).to_string());
+        let answer = |c: &SettlementClose| settlement_json(c, at(c), tz).to_string();
         let closed = l
             .close_settlement(&call.by(StatusCode::CREATED, &describe, &answer), close)
             .await?;
@@ -200,7 +209,7 @@ async fn close_settlement(State(s): State<AdminState>, headers: HeaderMap, Path(
             status: StatusCode::CREATED,
             before: Value::Null,
             after: Value::Null,
-            body: settlement_json(&closed, true, tz),
+            body: settlement_json(&closed, l.settlement_closed_ms(closed.day), tz),
         })
     })
     .await
