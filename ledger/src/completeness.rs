@@ -78,8 +78,7 @@ pub struct JournalDay {
 impl Targets for SettlementClose {
     fn targets(&self) -> Vec<String> {
         // As the day close's and every search's: the date, not the day's number.
-        let (y, m, d) = cardgate_domain::clock::civil_from_days(i64::from(self.day));
-        vec![format!("day:{y:04}-{m:02}-{d:02}")]
+        vec![format!("day:{}", crate::days::day_str(self.day))]
     }
 }
 

@@ -266,17 +266,12 @@ impl Ledger {
     ) -> Result<CountResult, LedgerError> {
         // What is on hand is compared with what the records expect now: a count is of
         // today. One dated another day would be judged against today's figure.
-        let tz = self.tz_offset_minutes();
-        let today = cardgate_domain::clock::business_day(self.now_ms(), tz);
-        match cardgate_domain::clock::parse_local_date(date, tz) {
-            None => return Err(invalid(format!("date {date:?} is not a date YYYY-MM-DD"))),
-            Some(ms) if cardgate_domain::clock::business_day(ms, tz) != today => {
-                return Err(invalid(format!(
-                    "date {date:?}: a count is of the cards on hand now, dated today ({})",
-                    local_date(today)
-                )));
-            }
-            Some(_) => {}
+        let (day, today) = self.day_and_today("date", date)?;
+        if day != today {
+            return Err(invalid(format!(
+                "date {date:?}: a count is of the cards on hand now, dated today ({})",
+                crate::days::day_str(today)
+            )));
         }
         if counted_cards.len() > STOCK_LIST_CARDS_MAX {
             return Err(invalid(format!("a count lists at most {STOCK_LIST_CARDS_MAX} cards")));
@@ -329,18 +324,25 @@ impl Ledger {
         Ok(sent.durable().await?.0)
     }
 
-    /// A local date that is today or earlier.
-    fn check_not_future(&self, what: &str, date: &str) -> Result<(), LedgerError> {
+    /// A local date as a business day, beside today's.
+    fn day_and_today(&self, what: &str, date: &str) -> Result<(i32, i32), LedgerError> {
         let tz = self.tz_offset_minutes();
         let today = cardgate_domain::clock::business_day(self.now_ms(), tz);
-        match cardgate_domain::clock::parse_local_date(date, tz) {
-            None => Err(invalid(format!("{what} {date:?} is not a date YYYY-MM-DD"))),
-            Some(ms) if cardgate_domain::clock::business_day(ms, tz) > today => Err(invalid(format!(
+        let ms = cardgate_domain::clock::parse_local_date(date, tz)
+            .ok_or_else(|| invalid(format!("{what} {date:?} is not a date YYYY-MM-DD")))?;
+        Ok((cardgate_domain::clock::business_day(ms, tz), today))
+    }
+
+    /// A local date that is today or earlier.
+    fn check_not_future(&self, what: &str, date: &str) -> Result<(), LedgerError> {
+        let (day, today) = self.day_and_today(what, date)?;
+        if day > today {
+            return Err(invalid(format!(
                 "{what} {date:?} is after today ({})",
-                local_date(today)
-            ))),
-            Some(_) => Ok(()),
+                crate::days::day_str(today)
+            )));
         }
+        Ok(())
     }
 
     /// Cards on hand by the records and not counted, and counted but not on hand.
@@ -377,10 +379,4 @@ impl Ledger {
             })
             .collect()
     }
-}
-
-/// A business day as `YYYY-MM-DD`.
-fn local_date(day: i32) -> String {
-    let (y, m, d) = cardgate_domain::clock::civil_from_days(i64::from(day));
-    format!("{y:04}-{m:02}-{d:02}")
 }

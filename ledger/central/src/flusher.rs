@@ -148,19 +148,35 @@ impl Default for FlusherConfig {
     }
 }
 
+/// A flusher setting out of its bounds: which field (so that a caller can name it as
+/// its own configuration does), and the rule.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field} {rule}")]
+pub struct BadSetting {
+    pub field: &'static str,
+    pub rule: String,
+}
+
 impl FlusherConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), BadSetting> {
+        let bad = |field, rule: String| Err(BadSetting { field, rule });
         if !(1..=BATCH_ENTRIES_LIMIT).contains(&self.batch_entries_max) {
-            return Err(format!("batch_entries_max must be 1..={BATCH_ENTRIES_LIMIT}"));
+            return bad("batch_entries_max", format!("must be 1..={BATCH_ENTRIES_LIMIT}"));
         }
         if self.retry_backoff_max < RETRY_BACKOFF_MIN {
-            return Err(format!(
-                "retry_backoff_max must be at least {} ms",
-                RETRY_BACKOFF_MIN.as_millis()
-            ));
+            return bad(
+                "retry_backoff_max",
+                format!("must be at least {} ms", RETRY_BACKOFF_MIN.as_millis()),
+            );
         }
-        if self.batch_timeout.is_zero() || self.prune_interval.is_zero() || self.lag_warn.is_zero() {
-            return Err("batch_timeout, prune_interval and lag_warn must be above 0".into());
+        for (field, d) in [
+            ("batch_timeout", self.batch_timeout),
+            ("prune_interval", self.prune_interval),
+            ("lag_warn", self.lag_warn),
+        ] {
+            if d.is_zero() {
+                return bad(field, "must be above 0".into());
+            }
         }
         Ok(())
     }
